@@ -1,0 +1,1 @@
+//! experiments.toml: the typed schema, loading with source spans, validation and matrix expansion.

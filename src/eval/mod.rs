@@ -1,0 +1,1 @@
+//! Evaluation: question sets and answer generation for base models and fine-tuned checkpoints.

@@ -1,0 +1,1 @@
+//! Ratings: rubric, blind pairing, the append-only journal, agreement, the results table, exports, study import.

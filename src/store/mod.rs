@@ -1,0 +1,34 @@
+//! The runs/ directory: run dirs, atomic status writes, metrics logs, checkpoints, answers and locks.
+
+pub mod atomic;
+pub mod layout;
+pub mod status;
+
+pub use layout::{RunPaths, SweepPaths};
+pub use status::{RunState, RunStatus};
+
+/// Errors of the run store; each names the file it concerns.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: not valid JSON for {what}: {source}")]
+    Json {
+        path: std::path::PathBuf,
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{path}: run is locked by another process (pid {pid})")]
+    Locked { path: std::path::PathBuf, pid: String },
+}
+
+impl StoreError {
+    pub fn io(path: impl Into<std::path::PathBuf>, source: std::io::Error) -> Self {
+        StoreError::Io { path: path.into(), source }
+    }
+}

@@ -1,0 +1,3 @@
+//! The sweep runner: a named OS thread that owns model state, its typed commands and events.
+
+pub mod events;

@@ -1,0 +1,1 @@
+//! The dashboard: app state fed by runner events and stores, keymap, event loop and one file per view.
