@@ -42,7 +42,7 @@ impl ModelLoader for ToyLoader {
 
 fn write_data(dir: &Path) -> PathBuf {
     let path = dir.join("sums.jsonl");
-    let lines: Vec<String> = (0..60)
+    let lines: Vec<String> = (0..40)
         .map(|i| serde_json::json!({"q": format!("{} plus {}", i % 7, i % 5), "a": format!("{}", i % 7 + i % 5)}).to_string())
         .collect();
     std::fs::write(&path, lines.join("\n")).unwrap();
@@ -108,7 +108,7 @@ struct SlowWriter;
 
 impl FileWriter for SlowWriter {
     fn write(&self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-        std::thread::sleep(Duration::from_millis(4));
+        std::thread::sleep(Duration::from_millis(40));
         FsWriter.write(path, bytes)
     }
 }
@@ -151,17 +151,25 @@ fn logged_steps(root: &Path, run: &str) -> Vec<(u64, f64)> {
         .collect()
 }
 
-fn has_temp_checkpoint(root: &Path) -> bool {
-    RUNS.iter().any(|run| {
-        ["checkpoints", "stages"].iter().any(|sub| {
-            std::fs::read_dir(run_dir(root, run).join(sub))
-                .map(|rd| {
-                    rd.filter_map(Result::ok)
-                        .any(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
-                })
-                .unwrap_or(false)
-        })
-    })
+/// Checkpoint temp dirs present now, with their inodes (a dir recreated by a new write gets a new inode).
+fn temp_checkpoints(root: &Path) -> Vec<(PathBuf, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut found = Vec::new();
+    for run in RUNS {
+        for sub in ["checkpoints", "stages"] {
+            let Ok(rd) = std::fs::read_dir(run_dir(root, run).join(sub)) else {
+                continue;
+            };
+            for e in rd.filter_map(Result::ok) {
+                if e.file_name().to_string_lossy().starts_with(".tmp-")
+                    && let Ok(meta) = e.metadata()
+                {
+                    found.push((e.path(), meta.ino()));
+                }
+            }
+        }
+    }
+    found
 }
 
 #[test]
@@ -171,27 +179,42 @@ fn sigkill_at_random_points_then_resume_matches_an_uninterrupted_run() {
     assert!(spawn_child(reference.path()).wait().unwrap().success());
     let full = t0.elapsed();
 
+    // Kills at random times, and every third one the moment a checkpoint's temp dir appears (so it lands
+    // inside the write: the slow writer keeps each file open 40 ms).
     let killed = tempfile::tempdir().unwrap();
     let mut rng = rand::rng();
     let mut kills_in_write = 0;
-    let mut kills = 0;
-    while kills < 6 || (kills_in_write == 0 && kills < 30) {
+    for kill in 0..7 {
+        let before_kill = temp_checkpoints(killed.path());
         let mut child = spawn_child(killed.path());
-        let at = full.mul_f64(rng.random_range(0.05..0.35));
-        std::thread::sleep(at);
-        let _ = child.kill();
-        let status = child.wait().unwrap();
-        kills += 1;
-        if status.success() {
-            break;
+        if kill % 3 == 1 {
+            let before = temp_checkpoints(killed.path());
+            let deadline = Instant::now() + full;
+            while temp_checkpoints(killed.path())
+                .iter()
+                .all(|t| before.contains(t))
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        } else {
+            std::thread::sleep(full.mul_f64(rng.random_range(0.03..0.2)));
         }
-        if has_temp_checkpoint(killed.path()) {
-            kills_in_write += 1;
-        }
+        child.kill().unwrap();
+        assert!(
+            !child.wait().unwrap().success(),
+            "kill {kill} came after the sweep had finished"
+        );
+        kills_in_write += usize::from(
+            temp_checkpoints(killed.path())
+                .iter()
+                .any(|t| !before_kill.contains(t)),
+        );
     }
+    eprintln!("7 SIGKILLs, {kills_in_write} inside a checkpoint write (full run {full:?})");
     assert!(
-        kills_in_write > 0,
-        "no kill landed inside a checkpoint write in {kills} kills"
+        kills_in_write >= 2,
+        "only {kills_in_write} kills landed inside a checkpoint write"
     );
     assert!(spawn_child(killed.path()).wait().unwrap().success());
 
