@@ -78,11 +78,8 @@ impl TelemetryThread {
             .name("qlab-telemetry".into())
             .spawn(move || {
                 let sampler = Sampler::new(&device);
-                loop {
-                    match stopped.recv_timeout(period) {
-                        Err(RecvTimeoutError::Timeout) => emit(sampler.sample()),
-                        Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
-                    }
+                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(period) {
+                    emit(sampler.sample());
                 }
             })?;
         Ok(TelemetryThread {
