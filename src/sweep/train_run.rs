@@ -205,6 +205,7 @@ fn run_loop(
         rows = r.rows_read,
         skipped = r.rows_skipped,
         truncated = r.rows_truncated,
+        dropped_without_target = r.dropped_without_target,
         sequences = r.sequences,
         tokens = r.tokens,
         trained_tokens = r.trained_tokens,

@@ -7,16 +7,17 @@ use candle_core::{Device, Tensor, Var};
 
 use super::TrainError;
 
-/// One micro-batch, already on the model's device. Position `t` of row `b` predicts `targets[b, t]` from
-/// `input_ids[b, ..=t]`; only positions with `loss_mask = 1` count.
+/// One micro-batch, already on the model's device. Each row is a right-padded token sequence; position `t`
+/// counts in the loss when `loss_mask[b, t] = 1`, meaning token `t` is predicted from tokens `..t`
+/// (position 0 never counts).
 #[derive(Debug, Clone)]
 pub struct Batch {
     /// (batch, time) u32 token ids, right-padded.
     pub input_ids: Tensor,
-    /// (batch, time) u32 next-token targets.
-    pub targets: Tensor,
-    /// (batch, time) f32, 1 where the target counts in the loss.
+    /// (batch, time) f32, 1 where the token at this position is a trained target.
     pub loss_mask: Tensor,
+    /// (batch, time) f32, 1 for real tokens and 0 for padding.
+    pub attention_mask: Tensor,
     /// Real (non-padding) tokens in `input_ids`.
     pub tokens: usize,
     /// Dataset row numbers of the sequences, for error reports.

@@ -56,18 +56,17 @@ impl ToyModel {
     }
 
     fn loss(&self, batch: &Batch) -> Result<Tensor, TrainError> {
-        let x = self
-            .embed
-            .index_select(&batch.input_ids.flatten_all()?, 0)?;
+        let (_, t) = batch.input_ids.dims2()?;
+        let inputs = batch.input_ids.narrow(1, 0, t - 1)?.flatten_all()?;
+        let targets = batch.input_ids.narrow(1, 1, t - 1)?.flatten_all()?;
+        let mask = batch.loss_mask.narrow(1, 1, t - 1)?.flatten_all()?;
+        let x = self.embed.index_select(&inputs, 0)?;
         let lora = x
             .matmul(&self.lora_a.as_tensor().t()?)?
             .matmul(&self.lora_b.as_tensor().t()?)?;
         let hidden = (x.matmul(&self.w.t()?)? + lora)?.tanh()?;
         let logp = candle_nn::ops::log_softmax(&hidden.matmul(&self.head.t()?)?, D::Minus1)?;
-        let picked = logp
-            .gather(&batch.targets.flatten_all()?.unsqueeze(1)?, 1)?
-            .squeeze(1)?;
-        let mask = batch.loss_mask.flatten_all()?;
+        let picked = logp.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
         let count = mask.sum_all()?.to_scalar::<f32>()?.max(1.0);
         Ok(((picked * mask)?.sum_all()?.neg()? / f64::from(count))?)
     }
@@ -155,11 +154,10 @@ mod tests {
             seed: 1,
         })
         .unwrap();
-        let ids = Tensor::new(&[[1u32, 2, 3]], &Device::Cpu).unwrap();
         let batch = Batch {
-            input_ids: ids.clone(),
-            targets: Tensor::new(&[[2u32, 3, 4]], &Device::Cpu).unwrap(),
-            loss_mask: Tensor::new(&[[1f32, 1.0, 0.0]], &Device::Cpu).unwrap(),
+            input_ids: Tensor::new(&[[1u32, 2, 3, 4]], &Device::Cpu).unwrap(),
+            loss_mask: Tensor::new(&[[0f32, 1.0, 1.0, 0.0]], &Device::Cpu).unwrap(),
+            attention_mask: Tensor::new(&[[1f32, 1.0, 1.0, 1.0]], &Device::Cpu).unwrap(),
             tokens: 4,
             rows: vec![1],
         };

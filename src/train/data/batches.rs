@@ -24,7 +24,7 @@ pub fn micro_batches_per_epoch(sequences: usize, batch_size: usize) -> usize {
     sequences.div_ceil(batch_size.max(1))
 }
 
-/// Pad `examples` to the longest and build the shifted inputs, targets and loss mask.
+/// Pad `examples` to the longest and build the ids, loss mask and attention mask.
 pub fn make_batch(
     examples: &[&Example],
     pad_id: u32,
@@ -32,29 +32,26 @@ pub fn make_batch(
 ) -> Result<Batch, TrainError> {
     let width = examples
         .iter()
-        .map(|e| e.ids.len().saturating_sub(1))
+        .map(|e| e.ids.len())
         .max()
         .unwrap_or(0)
         .max(1);
     let rows = examples.len();
-    let mut inputs = vec![pad_id; rows * width];
-    let mut targets = vec![pad_id; rows * width];
-    let mut mask = vec![0f32; rows * width];
-    let mut tokens = 0;
+    let mut ids = vec![pad_id; rows * width];
+    let mut loss = vec![0f32; rows * width];
+    let mut attention = vec![0f32; rows * width];
     for (b, ex) in examples.iter().enumerate() {
-        let n = ex.ids.len().saturating_sub(1);
-        tokens += ex.ids.len();
-        for t in 0..n {
-            inputs[b * width + t] = ex.ids[t];
-            targets[b * width + t] = ex.ids[t + 1];
-            mask[b * width + t] = if ex.trained[t + 1] { 1.0 } else { 0.0 };
+        for (t, (&id, &trained)) in ex.ids.iter().zip(&ex.trained).enumerate() {
+            ids[b * width + t] = id;
+            attention[b * width + t] = 1.0;
+            loss[b * width + t] = if t > 0 && trained { 1.0 } else { 0.0 };
         }
     }
     Ok(Batch {
-        input_ids: Tensor::from_vec(inputs, (rows, width), device)?,
-        targets: Tensor::from_vec(targets, (rows, width), device)?,
-        loss_mask: Tensor::from_vec(mask, (rows, width), device)?,
-        tokens,
+        input_ids: Tensor::from_vec(ids, (rows, width), device)?,
+        loss_mask: Tensor::from_vec(loss, (rows, width), device)?,
+        attention_mask: Tensor::from_vec(attention, (rows, width), device)?,
+        tokens: examples.iter().map(|e| e.ids.len()).sum(),
         rows: examples.iter().map(|e| e.row).collect(),
     })
 }
@@ -75,7 +72,7 @@ mod tests {
     }
 
     #[test]
-    fn batch_shifts_targets_and_masks_padding() {
+    fn batch_pads_and_masks_prompt_padding_and_position_zero() {
         let a = Example {
             ids: vec![1, 2, 3],
             trained: vec![false, false, true],
@@ -89,15 +86,15 @@ mod tests {
         let batch = make_batch(&[&a, &b], 0, &Device::Cpu).unwrap();
         assert_eq!(
             batch.input_ids.to_vec2::<u32>().unwrap(),
-            vec![vec![1, 2], vec![5, 0]]
-        );
-        assert_eq!(
-            batch.targets.to_vec2::<u32>().unwrap(),
-            vec![vec![2, 3], vec![6, 0]]
+            vec![vec![1, 2, 3], vec![5, 6, 0]]
         );
         assert_eq!(
             batch.loss_mask.to_vec2::<f32>().unwrap(),
-            vec![vec![0.0, 1.0], vec![1.0, 0.0]]
+            vec![vec![0.0, 0.0, 1.0], vec![0.0, 1.0, 0.0]]
+        );
+        assert_eq!(
+            batch.attention_mask.to_vec2::<f32>().unwrap(),
+            vec![vec![1.0, 1.0, 1.0], vec![1.0, 1.0, 0.0]]
         );
         assert_eq!((batch.tokens, batch.rows.clone()), (5, vec![4, 9]));
         assert_eq!(micro_batches_per_epoch(5, 2), 3);

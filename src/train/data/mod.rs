@@ -29,6 +29,8 @@ pub struct DataReport {
     pub rows_read: usize,
     pub rows_skipped: usize,
     pub rows_truncated: usize,
+    /// Sequences left with no trained token (a completion cut off by truncation): dropped.
+    pub dropped_without_target: usize,
     pub sequences: usize,
     pub tokens: usize,
     pub trained_tokens: usize,
@@ -87,12 +89,22 @@ pub fn prepare(
             "no usable rows".to_string(),
         ));
     }
-    let sequences = if packing {
+    let mut sequences = if packing {
         examples::pack(examples, max_seq_len)
     } else {
         report.rows_truncated = examples::truncate(&mut examples, max_seq_len);
         examples
     };
+    let before = sequences.len();
+    sequences.retain(|s| s.trained.iter().skip(1).any(|&t| t));
+    report.dropped_without_target = before - sequences.len();
+    if sequences.is_empty() {
+        return Err(TrainError::data(
+            &spec.path,
+            None,
+            format!("no row keeps a trained token within max_seq_len {max_seq_len}"),
+        ));
+    }
     report.sequences = sequences.len();
     report.tokens = sequences.iter().map(|s| s.ids.len()).sum();
     report.trained_tokens = sequences
@@ -161,12 +173,18 @@ mod tests {
         std::fs::write(&p, "q,a\nshort,x\na much longer question,yes\n").unwrap();
         let t = prepare(&spec(&p, OnBadRow::Error), &ByteEncoder, 16, false).unwrap();
         assert_eq!(t.report.rows_truncated, 1);
+        assert_eq!(
+            (t.report.dropped_without_target, t.report.sequences),
+            (1, 1),
+            "the long row lost its answer"
+        );
         let packed = prepare(&spec(&p, OnBadRow::Error), &ByteEncoder, 16, true).unwrap();
         assert_eq!(packed.report.rows_truncated, 0);
         assert!(packed.sequences.iter().all(|s| s.ids.len() <= 16));
-        assert_eq!(
-            packed.report.tokens,
-            "Q:short\nA:x".len() + "Q:a much longer question\nA:yes".len() + 2
-        );
+        // 43 tokens in chunks of 16, 16, 11; the middle chunk is all prompt and is dropped.
+        let stream = "Q:short\nA:x".len() + "Q:a much longer question\nA:yes".len() + 2;
+        assert_eq!(stream, 43);
+        assert_eq!(packed.report.dropped_without_target, 1);
+        assert_eq!(packed.report.tokens, stream - 16);
     }
 }
