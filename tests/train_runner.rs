@@ -7,10 +7,10 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use candle_core::{Device, Tensor, Var};
+use qlab::store::RunLock;
 use qlab::store::SweepPaths;
 use qlab::sweep::events::{RunEvent, RunnerCommand};
 use qlab::sweep::job::{LoadedModel, ModelLoader, RunJob};
-use qlab::sweep::lock::RunLock;
 use qlab::sweep::metrics_log::read_events;
 use qlab::sweep::runner::{Runner, RunnerHandle, RunnerOptions};
 use qlab::train::TrainError;

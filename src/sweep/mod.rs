@@ -3,8 +3,8 @@
 
 pub mod control;
 pub mod events;
+pub mod from_plan;
 pub mod job;
-pub mod lock;
 pub mod metrics_log;
 pub mod reconcile;
 pub mod runner;

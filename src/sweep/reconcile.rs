@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use crate::store::atomic::read_json;
+use crate::store::lock::holder;
 use crate::store::{RunPaths, RunState, RunStatus, StoreError};
-use crate::sweep::lock::RunLock;
 use crate::train::checkpoint;
 
 /// What `qlab run` will do with a run.
@@ -23,7 +23,7 @@ pub enum RunAction {
 
 /// Decide what to do with `run` from its status, checkpoints and lock.
 pub fn action_for(run: &RunPaths) -> Result<RunAction, StoreError> {
-    if let Some(pid) = RunLock::holder(run) {
+    if let Some(pid) = holder(run) {
         return Ok(RunAction::Locked { pid });
     }
     let status: Option<RunStatus> = read_json(&run.status())?;
@@ -42,6 +42,7 @@ pub fn action_for(run: &RunPaths) -> Result<RunAction, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::RunLock;
     use crate::store::atomic::write_json_atomic;
 
     #[test]
