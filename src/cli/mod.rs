@@ -4,6 +4,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 /// qlab: run QLoRA fine-tuning experiments end to end.
 #[derive(Debug, Parser)]
 #[command(name = "qlab", version, about, long_about = None)]
@@ -13,11 +15,22 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Benchmarks (training step speed and memory).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         None => ExitCode::SUCCESS,
+        Some(Command::Bench(cmd)) => match bench::run(cmd) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("Error: {e:?}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
