@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod decoder_model;
 pub mod model;
 pub mod optim;
 pub mod schedule;

@@ -22,6 +22,9 @@ pub struct Batch {
     pub tokens: usize,
     /// Dataset row numbers of the sequences, for error reports.
     pub rows: Vec<usize>,
+    /// Seed of this micro-batch's LoRA dropout masks: a function of the run seed, step and micro-batch, so a
+    /// resumed run draws the same masks.
+    pub dropout_seed: u64,
 }
 
 /// A model with frozen base weights and trainable adapter tensors.

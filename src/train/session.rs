@@ -145,7 +145,8 @@ impl Session {
         for k in first..end {
             let idx = &self.order[k * bs..((k + 1) * bs).min(self.data.len())];
             let examples: Vec<&Example> = idx.iter().map(|&i| &self.data[i]).collect();
-            let batch = make_batch(&examples, self.pad_id, &device)?;
+            let dropout_seed = self.state.seed ^ (step << 24) ^ k as u64;
+            let batch = make_batch(&examples, self.pad_id, dropout_seed, &device)?;
             let (loss, grads) = self.model.loss_and_grads(&batch)?;
             if !loss.is_finite() {
                 return Err(TrainError::NonFinite {

@@ -160,6 +160,7 @@ mod tests {
             attention_mask: Tensor::new(&[[1f32, 1.0, 1.0, 1.0]], &Device::Cpu).unwrap(),
             tokens: 4,
             rows: vec![1],
+            dropout_seed: 0,
         };
         let (loss, grads) = model.loss_and_grads(&batch).unwrap();
         assert!(loss.is_finite() && loss > 0.0);

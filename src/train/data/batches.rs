@@ -28,6 +28,7 @@ pub fn micro_batches_per_epoch(sequences: usize, batch_size: usize) -> usize {
 pub fn make_batch(
     examples: &[&Example],
     pad_id: u32,
+    dropout_seed: u64,
     device: &Device,
 ) -> Result<Batch, TrainError> {
     let width = examples
@@ -53,6 +54,7 @@ pub fn make_batch(
         attention_mask: Tensor::from_vec(attention, (rows, width), device)?,
         tokens: examples.iter().map(|e| e.ids.len()).sum(),
         rows: examples.iter().map(|e| e.row).collect(),
+        dropout_seed,
     })
 }
 
@@ -83,7 +85,7 @@ mod tests {
             trained: vec![true, true],
             row: 9,
         };
-        let batch = make_batch(&[&a, &b], 0, &Device::Cpu).unwrap();
+        let batch = make_batch(&[&a, &b], 0, 0, &Device::Cpu).unwrap();
         assert_eq!(
             batch.input_ids.to_vec2::<u32>().unwrap(),
             vec![vec![1, 2, 3], vec![5, 6, 0]]
