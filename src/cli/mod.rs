@@ -1,5 +1,6 @@
 //! Command-line interface: one clap command per file; each parses its arguments and calls the library.
 
+mod bench;
 mod demo_data;
 mod import_questions;
 mod logging;
@@ -34,6 +35,9 @@ pub enum Command {
     ImportQuestions(import_questions::Args),
     /// Regenerate the demo sweep's arithmetic word problems (data/arith.jsonl).
     DemoData(demo_data::Args),
+    /// Benchmarks (training step speed and memory).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// The config path argument every sweep command takes.
@@ -64,6 +68,7 @@ pub fn main() -> ExitCode {
         Some(Command::Status(a)) => status::run(a),
         Some(Command::ImportQuestions(a)) => import_questions::run(a),
         Some(Command::DemoData(a)) => demo_data::run(a),
+        Some(Command::Bench(cmd)) => bench::run(cmd).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
