@@ -1,5 +1,7 @@
 //! Command-line interface: one clap command per file; each parses its arguments and calls the library.
 
+mod generate;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -13,11 +15,22 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Generate a continuation of one prompt (raw, or as a chat turn with --chat).
+    Generate(generate::GenerateArgs),
+}
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        None => ExitCode::SUCCESS,
+    let result = match cli.command {
+        None => Ok(()),
+        Some(Command::Generate(args)) => generate::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:?}");
+            ExitCode::FAILURE
+        }
     }
 }
