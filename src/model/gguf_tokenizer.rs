@@ -6,6 +6,8 @@
 mod meta;
 mod pretok;
 mod spm;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::path::Path;
