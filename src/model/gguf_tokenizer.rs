@@ -73,20 +73,18 @@ pub fn from_gguf_metadata(
     let bos = token_at("tokenizer.ggml.bos_token_id")?;
     let eos = token_at("tokenizer.ggml.eos_token_id")?;
     let eot = token_at("tokenizer.ggml.eot_token_id")?;
-    if meta
+    let add_bos = meta
         .opt_bool("tokenizer.ggml.add_bos_token")?
-        .unwrap_or(default_add_bos)
-    {
-        if let Some((id, text)) = &bos {
-            let post = TemplateProcessing::builder()
-                .try_single(format!("{text} $A"))
-                .and_then(|b| b.try_pair(format!("{text} $A {text} $B")))
-                .map_err(|e| TokenizerError::Codec(e.to_string()))?
-                .special_tokens(vec![(text.clone(), *id)])
-                .build()
-                .map_err(|e| TokenizerError::Codec(e.to_string()))?;
-            inner.with_post_processor(Some(post));
-        }
+        .unwrap_or(default_add_bos);
+    if let (true, Some((id, text))) = (add_bos, &bos) {
+        let post = TemplateProcessing::builder()
+            .try_single(format!("{text} $A"))
+            .and_then(|b| b.try_pair(format!("{text} $A {text} $B")))
+            .map_err(|e| TokenizerError::Codec(e.to_string()))?
+            .special_tokens(vec![(text.clone(), *id)])
+            .build()
+            .map_err(|e| TokenizerError::Codec(e.to_string()))?;
+        inner.with_post_processor(Some(post));
     }
     let eos_ids: Vec<u32> = [&eos, &eot]
         .iter()

@@ -24,11 +24,17 @@ pub enum StoreError {
         source: serde_json::Error,
     },
     #[error("{path}: run is locked by another process (pid {pid})")]
-    Locked { path: std::path::PathBuf, pid: String },
+    Locked {
+        path: std::path::PathBuf,
+        pid: String,
+    },
 }
 
 impl StoreError {
     pub fn io(path: impl Into<std::path::PathBuf>, source: std::io::Error) -> Self {
-        StoreError::Io { path: path.into(), source }
+        StoreError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -35,12 +35,14 @@ impl CausalLm for CandleQuantizedLlama {
         offset: usize,
         attend: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
-        if let Some(mask) = attend {
-            if mask.min_all()?.to_scalar::<u8>()? == 0 {
-                candle_core::bail!(
-                    "candle's quantized_llama has no padding mask: give prompts of equal length"
-                );
-            }
+        let padded = match attend {
+            Some(mask) => mask.min_all()?.to_scalar::<u8>()? == 0,
+            None => false,
+        };
+        if padded {
+            candle_core::bail!(
+                "candle's quantized_llama has no padding mask: give prompts of equal length"
+            );
         }
         self.model.forward(ids, offset)
     }
