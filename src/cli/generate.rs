@@ -2,9 +2,11 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::Args;
 use color_eyre::eyre::{Result, WrapErr, eyre};
+use qlab::eval::sources;
 use qlab::model::chat::{ChatTemplate, Message};
 use qlab::model::generate::{GenEvent, GenerateOptions, Sampling, generate, open_model};
 use qlab::model::source::{ModelSource, ResolveOptions, demo_model};
@@ -19,9 +21,10 @@ pub struct GenerateArgs {
     /// experiments.toml, to look `--model` up among its models.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// How to hold safetensors weights: none (as stored), nf4, or a GGUF type (q4_0, q8_0, ...).
-    #[arg(long, default_value = "none")]
-    pub quant: String,
+    /// How to hold safetensors weights: none (as stored), nf4, or a GGUF type (q4_0, q8_0, ...);
+    /// default: the config's `quant` for a config model, else none.
+    #[arg(long)]
+    pub quant: Option<String>,
     /// A LoRA adapter directory (PEFT layout) applied on top of the frozen base.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
@@ -78,19 +81,61 @@ pub fn parse_model_arg(model: &str) -> Result<ModelSource> {
     Ok(ModelSource::Path(PathBuf::from(model)))
 }
 
-pub fn run(args: GenerateArgs) -> Result<()> {
-    if args.config.is_some() {
+/// The model `--model` names, with its quantization and any chat-template override from the config.
+struct ModelChoice {
+    source: ModelSource,
+    quant: String,
+    chat_template: Option<Option<String>>,
+}
+
+fn resolve_model(args: &GenerateArgs) -> Result<ModelChoice> {
+    let Some(config_path) = &args.config else {
+        return Ok(ModelChoice {
+            source: parse_model_arg(&args.model)?,
+            quant: args.quant.clone().unwrap_or_else(|| "none".into()),
+            chat_template: None,
+        });
+    };
+    let config = qlab::config::Config::load(config_path).map_err(|errors| eyre!("{errors}"))?;
+    let Some(model) = config.model(&args.model) else {
+        let ids: Vec<&str> = config.models.iter().map(|m| m.id.as_str()).collect();
         return Err(eyre!(
-            "--config model lookup needs the experiments.toml schema, which this build does not have yet; pass a path, hf:, pypi: or demo"
+            "{}: no [[model]] with id {:?} (ids: {})",
+            config_path.display(),
+            args.model,
+            ids.join(", ")
         ));
-    }
-    let source = parse_model_arg(&args.model)?;
+    };
+    Ok(ModelChoice {
+        source: sources::source_of(model, &config),
+        quant: args
+            .quant
+            .clone()
+            .unwrap_or_else(|| sources::quant_name(model.quant).into()),
+        chat_template: sources::chat_template_override(model, &config)
+            .wrap_err_with(|| format!("model {}: chat_template file", model.id))?,
+    })
+}
+
+pub fn run(args: GenerateArgs) -> Result<ExitCode> {
+    let model = resolve_model(&args)?;
+    let source = model.source;
     let path = source
         .resolve(&ResolveOptions::from_env()?)
         .wrap_err_with(|| format!("model {}", source.describe()))?;
     let tokenizer = Tokenizer::load(&path)?;
     let prompt_ids = if args.chat {
-        let template = ChatTemplate::from_tokenizer(&tokenizer)?;
+        let template = match model.chat_template {
+            Some(Some(src)) => {
+                ChatTemplate::new(&src, tokenizer.bos_token(), tokenizer.eos_token())?
+            }
+            Some(None) => {
+                return Err(eyre!(
+                    "--chat: the config sets chat_template = \"none\" for this model"
+                ));
+            }
+            None => ChatTemplate::from_tokenizer(&tokenizer)?,
+        };
         tokenizer.encode(
             &template.render(&[Message::user(&args.prompt)], true)?,
             false,
@@ -98,7 +143,7 @@ pub fn run(args: GenerateArgs) -> Result<()> {
     } else {
         tokenizer.encode(&args.prompt, true)?
     };
-    let mut model = open_model(&path, &args.quant, args.adapter.as_deref())?;
+    let mut model = open_model(&path, &model.quant, args.adapter.as_deref())?;
     let sampling = if args.temperature > 0.0 {
         Sampling::Sample {
             temperature: args.temperature,
@@ -156,5 +201,5 @@ pub fn run(args: GenerateArgs) -> Result<()> {
             out[0].finish
         );
     }
-    Ok(())
+    Ok(ExitCode::SUCCESS)
 }

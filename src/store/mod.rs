@@ -2,9 +2,11 @@
 
 pub mod atomic;
 pub mod layout;
+pub mod lock;
 pub mod status;
 
 pub use layout::{RunPaths, SweepPaths};
+pub use lock::RunLock;
 pub use status::{RunState, RunStatus};
 
 /// Errors of the run store; each names the file it concerns.
