@@ -82,5 +82,5 @@ fn run_qlab(path: &Path, prompt: &[u32], tokens: usize) {
     let before = rss_mib();
     let mut model = open_model(path, "none", None).expect("qlab model");
     println!("qlab model loaded: +{:.0} MiB", rss_mib() - before);
-    bench("qlab", model.as_mut(), prompt, tokens);
+    bench("qlab", &mut model, prompt, tokens);
 }

@@ -117,7 +117,7 @@ fn greedy_chat_answer_is_fluent_and_ends_its_turn() {
         stop_ids: tok.stop_ids().to_vec(),
         pad_id: tok.pad_id(),
     };
-    let (out, _) = generate(model.as_mut(), &[ids], &opts, &mut |_| {}).unwrap();
+    let (out, _) = generate(&mut model, &[ids], &opts, &mut |_| {}).unwrap();
     let answer = tok.decode(&out[0].ids, true).unwrap();
     eprintln!("demo answer: {answer:?}");
     assert_eq!(

@@ -28,6 +28,9 @@ pub struct GenerateArgs {
     /// A LoRA adapter directory (PEFT layout) applied on top of the frozen base.
     #[arg(long)]
     pub adapter: Option<PathBuf>,
+    /// Fold the adapter into the weights before generating (faster decoding, more memory).
+    #[arg(long, requires = "adapter")]
+    pub merge: bool,
     /// Wrap the prompt in the model's chat template as one user turn.
     #[arg(long)]
     pub chat: bool,
@@ -144,6 +147,9 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
         tokenizer.encode(&args.prompt, true)?
     };
     let mut model = open_model(&path, &model.quant, args.adapter.as_deref())?;
+    if args.merge {
+        model.merge_adapter()?;
+    }
     let sampling = if args.temperature > 0.0 {
         Sampling::Sample {
             temperature: args.temperature,
@@ -177,7 +183,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
             stream_error = Some(err);
         }
     };
-    let (out, stats) = generate(model.as_mut(), &[prompt_ids], &opts, &mut on_token)?;
+    let (out, stats) = generate(&mut model, &[prompt_ids], &opts, &mut on_token)?;
     if let Some(err) = stream_error {
         return Err(err);
     }

@@ -1,5 +1,6 @@
 //! Command-line interface: one clap command per file; each parses its arguments and calls the library.
 
+mod bench;
 mod demo_data;
 mod generate;
 mod import_questions;
@@ -37,6 +38,9 @@ pub enum Command {
     DemoData(demo_data::Args),
     /// Generate a continuation of one prompt (raw, or as a chat turn with --chat).
     Generate(generate::GenerateArgs),
+    /// Benchmarks (training step speed and memory).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// The config path argument every sweep command takes.
@@ -68,6 +72,7 @@ pub fn main() -> ExitCode {
         Some(Command::ImportQuestions(a)) => import_questions::run(a),
         Some(Command::DemoData(a)) => demo_data::run(a),
         Some(Command::Generate(a)) => generate::run(a),
+        Some(Command::Bench(cmd)) => bench::run(cmd).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

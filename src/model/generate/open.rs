@@ -1,56 +1,44 @@
-//! Open a resolved model path as a [`CausalLm`] ready to generate.
+//! Open a resolved model path as qlab's decoder, ready to generate: frozen base in the asked-for
+//! quantization, a PEFT adapter applied unmerged (or merged, the fast path), on the CPU.
 
 use std::path::Path;
 
 use candle_core::Device;
 
-use super::{CandleQuantizedLlama, CausalLm};
+use super::DecoderLm;
+use crate::model::{ModelError, Quant, load_model};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("{path}: {reason}")]
-    Unsupported {
-        path: std::path::PathBuf,
-        reason: String,
-    },
-    #[error("{path}: cannot load model: {source}")]
-    Load {
-        path: std::path::PathBuf,
+    #[error(
+        "unknown quantization {0:?} (expected none, nf4, q4_0, q4_1, q5_0, q5_1, q8_0, q2k..q6k)"
+    )]
+    BadQuant(String),
+    #[error("adapter {dir}: {source}")]
+    Adapter {
+        dir: std::path::PathBuf,
         #[source]
-        source: candle_core::Error,
+        source: ModelError,
     },
+    #[error(transparent)]
+    Model(#[from] ModelError),
 }
 
-/// Load the model at `path` (a GGUF file) on the CPU.
+/// Load the model at `path` (a .gguf file or a safetensors directory) and apply `adapter` when given.
 pub fn open_model(
     path: &Path,
     quant: &str,
     adapter: Option<&Path>,
-) -> Result<Box<dyn CausalLm>, OpenError> {
-    let unsupported = |reason: &str| OpenError::Unsupported {
-        path: path.to_owned(),
-        reason: reason.to_owned(),
-    };
-    if adapter.is_some() {
-        return Err(unsupported(
-            "LoRA adapters need qlab's own decoder, which this build does not include yet",
-        ));
+) -> Result<DecoderLm, OpenError> {
+    let quant = Quant::parse(quant).ok_or_else(|| OpenError::BadQuant(quant.to_owned()))?;
+    let mut decoder = load_model(path, quant, &Device::Cpu)?;
+    if let Some(dir) = adapter {
+        decoder
+            .load_peft(dir)
+            .map_err(|source| OpenError::Adapter {
+                dir: dir.to_owned(),
+                source,
+            })?;
     }
-    if quant != "none" {
-        return Err(unsupported(
-            "GGUF weights are used as stored: pass --quant none",
-        ));
-    }
-    if !path
-        .extension()
-        .is_some_and(|x| x.eq_ignore_ascii_case("gguf"))
-    {
-        return Err(unsupported("expected a .gguf file"));
-    }
-    let model =
-        CandleQuantizedLlama::load(path, &Device::Cpu).map_err(|source| OpenError::Load {
-            path: path.to_owned(),
-            source,
-        })?;
-    Ok(Box::new(model))
+    Ok(DecoderLm::new(decoder))
 }
