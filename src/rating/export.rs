@@ -211,3 +211,127 @@ pub fn judgements_csv(ratings: &Ratings, rubric: &Rubric) -> Result<String, Rati
         .map_err(|e| RatingError::Encode(e.to_string()))?;
     String::from_utf8(bytes).map_err(|e| RatingError::Encode(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use calamine::{Data, Reader, Xlsx, open_workbook};
+
+    use super::*;
+    use crate::rating::journal::{Entry, JournalLine, QuestionRef};
+    use crate::rating::results::build;
+
+    fn line(
+        rater: &str,
+        task: &str,
+        model: &str,
+        stage: &str,
+        q: &str,
+        v: [f64; 3],
+    ) -> JournalLine {
+        let answer = AnswerKey {
+            item: QuestionRef {
+                task: task.into(),
+                questions: task.into(),
+                question: q.into(),
+            },
+            model: model.into(),
+            stage: stage.into(),
+        };
+        let scores = Rubric::default().criteria.into_iter().zip(v).collect();
+        let entry = Entry::Score {
+            answer,
+            run: None,
+            scores,
+            blind: None,
+            unparsed: Default::default(),
+        };
+        JournalLine::new(rater, "t".into(), entry)
+    }
+
+    fn ratings() -> Ratings {
+        Ratings::replay(&[
+            line("s", "math", "qwen-2-7b", "e1", "10", [1., 2., 3.]),
+            line("s", "math", "qwen-2-7b", "e1", "2", [5., 4.5, 4.]),
+            line("s", "math", "qwen-2-7b", "base", "2", [0., 0., 1.]),
+            line("t", "math", "qwen-2-7b", "base", "2", [2., 2., 1.]),
+            line("s", "bio", "gemma-7b", "e3", "1", [5., 5., 5.]),
+        ])
+    }
+
+    #[test]
+    fn xlsx_reads_back_with_the_studys_layout_and_a_summary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.xlsx");
+        let (r, rubric) = (ratings(), Rubric::default());
+        let tasks = build(&r, &rubric, &[]);
+        write_xlsx(&path, &r, &rubric, &tasks, &[]).unwrap();
+        let mut book: Xlsx<_> = open_workbook(&path).unwrap();
+        assert_eq!(book.sheet_names(), ["bio", "math", "Summary"]);
+        let math = book.worksheet_range("math").unwrap();
+        let rows: Vec<Vec<Data>> = math.rows().map(|r| r.to_vec()).collect();
+        let s = |x: &str| Data::String(x.into());
+        assert_eq!(
+            rows[0],
+            [
+                s("File Name"),
+                s("Question Number"),
+                s("Correct Answer"),
+                s("Correct Reasoning"),
+                s("Helpfulness")
+            ]
+        );
+        assert_eq!(
+            rows[1],
+            [
+                s("qwen-2-7b-base-math"),
+                Data::Float(2.),
+                Data::Float(1.),
+                Data::Float(1.),
+                Data::Float(1.)
+            ]
+        );
+        assert_eq!(
+            rows[2],
+            [
+                s("qwen-2-7b-e1-math"),
+                Data::Float(2.),
+                Data::Float(5.),
+                Data::Float(4.5),
+                Data::Float(4.)
+            ]
+        );
+        assert_eq!(rows[3][1], Data::Float(10.));
+        assert_eq!(rows.len(), 4);
+        let summary = book.worksheet_range("Summary").unwrap();
+        let header: Vec<Data> = summary.rows().next().unwrap().to_vec();
+        assert_eq!(
+            header[..5],
+            [s("Task"), s("Model"), s("Stage"), s("Mean"), s("N")]
+        );
+        let e1 = summary.rows().find(|r| r[2] == s("e1")).unwrap();
+        assert_eq!(e1[3], Data::Float(19.5 / 6.0));
+        assert_eq!(e1[4], Data::Float(2.));
+        assert_eq!(
+            e1[header
+                .iter()
+                .position(|h| *h == s("Change from base"))
+                .unwrap()],
+            Data::Float(19.5 / 6.0 - 1.0)
+        );
+    }
+
+    #[test]
+    fn csv_lists_every_standing_judgement() {
+        let text = judgements_csv(&ratings(), &Rubric::default()).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 6);
+        assert_eq!(
+            lines[0],
+            "rater,task,questions,question,model,stage,Correct Answer,Correct Reasoning,Helpfulness,note,reference_wrong"
+        );
+        assert!(
+            lines.contains(&"s,math,math,2,qwen-2-7b,e1,5,4.5,4,,false"),
+            "{text}"
+        );
+    }
+}
