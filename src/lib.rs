@@ -12,3 +12,4 @@ pub mod store;
 pub mod sweep;
 pub mod train;
 pub mod tui;
+pub mod watch;

@@ -1,0 +1,3 @@
+//! Parts of the dashboard benchmark.
+
+pub mod render;

@@ -1,0 +1,119 @@
+//! The dashboard's file side: follows the metrics logs of runs this process does not train, reads lock
+//! holders and log tails, and turns all of it into messages. Used by the event loop only.
+
+use crate::store::RunPaths;
+use crate::watch::tail::last_lines;
+use crate::watch::{MetricsFollower, live_lock_holder};
+
+use super::msg::Msg;
+use super::sweep_info::SweepInfo;
+
+/// Lines of run.log kept for the Run screen.
+const LOG_LINES: usize = 40;
+
+struct Followed {
+    run: String,
+    paths: RunPaths,
+    follower: MetricsFollower,
+    /// Trained by this process: its events come from the runner channel instead.
+    ours: bool,
+}
+
+/// All run directories of the sweep.
+pub struct RunFiles {
+    runs: Vec<Followed>,
+}
+
+impl RunFiles {
+    pub fn new(sweep: &SweepInfo) -> Self {
+        let paths = sweep.paths();
+        let runs = sweep
+            .runs
+            .iter()
+            .map(|p| {
+                let rp = paths.run(&p.id);
+                Followed {
+                    run: p.id.clone(),
+                    follower: MetricsFollower::new(&rp),
+                    paths: rp,
+                    ours: false,
+                }
+            })
+            .collect();
+        RunFiles { runs }
+    }
+
+    /// New events of every followed log, as messages; unreadable lines become a notice (and a log line).
+    pub fn poll(&mut self) -> Vec<Msg> {
+        let mut out = Vec::new();
+        for f in self.runs.iter_mut().filter(|f| !f.ours) {
+            match f.follower.poll() {
+                Ok(p) => {
+                    out.extend(p.events.into_iter().map(Msg::Followed));
+                    if let Some(first) = p.bad_lines.first() {
+                        for bad in &p.bad_lines {
+                            tracing::warn!("{bad}");
+                        }
+                        out.push(Msg::Notice(first.to_string()));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    out.push(Msg::Notice(e.to_string()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Live holders of each run's lock, leaving out this process.
+    pub fn lock_holders(&self) -> Msg {
+        let me = std::process::id();
+        Msg::LockHolders(
+            self.runs
+                .iter()
+                .map(|f| {
+                    (
+                        f.run.clone(),
+                        live_lock_holder(&f.paths.lock()).filter(|&pid| pid != me),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// Mark runs as trained by this process (`true`) or followed from their files again (`false`); when
+    /// following resumes, what the runner already reported over its channel is skipped.
+    pub fn set_ours(&mut self, runs: &[String], ours: bool) {
+        for f in self.runs.iter_mut().filter(|f| runs.contains(&f.run)) {
+            if f.ours
+                && !ours
+                && let Err(e) = f.follower.skip_to_end()
+            {
+                tracing::warn!("{e}");
+            }
+            f.ours = ours;
+        }
+    }
+
+    /// Runs currently trained by this process.
+    pub fn ours(&self) -> Vec<String> {
+        self.runs
+            .iter()
+            .filter(|f| f.ours)
+            .map(|f| f.run.clone())
+            .collect()
+    }
+
+    /// The tail of a run's run.log as a message.
+    pub fn log_tail(&self, run: &str) -> Option<Msg> {
+        let f = self.runs.iter().find(|f| f.run == run)?;
+        match last_lines(&f.paths.log(), LOG_LINES) {
+            Ok(lines) => Some(Msg::LogTail {
+                run: run.to_string(),
+                lines,
+            }),
+            Err(e) => Some(Msg::Notice(e.to_string())),
+        }
+    }
+}
