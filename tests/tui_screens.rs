@@ -4,7 +4,7 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use qlab::sweep::events::{LoggedEvent, RunEvent, StepMetrics, Telemetry};
-use qlab::tui::{App, Msg, PlannedRun, SweepInfo, Theme, update, view};
+use qlab::tui::{App, MatrixCell, Msg, SweepInfo, Theme, update, view};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
@@ -21,7 +21,7 @@ fn sweep() -> SweepInfo {
         .iter()
         .enumerate()
         .flat_map(|(i, m)| {
-            datasets.iter().enumerate().map(move |(j, d)| PlannedRun {
+            datasets.iter().enumerate().map(move |(j, d)| MatrixCell {
                 id: format!("{m}-{d}-{:08x}", 0x1a2b3c00 + i * 16 + j),
                 model: m.clone(),
                 dataset: d.clone(),

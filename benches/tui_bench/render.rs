@@ -5,7 +5,7 @@ use std::time::Instant;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use qlab::sweep::events::{RunEvent, StepMetrics};
 use qlab::tui::view::draw;
-use qlab::tui::{App, Msg, PlannedRun, SweepInfo, Theme, update};
+use qlab::tui::{App, MatrixCell, Msg, SweepInfo, Theme, update};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
@@ -16,7 +16,7 @@ pub fn run() {
         name: "bench".into(),
         models: vec!["smollm2-135m".into()],
         datasets: vec!["arith".into()],
-        runs: vec![PlannedRun {
+        runs: vec![MatrixCell {
             id: "smollm2-135m-arith-0a1b2c3d".into(),
             model: "smollm2-135m".into(),
             dataset: "arith".into(),

@@ -3,7 +3,7 @@
 
 use crate::watch::RunHistory;
 
-use super::sweep_info::{PlannedRun, SweepInfo};
+use super::sweep_info::{MatrixCell, SweepInfo};
 
 /// The screen filling the terminal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub enum PendingExit {
 /// One run of the sweep and what the dashboard knows about it.
 #[derive(Debug, Clone)]
 pub struct RunEntry {
-    pub plan: PlannedRun,
+    pub plan: MatrixCell,
     pub history: RunHistory,
     pub owner: Owner,
     /// Mean rating once rated.

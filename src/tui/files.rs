@@ -117,3 +117,92 @@ impl RunFiles {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::atomic::append_line_synced;
+    use crate::sweep::events::{LoggedEvent, RunEvent};
+    use crate::tui::sweep_info::MatrixCell;
+
+    fn sweep(dir: &std::path::Path) -> SweepInfo {
+        let runs = vec![MatrixCell {
+            id: "m-d-00000000".into(),
+            model: "m".into(),
+            dataset: "d".into(),
+        }];
+        SweepInfo {
+            name: "s".into(),
+            models: vec!["m".into()],
+            datasets: vec!["d".into()],
+            runs,
+            runs_dir: dir.to_owned(),
+        }
+    }
+
+    fn log(info: &SweepInfo, event: RunEvent) {
+        let line = serde_json::to_string(&LoggedEvent {
+            ts: 1.0,
+            run: "m-d-00000000".into(),
+            event,
+        })
+        .unwrap();
+        append_line_synced(&info.paths().run("m-d-00000000").metrics(), &line).unwrap();
+    }
+
+    #[test]
+    fn runs_trained_here_are_not_read_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = sweep(dir.path());
+        let mut files = RunFiles::new(&info);
+        log(&info, RunEvent::EpochDone { epoch: 1, step: 1 });
+        assert_eq!(files.poll().len(), 1);
+        files.set_ours(&["m-d-00000000".into()], true);
+        log(&info, RunEvent::EpochDone { epoch: 2, step: 2 });
+        assert!(
+            files.poll().is_empty(),
+            "our runner reports this run over its channel"
+        );
+        files.set_ours(&["m-d-00000000".into()], false);
+        assert!(
+            files.poll().is_empty(),
+            "what the runner already reported is skipped"
+        );
+        log(&info, RunEvent::EpochDone { epoch: 3, step: 3 });
+        assert_eq!(files.poll().len(), 1);
+    }
+
+    #[test]
+    fn bad_lines_become_a_notice_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = sweep(dir.path());
+        let mut files = RunFiles::new(&info);
+        append_line_synced(&info.paths().run("m-d-00000000").metrics(), "garbage").unwrap();
+        let msgs = files.poll();
+        let [Msg::Notice(text)] = msgs.as_slice() else {
+            panic!("{msgs:?}")
+        };
+        assert!(text.contains("metrics.jsonl:1:"), "{text}");
+    }
+
+    #[test]
+    fn log_tail_and_lock_holders() {
+        let dir = tempfile::tempdir().unwrap();
+        let info = sweep(dir.path());
+        let files = RunFiles::new(&info);
+        let run = info.paths().run("m-d-00000000");
+        std::fs::create_dir_all(&run.root).unwrap();
+        std::fs::write(run.log(), "one\ntwo\n").unwrap();
+        assert_eq!(
+            files.log_tail("m-d-00000000"),
+            Some(Msg::LogTail {
+                run: "m-d-00000000".into(),
+                lines: vec!["one".into(), "two".into()]
+            })
+        );
+        assert_eq!(
+            files.lock_holders(),
+            Msg::LockHolders(vec![("m-d-00000000".into(), None)])
+        );
+    }
+}

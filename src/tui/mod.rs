@@ -19,7 +19,7 @@ mod update_tests;
 
 pub use app::{App, Screen};
 pub use msg::{Effect, Msg};
-pub use sweep_info::{PlannedRun, SweepInfo};
+pub use sweep_info::{MatrixCell, SweepInfo};
 pub use theme::Theme;
 pub use trainer::Trainer;
 pub use update::update;

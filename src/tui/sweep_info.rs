@@ -7,7 +7,7 @@ use crate::store::SweepPaths;
 
 /// One cell of the matrix.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PlannedRun {
+pub struct MatrixCell {
     pub id: String,
     pub model: String,
     pub dataset: String,
@@ -21,7 +21,7 @@ pub struct SweepInfo {
     pub models: Vec<String>,
     /// Columns of the matrix, in config order.
     pub datasets: Vec<String>,
-    pub runs: Vec<PlannedRun>,
+    pub runs: Vec<MatrixCell>,
     /// The runs/ directory that holds `<sweep>/<run-id>/`.
     pub runs_dir: PathBuf,
 }

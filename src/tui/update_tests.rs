@@ -8,7 +8,7 @@ use crate::sweep::events::{LoggedEvent, RunEvent, RunnerCommand, StepMetrics};
 
 use super::app::{App, Control, Overlay, Owner, Screen};
 use super::msg::{Effect, Msg};
-use super::sweep_info::{PlannedRun, SweepInfo};
+use super::sweep_info::{MatrixCell, SweepInfo};
 use super::update::update;
 
 fn sweep() -> SweepInfo {
@@ -17,7 +17,7 @@ fn sweep() -> SweepInfo {
     let runs = models
         .iter()
         .flat_map(|m| {
-            datasets.iter().map(move |d| PlannedRun {
+            datasets.iter().map(move |d| MatrixCell {
                 id: format!("{m}-{d}-0a1b2c3d"),
                 model: m.clone(),
                 dataset: d.clone(),
