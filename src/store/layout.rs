@@ -25,7 +25,9 @@ pub struct SweepPaths {
 
 impl SweepPaths {
     pub fn new(runs_dir: &Path, sweep_name: &str) -> Self {
-        SweepPaths { root: runs_dir.join(sweep_name) }
+        SweepPaths {
+            root: runs_dir.join(sweep_name),
+        }
     }
     pub fn ratings_journal(&self) -> PathBuf {
         self.root.join("ratings.jsonl")
@@ -38,7 +40,9 @@ impl SweepPaths {
             .join(format!("{questions_id}-{eval_hash}.jsonl"))
     }
     pub fn run(&self, run_id: &str) -> RunPaths {
-        RunPaths { root: self.root.join(run_id) }
+        RunPaths {
+            root: self.root.join(run_id),
+        }
     }
 }
 
@@ -89,8 +93,14 @@ mod tests {
     fn run_paths_follow_the_documented_layout() {
         let sweep = SweepPaths::new(Path::new("runs"), "demo");
         let run = sweep.run("smollm2-arith-1a2b3c4d");
-        assert_eq!(run.checkpoint(100), Path::new("runs/demo/smollm2-arith-1a2b3c4d/checkpoints/step-00000100"));
-        assert_eq!(run.stage("e1"), Path::new("runs/demo/smollm2-arith-1a2b3c4d/stages/e1"));
+        assert_eq!(
+            run.checkpoint(100),
+            Path::new("runs/demo/smollm2-arith-1a2b3c4d/checkpoints/step-00000100")
+        );
+        assert_eq!(
+            run.stage("e1"),
+            Path::new("runs/demo/smollm2-arith-1a2b3c4d/stages/e1")
+        );
         assert_eq!(
             sweep.base_answers("smollm2", "math", "ff00"),
             Path::new("runs/demo/answers/base/smollm2/math-ff00.jsonl")
