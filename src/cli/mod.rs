@@ -5,6 +5,7 @@ mod import_questions;
 mod logging;
 mod plan;
 mod status;
+mod tui;
 mod validate;
 
 use std::path::PathBuf;
@@ -34,6 +35,8 @@ pub enum Command {
     ImportQuestions(import_questions::Args),
     /// Regenerate the demo sweep's arithmetic word problems (data/arith.jsonl).
     DemoData(demo_data::Args),
+    /// Open the dashboard on a sweep (what bare `qlab` does).
+    Tui(tui::Args),
 }
 
 /// The config path argument every sweep command takes.
@@ -54,16 +57,18 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let _log = logging::init();
     let result = match cli.command {
-        None => validate::run(validate::Args {
+        None => tui::run(tui::Args {
             config: ConfigArg {
                 config: "experiments.toml".into(),
             },
+            ascii: false,
         }),
         Some(Command::Validate(a)) => validate::run(a),
         Some(Command::Plan(a)) => plan::run(a),
         Some(Command::Status(a)) => status::run(a),
         Some(Command::ImportQuestions(a)) => import_questions::run(a),
         Some(Command::DemoData(a)) => demo_data::run(a),
+        Some(Command::Tui(a)) => tui::run(a),
     };
     match result {
         Ok(code) => code,

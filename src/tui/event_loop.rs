@@ -2,7 +2,6 @@
 //! everything pending, applies `update`, performs the effects, and draws at most once per frame interval,
 //! only when something changed. Idle, it wakes about once a second.
 
-use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -254,9 +253,4 @@ pub fn unix_now() -> f64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
-}
-
-/// Where the dashboard's own log goes.
-pub fn log_path(sweep_root: &std::path::Path) -> PathBuf {
-    sweep_root.join("dashboard.log")
 }

@@ -1,9 +1,9 @@
 //! The dashboard's file side: follows the metrics logs of runs this process does not train, reads lock
 //! holders and log tails, and turns all of it into messages. Used by the event loop only.
 
-use crate::store::RunPaths;
+use crate::store::{RunPaths, lock};
+use crate::watch::MetricsFollower;
 use crate::watch::tail::last_lines;
-use crate::watch::{MetricsFollower, live_lock_holder};
 
 use super::msg::Msg;
 use super::sweep_info::SweepInfo;
@@ -75,7 +75,7 @@ impl RunFiles {
                 .map(|f| {
                     (
                         f.run.clone(),
-                        live_lock_holder(&f.paths.lock()).filter(|&pid| pid != me),
+                        lock::holder(&f.paths).filter(|&pid| pid != me),
                     )
                 })
                 .collect(),

@@ -4,14 +4,12 @@
 pub mod eta;
 pub mod follow;
 pub mod history;
-pub mod lock;
 pub mod series;
 pub mod tail;
 
 pub use eta::{Eta, format_duration, progress_fraction};
 pub use follow::MetricsFollower;
 pub use history::{CheckpointInfo, RunHistory};
-pub use lock::live_lock_holder;
 pub use series::Series;
 pub use tail::LineTail;
 
