@@ -234,7 +234,9 @@ fn measure_in_tmux(dir: &Path, keys: &[&str]) -> f64 {
     std::thread::sleep(Duration::from_millis(500));
     let _ = Command::new("tmux")
         .args(["kill-session", "-t", &session])
+        .stderr(std::process::Stdio::null())
         .status();
+    let _ = std::fs::remove_dir_all(dir);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     (after - before) as f64 / hz / MEASURE.as_secs_f64() * 100.0
