@@ -7,6 +7,7 @@ mod import_questions;
 mod logging;
 mod plan;
 mod status;
+mod tui;
 mod validate;
 
 use std::path::PathBuf;
@@ -41,6 +42,8 @@ pub enum Command {
     /// Benchmarks (training step speed and memory).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Open the dashboard on a sweep (what bare `qlab` does).
+    Tui(tui::Args),
 }
 
 /// The config path argument every sweep command takes.
@@ -61,10 +64,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let _log = logging::init();
     let result = match cli.command {
-        None => validate::run(validate::Args {
+        None => tui::run(tui::Args {
             config: ConfigArg {
                 config: "experiments.toml".into(),
             },
+            ascii: false,
         }),
         Some(Command::Validate(a)) => validate::run(a),
         Some(Command::Plan(a)) => plan::run(a),
@@ -73,6 +77,7 @@ pub fn main() -> ExitCode {
         Some(Command::DemoData(a)) => demo_data::run(a),
         Some(Command::Generate(a)) => generate::run(a),
         Some(Command::Bench(cmd)) => bench::run(cmd).map(|()| ExitCode::SUCCESS),
+        Some(Command::Tui(a)) => tui::run(a),
     };
     match result {
         Ok(code) => code,
