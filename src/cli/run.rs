@@ -105,7 +105,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     );
     Ok(if !summary.failed.is_empty() {
         ExitCode::FAILURE
-    } else if !summary.interrupted.is_empty() {
+    } else if stop.load(std::sync::atomic::Ordering::SeqCst) {
         ExitCode::from(130)
     } else {
         ExitCode::SUCCESS
