@@ -162,7 +162,7 @@ fn max_steps_stops_with_a_checkpoint_and_the_next_run_resumes_then_skips() {
 fn sigterm_checkpoints_and_exits_cleanly_and_the_run_continues_later() {
     let dir = tempfile::tempdir().unwrap();
     setup(dir.path(), 400);
-    let mut child = qlab(dir.path(), &[])
+    let child = qlab(dir.path(), &[])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
