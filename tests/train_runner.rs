@@ -254,14 +254,18 @@ fn a_locked_run_is_left_alone_and_max_steps_stops_with_a_checkpoint() {
     };
     let handle = spawn(
         dir.path(),
-        vec![job("a", &data, 1), job("b", &data, 1)],
+        vec![job("a", &data, 1), job("b", &data, 1), job("c", &data, 1)],
         options,
     );
     let events: Vec<_> = handle.events.iter().collect();
     let summary = handle.join();
     assert_eq!(summary.skipped, vec!["a"]);
-    assert_eq!(summary.interrupted, vec!["b"]);
-    assert!(events.iter().all(|(r, _)| r == "b"));
+    assert_eq!(
+        summary.interrupted,
+        vec!["b", "c"],
+        "max_steps does not stop the sweep"
+    );
+    assert!(events.iter().all(|(r, _)| r != "a"));
     assert!(
         !dir.path().join("s/a/metrics.jsonl").exists(),
         "nothing written into a locked run"

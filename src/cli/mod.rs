@@ -6,6 +6,7 @@ mod generate;
 mod import_questions;
 mod logging;
 mod plan;
+mod run;
 mod status;
 mod tui;
 mod validate;
@@ -31,6 +32,8 @@ pub enum Command {
     Validate(validate::Args),
     /// Show the runs a config asks for, with their stable ids and stages.
     Plan(plan::Args),
+    /// Train the sweep's runs headless (resuming unfinished ones), with progress on the terminal.
+    Run(run::RunArgs),
     /// Show each run's state, progress, last loss, ETA and live runner.
     Status(status::Args),
     /// Convert one of the study's question lists (text) into qlab's question-set TOML.
@@ -72,6 +75,7 @@ pub fn main() -> ExitCode {
         }),
         Some(Command::Validate(a)) => validate::run(a),
         Some(Command::Plan(a)) => plan::run(a),
+        Some(Command::Run(a)) => run::run(a),
         Some(Command::Status(a)) => status::run(a),
         Some(Command::ImportQuestions(a)) => import_questions::run(a),
         Some(Command::DemoData(a)) => demo_data::run(a),

@@ -6,6 +6,7 @@ pub mod events;
 pub mod from_plan;
 pub mod job;
 pub mod metrics_log;
+pub mod model_loader;
 pub mod reconcile;
 pub mod runner;
 pub mod sink;

@@ -94,7 +94,7 @@ pub struct Runner;
 impl Runner {
     /// Train `jobs` in order on a new thread named `qlab-runner`: finished runs are skipped, unfinished ones
     /// resume from their newest checkpoint, locked ones (another process) are left alone. A failed run does
-    /// not stop the sweep; a stop or cancel does.
+    /// not stop the sweep, nor does `max_steps`; a stop or cancel does.
     pub fn spawn(
         sweep: SweepPaths,
         jobs: Vec<RunJob>,
@@ -154,9 +154,11 @@ fn run_sweep(
             JobOutcome::Finished => summary.finished.push(id),
             JobOutcome::Failed => summary.failed.push(id),
             JobOutcome::Skipped => summary.skipped.push(id),
-            JobOutcome::Interrupted => {
+            JobOutcome::Interrupted { stop_sweep } => {
                 summary.interrupted.push(id);
-                break;
+                if stop_sweep {
+                    break;
+                }
             }
         }
     }

@@ -26,8 +26,11 @@ use crate::train::session::Session;
 pub enum JobOutcome {
     Finished,
     Failed,
-    /// Stopped or cancelled; the sweep stops too.
-    Interrupted,
+    /// Stopped at a checkpoint or cancelled; resumable. A stop or cancel also stops the sweep; reaching
+    /// `max_steps` does not.
+    Interrupted {
+        stop_sweep: bool,
+    },
     /// Done earlier, or held by another process.
     Skipped,
 }
@@ -44,7 +47,11 @@ pub struct JobContext<'a> {
 /// The `RunFailed` reason or the way the loop ended.
 enum Ended {
     Finished,
-    Interrupted { step: u64, reason: String },
+    Interrupted {
+        step: u64,
+        reason: String,
+        stop_sweep: bool,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,11 +129,15 @@ pub fn train_job(ctx: &mut JobContext<'_>, job: &RunJob) -> JobOutcome {
             status.state = RunState::Done;
             (JobOutcome::Finished, None)
         }
-        Ok(Ended::Interrupted { step, reason }) => {
+        Ok(Ended::Interrupted {
+            step,
+            reason,
+            stop_sweep,
+        }) => {
             status.state = RunState::Interrupted;
             status.reason = Some(reason.clone());
             (
-                JobOutcome::Interrupted,
+                JobOutcome::Interrupted { stop_sweep },
                 Some(RunEvent::Interrupted { step, reason }),
             )
         }
@@ -246,11 +257,13 @@ fn run_loop(
     let mut last_checkpoint = start_step;
     loop {
         let step = session.state().step;
-        let directive = match ctx.options.max_steps {
-            Some(max) if step >= max && !session.is_done() => {
-                Directive::Stop(format!("--max-steps {max} reached"))
-            }
-            _ => ctx.control.poll(sink, step)?,
+        let max_reached = ctx
+            .options
+            .max_steps
+            .filter(|&max| step >= max && !session.is_done());
+        let directive = match max_reached {
+            Some(max) => Directive::Stop(format!("--max-steps {max} reached")),
+            None => ctx.control.poll(sink, step)?,
         };
         match directive {
             Directive::Continue => {}
@@ -258,6 +271,7 @@ fn run_loop(
                 return Ok(Ended::Interrupted {
                     step: last_checkpoint,
                     reason: "cancelled".to_string(),
+                    stop_sweep: true,
                 });
             }
             Directive::Stop(reason) => {
@@ -267,6 +281,7 @@ fn run_loop(
                 return Ok(Ended::Interrupted {
                     step: last_checkpoint,
                     reason,
+                    stop_sweep: max_reached.is_none(),
                 });
             }
         }

@@ -1,0 +1,208 @@
+//! `qlab run` end to end on a tiny Llama (the model fixture) with a word-level tokenizer: `--max-steps` stops
+//! with a checkpoint and a second run resumes and finishes; a third skips the finished run; SIGTERM
+//! checkpoints and exits cleanly, and the next run continues from that checkpoint.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use qlab::store::atomic::read_json;
+use qlab::store::{RunState, RunStatus};
+use qlab::sweep::events::RunEvent;
+use qlab::sweep::metrics_log::read_events;
+
+const WORDS: [&str; 4] = ["Q", "A", ":", "plus"];
+
+fn tokenizer_json() -> String {
+    let mut vocab = serde_json::Map::new();
+    for (i, t) in ["<unk>", "<s>", "</s>"]
+        .iter()
+        .chain(WORDS.iter())
+        .enumerate()
+    {
+        vocab.insert(t.to_string(), i.into());
+    }
+    for n in 0..40 {
+        vocab.insert(n.to_string(), (7 + n).into());
+    }
+    let special = |id: u32, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+    };
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [special(0, "<unk>"), special(1, "<s>"), special(2, "</s>")],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    })
+    .to_string()
+}
+
+/// A sweep of one run: the tiny Llama fixture on `rows` sums, batch 2, checkpoint every 2 steps.
+fn setup(dir: &Path, rows: usize) {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama");
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(f), model.join(f)).unwrap();
+    }
+    std::fs::write(model.join("tokenizer.json"), tokenizer_json()).unwrap();
+    let data: Vec<String> = (0..rows)
+        .map(|i| serde_json::json!({"q": format!("{} plus {}", i % 9, i % 7), "a": format!("{}", i % 9 + i % 7)}).to_string())
+        .collect();
+    std::fs::write(dir.join("sums.jsonl"), data.join("\n")).unwrap();
+    let config = r#"
+[sweep]
+name = "t"
+device = "cpu"
+[[model]]
+id = "tiny"
+path = "model"
+quant = "none"
+[[dataset]]
+id = "sums"
+path = "sums.jsonl"
+template = "Q : {q} A : {a}"
+completion_marker = "A : "
+[lora]
+r = 4
+alpha = 8
+[train]
+lr = 1e-2
+batch_size = 2
+grad_accum = 1
+max_seq_len = 32
+epochs = 1
+eval_at_epochs = [1]
+checkpoint_every = 2
+[matrix]
+models = ["tiny"]
+datasets = ["sums"]
+"#;
+    std::fs::write(dir.join("t.toml"), config).unwrap();
+}
+
+fn qlab(dir: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_qlab"));
+    c.current_dir(dir)
+        .arg("run")
+        .arg("t.toml")
+        .args(args)
+        .env("QLAB_OFFLINE", "1");
+    c
+}
+
+fn run_ok(dir: &Path, args: &[&str]) -> String {
+    let out = qlab(dir, args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+fn run_dir(dir: &Path) -> std::path::PathBuf {
+    let runs = dir.join("runs/t");
+    std::fs::read_dir(&runs)
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .unwrap()
+}
+
+fn steps(run: &Path) -> Vec<u64> {
+    read_events(&run.join("metrics.jsonl"))
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| match e.event {
+            RunEvent::Step(m) => Some(m.step),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn max_steps_stops_with_a_checkpoint_and_the_next_run_resumes_then_skips() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), 12);
+    let first = run_ok(dir.path(), &["--max-steps", "3", "--every", "1"]);
+    assert!(
+        first.contains("start") && first.contains("step 3/6"),
+        "{first}"
+    );
+    assert!(
+        first.contains("interrupted (--max-steps 3 reached); resumable from step 3"),
+        "{first}"
+    );
+    let second = run_ok(dir.path(), &[]);
+    assert!(
+        second.contains("resume from step 3") && second.contains("finished: 6 steps"),
+        "{second}"
+    );
+    let run = run_dir(dir.path());
+    let status: RunStatus = read_json(&run.join("status.json")).unwrap().unwrap();
+    assert_eq!(status.state, RunState::Done);
+    assert_eq!(steps(&run), (1..=6).collect::<Vec<_>>());
+    assert!(
+        run.join("stages/e1/adapter/adapter_model.safetensors")
+            .exists()
+    );
+    assert!(run.join("stages/e1/adapter/adapter_config.json").exists());
+    let third = run_ok(dir.path(), &[]);
+    assert!(
+        third.contains("done, skipped") && third.contains("0 finished"),
+        "{third}"
+    );
+}
+
+#[test]
+fn sigterm_checkpoints_and_exits_cleanly_and_the_run_continues_later() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), 400);
+    let child = qlab(dir.path(), &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let runs = dir.path().join("runs/t");
+        if runs.exists()
+            && std::fs::read_dir(&runs).unwrap().count() > 0
+            && steps(&run_dir(dir.path())).len() >= 3
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(130), "{text}");
+    assert!(text.contains("interrupted (stopped by a signal)"), "{text}");
+    let run = run_dir(dir.path());
+    let status: RunStatus = read_json(&run.join("status.json")).unwrap().unwrap();
+    assert_eq!(status.state, RunState::Interrupted);
+    let stopped_at = *steps(&run).last().unwrap();
+    assert!(stopped_at < 200, "{stopped_at}");
+    assert!(
+        run.join(format!(
+            "checkpoints/step-{stopped_at:08}/trainer_state.json"
+        ))
+        .exists(),
+        "checkpoint at {stopped_at}"
+    );
+    let next = run_ok(
+        dir.path(),
+        &["--max-steps", &(stopped_at + 1).to_string(), "--every", "1"],
+    );
+    assert!(
+        next.contains(&format!("resume from step {stopped_at}")),
+        "{next}"
+    );
+    assert_eq!(steps(&run), (1..=stopped_at + 1).collect::<Vec<_>>());
+}
