@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo_data;
+mod eval;
 mod generate;
 mod import_questions;
 mod logging;
@@ -42,6 +43,8 @@ pub enum Command {
     DemoData(demo_data::Args),
     /// Generate a continuation of one prompt (raw, or as a chat turn with --chat).
     Generate(generate::GenerateArgs),
+    /// Generate answers to the question sets: base once per model, then each trained stage (resumable).
+    Eval(eval::Args),
     /// Benchmarks (training step speed and memory).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -80,6 +83,7 @@ pub fn main() -> ExitCode {
         Some(Command::ImportQuestions(a)) => import_questions::run(a),
         Some(Command::DemoData(a)) => demo_data::run(a),
         Some(Command::Generate(a)) => generate::run(a),
+        Some(Command::Eval(a)) => eval::run(a),
         Some(Command::Bench(cmd)) => bench::run(cmd).map(|()| ExitCode::SUCCESS),
         Some(Command::Tui(a)) => tui::run(a),
     };
