@@ -1,9 +1,13 @@
 //! Command-line interface: one clap command per file; each parses its arguments and calls the library.
 
 mod demo_data;
+pub mod export;
 mod import_questions;
+pub mod import_study;
 mod logging;
 mod plan;
+pub mod rate;
+pub mod results;
 mod status;
 mod validate;
 
@@ -34,6 +38,15 @@ pub enum Command {
     ImportQuestions(import_questions::Args),
     /// Regenerate the demo sweep's arithmetic word problems (data/arith.jsonl).
     DemoData(demo_data::Args),
+    /// Rate answers blind with the keyboard, two stages side by side (saved at every key).
+    Rate(rate::RateArgs),
+    /// Print the results table: per task, models x stages, mean over all rubric values.
+    Results(results::ResultsArgs),
+    /// Write results to files (xlsx in the study's layout, csv, md).
+    #[command(subcommand)]
+    Export(export::ExportCommand),
+    /// Import the study's 42 raw benchmark files as answers and ratings (rater `study`).
+    ImportStudy(import_study::ImportStudyArgs),
 }
 
 /// The config path argument every sweep command takes.
@@ -64,6 +77,10 @@ pub fn main() -> ExitCode {
         Some(Command::Status(a)) => status::run(a),
         Some(Command::ImportQuestions(a)) => import_questions::run(a),
         Some(Command::DemoData(a)) => demo_data::run(a),
+        Some(Command::Rate(a)) => rate::run(a),
+        Some(Command::Results(a)) => results::run(a),
+        Some(Command::Export(c)) => export::run(c),
+        Some(Command::ImportStudy(a)) => import_study::run(a),
     };
     match result {
         Ok(code) => code,
