@@ -1,5 +1,6 @@
 //! What the rating commands need from a sweep's config: paths, rubric, runs, question sets.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::RatingError;
@@ -15,7 +16,8 @@ use super::study::store::StudyTarget;
 use crate::config::{Config, ConfigErrors, RubricSection};
 use crate::eval::QuestionSet;
 use crate::plan::Plan;
-use crate::store::SweepPaths;
+use crate::store::atomic::read_json;
+use crate::store::{RunStatus, SweepPaths};
 
 /// Errors while gathering a sweep's rating context.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +79,18 @@ impl RatingContext {
     /// The results table of every task.
     pub fn results(&self) -> Result<Vec<TaskResults>, RatingError> {
         Ok(build(&self.ratings()?, &self.rubric, &self.model_order))
+    }
+
+    /// Each run's last logged training loss, keyed by (task, model), for the results screen.
+    pub fn losses(&self) -> Result<BTreeMap<(String, String), f64>, RatingError> {
+        let mut out = BTreeMap::new();
+        for r in &self.plan.runs {
+            let status: Option<RunStatus> = read_json(&self.sweep.run(&r.id).status())?;
+            if let Some(loss) = status.and_then(|s| s.last_loss) {
+                out.insert((r.task.clone(), r.model.clone()), loss);
+            }
+        }
+        Ok(out)
     }
 
     /// The run that trains `model` on a dataset of `task`.
@@ -198,5 +212,107 @@ fn question_set_text(set: QuestionSet) -> QuestionSetText {
         id: set.id,
         task: set.task,
         questions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rating::answers::{AnswerRecord, write_answers};
+    use crate::store::atomic::write_json_atomic;
+
+    const CONFIG: &str = r####"
+[sweep]
+name = "ctx"
+
+[[model]]
+id = "tiny"
+path = "tiny.gguf"
+
+[[dataset]]
+id = "sums"
+task = "math"
+path = "sums.jsonl"
+template = "### Input:\n{question}\n\n### Response:\n{answer}"
+questions = "sums.toml"
+
+[train]
+epochs = 1
+eval_at_epochs = [1]
+
+[rubric]
+criteria = ["Overall"]
+step = 0.5
+
+[matrix]
+models = ["tiny"]
+datasets = ["sums"]
+"####;
+
+    const QUESTIONS: &str = "id = \"sums-v1\"\ntask = \"math\"\n\n[[question]]\nid = \"1\"\nquestion = \"Add 2 and 3.\"\nreference = \"5\"\n";
+
+    #[test]
+    fn context_maps_config_plan_and_stores_to_what_rating_needs() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config::from_source(&dir.path().join("ctx.toml"), CONFIG.into()).unwrap();
+        let ctx = RatingContext::from_config(config).unwrap();
+        assert_eq!(
+            ctx.rubric,
+            Rubric {
+                criteria: vec!["Overall".into()],
+                min: 0.0,
+                max: 5.0,
+                step: 0.5
+            }
+        );
+        let run = ctx.run_for("tiny", "math").unwrap();
+        assert!(run.starts_with("tiny-sums-"), "{run}");
+        assert_eq!(ctx.run_for("tiny", "bio"), None);
+        assert_eq!(ctx.questions_for("math"), "sums");
+        let missing = ctx
+            .items("ann", &StagePair::default())
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            missing.contains("sums.toml") && missing.contains("import-questions"),
+            "{missing}"
+        );
+
+        std::fs::write(dir.path().join("sums.toml"), QUESTIONS).unwrap();
+        assert_eq!(ctx.questions_for("math"), "sums-v1");
+        let answer = |stage: &str| AnswerRecord {
+            question_id: "1".into(),
+            stage: stage.into(),
+            model: "tiny".into(),
+            prompt: String::new(),
+            answer: format!("{stage} says 5"),
+            new_tokens: None,
+            secs: None,
+        };
+        write_answers(
+            &ctx.sweep.base_answers("tiny", "sums-v1", "study"),
+            &[answer("base")],
+        )
+        .unwrap();
+        write_answers(
+            &ctx.sweep.run(&run).answers("e1", "sums-v1", "study"),
+            &[answer("e1")],
+        )
+        .unwrap();
+        let items = ctx.items("ann", &StagePair::default()).unwrap();
+        assert_eq!(items.len(), 1);
+        assert!(items[0].numeric);
+        assert_eq!(items[0].text, "Add 2 and 3.");
+        assert_eq!(format!("{} says 5", items[0].a.stage), items[0].a.answer);
+
+        assert!(ctx.losses().unwrap().is_empty());
+        let mut status = RunStatus::queued(10);
+        status.last_loss = Some(0.25);
+        write_json_atomic(&ctx.sweep.run(&run).status(), &status).unwrap();
+        assert_eq!(
+            ctx.losses().unwrap()[&("math".to_string(), "tiny".to_string())],
+            0.25
+        );
     }
 }
