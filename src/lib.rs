@@ -13,3 +13,4 @@ pub mod store;
 pub mod sweep;
 pub mod train;
 pub mod tui;
+pub mod watch;

@@ -1,7 +1,9 @@
 //! Command-line interface: one clap command per file; each parses its arguments and calls the library.
 
+mod bench;
 mod demo_data;
 pub mod export;
+mod generate;
 mod import_questions;
 pub mod import_study;
 mod logging;
@@ -9,6 +11,7 @@ mod plan;
 pub mod rate;
 pub mod results;
 mod status;
+mod tui;
 mod validate;
 
 use std::path::PathBuf;
@@ -47,6 +50,13 @@ pub enum Command {
     Export(export::ExportCommand),
     /// Import the study's 42 raw benchmark files as answers and ratings (rater `study`).
     ImportStudy(import_study::ImportStudyArgs),
+    /// Generate a continuation of one prompt (raw, or as a chat turn with --chat).
+    Generate(generate::GenerateArgs),
+    /// Benchmarks (training step speed and memory).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+    /// Open the dashboard on a sweep (what bare `qlab` does).
+    Tui(tui::Args),
 }
 
 /// The config path argument every sweep command takes.
@@ -67,10 +77,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let _log = logging::init();
     let result = match cli.command {
-        None => validate::run(validate::Args {
+        None => tui::run(tui::Args {
             config: ConfigArg {
                 config: "experiments.toml".into(),
             },
+            ascii: false,
         }),
         Some(Command::Validate(a)) => validate::run(a),
         Some(Command::Plan(a)) => plan::run(a),
@@ -81,6 +92,9 @@ pub fn main() -> ExitCode {
         Some(Command::Results(a)) => results::run(a),
         Some(Command::Export(c)) => export::run(c),
         Some(Command::ImportStudy(a)) => import_study::run(a),
+        Some(Command::Generate(a)) => generate::run(a),
+        Some(Command::Bench(cmd)) => bench::run(cmd).map(|()| ExitCode::SUCCESS),
+        Some(Command::Tui(a)) => tui::run(a),
     };
     match result {
         Ok(code) => code,
