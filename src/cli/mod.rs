@@ -1,6 +1,8 @@
 //! Command-line interface: one clap command per file; each parses its arguments and calls the library.
 
+mod bench;
 mod demo_data;
+mod generate;
 mod import_questions;
 mod logging;
 mod plan;
@@ -35,6 +37,11 @@ pub enum Command {
     ImportQuestions(import_questions::Args),
     /// Regenerate the demo sweep's arithmetic word problems (data/arith.jsonl).
     DemoData(demo_data::Args),
+    /// Generate a continuation of one prompt (raw, or as a chat turn with --chat).
+    Generate(generate::GenerateArgs),
+    /// Benchmarks (training step speed and memory).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
     /// Open the dashboard on a sweep (what bare `qlab` does).
     Tui(tui::Args),
 }
@@ -68,6 +75,8 @@ pub fn main() -> ExitCode {
         Some(Command::Status(a)) => status::run(a),
         Some(Command::ImportQuestions(a)) => import_questions::run(a),
         Some(Command::DemoData(a)) => demo_data::run(a),
+        Some(Command::Generate(a)) => generate::run(a),
+        Some(Command::Bench(cmd)) => bench::run(cmd).map(|()| ExitCode::SUCCESS),
         Some(Command::Tui(a)) => tui::run(a),
     };
     match result {

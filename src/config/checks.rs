@@ -28,6 +28,11 @@ pub fn check_id(id: &str) -> Option<String> {
     }
 }
 
+/// True for a positive number; false for zero, negatives and NaN.
+fn is_positive(x: f64) -> bool {
+    x > 0.0
+}
+
 pub fn model(m: &ModelSection) -> Vec<Problem> {
     let mut out = Vec::new();
     if let Some(msg) = check_id(&m.id) {
@@ -154,7 +159,7 @@ pub fn lora(l: &LoraSection) -> Vec<Problem> {
             format!("`r` must be a positive integer, got {}", l.r),
         ));
     }
-    if !(l.alpha > 0.0) {
+    if !is_positive(l.alpha) {
         out.push(p(
             "alpha",
             format!("`alpha` must be positive, got {}", l.alpha),
@@ -188,7 +193,7 @@ pub fn lora(l: &LoraSection) -> Vec<Problem> {
 
 pub fn train(t: &TrainSection) -> Vec<Problem> {
     let mut out = Vec::new();
-    if !(t.lr > 0.0) {
+    if !is_positive(t.lr) {
         out.push(p("lr", format!("`lr` must be positive, got {}", t.lr)));
     }
     for (key, v) in [("batch_size", t.batch_size), ("grad_accum", t.grad_accum)] {
@@ -271,12 +276,12 @@ pub fn rubric(r: &RubricSection) -> Vec<Problem> {
             out.push(p("criteria", format!("criterion `{c}` is listed twice")));
         }
     }
-    if !(r.min < r.max) {
+    if r.min.partial_cmp(&r.max) != Some(std::cmp::Ordering::Less) {
         out.push(p(
             "max",
             format!("`max` ({}) must be greater than `min` ({})", r.max, r.min),
         ));
-    } else if !(r.step > 0.0) || ((r.max - r.min) / r.step).fract().abs() > 1e-9 {
+    } else if !is_positive(r.step) || ((r.max - r.min) / r.step).fract().abs() > 1e-9 {
         out.push(p(
             "step",
             format!(

@@ -1,6 +1,9 @@
 //! Evaluation: question sets and answer generation for base models and fine-tuned checkpoints.
 
+pub mod answers;
+pub mod prompts;
 pub mod questions;
+pub mod sources;
 pub mod study_questions;
 
 pub use questions::{Question, QuestionSet};

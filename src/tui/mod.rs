@@ -7,6 +7,8 @@ pub mod files;
 pub mod keymap;
 pub mod launch;
 pub mod msg;
+pub mod rating;
+pub mod results;
 pub mod sweep_info;
 pub mod terminal;
 pub mod theme;
