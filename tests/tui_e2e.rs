@@ -261,3 +261,42 @@ fn a_run_trained_elsewhere_is_followed_live_and_the_terminal_is_restored() {
     writer.join().unwrap();
     drop(lock);
 }
+
+/// SIGTERM and SIGHUP end an idle dashboard cleanly: exit status 0 and the terminal given back.
+#[test]
+fn termination_signals_restore_the_terminal() {
+    if !Tmux::available() {
+        eprintln!(
+            "SKIPPED: tmux is not installed (the end-to-end dashboard test drives the binary in tmux)"
+        );
+        return;
+    }
+    for signal in ["TERM", "HUP"] {
+        let (dir, _config) = fixture();
+        let cmd = format!(
+            "cd '{}' && sh -c 'echo $$ > qlab.pid; exec {} tui experiments.toml'; echo \"EXITED $?\"; sleep 60",
+            dir.path().display(),
+            env!("CARGO_BIN_EXE_qlab")
+        );
+        let tmux = Tmux::start(&format!("sig{signal}"), &cmd);
+        tmux.wait_for("the dashboard", Duration::from_secs(60), |s| {
+            s.contains("models x datasets")
+        });
+        assert_eq!(tmux.display("#{alternate_on}"), "1");
+        let pid = std::fs::read_to_string(dir.path().join("qlab.pid")).unwrap();
+        let killed = Command::new("kill")
+            .args([&format!("-{signal}"), pid.trim()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let end = tmux.wait_for("the dashboard to exit", Duration::from_secs(30), |s| {
+            s.contains("EXITED")
+        });
+        assert!(end.contains("EXITED 0"), "SIG{signal}: {end}");
+        assert_eq!(
+            tmux.display("#{alternate_on}"),
+            "0",
+            "SIG{signal}: the terminal left the alternate screen"
+        );
+    }
+}

@@ -2,11 +2,16 @@
 
 mod bench;
 mod demo_data;
+mod eval;
+pub mod export;
 mod generate;
 mod import_questions;
+pub mod import_study;
 mod logging;
 mod plan;
 mod run;
+pub mod rate;
+pub mod results;
 mod status;
 mod tui;
 mod validate;
@@ -40,8 +45,19 @@ pub enum Command {
     ImportQuestions(import_questions::Args),
     /// Regenerate the demo sweep's arithmetic word problems (data/arith.jsonl).
     DemoData(demo_data::Args),
+    /// Rate answers blind with the keyboard, two stages side by side (saved at every key).
+    Rate(rate::RateArgs),
+    /// Print the results table: per task, models x stages, mean over all rubric values.
+    Results(results::ResultsArgs),
+    /// Write results to files (xlsx in the study's layout, csv, md).
+    #[command(subcommand)]
+    Export(export::ExportCommand),
+    /// Import the study's 42 raw benchmark files as answers and ratings (rater `study`).
+    ImportStudy(import_study::ImportStudyArgs),
     /// Generate a continuation of one prompt (raw, or as a chat turn with --chat).
     Generate(generate::GenerateArgs),
+    /// Generate answers to the question sets: base once per model, then each trained stage (resumable).
+    Eval(eval::Args),
     /// Benchmarks (training step speed and memory).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -79,7 +95,12 @@ pub fn main() -> ExitCode {
         Some(Command::Status(a)) => status::run(a),
         Some(Command::ImportQuestions(a)) => import_questions::run(a),
         Some(Command::DemoData(a)) => demo_data::run(a),
+        Some(Command::Rate(a)) => rate::run(a),
+        Some(Command::Results(a)) => results::run(a),
+        Some(Command::Export(c)) => export::run(c),
+        Some(Command::ImportStudy(a)) => import_study::run(a),
         Some(Command::Generate(a)) => generate::run(a),
+        Some(Command::Eval(a)) => eval::run(a),
         Some(Command::Bench(cmd)) => bench::run(cmd).map(|()| ExitCode::SUCCESS),
         Some(Command::Tui(a)) => tui::run(a),
     };

@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use color_eyre::eyre::Result;
 use qlab::plan::Plan;
 use qlab::store::{RunStatus, SweepPaths, atomic::read_json, lock};
+use qlab::watch::RunHistory;
+use qlab::watch::eta::format_duration;
 use serde::Serialize;
 
 use super::{ConfigArg, load_config};
@@ -25,6 +27,8 @@ struct Row {
     step: u64,
     total_steps: u64,
     last_loss: Option<f64>,
+    /// Seconds left while a live runner trains (warm-up excluded), from the metrics log.
+    eta_secs: Option<f64>,
     /// Pid of the live process training the run, if any.
     runner_pid: Option<u32>,
     reason: Option<String>,
@@ -42,6 +46,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let paths = sweep.run(&r.id);
         let status: Option<RunStatus> = read_json(&paths.status())?;
         let runner_pid = lock::holder(&paths);
+        // A metrics log with unreadable lines still yields an ETA from the lines that parse.
+        let eta_secs = match RunHistory::load(&r.id, &paths) {
+            Ok((history, _bad_lines)) if runner_pid.is_some() => history.eta_secs(),
+            _ => None,
+        };
         rows.push(match status {
             Some(s) => Row {
                 id: r.id.clone(),
@@ -49,6 +58,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 step: s.step,
                 total_steps: s.total_steps,
                 last_loss: s.last_loss,
+                eta_secs,
                 runner_pid,
                 reason: s.reason,
             },
@@ -58,6 +68,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 step: 0,
                 total_steps: 0,
                 last_loss: None,
+                eta_secs,
                 runner_pid,
                 reason: None,
             },
@@ -69,8 +80,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let width = rows.iter().map(|r| r.id.len()).max().unwrap_or(3).max(3);
     println!(
-        "{:width$}  {:<12} {:>13} {:>9}  runner",
-        "run", "state", "step", "loss"
+        "{:width$}  {:<12} {:>13} {:>9} {:>9}  runner",
+        "run", "state", "step", "loss", "eta"
     );
     for r in &rows {
         let loss = r
@@ -82,8 +93,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .map(|p| format!("pid {p}"))
             .unwrap_or_else(|| "-".into());
         let step = format!("{}/{}", r.step, r.total_steps);
+        let eta = r
+            .eta_secs
+            .map(format_duration)
+            .unwrap_or_else(|| "-".into());
         println!(
-            "{:width$}  {:<12} {:>13} {:>9}  {pid}",
+            "{:width$}  {:<12} {:>13} {:>9} {eta:>9}  {pid}",
             r.id, r.state, step, loss
         );
         if let Some(reason) = &r.reason {

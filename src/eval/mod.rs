@@ -4,6 +4,7 @@ pub mod answers;
 pub mod prompts;
 pub mod questions;
 pub mod sources;
+pub mod stages;
 pub mod study_questions;
 
 pub use questions::{Question, QuestionSet};

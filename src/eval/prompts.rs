@@ -22,7 +22,7 @@ pub enum PromptError {
 #[derive(Debug)]
 pub enum QuestionPrompt {
     Template(Template),
-    Chat(ChatTemplate),
+    Chat(Box<ChatTemplate>),
 }
 
 impl QuestionPrompt {
@@ -34,10 +34,10 @@ impl QuestionPrompt {
         chat_override: Option<&str>,
     ) -> Result<Self, PromptError> {
         match style {
-            PromptStyle::Chat => Ok(QuestionPrompt::Chat(match chat_override {
+            PromptStyle::Chat => Ok(QuestionPrompt::Chat(Box::new(match chat_override {
                 Some(src) => ChatTemplate::new(src, tokenizer.bos_token(), tokenizer.eos_token())?,
                 None => ChatTemplate::from_tokenizer(tokenizer)?,
-            })),
+            }))),
             PromptStyle::Template => {
                 let source = eval_template_source(dataset);
                 Template::parse(&source)
@@ -169,7 +169,7 @@ mod tests {
             None,
         )
         .unwrap();
-        let p = QuestionPrompt::Chat(chat);
+        let p = QuestionPrompt::Chat(Box::new(chat));
         assert!(!p.add_special_tokens());
         assert_eq!(
             p.render(&question()).unwrap(),

@@ -5,7 +5,7 @@ use candle_core::{D, Device, Result, Tensor};
 use super::config::{Activation, ModelConfig};
 use super::frozen::{FrozenLinear, FrozenWeight};
 use super::layers::{RmsNorm, apply_rope, attention_mask, mask_rows, rope_tables, softcap};
-use super::lora::{AdaptedLinear, DropoutSeed, Target};
+use super::lora::{AdaptedLinear, DropoutSeed, LoraCall, Target};
 
 /// One transformer block.
 #[derive(Debug, Clone)]
@@ -60,6 +60,8 @@ pub struct BlockContext {
     pub window_mask: Option<Tensor>,
     /// Set during training: seeds LoRA dropout.
     pub dropout: Option<DropoutSeed>,
+    /// Whether LoRA tensors take part in autograd (false: inference and checkpointed first pass).
+    pub grad: bool,
 }
 
 /// Keys and values of past positions, one entry per layer (`[b, kv_heads, T, head_dim]`).
@@ -172,6 +174,7 @@ impl Decoder {
             full_mask,
             window_mask,
             dropout: None,
+            grad: false,
         })
     }
 
@@ -185,7 +188,10 @@ impl Decoder {
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let blk = &self.blocks[i];
-        let site = |t: Target| ctx.dropout.map(|s| (s, (i as u64) << 8 | t as u64));
+        let site = |t: Target| LoraCall {
+            dropout: ctx.dropout.map(|s| (s, (i as u64) << 8 | t as u64)),
+            grad: ctx.grad,
+        };
         let (b, t, _) = x.dims3()?;
         let (h, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         let hn = blk.input_norm.forward(x)?;

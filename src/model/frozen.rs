@@ -12,7 +12,7 @@ use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
 use super::nf4::Nf4Tensor;
 
 /// Above this many elements a weight is dequantized and multiplied in row chunks (vocabulary heads).
-const CHUNK_ELEMS: usize = 1 << 24;
+const CHUNK_ELEMS: usize = 1 << 25;
 
 /// A frozen weight `[out_features, in_features]`, kept as loaded.
 #[derive(Debug, Clone)]
@@ -152,8 +152,11 @@ impl FrozenWeight {
 }
 
 /// Attaches a precomputed `y = x @ W^T` to `x`; backward gives `grad_x = grad_y @ W` only.
+/// Holds the dequantized weight of the forward (when it was small enough to dequantize whole) so the
+/// backward, which follows within the same checkpointed block, does not dequantize again.
 struct FrozenMatmulGrad {
     weight: FrozenWeight,
+    dequantized: Option<Tensor>,
 }
 
 impl CustomOp2 for FrozenMatmulGrad {
@@ -189,7 +192,11 @@ impl CustomOp2 for FrozenMatmulGrad {
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
         let out = grad_res.dim(candle_core::D::Minus1)?;
         let g2 = grad_res.reshape(((), out))?.contiguous()?;
-        let gx = self.weight.matmul(&g2)?.reshape(x.shape())?;
+        let gx = match &self.dequantized {
+            Some(w) => g2.matmul(w)?,
+            None => self.weight.matmul(&g2)?,
+        };
+        let gx = gx.reshape(x.shape())?;
         Ok((Some(gx), None))
     }
 }
@@ -216,12 +223,20 @@ impl FrozenLinear {
         let last = out_dims.len() - 1;
         out_dims[last] = self.out_features();
         let x2 = x.detach().reshape(((), inp))?;
-        let y = self.weight.matmul_t(&x2)?.reshape(out_dims)?;
+        let whole = self.weight.row_chunks()?.len() == 1;
+        let (y, dequantized) = if whole {
+            let w = self.weight.dequantize(x.device())?;
+            (x2.matmul(&w.t()?)?, Some(w))
+        } else {
+            (self.weight.matmul_t(&x2)?, None)
+        };
+        let y = y.reshape(out_dims)?;
         let y = if x.track_op() {
             x.apply_op2(
                 &y,
                 FrozenMatmulGrad {
                     weight: self.weight.clone(),
+                    dequantized,
                 },
             )?
         } else {

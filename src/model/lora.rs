@@ -125,6 +125,14 @@ impl LoraAdapter {
 #[derive(Debug, Clone, Copy)]
 pub struct DropoutSeed(pub u64);
 
+/// How one adapted projection is called: dropout site (training) and whether LoRA tensors are tracked.
+#[derive(Debug, Clone, Copy)]
+pub struct LoraCall {
+    /// The step's dropout seed and this projection's site id (layer, target).
+    pub dropout: Option<(DropoutSeed, u64)>,
+    pub grad: bool,
+}
+
 /// A frozen linear with an optional LoRA adapter.
 #[derive(Debug, Clone)]
 pub struct AdaptedLinear {
@@ -133,12 +141,16 @@ pub struct AdaptedLinear {
 }
 
 impl AdaptedLinear {
-    /// `dropout` is Some during training: the mask is derived from the seed and `site` (layer, target).
-    pub fn forward(&self, x: &Tensor, dropout: Option<(DropoutSeed, u64)>) -> Result<Tensor> {
+    /// Dropout masks derive from the call's seed and site, so a checkpointed recomputation sees the same.
+    pub fn forward(&self, x: &Tensor, call: LoraCall) -> Result<Tensor> {
         let y = self.base.forward(x)?;
         let Some(l) = &self.lora else { return Ok(y) };
-        let (a, b) = (l.a.as_tensor(), l.b.as_tensor());
-        let x = match dropout {
+        let (a, b) = if call.grad {
+            (l.a.as_tensor().clone(), l.b.as_tensor().clone())
+        } else {
+            (l.a.as_detached_tensor(), l.b.as_detached_tensor())
+        };
+        let x = match call.dropout {
             Some((DropoutSeed(seed), site)) if l.dropout > 0.0 => {
                 apply_dropout(x, l.dropout, seed ^ site)?
             }

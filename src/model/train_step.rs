@@ -63,6 +63,8 @@ impl Decoder {
         let (b, s) = batch.input_ids.dims2()?;
         let mut ctx = self.context(b, s, 0, &Positions::From(0), batch.attention_mask.as_ref())?;
         ctx.dropout = opts.dropout_seed.map(DropoutSeed);
+        // The checkpointed first pass needs no graph; recomputation and the plain path do.
+        ctx.grad = !opts.checkpointing;
         let x0 = self.embed(&batch.input_ids)?;
         let (rows, targets) = target_rows(batch)?;
         if rows.is_empty() {
@@ -80,6 +82,7 @@ impl Decoder {
                 x = out;
             }
             let (loss, mut g) = self.head_loss(&x, &rows, &targets, opts.loss_chunk)?;
+            ctx.grad = true;
             for i in (0..self.blocks.len()).rev() {
                 let xin = Var::from_tensor(&inputs[i])?;
                 let out = self.block_forward(i, xin.as_tensor(), &ctx, None)?;

@@ -3,6 +3,7 @@
 pub mod agreement;
 pub mod answers;
 pub mod blind;
+pub mod context;
 pub mod export;
 pub mod journal;
 pub mod math_check;

@@ -188,3 +188,83 @@ fn csv(tasks: &[TaskResults]) -> Result<String, RatingError> {
         .map_err(|e| RatingError::Encode(e.to_string()))?;
     String::from_utf8(bytes).map_err(|e| RatingError::Encode(e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rating::journal::{AnswerKey, Entry, JournalLine, QuestionRef};
+    use crate::rating::ratings::Ratings;
+    use crate::rating::results::build;
+    use crate::rating::rubric::Rubric;
+
+    fn tasks() -> Vec<TaskResults> {
+        let line = |rater: &str, stage: &str, q: u32, v: f64| {
+            let answer = AnswerKey {
+                item: QuestionRef {
+                    task: "math".into(),
+                    questions: "m".into(),
+                    question: q.to_string(),
+                },
+                model: "m1".into(),
+                stage: stage.into(),
+            };
+            let scores = Rubric::default()
+                .criteria
+                .into_iter()
+                .map(|c| (c, v))
+                .collect();
+            JournalLine::new(
+                rater,
+                "t".into(),
+                Entry::Score {
+                    answer,
+                    run: None,
+                    scores,
+                    blind: None,
+                    unparsed: Default::default(),
+                },
+            )
+        };
+        let mut lines = Vec::new();
+        for q in 0..4 {
+            lines.push(line("ann", "base", q, 1.0));
+            lines.push(line("ann", "e1", q, 4.0));
+            lines.push(line("ann", "e3", q, 3.0));
+            lines.push(line("bob", "e3", q, f64::from(q)));
+        }
+        build(&Ratings::replay(&lines), &Rubric::default(), &[])
+    }
+
+    #[test]
+    fn table_and_markdown_show_change_flag_and_agreement() {
+        let t = render(&tasks(), Format::Table).unwrap();
+        assert!(t.starts_with("task math\nmodel  base  e1            e3\nm1     1.00  4.00 (+3.00)  2.25 (+1.25) !\n"), "{t}");
+        assert!(
+            t.contains("Krippendorff's alpha (ordinal), overall: ")
+                && t.contains("rater bob: mean 1.50 over 12 values"),
+            "{t}"
+        );
+        let md = render(&tasks(), Format::Markdown).unwrap();
+        assert!(md.contains("| model | base | e1 | e3 |\n|---|---|---|---|\n| m1 | 1.00 | 4.00 (+3.00) | 2.25 (+1.25) ! |"), "{md}");
+    }
+
+    #[test]
+    fn csv_and_json_carry_every_cell() {
+        let csv = render(&tasks(), Format::Csv).unwrap();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines.len(), 4);
+        assert!(lines[0].starts_with(
+            "task,model,stage,mean,n,ci_low,ci_high,change_from_base,falls_after_e1,Correct Answer"
+        ));
+        assert!(lines[3].starts_with("math,m1,e3,2.2500,4,"), "{csv}");
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&tasks(), Format::Json).unwrap()).unwrap();
+        let e1 = &json[1];
+        assert_eq!(e1["task"], "math");
+        assert_eq!(e1["stage"], "e1");
+        assert_eq!(e1["mean"], 4.0);
+        assert_eq!(e1["n"], 4);
+        assert_eq!(e1["criteria"]["Helpfulness"], 4.0);
+        assert_eq!(e1.as_object().unwrap().len(), 6, "{e1}");
+    }
+}

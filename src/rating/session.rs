@@ -32,6 +32,8 @@ pub struct RatedRun {
     pub run: String,
     pub model: String,
     pub questions: String,
+    /// The eval hash of the run's current settings: its answer files are preferred over older ones.
+    pub eval_hash: Option<String>,
 }
 
 /// One side of an item: which stage wrote it (hidden while blind) and the answer.
@@ -90,7 +92,11 @@ fn load_stage(
     stage: &str,
 ) -> Result<BTreeMap<String, AnswerRecord>, RatingError> {
     let dir = answers_dir(sweep, run, stage);
-    let Some(path) = find_answers_file(&dir, &run.questions, None) else {
+    let exact = run
+        .eval_hash
+        .as_deref()
+        .and_then(|h| find_answers_file(&dir, &run.questions, Some(h)));
+    let Some(path) = exact.or_else(|| find_answers_file(&dir, &run.questions, None)) else {
         return Ok(BTreeMap::new());
     };
     Ok(read_answers(&path)?

@@ -7,6 +7,7 @@ pub mod files;
 pub mod keymap;
 pub mod launch;
 pub mod msg;
+pub mod runner_trainer;
 pub mod rating;
 pub mod results;
 pub mod sweep_info;

@@ -1,5 +1,6 @@
 //! candle-transformers' own `quantized_llama` behind [`CausalLm`]: the reference that qlab's decode speed is
-//! measured against on the same GGUF file. It has no padding mask, so a padded batch is refused.
+//! measured against on the same GGUF file. It has no padding mask, so a padded batch is refused, and a
+//! batched prompt is fed one position at a time (its batched prefill fails).
 
 use std::path::Path;
 
@@ -44,7 +45,20 @@ impl CausalLm for CandleQuantizedLlama {
                 "candle's quantized_llama has no padding mask: give prompts of equal length"
             );
         }
-        self.model.forward(ids, offset)
+        let (batch, seq) = ids.dims2()?;
+        if batch == 1 || seq == 1 {
+            return self.model.forward(ids, offset);
+        }
+        // Its last-position slice of a batched prompt is not contiguous and its quantized matmul refuses
+        // it: feed a batched prompt one position at a time instead.
+        let mut logits = None;
+        for i in 0..seq {
+            logits = Some(
+                self.model
+                    .forward(&ids.narrow(1, i, 1)?.contiguous()?, offset + i)?,
+            );
+        }
+        logits.ok_or_else(|| candle_core::Error::msg("empty prompt"))
     }
 
     fn clear_cache(&mut self) {

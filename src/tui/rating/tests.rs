@@ -156,3 +156,28 @@ fn snapshot_of_the_rating_screen() {
     type_keys(&mut s, "5j4");
     insta::assert_snapshot!(draw(&s));
 }
+
+#[test]
+fn half_points_add_to_the_focused_score_when_the_rubric_allows_them() {
+    let rubric = Rubric {
+        step: 0.5,
+        ..Rubric::default()
+    };
+    let mut s = RatingScreen::new(
+        vec![item("1", "e1", "base")],
+        rubric,
+        "ann",
+        true,
+        Ratings::default(),
+    );
+    press(&mut s, KeyCode::Char('4'));
+    let Entry::Score { scores, .. } = recorded(press(&mut s, KeyCode::Char('.'))) else {
+        panic!("not a score")
+    };
+    assert_eq!(scores["Correct Answer"], 4.5);
+    press(&mut s, KeyCode::Char('5'));
+    assert_eq!(press(&mut s, KeyCode::Char('.')), RatingAction::None);
+    let mut whole = screen();
+    press(&mut whole, KeyCode::Char('4'));
+    assert_eq!(press(&mut whole, KeyCode::Char('.')), RatingAction::None);
+}
