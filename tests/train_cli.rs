@@ -325,4 +325,46 @@ fn a_finished_run_answers_its_questions_and_a_rating_reaches_the_results() {
         (Some("math"), Some("tiny"), Some(1))
     );
     assert_eq!(cell["mean"].as_f64(), Some(4.0));
+#[test]
+fn detach_trains_in_its_own_session_and_logs_to_the_sweep_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), 12);
+    let text = run_ok(dir.path(), &["--detach"]);
+    let pid: i32 = text
+        .split("pid ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    // SAFETY: getsid(2) only reads the session id of a process.
+    let (sid, ours) = unsafe { (libc::getsid(pid), libc::getsid(0)) };
+    assert!(
+        sid == pid || sid == -1,
+        "the runner leads its own session ({sid} vs {pid})"
+    );
+    assert_ne!(sid, ours);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut state = None;
+    while Instant::now() < deadline {
+        if let Some(run) = std::fs::read_dir(dir.path().join("runs/t"))
+            .ok()
+            .and_then(|rd| {
+                rd.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .find(|p| p.is_dir())
+            })
+        {
+            state = read_json::<RunStatus>(&run.join("status.json"))
+                .ok()
+                .flatten()
+                .map(|s| s.state);
+            if state == Some(RunState::Done) {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(state, Some(RunState::Done));
+    let log = std::fs::read_to_string(dir.path().join("runs/t/runner.log")).unwrap();
+    assert!(log.contains("finished: 6 steps"), "{log}");
 }
