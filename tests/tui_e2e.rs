@@ -300,3 +300,179 @@ fn termination_signals_restore_the_terminal() {
         );
     }
 }
+
+/// A tiny Llama (the model fixtures' random 2-layer decoder) with a character tokenizer, a dataset of
+/// a few hundred rows and a config that trains for a few minutes on a CPU.
+fn training_fixture() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(f), model.join(f)).unwrap();
+    }
+    let mut vocab = serde_json::Map::new();
+    for t in ["<pad>", "<s>", "</s>", "<unk>"] {
+        vocab.insert(t.into(), vocab.len().into());
+    }
+    for c in (32u8..127).map(char::from).chain(['\n']) {
+        vocab.insert(c.to_string(), vocab.len().into());
+    }
+    let special = |id: usize, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+                           "rstrip": false, "normalized": false, "special": true})
+    };
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [special(0, "<pad>"), special(1, "<s>"), special(2, "</s>"), special(3, "<unk>")],
+        "normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null,
+        "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                  "ignore_merges": false, "vocab": vocab, "merges": []}
+    });
+    std::fs::write(model.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    std::fs::write(
+        model.join("tokenizer_config.json"),
+        r#"{"bos_token": "<s>", "eos_token": "</s>"}"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let rows: String = (0..400)
+        .map(|i| format!("{{\"question\": \"{i}+1?\", \"answer\": \"{}\"}}\n", i + 1))
+        .collect();
+    std::fs::write(dir.path().join("data/arith.jsonl"), rows).unwrap();
+    let config = dir.path().join("experiments.toml");
+    std::fs::write(
+        &config,
+        r#"
+[sweep]
+name = "e2e"
+device = "cpu"
+
+[[model]]
+id = "tiny"
+path = "model"
+quant = "none"
+
+[[dataset]]
+id = "arith"
+path = "data/arith.jsonl"
+template = "Q: {question}\n### Response:\n{answer}"
+
+[train]
+epochs = 50
+batch_size = 1
+max_seq_len = 48
+checkpoint_every = 10
+eval_at_epochs = []
+
+[matrix]
+models = ["tiny"]
+datasets = ["arith"]
+"#,
+    )
+    .unwrap();
+    (dir, config)
+}
+
+/// Stops a background runner left by a failed test.
+struct KillOnDrop(Option<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// Open a tiny config, start training with one key, watch the loss chart grow, hand the run over to a
+/// detached `qlab run`, re-open and see the same run still training (read-only), quit; the terminal is
+/// restored each time.
+#[test]
+fn train_detach_and_reattach() {
+    if !Tmux::available() {
+        eprintln!(
+            "SKIPPED: tmux is not installed (the end-to-end dashboard test drives the binary in tmux)"
+        );
+        return;
+    }
+    let (dir, config) = training_fixture();
+    let ids = run_ids(&config);
+    let run = SweepPaths::new(&dir.path().join("runs"), "e2e").run(&ids[0]);
+    let tmux = Tmux::start("train", &dashboard_cmd(dir.path()));
+    tmux.wait_for("the sweep", Duration::from_secs(60), |s| {
+        s.contains("queued")
+    });
+    tmux.send("s");
+    tmux.wait_for("training to start", Duration::from_secs(120), |s| {
+        s.contains("training") && s.contains("loss")
+    });
+    tmux.send("Enter");
+    let first = tmux.wait_for("the Run screen with steps", Duration::from_secs(120), |s| {
+        s.contains("smoothed") && shown_step(s).is_some_and(|n| n >= 3)
+    });
+    let first_step = shown_step(&first).unwrap();
+    tmux.wait_for("the loss chart to grow", Duration::from_secs(120), |s| {
+        shown_step(s).is_some_and(|n| n >= first_step + 5)
+    });
+    tmux.send("q");
+    tmux.wait_for("the quit dialog", Duration::from_secs(10), |s| {
+        s.contains("quit while training")
+    });
+    tmux.send("b");
+    let end = tmux.wait_for("the hand-over and exit", Duration::from_secs(120), |s| {
+        s.contains("EXITED")
+    });
+    assert!(end.contains("EXITED 0"), "{end}");
+    assert_eq!(
+        tmux.display("#{alternate_on}"),
+        "0",
+        "the terminal left the alternate screen"
+    );
+    drop(tmux);
+
+    let start = Instant::now();
+    let background = loop {
+        if let Some(pid) = qlab::store::lock::holder(&run) {
+            break pid;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no background runner took the run's lock"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _cleanup = KillOnDrop(Some(background));
+    let tmux = Tmux::start("reattach", &dashboard_cmd(dir.path()));
+    let owner = format!("pid {background}");
+    tmux.wait_for(
+        "the run still training in the background",
+        Duration::from_secs(60),
+        |s| s.contains("training") && s.contains(&owner),
+    );
+    tmux.send("s");
+    tmux.wait_for(
+        "start to refuse the locked run",
+        Duration::from_secs(10),
+        |s| s.contains("shown read-only"),
+    );
+    tmux.send("Enter");
+    let seen = tmux.wait_for("the followed Run screen", Duration::from_secs(60), |s| {
+        s.contains("read-only") && shown_step(s).is_some()
+    });
+    let step = shown_step(&seen).unwrap();
+    tmux.wait_for(
+        "the followed run to advance",
+        Duration::from_secs(120),
+        |s| shown_step(s).is_some_and(|n| n > step),
+    );
+    tmux.send("q");
+    let end = tmux.wait_for("the dashboard to exit", Duration::from_secs(30), |s| {
+        s.contains("EXITED")
+    });
+    assert!(end.contains("EXITED 0"), "{end}");
+    assert_eq!(tmux.display("#{alternate_on}"), "0");
+}

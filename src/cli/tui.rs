@@ -2,11 +2,16 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
 
-use color_eyre::eyre::Result;
+use color_eyre::eyre::{Result, eyre};
 use qlab::plan::Plan;
+use qlab::sweep::from_plan::jobs_from_plan;
+use qlab::sweep::model_loader::DecoderLoader;
+use qlab::sweep::runner::RunnerOptions;
 use qlab::tui::event_loop::Exit;
 use qlab::tui::launch::{Launch, launch};
+use qlab::tui::runner_trainer::RunnerTrainer;
 use qlab::tui::{SweepInfo, Theme};
 
 use super::{ConfigArg, EXIT_BAD_INPUT, load_config};
@@ -33,6 +38,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let plan = Plan::from_config(&config);
     let sweep = SweepInfo::from_plan(&plan, &config.runs_dir());
+    let jobs = jobs_from_plan(&config, &plan, None).map_err(|e| eyre!("{e}"))?;
+    let loader = Arc::new(DecoderLoader::new(&config, &plan));
+    let trainer = RunnerTrainer::new(sweep.paths(), jobs, loader, RunnerOptions::default());
     let exe = std::env::current_exe()?;
     let detach = vec![
         exe.display().to_string(),
@@ -49,7 +57,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let exit = launch(Launch {
         sweep,
         theme,
-        trainer: None,
+        trainer: Some(Box::new(trainer)),
         detach_command: Some(detach),
     })?;
     Ok(match exit {

@@ -78,6 +78,8 @@ pub fn fit(s: &str, width: usize) -> String {
 pub fn mib(v: f64) -> String {
     if v >= 10_240.0 {
         format!("{:.1}G", v / 1024.0)
+    } else if v < 10.0 {
+        format!("{v:.1}M")
     } else {
         format!("{v:.0}M")
     }
