@@ -8,6 +8,7 @@ use color_eyre::eyre::{Result, eyre};
 use qlab::plan::Plan;
 use qlab::sweep::from_plan::jobs_from_plan;
 use qlab::sweep::model_loader::DecoderLoader;
+use qlab::sweep::plan_evaluator::PlanEvaluator;
 use qlab::sweep::runner::RunnerOptions;
 use qlab::tui::event_loop::Exit;
 use qlab::tui::launch::{Launch, launch};
@@ -40,7 +41,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let sweep = SweepInfo::from_plan(&plan, &config.runs_dir());
     let jobs = jobs_from_plan(&config, &plan, None).map_err(|e| eyre!("{e}"))?;
     let loader = Arc::new(DecoderLoader::new(&config, &plan));
-    let trainer = RunnerTrainer::new(sweep.paths(), jobs, loader, RunnerOptions::default());
+    // Finished runs answer their question sets, as `qlab run` does.
+    let evaluator = PlanEvaluator::new(config.clone(), plan.clone(), sweep.paths());
+    let options = RunnerOptions {
+        evaluator: Some(Arc::new(evaluator)),
+        ..RunnerOptions::default()
+    };
+    let trainer = RunnerTrainer::new(sweep.paths(), jobs, loader, options);
     let exe = std::env::current_exe()?;
     let detach = vec![
         exe.display().to_string(),
