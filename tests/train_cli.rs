@@ -260,6 +260,31 @@ fn a_finished_run_answers_its_questions_and_a_rating_reaches_the_results() {
     assert_eq!(answers(&run.join("answers/e1")), 2);
     assert_eq!(answers(&dir.path().join("runs/t/answers/base/tiny")), 2);
 
+    // The e1 adapter exports in PEFT layout.
+    let exported = dir.path().join("adapter-e1");
+    let run_id = run.file_name().unwrap().to_str().unwrap().to_owned();
+    let export = Command::new(env!("CARGO_BIN_EXE_qlab"))
+        .current_dir(dir.path())
+        .args([
+            "export", "adapter", &run_id, "--stage", "e1", "--config", "t.toml", "--out",
+        ])
+        .arg(&exported)
+        .output()
+        .unwrap();
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    for f in ["adapter_model.safetensors", "adapter_config.json"] {
+        let ours = std::fs::read(exported.join(f)).unwrap();
+        assert_eq!(
+            ours,
+            std::fs::read(run.join("stages/e1/adapter").join(f)).unwrap(),
+            "{f}"
+        );
+    }
+
     // A second `qlab run` finds the answers complete and loads nothing.
     let again = run_ok(dir.path(), &[]);
     assert!(again.contains("1 skipped"), "{again}");

@@ -1,14 +1,17 @@
-//! `qlab export results --xlsx FILE | --csv FILE | --md FILE`: the ratings as files to share.
+//! `qlab export results --xlsx FILE | --csv FILE | --md FILE`: the ratings as files to share;
+//! `qlab export adapter RUN_ID --stage e3 --out DIR`: a trained stage's LoRA adapter in PEFT layout.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use color_eyre::eyre::{Result, bail};
+use color_eyre::eyre::{Result, WrapErr, bail};
 
+use qlab::plan::Plan;
 use qlab::rating::context::RatingContext;
 use qlab::rating::export::{judgements_csv, write_xlsx};
 use qlab::rating::results_format::{Format, render};
+use qlab::store::SweepPaths;
 use qlab::store::atomic::write_atomic;
 
 use super::load_config;
@@ -18,6 +21,23 @@ use super::load_config;
 pub enum ExportCommand {
     /// The ratings: an xlsx workbook in the study's layout, every judgement as CSV, the table as Markdown.
     Results(ExportResultsArgs),
+    /// A trained stage's LoRA adapter (PEFT layout: adapter_model.safetensors + adapter_config.json).
+    Adapter(ExportAdapterArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportAdapterArgs {
+    /// The run (its id as `qlab plan` prints it).
+    pub run_id: String,
+    /// The stage to export (e1, e3, ...); default: the run's last stage.
+    #[arg(long)]
+    pub stage: Option<String>,
+    /// The directory to create.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The sweep's config.
+    #[arg(long, default_value = "experiments.toml")]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -39,7 +59,72 @@ pub struct ExportResultsArgs {
 pub fn run(command: ExportCommand) -> Result<ExitCode> {
     match command {
         ExportCommand::Results(args) => results(args),
+        ExportCommand::Adapter(args) => adapter(args),
     }
+}
+
+fn adapter(args: ExportAdapterArgs) -> Result<ExitCode> {
+    let config = match load_config(&args.config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let plan = Plan::from_config(&config);
+    let Some(run) = plan.run(&args.run_id) else {
+        let ids: Vec<&str> = plan.runs.iter().map(|r| r.id.as_str()).collect();
+        bail!(
+            "no run {:?} in {} (runs: {})",
+            args.run_id,
+            args.config.display(),
+            ids.join(", ")
+        );
+    };
+    let stage = match &args.stage {
+        Some(s) => s.clone(),
+        None => run.stages.last().cloned().unwrap_or_default(),
+    };
+    if stage == "base" || !run.stages.contains(&stage) {
+        bail!(
+            "run {} has no trained stage {stage:?} (stages: {})",
+            run.id,
+            run.stages[1..].join(", ")
+        );
+    }
+    let src = SweepPaths::new(&config.runs_dir(), &plan.sweep)
+        .run(&run.id)
+        .stage_adapter(&stage);
+    if !src.join("adapter_config.json").is_file() {
+        bail!(
+            "{}: stage {stage} is not trained yet (no adapter); `qlab run` trains it",
+            src.display()
+        );
+    }
+    if args.out.exists() {
+        bail!(
+            "{} already exists: choose a new directory",
+            args.out.display()
+        );
+    }
+    let tmp = args
+        .out
+        .with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).wrap_err_with(|| format!("cannot create {}", tmp.display()))?;
+    for entry in
+        std::fs::read_dir(&src).wrap_err_with(|| format!("cannot read {}", src.display()))?
+    {
+        let from = entry?.path();
+        if let Some(name) = from.file_name() {
+            std::fs::copy(&from, tmp.join(name))
+                .wrap_err_with(|| format!("cannot copy {}", from.display()))?;
+        }
+    }
+    std::fs::rename(&tmp, &args.out)
+        .wrap_err_with(|| format!("cannot create {}", args.out.display()))?;
+    println!(
+        "{}: adapter of {} at {stage} (PEFT layout)",
+        args.out.display(),
+        run.id
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 fn results(args: ExportResultsArgs) -> Result<ExitCode> {

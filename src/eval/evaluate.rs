@@ -52,7 +52,7 @@ pub enum EvaluateError {
     Open {
         model: String,
         #[source]
-        source: OpenError,
+        source: Box<OpenError>,
     },
     #[error(transparent)]
     Stage(#[from] StageError),
@@ -172,7 +172,7 @@ pub fn evaluate_run(
     let mut lm =
         open_model(&model.path, model.quant, None).map_err(|source| EvaluateError::Open {
             model: model.id.clone(),
-            source,
+            source: Box::new(source),
         })?;
     for set in pending {
         let stage = set.stage.clone();
