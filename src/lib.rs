@@ -4,6 +4,7 @@
 //! rating, store, config and plan import neither tui nor model.
 
 pub mod config;
+pub mod demo_data;
 pub mod eval;
 pub mod model;
 pub mod plan;
@@ -12,3 +13,4 @@ pub mod store;
 pub mod sweep;
 pub mod train;
 pub mod tui;
+pub mod watch;

@@ -1,12 +1,29 @@
 //! Command-line interface: one clap command per file; each parses its arguments and calls the library.
 
+mod bench;
+mod demo_data;
+mod eval;
+pub mod export;
+mod generate;
+mod import_questions;
+pub mod import_study;
+mod logging;
+mod plan;
+pub mod rate;
+pub mod results;
+mod run;
+mod status;
+mod tui;
+mod validate;
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-mod bench;
-
 /// qlab: run QLoRA fine-tuning experiments end to end.
+///
+/// With no command, opens the dashboard on ./experiments.toml.
 #[derive(Debug, Parser)]
 #[command(name = "qlab", version, about, long_about = None)]
 pub struct Cli {
@@ -16,21 +33,91 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Check a config: every error at once as PATH:LINE:COL, then the files it needs (exit 2 on errors).
+    Validate(validate::Args),
+    /// Show the runs a config asks for, with their stable ids and stages.
+    Plan(plan::Args),
+    /// Train the sweep's runs headless (resuming unfinished ones), with progress on the terminal.
+    Run(run::RunArgs),
+    /// Show each run's state, progress, last loss, ETA and live runner.
+    Status(status::Args),
+    /// Convert one of the study's question lists (text) into qlab's question-set TOML.
+    ImportQuestions(import_questions::Args),
+    /// Regenerate the demo sweep's arithmetic word problems (data/arith.jsonl).
+    DemoData(demo_data::Args),
+    /// Rate answers blind with the keyboard, two stages side by side (saved at every key).
+    Rate(rate::RateArgs),
+    /// Print the results table: per task, models x stages, mean over all rubric values.
+    Results(results::ResultsArgs),
+    /// Write results to files (xlsx in the study's layout, csv, md).
+    #[command(subcommand)]
+    Export(export::ExportCommand),
+    /// Import the study's 42 raw benchmark files as answers and ratings (rater `study`).
+    ImportStudy(import_study::ImportStudyArgs),
+    /// Generate a continuation of one prompt (raw, or as a chat turn with --chat).
+    Generate(generate::GenerateArgs),
+    /// Generate answers to the question sets: base once per model, then each trained stage (resumable).
+    Eval(eval::Args),
     /// Benchmarks (training step speed and memory).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Open the dashboard on a sweep (what bare `qlab` does).
+    Tui(tui::Args),
 }
 
+/// The config path argument every sweep command takes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// Path of the experiments file.
+    #[arg(default_value = "experiments.toml")]
+    pub config: PathBuf,
+}
+
+/// Exit status for input the user must fix (a bad config, a malformed file).
+pub const EXIT_BAD_INPUT: u8 = 2;
+
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
-        None => ExitCode::SUCCESS,
-        Some(Command::Bench(cmd)) => match bench::run(cmd) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("Error: {e:?}");
-                ExitCode::FAILURE
-            }
-        },
+    if let Err(e) = color_eyre::install() {
+        eprintln!("qlab: {e}");
     }
+    let cli = Cli::parse();
+    let _log = logging::init();
+    let result = match cli.command {
+        None => tui::run(tui::Args {
+            config: ConfigArg {
+                config: "experiments.toml".into(),
+            },
+            ascii: false,
+        }),
+        Some(Command::Validate(a)) => validate::run(a),
+        Some(Command::Plan(a)) => plan::run(a),
+        Some(Command::Run(a)) => run::run(a),
+        Some(Command::Status(a)) => status::run(a),
+        Some(Command::ImportQuestions(a)) => import_questions::run(a),
+        Some(Command::DemoData(a)) => demo_data::run(a),
+        Some(Command::Rate(a)) => rate::run(a),
+        Some(Command::Results(a)) => results::run(a),
+        Some(Command::Export(c)) => export::run(c),
+        Some(Command::ImportStudy(a)) => import_study::run(a),
+        Some(Command::Generate(a)) => generate::run(a),
+        Some(Command::Eval(a)) => eval::run(a),
+        Some(Command::Bench(cmd)) => bench::run(cmd).map(|()| ExitCode::SUCCESS),
+        Some(Command::Tui(a)) => tui::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Load a config, or print every problem and return the bad-input exit code.
+pub fn load_config(path: &std::path::Path) -> Result<qlab::config::Config, ExitCode> {
+    qlab::config::Config::load(path).map_err(|errors| {
+        eprintln!("{errors}");
+        eprintln!("{}: {} error(s)", path.display(), errors.0.len());
+        ExitCode::from(EXIT_BAD_INPUT)
+    })
 }

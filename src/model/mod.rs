@@ -2,10 +2,13 @@
 
 pub mod bench;
 pub mod builder;
+pub mod chat;
 pub mod config;
 pub mod decoder;
 pub mod error;
 pub mod frozen;
+pub mod generate;
+pub mod gguf_tokenizer;
 pub mod layers;
 pub mod load;
 pub mod load_gguf;
@@ -14,6 +17,8 @@ pub mod lora;
 pub mod nf4;
 pub mod peft;
 pub mod presets;
+pub mod source;
+pub mod tokenizer;
 pub mod train_step;
 pub mod weights;
 

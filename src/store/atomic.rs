@@ -38,11 +38,13 @@ pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<
 /// Read a JSON file written by [`write_json_atomic`]; `Ok(None)` when it does not exist.
 pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StoreError> {
     match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::Json {
-            path: path.to_owned(),
-            what: std::any::type_name::<T>(),
-            source: e,
-        }),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Json {
+                path: path.to_owned(),
+                what: std::any::type_name::<T>(),
+                source: e,
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(StoreError::io(path, e)),
     }
@@ -60,7 +62,9 @@ pub fn append_line_synced(path: &Path, line: &str) -> Result<(), StoreError> {
     let mut buf = Vec::with_capacity(line.len() + 1);
     buf.extend_from_slice(line.as_bytes());
     buf.push(b'\n');
-    f.write_all(&buf).and_then(|_| f.sync_data()).map_err(|e| StoreError::io(path, e))
+    f.write_all(&buf)
+        .and_then(|_| f.sync_data())
+        .map_err(|e| StoreError::io(path, e))
 }
 
 /// fsync a directory so that a rename inside it survives a power loss.
@@ -76,7 +80,10 @@ fn parent_dir(path: &Path) -> PathBuf {
 }
 
 fn temp_sibling(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
 }
 
@@ -91,7 +98,10 @@ mod tests {
         write_atomic(&p, b"old").unwrap();
         write_atomic(&p, b"new").unwrap();
         assert_eq!(fs::read(&p).unwrap(), b"new");
-        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names.len(), 1, "{names:?}");
     }
 
@@ -102,7 +112,11 @@ mod tests {
         fs::write(&p, "{not json").unwrap();
         let err = read_json::<serde_json::Value>(&p).unwrap_err().to_string();
         assert!(err.contains("spec.json"), "{err}");
-        assert!(read_json::<serde_json::Value>(&dir.path().join("absent.json")).unwrap().is_none());
+        assert!(
+            read_json::<serde_json::Value>(&dir.path().join("absent.json"))
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //!     run.log                           tracing log of the runner
 //!     lock                              advisory lock held by the process training this run
 //!     checkpoints/step-00000100/        adapter + optimizer + trainer state (renamed into place when complete)
-//!     stages/e1/                        the checkpoint taken at the end of epoch 1 (kept for evaluation)
+//!     stages/e1/                        the checkpoint taken at the end of epoch 1 (kept for evaluation);
+//!       adapter/                        its LoRA adapter in PEFT layout
 //!     answers/<stage>/<questions>-<eval-hash>.jsonl   fine-tuned answers per stage
 //! ```
 
@@ -25,7 +26,9 @@ pub struct SweepPaths {
 
 impl SweepPaths {
     pub fn new(runs_dir: &Path, sweep_name: &str) -> Self {
-        SweepPaths { root: runs_dir.join(sweep_name) }
+        SweepPaths {
+            root: runs_dir.join(sweep_name),
+        }
     }
     pub fn ratings_journal(&self) -> PathBuf {
         self.root.join("ratings.jsonl")
@@ -38,7 +41,9 @@ impl SweepPaths {
             .join(format!("{questions_id}-{eval_hash}.jsonl"))
     }
     pub fn run(&self, run_id: &str) -> RunPaths {
-        RunPaths { root: self.root.join(run_id) }
+        RunPaths {
+            root: self.root.join(run_id),
+        }
     }
 }
 
@@ -73,6 +78,10 @@ impl RunPaths {
     pub fn stage(&self, stage: &str) -> PathBuf {
         self.root.join("stages").join(stage)
     }
+    /// The PEFT adapter of an evaluation stage's checkpoint.
+    pub fn stage_adapter(&self, stage: &str) -> PathBuf {
+        self.stage(stage).join("adapter")
+    }
     pub fn answers(&self, stage: &str, questions_id: &str, eval_hash: &str) -> PathBuf {
         self.root
             .join("answers")
@@ -89,8 +98,14 @@ mod tests {
     fn run_paths_follow_the_documented_layout() {
         let sweep = SweepPaths::new(Path::new("runs"), "demo");
         let run = sweep.run("smollm2-arith-1a2b3c4d");
-        assert_eq!(run.checkpoint(100), Path::new("runs/demo/smollm2-arith-1a2b3c4d/checkpoints/step-00000100"));
-        assert_eq!(run.stage("e1"), Path::new("runs/demo/smollm2-arith-1a2b3c4d/stages/e1"));
+        assert_eq!(
+            run.checkpoint(100),
+            Path::new("runs/demo/smollm2-arith-1a2b3c4d/checkpoints/step-00000100")
+        );
+        assert_eq!(
+            run.stage("e1"),
+            Path::new("runs/demo/smollm2-arith-1a2b3c4d/stages/e1")
+        );
         assert_eq!(
             sweep.base_answers("smollm2", "math", "ff00"),
             Path::new("runs/demo/answers/base/smollm2/math-ff00.jsonl")

@@ -2,9 +2,11 @@
 
 pub mod atomic;
 pub mod layout;
+pub mod lock;
 pub mod status;
 
 pub use layout::{RunPaths, SweepPaths};
+pub use lock::RunLock;
 pub use status::{RunState, RunStatus};
 
 /// Errors of the run store; each names the file it concerns.
@@ -24,11 +26,17 @@ pub enum StoreError {
         source: serde_json::Error,
     },
     #[error("{path}: run is locked by another process (pid {pid})")]
-    Locked { path: std::path::PathBuf, pid: String },
+    Locked {
+        path: std::path::PathBuf,
+        pid: String,
+    },
 }
 
 impl StoreError {
     pub fn io(path: impl Into<std::path::PathBuf>, source: std::io::Error) -> Self {
-        StoreError::Io { path: path.into(), source }
+        StoreError::Io {
+            path: path.into(),
+            source,
+        }
     }
 }

@@ -135,7 +135,10 @@ mod tests {
             event: RunEvent::EpochDone { epoch: 1, step: 10 },
         };
         let line = serde_json::to_string(&e).unwrap();
-        assert_eq!(line, r#"{"ts":1.5,"run":"demo-abc","event":"epoch_done","epoch":1,"step":10}"#);
+        assert_eq!(
+            line,
+            r#"{"ts":1.5,"run":"demo-abc","event":"epoch_done","epoch":1,"step":10}"#
+        );
         let back: LoggedEvent = serde_json::from_str(&line).unwrap();
         assert_eq!(back, e);
     }

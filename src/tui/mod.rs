@@ -1,1 +1,28 @@
-//! The dashboard: app state fed by runner events and stores, keymap, event loop and one file per view.
+//! The dashboard: app state fed by runner events and run files, a keymap as data, an event loop that
+//! draws only when something changed, and one file per view. Never calls candle.
+
+pub mod app;
+pub mod event_loop;
+pub mod files;
+pub mod keymap;
+pub mod launch;
+pub mod msg;
+pub mod rating;
+pub mod results;
+pub mod runner_trainer;
+pub mod sweep_info;
+pub mod terminal;
+pub mod theme;
+pub mod trainer;
+pub mod update;
+pub mod view;
+
+#[cfg(test)]
+mod update_tests;
+
+pub use app::{App, Screen};
+pub use msg::{Effect, Msg};
+pub use sweep_info::{MatrixCell, SweepInfo};
+pub use theme::Theme;
+pub use trainer::Trainer;
+pub use update::update;

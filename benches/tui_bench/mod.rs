@@ -1,0 +1,4 @@
+//! Parts of the dashboard benchmark.
+
+pub mod cpu;
+pub mod render;

@@ -1,0 +1,56 @@
+//! `qlab results [CONFIG] [--format table|md|csv|json]`: the study's results table from the ratings journal.
+
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use color_eyre::eyre::Result;
+
+use qlab::rating::context::RatingContext;
+use qlab::rating::results_format::{Format, render};
+
+use super::{ConfigArg, load_config};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum FormatArg {
+    Table,
+    Md,
+    Csv,
+    Json,
+}
+
+impl From<FormatArg> for Format {
+    fn from(f: FormatArg) -> Format {
+        match f {
+            FormatArg::Table => Format::Table,
+            FormatArg::Md => Format::Markdown,
+            FormatArg::Csv => Format::Csv,
+            FormatArg::Json => Format::Json,
+        }
+    }
+}
+
+/// Print the results table: per task, models x stages, mean over all rubric values.
+#[derive(Debug, Args)]
+pub struct ResultsArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: FormatArg,
+}
+
+pub fn run(args: ResultsArgs) -> Result<ExitCode> {
+    let config = match load_config(&args.config.config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let ctx = RatingContext::from_config(config)?;
+    let tasks = ctx.results()?;
+    if tasks.is_empty() {
+        eprintln!(
+            "no ratings yet in {}",
+            ctx.sweep.ratings_journal().display()
+        );
+    }
+    print!("{}", render(&tasks, args.format.into())?);
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,127 @@
+//! `qlab run [CONFIG] [--only RUN_ID] [--max-steps N] [--detach]`: train the sweep's runs headless, resuming
+//! unfinished ones. SIGINT, SIGTERM and SIGHUP checkpoint and exit cleanly (a second one exits at once).
+
+mod detach;
+mod progress;
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use color_eyre::eyre::{Result, WrapErr, eyre};
+use qlab::config::Config;
+use qlab::plan::Plan;
+use qlab::store::SweepPaths;
+use qlab::sweep::from_plan::jobs_from_plan;
+use qlab::sweep::job::RunEvaluator;
+use qlab::sweep::model_loader::DecoderLoader;
+use qlab::sweep::plan_evaluator::PlanEvaluator;
+use qlab::sweep::reconcile::{RunAction, action_for};
+use qlab::sweep::runner::{Runner, RunnerOptions};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+
+/// Arguments of `qlab run`.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The sweep's experiments.toml.
+    #[arg(default_value = "experiments.toml")]
+    pub config: PathBuf,
+    /// Train only this run (an id as `qlab run` lists them).
+    #[arg(long, value_name = "RUN_ID")]
+    pub only: Option<String>,
+    /// Stop each run at this step with a checkpoint; a later `qlab run` continues it.
+    #[arg(long, value_name = "N")]
+    pub max_steps: Option<u64>,
+    /// Train in the background, detached from this terminal (survives SSH closing); logs to the sweep dir.
+    #[arg(long)]
+    pub detach: bool,
+    /// Train only: generate no answers after training (by default each finished run answers its question
+    /// set at every stage, unless `[eval] after_training = false`).
+    #[arg(long)]
+    pub no_eval: bool,
+    /// Without a terminal, print one progress line every N steps.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub every: u64,
+}
+
+pub fn run(args: RunArgs) -> Result<ExitCode> {
+    let config = Config::load(&args.config).map_err(|e| eyre!("{e}"))?;
+    let plan = Plan::from_config(&config);
+    let sweep = SweepPaths::new(&config.runs_dir(), &plan.sweep);
+    let jobs = jobs_from_plan(&config, &plan, args.only.as_deref()).map_err(|e| eyre!("{e}"))?;
+    for job in &jobs {
+        let action =
+            action_for(&sweep.run(&job.run_id)).wrap_err("cannot read the run directory")?;
+        let what = match action {
+            RunAction::Done => "done, skipped".to_string(),
+            RunAction::Fresh => "start".to_string(),
+            RunAction::Resume { step, .. } => format!("resume from step {step}"),
+            RunAction::Locked { pid } => format!("trained by pid {pid}, left alone"),
+        };
+        println!("{:<40} {what}", job.run_id);
+    }
+    if args.detach {
+        let log = sweep.root.join("runner.log");
+        let pid = detach::spawn_detached(&detach::args_without_detach(), &log)?;
+        println!(
+            "training in the background: pid {pid}, log {}",
+            log.display()
+        );
+        println!(
+            "follow it with `qlab tui {}` or `qlab status {}`",
+            args.config.display(),
+            args.config.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let loader = Arc::new(DecoderLoader::new(&config, &plan));
+    let evaluator: Option<Arc<dyn RunEvaluator>> = (!args.no_eval).then(|| {
+        Arc::new(PlanEvaluator::new(
+            config.clone(),
+            plan.clone(),
+            sweep.clone(),
+        )) as _
+    });
+    let options = RunnerOptions {
+        max_steps: args.max_steps,
+        evaluator,
+        ..RunnerOptions::default()
+    };
+    let handle =
+        Runner::spawn(sweep, jobs, loader, options).wrap_err("cannot start the runner thread")?;
+    let stop = handle.stop_flag();
+    for signal in [SIGINT, SIGTERM, SIGHUP] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone())
+            .and_then(|_| signal_hook::flag::register(signal, stop.clone()))
+            .wrap_err("cannot install signal handlers")?;
+    }
+    if std::io::stdout().is_terminal() {
+        let mut bars = progress::BarProgress::new();
+        for (run, event) in handle.events.iter() {
+            bars.event(&run, &event);
+        }
+    } else {
+        let mut plain = progress::PlainProgress::new(args.every);
+        for (run, event) in handle.events.iter() {
+            if let Some(line) = plain.line(&run, &event) {
+                println!("{line}");
+            }
+        }
+    }
+    let summary = handle.join();
+    println!(
+        "{} finished, {} failed, {} interrupted, {} skipped",
+        summary.finished.len(),
+        summary.failed.len(),
+        summary.interrupted.len(),
+        summary.skipped.len()
+    );
+    Ok(if !summary.failed.is_empty() {
+        ExitCode::FAILURE
+    } else if stop.load(std::sync::atomic::Ordering::SeqCst) {
+        ExitCode::from(130)
+    } else {
+        ExitCode::SUCCESS
+    })
+}

@@ -1,0 +1,74 @@
+//! `qlab tui [CONFIG] [--ascii]` and bare `qlab`: open the dashboard on a sweep.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use color_eyre::eyre::{Result, eyre};
+use qlab::plan::Plan;
+use qlab::sweep::from_plan::jobs_from_plan;
+use qlab::sweep::model_loader::DecoderLoader;
+use qlab::sweep::plan_evaluator::PlanEvaluator;
+use qlab::sweep::runner::RunnerOptions;
+use qlab::tui::event_loop::Exit;
+use qlab::tui::launch::{Launch, launch};
+use qlab::tui::runner_trainer::RunnerTrainer;
+use qlab::tui::{SweepInfo, Theme};
+
+use super::{ConfigArg, EXIT_BAD_INPUT, load_config};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Draw with ASCII symbols only (automatic when TERM is dumb or linux).
+    #[arg(long)]
+    pub ascii: bool,
+}
+
+pub fn run(args: Args) -> Result<ExitCode> {
+    let config = match load_config(&args.config.config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
+        eprintln!(
+            "qlab: the dashboard needs a terminal; use `qlab status` to see the sweep or `qlab run` to train"
+        );
+        return Ok(ExitCode::from(EXIT_BAD_INPUT));
+    }
+    let plan = Plan::from_config(&config);
+    let sweep = SweepInfo::from_plan(&plan, &config.runs_dir());
+    let jobs = jobs_from_plan(&config, &plan, None).map_err(|e| eyre!("{e}"))?;
+    let loader = Arc::new(DecoderLoader::new(&config, &plan));
+    // Finished runs answer their question sets, as `qlab run` does.
+    let evaluator = PlanEvaluator::new(config.clone(), plan.clone(), sweep.paths());
+    let options = RunnerOptions {
+        evaluator: Some(Arc::new(evaluator)),
+        ..RunnerOptions::default()
+    };
+    let trainer = RunnerTrainer::new(sweep.paths(), jobs, loader, options);
+    let exe = std::env::current_exe()?;
+    let detach = vec![
+        exe.display().to_string(),
+        "run".into(),
+        args.config.config.display().to_string(),
+        "--detach".into(),
+    ];
+    let theme = Theme::detect(args.ascii, std::env::var("TERM").ok().as_deref());
+    tracing::info!(
+        "dashboard on {} ({} runs)",
+        args.config.config.display(),
+        sweep.runs.len()
+    );
+    let exit = launch(Launch {
+        sweep,
+        theme,
+        trainer: Some(Box::new(trainer)),
+        detach_command: Some(detach),
+    })?;
+    Ok(match exit {
+        Exit::Quit => ExitCode::SUCCESS,
+        Exit::Lost => ExitCode::FAILURE,
+    })
+}

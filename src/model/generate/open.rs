@@ -1,0 +1,44 @@
+//! Open a resolved model path as qlab's decoder, ready to generate: frozen base in the asked-for
+//! quantization, a PEFT adapter applied unmerged (or merged, the fast path), on the CPU.
+
+use std::path::Path;
+
+use candle_core::Device;
+
+use super::DecoderLm;
+use crate::model::{ModelError, Quant, load_model};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(
+        "unknown quantization {0:?} (expected none, nf4, q4_0, q4_1, q5_0, q5_1, q8_0, q2k..q6k)"
+    )]
+    BadQuant(String),
+    #[error("adapter {dir}: {source}")]
+    Adapter {
+        dir: std::path::PathBuf,
+        #[source]
+        source: ModelError,
+    },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+/// Load the model at `path` (a .gguf file or a safetensors directory) and apply `adapter` when given.
+pub fn open_model(
+    path: &Path,
+    quant: &str,
+    adapter: Option<&Path>,
+) -> Result<DecoderLm, OpenError> {
+    let quant = Quant::parse(quant).ok_or_else(|| OpenError::BadQuant(quant.to_owned()))?;
+    let mut decoder = load_model(path, quant, &Device::Cpu)?;
+    if let Some(dir) = adapter {
+        decoder
+            .load_peft(dir)
+            .map_err(|source| OpenError::Adapter {
+                dir: dir.to_owned(),
+                source,
+            })?;
+    }
+    Ok(DecoderLm::new(decoder))
+}

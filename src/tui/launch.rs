@@ -1,0 +1,44 @@
+//! Opening the dashboard on a real terminal: runtime, terminal take-over, signal forwarding, the event
+//! loop, and the terminal given back however the loop ends.
+
+use std::time::Duration;
+
+use tokio::sync::mpsc::unbounded_channel;
+
+use super::app::App;
+use super::event_loop::{self, Exit, LoopOptions, unix_now};
+use super::sweep_info::SweepInfo;
+use super::terminal;
+use super::theme::Theme;
+use super::trainer::Trainer;
+
+/// What the dashboard is opened with.
+pub struct Launch {
+    pub sweep: SweepInfo,
+    pub theme: Theme,
+    /// This process's trainer; `None` opens a watch-only dashboard.
+    pub trainer: Option<Box<dyn Trainer>>,
+    /// The command that continues the sweep in the background, e.g. `qlab run CONFIG --detach`.
+    pub detach_command: Option<Vec<String>>,
+}
+
+/// Run the dashboard on this process's terminal until the researcher quits.
+pub fn launch(l: Launch) -> std::io::Result<Exit> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    let (sig_tx, sig_rx) = unbounded_channel();
+    terminal::forward_signals(sig_tx)?;
+    let opts = LoopOptions {
+        theme: l.theme,
+        frame_interval: Duration::from_millis(100),
+        follow_interval: Duration::from_millis(200),
+        detach_command: l.detach_command,
+        terminate_grace: Duration::from_secs(120),
+    };
+    let app = App::new(l.sweep, unix_now());
+    let mut term = terminal::enter();
+    let result = rt.block_on(event_loop::run(&mut term, app, l.trainer, opts, sig_rx));
+    terminal::leave();
+    result
+}

@@ -1,0 +1,211 @@
+//! The results screen as a self-contained component: per task, models x stages, with the selected
+//! model's per-criterion means, counts, intervals and, with two or more raters, their agreement.
+
+use std::collections::BTreeMap;
+
+use crossterm::event::{KeyCode, KeyEvent};
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Style, Stylize};
+use ratatui::text::Line;
+use ratatui::widgets::{Block, Cell as TableCell, Paragraph, Row, Table, Tabs};
+
+use crate::rating::results::TaskResults;
+use crate::rating::results_format::cell_text;
+
+/// What the host should do after a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResultsAction {
+    None,
+    Quit,
+}
+
+/// State of the results screen.
+pub struct ResultsScreen {
+    tasks: Vec<TaskResults>,
+    /// Final training loss per (task, model), shown beside the scores when the host knows it.
+    losses: BTreeMap<(String, String), f64>,
+    task: usize,
+    row: usize,
+}
+
+impl ResultsScreen {
+    pub fn new(tasks: Vec<TaskResults>) -> Self {
+        ResultsScreen {
+            tasks,
+            losses: BTreeMap::new(),
+            task: 0,
+            row: 0,
+        }
+    }
+
+    /// Show each run's final loss beside its scores (keyed by task and model).
+    pub fn with_losses(mut self, losses: BTreeMap<(String, String), f64>) -> Self {
+        self.losses = losses;
+        self
+    }
+
+    /// Replace the figures (after new ratings), keeping the selection where possible.
+    pub fn update(&mut self, tasks: Vec<TaskResults>) {
+        self.tasks = tasks;
+        self.task = self.task.min(self.tasks.len().saturating_sub(1));
+        self.row = self.row.min(self.rows().saturating_sub(1));
+    }
+
+    fn rows(&self) -> usize {
+        self.tasks.get(self.task).map_or(0, |t| t.models.len())
+    }
+
+    pub fn handle_key(&mut self, key: KeyEvent) -> ResultsAction {
+        match key.code {
+            KeyCode::Tab | KeyCode::Char('l') | KeyCode::Right if !self.tasks.is_empty() => {
+                self.task = (self.task + 1) % self.tasks.len();
+                self.row = 0;
+            }
+            KeyCode::BackTab | KeyCode::Char('h') | KeyCode::Left if !self.tasks.is_empty() => {
+                self.task = (self.task + self.tasks.len() - 1) % self.tasks.len();
+                self.row = 0;
+            }
+            KeyCode::Char('j') | KeyCode::Down => {
+                self.row = (self.row + 1).min(self.rows().saturating_sub(1))
+            }
+            KeyCode::Char('k') | KeyCode::Up => self.row = self.row.saturating_sub(1),
+            KeyCode::Char('q') | KeyCode::Esc => return ResultsAction::Quit,
+            _ => {}
+        }
+        ResultsAction::None
+    }
+
+    pub fn render(&self, frame: &mut Frame, area: Rect) {
+        let Some(task) = self.tasks.get(self.task) else {
+            let p = Paragraph::new("No ratings yet.").block(Block::bordered().title(" Results "));
+            frame.render_widget(p, area);
+            return;
+        };
+        let detail_rows = task.stages.len() as u16
+            + task
+                .agreement
+                .as_ref()
+                .map_or(0, |a| 1 + a.criteria.len() as u16 + a.raters.len() as u16);
+        let [tabs, table, detail, hints] = Layout::vertical([
+            Constraint::Length(1),
+            Constraint::Min(3),
+            Constraint::Length(detail_rows + 2),
+            Constraint::Length(1),
+        ])
+        .areas(area);
+        let titles: Vec<String> = self.tasks.iter().map(|t| t.task.clone()).collect();
+        frame.render_widget(
+            Tabs::new(titles)
+                .select(self.task)
+                .highlight_style(Style::new().bold().reversed()),
+            tabs,
+        );
+        self.render_table(frame, table, task);
+        self.render_detail(frame, detail, task);
+        let hint =
+            "Tab/h/l task · j/k model · q quit · mean (change from base) · ! = falls after e1";
+        frame.render_widget(Line::from(hint).dim(), hints);
+    }
+
+    fn render_table(&self, frame: &mut Frame, area: Rect, task: &TaskResults) {
+        let has_loss = task
+            .models
+            .iter()
+            .any(|m| self.losses.contains_key(&(task.task.clone(), m.clone())));
+        let mut header: Vec<String> = vec!["model".into()];
+        header.extend(task.stages.iter().cloned());
+        if has_loss {
+            header.push("loss".into());
+        }
+        let rows = task.models.iter().enumerate().map(|(i, m)| {
+            let mut cells: Vec<TableCell> = vec![TableCell::from(m.clone())];
+            for s in &task.stages {
+                let c = task.cell(m, s);
+                let style = if c.is_some_and(|c| c.falls_after_e1) {
+                    Style::new().red()
+                } else {
+                    Style::new()
+                };
+                cells.push(TableCell::from(cell_text(c)).style(style));
+            }
+            if has_loss {
+                let loss = self.losses.get(&(task.task.clone(), m.clone()));
+                cells.push(TableCell::from(
+                    loss.map_or("-".into(), |l| format!("{l:.3}")),
+                ));
+            }
+            let row = Row::new(cells);
+            if i == self.row {
+                row.style(Style::new().reversed())
+            } else {
+                row
+            }
+        });
+        let mut widths = vec![Constraint::Length(18)];
+        widths.extend(task.stages.iter().map(|_| Constraint::Length(16)));
+        if has_loss {
+            widths.push(Constraint::Length(8));
+        }
+        let table = Table::new(rows, widths)
+            .header(Row::new(header).bold())
+            .block(Block::bordered().title(format!(" Results · {} ", task.task)));
+        frame.render_widget(table, area);
+    }
+
+    fn render_detail(&self, frame: &mut Frame, area: Rect, task: &TaskResults) {
+        let mut lines: Vec<Line> = Vec::new();
+        if let Some(model) = task.models.get(self.row) {
+            for s in &task.stages {
+                let Some(c) = task.cell(model, s) else {
+                    continue;
+                };
+                let ci = c
+                    .ci95
+                    .map_or("-".into(), |(lo, hi)| format!("{lo:.2}-{hi:.2}"));
+                let criteria: Vec<String> = c
+                    .criteria
+                    .iter()
+                    .map(|(k, v)| format!("{k} {v:.2}"))
+                    .collect();
+                lines.push(Line::from(format!(
+                    "{s}: mean {:.2} · n {} · 95% CI {ci} · {}",
+                    c.mean,
+                    c.n,
+                    criteria.join(" · ")
+                )));
+            }
+        }
+        if let Some(a) = &task.agreement {
+            let f = |x: Option<f64>| x.map_or("undefined".into(), |v| format!("{v:.3}"));
+            lines.push(
+                Line::from(format!(
+                    "Krippendorff's alpha (ordinal), overall {}",
+                    f(a.overall)
+                ))
+                .bold(),
+            );
+            lines.extend(
+                a.criteria
+                    .iter()
+                    .map(|(c, x)| Line::from(format!("  {c}: {}", f(*x)))),
+            );
+            lines.extend(
+                a.raters.iter().map(|(r, m, n)| {
+                    Line::from(format!("  rater {r}: mean {m:.2} over {n} values"))
+                }),
+            );
+        }
+        let title = task
+            .models
+            .get(self.row)
+            .map_or(" Detail ".to_owned(), |m| format!(" {m} "));
+        frame.render_widget(
+            Paragraph::new(lines).block(Block::bordered().title(title)),
+            area,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,322 @@
+//! The dashboard's one state transition: `update(app, msg) -> effects`. No I/O, no clock, no terminal:
+//! everything it needs arrives in the message, everything it wants done leaves as an [`Effect`].
+
+use crate::store::RunState;
+use crate::sweep::events::{RunEvent, RunnerCommand};
+
+use super::app::{App, Control, Overlay, Owner, PendingExit, Screen};
+use super::keymap::{self, Action, Context};
+use super::msg::{Effect, Msg};
+
+/// Apply one message; returns the side effects for the event loop to perform, in order.
+pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
+    match msg {
+        Msg::Key(key) => {
+            let Some(action) = keymap::action_for(context(app), &key) else {
+                return Vec::new();
+            };
+            app.notice = None;
+            app.dirty = true;
+            act(app, action)
+        }
+        Msg::Runner { run, event, ts } => runner_event(app, &run, event, ts),
+        Msg::RunnerExited => runner_exited(app),
+        Msg::Followed(e) => {
+            if let Some(i) = app.run_index(&e.run) {
+                app.runs[i].history.apply_logged(&e);
+                app.dirty = true;
+            }
+            Vec::new()
+        }
+        Msg::LockHolders(holders) => {
+            for (run, holder) in holders {
+                let Some(i) = app.run_index(&run) else {
+                    continue;
+                };
+                let entry = &mut app.runs[i];
+                let owner = holder.map_or(Owner::Nobody, Owner::Other);
+                if entry.owner != Owner::Us && entry.owner != owner {
+                    entry.owner = owner;
+                    app.dirty = true;
+                }
+            }
+            Vec::new()
+        }
+        Msg::LogTail { run, lines } => {
+            if let Some(i) = app.run_index(&run)
+                && app.runs[i].log_tail != lines
+            {
+                app.runs[i].log_tail = lines;
+                app.dirty = true;
+            }
+            Vec::new()
+        }
+        Msg::Score { run, score } => {
+            if let Some(i) = app.run_index(&run) {
+                app.runs[i].score = Some(score);
+                app.dirty = true;
+            }
+            Vec::new()
+        }
+        Msg::Notice(text) => {
+            app.notice = Some(text);
+            app.dirty = true;
+            Vec::new()
+        }
+        Msg::Tick { now } => tick(app, now),
+        Msg::Resized => {
+            app.dirty = true;
+            Vec::new()
+        }
+        Msg::Terminate => {
+            if app.training_here() {
+                app.pending_exit = Some(PendingExit::Quit);
+                stop(app)
+            } else {
+                quit(app)
+            }
+        }
+    }
+}
+
+/// Which keymap applies now.
+pub fn context(app: &App) -> Context {
+    match (app.overlay, app.screen) {
+        (Some(Overlay::Help), _) => Context::Help,
+        (Some(Overlay::QuitWhileTraining), _) => Context::QuitDialog,
+        (None, Screen::Sweep) => Context::Sweep,
+        (None, Screen::Run(_)) => Context::Run,
+    }
+}
+
+fn act(app: &mut App, action: Action) -> Vec<Effect> {
+    let (rows, cols) = (app.sweep.models.len(), app.sweep.datasets.len());
+    match action {
+        Action::Up => app.cursor.0 = app.cursor.0.saturating_sub(1),
+        Action::Down => app.cursor.0 = (app.cursor.0 + 1).min(rows.saturating_sub(1)),
+        Action::Left => app.cursor.1 = app.cursor.1.saturating_sub(1),
+        Action::Right => app.cursor.1 = (app.cursor.1 + 1).min(cols.saturating_sub(1)),
+        Action::OpenRun => {
+            if let Some(i) = app.selected_run() {
+                return open_run(app, i);
+            }
+            app.notice = Some("no run in this cell".into());
+        }
+        Action::Back => app.screen = Screen::Sweep,
+        Action::NextRun | Action::PrevRun => {
+            if let Screen::Run(i) = app.screen {
+                let n = app.runs.len();
+                let next = if action == Action::NextRun {
+                    (i + 1) % n
+                } else {
+                    (i + n - 1) % n
+                };
+                return open_run(app, next);
+            }
+        }
+        Action::StartSweep => return start_sweep(app),
+        Action::TogglePause => return toggle_pause(app),
+        Action::StopSweep => {
+            if matches!(app.control, Control::Running | Control::Paused) {
+                app.notice = Some("stopping after the next checkpoint".into());
+                return stop(app);
+            }
+            app.notice = Some(not_training_here(app));
+        }
+        Action::Retry => return retry(app),
+        Action::Help => app.overlay = Some(Overlay::Help),
+        Action::CloseOverlay => app.overlay = None,
+        Action::Quit => {
+            if app.training_here() {
+                app.overlay = Some(Overlay::QuitWhileTraining);
+            } else {
+                return quit(app);
+            }
+        }
+        Action::QuitStopAfterCheckpoint | Action::QuitDetach => {
+            app.overlay = None;
+            app.pending_exit = Some(if action == Action::QuitDetach {
+                PendingExit::DetachThenQuit
+            } else {
+                PendingExit::Quit
+            });
+            app.notice = Some("writing a checkpoint before leaving...".into());
+            if app.control == Control::Stopping {
+                return Vec::new();
+            }
+            return stop(app);
+        }
+    }
+    Vec::new()
+}
+
+fn open_run(app: &mut App, i: usize) -> Vec<Effect> {
+    app.screen = Screen::Run(i);
+    if let Some(pos) = app
+        .sweep
+        .models
+        .iter()
+        .position(|m| *m == app.runs[i].plan.model)
+    {
+        app.cursor.0 = pos;
+    }
+    if let Some(pos) = app
+        .sweep
+        .datasets
+        .iter()
+        .position(|d| *d == app.runs[i].plan.dataset)
+    {
+        app.cursor.1 = pos;
+    }
+    vec![Effect::LoadLog(app.runs[i].plan.id.clone())]
+}
+
+fn start_sweep(app: &mut App) -> Vec<Effect> {
+    if app.control != Control::Idle {
+        app.notice = Some("the sweep is already running here".into());
+        return Vec::new();
+    }
+    let runs: Vec<String> = app
+        .runs
+        .iter()
+        .filter(|r| matches!(r.owner, Owner::Nobody))
+        .filter(|r| matches!(r.history.state, RunState::Queued | RunState::Interrupted))
+        .map(|r| r.plan.id.clone())
+        .collect();
+    if runs.is_empty() {
+        app.notice = Some(match other_owner(app) {
+            Some(pid) => format!("pid {pid} is training this sweep; shown read-only"),
+            None => "nothing to train: every run is done or failed (r retries one)".into(),
+        });
+        return Vec::new();
+    }
+    claim(app, &runs);
+    vec![Effect::StartRuns(runs)]
+}
+
+fn retry(app: &mut App) -> Vec<Effect> {
+    let i = match app.screen {
+        Screen::Run(i) => Some(i),
+        Screen::Sweep => app.selected_run(),
+    };
+    let Some(i) = i else { return Vec::new() };
+    let entry = &app.runs[i];
+    if let Owner::Other(pid) = entry.owner {
+        app.notice = Some(format!("read-only: pid {pid} trains this run"));
+    } else if app.control != Control::Idle {
+        app.notice = Some("stop the sweep before retrying a run".into());
+    } else if !matches!(
+        entry.history.state,
+        RunState::Failed | RunState::Interrupted
+    ) {
+        app.notice = Some("only a failed or interrupted run can be retried".into());
+    } else {
+        let runs = vec![entry.plan.id.clone()];
+        claim(app, &runs);
+        return vec![Effect::StartRuns(runs)];
+    }
+    Vec::new()
+}
+
+fn claim(app: &mut App, runs: &[String]) {
+    for r in app.runs.iter_mut().filter(|r| runs.contains(&r.plan.id)) {
+        r.owner = Owner::Us;
+    }
+    app.control = Control::Running;
+}
+
+fn toggle_pause(app: &mut App) -> Vec<Effect> {
+    match app.control {
+        Control::Running => {
+            app.control = Control::Paused;
+            vec![Effect::Command(RunnerCommand::Pause)]
+        }
+        Control::Paused => {
+            app.control = Control::Running;
+            vec![Effect::Command(RunnerCommand::Resume)]
+        }
+        Control::Stopping => {
+            app.notice = Some("stopping: waiting for the checkpoint".into());
+            Vec::new()
+        }
+        Control::Idle => {
+            app.notice = Some(not_training_here(app));
+            Vec::new()
+        }
+    }
+}
+
+fn stop(app: &mut App) -> Vec<Effect> {
+    app.control = Control::Stopping;
+    vec![Effect::Command(RunnerCommand::StopAfterCheckpoint)]
+}
+
+fn quit(app: &mut App) -> Vec<Effect> {
+    app.quit = true;
+    vec![Effect::Quit]
+}
+
+fn other_owner(app: &App) -> Option<u32> {
+    app.runs.iter().find_map(|r| match r.owner {
+        Owner::Other(pid) => Some(pid),
+        _ => None,
+    })
+}
+
+fn not_training_here(app: &App) -> String {
+    match other_owner(app) {
+        Some(pid) => format!("read-only: pid {pid} trains this sweep"),
+        None => "nothing is training (s starts the sweep)".into(),
+    }
+}
+
+fn runner_event(app: &mut App, run: &str, event: RunEvent, ts: f64) -> Vec<Effect> {
+    let Some(i) = app.run_index(run) else {
+        return Vec::new();
+    };
+    let started = matches!(event, RunEvent::RunStarted { .. });
+    app.runs[i].owner = Owner::Us;
+    app.runs[i].history.apply(&event, ts);
+    app.dirty = true;
+    if started && app.control == Control::Stopping {
+        // The runner moved on to another run before stopping: stop that one too.
+        return vec![Effect::Command(RunnerCommand::StopAfterCheckpoint)];
+    }
+    Vec::new()
+}
+
+fn runner_exited(app: &mut App) -> Vec<Effect> {
+    app.control = Control::Idle;
+    app.dirty = true;
+    for r in app.runs.iter_mut().filter(|r| r.owner == Owner::Us) {
+        r.owner = Owner::Nobody;
+    }
+    match app.pending_exit.take() {
+        None => Vec::new(),
+        Some(PendingExit::Quit) => quit(app),
+        Some(PendingExit::DetachThenQuit) => {
+            let unfinished = app
+                .runs
+                .iter()
+                .any(|r| !matches!(r.history.state, RunState::Done | RunState::Failed));
+            let mut effects = if unfinished {
+                vec![Effect::DetachToBackground]
+            } else {
+                Vec::new()
+            };
+            effects.extend(quit(app));
+            effects
+        }
+    }
+}
+
+fn tick(app: &mut App, now: f64) -> Vec<Effect> {
+    app.now = now;
+    match app.screen {
+        Screen::Run(i) if app.runs[i].history.is_active() => {
+            app.dirty = true;
+            vec![Effect::LoadLog(app.runs[i].plan.id.clone())]
+        }
+        _ => Vec::new(),
+    }
+}

@@ -1,0 +1,34 @@
+//! Drawing: one function per screen and overlay, all reading `App` and never changing it.
+
+mod help;
+mod hints;
+mod plot;
+mod quit;
+mod run;
+mod sweep;
+mod widgets;
+
+pub use plot::{Curve, Plot};
+
+use ratatui::Frame;
+use ratatui::layout::{Constraint, Layout};
+
+use super::app::{App, Overlay, Screen};
+use super::theme::Theme;
+use super::update::context;
+
+/// Draw the whole dashboard for the current state.
+pub fn draw(frame: &mut Frame, app: &App, theme: &Theme) {
+    let [body, footer] =
+        Layout::vertical([Constraint::Min(1), Constraint::Length(1)]).areas(frame.area());
+    match app.screen {
+        Screen::Sweep => sweep::draw(frame, body, app, theme),
+        Screen::Run(i) => run::draw(frame, body, app, i, theme),
+    }
+    hints::draw(frame, footer, app, context(app), theme);
+    match app.overlay {
+        Some(Overlay::Help) => help::draw(frame, app, theme),
+        Some(Overlay::QuitWhileTraining) => quit::draw(frame, app, theme),
+        None => {}
+    }
+}

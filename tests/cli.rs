@@ -1,0 +1,199 @@
+//! End-to-end runs of the real `qlab` binary for the foundation commands.
+
+use std::path::Path;
+
+use assert_cmd::Command;
+use predicates::prelude::PredicateBooleanExt;
+use predicates::str::contains;
+
+fn qlab() -> Command {
+    let mut c = Command::cargo_bin("qlab").unwrap();
+    c.env("QLAB_LOG_DIR", std::env::temp_dir().join("qlab-test-logs"));
+    c
+}
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn study_data() -> std::path::PathBuf {
+    root().join("../shared/data")
+}
+
+#[test]
+fn validate_passes_on_the_demo_and_exits_2_with_every_error() {
+    qlab()
+        .current_dir(root())
+        .arg("validate")
+        .assert()
+        .success()
+        .stdout(contains("ok: sweep `demo`"));
+    let bad = root().join("tests/fixtures/invalid/many-errors.toml");
+    qlab()
+        .arg("validate")
+        .arg(&bad)
+        .assert()
+        .code(2)
+        .stderr(contains("many-errors.toml:").and(contains("3 error(s)")));
+}
+
+#[test]
+fn validate_names_missing_files_and_how_to_get_them() {
+    qlab()
+        .arg("validate")
+        .arg(root().join("examples/study.toml"))
+        .assert()
+        .code(2)
+        .stderr(
+            contains("orca-math-word-problems-200k.jsonl does not exist")
+                .and(contains("qlab import-questions")),
+        );
+}
+
+#[test]
+fn plan_json_lists_runs_with_stable_ids() {
+    let out = qlab()
+        .arg("plan")
+        .arg(root().join("examples/study.toml"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let runs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs = runs.as_array().unwrap();
+    assert_eq!(runs.len(), 14);
+    assert_eq!(runs[0]["model"], "llama-2-7b");
+    assert_eq!(runs[0]["stages"], serde_json::json!(["base", "e1", "e3"]));
+    let again = qlab()
+        .arg("plan")
+        .arg(root().join("examples/study.toml"))
+        .arg("--json")
+        .output()
+        .unwrap();
+    assert_eq!(out.stdout, again.stdout);
+}
+
+#[test]
+fn import_questions_reads_all_twenty_study_items() {
+    let dir = tempfile::tempdir().unwrap();
+    for (file, task, first_ref_start) in [
+        ("Maths Benchmark.txt", "math", "The largest number is 14"),
+        (
+            "bio benchmark.txt",
+            "bio",
+            "Parkinson's disease is a progressive",
+        ),
+    ] {
+        let out = dir.path().join(format!("{task}.toml"));
+        qlab()
+            .arg("import-questions")
+            .arg(study_data().join("seed-questions").join(file))
+            .args(["--task", task, "--out"])
+            .arg(&out)
+            .assert()
+            .success()
+            .stderr(contains("10 question(s)"));
+        let set = qlab::eval::QuestionSet::load(&out).unwrap();
+        assert_eq!(set.questions.len(), 10);
+        assert!(set.questions[0].reference.starts_with(first_ref_start));
+        let ids: Vec<&str> = set.questions.iter().map(|q| q.id.as_str()).collect();
+        assert_eq!(ids, ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]);
+    }
+}
+
+#[test]
+fn import_questions_fields_are_exact() {
+    let math = qlab::eval::study_questions::import(
+        &study_data().join("seed-questions/Maths Benchmark.txt"),
+        None,
+    )
+    .unwrap();
+    let q = &math.questions;
+    assert_eq!(
+        q[0].section.as_deref(),
+        Some("Questions From Training Data")
+    );
+    assert_eq!(
+        q[1].question.as_deref(),
+        Some("Find how many multiples of 4 are less than 30.")
+    );
+    assert_eq!(q[3].reference, "23-7=16");
+    assert!(q[3].section.as_deref().unwrap().ends_with("0 Shot"));
+    // The one-shot item holds an example question, its solution and the new question.
+    let six = q[5].question.as_deref().unwrap();
+    assert_eq!(six.lines().count(), 3);
+    assert_eq!(q[5].reference, "13-7=6");
+    assert_eq!(
+        q[7].section.as_deref(),
+        Some("Questions Outside the training data")
+    );
+    assert!(
+        q[9].question
+            .as_deref()
+            .unwrap()
+            .starts_with("Milan has two phone lines")
+    );
+    assert!(
+        q.iter()
+            .all(|x| x.instruction.is_none() && !x.reference.contains('\r'))
+    );
+
+    let bio = qlab::eval::study_questions::import(
+        &study_data().join("seed-questions/bio benchmark.txt"),
+        None,
+    )
+    .unwrap();
+    let b = &bio.questions;
+    assert_eq!(bio.task, "bio");
+    assert_eq!(
+        b[0].input.as_deref(),
+        Some("Condition: Parkinson's Disease Symptom: Tremor")
+    );
+    assert_eq!(
+        b[2].input.as_deref(),
+        Some(""),
+        "the study's one empty Input"
+    );
+    assert_eq!(
+        b[3].reference,
+        "Tiredness, drowsiness, low sex drive, weight gain, and electric shock-like sensations."
+    );
+    assert_eq!(b[5].section.as_deref(), Some("Outside Training Data"));
+    assert_eq!(
+        b[8].input.as_deref(),
+        Some("Patient is a 5-year-old child with lead exposure levels of 10 mcg/dL.")
+    );
+}
+
+#[test]
+fn demo_data_regenerates_the_committed_file_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("arith.jsonl");
+    qlab()
+        .arg("demo-data")
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .success();
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        std::fs::read(root().join("data/arith.jsonl")).unwrap()
+    );
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in [
+        "validate",
+        "plan",
+        "status",
+        "import-questions",
+        "demo-data",
+    ] {
+        qlab()
+            .args([cmd, "--help"])
+            .assert()
+            .success()
+            .stdout(contains("Usage: qlab"));
+    }
+}

@@ -1,0 +1,478 @@
+//! End-to-end: the real `qlab` binary driven in tmux (send-keys, capture-pane). Skipped, with a message,
+//! only when tmux is not installed.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use qlab::store::atomic::append_line_synced;
+use qlab::store::{RunLock, SweepPaths};
+use qlab::sweep::events::{LoggedEvent, RunEvent, StepMetrics};
+
+const CONFIG: &str = r#"
+[sweep]
+name = "e2e"
+
+[[model]]
+id = "tiny"
+path = "models/tiny.gguf"
+quant = "none"
+
+[[dataset]]
+id = "arith"
+path = "data/arith.jsonl"
+template = "Q: {question}\n### Response:\n{answer}"
+
+[[dataset]]
+id = "bio"
+path = "data/bio.jsonl"
+template = "Q: {question}\n### Response:\n{answer}"
+
+[matrix]
+models = ["tiny"]
+datasets = ["arith", "bio"]
+"#;
+
+/// A tmux session killed on drop.
+struct Tmux {
+    session: String,
+}
+
+impl Tmux {
+    fn available() -> bool {
+        Command::new("tmux")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    fn start(name: &str, cmd: &str) -> Tmux {
+        let session = format!("qlab-e2e-{name}-{}", std::process::id());
+        let ok = Command::new("tmux")
+            .args([
+                "new-session",
+                "-d",
+                "-s",
+                &session,
+                "-x",
+                "100",
+                "-y",
+                "30",
+                cmd,
+            ])
+            .env("TERM", "xterm-256color")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "tmux new-session failed");
+        Tmux { session }
+    }
+
+    /// Send one key (tmux key name or text); a pause after it keeps Esc from merging with the next key.
+    fn send(&self, key: &str) {
+        let ok = Command::new("tmux")
+            .args(["send-keys", "-t", &self.session, key])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "tmux send-keys {key} failed");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    fn capture(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.session])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn display(&self, format: &str) -> String {
+        let out = Command::new("tmux")
+            .args(["display", "-p", "-t", &self.session, format])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Poll the pane until `pred` holds (generous timeouts: CI machines are slow).
+    fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.capture();
+            if pred(&screen) {
+                return screen;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {what}; the pane shows:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.session])
+            .status();
+    }
+}
+
+fn fixture() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("experiments.toml");
+    std::fs::write(&config, CONFIG).unwrap();
+    (dir, config)
+}
+
+fn run_ids(config: &Path) -> Vec<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_qlab"))
+        .args(["plan", "--json"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "qlab plan: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    runs.iter()
+        .map(|r| r["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn log(metrics: &Path, run: &str, event: RunEvent) {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let line = serde_json::to_string(&LoggedEvent {
+        ts,
+        run: run.into(),
+        event,
+    })
+    .unwrap();
+    append_line_synced(metrics, &line).unwrap();
+}
+
+/// The step shown on the Run screen's progress line (`step N/TOTAL`).
+fn shown_step(screen: &str) -> Option<u64> {
+    let at = screen.find(" step ")?;
+    let rest = &screen[at + 6..];
+    rest[..rest.find('/')?].trim().parse().ok()
+}
+
+fn dashboard_cmd(dir: &Path) -> String {
+    format!(
+        "cd '{}' && {} tui experiments.toml; echo \"EXITED $?\"; sleep 60",
+        dir.display(),
+        env!("CARGO_BIN_EXE_qlab")
+    )
+}
+
+/// Another process (this test, holding the run's lock) trains a run: the dashboard follows it live,
+/// read-only, its loss chart grows, quitting is immediate, and the terminal is given back.
+#[test]
+fn a_run_trained_elsewhere_is_followed_live_and_the_terminal_is_restored() {
+    if !Tmux::available() {
+        eprintln!(
+            "SKIPPED: tmux is not installed (the end-to-end dashboard test drives the binary in tmux)"
+        );
+        return;
+    }
+    let (dir, config) = fixture();
+    let ids = run_ids(&config);
+    let run = SweepPaths::new(&dir.path().join("runs"), "e2e").run(&ids[0]);
+    let lock = RunLock::acquire(&run).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, metrics, id) = (stop.clone(), run.metrics(), ids[0].clone());
+        std::thread::spawn(move || {
+            let pid = std::process::id();
+            log(
+                &metrics,
+                &id,
+                RunEvent::RunStarted {
+                    total_steps: 100_000,
+                    start_step: 0,
+                    device: "cpu".into(),
+                    pid,
+                },
+            );
+            let mut s = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                s += 1;
+                let x = s as f64;
+                let m = StepMetrics {
+                    step: s,
+                    epoch: x / 1000.0,
+                    loss: 3.0 / (1.0 + x / 50.0),
+                    lr: 2e-4,
+                    grad_norm: 1.0,
+                    tokens_per_s: 800.0,
+                    step_s: 0.1,
+                    rss_mib: 400.0,
+                };
+                log(&metrics, &id, RunEvent::Step(m));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let tmux = Tmux::start("attach", &dashboard_cmd(dir.path()));
+    let me = format!("pid {}", std::process::id());
+    tmux.wait_for(
+        "the matrix with the run trained elsewhere",
+        Duration::from_secs(60),
+        |s| s.contains("training") && s.contains(&me),
+    );
+    assert_eq!(
+        tmux.display("#{alternate_on}"),
+        "1",
+        "the dashboard draws on the alternate screen"
+    );
+    tmux.send("Enter");
+    let first = tmux.wait_for("the Run screen", Duration::from_secs(30), |s| {
+        s.contains("read-only") && shown_step(s).is_some()
+    });
+    let first_step = shown_step(&first).unwrap();
+    let later = tmux.wait_for("the chart to grow", Duration::from_secs(30), |s| {
+        shown_step(s).is_some_and(|n| n >= first_step + 10)
+    });
+    assert!(later.contains("loss"), "{later}");
+    tmux.send("Escape");
+    tmux.wait_for("the Sweep screen again", Duration::from_secs(10), |s| {
+        s.contains("models x datasets")
+    });
+    tmux.send("q");
+    let end = tmux.wait_for("the dashboard to exit", Duration::from_secs(30), |s| {
+        s.contains("EXITED")
+    });
+    assert!(end.contains("EXITED 0"), "{end}");
+    assert_eq!(
+        tmux.display("#{alternate_on}"),
+        "0",
+        "the terminal left the alternate screen"
+    );
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    drop(lock);
+}
+
+/// SIGTERM and SIGHUP end an idle dashboard cleanly: exit status 0 and the terminal given back.
+#[test]
+fn termination_signals_restore_the_terminal() {
+    if !Tmux::available() {
+        eprintln!(
+            "SKIPPED: tmux is not installed (the end-to-end dashboard test drives the binary in tmux)"
+        );
+        return;
+    }
+    for signal in ["TERM", "HUP"] {
+        let (dir, _config) = fixture();
+        let cmd = format!(
+            "cd '{}' && sh -c 'echo $$ > qlab.pid; exec {} tui experiments.toml'; echo \"EXITED $?\"; sleep 60",
+            dir.path().display(),
+            env!("CARGO_BIN_EXE_qlab")
+        );
+        let tmux = Tmux::start(&format!("sig{signal}"), &cmd);
+        tmux.wait_for("the dashboard", Duration::from_secs(60), |s| {
+            s.contains("models x datasets")
+        });
+        assert_eq!(tmux.display("#{alternate_on}"), "1");
+        let pid = std::fs::read_to_string(dir.path().join("qlab.pid")).unwrap();
+        let killed = Command::new("kill")
+            .args([&format!("-{signal}"), pid.trim()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let end = tmux.wait_for("the dashboard to exit", Duration::from_secs(30), |s| {
+            s.contains("EXITED")
+        });
+        assert!(end.contains("EXITED 0"), "SIG{signal}: {end}");
+        assert_eq!(
+            tmux.display("#{alternate_on}"),
+            "0",
+            "SIG{signal}: the terminal left the alternate screen"
+        );
+    }
+}
+
+/// A tiny Llama (the model fixtures' random 2-layer decoder) with a character tokenizer, a dataset of
+/// a few hundred rows and a config that trains for a few minutes on a CPU.
+fn training_fixture() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama");
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(f), model.join(f)).unwrap();
+    }
+    let mut vocab = serde_json::Map::new();
+    for t in ["<pad>", "<s>", "</s>", "<unk>"] {
+        vocab.insert(t.into(), vocab.len().into());
+    }
+    for c in (32u8..127).map(char::from).chain(['\n']) {
+        vocab.insert(c.to_string(), vocab.len().into());
+    }
+    let special = |id: usize, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+                           "rstrip": false, "normalized": false, "special": true})
+    };
+    let tokenizer = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [special(0, "<pad>"), special(1, "<s>"), special(2, "</s>"), special(3, "<unk>")],
+        "normalizer": null, "pre_tokenizer": null, "post_processor": null, "decoder": null,
+        "model": {"type": "BPE", "dropout": null, "unk_token": "<unk>", "continuing_subword_prefix": null,
+                  "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+                  "ignore_merges": false, "vocab": vocab, "merges": []}
+    });
+    std::fs::write(model.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    std::fs::write(
+        model.join("tokenizer_config.json"),
+        r#"{"bos_token": "<s>", "eos_token": "</s>"}"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let rows: String = (0..400)
+        .map(|i| format!("{{\"question\": \"{i}+1?\", \"answer\": \"{}\"}}\n", i + 1))
+        .collect();
+    std::fs::write(dir.path().join("data/arith.jsonl"), rows).unwrap();
+    let config = dir.path().join("experiments.toml");
+    std::fs::write(
+        &config,
+        r#"
+[sweep]
+name = "e2e"
+device = "cpu"
+
+[[model]]
+id = "tiny"
+path = "model"
+quant = "none"
+
+[[dataset]]
+id = "arith"
+path = "data/arith.jsonl"
+template = "Q: {question}\n### Response:\n{answer}"
+
+[train]
+epochs = 50
+batch_size = 1
+max_seq_len = 48
+checkpoint_every = 10
+eval_at_epochs = []
+
+[matrix]
+models = ["tiny"]
+datasets = ["arith"]
+"#,
+    )
+    .unwrap();
+    (dir, config)
+}
+
+/// Stops a background runner left by a failed test.
+struct KillOnDrop(Option<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+/// Open a tiny config, start training with one key, watch the loss chart grow, hand the run over to a
+/// detached `qlab run`, re-open and see the same run still training (read-only), quit; the terminal is
+/// restored each time.
+#[test]
+fn train_detach_and_reattach() {
+    if !Tmux::available() {
+        eprintln!(
+            "SKIPPED: tmux is not installed (the end-to-end dashboard test drives the binary in tmux)"
+        );
+        return;
+    }
+    let (dir, config) = training_fixture();
+    let ids = run_ids(&config);
+    let run = SweepPaths::new(&dir.path().join("runs"), "e2e").run(&ids[0]);
+    let tmux = Tmux::start("train", &dashboard_cmd(dir.path()));
+    tmux.wait_for("the sweep", Duration::from_secs(60), |s| {
+        s.contains("queued")
+    });
+    tmux.send("s");
+    tmux.wait_for("training to start", Duration::from_secs(120), |s| {
+        s.contains("training") && s.contains("loss")
+    });
+    tmux.send("Enter");
+    let first = tmux.wait_for("the Run screen with steps", Duration::from_secs(120), |s| {
+        s.contains("smoothed") && shown_step(s).is_some_and(|n| n >= 3)
+    });
+    let first_step = shown_step(&first).unwrap();
+    tmux.wait_for("the loss chart to grow", Duration::from_secs(120), |s| {
+        shown_step(s).is_some_and(|n| n >= first_step + 5)
+    });
+    tmux.send("q");
+    tmux.wait_for("the quit dialog", Duration::from_secs(10), |s| {
+        s.contains("quit while training")
+    });
+    tmux.send("b");
+    let end = tmux.wait_for("the hand-over and exit", Duration::from_secs(120), |s| {
+        s.contains("EXITED")
+    });
+    assert!(end.contains("EXITED 0"), "{end}");
+    assert_eq!(
+        tmux.display("#{alternate_on}"),
+        "0",
+        "the terminal left the alternate screen"
+    );
+    drop(tmux);
+
+    let start = Instant::now();
+    let background = loop {
+        if let Some(pid) = qlab::store::lock::holder(&run) {
+            break pid;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no background runner took the run's lock"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _cleanup = KillOnDrop(Some(background));
+    let tmux = Tmux::start("reattach", &dashboard_cmd(dir.path()));
+    let owner = format!("pid {background}");
+    tmux.wait_for(
+        "the run still training in the background",
+        Duration::from_secs(60),
+        |s| s.contains("training") && s.contains(&owner),
+    );
+    tmux.send("s");
+    tmux.wait_for(
+        "start to refuse the locked run",
+        Duration::from_secs(10),
+        |s| s.contains("shown read-only"),
+    );
+    tmux.send("Enter");
+    let seen = tmux.wait_for("the followed Run screen", Duration::from_secs(60), |s| {
+        s.contains("read-only") && shown_step(s).is_some()
+    });
+    let step = shown_step(&seen).unwrap();
+    tmux.wait_for(
+        "the followed run to advance",
+        Duration::from_secs(120),
+        |s| shown_step(s).is_some_and(|n| n > step),
+    );
+    tmux.send("q");
+    let end = tmux.wait_for("the dashboard to exit", Duration::from_secs(30), |s| {
+        s.contains("EXITED")
+    });
+    assert!(end.contains("EXITED 0"), "{end}");
+    assert_eq!(tmux.display("#{alternate_on}"), "0");
+}
