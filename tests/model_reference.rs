@@ -149,11 +149,12 @@ fn loss_and_lora_gradients_match_peft_with_and_without_checkpointing() {
         let want_loss = meta(&dir)["loss"].as_f64().unwrap() as f32;
         let mut model = load_model(&dir, Quant::None, &Device::Cpu).unwrap();
         model.load_peft(&dir.join("adapter")).unwrap();
-        for checkpointing in [true, false] {
+        for (checkpointing, save_frozen_products) in [(true, true), (true, false), (false, false)] {
             let opts = StepOptions {
                 checkpointing,
                 loss_chunk: 5,
                 dropout_seed: None,
+                save_frozen_products,
             };
             let out = model.loss_and_grads(&train_batch(&exp), &opts).unwrap();
             assert!(
@@ -459,4 +460,43 @@ fn bad_model_files_give_errors_that_name_the_file() {
 
     let err = load_model(&fixture("llama"), Quant::Ggml(GgmlDType::Q4K), &dev).unwrap_err();
     assert!(err.to_string().contains("q4_0"), "{err}");
+}
+
+#[test]
+fn seeded_lora_dropout_gives_the_same_gradients_with_checkpointing() {
+    let dir = fixture("llama");
+    let exp = expected(&dir);
+    let mut model = load_model(&dir, Quant::None, &Device::Cpu).unwrap();
+    model.load_peft(&dir.join("adapter")).unwrap();
+    for blk in &mut model.blocks {
+        for t in qlab::model::Target::ALL {
+            if let Some(l) = &mut blk.linear_mut(t).lora {
+                l.dropout = 0.3;
+            }
+        }
+    }
+    let run = |checkpointing: bool, seed: u64| {
+        let opts = StepOptions {
+            checkpointing,
+            loss_chunk: 7,
+            dropout_seed: Some(seed),
+            save_frozen_products: checkpointing,
+        };
+        model.loss_and_grads(&train_batch(&exp), &opts).unwrap()
+    };
+    let (a, b, other) = (run(true, 5), run(false, 5), run(true, 6));
+    assert!(
+        (a.loss - b.loss).abs() <= 1e-6 * a.loss.abs(),
+        "{} vs {}",
+        a.loss,
+        b.loss
+    );
+    assert_ne!(
+        a.loss, other.loss,
+        "a different dropout seed must change the loss"
+    );
+    for ((k, ga), (_, gb)) in a.grads.iter().zip(&b.grads) {
+        let e = rel_err(ga, gb);
+        assert!(e <= 1e-5, "{k}: checkpointed vs plain relative error {e}");
+    }
 }

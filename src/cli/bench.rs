@@ -42,6 +42,9 @@ pub struct TrainArgs {
     /// Keep every block's activations instead of recomputing them.
     #[arg(long)]
     no_checkpointing: bool,
+    /// With checkpointing, recompute the frozen projections instead of keeping their outputs (less memory).
+    #[arg(long)]
+    recompute_frozen: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -72,6 +75,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         steps: a.steps,
         rank: a.rank,
         checkpointing: !a.no_checkpointing,
+        save_frozen_products: !a.recompute_frozen,
     })?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

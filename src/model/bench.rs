@@ -36,6 +36,8 @@ pub struct BenchSettings {
     pub steps: usize,
     pub rank: usize,
     pub checkpointing: bool,
+    /// See `StepOptions::save_frozen_products`.
+    pub save_frozen_products: bool,
 }
 
 /// What one benchmark measured.
@@ -48,6 +50,7 @@ pub struct BenchReport {
     pub rank: usize,
     pub threads: usize,
     pub checkpointing: bool,
+    pub save_frozen_products: bool,
     /// What a step includes.
     pub measures: &'static str,
     /// Median step time, the first (warm-up) step excluded.
@@ -158,6 +161,7 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
     };
     let opts = StepOptions {
         checkpointing: s.checkpointing,
+        save_frozen_products: s.save_frozen_products,
         ..StepOptions::default()
     };
     let mut adam = AdamW {
@@ -187,6 +191,7 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
         rank: s.rank,
         threads: candle_core::utils::get_num_threads(),
         checkpointing: s.checkpointing,
+        save_frozen_products: s.save_frozen_products,
         measures: "forward + loss + backward to all LoRA tensors (activation checkpointing per block, chunked vocabulary loss) + AdamW update",
         step_s,
         step_times_s: times,

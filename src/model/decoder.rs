@@ -5,7 +5,7 @@ use candle_core::{D, Device, Result, Tensor};
 use super::config::{Activation, ModelConfig};
 use super::frozen::{FrozenLinear, FrozenWeight};
 use super::layers::{RmsNorm, apply_rope, attention_mask, mask_rows, rope_tables, softcap};
-use super::lora::{AdaptedLinear, DropoutSeed, LoraCall, Target};
+use super::lora::{AdaptedLinear, DropoutSeed, LoraCall, SavedProducts, Target};
 
 /// One transformer block.
 #[derive(Debug, Clone)]
@@ -62,6 +62,8 @@ pub struct BlockContext {
     pub dropout: Option<DropoutSeed>,
     /// Whether LoRA tensors take part in autograd (false: inference and checkpointed first pass).
     pub grad: bool,
+    /// Frozen products shared between the checkpointed first pass and the recomputation.
+    pub saved: Option<SavedProducts>,
 }
 
 /// Keys and values of past positions, one entry per layer (`[b, kv_heads, T, head_dim]`).
@@ -175,6 +177,7 @@ impl Decoder {
             window_mask,
             dropout: None,
             grad: false,
+            saved: None,
         })
     }
 
@@ -188,9 +191,11 @@ impl Decoder {
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let blk = &self.blocks[i];
+        let site_id = |t: Target| (i as u64) << 8 | t as u64;
         let site = |t: Target| LoraCall {
-            dropout: ctx.dropout.map(|s| (s, (i as u64) << 8 | t as u64)),
+            dropout: ctx.dropout.map(|s| (s, site_id(t))),
             grad: ctx.grad,
+            saved: ctx.saved.as_ref().map(|s| (s, site_id(t))),
         };
         let (b, t, _) = x.dims3()?;
         let (h, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);

@@ -218,6 +218,12 @@ impl FrozenLinear {
     }
 
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (y, dequantized) = self.product(x)?;
+        self.attach(x, y, dequantized)
+    }
+
+    /// `x @ W^T` without bias or autograd, and the dequantized weight when it was dequantized whole.
+    pub fn product(&self, x: &Tensor) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let (_, inp) = self.weight.dims2()?;
         let mut out_dims = x.dims().to_vec();
         let last = out_dims.len() - 1;
@@ -230,7 +236,17 @@ impl FrozenLinear {
         } else {
             (self.weight.matmul_t(&x2)?, None)
         };
-        let y = y.reshape(out_dims)?;
+        Ok((y.reshape(out_dims)?, dequantized))
+    }
+
+    /// Connects a product `y = x @ W^T` (computed now or saved from an identical earlier pass) to `x`'s
+    /// graph and adds the bias.
+    pub fn attach(
+        &self,
+        x: &Tensor,
+        y: Tensor,
+        dequantized: Option<Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let y = if x.track_op() {
             x.apply_op2(
                 &y,
