@@ -325,6 +325,8 @@ fn a_finished_run_answers_its_questions_and_a_rating_reaches_the_results() {
         (Some("math"), Some("tiny"), Some(1))
     );
     assert_eq!(cell["mean"].as_f64(), Some(4.0));
+}
+
 #[test]
 fn detach_trains_in_its_own_session_and_logs_to_the_sweep_dir() {
     let dir = tempfile::tempdir().unwrap();
