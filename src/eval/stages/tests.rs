@@ -75,7 +75,7 @@ fn base_and_trained_stages_get_their_own_files_and_untrained_ones_wait() {
     let runs = tempfile::tempdir().unwrap();
     let sweep = SweepPaths::new(runs.path(), "t");
     let run = planned_run();
-    let stage_dir = sweep.run(&run.id).stage("e1");
+    let stage_dir = sweep.run(&run.id).stage_adapter("e1");
     std::fs::create_dir_all(&stage_dir).unwrap();
     for f in ["adapter_config.json", "adapter_model.safetensors"] {
         std::fs::copy(fixture().join("adapter").join(f), stage_dir.join(f)).unwrap();
