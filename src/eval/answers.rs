@@ -80,6 +80,8 @@ pub enum AnswersError {
     Generate(#[from] GenerateError),
     #[error("batch size must be at least 1")]
     ZeroBatch,
+    #[error("cannot encode an answer record: {0}")]
+    Encode(#[from] serde_json::Error),
 }
 
 /// Answer every question not yet in `job.out`, `job.batch_size` at a time; `on_answer` sees each record
@@ -135,7 +137,7 @@ pub fn answer_questions(
                 start.elapsed().as_secs_f64(),
             )
             .and_then(|rec| {
-                append_line_synced(job.out, &serde_json::to_string(&rec).unwrap_or_default())?;
+                append_line_synced(job.out, &serde_json::to_string(&rec)?)?;
                 Ok(rec)
             });
             match written {
