@@ -6,12 +6,14 @@ use std::sync::Arc;
 
 use color_eyre::eyre::{Result, eyre};
 use qlab::plan::Plan;
+use qlab::rating::context::RatingContext;
 use qlab::sweep::from_plan::jobs_from_plan;
 use qlab::sweep::model_loader::DecoderLoader;
 use qlab::sweep::runner::RunnerOptions;
 use qlab::tui::event_loop::Exit;
 use qlab::tui::launch::{Launch, launch};
 use qlab::tui::runner_trainer::RunnerTrainer;
+use qlab::tui::scores::run_scores;
 use qlab::tui::{SweepInfo, Theme};
 
 use super::{ConfigArg, EXIT_BAD_INPUT, load_config};
@@ -40,6 +42,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let sweep = SweepInfo::from_plan(&plan, &config.runs_dir());
     let jobs = jobs_from_plan(&config, &plan, None).map_err(|e| eyre!("{e}"))?;
     let loader = Arc::new(DecoderLoader::new(&config, &plan));
+    let scores = match RatingContext::from_config(config.clone()).and_then(|ctx| ctx.results()) {
+        Ok(tasks) => run_scores(&plan, &tasks),
+        Err(e) => {
+            tracing::warn!("ratings are not shown: {e}");
+            Vec::new()
+        }
+    };
     let trainer = RunnerTrainer::new(sweep.paths(), jobs, loader, RunnerOptions::default());
     let exe = std::env::current_exe()?;
     let detach = vec![
@@ -59,6 +68,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         theme,
         trainer: Some(Box::new(trainer)),
         detach_command: Some(detach),
+        scores,
     })?;
     Ok(match exit {
         Exit::Quit => ExitCode::SUCCESS,
