@@ -208,3 +208,63 @@ fn a_padded_batch_answers_like_single_prompts() {
         assert_eq!(got.ids, alone[0].ids, "{:?}", tok.decode(&got.ids, true));
     }
 }
+
+#[test]
+fn qlab_generate_json_reports_the_continuation_only() {
+    let _turn = one_model_at_a_time();
+    demo_path();
+    let out = assert_cmd::Command::cargo_bin("qlab")
+        .unwrap()
+        .args([
+            "generate",
+            "--model",
+            "demo",
+            "--chat",
+            "--prompt",
+            QUESTION,
+            "--max-new-tokens",
+            "6",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<u32> = json["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect();
+    assert!(!ids.is_empty() && ids.len() <= 6, "{json}");
+    assert_eq!(json["tokens"].as_array().unwrap().len(), ids.len());
+    let text = json["text"].as_str().unwrap();
+    assert_eq!(text, tokenizer().decode(&ids, true).unwrap());
+    assert!(
+        !text.contains("What is 12"),
+        "the prompt is not echoed: {text:?}"
+    );
+    assert!(json["tokens_per_s"].as_f64().unwrap() > 0.0, "{json}");
+}
+
+#[test]
+fn qlab_generate_names_a_missing_model() {
+    let out = assert_cmd::Command::cargo_bin("qlab")
+        .unwrap()
+        .args([
+            "generate",
+            "--model",
+            "/no/such/model.gguf",
+            "--prompt",
+            "hi",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/no/such/model.gguf"), "{err}");
+}

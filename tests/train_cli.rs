@@ -109,7 +109,7 @@ fn run_dir(dir: &Path) -> std::path::PathBuf {
         .unwrap()
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| p.is_dir())
+        .find(|p| p.is_dir() && !p.ends_with("answers"))
         .unwrap()
 }
 
@@ -205,4 +205,166 @@ fn sigterm_checkpoints_and_exits_cleanly_and_the_run_continues_later() {
         "{next}"
     );
     assert_eq!(steps(&run), (1..=stopped_at + 1).collect::<Vec<_>>());
+}
+
+/// The sweep end to end on the tiny model: `qlab run` trains, then answers the question set at base and e1;
+/// a rating of one answer then shows in `qlab results`.
+#[test]
+fn a_finished_run_answers_its_questions_and_a_rating_reaches_the_results() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), 8);
+    std::fs::write(
+        dir.path().join("q.toml"),
+        "id = \"sums\"\ntask = \"math\"\n[[question]]\nid = \"1\"\nquestion = \"3 plus 4\"\nreference = \"7\"\n\
+         [[question]]\nid = \"2\"\nquestion = \"2 plus 2\"\nreference = \"4\"\n",
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(dir.path().join("t.toml")).unwrap().replace(
+        "completion_marker = \"A : \"",
+        "completion_marker = \"A : \"\ntask = \"math\"\nquestions = \"q.toml\"\neval_template = \"Q : {question} A : \"",
+    ) + "[eval]\nmax_new_tokens = 3\n";
+    std::fs::write(dir.path().join("t.toml"), config).unwrap();
+
+    let out = run_ok(dir.path(), &["--every", "1"]);
+    assert!(out.contains("1 finished"), "{out}");
+    let run = run_dir(dir.path());
+    let events = read_events(&run.join("metrics.jsonl")).unwrap();
+    let finished_at = events
+        .iter()
+        .position(|e| matches!(e.event, RunEvent::RunFinished { .. }))
+        .unwrap();
+    let evaluated: Vec<&str> = events[finished_at..]
+        .iter()
+        .filter_map(|e| match &e.event {
+            RunEvent::EvalDone { stage } => Some(stage.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(evaluated, ["base", "e1"]);
+    let answered = events
+        .iter()
+        .filter(|e| matches!(e.event, RunEvent::AnswerReady { .. }))
+        .count();
+    assert_eq!(answered, 4, "2 questions x (base, e1)");
+    let status: RunStatus = read_json(&run.join("status.json")).unwrap().unwrap();
+    assert_eq!(status.state, RunState::Done);
+    let answers = |dir: &Path| -> usize {
+        let file = std::fs::read_dir(dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        std::fs::read_to_string(file).unwrap().lines().count()
+    };
+    assert_eq!(answers(&run.join("answers/e1")), 2);
+    assert_eq!(answers(&dir.path().join("runs/t/answers/base/tiny")), 2);
+
+    // A second `qlab run` finds the answers complete and loads nothing.
+    let again = run_ok(dir.path(), &[]);
+    assert!(again.contains("1 skipped"), "{again}");
+    assert_eq!(
+        read_events(&run.join("metrics.jsonl")).unwrap().len(),
+        events.len()
+    );
+
+    // One rating, as the rating screen records it, reaches the results table.
+    use qlab::rating::journal::{AnswerKey, Entry, JournalLine, QuestionRef, append, now_rfc3339};
+    let key = AnswerKey {
+        item: QuestionRef {
+            task: "math".into(),
+            questions: "sums".into(),
+            question: "1".into(),
+        },
+        model: "tiny".into(),
+        stage: "e1".into(),
+    };
+    let scores = [
+        ("Correct Answer", 4.0),
+        ("Correct Reasoning", 3.0),
+        ("Helpfulness", 5.0),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let entry = Entry::Score {
+        answer: key,
+        run: None,
+        scores,
+        blind: None,
+        unparsed: Default::default(),
+    };
+    append(
+        &dir.path().join("runs/t/ratings.jsonl"),
+        &JournalLine::new("me", now_rfc3339(), entry),
+    )
+    .unwrap();
+    let results = Command::new(env!("CARGO_BIN_EXE_qlab"))
+        .current_dir(dir.path())
+        .args(["results", "t.toml", "--format", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        results.status.success(),
+        "{}",
+        String::from_utf8_lossy(&results.stderr)
+    );
+    let cells: serde_json::Value = serde_json::from_slice(&results.stdout).unwrap();
+    let cell = cells
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["stage"] == "e1")
+        .unwrap();
+    assert_eq!(
+        (
+            cell["task"].as_str(),
+            cell["model"].as_str(),
+            cell["n"].as_u64()
+        ),
+        (Some("math"), Some("tiny"), Some(1))
+    );
+    assert_eq!(cell["mean"].as_f64(), Some(4.0));
+#[test]
+fn detach_trains_in_its_own_session_and_logs_to_the_sweep_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    setup(dir.path(), 12);
+    let text = run_ok(dir.path(), &["--detach"]);
+    let pid: i32 = text
+        .split("pid ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    // SAFETY: getsid(2) only reads the session id of a process.
+    let (sid, ours) = unsafe { (libc::getsid(pid), libc::getsid(0)) };
+    assert!(
+        sid == pid || sid == -1,
+        "the runner leads its own session ({sid} vs {pid})"
+    );
+    assert_ne!(sid, ours);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut state = None;
+    while Instant::now() < deadline {
+        if let Some(run) = std::fs::read_dir(dir.path().join("runs/t"))
+            .ok()
+            .and_then(|rd| {
+                rd.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .find(|p| p.is_dir())
+            })
+        {
+            state = read_json::<RunStatus>(&run.join("status.json"))
+                .ok()
+                .flatten()
+                .map(|s| s.state);
+            if state == Some(RunState::Done) {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(state, Some(RunState::Done));
+    let log = std::fs::read_to_string(dir.path().join("runs/t/runner.log")).unwrap();
+    assert!(log.contains("finished: 6 steps"), "{log}");
 }

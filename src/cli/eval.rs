@@ -4,15 +4,11 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use color_eyre::eyre::{Result, WrapErr, eyre};
-use qlab::config::{Config, PromptStyle};
-use qlab::eval::prompts::QuestionPrompt;
-use qlab::eval::questions::QuestionSet;
-use qlab::eval::sources;
-use qlab::eval::stages::{AnswerSet, answer_sets, generation_options, run_answer_sets};
+use color_eyre::eyre::{Result, eyre};
+use qlab::config::Config;
+use qlab::eval::evaluate::EvalModel;
+use qlab::eval::stages::{AnswerSet, run_answer_sets};
 use qlab::model::generate::open_model;
-use qlab::model::source::ResolveOptions;
-use qlab::model::tokenizer::Tokenizer;
 use qlab::plan::{Plan, PlannedRun};
 use qlab::store::SweepPaths;
 
@@ -61,19 +57,10 @@ fn eval_model(
     model_id: &str,
     runs: &[&PlannedRun],
 ) -> Result<()> {
-    let model = config
-        .model(model_id)
-        .ok_or_else(|| eyre!("no [[model]] {model_id:?}"))?;
-    let source = sources::source_of(model, config);
-    let path = source
-        .resolve(&ResolveOptions::from_env()?)
-        .wrap_err_with(|| format!("model {model_id}"))?;
-    let tokenizer = Tokenizer::load(&path).wrap_err_with(|| format!("model {model_id}"))?;
-    let chat_override = sources::chat_template_override(model, config)
-        .wrap_err_with(|| format!("model {model_id}: chat_template file"))?;
+    let model = EvalModel::prepare(config, model_id)?;
     let mut sets: Vec<AnswerSet> = Vec::new();
     for run in runs {
-        let (run_sets, waiting) = run_sets(config, sweep, run, &tokenizer, &chat_override)?;
+        let (run_sets, waiting) = model.answer_sets(config, sweep, run)?;
         for stage in waiting {
             eprintln!(
                 "{}: stage {stage} not trained yet (no checkpoint): skipped",
@@ -82,8 +69,8 @@ fn eval_model(
         }
         sets.extend(run_sets);
     }
-    eprintln!("{model_id}: loading {}", path.display());
-    let mut lm = open_model(&path, sources::quant_name(model.quant), None)?;
+    eprintln!("{model_id}: loading {}", model.path.display());
+    let mut lm = open_model(&model.path, model.quant, None)?;
     let mut on_answer = |a: &qlab::eval::answers::AnswerRecord| {
         eprintln!(
             "{model_id} {:>5} q{:<6} {:>4} tokens {:>6.1} s",
@@ -91,7 +78,7 @@ fn eval_model(
         );
     };
     for (stage, out, summary) in
-        run_answer_sets(&mut lm, &tokenizer, model_id, sets, &mut on_answer)?
+        run_answer_sets(&mut lm, &model.tokenizer, model_id, sets, &mut on_answer)?
     {
         println!(
             "{model_id} {stage}: {} new, {} already done -> {}",
@@ -101,44 +88,4 @@ fn eval_model(
         );
     }
     Ok(())
-}
-
-fn run_sets(
-    config: &Config,
-    sweep: &SweepPaths,
-    run: &PlannedRun,
-    tokenizer: &Tokenizer,
-    chat_override: &Option<Option<String>>,
-) -> Result<(Vec<AnswerSet>, Vec<String>)> {
-    let dataset = &run.spec.dataset;
-    let questions_file = dataset.questions.as_deref().ok_or_else(|| {
-        eyre!(
-            "dataset {}: no `questions` file to benchmark it with",
-            dataset.id
-        )
-    })?;
-    let set = QuestionSet::load(&config.resolve_path(questions_file))
-        .map_err(|errors| eyre!("{errors}"))?;
-    let style = run.spec.eval.prompt;
-    let override_text = match (chat_override, style) {
-        (Some(None), PromptStyle::Chat) => {
-            return Err(eyre!(
-                "model {}: chat_template = \"none\" but [eval] prompt = \"chat\"",
-                run.model
-            ));
-        }
-        (Some(Some(text)), _) => Some(text.as_str()),
-        _ => None,
-    };
-    let prompt = QuestionPrompt::new(dataset, style, tokenizer, override_text)?;
-    let questions = prompt.prompt_all(&set)?;
-    let generation = generation_options(&run.spec.eval, tokenizer);
-    Ok(answer_sets(
-        sweep,
-        run,
-        &set.id,
-        &questions,
-        &generation,
-        prompt.add_special_tokens(),
-    ))
 }

@@ -14,7 +14,9 @@ use qlab::config::Config;
 use qlab::plan::Plan;
 use qlab::store::SweepPaths;
 use qlab::sweep::from_plan::jobs_from_plan;
+use qlab::sweep::job::RunEvaluator;
 use qlab::sweep::model_loader::DecoderLoader;
+use qlab::sweep::plan_evaluator::PlanEvaluator;
 use qlab::sweep::reconcile::{RunAction, action_for};
 use qlab::sweep::runner::{Runner, RunnerOptions};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
@@ -34,6 +36,10 @@ pub struct RunArgs {
     /// Train in the background, detached from this terminal (survives SSH closing); logs to the sweep dir.
     #[arg(long)]
     pub detach: bool,
+    /// Train only: generate no answers after training (by default each finished run answers its question
+    /// set at every stage, unless `[eval] after_training = false`).
+    #[arg(long)]
+    pub no_eval: bool,
     /// Without a terminal, print one progress line every N steps.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub every: u64,
@@ -70,8 +76,16 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let loader = Arc::new(DecoderLoader::new(&config, &plan));
+    let evaluator: Option<Arc<dyn RunEvaluator>> = (!args.no_eval).then(|| {
+        Arc::new(PlanEvaluator::new(
+            config.clone(),
+            plan.clone(),
+            sweep.clone(),
+        )) as _
+    });
     let options = RunnerOptions {
         max_steps: args.max_steps,
+        evaluator,
         ..RunnerOptions::default()
     };
     let handle =

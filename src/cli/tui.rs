@@ -9,6 +9,7 @@ use qlab::plan::Plan;
 use qlab::rating::context::RatingContext;
 use qlab::sweep::from_plan::jobs_from_plan;
 use qlab::sweep::model_loader::DecoderLoader;
+use qlab::sweep::plan_evaluator::PlanEvaluator;
 use qlab::sweep::runner::RunnerOptions;
 use qlab::tui::event_loop::Exit;
 use qlab::tui::launch::{Launch, launch};
@@ -49,7 +50,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
             Vec::new()
         }
     };
-    let trainer = RunnerTrainer::new(sweep.paths(), jobs, loader, RunnerOptions::default());
+    // Finished runs answer their question sets, as `qlab run` does.
+    let evaluator = PlanEvaluator::new(config.clone(), plan.clone(), sweep.paths());
+    let options = RunnerOptions {
+        evaluator: Some(Arc::new(evaluator)),
+        ..RunnerOptions::default()
+    };
+    let trainer = RunnerTrainer::new(sweep.paths(), jobs, loader, options);
     let exe = std::env::current_exe()?;
     let detach = vec![
         exe.display().to_string(),

@@ -84,7 +84,7 @@ pub fn answer_sets(
                 sweep.base_answers(&run.model, questions_id, &run.eval_hash),
             )
         } else {
-            let dir = paths.stage(stage);
+            let dir = paths.stage_adapter(stage);
             if !dir.join("adapter_config.json").is_file() {
                 not_trained.push(stage.clone());
                 continue;

@@ -11,7 +11,8 @@
 //!     run.log                           tracing log of the runner
 //!     lock                              advisory lock held by the process training this run
 //!     checkpoints/step-00000100/        adapter + optimizer + trainer state (renamed into place when complete)
-//!     stages/e1/                        the checkpoint taken at the end of epoch 1 (kept for evaluation)
+//!     stages/e1/                        the checkpoint taken at the end of epoch 1 (kept for evaluation);
+//!       adapter/                        its LoRA adapter in PEFT layout
 //!     answers/<stage>/<questions>-<eval-hash>.jsonl   fine-tuned answers per stage
 //! ```
 
@@ -76,6 +77,10 @@ impl RunPaths {
     }
     pub fn stage(&self, stage: &str) -> PathBuf {
         self.root.join("stages").join(stage)
+    }
+    /// The PEFT adapter of an evaluation stage's checkpoint.
+    pub fn stage_adapter(&self, stage: &str) -> PathBuf {
+        self.stage(stage).join("adapter")
     }
     pub fn answers(&self, stage: &str, questions_id: &str, eval_hash: &str) -> PathBuf {
         self.root

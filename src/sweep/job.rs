@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::events::RunEvent;
+
 use crate::train::data::examples::TextEncoder;
 use crate::train::model::TrainableModel;
 use crate::train::settings::{DatasetSpec, TrainSettings};
@@ -30,4 +32,10 @@ pub struct LoadedModel {
 /// Builds the model of a job on the runner thread (which then owns it).
 pub trait ModelLoader: Send + Sync {
     fn load(&self, job: &RunJob) -> Result<LoadedModel, String>;
+}
+
+/// Answers a finished run's question set at each trained stage, reporting `EvalStarted`, `AnswerReady` and
+/// `EvalDone` events through `emit`; the runner calls it after training unless the run opts out.
+pub trait RunEvaluator: Send + Sync {
+    fn evaluate(&self, run_id: &str, emit: &mut dyn FnMut(RunEvent)) -> Result<(), String>;
 }

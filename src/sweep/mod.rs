@@ -2,11 +2,13 @@
 //! directories' logs, locks and status, and the reconciliation of plan versus run directories.
 
 pub mod control;
+pub mod eval_run;
 pub mod events;
 pub mod from_plan;
 pub mod job;
 pub mod metrics_log;
 pub mod model_loader;
+pub mod plan_evaluator;
 pub mod reconcile;
 pub mod runner;
 pub mod sink;

@@ -21,8 +21,9 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::control::Control;
+use super::eval_run::evaluate_job;
 use super::events::{RunEvent, RunnerCommand};
-use super::job::{ModelLoader, RunJob};
+use super::job::{ModelLoader, RunEvaluator, RunJob};
 use super::train_run::{JobContext, JobOutcome, train_job};
 use crate::store::SweepPaths;
 use crate::train::checkpoint::{FileWriter, FsWriter};
@@ -36,6 +37,8 @@ pub struct RunnerOptions {
     pub writer: Arc<dyn FileWriter>,
     /// Period of `Telemetry` events.
     pub telemetry_every: Duration,
+    /// Answers the question sets after each run's training (None: training only).
+    pub evaluator: Option<Arc<dyn RunEvaluator>>,
 }
 
 impl Default for RunnerOptions {
@@ -44,6 +47,7 @@ impl Default for RunnerOptions {
             max_steps: None,
             writer: Arc::new(FsWriter),
             telemetry_every: Duration::from_secs(1),
+            evaluator: None,
         }
     }
 }
@@ -148,8 +152,16 @@ fn run_sweep(
             options,
             loader,
         };
-        let outcome = train_job(&mut ctx, job);
+        let mut outcome = train_job(&mut ctx, job);
         let id = job.run_id.clone();
+        // A run finished now or earlier gets its answers (complete answer files are skipped quickly).
+        if let (JobOutcome::Finished | JobOutcome::Skipped, Some(evaluator)) =
+            (&outcome, &options.evaluator)
+            && !stop.load(Ordering::SeqCst)
+            && !evaluate_job(&ctx.paths, &id, evaluator.as_ref(), tx)
+        {
+            outcome = JobOutcome::Failed;
+        }
         match outcome {
             JobOutcome::Finished => summary.finished.push(id),
             JobOutcome::Failed => summary.failed.push(id),

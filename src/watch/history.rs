@@ -62,6 +62,8 @@ pub struct RunHistory {
     /// Time of the newest event, seconds since the Unix epoch.
     pub last_ts: Option<f64>,
     ema: Option<(f64, u64)>,
+    /// State to return to when an evaluation ends.
+    state_before_eval: RunState,
 }
 
 impl RunHistory {
@@ -85,6 +87,7 @@ impl RunHistory {
             eta: Eta::new(),
             last_ts: None,
             ema: None,
+            state_before_eval: RunState::Training,
         }
     }
 
@@ -135,6 +138,9 @@ impl RunHistory {
                 self.eta.resume();
             }
             RunEvent::EvalStarted { stage, questions } => {
+                if self.state != RunState::Evaluating {
+                    self.state_before_eval = self.state;
+                }
                 self.state = RunState::Evaluating;
                 self.eta.pause();
                 self.eval = Some(EvalProgress {
@@ -151,7 +157,8 @@ impl RunHistory {
             RunEvent::EvalDone { stage } => {
                 self.eval = None;
                 self.stages_evaluated.push(stage.clone());
-                self.state = RunState::Training;
+                // Evaluation after a finished run ends done; one between epochs goes back to training.
+                self.state = self.state_before_eval;
                 self.eta.resume();
             }
             RunEvent::RunFinished { step, .. } => {

@@ -1,0 +1,77 @@
+//! Evaluating one run on the runner thread after its training: under the run's lock, with its events in the
+//! metrics log and its state in status.json (evaluating, then done; failed with the reason if answers
+//! could not be made, so that the next `qlab run` tries again).
+
+use std::sync::mpsc::Sender;
+
+use super::events::RunEvent;
+use super::job::RunEvaluator;
+use super::metrics_log::MetricsLog;
+use super::sink::{EventSink, now_secs};
+use crate::store::atomic::{read_json, write_json_atomic};
+use crate::store::{RunLock, RunPaths, RunState, RunStatus};
+
+/// Evaluate `run_id` unless another process holds it; returns false when evaluation failed.
+pub fn evaluate_job(
+    paths: &RunPaths,
+    run_id: &str,
+    evaluator: &dyn RunEvaluator,
+    tx: &Sender<(String, RunEvent)>,
+) -> bool {
+    let Ok(_lock) = RunLock::acquire(paths) else {
+        return true;
+    };
+    let sink = match MetricsLog::open(&paths.metrics()) {
+        Ok(log) => EventSink::new(run_id, tx.clone(), log),
+        Err(e) => {
+            tracing::error!(
+                run = run_id,
+                "cannot open the metrics log for evaluation: {e}"
+            );
+            return false;
+        }
+    };
+    let mut status: Option<RunStatus> = read_json(&paths.status()).ok().flatten();
+    let mut set_state = |state: RunState, reason: Option<String>| {
+        if let Some(s) = status.as_mut() {
+            s.state = state;
+            s.reason = reason;
+            s.pid = (state == RunState::Evaluating).then(std::process::id);
+            s.updated = now_secs();
+            if let Err(e) = write_json_atomic(&paths.status(), s) {
+                tracing::warn!(run = run_id, "status not written: {e}");
+            }
+        }
+    };
+    let mut evaluating = false;
+    let mut emit = |event: RunEvent| {
+        if !evaluating && matches!(event, RunEvent::EvalStarted { .. }) {
+            evaluating = true;
+            set_state(RunState::Evaluating, None);
+        }
+        if let Err(e) = sink.emit(event) {
+            tracing::warn!(run = run_id, "event not logged: {e}");
+        }
+    };
+    let result = evaluator.evaluate(run_id, &mut emit);
+    match result {
+        Ok(()) => {
+            if evaluating {
+                set_state(RunState::Done, None);
+            }
+            true
+        }
+        Err(reason) => {
+            let reason = format!("evaluation: {reason}");
+            tracing::error!(run = run_id, "{reason}");
+            if let Err(e) = sink.emit(RunEvent::RunFailed {
+                step: None,
+                reason: reason.clone(),
+            }) {
+                tracing::warn!(run = run_id, "event not logged: {e}");
+            }
+            set_state(RunState::Failed, Some(reason));
+            false
+        }
+    }
+}
