@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use color_eyre::eyre::{Result, eyre};
 use qlab::plan::Plan;
+use qlab::rating::context::RatingContext;
 use qlab::sweep::from_plan::jobs_from_plan;
 use qlab::sweep::model_loader::DecoderLoader;
 use qlab::sweep::plan_evaluator::PlanEvaluator;
@@ -13,6 +14,7 @@ use qlab::sweep::runner::RunnerOptions;
 use qlab::tui::event_loop::Exit;
 use qlab::tui::launch::{Launch, launch};
 use qlab::tui::runner_trainer::RunnerTrainer;
+use qlab::tui::scores::run_scores;
 use qlab::tui::{SweepInfo, Theme};
 
 use super::{ConfigArg, EXIT_BAD_INPUT, load_config};
@@ -41,6 +43,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let sweep = SweepInfo::from_plan(&plan, &config.runs_dir());
     let jobs = jobs_from_plan(&config, &plan, None).map_err(|e| eyre!("{e}"))?;
     let loader = Arc::new(DecoderLoader::new(&config, &plan));
+    let scores = match RatingContext::from_config(config.clone()).and_then(|ctx| ctx.results()) {
+        Ok(tasks) => run_scores(&plan, &tasks),
+        Err(e) => {
+            tracing::warn!("ratings are not shown: {e}");
+            Vec::new()
+        }
+    };
     // Finished runs answer their question sets, as `qlab run` does.
     let evaluator = PlanEvaluator::new(config.clone(), plan.clone(), sweep.paths());
     let options = RunnerOptions {
@@ -66,6 +75,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         theme,
         trainer: Some(Box::new(trainer)),
         detach_command: Some(detach),
+        scores,
     })?;
     Ok(match exit {
         Exit::Quit => ExitCode::SUCCESS,

@@ -7,10 +7,12 @@ use tokio::sync::mpsc::unbounded_channel;
 
 use super::app::App;
 use super::event_loop::{self, Exit, LoopOptions, unix_now};
+use super::msg::Msg;
 use super::sweep_info::SweepInfo;
 use super::terminal;
 use super::theme::Theme;
 use super::trainer::Trainer;
+use super::update::update;
 
 /// What the dashboard is opened with.
 pub struct Launch {
@@ -20,6 +22,8 @@ pub struct Launch {
     pub trainer: Option<Box<dyn Trainer>>,
     /// The command that continues the sweep in the background, e.g. `qlab run CONFIG --detach`.
     pub detach_command: Option<Vec<String>>,
+    /// Scores of the runs rated so far, by run id.
+    pub scores: Vec<(String, f64)>,
 }
 
 /// Run the dashboard on this process's terminal until the researcher quits.
@@ -36,7 +40,10 @@ pub fn launch(l: Launch) -> std::io::Result<Exit> {
         detach_command: l.detach_command,
         terminate_grace: Duration::from_secs(120),
     };
-    let app = App::new(l.sweep, unix_now());
+    let mut app = App::new(l.sweep, unix_now());
+    for (run, score) in l.scores {
+        update(&mut app, Msg::Score { run, score });
+    }
     let mut term = terminal::enter();
     let result = rt.block_on(event_loop::run(&mut term, app, l.trainer, opts, sig_rx));
     terminal::leave();

@@ -10,6 +10,7 @@ pub mod msg;
 pub mod rating;
 pub mod results;
 pub mod runner_trainer;
+pub mod scores;
 pub mod sweep_info;
 pub mod terminal;
 pub mod theme;
