@@ -2,9 +2,7 @@
 
 use crate::config::{self, Config, DatasetSection, DeviceSpec, TrainSection};
 use crate::plan::{Plan, PlannedRun};
-use crate::train::settings::{
-    DataFormat, DatasetSpec, OnBadRow, ScheduleKind, TrainOn, TrainSettings, Warmup,
-};
+use crate::train::settings::{DataFormat, DatasetSpec, TrainSettings, Warmup};
 
 use super::job::RunJob;
 
@@ -27,11 +25,7 @@ pub fn train_settings(t: &TrainSection, sweep_seed: u64) -> TrainSettings {
         lr: t.lr,
         weight_decay: t.weight_decay,
         max_grad_norm: (t.max_grad_norm > 0.0).then_some(t.max_grad_norm),
-        schedule: match t.schedule {
-            config::Schedule::Linear => ScheduleKind::Linear,
-            config::Schedule::Cosine => ScheduleKind::Cosine,
-            config::Schedule::Constant => ScheduleKind::Constant,
-        },
+        schedule: t.schedule,
         warmup: t
             .warmup_steps
             .map_or(Warmup::Ratio(t.warmup_ratio), Warmup::Steps),
@@ -59,14 +53,8 @@ pub fn dataset_spec(d: &DatasetSection, config: &Config) -> DatasetSpec {
         template: d.template.clone(),
         completion_marker: (!d.completion_marker.is_empty()).then(|| d.completion_marker.clone()),
         fields: d.fields.clone(),
-        train_on: match d.train_on {
-            config::TrainOn::Completion => TrainOn::Completion,
-            config::TrainOn::All => TrainOn::All,
-        },
-        on_bad_row: match d.on_bad_row {
-            config::OnBadRow::Error => OnBadRow::Error,
-            config::OnBadRow::Skip => OnBadRow::Skip,
-        },
+        train_on: d.train_on,
+        on_bad_row: d.on_bad_row,
     }
 }
 
@@ -106,6 +94,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::train::settings::{ScheduleKind, TrainOn};
 
     const CONFIG: &str = r#"
 [sweep]

