@@ -12,6 +12,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+
 /// qlab: run QLoRA fine-tuning experiments end to end.
 ///
 /// With no command, opens the dashboard on ./experiments.toml.
@@ -34,6 +36,9 @@ pub enum Command {
     ImportQuestions(import_questions::Args),
     /// Regenerate the demo sweep's arithmetic word problems (data/arith.jsonl).
     DemoData(demo_data::Args),
+    /// Benchmarks (training step speed and memory).
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// The config path argument every sweep command takes.
@@ -64,6 +69,7 @@ pub fn main() -> ExitCode {
         Some(Command::Status(a)) => status::run(a),
         Some(Command::ImportQuestions(a)) => import_questions::run(a),
         Some(Command::DemoData(a)) => demo_data::run(a),
+        Some(Command::Bench(cmd)) => bench::run(cmd).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,202 @@
+//! The training-step benchmark behind `qlab bench train`: a model at real dimensions (random weights or a
+//! checkpoint), LoRA on chosen targets, timed steps of loss + LoRA gradients + an AdamW update.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use super::builder::build_decoder;
+use super::error::{ModelError, Result};
+use super::load::load_model;
+use super::lora::{LoraSpec, Target};
+use super::presets::{PRESETS, RandomWeights, preset};
+use super::train_step::{StepOptions, TrainBatch};
+use super::weights::Quant;
+
+/// Which model to benchmark.
+#[derive(Debug, Clone)]
+pub enum BenchModel {
+    /// A preset's dimensions with random weights.
+    Preset(String),
+    /// A checkpoint directory or GGUF file.
+    Path(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchSettings {
+    pub model: BenchModel,
+    /// Overrides the preset's quantization (presets: Q4_1 for smollm2-135m, NF4 otherwise; paths: NF4).
+    pub quant: Option<Quant>,
+    pub batch: usize,
+    pub seq: usize,
+    pub steps: usize,
+    pub rank: usize,
+    pub checkpointing: bool,
+}
+
+/// What one benchmark measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub quant: String,
+    pub batch: usize,
+    pub seq: usize,
+    pub rank: usize,
+    pub threads: usize,
+    pub checkpointing: bool,
+    /// What a step includes.
+    pub measures: &'static str,
+    /// Median step time, the first (warm-up) step excluded.
+    pub step_s: f64,
+    pub step_times_s: Vec<f64>,
+    pub tokens_per_s: f64,
+    pub peak_rss_mib: f64,
+    pub load_s: f64,
+    pub frozen_projection_mib: f64,
+    pub frozen_projection_bytes_per_param: f64,
+    pub lora_params: usize,
+    pub first_loss: f32,
+    pub last_loss: f32,
+}
+
+/// Peak resident memory of this process in MiB.
+pub fn peak_rss_mib() -> f64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    if rc == 0 {
+        usage.ru_maxrss as f64 / 1024.0
+    } else {
+        f64::NAN
+    }
+}
+
+/// A minimal AdamW (lr 2e-4, betas 0.9/0.999, no weight decay) so a step costs what a real one does.
+struct AdamW {
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    t: i32,
+}
+
+impl AdamW {
+    fn step(&mut self, params: &[candle_core::Var], grads: &[(String, Tensor)]) -> Result<()> {
+        let (lr, b1, b2, eps) = (2e-4, 0.9f64, 0.999f64, 1e-8);
+        self.t += 1;
+        if self.m.is_empty() {
+            self.m = grads
+                .iter()
+                .map(|(_, g)| g.zeros_like())
+                .collect::<candle_core::Result<_>>()?;
+            self.v = self.m.clone();
+        }
+        let (c1, c2) = (1.0 - b1.powi(self.t), 1.0 - b2.powi(self.t));
+        for (i, (p, (_, g))) in params.iter().zip(grads).enumerate() {
+            self.m[i] = ((&self.m[i] * b1)? + (g * (1.0 - b1))?)?;
+            self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            let update = ((&self.m[i] / c1)? / ((&self.v[i] / c2)?.sqrt()? + eps)?)?;
+            p.set(&(p.as_tensor() - (update * lr)?)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the benchmark on the CPU.
+pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
+    let device = Device::Cpu;
+    if s.steps < 2 || s.batch == 0 || s.seq < 2 {
+        return Err(ModelError::Usage(
+            "need --steps >= 2 (the first is warm-up), --batch >= 1, --seq >= 2".into(),
+        ));
+    }
+    let t0 = Instant::now();
+    let (mut model, name) = match &s.model {
+        BenchModel::Preset(p) => {
+            let (config, default_quant) = preset(p).ok_or_else(|| {
+                ModelError::Usage(format!(
+                    "unknown preset `{p}`; expected one of {}",
+                    PRESETS.join(", ")
+                ))
+            })?;
+            let quant = s.quant.unwrap_or(default_quant);
+            let src = RandomWeights {
+                config: config.clone(),
+                seed: 0,
+                embed_q8_0: matches!(quant, Quant::Ggml(_)),
+            };
+            (build_decoder(config, &src, quant, &device)?, p.clone())
+        }
+        BenchModel::Path(path) => (
+            load_model(path, s.quant.unwrap_or(Quant::Nf4), &device)?,
+            path.display().to_string(),
+        ),
+    };
+    let load_s = t0.elapsed().as_secs_f64();
+    let spec = LoraSpec {
+        targets: Target::ALL.to_vec(),
+        rank: s.rank,
+        alpha: 16.0,
+        rslora: false,
+        dropout: 0.0,
+        seed: 0,
+    };
+    model.add_lora(&spec)?;
+    let params: Vec<candle_core::Var> = model.lora_params().into_iter().map(|(_, v)| v).collect();
+    let lora_params = params.iter().map(|v| v.elem_count()).sum();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let vocab = model.config.vocab_size as u32;
+    let ids: Vec<u32> = (0..s.batch * s.seq)
+        .map(|_| rng.random_range(0..vocab))
+        .collect();
+    let batch = TrainBatch {
+        input_ids: Tensor::from_vec(ids, (s.batch, s.seq), &device)?,
+        loss_mask: Tensor::ones((s.batch, s.seq), candle_core::DType::F32, &device)?,
+        attention_mask: None,
+    };
+    let opts = StepOptions {
+        checkpointing: s.checkpointing,
+        ..StepOptions::default()
+    };
+    let mut adam = AdamW {
+        m: vec![],
+        v: vec![],
+        t: 0,
+    };
+    let mut times = Vec::new();
+    let mut losses = Vec::new();
+    for _ in 0..s.steps {
+        let t = Instant::now();
+        let out = model.loss_and_grads(&batch, &opts)?;
+        adam.step(&params, &out.grads)?;
+        times.push(t.elapsed().as_secs_f64());
+        losses.push(out.loss);
+    }
+    let mut warm: Vec<f64> = times[1..].to_vec();
+    warm.sort_by(f64::total_cmp);
+    let step_s = warm[warm.len() / 2];
+    let (bytes, nparams) = model.projection_storage();
+    let quant_kind = model.blocks[0].q.base.weight.kind();
+    Ok(BenchReport {
+        model: name,
+        quant: quant_kind,
+        batch: s.batch,
+        seq: s.seq,
+        rank: s.rank,
+        threads: candle_core::utils::get_num_threads(),
+        checkpointing: s.checkpointing,
+        measures: "forward + loss + backward to all LoRA tensors (activation checkpointing per block, chunked vocabulary loss) + AdamW update",
+        step_s,
+        step_times_s: times,
+        tokens_per_s: (s.batch * s.seq) as f64 / step_s,
+        peak_rss_mib: peak_rss_mib(),
+        load_s,
+        frozen_projection_mib: bytes as f64 / (1024.0 * 1024.0),
+        frozen_projection_bytes_per_param: bytes as f64 / nparams.max(1) as f64,
+        lora_params,
+        first_loss: losses.first().copied().unwrap_or(f32::NAN),
+        last_loss: losses.last().copied().unwrap_or(f32::NAN),
+    })
+}

@@ -1,0 +1,332 @@
+//! The decoder: one implementation for llama, mistral, qwen2, gemma and gemma2, with per-family switches.
+
+use candle_core::{D, Device, Result, Tensor};
+
+use super::config::{Activation, ModelConfig};
+use super::frozen::{FrozenLinear, FrozenWeight};
+use super::layers::{RmsNorm, apply_rope, attention_mask, mask_rows, rope_tables, softcap};
+use super::lora::{AdaptedLinear, DropoutSeed, Target};
+
+/// One transformer block.
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub input_norm: RmsNorm,
+    /// Gemma 2 only: norm of the attention output before the residual add.
+    pub post_attn_norm: Option<RmsNorm>,
+    pub pre_ff_norm: RmsNorm,
+    /// Gemma 2 only: norm of the feed-forward output before the residual add.
+    pub post_ff_norm: Option<RmsNorm>,
+    pub q: AdaptedLinear,
+    pub k: AdaptedLinear,
+    pub v: AdaptedLinear,
+    pub o: AdaptedLinear,
+    pub gate: AdaptedLinear,
+    pub up: AdaptedLinear,
+    pub down: AdaptedLinear,
+}
+
+impl Block {
+    pub fn linear(&self, t: Target) -> &AdaptedLinear {
+        match t {
+            Target::Q => &self.q,
+            Target::K => &self.k,
+            Target::V => &self.v,
+            Target::O => &self.o,
+            Target::Gate => &self.gate,
+            Target::Up => &self.up,
+            Target::Down => &self.down,
+        }
+    }
+
+    pub fn linear_mut(&mut self, t: Target) -> &mut AdaptedLinear {
+        match t {
+            Target::Q => &mut self.q,
+            Target::K => &mut self.k,
+            Target::V => &mut self.v,
+            Target::O => &mut self.o,
+            Target::Gate => &mut self.gate,
+            Target::Up => &mut self.up,
+            Target::Down => &mut self.down,
+        }
+    }
+}
+
+/// Per-forward inputs shared by all blocks: rope tables and masks.
+pub struct BlockContext {
+    pub cos: Tensor,
+    pub sin: Tensor,
+    /// Mask for full-attention layers and, when some layer slides, for the window.
+    pub full_mask: Tensor,
+    pub window_mask: Option<Tensor>,
+    /// Set during training: seeds LoRA dropout.
+    pub dropout: Option<DropoutSeed>,
+}
+
+/// Keys and values of past positions, one entry per layer (`[b, kv_heads, T, head_dim]`).
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: vec![None; num_layers],
+        }
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .and_then(|(k, _)| k.dim(2).ok())
+            .unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Positions of the new tokens: consecutive from a start, or given per row (left-padded batches).
+#[derive(Debug, Clone)]
+pub enum Positions {
+    From(usize),
+    /// `[b, t]` integer positions.
+    PerRow(Tensor),
+}
+
+/// A decoder with frozen (quantized) weights and optional LoRA adapters.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    pub config: ModelConfig,
+    pub embed: FrozenWeight,
+    pub blocks: Vec<Block>,
+    pub final_norm: RmsNorm,
+    pub head: FrozenLinear,
+    pub device: Device,
+}
+
+impl Decoder {
+    /// Token embeddings `[b, t, d]` (f32, constant), scaled for Gemma.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let flat = ids.flatten_all()?;
+        let d = self.config.hidden_size;
+        let x = match &self.embed {
+            FrozenWeight::Dense(w) => w
+                .index_select(&flat, 0)?
+                .to_dtype(candle_core::DType::F32)?,
+            FrozenWeight::Ggml(q) => q.embedding(&flat)?,
+            FrozenWeight::Nf4(_) => {
+                let rows = flat
+                    .to_vec1::<u32>()?
+                    .into_iter()
+                    .map(|i| self.embed.dequantize_rows(i as usize, 1, &self.device))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&rows, 0)?
+            }
+        };
+        let x = x.reshape((b, t, d))?;
+        if self.config.scale_embeddings {
+            x * (d as f64).sqrt()
+        } else {
+            Ok(x)
+        }
+    }
+
+    /// Builds rope tables and masks for new tokens `[b, t]` after `past` cached positions.
+    pub fn context(
+        &self,
+        b: usize,
+        t: usize,
+        past: usize,
+        positions: &Positions,
+        key_mask: Option<&Tensor>,
+    ) -> Result<BlockContext> {
+        let pos: Vec<Vec<u32>> = match positions {
+            Positions::From(s) => vec![(*s as u32..(*s + t) as u32).collect(); b],
+            Positions::PerRow(p) => p.to_dtype(candle_core::DType::U32)?.to_vec2::<u32>()?,
+        };
+        let (cos, sin) = rope_tables(&self.config, &pos, &self.device)?;
+        let valid = match key_mask {
+            Some(m) => mask_rows(m)?,
+            None => vec![vec![true; past + t]; b],
+        };
+        if valid.len() != b || valid.iter().any(|r| r.len() != past + t) {
+            candle_core::bail!(
+                "key mask must be [batch, cached + new] = [{b}, {}]",
+                past + t
+            )
+        }
+        let full_mask = attention_mask(&valid, past, t, None, &self.device)?;
+        let window = self.config.layer_windows.iter().flatten().next().copied();
+        let window_mask = match window {
+            Some(w) => Some(attention_mask(&valid, past, t, Some(w), &self.device)?),
+            None => None,
+        };
+        Ok(BlockContext {
+            cos,
+            sin,
+            full_mask,
+            window_mask,
+            dropout: None,
+        })
+    }
+
+    /// Runs block `i` on `x` `[b, t, d]`; appends to `cache` when given.
+    pub fn block_forward(
+        &self,
+        i: usize,
+        x: &Tensor,
+        ctx: &BlockContext,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let blk = &self.blocks[i];
+        let site = |t: Target| ctx.dropout.map(|s| (s, (i as u64) << 8 | t as u64));
+        let (b, t, _) = x.dims3()?;
+        let (h, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        let hn = blk.input_norm.forward(x)?;
+        let q = blk.q.forward(&hn, site(Target::Q))?;
+        let k = blk.k.forward(&hn, site(Target::K))?;
+        let v = blk.v.forward(&hn, site(Target::V))?;
+        let q = q.reshape((b, t, h, hd))?.transpose(1, 2)?.contiguous()?;
+        let k = k.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
+        let v = v.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
+        let q = apply_rope(&q, &ctx.cos, &ctx.sin, cfg.rope_interleaved)?;
+        let mut k = apply_rope(&k, &ctx.cos, &ctx.sin, cfg.rope_interleaved)?;
+        let mut v = v;
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let total = k.dim(2)?;
+        let rep = h / kvh;
+        // Grouped-query attention without repeating k/v: fold the query groups into the rows.
+        let qg = q.reshape((b, kvh, rep * t, hd))?;
+        let scores = (qg.matmul(&k.t()?)? * cfg.query_pre_attn_scalar.powf(-0.5))?;
+        let scores = softcap(&scores, cfg.attn_logit_softcap)?;
+        let mask = match cfg.layer_windows.get(i).copied().flatten() {
+            Some(_) => ctx.window_mask.as_ref().unwrap_or(&ctx.full_mask),
+            None => &ctx.full_mask,
+        };
+        let scores = scores.reshape((b, h, t, total))?.broadcast_add(mask)?;
+        let probs =
+            candle_nn::ops::softmax(&scores, D::Minus1)?.reshape((b, kvh, rep * t, total))?;
+        let attn = probs
+            .matmul(&v)?
+            .reshape((b, h, t, hd))?
+            .transpose(1, 2)?
+            .reshape((b, t, h * hd))?;
+        let attn = blk.o.forward(&attn, site(Target::O))?;
+        let attn = match &blk.post_attn_norm {
+            Some(n) => n.forward(&attn)?,
+            None => attn,
+        };
+        let x = (x + attn)?;
+        let hn = blk.pre_ff_norm.forward(&x)?;
+        let gate = blk.gate.forward(&hn, site(Target::Gate))?;
+        let gate = match cfg.activation {
+            Activation::Silu => gate.silu()?,
+            Activation::GeluTanh => gate.gelu()?,
+        };
+        let up = blk.up.forward(&hn, site(Target::Up))?;
+        let ff = blk.down.forward(&(gate * up)?, site(Target::Down))?;
+        let ff = match &blk.post_ff_norm {
+            Some(n) => n.forward(&ff)?,
+            None => ff,
+        };
+        x + ff
+    }
+
+    /// Final norm, vocabulary head and final soft-capping: `[.., d]` -> `[.., vocab]`.
+    pub fn head_logits(&self, h: &Tensor) -> Result<Tensor> {
+        let h = self.final_norm.forward(h)?;
+        softcap(&self.head.forward(&h)?, self.config.final_logit_softcap)
+    }
+
+    /// Hidden states after the last block `[b, t, d]` (before the final norm).
+    pub fn forward_hidden(
+        &self,
+        ids: &Tensor,
+        positions: &Positions,
+        key_mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let ctx = self.context(b, t, past, positions, key_mask)?;
+        let mut x = self.embed(ids)?;
+        for i in 0..self.blocks.len() {
+            let slot = match cache.as_mut() {
+                Some(c) => {
+                    if c.layers.len() != self.blocks.len() {
+                        c.layers = vec![None; self.blocks.len()];
+                    }
+                    Some(&mut c.layers[i])
+                }
+                None => None,
+            };
+            x = self.block_forward(i, &x, &ctx, slot)?;
+        }
+        Ok(x)
+    }
+
+    /// Logits `[b, t, vocab]` for new tokens `ids` `[b, t]` (u32).
+    ///
+    /// `positions`: where the new tokens sit (`Positions::From(cache.len())` for unpadded batches);
+    /// `key_mask`: `[b, cached + t]`, 1 for real tokens and 0 for padding (None: all real);
+    /// `cache`: appended with the new keys and values when given.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        positions: &Positions,
+        key_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let h = self.forward_hidden(ids, positions, key_mask, cache)?;
+        self.head_logits(&h)
+    }
+
+    /// Logits of the last position only `[b, vocab]` (generation: skips the head for the prompt).
+    pub fn forward_last(
+        &self,
+        ids: &Tensor,
+        positions: &Positions,
+        key_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let h = self.forward_hidden(ids, positions, key_mask, cache)?;
+        let t = h.dim(1)?;
+        self.head_logits(&h.narrow(1, t - 1, 1)?)?.squeeze(1)
+    }
+
+    /// Folds every LoRA adapter into dense f32 weights (faster generation, more memory).
+    pub fn merge_lora(&mut self) -> Result<()> {
+        for blk in &mut self.blocks {
+            for t in Target::ALL {
+                blk.linear_mut(t).merge()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of the frozen projection weights (q, k, v, o, gate, up, down) and their parameter count.
+    pub fn projection_storage(&self) -> (usize, usize) {
+        let mut bytes = 0;
+        let mut params = 0;
+        for blk in &self.blocks {
+            for t in Target::ALL {
+                let w = &blk.linear(t).base.weight;
+                bytes += w.storage_bytes();
+                params += w.dims2().map(|(a, b)| a * b).unwrap_or(0);
+            }
+        }
+        (bytes, params)
+    }
+}

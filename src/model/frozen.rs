@@ -1,0 +1,297 @@
+//! Frozen base weights kept quantized in memory, and the linear layer whose backward never builds a dense dW.
+//!
+//! Forward computes `y = x.detach() @ dequant(W)^T` outside the autograd graph, then attaches `y` to `x`
+//! through a custom op whose backward returns only `grad_x = grad_y @ dequant(W)`.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Shape, Tensor};
+
+use super::nf4::Nf4Tensor;
+
+/// Above this many elements a weight is dequantized and multiplied in row chunks (vocabulary heads).
+const CHUNK_ELEMS: usize = 1 << 24;
+
+/// A frozen weight `[out_features, in_features]`, kept as loaded.
+#[derive(Debug, Clone)]
+pub enum FrozenWeight {
+    /// Unquantized (f32 / bf16 / f16 as stored).
+    Dense(Tensor),
+    /// A GGUF block-quantized tensor (Q4_0, Q4_1, Q8_0, K-quants ...).
+    Ggml(Arc<QTensor>),
+    /// NF4 with double quantization.
+    Nf4(Arc<Nf4Tensor>),
+}
+
+impl FrozenWeight {
+    pub fn dims2(&self) -> candle_core::Result<(usize, usize)> {
+        match self {
+            Self::Dense(t) => t.dims2(),
+            Self::Ggml(q) => q.shape().dims2(),
+            Self::Nf4(n) => match n.dims.as_slice() {
+                [a, b] => Ok((*a, *b)),
+                d => candle_core::bail!("nf4 weight must be 2-d, got {d:?}"),
+            },
+        }
+    }
+
+    /// Bytes this weight occupies in memory.
+    pub fn storage_bytes(&self) -> usize {
+        match self {
+            Self::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
+            Self::Ggml(q) => q.storage_size_in_bytes(),
+            Self::Nf4(n) => n.storage_bytes(),
+        }
+    }
+
+    /// A short name of the storage type ("nf4", "q4_1", "f32" ...).
+    pub fn kind(&self) -> String {
+        match self {
+            Self::Dense(t) => format!("{:?}", t.dtype()).to_lowercase(),
+            Self::Ggml(q) => format!("{:?}", q.dtype()).to_lowercase(),
+            Self::Nf4(_) => "nf4".into(),
+        }
+    }
+
+    /// The whole weight as f32.
+    pub fn dequantize(&self, device: &Device) -> candle_core::Result<Tensor> {
+        let (rows, _) = self.dims2()?;
+        self.dequantize_rows(0, rows, device)
+    }
+
+    /// Rows `[start, start + len)` as an f32 tensor `[len, in_features]`.
+    pub fn dequantize_rows(
+        &self,
+        start: usize,
+        len: usize,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let (rows, cols) = self.dims2()?;
+        match self {
+            Self::Dense(t) => {
+                let t = if start == 0 && len == rows {
+                    t.clone()
+                } else {
+                    t.narrow(0, start, len)?
+                };
+                t.to_dtype(DType::F32)
+            }
+            Self::Nf4(n) => {
+                let mut buf = vec![0f32; len * cols];
+                n.dequantize_rows_into(start, &mut buf);
+                Tensor::from_vec(buf, (len, cols), device)
+            }
+            Self::Ggml(q) if start == 0 && len == rows => q.dequantize(device),
+            Self::Ggml(q) => {
+                let dtype = q.dtype();
+                let row_bytes = cols / dtype.block_size() * dtype.type_size();
+                let data = q.data()?;
+                let slice = &data[start * row_bytes..(start + len) * row_bytes];
+                let storage = QStorage::from_data(Cow::Borrowed(slice), &q.device(), dtype)?;
+                QTensor::new(storage, (len, cols))?.dequantize(device)
+            }
+        }
+    }
+
+    /// Quantizes an f32/bf16 weight to a GGUF type.
+    pub fn quantize_ggml(w: &Tensor, dtype: GgmlDType) -> candle_core::Result<Self> {
+        Ok(Self::Ggml(Arc::new(QTensor::quantize(
+            &w.to_dtype(DType::F32)?,
+            dtype,
+        )?)))
+    }
+
+    /// Quantizes an f32/bf16 weight to NF4 with double quantization.
+    pub fn quantize_nf4(w: &Tensor) -> candle_core::Result<Self> {
+        let dims = w.dims().to_vec();
+        let values = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(Self::Nf4(Arc::new(Nf4Tensor::quantize(&values, dims))))
+    }
+
+    /// Row chunks `(start, len)` small enough to dequantize at once.
+    fn row_chunks(&self) -> candle_core::Result<Vec<(usize, usize)>> {
+        let (rows, cols) = self.dims2()?;
+        let per = (CHUNK_ELEMS / cols.max(1)).max(1);
+        Ok((0..rows)
+            .step_by(per)
+            .map(|s| (s, per.min(rows - s)))
+            .collect())
+    }
+
+    /// `x @ W^T` for a 2-d `x` `[m, in]`, without autograd.
+    pub fn matmul_t(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let chunks = self.row_chunks()?;
+        let dev = x.device();
+        if chunks.len() == 1 {
+            return x.matmul(&self.dequantize(dev)?.t()?);
+        }
+        let parts = chunks
+            .iter()
+            .map(|&(s, l)| x.matmul(&self.dequantize_rows(s, l, dev)?.t()?))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Tensor::cat(&parts, 1)
+    }
+
+    /// `g @ W` for a 2-d `g` `[m, out]`, without autograd.
+    pub fn matmul(&self, g: &Tensor) -> candle_core::Result<Tensor> {
+        let dev = g.device();
+        let mut acc: Option<Tensor> = None;
+        for (s, l) in self.row_chunks()? {
+            let part = g
+                .narrow(1, s, l)?
+                .matmul(&self.dequantize_rows(s, l, dev)?)?;
+            acc = Some(match acc {
+                None => part,
+                Some(a) => (a + part)?,
+            });
+        }
+        acc.ok_or_else(|| candle_core::Error::Msg("empty frozen weight".into()))
+    }
+}
+
+/// Attaches a precomputed `y = x @ W^T` to `x`; backward gives `grad_x = grad_y @ W` only.
+struct FrozenMatmulGrad {
+    weight: FrozenWeight,
+}
+
+impl CustomOp2 for FrozenMatmulGrad {
+    fn name(&self) -> &'static str {
+        "frozen-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _x: &CpuStorage,
+        _xl: &Layout,
+        y: &CpuStorage,
+        yl: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (start, end) = yl
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("frozen-matmul: y must be contiguous".into()))?;
+        let out = match y {
+            CpuStorage::F32(v) => CpuStorage::F32(v[start..end].to_vec()),
+            CpuStorage::BF16(v) => CpuStorage::BF16(v[start..end].to_vec()),
+            CpuStorage::F16(v) => CpuStorage::F16(v[start..end].to_vec()),
+            _ => candle_core::bail!("frozen-matmul: y must be f32, bf16 or f16"),
+        };
+        Ok((out, yl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _y: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let out = grad_res.dim(candle_core::D::Minus1)?;
+        let g2 = grad_res.reshape(((), out))?.contiguous()?;
+        let gx = self.weight.matmul(&g2)?.reshape(x.shape())?;
+        Ok((Some(gx), None))
+    }
+}
+
+/// A frozen linear layer `y = x W^T + b`.
+#[derive(Debug, Clone)]
+pub struct FrozenLinear {
+    pub weight: FrozenWeight,
+    pub bias: Option<Tensor>,
+}
+
+impl FrozenLinear {
+    pub fn new(weight: FrozenWeight, bias: Option<Tensor>) -> Self {
+        Self { weight, bias }
+    }
+
+    pub fn out_features(&self) -> usize {
+        self.weight.dims2().map(|d| d.0).unwrap_or(0)
+    }
+
+    pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (_, inp) = self.weight.dims2()?;
+        let mut out_dims = x.dims().to_vec();
+        let last = out_dims.len() - 1;
+        out_dims[last] = self.out_features();
+        let x2 = x.detach().reshape(((), inp))?;
+        let y = self.weight.matmul_t(&x2)?.reshape(out_dims)?;
+        let y = if x.track_op() {
+            x.apply_op2(
+                &y,
+                FrozenMatmulGrad {
+                    weight: self.weight.clone(),
+                },
+            )?
+        } else {
+            y
+        };
+        match &self.bias {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Var;
+
+    #[test]
+    fn backward_matches_dense_and_gives_no_weight_gradient() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (96, 64), &dev).unwrap();
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 3, 64), &dev).unwrap()).unwrap();
+        for weight in [
+            FrozenWeight::Dense(w.clone()),
+            FrozenWeight::quantize_nf4(&w).unwrap(),
+            FrozenWeight::quantize_ggml(&w, GgmlDType::Q8_0).unwrap(),
+        ] {
+            let deq = weight.dequantize(&dev).unwrap();
+            let lin = FrozenLinear::new(weight, None);
+            let y = lin.forward(x.as_tensor()).unwrap();
+            let dense = x.as_tensor().broadcast_matmul(&deq.t().unwrap()).unwrap();
+            let diff = (&y - &dense)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-4, "forward diff {diff}");
+            let gy = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let gd = dense.sqr().unwrap().sum_all().unwrap().backward().unwrap();
+            let a = gy.get(x.as_tensor()).unwrap();
+            let b = gd.get(x.as_tensor()).unwrap();
+            let diff = (a - b)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-3, "grad diff {diff}");
+            assert!(gy.get(&deq).is_none());
+        }
+    }
+
+    #[test]
+    fn chunked_rows_match_whole_weight() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (64, 32), &dev).unwrap();
+        let q = FrozenWeight::quantize_ggml(&w, GgmlDType::Q8_0).unwrap();
+        let whole = q.dequantize(&dev).unwrap();
+        let rows = q.dequantize_rows(10, 20, &dev).unwrap();
+        let diff = (whole.narrow(0, 10, 20).unwrap() - rows)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+    }
+}

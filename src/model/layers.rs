@@ -1,0 +1,160 @@
+//! Differentiable building blocks of the decoder: RMSNorm, rotary embeddings, attention masks.
+//! Only ops with a correct backward are used (see CANDLE-NOTES: fused candle ops cut the graph).
+
+use candle_core::{D, DType, Device, Result, Tensor};
+
+use super::config::ModelConfig;
+
+/// RMSNorm with its effective weight (Gemma's 1 + w already folded in at load).
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
+        normed.broadcast_mul(&self.weight)
+    }
+}
+
+/// Inverse rotary frequencies, with Llama 3.1 scaling or GGUF frequency factors applied.
+pub fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
+    let d = cfg.head_dim;
+    let mut inv: Vec<f32> = (0..d / 2)
+        .map(|i| 1.0 / (cfg.rope_theta as f32).powf((2 * i) as f32 / d as f32))
+        .collect();
+    if let Some(s) = cfg.rope_scaling {
+        let low_wavelen = s.original_max_position_embeddings / s.low_freq_factor;
+        let high_wavelen = s.original_max_position_embeddings / s.high_freq_factor;
+        for f in inv.iter_mut() {
+            let freq = *f as f64;
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            *f = if wavelen < high_wavelen {
+                freq
+            } else if wavelen > low_wavelen {
+                freq / s.factor
+            } else {
+                let smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor)
+                    / (s.high_freq_factor - s.low_freq_factor);
+                (1.0 - smooth) * freq / s.factor + smooth * freq
+            } as f32;
+        }
+    }
+    if let Some(factors) = &cfg.rope_freq_factors {
+        for (f, k) in inv.iter_mut().zip(factors) {
+            *f /= k;
+        }
+    }
+    inv
+}
+
+/// cos and sin tables `[b, 1, t, head_dim / 2]` for the given positions `[b, t]`.
+pub fn rope_tables(
+    cfg: &ModelConfig,
+    positions: &[Vec<u32>],
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let inv = inv_freq(cfg);
+    let b = positions.len();
+    let t = positions.first().map_or(0, Vec::len);
+    let half = inv.len();
+    let mut cos = Vec::with_capacity(b * t * half);
+    let mut sin = Vec::with_capacity(b * t * half);
+    for row in positions {
+        for &p in row {
+            for f in &inv {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+    }
+    Ok((
+        Tensor::from_vec(cos, (b, 1, t, half), device)?,
+        Tensor::from_vec(sin, (b, 1, t, half), device)?,
+    ))
+}
+
+/// Applies rotary embeddings to `x` `[b, h, t, d]`: half split (HF) or interleaved pairs (GGUF llama).
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
+    let (b, h, t, d) = x.dims4()?;
+    if interleaved {
+        let x = x.reshape((b, h, t, d / 2, 2))?;
+        let x0 = x.narrow(4, 0, 1)?;
+        let x1 = x.narrow(4, 1, 1)?;
+        let c = cos.unsqueeze(4)?;
+        let s = sin.unsqueeze(4)?;
+        let r0 = (x0.broadcast_mul(&c)? - x1.broadcast_mul(&s)?)?;
+        let r1 = (x0.broadcast_mul(&s)? + x1.broadcast_mul(&c)?)?;
+        Tensor::cat(&[r0, r1], 4)?.reshape((b, h, t, d))
+    } else {
+        let x1 = x.narrow(3, 0, d / 2)?;
+        let x2 = x.narrow(3, d / 2, d / 2)?;
+        let r1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+        let r2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+        Tensor::cat(&[r1, r2], 3)
+    }
+}
+
+/// Additive attention mask `[b, 1, t, past + t]`: causal, padded keys and (optionally) a sliding window.
+/// `key_valid[b][j]` says whether key j (cache index) is a real token.
+pub fn attention_mask(
+    key_valid: &[Vec<bool>],
+    past: usize,
+    t: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Tensor> {
+    let b = key_valid.len();
+    let total = past + t;
+    let mut m = vec![0f32; b * t * total];
+    for (bi, valid) in key_valid.iter().enumerate() {
+        for i in 0..t {
+            let q = past + i;
+            for j in 0..total {
+                let allowed = j <= q && valid[j] && window.is_none_or(|w| q - j < w);
+                if !allowed {
+                    m[(bi * t + i) * total + j] = f32::MIN;
+                }
+            }
+        }
+    }
+    Tensor::from_vec(m, (b, 1, t, total), device)
+}
+
+/// Tanh soft-capping `cap * tanh(x / cap)` (Gemma 2).
+pub fn softcap(x: &Tensor, cap: Option<f64>) -> Result<Tensor> {
+    match cap {
+        Some(c) => (x / c)?.tanh()? * c,
+        None => Ok(x.clone()),
+    }
+}
+
+/// Reads a `[b, n]` 0/1 mask (any integer or float dtype) into rows of booleans.
+pub fn mask_rows(mask: &Tensor) -> Result<Vec<Vec<bool>>> {
+    let rows = mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    Ok(rows
+        .into_iter()
+        .map(|r| r.into_iter().map(|v| v != 0.0).collect())
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mask_is_causal_padded_and_windowed() {
+        let dev = Device::Cpu;
+        let m = attention_mask(&[vec![false, true, true, true]], 0, 4, Some(2), &dev).unwrap();
+        let m = m.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let allowed: Vec<bool> = m.iter().map(|v| *v == 0.0).collect();
+        // row 3 (query 3): keys 2, 3 inside the window of 2; key 0 is padding.
+        assert_eq!(&allowed[12..16], &[false, false, true, true]);
+        // row 1: key 0 padded, key 1 itself.
+        assert_eq!(&allowed[4..8], &[false, true, false, false]);
+    }
+}

@@ -1,0 +1,237 @@
+//! LoRA adapters on frozen linears: A Kaiming-uniform, B zero, scale alpha/r (or alpha/sqrt(r)), dropout.
+
+use candle_core::{DType, Device, Result, Tensor, Var};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::frozen::FrozenLinear;
+
+/// A projection LoRA can adapt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Target {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+impl Target {
+    pub const ALL: [Target; 7] = [
+        Self::Q,
+        Self::K,
+        Self::V,
+        Self::O,
+        Self::Gate,
+        Self::Up,
+        Self::Down,
+    ];
+
+    /// PEFT's module name ("q_proj" ...).
+    pub fn module_name(self) -> &'static str {
+        match self {
+            Self::Q => "q_proj",
+            Self::K => "k_proj",
+            Self::V => "v_proj",
+            Self::O => "o_proj",
+            Self::Gate => "gate_proj",
+            Self::Up => "up_proj",
+            Self::Down => "down_proj",
+        }
+    }
+
+    /// Path inside a decoder block ("self_attn.q_proj" ...).
+    pub fn block_path(self) -> &'static str {
+        match self {
+            Self::Q => "self_attn.q_proj",
+            Self::K => "self_attn.k_proj",
+            Self::V => "self_attn.v_proj",
+            Self::O => "self_attn.o_proj",
+            Self::Gate => "mlp.gate_proj",
+            Self::Up => "mlp.up_proj",
+            Self::Down => "mlp.down_proj",
+        }
+    }
+
+    /// Parses "q", "q_proj", "gate", "gate_proj" ...
+    pub fn parse(name: &str) -> Option<Self> {
+        let short = name.strip_suffix("_proj").unwrap_or(name);
+        Self::ALL
+            .into_iter()
+            .find(|t| t.module_name().trim_end_matches("_proj") == short)
+    }
+}
+
+/// What adapters to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoraSpec {
+    pub targets: Vec<Target>,
+    pub rank: usize,
+    pub alpha: f64,
+    /// rsLoRA: scale alpha / sqrt(r) instead of alpha / r.
+    pub rslora: bool,
+    pub dropout: f64,
+    /// Seed of the A initialisation.
+    pub seed: u64,
+}
+
+impl LoraSpec {
+    pub fn scale(&self) -> f64 {
+        if self.rslora {
+            self.alpha / (self.rank as f64).sqrt()
+        } else {
+            self.alpha / self.rank as f64
+        }
+    }
+}
+
+/// One adapter: `delta(x) = dropout(x) A^T B^T * scale`.
+#[derive(Debug, Clone)]
+pub struct LoraAdapter {
+    /// `[r, in_features]`
+    pub a: Var,
+    /// `[out_features, r]`
+    pub b: Var,
+    pub scale: f64,
+    pub dropout: f64,
+}
+
+impl LoraAdapter {
+    /// A ~ Kaiming-uniform(a = sqrt(5)) = U(-1/sqrt(in), 1/sqrt(in)) as PEFT does; B = 0.
+    pub fn init(
+        in_f: usize,
+        out_f: usize,
+        spec: &LoraSpec,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let bound = 1.0 / (in_f as f32).sqrt();
+        let a: Vec<f32> = (0..spec.rank * in_f)
+            .map(|_| rng.random_range(-bound..bound))
+            .collect();
+        Ok(Self {
+            a: Var::from_tensor(&Tensor::from_vec(a, (spec.rank, in_f), device)?)?,
+            b: Var::zeros((out_f, spec.rank), DType::F32, device)?,
+            scale: spec.scale(),
+            dropout: spec.dropout,
+        })
+    }
+}
+
+/// Seeds the dropout masks of one forward pass, so a checkpointed recomputation sees the same masks.
+#[derive(Debug, Clone, Copy)]
+pub struct DropoutSeed(pub u64);
+
+/// A frozen linear with an optional LoRA adapter.
+#[derive(Debug, Clone)]
+pub struct AdaptedLinear {
+    pub base: FrozenLinear,
+    pub lora: Option<LoraAdapter>,
+}
+
+impl AdaptedLinear {
+    /// `dropout` is Some during training: the mask is derived from the seed and `site` (layer, target).
+    pub fn forward(&self, x: &Tensor, dropout: Option<(DropoutSeed, u64)>) -> Result<Tensor> {
+        let y = self.base.forward(x)?;
+        let Some(l) = &self.lora else { return Ok(y) };
+        let (a, b) = (l.a.as_tensor(), l.b.as_tensor());
+        let x = match dropout {
+            Some((DropoutSeed(seed), site)) if l.dropout > 0.0 => {
+                apply_dropout(x, l.dropout, seed ^ site)?
+            }
+            _ => x.clone(),
+        };
+        let in_f = a.dim(1)?;
+        let mut dims = x.dims().to_vec();
+        let last = dims.len() - 1;
+        dims[last] = b.dim(0)?;
+        let x2 = x.reshape(((), in_f))?;
+        let delta = x2.matmul(&a.t()?)?.matmul(&b.t()?)?.affine(l.scale, 0.0)?;
+        y + delta.reshape(dims)?
+    }
+
+    /// Folds the adapter into a dense f32 weight (inference fast path).
+    pub fn merge(&mut self) -> Result<()> {
+        let Some(l) = self.lora.take() else {
+            return Ok(());
+        };
+        let dev = l.a.device().clone();
+        let w = self.base.weight.dequantize(&dev)?;
+        let delta =
+            l.b.as_tensor()
+                .matmul(l.a.as_tensor())?
+                .affine(l.scale, 0.0)?;
+        self.base.weight = super::frozen::FrozenWeight::Dense((w + delta)?);
+        Ok(())
+    }
+}
+
+fn apply_dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let keep = 1.0 / (1.0 - p);
+    let mask: Vec<f32> = (0..x.elem_count())
+        .map(|_| {
+            if rng.random::<f64>() < p {
+                0.0
+            } else {
+                keep as f32
+            }
+        })
+        .collect();
+    x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse_both_spellings() {
+        assert_eq!(Target::parse("q"), Some(Target::Q));
+        assert_eq!(Target::parse("down_proj"), Some(Target::Down));
+        assert_eq!(Target::parse("lm_head"), None);
+    }
+
+    #[test]
+    fn init_is_seeded_and_b_is_zero() {
+        let spec = LoraSpec {
+            targets: vec![Target::Q],
+            rank: 4,
+            alpha: 8.0,
+            rslora: true,
+            dropout: 0.0,
+            seed: 1,
+        };
+        let a1 = LoraAdapter::init(16, 8, &spec, 7, &Device::Cpu).unwrap();
+        let a2 = LoraAdapter::init(16, 8, &spec, 7, &Device::Cpu).unwrap();
+        let v1 =
+            a1.a.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+        assert_eq!(
+            v1,
+            a2.a.as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        );
+        assert!(v1.iter().all(|v| v.abs() <= 0.25) && v1.iter().any(|v| *v != 0.0));
+        assert_eq!(
+            a1.b.as_tensor()
+                .abs()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
+        assert_eq!(spec.scale(), 4.0);
+    }
+}

@@ -1,0 +1,204 @@
+//! One training step's maths for the trainer: mean loss over target tokens and the gradient of every LoRA
+//! tensor, with per-block activation checkpointing and the vocabulary loss computed in chunks of positions.
+//!
+//! Checkpointing (CANDLE-NOTES): forward keeps only each block's (detached) input; the head and loss are
+//! backpropagated chunk by chunk into the last hidden state; then each block, in reverse, is recomputed from
+//! its input as a Var and backpropagated with `(out * g).sum()`, keeping only its LoRA gradients.
+
+use std::collections::HashMap;
+
+use candle_core::{D, DType, Tensor, Var};
+
+use super::decoder::{Decoder, Positions};
+use super::error::{ModelError, Result};
+use super::lora::{DropoutSeed, Target};
+use super::peft::peft_key;
+
+/// A batch of token sequences.
+#[derive(Debug, Clone)]
+pub struct TrainBatch {
+    /// `[b, s]` u32 token ids.
+    pub input_ids: Tensor,
+    /// `[b, s]` 0/1: 1 where the token at this position is a target (predicted from the previous position).
+    /// Prompt and padding positions are 0; position 0 never counts.
+    pub loss_mask: Tensor,
+    /// `[b, s]` 0/1: 1 for real tokens, 0 for padding (None: no padding).
+    pub attention_mask: Option<Tensor>,
+}
+
+/// How to compute a step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepOptions {
+    /// Recompute each block in the backward pass instead of keeping its activations (default on).
+    pub checkpointing: bool,
+    /// Positions per chunk of the vocabulary loss.
+    pub loss_chunk: usize,
+    /// Seed of the LoRA dropout masks for this step (None: no dropout, e.g. evaluation).
+    pub dropout_seed: Option<u64>,
+}
+
+impl Default for StepOptions {
+    fn default() -> Self {
+        Self {
+            checkpointing: true,
+            loss_chunk: 512,
+            dropout_seed: None,
+        }
+    }
+}
+
+/// Loss and gradients of one batch.
+#[derive(Debug)]
+pub struct LossAndGrads {
+    /// Mean negative log-likelihood over target tokens.
+    pub loss: f32,
+    pub target_tokens: usize,
+    /// Gradient of every LoRA tensor, in the order of `Decoder::lora_params`.
+    pub grads: Vec<(String, Tensor)>,
+}
+
+impl Decoder {
+    /// Mean loss over the batch's target tokens and the gradient of every LoRA tensor (f32).
+    pub fn loss_and_grads(&self, batch: &TrainBatch, opts: &StepOptions) -> Result<LossAndGrads> {
+        let (b, s) = batch.input_ids.dims2()?;
+        let mut ctx = self.context(b, s, 0, &Positions::From(0), batch.attention_mask.as_ref())?;
+        ctx.dropout = opts.dropout_seed.map(DropoutSeed);
+        let x0 = self.embed(&batch.input_ids)?;
+        let (rows, targets) = target_rows(batch)?;
+        if rows.is_empty() {
+            return Err(ModelError::Usage(
+                "the batch has no target tokens (loss mask is all zero)".into(),
+            ));
+        }
+        let mut grads: HashMap<String, Tensor> = HashMap::new();
+        let loss = if opts.checkpointing {
+            let mut inputs = Vec::with_capacity(self.blocks.len());
+            let mut x = x0;
+            for i in 0..self.blocks.len() {
+                let out = self.block_forward(i, &x, &ctx, None)?.detach();
+                inputs.push(x);
+                x = out;
+            }
+            let (loss, mut g) = self.head_loss(&x, &rows, &targets, opts.loss_chunk)?;
+            for i in (0..self.blocks.len()).rev() {
+                let xin = Var::from_tensor(&inputs[i])?;
+                let out = self.block_forward(i, xin.as_tensor(), &ctx, None)?;
+                let store = (out * &g)?.sum_all()?.backward()?;
+                self.collect_block_grads(i, &store, &mut grads);
+                if i > 0 {
+                    g = store
+                        .get(xin.as_tensor())
+                        .ok_or_else(|| {
+                            ModelError::Usage("no gradient reached a block input".into())
+                        })?
+                        .detach();
+                }
+            }
+            loss
+        } else {
+            let x0 = Var::from_tensor(&x0)?;
+            let mut x = x0.as_tensor().clone();
+            for i in 0..self.blocks.len() {
+                x = self.block_forward(i, &x, &ctx, None)?;
+            }
+            let (loss, g) = self.head_loss(&x.detach(), &rows, &targets, opts.loss_chunk)?;
+            let store = (x * g)?.sum_all()?.backward()?;
+            for i in 0..self.blocks.len() {
+                self.collect_block_grads(i, &store, &mut grads);
+            }
+            loss
+        };
+        let ordered = self
+            .lora_params()
+            .into_iter()
+            .map(|(k, v)| {
+                let g = match grads.remove(&k) {
+                    Some(g) => g,
+                    None => v.as_tensor().zeros_like()?,
+                };
+                Ok((k, g))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(LossAndGrads {
+            loss,
+            target_tokens: rows.len(),
+            grads: ordered,
+        })
+    }
+
+    fn collect_block_grads(
+        &self,
+        i: usize,
+        store: &candle_core::backprop::GradStore,
+        out: &mut HashMap<String, Tensor>,
+    ) {
+        for t in Target::ALL {
+            if let Some(l) = &self.blocks[i].linear(t).lora {
+                if let Some(g) = store.get(l.a.as_tensor()) {
+                    out.insert(peft_key(i, t, 'A'), g.detach());
+                }
+                if let Some(g) = store.get(l.b.as_tensor()) {
+                    out.insert(peft_key(i, t, 'B'), g.detach());
+                }
+            }
+        }
+    }
+
+    /// Loss over target rows of the last hidden state `h` `[b, s, d]` and its gradient, chunk by chunk.
+    fn head_loss(
+        &self,
+        h: &Tensor,
+        rows: &[u32],
+        targets: &[u32],
+        chunk: usize,
+    ) -> Result<(f32, Tensor)> {
+        let (b, s, d) = h.dims3()?;
+        let hv = Var::from_tensor(&h.reshape((b * s, d))?)?;
+        let n = rows.len() as f64;
+        let mut loss = 0f64;
+        let mut grad: Option<Tensor> = None;
+        for (r, t) in rows.chunks(chunk.max(1)).zip(targets.chunks(chunk.max(1))) {
+            let idx = Tensor::new(r, h.device())?;
+            let tgt = Tensor::new(t, h.device())?;
+            let hc = hv.as_tensor().index_select(&idx, 0)?;
+            let logits = self.head_logits(&hc)?;
+            let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+            let picked = logp.gather(&tgt.unsqueeze(1)?, 1)?;
+            let chunk_loss = (picked.sum_all()? * (-1.0 / n))?;
+            loss += chunk_loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+            let store = chunk_loss.backward()?;
+            if let Some(g) = store.get(hv.as_tensor()) {
+                grad = Some(match grad {
+                    None => g.detach(),
+                    Some(acc) => (acc + g)?,
+                });
+            }
+        }
+        let grad = grad
+            .ok_or_else(|| ModelError::Usage("the loss did not reach the hidden states".into()))?;
+        Ok((loss as f32, grad.reshape((b, s, d))?))
+    }
+}
+
+/// Flat row indices `b * s + t` of the positions that predict a target, and the target ids.
+fn target_rows(batch: &TrainBatch) -> Result<(Vec<u32>, Vec<u32>)> {
+    let ids = batch.input_ids.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+    let mask = batch.loss_mask.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    let s = ids.first().map_or(0, Vec::len);
+    if mask.len() != ids.len() || mask.iter().any(|m| m.len() != s) {
+        return Err(ModelError::Usage(
+            "loss_mask must have the shape of input_ids".into(),
+        ));
+    }
+    let mut rows = Vec::new();
+    let mut targets = Vec::new();
+    for (bi, (row, m)) in ids.iter().zip(&mask).enumerate() {
+        for t in 1..s {
+            if m[t] != 0.0 {
+                rows.push((bi * s + t - 1) as u32);
+                targets.push(row[t]);
+            }
+        }
+    }
+    Ok((rows, targets))
+}
