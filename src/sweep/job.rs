@@ -1,0 +1,33 @@
+//! What the runner is asked to train: one job per run of the plan, and how it gets a model for a job.
+
+use serde::{Deserialize, Serialize};
+
+use crate::train::data::examples::TextEncoder;
+use crate::train::model::TrainableModel;
+use crate::train::settings::{DatasetSpec, TrainSettings};
+
+/// One run of the sweep, fully resolved (saved as the run's spec.json).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunJob {
+    /// Stable id (slug + settings hash): the run directory's name.
+    pub run_id: String,
+    /// The model's name in the config; the [`ModelLoader`] resolves it.
+    pub model: String,
+    /// `"cpu"` or `"cuda:N"`.
+    pub device: String,
+    pub data: DatasetSpec,
+    pub train: TrainSettings,
+}
+
+/// A model ready to train, with the tokenizer that feeds it.
+pub struct LoadedModel {
+    pub model: Box<dyn TrainableModel>,
+    pub encoder: Box<dyn TextEncoder>,
+    /// Token used for padding (carries no loss).
+    pub pad_id: u32,
+}
+
+/// Builds the model of a job on the runner thread (which then owns it).
+pub trait ModelLoader: Send + Sync {
+    fn load(&self, job: &RunJob) -> Result<LoadedModel, String>;
+}
