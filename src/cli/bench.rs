@@ -9,7 +9,7 @@ use qlab::model::bench::{BenchModel, BenchSettings, bench_train};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Time training steps (loss + LoRA gradients + AdamW) on the CPU.
+    /// Time training steps (loss + LoRA gradients + AdamW) on the CPU or a CUDA GPU.
     Train(TrainArgs),
 }
 
@@ -42,6 +42,9 @@ pub struct TrainArgs {
     /// Keep every block's activations instead of recomputing them.
     #[arg(long)]
     no_checkpointing: bool,
+    /// Where to run: cpu, cuda or cuda:N (CUDA needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -72,6 +75,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         steps: a.steps,
         rank: a.rank,
         checkpointing: !a.no_checkpointing,
+        device: a.device,
     })?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -89,6 +93,12 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             report.peak_rss_mib,
             report.frozen_projection_bytes_per_param
         );
+        if let Some(v) = report.peak_vram_gib {
+            println!(
+                "{}: peak VRAM {v:.2} GiB above the CUDA context; first (warm-up) step {:.1} s",
+                report.device, report.warmup_s
+            );
+        }
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod builder;
 pub mod config;
+pub mod cuda;
 pub mod decoder;
 pub mod error;
 pub mod frozen;
