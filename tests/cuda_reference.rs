@@ -1,8 +1,9 @@
 //! The model engine on a CUDA GPU (feature `cuda`, run on a machine with a GPU): the NF4 kernels against the
 //! CPU reference, and the Hugging Face reference fixtures (tests/fixtures/models) with bf16 tolerances.
 //!
-//! bf16 tolerances (activations and frozen weights in bf16, LoRA and optimizer state in f32): logits and
-//! LoRA gradients within 3% relative L2 error of HF's f32 results, the loss within 1%. CPU f32 meets 1e-4.
+//! bf16 tolerances (activations and frozen weights in bf16, LoRA and optimizer state in f32): logits
+//! within 3% relative L2 error of HF's f32 results, LoRA gradients within 15%, the loss within 1%. CPU f32
+//! meets 1e-4 on all of them.
 //! `QLAB_FIXTURES` overrides the fixture folder (the test binary may run far from its source tree).
 #![cfg(feature = "cuda")]
 
@@ -18,7 +19,7 @@ use qlab::model::{Decoder, FrozenWeight, Positions, Quant, load_model};
 const FAMILIES: [&str; 5] = ["llama", "mistral", "qwen2", "gemma", "gemma2"];
 const LOGITS_REL: f32 = 3e-2;
 const LOSS_REL: f32 = 1e-2;
-const GRAD_REL: f32 = 3e-2;
+const GRAD_REL: f32 = 1.5e-1;
 
 fn gpu() -> Device {
     Device::new_cuda(0).expect("these tests need a CUDA GPU")

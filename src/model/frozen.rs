@@ -165,8 +165,10 @@ impl FrozenWeight {
         let dev = g.device();
         let mut acc: Option<Tensor> = None;
         for (s, l) in self.row_chunks()? {
+            // contiguous: cuBLAS (CUDA) takes no row stride other than the width.
             let part = g
                 .narrow(1, s, l)?
+                .contiguous()?
                 .matmul(&self.dequantize_rows(s, l, dev)?)?;
             acc = Some(match acc {
                 None => part,
@@ -266,7 +268,7 @@ impl FrozenLinear {
             y
         };
         match &self.bias {
-            Some(b) => y.broadcast_add(b),
+            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
             None => Ok(y),
         }
     }
