@@ -9,7 +9,7 @@ use qlab::model::bench::{BenchModel, BenchSettings, bench_train};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Time training steps (loss + LoRA gradients + AdamW) on the CPU.
+    /// Time training steps (loss + LoRA gradients + AdamW) on the CPU or a CUDA GPU.
     Train(TrainArgs),
 }
 
@@ -45,6 +45,9 @@ pub struct TrainArgs {
     /// With checkpointing, recompute the frozen projections instead of keeping their outputs (less memory).
     #[arg(long)]
     recompute_frozen: bool,
+    /// Where to run: cpu, cuda or cuda:N (CUDA needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -76,6 +79,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         rank: a.rank,
         checkpointing: !a.no_checkpointing,
         save_frozen_products: !a.recompute_frozen,
+        device: a.device,
     })?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -93,6 +97,12 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
             report.peak_rss_mib,
             report.frozen_projection_bytes_per_param
         );
+        if let Some(v) = report.peak_vram_gib {
+            println!(
+                "{}: peak VRAM {v:.2} GiB above the CUDA context; first (warm-up) step {:.1} s",
+                report.device, report.warmup_s
+            );
+        }
     }
     Ok(())
 }

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
@@ -38,6 +38,8 @@ pub struct BenchSettings {
     pub checkpointing: bool,
     /// See `StepOptions::save_frozen_products`.
     pub save_frozen_products: bool,
+    /// `cpu`, `cuda` or `cuda:N` (see `cuda::parse_device`).
+    pub device: String,
 }
 
 /// What one benchmark measured.
@@ -58,6 +60,12 @@ pub struct BenchReport {
     pub step_times_s: Vec<f64>,
     pub tokens_per_s: f64,
     pub peak_rss_mib: f64,
+    pub device: String,
+    /// CUDA only: peak device memory during the timed steps above the level before the model was built
+    /// (so the CUDA context is excluded; memory the allocator keeps cached is included).
+    pub peak_vram_gib: Option<f64>,
+    /// The first step (module loading, kernel JIT, allocator warm-up), excluded from `step_s`.
+    pub warmup_s: f64,
     pub load_s: f64,
     pub frozen_projection_mib: f64,
     pub frozen_projection_bytes_per_param: f64,
@@ -107,14 +115,16 @@ impl AdamW {
     }
 }
 
-/// Runs the benchmark on the CPU.
+/// Runs the benchmark on the CPU or a CUDA device.
 pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
-    let device = Device::Cpu;
+    let device = super::cuda::parse_device(&s.device)?;
     if s.steps < 2 || s.batch == 0 || s.seq < 2 {
         return Err(ModelError::Usage(
             "need --steps >= 2 (the first is warm-up), --batch >= 1, --seq >= 2".into(),
         ));
     }
+    #[cfg(feature = "cuda")]
+    let vram = super::cuda::VramPeak::start(&device)?;
     let t0 = Instant::now();
     let (mut model, name) = match &s.model {
         BenchModel::Preset(p) => {
@@ -175,12 +185,18 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
         let t = Instant::now();
         let out = model.loss_and_grads(&batch, &opts)?;
         adam.step(&params, &out.grads)?;
+        device.synchronize()?;
         times.push(t.elapsed().as_secs_f64());
         losses.push(out.loss);
     }
     let mut warm: Vec<f64> = times[1..].to_vec();
     warm.sort_by(f64::total_cmp);
     let step_s = warm[warm.len() / 2];
+    let warmup_s = times[0];
+    #[cfg(feature = "cuda")]
+    let peak_vram_gib = vram.map(|v| v.finish() as f64 / (1u64 << 30) as f64);
+    #[cfg(not(feature = "cuda"))]
+    let peak_vram_gib = None;
     let (bytes, nparams) = model.projection_storage();
     let quant_kind = model.blocks[0].q.base.weight.kind();
     Ok(BenchReport {
@@ -197,6 +213,9 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
         step_times_s: times,
         tokens_per_s: (s.batch * s.seq) as f64 / step_s,
         peak_rss_mib: peak_rss_mib(),
+        device: s.device.clone(),
+        peak_vram_gib,
+        warmup_s,
         load_s,
         frozen_projection_mib: bytes as f64 / (1024.0 * 1024.0),
         frozen_projection_bytes_per_param: bytes as f64 / nparams.max(1) as f64,

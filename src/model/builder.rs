@@ -60,6 +60,8 @@ impl Builder<'_> {
         let name = format!("{prefix}.{}.weight", t.block_path());
         self.check(&name, &[out, inp])?;
         let weight = self.src.frozen(&name, self.quant, self.device)?;
+        #[cfg(feature = "cuda")]
+        let weight = super::cuda::place_on_device(weight, self.device)?;
         let has_bias = match t {
             Target::Q | Target::K | Target::V => self.cfg.qkv_bias,
             Target::O => self.cfg.o_bias,

@@ -119,11 +119,9 @@ impl Decoder {
         let flat = ids.flatten_all()?;
         let d = self.config.hidden_size;
         let x = match &self.embed {
-            FrozenWeight::Dense(w) => w
-                .index_select(&flat, 0)?
-                .to_dtype(candle_core::DType::F32)?,
+            FrozenWeight::Dense(w) => w.index_select(&flat, 0)?,
             FrozenWeight::Ggml(q) => q.embedding(&flat)?,
-            FrozenWeight::Nf4(_) => {
+            _ => {
                 let rows = flat
                     .to_vec1::<u32>()?
                     .into_iter()
@@ -132,7 +130,9 @@ impl Decoder {
                 Tensor::cat(&rows, 0)?
             }
         };
-        let x = x.reshape((b, t, d))?;
+        let x = x
+            .reshape((b, t, d))?
+            .to_dtype(super::cuda::compute_dtype(&self.device))?;
         if self.config.scale_embeddings {
             x * (d as f64).sqrt()
         } else {
@@ -170,11 +170,18 @@ impl Decoder {
             Some(w) => Some(attention_mask(&valid, past, t, Some(w), &self.device)?),
             None => None,
         };
+        // cuda hook: tables and masks in the compute dtype; f32::MIN would round to -inf in bf16 (NaN rows
+        // for fully padded queries), so masks are halved first.
+        let dtype = super::cuda::compute_dtype(&self.device);
+        let mask_in = |m: Tensor| match dtype {
+            candle_core::DType::F32 => Ok(m),
+            _ => (m * 0.5)?.to_dtype(dtype),
+        };
         Ok(BlockContext {
-            cos,
-            sin,
-            full_mask,
-            window_mask,
+            cos: cos.to_dtype(dtype)?,
+            sin: sin.to_dtype(dtype)?,
+            full_mask: mask_in(full_mask)?,
+            window_mask: window_mask.map(mask_in).transpose()?,
             dropout: None,
             grad: false,
             saved: None,

@@ -23,6 +23,9 @@ pub enum FrozenWeight {
     Ggml(Arc<QTensor>),
     /// NF4 with double quantization.
     Nf4(Arc<Nf4Tensor>),
+    /// cuda hook: NF4 resident on a CUDA device (same layout), dequantized there by a kernel.
+    #[cfg(feature = "cuda")]
+    Nf4Cuda(Arc<super::cuda::Nf4Cuda>),
 }
 
 impl FrozenWeight {
@@ -31,6 +34,11 @@ impl FrozenWeight {
             Self::Dense(t) => t.dims2(),
             Self::Ggml(q) => q.shape().dims2(),
             Self::Nf4(n) => match n.dims.as_slice() {
+                [a, b] => Ok((*a, *b)),
+                d => candle_core::bail!("nf4 weight must be 2-d, got {d:?}"),
+            },
+            #[cfg(feature = "cuda")]
+            Self::Nf4Cuda(n) => match n.dims.as_slice() {
                 [a, b] => Ok((*a, *b)),
                 d => candle_core::bail!("nf4 weight must be 2-d, got {d:?}"),
             },
@@ -43,6 +51,8 @@ impl FrozenWeight {
             Self::Dense(t) => t.elem_count() * t.dtype().size_in_bytes(),
             Self::Ggml(q) => q.storage_size_in_bytes(),
             Self::Nf4(n) => n.storage_bytes(),
+            #[cfg(feature = "cuda")]
+            Self::Nf4Cuda(n) => n.storage_bytes(),
         }
     }
 
@@ -52,6 +62,8 @@ impl FrozenWeight {
             Self::Dense(t) => format!("{:?}", t.dtype()).to_lowercase(),
             Self::Ggml(q) => format!("{:?}", q.dtype()).to_lowercase(),
             Self::Nf4(_) => "nf4".into(),
+            #[cfg(feature = "cuda")]
+            Self::Nf4Cuda(_) => "nf4".into(),
         }
     }
 
@@ -61,7 +73,8 @@ impl FrozenWeight {
         self.dequantize_rows(0, rows, device)
     }
 
-    /// Rows `[start, start + len)` as an f32 tensor `[len, in_features]`.
+    /// Rows `[start, start + len)` as a tensor `[len, in_features]` in the device's compute dtype
+    /// (f32 on the CPU, bf16 on CUDA: `cuda::compute_dtype`).
     pub fn dequantize_rows(
         &self,
         start: usize,
@@ -69,6 +82,7 @@ impl FrozenWeight {
         device: &Device,
     ) -> candle_core::Result<Tensor> {
         let (rows, cols) = self.dims2()?;
+        let compute = super::cuda::compute_dtype(device);
         match self {
             Self::Dense(t) => {
                 let t = if start == 0 && len == rows {
@@ -76,21 +90,29 @@ impl FrozenWeight {
                 } else {
                     t.narrow(0, start, len)?
                 };
-                t.to_dtype(DType::F32)
+                t.to_dtype(compute)
+            }
+            #[cfg(feature = "cuda")]
+            Self::Nf4Cuda(n) => n.dequantize_rows(start, len, compute),
+            #[cfg(feature = "cuda")]
+            Self::Nf4(n) if device.is_cuda() => {
+                super::cuda::Nf4Cuda::upload(n, device)?.dequantize_rows(start, len, compute)
             }
             Self::Nf4(n) => {
                 let mut buf = vec![0f32; len * cols];
                 n.dequantize_rows_into(start, &mut buf);
                 Tensor::from_vec(buf, (len, cols), device)
             }
-            Self::Ggml(q) if start == 0 && len == rows => q.dequantize(device),
+            Self::Ggml(q) if start == 0 && len == rows => q.dequantize(device)?.to_dtype(compute),
             Self::Ggml(q) => {
                 let dtype = q.dtype();
                 let row_bytes = cols / dtype.block_size() * dtype.type_size();
                 let data = q.data()?;
                 let slice = &data[start * row_bytes..(start + len) * row_bytes];
                 let storage = QStorage::from_data(Cow::Borrowed(slice), &q.device(), dtype)?;
-                QTensor::new(storage, (len, cols))?.dequantize(device)
+                QTensor::new(storage, (len, cols))?
+                    .dequantize(device)?
+                    .to_dtype(compute)
             }
         }
     }
@@ -105,6 +127,10 @@ impl FrozenWeight {
 
     /// Quantizes an f32/bf16 weight to NF4 with double quantization.
     pub fn quantize_nf4(w: &Tensor) -> candle_core::Result<Self> {
+        #[cfg(feature = "cuda")]
+        if w.device().is_cuda() {
+            return Ok(Self::Nf4Cuda(Arc::new(super::cuda::Nf4Cuda::quantize(w)?)));
+        }
         let dims = w.dims().to_vec();
         let values = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         Ok(Self::Nf4(Arc::new(Nf4Tensor::quantize(&values, dims))))
@@ -139,8 +165,10 @@ impl FrozenWeight {
         let dev = g.device();
         let mut acc: Option<Tensor> = None;
         for (s, l) in self.row_chunks()? {
+            // contiguous: cuBLAS (CUDA) takes no row stride other than the width.
             let part = g
                 .narrow(1, s, l)?
+                .contiguous()?
                 .matmul(&self.dequantize_rows(s, l, dev)?)?;
             acc = Some(match acc {
                 None => part,
@@ -181,6 +209,18 @@ impl CustomOp2 for FrozenMatmulGrad {
             _ => candle_core::bail!("frozen-matmul: y must be f32, bf16 or f16"),
         };
         Ok((out, yl.shape().clone()))
+    }
+
+    /// cuda hook: the same copy of `y` on the GPU.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _x: &candle_core::CudaStorage,
+        _xl: &Layout,
+        y: &candle_core::CudaStorage,
+        yl: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        super::cuda::clone_cuda_storage(y, yl)
     }
 
     fn bwd(
@@ -259,7 +299,7 @@ impl FrozenLinear {
             y
         };
         match &self.bias {
-            Some(b) => y.broadcast_add(b),
+            Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
             None => Ok(y),
         }
     }

@@ -13,10 +13,12 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
+    /// Computed in f32 whatever the activations' dtype (bf16 on CUDA), returned in that dtype.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let ms = x.sqr()?.mean_keepdim(D::Minus1)?;
-        let normed = x.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
-        normed.broadcast_mul(&self.weight)
+        let xf = x.to_dtype(DType::F32)?;
+        let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = xf.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
+        normed.broadcast_mul(&self.weight)?.to_dtype(x.dtype())
     }
 }
 

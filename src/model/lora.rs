@@ -183,9 +183,11 @@ impl AdaptedLinear {
         let mut dims = x.dims().to_vec();
         let last = dims.len() - 1;
         dims[last] = b.dim(0)?;
-        let x2 = x.reshape(((), in_f))?;
+        // f32 adapters on bf16 activations (CUDA): the adapter product runs in the adapters' dtype.
+        let x2 = x.reshape(((), in_f))?.to_dtype(a.dtype())?;
         let delta = x2.matmul(&a.t()?)?.matmul(&b.t()?)?.affine(l.scale, 0.0)?;
-        y + delta.reshape(dims)?
+        let dtype = y.dtype();
+        y + delta.reshape(dims)?.to_dtype(dtype)?
     }
 
     /// Folds the adapter into a dense f32 weight (inference fast path).
@@ -199,7 +201,7 @@ impl AdaptedLinear {
             l.b.as_tensor()
                 .matmul(l.a.as_tensor())?
                 .affine(l.scale, 0.0)?;
-        self.base.weight = super::frozen::FrozenWeight::Dense((w + delta)?);
+        self.base.weight = super::frozen::FrozenWeight::Dense((&w + delta.to_dtype(w.dtype())?)?);
         Ok(())
     }
 }

@@ -176,7 +176,7 @@ impl Decoder {
             let idx = Tensor::new(r, h.device())?;
             let tgt = Tensor::new(t, h.device())?;
             let hc = hv.as_tensor().index_select(&idx, 0)?;
-            let logits = self.head_logits(&hc)?;
+            let logits = self.head_logits(&hc)?.to_dtype(DType::F32)?;
             let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
             let picked = logp.gather(&tgt.unsqueeze(1)?, 1)?;
             let chunk_loss = (picked.sum_all()? * (-1.0 / n))?;

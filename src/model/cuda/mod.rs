@@ -1,0 +1,73 @@
+//! GPU support for the model engine: device names (`cpu`, `cuda`, `cuda:N`), the compute dtype a device
+//! runs in (bf16 on CUDA, f32 on the CPU; LoRA weights and optimizer state stay f32 everywhere), and, with
+//! the `cuda` feature, NF4 kept on the GPU with its quantize / dequantize kernels.
+
+#[cfg(feature = "cuda")]
+mod nf4_gpu;
+#[cfg(feature = "cuda")]
+mod vram;
+#[cfg(feature = "cuda")]
+pub use nf4_gpu::{Nf4Cuda, clone_cuda_storage, place_on_device};
+#[cfg(feature = "cuda")]
+pub use vram::VramPeak;
+
+use candle_core::{DType, Device};
+
+use super::error::{ModelError, Result};
+
+/// The dtype activations and dequantized frozen weights use on `device`.
+pub fn compute_dtype(device: &Device) -> DType {
+    if device.is_cuda() {
+        DType::BF16
+    } else {
+        DType::F32
+    }
+}
+
+/// Opens a device by name: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
+pub fn parse_device(name: &str) -> Result<Device> {
+    let name = name.trim();
+    if name.eq_ignore_ascii_case("cpu") {
+        return Ok(Device::Cpu);
+    }
+    let ordinal = match name.to_ascii_lowercase().as_str() {
+        "cuda" | "gpu" => 0,
+        other => other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .ok_or_else(|| {
+                ModelError::Usage(format!(
+                    "unknown device `{name}`; expected `cpu`, `cuda` or `cuda:N` (N = 0, 1, ...)"
+                ))
+            })?,
+    };
+    if !cfg!(feature = "cuda") {
+        return Err(ModelError::Usage(format!(
+            "device `{name}` needs a qlab built with the `cuda` feature (cargo build --release --features cuda; see the README's CUDA section)"
+        )));
+    }
+    Device::new_cuda(ordinal).map_err(|e| {
+        ModelError::Usage(format!("cannot open CUDA device {ordinal} (`{name}`): {e}"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_parses_and_bad_names_are_refused_with_the_expected_forms() {
+        assert!(parse_device("cpu").unwrap().is_cpu());
+        assert_eq!(compute_dtype(&Device::Cpu), DType::F32);
+        let err = parse_device("tpu:0").unwrap_err().to_string();
+        assert!(err.contains("`cpu`, `cuda` or `cuda:N`"), "{err}");
+        assert!(parse_device("cuda:x").is_err());
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_says_how_to_build_it() {
+        let err = parse_device("cuda:0").unwrap_err().to_string();
+        assert!(err.contains("--features cuda"), "{err}");
+    }
+}

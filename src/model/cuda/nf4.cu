@@ -1,0 +1,60 @@
+// NF4 (double-quantized) kernels for qlab, layout of src/model/nf4.rs: two 4-bit codes per byte, the first
+// element in the high nibble; blocks of 64 elements share an absmax stored as
+// absmax_code[absmax_q[b]] * nested[b / 256] + offset.
+// `tables` = quant_map[16] ++ absmax_code[256] ++ [offset] ++ nested[...].
+// Regenerate nf4.ptx with scripts/build-cuda.sh (nvcc -ptx -arch=compute_80 -fmad=false).
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+#define NF4_BLOCK 64
+#define NESTED_BLOCK 256
+#define TABLE_OFFSET 272
+#define TABLE_NESTED 273
+
+__device__ __forceinline__ float block_scale(const uint8_t *absmax_q, const float *tables, size_t block) {
+  return tables[16 + absmax_q[block]] * tables[TABLE_NESTED + block / NESTED_BLOCK] + tables[TABLE_OFFSET];
+}
+
+// Dequantizes elements [start, start + 2 * pairs) (start even); one thread per byte (two elements).
+extern "C" __global__ void nf4_dequant_bf16(const uint8_t *codes, const uint8_t *absmax_q, const float *tables,
+                                            size_t start, size_t pairs, __nv_bfloat162 *out) {
+  size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (p >= pairs) return;
+  size_t i = start + 2 * p;
+  uint8_t byte = codes[i / 2];
+  float s = block_scale(absmax_q, tables, i / NF4_BLOCK);
+  out[p] = __floats2bfloat162_rn(tables[byte >> 4] * s, tables[byte & 0x0f] * s);
+}
+
+extern "C" __global__ void nf4_dequant_f32(const uint8_t *codes, const uint8_t *absmax_q, const float *tables,
+                                           size_t start, size_t pairs, float2 *out) {
+  size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (p >= pairs) return;
+  size_t i = start + 2 * p;
+  uint8_t byte = codes[i / 2];
+  float s = block_scale(absmax_q, tables, i / NF4_BLOCK);
+  out[p] = make_float2(tables[byte >> 4] * s, tables[byte & 0x0f] * s);
+}
+
+__device__ __forceinline__ uint8_t nearest_nf4(const float *qmap, float x) {
+  uint8_t best = 0;
+  float best_d = INFINITY;
+  for (int c = 0; c < 16; c++) {
+    float d = fabsf(x - qmap[c]);
+    if (d < best_d) { best_d = d; best = (uint8_t)c; }
+  }
+  return best;
+}
+
+// Quantizes 2 * pairs f32 values with their per-64-block absmax: one thread per output byte.
+extern "C" __global__ void nf4_quantize_f32(const float *values, const float *absmax, const float *qmap,
+                                            size_t pairs, uint8_t *codes) {
+  size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (p >= pairs) return;
+  size_t i = 2 * p;
+  float m = absmax[i / NF4_BLOCK];
+  float inv = m > 0.0f ? 1.0f / m : 0.0f;
+  uint8_t hi = nearest_nf4(qmap, values[i] * inv);
+  uint8_t lo = nearest_nf4(qmap, values[i + 1] * inv);
+  codes[p] = (uint8_t)(hi << 4 | lo);
+}
