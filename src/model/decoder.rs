@@ -64,6 +64,8 @@ pub struct BlockContext {
     pub grad: bool,
     /// Frozen products shared between the checkpointed first pass and the recomputation.
     pub saved: Option<SavedProducts>,
+    /// Generation (decoding with a cache): GGUF weights may multiply in quantized form.
+    pub generation: bool,
 }
 
 /// Keys and values of past positions, one entry per layer (`[b, kv_heads, T, head_dim]`).
@@ -185,6 +187,7 @@ impl Decoder {
             dropout: None,
             grad: false,
             saved: None,
+            generation: false,
         })
     }
 
@@ -203,6 +206,7 @@ impl Decoder {
             dropout: ctx.dropout.map(|s| (s, site_id(t))),
             grad: ctx.grad,
             saved: ctx.saved.as_ref().map(|s| (s, site_id(t))),
+            generation: ctx.generation,
         };
         let (b, t, _) = x.dims3()?;
         let (h, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
@@ -274,11 +278,23 @@ impl Decoder {
         ids: &Tensor,
         positions: &Positions,
         key_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        self.hidden(ids, positions, key_mask, cache, false)
+    }
+
+    fn hidden(
+        &self,
+        ids: &Tensor,
+        positions: &Positions,
+        key_mask: Option<&Tensor>,
         mut cache: Option<&mut KvCache>,
+        generation: bool,
     ) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         let past = cache.as_ref().map_or(0, |c| c.len());
-        let ctx = self.context(b, t, past, positions, key_mask)?;
+        let mut ctx = self.context(b, t, past, positions, key_mask)?;
+        ctx.generation = generation;
         let mut x = self.embed(ids)?;
         for i in 0..self.blocks.len() {
             let slot = match cache.as_mut() {
@@ -311,7 +327,8 @@ impl Decoder {
         self.head_logits(&h)
     }
 
-    /// Logits of the last position only `[b, vocab]` (generation: skips the head for the prompt).
+    /// Logits of the last position only `[b, vocab]` (generation: skips the head for the prompt; GGUF
+    /// weights multiply in quantized form when decoding on the CPU).
     pub fn forward_last(
         &self,
         ids: &Tensor,
@@ -319,9 +336,11 @@ impl Decoder {
         key_mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let h = self.forward_hidden(ids, positions, key_mask, cache)?;
+        let h = self.hidden(ids, positions, key_mask, cache, true)?;
         let t = h.dim(1)?;
-        self.head_logits(&h.narrow(1, t - 1, 1)?)?.squeeze(1)
+        let h = self.final_norm.forward(&h.narrow(1, t - 1, 1)?)?;
+        let logits = self.head.forward_generation(&h)?;
+        softcap(&logits, self.config.final_logit_softcap)?.squeeze(1)
     }
 
     /// Folds every LoRA adapter into dense f32 weights (faster generation, more memory).

@@ -133,6 +133,8 @@ pub struct LoraCall<'a> {
     pub grad: bool,
     /// Frozen products saved by the checkpointed first pass, keyed by site, replayed by the recomputation.
     pub saved: Option<(&'a SavedProducts, u64)>,
+    /// Generation: see [`FrozenLinear::forward_generation`].
+    pub generation: bool,
 }
 
 /// Frozen products `x @ W^T` of a checkpointed first pass. The recomputation of a block sees the same
@@ -165,6 +167,7 @@ impl AdaptedLinear {
                 Some(y) => self.base.attach(x, y, None)?,
                 None => self.base.forward(x)?,
             },
+            None if call.generation => self.base.forward_generation(x)?,
             None => self.base.forward(x)?,
         };
         let Some(l) = &self.lora else { return Ok(y) };
