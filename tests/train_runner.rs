@@ -1,5 +1,9 @@
 //! The runner thread: commands (pause, resume, stop after checkpoint, cancel), a non-finite loss failing one
 //! run while the sweep goes on, the per-run lock, `max_steps`, and memory that stays flat over 300 steps.
+//! Several devices: see `workers`.
+
+#[path = "train_runner/workers.rs"]
+mod workers;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,12 +21,15 @@ use qlab::train::TrainError;
 use qlab::train::model::{Batch, TrainableModel};
 use qlab::train::settings::{DatasetSpec, OnBadRow, ScheduleKind, TrainOn, TrainSettings, Warmup};
 use qlab::train::toy::{ByteEncoder, ToyConfig, ToyModel};
+use workers::Rendezvous;
 
 /// The toy model, returning a NaN loss on the `nan_at`-th call when set.
 struct Toy {
     inner: ToyModel,
     calls: std::cell::Cell<usize>,
     nan_at: Option<usize>,
+    /// Where the second micro-batch waits until `parties` runs reached theirs.
+    gate: Option<(Arc<Rendezvous>, usize)>,
 }
 
 impl TrainableModel for Toy {
@@ -31,6 +38,13 @@ impl TrainableModel for Toy {
     }
     fn loss_and_grads(&self, batch: &Batch) -> Result<(f32, Vec<Tensor>), TrainError> {
         self.calls.set(self.calls.get() + 1);
+        // The run's first Step event is sent before its second micro-batch starts.
+        if let Some((gate, parties)) = &self.gate
+            && self.calls.get() == 2
+        {
+            gate.meet("second micro-batch", *parties)
+                .map_err(TrainError::Model)?;
+        }
         let (loss, grads) = self.inner.loss_and_grads(batch)?;
         Ok((
             if Some(self.calls.get()) == self.nan_at {
@@ -57,25 +71,30 @@ struct ToyLoader;
 
 impl ModelLoader for ToyLoader {
     fn load(&self, job: &RunJob) -> Result<LoadedModel, String> {
-        let inner = ToyModel::new(ToyConfig {
-            vocab: 257,
-            hidden: 48,
-            rank: 4,
-            seed: 5,
-        })
-        .map_err(|e| e.to_string())?;
-        let nan_at = job.run_id.starts_with("nan").then_some(7);
-        let model = Toy {
-            inner,
-            calls: Default::default(),
-            nan_at,
-        };
-        Ok(LoadedModel {
-            model: Box::new(model),
-            encoder: Box::new(ByteEncoder),
-            pad_id: 0,
-        })
+        toy(job, None)
     }
+}
+
+fn toy(job: &RunJob, gate: Option<(Arc<Rendezvous>, usize)>) -> Result<LoadedModel, String> {
+    let inner = ToyModel::new(ToyConfig {
+        vocab: 257,
+        hidden: 48,
+        rank: 4,
+        seed: 5,
+    })
+    .map_err(|e| e.to_string())?;
+    let nan_at = job.run_id.starts_with("nan").then_some(7);
+    let model = Toy {
+        inner,
+        calls: Default::default(),
+        nan_at,
+        gate,
+    };
+    Ok(LoadedModel {
+        model: Box::new(model),
+        encoder: Box::new(ByteEncoder),
+        pad_id: 0,
+    })
 }
 
 fn write_data(dir: &Path, rows: usize) -> PathBuf {

@@ -1,5 +1,6 @@
-//! `qlab run [CONFIG] [--only RUN_ID] [--max-steps N] [--detach]`: train the sweep's runs headless, resuming
-//! unfinished ones. SIGINT, SIGTERM and SIGHUP checkpoint and exit cleanly (a second one exits at once).
+//! `qlab run [CONFIG] [--only RUN_ID] [--max-steps N] [--devices LIST] [--detach]`: train the sweep's runs
+//! headless, resuming unfinished ones, one run per device at a time. SIGINT, SIGTERM and SIGHUP checkpoint
+//! and exit cleanly (a second one exits at once).
 
 mod detach;
 mod progress;
@@ -10,10 +11,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use color_eyre::eyre::{Result, WrapErr, eyre};
-use qlab::config::Config;
+use qlab::config::{Config, DeviceSpec, check_devices};
 use qlab::plan::Plan;
 use qlab::store::SweepPaths;
-use qlab::sweep::from_plan::jobs_from_plan;
+use qlab::sweep::from_plan::{device_name, jobs_from_plan, sweep_devices};
 use qlab::sweep::job::RunEvaluator;
 use qlab::sweep::model_loader::DecoderLoader;
 use qlab::sweep::plan_evaluator::PlanEvaluator;
@@ -40,6 +41,10 @@ pub struct RunArgs {
     /// set at every stage, unless `[eval] after_training = false`).
     #[arg(long)]
     pub no_eval: bool,
+    /// Train on these devices instead of the config's `device` / `devices` (`cpu`, `cuda:N`, comma separated):
+    /// one run per device at a time. Run ids do not depend on the device.
+    #[arg(long, alias = "device", value_name = "LIST", value_delimiter = ',', value_parser = parse_device)]
+    pub devices: Vec<DeviceSpec>,
     /// Without a terminal, print one progress line every N steps.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub every: u64,
@@ -50,6 +55,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let plan = Plan::from_config(&config);
     let sweep = SweepPaths::new(&config.runs_dir(), &plan.sweep);
     let jobs = jobs_from_plan(&config, &plan, args.only.as_deref()).map_err(|e| eyre!("{e}"))?;
+    let devices = devices(&config, &args.devices)?;
+    println!("training on {}", devices.join(", "));
     for job in &jobs {
         let action =
             action_for(&sweep.run(&job.run_id)).wrap_err("cannot read the run directory")?;
@@ -86,6 +93,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let options = RunnerOptions {
         max_steps: args.max_steps,
         evaluator,
+        devices,
         ..RunnerOptions::default()
     };
     let handle =
@@ -124,4 +132,62 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn parse_device(s: &str) -> Result<DeviceSpec, String> {
+    DeviceSpec::try_from(s.trim().to_string())
+}
+
+/// `--devices` when given (one value is like `device`, so `auto` is fine), else the config's devices; a list
+/// is checked as `[sweep] devices` is.
+fn devices(config: &Config, chosen: &[DeviceSpec]) -> Result<Vec<String>> {
+    if chosen.len() > 1
+        && let Some((_, problem)) = check_devices(chosen).into_iter().next()
+    {
+        return Err(eyre!("--devices: {problem}"));
+    }
+    Ok(if chosen.is_empty() {
+        sweep_devices(config)
+    } else {
+        chosen.iter().copied().map(device_name).collect()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    fn chosen(args: &[&str]) -> std::result::Result<Vec<DeviceSpec>, clap::Error> {
+        Cli::try_parse_from(std::iter::once("run").chain(args.iter().copied()))
+            .map(|c| c.run.devices)
+    }
+
+    const CONFIG: &str = "[sweep]\nname = \"t\"\ndevices = [\"cpu\", \"cpu\"]\n[[model]]\nid = \"m\"\npath = \"m.gguf\"\n\
+        [[dataset]]\nid = \"d\"\npath = \"d.jsonl\"\ntemplate = \"{q}### Response:\\n{a}\"\n\
+        [matrix]\nmodels = [\"m\"]\ndatasets = [\"d\"]\n";
+
+    #[test]
+    fn devices_flag_overrides_the_config_and_is_checked_like_it() {
+        let config = Config::from_source(Path::new("t.toml"), CONFIG.to_owned()).unwrap();
+        assert_eq!(devices(&config, &[]).unwrap(), ["cpu", "cpu"]);
+        let two = chosen(&["--devices", "cuda:1,cuda:0"]).unwrap();
+        assert_eq!(devices(&config, &two).unwrap(), ["cuda:1", "cuda:0"]);
+        let one = chosen(&["--device", "cpu"]).unwrap();
+        assert_eq!(devices(&config, &one).unwrap(), ["cpu"]);
+        let twice = chosen(&["--devices", "cuda:0,cuda:0"]).unwrap();
+        let err = devices(&config, &twice).unwrap_err().to_string();
+        assert!(err.contains("--devices: `cuda:0` is listed twice"), "{err}");
+        let err = chosen(&["--devices", "gpu"]).err().unwrap().to_string();
+        assert!(err.contains("invalid device `gpu`"), "{err}");
+    }
 }

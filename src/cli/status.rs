@@ -1,13 +1,14 @@
-//! `qlab status`: each run's state, progress, last loss and live runner, from the run directories.
+//! `qlab status`: each run's state, progress, last loss and live runner (with the device it trains on), from
+//! the run directories.
 
 use std::process::ExitCode;
 
 use color_eyre::eyre::Result;
 use qlab::plan::Plan;
-use qlab::store::{RunStatus, SweepPaths, atomic::read_json, lock};
+use qlab::store::{RunPaths, RunStatus, SweepPaths, atomic::read_json, lock};
 use qlab::watch::RunHistory;
 use qlab::watch::eta::format_duration;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{ConfigArg, load_config};
 
@@ -31,6 +32,8 @@ struct Row {
     eta_secs: Option<f64>,
     /// Pid of the live process training the run, if any.
     runner_pid: Option<u32>,
+    /// The device a live run trains on (from its spec.json).
+    device: Option<String>,
     reason: Option<String>,
 }
 
@@ -46,6 +49,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let paths = sweep.run(&r.id);
         let status: Option<RunStatus> = read_json(&paths.status())?;
         let runner_pid = lock::holder(&paths);
+        let device = runner_pid.and_then(|_| spec_device(&paths));
         // A metrics log with unreadable lines still yields an ETA from the lines that parse.
         let eta_secs = match RunHistory::load(&r.id, &paths) {
             Ok((history, _bad_lines)) if runner_pid.is_some() => history.eta_secs(),
@@ -60,6 +64,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 last_loss: s.last_loss,
                 eta_secs,
                 runner_pid,
+                device,
                 reason: s.reason,
             },
             None => Row {
@@ -70,6 +75,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 last_loss: None,
                 eta_secs,
                 runner_pid,
+                device,
                 reason: None,
             },
         });
@@ -88,10 +94,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .last_loss
             .map(|l| format!("{l:.4}"))
             .unwrap_or_else(|| "-".into());
-        let pid = r
-            .runner_pid
-            .map(|p| format!("pid {p}"))
-            .unwrap_or_else(|| "-".into());
+        let pid = match (r.runner_pid, &r.device) {
+            (Some(p), Some(d)) => format!("pid {p} on {d}"),
+            (Some(p), None) => format!("pid {p}"),
+            (None, _) => "-".into(),
+        };
         let step = format!("{}/{}", r.step, r.total_steps);
         let eta = r
             .eta_secs
@@ -108,6 +115,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The `device` of the run's spec.json: the one its runner trains it on.
+fn spec_device(paths: &RunPaths) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Spec {
+        device: String,
+    }
+    read_json::<Spec>(&paths.spec())
+        .ok()
+        .flatten()
+        .map(|s| s.device)
+}
+
 /// A status that says "training" with no live process holding the lock was left by a crash: resumable.
 fn state_name(s: &RunStatus, runner: Option<u32>) -> String {
     let state = serde_json::to_value(s.state)
@@ -119,5 +138,21 @@ fn state_name(s: &RunStatus, runner: Option<u32>) -> String {
             "interrupted".into()
         }
         _ => state,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_live_runs_device_comes_from_its_spec() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = RunPaths {
+            root: dir.path().to_owned(),
+        };
+        assert_eq!(spec_device(&paths), None);
+        std::fs::write(paths.spec(), r#"{"run_id": "r", "device": "cuda:1"}"#).unwrap();
+        assert_eq!(spec_device(&paths).as_deref(), Some("cuda:1"));
     }
 }

@@ -28,6 +28,41 @@ pub fn check_id(id: &str) -> Option<String> {
     }
 }
 
+/// `[sweep] devices`: each device gets a worker that trains one run at a time, so every entry names a device
+/// (no `auto`), a GPU is listed once, and the CPU is not mixed with GPUs. `cpu` may repeat: several CPU
+/// workers. Each problem as (index in the list, what is wrong).
+pub fn check_devices(devices: &[DeviceSpec]) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let first_kind = devices.iter().find(|d| **d != DeviceSpec::Auto).map(is_gpu);
+    for (i, d) in devices.iter().enumerate() {
+        let name = String::from(*d);
+        if *d == DeviceSpec::Auto {
+            out.push((
+                i,
+                "`auto` cannot be one of `devices`: name each device, `cpu` or `cuda:N`".into(),
+            ));
+        } else if first_kind != Some(is_gpu(d)) {
+            out.push((
+                i,
+                format!(
+                    "`{name}`: `devices` cannot mix `cpu` with GPUs; list GPUs only, or `cpu` only"
+                ),
+            ));
+        } else if is_gpu(d) && !seen.insert(*d) {
+            out.push((
+                i,
+                format!("`{name}` is listed twice in `devices` (a GPU trains one run at a time; only `cpu` may repeat)"),
+            ));
+        }
+    }
+    out
+}
+
+fn is_gpu(d: &DeviceSpec) -> bool {
+    matches!(d, DeviceSpec::Cuda(_))
+}
+
 /// True for a positive number; false for zero, negatives and NaN.
 fn is_positive(x: f64) -> bool {
     x > 0.0

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use checks::format_from_extension;
+pub use checks::{check_devices, format_from_extension};
 pub use diagnostic::{ConfigErrors, Diagnostic};
 pub use parse::Override;
 pub use schema::*;

@@ -12,7 +12,7 @@ pub struct SweepSection {
     pub seed: u64,
     pub runs_dir: String,
     pub device: DeviceSpec,
-    /// Several devices: matrix cells run in parallel, one per device.
+    /// Several devices: matrix cells run in parallel, one per device; wins over `device` when not empty.
     pub devices: Vec<DeviceSpec>,
 }
 
@@ -29,7 +29,7 @@ impl Default for SweepSection {
 }
 
 /// `auto` | `cpu` | `cuda:N`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum DeviceSpec {
     Auto,

@@ -115,3 +115,53 @@ fn missing_files_name_the_file_and_the_remedy() {
         missing[1]
     );
 }
+
+#[test]
+fn devices_may_repeat_the_cpu_or_list_distinct_gpus_and_win_over_device() {
+    for list in [r#"["cpu", "cpu"]"#, r#"["cuda:1", "cuda:0"]"#] {
+        let src = MINIMAL.replace("name = \"t\"", &format!("name = \"t\"\ndevices = {list}"));
+        let c = load(&src).unwrap();
+        assert_eq!(c.sweep.devices.len(), 2);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+    let src = MINIMAL.replace(
+        "name = \"t\"",
+        "name = \"t\"\ndevice = \"cuda:0\"\ndevices = [\"cuda:1\"]",
+    );
+    let c = load(&src).unwrap();
+    assert_eq!(c.warnings.len(), 1);
+    assert_eq!(
+        (c.warnings[0].line, c.warnings[0].col),
+        (4, 10),
+        "{}",
+        c.warnings[0]
+    );
+    assert!(c.warnings[0].message.contains("`device` is ignored"));
+}
+
+#[test]
+fn every_bad_device_entry_is_reported_at_its_place() {
+    let src = MINIMAL.replace(
+        "name = \"t\"",
+        "name = \"t\"\ndevices = [\"cuda:0\", \"auto\", \"cuda:0\", \"cpu\"]",
+    );
+    let errs = load(&src).unwrap_err();
+    let got: Vec<String> = errs
+        .0
+        .iter()
+        .map(|d| format!("{}:{}: {}", d.line, d.col, d.message))
+        .collect();
+    assert_eq!(got.len(), 3, "{got:#?}");
+    assert!(
+        got[0].starts_with("4:22: `auto` cannot be one of `devices`"),
+        "{got:#?}"
+    );
+    assert!(
+        got[1].starts_with("4:30: `cuda:0` is listed twice"),
+        "{got:#?}"
+    );
+    assert!(
+        got[2].starts_with("4:40: `cpu`: `devices` cannot mix"),
+        "{got:#?}"
+    );
+}

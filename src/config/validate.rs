@@ -21,6 +21,15 @@ pub(super) fn validate(mut config: Config) -> Result<Config, ConfigErrors> {
             vec![("name".into(), msg.replace("id", "sweep name"))],
         );
     }
+    let devices = checks::check_devices(&config.sweep.devices);
+    at(
+        &mut errors,
+        "sweep",
+        devices
+            .into_iter()
+            .map(|(i, msg)| (format!("devices.{i}"), msg))
+            .collect(),
+    );
     for (i, m) in config.models.iter().enumerate() {
         at(&mut errors, &format!("model.{i}"), checks::model(m));
     }
@@ -208,6 +217,12 @@ fn section_table<'a>(o: &'a super::Override, section: &str) -> &'a toml::Table {
 
 fn warnings(config: &Config) -> Vec<Diagnostic> {
     let mut out = Vec::new();
+    if !config.sweep.devices.is_empty() && config.spans.get("sweep.device").is_some() {
+        out.push(config.diagnostic(
+            "sweep.device",
+            "warning: `device` is ignored because `devices` is set",
+        ));
+    }
     for (i, d) in config.datasets.iter().enumerate() {
         let Some(eval) = &d.eval_template else {
             continue;

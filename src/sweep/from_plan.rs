@@ -16,6 +16,21 @@ pub fn device_name(device: DeviceSpec) -> String {
     }
 }
 
+/// The devices the sweep trains on, one runner worker each: `[sweep] devices` when set, else `device`.
+pub fn sweep_devices(config: &Config) -> Vec<String> {
+    if config.sweep.devices.is_empty() {
+        vec![device_name(config.sweep.device)]
+    } else {
+        config
+            .sweep
+            .devices
+            .iter()
+            .copied()
+            .map(device_name)
+            .collect()
+    }
+}
+
 /// The trainer's settings for a run's `[train]` section (`seed` is filled in by the plan).
 pub fn train_settings(t: &TrainSection, sweep_seed: u64) -> TrainSettings {
     TrainSettings {
@@ -58,11 +73,13 @@ pub fn dataset_spec(d: &DatasetSection, config: &Config) -> DatasetSpec {
     }
 }
 
+/// A run's job on the sweep's first device (the runner moves it to the device of the worker that takes it).
 fn job(run: &PlannedRun, config: &Config) -> RunJob {
+    let device = sweep_devices(config).swap_remove(0);
     RunJob {
         run_id: run.id.clone(),
         model: run.model.clone(),
-        device: device_name(config.sweep.device),
+        device,
         data: dataset_spec(&run.spec.dataset, config),
         train: train_settings(&run.spec.train, config.sweep.seed),
     }
@@ -136,5 +153,31 @@ datasets = ["d"]
         assert_eq!(j.train.schedule, ScheduleKind::Cosine);
         let err = jobs_from_plan(&config, &plan, Some("nope")).unwrap_err();
         assert!(err.contains(&plan.runs[0].id), "{err}");
+    }
+
+    #[test]
+    fn devices_win_over_device_and_never_change_a_run_id() {
+        let load = |src: String| Config::from_source(Path::new("/exp/t.toml"), src).unwrap();
+        let cpu = load(CONFIG.to_owned());
+        let one_gpu = load(CONFIG.replace("device = \"cpu\"", "device = \"cuda:1\""));
+        let two_gpus = load(CONFIG.replace(
+            "device = \"cpu\"",
+            "device = \"cpu\"\ndevices = [\"cuda:1\", \"cuda:0\"]",
+        ));
+        assert_eq!(sweep_devices(&cpu), ["cpu"]);
+        assert_eq!(sweep_devices(&one_gpu), ["cuda:1"]);
+        assert_eq!(sweep_devices(&two_gpus), ["cuda:1", "cuda:0"]);
+        let ids = |c: &Config| -> Vec<String> {
+            Plan::from_config(c)
+                .runs
+                .into_iter()
+                .map(|r| r.id)
+                .collect()
+        };
+        assert_eq!(ids(&cpu), ids(&one_gpu));
+        assert_eq!(ids(&cpu), ids(&two_gpus));
+        let job = |c: &Config| jobs_from_plan(c, &Plan::from_config(c), None).unwrap();
+        assert_eq!(job(&one_gpu)[0].device, "cuda:1");
+        assert_eq!(job(&two_gpus)[0].device, "cuda:1");
     }
 }

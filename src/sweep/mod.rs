@@ -1,4 +1,4 @@
-//! The sweep runner: a named OS thread that owns model state, its typed commands and events, the run
+//! The sweep runner: named OS threads, one per device, that own model state, its typed commands and events, the run
 //! directories' logs, locks and status, and the reconciliation of plan versus run directories.
 
 pub mod control;
@@ -14,3 +14,4 @@ pub mod runner;
 pub mod sink;
 pub mod telemetry;
 pub mod train_run;
+mod worker;

@@ -1,12 +1,13 @@
-//! The runner: a named OS thread that owns all model state and trains a sweep's runs in order, reporting
-//! `(run_id, RunEvent)` over a channel and taking [`RunnerCommand`]s.
+//! The runner: named OS threads, one per device, that own all model state and train a sweep's runs from one
+//! queue in plan order, reporting `(run_id, RunEvent)` over one channel and taking [`RunnerCommand`]s.
 //!
 //! ```no_run
 //! # use std::sync::Arc;
 //! # fn demo(sweep: qlab::store::SweepPaths, jobs: Vec<qlab::sweep::job::RunJob>,
 //! #         loader: Arc<dyn qlab::sweep::job::ModelLoader>) -> std::io::Result<()> {
 //! use qlab::sweep::runner::{Runner, RunnerOptions};
-//! let handle = Runner::spawn(sweep, jobs, loader, RunnerOptions::default())?;
+//! let options = RunnerOptions { devices: vec!["cuda:0".into(), "cuda:1".into()], ..Default::default() };
+//! let handle = Runner::spawn(sweep, jobs, loader, options)?;
 //! for (run_id, event) in handle.events.iter() {
 //!     println!("{run_id}: {event:?}"); // ends when the sweep is over
 //! }
@@ -14,17 +15,16 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::control::Control;
-use super::eval_run::evaluate_job;
 use super::events::{RunEvent, RunnerCommand};
 use super::job::{ModelLoader, RunEvaluator, RunJob};
-use super::train_run::{JobContext, JobOutcome, train_job};
+use super::worker::{Shared, run_worker, thread_names};
 use crate::store::SweepPaths;
 use crate::train::checkpoint::{FileWriter, FsWriter};
 
@@ -39,6 +39,9 @@ pub struct RunnerOptions {
     pub telemetry_every: Duration,
     /// Answers the question sets after each run's training (None: training only).
     pub evaluator: Option<Arc<dyn RunEvaluator>>,
+    /// One worker thread per device (`"cpu"`, `"cuda:N"`; `cpu` may repeat), each training the next queued
+    /// run on its device. Empty: one worker, each run on its job's own `device`.
+    pub devices: Vec<String>,
 }
 
 impl Default for RunnerOptions {
@@ -48,11 +51,12 @@ impl Default for RunnerOptions {
             writer: Arc::new(FsWriter),
             telemetry_every: Duration::from_secs(1),
             evaluator: None,
+            devices: Vec::new(),
         }
     }
 }
 
-/// What happened to each run of the sweep in this process.
+/// What happened to each run of the sweep in this process (each list in plan order).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SweepSummary {
     pub finished: Vec<String>,
@@ -61,34 +65,68 @@ pub struct SweepSummary {
     pub skipped: Vec<String>,
 }
 
+impl SweepSummary {
+    fn merge(mut self, other: SweepSummary) -> SweepSummary {
+        self.finished.extend(other.finished);
+        self.failed.extend(other.failed);
+        self.interrupted.extend(other.interrupted);
+        self.skipped.extend(other.skipped);
+        self
+    }
+
+    fn sort_by_plan(&mut self, order: &HashMap<String, usize>) {
+        for list in [
+            &mut self.finished,
+            &mut self.failed,
+            &mut self.interrupted,
+            &mut self.skipped,
+        ] {
+            list.sort_by_key(|id| order.get(id).copied());
+        }
+    }
+}
+
 /// The caller's side of a running sweep.
 pub struct RunnerHandle {
-    /// Every event of every run, in order; disconnects when the sweep is over.
+    /// Every event of every run, in order per run; disconnects when the sweep is over.
     pub events: Receiver<(String, RunEvent)>,
-    commands: Sender<RunnerCommand>,
+    /// One command channel per worker: a command reaches them all.
+    commands: Vec<Sender<RunnerCommand>>,
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<SweepSummary>,
+    threads: Vec<JoinHandle<SweepSummary>>,
+    order: HashMap<String, usize>,
 }
 
 impl RunnerHandle {
-    /// Send a command to the run in progress; false once the runner has ended.
+    /// Send a command to the runs in progress (every worker gets it); false once the runner has ended.
     pub fn send(&self, command: RunnerCommand) -> bool {
-        self.commands.send(command).is_ok()
+        let delivered = self
+            .commands
+            .iter()
+            .filter(|c| c.send(command).is_ok())
+            .count();
+        delivered > 0
     }
 
-    /// The flag a signal handler sets: checkpoint at the next step boundary, end the run as interrupted and
+    /// The flag a signal handler sets: checkpoint at the next step boundary, end the runs as interrupted and
     /// stop the sweep (for signal-hook's `flag::register`).
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop.clone()
     }
 
     pub fn is_finished(&self) -> bool {
-        self.thread.is_finished()
+        self.threads.iter().all(JoinHandle::is_finished)
     }
 
     /// Wait for the sweep to end.
     pub fn join(self) -> SweepSummary {
-        self.thread.join().unwrap_or_default()
+        let mut summary = self
+            .threads
+            .into_iter()
+            .map(|t| t.join().unwrap_or_default())
+            .fold(SweepSummary::default(), SweepSummary::merge);
+        summary.sort_by_plan(&self.order);
+        summary
     }
 }
 
@@ -96,9 +134,10 @@ impl RunnerHandle {
 pub struct Runner;
 
 impl Runner {
-    /// Train `jobs` in order on a new thread named `qlab-runner`: finished runs are skipped, unfinished ones
-    /// resume from their newest checkpoint, locked ones (another process) are left alone. A failed run does
-    /// not stop the sweep, nor does `max_steps`; a stop or cancel does.
+    /// Train `jobs` in order: finished runs are skipped, unfinished ones resume from their newest checkpoint,
+    /// locked ones (another process) are left alone. One worker thread per device of `options.devices`
+    /// (`qlab-runner` when there is one, else `qlab-runner-cuda0`, ...) takes the next job of the shared
+    /// queue. A failed run does not stop the sweep, nor does `max_steps`; a stop or cancel does.
     pub fn spawn(
         sweep: SweepPaths,
         jobs: Vec<RunJob>,
@@ -106,73 +145,38 @@ impl Runner {
         options: RunnerOptions,
     ) -> std::io::Result<RunnerHandle> {
         let (tx, events) = mpsc::channel();
-        let (commands, command_rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("qlab-runner".into())
-            .spawn(move || {
-                run_sweep(
-                    &sweep,
-                    &jobs,
-                    loader.as_ref(),
-                    &options,
-                    &tx,
-                    &command_rx,
-                    &flag,
-                )
-            })?;
+        let devices: Vec<Option<String>> = match options.devices.as_slice() {
+            [] => vec![None],
+            list => list.iter().cloned().map(Some).collect(),
+        };
+        let names = thread_names(&options.devices);
+        let shared = Arc::new(Shared::new(sweep, jobs, loader, options, stop.clone()));
+        let order = shared.order().into_iter().zip(0..).collect();
+        let mut commands = Vec::new();
+        let mut threads = Vec::new();
+        for (device, name) in devices.into_iter().zip(names) {
+            let (command_tx, command_rx) = mpsc::channel();
+            let (shared, tx) = (shared.clone(), tx.clone());
+            let spawned = std::thread::Builder::new()
+                .name(name)
+                .spawn(move || run_worker(&shared, device.as_deref(), &tx, &command_rx));
+            match spawned {
+                Ok(thread) => threads.push(thread),
+                Err(e) => {
+                    // The workers already started checkpoint and end: nobody would watch them.
+                    stop.store(true, Ordering::SeqCst);
+                    return Err(e);
+                }
+            }
+            commands.push(command_tx);
+        }
         Ok(RunnerHandle {
             events,
             commands,
             stop,
-            thread,
+            threads,
+            order,
         })
     }
-}
-
-fn run_sweep(
-    sweep: &SweepPaths,
-    jobs: &[RunJob],
-    loader: &dyn ModelLoader,
-    options: &RunnerOptions,
-    tx: &Sender<(String, RunEvent)>,
-    commands: &Receiver<RunnerCommand>,
-    stop: &AtomicBool,
-) -> SweepSummary {
-    let mut summary = SweepSummary::default();
-    for job in jobs {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let mut ctx = JobContext {
-            paths: sweep.run(&job.run_id),
-            tx: tx.clone(),
-            control: Control::new(commands, stop),
-            options,
-            loader,
-        };
-        let mut outcome = train_job(&mut ctx, job);
-        let id = job.run_id.clone();
-        // A run finished now or earlier gets its answers (complete answer files are skipped quickly).
-        if let (JobOutcome::Finished | JobOutcome::Skipped, Some(evaluator)) =
-            (&outcome, &options.evaluator)
-            && !stop.load(Ordering::SeqCst)
-            && !evaluate_job(&ctx.paths, &id, evaluator.as_ref(), tx)
-        {
-            outcome = JobOutcome::Failed;
-        }
-        match outcome {
-            JobOutcome::Finished => summary.finished.push(id),
-            JobOutcome::Failed => summary.failed.push(id),
-            JobOutcome::Skipped => summary.skipped.push(id),
-            JobOutcome::Interrupted { stop_sweep } => {
-                summary.interrupted.push(id);
-                if stop_sweep {
-                    break;
-                }
-            }
-        }
-    }
-    summary
 }

@@ -171,6 +171,7 @@ impl BarProgress {
         if let RunEvent::RunStarted {
             total_steps,
             start_step,
+            device,
             ..
         } = e
         {
@@ -179,7 +180,7 @@ impl BarProgress {
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> ");
             bar.set_style(style);
-            bar.set_prefix(run.to_string());
+            bar.set_prefix(format!("{run} on {device}"));
             bar.set_position(*start_step);
             bar.enable_steady_tick(Duration::from_millis(500));
             self.bars
