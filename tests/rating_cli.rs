@@ -107,6 +107,11 @@ fn import_study_then_results_and_exports_show_the_studys_table() {
         .find(|l| l.contains("4.80"))
         .unwrap();
     assert!(qwen_bio.contains("3.93 (-0.87) !"), "{table}");
+    let after_llama = table.lines().skip_while(|l| *l != llama).nth(1).unwrap();
+    assert!(
+        after_llama.starts_with("  95% CI") && after_llama.matches('-').count() == 3,
+        "each model's row is followed by its cells' bootstrap intervals: {table}"
+    );
 
     let xlsx = dir.path().join("study.xlsx");
     let md = dir.path().join("study.md");
