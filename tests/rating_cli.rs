@@ -1,14 +1,15 @@
 //! The rating commands end to end through the real binary: the study import and its results, exports,
 //! and a keyboard rating in `qlab rate` that survives SIGKILL (driven in tmux).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use calamine::{Reader, Xlsx, open_workbook};
+use common::{Tmux, rating_sweep};
 use qlab::config::Config;
-use qlab::plan::Plan;
-use qlab::rating::answers::{AnswerRecord, write_answers};
 use qlab::rating::journal::{self, Entry};
 use qlab::store::SweepPaths;
 
@@ -106,6 +107,11 @@ fn import_study_then_results_and_exports_show_the_studys_table() {
         .find(|l| l.contains("4.80"))
         .unwrap();
     assert!(qwen_bio.contains("3.93 (-0.87) !"), "{table}");
+    let after_llama = table.lines().skip_while(|l| *l != llama).nth(1).unwrap();
+    assert!(
+        after_llama.starts_with("  95% CI") && after_llama.matches('-').count() == 3,
+        "each model's row is followed by its cells' bootstrap intervals: {table}"
+    );
 
     let xlsx = dir.path().join("study.xlsx");
     let md = dir.path().join("study.md");
@@ -135,129 +141,25 @@ fn import_study_then_results_and_exports_show_the_studys_table() {
     );
 }
 
-/// A sweep with one run, two questions and base and e1 answers, for `qlab rate`.
-fn rating_sweep(dir: &Path) -> PathBuf {
-    let config = dir.join("rate.toml");
-    let toml = r####"
-[sweep]
-name = "rate-test"
-
-[[model]]
-id = "tiny"
-path = "tiny.gguf"
-
-[[dataset]]
-id = "sums"
-task = "math"
-path = "sums.jsonl"
-template = "### Input:\n{question}\n\n### Response:\n{answer}"
-questions = "sums.toml"
-
-[train]
-epochs = 1
-eval_at_epochs = [1]
-
-[matrix]
-models = ["tiny"]
-datasets = ["sums"]
-"####;
-    std::fs::write(&config, toml).unwrap();
-    let questions = r#"
-id = "sums"
-task = "math"
-
-[[question]]
-id = "1"
-question = "Add 2 and 3."
-reference = "2 + 3 = 5"
-
-[[question]]
-id = "2"
-question = "Add 4 and 4."
-reference = "4 + 4 = 8"
-"#;
-    std::fs::write(dir.join("sums.toml"), questions).unwrap();
-    let cfg = Config::load(&config).unwrap();
-    let run = &Plan::from_config(&cfg).runs[0];
-    let sweep = SweepPaths::new(&cfg.runs_dir(), &cfg.sweep.name);
-    let answer = |q: &str, stage: &str, text: &str| AnswerRecord {
-        question_id: q.into(),
-        stage: stage.into(),
-        model: "tiny".into(),
-        prompt: String::new(),
-        answer: text.into(),
-        new_tokens: Some(5),
-        secs: Some(0.1),
-    };
-    write_answers(
-        &sweep.base_answers("tiny", "sums", &run.eval_hash),
-        &[
-            answer("1", "base", "It is 6."),
-            answer("2", "base", "It is 8."),
-        ],
-    )
-    .unwrap();
-    write_answers(
-        &sweep.run(&run.id).answers("e1", "sums", &run.eval_hash),
-        &[
-            answer("1", "e1", "2 + 3 = 5"),
-            answer("2", "e1", "4 + 4 = 9"),
-        ],
-    )
-    .unwrap();
-    config
-}
-
-fn tmux(args: &[&str]) -> String {
-    let out = Command::new("tmux")
-        .args(args)
-        .output()
-        .expect("tmux must be installed for this test");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn wait_for_pane(session: &str, needle: &str) -> String {
-    let start = Instant::now();
-    loop {
-        let screen = tmux(&["capture-pane", "-p", "-t", session]);
-        if screen.contains(needle) {
-            return screen;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "waited for {needle:?}; screen:\n{screen}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn a_rating_made_with_the_keyboard_survives_sigkill() {
+    if !Tmux::available() {
+        eprintln!("SKIPPED: tmux is not installed (the rating test drives the binary in tmux)");
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let config = rating_sweep(dir.path());
-    let session = format!("qlab-rate-{}", std::process::id());
     let command = format!(
         "exec {} rate {} --rater tester",
         env!("CARGO_BIN_EXE_qlab"),
         config.display()
     );
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "150",
-        "-y",
-        "45",
-        &command,
-    ]);
-    wait_for_pane(&session, "item 1/2");
-    tmux(&["send-keys", "-t", &session, "4"]);
-    wait_for_pane(&session, "saved");
-    let pid = tmux(&["list-panes", "-t", &session, "-F", "#{pane_pid}"])
-        .trim()
-        .to_owned();
+    let wait = Duration::from_secs(20);
+    let tmux = Tmux::start("rate", &command, (150, 45));
+    tmux.wait_for("the first item", wait, |s| s.contains("item 1/2"));
+    tmux.send("4");
+    tmux.wait_for("the score saved", wait, |s| s.contains("saved"));
+    let pid = tmux.display("#{pane_pid}");
     assert!(
         Command::new("kill")
             .args(["-KILL", &pid])
@@ -265,7 +167,7 @@ fn a_rating_made_with_the_keyboard_survives_sigkill() {
             .unwrap()
             .success()
     );
-    tmux(&["kill-session", "-t", &session]);
+    drop(tmux);
 
     let cfg = Config::load(&config).unwrap();
     let journal_path = SweepPaths::new(&cfg.runs_dir(), "rate-test").ratings_journal();
@@ -289,19 +191,8 @@ fn a_rating_made_with_the_keyboard_survives_sigkill() {
         "A was focused, so A's answer was scored"
     );
 
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &session,
-        "-x",
-        "150",
-        "-y",
-        "45",
-        &command,
-    ]);
-    let screen = wait_for_pane(&session, "item 1/2");
-    tmux(&["kill-session", "-t", &session]);
+    let tmux = Tmux::start("rate-again", &command, (150, 45));
+    let screen = tmux.wait_for("the first item again", wait, |s| s.contains("item 1/2"));
     assert!(screen.contains("Correct Answer     4"), "{screen}");
     assert!(
         screen.contains("rated 0/2") && screen.contains("rater tester"),

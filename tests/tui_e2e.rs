@@ -1,12 +1,17 @@
 //! End-to-end: the real `qlab` binary driven in tmux (send-keys, capture-pane). Skipped, with a message,
 //! only when tmux is not installed.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{Tmux, rating_sweep};
+use qlab::config::Config;
+use qlab::rating::journal::{self, Entry};
 use qlab::store::atomic::append_line_synced;
 use qlab::store::{RunLock, SweepPaths};
 use qlab::sweep::events::{LoggedEvent, RunEvent, StepMetrics};
@@ -34,92 +39,6 @@ template = "Q: {question}\n### Response:\n{answer}"
 models = ["tiny"]
 datasets = ["arith", "bio"]
 "#;
-
-/// A tmux session killed on drop.
-struct Tmux {
-    session: String,
-}
-
-impl Tmux {
-    fn available() -> bool {
-        Command::new("tmux")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    }
-
-    fn start(name: &str, cmd: &str) -> Tmux {
-        let session = format!("qlab-e2e-{name}-{}", std::process::id());
-        let ok = Command::new("tmux")
-            .args([
-                "new-session",
-                "-d",
-                "-s",
-                &session,
-                "-x",
-                "100",
-                "-y",
-                "30",
-                cmd,
-            ])
-            .env("TERM", "xterm-256color")
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "tmux new-session failed");
-        Tmux { session }
-    }
-
-    /// Send one key (tmux key name or text); a pause after it keeps Esc from merging with the next key.
-    fn send(&self, key: &str) {
-        let ok = Command::new("tmux")
-            .args(["send-keys", "-t", &self.session, key])
-            .status()
-            .unwrap();
-        assert!(ok.success(), "tmux send-keys {key} failed");
-        std::thread::sleep(Duration::from_millis(300));
-    }
-
-    fn capture(&self) -> String {
-        let out = Command::new("tmux")
-            .args(["capture-pane", "-p", "-t", &self.session])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn display(&self, format: &str) -> String {
-        let out = Command::new("tmux")
-            .args(["display", "-p", "-t", &self.session, format])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-
-    /// Poll the pane until `pred` holds (generous timeouts: CI machines are slow).
-    fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
-        let start = Instant::now();
-        loop {
-            let screen = self.capture();
-            if pred(&screen) {
-                return screen;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "timed out waiting for {what}; the pane shows:\n{screen}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["kill-session", "-t", &self.session])
-            .status();
-    }
-}
 
 fn fixture() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -222,7 +141,7 @@ fn a_run_trained_elsewhere_is_followed_live_and_the_terminal_is_restored() {
             }
         })
     };
-    let tmux = Tmux::start("attach", &dashboard_cmd(dir.path()));
+    let tmux = Tmux::start("attach", &dashboard_cmd(dir.path()), (100, 30));
     let me = format!("pid {}", std::process::id());
     tmux.wait_for(
         "the matrix with the run trained elsewhere",
@@ -278,7 +197,7 @@ fn termination_signals_restore_the_terminal() {
             dir.path().display(),
             env!("CARGO_BIN_EXE_qlab")
         );
-        let tmux = Tmux::start(&format!("sig{signal}"), &cmd);
+        let tmux = Tmux::start(&format!("sig{signal}"), &cmd, (100, 30));
         tmux.wait_for("the dashboard", Duration::from_secs(60), |s| {
             s.contains("models x datasets")
         });
@@ -402,7 +321,7 @@ fn train_detach_and_reattach() {
     let (dir, config) = training_fixture();
     let ids = run_ids(&config);
     let run = SweepPaths::new(&dir.path().join("runs"), "e2e").run(&ids[0]);
-    let tmux = Tmux::start("train", &dashboard_cmd(dir.path()));
+    let tmux = Tmux::start("train", &dashboard_cmd(dir.path()), (100, 30));
     tmux.wait_for("the sweep", Duration::from_secs(60), |s| {
         s.contains("queued")
     });
@@ -446,7 +365,7 @@ fn train_detach_and_reattach() {
         std::thread::sleep(Duration::from_millis(200));
     };
     let _cleanup = KillOnDrop(Some(background));
-    let tmux = Tmux::start("reattach", &dashboard_cmd(dir.path()));
+    let tmux = Tmux::start("reattach", &dashboard_cmd(dir.path()), (100, 30));
     let owner = format!("pid {background}");
     tmux.wait_for(
         "the run still training in the background",
@@ -475,4 +394,82 @@ fn train_detach_and_reattach() {
     });
     assert!(end.contains("EXITED 0"), "{end}");
     assert_eq!(tmux.display("#{alternate_on}"), "0");
+}
+
+/// Rate one item on the dashboard's Rating screen with the keyboard, SIGKILL the dashboard, open it again:
+/// the judgement is in the journal and on the screen, and the results count it.
+#[test]
+fn a_rating_made_on_the_dashboard_survives_sigkill() {
+    if !Tmux::available() {
+        eprintln!(
+            "SKIPPED: tmux is not installed (the end-to-end dashboard test drives the binary in tmux)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = rating_sweep(dir.path());
+    let cmd = format!(
+        "cd '{}' && sh -c 'echo $$ > qlab.pid; exec {} tui rate.toml --rater tester'; echo \"EXITED $?\"; sleep 60",
+        dir.path().display(),
+        env!("CARGO_BIN_EXE_qlab")
+    );
+    let tmux = Tmux::start("rate", &cmd, (120, 40));
+    tmux.wait_for("the dashboard", Duration::from_secs(60), |s| {
+        s.contains("models x datasets")
+    });
+    tmux.send("a");
+    tmux.wait_for("the rating screen", Duration::from_secs(30), |s| {
+        s.contains("item 1/2") && s.contains("rater tester")
+    });
+    tmux.send("4");
+    tmux.wait_for("the score saved", Duration::from_secs(30), |s| {
+        s.contains("· saved") && s.contains("Correct Answer     4")
+    });
+    let pid = std::fs::read_to_string(dir.path().join("qlab.pid")).unwrap();
+    let killed = Command::new("kill")
+        .args(["-KILL", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    tmux.wait_for("the dashboard killed", Duration::from_secs(30), |s| {
+        s.contains("EXITED 137")
+    });
+    drop(tmux);
+
+    let cfg = Config::load(&config).unwrap();
+    let path = SweepPaths::new(&cfg.runs_dir(), "rate-test").ratings_journal();
+    let lines = journal::read(&path).unwrap();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0].rater, "tester");
+    let Entry::Score { scores, answer, .. } = &lines[0].entry else {
+        panic!("{lines:?}")
+    };
+    assert_eq!(scores.get("Correct Answer"), Some(&4.0));
+    assert_eq!(answer.item.question, "1");
+
+    let tmux = Tmux::start("rate-again", &cmd, (120, 40));
+    tmux.wait_for("the dashboard again", Duration::from_secs(60), |s| {
+        s.contains("models x datasets")
+    });
+    tmux.send("a");
+    let screen = tmux.wait_for("the rating screen again", Duration::from_secs(30), |s| {
+        s.contains("item 1/2")
+    });
+    assert!(
+        screen.contains("Correct Answer     4") && screen.contains("rater tester"),
+        "{screen}"
+    );
+    tmux.send("t");
+    let results = tmux.wait_for("the results screen", Duration::from_secs(30), |s| {
+        s.contains("Results · math")
+    });
+    assert!(
+        results.contains("4.00") && results.contains("n 1"),
+        "{results}"
+    );
+    tmux.send("q");
+    let end = tmux.wait_for("the dashboard to exit", Duration::from_secs(30), |s| {
+        s.contains("EXITED")
+    });
+    assert!(end.contains("EXITED 0"), "{end}");
 }

@@ -2,9 +2,15 @@
 //! an app fed with runner events and followed log lines. Run ids' hashes and durations are filtered; the
 //! clock is injected.
 
+use std::collections::BTreeMap;
+
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use qlab::rating::journal::QuestionRef;
+use qlab::rating::results::build;
+use qlab::rating::session::{ItemSide, RatingItem};
+use qlab::rating::{AnswerKey, Entry, JournalLine, Ratings, Rubric, StagePair};
 use qlab::sweep::events::{LoggedEvent, RunEvent, StepMetrics, Telemetry};
-use qlab::tui::{App, MatrixCell, Msg, SweepInfo, Theme, update, view};
+use qlab::tui::{App, MatrixCell, Msg, RatingData, ResultsData, SweepInfo, Theme, update, view};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
@@ -73,7 +79,7 @@ fn followed(app: &mut App, run: &str, ts: f64, event: RunEvent) {
 /// A sweep in every state: done and rated, training here, trained by another process, failed,
 /// interrupted, queued.
 fn busy_app() -> App {
-    let mut app = App::new(sweep(), NOW);
+    let mut app = App::new(sweep(), "ann", NOW);
     let ids: Vec<String> = app.runs.iter().map(|r| r.plan.id.clone()).collect();
     // Done and rated.
     followed(
@@ -101,10 +107,11 @@ fn busy_app() -> App {
     );
     update(
         &mut app,
-        Msg::Score {
-            run: ids[0].clone(),
-            score: 3.75,
-        },
+        Msg::ResultsLoaded(Ok(Box::new(ResultsData {
+            tasks: Vec::new(),
+            losses: BTreeMap::new(),
+            scores: vec![(ids[0].clone(), 3.75)],
+        }))),
     );
     // Trained by another process (read-only), resumed from step 40.
     update(
@@ -328,4 +335,193 @@ fn quit_dialog_while_training() {
     let mut app = busy_app();
     key(&mut app, KeyCode::Char('q'));
     snap("quit_while_training", &app, false);
+}
+
+/// A journal line scoring every rubric criterion of one answer (task arith, question set arith-q).
+fn scored(model: &str, stage: &str, q: u32, values: [f64; 3]) -> JournalLine {
+    let scores = Rubric::default().criteria.into_iter().zip(values).collect();
+    JournalLine::new(
+        "ann",
+        "2026-11-29T00:00:00Z".into(),
+        Entry::Score {
+            answer: AnswerKey {
+                item: QuestionRef {
+                    task: "arith".into(),
+                    questions: "arith-q".into(),
+                    question: q.to_string(),
+                },
+                model: model.into(),
+                stage: stage.into(),
+            },
+            run: None,
+            scores,
+            blind: None,
+            unparsed: Default::default(),
+        },
+    )
+}
+
+/// The fixture sweep with its ratings: smollm2 improves at e1 then falls at e3, qwen keeps improving.
+fn rated_app() -> App {
+    let mut app = App::new(sweep(), "ann", NOW);
+    let mut journal = Vec::new();
+    for q in 1..=4 {
+        journal.push(scored("smollm2-135m", "base", q, [1.0, 2.0, 2.0]));
+        journal.push(scored("smollm2-135m", "e1", q, [4.0, 4.0, 5.0]));
+        journal.push(scored("smollm2-135m", "e3", q, [3.0, 2.0, f64::from(q)]));
+        journal.push(scored("qwen2.5-0.5b", "base", q, [2.0, 2.0, 3.0]));
+        journal.push(scored("qwen2.5-0.5b", "e1", q, [3.0, 3.0, 4.0]));
+        journal.push(scored("qwen2.5-0.5b", "e3", q, [5.0, 4.0, 5.0]));
+    }
+    let models = app.sweep.models.clone();
+    let tasks = build(&Ratings::replay(&journal), &Rubric::default(), &models);
+    let losses = BTreeMap::from([
+        (("arith".to_string(), "smollm2-135m".to_string()), 0.412),
+        (("arith".to_string(), "qwen2.5-0.5b".to_string()), 0.388),
+    ]);
+    let scores = app
+        .runs
+        .iter()
+        .filter(|r| r.plan.dataset == "arith")
+        .filter_map(|r| {
+            let cell = tasks[0].cell(&r.plan.model, "e3")?;
+            Some((r.plan.id.clone(), cell.mean))
+        })
+        .collect();
+    update(
+        &mut app,
+        Msg::ResultsLoaded(Ok(Box::new(ResultsData {
+            tasks,
+            losses,
+            scores,
+        }))),
+    );
+    app
+}
+
+fn rating_item(
+    q: &str,
+    text: &str,
+    reference: &str,
+    a: (&str, &str),
+    b: (&str, &str),
+) -> RatingItem {
+    RatingItem {
+        question: QuestionRef {
+            task: "arith".into(),
+            questions: "arith-q".into(),
+            question: q.into(),
+        },
+        model: "smollm2-135m".into(),
+        run: "smollm2-135m-arith-1a2b3c00".into(),
+        text: text.into(),
+        reference: reference.into(),
+        numeric: true,
+        a: ItemSide {
+            stage: a.0.into(),
+            answer: a.1.into(),
+        },
+        b: ItemSide {
+            stage: b.0.into(),
+            answer: b.1.into(),
+        },
+    }
+}
+
+/// The Rating screen opened from the Sweep screen (key `a`) on two items of base vs e1.
+fn rating_app() -> App {
+    let mut app = rated_app();
+    key(&mut app, KeyCode::Char('a'));
+    let items = vec![
+        rating_item(
+            "1",
+            "What is 17 + 25?",
+            "17 + 25 = 42",
+            ("e1", "17 + 25 = 42."),
+            ("base", "17 + 25 is 32."),
+        ),
+        rating_item(
+            "2",
+            "What is 9 * 8?",
+            "9 * 8 = 72",
+            ("base", "72"),
+            ("e1", "9 * 8 = 72."),
+        ),
+    ];
+    update(
+        &mut app,
+        Msg::RatingLoaded {
+            pair: StagePair::default(),
+            result: Ok(Box::new(RatingData {
+                items,
+                rubric: Rubric::default(),
+                journal: Vec::new(),
+            })),
+        },
+    );
+    app
+}
+
+/// Score the focused criterion with a digit and answer as the event loop does after the fsynced append.
+fn score_and_save(app: &mut App, digit: char) {
+    let effects = update(
+        app,
+        Msg::Key(KeyEvent::new(KeyCode::Char(digit), KeyModifiers::NONE)),
+    );
+    let [qlab::tui::Effect::SaveJudgement { rater, entry }] = effects.as_slice() else {
+        panic!("{effects:?}")
+    };
+    let line = JournalLine::new(rater, "2026-11-29T01:00:00Z".into(), (**entry).clone());
+    update(app, Msg::JudgementSaved(Box::new(line)));
+}
+
+#[test]
+fn rating_screen_hosted_in_the_dashboard() {
+    let mut app = rating_app();
+    score_and_save(&mut app, '4');
+    snap("rating_saved", &app, false);
+    key(&mut app, KeyCode::Char('j'));
+    let effects = update(
+        &mut app,
+        Msg::Key(KeyEvent::new(KeyCode::Char('3'), KeyModifiers::NONE)),
+    );
+    assert_eq!(effects.len(), 1);
+    update(
+        &mut app,
+        Msg::JudgementNotSaved {
+            error: "runs/demo/ratings.jsonl: No space left on device (os error 28)".into(),
+        },
+    );
+    snap("rating_not_saved", &app, false);
+    key(&mut app, KeyCode::Char('?'));
+    snap("help_rating", &app, false);
+}
+
+#[test]
+fn rating_screen_with_nothing_to_rate_says_what_to_run() {
+    let mut app = rated_app();
+    key(&mut app, KeyCode::Char('a'));
+    key(&mut app, KeyCode::Char('v'));
+    update(
+        &mut app,
+        Msg::RatingLoaded {
+            pair: "base-e3".parse().unwrap(),
+            result: Ok(Box::new(RatingData {
+                items: Vec::new(),
+                rubric: Rubric::default(),
+                journal: Vec::new(),
+            })),
+        },
+    );
+    snap("rating_nothing_to_rate", &app, false);
+}
+
+#[test]
+fn results_screen_hosted_in_the_dashboard() {
+    let mut app = rated_app();
+    snap("sweep_rated", &app, false);
+    key(&mut app, KeyCode::Char('t'));
+    snap("results", &app, false);
+    key(&mut app, KeyCode::Char('?'));
+    snap("help_results", &app, false);
 }

@@ -24,7 +24,7 @@ pub fn run() {
         runs_dir: "runs".into(),
     };
     let run = sweep.runs[0].id.clone();
-    let mut app = App::new(sweep, 0.0);
+    let mut app = App::new(sweep, "bench", 0.0);
     let fed = Instant::now();
     let started = RunEvent::RunStarted {
         total_steps: 2 * STEPS,

@@ -88,6 +88,7 @@ pub fn main() -> ExitCode {
                 config: "experiments.toml".into(),
             },
             ascii: false,
+            rater: rate::RaterArg::default(),
         }),
         Some(Command::Validate(a)) => validate::run(a),
         Some(Command::Plan(a)) => plan::run(a),

@@ -13,14 +13,34 @@ use qlab::tui::rating::{RatingAction, RatingScreen};
 
 use super::{ConfigArg, load_config};
 
+/// Who rates: `--rater NAME`, shared by `qlab rate` and the dashboard.
+#[derive(Debug, Clone, Default, Args)]
+pub struct RaterArg {
+    /// Who is rating (defaults to $QLAB_RATER, then $USER, then `rater`).
+    #[arg(long)]
+    pub rater: Option<String>,
+}
+
+impl RaterArg {
+    /// The rater's name: the flag, else $QLAB_RATER, else $USER, else `rater` (blank values skipped).
+    pub fn name(&self) -> String {
+        self.rater
+            .clone()
+            .into_iter()
+            .chain(std::env::var("QLAB_RATER").ok())
+            .chain(std::env::var("USER").ok())
+            .find(|r| !r.trim().is_empty())
+            .unwrap_or_else(|| "rater".to_owned())
+    }
+}
+
 /// Rate answers blind, two stages side by side; every key that scores is saved at once.
 #[derive(Debug, Args)]
 pub struct RateArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// Who is rating (defaults to $QLAB_RATER, then $USER).
-    #[arg(long, env = "QLAB_RATER")]
-    pub rater: Option<String>,
+    #[command(flatten)]
+    pub rater: RaterArg,
     /// The two stages to compare: base-e1, base-e3 or e1-e3.
     #[arg(long, default_value = "base-e1")]
     pub pair: StagePair,
@@ -30,11 +50,7 @@ pub struct RateArgs {
 }
 
 pub fn run(args: RateArgs) -> Result<ExitCode> {
-    let rater = args
-        .rater
-        .or_else(|| std::env::var("USER").ok())
-        .filter(|r| !r.trim().is_empty());
-    let rater = rater.unwrap_or_else(|| "rater".to_owned());
+    let rater = args.rater.name();
     let config = match load_config(&args.config.config) {
         Ok(c) => c,
         Err(code) => return Ok(code),

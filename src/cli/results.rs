@@ -1,4 +1,5 @@
-//! `qlab results [CONFIG] [--format table|md|csv|json]`: the study's results table from the ratings journal.
+//! `qlab results [CONFIG] [--format table|md|csv|json]`: the study's results table from the ratings journal
+//! (the text table with each cell's 95% interval and each run's training loss).
 
 use std::process::ExitCode;
 
@@ -6,7 +7,7 @@ use clap::{Args, ValueEnum};
 use color_eyre::eyre::Result;
 
 use qlab::rating::context::RatingContext;
-use qlab::rating::results_format::{Format, render};
+use qlab::rating::results_format::{Format, render, render_table};
 
 use super::{ConfigArg, load_config};
 
@@ -51,6 +52,11 @@ pub fn run(args: ResultsArgs) -> Result<ExitCode> {
             ctx.sweep.ratings_journal().display()
         );
     }
-    print!("{}", render(&tasks, args.format.into())?);
+    let text = match args.format {
+        // The text table shows each run's training loss beside its scores, as the Results screen does.
+        FormatArg::Table => render_table(&tasks, &ctx.losses()?),
+        other => render(&tasks, other.into())?,
+    };
+    print!("{text}");
     Ok(ExitCode::SUCCESS)
 }

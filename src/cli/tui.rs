@@ -1,4 +1,4 @@
-//! `qlab tui [CONFIG] [--ascii]` and bare `qlab`: open the dashboard on a sweep.
+//! `qlab tui [CONFIG] [--ascii] [--rater NAME]` and bare `qlab`: open the dashboard on a sweep.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
@@ -14,9 +14,9 @@ use qlab::sweep::runner::RunnerOptions;
 use qlab::tui::event_loop::Exit;
 use qlab::tui::launch::{Launch, launch};
 use qlab::tui::runner_trainer::RunnerTrainer;
-use qlab::tui::scores::run_scores;
 use qlab::tui::{SweepInfo, Theme};
 
+use super::rate::RaterArg;
 use super::{ConfigArg, EXIT_BAD_INPUT, load_config};
 
 #[derive(Debug, clap::Args)]
@@ -26,6 +26,9 @@ pub struct Args {
     /// Draw with ASCII symbols only (automatic when TERM is dumb or linux).
     #[arg(long)]
     pub ascii: bool,
+    /// Who rates on the Rating screen (as `qlab rate --rater`).
+    #[command(flatten)]
+    pub rater: RaterArg,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -43,13 +46,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let sweep = SweepInfo::from_plan(&plan, &config.runs_dir());
     let jobs = jobs_from_plan(&config, &plan, None).map_err(|e| eyre!("{e}"))?;
     let loader = Arc::new(DecoderLoader::new(&config, &plan));
-    let scores = match RatingContext::from_config(config.clone()).and_then(|ctx| ctx.results()) {
-        Ok(tasks) => run_scores(&plan, &tasks),
-        Err(e) => {
-            tracing::warn!("ratings are not shown: {e}");
-            Vec::new()
-        }
-    };
+    let ratings = RatingContext::from_config(config.clone()).map_err(|e| {
+        tracing::warn!("ratings are not shown: {e}");
+        e.to_string()
+    });
     // Finished runs answer their question sets, as `qlab run` does.
     let evaluator = PlanEvaluator::new(config.clone(), plan.clone(), sweep.paths());
     let options = RunnerOptions {
@@ -75,7 +75,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         theme,
         trainer: Some(Box::new(trainer)),
         detach_command: Some(detach),
-        scores,
+        ratings,
+        rater: args.rater.name(),
     })?;
     Ok(match exit {
         Exit::Quit => ExitCode::SUCCESS,

@@ -1,9 +1,13 @@
 //! Rendering the results as text: an aligned table, Markdown, CSV and JSON.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use super::RatingError;
 use super::results::{Cell, TaskResults};
+
+/// Each run's last training loss, keyed by (task, model).
+pub type Losses = BTreeMap<(String, String), f64>;
 
 /// Output formats of `qlab results`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +71,7 @@ fn agreement_lines(t: &TaskResults) -> Vec<String> {
 /// Render every task's table in the chosen format.
 pub fn render(tasks: &[TaskResults], format: Format) -> Result<String, RatingError> {
     match format {
-        Format::Table => Ok(tasks.iter().map(table).collect::<Vec<_>>().join("\n")),
+        Format::Table => Ok(render_table(tasks, &Losses::new())),
         Format::Markdown => Ok(tasks.iter().map(markdown).collect::<Vec<_>>().join("\n")),
         Format::Csv => csv(tasks),
         Format::Json => {
@@ -80,12 +84,41 @@ pub fn render(tasks: &[TaskResults], format: Format) -> Result<String, RatingErr
     }
 }
 
-fn table(t: &TaskResults) -> String {
-    let (header, rows) = grid(t);
+/// The text table of every task: under each model's row its cells' bootstrap 95% intervals, and a
+/// `loss` column when any of the task's runs has logged a loss.
+pub fn render_table(tasks: &[TaskResults], losses: &Losses) -> String {
+    tasks
+        .iter()
+        .map(|t| table(t, losses))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn table(t: &TaskResults, losses: &Losses) -> String {
+    let (mut header, scores) = grid(t);
+    let loss_of = |m: &str| losses.get(&(t.task.clone(), m.to_owned()));
+    let has_loss = t.models.iter().any(|m| loss_of(m).is_some());
+    if has_loss {
+        header.push("loss".into());
+    }
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    for (m, mut row) in t.models.iter().zip(scores) {
+        if has_loss {
+            row.push(loss_of(m).map_or("-".into(), |l| format!("{l:.3}")));
+        }
+        rows.push(row);
+        let mut ci = vec!["  95% CI".to_owned()];
+        ci.extend(t.stages.iter().map(|s| {
+            t.cell(m, s)
+                .and_then(|c| c.ci95)
+                .map_or("-".into(), |(lo, hi)| format!("{lo:.2}-{hi:.2}"))
+        }));
+        rows.push(ci);
+    }
     let widths: Vec<usize> = (0..header.len())
         .map(|i| {
             rows.iter()
-                .map(|r| r[i].len())
+                .filter_map(|r| r.get(i).map(String::len))
                 .chain([header[i].len()])
                 .max()
                 .unwrap_or(0)
@@ -238,7 +271,23 @@ mod tests {
     #[test]
     fn table_and_markdown_show_change_flag_and_agreement() {
         let t = render(&tasks(), Format::Table).unwrap();
-        assert!(t.starts_with("task math\nmodel  base  e1            e3\nm1     1.00  4.00 (+3.00)  2.25 (+1.25) !\n"), "{t}");
+        assert!(
+            t.starts_with(
+                "task math\n\
+                 model     base       e1            e3\n\
+                 m1        1.00       4.00 (+3.00)  2.25 (+1.25) !\n  \
+                 95% CI  1.00-1.00  4.00-4.00     "
+            ),
+            "{t}"
+        );
+        assert!(!t.contains("loss"), "no loss column without losses: {t}");
+        let losses = Losses::from([(("math".to_string(), "m1".to_string()), 0.4321)]);
+        let with_loss = render_table(&tasks(), &losses);
+        assert!(
+            with_loss.contains("e3              loss\n")
+                && with_loss.contains("2.25 (+1.25) !  0.432\n"),
+            "{with_loss}"
+        );
         assert!(
             t.contains("Krippendorff's alpha (ordinal), overall: ")
                 && t.contains("rater bob: mean 1.50 over 12 values"),

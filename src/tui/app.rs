@@ -1,8 +1,11 @@
 //! The dashboard's whole state: the sweep's runs and what is known of them, the screen, overlays and the
 //! cursor. Changed only by [`super::update::update`]; read by the views.
 
+use crate::rating::{Entry, StagePair};
 use crate::watch::RunHistory;
 
+use super::rating::RatingScreen;
+use super::results::ResultsScreen;
 use super::sweep_info::{MatrixCell, SweepInfo};
 
 /// The screen filling the terminal.
@@ -11,6 +14,10 @@ pub enum Screen {
     Sweep,
     /// One run, by index into [`App::runs`].
     Run(usize),
+    /// Blind rating of two stages' answers, hosted from [`super::rating`].
+    Rating,
+    /// The study's results table, hosted from [`super::results`].
+    Results,
 }
 
 /// A window drawn over the screen that takes the keys while open.
@@ -49,13 +56,39 @@ pub enum PendingExit {
     DetachThenQuit,
 }
 
+/// A hosted screen whose data the event loop loads from disk.
+#[derive(Debug, Clone)]
+pub enum Pane<T> {
+    /// Never asked for.
+    NotLoaded,
+    Loading,
+    Ready(T),
+    /// Why it could not be loaded (names the file or setting at fault).
+    Failed(String),
+}
+
+/// The pairs of stages the rating screen compares, in the order `v` cycles through them.
+pub const STAGE_PAIRS: [(&str, &str); 3] = [("base", "e1"), ("base", "e3"), ("e1", "e3")];
+
+/// The hosted rating screen and the judgement waiting for its journal append.
+#[derive(Debug, Clone)]
+pub struct RatingPane {
+    /// Who rates: names every journal line written from this dashboard.
+    pub rater: String,
+    pub pair: StagePair,
+    pub screen: Pane<RatingScreen>,
+    /// A judgement not yet on disk: set when asked to be saved, cleared only once the fsynced append
+    /// succeeded. After a failed append it stays here, shown as NOT SAVED, until saved again.
+    pub pending: Option<Entry>,
+}
+
 /// One run of the sweep and what the dashboard knows about it.
 #[derive(Debug, Clone)]
 pub struct RunEntry {
     pub plan: MatrixCell,
     pub history: RunHistory,
     pub owner: Owner,
-    /// Mean rating once rated.
+    /// The study's score of the run's latest rated fine-tuned stage, from the results table.
     pub score: Option<f64>,
     /// Last lines of run.log, loaded while the run is on screen.
     pub log_tail: Vec<String>,
@@ -67,6 +100,10 @@ pub struct App {
     pub sweep: SweepInfo,
     pub runs: Vec<RunEntry>,
     pub screen: Screen,
+    /// Where Back leaves the Rating and Results screens for (the Sweep or a Run screen).
+    pub back_to: Screen,
+    pub rating: RatingPane,
+    pub results: Pane<ResultsScreen>,
     pub overlay: Option<Overlay>,
     /// Selected cell: (model row, dataset column).
     pub cursor: (usize, usize),
@@ -82,7 +119,8 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(sweep: SweepInfo, now: f64) -> Self {
+    /// The dashboard on a sweep; `rater` names the judgements made on its Rating screen.
+    pub fn new(sweep: SweepInfo, rater: &str, now: f64) -> Self {
         let runs = sweep
             .runs
             .iter()
@@ -98,6 +136,14 @@ impl App {
             sweep,
             runs,
             screen: Screen::Sweep,
+            back_to: Screen::Sweep,
+            rating: RatingPane {
+                rater: rater.to_owned(),
+                pair: StagePair::default(),
+                screen: Pane::NotLoaded,
+                pending: None,
+            },
+            results: Pane::NotLoaded,
             overlay: None,
             cursor: (0, 0),
             control: Control::Idle,

@@ -17,6 +17,7 @@ use crate::sweep::events::RunEvent;
 use super::app::App;
 use super::files::RunFiles;
 use super::msg::{Effect, Msg};
+use super::rating_files::RatingFiles;
 use super::theme::Theme;
 use super::trainer::Trainer;
 use super::update::update;
@@ -43,19 +44,40 @@ pub enum Exit {
     Lost,
 }
 
+/// What the loop performs effects with: the trainer, the run files, the ratings and the runner channel.
+struct Io<'a> {
+    trainer: Option<Box<dyn Trainer>>,
+    files: RunFiles,
+    ratings: RatingFiles,
+    runner_tx: UnboundedSender<Msg>,
+    opts: &'a LoopOptions,
+    /// A results refresh was asked for; done once after the messages pending now (a sweep's history
+    /// replayed at start would otherwise ask once per finished run).
+    results_due: bool,
+}
+
 /// Run the dashboard until it quits. `signals` carries SIGTERM/SIGHUP numbers.
 pub async fn run<B: Backend>(
     terminal: &mut Terminal<B>,
     mut app: App,
-    mut trainer: Option<Box<dyn Trainer>>,
+    trainer: Option<Box<dyn Trainer>>,
+    ratings: RatingFiles,
     opts: LoopOptions,
     mut signals: UnboundedReceiver<i32>,
 ) -> std::io::Result<Exit> {
     let mut keys = EventStream::new();
     let (runner_tx, mut runner_rx) = unbounded_channel::<Msg>();
-    let mut files = RunFiles::new(&app.sweep);
-    let mut pending: Vec<Msg> = files.poll();
-    pending.push(files.lock_holders());
+    let files = RunFiles::new(&app.sweep);
+    let mut io = Io {
+        trainer,
+        files,
+        ratings,
+        runner_tx,
+        opts: &opts,
+        results_due: true,
+    };
+    let mut pending: Vec<Msg> = io.files.poll();
+    pending.push(io.files.lock_holders());
     let mut last_draw = Instant::now() - opts.frame_interval;
     let mut next_follow = Instant::now();
     let mut next_second = Instant::now() + Duration::from_secs(1);
@@ -65,14 +87,13 @@ pub async fn run<B: Backend>(
     loop {
         for msg in pending.drain(..) {
             for effect in update(&mut app, msg) {
-                perform(
-                    effect,
-                    &mut app,
-                    &mut trainer,
-                    &mut files,
-                    &runner_tx,
-                    &opts,
-                );
+                perform(effect, &mut app, &mut io);
+            }
+        }
+        if std::mem::take(&mut io.results_due) {
+            let msg = io.ratings.load_results();
+            for effect in update(&mut app, msg) {
+                perform(effect, &mut app, &mut io);
             }
         }
         if app.quit {
@@ -80,9 +101,9 @@ pub async fn run<B: Backend>(
         }
         if !app.training_here() {
             // Our runner is gone: follow its runs from their logs again.
-            let ours = files.ours();
+            let ours = io.files.ours();
             if !ours.is_empty() {
-                files.set_ours(&ours, false);
+                io.files.set_ours(&ours, false);
             }
         }
         if give_up_at.is_some_and(|t| Instant::now() >= t) {
@@ -119,12 +140,12 @@ pub async fn run<B: Backend>(
             },
             Some(msg) = runner_rx.recv() => pending.push(msg),
             _ = sleep_until(next_follow) => {
-                pending.extend(files.poll());
+                pending.extend(io.files.poll());
                 let active = app.runs.iter().any(|r| r.history.is_active());
                 next_follow = Instant::now() + if active { opts.follow_interval } else { Duration::from_secs(1) };
                 if Instant::now() >= next_second {
                     next_second = Instant::now() + Duration::from_secs(1);
-                    pending.push(files.lock_holders());
+                    pending.push(io.files.lock_holders());
                     pending.push(Msg::Tick { now: unix_now() });
                 }
             }
@@ -148,14 +169,15 @@ fn term_msg(ev: Event) -> Option<Msg> {
     }
 }
 
-fn perform(
-    effect: Effect,
-    app: &mut App,
-    trainer: &mut Option<Box<dyn Trainer>>,
-    files: &mut RunFiles,
-    runner_tx: &UnboundedSender<Msg>,
-    opts: &LoopOptions,
-) {
+/// Do one effect; answers that are messages go straight back through `update`.
+fn perform(effect: Effect, app: &mut App, io: &mut Io) {
+    let Io {
+        trainer,
+        files,
+        runner_tx,
+        opts,
+        ..
+    } = io;
     match effect {
         Effect::StartRuns(runs) => {
             let Some(t) = trainer.as_mut() else {
@@ -184,6 +206,15 @@ fn perform(
                 update(app, msg);
             }
         }
+        Effect::LoadRating { rater, pair } => {
+            let msg = io.ratings.load_rating(&rater, pair);
+            answer(app, io, msg);
+        }
+        Effect::SaveJudgement { rater, entry } => {
+            let msg = io.ratings.save(&rater, *entry);
+            answer(app, io, msg);
+        }
+        Effect::LoadResults => io.results_due = true,
         Effect::DetachToBackground => match &opts.detach_command {
             Some(cmd) => {
                 if let Err(e) = spawn_detached(cmd) {
@@ -196,6 +227,13 @@ fn perform(
             None => tracing::warn!("no background command configured"),
         },
         Effect::Quit => {}
+    }
+}
+
+/// Feed an effect's answer to `update` and perform what it asks in turn.
+fn answer(app: &mut App, io: &mut Io, msg: Msg) {
+    for effect in update(app, msg) {
+        perform(effect, app, io);
     }
 }
 

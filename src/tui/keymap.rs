@@ -23,6 +23,10 @@ pub enum Action {
     Quit,
     QuitStopAfterCheckpoint,
     QuitDetach,
+    OpenRating,
+    OpenResults,
+    NextPair,
+    SaveAgain,
 }
 
 /// Where keys are read: a screen or an overlay.
@@ -30,6 +34,10 @@ pub enum Action {
 pub enum Context {
     Sweep,
     Run,
+    Rating,
+    /// The rating screen while a note is typed: every key is text, none is bound here.
+    RatingNote,
+    Results,
     Help,
     QuitDialog,
 }
@@ -131,6 +139,8 @@ const SWEEP: &[Binding] = &[
         "retry the selected failed or interrupted run",
         Some("retry"),
     ),
+    ch('a', Action::OpenRating, "rate answers blind", Some("rate")),
+    ch('t', Action::OpenResults, "results table", Some("results")),
 ];
 
 const RUN: &[Binding] = &[
@@ -165,6 +175,34 @@ const RUN: &[Binding] = &[
         "retry this run if it failed or was interrupted",
         Some("retry"),
     ),
+    ch('a', Action::OpenRating, "rate answers blind", Some("rate")),
+    ch('t', Action::OpenResults, "results table", Some("results")),
+];
+
+/// The dashboard's keys on the Rating screen; every other key goes to the screen itself (its own
+/// table: [`crate::tui::rating::keys::BINDINGS`]), so none of these may be one of its keys.
+const RATING: &[Binding] = &[
+    key(KeyCode::Esc, Action::Back, "back", Some("back")),
+    ch(
+        'v',
+        Action::NextPair,
+        "compare the next pair: base-e1, base-e3, e1-e3",
+        Some("pair"),
+    ),
+    ch(
+        'w',
+        Action::SaveAgain,
+        "save again the judgement that was NOT SAVED",
+        Some("save again"),
+    ),
+    ch('t', Action::OpenResults, "results table", Some("results")),
+];
+
+/// The dashboard's keys on the Results screen; the others go to the screen
+/// ([`crate::tui::results::BINDINGS`]).
+const RESULTS: &[Binding] = &[
+    key(KeyCode::Esc, Action::Back, "back", Some("back")),
+    ch('a', Action::OpenRating, "rate answers blind", Some("rate")),
 ];
 
 const HELP: &[Binding] = &[
@@ -205,6 +243,9 @@ pub fn bindings(ctx: Context) -> impl Iterator<Item = &'static Binding> {
     let (own, global): (&[Binding], &[Binding]) = match ctx {
         Context::Sweep => (SWEEP, GLOBAL),
         Context::Run => (RUN, GLOBAL),
+        Context::Rating => (RATING, GLOBAL),
+        Context::RatingNote => (&[], &[]),
+        Context::Results => (RESULTS, GLOBAL),
         Context::Help => (HELP, &[]),
         Context::QuitDialog => (QUIT_DIALOG, &[]),
     };
@@ -295,6 +336,8 @@ mod tests {
         for ctx in [
             Context::Sweep,
             Context::Run,
+            Context::Rating,
+            Context::Results,
             Context::Help,
             Context::QuitDialog,
         ] {
@@ -303,5 +346,30 @@ mod tests {
                 assert!(!all[i + 1..].contains(k), "{ctx:?}: {k:?} bound twice");
             }
         }
+    }
+
+    /// Quit and back are the only dashboard keys that the hosted screens also bind (to leave): any other
+    /// dashboard key would silently take a key away from the screen.
+    #[test]
+    fn dashboard_keys_on_hosted_screens_leave_the_screens_own_keys_alone() {
+        let leaves = |a: Action| matches!(a, Action::Back | Action::Quit);
+        for b in bindings(Context::Rating).filter(|b| !b.ctrl && !leaves(b.action)) {
+            let ev = press(b.code);
+            assert_eq!(
+                crate::tui::rating::keys::command_for(&ev),
+                None,
+                "{:?} is the rating screen's",
+                b.code
+            );
+        }
+        for b in bindings(Context::Results).filter(|b| !b.ctrl && !leaves(b.action)) {
+            assert_eq!(
+                crate::tui::results::command_for(&press(b.code)),
+                None,
+                "{:?} is the results screen's",
+                b.code
+            );
+        }
+        assert_eq!(bindings(Context::RatingNote).count(), 0);
     }
 }

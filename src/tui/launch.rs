@@ -7,12 +7,12 @@ use tokio::sync::mpsc::unbounded_channel;
 
 use super::app::App;
 use super::event_loop::{self, Exit, LoopOptions, unix_now};
-use super::msg::Msg;
+use super::rating_files::RatingFiles;
 use super::sweep_info::SweepInfo;
 use super::terminal;
 use super::theme::Theme;
 use super::trainer::Trainer;
-use super::update::update;
+use crate::rating::context::RatingContext;
 
 /// What the dashboard is opened with.
 pub struct Launch {
@@ -22,8 +22,10 @@ pub struct Launch {
     pub trainer: Option<Box<dyn Trainer>>,
     /// The command that continues the sweep in the background, e.g. `qlab run CONFIG --detach`.
     pub detach_command: Option<Vec<String>>,
-    /// Scores of the runs rated so far, by run id.
-    pub scores: Vec<(String, f64)>,
+    /// The sweep's rating context, or why it could not be made from the config.
+    pub ratings: Result<RatingContext, String>,
+    /// Who rates on the Rating screen.
+    pub rater: String,
 }
 
 /// Run the dashboard on this process's terminal until the researcher quits.
@@ -40,12 +42,12 @@ pub fn launch(l: Launch) -> std::io::Result<Exit> {
         detach_command: l.detach_command,
         terminate_grace: Duration::from_secs(120),
     };
-    let mut app = App::new(l.sweep, unix_now());
-    for (run, score) in l.scores {
-        update(&mut app, Msg::Score { run, score });
-    }
+    let app = App::new(l.sweep, &l.rater, unix_now());
+    let ratings = RatingFiles::new(l.ratings);
     let mut term = terminal::enter();
-    let result = rt.block_on(event_loop::run(&mut term, app, l.trainer, opts, sig_rx));
+    let result = rt.block_on(event_loop::run(
+        &mut term, app, l.trainer, ratings, opts, sig_rx,
+    ));
     terminal::leave();
     result
 }

@@ -4,10 +4,12 @@
 pub mod app;
 pub mod event_loop;
 pub mod files;
+pub mod hosted;
 pub mod keymap;
 pub mod launch;
 pub mod msg;
 pub mod rating;
+pub mod rating_files;
 pub mod results;
 pub mod runner_trainer;
 pub mod scores;
@@ -19,10 +21,12 @@ pub mod update;
 pub mod view;
 
 #[cfg(test)]
+mod hosted_tests;
+#[cfg(test)]
 mod update_tests;
 
 pub use app::{App, Screen};
-pub use msg::{Effect, Msg};
+pub use msg::{Effect, Msg, RatingData, ResultsData};
 pub use sweep_info::{MatrixCell, SweepInfo};
 pub use theme::Theme;
 pub use trainer::Trainer;

@@ -1,8 +1,31 @@
 //! The dashboard's inputs (messages) and the side effects its update asks the event loop to perform.
 
+use std::collections::BTreeMap;
+
 use crossterm::event::KeyEvent;
 
+use crate::rating::session::RatingItem;
+use crate::rating::{Entry, JournalLine, Rubric, StagePair, TaskResults};
 use crate::sweep::events::{LoggedEvent, RunEvent, RunnerCommand};
+
+/// What the rating screen is opened with, read from the sweep's answers and journal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RatingData {
+    pub items: Vec<RatingItem>,
+    pub rubric: Rubric,
+    /// The whole journal, replayed by the screen.
+    pub journal: Vec<JournalLine>,
+}
+
+/// The results table and what derives from it, computed once per refresh.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResultsData {
+    pub tasks: Vec<TaskResults>,
+    /// Each run's last training loss, keyed by (task, model).
+    pub losses: BTreeMap<(String, String), f64>,
+    /// Each rated run's cell score on the Sweep screen, by run id.
+    pub scores: Vec<(String, f64)>,
+}
 
 /// Something that happened, fed to [`super::update::update`].
 #[derive(Debug, Clone, PartialEq)]
@@ -24,11 +47,19 @@ pub enum Msg {
         run: String,
         lines: Vec<String>,
     },
-    /// Mean rating of a run.
-    Score {
-        run: String,
-        score: f64,
+    /// The rating screen's items for `pair` (or why they could not be read).
+    RatingLoaded {
+        pair: StagePair,
+        result: Result<Box<RatingData>, String>,
     },
+    /// The pending judgement is in the journal, fsynced, as this line.
+    JudgementSaved(Box<JournalLine>),
+    /// Appending the pending judgement failed; it stays pending.
+    JudgementNotSaved {
+        error: String,
+    },
+    /// The results table, recomputed from the journal and the runs' status files.
+    ResultsLoaded(Result<Box<ResultsData>, String>),
     Notice(String),
     /// The clock moved (the event loop's once-a-second tick).
     Tick {
@@ -47,6 +78,19 @@ pub enum Effect {
     Command(RunnerCommand),
     /// Load the tail of this run's run.log.
     LoadLog(String),
+    /// Read the rating items of `pair` for `rater`; answered by [`Msg::RatingLoaded`].
+    LoadRating {
+        rater: String,
+        pair: StagePair,
+    },
+    /// Append this judgement to the ratings journal (fsynced); answered by [`Msg::JudgementSaved`] or
+    /// [`Msg::JudgementNotSaved`].
+    SaveJudgement {
+        rater: String,
+        entry: Box<Entry>,
+    },
+    /// Recompute the results table; answered by [`Msg::ResultsLoaded`].
+    LoadResults,
     /// Start a detached `qlab run` that resumes the sweep from its checkpoints.
     DetachToBackground,
     Quit,

@@ -177,7 +177,7 @@ mod tests {
             Arc::new(ToyLoader),
             RunnerOptions::default(),
         );
-        let mut app = App::new(info, 0.0);
+        let mut app = App::new(info, "ann", 0.0);
         let effects = update(
             &mut app,
             Msg::Key(crossterm::event::KeyEvent::from(

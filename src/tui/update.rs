@@ -4,7 +4,8 @@
 use crate::store::RunState;
 use crate::sweep::events::{RunEvent, RunnerCommand};
 
-use super::app::{App, Control, Overlay, Owner, PendingExit, Screen};
+use super::app::{App, Control, Overlay, Owner, Pane, PendingExit, Screen};
+use super::hosted;
 use super::keymap::{self, Action, Context};
 use super::msg::{Effect, Msg};
 
@@ -12,8 +13,14 @@ use super::msg::{Effect, Msg};
 pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
     match msg {
         Msg::Key(key) => {
-            let Some(action) = keymap::action_for(context(app), &key) else {
-                return Vec::new();
+            let ctx = context(app);
+            let Some(action) = keymap::action_for(ctx, &key) else {
+                // Keys the dashboard does not bind belong to the hosted screen, if one is up.
+                return match ctx {
+                    Context::Rating | Context::RatingNote => hosted::rating_key(app, key),
+                    Context::Results => hosted::results_key(app, key),
+                    _ => Vec::new(),
+                };
             };
             app.notice = None;
             app.dirty = true;
@@ -22,9 +29,13 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
         Msg::Runner { run, event, ts } => runner_event(app, &run, event, ts),
         Msg::RunnerExited => runner_exited(app),
         Msg::Followed(e) => {
-            if let Some(i) = app.run_index(&e.run) {
-                app.runs[i].history.apply_logged(&e);
-                app.dirty = true;
+            let Some(i) = app.run_index(&e.run) else {
+                return Vec::new();
+            };
+            app.runs[i].history.apply_logged(&e);
+            app.dirty = true;
+            if ends_work(&e.event) {
+                return hosted::run_ended(app);
             }
             Vec::new()
         }
@@ -51,13 +62,10 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             }
             Vec::new()
         }
-        Msg::Score { run, score } => {
-            if let Some(i) = app.run_index(&run) {
-                app.runs[i].score = Some(score);
-                app.dirty = true;
-            }
-            Vec::new()
-        }
+        Msg::RatingLoaded { pair, result } => hosted::rating_loaded(app, pair, result),
+        Msg::JudgementSaved(line) => hosted::judgement_saved(app, *line),
+        Msg::JudgementNotSaved { error } => hosted::judgement_not_saved(app, &error),
+        Msg::ResultsLoaded(result) => hosted::results_loaded(app, result),
         Msg::Notice(text) => {
             app.notice = Some(text);
             app.dirty = true;
@@ -86,7 +94,20 @@ pub fn context(app: &App) -> Context {
         (Some(Overlay::QuitWhileTraining), _) => Context::QuitDialog,
         (None, Screen::Sweep) => Context::Sweep,
         (None, Screen::Run(_)) => Context::Run,
+        (None, Screen::Rating) => match &app.rating.screen {
+            Pane::Ready(s) if s.editing_note() => Context::RatingNote,
+            _ => Context::Rating,
+        },
+        (None, Screen::Results) => Context::Results,
     }
+}
+
+/// Events after which a run's loss is final or its answers are written.
+fn ends_work(event: &RunEvent) -> bool {
+    matches!(
+        event,
+        RunEvent::RunFinished { .. } | RunEvent::EvalDone { .. }
+    )
 }
 
 fn act(app: &mut App, action: Action) -> Vec<Effect> {
@@ -102,7 +123,10 @@ fn act(app: &mut App, action: Action) -> Vec<Effect> {
             }
             app.notice = Some("no run in this cell".into());
         }
-        Action::Back => app.screen = Screen::Sweep,
+        Action::Back => match app.screen {
+            Screen::Rating | Screen::Results => hosted::back(app),
+            Screen::Sweep | Screen::Run(_) => app.screen = Screen::Sweep,
+        },
         Action::NextRun | Action::PrevRun => {
             if let Screen::Run(i) = app.screen {
                 let n = app.runs.len();
@@ -124,6 +148,10 @@ fn act(app: &mut App, action: Action) -> Vec<Effect> {
             app.notice = Some(not_training_here(app));
         }
         Action::Retry => return retry(app),
+        Action::OpenRating => return hosted::open_rating(app),
+        Action::OpenResults => return hosted::open_results(app),
+        Action::NextPair => return hosted::next_pair(app),
+        Action::SaveAgain => return hosted::save_again(app),
         Action::Help => app.overlay = Some(Overlay::Help),
         Action::CloseOverlay => app.overlay = None,
         Action::Quit => {
@@ -198,6 +226,7 @@ fn retry(app: &mut App) -> Vec<Effect> {
     let i = match app.screen {
         Screen::Run(i) => Some(i),
         Screen::Sweep => app.selected_run(),
+        Screen::Rating | Screen::Results => None,
     };
     let Some(i) = i else { return Vec::new() };
     let entry = &app.runs[i];
@@ -275,12 +304,16 @@ fn runner_event(app: &mut App, run: &str, event: RunEvent, ts: f64) -> Vec<Effec
         return Vec::new();
     };
     let started = matches!(event, RunEvent::RunStarted { .. });
+    let ended = ends_work(&event);
     app.runs[i].owner = Owner::Us;
     app.runs[i].history.apply(&event, ts);
     app.dirty = true;
     if started && app.control == Control::Stopping {
         // The runner moved on to another run before stopping: stop that one too.
         return vec![Effect::Command(RunnerCommand::StopAfterCheckpoint)];
+    }
+    if ended {
+        return hosted::run_ended(app);
     }
     Vec::new()
 }

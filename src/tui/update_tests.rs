@@ -72,7 +72,7 @@ const R0: &str = "smollm2-arith-0a1b2c3d";
 
 #[test]
 fn start_trains_every_queued_run_and_runner_events_fill_the_cell() {
-    let mut app = App::new(sweep(), 0.0);
+    let mut app = App::new(sweep(), "ann", 0.0);
     let fx = key(&mut app, 's');
     assert_eq!(fx.len(), 1);
     let Effect::StartRuns(runs) = &fx[0] else {
@@ -108,7 +108,7 @@ fn start_trains_every_queued_run_and_runner_events_fill_the_cell() {
 
 #[test]
 fn cursor_moves_with_arrows_and_vim_keys_and_stays_in_the_matrix() {
-    let mut app = App::new(sweep(), 0.0);
+    let mut app = App::new(sweep(), "ann", 0.0);
     key(&mut app, 'j');
     key(&mut app, 'j');
     code(&mut app, KeyCode::Right);
@@ -136,7 +136,7 @@ fn cursor_moves_with_arrows_and_vim_keys_and_stays_in_the_matrix() {
 
 #[test]
 fn quitting_while_training_asks_and_detach_waits_for_the_checkpoint() {
-    let mut app = App::new(sweep(), 0.0);
+    let mut app = App::new(sweep(), "ann", 0.0);
     key(&mut app, 's');
     runner(
         &mut app,
@@ -192,7 +192,7 @@ fn quitting_while_training_asks_and_detach_waits_for_the_checkpoint() {
 
 #[test]
 fn stop_and_quit_does_not_hand_over() {
-    let mut app = App::new(sweep(), 0.0);
+    let mut app = App::new(sweep(), "ann", 0.0);
     key(&mut app, 's');
     key(&mut app, 'q');
     assert_eq!(
@@ -220,16 +220,16 @@ fn stop_and_quit_does_not_hand_over() {
 
 #[test]
 fn quitting_when_idle_is_immediate() {
-    let mut app = App::new(sweep(), 0.0);
+    let mut app = App::new(sweep(), "ann", 0.0);
     assert_eq!(key(&mut app, 'q'), vec![Effect::Quit]);
-    let mut app = App::new(sweep(), 0.0);
+    let mut app = App::new(sweep(), "ann", 0.0);
     let ctrl_c = KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL);
     assert_eq!(update(&mut app, Msg::Key(ctrl_c)), vec![Effect::Quit]);
 }
 
 #[test]
 fn a_run_locked_by_another_process_is_followed_read_only() {
-    let mut app = App::new(sweep(), 0.0);
+    let mut app = App::new(sweep(), "ann", 0.0);
     update(&mut app, Msg::LockHolders(vec![(R0.into(), Some(4242))]));
     assert_eq!(app.runs[0].owner, Owner::Other(4242));
     let logged = LoggedEvent {
@@ -262,7 +262,7 @@ fn a_run_locked_by_another_process_is_followed_read_only() {
 
 #[test]
 fn when_every_run_is_locked_elsewhere_start_says_who_trains() {
-    let mut app = App::new(sweep(), 0.0);
+    let mut app = App::new(sweep(), "ann", 0.0);
     let all = app
         .runs
         .iter()
@@ -283,7 +283,7 @@ fn when_every_run_is_locked_elsewhere_start_says_who_trains() {
 
 #[test]
 fn a_failed_run_is_retried_alone_and_pause_toggles() {
-    let mut app = App::new(sweep(), 0.0);
+    let mut app = App::new(sweep(), "ann", 0.0);
     let failed = LoggedEvent {
         ts: 1.0,
         run: R0.into(),
@@ -317,9 +317,9 @@ fn a_failed_run_is_retried_alone_and_pause_toggles() {
 
 #[test]
 fn termination_checkpoints_first_when_training() {
-    let mut app = App::new(sweep(), 0.0);
+    let mut app = App::new(sweep(), "ann", 0.0);
     assert_eq!(update(&mut app, Msg::Terminate), vec![Effect::Quit]);
-    let mut app = App::new(sweep(), 0.0);
+    let mut app = App::new(sweep(), "ann", 0.0);
     key(&mut app, 's');
     assert_eq!(
         update(&mut app, Msg::Terminate),
@@ -330,7 +330,7 @@ fn termination_checkpoints_first_when_training() {
 
 #[test]
 fn help_opens_and_closes_and_unknown_keys_change_nothing() {
-    let mut app = App::new(sweep(), 0.0);
+    let mut app = App::new(sweep(), "ann", 0.0);
     app.dirty = false;
     assert_eq!(key(&mut app, 'z'), vec![]);
     assert!(!app.dirty, "an unbound key does not redraw");
@@ -343,7 +343,7 @@ fn help_opens_and_closes_and_unknown_keys_change_nothing() {
 
 #[test]
 fn ticks_redraw_only_a_live_run_screen() {
-    let mut app = App::new(sweep(), 0.0);
+    let mut app = App::new(sweep(), "ann", 0.0);
     app.dirty = false;
     assert_eq!(update(&mut app, Msg::Tick { now: 10.0 }), vec![]);
     assert!(

@@ -144,16 +144,25 @@ pub fn command_for(key: &KeyEvent) -> Option<Command> {
         .map(|b| b.command)
 }
 
-/// The hint bar: `0-5 score · . +half · Tab side · ...` (the score range comes from the rubric).
-pub fn hint_line(max_digit: u32, half: bool) -> String {
-    let mut parts = vec![format!("0-{max_digit} score")];
-    parts.extend(
+/// `(keys, what they do)` for the digits and every labelled binding, in hint-bar order.
+pub fn key_help(max_digit: u32, half: bool) -> Vec<(String, &'static str)> {
+    let mut rows = vec![(format!("0-{max_digit}"), "score")];
+    rows.extend(
         BINDINGS
             .iter()
             .filter(|b| !b.label.is_empty() && (half || b.command != Command::Half))
-            .map(|b| format!("{} {}", b.label, b.help)),
+            .map(|b| (b.label.to_owned(), b.help)),
     );
-    parts.join(" · ")
+    rows
+}
+
+/// The hint bar: `0-5 score · . +half · Tab side · ...` (the score range comes from the rubric).
+pub fn hint_line(max_digit: u32, half: bool) -> String {
+    key_help(max_digit, half)
+        .into_iter()
+        .map(|(keys, what)| format!("{keys} {what}"))
+        .collect::<Vec<_>>()
+        .join(" · ")
 }
 
 #[cfg(test)]

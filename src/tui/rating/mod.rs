@@ -41,6 +41,7 @@ enum Mode {
 }
 
 /// State of the rating screen.
+#[derive(Debug, Clone)]
 pub struct RatingScreen {
     items: Vec<RatingItem>,
     rubric: Rubric,
@@ -113,6 +114,21 @@ impl RatingScreen {
     /// The host could not write the last judgement: say so, show nothing as saved.
     pub fn save_failed(&mut self, error: &str) {
         self.status = Some(format!("NOT SAVED: {error}"));
+    }
+
+    /// The host refused a judgement (for example while an earlier one is still unsaved): say why.
+    pub fn refuse(&mut self, why: &str) {
+        self.status = Some(why.to_owned());
+    }
+
+    /// The screen's keys for this rubric, as its hint line and a help overlay show them.
+    pub fn key_help(&self) -> Vec<(String, &'static str)> {
+        keys::key_help(self.rubric.max.floor() as u32, self.rubric.step == 0.5)
+    }
+
+    /// Whether a note is being typed (every key is text until Enter or Esc).
+    pub fn editing_note(&self) -> bool {
+        matches!(self.mode, Mode::Note(_))
     }
 
     pub fn handle_key(&mut self, key: KeyEvent) -> RatingAction {

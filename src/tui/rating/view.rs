@@ -20,9 +20,14 @@ impl RatingScreen {
         ])
         .areas(area);
         let Some(item) = self.current() else {
-            let p = Paragraph::new(
-                "Nothing to rate: no question has answers at both stages of this pair yet.",
-            )
+            let p = Paragraph::new(vec![
+                Line::from("Nothing to rate: no question has answers at both stages of this pair yet."),
+                Line::from(
+                    "Run `qlab eval` to write the answers, or let the sweep finish: each run answers \
+                     its question set after training (datasets need a `questions` file).",
+                ),
+            ])
+            .wrap(Wrap { trim: true })
             .block(Block::bordered().title(" Rate "));
             frame.render_widget(p, area);
             return;
@@ -147,8 +152,7 @@ impl RatingScreen {
                 None => "note: -".to_owned(),
             },
         };
-        let half = self.rubric.step == 0.5;
-        let hints = hint_line(self.rubric.max.floor() as u32, half);
+        let hints = hint_line(self.rubric.max.floor() as u32, self.rubric.step == 0.5);
         let lines = vec![
             Line::from(note),
             Line::from(status).bold(),

@@ -8,7 +8,7 @@ use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Style, Stylize};
 use ratatui::text::Line;
-use ratatui::widgets::{Block, Cell as TableCell, Paragraph, Row, Table, Tabs};
+use ratatui::widgets::{Block, Cell as TableCell, Paragraph, Row, Table, Tabs, Wrap};
 
 use crate::rating::results::TaskResults;
 use crate::rating::results_format::cell_text;
@@ -20,7 +20,80 @@ pub enum ResultsAction {
     Quit,
 }
 
+/// What a key asks the results screen to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    NextTask,
+    PrevTask,
+    NextModel,
+    PrevModel,
+    Quit,
+}
+
+/// One binding: the keys, how the hint bar names them, what they do.
+pub struct Binding {
+    pub keys: &'static [KeyCode],
+    pub label: &'static str,
+    pub help: &'static str,
+    pub command: Command,
+}
+
+/// The screen's keys, in the order the hint line shows them (an empty label folds into the line above).
+pub const BINDINGS: &[Binding] = &[
+    Binding {
+        keys: &[KeyCode::Tab, KeyCode::Char('l'), KeyCode::Right],
+        label: "Tab/h/l",
+        help: "task",
+        command: Command::NextTask,
+    },
+    Binding {
+        keys: &[KeyCode::BackTab, KeyCode::Char('h'), KeyCode::Left],
+        label: "",
+        help: "",
+        command: Command::PrevTask,
+    },
+    Binding {
+        keys: &[KeyCode::Char('j'), KeyCode::Down],
+        label: "j/k",
+        help: "model",
+        command: Command::NextModel,
+    },
+    Binding {
+        keys: &[KeyCode::Char('k'), KeyCode::Up],
+        label: "",
+        help: "",
+        command: Command::PrevModel,
+    },
+    Binding {
+        keys: &[KeyCode::Char('q'), KeyCode::Esc],
+        label: "q",
+        help: "quit",
+        command: Command::Quit,
+    },
+];
+
+/// The command of a key press, if it has one.
+pub fn command_for(key: &KeyEvent) -> Option<Command> {
+    BINDINGS
+        .iter()
+        .find(|b| b.keys.contains(&key.code))
+        .map(|b| b.command)
+}
+
+/// `(keys, what they do)` for every labelled binding, as the hint line and a help overlay show them.
+pub fn key_help() -> Vec<(&'static str, &'static str)> {
+    BINDINGS
+        .iter()
+        .filter(|b| !b.label.is_empty())
+        .map(|b| (b.label, b.help))
+        .collect()
+}
+
+/// What the table's marks mean, shown after the keys.
+const LEGEND: &str = "mean (change from base) · ! = falls after e1";
+
 /// State of the results screen.
+#[derive(Debug, Clone)]
 pub struct ResultsScreen {
     tasks: Vec<TaskResults>,
     /// Final training loss per (task, model), shown beside the scores when the host knows it.
@@ -45,9 +118,10 @@ impl ResultsScreen {
         self
     }
 
-    /// Replace the figures (after new ratings), keeping the selection where possible.
-    pub fn update(&mut self, tasks: Vec<TaskResults>) {
+    /// Replace the figures (after new ratings or finished runs), keeping the selection where possible.
+    pub fn update(&mut self, tasks: Vec<TaskResults>, losses: BTreeMap<(String, String), f64>) {
         self.tasks = tasks;
+        self.losses = losses;
         self.task = self.task.min(self.tasks.len().saturating_sub(1));
         self.row = self.row.min(self.rows().saturating_sub(1));
     }
@@ -57,20 +131,21 @@ impl ResultsScreen {
     }
 
     pub fn handle_key(&mut self, key: KeyEvent) -> ResultsAction {
-        match key.code {
-            KeyCode::Tab | KeyCode::Char('l') | KeyCode::Right if !self.tasks.is_empty() => {
-                self.task = (self.task + 1) % self.tasks.len();
+        let n = self.tasks.len();
+        match command_for(&key) {
+            Some(Command::NextTask) if n > 0 => {
+                self.task = (self.task + 1) % n;
                 self.row = 0;
             }
-            KeyCode::BackTab | KeyCode::Char('h') | KeyCode::Left if !self.tasks.is_empty() => {
-                self.task = (self.task + self.tasks.len() - 1) % self.tasks.len();
+            Some(Command::PrevTask) if n > 0 => {
+                self.task = (self.task + n - 1) % n;
                 self.row = 0;
             }
-            KeyCode::Char('j') | KeyCode::Down => {
+            Some(Command::NextModel) => {
                 self.row = (self.row + 1).min(self.rows().saturating_sub(1))
             }
-            KeyCode::Char('k') | KeyCode::Up => self.row = self.row.saturating_sub(1),
-            KeyCode::Char('q') | KeyCode::Esc => return ResultsAction::Quit,
+            Some(Command::PrevModel) => self.row = self.row.saturating_sub(1),
+            Some(Command::Quit) => return ResultsAction::Quit,
             _ => {}
         }
         ResultsAction::None
@@ -78,7 +153,15 @@ impl ResultsScreen {
 
     pub fn render(&self, frame: &mut Frame, area: Rect) {
         let Some(task) = self.tasks.get(self.task) else {
-            let p = Paragraph::new("No ratings yet.").block(Block::bordered().title(" Results "));
+            let p = Paragraph::new(vec![
+                Line::from("No ratings yet."),
+                Line::from(
+                    "Rate answers on the Rating screen or with `qlab rate`; the answers come from \
+                     `qlab eval`, or from the sweep once its runs finish.",
+                ),
+            ])
+            .wrap(Wrap { trim: true })
+            .block(Block::bordered().title(" Results "));
             frame.render_widget(p, area);
             return;
         };
@@ -103,9 +186,12 @@ impl ResultsScreen {
         );
         self.render_table(frame, table, task);
         self.render_detail(frame, detail, task);
-        let hint =
-            "Tab/h/l task · j/k model · q quit · mean (change from base) · ! = falls after e1";
-        frame.render_widget(Line::from(hint).dim(), hints);
+        let mut hint: Vec<String> = key_help()
+            .into_iter()
+            .map(|(keys, what)| format!("{keys} {what}"))
+            .collect();
+        hint.push(LEGEND.to_owned());
+        frame.render_widget(Line::from(hint.join(" · ")).dim(), hints);
     }
 
     fn render_table(&self, frame: &mut Frame, area: Rect, task: &TaskResults) {

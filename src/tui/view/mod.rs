@@ -4,6 +4,8 @@ mod help;
 mod hints;
 mod plot;
 mod quit;
+mod rating;
+mod results;
 mod run;
 mod sweep;
 mod widgets;
@@ -24,6 +26,8 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme) {
     match app.screen {
         Screen::Sweep => sweep::draw(frame, body, app, theme),
         Screen::Run(i) => run::draw(frame, body, app, i, theme),
+        Screen::Rating => rating::draw(frame, body, app, theme),
+        Screen::Results => results::draw(frame, body, app, theme),
     }
     hints::draw(frame, footer, app, context(app), theme);
     match app.overlay {

@@ -1,0 +1,167 @@
+//! Helpers shared by the integration tests that drive the real binary: a tmux session to type into and
+//! read from, and a small sweep with answers to rate.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use qlab::config::Config;
+use qlab::plan::Plan;
+use qlab::rating::answers::{AnswerRecord, write_answers};
+use qlab::store::SweepPaths;
+
+/// A tmux session killed on drop.
+pub struct Tmux {
+    session: String,
+}
+
+impl Tmux {
+    pub fn available() -> bool {
+        Command::new("tmux")
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    }
+
+    /// A detached session of `size` (columns, rows) running `cmd`.
+    pub fn start(name: &str, cmd: &str, size: (u16, u16)) -> Tmux {
+        let session = format!("qlab-e2e-{name}-{}", std::process::id());
+        let ok = Command::new("tmux")
+            .args(["new-session", "-d", "-s", &session, "-x"])
+            .arg(size.0.to_string())
+            .arg("-y")
+            .arg(size.1.to_string())
+            .arg(cmd)
+            .env("TERM", "xterm-256color")
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "tmux new-session failed");
+        Tmux { session }
+    }
+
+    /// Send one key (tmux key name or text); a pause after it keeps Esc from merging with the next key.
+    pub fn send(&self, key: &str) {
+        let ok = Command::new("tmux")
+            .args(["send-keys", "-t", &self.session, key])
+            .status()
+            .unwrap();
+        assert!(ok.success(), "tmux send-keys {key} failed");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    pub fn capture(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["capture-pane", "-p", "-t", &self.session])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A tmux format about the pane, e.g. `#{alternate_on}` or `#{pane_pid}`.
+    pub fn display(&self, format: &str) -> String {
+        let out = Command::new("tmux")
+            .args(["display", "-p", "-t", &self.session, format])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Poll the pane until `pred` holds (generous timeouts: CI machines are slow).
+    pub fn wait_for(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let screen = self.capture();
+            if pred(&screen) {
+                return screen;
+            }
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {what}; the pane shows:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        // Quietly: the session is already gone when its program was killed.
+        let _ = Command::new("tmux")
+            .args(["kill-session", "-t", &self.session])
+            .output();
+    }
+}
+
+/// A sweep (`rate.toml`, sweep `rate-test`) with one run, two math questions and base and e1 answers.
+pub fn rating_sweep(dir: &Path) -> PathBuf {
+    let config = dir.join("rate.toml");
+    let toml = r####"
+[sweep]
+name = "rate-test"
+
+[[model]]
+id = "tiny"
+path = "tiny.gguf"
+
+[[dataset]]
+id = "sums"
+task = "math"
+path = "sums.jsonl"
+template = "### Input:\n{question}\n\n### Response:\n{answer}"
+questions = "sums.toml"
+
+[train]
+epochs = 1
+eval_at_epochs = [1]
+
+[matrix]
+models = ["tiny"]
+datasets = ["sums"]
+"####;
+    std::fs::write(&config, toml).unwrap();
+    let questions = r#"
+id = "sums"
+task = "math"
+
+[[question]]
+id = "1"
+question = "Add 2 and 3."
+reference = "2 + 3 = 5"
+
+[[question]]
+id = "2"
+question = "Add 4 and 4."
+reference = "4 + 4 = 8"
+"#;
+    std::fs::write(dir.join("sums.toml"), questions).unwrap();
+    let cfg = Config::load(&config).unwrap();
+    let run = &Plan::from_config(&cfg).runs[0];
+    let sweep = SweepPaths::new(&cfg.runs_dir(), &cfg.sweep.name);
+    let answer = |q: &str, stage: &str, text: &str| AnswerRecord {
+        question_id: q.into(),
+        stage: stage.into(),
+        model: "tiny".into(),
+        prompt: String::new(),
+        answer: text.into(),
+        new_tokens: Some(5),
+        secs: Some(0.1),
+    };
+    write_answers(
+        &sweep.base_answers("tiny", "sums", &run.eval_hash),
+        &[
+            answer("1", "base", "It is 6."),
+            answer("2", "base", "It is 8."),
+        ],
+    )
+    .unwrap();
+    write_answers(
+        &sweep.run(&run.id).answers("e1", "sums", &run.eval_hash),
+        &[
+            answer("1", "e1", "2 + 3 = 5"),
+            answer("2", "e1", "4 + 4 = 9"),
+        ],
+    )
+    .unwrap();
+    config
+}
