@@ -7,7 +7,7 @@ use std::sync::Arc;
 use color_eyre::eyre::{Result, eyre};
 use qlab::plan::Plan;
 use qlab::rating::context::RatingContext;
-use qlab::sweep::from_plan::jobs_from_plan;
+use qlab::sweep::from_plan::{jobs_from_plan, sweep_devices};
 use qlab::sweep::model_loader::DecoderLoader;
 use qlab::sweep::plan_evaluator::PlanEvaluator;
 use qlab::sweep::runner::RunnerOptions;
@@ -54,6 +54,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let evaluator = PlanEvaluator::new(config.clone(), plan.clone(), sweep.paths());
     let options = RunnerOptions {
         evaluator: Some(Arc::new(evaluator)),
+        devices: sweep_devices(&config),
         ..RunnerOptions::default()
     };
     let trainer = RunnerTrainer::new(sweep.paths(), jobs, loader, options);
