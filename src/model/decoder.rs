@@ -4,7 +4,9 @@ use candle_core::{D, Device, Result, Tensor};
 
 use super::config::{Activation, ModelConfig};
 use super::frozen::{FrozenLinear, FrozenWeight};
-use super::layers::{RmsNorm, apply_rope, attention_mask, mask_rows, rope_tables, softcap};
+use super::layers::{
+    RmsNorm, apply_rope, apply_rope_no_grad, attention_mask, mask_rows, rope_tables, softcap,
+};
 use super::lora::{AdaptedLinear, DropoutSeed, LoraCall, SavedProducts, Target};
 
 /// One transformer block.
@@ -210,15 +212,30 @@ impl Decoder {
         };
         let (b, t, _) = x.dims3()?;
         let (h, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
-        let hn = blk.input_norm.forward(x)?;
+        // No gradient is needed (generation, the checkpointed first pass): candle's fused kernels, which
+        // have no backward, replace the differentiable compositions.
+        let fused = !ctx.grad && !x.track_op();
+        let norm = |n: &RmsNorm, x: &Tensor| {
+            if fused {
+                n.forward_no_grad(x)
+            } else {
+                n.forward(x)
+            }
+        };
+        let hn = norm(&blk.input_norm, x)?;
         let q = blk.q.forward(&hn, site(Target::Q))?;
         let k = blk.k.forward(&hn, site(Target::K))?;
         let v = blk.v.forward(&hn, site(Target::V))?;
         let q = q.reshape((b, t, h, hd))?.transpose(1, 2)?.contiguous()?;
         let k = k.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
         let v = v.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
-        let q = apply_rope(&q, &ctx.cos, &ctx.sin, cfg.rope_interleaved)?;
-        let mut k = apply_rope(&k, &ctx.cos, &ctx.sin, cfg.rope_interleaved)?;
+        let rope = if fused {
+            apply_rope_no_grad
+        } else {
+            apply_rope
+        };
+        let q = rope(&q, &ctx.cos, &ctx.sin, cfg.rope_interleaved)?;
+        let mut k = rope(&k, &ctx.cos, &ctx.sin, cfg.rope_interleaved)?;
         let mut v = v;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
@@ -238,8 +255,12 @@ impl Decoder {
             None => &ctx.full_mask,
         };
         let scores = scores.reshape((b, h, t, total))?.broadcast_add(mask)?;
-        let probs =
-            candle_nn::ops::softmax(&scores, D::Minus1)?.reshape((b, kvh, rep * t, total))?;
+        let probs = if fused {
+            candle_nn::ops::softmax_last_dim(&scores)?
+        } else {
+            candle_nn::ops::softmax(&scores, D::Minus1)?
+        };
+        let probs = probs.reshape((b, kvh, rep * t, total))?;
         let attn = probs
             .matmul(&v)?
             .reshape((b, h, t, hd))?
@@ -247,11 +268,11 @@ impl Decoder {
             .reshape((b, t, h * hd))?;
         let attn = blk.o.forward(&attn, site(Target::O))?;
         let attn = match &blk.post_attn_norm {
-            Some(n) => n.forward(&attn)?,
+            Some(n) => norm(n, &attn)?,
             None => attn,
         };
         let x = (x + attn)?;
-        let hn = blk.pre_ff_norm.forward(&x)?;
+        let hn = norm(&blk.pre_ff_norm, &x)?;
         let gate = blk.gate.forward(&hn, site(Target::Gate))?;
         let gate = match cfg.activation {
             Activation::Silu => gate.silu()?,
@@ -260,7 +281,7 @@ impl Decoder {
         let up = blk.up.forward(&hn, site(Target::Up))?;
         let ff = blk.down.forward(&(gate * up)?, site(Target::Down))?;
         let ff = match &blk.post_ff_norm {
-            Some(n) => n.forward(&ff)?,
+            Some(n) => norm(n, &ff)?,
             None => ff,
         };
         x + ff
@@ -338,7 +359,7 @@ impl Decoder {
     ) -> Result<Tensor> {
         let h = self.hidden(ids, positions, key_mask, cache, true)?;
         let t = h.dim(1)?;
-        let h = self.final_norm.forward(&h.narrow(1, t - 1, 1)?)?;
+        let h = self.final_norm.forward_no_grad(&h.narrow(1, t - 1, 1)?)?;
         let logits = self.head.forward_generation(&h)?;
         softcap(&logits, self.config.final_logit_softcap)?.squeeze(1)
     }

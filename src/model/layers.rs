@@ -20,6 +20,13 @@ impl RmsNorm {
         let normed = xf.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
         normed.broadcast_mul(&self.weight)?.to_dtype(x.dtype())
     }
+
+    /// The same through candle's fused kernel, which has no backward: only for passes that need no gradient
+    /// (generation, the checkpointed first pass).
+    pub fn forward_no_grad(&self, x: &Tensor) -> Result<Tensor> {
+        let xf = x.to_dtype(DType::F32)?;
+        candle_nn::ops::rms_norm(&xf, &self.weight, self.eps as f32)?.to_dtype(x.dtype())
+    }
 }
 
 /// Inverse rotary frequencies, with Llama 3.1 scaling or GGUF frequency factors applied.
@@ -98,6 +105,22 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> 
         let r1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
         let r2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
         Tensor::cat(&[r1, r2], 3)
+    }
+}
+
+/// [`apply_rope`] through candle's fused kernels, which have no backward: only for passes that need no
+/// gradient. `x` must be contiguous.
+pub fn apply_rope_no_grad(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    interleaved: bool,
+) -> Result<Tensor> {
+    let (cos, sin) = (cos.squeeze(1)?, sin.squeeze(1)?);
+    if interleaved {
+        candle_nn::rotary_emb::rope_i(x, &cos, &sin)
+    } else {
+        candle_nn::rotary_emb::rope(x, &cos, &sin)
     }
 }
 
