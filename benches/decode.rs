@@ -80,7 +80,7 @@ fn main() {
 
 fn run_qlab(path: &Path, prompt: &[u32], tokens: usize) {
     let before = rss_mib();
-    let mut model = open_model(path, "none", None).expect("qlab model");
+    let mut model = open_model(path, "none", None, &Device::Cpu).expect("qlab model");
     println!("qlab model loaded: +{:.0} MiB", rss_mib() - before);
     bench("qlab", &mut model, prompt, tokens);
 }

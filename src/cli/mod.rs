@@ -20,6 +20,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use color_eyre::eyre::{Result, eyre};
 
 /// qlab: run QLoRA fine-tuning experiments end to end.
 ///
@@ -121,4 +122,15 @@ pub fn load_config(path: &std::path::Path) -> Result<qlab::config::Config, ExitC
         eprintln!("{}: {} error(s)", path.display(), errors.0.len());
         ExitCode::from(EXIT_BAD_INPUT)
     })
+}
+
+/// A `--device` value: `auto`, `cpu` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<qlab::config::DeviceSpec, String> {
+    qlab::config::DeviceSpec::try_from(s.trim().to_string())
+}
+
+/// candle's device for a `--device` choice (`auto`: the first GPU when this build has CUDA, else the CPU).
+pub fn open_device(spec: qlab::config::DeviceSpec) -> Result<candle_core::Device> {
+    let name = qlab::sweep::from_plan::device_name(spec);
+    qlab::model::cuda::parse_device(&name).map_err(|e| eyre!("device {name}: {e}"))
 }

@@ -43,7 +43,7 @@ pub struct RunArgs {
     pub no_eval: bool,
     /// Train on these devices instead of the config's `device` / `devices` (`cpu`, `cuda:N`, comma separated):
     /// one run per device at a time. Run ids do not depend on the device.
-    #[arg(long, alias = "device", value_name = "LIST", value_delimiter = ',', value_parser = parse_device)]
+    #[arg(long, alias = "device", value_name = "LIST", value_delimiter = ',', value_parser = super::parse_device)]
     pub devices: Vec<DeviceSpec>,
     /// Without a terminal, print one progress line every N steps.
     #[arg(long, value_name = "N", default_value_t = 10)]
@@ -132,10 +132,6 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
-}
-
-fn parse_device(s: &str) -> Result<DeviceSpec, String> {
-    DeviceSpec::try_from(s.trim().to_string())
 }
 
 /// `--devices` when given (one value is like `device`, so `auto` is fine), else the config's devices; a list

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use candle_core::Device;
+
 use crate::config::{Config, ConfigErrors, PromptStyle};
 use crate::eval::answers::{AnswerRecord, AnswersError, read_answers};
 use crate::eval::prompts::{PromptError, QuestionPrompt};
@@ -153,6 +155,7 @@ pub fn evaluate_run(
     config: &Config,
     sweep: &SweepPaths,
     run: &PlannedRun,
+    device: &Device,
     progress: &mut dyn FnMut(EvalProgress<'_>),
 ) -> Result<(), EvaluateError> {
     let model = EvalModel::prepare(config, &run.model)?;
@@ -169,11 +172,12 @@ pub fn evaluate_run(
     }
     // Base first, so that no adapter of a stage is loaded while the base answers.
     pending.sort_by_key(|s| s.adapter.is_some());
-    let mut lm =
-        open_model(&model.path, model.quant, None).map_err(|source| EvaluateError::Open {
+    let mut lm = open_model(&model.path, model.quant, None, device).map_err(|source| {
+        EvaluateError::Open {
             model: model.id.clone(),
             source: Box::new(source),
-        })?;
+        }
+    })?;
     for set in pending {
         let stage = set.stage.clone();
         progress(EvalProgress::StageStarted {

@@ -15,6 +15,7 @@ use crate::store::{RunLock, RunPaths, RunState, RunStatus};
 pub fn evaluate_job(
     paths: &RunPaths,
     run_id: &str,
+    device: &str,
     evaluator: &dyn RunEvaluator,
     tx: &Sender<(String, RunEvent)>,
 ) -> bool {
@@ -53,7 +54,7 @@ pub fn evaluate_job(
             tracing::warn!(run = run_id, "event not logged: {e}");
         }
     };
-    let result = evaluator.evaluate(run_id, &mut emit);
+    let result = evaluator.evaluate(run_id, device, &mut emit);
     match result {
         Ok(()) => {
             if evaluating {

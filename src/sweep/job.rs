@@ -34,8 +34,14 @@ pub trait ModelLoader: Send + Sync {
     fn load(&self, job: &RunJob) -> Result<LoadedModel, String>;
 }
 
-/// Answers a finished run's question set at each trained stage, reporting `EvalStarted`, `AnswerReady` and
-/// `EvalDone` events through `emit`; the runner calls it after training unless the run opts out.
+/// Answers a finished run's question set at each trained stage on `device` (the one the run trained on),
+/// reporting `EvalStarted`, `AnswerReady` and `EvalDone` events through `emit`; the runner calls it after
+/// training unless the run opts out.
 pub trait RunEvaluator: Send + Sync {
-    fn evaluate(&self, run_id: &str, emit: &mut dyn FnMut(RunEvent)) -> Result<(), String>;
+    fn evaluate(
+        &self,
+        run_id: &str,
+        device: &str,
+        emit: &mut dyn FnMut(RunEvent),
+    ) -> Result<(), String>;
 }

@@ -3,11 +3,10 @@
 
 use std::collections::HashMap;
 
-use candle_core::Device;
-
 use super::job::{LoadedModel, ModelLoader, RunJob};
 use crate::config::{Config, LoraSection, ModelSection};
 use crate::eval::sources::source_of;
+use crate::model::cuda::parse_device;
 use crate::model::source::{ModelSource, ResolveOptions};
 use crate::model::tokenizer::Tokenizer;
 use crate::model::{LoraSpec, Quant, Target, load_model};
@@ -31,17 +30,6 @@ pub fn lora_spec(lora: &LoraSection, seed: u64) -> Result<LoraSpec, String> {
         dropout: lora.dropout,
         seed,
     })
-}
-
-/// candle's device for `"cpu"` / `"cuda:N"`.
-pub fn device(name: &str) -> Result<Device, String> {
-    match name.strip_prefix("cuda:") {
-        None => Ok(Device::Cpu),
-        Some(n) => {
-            let n = n.parse().map_err(|_| format!("bad device `{name}`"))?;
-            Device::new_cuda(n).map_err(|e| format!("device {name}: {e}"))
-        }
-    }
 }
 
 /// A model-io tokenizer as the trainer's encoder: byte offsets from the tokenizer, special tokens added.
@@ -119,7 +107,7 @@ impl ModelLoader for DecoderLoader {
                     run.model.id, run.model.quant
                 )
             })?;
-        let device = device(&job.device)?;
+        let device = parse_device(&job.device).map_err(|e| e.to_string())?;
         let decoder = load_model(&path, quant, &device).map_err(|e| e.to_string())?;
         let tokenizer = Tokenizer::load(&path).map_err(|e| e.to_string())?;
         let eos = decoder

@@ -5,6 +5,7 @@ use super::events::RunEvent;
 use super::job::RunEvaluator;
 use crate::config::Config;
 use crate::eval::evaluate::{EvalProgress, evaluate_run};
+use crate::model::cuda::parse_device;
 use crate::plan::Plan;
 use crate::store::SweepPaths;
 
@@ -26,7 +27,12 @@ impl PlanEvaluator {
 }
 
 impl RunEvaluator for PlanEvaluator {
-    fn evaluate(&self, run_id: &str, emit: &mut dyn FnMut(RunEvent)) -> Result<(), String> {
+    fn evaluate(
+        &self,
+        run_id: &str,
+        device: &str,
+        emit: &mut dyn FnMut(RunEvent),
+    ) -> Result<(), String> {
         let run = self
             .plan
             .run(run_id)
@@ -50,6 +56,8 @@ impl RunEvaluator for PlanEvaluator {
                 },
             })
         };
-        evaluate_run(&self.config, &self.sweep, run, &mut progress).map_err(|e| e.to_string())
+        let device = parse_device(device).map_err(|e| e.to_string())?;
+        evaluate_run(&self.config, &self.sweep, run, &device, &mut progress)
+            .map_err(|e| e.to_string())
     }
 }

@@ -1,5 +1,5 @@
 //! Open a resolved model path as qlab's decoder, ready to generate: frozen base in the asked-for
-//! quantization, a PEFT adapter applied unmerged (or merged, the fast path), on the CPU.
+//! quantization, a PEFT adapter applied unmerged (or merged, the fast path), on the asked-for device.
 
 use std::path::Path;
 
@@ -24,14 +24,16 @@ pub enum OpenError {
     Model(#[from] ModelError),
 }
 
-/// Load the model at `path` (a .gguf file or a safetensors directory) and apply `adapter` when given.
+/// Load the model at `path` (a .gguf file or a safetensors directory) on `device` and apply `adapter` when
+/// given.
 pub fn open_model(
     path: &Path,
     quant: &str,
     adapter: Option<&Path>,
+    device: &Device,
 ) -> Result<DecoderLm, OpenError> {
     let quant = Quant::parse(quant).ok_or_else(|| OpenError::BadQuant(quant.to_owned()))?;
-    let mut decoder = load_model(path, quant, &Device::Cpu)?;
+    let mut decoder = load_model(path, quant, device)?;
     if let Some(dir) = adapter {
         decoder
             .load_peft(dir)
