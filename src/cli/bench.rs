@@ -45,6 +45,9 @@ pub struct TrainArgs {
     /// With checkpointing, recompute the frozen projections instead of keeping their outputs (less memory).
     #[arg(long)]
     recompute_frozen: bool,
+    /// With --preset: keep only the first N blocks (to profile a step at real widths in less time).
+    #[arg(long, requires = "preset")]
+    layers: Option<usize>,
     /// Where to run: cpu, cuda or cuda:N (CUDA needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -80,6 +83,7 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         checkpointing: !a.no_checkpointing,
         save_frozen_products: !a.recompute_frozen,
         device: a.device,
+        layers: a.layers,
     })?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -40,6 +40,8 @@ pub struct BenchSettings {
     pub save_frozen_products: bool,
     /// `cpu`, `cuda` or `cuda:N` (see `cuda::parse_device`).
     pub device: String,
+    /// Presets only: keep the first N blocks (profiling a step at real widths in less time and memory).
+    pub layers: Option<usize>,
 }
 
 /// What one benchmark measured.
@@ -70,6 +72,8 @@ pub struct BenchReport {
     pub frozen_projection_mib: f64,
     pub frozen_projection_bytes_per_param: f64,
     pub lora_params: usize,
+    /// Blocks of the model (fewer than the preset's with `layers`).
+    pub layers: usize,
     pub first_loss: f32,
     pub last_loss: f32,
 }
@@ -128,12 +132,19 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
     let t0 = Instant::now();
     let (mut model, name) = match &s.model {
         BenchModel::Preset(p) => {
-            let (config, default_quant) = preset(p).ok_or_else(|| {
+            let (mut config, default_quant) = preset(p).ok_or_else(|| {
                 ModelError::Usage(format!(
                     "unknown preset `{p}`; expected one of {}",
                     PRESETS.join(", ")
                 ))
             })?;
+            if let Some(n) = s.layers {
+                if n == 0 {
+                    return Err(ModelError::Usage("--layers must be at least 1".into()));
+                }
+                config.num_layers = n.min(config.num_layers);
+                config.layer_windows.truncate(config.num_layers);
+            }
             let quant = s.quant.unwrap_or(default_quant);
             let src = RandomWeights {
                 config: config.clone(),
@@ -220,7 +231,35 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
         frozen_projection_mib: bytes as f64 / (1024.0 * 1024.0),
         frozen_projection_bytes_per_param: bytes as f64 / nparams.max(1) as f64,
         lora_params,
+        layers: model.blocks.len(),
         first_loss: losses.first().copied().unwrap_or(f32::NAN),
         last_loss: losses.last().copied().unwrap_or(f32::NAN),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_keeps_the_first_blocks_of_a_preset() {
+        let report = bench_train(&BenchSettings {
+            model: BenchModel::Preset("smollm2-135m".into()),
+            quant: None,
+            batch: 1,
+            seq: 4,
+            steps: 2,
+            rank: 2,
+            checkpointing: true,
+            save_frozen_products: true,
+            device: "cpu".into(),
+            layers: Some(1),
+        })
+        .unwrap();
+        assert_eq!(report.layers, 1);
+        // r * (in + out) for q, o, k, v, gate, up, down of one block at SmolLM2's widths, rank 2.
+        let (d, kv, ff) = (576, 192, 1536);
+        let lora = 2 * (2 * (d + d) + 2 * (d + kv) + 3 * (d + ff));
+        assert_eq!(report.lora_params, lora);
+    }
 }
