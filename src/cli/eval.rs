@@ -86,9 +86,14 @@ fn eval_model(
             a.stage, a.question_id, a.new_tokens, a.secs
         );
     };
-    for (stage, out, summary) in
-        run_answer_sets(&mut lm, &model.tokenizer, model_id, sets, &mut on_answer)?
-    {
+    for (stage, out, summary) in run_answer_sets(
+        &mut lm,
+        &model.tokenizer,
+        model_id,
+        sets,
+        None,
+        &mut on_answer,
+    )? {
         println!(
             "{model_id} {stage}: {} new, {} already done -> {}",
             summary.written,

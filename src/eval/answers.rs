@@ -7,6 +7,7 @@ mod journal;
 mod tests;
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -51,6 +52,9 @@ pub struct AnswerJob<'a> {
     /// Let the tokenizer add its special tokens (BOS) to the prompt: true for a raw template prompt, false
     /// for a rendered chat template (which already holds them).
     pub add_special_tokens: bool,
+    /// Checked before each batch: once set, the call ends with [`AnswersError::Stopped`] (answers written
+    /// so far stay; the next call resumes after them).
+    pub stop: Option<&'a AtomicBool>,
 }
 
 /// What one call did: answers written now and answers found from an earlier (interrupted) call.
@@ -80,6 +84,8 @@ pub enum AnswersError {
     Generate(#[from] GenerateError),
     #[error("batch size must be at least 1")]
     ZeroBatch,
+    #[error("stopped before all questions were answered")]
+    Stopped,
     #[error("cannot encode an answer record: {0}")]
     Encode(#[from] serde_json::Error),
 }
@@ -109,6 +115,9 @@ pub fn answer_questions(
         already_done: questions.len() - pending.len(),
     };
     for batch in pending.chunks(job.batch_size) {
+        if job.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+            return Err(AnswersError::Stopped);
+        }
         let ids = batch
             .iter()
             .map(|q| {

@@ -3,6 +3,8 @@
 
 use std::path::PathBuf;
 
+use std::sync::atomic::AtomicBool;
+
 use candle_core::Device;
 
 use crate::config::{Config, ConfigErrors, PromptStyle};
@@ -156,6 +158,7 @@ pub fn evaluate_run(
     sweep: &SweepPaths,
     run: &PlannedRun,
     device: &Device,
+    stop: Option<&AtomicBool>,
     progress: &mut dyn FnMut(EvalProgress<'_>),
 ) -> Result<(), EvaluateError> {
     let model = EvalModel::prepare(config, &run.model)?;
@@ -190,6 +193,7 @@ pub fn evaluate_run(
             &model.tokenizer,
             &model.id,
             vec![set],
+            stop,
             &mut on_answer,
         )?;
         progress(EvalProgress::StageDone { stage: &stage });

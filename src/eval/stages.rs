@@ -2,6 +2,7 @@
 //! set per trained stage (its checkpoint's adapter applied unmerged), all with the run's [eval] settings.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 
 use crate::config::EvalSection;
 use crate::eval::answers::{
@@ -114,6 +115,7 @@ pub fn run_answer_sets(
     tokenizer: &Tokenizer,
     model_id: &str,
     mut sets: Vec<AnswerSet>,
+    stop: Option<&AtomicBool>,
     on_answer: &mut dyn FnMut(&AnswerRecord),
 ) -> Result<Vec<(String, PathBuf, AnswersSummary)>, StageError> {
     sets.sort_by(|a, b| (a.adapter.is_some(), &a.out).cmp(&(b.adapter.is_some(), &b.out)));
@@ -136,6 +138,7 @@ pub fn run_answer_sets(
             batch_size: set.batch_size,
             generation: &set.generation,
             add_special_tokens: set.add_special_tokens,
+            stop,
         };
         let summary =
             answer_questions(lm, tokenizer, &set.questions, &job, on_answer).map_err(|source| {

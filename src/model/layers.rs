@@ -24,7 +24,7 @@ impl RmsNorm {
     /// The same through candle's fused kernel, which has no backward: only for passes that need no gradient
     /// (generation, the checkpointed first pass).
     pub fn forward_no_grad(&self, x: &Tensor) -> Result<Tensor> {
-        let xf = x.to_dtype(DType::F32)?;
+        let xf = x.to_dtype(DType::F32)?.contiguous()?;
         candle_nn::ops::rms_norm(&xf, &self.weight, self.eps as f32)?.to_dtype(x.dtype())
     }
 }

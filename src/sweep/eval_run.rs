@@ -2,6 +2,7 @@
 //! metrics log and its state in status.json (evaluating, then done; failed with the reason if answers
 //! could not be made, so that the next `qlab run` tries again).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 
 use super::events::RunEvent;
@@ -17,6 +18,7 @@ pub fn evaluate_job(
     run_id: &str,
     device: &str,
     evaluator: &dyn RunEvaluator,
+    stop: &AtomicBool,
     tx: &Sender<(String, RunEvent)>,
 ) -> bool {
     let Ok(_lock) = RunLock::acquire(paths) else {
@@ -54,8 +56,16 @@ pub fn evaluate_job(
             tracing::warn!(run = run_id, "event not logged: {e}");
         }
     };
-    let result = evaluator.evaluate(run_id, device, &mut emit);
+    let result = evaluator.evaluate(run_id, device, stop, &mut emit);
     match result {
+        // Asked to stop (signal, stop command): the answers written so far stay and the next run resumes.
+        Err(_) if stop.load(Ordering::SeqCst) => {
+            set_state(
+                RunState::Interrupted,
+                Some("stopped while answering the question set".into()),
+            );
+            true
+        }
         Ok(()) => {
             if evaluating {
                 set_state(RunState::Done, None);

@@ -1,5 +1,7 @@
 //! What the runner is asked to train: one job per run of the plan, and how it gets a model for a job.
 
+use std::sync::atomic::AtomicBool;
+
 use serde::{Deserialize, Serialize};
 
 use super::events::RunEvent;
@@ -35,13 +37,14 @@ pub trait ModelLoader: Send + Sync {
 }
 
 /// Answers a finished run's question set at each trained stage on `device` (the one the run trained on),
-/// reporting `EvalStarted`, `AnswerReady` and `EvalDone` events through `emit`; the runner calls it after
-/// training unless the run opts out.
+/// reporting `EvalStarted`, `AnswerReady` and `EvalDone` events through `emit` and ending early once `stop`
+/// is set; the runner calls it after training unless the run opts out.
 pub trait RunEvaluator: Send + Sync {
     fn evaluate(
         &self,
         run_id: &str,
         device: &str,
+        stop: &AtomicBool,
         emit: &mut dyn FnMut(RunEvent),
     ) -> Result<(), String>;
 }

@@ -1,6 +1,8 @@
 //! The runner's evaluation after training for real runs: the plan's question sets answered by the run's
 //! model at base and at each trained stage, reported as runner events.
 
+use std::sync::atomic::AtomicBool;
+
 use super::events::RunEvent;
 use super::job::RunEvaluator;
 use crate::config::Config;
@@ -31,6 +33,7 @@ impl RunEvaluator for PlanEvaluator {
         &self,
         run_id: &str,
         device: &str,
+        stop: &AtomicBool,
         emit: &mut dyn FnMut(RunEvent),
     ) -> Result<(), String> {
         let run = self
@@ -57,7 +60,14 @@ impl RunEvaluator for PlanEvaluator {
             })
         };
         let device = parse_device(device).map_err(|e| e.to_string())?;
-        evaluate_run(&self.config, &self.sweep, run, &device, &mut progress)
-            .map_err(|e| e.to_string())
+        evaluate_run(
+            &self.config,
+            &self.sweep,
+            run,
+            &device,
+            Some(stop),
+            &mut progress,
+        )
+        .map_err(|e| e.to_string())
     }
 }

@@ -116,7 +116,14 @@ pub fn run_worker(
         if let (JobOutcome::Finished | JobOutcome::Skipped, Some(evaluator)) =
             (&outcome, &shared.options.evaluator)
             && !shared.ending()
-            && !evaluate_job(&ctx.paths, &id, &job.device, evaluator.as_ref(), tx)
+            && !evaluate_job(
+                &ctx.paths,
+                &id,
+                &job.device,
+                evaluator.as_ref(),
+                &shared.stop,
+                tx,
+            )
         {
             outcome = JobOutcome::Failed;
         }

@@ -47,6 +47,7 @@ fn job<'a>(out: &'a Path, batch_size: usize) -> AnswerJob<'a> {
         batch_size,
         generation: &OPTS,
         add_special_tokens: true,
+        stop: None,
     }
 }
 
@@ -177,5 +178,35 @@ fn a_corrupt_line_is_reported_with_its_place() {
     assert!(
         err.contains("a.jsonl:1:") && err.contains("not an answer record"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_stop_ends_the_call_between_batches_and_the_next_call_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("math-ff.jsonl");
+    let stop = AtomicBool::new(false);
+    let stopping = AnswerJob {
+        stop: Some(&stop),
+        ..job(&out, 2)
+    };
+    let err = answer_questions(
+        &mut ToyLm::new(),
+        &toy_tokenizer(),
+        &questions(),
+        &stopping,
+        &mut |_| stop.store(true, Ordering::SeqCst),
+    )
+    .unwrap_err();
+    assert!(matches!(err, AnswersError::Stopped), "{err}");
+    // The first batch of two was written before the stop was seen.
+    assert_eq!(read_answers(&out).unwrap().len(), 2);
+    let (summary, _) = run(&out, 2);
+    assert_eq!(
+        summary,
+        AnswersSummary {
+            written: 3,
+            already_done: 2
+        }
     );
 }

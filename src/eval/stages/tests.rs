@@ -92,7 +92,10 @@ fn base_and_trained_stages_get_their_own_files_and_untrained_ones_wait() {
 
     let mut lm = DecoderLm::new(load_model(&fixture(), Quant::None, &Device::Cpu).unwrap());
     let mut seen = 0;
-    let done = run_answer_sets(&mut lm, &tok, "tiny", sets.clone(), &mut |_| seen += 1).unwrap();
+    let done = run_answer_sets(&mut lm, &tok, "tiny", sets.clone(), None, &mut |_| {
+        seen += 1
+    })
+    .unwrap();
     assert_eq!(seen, 8);
     assert_eq!(done.len(), 2);
     let base = read_answers(&sweep.base_answers("tiny", "qs", "ee")).unwrap();
@@ -118,7 +121,7 @@ fn base_and_trained_stages_get_their_own_files_and_untrained_ones_wait() {
     );
 
     let mut lm = DecoderLm::new(load_model(&fixture(), Quant::None, &Device::Cpu).unwrap());
-    let again = run_answer_sets(&mut lm, &tok, "tiny", sets, &mut |_| {}).unwrap();
+    let again = run_answer_sets(&mut lm, &tok, "tiny", sets, None, &mut |_| {}).unwrap();
     assert!(
         again
             .iter()
