@@ -86,3 +86,52 @@ pub fn evaluate_job(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Answers one question, then finds the stop set (a signal arrived) and gives up.
+    struct StoppedMidway;
+
+    impl RunEvaluator for StoppedMidway {
+        fn evaluate(
+            &self,
+            _run_id: &str,
+            _device: &str,
+            stop: &AtomicBool,
+            emit: &mut dyn FnMut(RunEvent),
+        ) -> Result<(), String> {
+            emit(RunEvent::EvalStarted {
+                stage: "base".into(),
+                questions: 2,
+            });
+            stop.store(true, Ordering::SeqCst);
+            Err("stopped before all questions were answered".into())
+        }
+    }
+
+    #[test]
+    fn a_stop_during_evaluation_leaves_the_run_interrupted_not_failed() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = RunPaths {
+            root: dir.path().join("r"),
+        };
+        let mut status = RunStatus::queued(4);
+        status.state = RunState::Done;
+        write_json_atomic(&paths.status(), &status).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stop = AtomicBool::new(false);
+        assert!(evaluate_job(&paths, "r", "cpu", &StoppedMidway, &stop, &tx));
+        let after: RunStatus = read_json(&paths.status()).unwrap().unwrap();
+        assert_eq!(after.state, RunState::Interrupted);
+        assert!(after.reason.unwrap().contains("stopped"));
+        let events: Vec<RunEvent> = rx.try_iter().map(|(_, e)| e).collect();
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, RunEvent::RunFailed { .. })),
+            "{events:?}"
+        );
+    }
+}
