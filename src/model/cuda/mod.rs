@@ -5,6 +5,8 @@
 #[cfg(feature = "cuda")]
 mod nf4_gpu;
 #[cfg(feature = "cuda")]
+mod pool;
+#[cfg(feature = "cuda")]
 mod vram;
 #[cfg(feature = "cuda")]
 pub use nf4_gpu::{Nf4Cuda, clone_cuda_storage, place_on_device};
@@ -46,9 +48,12 @@ pub fn parse_device(name: &str) -> Result<Device> {
             "device `{name}` needs a qlab built with the `cuda` feature (cargo build --release --features cuda; see the README's CUDA section)"
         )));
     }
-    Device::new_cuda(ordinal).map_err(|e| {
+    let device = Device::new_cuda(ordinal).map_err(|e| {
         ModelError::Usage(format!("cannot open CUDA device {ordinal} (`{name}`): {e}"))
-    })
+    })?;
+    #[cfg(feature = "cuda")]
+    pool::keep_freed_memory(&device)?;
+    Ok(device)
 }
 
 #[cfg(test)]
