@@ -5,7 +5,7 @@
 use std::ffi::c_void;
 
 use candle_core::Device;
-use cudarc::driver::result::{device, mem_pool};
+use cudarc::driver::result as driver;
 use cudarc::driver::sys::CUmemPool_attribute;
 
 /// Sets the release threshold of `device`'s default memory pool to "never"; no-op on the CPU.
@@ -18,9 +18,9 @@ pub fn keep_freed_memory(device: &Device) -> candle_core::Result<()> {
     let mut threshold = u64::MAX;
     // SAFETY: the device comes from a live context bound to this thread, and the attribute takes a u64.
     unsafe {
-        let pool =
-            device::get_default_mem_pool(ctx.cu_device()).map_err(candle_core::Error::wrap)?;
-        mem_pool::set_attribute(
+        let pool = driver::device::get_default_mem_pool(ctx.cu_device())
+            .map_err(candle_core::Error::wrap)?;
+        driver::mem_pool::set_attribute(
             pool,
             CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
             (&mut threshold as *mut u64).cast::<c_void>(),
