@@ -66,6 +66,9 @@ pub struct BenchReport {
     /// CUDA only: peak device memory during the timed steps above the level before the model was built
     /// (so the CUDA context is excluded; memory the allocator keeps cached is included).
     pub peak_vram_gib: Option<f64>,
+    /// CUDA only: the most memory live tensors held at once during the timed steps (the memory pool's
+    /// high watermark: no allocator cache, no context; PyTorch's `max_memory_allocated`).
+    pub peak_allocated_gib: Option<f64>,
     /// The first step (module loading, kernel JIT, allocator warm-up), excluded from `step_s`.
     pub warmup_s: f64,
     pub load_s: f64,
@@ -159,6 +162,8 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
         ),
     };
     let load_s = t0.elapsed().as_secs_f64();
+    #[cfg(feature = "cuda")]
+    super::cuda::reset_allocated_peak(&device)?;
     let spec = LoraSpec {
         targets: Target::ALL.to_vec(),
         rank: s.rank,
@@ -206,6 +211,11 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
     let warmup_s = times[0];
     #[cfg(feature = "cuda")]
     let peak_vram_gib = vram.map(|v| v.finish() as f64 / (1u64 << 30) as f64);
+    #[cfg(feature = "cuda")]
+    let peak_allocated_gib =
+        super::cuda::allocated_peak(&device)?.map(|b| b as f64 / (1u64 << 30) as f64);
+    #[cfg(not(feature = "cuda"))]
+    let peak_allocated_gib = None;
     #[cfg(not(feature = "cuda"))]
     let peak_vram_gib = None;
     let (bytes, nparams) = model.projection_storage();
@@ -226,6 +236,7 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
         peak_rss_mib: peak_rss_mib(),
         device: s.device.clone(),
         peak_vram_gib,
+        peak_allocated_gib,
         warmup_s,
         load_s,
         frozen_projection_mib: bytes as f64 / (1024.0 * 1024.0),

@@ -11,6 +11,8 @@ mod vram;
 #[cfg(feature = "cuda")]
 pub use nf4_gpu::{Nf4Cuda, clone_cuda_storage, place_on_device};
 #[cfg(feature = "cuda")]
+pub use pool::{allocated_peak, reset_allocated_peak};
+#[cfg(feature = "cuda")]
 pub use vram::VramPeak;
 
 use candle_core::{DType, Device};
