@@ -177,7 +177,7 @@ fn loss_and_lora_gradients_match_peft_in_bf16() {
         let opts = StepOptions {
             checkpointing: true,
             loss_chunk: 5,
-            dropout_seed: None,
+            ..StepOptions::default()
         };
         let out = model.loss_and_grads(&batch, &opts).unwrap();
         let loss_e = ((out.loss - want_loss) / want_loss).abs();
