@@ -188,7 +188,8 @@ impl AdaptedLinear {
         dims[last] = b.dim(0)?;
         // f32 adapters on bf16 activations (CUDA): the adapter product runs in the adapters' dtype.
         let x2 = x.reshape(((), in_f))?.to_dtype(a.dtype())?;
-        let delta = x2.matmul(&a.t()?)?.matmul(&b.t()?)?.affine(l.scale, 0.0)?;
+        // The scale applies to the rank-wide intermediate, not to the output-wide product.
+        let delta = x2.matmul(&a.t()?)?.affine(l.scale, 0.0)?.matmul(&b.t()?)?;
         let dtype = y.dtype();
         y + delta.reshape(dims)?.to_dtype(dtype)?
     }
