@@ -38,33 +38,24 @@ struct GatedProduct(Activation);
 
 impl GatedProduct {
     fn forward(&self, gate: &[f32], up: &[f32]) -> Vec<f32> {
-        let mut out = vec![0f32; gate.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
-            .for_each(|(o, (g, u))| {
-                for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
-                    *o = act(self.0, *g).0 * u;
-                }
-            });
-        out
+        gate.par_iter()
+            .with_min_len(CHUNK)
+            .zip(up)
+            .map(|(g, u)| act(self.0, *g).0 * u)
+            .collect()
     }
 
     /// `d gate = dy * up * act'(gate)`, `d up = dy * act(gate)`.
     fn backward(&self, gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        let mut dg = vec![0f32; gate.len()];
-        let mut du = vec![0f32; gate.len()];
-        dg.par_chunks_mut(CHUNK)
-            .zip(du.par_chunks_mut(CHUNK))
-            .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
-            .zip(dy.par_chunks(CHUNK))
-            .for_each(|(((dg, du), (g, u)), dy)| {
-                for ((((dg, du), g), u), dy) in dg.iter_mut().zip(du).zip(g).zip(u).zip(dy) {
-                    let (a, da) = act(self.0, *g);
-                    *dg = dy * u * da;
-                    *du = dy * a;
-                }
-            });
-        (dg, du)
+        gate.par_iter()
+            .with_min_len(CHUNK)
+            .zip(up)
+            .zip(dy)
+            .map(|((g, u), dy)| {
+                let (a, da) = act(self.0, *g);
+                (dy * u * da, dy * a)
+            })
+            .unzip()
     }
 }
 

@@ -6,6 +6,7 @@
 //! callers keep the compositions elsewhere (CUDA, bf16) through [`applies`].
 
 pub mod attention;
+pub mod cross_entropy;
 pub mod gated;
 pub mod rms_norm;
 pub mod rope;
@@ -122,7 +123,10 @@ fn exp(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let xc = x.clamp(-87.0, 88.0);
-    let n = (xc * std::f32::consts::LOG2_E).round();
+    // Round to nearest by adding and removing 1.5 * 2^23 (`f32::round` is a libm call that stops the
+    // loop from vectorising).
+    const ROUND: f32 = 12_582_912.0;
+    let n = (xc * std::f32::consts::LOG2_E + ROUND) - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
     // Cephes expf polynomial on [-ln2/2, ln2/2].
     let p = 1.987_569_1e-4_f32;
