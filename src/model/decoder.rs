@@ -71,6 +71,11 @@ pub struct BlockContext {
     pub generation: bool,
 }
 
+/// Key of block `i`'s attention output among the saved products (beside the projections' `i << 8 | target`).
+fn site_id_attention(i: usize) -> u64 {
+    (i as u64) << 8 | 0xff
+}
+
 /// Keys and values of past positions, one entry per layer (`[b, kv_heads, T, head_dim]`).
 #[derive(Debug, Clone, Default)]
 pub struct KvCache {
@@ -259,7 +264,15 @@ impl Decoder {
         };
         let scale = cfg.query_pre_attn_scalar.powf(-0.5);
         let attn = if cpu {
-            cpu_ops::attention::attention(&q, &k, &v, mask, scale, cfg.attn_logit_softcap)?
+            // Checkpointed training: the recomputation replays the first pass's attention output.
+            let saved = ctx.saved.as_ref();
+            let known = saved.and_then(|s| s.exchange(site_id_attention(i), None));
+            let softcap = cfg.attn_logit_softcap;
+            let attn = cpu_ops::attention::attention(&q, &k, &v, mask, (scale, softcap), known)?;
+            if let Some(s) = saved {
+                s.exchange(site_id_attention(i), Some(&attn));
+            }
+            attn
         } else {
             let total = k.dim(2)?;
             let rep = h / kvh;

@@ -147,6 +147,20 @@ pub struct SavedProducts {
     pub recording: std::cell::Cell<bool>,
 }
 
+impl SavedProducts {
+    /// While recording: keeps `t` for `site`. Otherwise: takes back what was kept for `site`.
+    pub fn exchange(&self, site: u64, t: Option<&Tensor>) -> Option<Tensor> {
+        if self.recording.get() {
+            if let Some(t) = t {
+                self.slots.borrow_mut().insert(site, t.clone());
+            }
+            None
+        } else {
+            self.slots.borrow_mut().remove(&site)
+        }
+    }
+}
+
 /// A frozen linear with an optional LoRA adapter.
 #[derive(Debug, Clone)]
 pub struct AdaptedLinear {

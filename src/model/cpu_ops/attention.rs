@@ -5,7 +5,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{Mat, cpu_slice, exp, matmul, storage_slice, to_f32_vec};
+use super::{Mat, cpu_slice, dot, exp_shifted_sum, matmul, max, storage_slice, to_f32_vec};
 
 /// The attention op's constants; q `[b, h, t, d]`, k and v `[b, kvh, T, d]`, all contiguous.
 struct FusedAttention {
@@ -13,6 +13,8 @@ struct FusedAttention {
     mask: Vec<f32>,
     scale: f32,
     softcap: Option<f32>,
+    /// The output of an identical earlier call (checkpointed training's first pass): copied, not recomputed.
+    known_output: Option<Tensor>,
 }
 
 /// Sizes of one call.
@@ -82,17 +84,10 @@ impl FusedAttention {
                     *c = 1.0 - th * th;
                 }
             }
-            let mut max = f32::NEG_INFINITY;
             for (s, m) in row.iter_mut().zip(mrow) {
                 *s += m;
-                max = max.max(*s);
             }
-            let mut sum = 0f32;
-            for s in row.iter_mut() {
-                *s = exp(*s - max);
-                sum += *s;
-            }
-            let inv = 1.0 / sum;
+            let inv = 1.0 / exp_shifted_sum(row, max(row));
             row.iter_mut().for_each(|s| *s *= inv);
         }
     }
@@ -174,7 +169,7 @@ impl FusedAttention {
                             .zip(dp.chunks_exact_mut(tk))
                             .zip(dcap.chunks_exact(tk))
                         {
-                            let dot: f32 = prow.iter().zip(dprow.iter()).map(|(a, b)| a * b).sum();
+                            let dot = dot(prow, dprow);
                             for (g, pv) in dprow.iter_mut().zip(prow) {
                                 *g = pv * (*g - dot);
                             }
@@ -222,6 +217,18 @@ impl CustomOp3 for FusedAttention {
         vl: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let dm = Dims::of(ql.shape(), kl.shape(), vl.shape(), self.mask.len())?;
+        if let Some(known) = &self.known_output {
+            if known.shape() != ql.shape() {
+                candle_core::bail!(
+                    "fused attention: saved output {:?} for q {:?}",
+                    known.shape(),
+                    ql.shape()
+                )
+            }
+            let (s, l) = known.storage_and_layout();
+            let out = storage_slice(&s, l, self.name())?.to_vec();
+            return Ok((CpuStorage::F32(out), ql.shape().clone()));
+        }
         let (q, k, v) = (
             cpu_slice(q, ql, self.name())?,
             cpu_slice(k, kl, self.name())?,
@@ -270,19 +277,21 @@ impl CustomOp3 for FusedAttention {
 
 /// `softmax(softcap(scale * q k^T) + mask) v` for q `[b, h, t, d]`, k and v `[b, kvh, T, d]` (query head
 /// `i` reads key head `i / (h / kvh)`), mask `[b, 1, t, T]`; returns `[b, h, t, d]`. CPU f32 only
-/// (see [`super::applies`]); differentiable in q, k and v.
+/// (see [`super::applies`]); differentiable in q, k and v. `known_output`: this call's result from an
+/// earlier pass over the same inputs (checkpointed training), used as the value instead of recomputing it.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: &Tensor,
-    scale: f64,
-    softcap: Option<f64>,
+    (scale, softcap): (f64, Option<f64>),
+    known_output: Option<Tensor>,
 ) -> Result<Tensor> {
     let op = FusedAttention {
         mask: to_f32_vec(mask)?,
         scale: scale as f32,
         softcap: softcap.map(|c| c as f32),
+        known_output: known_output.map(|t| t.contiguous()).transpose()?,
     };
     q.contiguous()?
         .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
@@ -336,7 +345,10 @@ mod tests {
         let w = random(&[b, h, t, d], 4);
         let mask = attention_mask(&valid, 0, t, window, &Device::Cpu).unwrap();
         let scale = (d as f64).powf(-0.5) * 3.0;
-        let fused = attention(&q, &k, &v, &mask, scale, cap).unwrap();
+        let fused = attention(&q, &k, &v, &mask, (scale, cap), None).unwrap();
+        // Replaying this output (as the checkpointed recomputation does) gives the same gradients.
+        let known = attention(&q, &k, &v, &mask, (scale, cap), Some(fused.detach())).unwrap();
+        let gk = (known * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let refr = reference(&q, &k, &v, &mask, scale, cap);
         assert!(
             rel_err(&fused, &refr) < 1e-5,
@@ -349,6 +361,11 @@ mod tests {
             let (a, r) = (gf.get(x).unwrap(), gr.get(x).unwrap());
             let e = rel_err(a, r);
             assert!(e < 1e-5, "gradient of {name}: relative error {e}");
+            assert_eq!(
+                rel_err(gk.get(x).unwrap(), a),
+                0.0,
+                "replayed gradient of {name}"
+            );
         }
     }
 

@@ -5,7 +5,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_slice, exp, storage_slice};
+use super::{LANES, cpu_slice, exp, max, storage_slice};
 
 struct RowNll {
     targets: Vec<u32>,
@@ -13,9 +13,16 @@ struct RowNll {
 
 /// `(max, log(sum(exp(row - max))))` of a row.
 fn log_sum_exp(row: &[f32]) -> (f32, f32) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
-    let sum: f32 = row.iter().map(|v| exp(v - max)).sum();
-    (max, sum.ln())
+    let max = max(row);
+    let mut acc = [0f32; LANES];
+    let chunks = row.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().map(|v| exp(v - max)).sum();
+    for x in chunks {
+        for i in 0..LANES {
+            acc[i] += exp(x[i] - max);
+        }
+    }
+    (max, (acc.iter().sum::<f32>() + tail).ln())
 }
 
 impl RowNll {

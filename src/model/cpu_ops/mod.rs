@@ -140,6 +140,58 @@ fn exp(x: f32) -> f32 {
     if x < -87.0 { 0.0 } else { scaled }
 }
 
+/// Lanes of the reductions below: independent partial results let the compiler vectorise them (a single
+/// running f32 sum must be added in order).
+const LANES: usize = 16;
+
+/// Sum of `a * b`.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = (ca.remainder().iter().zip(cb.remainder()))
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Largest element (-inf for an empty slice).
+#[inline(always)]
+fn max(a: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = a.chunks_exact(LANES);
+    let tail =
+        (chunks.remainder().iter()).fold(f32::NEG_INFINITY, |m, v| if *v > m { *v } else { m });
+    for x in chunks {
+        for i in 0..LANES {
+            acc[i] = if x[i] > acc[i] { x[i] } else { acc[i] };
+        }
+    }
+    acc.iter().fold(tail, |m, v| if *v > m { *v } else { m })
+}
+
+/// Replaces each element by `e^(x - shift)` and returns their sum.
+#[inline(always)]
+fn exp_shifted_sum(a: &mut [f32], shift: f32) -> f32 {
+    for v in a.iter_mut() {
+        *v = exp(*v - shift);
+    }
+    let mut acc = [0f32; LANES];
+    let chunks = a.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for x in chunks {
+        for i in 0..LANES {
+            acc[i] += x[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -154,6 +206,19 @@ mod tests {
         }
         assert_eq!(super::exp(-1e30), 0.0);
         assert_eq!(super::exp(f32::MIN), 0.0);
+    }
+
+    #[test]
+    fn lane_reductions_match_plain_ones() {
+        let a: Vec<f32> = (0..53).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
+        let b: Vec<f32> = (0..53).map(|i| ((i * 13) % 7) as f32 * 0.5).collect();
+        let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert_eq!(super::dot(&a, &b), plain);
+        assert_eq!(super::max(&a), 5.0);
+        let mut e = a.clone();
+        let sum = super::exp_shifted_sum(&mut e, 5.0);
+        let plain: f32 = a.iter().map(|v| (v - 5.0).exp()).sum();
+        assert!((sum - plain).abs() < 1e-5 * plain);
     }
 }
 

@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_slice, storage_slice, to_f32_vec};
+use super::{cpu_slice, dot, storage_slice, to_f32_vec};
 
 /// Rows per parallel task.
 const ROWS_PER_TASK: usize = 16;
@@ -16,7 +16,7 @@ struct FusedRmsNorm {
 
 impl FusedRmsNorm {
     fn inv_rms(&self, row: &[f32]) -> f32 {
-        let ms = row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32;
+        let ms = dot(row, row) / row.len() as f32;
         1.0 / (ms + self.eps).sqrt()
     }
 
