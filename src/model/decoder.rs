@@ -3,6 +3,7 @@
 use candle_core::{D, Device, Result, Tensor};
 
 use super::config::{Activation, ModelConfig};
+use super::cpu_ops;
 use super::frozen::{FrozenLinear, FrozenWeight};
 use super::layers::{
     RmsNorm, apply_rope, apply_rope_no_grad, attention_mask, mask_rows, rope_tables, softcap,
@@ -68,6 +69,11 @@ pub struct BlockContext {
     pub saved: Option<SavedProducts>,
     /// Generation (decoding with a cache): GGUF weights may multiply in quantized form.
     pub generation: bool,
+}
+
+/// Key of block `i`'s attention output among the saved products (beside the projections' `i << 8 | target`).
+fn site_id_attention(i: usize) -> u64 {
+    (i as u64) << 8 | 0xff
 }
 
 /// Keys and values of past positions, one entry per layer (`[b, kv_heads, T, head_dim]`).
@@ -215,9 +221,15 @@ impl Decoder {
         // No gradient is needed (generation, the checkpointed first pass): candle's fused kernels, which
         // have no backward, replace the differentiable compositions.
         let fused = !ctx.grad && !x.track_op();
+        // f32 on the CPU (training, evaluation): custom kernels with hand-written backward passes; the
+        // attention and gated product ones also serve the no-gradient pass (no score tensor).
+        let cpu = cpu_ops::applies(x) && !ctx.generation;
+        let cpu_grad = cpu && !fused;
         let norm = |n: &RmsNorm, x: &Tensor| {
             if fused {
                 n.forward_no_grad(x)
+            } else if cpu_grad {
+                cpu_ops::rms_norm::rms_norm(x, &n.weight, n.eps)
             } else {
                 n.forward(x)
             }
@@ -231,6 +243,8 @@ impl Decoder {
         let v = v.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
         let rope = if fused {
             apply_rope_no_grad
+        } else if cpu_grad {
+            cpu_ops::rope::rope
         } else {
             apply_rope
         };
@@ -244,28 +258,38 @@ impl Decoder {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let total = k.dim(2)?;
-        let rep = h / kvh;
-        // Grouped-query attention without repeating k/v: fold the query groups into the rows.
-        let qg = q.reshape((b, kvh, rep * t, hd))?;
-        let scores = (qg.matmul(&k.t()?)? * cfg.query_pre_attn_scalar.powf(-0.5))?;
-        let scores = softcap(&scores, cfg.attn_logit_softcap)?;
         let mask = match cfg.layer_windows.get(i).copied().flatten() {
             Some(_) => ctx.window_mask.as_ref().unwrap_or(&ctx.full_mask),
             None => &ctx.full_mask,
         };
-        let scores = scores.reshape((b, h, t, total))?.broadcast_add(mask)?;
-        let probs = if fused {
-            candle_nn::ops::softmax_last_dim(&scores)?
+        let scale = cfg.query_pre_attn_scalar.powf(-0.5);
+        let attn = if cpu {
+            // Checkpointed training: the recomputation replays the first pass's attention output.
+            let saved = ctx.saved.as_ref();
+            let known = saved.and_then(|s| s.exchange(site_id_attention(i), None));
+            let softcap = cfg.attn_logit_softcap;
+            let attn = cpu_ops::attention::attention(&q, &k, &v, mask, (scale, softcap), known)?;
+            if let Some(s) = saved {
+                s.exchange(site_id_attention(i), Some(&attn));
+            }
+            attn
         } else {
-            candle_nn::ops::softmax(&scores, D::Minus1)?
+            let total = k.dim(2)?;
+            let rep = h / kvh;
+            // Grouped-query attention without repeating k/v: fold the query groups into the rows.
+            let qg = q.reshape((b, kvh, rep * t, hd))?;
+            let scores = (qg.matmul(&k.t()?)? * scale)?;
+            let scores = softcap(&scores, cfg.attn_logit_softcap)?;
+            let scores = scores.reshape((b, h, t, total))?.broadcast_add(mask)?;
+            let probs = if fused {
+                candle_nn::ops::softmax_last_dim(&scores)?
+            } else {
+                candle_nn::ops::softmax(&scores, D::Minus1)?
+            };
+            let probs = probs.reshape((b, kvh, rep * t, total))?;
+            probs.matmul(&v)?.reshape((b, h, t, hd))?
         };
-        let probs = probs.reshape((b, kvh, rep * t, total))?;
-        let attn = probs
-            .matmul(&v)?
-            .reshape((b, h, t, hd))?
-            .transpose(1, 2)?
-            .reshape((b, t, h * hd))?;
+        let attn = attn.transpose(1, 2)?.reshape((b, t, h * hd))?;
         let attn = blk.o.forward(&attn, site(Target::O))?;
         let attn = match &blk.post_attn_norm {
             Some(n) => norm(n, &attn)?,
@@ -274,12 +298,17 @@ impl Decoder {
         let x = (x + attn)?;
         let hn = norm(&blk.pre_ff_norm, &x)?;
         let gate = blk.gate.forward(&hn, site(Target::Gate))?;
-        let gate = match cfg.activation {
-            Activation::Silu => gate.silu()?,
-            Activation::GeluTanh => gate.gelu()?,
-        };
         let up = blk.up.forward(&hn, site(Target::Up))?;
-        let ff = blk.down.forward(&(gate * up)?, site(Target::Down))?;
+        let gated = if cpu {
+            cpu_ops::gated::gated_product(&gate, &up, cfg.activation)?
+        } else {
+            let gate = match cfg.activation {
+                Activation::Silu => gate.silu()?,
+                Activation::GeluTanh => gate.gelu()?,
+            };
+            (gate * up)?
+        };
+        let ff = blk.down.forward(&gated, site(Target::Down))?;
         let ff = match &blk.post_ff_norm {
             Some(n) => norm(n, &ff)?,
             None => ff,

@@ -147,6 +147,20 @@ pub struct SavedProducts {
     pub recording: std::cell::Cell<bool>,
 }
 
+impl SavedProducts {
+    /// While recording: keeps `t` for `site`. Otherwise: takes back what was kept for `site`.
+    pub fn exchange(&self, site: u64, t: Option<&Tensor>) -> Option<Tensor> {
+        if self.recording.get() {
+            if let Some(t) = t {
+                self.slots.borrow_mut().insert(site, t.clone());
+            }
+            None
+        } else {
+            self.slots.borrow_mut().remove(&site)
+        }
+    }
+}
+
 /// A frozen linear with an optional LoRA adapter.
 #[derive(Debug, Clone)]
 pub struct AdaptedLinear {
@@ -188,7 +202,8 @@ impl AdaptedLinear {
         dims[last] = b.dim(0)?;
         // f32 adapters on bf16 activations (CUDA): the adapter product runs in the adapters' dtype.
         let x2 = x.reshape(((), in_f))?.to_dtype(a.dtype())?;
-        let delta = x2.matmul(&a.t()?)?.matmul(&b.t()?)?.affine(l.scale, 0.0)?;
+        // The scale applies to the rank-wide intermediate, not to the output-wide product.
+        let delta = x2.matmul(&a.t()?)?.affine(l.scale, 0.0)?.matmul(&b.t()?)?;
         let dtype = y.dtype();
         y + delta.reshape(dims)?.to_dtype(dtype)?
     }

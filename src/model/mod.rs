@@ -4,6 +4,7 @@ pub mod bench;
 pub mod builder;
 pub mod chat;
 pub mod config;
+pub mod cpu_ops;
 pub mod cuda;
 pub mod decoder;
 pub mod error;

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use candle_core::{D, DType, Tensor, Var};
 
+use super::cpu_ops;
 use super::decoder::{Decoder, Positions};
 use super::error::{ModelError, Result};
 use super::lora::{DropoutSeed, SavedProducts, Target};
@@ -174,12 +175,16 @@ impl Decoder {
         let mut grad: Option<Tensor> = None;
         for (r, t) in rows.chunks(chunk.max(1)).zip(targets.chunks(chunk.max(1))) {
             let idx = Tensor::new(r, h.device())?;
-            let tgt = Tensor::new(t, h.device())?;
             let hc = hv.as_tensor().index_select(&idx, 0)?;
             let logits = self.head_logits(&hc)?.to_dtype(DType::F32)?;
-            let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-            let picked = logp.gather(&tgt.unsqueeze(1)?, 1)?;
-            let chunk_loss = (picked.sum_all()? * (-1.0 / n))?;
+            let chunk_loss = if cpu_ops::applies(&logits) {
+                (cpu_ops::cross_entropy::row_nll(&logits, t)?.sum_all()? * (1.0 / n))?
+            } else {
+                let tgt = Tensor::new(t, h.device())?;
+                let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+                let picked = logp.gather(&tgt.unsqueeze(1)?, 1)?;
+                (picked.sum_all()? * (-1.0 / n))?
+            };
             loss += chunk_loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             let store = chunk_loss.backward()?;
             if let Some(g) = store.get(hv.as_tensor()) {

@@ -1,0 +1,250 @@
+//! Fused CPU f32 kernels with hand-written backward passes for the recomputation pass of training.
+//!
+//! candle's own fused kernels have no backward (CANDLE-NOTES), and the differentiable compositions spend
+//! most of a CPU training step allocating and sweeping big intermediate tensors. These custom ops compute
+//! the same values in one sweep each and give exact gradients. They run only for f32 tensors on the CPU;
+//! callers keep the compositions elsewhere (CUDA, bf16) through [`applies`].
+
+pub mod attention;
+pub mod cross_entropy;
+pub mod gated;
+pub mod rms_norm;
+pub mod rope;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};
+
+/// Whether the fused CPU kernels serve this tensor (f32 on the CPU).
+pub fn applies(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
+/// The f32 elements of a contiguous CPU storage, in layout order.
+fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    let CpuStorage::F32(v) = s else {
+        candle_core::bail!("{op}: expected f32 storage, got {:?}", s.dtype())
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&v[a..b]),
+        None => candle_core::bail!("{op}: expected a contiguous tensor"),
+    }
+}
+
+/// [`cpu_slice`] for a tensor's storage (backward passes receive tensors).
+fn storage_slice<'a>(s: &'a Storage, l: &Layout, op: &str) -> Result<&'a [f32]> {
+    match s {
+        Storage::Cpu(c) => cpu_slice(c, l, op),
+        _ => candle_core::bail!("{op}: expected a CPU tensor"),
+    }
+}
+
+/// The elements of a (small, constant) tensor as a contiguous f32 vector.
+fn to_f32_vec(t: &Tensor) -> Result<Vec<f32>> {
+    t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()
+}
+
+/// A strided read-only f32 matrix view.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    /// Row stride and column stride in elements.
+    rs: usize,
+    cs: usize,
+}
+
+impl<'a> Mat<'a> {
+    fn rows(data: &'a [f32], row_len: usize) -> Self {
+        Self {
+            data,
+            rs: row_len,
+            cs: 1,
+        }
+    }
+
+    /// The transpose of a row-major matrix with rows of `row_len`.
+    fn rows_t(data: &'a [f32], row_len: usize) -> Self {
+        Self {
+            data,
+            rs: 1,
+            cs: row_len,
+        }
+    }
+
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        rows == 0 || cols == 0 || (rows - 1) * self.rs + (cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst[m, n] = scale * lhs[m, k] @ rhs[k, n]`, plus the old `dst` when `accumulate`; `dst` row-major with
+/// rows of `n`. Single-threaded: callers parallelise over heads.
+fn matmul(
+    dst: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    lhs: Mat,
+    rhs: Mat,
+    scale: f32,
+    accumulate: bool,
+) {
+    assert!(dst.len() >= m * n && lhs.fits(m, k) && rhs.fits(k, n));
+    if m == 0 || n == 0 {
+        return;
+    }
+    // SAFETY: the asserts above keep every index the kernel touches inside the three slices, and `dst`
+    // is borrowed mutably, so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.cs as isize,
+            lhs.rs as isize,
+            rhs.data.as_ptr(),
+            rhs.cs as isize,
+            rhs.rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// `e^x` in f32 to ~2 ulp, written so the compiler vectorises loops over it (libm's `expf` does not);
+/// 0 below -87 (where `expf` is subnormal), as the softmax of masked scores needs.
+#[inline(always)]
+fn exp(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    let xc = x.clamp(-87.0, 88.0);
+    // Round to nearest by adding and removing 1.5 * 2^23 (`f32::round` is a libm call that stops the
+    // loop from vectorising).
+    const ROUND: f32 = 12_582_912.0;
+    let n = (xc * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = xc - n * LN2_HI - n * LN2_LO;
+    // Cephes expf polynomial on [-ln2/2, ln2/2].
+    let p = 1.987_569_1e-4_f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5e-1;
+    let y = p * r * r + r + 1.0;
+    let scaled = y * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    if x < -87.0 { 0.0 } else { scaled }
+}
+
+/// Lanes of the reductions below: independent partial results let the compiler vectorise them (a single
+/// running f32 sum must be added in order).
+const LANES: usize = 16;
+
+/// Sum of `a * b`.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = (ca.remainder().iter().zip(cb.remainder()))
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+/// Largest element (-inf for an empty slice).
+#[inline(always)]
+fn max(a: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = a.chunks_exact(LANES);
+    let tail =
+        (chunks.remainder().iter()).fold(f32::NEG_INFINITY, |m, v| if *v > m { *v } else { m });
+    for x in chunks {
+        for i in 0..LANES {
+            acc[i] = if x[i] > acc[i] { x[i] } else { acc[i] };
+        }
+    }
+    acc.iter().fold(tail, |m, v| if *v > m { *v } else { m })
+}
+
+/// Replaces each element by `e^(x - shift)` and returns their sum.
+#[inline(always)]
+fn exp_shifted_sum(a: &mut [f32], shift: f32) -> f32 {
+    for v in a.iter_mut() {
+        *v = exp(*v - shift);
+    }
+    let mut acc = [0f32; LANES];
+    let chunks = a.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for x in chunks {
+        for i in 0..LANES {
+            acc[i] += x[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exp_matches_libm() {
+        for i in -2000..=2000 {
+            let x = i as f32 * 0.0431;
+            let (a, b) = (super::exp(x), x.exp());
+            assert!(
+                (a - b).abs() <= 4.0 * f32::EPSILON * b,
+                "exp({x}) = {a}, libm {b}"
+            );
+        }
+        assert_eq!(super::exp(-1e30), 0.0);
+        assert_eq!(super::exp(f32::MIN), 0.0);
+    }
+
+    #[test]
+    fn lane_reductions_match_plain_ones() {
+        let a: Vec<f32> = (0..53).map(|i| ((i * 37) % 11) as f32 - 5.0).collect();
+        let b: Vec<f32> = (0..53).map(|i| ((i * 13) % 7) as f32 * 0.5).collect();
+        let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert_eq!(super::dot(&a, &b), plain);
+        assert_eq!(super::max(&a), 5.0);
+        let mut e = a.clone();
+        let sum = super::exp_shifted_sum(&mut e, 5.0);
+        let plain: f32 = a.iter().map(|v| (v - 5.0).exp()).sum();
+        assert!((sum - plain).abs() < 1e-5 * plain);
+    }
+}
+
+#[cfg(test)]
+mod test_util {
+    use candle_core::{Device, Tensor};
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    pub fn random(shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// Max |a - b| / (max |b| + tiny): a relative error over the whole tensor.
+    pub fn rel_err(a: &Tensor, b: &Tensor) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())) + 1e-30;
+        let diff = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        diff / scale
+    }
+}

@@ -1,0 +1,114 @@
+//! Rotary embeddings on `[b, h, t, d]` (half-split or interleaved pairs) with their backward pass: the
+//! gradient of a rotation is the inverse rotation of the incoming gradient.
+
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{cpu_slice, to_f32_vec};
+
+struct FusedRope {
+    /// `[b, t, d / 2]` tables.
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    interleaved: bool,
+    /// Rotate by minus the angle (the backward pass).
+    inverse: bool,
+}
+
+impl FusedRope {
+    fn rotate(&self, x: &[f32], (b, h, t, d): (usize, usize, usize, usize)) -> Result<Vec<f32>> {
+        let half = d / 2;
+        if d % 2 != 0 || self.cos.len() != b * t * half || self.sin.len() != self.cos.len() {
+            candle_core::bail!(
+                "fused rope: tables must be [{b}, 1, {t}, {half}] for x [{b}, {h}, {t}, {d}]"
+            )
+        }
+        let sign = if self.inverse { -1.0 } else { 1.0 };
+        let mut out = vec![0f32; x.len()];
+        out.par_chunks_mut(t * d)
+            .zip(x.par_chunks(t * d))
+            .enumerate()
+            .for_each(|(bh, (o, x))| {
+                let bi = bh / h;
+                for ((orow, xrow), p) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(0..t) {
+                    let at = (bi * t + p) * half;
+                    let (cos, sin) = (&self.cos[at..at + half], &self.sin[at..at + half]);
+                    for i in 0..half {
+                        let (c, s) = (cos[i], sign * sin[i]);
+                        let (a, b) = if self.interleaved {
+                            (2 * i, 2 * i + 1)
+                        } else {
+                            (i, i + half)
+                        };
+                        orow[a] = xrow[a] * c - xrow[b] * s;
+                        orow[b] = xrow[a] * s + xrow[b] * c;
+                    }
+                }
+            });
+        Ok(out)
+    }
+}
+
+impl CustomOp1 for FusedRope {
+    fn name(&self) -> &'static str {
+        "fused-rope"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = cpu_slice(x, l, self.name())?;
+        let out = self.rotate(x, l.shape().dims4()?)?;
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
+        let inverse = FusedRope {
+            cos: self.cos.clone(),
+            sin: self.sin.clone(),
+            interleaved: self.interleaved,
+            inverse: !self.inverse,
+        };
+        Ok(Some(grad_res.contiguous()?.apply_op1_no_bwd(&inverse)?))
+    }
+}
+
+/// Rotary embeddings of `x` `[b, h, t, d]` with tables `[b, 1, t, d / 2]`, as [`crate::model::layers::apply_rope`];
+/// differentiable in x. CPU f32 only (see [`super::applies`]).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
+    let op = FusedRope {
+        cos: to_f32_vec(cos)?,
+        sin: to_f32_vec(sin)?,
+        interleaved,
+        inverse: false,
+    };
+    x.contiguous()?.apply_op1(op)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Var;
+
+    use super::super::test_util::{random, rel_err};
+    use super::*;
+    use crate::model::layers::apply_rope;
+
+    #[test]
+    fn matches_composition_in_both_layouts() {
+        let (b, h, t, d) = (2, 3, 7, 8);
+        let angles = random(&[b, 1, t, d / 2], 5).affine(3.0, 0.0).unwrap();
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let g = random(&[b, h, t, d], 6);
+        for interleaved in [false, true] {
+            let x = Var::from_tensor(&random(&[b, h, t, d], 7)).unwrap();
+            let fused = rope(&x, &cos, &sin, interleaved).unwrap();
+            let refr = apply_rope(&x, &cos, &sin, interleaved).unwrap();
+            assert!(rel_err(&fused, &refr) < 1e-5, "interleaved {interleaved}");
+            let gf = (fused * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let gr = (refr * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            let e = rel_err(gf.get(&x).unwrap(), gr.get(&x).unwrap());
+            assert!(
+                e < 1e-5,
+                "interleaved {interleaved}: gradient relative error {e}"
+            );
+        }
+    }
+}
