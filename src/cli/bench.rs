@@ -42,9 +42,13 @@ pub struct TrainArgs {
     /// Keep every block's activations instead of recomputing them.
     #[arg(long)]
     no_checkpointing: bool,
-    /// With checkpointing, recompute the frozen projections instead of keeping their outputs (less memory).
-    #[arg(long)]
+    /// With checkpointing, recompute the frozen projections instead of keeping their outputs (less memory;
+    /// the default on a GPU).
+    #[arg(long, conflicts_with = "save_frozen")]
     recompute_frozen: bool,
+    /// With checkpointing, keep the frozen projections' outputs for the recomputation (the default on the CPU).
+    #[arg(long)]
+    save_frozen: bool,
     /// With --preset: keep only the first N blocks (to profile a step at real widths in less time).
     #[arg(long, requires = "preset")]
     layers: Option<usize>,
@@ -81,7 +85,11 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
         steps: a.steps,
         rank: a.rank,
         checkpointing: !a.no_checkpointing,
-        save_frozen_products: !a.recompute_frozen,
+        save_frozen_products: match (a.save_frozen, a.recompute_frozen) {
+            (true, _) => Some(true),
+            (_, true) => Some(false),
+            _ => None,
+        },
         device: a.device,
         layers: a.layers,
     })?;

@@ -36,8 +36,8 @@ pub struct BenchSettings {
     pub steps: usize,
     pub rank: usize,
     pub checkpointing: bool,
-    /// See `StepOptions::save_frozen_products`.
-    pub save_frozen_products: bool,
+    /// See `StepOptions::save_frozen_products` (None: the device's default, `StepOptions::for_device`).
+    pub save_frozen_products: Option<bool>,
     /// `cpu`, `cuda` or `cuda:N` (see `cuda::parse_device`).
     pub device: String,
     /// Presets only: keep the first N blocks (profiling a step at real widths in less time and memory).
@@ -185,10 +185,13 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
         loss_mask: Tensor::ones((s.batch, s.seq), candle_core::DType::F32, &device)?,
         attention_mask: None,
     };
+    let defaults = StepOptions::for_device(&device);
     let opts = StepOptions {
         checkpointing: s.checkpointing,
-        save_frozen_products: s.save_frozen_products,
-        ..StepOptions::default()
+        save_frozen_products: s
+            .save_frozen_products
+            .unwrap_or(defaults.save_frozen_products),
+        ..defaults
     };
     let mut adam = AdamW {
         m: vec![],
@@ -228,7 +231,7 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
         rank: s.rank,
         threads: candle_core::utils::get_num_threads(),
         checkpointing: s.checkpointing,
-        save_frozen_products: s.save_frozen_products,
+        save_frozen_products: opts.save_frozen_products,
         measures: "forward + loss + backward to all LoRA tensors (activation checkpointing per block, chunked vocabulary loss) + AdamW update",
         step_s,
         step_times_s: times,
@@ -262,7 +265,7 @@ mod tests {
             steps: 2,
             rank: 2,
             checkpointing: true,
-            save_frozen_products: true,
+            save_frozen_products: None,
             device: "cpu".into(),
             layers: Some(1),
         })

@@ -1,6 +1,6 @@
 //! The decoder: one implementation for llama, mistral, qwen2, gemma and gemma2, with per-family switches.
 
-use candle_core::{D, Device, Result, Tensor};
+use candle_core::{Device, Result, Tensor};
 
 use super::config::{Activation, ModelConfig};
 use super::cpu_ops;
@@ -277,15 +277,13 @@ impl Decoder {
             let total = k.dim(2)?;
             let rep = h / kvh;
             // Grouped-query attention without repeating k/v: fold the query groups into the rows.
-            let qg = q.reshape((b, kvh, rep * t, hd))?;
-            let scores = (qg.matmul(&k.t()?)? * scale)?;
+            // The scale applied to the queries: a pass over [b, h, t, d] instead of the scores.
+            let qg = (q * scale)?.reshape((b, kvh, rep * t, hd))?;
+            let scores = qg.matmul(&k.t()?)?;
             let scores = softcap(&scores, cfg.attn_logit_softcap)?;
             let scores = scores.reshape((b, h, t, total))?.broadcast_add(mask)?;
-            let probs = if fused {
-                candle_nn::ops::softmax_last_dim(&scores)?
-            } else {
-                candle_nn::ops::softmax(&scores, D::Minus1)?
-            };
+            // The fused kernel forward; with a gradient, the closed-form backward.
+            let probs = super::attach::softmax_last_dim(&scores)?;
             let probs = probs.reshape((b, kvh, rep * t, total))?;
             probs.matmul(&v)?.reshape((b, h, t, hd))?
         };

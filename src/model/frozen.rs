@@ -1,14 +1,15 @@
 //! Frozen base weights kept quantized in memory, and the linear layer whose backward never builds a dense dW.
 //!
 //! Forward computes `y = x.detach() @ dequant(W)^T` outside the autograd graph, then attaches `y` to `x`
-//! through a custom op whose backward returns only `grad_x = grad_y @ dequant(W)`.
+//! (`attach`) with a backward that returns only `grad_x = grad_y @ dequant(W)`.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{CpuStorage, CustomOp2, DType, Device, Layout, Module, Shape, Tensor};
+use candle_core::{DType, Device, Module, Tensor};
 
+use super::attach::{Backward, attach};
 use super::nf4::Nf4Tensor;
 
 /// Above this many elements a weight is dequantized and multiplied in row chunks (vocabulary heads).
@@ -183,65 +184,27 @@ impl FrozenWeight {
     }
 }
 
-/// Attaches a precomputed `y = x @ W^T` to `x`; backward gives `grad_x = grad_y @ W` only.
+/// The backward of a frozen product `y = x @ W^T`: `grad_x = grad_y @ W` only, never a dense dW.
 /// Holds the dequantized weight of the forward (when it was small enough to dequantize whole) so the
 /// backward, which follows within the same checkpointed block, does not dequantize again.
-struct FrozenMatmulGrad {
+struct FrozenMatmulBackward {
     weight: FrozenWeight,
     dequantized: Option<Tensor>,
 }
 
-impl CustomOp2 for FrozenMatmulGrad {
+impl Backward for FrozenMatmulBackward {
     fn name(&self) -> &'static str {
         "frozen-matmul"
     }
 
-    fn cpu_fwd(
-        &self,
-        _x: &CpuStorage,
-        _xl: &Layout,
-        y: &CpuStorage,
-        yl: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (start, end) = yl
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("frozen-matmul: y must be contiguous".into()))?;
-        let out = match y {
-            CpuStorage::F32(v) => CpuStorage::F32(v[start..end].to_vec()),
-            CpuStorage::BF16(v) => CpuStorage::BF16(v[start..end].to_vec()),
-            CpuStorage::F16(v) => CpuStorage::F16(v[start..end].to_vec()),
-            _ => candle_core::bail!("frozen-matmul: y must be f32, bf16 or f16"),
-        };
-        Ok((out, yl.shape().clone()))
-    }
-
-    /// cuda hook: the same copy of `y` on the GPU.
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _x: &candle_core::CudaStorage,
-        _xl: &Layout,
-        y: &candle_core::CudaStorage,
-        yl: &Layout,
-    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
-        super::cuda::clone_cuda_storage(y, yl)
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        _y: &Tensor,
-        _res: &Tensor,
-        grad_res: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let out = grad_res.dim(candle_core::D::Minus1)?;
-        let g2 = grad_res.reshape(((), out))?.contiguous()?;
+    fn grad(&self, x: &Tensor, _y: &Tensor, grad_y: &Tensor) -> candle_core::Result<Tensor> {
+        let out = grad_y.dim(candle_core::D::Minus1)?;
+        let g2 = grad_y.reshape(((), out))?.contiguous()?;
         let gx = match &self.dequantized {
             Some(w) => g2.matmul(w)?,
             None => self.weight.matmul(&g2)?,
         };
-        let gx = gx.reshape(x.shape())?;
-        Ok((Some(gx), None))
+        gx.reshape(x.shape())
     }
 }
 
@@ -313,17 +276,14 @@ impl FrozenLinear {
         y: Tensor,
         dequantized: Option<Tensor>,
     ) -> candle_core::Result<Tensor> {
-        let y = if x.track_op() {
-            x.apply_op2(
-                &y,
-                FrozenMatmulGrad {
-                    weight: self.weight.clone(),
-                    dequantized,
-                },
-            )?
-        } else {
-            y
-        };
+        let y = attach(
+            x,
+            y,
+            FrozenMatmulBackward {
+                weight: self.weight.clone(),
+                dequantized,
+            },
+        )?;
         match &self.bias {
             Some(b) => y.broadcast_add(&b.to_dtype(y.dtype())?),
             None => Ok(y),

@@ -41,6 +41,17 @@ pub struct StepOptions {
     pub save_frozen_products: bool,
 }
 
+impl StepOptions {
+    /// The defaults for `device`: on a GPU the frozen products are recomputed rather than kept (measured on
+    /// the H200 at Llama-3.1-8B, batch 2 x 2048: keeping them cost 10 GiB for 3% speed); on the CPU, kept.
+    pub fn for_device(device: &candle_core::Device) -> Self {
+        Self {
+            save_frozen_products: !device.is_cuda(),
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for StepOptions {
     fn default() -> Self {
         Self {

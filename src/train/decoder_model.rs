@@ -54,7 +54,7 @@ impl TrainableModel for DecoderModel {
         let opts = StepOptions {
             checkpointing: self.checkpointing,
             dropout_seed: (self.spec.dropout > 0.0).then_some(batch.dropout_seed),
-            ..StepOptions::default()
+            ..StepOptions::for_device(&self.decoder.device)
         };
         let out = self.decoder.loss_and_grads(&tb, &opts).map_err(model_err)?;
         Ok((out.loss, out.grads.into_iter().map(|(_, g)| g).collect()))

@@ -313,7 +313,7 @@ pub fn clone_cuda_storage(
     l: &Layout,
 ) -> candle_core::Result<(CudaStorage, Shape)> {
     if !l.is_contiguous() || l.start_offset() != 0 {
-        candle_core::bail!("frozen-matmul: y must be contiguous from offset 0");
+        candle_core::bail!("an attached value must be contiguous from offset 0");
     }
     Ok((s.try_clone(l)?, l.shape().clone()))
 }
