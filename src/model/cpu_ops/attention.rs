@@ -387,12 +387,9 @@ mod tests {
         p.matmul(v).unwrap().reshape((b, h, t, d)).unwrap()
     }
 
+    /// Sizes `(b, h, kvh, t, d)`.
     fn check(
-        b: usize,
-        h: usize,
-        kvh: usize,
-        t: usize,
-        d: usize,
+        (b, h, kvh, t, d): (usize, usize, usize, usize, usize),
         valid: Vec<Vec<bool>>,
         window: Option<usize>,
         cap: Option<f64>,
@@ -430,21 +427,21 @@ mod tests {
     #[test]
     fn matches_composition_with_gqa_and_padding() {
         let valid = vec![vec![true; 12], [vec![false; 3], vec![true; 9]].concat()];
-        check(2, 6, 2, 12, 8, valid, None, None);
+        check((2, 6, 2, 12, 8), valid, None, None);
     }
 
     #[test]
     fn matches_composition_across_row_blocks() {
         // Longer than a row block: blocks stop at different key extents; padded queries see every key.
         let valid = vec![[vec![false; 5], vec![true; 145]].concat(), vec![true; 150]];
-        check(2, 4, 2, 150, 8, valid.clone(), None, None);
-        check(2, 2, 1, 150, 8, valid, Some(70), Some(4.0));
+        check((2, 4, 2, 150, 8), valid.clone(), None, None);
+        check((2, 2, 1, 150, 8), valid, Some(70), Some(4.0));
     }
 
     #[test]
     fn matches_composition_with_window_and_softcap() {
         let valid = vec![vec![true; 10], [vec![true; 7], vec![false; 3]].concat()];
-        check(2, 4, 4, 10, 16, valid.clone(), Some(4), Some(5.0));
-        check(2, 4, 1, 10, 16, valid, Some(3), None);
+        check((2, 4, 4, 10, 16), valid.clone(), Some(4), Some(5.0));
+        check((2, 4, 1, 10, 16), valid, Some(3), None);
     }
 }
