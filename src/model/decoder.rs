@@ -320,17 +320,8 @@ impl Decoder {
         softcap(&self.head.forward(&h)?, self.config.final_logit_softcap)
     }
 
-    /// Hidden states after the last block `[b, t, d]` (before the final norm).
-    pub fn forward_hidden(
-        &self,
-        ids: &Tensor,
-        positions: &Positions,
-        key_mask: Option<&Tensor>,
-        cache: Option<&mut KvCache>,
-    ) -> Result<Tensor> {
-        self.hidden(ids, positions, key_mask, cache, false)
-    }
-
+    /// Hidden states after the last block `[b, t, d]` (before the final norm); `generation` lets GGUF
+    /// weights multiply in quantized form (see `FrozenLinear::forward_generation`).
     fn hidden(
         &self,
         ids: &Tensor,
@@ -371,7 +362,7 @@ impl Decoder {
         key_mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let h = self.forward_hidden(ids, positions, key_mask, cache)?;
+        let h = self.hidden(ids, positions, key_mask, cache, false)?;
         self.head_logits(&h)
     }
 
