@@ -167,15 +167,7 @@ fn a_run_trained_elsewhere_is_followed_live_and_the_terminal_is_restored() {
         s.contains("models x datasets")
     });
     tmux.send("q");
-    let end = tmux.wait_for("the dashboard to exit", Duration::from_secs(30), |s| {
-        s.contains("EXITED")
-    });
-    assert!(end.contains("EXITED 0"), "{end}");
-    assert_eq!(
-        tmux.display("#{alternate_on}"),
-        "0",
-        "the terminal left the alternate screen"
-    );
+    expect_clean_exit(&tmux, "quit", Duration::from_secs(30));
     stop.store(true, Ordering::Relaxed);
     writer.join().unwrap();
     drop(lock);
@@ -208,15 +200,7 @@ fn termination_signals_restore_the_terminal() {
             .status()
             .unwrap();
         assert!(killed.success());
-        let end = tmux.wait_for("the dashboard to exit", Duration::from_secs(30), |s| {
-            s.contains("EXITED")
-        });
-        assert!(end.contains("EXITED 0"), "SIG{signal}: {end}");
-        assert_eq!(
-            tmux.display("#{alternate_on}"),
-            "0",
-            "SIG{signal}: the terminal left the alternate screen"
-        );
+        expect_clean_exit(&tmux, &format!("SIG{signal}"), Duration::from_secs(30));
     }
 }
 
@@ -342,14 +326,10 @@ fn train_detach_and_reattach() {
         s.contains("quit while training")
     });
     tmux.send("b");
-    let end = tmux.wait_for("the hand-over and exit", Duration::from_secs(120), |s| {
-        s.contains("EXITED")
-    });
-    assert!(end.contains("EXITED 0"), "{end}");
-    assert_eq!(
-        tmux.display("#{alternate_on}"),
-        "0",
-        "the terminal left the alternate screen"
+    expect_clean_exit(
+        &tmux,
+        "hand-over to the background",
+        Duration::from_secs(120),
     );
     drop(tmux);
 
@@ -389,11 +369,7 @@ fn train_detach_and_reattach() {
         |s| shown_step(s).is_some_and(|n| n > step),
     );
     tmux.send("q");
-    let end = tmux.wait_for("the dashboard to exit", Duration::from_secs(30), |s| {
-        s.contains("EXITED")
-    });
-    assert!(end.contains("EXITED 0"), "{end}");
-    assert_eq!(tmux.display("#{alternate_on}"), "0");
+    expect_clean_exit(&tmux, "quit", Duration::from_secs(30));
 }
 
 /// Rate one item on the dashboard's Rating screen with the keyboard, SIGKILL the dashboard, open it again:
@@ -472,4 +448,16 @@ fn a_rating_made_on_the_dashboard_survives_sigkill() {
         s.contains("EXITED")
     });
     assert!(end.contains("EXITED 0"), "{end}");
+}
+
+/// Wait for the wrapped command to end (the pane shows `EXITED <code>`) and check that it exited with 0 and
+/// left the terminal's alternate screen; `context` names the case in failure messages.
+fn expect_clean_exit(tmux: &Tmux, context: &str, timeout: Duration) {
+    let end = tmux.wait_for("the dashboard to exit", timeout, |s| s.contains("EXITED"));
+    assert!(end.contains("EXITED 0"), "{context}: {end}");
+    assert_eq!(
+        tmux.display("#{alternate_on}"),
+        "0",
+        "{context}: the terminal left the alternate screen"
+    );
 }
