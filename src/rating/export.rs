@@ -217,7 +217,7 @@ mod tests {
     use calamine::{Data, Reader, Xlsx, open_workbook};
 
     use super::*;
-    use crate::rating::journal::{Entry, JournalLine, QuestionRef};
+    use crate::rating::journal::{JournalLine, test_score_line};
     use crate::rating::results::build;
 
     fn line(
@@ -228,24 +228,7 @@ mod tests {
         q: &str,
         v: [f64; 3],
     ) -> JournalLine {
-        let answer = AnswerKey {
-            item: QuestionRef {
-                task: task.into(),
-                questions: task.into(),
-                question: q.into(),
-            },
-            model: model.into(),
-            stage: stage.into(),
-        };
-        let scores = Rubric::default().criteria.into_iter().zip(v).collect();
-        let entry = Entry::Score {
-            answer,
-            run: None,
-            scores,
-            blind: None,
-            unparsed: Default::default(),
-        };
-        JournalLine::new(rater, "t".into(), entry)
+        test_score_line(rater, task, model, stage, q, v)
     }
 
     fn ratings() -> Ratings {

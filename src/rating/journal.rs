@@ -146,6 +146,44 @@ pub fn read(path: &Path) -> Result<Vec<JournalLine>, RatingError> {
     Ok(lines)
 }
 
+/// Test fixture: a plain score line (no run, no blind mapping) of `question` in the question set named like
+/// its task, one value per criterion of the study's default rubric.
+#[cfg(test)]
+pub(crate) fn test_score_line(
+    rater: &str,
+    task: &str,
+    model: &str,
+    stage: &str,
+    question: &str,
+    values: [f64; 3],
+) -> JournalLine {
+    let answer = AnswerKey {
+        item: QuestionRef {
+            task: task.into(),
+            questions: task.into(),
+            question: question.into(),
+        },
+        model: model.into(),
+        stage: stage.into(),
+    };
+    let scores = super::rubric::Rubric::default()
+        .criteria
+        .into_iter()
+        .zip(values)
+        .collect();
+    JournalLine::new(
+        rater,
+        "t".into(),
+        Entry::Score {
+            answer,
+            run: None,
+            scores,
+            blind: None,
+            unparsed: BTreeMap::new(),
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -242,30 +242,10 @@ fn agreement(rows: &[ScoreRow<'_>], rubric: &Rubric) -> Option<Agreement> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rating::journal::{Entry, JournalLine, QuestionRef};
+    use crate::rating::journal::{JournalLine, test_score_line};
 
     fn line(rater: &str, model: &str, stage: &str, q: &str, vals: [f64; 3]) -> JournalLine {
-        let answer = AnswerKey {
-            item: QuestionRef {
-                task: "bio".into(),
-                questions: "bio".into(),
-                question: q.into(),
-            },
-            model: model.into(),
-            stage: stage.into(),
-        };
-        let scores = Rubric::default().criteria.into_iter().zip(vals).collect();
-        JournalLine::new(
-            rater,
-            "t".into(),
-            Entry::Score {
-                answer,
-                run: None,
-                scores,
-                blind: None,
-                unparsed: Default::default(),
-            },
-        )
+        test_score_line(rater, "bio", model, stage, q, vals)
     }
 
     #[test]

@@ -225,38 +225,14 @@ fn csv(tasks: &[TaskResults]) -> Result<String, RatingError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rating::journal::{AnswerKey, Entry, JournalLine, QuestionRef};
+    use crate::rating::journal::test_score_line;
     use crate::rating::ratings::Ratings;
     use crate::rating::results::build;
     use crate::rating::rubric::Rubric;
 
     fn tasks() -> Vec<TaskResults> {
         let line = |rater: &str, stage: &str, q: u32, v: f64| {
-            let answer = AnswerKey {
-                item: QuestionRef {
-                    task: "math".into(),
-                    questions: "m".into(),
-                    question: q.to_string(),
-                },
-                model: "m1".into(),
-                stage: stage.into(),
-            };
-            let scores = Rubric::default()
-                .criteria
-                .into_iter()
-                .map(|c| (c, v))
-                .collect();
-            JournalLine::new(
-                rater,
-                "t".into(),
-                Entry::Score {
-                    answer,
-                    run: None,
-                    scores,
-                    blind: None,
-                    unparsed: Default::default(),
-                },
-            )
+            test_score_line(rater, "math", "m1", stage, &q.to_string(), [v; 3])
         };
         let mut lines = Vec::new();
         for q in 0..4 {

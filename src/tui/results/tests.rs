@@ -3,33 +3,13 @@ use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
 use super::*;
-use crate::rating::journal::{AnswerKey, Entry, JournalLine, QuestionRef};
+use crate::rating::journal::{JournalLine, test_score_line};
 use crate::rating::ratings::Ratings;
 use crate::rating::results::build;
 use crate::rating::rubric::Rubric;
 
 fn line(rater: &str, task: &str, model: &str, stage: &str, q: u32, v: [f64; 3]) -> JournalLine {
-    let answer = AnswerKey {
-        item: QuestionRef {
-            task: task.into(),
-            questions: task.into(),
-            question: q.to_string(),
-        },
-        model: model.into(),
-        stage: stage.into(),
-    };
-    let scores = Rubric::default().criteria.into_iter().zip(v).collect();
-    JournalLine::new(
-        rater,
-        "t".into(),
-        Entry::Score {
-            answer,
-            run: None,
-            scores,
-            blind: None,
-            unparsed: Default::default(),
-        },
-    )
+    test_score_line(rater, task, model, stage, &q.to_string(), v)
 }
 
 fn tasks() -> Vec<TaskResults> {
