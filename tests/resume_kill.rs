@@ -11,34 +11,16 @@ use std::time::{Duration, Instant};
 use qlab::store::atomic::read_json;
 use qlab::store::{RunState, RunStatus, SweepPaths};
 use qlab::sweep::events::RunEvent;
-use qlab::sweep::job::{LoadedModel, ModelLoader, RunJob};
+use qlab::sweep::job::RunJob;
 use qlab::sweep::metrics_log::read_events;
 use qlab::sweep::runner::{Runner, RunnerOptions, SweepSummary};
+use qlab::sweep::toy::ToyLoader;
 use qlab::train::checkpoint::{self, FileWriter, FsWriter};
 use qlab::train::settings::{DatasetSpec, OnBadRow, ScheduleKind, TrainOn, TrainSettings, Warmup};
-use qlab::train::toy::{ByteEncoder, ToyConfig, ToyModel};
+use qlab::train::toy::{ToyConfig, ToyModel};
 use rand::Rng;
 
 const RUNS: [&str; 2] = ["toy-a", "toy-b"];
-
-struct ToyLoader;
-
-impl ModelLoader for ToyLoader {
-    fn load(&self, _job: &RunJob) -> Result<LoadedModel, String> {
-        let model = ToyModel::new(ToyConfig {
-            vocab: 257,
-            hidden: 32,
-            rank: 4,
-            seed: 11,
-        })
-        .map_err(|e| e.to_string())?;
-        Ok(LoadedModel {
-            model: Box::new(model),
-            encoder: Box::new(ByteEncoder),
-            pad_id: 0,
-        })
-    }
-}
 
 fn write_data(dir: &Path) -> PathBuf {
     let path = dir.join("sums.jsonl");
@@ -95,7 +77,10 @@ fn run_sweep(root: &Path, writer: Arc<dyn FileWriter>) -> (SweepSummary, Vec<(St
     let handle = Runner::spawn(
         SweepPaths::new(root, "s"),
         jobs(&data),
-        Arc::new(ToyLoader),
+        Arc::new(ToyLoader {
+            hidden: 32,
+            seed: 11,
+        }),
         options,
     )
     .unwrap();

@@ -17,9 +17,9 @@ use qlab::sweep::events::{RunEvent, RunnerCommand};
 use qlab::sweep::job::{LoadedModel, ModelLoader, RunJob};
 use qlab::sweep::metrics_log::read_events;
 use qlab::sweep::runner::{Runner, RunnerHandle, RunnerOptions};
+use qlab::sweep::toy::{toy_job as job, write_toy_csv};
 use qlab::train::TrainError;
 use qlab::train::model::{Batch, TrainableModel};
-use qlab::train::settings::{DatasetSpec, OnBadRow, ScheduleKind, TrainOn, TrainSettings, Warmup};
 use qlab::train::toy::{ByteEncoder, ToyConfig, ToyModel};
 use workers::Rendezvous;
 
@@ -98,47 +98,7 @@ fn toy(job: &RunJob, gate: Option<(Arc<Rendezvous>, usize)>) -> Result<LoadedMod
 }
 
 fn write_data(dir: &Path, rows: usize) -> PathBuf {
-    let path = dir.join("d.csv");
-    let mut text = String::from("instruction,output\n");
-    for i in 0..rows {
-        text.push_str(&format!("name the number {i},it is {}\n", i * 3));
-    }
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn job(id: &str, data: &Path, epochs: u32) -> RunJob {
-    RunJob {
-        run_id: id.into(),
-        model: "toy".into(),
-        device: "cpu".into(),
-        data: DatasetSpec {
-            path: data.to_owned(),
-            format: None,
-            limit: None,
-            template: "### Instruction:\n{instruction}\n### Response:\n{output}".into(),
-            completion_marker: Some("### Response:\n".into()),
-            fields: Default::default(),
-            train_on: TrainOn::Completion,
-            on_bad_row: OnBadRow::Error,
-        },
-        train: TrainSettings {
-            epochs,
-            batch_size: 1,
-            grad_accum: 1,
-            lr: 0.01,
-            weight_decay: 0.0,
-            max_grad_norm: None,
-            schedule: ScheduleKind::Linear,
-            warmup: Warmup::Steps(2),
-            max_seq_len: 64,
-            packing: false,
-            seed: 1,
-            checkpoint_every: 5,
-            keep_checkpoints: 1,
-            eval_at_epochs: vec![],
-        },
-    }
+    write_toy_csv(dir, rows).unwrap()
 }
 
 fn spawn(root: &Path, jobs: Vec<RunJob>, options: RunnerOptions) -> RunnerHandle {

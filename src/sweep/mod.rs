@@ -13,5 +13,6 @@ pub mod reconcile;
 pub mod runner;
 pub mod sink;
 pub mod telemetry;
+pub mod toy;
 pub mod train_run;
 mod worker;

@@ -76,81 +76,18 @@ impl Trainer for RunnerTrainer {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
     use crate::store::RunState;
-    use crate::sweep::job::LoadedModel;
-    use crate::train::settings::{
-        DatasetSpec, OnBadRow, ScheduleKind, TrainOn, TrainSettings, Warmup,
-    };
-    use crate::train::toy::{ByteEncoder, ToyConfig, ToyModel};
+    use crate::sweep::toy::{ToyLoader, toy_job, write_toy_csv};
     use crate::tui::app::{App, Control};
     use crate::tui::msg::{Effect, Msg};
     use crate::tui::sweep_info::{MatrixCell, SweepInfo};
     use crate::tui::update::update;
 
-    struct ToyLoader;
-
-    impl ModelLoader for ToyLoader {
-        fn load(&self, _job: &RunJob) -> Result<LoadedModel, String> {
-            let model = ToyModel::new(ToyConfig {
-                vocab: 257,
-                hidden: 32,
-                rank: 4,
-                seed: 5,
-            })
-            .map_err(|e| e.to_string())?;
-            Ok(LoadedModel {
-                model: Box::new(model),
-                encoder: Box::new(ByteEncoder),
-                pad_id: 0,
-            })
-        }
-    }
-
-    fn job(id: &str, data: &Path) -> RunJob {
-        RunJob {
-            run_id: id.into(),
-            model: "toy".into(),
-            device: "cpu".into(),
-            data: DatasetSpec {
-                path: data.to_owned(),
-                format: None,
-                limit: None,
-                template: "### Instruction:\n{instruction}\n### Response:\n{output}".into(),
-                completion_marker: Some("### Response:\n".into()),
-                fields: Default::default(),
-                train_on: TrainOn::Completion,
-                on_bad_row: OnBadRow::Error,
-            },
-            train: TrainSettings {
-                epochs: 1,
-                batch_size: 1,
-                grad_accum: 1,
-                lr: 0.01,
-                weight_decay: 0.0,
-                max_grad_norm: None,
-                schedule: ScheduleKind::Linear,
-                warmup: Warmup::Steps(2),
-                max_seq_len: 64,
-                packing: false,
-                seed: 1,
-                checkpoint_every: 5,
-                keep_checkpoints: 1,
-                eval_at_epochs: vec![],
-            },
-        }
-    }
-
     #[test]
     fn the_dashboard_drives_the_real_runner_and_fills_its_cells() {
         let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("d.csv");
-        let rows: String = (0..12)
-            .map(|i| format!("name the number {i},it is {}\n", i * 3))
-            .collect();
-        std::fs::write(&data, format!("instruction,output\n{rows}")).unwrap();
+        let data = write_toy_csv(dir.path(), 12).unwrap();
         let cells = vec![
             MatrixCell {
                 id: "toy-a".into(),
@@ -170,11 +107,14 @@ mod tests {
             runs: cells,
             runs_dir: dir.path().to_owned(),
         };
-        let jobs = vec![job("toy-a", &data), job("toy-b", &data)];
+        let jobs = vec![toy_job("toy-a", &data, 1), toy_job("toy-b", &data, 1)];
         let mut trainer = RunnerTrainer::new(
             info.paths(),
             jobs,
-            Arc::new(ToyLoader),
+            Arc::new(ToyLoader {
+                hidden: 32,
+                seed: 5,
+            }),
             RunnerOptions::default(),
         );
         let mut app = App::new(info, "ann", 0.0);
