@@ -29,6 +29,15 @@ pub enum Action {
     SaveAgain,
 }
 
+/// One binding of a hosted screen (rating, results): the keys, how the hint bar names them, the help
+/// text, and the screen's command.
+pub struct ScreenBinding<C: 'static> {
+    pub keys: &'static [KeyCode],
+    pub label: &'static str,
+    pub help: &'static str,
+    pub command: C,
+}
+
 /// Where keys are read: a screen or an overlay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Context {

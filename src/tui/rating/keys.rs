@@ -2,6 +2,8 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
+use crate::tui::keymap::ScreenBinding;
+
 /// What a key asks the rating screen to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
@@ -23,13 +25,8 @@ pub enum Command {
     Quit,
 }
 
-/// One binding: the keys, how the hint bar names them, what they do.
-pub struct Binding {
-    pub keys: &'static [KeyCode],
-    pub label: &'static str,
-    pub help: &'static str,
-    pub command: Command,
-}
+/// One binding of this screen (see [`ScreenBinding`]).
+pub type Binding = ScreenBinding<Command>;
 
 /// Every binding except the digits (which score) in the order the hint bar shows them.
 pub const BINDINGS: &[Binding] = &[

@@ -12,6 +12,7 @@ use ratatui::widgets::{Block, Cell as TableCell, Paragraph, Row, Table, Tabs, Wr
 
 use crate::rating::results::TaskResults;
 use crate::rating::results_format::cell_text;
+use crate::tui::keymap::ScreenBinding;
 
 /// What the host should do after a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,13 +31,8 @@ pub enum Command {
     Quit,
 }
 
-/// One binding: the keys, how the hint bar names them, what they do.
-pub struct Binding {
-    pub keys: &'static [KeyCode],
-    pub label: &'static str,
-    pub help: &'static str,
-    pub command: Command,
-}
+/// One binding of this screen (see [`ScreenBinding`]).
+pub type Binding = ScreenBinding<Command>;
 
 /// The screen's keys, in the order the hint line shows them (an empty label folds into the line above).
 pub const BINDINGS: &[Binding] = &[
