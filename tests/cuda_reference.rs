@@ -200,3 +200,147 @@ fn loss_and_lora_gradients_match_peft_in_bf16() {
         );
     }
 }
+
+/// Random bf16 variables on the GPU.
+fn var(shape: &[usize], seed: u64, dev: &Device) -> candle_core::Var {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|i| ((((i as u64 + seed * 7) * 2654435761) % 2001) as f32 / 1000.0 - 1.0))
+        .collect();
+    let t = Tensor::from_vec(v, shape, dev)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    candle_core::Var::from_tensor(&t).unwrap()
+}
+
+/// Value and input gradients (against a fixed random weighting of the output) of `fused` on bf16 inputs
+/// and `composed` on their f32 casts: worst relative L2 error of the value and of each gradient.
+fn compare(
+    inputs: &[&candle_core::Var],
+    fused: impl Fn(&[Tensor]) -> Tensor,
+    composed: impl Fn(&[Tensor]) -> Tensor,
+) -> (f32, f32) {
+    let run = |f: &dyn Fn(&[Tensor]) -> Tensor, f32_inputs: bool| {
+        let xs: Vec<Tensor> = inputs
+            .iter()
+            .map(|v| match f32_inputs {
+                true => v.as_tensor().to_dtype(DType::F32).unwrap(),
+                false => v.as_tensor().clone(),
+            })
+            .collect();
+        let y = f(&xs).to_dtype(DType::F32).unwrap();
+        let w = var(y.dims(), 99, y.device())
+            .as_tensor()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g: Vec<Tensor> = inputs
+            .iter()
+            .map(|v| grads.get(v).unwrap().clone())
+            .collect();
+        (y, g)
+    };
+    let (yf, gf) = run(&fused, false);
+    let (yc, gc) = run(&composed, true);
+    let grad_err = gf
+        .iter()
+        .zip(&gc)
+        .map(|(a, b)| rel_err(a, b, None))
+        .fold(0f32, f32::max);
+    (rel_err(&yf, &yc, None), grad_err)
+}
+
+#[test]
+fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
+    use candle_core::D;
+    use qlab::model::config::Activation;
+    use qlab::model::cuda::{fused_attention, fused_gated, fused_rms_norm};
+    let dev = gpu();
+    let bound = 2e-2;
+    // RMSNorm (f32 weight, frozen).
+    let x = var(&[3, 5, 64], 1, &dev);
+    let w = (var(&[64], 2, &dev)
+        .as_tensor()
+        .to_dtype(DType::F32)
+        .unwrap()
+        + 1.0)
+        .unwrap();
+    let (ev, eg) = compare(
+        &[&x],
+        |xs| fused_rms_norm(&xs[0], &w, 1e-5).unwrap().unwrap(),
+        |xs| {
+            let ms = xs[0].sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+            let n = xs[0]
+                .broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap())
+                .unwrap();
+            n.broadcast_mul(&w).unwrap()
+        },
+    );
+    eprintln!("rms_norm: value {ev:.2e}, gradient {eg:.2e}");
+    assert!(ev < bound && eg < bound, "rms_norm: {ev} {eg}");
+    // Gated products, both activations.
+    let (g, u) = (var(&[4, 96], 3, &dev), var(&[4, 96], 4, &dev));
+    for act in [Activation::Silu, Activation::GeluTanh] {
+        let (ev, eg) = compare(
+            &[&g, &u],
+            |xs| fused_gated(&xs[0], &xs[1], act).unwrap().unwrap(),
+            |xs| {
+                let a = match act {
+                    Activation::Silu => xs[0].silu().unwrap(),
+                    Activation::GeluTanh => xs[0].gelu().unwrap(),
+                };
+                (a * &xs[1]).unwrap()
+            },
+        );
+        eprintln!("gated {act:?}: value {ev:.2e}, gradient {eg:.2e}");
+        assert!(ev < bound && eg < bound, "gated {act:?}: {ev} {eg}");
+    }
+    // Grouped-query attention with a causal, padded mask, with and without soft-capping.
+    let (b, h, kvh, t, d) = (2, 4, 2, 24, 16);
+    let (q, k, v) = (
+        var(&[b, h, t, d], 5, &dev),
+        var(&[b, kvh, t, d], 6, &dev),
+        var(&[b, kvh, t, d], 7, &dev),
+    );
+    let mut valid = vec![vec![true; t]; b];
+    valid[1][0] = false;
+    let mask = qlab::model::layers::attention_mask(&valid, 0, t, None, &dev).unwrap();
+    let mask_bf16 = (&mask * 0.5).unwrap().to_dtype(DType::BF16).unwrap();
+    for softcap in [None, Some(2.0)] {
+        let scale = 0.7;
+        let (ev, eg) = compare(
+            &[&q, &k, &v],
+            |xs| {
+                fused_attention(&xs[0], &xs[1], &xs[2], &mask_bf16, (scale, softcap))
+                    .unwrap()
+                    .unwrap()
+            },
+            |xs| {
+                let rep = |x: &Tensor| {
+                    x.unsqueeze(2)
+                        .unwrap()
+                        .broadcast_as((b, kvh, h / kvh, t, d))
+                        .unwrap()
+                        .contiguous()
+                        .unwrap()
+                        .reshape((b, h, t, d))
+                        .unwrap()
+                };
+                let s = (&xs[0] * scale)
+                    .unwrap()
+                    .matmul(&rep(&xs[1]).t().unwrap())
+                    .unwrap();
+                let s = match softcap {
+                    Some(c) => ((s / c).unwrap().tanh().unwrap() * c).unwrap(),
+                    None => s,
+                };
+                let p =
+                    candle_nn::ops::softmax(&s.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
+                p.matmul(&rep(&xs[2])).unwrap()
+            },
+        );
+        eprintln!("attention softcap {softcap:?}: value {ev:.2e}, gradient {eg:.2e}");
+        assert!(ev < bound && eg < bound, "attention {softcap:?}: {ev} {eg}");
+    }
+}

@@ -273,6 +273,10 @@ impl Decoder {
                 s.exchange(site_id_attention(i), Some(&attn));
             }
             attn
+        } else if let Some(attn) =
+            super::cuda::fused_attention(&q, &k, &v, mask, (scale, cfg.attn_logit_softcap))?
+        {
+            attn
         } else {
             let total = k.dim(2)?;
             let rep = h / kvh;
@@ -299,6 +303,8 @@ impl Decoder {
         let up = blk.up.forward(&hn, site(Target::Up))?;
         let gated = if cpu {
             cpu_ops::gated::gated_product(&gate, &up, cfg.activation)?
+        } else if let Some(gated) = super::cuda::fused_gated(&gate, &up, cfg.activation)? {
+            gated
         } else {
             let gate = match cfg.activation {
                 Activation::Silu => gate.silu()?,

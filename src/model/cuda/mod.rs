@@ -1,7 +1,12 @@
 //! GPU support for the model engine: device names (`cpu`, `cuda`, `cuda:N`), the compute dtype a device
 //! runs in (bf16 on CUDA, f32 on the CPU; LoRA weights and optimizer state stay f32 everywhere), and, with
-//! the `cuda` feature, NF4 kept on the GPU with its quantize / dequantize kernels.
+//! the `cuda` feature, NF4 kept on the GPU with its quantize / dequantize kernels and the training step's
+//! fused bf16 kernels (attention, RMSNorm, gated product).
 
+#[cfg(feature = "cuda")]
+mod attention;
+#[cfg(feature = "cuda")]
+mod fused;
 #[cfg(feature = "cuda")]
 mod nf4_gpu;
 #[cfg(feature = "cuda")]
@@ -15,9 +20,55 @@ pub use pool::{allocated_peak, reset_allocated_peak};
 #[cfg(feature = "cuda")]
 pub use vram::VramPeak;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 
+use super::config::Activation;
 use super::error::{ModelError, Result};
+
+/// cuda hook: attention through the fused CUDA op (see `attention.rs`) when it serves these tensors (bf16
+/// on a CUDA device); None otherwise, and always without the `cuda` feature.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn fused_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale_softcap: (f64, Option<f64>),
+) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if fused::applies(q) {
+        return attention::attention(q, k, v, mask, scale_softcap).map(Some);
+    }
+    Ok(None)
+}
+
+/// cuda hook: RMSNorm through the fused CUDA kernels when they serve `x`; None otherwise.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn fused_rms_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if fused::applies(x) {
+        return fused::rms_norm(x, weight, eps).map(Some);
+    }
+    Ok(None)
+}
+
+/// cuda hook: the gated MLP product `act(gate) * up` through the fused CUDA kernels when they serve it.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn fused_gated(
+    gate: &Tensor,
+    up: &Tensor,
+    activation: Activation,
+) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if fused::applies(gate) {
+        return fused::gated(gate, up, activation).map(Some);
+    }
+    Ok(None)
+}
 
 /// The dtype activations and dequantized frozen weights use on `device`.
 pub fn compute_dtype(device: &Device) -> DType {

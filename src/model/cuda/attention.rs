@@ -1,0 +1,129 @@
+//! Attention on CUDA bf16 as one autograd node: cuBLAS products for the scores and the output, the masked
+//! softmax as one kernel, and a backward that reuses the forward's probabilities (one `[b, h, t, T]` tensor
+//! kept per call, none of the composition's intermediates) with one kernel for the softmax's gradient.
+//! Grouped-query heads fold into the rows of their key head, so keys and values are never repeated.
+
+use std::sync::Mutex;
+
+use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+
+use super::fused::{masked_softmax, softmax_backward};
+
+/// `softmax(softcap(scale * q k^T) + mask) v` for q `[b, h, t, d]`, k and v `[b, kvh, T, d]`, additive
+/// mask `[b, 1, t, T]`, all bf16 on one CUDA device. Differentiable in q, k and v.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    (scale, softcap): (f64, Option<f64>),
+) -> Result<Tensor> {
+    let (b, h, t, d) = q.dims4()?;
+    let kvh = k.dim(1)?;
+    if kvh == 0 || h % kvh != 0 {
+        candle_core::bail!("attention: {h} query heads do not group over {kvh} key heads")
+    }
+    let grouped = (b, kvh, h / kvh * t, d);
+    let qs = (q.detach() * scale)?.reshape(grouped)?;
+    let (k0, v0) = (k.detach(), v.detach());
+    let scores = capped(&qs.matmul(&k0.t()?)?, softcap)?;
+    let probs = masked_softmax(&scores, mask, t)?;
+    drop(scores);
+    let out = probs.matmul(&v0)?.reshape((b, h, t, d))?;
+    if !(q.track_op() || k.track_op() || v.track_op()) {
+        return Ok(out);
+    }
+    let op = AttentionGrad {
+        out: Mutex::new(Some(out)),
+        probs,
+        scale,
+        softcap,
+    };
+    q.apply_op3(k, v, op)
+}
+
+/// `cap * tanh(s / cap)` (Gemma 2), or `s`.
+fn capped(s: &Tensor, cap: Option<f64>) -> Result<Tensor> {
+    match cap {
+        Some(c) => (s / c)?.tanh()? * c,
+        None => Ok(s.clone()),
+    }
+}
+
+/// The node attention leaves in the graph: its forward hands over the output computed above, its backward
+/// uses the kept probabilities.
+struct AttentionGrad {
+    out: Mutex<Option<Tensor>>,
+    /// `[b, kvh, rep * t, T]`
+    probs: Tensor,
+    scale: f64,
+    softcap: Option<f64>,
+}
+
+impl CustomOp3 for AttentionGrad {
+    fn name(&self) -> &'static str {
+        "attention-bf16"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        candle_core::bail!("attention-bf16 runs on CUDA only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let out = self
+            .out
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("attention: poisoned output slot".into()))?
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("attention: output already taken".into()))?;
+        let (storage, layout) = out.storage_and_layout();
+        match &*storage {
+            Storage::Cuda(s) => super::clone_cuda_storage(s, layout),
+            _ => candle_core::bail!("attention: output is not on a CUDA device"),
+        }
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _out: &Tensor,
+        dout: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (q, k, v) = (q.detach(), k.detach(), v.detach());
+        let (b, h, t, d) = q.dims4()?;
+        let kvh = k.dim(1)?;
+        let grouped = (b, kvh, h / kvh * t, d);
+        let p = &self.probs;
+        let dog = dout.contiguous()?.reshape(grouped)?;
+        let dv = p.t()?.matmul(&dog)?;
+        let dp = dog.matmul(&v.t()?)?;
+        let mut ds = softmax_backward(p, &dp)?;
+        drop(dp);
+        let qs = (&q * self.scale)?.reshape(grouped)?;
+        if let Some(c) = self.softcap {
+            let th = (qs.matmul(&k.t()?)? / c)?.tanh()?;
+            ds = (ds * (1.0 - th.sqr()?)?)?;
+        }
+        let dq = (ds.matmul(&k)? * self.scale)?.reshape((b, h, t, d))?;
+        let dk = ds.t()?.matmul(&qs)?;
+        Ok((Some(dq), Some(dk), Some(dv)))
+    }
+}

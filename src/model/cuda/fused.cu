@@ -1,0 +1,142 @@
+// Row-wise and elementwise bf16 kernels for qlab's training step on CUDA, forward and backward, each one
+// pass over its tensors (candle's compositions sweep the same tensors five to ten times, in f32).
+// Rows go one per block (blockDim.x a multiple of 32, at most 1024); sums and maxima are taken in f32.
+// Regenerate fused.ptx with scripts/build-cuda.sh (nvcc -ptx -arch=compute_80 -fmad=false).
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+typedef __nv_bfloat16 bf16;
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+  return v;
+}
+
+// The block's total of `v`, returned to every thread.
+__device__ float block_sum(float v) {
+  __shared__ float partial[32];
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  v = lane < (int)(blockDim.x >> 5) ? partial[lane] : 0.0f;
+  return warp_sum(v);
+}
+
+__device__ float block_max(float v) {
+  __shared__ float partial[32];
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  v = lane < (int)(blockDim.x >> 5) ? partial[lane] : -INFINITY;
+  return warp_max(v);
+}
+
+// probs = softmax(scores + mask) over rows of `cols`. Scores are [b, rows_per_batch / t, t, cols] (any
+// grouping of the heads), the additive mask [b, 1, t, cols], shared by a batch row's heads.
+extern "C" __global__ void masked_softmax_bf16(const bf16 *scores, const bf16 *mask, bf16 *probs, size_t cols,
+                                               size_t rows_per_batch, size_t t) {
+  size_t row = blockIdx.x;
+  size_t b = row / rows_per_batch, i = row % t;
+  const bf16 *s = scores + row * cols;
+  const bf16 *m = mask + (b * t + i) * cols;
+  bf16 *p = probs + row * cols;
+  float mx = -INFINITY;
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x)
+    mx = fmaxf(mx, __bfloat162float(s[j]) + __bfloat162float(m[j]));
+  mx = block_max(mx);
+  float sum = 0.0f;
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x)
+    sum += __expf(__bfloat162float(s[j]) + __bfloat162float(m[j]) - mx);
+  float inv = 1.0f / block_sum(sum);
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x)
+    p[j] = __float2bfloat16(__expf(__bfloat162float(s[j]) + __bfloat162float(m[j]) - mx) * inv);
+}
+
+// The softmax's backward: dx = p * (g - sum(g * p)) per row.
+extern "C" __global__ void softmax_backward_bf16(const bf16 *probs, const bf16 *grad, bf16 *dx, size_t cols) {
+  size_t row = blockIdx.x;
+  const bf16 *p = probs + row * cols;
+  const bf16 *g = grad + row * cols;
+  float dot = 0.0f;
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) dot += __bfloat162float(g[j]) * __bfloat162float(p[j]);
+  dot = block_sum(dot);
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x)
+    dx[row * cols + j] = __float2bfloat16(__bfloat162float(p[j]) * (__bfloat162float(g[j]) - dot));
+}
+
+// y = x / sqrt(mean(x^2) + eps) * w per row; w f32 (Gemma's 1 + w already folded in).
+extern "C" __global__ void rms_norm_bf16(const bf16 *x, const float *w, bf16 *y, size_t cols, float eps) {
+  const bf16 *xr = x + blockIdx.x * cols;
+  float ss = 0.0f;
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) {
+    float v = __bfloat162float(xr[j]);
+    ss += v * v;
+  }
+  float r = rsqrtf(block_sum(ss) / (float)cols + eps);
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x)
+    y[blockIdx.x * cols + j] = __float2bfloat16(__bfloat162float(xr[j]) * r * w[j]);
+}
+
+// The norm's input gradient (its weight is frozen): dx = r * (g w - xhat * mean(g w xhat)), xhat = x r.
+extern "C" __global__ void rms_norm_backward_bf16(const bf16 *x, const float *w, const bf16 *grad, bf16 *dx,
+                                                  size_t cols, float eps) {
+  const bf16 *xr = x + blockIdx.x * cols;
+  const bf16 *g = grad + blockIdx.x * cols;
+  float ss = 0.0f, dot = 0.0f;
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) {
+    float v = __bfloat162float(xr[j]);
+    ss += v * v;
+    dot += __bfloat162float(g[j]) * w[j] * v;
+  }
+  float r = rsqrtf(block_sum(ss) / (float)cols + eps);
+  float mean_dot = block_sum(dot) * r / (float)cols;
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) {
+    float xhat = __bfloat162float(xr[j]) * r;
+    dx[blockIdx.x * cols + j] = __float2bfloat16(r * (__bfloat162float(g[j]) * w[j] - xhat * mean_dot));
+  }
+}
+
+#define GELU_C 0.7978845608028654f
+#define GELU_K 0.044715f
+
+// act(g) and its derivative: activation 0 = SiLU, 1 = GELU (tanh approximation).
+__device__ __forceinline__ float act_value(float g, int activation, float *deriv) {
+  if (activation == 0) {
+    float s = 1.0f / (1.0f + __expf(-g));
+    *deriv = s * (1.0f + g * (1.0f - s));
+    return g * s;
+  }
+  float u = GELU_C * (g + GELU_K * g * g * g);
+  float th = tanhf(u);
+  *deriv = 0.5f * (1.0f + th) + 0.5f * g * (1.0f - th * th) * GELU_C * (1.0f + 3.0f * GELU_K * g * g);
+  return 0.5f * g * (1.0f + th);
+}
+
+// out = act(gate) * up, elementwise over n values.
+extern "C" __global__ void gated_bf16(const bf16 *gate, const bf16 *up, bf16 *out, size_t n, int activation) {
+  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float d;
+  out[i] = __float2bfloat16(act_value(__bfloat162float(gate[i]), activation, &d) * __bfloat162float(up[i]));
+}
+
+// grads[0..n) = g * up * act'(gate) (the gate's gradient), grads[n..2n) = g * act(gate) (up's).
+extern "C" __global__ void gated_backward_bf16(const bf16 *gate, const bf16 *up, const bf16 *grad, bf16 *grads,
+                                               size_t n, int activation) {
+  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float d;
+  float a = act_value(__bfloat162float(gate[i]), activation, &d);
+  float g = __bfloat162float(grad[i]);
+  grads[i] = __float2bfloat16(g * __bfloat162float(up[i]) * d);
+  grads[n + i] = __float2bfloat16(g * a);
+}
