@@ -205,7 +205,7 @@ fn loss_and_lora_gradients_match_peft_in_bf16() {
 fn var(shape: &[usize], seed: u64, dev: &Device) -> candle_core::Var {
     let n: usize = shape.iter().product();
     let v: Vec<f32> = (0..n)
-        .map(|i| ((((i as u64 + seed * 7) * 2654435761) % 2001) as f32 / 1000.0 - 1.0))
+        .map(|i| (((i as u64 + seed * 7) * 2654435761) % 2001) as f32 / 1000.0 - 1.0)
         .collect();
     let t = Tensor::from_vec(v, shape, dev)
         .unwrap()
