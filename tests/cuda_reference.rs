@@ -265,7 +265,8 @@ fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
         .to_dtype(DType::F32)
         .unwrap()
         + 1.0)
-        .unwrap();
+        .unwrap()
+        .detach();
     let (ev, eg) = compare(
         &[&x],
         |xs| fused_rms_norm(&xs[0], &w, 1e-5).unwrap().unwrap(),

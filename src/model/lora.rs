@@ -200,13 +200,12 @@ impl AdaptedLinear {
         let mut dims = x.dims().to_vec();
         let last = dims.len() - 1;
         dims[last] = b.dim(0)?;
-        // f32 adapters on bf16 activations (CUDA): the adapters multiply in bf16, as under PEFT's autocast,
-        // and their gradients return to the f32 weights through the casts (no activation-sized f32 copies).
-        let (a, b) = (a.to_dtype(x.dtype())?, b.to_dtype(x.dtype())?);
-        let x2 = x.reshape(((), in_f))?;
+        // f32 adapters on bf16 activations (CUDA): the adapter product runs in the adapters' dtype.
+        let x2 = x.reshape(((), in_f))?.to_dtype(a.dtype())?;
         // The scale applies to the rank-wide intermediate, not to the output-wide product.
         let delta = x2.matmul(&a.t()?)?.affine(l.scale, 0.0)?.matmul(&b.t()?)?;
-        y + delta.reshape(dims)?
+        let dtype = y.dtype();
+        y + delta.reshape(dims)?.to_dtype(dtype)?
     }
 
     /// Folds the adapter into a dense f32 weight (inference fast path).

@@ -174,6 +174,9 @@ impl CustomOp2 for SoftmaxBackward {
 /// RMSNorm of `x` (bf16) with an f32 weight over the last dimension; differentiable in `x` (the norm's
 /// weight is frozen).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if weight.track_op() {
+        candle_core::bail!("rms-norm: the fused kernel takes a frozen weight (no gradient for it)")
+    }
     x.contiguous()?
         .apply_op2(&weight.contiguous()?, RmsNorm { eps: eps as f32 })
 }
