@@ -255,7 +255,9 @@ fn compare(
 fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
     use candle_core::D;
     use qlab::model::config::Activation;
-    use qlab::model::cuda::{fused_attention, fused_gated, fused_rms_norm};
+    use qlab::model::cuda::{
+        fused_adapted, fused_attention, fused_gated, fused_rms_norm, fused_row_nll,
+    };
     let dev = gpu();
     let bound = 2e-2;
     // RMSNorm (f32 weight, frozen).
@@ -297,6 +299,62 @@ fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
         eprintln!("gated {act:?}: value {ev:.2e}, gradient {eg:.2e}");
         assert!(ev < bound && eg < bound, "gated {act:?}: {ev} {eg}");
     }
+    // A frozen projection with its LoRA adapter (f32 A and B) as one node.
+    let f32_var = |shape: &[usize], seed| {
+        candle_core::Var::from_tensor(
+            &var(shape, seed, &dev)
+                .as_tensor()
+                .to_dtype(DType::F32)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let (x, a, bm) = (
+        var(&[2, 3, 64], 8, &dev),
+        f32_var(&[4, 64], 9),
+        f32_var(&[48, 4], 10),
+    );
+    let w = var(&[48, 64], 11, &dev).as_tensor().detach();
+    let base = qlab::model::FrozenLinear::new(qlab::model::FrozenWeight::Dense(w.clone()), None);
+    let (ev, eg) = compare(
+        &[&x, &a, &bm],
+        |xs| {
+            fused_adapted(&xs[0], &base, (&xs[1], &xs[2], 2.0), None)
+                .unwrap()
+                .unwrap()
+        },
+        |xs| {
+            let wf = w.to_dtype(DType::F32).unwrap();
+            let frozen = xs[0].broadcast_matmul(&wf.t().unwrap()).unwrap();
+            let mid = (xs[0].broadcast_matmul(&xs[1].t().unwrap()).unwrap() * 2.0).unwrap();
+            (frozen + mid.broadcast_matmul(&xs[2].t().unwrap()).unwrap()).unwrap()
+        },
+    );
+    eprintln!("adapted linear: value {ev:.2e}, gradient {eg:.2e}");
+    assert!(ev < bound && eg < bound, "adapted linear: {ev} {eg}");
+    // The vocabulary loss per row.
+    let logits = var(&[6, 300], 12, &dev);
+    let targets = [0u32, 299, 17, 150, 3, 42];
+    let (ev, eg) = compare(
+        &[&logits],
+        |xs| {
+            fused_row_nll(&(&xs[0] * 4.0).unwrap(), &targets)
+                .unwrap()
+                .unwrap()
+        },
+        |xs| {
+            let logp = candle_nn::ops::log_softmax(&(&xs[0] * 4.0).unwrap(), D::Minus1).unwrap();
+            let t = Tensor::new(&targets, &dev).unwrap().unsqueeze(1).unwrap();
+            logp.gather(&t, 1)
+                .unwrap()
+                .squeeze(1)
+                .unwrap()
+                .neg()
+                .unwrap()
+        },
+    );
+    eprintln!("row nll: value {ev:.2e}, gradient {eg:.2e}");
+    assert!(ev < bound && eg < bound, "row nll: {ev} {eg}");
     // Grouped-query attention with a causal, padded mask, with and without soft-capping.
     let (b, h, kvh, t, d) = (2, 4, 2, 24, 16);
     let (q, k, v) = (

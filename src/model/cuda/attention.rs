@@ -3,11 +3,10 @@
 //! kept per call, none of the composition's intermediates) with one kernel for the softmax's gradient.
 //! Grouped-query heads fold into the rows of their key head, so keys and values are never repeated.
 
-use std::sync::Mutex;
-
-use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
 use super::fused::{masked_softmax, softmax_backward};
+use super::node::Precomputed;
 
 /// `softmax(softcap(scale * q k^T) + mask) v` for q `[b, h, t, d]`, k and v `[b, kvh, T, d]`, additive
 /// mask `[b, 1, t, T]`, all bf16 on one CUDA device. Differentiable in q, k and v.
@@ -34,7 +33,7 @@ pub fn attention(
         return Ok(out);
     }
     let op = AttentionGrad {
-        out: Mutex::new(Some(out)),
+        out: Precomputed::new(out),
         probs,
         scale,
         softcap,
@@ -53,7 +52,7 @@ fn capped(s: &Tensor, cap: Option<f64>) -> Result<Tensor> {
 /// The node attention leaves in the graph: its forward hands over the output computed above, its backward
 /// uses the kept probabilities.
 struct AttentionGrad {
-    out: Mutex<Option<Tensor>>,
+    out: Precomputed,
     /// `[b, kvh, rep * t, T]`
     probs: Tensor,
     scale: f64,
@@ -86,17 +85,7 @@ impl CustomOp3 for AttentionGrad {
         _: &CudaStorage,
         _: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let out = self
-            .out
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("attention: poisoned output slot".into()))?
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("attention: output already taken".into()))?;
-        let (storage, layout) = out.storage_and_layout();
-        match &*storage {
-            Storage::Cuda(s) => super::clone_cuda_storage(s, layout),
-            _ => candle_core::bail!("attention: output is not on a CUDA device"),
-        }
+        self.out.hand_over(self.name())
     }
 
     fn bwd(

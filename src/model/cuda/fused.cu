@@ -140,3 +140,35 @@ extern "C" __global__ void gated_backward_bf16(const bf16 *gate, const bf16 *up,
   grads[i] = __float2bfloat16(g * __bfloat162float(up[i]) * d);
   grads[n + i] = __float2bfloat16(g * a);
 }
+
+// Negative log-likelihood of each row's target under softmax(logits): nll[row] = logsumexp - logit[target].
+extern "C" __global__ void row_nll_bf16(const bf16 *logits, const uint32_t *targets, float *nll, size_t cols) {
+  size_t row = blockIdx.x;
+  const bf16 *l = logits + row * cols;
+  float mx = -INFINITY;
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) mx = fmaxf(mx, __bfloat162float(l[j]));
+  mx = block_max(mx);
+  float sum = 0.0f;
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) sum += __expf(__bfloat162float(l[j]) - mx);
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) nll[row] = mx + logf(sum) - __bfloat162float(l[targets[row]]);
+}
+
+// Its gradient: dlogits = (softmax(logits) - onehot(target)) * grad[row].
+extern "C" __global__ void row_nll_backward_bf16(const bf16 *logits, const uint32_t *targets, const float *grad,
+                                                 bf16 *dx, size_t cols) {
+  size_t row = blockIdx.x;
+  const bf16 *l = logits + row * cols;
+  float mx = -INFINITY;
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) mx = fmaxf(mx, __bfloat162float(l[j]));
+  mx = block_max(mx);
+  float sum = 0.0f;
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) sum += __expf(__bfloat162float(l[j]) - mx);
+  float inv = 1.0f / block_sum(sum);
+  float g = grad[row];
+  size_t target = targets[row];
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) {
+    float p = __expf(__bfloat162float(l[j]) - mx) * inv;
+    dx[row * cols + j] = __float2bfloat16((p - (j == target ? 1.0f : 0.0f)) * g);
+  }
+}

@@ -13,8 +13,8 @@ use half::bf16;
 
 use crate::model::config::Activation;
 
-const PTX: &str = include_str!("fused.ptx");
-const MODULE: &str = "qlab_fused";
+pub(super) const PTX: &str = include_str!("fused.ptx");
+pub(super) const MODULE: &str = "qlab_fused";
 
 /// Whether the fused CUDA ops serve this tensor (bf16 on a CUDA device).
 pub fn applies(x: &Tensor) -> bool {
@@ -22,7 +22,7 @@ pub fn applies(x: &Tensor) -> bool {
 }
 
 /// The elements of a contiguous storage of `T`, from its layout's offset.
-fn view<'a, T: cudarc::driver::DeviceRepr + candle_core::cuda_backend::CudaDType>(
+pub(super) fn view<'a, T: cudarc::driver::DeviceRepr + candle_core::cuda_backend::CudaDType>(
     s: &'a CudaStorage,
     l: &Layout,
     what: &str,
@@ -34,7 +34,7 @@ fn view<'a, T: cudarc::driver::DeviceRepr + candle_core::cuda_backend::CudaDType
 }
 
 /// One block per row of `cols`: threads enough for about eight elements each.
-fn rows_config(rows: usize, cols: usize) -> LaunchConfig {
+pub(super) fn rows_config(rows: usize, cols: usize) -> LaunchConfig {
     let threads = cols.div_ceil(8).next_multiple_of(32).clamp(32, 1024) as u32;
     LaunchConfig {
         grid_dim: (rows as u32, 1, 1),
@@ -43,7 +43,7 @@ fn rows_config(rows: usize, cols: usize) -> LaunchConfig {
     }
 }
 
-fn cpu_refused(op: &str) -> Result<(CpuStorage, Shape)> {
+pub(super) fn cpu_refused(op: &str) -> Result<(CpuStorage, Shape)> {
     candle_core::bail!("{op} runs on CUDA bf16 tensors only")
 }
 

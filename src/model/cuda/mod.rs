@@ -1,14 +1,20 @@
 //! GPU support for the model engine: device names (`cpu`, `cuda`, `cuda:N`), the compute dtype a device
 //! runs in (bf16 on CUDA, f32 on the CPU; LoRA weights and optimizer state stay f32 everywhere), and, with
 //! the `cuda` feature, NF4 kept on the GPU with its quantize / dequantize kernels and the training step's
-//! fused bf16 kernels (attention, RMSNorm, gated product).
+//! fused bf16 kernels (attention, RMSNorm, gated product, vocabulary loss).
 
 #[cfg(feature = "cuda")]
+mod adapted;
+#[cfg(feature = "cuda")]
 mod attention;
+#[cfg(feature = "cuda")]
+mod cross_entropy;
 #[cfg(feature = "cuda")]
 mod fused;
 #[cfg(feature = "cuda")]
 mod nf4_gpu;
+#[cfg(feature = "cuda")]
+mod node;
 #[cfg(feature = "cuda")]
 mod pool;
 #[cfg(feature = "cuda")]
@@ -24,6 +30,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::Activation;
 use super::error::{ModelError, Result};
+use super::frozen::FrozenLinear;
 
 /// cuda hook: attention through the fused CUDA op (see `attention.rs`) when it serves these tensors (bf16
 /// on a CUDA device); None otherwise, and always without the `cuda` feature.
@@ -38,6 +45,39 @@ pub fn fused_attention(
     #[cfg(feature = "cuda")]
     if fused::applies(q) {
         return attention::attention(q, k, v, mask, scale_softcap).map(Some);
+    }
+    Ok(None)
+}
+
+/// cuda hook: a frozen projection plus its LoRA adapter (A, B, scale, dropout mask on the adapter's input)
+/// as one fused autograd node (see `adapted.rs`) when it serves `x`; None otherwise.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn fused_adapted(
+    x: &Tensor,
+    base: &FrozenLinear,
+    (a, b, scale): (&Tensor, &Tensor, f64),
+    dropout: Option<Tensor>,
+) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if fused::applies(x) {
+        let adapter = adapted::Adapter {
+            a,
+            b,
+            scale,
+            dropout,
+        };
+        return adapted::adapted_linear(x, base, adapter).map(Some);
+    }
+    Ok(None)
+}
+
+/// cuda hook: per-row negative log-likelihoods `[rows]` (f32) of `targets` under `logits` `[rows, vocab]`
+/// through the fused CUDA kernels when they serve the logits; None otherwise.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn fused_row_nll(logits: &Tensor, targets: &[u32]) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if fused::applies(logits) {
+        return cross_entropy::row_nll(logits, targets).map(Some);
     }
     Ok(None)
 }
