@@ -9,7 +9,8 @@ use super::fused::{masked_softmax, softmax_backward};
 use super::node::Precomputed;
 
 /// `softmax(softcap(scale * q k^T) + mask) v` for q `[b, h, t, d]`, k and v `[b, kvh, T, d]`, additive
-/// mask `[b, 1, t, T]`, all bf16 on one CUDA device. Differentiable in q, k and v.
+/// mask `[b, 1, t, T]`, all bf16 on one CUDA device, with the heads merged: `[b, t, h * d]`.
+/// Differentiable in q, k and v.
 pub fn attention(
     q: &Tensor,
     k: &Tensor,
@@ -28,7 +29,12 @@ pub fn attention(
     let scores = capped(&qs.matmul(&k0.t()?)?, softcap)?;
     let probs = masked_softmax(&scores, mask, t)?;
     drop(scores);
-    let out = probs.matmul(&v0)?.reshape((b, h, t, d))?;
+    let out = probs
+        .matmul(&v0)?
+        .reshape((b, h, t, d))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((b, t, h * d))?;
     if !(q.track_op() || k.track_op() || v.track_op()) {
         return Ok(out);
     }
@@ -101,7 +107,11 @@ impl CustomOp3 for AttentionGrad {
         let kvh = k.dim(1)?;
         let grouped = (b, kvh, h / kvh * t, d);
         let p = &self.probs;
-        let dog = dout.contiguous()?.reshape(grouped)?;
+        let dog = dout
+            .reshape((b, t, h, d))?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape(grouped)?;
         let dv = p.t()?.matmul(&dog)?;
         let dp = dog.matmul(&v.t()?)?;
         let mut ds = softmax_backward(p, &dp)?;

@@ -172,3 +172,33 @@ extern "C" __global__ void row_nll_backward_bf16(const bf16 *logits, const uint3
     dx[row * cols + j] = __float2bfloat16((p - (j == target ? 1.0f : 0.0f)) * g);
   }
 }
+
+// Moves heads between the projections' layout [b, t, n, d] and attention's [b, n, t, d], rotating each pair
+// of rotary dimensions by its position's angle on the way: sign +1 rotates forward, -1 back (the gradient).
+// to_heads 1 reads [b, t, n, d] and writes [b, n, t, d]; 0 the reverse. cos and sin are [b, t, d / 2];
+// rope 0 only moves; interleaved 1 pairs (2i, 2i + 1) (GGUF llama), 0 pairs (i, i + d / 2) (HF).
+extern "C" __global__ void heads_rope_bf16(const bf16 *src, bf16 *dst, const bf16 *cos, const bf16 *sin, size_t b,
+                                           size_t t, size_t n, size_t d, int rope, int interleaved, float sign,
+                                           int to_heads) {
+  size_t half = d / 2;
+  size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= b * n * t * half) return;
+  size_t i = idx % half, r = idx / half;
+  size_t ti = r % t;
+  r /= t;
+  size_t ni = r % n, bi = r / n;
+  size_t heads_base = ((bi * n + ni) * t + ti) * d;
+  size_t seq_base = ((bi * t + ti) * n + ni) * d;
+  size_t from = to_heads ? seq_base : heads_base, to = to_heads ? heads_base : seq_base;
+  size_t i0 = interleaved ? 2 * i : i, i1 = interleaved ? 2 * i + 1 : i + half;
+  float x0 = __bfloat162float(src[from + i0]), x1 = __bfloat162float(src[from + i1]);
+  if (rope) {
+    size_t a = (bi * t + ti) * half + i;
+    float c = __bfloat162float(cos[a]), s = sign * __bfloat162float(sin[a]);
+    dst[to + i0] = __float2bfloat16(x0 * c - x1 * s);
+    dst[to + i1] = __float2bfloat16(x0 * s + x1 * c);
+  } else {
+    dst[to + i0] = src[from + i0];
+    dst[to + i1] = src[from + i1];
+  }
+}

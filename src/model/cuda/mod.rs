@@ -12,6 +12,8 @@ mod cross_entropy;
 #[cfg(feature = "cuda")]
 mod fused;
 #[cfg(feature = "cuda")]
+mod heads;
+#[cfg(feature = "cuda")]
 mod nf4_gpu;
 #[cfg(feature = "cuda")]
 mod node;
@@ -32,8 +34,30 @@ use super::config::Activation;
 use super::error::{ModelError, Result};
 use super::frozen::FrozenLinear;
 
+/// cuda hook: a projection `[b, t, heads * head_dim]` split into heads `[b, heads, t, head_dim]`, rotated by
+/// the rotary tables `(cos, sin, interleaved)` when given, as one fused node (see `heads.rs`) when it serves
+/// `x` (bf16 on a CUDA device); None otherwise, and always without the `cuda` feature.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn fused_split_heads(
+    x: &Tensor,
+    heads: usize,
+    head_dim: usize,
+    rotary: Option<(&Tensor, &Tensor, bool)>,
+) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if fused::applies(x) {
+        let rotary = rotary.map(|(cos, sin, interleaved)| heads::Rotary {
+            cos: cos.clone(),
+            sin: sin.clone(),
+            interleaved,
+        });
+        return heads::split_heads(x, heads, head_dim, rotary.as_ref()).map(Some);
+    }
+    Ok(None)
+}
+
 /// cuda hook: attention through the fused CUDA op (see `attention.rs`) when it serves these tensors (bf16
-/// on a CUDA device); None otherwise, and always without the `cuda` feature.
+/// on a CUDA device), heads merged `[b, t, h * d]`; None otherwise.
 #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
 pub fn fused_attention(
     q: &Tensor,
