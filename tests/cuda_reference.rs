@@ -257,6 +257,7 @@ fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
     use qlab::model::config::Activation;
     use qlab::model::cuda::{
         fused_adapted, fused_attention, fused_gated, fused_rms_norm, fused_row_nll,
+        fused_split_heads,
     };
     let dev = gpu();
     let bound = 2e-2;
@@ -355,6 +356,71 @@ fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
     );
     eprintln!("row nll: value {ev:.2e}, gradient {eg:.2e}");
     assert!(ev < bound && eg < bound, "row nll: {ev} {eg}");
+    // Heads split from a projection, rotated in both pairings, and not rotated.
+    let (hb, ht, hn, hd) = (2, 5, 3, 8);
+    let proj = var(&[hb, ht, hn * hd], 13, &dev);
+    let angles = (var(&[hb, 1, ht, hd / 2], 14, &dev)
+        .as_tensor()
+        .to_dtype(DType::F32)
+        .unwrap()
+        * 3.0)
+        .unwrap();
+    let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+    let (cos16, sin16) = (
+        cos.to_dtype(DType::BF16).unwrap(),
+        sin.to_dtype(DType::BF16).unwrap(),
+    );
+    // The tables as the kernel sees them (bf16), for the f32 reference too.
+    let (cosr, sinr) = (
+        cos16.to_dtype(DType::F32).unwrap(),
+        sin16.to_dtype(DType::F32).unwrap(),
+    );
+    for rotary in [None, Some(false), Some(true)] {
+        let (ev, eg) = compare(
+            &[&proj],
+            |xs| {
+                let tables = rotary.map(|il| (&cos16, &sin16, il));
+                fused_split_heads(&xs[0], hn, hd, tables).unwrap().unwrap()
+            },
+            |xs| {
+                let y = xs[0]
+                    .reshape((hb, ht, hn, hd))
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap();
+                let y = y.contiguous().unwrap();
+                let Some(interleaved) = rotary else { return y };
+                let (c, s) = (&cosr, &sinr);
+                let (x0, x1) = if interleaved {
+                    let y = y.reshape((hb, hn, ht, hd / 2, 2)).unwrap();
+                    (
+                        y.narrow(4, 0, 1).unwrap().squeeze(4).unwrap(),
+                        y.narrow(4, 1, 1).unwrap().squeeze(4).unwrap(),
+                    )
+                } else {
+                    (
+                        y.narrow(3, 0, hd / 2).unwrap(),
+                        y.narrow(3, hd / 2, hd / 2).unwrap(),
+                    )
+                };
+                let r0 = (x0.broadcast_mul(c).unwrap() - x1.broadcast_mul(s).unwrap()).unwrap();
+                let r1 = (x0.broadcast_mul(s).unwrap() + x1.broadcast_mul(c).unwrap()).unwrap();
+                if interleaved {
+                    Tensor::stack(&[r0, r1], 4)
+                        .unwrap()
+                        .reshape((hb, hn, ht, hd))
+                        .unwrap()
+                } else {
+                    Tensor::cat(&[r0, r1], 3).unwrap()
+                }
+            },
+        );
+        eprintln!("split heads {rotary:?}: value {ev:.2e}, gradient {eg:.2e}");
+        assert!(
+            ev < bound && eg < bound,
+            "split heads {rotary:?}: {ev} {eg}"
+        );
+    }
     // Grouped-query attention with a causal, padded mask, with and without soft-capping.
     let (b, h, kvh, t, d) = (2, 4, 2, 24, 16);
     let (q, k, v) = (
@@ -396,7 +462,8 @@ fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
                 };
                 let p =
                     candle_nn::ops::softmax(&s.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
-                p.matmul(&rep(&xs[2])).unwrap()
+                let out = p.matmul(&rep(&xs[2])).unwrap();
+                out.transpose(1, 2).unwrap().reshape((b, t, h * d)).unwrap()
             },
         );
         eprintln!("attention softcap {softcap:?}: value {ev:.2e}, gradient {eg:.2e}");
