@@ -310,29 +310,37 @@ fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
         )
         .unwrap()
     };
-    let (x, a, bm) = (
-        var(&[2, 3, 64], 8, &dev),
-        f32_var(&[4, 64], 9),
-        f32_var(&[48, 4], 10),
-    );
+    // Rank 4 and rank 24 (kernels padded to 8 and 32), without and with a dropout mask; 300 rows span
+    // several row blocks of every kernel.
+    let x = var(&[2, 150, 64], 8, &dev);
     let w = var(&[48, 64], 11, &dev).as_tensor().detach();
     let base = qlab::model::FrozenLinear::new(qlab::model::FrozenWeight::Dense(w.clone()), None);
-    let (ev, eg) = compare(
-        &[&x, &a, &bm],
-        |xs| {
-            fused_adapted(&xs[0], &base, (&xs[1], &xs[2], 2.0), None)
-                .unwrap()
-                .unwrap()
-        },
-        |xs| {
-            let wf = w.to_dtype(DType::F32).unwrap();
-            let frozen = xs[0].broadcast_matmul(&wf.t().unwrap()).unwrap();
-            let mid = (xs[0].broadcast_matmul(&xs[1].t().unwrap()).unwrap() * 2.0).unwrap();
-            (frozen + mid.broadcast_matmul(&xs[2].t().unwrap()).unwrap()).unwrap()
-        },
-    );
-    eprintln!("adapted linear: value {ev:.2e}, gradient {eg:.2e}");
-    assert!(ev < bound && eg < bound, "adapted linear: {ev} {eg}");
+    let keep = var(&[2, 150, 64], 15, &dev).as_tensor().ge(0.0).unwrap();
+    let mask = (keep.to_dtype(DType::BF16).unwrap() * 2.0).unwrap();
+    for (rank, dropout) in [(4, None), (24, None), (24, Some(&mask))] {
+        let (a, bm) = (f32_var(&[rank, 64], 9), f32_var(&[48, rank], 10));
+        let (ev, eg) = compare(
+            &[&x, &a, &bm],
+            |xs| {
+                fused_adapted(&xs[0], &base, (&xs[1], &xs[2], 2.0), dropout.cloned())
+                    .unwrap()
+                    .unwrap()
+            },
+            |xs| {
+                let wf = w.to_dtype(DType::F32).unwrap();
+                let frozen = xs[0].broadcast_matmul(&wf.t().unwrap()).unwrap();
+                let xd = match dropout {
+                    Some(m) => (&xs[0] * m.to_dtype(DType::F32).unwrap()).unwrap(),
+                    None => xs[0].clone(),
+                };
+                let mid = (xd.broadcast_matmul(&xs[1].t().unwrap()).unwrap() * 2.0).unwrap();
+                (frozen + mid.broadcast_matmul(&xs[2].t().unwrap()).unwrap()).unwrap()
+            },
+        );
+        let what = format!("adapted linear, rank {rank}, dropout {}", dropout.is_some());
+        eprintln!("{what}: value {ev:.2e}, gradient {eg:.2e}");
+        assert!(ev < bound && eg < bound, "{what}: {ev} {eg}");
+    }
     // The vocabulary loss per row.
     let logits = var(&[6, 300], 12, &dev);
     let targets = [0u32, 299, 17, 150, 3, 42];

@@ -1,10 +1,12 @@
 //! A frozen projection and its LoRA adapter as one autograd node on CUDA: `y = x W^T + b + s (x A^T) B^T`
 //! computed outside autograd, with a backward that returns `dx = g W + s (g B) A`, `dA` and `dB` directly.
 //! As a composition, each of its ten candle nodes would cost a zero-filled gradient buffer and an add the
-//! size of the activations (candle's backward accumulates every edge that way).
+//! size of the activations (candle's backward accumulates every edge that way). The rank-r products run
+//! in the lowrank kernels: bf16 activations, f32 adapter weights and sums.
 
-use candle_core::{CpuStorage, CudaStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
+use super::lowrank::{expand_add, project, reduce};
 use super::node::Precomputed;
 use crate::model::frozen::{FrozenLinear, FrozenWeight};
 
@@ -17,16 +19,17 @@ pub struct Adapter<'a> {
     pub dropout: Option<Tensor>,
 }
 
-/// `x W^T + b + s (dropout(x) A^T) B^T` for bf16 `x` `[.., in]`: the products in bf16 (frozen) and f32
-/// (adapter), the result in `x`'s dtype. Differentiable in x, A and B.
+/// `x W^T + b + s (dropout(x) A^T) B^T` for bf16 `x` `[.., in]`: the frozen product in bf16, the adapter's in
+/// f32 sums, the result in `x`'s dtype. Differentiable in x, A and B. Ranks up to `lowrank::MAX_RANK`.
 pub fn adapted_linear(x: &Tensor, base: &FrozenLinear, adapter: Adapter) -> Result<Tensor> {
     let in_f = adapter.a.dim(1)?;
+    let out_f = adapter.b.dim(0)?;
     let x0 = x.detach();
     let (y, dequantized) = base.product(&x0)?;
-    let xf = adapter_input(&x0, in_f, adapter.dropout.as_ref())?;
-    let mid = (xf.matmul(&adapter.a.detach().t()?)? * adapter.scale)?;
-    let delta = mid.matmul(&adapter.b.detach().t()?)?.to_dtype(y.dtype())?;
-    let mut y = (&y + delta.reshape(y.shape())?)?;
+    let xa = adapter_input(&x0, in_f, adapter.dropout.as_ref())?;
+    let mid = project(&xa, &adapter.a.detach(), adapter.scale)?;
+    let sum = expand_add(&y.reshape(((), out_f))?, &mid, &adapter.b.detach())?;
+    let mut y = sum.reshape(y.shape())?;
     if let Some(bias) = &base.bias {
         y = y.broadcast_add(&bias.to_dtype(y.dtype())?)?;
     }
@@ -44,14 +47,13 @@ pub fn adapted_linear(x: &Tensor, base: &FrozenLinear, adapter: Adapter) -> Resu
     x.apply_op3(adapter.a, adapter.b, op)
 }
 
-/// The adapter's input `[rows, in]` in f32: `x`, times the dropout mask when there is one.
+/// The adapter's input `[rows, in]`: `x`, times the dropout mask when there is one.
 fn adapter_input(x: &Tensor, in_f: usize, dropout: Option<&Tensor>) -> Result<Tensor> {
     let x2 = x.reshape(((), in_f))?;
-    let x2 = match dropout {
-        Some(m) => (x2 * m.reshape(((), in_f))?)?,
-        None => x2,
-    };
-    x2.to_dtype(DType::F32)
+    match dropout {
+        Some(m) => x2 * m.reshape(((), in_f))?,
+        None => Ok(x2),
+    }
 }
 
 struct AdaptedGrad {
@@ -59,7 +61,7 @@ struct AdaptedGrad {
     weight: FrozenWeight,
     /// The forward's dequantized weight, when it was dequantized whole.
     dequantized: Option<Tensor>,
-    /// `s dropout(x) A^T` `[rows, r]` (f32): B's gradient is `g^T mid`.
+    /// `s dropout(x) A^T` `[rows, r]` (f32): B's gradient is `(mid^T g)^T`.
     mid: Tensor,
     scale: f64,
     dropout: Option<Tensor>,
@@ -110,20 +112,18 @@ impl CustomOp3 for AdaptedGrad {
             Some(w) => g2.matmul(w)?,
             None => self.weight.matmul(&g2)?,
         };
-        // f32 for the adapter's own gradients: B's sums over every row cancel heavily.
-        let gf = g2.to_dtype(DType::F32)?;
-        let db = gf.t()?.matmul(&self.mid)?;
-        let gm = (gf.matmul(&b)? * self.scale)?;
-        let da = gm
-            .t()?
-            .matmul(&adapter_input(&x, in_f, self.dropout.as_ref())?)?;
-        let mut dx_adapter = gm
-            .to_dtype(frozen.dtype())?
-            .matmul(&a.to_dtype(frozen.dtype())?)?;
-        if let Some(m) = &self.dropout {
-            dx_adapter = (dx_adapter * m.reshape(((), in_f))?)?;
-        }
-        let dx = (frozen + dx_adapter)?.reshape(x.shape())?;
+        let db = reduce(&self.mid, &g2)?.t()?.contiguous()?;
+        let gm = project(&g2, &b.t()?.contiguous()?, self.scale)?;
+        let da = reduce(&gm, &adapter_input(&x, in_f, self.dropout.as_ref())?)?;
+        let a_t = a.t()?.contiguous()?;
+        let dx = match &self.dropout {
+            None => expand_add(&frozen, &gm, &a_t)?,
+            Some(m) => {
+                let adapter = expand_add(&frozen.zeros_like()?, &gm, &a_t)?;
+                (frozen + (adapter * m.reshape(((), in_f))?)?)?
+            }
+        };
+        let dx = dx.reshape(x.shape())?;
         Ok((Some(dx), Some(da), Some(db)))
     }
 }
