@@ -4,10 +4,11 @@
 //! size of the activations (candle's backward accumulates every edge that way). The rank-r products run
 //! in the lowrank kernels: bf16 activations, f32 adapter weights and sums.
 
-use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use std::sync::Mutex;
 
-use super::lowrank::{expand_add, project, reduce};
-use super::node::Precomputed;
+use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+
+use super::lowrank::{ExpandAdd, expand_add, project, reduce};
 use crate::model::frozen::{FrozenLinear, FrozenWeight};
 
 /// The adapter's tensors: A `[r, in]`, B `[out, r]` (f32, tracked when they are trained) and the scale.
@@ -26,18 +27,19 @@ pub fn adapted_linear(x: &Tensor, base: &FrozenLinear, adapter: Adapter) -> Resu
     let out_f = adapter.b.dim(0)?;
     let x0 = x.detach();
     let (y, dequantized) = base.product(&x0)?;
+    let out_shape = y.shape().clone();
+    let mut frozen = y.reshape(((), out_f))?;
+    if let Some(bias) = &base.bias {
+        frozen = frozen.broadcast_add(&bias.to_dtype(frozen.dtype())?)?;
+    }
     let xa = adapter_input(&x0, in_f, adapter.dropout.as_ref())?;
     let mid = project(&xa, &adapter.a.detach(), adapter.scale)?;
-    let sum = expand_add(&y.reshape(((), out_f))?, &mid, &adapter.b.detach())?;
-    let mut y = sum.reshape(y.shape())?;
-    if let Some(bias) = &base.bias {
-        y = y.broadcast_add(&bias.to_dtype(y.dtype())?)?;
-    }
     if !(x.track_op() || adapter.a.track_op() || adapter.b.track_op()) {
-        return Ok(y);
+        return expand_add(&frozen, &mid, &adapter.b.detach())?.reshape(out_shape);
     }
     let op = AdaptedGrad {
-        out: Precomputed::new(y),
+        frozen: Mutex::new(Some(frozen.contiguous()?)),
+        out_shape,
         weight: base.weight.clone(),
         dequantized,
         mid,
@@ -57,7 +59,9 @@ fn adapter_input(x: &Tensor, in_f: usize, dropout: Option<&Tensor>) -> Result<Te
 }
 
 struct AdaptedGrad {
-    out: Precomputed,
+    /// `x W^T + b` `[rows, out]`, until the op's forward adds the adapter's product to it.
+    frozen: Mutex<Option<Tensor>>,
+    out_shape: Shape,
     weight: FrozenWeight,
     /// The forward's dequantized weight, when it was dequantized whole.
     dequantized: Option<Tensor>,
@@ -84,16 +88,29 @@ impl CustomOp3 for AdaptedGrad {
         candle_core::bail!("adapted-linear runs on CUDA only")
     }
 
+    /// The result `frozen + mid B^T`, written by the expand-add kernel as the op's own output.
     fn cuda_fwd(
         &self,
         _: &CudaStorage,
         _: &Layout,
         _: &CudaStorage,
         _: &Layout,
-        _: &CudaStorage,
-        _: &Layout,
+        b: &CudaStorage,
+        bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        self.out.hand_over(self.name())
+        let frozen = self
+            .frozen
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("adapted-linear: poisoned slot".into()))?
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("adapted-linear: forward ran twice".into()))?;
+        let (fs, fl) = frozen.storage_and_layout();
+        let (ms, ml) = self.mid.storage_and_layout();
+        let (Storage::Cuda(f), Storage::Cuda(m)) = (&*fs, &*ms) else {
+            candle_core::bail!("adapted-linear: operands are not on a CUDA device")
+        };
+        let (out, _) = ExpandAdd.cuda_fwd(f, fl, m, ml, b, bl)?;
+        Ok((out, self.out_shape.clone()))
     }
 
     fn bwd(

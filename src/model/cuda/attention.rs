@@ -3,10 +3,14 @@
 //! kept per call, none of the composition's intermediates) with one kernel for the softmax's gradient.
 //! Grouped-query heads fold into the rows of their key head, so keys and values are never repeated.
 
-use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use std::sync::Mutex;
+
+use candle_core::{
+    CpuStorage, CudaStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor,
+};
 
 use super::fused::{masked_softmax, softmax_backward};
-use super::node::Precomputed;
+use super::heads::Heads;
 
 /// `softmax(softcap(scale * q k^T) + mask) v` for q `[b, h, t, d]`, k and v `[b, kvh, T, d]`, additive
 /// mask `[b, 1, t, T]`, all bf16 on one CUDA device, with the heads merged: `[b, t, h * d]`.
@@ -29,17 +33,15 @@ pub fn attention(
     let scores = capped(&qs.matmul(&k0.t()?)?, softcap)?;
     let probs = masked_softmax(&scores, mask, t)?;
     drop(scores);
-    let out = probs
-        .matmul(&v0)?
-        .reshape((b, h, t, d))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((b, t, h * d))?;
+    let heads_out = probs.matmul(&v0)?.reshape((b, h, t, d))?;
     if !(q.track_op() || k.track_op() || v.track_op()) {
-        return Ok(out);
+        return heads_out
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, t, h * d));
     }
     let op = AttentionGrad {
-        out: Precomputed::new(out),
+        heads_out: Mutex::new(Some(heads_out)),
         probs,
         scale,
         softcap,
@@ -58,7 +60,8 @@ fn capped(s: &Tensor, cap: Option<f64>) -> Result<Tensor> {
 /// The node attention leaves in the graph: its forward hands over the output computed above, its backward
 /// uses the kept probabilities.
 struct AttentionGrad {
-    out: Precomputed,
+    /// `probs v` `[b, h, t, d]`, until the op's forward merges its heads into the op's own output.
+    heads_out: Mutex<Option<Tensor>>,
     /// `[b, kvh, rep * t, T]`
     probs: Tensor,
     scale: f64,
@@ -91,7 +94,18 @@ impl CustomOp3 for AttentionGrad {
         _: &CudaStorage,
         _: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        self.out.hand_over(self.name())
+        let heads_out = self
+            .heads_out
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("attention: poisoned slot".into()))?
+            .take()
+            .ok_or_else(|| candle_core::Error::Msg("attention: forward ran twice".into()))?;
+        let (b, h, t, d) = heads_out.dims4()?;
+        let (storage, layout) = heads_out.storage_and_layout();
+        let Storage::Cuda(s) = &*storage else {
+            candle_core::bail!("attention: the output is not on a CUDA device")
+        };
+        Heads::merge(b, t, h, d).cuda_fwd(s, layout)
     }
 
     fn bwd(

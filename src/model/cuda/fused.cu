@@ -7,6 +7,9 @@
 
 typedef __nv_bfloat16 bf16;
 
+// Values per thread a row kernel keeps in registers when its row fits (rows_config gives about 8).
+#define ROW_CACHE 8
+
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
   return v;
@@ -49,6 +52,32 @@ extern "C" __global__ void masked_softmax_bf16(const bf16 *scores, const bf16 *m
   const bf16 *s = scores + row * cols;
   const bf16 *m = mask + (b * t + i) * cols;
   bf16 *p = probs + row * cols;
+  if (cols <= ROW_CACHE * blockDim.x) {
+    // The row read once, into registers.
+    float v[ROW_CACHE];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int c = 0; c < ROW_CACHE; c++) {
+      size_t j = threadIdx.x + c * blockDim.x;
+      v[c] = j < cols ? __bfloat162float(s[j]) + __bfloat162float(m[j]) : -INFINITY;
+      mx = fmaxf(mx, v[c]);
+    }
+    mx = block_max(mx);
+    float sum = 0.0f;
+#pragma unroll
+    for (int c = 0; c < ROW_CACHE; c++) {
+      size_t j = threadIdx.x + c * blockDim.x;
+      v[c] = j < cols ? __expf(v[c] - mx) : 0.0f;
+      sum += v[c];
+    }
+    float inv = 1.0f / block_sum(sum);
+#pragma unroll
+    for (int c = 0; c < ROW_CACHE; c++) {
+      size_t j = threadIdx.x + c * blockDim.x;
+      if (j < cols) p[j] = __float2bfloat16(v[c] * inv);
+    }
+    return;
+  }
   float mx = -INFINITY;
   for (size_t j = threadIdx.x; j < cols; j += blockDim.x)
     mx = fmaxf(mx, __bfloat162float(s[j]) + __bfloat162float(m[j]));
@@ -66,6 +95,24 @@ extern "C" __global__ void softmax_backward_bf16(const bf16 *probs, const bf16 *
   size_t row = blockIdx.x;
   const bf16 *p = probs + row * cols;
   const bf16 *g = grad + row * cols;
+  if (cols <= ROW_CACHE * blockDim.x) {
+    float pv[ROW_CACHE], gv[ROW_CACHE];
+    float dot = 0.0f;
+#pragma unroll
+    for (int c = 0; c < ROW_CACHE; c++) {
+      size_t j = threadIdx.x + c * blockDim.x;
+      pv[c] = j < cols ? __bfloat162float(p[j]) : 0.0f;
+      gv[c] = j < cols ? __bfloat162float(g[j]) : 0.0f;
+      dot += pv[c] * gv[c];
+    }
+    dot = block_sum(dot);
+#pragma unroll
+    for (int c = 0; c < ROW_CACHE; c++) {
+      size_t j = threadIdx.x + c * blockDim.x;
+      if (j < cols) dx[row * cols + j] = __float2bfloat16(pv[c] * (gv[c] - dot));
+    }
+    return;
+  }
   float dot = 0.0f;
   for (size_t j = threadIdx.x; j < cols; j += blockDim.x) dot += __bfloat162float(g[j]) * __bfloat162float(p[j]);
   dot = block_sum(dot);

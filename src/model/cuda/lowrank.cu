@@ -14,6 +14,7 @@ typedef __nv_bfloat16 bf16;
 #define OUT_ROWS 32
 
 // 8 warps per block, RW rows per warp; W streamed through shared memory in chunks of IN_CHUNK columns.
+// Every loop has a constant trip count so that the accumulators stay in registers.
 template <int RP, int RW>
 __device__ void lowrank_in(const bf16 *x, const float *w, float *out, size_t M, size_t K, int r, float scale) {
   __shared__ float ws[RP][IN_CHUNK];
@@ -34,9 +35,10 @@ __device__ void lowrank_in(const bf16 *x, const float *w, float *out, size_t M, 
 #pragma unroll
     for (int a = 0; a < RW; a++) {
       size_t m = row0 + a;
-      if (m >= M) break;
-      for (int kk = lane; kk < IN_CHUNK && k0 + kk < K; kk += 32) {
-        float xv = __bfloat162float(x[m * K + k0 + kk]);
+#pragma unroll
+      for (int s = 0; s < IN_CHUNK / 32; s++) {
+        int kk = lane + 32 * s;
+        float xv = (m < M && k0 + kk < K) ? __bfloat162float(x[m * K + k0 + kk]) : 0.0f;
 #pragma unroll
         for (int j = 0; j < RP; j++) acc[a][j] += xv * ws[j][kk];
       }
@@ -116,7 +118,7 @@ __device__ void lowrank_out(const bf16 *y, const float *rr, const float *w, bf16
     lowrank_out<RP>(y, rr, w, out, M, O, r);                                                                       \
   }
 
-INSTANCES(8, 4)
-INSTANCES(16, 4)
-INSTANCES(32, 2)
+INSTANCES(8, 2)
+INSTANCES(16, 2)
+INSTANCES(32, 1)
 INSTANCES(64, 1)

@@ -18,8 +18,6 @@ mod lowrank;
 #[cfg(feature = "cuda")]
 mod nf4_gpu;
 #[cfg(feature = "cuda")]
-mod node;
-#[cfg(feature = "cuda")]
 mod pool;
 #[cfg(feature = "cuda")]
 mod vram;
