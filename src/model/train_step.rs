@@ -9,6 +9,7 @@ use std::collections::HashMap;
 
 use candle_core::{D, DType, Tensor, Var};
 
+use super::attach::backward_with;
 use super::cpu_ops;
 use super::decoder::{Decoder, Positions};
 use super::error::{ModelError, Result};
@@ -112,7 +113,7 @@ impl Decoder {
             for i in (0..self.blocks.len()).rev() {
                 let xin = Var::from_tensor(&inputs[i])?;
                 let out = self.block_forward(i, xin.as_tensor(), &ctx, None)?;
-                let store = (out * &g)?.sum_all()?.backward()?;
+                let store = backward_with(&out, &g)?;
                 self.collect_block_grads(i, &store, &mut grads);
                 if i > 0 {
                     g = store
@@ -131,7 +132,7 @@ impl Decoder {
                 x = self.block_forward(i, &x, &ctx, None)?;
             }
             let (loss, g) = self.head_loss(&x.detach(), &rows, &targets, opts.loss_chunk)?;
-            let store = (x * g)?.sum_all()?.backward()?;
+            let store = backward_with(&x, &g)?;
             for i in 0..self.blocks.len() {
                 self.collect_block_grads(i, &store, &mut grads);
             }

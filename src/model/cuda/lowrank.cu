@@ -1,6 +1,6 @@
 // Rank-r products of LoRA on CUDA with bf16 activations and f32 adapter weights, f32 accumulation and no
 // f32 copy of the activations (rank r <= 64; each kernel is instantiated for r padded to 8, 16, 32 or 64).
-//   lowrank_in:   out[m, j]  = scale * sum_i X[m, i] W[j, i]      X bf16 [M, K], W f32 [r, K], out f32 [M, r]
+//   lowrank_in:   out[m, j] += scale * sum_i X[m, i] W[j, i]      X bf16 [M, K], W f32 [r, K], out f32 [M, r]
 //   lowrank_grad: out[j, i] += sum_m G[m, j] X[m, i]              G f32 [M, r], X bf16 [M, K], out f32 [r, K]
 //   lowrank_out:  out[m, o]  = Y[m, o] + sum_j R[m, j] W[o, j]    Y bf16 [M, O], R f32 [M, r], W f32 [O, r]
 // Regenerate lowrank.ptx with scripts/build-cuda.sh (nvcc -ptx -arch=compute_80 -fmad=false).
@@ -10,26 +10,31 @@
 typedef __nv_bfloat16 bf16;
 
 #define IN_CHUNK 128
+#define IN_SPLIT 1024
 #define GRAD_ROWS 128
 #define OUT_ROWS 32
 
 // 8 warps per block, RW rows per warp; W streamed through shared memory in chunks of IN_CHUNK columns.
 // Every loop has a constant trip count so that the accumulators stay in registers.
+// Columns split over blockIdx.y in spans of IN_SPLIT (more blocks than rows alone give), partial sums added
+// atomically into `out` (zeroed by the caller).
 template <int RP, int RW>
 __device__ void lowrank_in(const bf16 *x, const float *w, float *out, size_t M, size_t K, int r, float scale) {
   __shared__ float ws[RP][IN_CHUNK];
   int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   size_t row0 = ((size_t)blockIdx.x * 8 + warp) * RW;
+  size_t k_begin = (size_t)blockIdx.y * IN_SPLIT;
+  size_t k_end = min(K, k_begin + IN_SPLIT);
   float acc[RW][RP];
 #pragma unroll
   for (int a = 0; a < RW; a++)
 #pragma unroll
     for (int j = 0; j < RP; j++) acc[a][j] = 0.0f;
-  for (size_t k0 = 0; k0 < K; k0 += IN_CHUNK) {
+  for (size_t k0 = k_begin; k0 < k_end; k0 += IN_CHUNK) {
     __syncthreads();
     for (int e = threadIdx.x; e < RP * IN_CHUNK; e += blockDim.x) {
       int j = e / IN_CHUNK, kk = e % IN_CHUNK;
-      ws[j][kk] = (j < r && k0 + kk < K) ? w[(size_t)j * K + k0 + kk] : 0.0f;
+      ws[j][kk] = (j < r && k0 + kk < k_end) ? w[(size_t)j * K + k0 + kk] : 0.0f;
     }
     __syncthreads();
 #pragma unroll
@@ -38,7 +43,7 @@ __device__ void lowrank_in(const bf16 *x, const float *w, float *out, size_t M, 
 #pragma unroll
       for (int s = 0; s < IN_CHUNK / 32; s++) {
         int kk = lane + 32 * s;
-        float xv = (m < M && k0 + kk < K) ? __bfloat162float(x[m * K + k0 + kk]) : 0.0f;
+        float xv = (m < M && k0 + kk < k_end) ? __bfloat162float(x[m * K + k0 + kk]) : 0.0f;
 #pragma unroll
         for (int j = 0; j < RP; j++) acc[a][j] += xv * ws[j][kk];
       }
@@ -51,7 +56,7 @@ __device__ void lowrank_in(const bf16 *x, const float *w, float *out, size_t M, 
     for (int j = 0; j < RP; j++) {
       float v = acc[a][j];
       for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
-      if (lane == 0 && m < M && j < r) out[m * r + j] = v * scale;
+      if (lane == 0 && m < M && j < r) atomicAdd(&out[m * r + j], v * scale);
     }
   }
 }

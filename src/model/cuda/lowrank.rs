@@ -15,8 +15,10 @@ const MODULE: &str = "qlab_lowrank";
 
 /// The largest rank the kernels are built for.
 pub const MAX_RANK: usize = 64;
-/// Rows per block of lowrank_in (8 warps x rows per warp), lowrank_grad and lowrank_out (see lowrank.cu).
+/// Rows per block of lowrank_grad and lowrank_out (see lowrank.cu; lowrank_in: 8 warps x rows per warp).
 const GRAD_ROWS: usize = 128;
+/// Columns per block of lowrank_in.
+const IN_SPLIT: usize = 1024;
 const OUT_ROWS: usize = 32;
 
 /// The kernel instance for rank `r` (padded to 8, 16, 32 or 64) and lowrank_in's rows per warp.
@@ -76,8 +78,7 @@ impl CustomOp2 for Project {
         let (rp, rows_per_warp) = instance(r)?;
         let dev = x.device().clone();
         let (xv, wv) = (view::<bf16>(x, xl, "x")?, view::<f32>(w, wl, "W")?);
-        // SAFETY: the kernel writes every element.
-        let out = unsafe { dev.alloc::<f32>(m * r) }?;
+        let out = dev.alloc_zeros::<f32>(m * r)?;
         let func = dev.get_or_load_custom_func(&format!("lowrank_in_r{rp}"), MODULE, PTX)?;
         let (r32, scale) = (r as i32, self.0);
         let mut b = func.builder();
@@ -89,7 +90,7 @@ impl CustomOp2 for Project {
             .arg(&r32)
             .arg(&scale);
         // SAFETY: argument types and counts match lowrank_in_r* in lowrank.cu.
-        unsafe { b.launch(grid(m.div_ceil(8 * rows_per_warp), 1)) }.w()?;
+        unsafe { b.launch(grid(m.div_ceil(8 * rows_per_warp), k.div_ceil(IN_SPLIT))) }.w()?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((m, r))))
     }
 }
