@@ -3,7 +3,7 @@
 //   lowrank_in:   out[m, j] += scale * sum_i X[m, i] W[j, i]      X bf16 [M, K], W f32 [r, K], out f32 [M, r]
 //   lowrank_grad: out[j, i] += sum_m G[m, j] X[m, i]              G f32 [M, r], X bf16 [M, K], out f32 [r, K]
 //   lowrank_out:  out[m, o]  = Y[m, o] + sum_j R[m, j] W[o, j]    Y bf16 [M, O], R f32 [M, r], W f32 [O, r]
-// Regenerate lowrank.ptx with scripts/build-cuda.sh (nvcc -ptx -arch=compute_80 -fmad=false).
+// Regenerate lowrank.ptx with scripts/build-cuda.sh (nvcc -ptx -arch=compute_80; fused multiply-adds).
 #include <cuda_bf16.h>
 #include <stdint.h>
 
@@ -38,14 +38,20 @@ __device__ void lowrank_in(const bf16 *x, const float *w, float *out, size_t M, 
     }
     __syncthreads();
 #pragma unroll
-    for (int a = 0; a < RW; a++) {
-      size_t m = row0 + a;
+    for (int s = 0; s < IN_CHUNK / 32; s++) {
+      int kk = lane + 32 * s;
+      float xv[RW];
 #pragma unroll
-      for (int s = 0; s < IN_CHUNK / 32; s++) {
-        int kk = lane + 32 * s;
-        float xv = (m < M && k0 + kk < k_end) ? __bfloat162float(x[m * K + k0 + kk]) : 0.0f;
+      for (int a = 0; a < RW; a++) {
+        size_t m = row0 + a;
+        xv[a] = (m < M && k0 + kk < k_end) ? __bfloat162float(x[m * K + k0 + kk]) : 0.0f;
+      }
+      // Each value of W read from shared memory serves every row of the warp.
 #pragma unroll
-        for (int j = 0; j < RP; j++) acc[a][j] += xv * ws[j][kk];
+      for (int j = 0; j < RP; j++) {
+        float wv = ws[j][kk];
+#pragma unroll
+        for (int a = 0; a < RW; a++) acc[a][j] += xv[a] * wv;
       }
     }
   }
@@ -123,7 +129,7 @@ __device__ void lowrank_out(const bf16 *y, const float *rr, const float *w, bf16
     lowrank_out<RP>(y, rr, w, out, M, O, r);                                                                       \
   }
 
-INSTANCES(8, 2)
-INSTANCES(16, 2)
-INSTANCES(32, 1)
+INSTANCES(8, 4)
+INSTANCES(16, 4)
+INSTANCES(32, 2)
 INSTANCES(64, 1)

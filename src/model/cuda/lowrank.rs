@@ -24,9 +24,9 @@ const OUT_ROWS: usize = 32;
 /// The kernel instance for rank `r` (padded to 8, 16, 32 or 64) and lowrank_in's rows per warp.
 fn instance(r: usize) -> Result<(usize, usize)> {
     Ok(match r {
-        1..=8 => (8, 2),
-        9..=16 => (16, 2),
-        17..=32 => (32, 1),
+        1..=8 => (8, 4),
+        9..=16 => (16, 4),
+        17..=32 => (32, 2),
         33..=MAX_RANK => (64, 1),
         _ => candle_core::bail!("lowrank: rank {r} is outside 1..={MAX_RANK}"),
     })
