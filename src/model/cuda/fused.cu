@@ -249,3 +249,22 @@ extern "C" __global__ void heads_rope_bf16(const bf16 *src, bf16 *dst, const bf1
     dst[to + i1] = src[from + i1];
   }
 }
+
+// AdamW in place. Moments mv = [m (n values), v (n values)] take the gradient g; then the parameter p steps:
+// p = p * decay - lr * (m / c1) / (sqrt(v / c2) + eps), decay = 1 - lr * weight_decay, c = bias corrections.
+extern "C" __global__ void adamw_moments_f32(float *mv, const float *g, size_t n, float b1, float b2) {
+  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float gi = g[i];
+  mv[i] = mv[i] * b1 + gi * (1.0f - b1);
+  mv[n + i] = mv[n + i] * b2 + gi * gi * (1.0f - b2);
+}
+
+extern "C" __global__ void adamw_param_f32(float *p, const float *mv, size_t n, float lr, float decay, float c1,
+                                           float c2, float eps) {
+  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float m_hat = mv[i] / c1;
+  float denom = sqrtf(mv[n + i] / c2) + eps;
+  p[i] = p[i] * decay - (m_hat / denom) * lr;
+}

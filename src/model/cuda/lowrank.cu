@@ -10,7 +10,7 @@
 typedef __nv_bfloat16 bf16;
 
 #define IN_CHUNK 128
-#define IN_SPLIT 1024
+#define IN_SPLIT 512
 #define GRAD_ROWS 128
 #define OUT_ROWS 32
 
@@ -129,7 +129,7 @@ __device__ void lowrank_out(const bf16 *y, const float *rr, const float *w, bf16
     lowrank_out<RP>(y, rr, w, out, M, O, r);                                                                       \
   }
 
-INSTANCES(8, 4)
-INSTANCES(16, 4)
-INSTANCES(32, 2)
+INSTANCES(8, 1)
+INSTANCES(16, 1)
+INSTANCES(32, 1)
 INSTANCES(64, 1)

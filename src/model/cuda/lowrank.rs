@@ -18,15 +18,15 @@ pub const MAX_RANK: usize = 64;
 /// Rows per block of lowrank_grad and lowrank_out (see lowrank.cu; lowrank_in: 8 warps x rows per warp).
 const GRAD_ROWS: usize = 128;
 /// Columns per block of lowrank_in.
-const IN_SPLIT: usize = 1024;
+const IN_SPLIT: usize = 512;
 const OUT_ROWS: usize = 32;
 
 /// The kernel instance for rank `r` (padded to 8, 16, 32 or 64) and lowrank_in's rows per warp.
 fn instance(r: usize) -> Result<(usize, usize)> {
     Ok(match r {
-        1..=8 => (8, 4),
-        9..=16 => (16, 4),
-        17..=32 => (32, 2),
+        1..=8 => (8, 1),
+        9..=16 => (16, 1),
+        17..=32 => (32, 1),
         33..=MAX_RANK => (64, 1),
         _ => candle_core::bail!("lowrank: rank {r} is outside 1..={MAX_RANK}"),
     })

@@ -4,6 +4,8 @@
 //! fused bf16 kernels (attention, RMSNorm, gated product, vocabulary loss).
 
 #[cfg(feature = "cuda")]
+mod adamw;
+#[cfg(feature = "cuda")]
 mod adapted;
 #[cfg(feature = "cuda")]
 mod attention;
@@ -21,6 +23,8 @@ mod nf4_gpu;
 mod pool;
 #[cfg(feature = "cuda")]
 mod vram;
+#[cfg(feature = "cuda")]
+pub use adamw::{moments as adamw_moments, step as adamw_step};
 #[cfg(feature = "cuda")]
 pub use nf4_gpu::{Nf4Cuda, clone_cuda_storage, place_on_device};
 #[cfg(feature = "cuda")]
