@@ -156,15 +156,20 @@ pub fn attention_mask(
 ) -> Result<Tensor> {
     let b = key_valid.len();
     let total = past + t;
-    let mut m = vec![0f32; b * t * total];
+    let mut m = vec![f32::MIN; b * t * total];
+    // Each row opens its causal (and windowed) span with one fill, then closes the padded keys inside it:
+    // a training batch's mask has millions of entries.
     for (bi, valid) in key_valid.iter().enumerate() {
-        for i in 0..t {
+        let padded: Vec<usize> = (0..total).filter(|&j| !valid[j]).collect();
+        for (i, row) in m[bi * t * total..(bi + 1) * t * total]
+            .chunks_exact_mut(total)
+            .enumerate()
+        {
             let q = past + i;
-            for j in 0..total {
-                let allowed = j <= q && valid[j] && window.is_none_or(|w| q - j < w);
-                if !allowed {
-                    m[(bi * t + i) * total + j] = f32::MIN;
-                }
+            let start = window.map_or(0, |w| (q + 1).saturating_sub(w.max(1)));
+            row[start..=q].fill(0.0);
+            for &j in padded.iter().filter(|&&j| (start..=q).contains(&j)) {
+                row[j] = f32::MIN;
             }
         }
     }

@@ -185,7 +185,8 @@ impl Decoder {
         let (b, s, d) = h.dims3()?;
         let hv = Var::from_tensor(&h.reshape((b * s, d))?)?;
         let n = rows.len() as f64;
-        let mut loss = 0f64;
+        // Summed on the device and read once: each read waits for the device to drain its queue.
+        let mut chunk_losses = Vec::new();
         let mut grad: Option<Tensor> = None;
         for (r, t) in rows.chunks(chunk.max(1)).zip(targets.chunks(chunk.max(1))) {
             let idx = Tensor::new(r, h.device())?;
@@ -205,8 +206,8 @@ impl Decoder {
                 }
             };
             let chunk_loss = (nll.sum_all()? * (1.0 / n))?;
-            loss += chunk_loss.to_dtype(DType::F64)?.to_scalar::<f64>()?;
             let store = chunk_loss.backward()?;
+            chunk_losses.push(chunk_loss.detach().to_dtype(DType::F64)?);
             if let Some(g) = store.get(hv.as_tensor()) {
                 grad = Some(match grad {
                     None => g.detach(),
@@ -214,6 +215,9 @@ impl Decoder {
                 });
             }
         }
+        let loss = Tensor::stack(&chunk_losses, 0)?
+            .sum_all()?
+            .to_scalar::<f64>()?;
         let grad = grad
             .ok_or_else(|| ModelError::Usage("the loss did not reach the hidden states".into()))?;
         Ok((loss as f32, grad.reshape((b, s, d))?))
