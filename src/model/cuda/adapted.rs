@@ -6,7 +6,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CudaStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CudaStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
 use super::lowrank::{ExpandAdd, expand_add, project, reduce};
 use crate::model::frozen::{FrozenLinear, FrozenWeight};
@@ -76,17 +76,7 @@ impl CustomOp3 for AdaptedGrad {
         "adapted-linear"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("adapted-linear runs on CUDA only")
-    }
+    cuda_only!(3);
 
     /// The result `frozen + mid B^T`, written by the expand-add kernel as the op's own output.
     fn cuda_fwd(
@@ -98,12 +88,7 @@ impl CustomOp3 for AdaptedGrad {
         b: &CudaStorage,
         bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let frozen = self
-            .frozen
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("adapted-linear: poisoned slot".into()))?
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("adapted-linear: forward ran twice".into()))?;
+        let frozen = super::take_once(&self.frozen, self.name())?;
         let (fs, fl) = frozen.storage_and_layout();
         let (ms, ml) = self.mid.storage_and_layout();
         let (Storage::Cuda(f), Storage::Cuda(m)) = (&*fs, &*ms) else {

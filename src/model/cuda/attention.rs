@@ -5,9 +5,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{
-    CpuStorage, CudaStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor,
-};
+use candle_core::{CudaStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
 use super::fused::{masked_softmax, softmax_backward};
 use super::heads::Heads;
@@ -73,17 +71,7 @@ impl CustomOp3 for AttentionGrad {
         "attention-bf16"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        candle_core::bail!("attention-bf16 runs on CUDA only")
-    }
+    cuda_only!(3);
 
     fn cuda_fwd(
         &self,
@@ -94,12 +82,7 @@ impl CustomOp3 for AttentionGrad {
         _: &CudaStorage,
         _: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let heads_out = self
-            .heads_out
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("attention: poisoned slot".into()))?
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg("attention: forward ran twice".into()))?;
+        let heads_out = super::take_once(&self.heads_out, self.name())?;
         let (b, h, t, d) = heads_out.dims4()?;
         let (storage, layout) = heads_out.storage_and_layout();
         let Storage::Cuda(s) = &*storage else {

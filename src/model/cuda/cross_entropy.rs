@@ -4,11 +4,11 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CudaStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use cudarc::driver::PushKernelArg;
 use half::bf16;
 
-use super::fused::{MODULE, PTX, cpu_refused, rows_config, view};
+use super::fused::{MODULE, PTX, rows_config, view};
 
 /// `[rows]` f32 negative log-likelihoods of `targets` under bf16 `logits` `[rows, vocab]`; differentiable
 /// in the logits.
@@ -31,15 +31,7 @@ impl CustomOp2 for RowNll {
         "row-nll-bf16"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
-    }
+    cuda_only!(2);
 
     fn cuda_fwd(
         &self,
@@ -83,17 +75,7 @@ impl CustomOp3 for RowNllBackward {
         "row-nll-bf16-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
-    }
+    cuda_only!(3);
 
     fn cuda_fwd(
         &self,

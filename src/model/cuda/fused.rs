@@ -5,9 +5,7 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{
-    CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor,
-};
+use candle_core::{CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
 use half::bf16;
 
@@ -43,10 +41,6 @@ pub(super) fn rows_config(rows: usize, cols: usize) -> LaunchConfig {
     }
 }
 
-pub(super) fn cpu_refused(op: &str) -> Result<(CpuStorage, Shape)> {
-    candle_core::bail!("{op} runs on CUDA bf16 tensors only")
-}
-
 fn activation_code(a: Activation) -> i32 {
     match a {
         Activation::Silu => 0,
@@ -74,15 +68,7 @@ impl CustomOp2 for MaskedSoftmax {
         "masked-softmax"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
-    }
+    cuda_only!(2);
 
     fn cuda_fwd(
         &self,
@@ -132,15 +118,7 @@ impl CustomOp2 for SoftmaxBackward {
         "softmax-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
-    }
+    cuda_only!(2);
 
     fn cuda_fwd(
         &self,
@@ -191,15 +169,7 @@ impl CustomOp2 for RmsNorm {
         "rms-norm-bf16"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
-    }
+    cuda_only!(2);
 
     fn cuda_fwd(
         &self,
@@ -248,17 +218,7 @@ impl CustomOp3 for RmsNormBackward {
         "rms-norm-bf16-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
-    }
+    cuda_only!(3);
 
     fn cuda_fwd(
         &self,
@@ -309,15 +269,7 @@ impl CustomOp2 for Gated {
         "gated-bf16"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
-    }
+    cuda_only!(2);
 
     fn cuda_fwd(
         &self,
@@ -362,17 +314,7 @@ impl CustomOp3 for GatedBackward {
         "gated-bf16-backward"
     }
 
-    fn cpu_fwd(
-        &self,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-        _: &CpuStorage,
-        _: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
-    }
+    cuda_only!(3);
 
     fn cuda_fwd(
         &self,

@@ -5,11 +5,11 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{CpuStorage, CudaStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CudaStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
 use half::bf16;
 
-use super::fused::{MODULE, PTX, cpu_refused, view};
+use super::fused::{MODULE, PTX, view};
 
 /// Rotary tables `[b, 1, t, d / 2]` (bf16) and the pairing of dimensions.
 #[derive(Clone)]
@@ -61,9 +61,7 @@ impl CustomOp1 for Heads {
         "split-heads-rope"
     }
 
-    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        cpu_refused(self.name())
-    }
+    cuda_only!(1);
 
     fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
         let (b, t, n, d) = self.dims;

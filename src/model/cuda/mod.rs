@@ -3,6 +3,53 @@
 //! the `cuda` feature, NF4 kept on the GPU with its quantize / dequantize kernels and the training step's
 //! fused bf16 kernels (attention, RMSNorm, gated product, vocabulary loss).
 
+/// The `cpu_fwd` of a custom op with `$n` operands that runs on CUDA only: it refuses, naming the op.
+#[cfg(feature = "cuda")]
+macro_rules! cuda_only {
+    (1) => {
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            candle_core::bail!("{} runs on CUDA only", self.name())
+        }
+    };
+    (2) => {
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            candle_core::bail!("{} runs on CUDA only", self.name())
+        }
+    };
+    (3) => {
+        fn cpu_fwd(
+            &self,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+            _: &candle_core::CpuStorage,
+            _: &candle_core::Layout,
+        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
+            candle_core::bail!("{} runs on CUDA only", self.name())
+        }
+    };
+}
+
+/// Takes the value an op's forward consumes (it runs once per op).
+#[cfg(feature = "cuda")]
+fn take_once<T>(slot: &std::sync::Mutex<Option<T>>, op: &str) -> candle_core::Result<T> {
+    slot.lock()
+        .map_err(|_| candle_core::Error::Msg(format!("{op}: poisoned slot")))?
+        .take()
+        .ok_or_else(|| candle_core::Error::Msg(format!("{op}: the forward ran twice")))
+}
+
 #[cfg(feature = "cuda")]
 mod adamw;
 #[cfg(feature = "cuda")]
