@@ -4,6 +4,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::cpu_ops;
 use super::frozen::FrozenLinear;
 
 /// A projection LoRA can adapt.
@@ -171,6 +172,11 @@ pub struct AdaptedLinear {
 impl AdaptedLinear {
     /// Dropout masks derive from the call's seed and site, so a checkpointed recomputation sees the same.
     pub fn forward(&self, x: &Tensor, call: LoraCall) -> Result<Tensor> {
+        if let Some(l) = &self.lora {
+            if cpu_ops::applies(x) && !call.generation {
+                return self.forward_cpu(x, l, call);
+            }
+        }
         let y = match call.saved {
             Some((saved, site)) if saved.recording.get() => {
                 let (y, w) = self.base.product(x)?;
@@ -208,6 +214,44 @@ impl AdaptedLinear {
         y + delta.reshape(dims)?.to_dtype(dtype)?
     }
 
+    /// CPU f32: the frozen product (saved or computed) and the adapter as one op with a closed-form
+    /// backward (`cpu_ops::adapted_linear`), the same dropout masks as [`Self::forward`]'s composition.
+    fn forward_cpu(&self, x: &Tensor, l: &LoraAdapter, call: LoraCall) -> Result<Tensor> {
+        let (product, dequantized) = match call.saved {
+            Some((saved, site)) if saved.recording.get() => {
+                let (y, w) = self.base.product(x)?;
+                saved.slots.borrow_mut().insert(site, y.clone());
+                (y, w)
+            }
+            Some((saved, site)) => match saved.slots.borrow_mut().remove(&site) {
+                Some(y) => (y, None),
+                None => self.base.product(x)?,
+            },
+            None => self.base.product(x)?,
+        };
+        let (a, b) = if call.grad {
+            (l.a.as_tensor().clone(), l.b.as_tensor().clone())
+        } else {
+            (l.a.as_detached_tensor(), l.b.as_detached_tensor())
+        };
+        let mask = match call.dropout {
+            Some((DropoutSeed(seed), site)) if l.dropout > 0.0 => {
+                Some(dropout_mask(x.elem_count(), l.dropout, seed ^ site))
+            }
+            _ => None,
+        };
+        let frozen = cpu_ops::adapted_linear::FrozenPart {
+            product,
+            weight: self.base.weight.clone(),
+            dequantized,
+        };
+        let y = cpu_ops::adapted_linear::adapted_linear(x, (&a, &b), frozen, l.scale, mask)?;
+        match &self.base.bias {
+            Some(bias) => y.broadcast_add(bias),
+            None => Ok(y),
+        }
+    }
+
     /// Folds the adapter into a dense f32 weight (inference fast path).
     pub fn merge(&mut self) -> Result<()> {
         let Some(l) = self.lora.take() else {
@@ -225,9 +269,15 @@ impl AdaptedLinear {
 }
 
 fn apply_dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+    let mask = dropout_mask(x.elem_count(), p, seed);
+    x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?)
+}
+
+/// `len` dropout factors (0 with probability `p`, else `1 / (1 - p)`) drawn from `seed`.
+fn dropout_mask(len: usize, p: f64, seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let keep = 1.0 / (1.0 - p);
-    let mask: Vec<f32> = (0..x.elem_count())
+    (0..len)
         .map(|_| {
             if rng.random::<f64>() < p {
                 0.0
@@ -235,8 +285,7 @@ fn apply_dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
                 keep as f32
             }
         })
-        .collect();
-    x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?)
+        .collect()
 }
 
 #[cfg(test)]
