@@ -217,6 +217,20 @@ impl AdaptedLinear {
     /// CPU f32: the frozen product (saved or computed) and the adapter as one op with a closed-form
     /// backward (`cpu_ops::adapted_linear`), the same dropout masks as [`Self::forward`]'s composition.
     fn forward_cpu(&self, x: &Tensor, l: &LoraAdapter, call: LoraCall) -> Result<Tensor> {
+        let y = cpu_ops::adapted_linear::adapted_linear(x, self.cpu_call(x, l, call)?)?;
+        match &self.base.bias {
+            Some(bias) => y.broadcast_add(bias),
+            None => Ok(y),
+        }
+    }
+
+    /// The operands of the CPU op for input `x` (the frozen product saved, replayed or computed now).
+    pub(crate) fn cpu_call(
+        &self,
+        x: &Tensor,
+        l: &LoraAdapter,
+        call: LoraCall,
+    ) -> Result<cpu_ops::adapted_linear::AdapterCall> {
         let (product, dequantized) = match call.saved {
             Some((saved, site)) if saved.recording.get() => {
                 let (y, w) = self.base.product(x)?;
@@ -245,11 +259,13 @@ impl AdaptedLinear {
             weight: self.base.weight.clone(),
             dequantized,
         };
-        let y = cpu_ops::adapted_linear::adapted_linear(x, (&a, &b), frozen, l.scale, mask)?;
-        match &self.base.bias {
-            Some(bias) => y.broadcast_add(bias),
-            None => Ok(y),
-        }
+        Ok(cpu_ops::adapted_linear::AdapterCall {
+            frozen,
+            a,
+            b,
+            scale: l.scale,
+            mask,
+        })
     }
 
     /// Folds the adapter into a dense f32 weight (inference fast path).

@@ -21,17 +21,28 @@ pub struct FrozenPart {
     pub dequantized: Option<Tensor>,
 }
 
+/// One adapted projection's operands besides its input: the frozen half, the adapter, its dropout.
+pub struct AdapterCall {
+    pub frozen: FrozenPart,
+    /// `A` `[r, in]` and `B` `[out, r]` (Vars when their gradients are wanted).
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+    /// LoRA dropout on the adapter's input: 0 or `1 / (1 - p)` per element of `x`.
+    pub mask: Option<Vec<f32>>,
+}
+
 /// Sizes of one call: `n` rows of `x`, `inp` and `out` features, rank `r`.
 #[derive(Clone, Copy)]
-struct Dims {
-    n: usize,
-    inp: usize,
-    r: usize,
-    out: usize,
+pub(super) struct Dims {
+    pub(super) n: usize,
+    pub(super) inp: usize,
+    pub(super) r: usize,
+    pub(super) out: usize,
 }
 
 impl Dims {
-    fn of(x: &Shape, a: &Shape, b: &Shape) -> Result<Self> {
+    pub(super) fn of(x: &Shape, a: &Shape, b: &Shape) -> Result<Self> {
         let inp = x.dims().last().copied().unwrap_or(0);
         let (r, a_in) = a.dims2()?;
         let (out, b_r) = b.dims2()?;
@@ -52,7 +63,7 @@ impl Dims {
     }
 }
 
-struct AdaptedProduct {
+pub(super) struct AdaptedProduct {
     /// The frozen product, taken by the forward (the backward does not need it).
     product: Mutex<Option<Tensor>>,
     weight: FrozenWeight,
@@ -63,6 +74,18 @@ struct AdaptedProduct {
 }
 
 impl AdaptedProduct {
+    /// The op of `call`, and its frozen product (which [`CustomOp3::cpu_fwd`] would take from the op).
+    pub(super) fn new(call: AdapterCall) -> (Self, Tensor) {
+        let op = Self {
+            product: Mutex::new(None),
+            weight: call.frozen.weight,
+            dequantized: call.frozen.dequantized,
+            scale: call.scale as f32,
+            mask: call.mask,
+        };
+        (op, call.frozen.product)
+    }
+
     /// The adapter's input: `x`, masked by the dropout when there is one.
     fn adapter_input<'a>(&self, x: &'a [f32]) -> Cow<'a, [f32]> {
         match &self.mask {
@@ -81,7 +104,12 @@ impl AdaptedProduct {
         )
     }
 
-    fn forward(&self, dm: Dims, (x, a, b): (&[f32], &[f32], &[f32]), y0: &[f32]) -> Vec<f32> {
+    pub(super) fn forward(
+        &self,
+        dm: Dims,
+        (x, a, b): (&[f32], &[f32], &[f32]),
+        y0: &[f32],
+    ) -> Vec<f32> {
         let u = Self::down(dm, &self.adapter_input(x), a);
         let mut y = y0.to_vec();
         matmul_par(
@@ -94,7 +122,7 @@ impl AdaptedProduct {
     }
 
     /// `(dx, dA, dB)`, each only when `need` asks for it.
-    fn backward(
+    pub(super) fn backward(
         &self,
         dm: Dims,
         (x, a, b): (&[f32], &[f32], &[f32]),
@@ -279,22 +307,14 @@ impl CustomOp3 for AdaptedProduct {
 
 /// `x W^T + s (dropout(x) A^T) B^T` (no bias), differentiable in `x`, `A` and `B`; `mask` is the dropout's
 /// (0 or `1 / (1 - p)` per element of `x`). CPU f32 only (see [`super::applies`]).
-pub fn adapted_linear(
-    x: &Tensor,
-    (a, b): (&Tensor, &Tensor),
-    frozen: FrozenPart,
-    scale: f64,
-    mask: Option<Vec<f32>>,
-) -> Result<Tensor> {
-    let op = AdaptedProduct {
-        product: Mutex::new(Some(frozen.product.contiguous()?)),
-        weight: frozen.weight,
-        dequantized: frozen.dequantized,
-        scale: scale as f32,
-        mask,
-    };
-    x.contiguous()?
-        .apply_op3(&a.contiguous()?, &b.contiguous()?, op)
+pub fn adapted_linear(x: &Tensor, call: AdapterCall) -> Result<Tensor> {
+    let (a, b) = (call.a.contiguous()?, call.b.contiguous()?);
+    let (op, product) = AdaptedProduct::new(call);
+    *op.product
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("adapted linear: poisoned product".into()))? =
+        Some(product.contiguous()?);
+    x.contiguous()?.apply_op3(&a, &b, op)
 }
 
 #[cfg(test)]
@@ -345,7 +365,14 @@ mod tests {
         let mask_t = mask
             .as_ref()
             .map(|m| Tensor::from_vec(m.clone(), x.shape(), &dev).unwrap());
-        let fused = adapted_linear(&x, (&a, &b), frozen, 0.5, mask).unwrap();
+        let call = AdapterCall {
+            frozen,
+            a: a.as_tensor().clone(),
+            b: b.as_tensor().clone(),
+            scale: 0.5,
+            mask,
+        };
+        let fused = adapted_linear(&x, call).unwrap();
         let refr = composed(&x, &w, (&a, &b), 0.5, mask_t.as_ref());
         assert!(
             rel_err(&fused, &refr) < 1e-5,

@@ -8,18 +8,18 @@ use rayon::prelude::*;
 use super::{Mat, cpu_slice, dot, exp_shifted_sum, matmul, max, storage_slice, to_f32_vec};
 
 /// The attention op's constants; q `[b, h, t, d]`, k and v `[b, kvh, T, d]`, all contiguous.
-struct FusedAttention {
+pub(super) struct FusedAttention {
     /// Additive mask `[b, 1, t, T]` (0 or a large negative value).
-    mask: Vec<f32>,
-    scale: f32,
-    softcap: Option<f32>,
+    pub(super) mask: Vec<f32>,
+    pub(super) scale: f32,
+    pub(super) softcap: Option<f32>,
     /// The output of an identical earlier call (checkpointed training's first pass): copied, not recomputed.
-    known_output: Option<Tensor>,
+    pub(super) known_output: Option<Tensor>,
 }
 
 /// Sizes of one call.
 #[derive(Clone, Copy)]
-struct Dims {
+pub(super) struct Dims {
     b: usize,
     h: usize,
     kvh: usize,
@@ -29,7 +29,7 @@ struct Dims {
 }
 
 impl Dims {
-    fn of(q: &Shape, k: &Shape, v: &Shape, mask_len: usize) -> Result<Self> {
+    pub(super) fn of(q: &Shape, k: &Shape, v: &Shape, mask_len: usize) -> Result<Self> {
         let (b, h, t, d) = q.dims4()?;
         let (kb, kvh, tk, kd) = k.dims4()?;
         if kb != b || kd != d || v.dims() != k.dims() || kvh == 0 || h % kvh != 0 {
@@ -135,7 +135,7 @@ impl FusedAttention {
         }
     }
 
-    fn forward(&self, dm: Dims, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+    pub(super) fn forward(&self, dm: Dims, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
         let (t, tk, d, rep) = (dm.t, dm.tk, dm.d, dm.rep());
         let block_rows = ROW_BLOCK.min(t);
         let mut out = vec![0f32; dm.b * dm.h * t * d];
@@ -169,7 +169,7 @@ impl FusedAttention {
     }
 
     /// dq `[b, h, t, d]`, dk and dv `[b, kvh, T, d]` (summed over each group's query heads).
-    fn backward(
+    pub(super) fn backward(
         &self,
         dm: Dims,
         (q, k, v): (&[f32], &[f32], &[f32]),

@@ -34,10 +34,10 @@ fn act(activation: Activation, g: f32) -> (f32, f32) {
     }
 }
 
-struct GatedProduct(Activation);
+pub(super) struct GatedProduct(pub(super) Activation);
 
 impl GatedProduct {
-    fn forward(&self, gate: &[f32], up: &[f32]) -> Vec<f32> {
+    pub(super) fn forward(&self, gate: &[f32], up: &[f32]) -> Vec<f32> {
         gate.par_iter()
             .with_min_len(CHUNK)
             .zip(up)
@@ -46,7 +46,7 @@ impl GatedProduct {
     }
 
     /// `d gate = dy * up * act'(gate)`, `d up = dy * act(gate)`.
-    fn backward(&self, gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    pub(super) fn backward(&self, gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
         gate.par_iter()
             .with_min_len(CHUNK)
             .zip(up)

@@ -7,6 +7,7 @@
 
 pub mod adapted_linear;
 pub mod attention;
+pub mod block;
 pub mod cross_entropy;
 pub mod gated;
 pub mod rms_norm;

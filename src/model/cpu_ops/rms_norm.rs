@@ -9,9 +9,9 @@ use super::{cpu_slice, dot, storage_slice, to_f32_vec};
 /// Rows per parallel task.
 const ROWS_PER_TASK: usize = 16;
 
-struct FusedRmsNorm {
-    weight: Vec<f32>,
-    eps: f32,
+pub(super) struct FusedRmsNorm {
+    pub(super) weight: Vec<f32>,
+    pub(super) eps: f32,
 }
 
 impl FusedRmsNorm {
@@ -20,7 +20,7 @@ impl FusedRmsNorm {
         1.0 / (ms + self.eps).sqrt()
     }
 
-    fn forward(&self, x: &[f32]) -> Vec<f32> {
+    pub(super) fn forward(&self, x: &[f32]) -> Vec<f32> {
         let d = self.weight.len();
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(d * ROWS_PER_TASK)
@@ -37,7 +37,7 @@ impl FusedRmsNorm {
     }
 
     /// `dx = r w dy - x r^3 / n * sum(w dy x)`.
-    fn backward(&self, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    pub(super) fn backward(&self, x: &[f32], dy: &[f32]) -> Vec<f32> {
         let d = self.weight.len();
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(d * ROWS_PER_TASK)

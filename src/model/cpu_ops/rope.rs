@@ -6,17 +6,21 @@ use rayon::prelude::*;
 
 use super::{cpu_slice, to_f32_vec};
 
-struct FusedRope {
+pub(super) struct FusedRope {
     /// `[b, t, d / 2]` tables.
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-    interleaved: bool,
+    pub(super) cos: Vec<f32>,
+    pub(super) sin: Vec<f32>,
+    pub(super) interleaved: bool,
     /// Rotate by minus the angle (the backward pass).
-    inverse: bool,
+    pub(super) inverse: bool,
 }
 
 impl FusedRope {
-    fn rotate(&self, x: &[f32], (b, h, t, d): (usize, usize, usize, usize)) -> Result<Vec<f32>> {
+    pub(super) fn rotate(
+        &self,
+        x: &[f32],
+        (b, h, t, d): (usize, usize, usize, usize),
+    ) -> Result<Vec<f32>> {
         let half = d / 2;
         if d % 2 != 0 || self.cos.len() != b * t * half || self.sin.len() != self.cos.len() {
             candle_core::bail!(
