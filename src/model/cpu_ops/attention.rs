@@ -5,7 +5,7 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{Mat, cpu_slice, dot, exp_shifted_sum, matmul, max, storage_slice, to_f32_vec};
+use super::{Mat, cpu_slice, dot, exp_shifted_sum, matmul, max, simd, storage_slice, to_f32_vec};
 
 /// The attention op's constants; q `[b, h, t, d]`, k and v `[b, kvh, T, d]`, all contiguous.
 pub(super) struct FusedAttention {
@@ -94,6 +94,7 @@ impl FusedAttention {
 
     /// Probabilities of rows `blk` of one head into `p` `[rows, blk.keys]` from its queries `qh` `[t, d]`
     /// and keys `kg` `[T, d]`; with soft-capping, `dcap` receives the cap's derivative (`1 - tanh^2`).
+    #[inline(always)]
     fn probs(
         &self,
         dm: Dims,
@@ -142,27 +143,32 @@ impl FusedAttention {
         out.par_chunks_mut(rep * t * d).enumerate().for_each_init(
             || (vec![0f32; block_rows * tk], vec![0f32; block_rows * tk]),
             |(p, dcap), (g, og)| {
-                let bi = g / dm.kvh;
-                let kg = &k[g * tk * d..(g + 1) * tk * d];
-                let vg = &v[g * tk * d..(g + 1) * tk * d];
-                let blocks = self.blocks(dm, bi);
-                for (r, oh) in og.chunks_exact_mut(t * d).enumerate() {
-                    let hq = g * rep + r;
-                    let qh = &q[hq * t * d..(hq + 1) * t * d];
-                    for &blk in &blocks {
-                        let (rows, n) = (blk.r1 - blk.r0, blk.keys);
-                        self.probs(dm, bi, blk, (qh, kg), p, dcap);
-                        let o = &mut oh[blk.r0 * d..blk.r1 * d];
-                        matmul(
-                            o,
-                            (rows, d, n),
-                            Mat::rows(p, n),
-                            Mat::rows(vg, d),
-                            1.0,
-                            false,
-                        );
-                    }
-                }
+                simd(
+                    #[inline(always)]
+                    || {
+                        let bi = g / dm.kvh;
+                        let kg = &k[g * tk * d..(g + 1) * tk * d];
+                        let vg = &v[g * tk * d..(g + 1) * tk * d];
+                        let blocks = self.blocks(dm, bi);
+                        for (r, oh) in og.chunks_exact_mut(t * d).enumerate() {
+                            let hq = g * rep + r;
+                            let qh = &q[hq * t * d..(hq + 1) * t * d];
+                            for &blk in &blocks {
+                                let (rows, n) = (blk.r1 - blk.r0, blk.keys);
+                                self.probs(dm, bi, blk, (qh, kg), p, dcap);
+                                let o = &mut oh[blk.r0 * d..blk.r1 * d];
+                                matmul(
+                                    o,
+                                    (rows, d, n),
+                                    Mat::rows(p, n),
+                                    Mat::rows(vg, d),
+                                    1.0,
+                                    false,
+                                );
+                            }
+                        }
+                    },
+                )
             },
         );
         out
@@ -188,72 +194,77 @@ impl FusedAttention {
             .for_each_init(
                 || (buffer(), buffer(), buffer()),
                 |(p, dp, dcap), (g, ((dqg, dkg), dvg))| {
-                    let bi = g / dm.kvh;
-                    let kg = &k[g * tk * d..(g + 1) * tk * d];
-                    let vg = &v[g * tk * d..(g + 1) * tk * d];
-                    let blocks = self.blocks(dm, bi);
-                    for (r, dqh) in dqg.chunks_exact_mut(t * d).enumerate() {
-                        let hq = g * rep + r;
-                        let qh = &q[hq * t * d..(hq + 1) * t * d];
-                        let doh = &dout[hq * t * d..(hq + 1) * t * d];
-                        for &blk in &blocks {
-                            let (rows, n) = (blk.r1 - blk.r0, blk.keys);
-                            let (qb, dob) =
-                                (&qh[blk.r0 * d..blk.r1 * d], &doh[blk.r0 * d..blk.r1 * d]);
-                            self.probs(dm, bi, blk, (qh, kg), p, dcap);
-                            let (p, dp) = (&p[..rows * n], &mut dp[..rows * n]);
-                            // dV += P^T dO; dP = dO V^T (dk, dv start at zero and only accumulate).
-                            matmul(
-                                dvg,
-                                (n, d, rows),
-                                Mat::rows_t(p, n),
-                                Mat::rows(dob, d),
-                                1.0,
-                                true,
-                            );
-                            matmul(
-                                dp,
-                                (rows, n, d),
-                                Mat::rows(dob, d),
-                                Mat::rows_t(vg, d),
-                                1.0,
-                                false,
-                            );
-                            // dS = P * (dP - rowsum(P * dP)), times the cap's derivative.
-                            for ((prow, dprow), crow) in p
-                                .chunks_exact(n)
-                                .zip(dp.chunks_exact_mut(n))
-                                .zip(dcap.chunks_exact(n))
-                            {
-                                let dot = dot(prow, dprow);
-                                for (g, pv) in dprow.iter_mut().zip(prow) {
-                                    *g = pv * (*g - dot);
-                                }
-                                if self.softcap.is_some() {
-                                    dprow.iter_mut().zip(crow).for_each(|(g, c)| *g *= c);
+                    simd(
+                        #[inline(always)]
+                        || {
+                            let bi = g / dm.kvh;
+                            let kg = &k[g * tk * d..(g + 1) * tk * d];
+                            let vg = &v[g * tk * d..(g + 1) * tk * d];
+                            let blocks = self.blocks(dm, bi);
+                            for (r, dqh) in dqg.chunks_exact_mut(t * d).enumerate() {
+                                let hq = g * rep + r;
+                                let qh = &q[hq * t * d..(hq + 1) * t * d];
+                                let doh = &dout[hq * t * d..(hq + 1) * t * d];
+                                for &blk in &blocks {
+                                    let (rows, n) = (blk.r1 - blk.r0, blk.keys);
+                                    let (qb, dob) =
+                                        (&qh[blk.r0 * d..blk.r1 * d], &doh[blk.r0 * d..blk.r1 * d]);
+                                    self.probs(dm, bi, blk, (qh, kg), p, dcap);
+                                    let (p, dp) = (&p[..rows * n], &mut dp[..rows * n]);
+                                    // dV += P^T dO; dP = dO V^T (dk, dv start at zero and only accumulate).
+                                    matmul(
+                                        dvg,
+                                        (n, d, rows),
+                                        Mat::rows_t(p, n),
+                                        Mat::rows(dob, d),
+                                        1.0,
+                                        true,
+                                    );
+                                    matmul(
+                                        dp,
+                                        (rows, n, d),
+                                        Mat::rows(dob, d),
+                                        Mat::rows_t(vg, d),
+                                        1.0,
+                                        false,
+                                    );
+                                    // dS = P * (dP - rowsum(P * dP)), times the cap's derivative.
+                                    for ((prow, dprow), crow) in p
+                                        .chunks_exact(n)
+                                        .zip(dp.chunks_exact_mut(n))
+                                        .zip(dcap.chunks_exact(n))
+                                    {
+                                        let dot = dot(prow, dprow);
+                                        for (g, pv) in dprow.iter_mut().zip(prow) {
+                                            *g = pv * (*g - dot);
+                                        }
+                                        if self.softcap.is_some() {
+                                            dprow.iter_mut().zip(crow).for_each(|(g, c)| *g *= c);
+                                        }
+                                    }
+                                    // dQ = scale dS K; dK += scale dS^T Q.
+                                    let s = self.scale;
+                                    let dqb = &mut dqh[blk.r0 * d..blk.r1 * d];
+                                    matmul(
+                                        dqb,
+                                        (rows, d, n),
+                                        Mat::rows(dp, n),
+                                        Mat::rows(kg, d),
+                                        s,
+                                        false,
+                                    );
+                                    matmul(
+                                        dkg,
+                                        (n, d, rows),
+                                        Mat::rows_t(dp, n),
+                                        Mat::rows(qb, d),
+                                        s,
+                                        true,
+                                    );
                                 }
                             }
-                            // dQ = scale dS K; dK += scale dS^T Q.
-                            let s = self.scale;
-                            let dqb = &mut dqh[blk.r0 * d..blk.r1 * d];
-                            matmul(
-                                dqb,
-                                (rows, d, n),
-                                Mat::rows(dp, n),
-                                Mat::rows(kg, d),
-                                s,
-                                false,
-                            );
-                            matmul(
-                                dkg,
-                                (n, d, rows),
-                                Mat::rows_t(dp, n),
-                                Mat::rows(qb, d),
-                                s,
-                                true,
-                            );
-                        }
-                    }
+                        },
+                    )
                 },
             );
         (dq, dk, dv)

@@ -5,13 +5,14 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{LANES, cpu_slice, exp, max, storage_slice};
+use super::{LANES, cpu_slice, exp, max, simd, storage_slice};
 
 struct RowNll {
     targets: Vec<u32>,
 }
 
 /// `(max, log(sum(exp(row - max))))` of a row.
+#[inline(always)]
 fn log_sum_exp(row: &[f32]) -> (f32, f32) {
     let max = max(row);
     let mut acc = [0f32; LANES];
@@ -51,7 +52,10 @@ impl CustomOp1 for RowNll {
             .par_chunks(vocab)
             .zip(&self.targets)
             .map(|(row, t)| {
-                let (max, lse) = log_sum_exp(row);
+                let (max, lse) = simd(
+                    #[inline(always)]
+                    || log_sum_exp(row),
+                );
                 max + lse - row[*t as usize]
             })
             .collect();
@@ -69,11 +73,16 @@ impl CustomOp1 for RowNll {
                 .zip(x.par_chunks(vocab))
                 .zip(self.targets.par_iter().zip(&g))
                 .for_each(|((drow, row), (t, g))| {
-                    let (max, lse) = log_sum_exp(row);
-                    let shift = max + lse;
-                    for (d, v) in drow.iter_mut().zip(row) {
-                        *d = g * exp(v - shift);
-                    }
+                    simd(
+                        #[inline(always)]
+                        || {
+                            let (max, lse) = log_sum_exp(row);
+                            let shift = max + lse;
+                            for (d, v) in drow.iter_mut().zip(row) {
+                                *d = g * exp(v - shift);
+                            }
+                        },
+                    );
                     drow[*t as usize] -= g;
                 });
         }

@@ -190,6 +190,27 @@ unsafe fn matmul_in(
     }
 }
 
+/// Runs `f` compiled for AVX2 and FMA when the CPU has them. The build targets baseline x86-64 (SSE2), so
+/// the kernels' loops, inlined into `f`, would otherwise be vectorised 4 floats wide at most. Each parallel
+/// task wraps its own body (rayon calls task closures through pointers, so they are not inlined here).
+/// Rust never contracts `a * b + c` into an FMA on its own, so results do not depend on the path taken.
+#[inline(always)]
+fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports the features `avx2` is compiled for (checked just above).
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
+}
+
 /// `e^x` in f32 to ~2 ulp, written so the compiler vectorises loops over it (libm's `expf` does not);
 /// 0 below -87 (where `expf` is subnormal), as the softmax of masked scores needs.
 #[inline(always)]

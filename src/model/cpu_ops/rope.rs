@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_slice, to_f32_vec};
+use super::{cpu_slice, simd, to_f32_vec};
 
 pub(super) struct FusedRope {
     /// `[b, t, d / 2]` tables.
@@ -34,20 +34,34 @@ impl FusedRope {
             .enumerate()
             .for_each(|(bh, (o, x))| {
                 let bi = bh / h;
-                for ((orow, xrow), p) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(0..t) {
-                    let at = (bi * t + p) * half;
-                    let (cos, sin) = (&self.cos[at..at + half], &self.sin[at..at + half]);
-                    for i in 0..half {
-                        let (c, s) = (cos[i], sign * sin[i]);
-                        let (a, b) = if self.interleaved {
-                            (2 * i, 2 * i + 1)
-                        } else {
-                            (i, i + half)
-                        };
-                        orow[a] = xrow[a] * c - xrow[b] * s;
-                        orow[b] = xrow[a] * s + xrow[b] * c;
-                    }
-                }
+                simd(
+                    #[inline(always)]
+                    || {
+                        for ((orow, xrow), p) in
+                            o.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(0..t)
+                        {
+                            let at = (bi * t + p) * half;
+                            let (cos, sin) = (&self.cos[at..at + half], &self.sin[at..at + half]);
+                            if self.interleaved {
+                                for i in 0..half {
+                                    let (c, s) = (cos[i], sign * sin[i]);
+                                    let (a, b) = (2 * i, 2 * i + 1);
+                                    orow[a] = xrow[a] * c - xrow[b] * s;
+                                    orow[b] = xrow[a] * s + xrow[b] * c;
+                                }
+                            } else {
+                                // Half split: the two halves rotate as whole slices (vectorised).
+                                let (o1, o2) = orow.split_at_mut(half);
+                                let (x1, x2) = xrow.split_at(half);
+                                for i in 0..half {
+                                    let (c, s) = (cos[i], sign * sin[i]);
+                                    o1[i] = x1[i] * c - x2[i] * s;
+                                    o2[i] = x1[i] * s + x2[i] * c;
+                                }
+                            }
+                        }
+                    },
+                )
             });
         Ok(out)
     }
