@@ -214,14 +214,14 @@ impl Decoder {
                 let l = blk.linear(t);
                 l.lora.is_some() && l.base.bias.is_none()
             });
-        // CPU f32 training (the pass with gradients): the whole block as one op (`cpu_ops::block`).
-        if cpu_ops::applies(x) && ctx.grad && !ctx.generation && cache.is_none() && llama_style {
+        // CPU f32 without a cache (training, evaluation): the whole block as one op (`cpu_ops::block`).
+        if cpu_ops::applies(x) && !ctx.generation && cache.is_none() && llama_style {
             return self.block_forward_fused(i, x, ctx);
         }
         self.block_forward_composed(i, x, ctx, cache)
     }
 
-    /// [`Self::block_forward`] through `cpu_ops::block` (llama-style blocks, CPU f32, with gradients).
+    /// [`Self::block_forward`] through `cpu_ops::block` (llama-style blocks, CPU f32).
     fn block_forward_fused(&self, i: usize, x: &Tensor, ctx: &BlockContext) -> Result<Tensor> {
         let cfg = &self.config;
         let blk = &self.blocks[i];
@@ -244,8 +244,12 @@ impl Decoder {
             Some(_) => ctx.window_mask.as_ref().unwrap_or(&ctx.full_mask),
             None => &ctx.full_mask,
         };
-        let known_attention =
-            (ctx.saved.as_ref()).and_then(|s| s.exchange(site_id_attention(i), None));
+        let saved = ctx.saved.as_ref();
+        let recording = saved.is_some_and(|s| s.recording.get());
+        let known_attention = match saved {
+            Some(s) if !recording => s.exchange(site_id_attention(i), None),
+            _ => None,
+        };
         let parts = cpu_ops::block::BlockParts {
             input_norm: (&blk.input_norm.weight, blk.input_norm.eps),
             pre_ff_norm: (&blk.pre_ff_norm.weight, blk.pre_ff_norm.eps),
@@ -255,9 +259,15 @@ impl Decoder {
             mask,
             attention: (cfg.query_pre_attn_scalar.powf(-0.5), cfg.attn_logit_softcap),
             known_attention,
+            grad: ctx.grad || x.track_op(),
+            keep_attention: recording,
             activation: cfg.activation,
         };
-        cpu_ops::block::block(x, parts)
+        let (out, attention) = cpu_ops::block::block(x, parts)?;
+        if let (Some(s), Some(a)) = (saved, attention) {
+            s.exchange(site_id_attention(i), Some(&a));
+        }
+        Ok(out)
     }
 
     /// [`Self::block_forward`] as a composition of candle ops and the fused CPU kernels.

@@ -51,6 +51,10 @@ pub struct BlockParts<'a> {
     pub attention: (f64, Option<f64>),
     /// The attention output `[b, h, t, hd]` of an identical earlier pass (checkpointing).
     pub known_attention: Option<Tensor>,
+    /// Whether gradients are wanted: false runs the forward alone (inference, checkpointing's first pass).
+    pub grad: bool,
+    /// Return the attention output `[b, h, t, hd]` too (for a later pass's `known_attention`).
+    pub keep_attention: bool,
     pub activation: Activation,
 }
 
@@ -307,9 +311,9 @@ impl CustomOp3 for Carrier {
     }
 }
 
-/// The block's output `[b, t, d]`, differentiable in `x` and in every adapter tensor. CPU f32 only (see
-/// [`super::applies`]).
-pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
+/// The block's output `[b, t, d]` (with `grad`: differentiable in `x` and in every adapter tensor), and the
+/// attention output when `keep_attention`. CPU f32 only (see [`super::applies`]).
+pub fn block(x: &Tensor, p: BlockParts) -> Result<(Tensor, Option<Tensor>)> {
     let dev = Device::Cpu;
     let x = x.contiguous()?;
     let (b, t, d) = x.dims3()?;
@@ -361,19 +365,23 @@ pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
         &kv_shape,
         attention.mask.len(),
     )?;
-    let attn_heads = match &p.known_attention {
+    let (attn, kept) = match &p.known_attention {
         Some(known) if known.dims() == [b, h, t, hd] => {
             let known = known.contiguous()?;
             let (s, l) = known.storage_and_layout();
-            swap_axes(storage_slice(&s, l, NAME)?, (b, h, t, hd))
+            (swap_axes(storage_slice(&s, l, NAME)?, (b, h, t, hd)), None)
         }
         Some(known) => candle_core::bail!("{NAME}: saved attention output {:?}", known.dims()),
-        None => swap_axes(
-            &attention.forward(attention_dims, &q, &k, &v),
-            (b, h, t, hd),
-        ),
+        None => {
+            let heads = attention.forward(attention_dims, &q, &k, &v);
+            let attn = swap_axes(&heads, (b, h, t, hd));
+            let kept = (p.keep_attention)
+                .then(|| Tensor::from_vec(heads, (b, h, t, hd), &dev))
+                .transpose()?;
+            (attn, kept)
+        }
     };
-    let attn = Tensor::from_vec(attn_heads, (n, h * hd), &dev)?;
+    let attn = Tensor::from_vec(attn, (n, h * hd), &dev)?;
     let mut x1 = project(O, &attn)?;
     add_into(&mut x1, &xv);
     let hn2 = Tensor::from_vec(norms[1].forward(&x1), (n, d), &dev)?;
@@ -383,6 +391,9 @@ pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
     let gated = Tensor::from_vec(gated_op.forward(&gate, &up), (n, ff), &dev)?;
     let mut out = project(DOWN, &gated)?;
     add_into(&mut out, &x1);
+    if !p.grad {
+        return Ok((Tensor::from_vec(out, x.shape(), &dev)?, kept));
+    }
     let grads: GradSlots = Arc::new(Mutex::new(vec![None; PROJECTIONS]));
     let mut carrier = Tensor::zeros(1, DType::F32, &dev)?;
     for (index, lin) in linears.iter().enumerate() {
@@ -418,7 +429,7 @@ pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
         shape: (b, t, h, kvh, hd),
         grads,
     };
-    x.apply_op2(&carrier, op)
+    Ok((x.apply_op2(&carrier, op)?, kept))
 }
 
 #[cfg(test)]
@@ -472,22 +483,30 @@ mod tests {
         let x0 = random(&[b, t, 32], 1);
         let probe = random(&[b, t, 32], 2);
         let run = |fused: bool, ctx: &mut crate::model::decoder::BlockContext| {
+            let forward = |x: &Tensor, ctx: &crate::model::decoder::BlockContext| {
+                if fused {
+                    dec.block_forward(0, x, ctx, None).unwrap()
+                } else {
+                    dec.block_forward_composed(0, x, ctx, None).unwrap()
+                }
+            };
+            let mut first = None;
             if replay {
                 let saved = SavedProducts::default();
                 saved.recording.set(true);
                 ctx.saved = Some(saved);
                 ctx.grad = false;
-                dec.block_forward(0, &x0, ctx, None).unwrap();
+                first = Some(forward(&x0, ctx));
                 ctx.saved.as_ref().unwrap().recording.set(false);
             }
             ctx.grad = true;
             let x = Var::from_tensor(&x0).unwrap();
-            let y = if fused {
-                dec.block_forward(0, x.as_tensor(), ctx, None).unwrap()
-            } else {
-                dec.block_forward_composed(0, x.as_tensor(), ctx, None)
-                    .unwrap()
-            };
+            let y = forward(x.as_tensor(), ctx);
+            if let Some(first) = first {
+                assert!(!first.track_op());
+                let e = rel_err(&first, &y);
+                assert!(e < 1e-6, "first pass against the pass with gradients: {e}");
+            }
             let store = (&y * &probe)
                 .unwrap()
                 .sum_all()
