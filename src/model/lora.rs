@@ -172,10 +172,11 @@ pub struct AdaptedLinear {
 impl AdaptedLinear {
     /// Dropout masks derive from the call's seed and site, so a checkpointed recomputation sees the same.
     pub fn forward(&self, x: &Tensor, call: LoraCall) -> Result<Tensor> {
-        if let Some(l) = &self.lora {
-            if cpu_ops::applies(x) && !call.generation {
-                return self.forward_cpu(x, l, call);
-            }
+        if let Some(l) = &self.lora
+            && cpu_ops::applies(x)
+            && !call.generation
+        {
+            return self.forward_cpu(x, l, call);
         }
         let y = match call.saved {
             Some((saved, site)) if saved.recording.get() => {
