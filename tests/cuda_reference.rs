@@ -200,3 +200,281 @@ fn loss_and_lora_gradients_match_peft_in_bf16() {
         );
     }
 }
+
+/// Random bf16 variables on the GPU.
+fn var(shape: &[usize], seed: u64, dev: &Device) -> candle_core::Var {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n)
+        .map(|i| (((i as u64 + seed * 7) * 2654435761) % 2001) as f32 / 1000.0 - 1.0)
+        .collect();
+    let t = Tensor::from_vec(v, shape, dev)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    candle_core::Var::from_tensor(&t).unwrap()
+}
+
+/// Value and input gradients (against a fixed random weighting of the output) of `fused` on bf16 inputs
+/// and `composed` on their f32 casts: worst relative L2 error of the value and of each gradient.
+fn compare(
+    inputs: &[&candle_core::Var],
+    fused: impl Fn(&[Tensor]) -> Tensor,
+    composed: impl Fn(&[Tensor]) -> Tensor,
+) -> (f32, f32) {
+    let run = |f: &dyn Fn(&[Tensor]) -> Tensor, f32_inputs: bool| {
+        let xs: Vec<Tensor> = inputs
+            .iter()
+            .map(|v| match f32_inputs {
+                true => v.as_tensor().to_dtype(DType::F32).unwrap(),
+                false => v.as_tensor().clone(),
+            })
+            .collect();
+        let y = f(&xs).to_dtype(DType::F32).unwrap();
+        let w = var(y.dims(), 99, y.device())
+            .as_tensor()
+            .to_dtype(DType::F32)
+            .unwrap();
+        let grads = (&y * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g: Vec<Tensor> = inputs
+            .iter()
+            .map(|v| grads.get(v).unwrap().clone())
+            .collect();
+        (y, g)
+    };
+    let (yf, gf) = run(&fused, false);
+    let (yc, gc) = run(&composed, true);
+    let grad_err = gf
+        .iter()
+        .zip(&gc)
+        .map(|(a, b)| rel_err(a, b, None))
+        .fold(0f32, f32::max);
+    (rel_err(&yf, &yc, None), grad_err)
+}
+
+#[test]
+fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
+    use candle_core::D;
+    use qlab::model::config::Activation;
+    use qlab::model::cuda::{
+        fused_adapted, fused_attention, fused_gated, fused_rms_norm, fused_row_nll,
+        fused_split_heads,
+    };
+    let dev = gpu();
+    let bound = 2e-2;
+    // RMSNorm (f32 weight, frozen).
+    let x = var(&[3, 5, 64], 1, &dev);
+    let w = (var(&[64], 2, &dev)
+        .as_tensor()
+        .to_dtype(DType::F32)
+        .unwrap()
+        + 1.0)
+        .unwrap()
+        .detach();
+    let (ev, eg) = compare(
+        &[&x],
+        |xs| fused_rms_norm(&xs[0], &w, 1e-5).unwrap().unwrap(),
+        |xs| {
+            let ms = xs[0].sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+            let n = xs[0]
+                .broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap())
+                .unwrap();
+            n.broadcast_mul(&w).unwrap()
+        },
+    );
+    eprintln!("rms_norm: value {ev:.2e}, gradient {eg:.2e}");
+    assert!(ev < bound && eg < bound, "rms_norm: {ev} {eg}");
+    // Gated products, both activations.
+    let (g, u) = (var(&[4, 96], 3, &dev), var(&[4, 96], 4, &dev));
+    for act in [Activation::Silu, Activation::GeluTanh] {
+        let (ev, eg) = compare(
+            &[&g, &u],
+            |xs| fused_gated(&xs[0], &xs[1], act).unwrap().unwrap(),
+            |xs| {
+                let a = match act {
+                    Activation::Silu => xs[0].silu().unwrap(),
+                    Activation::GeluTanh => xs[0].gelu().unwrap(),
+                };
+                (a * &xs[1]).unwrap()
+            },
+        );
+        eprintln!("gated {act:?}: value {ev:.2e}, gradient {eg:.2e}");
+        assert!(ev < bound && eg < bound, "gated {act:?}: {ev} {eg}");
+    }
+    // A frozen projection with its LoRA adapter (f32 A and B) as one node.
+    let f32_var = |shape: &[usize], seed| {
+        candle_core::Var::from_tensor(
+            &var(shape, seed, &dev)
+                .as_tensor()
+                .to_dtype(DType::F32)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    // Rank 4 and rank 24 (kernels padded to 8 and 32), without and with a dropout mask; 300 rows span
+    // several row blocks of every kernel.
+    let x = var(&[2, 150, 64], 8, &dev);
+    let w = var(&[48, 64], 11, &dev).as_tensor().detach();
+    let base = qlab::model::FrozenLinear::new(qlab::model::FrozenWeight::Dense(w.clone()), None);
+    let keep = var(&[2, 150, 64], 15, &dev).as_tensor().ge(0.0).unwrap();
+    let mask = (keep.to_dtype(DType::BF16).unwrap() * 2.0).unwrap();
+    for (rank, dropout) in [(4, None), (24, None), (24, Some(&mask))] {
+        let (a, bm) = (f32_var(&[rank, 64], 9), f32_var(&[48, rank], 10));
+        let (ev, eg) = compare(
+            &[&x, &a, &bm],
+            |xs| {
+                fused_adapted(&xs[0], &base, (&xs[1], &xs[2], 2.0), dropout.cloned())
+                    .unwrap()
+                    .unwrap()
+            },
+            |xs| {
+                let wf = w.to_dtype(DType::F32).unwrap();
+                let frozen = xs[0].broadcast_matmul(&wf.t().unwrap()).unwrap();
+                let xd = match dropout {
+                    Some(m) => (&xs[0] * m.to_dtype(DType::F32).unwrap()).unwrap(),
+                    None => xs[0].clone(),
+                };
+                let mid = (xd.broadcast_matmul(&xs[1].t().unwrap()).unwrap() * 2.0).unwrap();
+                (frozen + mid.broadcast_matmul(&xs[2].t().unwrap()).unwrap()).unwrap()
+            },
+        );
+        let what = format!("adapted linear, rank {rank}, dropout {}", dropout.is_some());
+        eprintln!("{what}: value {ev:.2e}, gradient {eg:.2e}");
+        assert!(ev < bound && eg < bound, "{what}: {ev} {eg}");
+    }
+    // The vocabulary loss per row.
+    let logits = var(&[6, 300], 12, &dev);
+    let targets = [0u32, 299, 17, 150, 3, 42];
+    let (ev, eg) = compare(
+        &[&logits],
+        |xs| {
+            fused_row_nll(&(&xs[0] * 4.0).unwrap(), &targets)
+                .unwrap()
+                .unwrap()
+        },
+        |xs| {
+            let logp = candle_nn::ops::log_softmax(&(&xs[0] * 4.0).unwrap(), D::Minus1).unwrap();
+            let t = Tensor::new(&targets, &dev).unwrap().unsqueeze(1).unwrap();
+            logp.gather(&t, 1)
+                .unwrap()
+                .squeeze(1)
+                .unwrap()
+                .neg()
+                .unwrap()
+        },
+    );
+    eprintln!("row nll: value {ev:.2e}, gradient {eg:.2e}");
+    assert!(ev < bound && eg < bound, "row nll: {ev} {eg}");
+    // Heads split from a projection, rotated in both pairings, and not rotated.
+    let (hb, ht, hn, hd) = (2, 5, 3, 8);
+    let proj = var(&[hb, ht, hn * hd], 13, &dev);
+    let angles = (var(&[hb, 1, ht, hd / 2], 14, &dev)
+        .as_tensor()
+        .to_dtype(DType::F32)
+        .unwrap()
+        * 3.0)
+        .unwrap();
+    let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+    let (cos16, sin16) = (
+        cos.to_dtype(DType::BF16).unwrap(),
+        sin.to_dtype(DType::BF16).unwrap(),
+    );
+    // The tables as the kernel sees them (bf16), for the f32 reference too.
+    let (cosr, sinr) = (
+        cos16.to_dtype(DType::F32).unwrap(),
+        sin16.to_dtype(DType::F32).unwrap(),
+    );
+    for rotary in [None, Some(false), Some(true)] {
+        let (ev, eg) = compare(
+            &[&proj],
+            |xs| {
+                let tables = rotary.map(|il| (&cos16, &sin16, il));
+                fused_split_heads(&xs[0], hn, hd, tables).unwrap().unwrap()
+            },
+            |xs| {
+                let y = xs[0]
+                    .reshape((hb, ht, hn, hd))
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap();
+                let y = y.contiguous().unwrap();
+                let Some(interleaved) = rotary else { return y };
+                let (c, s) = (&cosr, &sinr);
+                let (x0, x1) = if interleaved {
+                    let y = y.reshape((hb, hn, ht, hd / 2, 2)).unwrap();
+                    (
+                        y.narrow(4, 0, 1).unwrap().squeeze(4).unwrap(),
+                        y.narrow(4, 1, 1).unwrap().squeeze(4).unwrap(),
+                    )
+                } else {
+                    (
+                        y.narrow(3, 0, hd / 2).unwrap(),
+                        y.narrow(3, hd / 2, hd / 2).unwrap(),
+                    )
+                };
+                let r0 = (x0.broadcast_mul(c).unwrap() - x1.broadcast_mul(s).unwrap()).unwrap();
+                let r1 = (x0.broadcast_mul(s).unwrap() + x1.broadcast_mul(c).unwrap()).unwrap();
+                if interleaved {
+                    Tensor::stack(&[r0, r1], 4)
+                        .unwrap()
+                        .reshape((hb, hn, ht, hd))
+                        .unwrap()
+                } else {
+                    Tensor::cat(&[r0, r1], 3).unwrap()
+                }
+            },
+        );
+        eprintln!("split heads {rotary:?}: value {ev:.2e}, gradient {eg:.2e}");
+        assert!(
+            ev < bound && eg < bound,
+            "split heads {rotary:?}: {ev} {eg}"
+        );
+    }
+    // Grouped-query attention with a causal, padded mask, with and without soft-capping.
+    let (b, h, kvh, t, d) = (2, 4, 2, 24, 16);
+    let (q, k, v) = (
+        var(&[b, h, t, d], 5, &dev),
+        var(&[b, kvh, t, d], 6, &dev),
+        var(&[b, kvh, t, d], 7, &dev),
+    );
+    let mut valid = vec![vec![true; t]; b];
+    valid[1][0] = false;
+    let mask = qlab::model::layers::attention_mask(&valid, 0, t, None, &dev).unwrap();
+    let mask_bf16 = (&mask * 0.5).unwrap().to_dtype(DType::BF16).unwrap();
+    for softcap in [None, Some(2.0)] {
+        let scale = 0.7;
+        let (ev, eg) = compare(
+            &[&q, &k, &v],
+            |xs| {
+                fused_attention(&xs[0], &xs[1], &xs[2], &mask_bf16, (scale, softcap))
+                    .unwrap()
+                    .unwrap()
+            },
+            |xs| {
+                let rep = |x: &Tensor| {
+                    x.unsqueeze(2)
+                        .unwrap()
+                        .broadcast_as((b, kvh, h / kvh, t, d))
+                        .unwrap()
+                        .contiguous()
+                        .unwrap()
+                        .reshape((b, h, t, d))
+                        .unwrap()
+                };
+                let s = (&xs[0] * scale)
+                    .unwrap()
+                    .matmul(&rep(&xs[1]).t().unwrap())
+                    .unwrap();
+                let s = match softcap {
+                    Some(c) => ((s / c).unwrap().tanh().unwrap() * c).unwrap(),
+                    None => s,
+                };
+                let p =
+                    candle_nn::ops::softmax(&s.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
+                let out = p.matmul(&rep(&xs[2])).unwrap();
+                out.transpose(1, 2).unwrap().reshape((b, t, h * d)).unwrap()
+            },
+        );
+        eprintln!("attention softcap {softcap:?}: value {ev:.2e}, gradient {eg:.2e}");
+        assert!(ev < bound && eg < bound, "attention {softcap:?}: {ev} {eg}");
+    }
+}

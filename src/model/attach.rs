@@ -3,7 +3,7 @@
 //! candle's fused kernels have no backward of their own (CANDLE-NOTES), and a composition of small ops
 //! often differentiates far more expensively than the closed form.
 
-use candle_core::{CpuStorage, CustomOp2, D, DType, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, D, DType, Layout, Result, Shape, Tensor};
 
 /// The gradient of an attached value with respect to its input.
 pub trait Backward: Send + Sync {
@@ -69,6 +69,52 @@ impl<B: Backward> CustomOp2 for Attached<B> {
     }
 }
 
+/// Backpropagates a known gradient `grad` of `out` (a checkpointed block's output) into the graph behind
+/// `out`: a scalar node whose backward hands `grad` to `out`, instead of differentiating `sum(out * grad)`
+/// (a product, a sum and their backward passes over the whole tensor).
+pub fn backward_with(out: &Tensor, grad: &Tensor) -> Result<candle_core::backprop::GradStore> {
+    if out.dims() != grad.dims() {
+        candle_core::bail!(
+            "backward: gradient {:?} for a value {:?}",
+            grad.dims(),
+            out.dims()
+        )
+    }
+    out.apply_op1(Seed(grad.clone()))?.backward()
+}
+
+struct Seed(Tensor);
+
+impl CustomOp1 for Seed {
+    fn name(&self) -> &'static str {
+        "backward-seed"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        Ok((CpuStorage::F32(vec![0.0]), Shape::from(())))
+    }
+
+    /// cuda hook: the same scalar on the GPU.
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        use candle_core::backend::BackendStorage;
+        let dev = s.device().clone();
+        let zero = dev.alloc_zeros::<f32>(1)?;
+        Ok((
+            candle_core::CudaStorage::wrap_cuda_slice(zero, dev),
+            Shape::from(()),
+        ))
+    }
+
+    fn bwd(&self, _out: &Tensor, _res: &Tensor, _grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(self.0.clone()))
+    }
+}
+
 /// Softmax over the last dimension: candle's fused kernel forward, and the closed-form backward
 /// `p * (g - sum(g * p))` (row sums in f32) instead of differentiating through a max, an exp and a division
 /// over the whole score tensor.
@@ -97,6 +143,30 @@ impl Backward for SoftmaxBackward {
 mod tests {
     use super::*;
     use candle_core::{Device, Var};
+
+    #[test]
+    fn a_seeded_backward_equals_the_gradient_of_the_weighted_sum() {
+        let dev = Device::Cpu;
+        let x = Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 4), &dev).unwrap()).unwrap();
+        let g = Tensor::randn(0f32, 1.0, (3, 4), &dev).unwrap();
+        let out = x.as_tensor().sqr().unwrap();
+        let seeded = backward_with(&out, &g).unwrap();
+        let summed = (&out * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        let (a, b) = (
+            seeded.get(x.as_tensor()).unwrap(),
+            summed.get(x.as_tensor()).unwrap(),
+        );
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-6, "{diff}");
+        assert!(backward_with(&out, &g.narrow(0, 0, 2).unwrap()).is_err());
+    }
 
     #[test]
     fn softmax_matches_the_composed_one_in_value_and_gradient() {

@@ -93,30 +93,32 @@ pub fn peak_rss_mib() -> f64 {
     }
 }
 
-/// A minimal AdamW (lr 2e-4, betas 0.9/0.999, no weight decay) so a step costs what a real one does.
+/// AdamW as the trainer runs it (lr 2e-4, betas 0.9/0.999, no weight decay) so a step costs what a real one
+/// does.
 struct AdamW {
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
+    moments: Vec<Tensor>,
     t: i32,
 }
 
 impl AdamW {
     fn step(&mut self, params: &[candle_core::Var], grads: &[(String, Tensor)]) -> Result<()> {
-        let (lr, b1, b2, eps) = (2e-4, 0.9f64, 0.999f64, 1e-8);
         self.t += 1;
-        if self.m.is_empty() {
-            self.m = grads
+        if self.moments.is_empty() {
+            self.moments = params
                 .iter()
-                .map(|(_, g)| g.zeros_like())
+                .map(|p| super::adamw::zero_moments(p.as_tensor()))
                 .collect::<candle_core::Result<_>>()?;
-            self.v = self.m.clone();
         }
-        let (c1, c2) = (1.0 - b1.powi(self.t), 1.0 - b2.powi(self.t));
-        for (i, (p, (_, g))) in params.iter().zip(grads).enumerate() {
-            self.m[i] = ((&self.m[i] * b1)? + (g * (1.0 - b1))?)?;
-            self.v[i] = ((&self.v[i] * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let update = ((&self.m[i] / c1)? / ((&self.v[i] / c2)?.sqrt()? + eps)?)?;
-            p.set(&(p.as_tensor() - (update * lr)?)?)?;
+        let update = super::adamw::AdamWStep {
+            lr: 2e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            t: self.t,
+        };
+        for (p, ((_, g), moments)) in params.iter().zip(grads.iter().zip(&self.moments)) {
+            super::adamw::adamw_update(p.as_tensor(), g, moments, &update)?;
         }
         Ok(())
     }
@@ -194,8 +196,7 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
         ..defaults
     };
     let mut adam = AdamW {
-        m: vec![],
-        v: vec![],
+        moments: vec![],
         t: 0,
     };
     let mut times = Vec::new();

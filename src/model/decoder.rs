@@ -309,9 +309,6 @@ impl Decoder {
         let q = blk.q.forward(&hn, site(Target::Q))?;
         let k = blk.k.forward(&hn, site(Target::K))?;
         let v = blk.v.forward(&hn, site(Target::V))?;
-        let q = q.reshape((b, t, h, hd))?.transpose(1, 2)?.contiguous()?;
-        let k = k.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
-        let v = v.reshape((b, t, kvh, hd))?.transpose(1, 2)?.contiguous()?;
         let rope = if fused {
             apply_rope_no_grad
         } else if cpu_grad {
@@ -319,9 +316,21 @@ impl Decoder {
         } else {
             apply_rope
         };
-        let q = rope(&q, &ctx.cos, &ctx.sin, cfg.rope_interleaved)?;
-        let mut k = rope(&k, &ctx.cos, &ctx.sin, cfg.rope_interleaved)?;
-        let mut v = v;
+        // [b, t, n * hd] -> [b, n, t, hd], rotated for queries and keys: one fused node on CUDA.
+        let split = |x: &Tensor, n: usize, rotary: bool| -> Result<Tensor> {
+            let tables = rotary.then_some((&ctx.cos, &ctx.sin, cfg.rope_interleaved));
+            if let Some(y) = super::cuda::fused_split_heads(x, n, hd, tables)? {
+                return Ok(y);
+            }
+            let y = x.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?;
+            match rotary {
+                true => rope(&y, &ctx.cos, &ctx.sin, cfg.rope_interleaved),
+                false => Ok(y),
+            }
+        };
+        let q = split(&q, h, true)?;
+        let mut k = split(&k, kvh, true)?;
+        let mut v = split(&v, kvh, false)?;
         if let Some(slot) = cache {
             if let Some((pk, pv)) = slot.as_ref() {
                 k = Tensor::cat(&[pk, &k], 2)?;
@@ -343,6 +352,10 @@ impl Decoder {
             if let Some(s) = saved {
                 s.exchange(site_id_attention(i), Some(&attn));
             }
+            attn.transpose(1, 2)?.reshape((b, t, h * hd))?
+        } else if let Some(attn) =
+            super::cuda::fused_attention(&q, &k, &v, mask, (scale, cfg.attn_logit_softcap))?
+        {
             attn
         } else {
             let total = k.dim(2)?;
@@ -356,9 +369,9 @@ impl Decoder {
             // The fused kernel forward; with a gradient, the closed-form backward.
             let probs = super::attach::softmax_last_dim(&scores)?;
             let probs = probs.reshape((b, kvh, rep * t, total))?;
-            probs.matmul(&v)?.reshape((b, h, t, hd))?
+            let attn = probs.matmul(&v)?.reshape((b, h, t, hd))?;
+            attn.transpose(1, 2)?.reshape((b, t, h * hd))?
         };
-        let attn = attn.transpose(1, 2)?.reshape((b, t, h * hd))?;
         let attn = blk.o.forward(&attn, site(Target::O))?;
         let attn = match &blk.post_attn_norm {
             Some(n) => norm(n, &attn)?,
@@ -370,6 +383,8 @@ impl Decoder {
         let up = blk.up.forward(&hn, site(Target::Up))?;
         let gated = if cpu {
             cpu_ops::gated::gated_product(&gate, &up, cfg.activation)?
+        } else if let Some(gated) = super::cuda::fused_gated(&gate, &up, cfg.activation)? {
+            gated
         } else {
             let gate = match cfg.activation {
                 Activation::Silu => gate.silu()?,

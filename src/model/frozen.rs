@@ -15,6 +15,11 @@ use super::nf4::Nf4Tensor;
 /// Above this many elements a weight is dequantized and multiplied in row chunks (vocabulary heads).
 const CHUNK_ELEMS: usize = 1 << 25;
 
+/// The same on a GPU, where the MLP weights of 7-9B models (up to ~60M elements) are dequantized whole to
+/// bf16: the backward then reuses the forward's copy, and no partial products are concatenated or summed.
+#[cfg(feature = "cuda")]
+const GPU_CHUNK_ELEMS: usize = 1 << 27;
+
 /// Up to this many rows, generation multiplies GGUF weights in quantized form (beyond it, dequantizing once
 /// and a dense product is faster).
 const QUANTIZED_PRODUCT_MAX_ROWS: usize = 32;
@@ -144,7 +149,12 @@ impl FrozenWeight {
     /// Row chunks `(start, len)` small enough to dequantize at once.
     pub(crate) fn row_chunks(&self) -> candle_core::Result<Vec<(usize, usize)>> {
         let (rows, cols) = self.dims2()?;
-        let per = (CHUNK_ELEMS / cols.max(1)).max(1);
+        let limit = match self {
+            #[cfg(feature = "cuda")]
+            Self::Nf4Cuda(_) => GPU_CHUNK_ELEMS,
+            _ => CHUNK_ELEMS,
+        };
+        let per = (limit / cols.max(1)).max(1);
         Ok((0..rows)
             .step_by(per)
             .map(|s| (s, per.min(rows - s)))

@@ -3,6 +3,7 @@
 
 use candle_core::{D, DType, Device, Result, Tensor};
 
+use super::attach::{Backward, attach};
 use super::config::ModelConfig;
 
 /// RMSNorm with its effective weight (Gemma's 1 + w already folded in at load).
@@ -13,8 +14,12 @@ pub struct RmsNorm {
 }
 
 impl RmsNorm {
-    /// Computed in f32 whatever the activations' dtype (bf16 on CUDA), returned in that dtype.
+    /// Computed in f32 whatever the activations' dtype, returned in that dtype; one fused kernel each way on
+    /// CUDA.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = super::cuda::fused_rms_norm(x, &self.weight, self.eps)? {
+            return Ok(y);
+        }
         let xf = x.to_dtype(DType::F32)?;
         let ms = xf.sqr()?.mean_keepdim(D::Minus1)?;
         let normed = xf.broadcast_div(&(ms + self.eps)?.sqrt()?)?;
@@ -88,23 +93,39 @@ pub fn rope_tables(
 }
 
 /// Applies rotary embeddings to `x` `[b, h, t, d]`: half split (HF) or interleaved pairs (GGUF llama).
+/// candle's fused kernel forward; the backward rotates the gradient back (the same kernel with `-sin`).
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
-    let (b, h, t, d) = x.dims4()?;
-    if interleaved {
-        let x = x.reshape((b, h, t, d / 2, 2))?;
-        let x0 = x.narrow(4, 0, 1)?;
-        let x1 = x.narrow(4, 1, 1)?;
-        let c = cos.unsqueeze(4)?;
-        let s = sin.unsqueeze(4)?;
-        let r0 = (x0.broadcast_mul(&c)? - x1.broadcast_mul(&s)?)?;
-        let r1 = (x0.broadcast_mul(&s)? + x1.broadcast_mul(&c)?)?;
-        Tensor::cat(&[r0, r1], 4)?.reshape((b, h, t, d))
-    } else {
-        let x1 = x.narrow(3, 0, d / 2)?;
-        let x2 = x.narrow(3, d / 2, d / 2)?;
-        let r1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
-        let r2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
-        Tensor::cat(&[r1, r2], 3)
+    let y = apply_rope_no_grad(&x.detach().contiguous()?, cos, sin, interleaved)?;
+    attach(
+        x,
+        y,
+        RopeBackward {
+            cos: cos.clone(),
+            neg_sin: sin.neg()?,
+            interleaved,
+        },
+    )
+}
+
+/// A rotation's gradient is the inverse rotation of the output's gradient.
+struct RopeBackward {
+    cos: Tensor,
+    neg_sin: Tensor,
+    interleaved: bool,
+}
+
+impl Backward for RopeBackward {
+    fn name(&self) -> &'static str {
+        "rope"
+    }
+
+    fn grad(&self, _x: &Tensor, _y: &Tensor, grad_y: &Tensor) -> Result<Tensor> {
+        apply_rope_no_grad(
+            &grad_y.contiguous()?,
+            &self.cos,
+            &self.neg_sin,
+            self.interleaved,
+        )
     }
 }
 

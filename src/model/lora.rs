@@ -178,41 +178,58 @@ impl AdaptedLinear {
         {
             return self.forward_cpu(x, l, call);
         }
-        let y = match call.saved {
-            Some((saved, site)) if saved.recording.get() => {
-                let (y, w) = self.base.product(x)?;
-                saved.slots.borrow_mut().insert(site, y.clone());
-                self.base.attach(x, y, w)?
-            }
-            Some((saved, site)) => match saved.slots.borrow_mut().remove(&site) {
-                Some(y) => self.base.attach(x, y, None)?,
-                None => self.base.forward(x)?,
-            },
-            None if call.generation => self.base.forward_generation(x)?,
-            None => self.base.forward(x)?,
+        let Some(l) = &self.lora else {
+            return self.frozen_forward(x, call);
         };
-        let Some(l) = &self.lora else { return Ok(y) };
         let (a, b) = if call.grad {
             (l.a.as_tensor().clone(), l.b.as_tensor().clone())
         } else {
             (l.a.as_detached_tensor(), l.b.as_detached_tensor())
         };
-        let x = match call.dropout {
+        let mask = match call.dropout {
             Some((DropoutSeed(seed), site)) if l.dropout > 0.0 => {
-                apply_dropout(x, l.dropout, seed ^ site)?
+                Some(dropout_mask(x, l.dropout, seed ^ site)?)
             }
-            _ => x.clone(),
+            _ => None,
+        };
+        if call.saved.is_none()
+            && let Some(y) =
+                super::cuda::fused_adapted(x, &self.base, (&a, &b, l.scale), mask.clone())?
+        {
+            return Ok(y);
+        }
+        let y = self.frozen_forward(x, call)?;
+        let x = match &mask {
+            Some(m) => x.mul(m)?,
+            None => x.clone(),
         };
         let in_f = a.dim(1)?;
         let mut dims = x.dims().to_vec();
         let last = dims.len() - 1;
         dims[last] = b.dim(0)?;
-        // f32 adapters on bf16 activations (CUDA): the adapter product runs in the adapters' dtype.
+        // f32 adapters on bf16 activations: the adapter product runs in the adapters' dtype.
         let x2 = x.reshape(((), in_f))?.to_dtype(a.dtype())?;
         // The scale applies to the rank-wide intermediate, not to the output-wide product.
         let delta = x2.matmul(&a.t()?)?.affine(l.scale, 0.0)?.matmul(&b.t()?)?;
         let dtype = y.dtype();
         y + delta.reshape(dims)?.to_dtype(dtype)?
+    }
+
+    /// The frozen product, replayed from the checkpointed first pass when it was saved.
+    fn frozen_forward(&self, x: &Tensor, call: LoraCall) -> Result<Tensor> {
+        match call.saved {
+            Some((saved, site)) if saved.recording.get() => {
+                let (y, w) = self.base.product(x)?;
+                saved.slots.borrow_mut().insert(site, y.clone());
+                self.base.attach(x, y, w)
+            }
+            Some((saved, site)) => match saved.slots.borrow_mut().remove(&site) {
+                Some(y) => self.base.attach(x, y, None),
+                None => self.base.forward(x),
+            },
+            None if call.generation => self.base.forward_generation(x),
+            None => self.base.forward(x),
+        }
     }
 
     /// CPU f32: the frozen product (saved or computed) and the adapter as one op with a closed-form
@@ -251,7 +268,7 @@ impl AdaptedLinear {
         };
         let mask = match call.dropout {
             Some((DropoutSeed(seed), site)) if l.dropout > 0.0 => {
-                Some(dropout_mask(x.elem_count(), l.dropout, seed ^ site))
+                Some(dropout_factors(x.elem_count(), l.dropout, seed ^ site))
             }
             _ => None,
         };
@@ -285,13 +302,14 @@ impl AdaptedLinear {
     }
 }
 
-fn apply_dropout(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
-    let mask = dropout_mask(x.elem_count(), p, seed);
-    x.mul(&Tensor::from_vec(mask, x.shape(), x.device())?)
+/// Inverted dropout's mask for `x` (0 or 1 / (1 - p), in x's dtype and on its device), seeded.
+fn dropout_mask(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+    let mask = dropout_factors(x.elem_count(), p, seed);
+    Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())
 }
 
-/// `len` dropout factors (0 with probability `p`, else `1 / (1 - p)`) drawn from `seed`.
-fn dropout_mask(len: usize, p: f64, seed: u64) -> Vec<f32> {
+/// `len` inverted-dropout factors (0 with probability `p`, else `1 / (1 - p)`) drawn from `seed`.
+fn dropout_factors(len: usize, p: f64, seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let keep = 1.0 / (1.0 - p);
     (0..len)

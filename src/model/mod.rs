@@ -1,5 +1,6 @@
 //! The model engine: decoders for the study's families with frozen quantized weights, LoRA, tokenizers, generation.
 
+pub mod adamw;
 pub mod attach;
 pub mod bench;
 pub mod builder;

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use safetensors::{Dtype, View};
 
 use super::TrainError;
+use crate::model::adamw::{AdamWStep, adamw_update, zero_moments};
 
 /// AdamW hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,24 +35,19 @@ impl AdamWConfig {
 pub struct AdamW {
     config: AdamWConfig,
     names: Vec<String>,
-    m: Vec<Tensor>,
-    v: Vec<Tensor>,
+    /// Per parameter, its first and second moments stacked `[2, ..]` (see `model::adamw`).
+    moments: Vec<Tensor>,
     step: u64,
 }
 
 impl AdamW {
     pub fn new(params: &[(String, Var)], config: AdamWConfig) -> Result<Self, TrainError> {
-        let zeros = |v: &Var| v.as_tensor().zeros_like();
         Ok(AdamW {
             config,
             names: params.iter().map(|(n, _)| n.clone()).collect(),
-            m: params
+            moments: params
                 .iter()
-                .map(|(_, v)| zeros(v))
-                .collect::<Result<_, _>>()?,
-            v: params
-                .iter()
-                .map(|(_, v)| zeros(v))
+                .map(|(_, v)| zero_moments(v.as_tensor()))
                 .collect::<Result<_, _>>()?,
             step: 0,
         })
@@ -71,19 +67,16 @@ impl AdamW {
     ) -> Result<(), TrainError> {
         self.step += 1;
         let c = self.config;
-        let t = self.step as i32;
-        let bias1 = 1.0 - c.beta1.powi(t);
-        let bias2 = 1.0 - c.beta2.powi(t);
-        for (i, ((_, var), g)) in params.iter().zip(grads).enumerate() {
-            let m = ((&self.m[i] * c.beta1)? + (g * (1.0 - c.beta1))?)?;
-            let v = ((&self.v[i] * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?;
-            let m_hat = (&m / bias1)?;
-            let denom = ((&v / bias2)?.sqrt()? + c.eps)?;
-            let decayed = (var.as_tensor() * (1.0 - lr * c.weight_decay))?;
-            let next = (decayed - ((m_hat / denom)? * lr)?)?;
-            var.set(&next)?;
-            self.m[i] = m;
-            self.v[i] = v;
+        let update = AdamWStep {
+            lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+            t: self.step as i32,
+        };
+        for ((_, var), (g, moments)) in params.iter().zip(grads.iter().zip(&self.moments)) {
+            adamw_update(var.as_tensor(), g, moments, &update)?;
         }
         Ok(())
     }
@@ -91,9 +84,9 @@ impl AdamW {
     /// The state as safetensors bytes: `m.<name>`, `v.<name>` and the step count in the metadata.
     pub fn to_safetensors(&self) -> Result<Vec<u8>, TrainError> {
         let mut views = Vec::with_capacity(self.names.len() * 2);
-        for (i, name) in self.names.iter().enumerate() {
-            views.push((format!("m.{name}"), F32View::new(&self.m[i])?));
-            views.push((format!("v.{name}"), F32View::new(&self.v[i])?));
+        for (name, moments) in self.names.iter().zip(&self.moments) {
+            views.push((format!("m.{name}"), F32View::new(&moments.get(0)?)?));
+            views.push((format!("v.{name}"), F32View::new(&moments.get(1)?)?));
         }
         let meta = HashMap::from([("step".to_string(), self.step.to_string())]);
         safetensors::serialize(views, Some(meta))
@@ -130,17 +123,18 @@ impl AdamW {
             }
             Ok(t)
         };
-        let mut m = Vec::new();
-        let mut v = Vec::new();
+        let mut moments = Vec::new();
         for (name, var) in params {
-            m.push(take(format!("m.{name}"), var)?);
-            v.push(take(format!("v.{name}"), var)?);
+            let (m, v) = (
+                take(format!("m.{name}"), var)?,
+                take(format!("v.{name}"), var)?,
+            );
+            moments.push(Tensor::stack(&[m, v], 0)?.to_dtype(DType::F32)?);
         }
         Ok(AdamW {
             config,
             names: params.iter().map(|(n, _)| n.clone()).collect(),
-            m,
-            v,
+            moments,
             step,
         })
     }
@@ -148,11 +142,18 @@ impl AdamW {
 
 /// Scale `grads` so that their global L2 norm is at most `max_norm`; returns the norm before clipping.
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: Option<f64>) -> Result<f64, TrainError> {
-    let mut total = 0f64;
-    for g in grads.iter() {
-        total += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
+    // One transfer for all the tensors' sums (each `to_scalar` waits for the device).
+    let sums = grads
+        .iter()
+        .map(|g| g.sqr()?.sum_all()?.to_dtype(DType::F64))
+        .collect::<Result<Vec<_>, _>>()?;
+    if sums.is_empty() {
+        return Ok(0.0);
     }
-    let norm = total.sqrt();
+    let norm = Tensor::stack(&sums, 0)?
+        .sum_all()?
+        .to_scalar::<f64>()?
+        .sqrt();
     if let Some(max) = max_norm
         && norm > max
     {

@@ -89,7 +89,8 @@ impl CustomOp1 for FusedRope {
     }
 }
 
-/// Rotary embeddings of `x` `[b, h, t, d]` with tables `[b, 1, t, d / 2]`, as [`crate::model::layers::apply_rope`];
+/// Rotary embeddings of `x` `[b, h, t, d]` with tables `[b, 1, t, d / 2]`, as [`crate::model::layers::apply_rope`]
+/// (which uses candle's kernel);
 /// differentiable in x. CPU f32 only (see [`super::applies`]).
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
     let op = FusedRope {
@@ -109,6 +110,24 @@ mod tests {
     use super::*;
     use crate::model::layers::apply_rope;
 
+    /// Rotary embeddings composed of differentiable candle ops: the reference for both fused versions.
+    fn composed(x: &Tensor, cos: &Tensor, sin: &Tensor, interleaved: bool) -> Result<Tensor> {
+        let (b, h, t, d) = x.dims4()?;
+        if interleaved {
+            let x = x.reshape((b, h, t, d / 2, 2))?;
+            let (x0, x1) = (x.narrow(4, 0, 1)?, x.narrow(4, 1, 1)?);
+            let (c, s) = (cos.unsqueeze(4)?, sin.unsqueeze(4)?);
+            let r0 = (x0.broadcast_mul(&c)? - x1.broadcast_mul(&s)?)?;
+            let r1 = (x0.broadcast_mul(&s)? + x1.broadcast_mul(&c)?)?;
+            Tensor::cat(&[r0, r1], 4)?.reshape((b, h, t, d))
+        } else {
+            let (x1, x2) = (x.narrow(3, 0, d / 2)?, x.narrow(3, d / 2, d / 2)?);
+            let r1 = (x1.broadcast_mul(cos)? - x2.broadcast_mul(sin)?)?;
+            let r2 = (x2.broadcast_mul(cos)? + x1.broadcast_mul(sin)?)?;
+            Tensor::cat(&[r1, r2], 3)
+        }
+    }
+
     #[test]
     fn matches_composition_in_both_layouts() {
         let (b, h, t, d) = (2, 3, 7, 8);
@@ -117,16 +136,21 @@ mod tests {
         let g = random(&[b, h, t, d], 6);
         for interleaved in [false, true] {
             let x = Var::from_tensor(&random(&[b, h, t, d], 7)).unwrap();
-            let fused = rope(&x, &cos, &sin, interleaved).unwrap();
-            let refr = apply_rope(&x, &cos, &sin, interleaved).unwrap();
-            assert!(rel_err(&fused, &refr) < 1e-5, "interleaved {interleaved}");
-            let gf = (fused * &g).unwrap().sum_all().unwrap().backward().unwrap();
-            let gr = (refr * &g).unwrap().sum_all().unwrap().backward().unwrap();
-            let e = rel_err(gf.get(&x).unwrap(), gr.get(&x).unwrap());
-            assert!(
-                e < 1e-5,
-                "interleaved {interleaved}: gradient relative error {e}"
-            );
+            let refr = composed(&x, &cos, &sin, interleaved).unwrap();
+            let gr = (&refr * &g).unwrap().sum_all().unwrap().backward().unwrap();
+            // This module's CPU op, and the decoder's candle kernel with a rotated-back gradient.
+            for fused in [
+                rope(&x, &cos, &sin, interleaved).unwrap(),
+                apply_rope(&x, &cos, &sin, interleaved).unwrap(),
+            ] {
+                assert!(rel_err(&fused, &refr) < 1e-5, "interleaved {interleaved}");
+                let gf = (fused * &g).unwrap().sum_all().unwrap().backward().unwrap();
+                let e = rel_err(gf.get(&x).unwrap(), gr.get(&x).unwrap());
+                assert!(
+                    e < 1e-5,
+                    "interleaved {interleaved}: gradient relative error {e}"
+                );
+            }
         }
     }
 }

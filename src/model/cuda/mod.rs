@@ -1,7 +1,22 @@
 //! GPU support for the model engine: device names (`cpu`, `cuda`, `cuda:N`), the compute dtype a device
 //! runs in (bf16 on CUDA, f32 on the CPU; LoRA weights and optimizer state stay f32 everywhere), and, with
-//! the `cuda` feature, NF4 kept on the GPU with its quantize / dequantize kernels.
+//! the `cuda` feature, NF4 kept on the GPU with its quantize / dequantize kernels and the training step's
+//! fused bf16 kernels (attention, RMSNorm, gated product, vocabulary loss).
 
+#[cfg(feature = "cuda")]
+mod adamw;
+#[cfg(feature = "cuda")]
+mod adapted;
+#[cfg(feature = "cuda")]
+mod attention;
+#[cfg(feature = "cuda")]
+mod cross_entropy;
+#[cfg(feature = "cuda")]
+mod fused;
+#[cfg(feature = "cuda")]
+mod heads;
+#[cfg(feature = "cuda")]
+mod lowrank;
 #[cfg(feature = "cuda")]
 mod nf4_gpu;
 #[cfg(feature = "cuda")]
@@ -9,15 +24,119 @@ mod pool;
 #[cfg(feature = "cuda")]
 mod vram;
 #[cfg(feature = "cuda")]
+pub use adamw::{moments as adamw_moments, step as adamw_step};
+#[cfg(feature = "cuda")]
 pub use nf4_gpu::{Nf4Cuda, clone_cuda_storage, place_on_device};
 #[cfg(feature = "cuda")]
 pub use pool::{allocated_peak, reset_allocated_peak};
 #[cfg(feature = "cuda")]
 pub use vram::VramPeak;
 
-use candle_core::{DType, Device};
+use candle_core::{DType, Device, Tensor};
 
+use super::config::Activation;
 use super::error::{ModelError, Result};
+use super::frozen::FrozenLinear;
+
+/// cuda hook: a projection `[b, t, heads * head_dim]` split into heads `[b, heads, t, head_dim]`, rotated by
+/// the rotary tables `(cos, sin, interleaved)` when given, as one fused node (see `heads.rs`) when it serves
+/// `x` (bf16 on a CUDA device); None otherwise, and always without the `cuda` feature.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn fused_split_heads(
+    x: &Tensor,
+    heads: usize,
+    head_dim: usize,
+    rotary: Option<(&Tensor, &Tensor, bool)>,
+) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if fused::applies(x) {
+        let rotary = rotary.map(|(cos, sin, interleaved)| heads::Rotary {
+            cos: cos.clone(),
+            sin: sin.clone(),
+            interleaved,
+        });
+        return heads::split_heads(x, heads, head_dim, rotary.as_ref()).map(Some);
+    }
+    Ok(None)
+}
+
+/// cuda hook: attention through the fused CUDA op (see `attention.rs`) when it serves these tensors (bf16
+/// on a CUDA device), heads merged `[b, t, h * d]`; None otherwise.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn fused_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale_softcap: (f64, Option<f64>),
+) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if fused::applies(q) {
+        return attention::attention(q, k, v, mask, scale_softcap).map(Some);
+    }
+    Ok(None)
+}
+
+/// cuda hook: a frozen projection plus its LoRA adapter (A, B, scale, dropout mask on the adapter's input)
+/// as one fused autograd node (see `adapted.rs`) when it serves `x` and the rank; None otherwise.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn fused_adapted(
+    x: &Tensor,
+    base: &FrozenLinear,
+    (a, b, scale): (&Tensor, &Tensor, f64),
+    dropout: Option<Tensor>,
+) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if fused::applies(x) && a.dim(0)? <= lowrank::MAX_RANK {
+        let adapter = adapted::Adapter {
+            a,
+            b,
+            scale,
+            dropout,
+        };
+        return adapted::adapted_linear(x, base, adapter).map(Some);
+    }
+    Ok(None)
+}
+
+/// cuda hook: per-row negative log-likelihoods `[rows]` (f32) of `targets` under `logits` `[rows, vocab]`
+/// through the fused CUDA kernels when they serve the logits; None otherwise.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn fused_row_nll(logits: &Tensor, targets: &[u32]) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if fused::applies(logits) {
+        return cross_entropy::row_nll(logits, targets).map(Some);
+    }
+    Ok(None)
+}
+
+/// cuda hook: RMSNorm through the fused CUDA kernels when they serve `x`; None otherwise.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn fused_rms_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if fused::applies(x) {
+        return fused::rms_norm(x, weight, eps).map(Some);
+    }
+    Ok(None)
+}
+
+/// cuda hook: the gated MLP product `act(gate) * up` through the fused CUDA kernels when they serve it.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn fused_gated(
+    gate: &Tensor,
+    up: &Tensor,
+    activation: Activation,
+) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if fused::applies(gate) {
+        return fused::gated(gate, up, activation).map(Some);
+    }
+    Ok(None)
+}
 
 /// The dtype activations and dequantized frozen weights use on `device`.
 pub fn compute_dtype(device: &Device) -> DType {

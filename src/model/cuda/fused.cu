@@ -1,0 +1,270 @@
+// Row-wise and elementwise bf16 kernels for qlab's training step on CUDA, forward and backward, each one
+// pass over its tensors (candle's compositions sweep the same tensors five to ten times, in f32).
+// Rows go one per block (blockDim.x a multiple of 32, at most 1024); sums and maxima are taken in f32.
+// Regenerate fused.ptx with scripts/build-cuda.sh (nvcc -ptx -arch=compute_80 -fmad=false).
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+typedef __nv_bfloat16 bf16;
+
+// Values per thread a row kernel keeps in registers when its row fits (rows_config gives about 8).
+#define ROW_CACHE 8
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffff, v, o));
+  return v;
+}
+
+// The block's total of `v`, returned to every thread.
+__device__ float block_sum(float v) {
+  __shared__ float partial[32];
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  v = lane < (int)(blockDim.x >> 5) ? partial[lane] : 0.0f;
+  return warp_sum(v);
+}
+
+__device__ float block_max(float v) {
+  __shared__ float partial[32];
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  v = lane < (int)(blockDim.x >> 5) ? partial[lane] : -INFINITY;
+  return warp_max(v);
+}
+
+// probs = softmax(scores + mask) over rows of `cols`. Scores are [b, rows_per_batch / t, t, cols] (any
+// grouping of the heads), the additive mask [b, 1, t, cols], shared by a batch row's heads.
+extern "C" __global__ void masked_softmax_bf16(const bf16 *scores, const bf16 *mask, bf16 *probs, size_t cols,
+                                               size_t rows_per_batch, size_t t) {
+  size_t row = blockIdx.x;
+  size_t b = row / rows_per_batch, i = row % t;
+  const bf16 *s = scores + row * cols;
+  const bf16 *m = mask + (b * t + i) * cols;
+  bf16 *p = probs + row * cols;
+  if (cols <= ROW_CACHE * blockDim.x) {
+    // The row read once, into registers.
+    float v[ROW_CACHE];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int c = 0; c < ROW_CACHE; c++) {
+      size_t j = threadIdx.x + c * blockDim.x;
+      v[c] = j < cols ? __bfloat162float(s[j]) + __bfloat162float(m[j]) : -INFINITY;
+      mx = fmaxf(mx, v[c]);
+    }
+    mx = block_max(mx);
+    float sum = 0.0f;
+#pragma unroll
+    for (int c = 0; c < ROW_CACHE; c++) {
+      size_t j = threadIdx.x + c * blockDim.x;
+      v[c] = j < cols ? __expf(v[c] - mx) : 0.0f;
+      sum += v[c];
+    }
+    float inv = 1.0f / block_sum(sum);
+#pragma unroll
+    for (int c = 0; c < ROW_CACHE; c++) {
+      size_t j = threadIdx.x + c * blockDim.x;
+      if (j < cols) p[j] = __float2bfloat16(v[c] * inv);
+    }
+    return;
+  }
+  float mx = -INFINITY;
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x)
+    mx = fmaxf(mx, __bfloat162float(s[j]) + __bfloat162float(m[j]));
+  mx = block_max(mx);
+  float sum = 0.0f;
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x)
+    sum += __expf(__bfloat162float(s[j]) + __bfloat162float(m[j]) - mx);
+  float inv = 1.0f / block_sum(sum);
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x)
+    p[j] = __float2bfloat16(__expf(__bfloat162float(s[j]) + __bfloat162float(m[j]) - mx) * inv);
+}
+
+// The softmax's backward: dx = p * (g - sum(g * p)) per row.
+extern "C" __global__ void softmax_backward_bf16(const bf16 *probs, const bf16 *grad, bf16 *dx, size_t cols) {
+  size_t row = blockIdx.x;
+  const bf16 *p = probs + row * cols;
+  const bf16 *g = grad + row * cols;
+  if (cols <= ROW_CACHE * blockDim.x) {
+    float pv[ROW_CACHE], gv[ROW_CACHE];
+    float dot = 0.0f;
+#pragma unroll
+    for (int c = 0; c < ROW_CACHE; c++) {
+      size_t j = threadIdx.x + c * blockDim.x;
+      pv[c] = j < cols ? __bfloat162float(p[j]) : 0.0f;
+      gv[c] = j < cols ? __bfloat162float(g[j]) : 0.0f;
+      dot += pv[c] * gv[c];
+    }
+    dot = block_sum(dot);
+#pragma unroll
+    for (int c = 0; c < ROW_CACHE; c++) {
+      size_t j = threadIdx.x + c * blockDim.x;
+      if (j < cols) dx[row * cols + j] = __float2bfloat16(pv[c] * (gv[c] - dot));
+    }
+    return;
+  }
+  float dot = 0.0f;
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) dot += __bfloat162float(g[j]) * __bfloat162float(p[j]);
+  dot = block_sum(dot);
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x)
+    dx[row * cols + j] = __float2bfloat16(__bfloat162float(p[j]) * (__bfloat162float(g[j]) - dot));
+}
+
+// y = x / sqrt(mean(x^2) + eps) * w per row; w f32 (Gemma's 1 + w already folded in).
+extern "C" __global__ void rms_norm_bf16(const bf16 *x, const float *w, bf16 *y, size_t cols, float eps) {
+  const bf16 *xr = x + blockIdx.x * cols;
+  float ss = 0.0f;
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) {
+    float v = __bfloat162float(xr[j]);
+    ss += v * v;
+  }
+  float r = rsqrtf(block_sum(ss) / (float)cols + eps);
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x)
+    y[blockIdx.x * cols + j] = __float2bfloat16(__bfloat162float(xr[j]) * r * w[j]);
+}
+
+// The norm's input gradient (its weight is frozen): dx = r * (g w - xhat * mean(g w xhat)), xhat = x r.
+extern "C" __global__ void rms_norm_backward_bf16(const bf16 *x, const float *w, const bf16 *grad, bf16 *dx,
+                                                  size_t cols, float eps) {
+  const bf16 *xr = x + blockIdx.x * cols;
+  const bf16 *g = grad + blockIdx.x * cols;
+  float ss = 0.0f, dot = 0.0f;
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) {
+    float v = __bfloat162float(xr[j]);
+    ss += v * v;
+    dot += __bfloat162float(g[j]) * w[j] * v;
+  }
+  float r = rsqrtf(block_sum(ss) / (float)cols + eps);
+  float mean_dot = block_sum(dot) * r / (float)cols;
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) {
+    float xhat = __bfloat162float(xr[j]) * r;
+    dx[blockIdx.x * cols + j] = __float2bfloat16(r * (__bfloat162float(g[j]) * w[j] - xhat * mean_dot));
+  }
+}
+
+#define GELU_C 0.7978845608028654f
+#define GELU_K 0.044715f
+
+// act(g) and its derivative: activation 0 = SiLU, 1 = GELU (tanh approximation).
+__device__ __forceinline__ float act_value(float g, int activation, float *deriv) {
+  if (activation == 0) {
+    float s = 1.0f / (1.0f + __expf(-g));
+    *deriv = s * (1.0f + g * (1.0f - s));
+    return g * s;
+  }
+  float u = GELU_C * (g + GELU_K * g * g * g);
+  float th = tanhf(u);
+  *deriv = 0.5f * (1.0f + th) + 0.5f * g * (1.0f - th * th) * GELU_C * (1.0f + 3.0f * GELU_K * g * g);
+  return 0.5f * g * (1.0f + th);
+}
+
+// out = act(gate) * up, elementwise over n values.
+extern "C" __global__ void gated_bf16(const bf16 *gate, const bf16 *up, bf16 *out, size_t n, int activation) {
+  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float d;
+  out[i] = __float2bfloat16(act_value(__bfloat162float(gate[i]), activation, &d) * __bfloat162float(up[i]));
+}
+
+// grads[0..n) = g * up * act'(gate) (the gate's gradient), grads[n..2n) = g * act(gate) (up's).
+extern "C" __global__ void gated_backward_bf16(const bf16 *gate, const bf16 *up, const bf16 *grad, bf16 *grads,
+                                               size_t n, int activation) {
+  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float d;
+  float a = act_value(__bfloat162float(gate[i]), activation, &d);
+  float g = __bfloat162float(grad[i]);
+  grads[i] = __float2bfloat16(g * __bfloat162float(up[i]) * d);
+  grads[n + i] = __float2bfloat16(g * a);
+}
+
+// Negative log-likelihood of each row's target under softmax(logits): nll[row] = logsumexp - logit[target].
+extern "C" __global__ void row_nll_bf16(const bf16 *logits, const uint32_t *targets, float *nll, size_t cols) {
+  size_t row = blockIdx.x;
+  const bf16 *l = logits + row * cols;
+  float mx = -INFINITY;
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) mx = fmaxf(mx, __bfloat162float(l[j]));
+  mx = block_max(mx);
+  float sum = 0.0f;
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) sum += __expf(__bfloat162float(l[j]) - mx);
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) nll[row] = mx + logf(sum) - __bfloat162float(l[targets[row]]);
+}
+
+// Its gradient: dlogits = (softmax(logits) - onehot(target)) * grad[row].
+extern "C" __global__ void row_nll_backward_bf16(const bf16 *logits, const uint32_t *targets, const float *grad,
+                                                 bf16 *dx, size_t cols) {
+  size_t row = blockIdx.x;
+  const bf16 *l = logits + row * cols;
+  float mx = -INFINITY;
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) mx = fmaxf(mx, __bfloat162float(l[j]));
+  mx = block_max(mx);
+  float sum = 0.0f;
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) sum += __expf(__bfloat162float(l[j]) - mx);
+  float inv = 1.0f / block_sum(sum);
+  float g = grad[row];
+  size_t target = targets[row];
+  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) {
+    float p = __expf(__bfloat162float(l[j]) - mx) * inv;
+    dx[row * cols + j] = __float2bfloat16((p - (j == target ? 1.0f : 0.0f)) * g);
+  }
+}
+
+// Moves heads between the projections' layout [b, t, n, d] and attention's [b, n, t, d], rotating each pair
+// of rotary dimensions by its position's angle on the way: sign +1 rotates forward, -1 back (the gradient).
+// to_heads 1 reads [b, t, n, d] and writes [b, n, t, d]; 0 the reverse. cos and sin are [b, t, d / 2];
+// rope 0 only moves; interleaved 1 pairs (2i, 2i + 1) (GGUF llama), 0 pairs (i, i + d / 2) (HF).
+extern "C" __global__ void heads_rope_bf16(const bf16 *src, bf16 *dst, const bf16 *cos, const bf16 *sin, size_t b,
+                                           size_t t, size_t n, size_t d, int rope, int interleaved, float sign,
+                                           int to_heads) {
+  size_t half = d / 2;
+  size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= b * n * t * half) return;
+  size_t i = idx % half, r = idx / half;
+  size_t ti = r % t;
+  r /= t;
+  size_t ni = r % n, bi = r / n;
+  size_t heads_base = ((bi * n + ni) * t + ti) * d;
+  size_t seq_base = ((bi * t + ti) * n + ni) * d;
+  size_t from = to_heads ? seq_base : heads_base, to = to_heads ? heads_base : seq_base;
+  size_t i0 = interleaved ? 2 * i : i, i1 = interleaved ? 2 * i + 1 : i + half;
+  float x0 = __bfloat162float(src[from + i0]), x1 = __bfloat162float(src[from + i1]);
+  if (rope) {
+    size_t a = (bi * t + ti) * half + i;
+    float c = __bfloat162float(cos[a]), s = sign * __bfloat162float(sin[a]);
+    dst[to + i0] = __float2bfloat16(x0 * c - x1 * s);
+    dst[to + i1] = __float2bfloat16(x0 * s + x1 * c);
+  } else {
+    dst[to + i0] = src[from + i0];
+    dst[to + i1] = src[from + i1];
+  }
+}
+
+// AdamW in place. Moments mv = [m (n values), v (n values)] take the gradient g; then the parameter p steps:
+// p = p * decay - lr * (m / c1) / (sqrt(v / c2) + eps), decay = 1 - lr * weight_decay, c = bias corrections.
+extern "C" __global__ void adamw_moments_f32(float *mv, const float *g, size_t n, float b1, float b2) {
+  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float gi = g[i];
+  mv[i] = mv[i] * b1 + gi * (1.0f - b1);
+  mv[n + i] = mv[n + i] * b2 + gi * gi * (1.0f - b2);
+}
+
+extern "C" __global__ void adamw_param_f32(float *p, const float *mv, size_t n, float lr, float decay, float c1,
+                                           float c2, float eps) {
+  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  float m_hat = mv[i] / c1;
+  float denom = sqrtf(mv[n + i] / c2) + eps;
+  p[i] = p[i] * decay - (m_hat / denom) * lr;
+}

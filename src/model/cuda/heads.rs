@@ -1,0 +1,138 @@
+//! Splitting a projection `[b, t, n * d]` into attention heads `[b, n, t, d]` with rotary embeddings applied,
+//! as one kernel and one autograd node on CUDA; its backward moves the gradient back with the inverse
+//! rotation. As a composition (reshape, transpose, copy, rope) candle's backward would add each edge's
+//! gradient into a zero-filled buffer through strided kernels.
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::WrapErr;
+use candle_core::{CpuStorage, CudaStorage, CustomOp1, Layout, Result, Shape, Storage, Tensor};
+use cudarc::driver::{LaunchConfig, PushKernelArg};
+use half::bf16;
+
+use super::fused::{MODULE, PTX, cpu_refused, view};
+
+/// Rotary tables `[b, 1, t, d / 2]` (bf16) and the pairing of dimensions.
+#[derive(Clone)]
+pub struct Rotary {
+    pub cos: Tensor,
+    pub sin: Tensor,
+    pub interleaved: bool,
+}
+
+/// `x` `[b, t, heads * head_dim]` as `[b, heads, t, head_dim]`, rotated when `rotary` is given.
+pub fn split_heads(
+    x: &Tensor,
+    heads: usize,
+    head_dim: usize,
+    rotary: Option<&Rotary>,
+) -> Result<Tensor> {
+    let (b, t, width) = x.dims3()?;
+    if width != heads * head_dim || head_dim % 2 != 0 {
+        candle_core::bail!("split-heads: width {width} is not {heads} heads of an even {head_dim}")
+    }
+    let op = Heads {
+        dims: (b, t, heads, head_dim),
+        rotary: rotary.cloned(),
+        to_heads: true,
+    };
+    x.contiguous()?.apply_op1(op)
+}
+
+pub(super) struct Heads {
+    dims: (usize, usize, usize, usize),
+    rotary: Option<Rotary>,
+    /// true: [b, t, n, d] -> [b, n, t, d] rotating forward; false: back, rotating backward.
+    to_heads: bool,
+}
+
+impl Heads {
+    /// Merges heads `[b, heads, t, head_dim]` back into `[b, t, heads * head_dim]`, with no rotation.
+    pub(super) fn merge(b: usize, t: usize, heads: usize, head_dim: usize) -> Self {
+        Self {
+            dims: (b, t, heads, head_dim),
+            rotary: None,
+            to_heads: false,
+        }
+    }
+}
+
+impl CustomOp1 for Heads {
+    fn name(&self) -> &'static str {
+        "split-heads-rope"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
+        cpu_refused(self.name())
+    }
+
+    fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (b, t, n, d) = self.dims;
+        let count = b * t * n * d;
+        if xl.shape().elem_count() != count {
+            candle_core::bail!("split-heads: {:?} holds no [{b}, {t}, {n}, {d}]", xl.dims())
+        }
+        let dev = x.device().clone();
+        let xv = view::<bf16>(x, xl, "x")?;
+        // SAFETY: the kernel writes every element.
+        let out = unsafe { dev.alloc::<bf16>(count) }?;
+        let (rope, interleaved) = match &self.rotary {
+            Some(r) => (1i32, r.interleaved as i32),
+            None => (0, 0),
+        };
+        let tables = self
+            .rotary
+            .as_ref()
+            .map(|r| (r.cos.storage_and_layout(), r.sin.storage_and_layout()));
+        let rotary_views = match &tables {
+            Some(((cs, cl), (ss, sl))) => match (&**cs, &**ss) {
+                (Storage::Cuda(c), Storage::Cuda(s)) => {
+                    Some((view::<bf16>(c, cl, "cos")?, view::<bf16>(s, sl, "sin")?))
+                }
+                _ => candle_core::bail!("split-heads: rotary tables must be on the GPU"),
+            },
+            None => None,
+        };
+        if let Some((cos, _)) = &rotary_views
+            && cos.len() != b * t * d / 2
+        {
+            candle_core::bail!(
+                "split-heads: rotary tables hold {} values, expected [{b}, {t}, {}]",
+                cos.len(),
+                d / 2
+            )
+        }
+        let sign = if self.to_heads { 1f32 } else { -1f32 };
+        let to_heads = self.to_heads as i32;
+        let func = dev.get_or_load_custom_func("heads_rope_bf16", MODULE, PTX)?;
+        let mut builder = func.builder();
+        builder.arg(&xv).arg(&out);
+        // Without rotation the tables are not read: x stands in for them.
+        match &rotary_views {
+            Some((cos, sin)) => builder.arg(cos).arg(sin),
+            None => builder.arg(&xv).arg(&xv),
+        };
+        builder.arg(&b).arg(&t).arg(&n).arg(&d);
+        builder
+            .arg(&rope)
+            .arg(&interleaved)
+            .arg(&sign)
+            .arg(&to_heads);
+        // SAFETY: argument types and counts match heads_rope_bf16 in fused.cu; sizes checked above.
+        unsafe { builder.launch(LaunchConfig::for_num_elems((count / 2) as u32)) }.w()?;
+        let shape = if self.to_heads {
+            Shape::from((b, n, t, d))
+        } else {
+            Shape::from((b, t, n * d))
+        };
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), shape))
+    }
+
+    fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
+        let back = Heads {
+            dims: self.dims,
+            rotary: self.rotary.clone(),
+            to_heads: false,
+        };
+        Ok(Some(g.contiguous()?.apply_op1_no_bwd(&back)?))
+    }
+}
