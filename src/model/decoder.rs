@@ -207,6 +207,77 @@ impl Decoder {
         ctx: &BlockContext,
         cache: Option<&mut Option<(Tensor, Tensor)>>,
     ) -> Result<Tensor> {
+        let blk = &self.blocks[i];
+        let llama_style = blk.post_attn_norm.is_none()
+            && blk.post_ff_norm.is_none()
+            && Target::ALL.iter().all(|&t| {
+                let l = blk.linear(t);
+                l.lora.is_some() && l.base.bias.is_none()
+            });
+        // CPU f32 without a cache (training, evaluation): the whole block as one op (`cpu_ops::block`).
+        if cpu_ops::applies(x) && !ctx.generation && cache.is_none() && llama_style {
+            return self.block_forward_fused(i, x, ctx);
+        }
+        self.block_forward_composed(i, x, ctx, cache)
+    }
+
+    /// [`Self::block_forward`] through `cpu_ops::block` (llama-style blocks, CPU f32).
+    fn block_forward_fused(&self, i: usize, x: &Tensor, ctx: &BlockContext) -> Result<Tensor> {
+        let cfg = &self.config;
+        let blk = &self.blocks[i];
+        let site_id = |t: Target| (i as u64) << 8 | t as u64;
+        let linear = |index: usize, input: &Tensor| {
+            let t = Target::ALL[index];
+            let lin = blk.linear(t);
+            let l = lin.lora.as_ref().ok_or_else(|| {
+                candle_core::Error::Msg(format!("block {i}: {t:?} has no adapter"))
+            })?;
+            let call = LoraCall {
+                dropout: ctx.dropout.map(|s| (s, site_id(t))),
+                grad: ctx.grad,
+                saved: ctx.saved.as_ref().map(|s| (s, site_id(t))),
+                generation: false,
+            };
+            lin.cpu_call(input, l, call)
+        };
+        let mask = match cfg.layer_windows.get(i).copied().flatten() {
+            Some(_) => ctx.window_mask.as_ref().unwrap_or(&ctx.full_mask),
+            None => &ctx.full_mask,
+        };
+        let saved = ctx.saved.as_ref();
+        let recording = saved.is_some_and(|s| s.recording.get());
+        let known_attention = match saved {
+            Some(s) if !recording => s.exchange(site_id_attention(i), None),
+            _ => None,
+        };
+        let parts = cpu_ops::block::BlockParts {
+            input_norm: (&blk.input_norm.weight, blk.input_norm.eps),
+            pre_ff_norm: (&blk.pre_ff_norm.weight, blk.pre_ff_norm.eps),
+            linear: &linear,
+            heads: (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim),
+            rope: (&ctx.cos, &ctx.sin, cfg.rope_interleaved),
+            mask,
+            attention: (cfg.query_pre_attn_scalar.powf(-0.5), cfg.attn_logit_softcap),
+            known_attention,
+            grad: ctx.grad || x.track_op(),
+            keep_attention: recording,
+            activation: cfg.activation,
+        };
+        let (out, attention) = cpu_ops::block::block(x, parts)?;
+        if let (Some(s), Some(a)) = (saved, attention) {
+            s.exchange(site_id_attention(i), Some(&a));
+        }
+        Ok(out)
+    }
+
+    /// [`Self::block_forward`] as a composition of candle ops and the fused CPU kernels.
+    pub(crate) fn block_forward_composed(
+        &self,
+        i: usize,
+        x: &Tensor,
+        ctx: &BlockContext,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
         let cfg = &self.config;
         let blk = &self.blocks[i];
         let site_id = |t: Target| (i as u64) << 8 | t as u64;

@@ -147,7 +147,7 @@ impl FrozenWeight {
     }
 
     /// Row chunks `(start, len)` small enough to dequantize at once.
-    fn row_chunks(&self) -> candle_core::Result<Vec<(usize, usize)>> {
+    pub(crate) fn row_chunks(&self) -> candle_core::Result<Vec<(usize, usize)>> {
         let (rows, cols) = self.dims2()?;
         let limit = match self {
             #[cfg(feature = "cuda")]

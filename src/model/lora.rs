@@ -4,6 +4,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::cpu_ops;
 use super::frozen::FrozenLinear;
 
 /// A projection LoRA can adapt.
@@ -171,6 +172,12 @@ pub struct AdaptedLinear {
 impl AdaptedLinear {
     /// Dropout masks derive from the call's seed and site, so a checkpointed recomputation sees the same.
     pub fn forward(&self, x: &Tensor, call: LoraCall) -> Result<Tensor> {
+        if let Some(l) = &self.lora
+            && cpu_ops::applies(x)
+            && !call.generation
+        {
+            return self.forward_cpu(x, l, call);
+        }
         let Some(l) = &self.lora else {
             return self.frozen_forward(x, call);
         };
@@ -225,6 +232,60 @@ impl AdaptedLinear {
         }
     }
 
+    /// CPU f32: the frozen product (saved or computed) and the adapter as one op with a closed-form
+    /// backward (`cpu_ops::adapted_linear`), the same dropout masks as [`Self::forward`]'s composition.
+    fn forward_cpu(&self, x: &Tensor, l: &LoraAdapter, call: LoraCall) -> Result<Tensor> {
+        let y = cpu_ops::adapted_linear::adapted_linear(x, self.cpu_call(x, l, call)?)?;
+        match &self.base.bias {
+            Some(bias) => y.broadcast_add(bias),
+            None => Ok(y),
+        }
+    }
+
+    /// The operands of the CPU op for input `x` (the frozen product saved, replayed or computed now).
+    pub(crate) fn cpu_call(
+        &self,
+        x: &Tensor,
+        l: &LoraAdapter,
+        call: LoraCall,
+    ) -> Result<cpu_ops::adapted_linear::AdapterCall> {
+        let (product, dequantized) = match call.saved {
+            Some((saved, site)) if saved.recording.get() => {
+                let (y, w) = self.base.product(x)?;
+                saved.slots.borrow_mut().insert(site, y.clone());
+                (y, w)
+            }
+            Some((saved, site)) => match saved.slots.borrow_mut().remove(&site) {
+                Some(y) => (y, None),
+                None => self.base.product(x)?,
+            },
+            None => self.base.product(x)?,
+        };
+        let (a, b) = if call.grad {
+            (l.a.as_tensor().clone(), l.b.as_tensor().clone())
+        } else {
+            (l.a.as_detached_tensor(), l.b.as_detached_tensor())
+        };
+        let mask = match call.dropout {
+            Some((DropoutSeed(seed), site)) if l.dropout > 0.0 => {
+                Some(dropout_factors(x.elem_count(), l.dropout, seed ^ site))
+            }
+            _ => None,
+        };
+        let frozen = cpu_ops::adapted_linear::FrozenPart {
+            product,
+            weight: self.base.weight.clone(),
+            dequantized,
+        };
+        Ok(cpu_ops::adapted_linear::AdapterCall {
+            frozen,
+            a,
+            b,
+            scale: l.scale,
+            mask,
+        })
+    }
+
     /// Folds the adapter into a dense f32 weight (inference fast path).
     pub fn merge(&mut self) -> Result<()> {
         let Some(l) = self.lora.take() else {
@@ -243,9 +304,15 @@ impl AdaptedLinear {
 
 /// Inverted dropout's mask for `x` (0 or 1 / (1 - p), in x's dtype and on its device), seeded.
 fn dropout_mask(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
+    let mask = dropout_factors(x.elem_count(), p, seed);
+    Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())
+}
+
+/// `len` inverted-dropout factors (0 with probability `p`, else `1 / (1 - p)`) drawn from `seed`.
+fn dropout_factors(len: usize, p: f64, seed: u64) -> Vec<f32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let keep = 1.0 / (1.0 - p);
-    let mask: Vec<f32> = (0..x.elem_count())
+    (0..len)
         .map(|_| {
             if rng.random::<f64>() < p {
                 0.0
@@ -253,8 +320,7 @@ fn dropout_mask(x: &Tensor, p: f64, seed: u64) -> Result<Tensor> {
                 keep as f32
             }
         })
-        .collect();
-    Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())
+        .collect()
 }
 
 #[cfg(test)]

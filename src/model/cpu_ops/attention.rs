@@ -5,21 +5,21 @@
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{Mat, cpu_slice, dot, exp_shifted_sum, matmul, max, storage_slice, to_f32_vec};
+use super::{Mat, cpu_slice, dot, exp_shifted_sum, matmul, max, simd, storage_slice, to_f32_vec};
 
 /// The attention op's constants; q `[b, h, t, d]`, k and v `[b, kvh, T, d]`, all contiguous.
-struct FusedAttention {
+pub(super) struct FusedAttention {
     /// Additive mask `[b, 1, t, T]` (0 or a large negative value).
-    mask: Vec<f32>,
-    scale: f32,
-    softcap: Option<f32>,
+    pub(super) mask: Vec<f32>,
+    pub(super) scale: f32,
+    pub(super) softcap: Option<f32>,
     /// The output of an identical earlier call (checkpointed training's first pass): copied, not recomputed.
-    known_output: Option<Tensor>,
+    pub(super) known_output: Option<Tensor>,
 }
 
 /// Sizes of one call.
 #[derive(Clone, Copy)]
-struct Dims {
+pub(super) struct Dims {
     b: usize,
     h: usize,
     kvh: usize,
@@ -29,7 +29,7 @@ struct Dims {
 }
 
 impl Dims {
-    fn of(q: &Shape, k: &Shape, v: &Shape, mask_len: usize) -> Result<Self> {
+    pub(super) fn of(q: &Shape, k: &Shape, v: &Shape, mask_len: usize) -> Result<Self> {
         let (b, h, t, d) = q.dims4()?;
         let (kb, kvh, tk, kd) = k.dims4()?;
         if kb != b || kd != d || v.dims() != k.dims() || kvh == 0 || h % kvh != 0 {
@@ -94,6 +94,7 @@ impl FusedAttention {
 
     /// Probabilities of rows `blk` of one head into `p` `[rows, blk.keys]` from its queries `qh` `[t, d]`
     /// and keys `kg` `[T, d]`; with soft-capping, `dcap` receives the cap's derivative (`1 - tanh^2`).
+    #[inline(always)]
     fn probs(
         &self,
         dm: Dims,
@@ -135,41 +136,46 @@ impl FusedAttention {
         }
     }
 
-    fn forward(&self, dm: Dims, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+    pub(super) fn forward(&self, dm: Dims, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
         let (t, tk, d, rep) = (dm.t, dm.tk, dm.d, dm.rep());
         let block_rows = ROW_BLOCK.min(t);
         let mut out = vec![0f32; dm.b * dm.h * t * d];
         out.par_chunks_mut(rep * t * d).enumerate().for_each_init(
             || (vec![0f32; block_rows * tk], vec![0f32; block_rows * tk]),
             |(p, dcap), (g, og)| {
-                let bi = g / dm.kvh;
-                let kg = &k[g * tk * d..(g + 1) * tk * d];
-                let vg = &v[g * tk * d..(g + 1) * tk * d];
-                let blocks = self.blocks(dm, bi);
-                for (r, oh) in og.chunks_exact_mut(t * d).enumerate() {
-                    let hq = g * rep + r;
-                    let qh = &q[hq * t * d..(hq + 1) * t * d];
-                    for &blk in &blocks {
-                        let (rows, n) = (blk.r1 - blk.r0, blk.keys);
-                        self.probs(dm, bi, blk, (qh, kg), p, dcap);
-                        let o = &mut oh[blk.r0 * d..blk.r1 * d];
-                        matmul(
-                            o,
-                            (rows, d, n),
-                            Mat::rows(p, n),
-                            Mat::rows(vg, d),
-                            1.0,
-                            false,
-                        );
-                    }
-                }
+                simd(
+                    #[inline(always)]
+                    || {
+                        let bi = g / dm.kvh;
+                        let kg = &k[g * tk * d..(g + 1) * tk * d];
+                        let vg = &v[g * tk * d..(g + 1) * tk * d];
+                        let blocks = self.blocks(dm, bi);
+                        for (r, oh) in og.chunks_exact_mut(t * d).enumerate() {
+                            let hq = g * rep + r;
+                            let qh = &q[hq * t * d..(hq + 1) * t * d];
+                            for &blk in &blocks {
+                                let (rows, n) = (blk.r1 - blk.r0, blk.keys);
+                                self.probs(dm, bi, blk, (qh, kg), p, dcap);
+                                let o = &mut oh[blk.r0 * d..blk.r1 * d];
+                                matmul(
+                                    o,
+                                    (rows, d, n),
+                                    Mat::rows(p, n),
+                                    Mat::rows(vg, d),
+                                    1.0,
+                                    false,
+                                );
+                            }
+                        }
+                    },
+                )
             },
         );
         out
     }
 
     /// dq `[b, h, t, d]`, dk and dv `[b, kvh, T, d]` (summed over each group's query heads).
-    fn backward(
+    pub(super) fn backward(
         &self,
         dm: Dims,
         (q, k, v): (&[f32], &[f32], &[f32]),
@@ -188,72 +194,77 @@ impl FusedAttention {
             .for_each_init(
                 || (buffer(), buffer(), buffer()),
                 |(p, dp, dcap), (g, ((dqg, dkg), dvg))| {
-                    let bi = g / dm.kvh;
-                    let kg = &k[g * tk * d..(g + 1) * tk * d];
-                    let vg = &v[g * tk * d..(g + 1) * tk * d];
-                    let blocks = self.blocks(dm, bi);
-                    for (r, dqh) in dqg.chunks_exact_mut(t * d).enumerate() {
-                        let hq = g * rep + r;
-                        let qh = &q[hq * t * d..(hq + 1) * t * d];
-                        let doh = &dout[hq * t * d..(hq + 1) * t * d];
-                        for &blk in &blocks {
-                            let (rows, n) = (blk.r1 - blk.r0, blk.keys);
-                            let (qb, dob) =
-                                (&qh[blk.r0 * d..blk.r1 * d], &doh[blk.r0 * d..blk.r1 * d]);
-                            self.probs(dm, bi, blk, (qh, kg), p, dcap);
-                            let (p, dp) = (&p[..rows * n], &mut dp[..rows * n]);
-                            // dV += P^T dO; dP = dO V^T (dk, dv start at zero and only accumulate).
-                            matmul(
-                                dvg,
-                                (n, d, rows),
-                                Mat::rows_t(p, n),
-                                Mat::rows(dob, d),
-                                1.0,
-                                true,
-                            );
-                            matmul(
-                                dp,
-                                (rows, n, d),
-                                Mat::rows(dob, d),
-                                Mat::rows_t(vg, d),
-                                1.0,
-                                false,
-                            );
-                            // dS = P * (dP - rowsum(P * dP)), times the cap's derivative.
-                            for ((prow, dprow), crow) in p
-                                .chunks_exact(n)
-                                .zip(dp.chunks_exact_mut(n))
-                                .zip(dcap.chunks_exact(n))
-                            {
-                                let dot = dot(prow, dprow);
-                                for (g, pv) in dprow.iter_mut().zip(prow) {
-                                    *g = pv * (*g - dot);
-                                }
-                                if self.softcap.is_some() {
-                                    dprow.iter_mut().zip(crow).for_each(|(g, c)| *g *= c);
+                    simd(
+                        #[inline(always)]
+                        || {
+                            let bi = g / dm.kvh;
+                            let kg = &k[g * tk * d..(g + 1) * tk * d];
+                            let vg = &v[g * tk * d..(g + 1) * tk * d];
+                            let blocks = self.blocks(dm, bi);
+                            for (r, dqh) in dqg.chunks_exact_mut(t * d).enumerate() {
+                                let hq = g * rep + r;
+                                let qh = &q[hq * t * d..(hq + 1) * t * d];
+                                let doh = &dout[hq * t * d..(hq + 1) * t * d];
+                                for &blk in &blocks {
+                                    let (rows, n) = (blk.r1 - blk.r0, blk.keys);
+                                    let (qb, dob) =
+                                        (&qh[blk.r0 * d..blk.r1 * d], &doh[blk.r0 * d..blk.r1 * d]);
+                                    self.probs(dm, bi, blk, (qh, kg), p, dcap);
+                                    let (p, dp) = (&p[..rows * n], &mut dp[..rows * n]);
+                                    // dV += P^T dO; dP = dO V^T (dk, dv start at zero and only accumulate).
+                                    matmul(
+                                        dvg,
+                                        (n, d, rows),
+                                        Mat::rows_t(p, n),
+                                        Mat::rows(dob, d),
+                                        1.0,
+                                        true,
+                                    );
+                                    matmul(
+                                        dp,
+                                        (rows, n, d),
+                                        Mat::rows(dob, d),
+                                        Mat::rows_t(vg, d),
+                                        1.0,
+                                        false,
+                                    );
+                                    // dS = P * (dP - rowsum(P * dP)), times the cap's derivative.
+                                    for ((prow, dprow), crow) in p
+                                        .chunks_exact(n)
+                                        .zip(dp.chunks_exact_mut(n))
+                                        .zip(dcap.chunks_exact(n))
+                                    {
+                                        let dot = dot(prow, dprow);
+                                        for (g, pv) in dprow.iter_mut().zip(prow) {
+                                            *g = pv * (*g - dot);
+                                        }
+                                        if self.softcap.is_some() {
+                                            dprow.iter_mut().zip(crow).for_each(|(g, c)| *g *= c);
+                                        }
+                                    }
+                                    // dQ = scale dS K; dK += scale dS^T Q.
+                                    let s = self.scale;
+                                    let dqb = &mut dqh[blk.r0 * d..blk.r1 * d];
+                                    matmul(
+                                        dqb,
+                                        (rows, d, n),
+                                        Mat::rows(dp, n),
+                                        Mat::rows(kg, d),
+                                        s,
+                                        false,
+                                    );
+                                    matmul(
+                                        dkg,
+                                        (n, d, rows),
+                                        Mat::rows_t(dp, n),
+                                        Mat::rows(qb, d),
+                                        s,
+                                        true,
+                                    );
                                 }
                             }
-                            // dQ = scale dS K; dK += scale dS^T Q.
-                            let s = self.scale;
-                            let dqb = &mut dqh[blk.r0 * d..blk.r1 * d];
-                            matmul(
-                                dqb,
-                                (rows, d, n),
-                                Mat::rows(dp, n),
-                                Mat::rows(kg, d),
-                                s,
-                                false,
-                            );
-                            matmul(
-                                dkg,
-                                (n, d, rows),
-                                Mat::rows_t(dp, n),
-                                Mat::rows(qb, d),
-                                s,
-                                true,
-                            );
-                        }
-                    }
+                        },
+                    )
                 },
             );
         (dq, dk, dv)

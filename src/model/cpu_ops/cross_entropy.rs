@@ -5,13 +5,16 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{LANES, cpu_slice, exp, max, storage_slice};
+use super::{LANES, cpu_slice, exp, max, simd, storage_slice};
 
 struct RowNll {
     targets: Vec<u32>,
+    /// `max + log(sum(exp(row - max)))` per row, left by the forward for the backward (one sweep fewer).
+    shifts: std::sync::Mutex<Option<Vec<f32>>>,
 }
 
 /// `(max, log(sum(exp(row - max))))` of a row.
+#[inline(always)]
 fn log_sum_exp(row: &[f32]) -> (f32, f32) {
     let max = max(row);
     let mut acc = [0f32; LANES];
@@ -47,14 +50,22 @@ impl CustomOp1 for RowNll {
     fn cpu_fwd(&self, x: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let (n, vocab) = self.check(l.shape())?;
         let x = cpu_slice(x, l, self.name())?;
-        let out: Vec<f32> = x
+        let shifts: Vec<f32> = x
             .par_chunks(vocab)
-            .zip(&self.targets)
-            .map(|(row, t)| {
-                let (max, lse) = log_sum_exp(row);
-                max + lse - row[*t as usize]
+            .map(|row| {
+                let (max, lse) = simd(
+                    #[inline(always)]
+                    || log_sum_exp(row),
+                );
+                max + lse
             })
             .collect();
+        let out = (x.chunks_exact(vocab).zip(&self.targets).zip(&shifts))
+            .map(|((row, t), shift)| shift - row[*t as usize])
+            .collect();
+        if let Ok(mut slot) = self.shifts.lock() {
+            *slot = Some(shifts);
+        }
         Ok((CpuStorage::F32(out), Shape::from(n)))
     }
 
@@ -62,18 +73,30 @@ impl CustomOp1 for RowNll {
         let (_, vocab) = self.check(x.shape())?;
         let g = grad_res.to_vec1::<f32>()?;
         let mut dx = vec![0f32; x.elem_count()];
+        let shifts = self.shifts.lock().ok().and_then(|mut s| s.take());
         {
             let (xs, xl) = x.storage_and_layout();
             let x = storage_slice(&xs, xl, self.name())?;
             dx.par_chunks_mut(vocab)
                 .zip(x.par_chunks(vocab))
                 .zip(self.targets.par_iter().zip(&g))
-                .for_each(|((drow, row), (t, g))| {
-                    let (max, lse) = log_sum_exp(row);
-                    let shift = max + lse;
-                    for (d, v) in drow.iter_mut().zip(row) {
-                        *d = g * exp(v - shift);
-                    }
+                .enumerate()
+                .for_each(|(i, ((drow, row), (t, g)))| {
+                    simd(
+                        #[inline(always)]
+                        || {
+                            let shift = match &shifts {
+                                Some(s) => s[i],
+                                None => {
+                                    let (max, lse) = log_sum_exp(row);
+                                    max + lse
+                                }
+                            };
+                            for (d, v) in drow.iter_mut().zip(row) {
+                                *d = g * exp(v - shift);
+                            }
+                        },
+                    );
                     drow[*t as usize] -= g;
                 });
         }
@@ -86,6 +109,7 @@ impl CustomOp1 for RowNll {
 pub fn row_nll(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
     logits.contiguous()?.apply_op1(RowNll {
         targets: targets.to_vec(),
+        shifts: std::sync::Mutex::new(None),
     })
 }
 

@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_slice, exp, storage_slice};
+use super::{cpu_slice, exp, simd, storage_slice};
 use crate::model::config::Activation;
 
 /// Elements per parallel task.
@@ -34,28 +34,46 @@ fn act(activation: Activation, g: f32) -> (f32, f32) {
     }
 }
 
-struct GatedProduct(Activation);
+pub(super) struct GatedProduct(pub(super) Activation);
 
 impl GatedProduct {
-    fn forward(&self, gate: &[f32], up: &[f32]) -> Vec<f32> {
-        gate.par_iter()
-            .with_min_len(CHUNK)
-            .zip(up)
-            .map(|(g, u)| act(self.0, *g).0 * u)
-            .collect()
+    pub(super) fn forward(&self, gate: &[f32], up: &[f32]) -> Vec<f32> {
+        let mut out = vec![0f32; gate.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
+            .for_each(|(o, (g, u))| {
+                simd(
+                    #[inline(always)]
+                    || {
+                        for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
+                            *o = act(self.0, *g).0 * u;
+                        }
+                    },
+                )
+            });
+        out
     }
 
     /// `d gate = dy * up * act'(gate)`, `d up = dy * act(gate)`.
-    fn backward(&self, gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        gate.par_iter()
-            .with_min_len(CHUNK)
-            .zip(up)
-            .zip(dy)
-            .map(|((g, u), dy)| {
-                let (a, da) = act(self.0, *g);
-                (dy * u * da, dy * a)
-            })
-            .unzip()
+    pub(super) fn backward(&self, gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        let (mut dg, mut du) = (vec![0f32; gate.len()], vec![0f32; gate.len()]);
+        dg.par_chunks_mut(CHUNK)
+            .zip(du.par_chunks_mut(CHUNK))
+            .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
+            .zip(dy.par_chunks(CHUNK))
+            .for_each(|(((dg, du), (g, u)), dy)| {
+                simd(
+                    #[inline(always)]
+                    || {
+                        for ((((dg, du), g), u), dy) in dg.iter_mut().zip(du).zip(g).zip(u).zip(dy)
+                        {
+                            let (a, da) = act(self.0, *g);
+                            (*dg, *du) = (dy * u * da, dy * a);
+                        }
+                    },
+                )
+            });
+        (dg, du)
     }
 }
 

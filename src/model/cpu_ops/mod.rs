@@ -5,7 +5,9 @@
 //! the same values in one sweep each and give exact gradients. They run only for f32 tensors on the CPU;
 //! callers keep the compositions elsewhere (CUDA, bf16) through [`applies`].
 
+pub mod adapted_linear;
 pub mod attention;
+pub mod block;
 pub mod cross_entropy;
 pub mod gated;
 pub mod rms_norm;
@@ -79,24 +81,96 @@ impl<'a> Mat<'a> {
 /// rows of `n`. Single-threaded: callers parallelise over heads.
 fn matmul(
     dst: &mut [f32],
-    (m, n, k): (usize, usize, usize),
+    dims: (usize, usize, usize),
     lhs: Mat,
     rhs: Mat,
     scale: f32,
     accumulate: bool,
 ) {
-    assert!(dst.len() >= m * n && lhs.fits(m, k) && rhs.fits(k, n));
+    let (m, n, _) = dims;
+    assert!(dst.len() >= m * n);
+    // SAFETY: `dst` is borrowed mutably and holds the m x n result.
+    unsafe {
+        matmul_in(
+            dst.as_mut_ptr(),
+            dims,
+            (lhs, rhs, scale),
+            accumulate,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// [`matmul`] on `threads` threads of the rayon pool (the pool candle's own products use).
+fn matmul_par(
+    dst: &mut [f32],
+    dims: (usize, usize, usize),
+    (lhs, rhs, scale): (Mat, Mat, f32),
+    accumulate: bool,
+) {
+    let (m, n, _) = dims;
+    assert!(dst.len() >= m * n);
+    // SAFETY: `dst` is borrowed mutably and holds the m x n result.
+    unsafe {
+        matmul_in(
+            dst.as_mut_ptr(),
+            dims,
+            (lhs, rhs, scale),
+            accumulate,
+            pool(),
+        )
+    }
+}
+
+/// The parallelism of candle's own CPU products.
+fn pool() -> gemm::Parallelism {
+    match candle_core::utils::get_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}
+
+/// `scale * lhs[m, k] @ rhs[k, n]` as a new row-major vector, on the rayon pool like [`matmul_par`]; the
+/// product writes every element, so nothing is zero-filled first.
+fn matmul_new(dims: (usize, usize, usize), lhs: Mat, rhs: Mat, scale: f32) -> Vec<f32> {
+    let (m, n, k) = dims;
+    if k == 0 {
+        return vec![0f32; m * n];
+    }
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: `out` holds capacity for the m x n result; gemm with `read_dst = false` never reads the
+    // destination and, with k > 0, writes each of its m * n elements, so every element is initialised
+    // before `set_len` exposes it.
+    unsafe {
+        matmul_in(out.as_mut_ptr(), dims, (lhs, rhs, scale), false, pool());
+        out.set_len(m * n);
+    }
+    out
+}
+
+/// The product behind the helpers above.
+///
+/// # Safety
+/// `dst` must be valid for writes of `m * n` elements (and reads when `accumulate`) and alias neither input.
+unsafe fn matmul_in(
+    dst: *mut f32,
+    (m, n, k): (usize, usize, usize),
+    (lhs, rhs, scale): (Mat, Mat, f32),
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
+) {
+    assert!(lhs.fits(m, k) && rhs.fits(k, n));
     if m == 0 || n == 0 {
         return;
     }
-    // SAFETY: the asserts above keep every index the kernel touches inside the three slices, and `dst`
-    // is borrowed mutably, so it aliases neither input.
+    // SAFETY: the assert above keeps every index the kernel reads inside the two input slices; the caller
+    // vouches for `dst`.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             accumulate,
@@ -111,9 +185,30 @@ fn matmul(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         )
     }
+}
+
+/// Runs `f` compiled for AVX2 and FMA when the CPU has them. The build targets baseline x86-64 (SSE2), so
+/// the kernels' loops, inlined into `f`, would otherwise be vectorised 4 floats wide at most. Each parallel
+/// task wraps its own body (rayon calls task closures through pointers, so they are not inlined here).
+/// Rust never contracts `a * b + c` into an FMA on its own, so results do not depend on the path taken.
+#[inline(always)]
+fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        fn avx2<R>(f: impl FnOnce() -> R) -> R {
+            f()
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports the features `avx2` is compiled for (checked just above).
+            return unsafe { avx2(f) };
+        }
+    }
+    f()
 }
 
 /// `e^x` in f32 to ~2 ulp, written so the compiler vectorises loops over it (libm's `expf` does not);

@@ -4,60 +4,73 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_slice, dot, storage_slice, to_f32_vec};
+use super::{cpu_slice, dot, simd, storage_slice, to_f32_vec};
 
 /// Rows per parallel task.
 const ROWS_PER_TASK: usize = 16;
 
-struct FusedRmsNorm {
-    weight: Vec<f32>,
-    eps: f32,
+pub(super) struct FusedRmsNorm {
+    pub(super) weight: Vec<f32>,
+    pub(super) eps: f32,
 }
 
 impl FusedRmsNorm {
+    #[inline(always)]
     fn inv_rms(&self, row: &[f32]) -> f32 {
         let ms = dot(row, row) / row.len() as f32;
         1.0 / (ms + self.eps).sqrt()
     }
 
-    fn forward(&self, x: &[f32]) -> Vec<f32> {
+    pub(super) fn forward(&self, x: &[f32]) -> Vec<f32> {
         let d = self.weight.len();
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(d * ROWS_PER_TASK)
             .zip(x.par_chunks(d * ROWS_PER_TASK))
             .for_each(|(o, x)| {
-                for (orow, xrow) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                    let r = self.inv_rms(xrow);
-                    for ((o, x), w) in orow.iter_mut().zip(xrow).zip(&self.weight) {
-                        *o = x * r * w;
-                    }
-                }
+                simd(
+                    #[inline(always)]
+                    || {
+                        for (orow, xrow) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                            let r = self.inv_rms(xrow);
+                            for ((o, x), w) in orow.iter_mut().zip(xrow).zip(&self.weight) {
+                                *o = x * r * w;
+                            }
+                        }
+                    },
+                )
             });
         out
     }
 
     /// `dx = r w dy - x r^3 / n * sum(w dy x)`.
-    fn backward(&self, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    pub(super) fn backward(&self, x: &[f32], dy: &[f32]) -> Vec<f32> {
         let d = self.weight.len();
         let mut dx = vec![0f32; x.len()];
         dx.par_chunks_mut(d * ROWS_PER_TASK)
             .zip(x.par_chunks(d * ROWS_PER_TASK))
             .zip(dy.par_chunks(d * ROWS_PER_TASK))
             .for_each(|((dx, x), dy)| {
-                for ((dxr, xr), dyr) in dx
-                    .chunks_exact_mut(d)
-                    .zip(x.chunks_exact(d))
-                    .zip(dy.chunks_exact(d))
-                {
-                    let r = self.inv_rms(xr);
-                    let dot: f32 = (xr.iter().zip(dyr).zip(&self.weight))
-                        .map(|((x, g), w)| x * g * w)
-                        .sum();
-                    let c = dot * r * r * r / d as f32;
-                    for (((o, x), g), w) in dxr.iter_mut().zip(xr).zip(dyr).zip(&self.weight) {
-                        *o = r * w * g - x * c;
-                    }
-                }
+                simd(
+                    #[inline(always)]
+                    || {
+                        for ((dxr, xr), dyr) in dx
+                            .chunks_exact_mut(d)
+                            .zip(x.chunks_exact(d))
+                            .zip(dy.chunks_exact(d))
+                        {
+                            let r = self.inv_rms(xr);
+                            let dot: f32 = (xr.iter().zip(dyr).zip(&self.weight))
+                                .map(|((x, g), w)| x * g * w)
+                                .sum();
+                            let c = dot * r * r * r / d as f32;
+                            for (((o, x), g), w) in
+                                dxr.iter_mut().zip(xr).zip(dyr).zip(&self.weight)
+                            {
+                                *o = r * w * g - x * c;
+                            }
+                        }
+                    },
+                )
             });
         dx
     }

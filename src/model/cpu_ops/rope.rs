@@ -4,19 +4,23 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{cpu_slice, to_f32_vec};
+use super::{cpu_slice, simd, to_f32_vec};
 
-struct FusedRope {
+pub(super) struct FusedRope {
     /// `[b, t, d / 2]` tables.
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-    interleaved: bool,
+    pub(super) cos: Vec<f32>,
+    pub(super) sin: Vec<f32>,
+    pub(super) interleaved: bool,
     /// Rotate by minus the angle (the backward pass).
-    inverse: bool,
+    pub(super) inverse: bool,
 }
 
 impl FusedRope {
-    fn rotate(&self, x: &[f32], (b, h, t, d): (usize, usize, usize, usize)) -> Result<Vec<f32>> {
+    pub(super) fn rotate(
+        &self,
+        x: &[f32],
+        (b, h, t, d): (usize, usize, usize, usize),
+    ) -> Result<Vec<f32>> {
         let half = d / 2;
         if d % 2 != 0 || self.cos.len() != b * t * half || self.sin.len() != self.cos.len() {
             candle_core::bail!(
@@ -30,20 +34,34 @@ impl FusedRope {
             .enumerate()
             .for_each(|(bh, (o, x))| {
                 let bi = bh / h;
-                for ((orow, xrow), p) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(0..t) {
-                    let at = (bi * t + p) * half;
-                    let (cos, sin) = (&self.cos[at..at + half], &self.sin[at..at + half]);
-                    for i in 0..half {
-                        let (c, s) = (cos[i], sign * sin[i]);
-                        let (a, b) = if self.interleaved {
-                            (2 * i, 2 * i + 1)
-                        } else {
-                            (i, i + half)
-                        };
-                        orow[a] = xrow[a] * c - xrow[b] * s;
-                        orow[b] = xrow[a] * s + xrow[b] * c;
-                    }
-                }
+                simd(
+                    #[inline(always)]
+                    || {
+                        for ((orow, xrow), p) in
+                            o.chunks_exact_mut(d).zip(x.chunks_exact(d)).zip(0..t)
+                        {
+                            let at = (bi * t + p) * half;
+                            let (cos, sin) = (&self.cos[at..at + half], &self.sin[at..at + half]);
+                            if self.interleaved {
+                                for i in 0..half {
+                                    let (c, s) = (cos[i], sign * sin[i]);
+                                    let (a, b) = (2 * i, 2 * i + 1);
+                                    orow[a] = xrow[a] * c - xrow[b] * s;
+                                    orow[b] = xrow[a] * s + xrow[b] * c;
+                                }
+                            } else {
+                                // Half split: the two halves rotate as whole slices (vectorised).
+                                let (o1, o2) = orow.split_at_mut(half);
+                                let (x1, x2) = xrow.split_at(half);
+                                for i in 0..half {
+                                    let (c, s) = (cos[i], sign * sin[i]);
+                                    o1[i] = x1[i] * c - x2[i] * s;
+                                    o2[i] = x1[i] * s + x2[i] * c;
+                                }
+                            }
+                        }
+                    },
+                )
             });
         Ok(out)
     }
