@@ -142,6 +142,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     use super::*;
+    use crate::model::test_support::max_abs_diff;
 
     /// The same update composed of candle ops (the optimizer's previous form).
     fn composed(p: &Tensor, g: &Tensor, m: &Tensor, v: &Tensor, s: &AdamWStep) -> [Tensor; 3] {
@@ -178,21 +179,11 @@ mod tests {
             adamw_update(p.as_tensor(), &g, &moments, &s).unwrap();
             [rp, rm, rv] = composed(&rp, &g, &rm, &rv, &s);
         }
-        let diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        assert!(diff(p.as_tensor(), &rp) < 1e-6);
-        assert!(diff(&moments.get(0).unwrap(), &rm) < 1e-6);
-        assert!(diff(&moments.get(1).unwrap(), &rv) < 1e-6);
+        assert!(max_abs_diff(p.as_tensor(), &rp) < 1e-6);
+        assert!(max_abs_diff(&moments.get(0).unwrap(), &rm) < 1e-6);
+        assert!(max_abs_diff(&moments.get(1).unwrap(), &rv) < 1e-6);
         assert!(
-            diff(
+            max_abs_diff(
                 p.as_tensor(),
                 &Tensor::zeros((3, 5), DType::F32, &dev).unwrap()
             ) > 0.0

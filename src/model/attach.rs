@@ -142,6 +142,7 @@ impl Backward for SoftmaxBackward {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_support::max_abs_diff;
     use candle_core::{Device, Var};
 
     #[test]
@@ -156,14 +157,7 @@ mod tests {
             seeded.get(x.as_tensor()).unwrap(),
             summed.get(x.as_tensor()).unwrap(),
         );
-        let diff = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_abs_diff(a, b);
         assert!(diff < 1e-6, "{diff}");
         assert!(backward_with(&out, &g.narrow(0, 0, 2).unwrap()).is_err());
     }
@@ -175,17 +169,7 @@ mod tests {
         let w = Tensor::randn(0f32, 1.0, (2, 3, 7), &dev).unwrap();
         let ours = softmax_last_dim(x.as_tensor()).unwrap();
         let theirs = candle_nn::ops::softmax(x.as_tensor(), D::Minus1).unwrap();
-        let diff = |a: &Tensor, b: &Tensor| {
-            (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
-        assert!(diff(&ours, &theirs) < 1e-6);
+        assert!(max_abs_diff(&ours, &theirs) < 1e-6);
         let g_ours = (ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
         let g_theirs = (theirs * &w)
             .unwrap()
@@ -197,7 +181,7 @@ mod tests {
             g_ours.get(x.as_tensor()).unwrap(),
             g_theirs.get(x.as_tensor()).unwrap(),
         );
-        assert!(diff(a, b) < 1e-6, "{}", diff(a, b));
+        assert!(max_abs_diff(a, b) < 1e-6, "{}", max_abs_diff(a, b));
         assert!(
             a.abs()
                 .unwrap()

@@ -304,6 +304,7 @@ impl FrozenLinear {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::test_support::max_abs_diff;
     use candle_core::Var;
 
     #[test]
@@ -320,27 +321,13 @@ mod tests {
             let lin = FrozenLinear::new(weight, None);
             let y = lin.forward(x.as_tensor()).unwrap();
             let dense = x.as_tensor().broadcast_matmul(&deq.t().unwrap()).unwrap();
-            let diff = (&y - &dense)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(&y, &dense);
             assert!(diff < 1e-4, "forward diff {diff}");
             let gy = y.sqr().unwrap().sum_all().unwrap().backward().unwrap();
             let gd = dense.sqr().unwrap().sum_all().unwrap().backward().unwrap();
             let a = gy.get(x.as_tensor()).unwrap();
             let b = gd.get(x.as_tensor()).unwrap();
-            let diff = (a - b)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(a, b);
             assert!(diff < 1e-3, "grad diff {diff}");
             assert!(gy.get(&deq).is_none());
         }
@@ -353,12 +340,6 @@ mod tests {
         let q = FrozenWeight::quantize_ggml(&w, GgmlDType::Q8_0).unwrap();
         let whole = q.dequantize(&dev).unwrap();
         let rows = q.dequantize_rows(10, 20, &dev).unwrap();
-        let diff = (whole.narrow(0, 10, 20).unwrap() - rows)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap();
-        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        assert_eq!(max_abs_diff(&whole.narrow(0, 10, 20).unwrap(), &rows), 0.0);
     }
 }

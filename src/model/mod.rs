@@ -22,6 +22,8 @@ pub mod nf4;
 pub mod peft;
 pub mod presets;
 pub mod source;
+#[cfg(test)]
+mod test_support;
 pub mod tokenizer;
 pub mod train_step;
 pub mod weights;

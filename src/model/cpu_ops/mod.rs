@@ -87,39 +87,37 @@ fn matmul(
     scale: f32,
     accumulate: bool,
 ) {
-    let (m, n, _) = dims;
-    assert!(dst.len() >= m * n);
-    // SAFETY: `dst` is borrowed mutably and holds the m x n result.
-    unsafe {
-        matmul_in(
-            dst.as_mut_ptr(),
-            dims,
-            (lhs, rhs, scale),
-            accumulate,
-            gemm::Parallelism::None,
-        )
-    }
+    matmul_into(
+        dst,
+        dims,
+        (lhs, rhs, scale),
+        accumulate,
+        gemm::Parallelism::None,
+    )
 }
 
 /// [`matmul`] on `threads` threads of the rayon pool (the pool candle's own products use).
 fn matmul_par(
     dst: &mut [f32],
     dims: (usize, usize, usize),
-    (lhs, rhs, scale): (Mat, Mat, f32),
+    operands: (Mat, Mat, f32),
     accumulate: bool,
+) {
+    matmul_into(dst, dims, operands, accumulate, pool())
+}
+
+/// The product behind [`matmul`] and [`matmul_par`], with its bounds check.
+fn matmul_into(
+    dst: &mut [f32],
+    dims: (usize, usize, usize),
+    operands: (Mat, Mat, f32),
+    accumulate: bool,
+    parallelism: gemm::Parallelism,
 ) {
     let (m, n, _) = dims;
     assert!(dst.len() >= m * n);
     // SAFETY: `dst` is borrowed mutably and holds the m x n result.
-    unsafe {
-        matmul_in(
-            dst.as_mut_ptr(),
-            dims,
-            (lhs, rhs, scale),
-            accumulate,
-            pool(),
-        )
-    }
+    unsafe { matmul_in(dst.as_mut_ptr(), dims, operands, accumulate, parallelism) }
 }
 
 /// The parallelism of candle's own CPU products.

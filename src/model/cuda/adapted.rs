@@ -76,7 +76,7 @@ impl CustomOp3 for AdaptedGrad {
         "adapted-linear"
     }
 
-    cuda_only!(3);
+    cuda_only!(x y z);
 
     /// The result `frozen + mid B^T`, written by the expand-add kernel as the op's own output.
     fn cuda_fwd(

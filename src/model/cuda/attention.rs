@@ -71,7 +71,7 @@ impl CustomOp3 for AttentionGrad {
         "attention-bf16"
     }
 
-    cuda_only!(3);
+    cuda_only!(x y z);
 
     fn cuda_fwd(
         &self,

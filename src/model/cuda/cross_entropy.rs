@@ -31,7 +31,7 @@ impl CustomOp2 for RowNll {
         "row-nll-bf16"
     }
 
-    cuda_only!(2);
+    cuda_only!(x y);
 
     fn cuda_fwd(
         &self,
@@ -75,7 +75,7 @@ impl CustomOp3 for RowNllBackward {
         "row-nll-bf16-backward"
     }
 
-    cuda_only!(3);
+    cuda_only!(x y z);
 
     fn cuda_fwd(
         &self,

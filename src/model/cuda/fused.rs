@@ -68,7 +68,7 @@ impl CustomOp2 for MaskedSoftmax {
         "masked-softmax"
     }
 
-    cuda_only!(2);
+    cuda_only!(x y);
 
     fn cuda_fwd(
         &self,
@@ -118,7 +118,7 @@ impl CustomOp2 for SoftmaxBackward {
         "softmax-backward"
     }
 
-    cuda_only!(2);
+    cuda_only!(x y);
 
     fn cuda_fwd(
         &self,
@@ -169,7 +169,7 @@ impl CustomOp2 for RmsNorm {
         "rms-norm-bf16"
     }
 
-    cuda_only!(2);
+    cuda_only!(x y);
 
     fn cuda_fwd(
         &self,
@@ -218,7 +218,7 @@ impl CustomOp3 for RmsNormBackward {
         "rms-norm-bf16-backward"
     }
 
-    cuda_only!(3);
+    cuda_only!(x y z);
 
     fn cuda_fwd(
         &self,
@@ -269,7 +269,7 @@ impl CustomOp2 for Gated {
         "gated-bf16"
     }
 
-    cuda_only!(2);
+    cuda_only!(x y);
 
     fn cuda_fwd(
         &self,
@@ -314,7 +314,7 @@ impl CustomOp3 for GatedBackward {
         "gated-bf16-backward"
     }
 
-    cuda_only!(3);
+    cuda_only!(x y z);
 
     fn cuda_fwd(
         &self,

@@ -61,7 +61,7 @@ impl CustomOp1 for Heads {
         "split-heads-rope"
     }
 
-    cuda_only!(1);
+    cuda_only!(x);
 
     fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
         let (b, t, n, d) = self.dims;

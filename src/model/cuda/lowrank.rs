@@ -53,7 +53,7 @@ impl CustomOp2 for Project {
         "lowrank-project"
     }
 
-    cuda_only!(2);
+    cuda_only!(x y);
 
     fn cuda_fwd(
         &self,
@@ -99,7 +99,7 @@ impl CustomOp2 for Reduce {
         "lowrank-reduce"
     }
 
-    cuda_only!(2);
+    cuda_only!(x y);
 
     fn cuda_fwd(
         &self,
@@ -140,7 +140,7 @@ impl CustomOp3 for ExpandAdd {
         "lowrank-expand-add"
     }
 
-    cuda_only!(3);
+    cuda_only!(x y z);
 
     fn cuda_fwd(
         &self,

@@ -3,38 +3,17 @@
 //! the `cuda` feature, NF4 kept on the GPU with its quantize / dequantize kernels and the training step's
 //! fused bf16 kernels (attention, RMSNorm, gated product, vocabulary loss).
 
-/// The `cpu_fwd` of a custom op with `$n` operands that runs on CUDA only: it refuses, naming the op.
+/// The `cpu_fwd` of a custom op that runs on CUDA only, with one token per operand (`cuda_only!(x y)` for
+/// a `CustomOp2`): it refuses, naming the op.
 #[cfg(feature = "cuda")]
 macro_rules! cuda_only {
-    (1) => {
-        fn cpu_fwd(
-            &self,
-            _: &candle_core::CpuStorage,
-            _: &candle_core::Layout,
-        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-            candle_core::bail!("{} runs on CUDA only", self.name())
-        }
+    (@storage $operand:tt) => {
+        &candle_core::CpuStorage
     };
-    (2) => {
+    ($($operand:tt)+) => {
         fn cpu_fwd(
             &self,
-            _: &candle_core::CpuStorage,
-            _: &candle_core::Layout,
-            _: &candle_core::CpuStorage,
-            _: &candle_core::Layout,
-        ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-            candle_core::bail!("{} runs on CUDA only", self.name())
-        }
-    };
-    (3) => {
-        fn cpu_fwd(
-            &self,
-            _: &candle_core::CpuStorage,
-            _: &candle_core::Layout,
-            _: &candle_core::CpuStorage,
-            _: &candle_core::Layout,
-            _: &candle_core::CpuStorage,
-            _: &candle_core::Layout,
+            $(_: cuda_only!(@storage $operand), _: &candle_core::Layout,)+
         ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
             candle_core::bail!("{} runs on CUDA only", self.name())
         }
