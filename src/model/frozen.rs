@@ -77,7 +77,7 @@ impl FrozenWeight {
         }
     }
 
-    /// The whole weight as f32.
+    /// The whole weight in the device's compute dtype.
     pub fn dequantize(&self, device: &Device) -> candle_core::Result<Tensor> {
         let (rows, _) = self.dims2()?;
         self.dequantize_rows(0, rows, device)
@@ -144,6 +144,14 @@ impl FrozenWeight {
         let dims = w.dims().to_vec();
         let values = w.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         Ok(Self::Nf4(Arc::new(Nf4Tensor::quantize(&values, dims))))
+    }
+
+    /// The whole weight in the device's compute dtype when it is small enough to dequantize at once.
+    pub fn dequantize_whole(&self, device: &Device) -> candle_core::Result<Option<Tensor>> {
+        match self.row_chunks()?.len() {
+            1 => self.dequantize(device).map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// Row chunks `(start, len)` small enough to dequantize at once.
@@ -268,12 +276,9 @@ impl FrozenLinear {
         let last = out_dims.len() - 1;
         out_dims[last] = self.out_features();
         let x2 = x.detach().reshape(((), inp))?;
-        let whole = self.weight.row_chunks()?.len() == 1;
-        let (y, dequantized) = if whole {
-            let w = self.weight.dequantize(x.device())?;
-            (x2.matmul(&w.t()?)?, Some(w))
-        } else {
-            (self.weight.matmul_t(&x2)?, None)
+        let (y, dequantized) = match self.weight.dequantize_whole(x.device())? {
+            Some(w) => (x2.matmul(&w.t()?)?, Some(w)),
+            None => (self.weight.matmul_t(&x2)?, None),
         };
         Ok((y.reshape(out_dims)?, dequantized))
     }

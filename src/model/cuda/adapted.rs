@@ -2,13 +2,14 @@
 //! computed outside autograd, with a backward that returns `dx = g W + s (g B) A`, `dA` and `dB` directly.
 //! As a composition, each of its ten candle nodes would cost a zero-filled gradient buffer and an add the
 //! size of the activations (candle's backward accumulates every edge that way). The rank-r products run
-//! in the lowrank kernels: bf16 activations, f32 adapter weights and sums.
+//! in `lowrank`: bf16 activations, f32 adapter weights at close to f32 accuracy; the frozen product is
+//! summed into the same output buffer.
 
 use std::sync::Mutex;
 
 use candle_core::{CudaStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
-use super::lowrank::{ExpandAdd, expand_add, project, reduce};
+use super::lowrank::{Base, BaseView, expand, expand_storage, project, reduce};
 use crate::model::frozen::{FrozenLinear, FrozenWeight};
 
 /// The adapter's tensors: A `[r, in]`, B `[out, r]` (f32, tracked when they are trained) and the scale.
@@ -20,29 +21,54 @@ pub struct Adapter<'a> {
     pub dropout: Option<Tensor>,
 }
 
-/// `x W^T + b + s (dropout(x) A^T) B^T` for bf16 `x` `[.., in]`: the frozen product in bf16, the adapter's in
-/// f32 sums, the result in `x`'s dtype. Differentiable in x, A and B. Ranks up to `lowrank::MAX_RANK`.
+/// `x W^T + b + s (dropout(x) A^T) B^T` for bf16 `x` `[.., in]`: the frozen product in bf16, the adapter's
+/// with f32 sums, the result in `x`'s dtype. Differentiable in x, A and B.
 pub fn adapted_linear(x: &Tensor, base: &FrozenLinear, adapter: Adapter) -> Result<Tensor> {
     let in_f = adapter.a.dim(1)?;
     let out_f = adapter.b.dim(0)?;
-    let x0 = x.detach();
-    let (y, dequantized) = base.product(&x0)?;
-    let out_shape = y.shape().clone();
-    let mut frozen = y.reshape(((), out_f))?;
-    if let Some(bias) = &base.bias {
-        frozen = frozen.broadcast_add(&bias.to_dtype(frozen.dtype())?)?;
+    let x = x.contiguous()?;
+    let mut out_dims = x.dims().to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = out_f;
     }
-    let xa = adapter_input(&x0, in_f, adapter.dropout.as_ref())?;
-    let mid = project(&xa, &adapter.a.detach(), adapter.scale)?;
+    let out_shape = Shape::from(out_dims);
+    let x2 = x.detach().reshape(((), in_f))?;
+    let mid = project(
+        &adapter_input(&x2, in_f, adapter.dropout.as_ref())?,
+        &adapter.a.detach(),
+        adapter.scale,
+    )?;
+    let b_t = adapter.b.detach().t()?.contiguous()?;
+    let dequantized = base.weight.dequantize_whole(x.device())?;
+    let frozen = match (&dequantized, &base.bias) {
+        (Some(_), None) => None,
+        _ => {
+            let (y, _) = base.product(&x2)?;
+            Some(match &base.bias {
+                Some(bias) => y.broadcast_add(&bias.to_dtype(y.dtype())?)?,
+                None => y,
+            })
+        }
+    };
     if !(x.track_op() || adapter.a.track_op() || adapter.b.track_op()) {
-        return expand_add(&frozen, &mid, &adapter.b.detach())?.reshape(out_shape);
+        let base = match (&frozen, &dequantized) {
+            (Some(f), _) => Base::Add(f),
+            (None, Some(w)) => Base::Product {
+                x: &x2,
+                w,
+                out_in: true,
+            },
+            (None, None) => candle_core::bail!("adapted-linear: no frozen product"),
+        };
+        return expand(base, &mid, &b_t)?.reshape(out_shape);
     }
     let op = AdaptedGrad {
-        frozen: Mutex::new(Some(frozen.contiguous()?)),
+        frozen: Mutex::new(frozen),
         out_shape,
         weight: base.weight.clone(),
         dequantized,
         mid,
+        b_t,
         scale: adapter.scale,
         dropout: adapter.dropout,
     };
@@ -59,16 +85,26 @@ fn adapter_input(x: &Tensor, in_f: usize, dropout: Option<&Tensor>) -> Result<Te
 }
 
 struct AdaptedGrad {
-    /// `x W^T + b` `[rows, out]`, until the op's forward adds the adapter's product to it.
+    /// `x W^T + b` `[rows, out]` when it was computed beforehand (a bias, or a weight dequantized in
+    /// chunks); None: the forward multiplies `x` by `dequantized` into its output. Taken by the forward.
     frozen: Mutex<Option<Tensor>>,
     out_shape: Shape,
     weight: FrozenWeight,
-    /// The forward's dequantized weight, when it was dequantized whole.
+    /// The dequantized weight `[out, in]`, when it was dequantized whole.
     dequantized: Option<Tensor>,
     /// `s dropout(x) A^T` `[rows, r]` (f32): B's gradient is `(mid^T g)^T`.
     mid: Tensor,
+    /// `B^T` `[r, out]`
+    b_t: Tensor,
     scale: f64,
     dropout: Option<Tensor>,
+}
+
+fn on_cuda(s: &Storage) -> Result<&CudaStorage> {
+    match s {
+        Storage::Cuda(c) => Ok(c),
+        _ => candle_core::bail!("adapted-linear: operands are not on a CUDA device"),
+    }
 }
 
 impl CustomOp3 for AdaptedGrad {
@@ -78,23 +114,40 @@ impl CustomOp3 for AdaptedGrad {
 
     cuda_only!(x y z);
 
-    /// The result `frozen + mid B^T`, written by the expand-add kernel as the op's own output.
+    /// The result `frozen + mid B^T`, written by `lowrank`'s products as the op's own output.
     fn cuda_fwd(
         &self,
+        x: &CudaStorage,
+        xl: &Layout,
         _: &CudaStorage,
         _: &Layout,
         _: &CudaStorage,
         _: &Layout,
-        b: &CudaStorage,
-        bl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let frozen = super::take_once(&self.frozen, self.name())?;
-        let (fs, fl) = frozen.storage_and_layout();
+        let frozen = self
+            .frozen
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("adapted-linear: poisoned slot".into()))?
+            .take();
         let (ms, ml) = self.mid.storage_and_layout();
-        let (Storage::Cuda(f), Storage::Cuda(m)) = (&*fs, &*ms) else {
-            candle_core::bail!("adapted-linear: operands are not on a CUDA device")
+        let (bs, bl) = self.b_t.storage_and_layout();
+        let (mid, b_t) = ((on_cuda(&ms)?, ml), (on_cuda(&bs)?, bl));
+        let (out, _) = match (&frozen, &self.dequantized) {
+            (Some(f), _) => {
+                let (fs, fl) = f.storage_and_layout();
+                expand_storage(BaseView::Add(on_cuda(&fs)?, fl), mid, b_t)?
+            }
+            (None, Some(w)) => {
+                let (ws, wl) = w.storage_and_layout();
+                let base = BaseView::Product {
+                    x: (x, xl),
+                    w: (on_cuda(&ws)?, wl),
+                    out_in: true,
+                };
+                expand_storage(base, mid, b_t)?
+            }
+            (None, None) => candle_core::bail!("adapted-linear: no frozen product"),
         };
-        let (out, _) = ExpandAdd.cuda_fwd(f, fl, m, ml, b, bl)?;
         Ok((out, self.out_shape.clone()))
     }
 
@@ -106,23 +159,30 @@ impl CustomOp3 for AdaptedGrad {
         _y: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (x, a, b) = (x.detach(), a.detach(), b.detach());
+        let (x, a, b) = (x.detach(), a.detach().contiguous()?, b.detach());
         let in_f = a.dim(1)?;
         let out_f = b.dim(0)?;
         let g2 = g.reshape(((), out_f))?.contiguous()?;
-        let frozen = match &self.dequantized {
-            Some(w) => g2.matmul(w)?,
-            None => self.weight.matmul(&g2)?,
-        };
         let db = reduce(&self.mid, &g2)?.t()?.contiguous()?;
         let gm = project(&g2, &b.t()?.contiguous()?, self.scale)?;
         let da = reduce(&gm, &adapter_input(&x, in_f, self.dropout.as_ref())?)?;
-        let a_t = a.t()?.contiguous()?;
-        let dx = match &self.dropout {
-            None => expand_add(&frozen, &gm, &a_t)?,
-            Some(m) => {
-                let adapter = expand_add(&frozen.zeros_like()?, &gm, &a_t)?;
-                (frozen + (adapter * m.reshape(((), in_f))?)?)?
+        let dx = match (&self.dropout, &self.dequantized) {
+            (None, Some(w)) => expand(
+                Base::Product {
+                    x: &g2,
+                    w,
+                    out_in: false,
+                },
+                &gm,
+                &a,
+            )?,
+            (None, None) => expand(Base::Add(&self.weight.matmul(&g2)?), &gm, &a)?,
+            (Some(m), _) => {
+                let frozen = match &self.dequantized {
+                    Some(w) => g2.matmul(w)?,
+                    None => self.weight.matmul(&g2)?,
+                };
+                (frozen + (expand(Base::Zero, &gm, &a)? * m.reshape(((), in_f))?)?)?
             }
         };
         let dx = dx.reshape(x.shape())?;

@@ -1,11 +1,15 @@
-//! LoRA's rank-r products on CUDA (lowrank.cu): bf16 activations times f32 adapter weights with f32
-//! accumulation, without the f32 copies of activations and gradients that candle's same-dtype matmuls need.
-//! Ranks up to [`MAX_RANK`].
+//! LoRA's rank-r products on CUDA, on cuBLAS's bf16 tensor cores at close to f32 accuracy. Activations are
+//! bf16 already; each f32 operand (adapter weights, rank-wide intermediates) is split into a high and a low
+//! bf16 part (`lowrank.cu`), whose products cuBLAS forms exactly and sums in f32:
+//! `x A^T = x A_hi^T + x A_lo^T` (both parts side by side in one product, folded after) and
+//! `p L ~ p_hi L_hi + p_lo L_hi + p_hi L_lo` (three parts along the summed axis). No f32 copy of an
+//! activation is made, and the frozen product of a projection can share its output buffer ([`Base::Product`]).
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::WrapErr;
-use candle_core::{CudaStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::{CudaDevice, WrapErr};
+use candle_core::{CudaStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
+use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 use super::fused::view;
@@ -13,30 +17,138 @@ use super::fused::view;
 const PTX: &str = include_str!("lowrank.ptx");
 const MODULE: &str = "qlab_lowrank";
 
-/// The largest rank the kernels are built for.
-pub const MAX_RANK: usize = 64;
-/// Rows per block of lowrank_grad and lowrank_out (see lowrank.cu; lowrank_in: 8 warps x rows per warp).
-const GRAD_ROWS: usize = 128;
-/// Columns per block of lowrank_in.
-const IN_SPLIT: usize = 512;
-const OUT_ROWS: usize = 32;
-
-/// The kernel instance for rank `r` (padded to 8, 16, 32 or 64) and lowrank_in's rows per warp.
-fn instance(r: usize) -> Result<(usize, usize)> {
-    Ok(match r {
-        1..=8 => (8, 1),
-        9..=16 => (16, 1),
-        17..=32 => (32, 1),
-        33..=MAX_RANK => (64, 1),
-        _ => candle_core::bail!("lowrank: rank {r} is outside 1..={MAX_RANK}"),
-    })
+/// Which bf16 part of an f32 operand one segment of a split holds.
+#[derive(Clone, Copy)]
+enum Part {
+    Hi,
+    Lo,
 }
 
-fn grid(x: usize, y: usize) -> LaunchConfig {
+/// Parts for a product whose other operand is bf16 already (two products, folded after).
+const PAIR: [Part; 2] = [Part::Hi, Part::Lo];
+/// Parts of `p` and of `L` in `p L` with both in f32: `p_hi L_hi + p_lo L_hi + p_hi L_lo`.
+const LEFT_TRIPLE: [Part; 3] = [Part::Hi, Part::Lo, Part::Hi];
+const RIGHT_TRIPLE: [Part; 3] = [Part::Hi, Part::Hi, Part::Lo];
+
+fn launch_config(total: usize) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (x as u32, y as u32, 1),
+        grid_dim: (total.div_ceil(256).clamp(1, 8192) as u32, 1, 1),
         block_dim: (256, 1, 1),
         shared_mem_bytes: 0,
+    }
+}
+
+/// `[a, parts, b, c]` bf16 from the f32 elements `(a, b, c)` at `src[a sa + b sb + c sc]`, segment `s`
+/// holding `parts[s]` of each.
+fn split(
+    dev: &CudaDevice,
+    src: &CudaView<'_, f32>,
+    (a, b, c): (usize, usize, usize),
+    (sa, sb, sc): (usize, usize, usize),
+    parts: &[Part],
+) -> Result<CudaSlice<bf16>> {
+    let total = a * parts.len() * b * c;
+    // SAFETY: the kernel writes every element.
+    let out = unsafe { dev.alloc::<bf16>(total) }?;
+    let lo_bits = parts
+        .iter()
+        .enumerate()
+        .map(|(s, p)| match p {
+            Part::Hi => 0u32,
+            Part::Lo => 1 << s,
+        })
+        .sum::<u32>();
+    let segments = parts.len() as i32;
+    let func = dev.get_or_load_custom_func("split_bf16", MODULE, PTX)?;
+    let mut builder = func.builder();
+    builder
+        .arg(src)
+        .arg(&out)
+        .arg(&a)
+        .arg(&segments)
+        .arg(&b)
+        .arg(&c)
+        .arg(&sa)
+        .arg(&sb)
+        .arg(&sc)
+        .arg(&lo_bits);
+    // SAFETY: argument types and counts match split_bf16 in lowrank.cu.
+    unsafe { builder.launch(launch_config(total)) }.w()?;
+    Ok(out)
+}
+
+/// `[a, c]` = `src` `[a, 2, c]` summed over its middle axis.
+fn fold(dev: &CudaDevice, src: &CudaSlice<f32>, a: usize, c: usize) -> Result<CudaSlice<f32>> {
+    // SAFETY: the kernel writes every element.
+    let out = unsafe { dev.alloc::<f32>(a * c) }?;
+    let func = dev.get_or_load_custom_func("fold_halves", MODULE, PTX)?;
+    let mut builder = func.builder();
+    builder.arg(src).arg(&out).arg(&a).arg(&c);
+    // SAFETY: argument types and counts match fold_halves in lowrank.cu.
+    unsafe { builder.launch(launch_config(a * c)) }.w()?;
+    Ok(out)
+}
+
+/// One cuBLAS product in its column-major terms, `C = alpha op(A) op(B) + beta C` with `op(A)` `[m, k]` and
+/// `op(B)` `[k, n]`; a row-major `[r, c]` matrix is a column-major `[c, r]` one.
+struct Gemm {
+    trans: (bool, bool),
+    mnk: (usize, usize, usize),
+    ld: (usize, usize, usize),
+    alpha: f32,
+    beta: f32,
+}
+
+impl Gemm {
+    /// Runs on bf16 A and B with f32 sums into C, of type `c_type` (bf16 or f32).
+    fn run<C>(
+        &self,
+        dev: &CudaDevice,
+        a: &impl DevicePtr<bf16>,
+        b: &impl DevicePtr<bf16>,
+        c: &mut impl DevicePtrMut<C>,
+        c_type: cudaDataType,
+    ) -> Result<()> {
+        let int = |v: usize| -> Result<i32> {
+            i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("lowrank: {v} exceeds cuBLAS's int")))
+        };
+        let op = |t: bool| match t {
+            true => cublasOperation_t::CUBLAS_OP_T,
+            false => cublasOperation_t::CUBLAS_OP_N,
+        };
+        let (m, n, k) = self.mnk;
+        let (lda, ldb, ldc) = self.ld;
+        let stream = dev.cuda_stream();
+        let blas = dev.cublas_handle();
+        let (pa, _ga) = a.device_ptr(&stream);
+        let (pb, _gb) = b.device_ptr(&stream);
+        let (pc, _gc) = c.device_ptr_mut(&stream);
+        // SAFETY: the pointers are live device buffers of the sizes the dimensions and leading dimensions
+        // describe (checked by the callers), on the stream cuBLAS's handle uses.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *blas.handle(),
+                op(self.trans.0),
+                op(self.trans.1),
+                int(m)?,
+                int(n)?,
+                int(k)?,
+                (&self.alpha) as *const f32 as *const _,
+                pa as *const _,
+                cudaDataType::CUDA_R_16BF,
+                int(lda)?,
+                pb as *const _,
+                cudaDataType::CUDA_R_16BF,
+                int(ldb)?,
+                (&self.beta) as *const f32 as *const _,
+                pc as *mut _,
+                c_type,
+                int(ldc)?,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .w()
     }
 }
 
@@ -67,22 +179,20 @@ impl CustomOp2 for Project {
         if wk != k {
             candle_core::bail!("lowrank-project: x {:?} vs W {:?}", xl.dims(), wl.dims())
         }
-        let (rp, rows_per_warp) = instance(r)?;
         let dev = x.device().clone();
         let (xv, wv) = (view::<bf16>(x, xl, "x")?, view::<f32>(w, wl, "W")?);
-        let out = dev.alloc_zeros::<f32>(m * r)?;
-        let func = dev.get_or_load_custom_func(&format!("lowrank_in_r{rp}"), MODULE, PTX)?;
-        let (r32, scale) = (r as i32, self.0);
-        let mut b = func.builder();
-        b.arg(&xv)
-            .arg(&wv)
-            .arg(&out)
-            .arg(&m)
-            .arg(&k)
-            .arg(&r32)
-            .arg(&scale);
-        // SAFETY: argument types and counts match lowrank_in_r* in lowrank.cu.
-        unsafe { b.launch(grid(m.div_ceil(8 * rows_per_warp), k.div_ceil(IN_SPLIT))) }.w()?;
+        let parts = split(&dev, &wv, (1, r, k), (0, k, 1), &PAIR)?;
+        // SAFETY: the product writes every element (beta = 0).
+        let mut pair = unsafe { dev.alloc::<f32>(m * 2 * r) }?;
+        Gemm {
+            trans: (true, false),
+            mnk: (2 * r, m, k),
+            ld: (k, k, 2 * r),
+            alpha: self.0,
+            beta: 0.0,
+        }
+        .run(&dev, &parts, &xv, &mut pair, cudaDataType::CUDA_R_32F)?;
+        let out = fold(&dev, &pair, m, r)?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((m, r))))
     }
 }
@@ -113,73 +223,169 @@ impl CustomOp2 for Reduce {
         if xm != m {
             candle_core::bail!("lowrank-reduce: g {:?} vs x {:?}", gl.dims(), xl.dims())
         }
-        let (rp, _) = instance(r)?;
         let dev = g.device().clone();
         let (gv, xv) = (view::<f32>(g, gl, "g")?, view::<bf16>(x, xl, "x")?);
-        let out = dev.alloc_zeros::<f32>(r * k)?;
-        let func = dev.get_or_load_custom_func(&format!("lowrank_grad_r{rp}"), MODULE, PTX)?;
-        let r32 = r as i32;
-        let mut b = func.builder();
-        b.arg(&gv).arg(&xv).arg(&out).arg(&m).arg(&k).arg(&r32);
-        // SAFETY: argument types and counts match lowrank_grad_r* in lowrank.cu.
-        unsafe { b.launch(grid(k.div_ceil(256), m.div_ceil(GRAD_ROWS))) }.w()?;
+        let parts = split(&dev, &gv, (m, 1, r), (r, 0, 1), &PAIR)?;
+        // SAFETY: the product writes every element (beta = 0).
+        let mut pair = unsafe { dev.alloc::<f32>(2 * r * k) }?;
+        Gemm {
+            trans: (false, true),
+            mnk: (k, 2 * r, m),
+            ld: (k, 2 * r, k),
+            alpha: 1.0,
+            beta: 0.0,
+        }
+        .run(&dev, &xv, &parts, &mut pair, cudaDataType::CUDA_R_32F)?;
+        let out = fold(&dev, &pair, 1, r * k)?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((r, k))))
     }
 }
 
-/// `y + p W^T`: y bf16 `[m, o]`, p f32 `[m, r]`, W f32 `[o, r]`, result bf16 `[m, o]`.
-pub fn expand_add(y: &Tensor, p: &Tensor, w: &Tensor) -> Result<Tensor> {
-    y.contiguous()?
-        .apply_op3_no_bwd(&p.contiguous()?, &w.contiguous()?, &ExpandAdd)
+/// What the low-rank product `p L` of [`expand`] is added to.
+pub enum Base<'a> {
+    /// Nothing: the result is `p L`.
+    Zero,
+    /// A bf16 tensor `[m, o]`.
+    Add(&'a Tensor),
+    /// A frozen product of bf16 `x` `[m, k]` and a bf16 weight: `x W^T` for `W` `[o, k]` (`out_in`), or
+    /// `x W` for `W` `[k, o]`, computed into the result's buffer.
+    Product {
+        x: &'a Tensor,
+        w: &'a Tensor,
+        out_in: bool,
+    },
 }
 
-pub(super) struct ExpandAdd;
+/// `base + p L` in bf16: p f32 `[m, r]`, L f32 `[r, o]`.
+pub fn expand(base: Base, p: &Tensor, l: &Tensor) -> Result<Tensor> {
+    let (p, l) = (p.contiguous()?, l.contiguous()?);
+    let held = |t: &Tensor| t.contiguous();
+    let op = match base {
+        Base::Zero => Expand::Zero,
+        Base::Add(y) => Expand::Add(held(y)?),
+        Base::Product { x, w, out_in } => Expand::Product {
+            x: held(x)?,
+            w: held(w)?,
+            out_in,
+        },
+    };
+    p.apply_op2_no_bwd(&l, &op)
+}
 
-impl CustomOp3 for ExpandAdd {
+/// [`Base`] with its tensors held, as an op on `(p, L)`.
+enum Expand {
+    Zero,
+    Add(Tensor),
+    Product { x: Tensor, w: Tensor, out_in: bool },
+}
+
+impl CustomOp2 for Expand {
     fn name(&self) -> &'static str {
-        "lowrank-expand-add"
+        "lowrank-expand"
     }
 
-    cuda_only!(x y z);
+    cuda_only!(x y);
 
     fn cuda_fwd(
         &self,
-        y: &CudaStorage,
-        yl: &Layout,
         p: &CudaStorage,
         pl: &Layout,
-        w: &CudaStorage,
-        wl: &Layout,
+        l: &CudaStorage,
+        ll: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let (m, o) = yl.shape().dims2()?;
-        let (pm, r) = pl.shape().dims2()?;
-        if pm != m || wl.dims() != [o, r] {
+        match self {
+            Self::Zero => expand_storage(BaseView::Zero, (p, pl), (l, ll)),
+            Self::Add(y) => {
+                let (ys, yl) = y.storage_and_layout();
+                expand_storage(BaseView::Add(on_cuda(&ys)?, yl), (p, pl), (l, ll))
+            }
+            Self::Product { x, w, out_in } => {
+                let (xs, xl) = x.storage_and_layout();
+                let (ws, wl) = w.storage_and_layout();
+                let base = BaseView::Product {
+                    x: (on_cuda(&xs)?, xl),
+                    w: (on_cuda(&ws)?, wl),
+                    out_in: *out_in,
+                };
+                expand_storage(base, (p, pl), (l, ll))
+            }
+        }
+    }
+}
+
+fn on_cuda(s: &Storage) -> Result<&CudaStorage> {
+    match s {
+        Storage::Cuda(c) => Ok(c),
+        _ => candle_core::bail!("lowrank-expand: an operand is not on a CUDA device"),
+    }
+}
+
+/// [`Base`] at the storage level, for ops that hold their operands' storages already.
+pub(super) enum BaseView<'a> {
+    Zero,
+    Add(&'a CudaStorage, &'a Layout),
+    Product {
+        x: (&'a CudaStorage, &'a Layout),
+        w: (&'a CudaStorage, &'a Layout),
+        out_in: bool,
+    },
+}
+
+/// [`expand`] on storages: the result's storage and shape `[m, o]`.
+pub(super) fn expand_storage(
+    base: BaseView,
+    (p, pl): (&CudaStorage, &Layout),
+    (l, ll): (&CudaStorage, &Layout),
+) -> Result<(CudaStorage, Shape)> {
+    let (m, r) = pl.shape().dims2()?;
+    let (lr, o) = ll.shape().dims2()?;
+    if lr != r {
+        candle_core::bail!("lowrank-expand: p {:?} vs L {:?}", pl.dims(), ll.dims())
+    }
+    let dev = p.device().clone();
+    let (pv, lv) = (view::<f32>(p, pl, "p")?, view::<f32>(l, ll, "L")?);
+    let p_parts = split(&dev, &pv, (m, 1, r), (r, 0, 1), &LEFT_TRIPLE)?;
+    let l_parts = split(&dev, &lv, (1, r, o), (0, o, 1), &RIGHT_TRIPLE)?;
+    // SAFETY: written whole by the copy below or by the low-rank product (beta = 0).
+    let mut out = unsafe { dev.alloc::<bf16>(m * o) }?;
+    let mut low_rank_beta = 0.0;
+    if let BaseView::Add(y, yl) = &base {
+        if yl.dims() != [m, o] {
+            candle_core::bail!("lowrank-expand: base {:?}, expected [{m}, {o}]", yl.dims())
+        }
+        dev.memcpy_dtod(&view::<bf16>(y, yl, "base")?, &mut out)?;
+        low_rank_beta = 1.0;
+    }
+    Gemm {
+        trans: (false, false),
+        mnk: (o, m, 3 * r),
+        ld: (o, 3 * r, o),
+        alpha: 1.0,
+        beta: low_rank_beta,
+    }
+    .run(&dev, &l_parts, &p_parts, &mut out, cudaDataType::CUDA_R_16BF)?;
+    if let BaseView::Product { x, w, out_in } = base {
+        let (wr, wc) = w.1.shape().dims2()?;
+        let k = if out_in { wc } else { wr };
+        let wdims = w.1.dims();
+        let expected = if out_in { [o, k] } else { [k, o] };
+        if x.1.shape().elem_count() != m * k || wdims != expected || w.0.dtype() != DType::BF16 {
             candle_core::bail!(
-                "lowrank-expand-add: y {:?}, p {:?}, W {:?}",
-                yl.dims(),
-                pl.dims(),
-                wl.dims()
+                "lowrank-expand: x {:?} and W {:?} ({:?}) for a [{m}, {o}] product",
+                x.1.dims(),
+                wdims,
+                w.0.dtype()
             )
         }
-        let (rp, _) = instance(r)?;
-        let dev = y.device().clone();
-        let yv = view::<bf16>(y, yl, "y")?;
-        let pv = view::<f32>(p, pl, "p")?;
-        let wv = view::<f32>(w, wl, "W")?;
-        // SAFETY: the kernel writes every element.
-        let out = unsafe { dev.alloc::<bf16>(m * o) }?;
-        let func = dev.get_or_load_custom_func(&format!("lowrank_out_r{rp}"), MODULE, PTX)?;
-        let r32 = r as i32;
-        let mut b = func.builder();
-        b.arg(&yv)
-            .arg(&pv)
-            .arg(&wv)
-            .arg(&out)
-            .arg(&m)
-            .arg(&o)
-            .arg(&r32);
-        // SAFETY: argument types and counts match lowrank_out_r* in lowrank.cu.
-        unsafe { b.launch(grid(o.div_ceil(256), m.div_ceil(OUT_ROWS))) }.w()?;
-        Ok((CudaStorage::wrap_cuda_slice(out, dev), yl.shape().clone()))
+        let (xv, wv) = (view::<bf16>(x.0, x.1, "x")?, view::<bf16>(w.0, w.1, "W")?);
+        Gemm {
+            trans: (out_in, false),
+            mnk: (o, m, k),
+            ld: (if out_in { k } else { o }, k, o),
+            alpha: 1.0,
+            beta: 1.0,
+        }
+        .run(&dev, &wv, &xv, &mut out, cudaDataType::CUDA_R_16BF)?;
     }
+    Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((m, o))))
 }

@@ -104,7 +104,7 @@ pub fn fused_attention(
 }
 
 /// cuda hook: a frozen projection plus its LoRA adapter (A, B, scale, dropout mask on the adapter's input)
-/// as one fused autograd node (see `adapted.rs`) when it serves `x` and the rank; None otherwise.
+/// as one fused autograd node (see `adapted.rs`) when it serves `x`; None otherwise.
 #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
 pub fn fused_adapted(
     x: &Tensor,
@@ -113,7 +113,7 @@ pub fn fused_adapted(
     dropout: Option<Tensor>,
 ) -> candle_core::Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
-    if fused::applies(x) && a.dim(0)? <= lowrank::MAX_RANK {
+    if fused::applies(x) {
         let adapter = adapted::Adapter {
             a,
             b,
