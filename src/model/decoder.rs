@@ -218,7 +218,60 @@ impl Decoder {
         if cpu_ops::applies(x) && !ctx.generation && cache.is_none() && llama_style {
             return self.block_forward_fused(i, x, ctx);
         }
+        // CUDA bf16, the pass with gradients: the whole block as one node (`cuda::fused_block`).
+        let grad = ctx.grad || x.track_op();
+        if grad && !ctx.generation && cache.is_none() && ctx.saved.is_none() && llama_style {
+            if let Some(y) = self.block_forward_cuda(i, x, ctx)? {
+                return Ok(y);
+            }
+        }
         self.block_forward_composed(i, x, ctx, cache)
+    }
+
+    /// [`Self::block_forward`] through `cuda::fused_block`, when it serves `x`.
+    fn block_forward_cuda(
+        &self,
+        i: usize,
+        x: &Tensor,
+        ctx: &BlockContext,
+    ) -> Result<Option<Tensor>> {
+        let cfg = &self.config;
+        let blk = &self.blocks[i];
+        let projection = |index: usize, input: &Tensor| {
+            let t = Target::ALL[index];
+            let lin = blk.linear(t);
+            let l = lin.lora.as_ref().ok_or_else(|| {
+                candle_core::Error::Msg(format!("block {i}: {t:?} has no adapter"))
+            })?;
+            let call = LoraCall {
+                dropout: ctx.dropout.map(|s| (s, (i as u64) << 8 | t as u64)),
+                grad: ctx.grad,
+                saved: None,
+                generation: false,
+            };
+            lin.block_projection(input, l, call)
+        };
+        let parts = super::cuda::BlockParts {
+            norms: [
+                (&blk.input_norm.weight, blk.input_norm.eps),
+                (&blk.pre_ff_norm.weight, blk.pre_ff_norm.eps),
+            ],
+            projection: &projection,
+            heads: (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim),
+            rope: (&ctx.cos, &ctx.sin, cfg.rope_interleaved),
+            mask: self.layer_mask(i, ctx),
+            attention: (cfg.query_pre_attn_scalar.powf(-0.5), cfg.attn_logit_softcap),
+            activation: cfg.activation,
+        };
+        super::cuda::fused_block(x, parts)
+    }
+
+    /// The attention mask of block `i`: the sliding window's when the layer slides.
+    fn layer_mask<'a>(&self, i: usize, ctx: &'a BlockContext) -> &'a Tensor {
+        match self.config.layer_windows.get(i).copied().flatten() {
+            Some(_) => ctx.window_mask.as_ref().unwrap_or(&ctx.full_mask),
+            None => &ctx.full_mask,
+        }
     }
 
     /// [`Self::block_forward`] through `cpu_ops::block` (llama-style blocks, CPU f32).
@@ -240,10 +293,7 @@ impl Decoder {
             };
             lin.cpu_call(input, l, call)
         };
-        let mask = match cfg.layer_windows.get(i).copied().flatten() {
-            Some(_) => ctx.window_mask.as_ref().unwrap_or(&ctx.full_mask),
-            None => &ctx.full_mask,
-        };
+        let mask = self.layer_mask(i, ctx);
         let saved = ctx.saved.as_ref();
         let recording = saved.is_some_and(|s| s.recording.get());
         let known_attention = match saved {
@@ -338,10 +388,7 @@ impl Decoder {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let mask = match cfg.layer_windows.get(i).copied().flatten() {
-            Some(_) => ctx.window_mask.as_ref().unwrap_or(&ctx.full_mask),
-            None => &ctx.full_mask,
-        };
+        let mask = self.layer_mask(i, ctx);
         let scale = cfg.query_pre_attn_scalar.powf(-0.5);
         let attn = if cpu {
             // Checkpointed training: the recomputation replays the first pass's attention output.

@@ -181,17 +181,7 @@ impl AdaptedLinear {
         let Some(l) = &self.lora else {
             return self.frozen_forward(x, call);
         };
-        let (a, b) = if call.grad {
-            (l.a.as_tensor().clone(), l.b.as_tensor().clone())
-        } else {
-            (l.a.as_detached_tensor(), l.b.as_detached_tensor())
-        };
-        let mask = match call.dropout {
-            Some((DropoutSeed(seed), site)) if l.dropout > 0.0 => {
-                Some(dropout_mask(x, l.dropout, seed ^ site)?)
-            }
-            _ => None,
-        };
+        let (a, b, mask) = Self::adapter_operands(x, l, call)?;
         if call.saved.is_none()
             && let Some(y) =
                 super::cuda::fused_adapted(x, &self.base, (&a, &b, l.scale), mask.clone())?
@@ -213,6 +203,43 @@ impl AdaptedLinear {
         let delta = x2.matmul(&a.t()?)?.affine(l.scale, 0.0)?.matmul(&b.t()?)?;
         let dtype = y.dtype();
         y + delta.reshape(dims)?.to_dtype(dtype)?
+    }
+
+    /// A and B (tracked when the call wants gradients) and the dropout mask for input `x`.
+    fn adapter_operands(
+        x: &Tensor,
+        l: &LoraAdapter,
+        call: LoraCall,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let (a, b) = if call.grad {
+            (l.a.as_tensor().clone(), l.b.as_tensor().clone())
+        } else {
+            (l.a.as_detached_tensor(), l.b.as_detached_tensor())
+        };
+        let mask = match call.dropout {
+            Some((DropoutSeed(seed), site)) if l.dropout > 0.0 => {
+                Some(dropout_mask(x, l.dropout, seed ^ site)?)
+            }
+            _ => None,
+        };
+        Ok((a, b, mask))
+    }
+
+    /// The operands of the fused GPU block (`cuda::fused_block`) for input `x`.
+    pub(crate) fn block_projection(
+        &self,
+        x: &Tensor,
+        l: &LoraAdapter,
+        call: LoraCall,
+    ) -> Result<super::cuda::BlockProjection> {
+        let (a, b, dropout) = Self::adapter_operands(x, l, call)?;
+        Ok(super::cuda::BlockProjection {
+            base: self.base.clone(),
+            a,
+            b,
+            scale: l.scale,
+            dropout,
+        })
     }
 
     /// The frozen product, replayed from the checkpointed first pass when it was saved.

@@ -13,6 +13,7 @@ pub mod error;
 pub mod frozen;
 pub mod generate;
 pub mod gguf_tokenizer;
+pub mod grad_carrier;
 pub mod layers;
 pub mod load;
 pub mod load_gguf;

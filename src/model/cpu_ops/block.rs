@@ -1,16 +1,11 @@
 //! A whole decoder block of CPU training (the pass with gradients) as one op. Its forward keeps the
 //! intermediates in plain buffers; its backward chains the fused kernels' closed-form gradients by hand.
 //! candle's graph of the same block has ~30 nodes, and candle's backward zero-fills and sums a layer-wide
-//! gradient for every input of every node.
-//!
-//! The adapters' gradients reach candle's gradient store through "carriers": tiny ops chained between the
-//! adapters and the block op, one per projection. The block's backward, which candle runs first (the block
-//! op consumes the chain), computes every gradient and leaves each adapter's pair in a shared slot; each
-//! carrier then hands its pair to candle as the gradients of its inputs `A` and `B`.
+//! gradient for every input of every node. The adapters' gradients reach candle through `grad_carrier`.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::adapted_linear::{AdaptedProduct, AdapterCall, Dims as LinearDims};
@@ -20,6 +15,7 @@ use super::rms_norm::FusedRmsNorm;
 use super::rope::FusedRope;
 use super::{storage_slice, to_f32_vec};
 use crate::model::config::Activation;
+use crate::model::grad_carrier::{self, GradSlots};
 
 const NAME: &str = "decoder-block";
 
@@ -147,9 +143,6 @@ struct Saved {
     linears: Vec<Linear>,
 }
 
-/// The adapters' gradients, from the block's backward to the carriers.
-type GradSlots = Arc<Mutex<Vec<Option<(Tensor, Tensor)>>>>;
-
 struct BlockOp {
     /// The output, taken by the forward.
     out: Mutex<Option<Vec<f32>>>,
@@ -221,7 +214,7 @@ impl BlockOp {
         );
         let mut dx = self.norms[0].backward(x, &dhn);
         add_into(&mut dx, &dx1);
-        *self.grads.lock().map_err(poisoned)? = grads;
+        grad_carrier::deliver(&self.grads, grads)?;
         Ok(dx)
     }
 }
@@ -266,48 +259,6 @@ impl CustomOp2 for BlockOp {
             Some(Tensor::from_vec(dx, x.shape(), x.device())?),
             Some(carrier.zeros_like()?),
         ))
-    }
-}
-
-/// Hands projection `index`'s adapter gradients to candle (see the module's note).
-struct Carrier {
-    index: usize,
-    grads: GradSlots,
-}
-
-impl CustomOp3 for Carrier {
-    fn name(&self) -> &'static str {
-        "decoder-block-carrier"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _prev: &CpuStorage,
-        _pl: &Layout,
-        _a: &CpuStorage,
-        _al: &Layout,
-        _b: &CpuStorage,
-        _bl: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        Ok((CpuStorage::F32(vec![0.0]), Shape::from(1)))
-    }
-
-    fn bwd(
-        &self,
-        prev: &Tensor,
-        _a: &Tensor,
-        _b: &Tensor,
-        _res: &Tensor,
-        _grad_res: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let pair = self.grads.lock().map_err(poisoned)?[self.index].take();
-        let (da, db) = pair.ok_or_else(|| {
-            candle_core::Error::Msg(format!(
-                "{NAME}: no adapter gradient for projection {}",
-                self.index
-            ))
-        })?;
-        Ok((Some(prev.zeros_like()?), Some(da), Some(db)))
     }
 }
 
@@ -394,15 +345,9 @@ pub fn block(x: &Tensor, p: BlockParts) -> Result<(Tensor, Option<Tensor>)> {
     if !p.grad {
         return Ok((Tensor::from_vec(out, x.shape(), &dev)?, kept));
     }
-    let grads: GradSlots = Arc::new(Mutex::new(vec![None; PROJECTIONS]));
-    let mut carrier = Tensor::zeros(1, DType::F32, &dev)?;
-    for (index, lin) in linears.iter().enumerate() {
-        let op = Carrier {
-            index,
-            grads: grads.clone(),
-        };
-        carrier = carrier.apply_op3(&lin.a, &lin.b, op)?;
-    }
+    let grads = grad_carrier::slots(PROJECTIONS);
+    let adapters: Vec<_> = linears.iter().map(|l| (&l.a, &l.b)).collect();
+    let carrier = grad_carrier::chain(&adapters, &grads)?;
     let op = BlockOp {
         out: Mutex::new(Some(out)),
         saved: Mutex::new(Some(Saved {

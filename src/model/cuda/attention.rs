@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use candle_core::{CudaStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
 use super::fused::{masked_softmax, softmax_backward};
-use super::heads::Heads;
+use super::heads::{Heads, merge_heads};
 
 /// `softmax(softcap(scale * q k^T) + mask) v` for q `[b, h, t, d]`, k and v `[b, kvh, T, d]`, additive
 /// mask `[b, 1, t, T]`, all bf16 on one CUDA device, with the heads merged: `[b, t, h * d]`.
@@ -18,8 +18,30 @@ pub fn attention(
     k: &Tensor,
     v: &Tensor,
     mask: &Tensor,
-    (scale, softcap): (f64, Option<f64>),
+    scale_softcap: (f64, Option<f64>),
 ) -> Result<Tensor> {
+    let (heads_out, probs) = forward(q, k, v, mask, scale_softcap)?;
+    if !(q.track_op() || k.track_op() || v.track_op()) {
+        let (b, h, t, d) = heads_out.dims4()?;
+        return merge_heads(&heads_out, None)?.reshape((b, t, h * d));
+    }
+    let op = AttentionGrad {
+        heads_out: Mutex::new(Some(heads_out)),
+        probs,
+        scale_softcap,
+    };
+    q.apply_op3(k, v, op)
+}
+
+/// The heads' outputs `[b, h, t, d]` and the probabilities `[b, kvh, h / kvh * t, T]` that
+/// [`backward`] reads; no autograd.
+pub(super) fn forward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    (scale, softcap): (f64, Option<f64>),
+) -> Result<(Tensor, Tensor)> {
     let (b, h, t, d) = q.dims4()?;
     let kvh = k.dim(1)?;
     if kvh == 0 || h % kvh != 0 {
@@ -32,19 +54,38 @@ pub fn attention(
     let probs = masked_softmax(&scores, mask, t)?;
     drop(scores);
     let heads_out = probs.matmul(&v0)?.reshape((b, h, t, d))?;
-    if !(q.track_op() || k.track_op() || v.track_op()) {
-        return heads_out
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape((b, t, h * d));
+    Ok((heads_out, probs))
+}
+
+/// The gradients of q, k and v for the gradient `dout` of the merged output (`[b, t, h * d]`'s elements),
+/// from [`forward`]'s probabilities.
+pub(super) fn backward(
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    probs: &Tensor,
+    dout: &Tensor,
+    (scale, softcap): (f64, Option<f64>),
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (q, k, v) = (q.detach(), k.detach(), v.detach());
+    let (b, h, t, d) = q.dims4()?;
+    let kvh = k.dim(1)?;
+    let grouped = (b, kvh, h / kvh * t, d);
+    let dog = dout
+        .reshape((b, t, h, d))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape(grouped)?;
+    let dv = probs.t()?.matmul(&dog)?;
+    let dp = dog.matmul(&v.t()?)?;
+    let mut ds = softmax_backward(probs, &dp)?;
+    drop(dp);
+    let qs = (&q * scale)?.reshape(grouped)?;
+    if let Some(c) = softcap {
+        let th = (qs.matmul(&k.t()?)? / c)?.tanh()?;
+        ds = (ds * (1.0 - th.sqr()?)?)?;
     }
-    let op = AttentionGrad {
-        heads_out: Mutex::new(Some(heads_out)),
-        probs,
-        scale,
-        softcap,
-    };
-    q.apply_op3(k, v, op)
+    let dq = (ds.matmul(&k)? * scale)?.reshape((b, h, t, d))?;
+    let dk = ds.t()?.matmul(&qs)?;
+    Ok((dq, dk, dv))
 }
 
 /// `cap * tanh(s / cap)` (Gemma 2), or `s`.
@@ -62,8 +103,7 @@ struct AttentionGrad {
     heads_out: Mutex<Option<Tensor>>,
     /// `[b, kvh, rep * t, T]`
     probs: Tensor,
-    scale: f64,
-    softcap: Option<f64>,
+    scale_softcap: (f64, Option<f64>),
 }
 
 impl CustomOp3 for AttentionGrad {
@@ -99,27 +139,7 @@ impl CustomOp3 for AttentionGrad {
         _out: &Tensor,
         dout: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (q, k, v) = (q.detach(), k.detach(), v.detach());
-        let (b, h, t, d) = q.dims4()?;
-        let kvh = k.dim(1)?;
-        let grouped = (b, kvh, h / kvh * t, d);
-        let p = &self.probs;
-        let dog = dout
-            .reshape((b, t, h, d))?
-            .transpose(1, 2)?
-            .contiguous()?
-            .reshape(grouped)?;
-        let dv = p.t()?.matmul(&dog)?;
-        let dp = dog.matmul(&v.t()?)?;
-        let mut ds = softmax_backward(p, &dp)?;
-        drop(dp);
-        let qs = (&q * self.scale)?.reshape(grouped)?;
-        if let Some(c) = self.softcap {
-            let th = (qs.matmul(&k.t()?)? / c)?.tanh()?;
-            ds = (ds * (1.0 - th.sqr()?)?)?;
-        }
-        let dq = (ds.matmul(&k)? * self.scale)?.reshape((b, h, t, d))?;
-        let dk = ds.t()?.matmul(&qs)?;
+        let (dq, dk, dv) = backward((q, k, v), &self.probs, dout, self.scale_softcap)?;
         Ok((Some(dq), Some(dk), Some(dv)))
     }
 }

@@ -211,6 +211,15 @@ impl CustomOp2 for RmsNorm {
     }
 }
 
+/// The gradient of [`rms_norm`]'s input `x` for its output's gradient `g`.
+pub fn rms_norm_backward(x: &Tensor, weight: &Tensor, g: &Tensor, eps: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op3_no_bwd(
+        &weight.contiguous()?,
+        &g.contiguous()?,
+        &RmsNormBackward(RmsNorm { eps: eps as f32 }),
+    )
+}
+
 struct RmsNormBackward(RmsNorm);
 
 impl CustomOp3 for RmsNormBackward {
@@ -301,9 +310,33 @@ impl CustomOp2 for Gated {
         _y: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let both = gate.apply_op3_no_bwd(up, &g.contiguous()?, &GatedBackward(self.0))?;
-        Ok((Some(both.get(0)?), Some(both.get(1)?)))
+        let (dgate, dup) = gated_backward_code(gate, up, g, self.0)?;
+        Ok((Some(dgate), Some(dup)))
     }
+}
+
+/// The gradients of [`gated`]'s gate and up for its output's gradient `g`.
+pub fn gated_backward(
+    gate: &Tensor,
+    up: &Tensor,
+    g: &Tensor,
+    activation: Activation,
+) -> Result<(Tensor, Tensor)> {
+    gated_backward_code(gate, up, g, activation_code(activation))
+}
+
+fn gated_backward_code(
+    gate: &Tensor,
+    up: &Tensor,
+    g: &Tensor,
+    code: i32,
+) -> Result<(Tensor, Tensor)> {
+    let both = gate.contiguous()?.apply_op3_no_bwd(
+        &up.contiguous()?,
+        &g.contiguous()?,
+        &GatedBackward(code),
+    )?;
+    Ok((both.get(0)?, both.get(1)?))
 }
 
 /// The gradients of gate and up stacked `[2, ..]`.

@@ -126,11 +126,18 @@ impl CustomOp1 for Heads {
     }
 
     fn bwd(&self, _x: &Tensor, _y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let back = Heads {
-            dims: self.dims,
-            rotary: self.rotary.clone(),
-            to_heads: false,
-        };
-        Ok(Some(g.contiguous()?.apply_op1_no_bwd(&back)?))
+        merge_heads(g, self.rotary.as_ref()).map(Some)
     }
+}
+
+/// Heads `[b, n, t, d]` merged into `[b, t, n * d]`, rotated back by `rotary` when given (the gradient of
+/// [`split_heads`]); no autograd.
+pub fn merge_heads(x: &Tensor, rotary: Option<&Rotary>) -> Result<Tensor> {
+    let (b, n, t, d) = x.dims4()?;
+    let back = Heads {
+        dims: (b, t, n, d),
+        rotary: rotary.cloned(),
+        to_heads: false,
+    };
+    x.contiguous()?.apply_op1_no_bwd(&back)
 }

@@ -110,7 +110,8 @@ impl Gemm {
         c_type: cudaDataType,
     ) -> Result<()> {
         let int = |v: usize| -> Result<i32> {
-            i32::try_from(v).map_err(|_| candle_core::Error::Msg(format!("lowrank: {v} exceeds cuBLAS's int")))
+            i32::try_from(v)
+                .map_err(|_| candle_core::Error::Msg(format!("lowrank: {v} exceeds cuBLAS's int")))
         };
         let op = |t: bool| match t {
             true => cublasOperation_t::CUBLAS_OP_T,
@@ -248,11 +249,13 @@ pub enum Base<'a> {
     /// A bf16 tensor `[m, o]`.
     Add(&'a Tensor),
     /// A frozen product of bf16 `x` `[m, k]` and a bf16 weight: `x W^T` for `W` `[o, k]` (`out_in`), or
-    /// `x W` for `W` `[k, o]`, computed into the result's buffer.
+    /// `x W` for `W` `[k, o]`, computed into the result's buffer, plus a bf16 `[m, o]` tensor when given
+    /// (a residual stream, or another gradient of the same input).
     Product {
         x: &'a Tensor,
         w: &'a Tensor,
         out_in: bool,
+        add: Option<&'a Tensor>,
     },
 }
 
@@ -263,10 +266,11 @@ pub fn expand(base: Base, p: &Tensor, l: &Tensor) -> Result<Tensor> {
     let op = match base {
         Base::Zero => Expand::Zero,
         Base::Add(y) => Expand::Add(held(y)?),
-        Base::Product { x, w, out_in } => Expand::Product {
+        Base::Product { x, w, out_in, add } => Expand::Product {
             x: held(x)?,
             w: held(w)?,
             out_in,
+            add: add.map(held).transpose()?,
         },
     };
     p.apply_op2_no_bwd(&l, &op)
@@ -276,7 +280,12 @@ pub fn expand(base: Base, p: &Tensor, l: &Tensor) -> Result<Tensor> {
 enum Expand {
     Zero,
     Add(Tensor),
-    Product { x: Tensor, w: Tensor, out_in: bool },
+    Product {
+        x: Tensor,
+        w: Tensor,
+        out_in: bool,
+        add: Option<Tensor>,
+    },
 }
 
 impl CustomOp2 for Expand {
@@ -299,13 +308,19 @@ impl CustomOp2 for Expand {
                 let (ys, yl) = y.storage_and_layout();
                 expand_storage(BaseView::Add(on_cuda(&ys)?, yl), (p, pl), (l, ll))
             }
-            Self::Product { x, w, out_in } => {
+            Self::Product { x, w, out_in, add } => {
                 let (xs, xl) = x.storage_and_layout();
                 let (ws, wl) = w.storage_and_layout();
+                let added = add.as_ref().map(|a| a.storage_and_layout());
+                let add = match &added {
+                    Some((s, l)) => Some((on_cuda(s)?, *l)),
+                    None => None,
+                };
                 let base = BaseView::Product {
                     x: (on_cuda(&xs)?, xl),
                     w: (on_cuda(&ws)?, wl),
                     out_in: *out_in,
+                    add,
                 };
                 expand_storage(base, (p, pl), (l, ll))
             }
@@ -328,6 +343,7 @@ pub(super) enum BaseView<'a> {
         x: (&'a CudaStorage, &'a Layout),
         w: (&'a CudaStorage, &'a Layout),
         out_in: bool,
+        add: Option<(&'a CudaStorage, &'a Layout)>,
     },
 }
 
@@ -348,9 +364,14 @@ pub(super) fn expand_storage(
     let l_parts = split(&dev, &lv, (1, r, o), (0, o, 1), &RIGHT_TRIPLE)?;
     // SAFETY: written whole by the copy below or by the low-rank product (beta = 0).
     let mut out = unsafe { dev.alloc::<bf16>(m * o) }?;
+    let added = match &base {
+        BaseView::Add(y, yl) => Some((*y, *yl)),
+        BaseView::Product { add, .. } => *add,
+        BaseView::Zero => None,
+    };
     let mut low_rank_beta = 0.0;
-    if let BaseView::Add(y, yl) = &base {
-        if yl.dims() != [m, o] {
+    if let Some((y, yl)) = added {
+        if yl.shape().elem_count() != m * o {
             candle_core::bail!("lowrank-expand: base {:?}, expected [{m}, {o}]", yl.dims())
         }
         dev.memcpy_dtod(&view::<bf16>(y, yl, "base")?, &mut out)?;
@@ -363,8 +384,14 @@ pub(super) fn expand_storage(
         alpha: 1.0,
         beta: low_rank_beta,
     }
-    .run(&dev, &l_parts, &p_parts, &mut out, cudaDataType::CUDA_R_16BF)?;
-    if let BaseView::Product { x, w, out_in } = base {
+    .run(
+        &dev,
+        &l_parts,
+        &p_parts,
+        &mut out,
+        cudaDataType::CUDA_R_16BF,
+    )?;
+    if let BaseView::Product { x, w, out_in, .. } = base {
         let (wr, wc) = w.1.shape().dims2()?;
         let k = if out_in { wc } else { wr };
         let wdims = w.1.dims();

@@ -36,6 +36,8 @@ mod adapted;
 #[cfg(feature = "cuda")]
 mod attention;
 #[cfg(feature = "cuda")]
+mod block;
+#[cfg(feature = "cuda")]
 mod cross_entropy;
 #[cfg(feature = "cuda")]
 mod fused;
@@ -121,6 +123,47 @@ pub fn fused_adapted(
             dropout,
         };
         return adapted::adapted_linear(x, base, adapter).map(Some);
+    }
+    Ok(None)
+}
+
+/// One projection of a fused block: the frozen linear, the adapter's A `[r, in]` and B `[out, r]` (tracked
+/// when trained), its scale and the dropout mask on its input.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub struct BlockProjection {
+    pub base: FrozenLinear,
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+    pub dropout: Option<Tensor>,
+}
+
+/// What a fused block needs besides its input: a llama-style block (pre-norms only, every projection
+/// adapted, no biases).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub struct BlockParts<'a> {
+    /// RMSNorm weight and eps before attention, and before the feed-forward.
+    pub norms: [(&'a Tensor, f64); 2],
+    /// Projection `i` (q, k, v, o, gate, up, down) for its input `[n, in]`.
+    pub projection: &'a dyn Fn(usize, &Tensor) -> candle_core::Result<BlockProjection>,
+    /// Query heads, key-value heads, head size.
+    pub heads: (usize, usize, usize),
+    /// Rope tables `[b, 1, t, hd / 2]` and whether rotated pairs are interleaved.
+    pub rope: (&'a Tensor, &'a Tensor, bool),
+    /// Additive attention mask `[b, 1, t, t]`.
+    pub mask: &'a Tensor,
+    /// Attention scale and logit soft-cap.
+    pub attention: (f64, Option<f64>),
+    pub activation: Activation,
+}
+
+/// cuda hook: a whole block of the pass with gradients as one node with a hand-chained backward (see
+/// `block.rs`) when it serves `x` (bf16 on a CUDA device); None otherwise.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn fused_block(x: &Tensor, parts: BlockParts) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if fused::applies(x) {
+        return block::block(x, parts).map(Some);
     }
     Ok(None)
 }
