@@ -218,12 +218,14 @@ impl Decoder {
         if cpu_ops::applies(x) && !ctx.generation && cache.is_none() && llama_style {
             return self.block_forward_fused(i, x, ctx);
         }
-        // CUDA bf16, the pass with gradients: the whole block as one node (`cuda::fused_block`).
-        let grad = ctx.grad || x.track_op();
-        if grad && !ctx.generation && cache.is_none() && ctx.saved.is_none() && llama_style {
-            if let Some(y) = self.block_forward_cuda(i, x, ctx)? {
-                return Ok(y);
-            }
+        // CUDA bf16 without a cache (training, evaluation): the whole block through `cuda::fused_block`.
+        if !ctx.generation
+            && cache.is_none()
+            && ctx.saved.is_none()
+            && llama_style
+            && let Some(y) = self.block_forward_cuda(i, x, ctx)?
+        {
+            return Ok(y);
         }
         self.block_forward_composed(i, x, ctx, cache)
     }
@@ -262,6 +264,7 @@ impl Decoder {
             mask: self.layer_mask(i, ctx),
             attention: (cfg.query_pre_attn_scalar.powf(-0.5), cfg.attn_logit_softcap),
             activation: cfg.activation,
+            grad: ctx.grad || x.track_op(),
         };
         super::cuda::fused_block(x, parts)
     }

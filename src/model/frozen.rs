@@ -160,6 +160,8 @@ impl FrozenWeight {
         let limit = match self {
             #[cfg(feature = "cuda")]
             Self::Nf4Cuda(_) => GPU_CHUNK_ELEMS,
+            // Already in the compute dtype: chunks would only add copies and sums.
+            Self::Dense(t) if t.dtype() == super::cuda::compute_dtype(t.device()) => usize::MAX,
             _ => CHUNK_ELEMS,
         };
         let per = (limit / cols.max(1)).max(1);

@@ -139,8 +139,8 @@ impl CustomOp2 for BlockOp {
     }
 }
 
-/// The block's output `[b, t, d]` for bf16 `x` on a CUDA device, differentiable in `x` and in every
-/// adapter tensor.
+/// The block's output `[b, t, d]` for bf16 `x` on a CUDA device; with `p.grad`, differentiable in `x` and
+/// in every adapter tensor.
 pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
     let x = x.contiguous()?;
     let (b, t, d) = x.dims3()?;
@@ -188,6 +188,9 @@ pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
     let (gate, up) = (project(GATE, &hn2, None)?, project(UP, &hn2, None)?);
     let gated = fused::gated(&gate, &up, p.activation)?;
     let out = project(DOWN, &gated, Some(&x1))?;
+    if !p.grad {
+        return out.reshape((b, t, d));
+    }
     let grads = grad_carrier::slots(PROJECTIONS);
     let carried: Vec<_> = adapters.iter().map(|(a, b)| (a, b)).collect();
     let carrier = grad_carrier::chain(&carried, &grads)?;

@@ -155,10 +155,12 @@ pub struct BlockParts<'a> {
     /// Attention scale and logit soft-cap.
     pub attention: (f64, Option<f64>),
     pub activation: Activation,
+    /// Whether gradients are wanted: false runs the forward alone (evaluation, checkpointing's first pass).
+    pub grad: bool,
 }
 
-/// cuda hook: a whole block of the pass with gradients as one node with a hand-chained backward (see
-/// `block.rs`) when it serves `x` (bf16 on a CUDA device); None otherwise.
+/// cuda hook: a whole block, with gradients as one node with a hand-chained backward (see `block.rs`),
+/// when it serves `x` (bf16 on a CUDA device); None otherwise.
 #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
 pub fn fused_block(x: &Tensor, parts: BlockParts) -> candle_core::Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
