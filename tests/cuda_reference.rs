@@ -345,9 +345,13 @@ fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
     );
     eprintln!("rms_norm: value {ev:.2e}, gradient {eg:.2e}");
     assert!(ev < bound && eg < bound, "rms_norm: {ev} {eg}");
-    // Gated products, both activations.
-    let (g, u) = (var(&[4, 96], 3, &dev), var(&[4, 96], 4, &dev));
-    for act in [Activation::Silu, Activation::GeluTanh] {
+    // Gated products, both activations; 384 values take the kernels' 16-byte path, 380 the element-wise one.
+    for (width, act) in [
+        (96, Activation::Silu),
+        (96, Activation::GeluTanh),
+        (95, Activation::Silu),
+    ] {
+        let (g, u) = (var(&[4, width], 3, &dev), var(&[4, width], 4, &dev));
         let (ev, eg) = compare(
             &[&g, &u],
             |xs| fused_gated(&xs[0], &xs[1], act).unwrap().unwrap(),
@@ -359,7 +363,7 @@ fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
                 (a * &xs[1]).unwrap()
             },
         );
-        eprintln!("gated {act:?}: value {ev:.2e}, gradient {eg:.2e}");
+        eprintln!("gated {act:?} x{width}: value {ev:.2e}, gradient {eg:.2e}");
         assert!(ev < bound && eg < bound, "gated {act:?}: {ev} {eg}");
     }
     // A frozen projection with its LoRA adapter (f32 A and B) as one node.
@@ -491,52 +495,55 @@ fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
             "split heads {rotary:?}: {ev} {eg}"
         );
     }
-    // Grouped-query attention with a causal, padded mask, with and without soft-capping.
-    let (b, h, kvh, t, d) = (2, 4, 2, 24, 16);
-    let (q, k, v) = (
-        var(&[b, h, t, d], 5, &dev),
-        var(&[b, kvh, t, d], 6, &dev),
-        var(&[b, kvh, t, d], 7, &dev),
-    );
-    let mut valid = vec![vec![true; t]; b];
-    valid[1][0] = false;
-    let mask = qlab::model::layers::attention_mask(&valid, 0, t, None, &dev).unwrap();
-    let mask_bf16 = (&mask * 0.5).unwrap().to_dtype(DType::BF16).unwrap();
-    for softcap in [None, Some(2.0)] {
-        let scale = 0.7;
-        let (ev, eg) = compare(
-            &[&q, &k, &v],
-            |xs| {
-                fused_attention(&xs[0], &xs[1], &xs[2], &mask_bf16, (scale, softcap))
-                    .unwrap()
-                    .unwrap()
-            },
-            |xs| {
-                let rep = |x: &Tensor| {
-                    x.unsqueeze(2)
-                        .unwrap()
-                        .broadcast_as((b, kvh, h / kvh, t, d))
-                        .unwrap()
-                        .contiguous()
-                        .unwrap()
-                        .reshape((b, h, t, d))
-                        .unwrap()
-                };
-                let s = (&xs[0] * scale)
-                    .unwrap()
-                    .matmul(&rep(&xs[1]).t().unwrap())
-                    .unwrap();
-                let s = match softcap {
-                    Some(c) => ((s / c).unwrap().tanh().unwrap() * c).unwrap(),
-                    None => s,
-                };
-                let p =
-                    candle_nn::ops::softmax(&s.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
-                let out = p.matmul(&rep(&xs[2])).unwrap();
-                out.transpose(1, 2).unwrap().reshape((b, t, h * d)).unwrap()
-            },
+    // Grouped-query attention with a causal, padded mask, with and without soft-capping; 24 keys take the
+    // kernels' 16-byte path (masked chunks skipped), 20 the element-wise one.
+    for t in [24, 20] {
+        let (b, h, kvh, d) = (2, 4, 2, 16);
+        let (q, k, v) = (
+            var(&[b, h, t, d], 5, &dev),
+            var(&[b, kvh, t, d], 6, &dev),
+            var(&[b, kvh, t, d], 7, &dev),
         );
-        eprintln!("attention softcap {softcap:?}: value {ev:.2e}, gradient {eg:.2e}");
-        assert!(ev < bound && eg < bound, "attention {softcap:?}: {ev} {eg}");
+        let mut valid = vec![vec![true; t]; b];
+        valid[1][0] = false;
+        let mask = qlab::model::layers::attention_mask(&valid, 0, t, None, &dev).unwrap();
+        let mask_bf16 = (&mask * 0.5).unwrap().to_dtype(DType::BF16).unwrap();
+        for softcap in [None, Some(2.0)] {
+            let scale = 0.7;
+            let (ev, eg) = compare(
+                &[&q, &k, &v],
+                |xs| {
+                    fused_attention(&xs[0], &xs[1], &xs[2], &mask_bf16, (scale, softcap))
+                        .unwrap()
+                        .unwrap()
+                },
+                |xs| {
+                    let rep = |x: &Tensor| {
+                        x.unsqueeze(2)
+                            .unwrap()
+                            .broadcast_as((b, kvh, h / kvh, t, d))
+                            .unwrap()
+                            .contiguous()
+                            .unwrap()
+                            .reshape((b, h, t, d))
+                            .unwrap()
+                    };
+                    let s = (&xs[0] * scale)
+                        .unwrap()
+                        .matmul(&rep(&xs[1]).t().unwrap())
+                        .unwrap();
+                    let s = match softcap {
+                        Some(c) => ((s / c).unwrap().tanh().unwrap() * c).unwrap(),
+                        None => s,
+                    };
+                    let p = candle_nn::ops::softmax(&s.broadcast_add(&mask).unwrap(), D::Minus1)
+                        .unwrap();
+                    let out = p.matmul(&rep(&xs[2])).unwrap();
+                    out.transpose(1, 2).unwrap().reshape((b, t, h * d)).unwrap()
+                },
+            );
+            eprintln!("attention t={t} softcap {softcap:?}: value {ev:.2e}, gradient {eg:.2e}");
+            assert!(ev < bound && eg < bound, "attention {softcap:?}: {ev} {eg}");
+        }
     }
 }

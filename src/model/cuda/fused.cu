@@ -32,6 +32,30 @@ __device__ float block_sum(float v) {
   return warp_sum(v);
 }
 
+// The rows' fast path: cols a multiple of 8, at most 8 per thread, 16-byte aligned rows; each thread moves
+// one chunk of 8 consecutive values with one 16-byte access.
+__device__ __forceinline__ bool vector_row(const void *a, const void *b, const void *c, size_t cols) {
+  return cols % 8 == 0 && cols <= 8 * (size_t)blockDim.x && (((uintptr_t)a | (uintptr_t)b | (uintptr_t)c) & 15) == 0;
+}
+
+__device__ __forceinline__ void load8(const bf16 *src, float out[8]) {
+  uint4 raw = *reinterpret_cast<const uint4 *>(src);
+  const bf16 *h = reinterpret_cast<const bf16 *>(&raw);
+#pragma unroll
+  for (int k = 0; k < 8; k++) out[k] = __bfloat162float(h[k]);
+}
+
+__device__ __forceinline__ void store8(bf16 *dst, const float in[8]) {
+  uint4 raw;
+  bf16 *h = reinterpret_cast<bf16 *>(&raw);
+#pragma unroll
+  for (int k = 0; k < 8; k++) h[k] = __float2bfloat16(in[k]);
+  *reinterpret_cast<uint4 *>(dst) = raw;
+}
+
+// Additive mask values at or below this mask a key out (the decoder's masks hold f32::MIN / 2 there).
+#define MASKED_OUT -1e37f
+
 __device__ float block_max(float v) {
   __shared__ float partial[32];
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -52,6 +76,41 @@ extern "C" __global__ void masked_softmax_bf16(const bf16 *scores, const bf16 *m
   const bf16 *s = scores + row * cols;
   const bf16 *m = mask + (b * t + i) * cols;
   bf16 *p = probs + row * cols;
+  if (vector_row(s, m, p, cols)) {
+    size_t j0 = (size_t)threadIdx.x * 8;
+    float v[8];
+    float mx = -INFINITY;
+    if (j0 < cols) {
+      load8(m + j0, v);
+      bool open = false;
+#pragma unroll
+      for (int k = 0; k < 8; k++) open |= v[k] > MASKED_OUT;
+      // Scores under a chunk of masked keys are not read: their terms are zero (or, in a fully masked
+      // row, the f32 sums cannot hold them next to the mask anyway).
+      if (open) {
+        float sv[8];
+        load8(s + j0, sv);
+#pragma unroll
+        for (int k = 0; k < 8; k++) v[k] += sv[k];
+      }
+#pragma unroll
+      for (int k = 0; k < 8; k++) mx = fmaxf(mx, v[k]);
+    }
+    mx = block_max(mx);
+    float sum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+      v[k] = j0 < cols ? __expf(v[k] - mx) : 0.0f;
+      sum += v[k];
+    }
+    float inv = 1.0f / block_sum(sum);
+    if (j0 < cols) {
+#pragma unroll
+      for (int k = 0; k < 8; k++) v[k] *= inv;
+      store8(p + j0, v);
+    }
+    return;
+  }
   if (cols <= ROW_CACHE * blockDim.x) {
     // The row read once, into registers.
     float v[ROW_CACHE];
@@ -95,6 +154,32 @@ extern "C" __global__ void softmax_backward_bf16(const bf16 *probs, const bf16 *
   size_t row = blockIdx.x;
   const bf16 *p = probs + row * cols;
   const bf16 *g = grad + row * cols;
+  if (vector_row(p, g, dx + row * cols, cols)) {
+    size_t j0 = (size_t)threadIdx.x * 8;
+    float pv[8], gv[8];
+    float dot = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 8; k++) pv[k] = gv[k] = 0.0f;
+    if (j0 < cols) {
+      load8(p + j0, pv);
+      bool any = false;
+#pragma unroll
+      for (int k = 0; k < 8; k++) any |= pv[k] != 0.0f;
+      // Zero probabilities (masked keys) have zero gradients: their g is not read.
+      if (any) {
+        load8(g + j0, gv);
+#pragma unroll
+        for (int k = 0; k < 8; k++) dot += pv[k] * gv[k];
+      }
+    }
+    dot = block_sum(dot);
+    if (j0 < cols) {
+#pragma unroll
+      for (int k = 0; k < 8; k++) gv[k] = pv[k] * (gv[k] - dot);
+      store8(dx + row * cols + j0, gv);
+    }
+    return;
+  }
   if (cols <= ROW_CACHE * blockDim.x) {
     float pv[ROW_CACHE], gv[ROW_CACHE];
     float dot = 0.0f;
@@ -168,24 +253,54 @@ __device__ __forceinline__ float act_value(float g, int activation, float *deriv
   return 0.5f * g * (1.0f + th);
 }
 
-// out = act(gate) * up, elementwise over n values.
+#define ALIGNED16(p) ((((uintptr_t)(p)) & 15) == 0)
+
+// out = act(gate) * up, elementwise over n values; thread c takes values [8c, 8c + 8).
 extern "C" __global__ void gated_bf16(const bf16 *gate, const bf16 *up, bf16 *out, size_t n, int activation) {
-  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= n) return;
+  size_t i0 = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+  if (i0 >= n) return;
   float d;
-  out[i] = __float2bfloat16(act_value(__bfloat162float(gate[i]), activation, &d) * __bfloat162float(up[i]));
+  if (i0 + 8 <= n && ALIGNED16(gate) && ALIGNED16(up) && ALIGNED16(out)) {
+    float g[8], u[8];
+    load8(gate + i0, g);
+    load8(up + i0, u);
+#pragma unroll
+    for (int k = 0; k < 8; k++) g[k] = act_value(g[k], activation, &d) * u[k];
+    store8(out + i0, g);
+    return;
+  }
+  for (size_t i = i0; i < n && i < i0 + 8; i++)
+    out[i] = __float2bfloat16(act_value(__bfloat162float(gate[i]), activation, &d) * __bfloat162float(up[i]));
 }
 
-// grads[0..n) = g * up * act'(gate) (the gate's gradient), grads[n..2n) = g * act(gate) (up's).
+// grads[0..n) = g * up * act'(gate) (the gate's gradient), grads[n..2n) = g * act(gate) (up's); thread c
+// takes values [8c, 8c + 8).
 extern "C" __global__ void gated_backward_bf16(const bf16 *gate, const bf16 *up, const bf16 *grad, bf16 *grads,
                                                size_t n, int activation) {
-  size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= n) return;
+  size_t i0 = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+  if (i0 >= n) return;
   float d;
-  float a = act_value(__bfloat162float(gate[i]), activation, &d);
-  float g = __bfloat162float(grad[i]);
-  grads[i] = __float2bfloat16(g * __bfloat162float(up[i]) * d);
-  grads[n + i] = __float2bfloat16(g * a);
+  if (i0 + 8 <= n && n % 8 == 0 && ALIGNED16(gate) && ALIGNED16(up) && ALIGNED16(grad) && ALIGNED16(grads)) {
+    float g[8], u[8], gr[8], dg[8];
+    load8(gate + i0, g);
+    load8(up + i0, u);
+    load8(grad + i0, gr);
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+      float a = act_value(g[k], activation, &d);
+      dg[k] = gr[k] * u[k] * d;
+      u[k] = gr[k] * a;
+    }
+    store8(grads + i0, dg);
+    store8(grads + n + i0, u);
+    return;
+  }
+  for (size_t i = i0; i < n && i < i0 + 8; i++) {
+    float a = act_value(__bfloat162float(gate[i]), activation, &d);
+    float g = __bfloat162float(grad[i]);
+    grads[i] = __float2bfloat16(g * __bfloat162float(up[i]) * d);
+    grads[n + i] = __float2bfloat16(g * a);
+  }
 }
 
 // Negative log-likelihood of each row's target under softmax(logits): nll[row] = logsumexp - logit[target].

@@ -269,8 +269,9 @@ pub fn gated(gate: &Tensor, up: &Tensor, activation: Activation) -> Result<Tenso
 #[derive(Clone, Copy)]
 struct Gated(i32);
 
+/// One thread per 8 values (the gated kernels).
 fn elementwise_config(n: usize) -> LaunchConfig {
-    LaunchConfig::for_num_elems(n as u32)
+    LaunchConfig::for_num_elems(n.div_ceil(8) as u32)
 }
 
 impl CustomOp2 for Gated {
