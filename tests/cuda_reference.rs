@@ -92,6 +92,19 @@ fn nf4_kernels_match_the_cpu_reference() {
     let got = bf.flatten_all().unwrap().to_vec1::<half::bf16>().unwrap();
     let want_bf: Vec<half::bf16> = want.iter().map(|v| half::bf16::from_f32(*v)).collect();
     assert_eq!(got, want_bf, "bf16 dequantization");
+    // Rows that start off a 16-element boundary take the kernel's byte-per-thread path.
+    let (rows2, cols2) = (16, 72);
+    let reference2 = Nf4Tensor::quantize(&weights(rows2 * cols2), vec![rows2, cols2]);
+    let want2: Vec<half::bf16> = reference2.dequantize()[cols2..9 * cols2]
+        .iter()
+        .map(|v| half::bf16::from_f32(*v))
+        .collect();
+    let got2 = Nf4Cuda::upload(&reference2, &dev)
+        .unwrap()
+        .dequantize_rows(1, 8, DType::BF16)
+        .unwrap();
+    let got2 = got2.flatten_all().unwrap().to_vec1::<half::bf16>().unwrap();
+    assert_eq!(got2, want2, "bf16 dequantization from an unaligned row");
     // The same op on the CPU, from the same arrays.
     let on_cpu = Nf4Cuda::upload(&reference, &Device::Cpu).unwrap();
     let cpu = on_cpu.dequantize_rows(0, rows, DType::F32).unwrap();

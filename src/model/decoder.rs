@@ -8,7 +8,7 @@ use super::frozen::{FrozenLinear, FrozenWeight};
 use super::layers::{
     RmsNorm, apply_rope, apply_rope_no_grad, attention_mask, mask_rows, rope_tables, softcap,
 };
-use super::lora::{AdaptedLinear, DropoutSeed, LoraCall, SavedProducts, Target};
+use super::lora::{AdaptedLinear, DropoutSeed, LoraAdapter, LoraCall, SavedProducts, Target};
 
 /// One transformer block.
 #[derive(Debug, Clone)]
@@ -240,17 +240,7 @@ impl Decoder {
         let cfg = &self.config;
         let blk = &self.blocks[i];
         let projection = |index: usize, input: &Tensor| {
-            let t = Target::ALL[index];
-            let lin = blk.linear(t);
-            let l = lin.lora.as_ref().ok_or_else(|| {
-                candle_core::Error::Msg(format!("block {i}: {t:?} has no adapter"))
-            })?;
-            let call = LoraCall {
-                dropout: ctx.dropout.map(|s| (s, (i as u64) << 8 | t as u64)),
-                grad: ctx.grad,
-                saved: None,
-                generation: false,
-            };
+            let (lin, l, call) = self.fused_projection(i, index, ctx)?;
             lin.block_projection(input, l, call)
         };
         let parts = super::cuda::BlockParts {
@@ -269,6 +259,30 @@ impl Decoder {
         super::cuda::fused_block(x, parts)
     }
 
+    /// Projection `index` (in `Target::ALL`'s order) of block `i`, its adapter, and how a fused block
+    /// calls it (dropout site, gradients, saved products).
+    fn fused_projection<'a>(
+        &'a self,
+        i: usize,
+        index: usize,
+        ctx: &'a BlockContext,
+    ) -> Result<(&'a AdaptedLinear, &'a LoraAdapter, LoraCall<'a>)> {
+        let t = Target::ALL[index];
+        let lin = self.blocks[i].linear(t);
+        let l = lin
+            .lora
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg(format!("block {i}: {t:?} has no adapter")))?;
+        let site = (i as u64) << 8 | t as u64;
+        let call = LoraCall {
+            dropout: ctx.dropout.map(|s| (s, site)),
+            grad: ctx.grad,
+            saved: ctx.saved.as_ref().map(|s| (s, site)),
+            generation: false,
+        };
+        Ok((lin, l, call))
+    }
+
     /// The attention mask of block `i`: the sliding window's when the layer slides.
     fn layer_mask<'a>(&self, i: usize, ctx: &'a BlockContext) -> &'a Tensor {
         match self.config.layer_windows.get(i).copied().flatten() {
@@ -281,19 +295,8 @@ impl Decoder {
     fn block_forward_fused(&self, i: usize, x: &Tensor, ctx: &BlockContext) -> Result<Tensor> {
         let cfg = &self.config;
         let blk = &self.blocks[i];
-        let site_id = |t: Target| (i as u64) << 8 | t as u64;
         let linear = |index: usize, input: &Tensor| {
-            let t = Target::ALL[index];
-            let lin = blk.linear(t);
-            let l = lin.lora.as_ref().ok_or_else(|| {
-                candle_core::Error::Msg(format!("block {i}: {t:?} has no adapter"))
-            })?;
-            let call = LoraCall {
-                dropout: ctx.dropout.map(|s| (s, site_id(t))),
-                grad: ctx.grad,
-                saved: ctx.saved.as_ref().map(|s| (s, site_id(t))),
-                generation: false,
-            };
+            let (lin, l, call) = self.fused_projection(i, index, ctx)?;
             lin.cpu_call(input, l, call)
         };
         let mask = self.layer_mask(i, ctx);

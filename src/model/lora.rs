@@ -65,6 +65,19 @@ impl Target {
     }
 }
 
+/// Positions of the projections in [`Target::ALL`], for the fused blocks that index them by number.
+pub mod slot {
+    pub const Q: usize = 0;
+    pub const K: usize = 1;
+    pub const V: usize = 2;
+    pub const O: usize = 3;
+    pub const GATE: usize = 4;
+    pub const UP: usize = 5;
+    pub const DOWN: usize = 6;
+    /// How many projections a block has.
+    pub const COUNT: usize = 7;
+}
+
 /// What adapters to create.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoraSpec {
@@ -119,6 +132,25 @@ impl LoraAdapter {
             scale: spec.scale(),
             dropout: spec.dropout,
         })
+    }
+}
+
+impl LoraAdapter {
+    /// A and B, tracked by autograd when gradients are wanted.
+    fn operands(&self, grad: bool) -> (Tensor, Tensor) {
+        if grad {
+            (self.a.as_tensor().clone(), self.b.as_tensor().clone())
+        } else {
+            (self.a.as_detached_tensor(), self.b.as_detached_tensor())
+        }
+    }
+
+    /// The seed of this call's dropout mask, when dropout is on.
+    fn dropout_seed(&self, call: &LoraCall) -> Option<u64> {
+        match call.dropout {
+            Some((DropoutSeed(seed), site)) if self.dropout > 0.0 => Some(seed ^ site),
+            _ => None,
+        }
     }
 }
 
@@ -211,16 +243,10 @@ impl AdaptedLinear {
         l: &LoraAdapter,
         call: LoraCall,
     ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
-        let (a, b) = if call.grad {
-            (l.a.as_tensor().clone(), l.b.as_tensor().clone())
-        } else {
-            (l.a.as_detached_tensor(), l.b.as_detached_tensor())
-        };
-        let mask = match call.dropout {
-            Some((DropoutSeed(seed), site)) if l.dropout > 0.0 => {
-                Some(dropout_mask(x, l.dropout, seed ^ site)?)
-            }
-            _ => None,
+        let (a, b) = l.operands(call.grad);
+        let mask = match l.dropout_seed(&call) {
+            Some(seed) => Some(dropout_mask(x, l.dropout, seed)?),
+            None => None,
         };
         Ok((a, b, mask))
     }
@@ -288,17 +314,10 @@ impl AdaptedLinear {
             },
             None => self.base.product(x)?,
         };
-        let (a, b) = if call.grad {
-            (l.a.as_tensor().clone(), l.b.as_tensor().clone())
-        } else {
-            (l.a.as_detached_tensor(), l.b.as_detached_tensor())
-        };
-        let mask = match call.dropout {
-            Some((DropoutSeed(seed), site)) if l.dropout > 0.0 => {
-                Some(dropout_factors(x.elem_count(), l.dropout, seed ^ site))
-            }
-            _ => None,
-        };
+        let (a, b) = l.operands(call.grad);
+        let mask = l
+            .dropout_seed(&call)
+            .map(|seed| dropout_factors(x.elem_count(), l.dropout, seed));
         let frozen = cpu_ops::adapted_linear::FrozenPart {
             product,
             weight: self.base.weight.clone(),

@@ -16,18 +16,9 @@ use super::rope::FusedRope;
 use super::{storage_slice, to_f32_vec};
 use crate::model::config::Activation;
 use crate::model::grad_carrier::{self, GradSlots};
+use crate::model::lora::slot::{COUNT as PROJECTIONS, DOWN, GATE, K, O, Q, UP, V};
 
 const NAME: &str = "decoder-block";
-
-/// Positions of the projections (`lora::Target::ALL`'s order).
-const Q: usize = 0;
-const K: usize = 1;
-const V: usize = 2;
-const O: usize = 3;
-const GATE: usize = 4;
-const UP: usize = 5;
-const DOWN: usize = 6;
-const PROJECTIONS: usize = 7;
 
 /// What a block needs besides its input `x` `[b, t, d]`: a llama-style block (pre-norms only, every
 /// projection adapted, no biases).

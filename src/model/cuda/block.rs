@@ -15,18 +15,9 @@ use super::heads::{Rotary, merge_heads, split_heads};
 use super::{BlockParts, attention, fused, take_once};
 use crate::model::config::Activation;
 use crate::model::grad_carrier::{self, GradSlots};
+use crate::model::lora::slot::{COUNT as PROJECTIONS, DOWN, GATE, K, O, Q, UP, V};
 
 const NAME: &str = "decoder-block-cuda";
-
-/// Positions of the projections (`lora::Target::ALL`'s order).
-const Q: usize = 0;
-const K: usize = 1;
-const V: usize = 2;
-const O: usize = 3;
-const GATE: usize = 4;
-const UP: usize = 5;
-const DOWN: usize = 6;
-const PROJECTIONS: usize = 7;
 
 /// The forward's intermediates that the backward reads, all bf16.
 struct Saved {

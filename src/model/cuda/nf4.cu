@@ -26,6 +26,31 @@ extern "C" __global__ void nf4_dequant_bf16(const uint8_t *codes, const uint8_t 
   out[p] = __floats2bfloat162_rn(tables[byte >> 4] * s, tables[byte & 0x0f] * s);
 }
 
+// The same with sixteen elements (eight bytes, one 64-block) per thread and 16-byte stores: start a multiple
+// of 16, pairs a multiple of 8 (byte by byte when codes or out are not aligned for the wide accesses).
+extern "C" __global__ void nf4_dequant16_bf16(const uint8_t *codes, const uint8_t *absmax_q, const float *tables,
+                                              size_t start, size_t pairs, __nv_bfloat162 *out) {
+  size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (8 * t >= pairs) return;
+  size_t i = start + 16 * t;
+  float s = block_scale(absmax_q, tables, i / NF4_BLOCK);
+  if ((((uintptr_t)codes) & 7) != 0 || (((uintptr_t)out) & 15) != 0) {
+    for (int k = 0; k < 8; k++) {
+      uint8_t byte = codes[i / 2 + k];
+      out[8 * t + k] = __floats2bfloat162_rn(tables[byte >> 4] * s, tables[byte & 0x0f] * s);
+    }
+    return;
+  }
+  uint2 raw = *reinterpret_cast<const uint2 *>(codes + i / 2);
+  const uint8_t *bytes = reinterpret_cast<const uint8_t *>(&raw);
+  __nv_bfloat162 v[8];
+#pragma unroll
+  for (int k = 0; k < 8; k++) v[k] = __floats2bfloat162_rn(tables[bytes[k] >> 4] * s, tables[bytes[k] & 0x0f] * s);
+  uint4 *o = reinterpret_cast<uint4 *>(out + 8 * t);
+  o[0] = *reinterpret_cast<const uint4 *>(&v[0]);
+  o[1] = *reinterpret_cast<const uint4 *>(&v[4]);
+}
+
 extern "C" __global__ void nf4_dequant_f32(const uint8_t *codes, const uint8_t *absmax_q, const float *tables,
                                            size_t start, size_t pairs, float2 *out) {
   size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x;

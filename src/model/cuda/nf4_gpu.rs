@@ -236,12 +236,22 @@ impl CustomOp3 for Nf4Dequant {
         let cfg = LaunchConfig::for_num_elems(pairs as u32);
         let start = self.start;
         let out = if self.dtype == DType::BF16 {
-            let func = dev.get_or_load_custom_func("nf4_dequant_bf16", MODULE, PTX)?;
+            // Sixteen elements per thread when the span allows (fresh allocations are 256-byte aligned).
+            let wide = start % 16 == 0 && pairs % 8 == 0;
+            let (name, cfg) = match wide {
+                true => (
+                    "nf4_dequant16_bf16",
+                    LaunchConfig::for_num_elems((pairs / 8) as u32),
+                ),
+                false => ("nf4_dequant_bf16", cfg),
+            };
+            let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
             // SAFETY: every element is written by the kernel before it is read.
             let out = unsafe { dev.alloc::<bf16>(self.count) }?;
             let mut b = func.builder();
             b.arg(c).arg(a).arg(t).arg(&start).arg(&pairs).arg(&out);
-            // SAFETY: argument types and counts match nf4_dequant_bf16 in nf4.cu.
+            // SAFETY: argument types and counts match nf4_dequant_bf16 and nf4_dequant16_bf16 in nf4.cu,
+            // and the wide kernel's span conditions hold.
             unsafe { b.launch(cfg) }.w()?;
             CudaStorage::wrap_cuda_slice(out, dev.clone())
         } else {
