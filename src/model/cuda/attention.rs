@@ -51,17 +51,16 @@ pub(super) fn forward(
     let qs = (q.detach() * scale)?.reshape(grouped)?;
     let (k0, v0) = (k.detach(), v.detach());
     let scores = capped(&qs.matmul(&k0.t()?)?, softcap)?;
-    let probs = masked_softmax(&scores, mask, t)?;
-    drop(scores);
+    let probs = masked_softmax(scores, mask, t)?;
     let heads_out = probs.matmul(&v0)?.reshape((b, h, t, d))?;
     Ok((heads_out, probs))
 }
 
 /// The gradients of q, k and v for the gradient `dout` of the merged output (`[b, t, h * d]`'s elements),
-/// from [`forward`]'s probabilities.
+/// from [`forward`]'s probabilities (released as soon as they are used).
 pub(super) fn backward(
     (q, k, v): (&Tensor, &Tensor, &Tensor),
-    probs: &Tensor,
+    probs: Tensor,
     dout: &Tensor,
     (scale, softcap): (f64, Option<f64>),
 ) -> Result<(Tensor, Tensor, Tensor)> {
@@ -76,8 +75,8 @@ pub(super) fn backward(
         .reshape(grouped)?;
     let dv = probs.t()?.matmul(&dog)?;
     let dp = dog.matmul(&v.t()?)?;
-    let mut ds = softmax_backward(probs, &dp)?;
-    drop(dp);
+    let mut ds = softmax_backward(&probs, dp)?;
+    drop(probs);
     let qs = (&q * scale)?.reshape(grouped)?;
     if let Some(c) = softcap {
         let th = (qs.matmul(&k.t()?)? / c)?.tanh()?;
@@ -139,7 +138,7 @@ impl CustomOp3 for AttentionGrad {
         _out: &Tensor,
         dout: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dq, dk, dv) = backward((q, k, v), &self.probs, dout, self.scale_softcap)?;
+        let (dq, dk, dv) = backward((q, k, v), self.probs.clone(), dout, self.scale_softcap)?;
         Ok((Some(dq), Some(dk), Some(dv)))
     }
 }

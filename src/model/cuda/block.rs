@@ -56,37 +56,58 @@ struct BlockOp {
 
 impl BlockOp {
     /// The input's gradient for the output's gradient `g`; leaves the adapters' gradients in the slots.
+    /// Each intermediate and each projection's dequantized weight is released after its last use.
     fn backward(&self, x: &Tensor, g: &Tensor, st: Saved) -> Result<Tensor> {
         let (b, t, h, kvh, hd) = self.shape;
         let n = b * t;
         let d = x.elem_count() / n.max(1);
         let g2 = g.reshape((n, d))?.contiguous()?;
+        let Saved {
+            hn,
+            attn,
+            hn2,
+            gated,
+            q,
+            k,
+            v,
+            probs,
+            x1,
+            gate,
+            up,
+            projections,
+        } = st;
+        let mut projections: Vec<Option<Projection>> = projections.into_iter().map(Some).collect();
         let mut grads: Vec<Option<(Tensor, Tensor)>> = vec![None; PROJECTIONS];
-        let projections = &st.projections;
         let mut back = |i: usize, input: &Tensor, g: &Tensor, add: Option<&Tensor>| {
-            let (dx, da, db) = projections[i].backward(input, g, add)?;
+            let projection = projections[i].take().ok_or_else(|| {
+                candle_core::Error::Msg(format!("{NAME}: projection {i} went back twice"))
+            })?;
+            let (dx, da, db) = projection.backward(input, g, add)?;
             grads[i] = Some((da, db));
             Ok::<_, candle_core::Error>(dx)
         };
-        let dgated = back(DOWN, &st.gated, &g2, None)?;
-        let (dgate, dup) = fused::gated_backward(&st.gate, &st.up, &dgated, self.activation)?;
-        drop(dgated);
-        let dhn2 = back(GATE, &st.hn2, &dgate, None)?;
-        let dhn2 = back(UP, &st.hn2, &dup, Some(&dhn2))?;
-        drop((dgate, dup));
+        let dgated = back(DOWN, &gated, &g2, None)?;
+        drop(gated);
+        let (dgate, dup) = fused::gated_backward(&gate, &up, &dgated, self.activation)?;
+        drop((dgated, gate, up));
+        let dhn2 = back(GATE, &hn2, &dgate, None)?;
+        drop(dgate);
+        let dhn2 = back(UP, &hn2, &dup, Some(&dhn2))?;
+        drop((dup, hn2));
         let (w2, eps2) = &self.norms[1];
-        let dx1 = (fused::rms_norm_backward(&st.x1, w2, &dhn2, *eps2)? + &g2)?;
-        drop(dhn2);
-        let dattn = back(O, &st.attn, &dx1, None)?;
-        let (dq, dk, dv) =
-            attention::backward((&st.q, &st.k, &st.v), &st.probs, &dattn, self.scale_softcap)?;
-        drop(dattn);
+        let dx1 = (fused::rms_norm_backward(&x1, w2, &dhn2, *eps2)? + &g2)?;
+        drop((dhn2, x1, g2));
+        let dattn = back(O, &attn, &dx1, None)?;
+        drop(attn);
+        let (dq, dk, dv) = attention::backward((&q, &k, &v), probs, &dattn, self.scale_softcap)?;
+        drop((dattn, q, k, v));
         let dq = merge_heads(&dq, Some(&self.rotary))?.reshape((n, h * hd))?;
         let dk = merge_heads(&dk, Some(&self.rotary))?.reshape((n, kvh * hd))?;
         let dv = merge_heads(&dv, None)?.reshape((n, kvh * hd))?;
-        let dhn = back(Q, &st.hn, &dq, None)?;
-        let dhn = back(K, &st.hn, &dk, Some(&dhn))?;
-        let dhn = back(V, &st.hn, &dv, Some(&dhn))?;
+        let dhn = back(Q, &hn, &dq, None)?;
+        let dhn = back(K, &hn, &dk, Some(&dhn))?;
+        let dhn = back(V, &hn, &dv, Some(&dhn))?;
+        drop(hn);
         let (w1, eps1) = &self.norms[0];
         let x2 = x.reshape((n, d))?;
         let dx = (fused::rms_norm_backward(&x2, w1, &dhn, *eps1)? + dx1)?;
