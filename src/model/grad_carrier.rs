@@ -13,11 +13,6 @@ use candle_core::{CpuStorage, CustomOp3, DType, Layout, Result, Shape, Tensor};
 /// One `(dA, dB)` slot per projection, filled by the block's backward, emptied by the carriers.
 pub type GradSlots = Arc<Mutex<Vec<Option<(Tensor, Tensor)>>>>;
 
-/// Empty slots for `count` projections.
-pub fn slots(count: usize) -> GradSlots {
-    Arc::new(Mutex::new(vec![None; count]))
-}
-
 /// Fills the slots (the block's backward).
 pub fn deliver(slots: &GradSlots, grads: Vec<Option<(Tensor, Tensor)>>) -> Result<()> {
     *slots.lock().map_err(poisoned)? = grads;
@@ -28,13 +23,14 @@ fn poisoned<T>(_: T) -> candle_core::Error {
     candle_core::Error::Msg("decoder-block: poisoned gradient slots".into())
 }
 
-/// The chain of carriers over the adapters `(A, B)` of each projection, in slot order: the tensor (one
-/// element, on the adapters' device) the block op takes as an input.
-pub fn chain(adapters: &[(&Tensor, &Tensor)], slots: &GradSlots) -> Result<Tensor> {
+/// Empty slots, one per adapter `(A, B)`, and the chain of carriers over the adapters in slot order: the
+/// tensor (one element, on the adapters' device) the block op takes as an input.
+pub fn carry(adapters: &[(&Tensor, &Tensor)]) -> Result<(GradSlots, Tensor)> {
     let device = match adapters.first() {
         Some((a, _)) => a.device().clone(),
         None => candle_core::bail!("decoder-block: no adapters to carry"),
     };
+    let slots: GradSlots = Arc::new(Mutex::new(vec![None; adapters.len()]));
     let mut carrier = Tensor::zeros(1, DType::F32, &device)?;
     for (index, (a, b)) in adapters.iter().enumerate() {
         let op = Carrier {
@@ -43,7 +39,7 @@ pub fn chain(adapters: &[(&Tensor, &Tensor)], slots: &GradSlots) -> Result<Tenso
         };
         carrier = carrier.apply_op3(a, b, op)?;
     }
-    Ok(carrier)
+    Ok((slots, carrier))
 }
 
 struct Carrier {

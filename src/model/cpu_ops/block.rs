@@ -336,9 +336,8 @@ pub fn block(x: &Tensor, p: BlockParts) -> Result<(Tensor, Option<Tensor>)> {
     if !p.grad {
         return Ok((Tensor::from_vec(out, x.shape(), &dev)?, kept));
     }
-    let grads = grad_carrier::slots(PROJECTIONS);
     let adapters: Vec<_> = linears.iter().map(|l| (&l.a, &l.b)).collect();
-    let carrier = grad_carrier::chain(&adapters, &grads)?;
+    let (grads, carrier) = grad_carrier::carry(&adapters)?;
     let op = BlockOp {
         out: Mutex::new(Some(out)),
         saved: Mutex::new(Some(Saved {

@@ -203,9 +203,8 @@ pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
     if !p.grad {
         return out.reshape((b, t, d));
     }
-    let grads = grad_carrier::slots(PROJECTIONS);
     let carried: Vec<_> = adapters.iter().map(|(a, b)| (a, b)).collect();
-    let carrier = grad_carrier::chain(&carried, &grads)?;
+    let (grads, carrier) = grad_carrier::carry(&carried)?;
     let op = BlockOp {
         out: Mutex::new(Some(out)),
         saved: Mutex::new(Some(Saved {
