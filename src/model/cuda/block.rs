@@ -163,8 +163,8 @@ pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
     let hn = fused::rms_norm(&x2, &norms[0].0, norms[0].1)?;
     let mut projections = Vec::with_capacity(PROJECTIONS);
     let mut adapters = Vec::with_capacity(PROJECTIONS);
+    // Without gradients nothing is kept: each projection's dequantized weight goes as soon as it is used.
     let mut project = |i: usize, input: &Tensor, add: Option<&Tensor>| -> Result<Tensor> {
-        debug_assert_eq!(projections.len(), i);
         let parts = (p.projection)(i, input)?;
         let adapter = Adapter {
             a: &parts.a,
@@ -174,8 +174,10 @@ pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
         };
         let (projection, frozen) = Projection::new(input, &parts.base, adapter)?;
         let y = projection.output(input, frozen.as_ref(), add)?;
-        projections.push(projection);
-        adapters.push((parts.a, parts.b));
+        if p.grad {
+            projections.push(projection);
+            adapters.push((parts.a, parts.b));
+        }
         Ok(y)
     };
     let (q, k, v) = (
@@ -193,6 +195,7 @@ pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
     let k = split_heads(&k.reshape((b, t, kvh * hd))?, kvh, hd, Some(&rotary))?;
     let v = split_heads(&v.reshape((b, t, kvh * hd))?, kvh, hd, None)?;
     let (heads_out, probs) = attention::forward(&q, &k, &v, p.mask, p.attention)?;
+    let probs = p.grad.then_some(probs);
     let attn = merge_heads(&heads_out, None)?.reshape((n, h * hd))?;
     drop(heads_out);
     let x1 = project(O, &attn, Some(&x2))?;
@@ -200,9 +203,9 @@ pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
     let (gate, up) = (project(GATE, &hn2, None)?, project(UP, &hn2, None)?);
     let gated = fused::gated(&gate, &up, p.activation)?;
     let out = project(DOWN, &gated, Some(&x1))?;
-    if !p.grad {
+    let Some(probs) = probs else {
         return out.reshape((b, t, d));
-    }
+    };
     let carried: Vec<_> = adapters.iter().map(|(a, b)| (a, b)).collect();
     let (grads, carrier) = grad_carrier::carry(&carried)?;
     let op = BlockOp {
