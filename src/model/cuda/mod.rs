@@ -1,7 +1,8 @@
 //! GPU support for the model engine: device names (`cpu`, `cuda`, `cuda:N`), the compute dtype a device
 //! runs in (bf16 on CUDA, f32 on the CPU; LoRA weights and optimizer state stay f32 everywhere), and, with
 //! the `cuda` feature, NF4 kept on the GPU with its quantize / dequantize kernels and the training step's
-//! fused bf16 kernels (attention, RMSNorm, gated product, vocabulary loss).
+//! fused bf16 kernels (attention, RMSNorm, gated product, vocabulary loss, LoRA products on cuBLAS) and
+//! the whole decoder block as one node (`block.rs`).
 
 /// The `cpu_fwd` of a custom op that runs on CUDA only, with one token per operand (`cuda_only!(x y)` for
 /// a `CustomOp2`): it refuses, naming the op.
