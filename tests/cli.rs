@@ -1,10 +1,15 @@
 //! End-to-end runs of the real `qlab` binary for the foundation commands.
 
+#[allow(dead_code)] // these tests use only the study-data helpers
+mod common;
+
 use std::path::Path;
 
 use assert_cmd::Command;
 use predicates::prelude::PredicateBooleanExt;
 use predicates::str::contains;
+
+use common::study_data;
 
 fn qlab() -> Command {
     let mut c = Command::cargo_bin("qlab").unwrap();
@@ -14,10 +19,6 @@ fn qlab() -> Command {
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn study_data() -> std::path::PathBuf {
-    root().join("../shared/data")
 }
 
 #[test]
@@ -73,41 +74,149 @@ fn plan_json_lists_runs_with_stable_ids() {
     assert_eq!(out.stdout, again.stdout);
 }
 
-#[test]
-fn import_questions_reads_all_twenty_study_items() {
-    let dir = tempfile::tempdir().unwrap();
-    for (file, task, first_ref_start) in [
-        ("Maths Benchmark.txt", "math", "The largest number is 14"),
-        (
-            "bio benchmark.txt",
-            "bio",
-            "Parkinson's disease is a progressive",
-        ),
-    ] {
-        let out = dir.path().join(format!("{task}.toml"));
+/// Imports both question files of `dir` (laid out like the study's `seed-questions/`) through the binary:
+/// (file, task, items, start of the first reference).
+fn import_questions_reads_every_item(dir: &Path, files: [(&str, &str, usize, &str); 2]) {
+    let out_dir = tempfile::tempdir().unwrap();
+    for (file, task, items, first_ref_start) in files {
+        let out = out_dir.path().join(format!("{task}.toml"));
         qlab()
             .arg("import-questions")
-            .arg(study_data().join("seed-questions").join(file))
+            .arg(dir.join(file))
             .args(["--task", task, "--out"])
             .arg(&out)
             .assert()
             .success()
-            .stderr(contains("10 question(s)"));
+            .stderr(contains(format!("{items} question(s)")));
         let set = qlab::eval::QuestionSet::load(&out).unwrap();
-        assert_eq!(set.questions.len(), 10);
+        assert_eq!(set.questions.len(), items);
         assert!(set.questions[0].reference.starts_with(first_ref_start));
-        let ids: Vec<&str> = set.questions.iter().map(|q| q.id.as_str()).collect();
-        assert_eq!(ids, ["1", "2", "3", "4", "5", "6", "7", "8", "9", "10"]);
+        let ids: Vec<String> = set.questions.iter().map(|q| q.id.clone()).collect();
+        let expected: Vec<String> = (1..=items).map(|n| n.to_string()).collect();
+        assert_eq!(ids, expected);
     }
 }
 
 #[test]
+fn import_questions_reads_every_item_of_the_fixtures() {
+    import_questions_reads_every_item(
+        &study_data::fixtures().join("seed-questions"),
+        [
+            ("Maths Benchmark.txt", "math", 6, "The fullest box holds 9"),
+            ("bio benchmark.txt", "bio", 5, "A sign is something"),
+        ],
+    );
+}
+
+#[test]
+fn study_data_import_questions_reads_all_twenty_study_items() {
+    let Some(data) =
+        study_data::dir_or_skip("study_data_import_questions_reads_all_twenty_study_items")
+    else {
+        return;
+    };
+    import_questions_reads_every_item(
+        &data.join("seed-questions"),
+        [
+            (
+                "Maths Benchmark.txt",
+                "math",
+                10,
+                "The largest number is 14",
+            ),
+            (
+                "bio benchmark.txt",
+                "bio",
+                10,
+                "Parkinson's disease is a progressive",
+            ),
+        ],
+    );
+}
+
+#[test]
 fn import_questions_fields_are_exact() {
-    let math = qlab::eval::study_questions::import(
-        &study_data().join("seed-questions/Maths Benchmark.txt"),
-        None,
-    )
-    .unwrap();
+    let dir = study_data::fixtures().join("seed-questions");
+    for file in ["Maths Benchmark.txt", "bio benchmark.txt"] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        assert_eq!(
+            text.matches("\r\n").count(),
+            text.matches('\n').count(),
+            "{file} keeps the study's CRLF line endings"
+        );
+    }
+    let math = qlab::eval::study_questions::import(&dir.join("Maths Benchmark.txt"), None).unwrap();
+    let q = &math.questions;
+    assert_eq!(math.task, "math");
+    assert_eq!(
+        q[0].section.as_deref(),
+        Some("Questions From Training Data")
+    );
+    assert_eq!(
+        q[1].question.as_deref(),
+        Some("How many even numbers lie between 1 and 15?")
+    );
+    // `3 Question`: the number and the word apart, as the study writes some items.
+    assert_eq!(q[2].reference, "12+8=20");
+    assert!(q[2].section.as_deref().unwrap().ends_with("0 Shot"));
+    // The one-shot item holds an example question, its solution and the new question.
+    let one_shot = q[3].question.as_deref().unwrap();
+    assert_eq!(one_shot.lines().count(), 3);
+    assert!(one_shot.ends_with("A number minus 6 leaves 10. Find the number."));
+    assert_eq!(q[3].reference, "10+6=16");
+    assert!(q[3].section.as_deref().unwrap().ends_with("1 Shot"));
+    assert_eq!(
+        q[4].section.as_deref(),
+        Some("Questions Outside the training data")
+    );
+    assert_eq!(
+        q[4].reference,
+        "Each friend gets 84 \u{f7} 7 = 12 stickers."
+    );
+    assert!(
+        q[5].question
+            .as_deref()
+            .unwrap()
+            .starts_with("A tram leaves every 12 minutes")
+    );
+    assert!(
+        q.iter()
+            .all(|x| x.instruction.is_none() && !x.reference.contains('\r'))
+    );
+
+    let bio = qlab::eval::study_questions::import(&dir.join("bio benchmark.txt"), None).unwrap();
+    let b = &bio.questions;
+    assert_eq!(bio.task, "bio");
+    assert_eq!(b[0].section.as_deref(), Some("Within training data"));
+    assert_eq!(
+        b[0].instruction.as_deref(),
+        Some("Tell a sign apart from a symptom in the case given.")
+    );
+    assert_eq!(
+        b[0].input.as_deref(),
+        Some("Case: a runner with a sprained ankle. Sign: swelling")
+    );
+    assert_eq!(b[2].input.as_deref(), Some(""), "the one empty Input");
+    assert_eq!(b[3].reference, "The heart.");
+    assert_eq!(b[3].section.as_deref(), Some("Outside Training Data"));
+    assert_eq!(
+        b[4].input.as_deref(),
+        Some("A student who sleeps badly before exams.")
+    );
+    assert!(
+        b.iter()
+            .all(|x| x.question.is_none() && !x.reference.contains('\r'))
+    );
+}
+
+#[test]
+fn study_data_import_questions_fields_are_exact() {
+    let Some(data) = study_data::dir_or_skip("study_data_import_questions_fields_are_exact") else {
+        return;
+    };
+    let math =
+        qlab::eval::study_questions::import(&data.join("seed-questions/Maths Benchmark.txt"), None)
+            .unwrap();
     let q = &math.questions;
     assert_eq!(
         q[0].section.as_deref(),
@@ -138,11 +247,9 @@ fn import_questions_fields_are_exact() {
             .all(|x| x.instruction.is_none() && !x.reference.contains('\r'))
     );
 
-    let bio = qlab::eval::study_questions::import(
-        &study_data().join("seed-questions/bio benchmark.txt"),
-        None,
-    )
-    .unwrap();
+    let bio =
+        qlab::eval::study_questions::import(&data.join("seed-questions/bio benchmark.txt"), None)
+            .unwrap();
     let b = &bio.questions;
     assert_eq!(bio.task, "bio");
     assert_eq!(

@@ -1,5 +1,6 @@
-//! The rating commands end to end through the real binary: the study import and its results, exports,
-//! and a keyboard rating in `qlab rate` that survives SIGKILL (driven in tmux).
+//! The rating commands end to end through the real binary: the study import and its results, exports
+//! (on the project's fixtures, and on the study's files when QLAB_STUDY_DATA names them), and a keyboard
+//! rating in `qlab rate` that survives SIGKILL (driven in tmux).
 
 mod common;
 
@@ -8,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use calamine::{Reader, Xlsx, open_workbook};
-use common::{Tmux, rating_sweep};
+use common::{Tmux, rating_sweep, study_data};
 use qlab::config::Config;
 use qlab::rating::journal::{self, Entry};
 use qlab::store::SweepPaths;
@@ -34,28 +35,94 @@ fn run_ok(cmd: &mut Command) -> (String, String) {
     (stdout, stderr)
 }
 
-#[test]
-fn import_study_then_results_and_exports_show_the_studys_table() {
+/// A model's row in a task's table: (task, model, means at base, e1, e3, changes from base at e1, e3).
+type TableRow = (
+    &'static str,
+    &'static str,
+    [&'static str; 3],
+    [&'static str; 2],
+);
+
+/// What `import-study`, `results` and `export results` must show for one folder of raw files.
+struct StudyTable {
+    files: usize,
+    answers: usize,
+    /// `file:line` of the first cell reported and left unrated, and how many are.
+    first_problem: &'static str,
+    problems: usize,
+    models: usize,
+    questions: usize,
+    /// A row whose e3 rises above its e1, and one whose e3 falls below it (flagged `!`).
+    rises: TableRow,
+    falls: TableRow,
+}
+
+/// The fixtures of tests/fixtures/study (means computed by hand from their cells).
+const FIXTURES: StudyTable = StudyTable {
+    files: 12,
+    answers: 36,
+    first_problem: "Qwen2-7B-Instruct-bnb-4bit-math-benchmark.txt:26",
+    problems: 3,
+    models: 2,
+    questions: 3,
+    rises: (
+        "math",
+        "llama-3-8b",
+        ["1.33", "3.00", "4.50"],
+        ["+1.67", "+3.17"],
+    ),
+    falls: (
+        "bio",
+        "qwen-2-7b",
+        ["4.89", "4.44", "3.50"],
+        ["-0.44", "-1.39"],
+    ),
+};
+
+/// The study's 42 files (opt-in: QLAB_STUDY_DATA), as the study's table gives them.
+const STUDY: StudyTable = StudyTable {
+    files: 42,
+    answers: 420,
+    first_problem: "Qwen2-7B-Instruct-bnb-4bit-math-benchmark.txt:148",
+    problems: 3,
+    models: 7,
+    questions: 10,
+    rises: (
+        "math",
+        "llama-3.1-8b",
+        ["1.73", "3.67", "4.97"],
+        ["+1.93", "+3.23"],
+    ),
+    falls: (
+        "bio",
+        "qwen-2-7b",
+        ["4.80", "4.43", "3.93"],
+        ["-0.37", "-0.87"],
+    ),
+};
+
+fn import_study_then_results_and_exports_show_the_table(raw: &Path, e: &StudyTable) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("study.toml");
     std::fs::copy(repo().join("examples/study.toml"), &config).unwrap();
-    let raw = repo().join("../shared/data/seed-benchmarks");
     let (stdout, stderr) = run_ok(
         qlab()
             .arg("import-study")
-            .arg(&raw)
+            .arg(raw)
             .arg("--config")
             .arg(&config),
     );
     assert!(
-        stdout.contains("imported 42 files") && stdout.contains("420 ratings written"),
+        stdout.contains(&format!("imported {} files", e.files))
+            && stdout.contains(&format!("{} ratings written", e.answers)),
         "{stdout}"
     );
-    assert!(
-        stderr.contains("Qwen2-7B-Instruct-bnb-4bit-math-benchmark.txt:148"),
+    assert!(stderr.contains(e.first_problem), "{stderr}");
+    assert_eq!(
+        stderr.matches("left unrated").count(),
+        e.problems,
         "{stderr}"
     );
-    assert_eq!(stderr.matches("left unrated").count(), 3, "{stderr}");
 
     let (json, _) = run_ok(
         qlab()
@@ -64,52 +131,48 @@ fn import_study_then_results_and_exports_show_the_studys_table() {
             .args(["--format", "json"]),
     );
     let cells: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
-    assert_eq!(cells.len(), 42);
-    let mean = |task: &str, model: &str, stage: &str| {
-        let c = cells
-            .iter()
-            .find(|c| c["task"] == task && c["model"] == model && c["stage"] == stage)
-            .unwrap();
-        format!("{:.2}", c["mean"].as_f64().unwrap())
+    assert_eq!(cells.len(), e.files);
+    let means = |(task, model, ..): TableRow| {
+        ["base", "e1", "e3"].map(|stage| {
+            let c = cells
+                .iter()
+                .find(|c| c["task"] == task && c["model"] == model && c["stage"] == stage)
+                .unwrap();
+            format!("{:.2}", c["mean"].as_f64().unwrap())
+        })
     };
-    assert_eq!(
-        [
-            mean("math", "llama-3.1-8b", "base"),
-            mean("math", "llama-3.1-8b", "e1"),
-            mean("math", "llama-3.1-8b", "e3")
-        ],
-        ["1.73", "3.67", "4.97"]
-    );
-    assert_eq!(
-        [
-            mean("bio", "qwen-2-7b", "base"),
-            mean("bio", "qwen-2-7b", "e1"),
-            mean("bio", "qwen-2-7b", "e3")
-        ],
-        ["4.80", "4.43", "3.93"]
-    );
+    assert_eq!(means(e.rises), e.rises.2);
+    assert_eq!(means(e.falls), e.falls.2);
     let first = &cells[0];
-    assert_eq!(first["n"], 10);
+    assert_eq!(first["n"], e.questions);
     assert_eq!(first["criteria"].as_object().unwrap().len(), 3);
 
     let (table, _) = run_ok(qlab().arg("results").arg(&config));
-    let llama = table
+    let (_, model, [base, e1, e3], [to_e1, to_e3]) = e.rises;
+    let rising = table
         .lines()
-        .find(|l| l.starts_with("llama-3.1-8b") && l.contains("1.73"))
+        .find(|l| l.starts_with(model) && l.contains(base))
         .unwrap();
+    let (e1_text, e3_text) = (format!("{e1} ({to_e1})"), format!("{e3} ({to_e3})"));
     assert!(
-        llama.contains("3.67 (+1.93)") && llama.contains("4.97 (+3.23)"),
+        rising.contains(&e1_text) && rising.contains(&e3_text) && !rising.contains('!'),
         "{table}"
     );
-    let qwen_bio = table
+    let (_, falling_model, [falling_base, falling_e1, falling_e3], [falling_to_e1, falling_to_e3]) =
+        e.falls;
+    let falling = table
         .lines()
-        .filter(|l| l.starts_with("qwen-2-7b"))
-        .find(|l| l.contains("4.80"))
+        .filter(|l| l.starts_with(falling_model))
+        .find(|l| l.contains(falling_base))
         .unwrap();
-    assert!(qwen_bio.contains("3.93 (-0.87) !"), "{table}");
-    let after_llama = table.lines().skip_while(|l| *l != llama).nth(1).unwrap();
     assert!(
-        after_llama.starts_with("  95% CI") && after_llama.matches('-').count() == 3,
+        falling.contains(&format!("{falling_e1} ({falling_to_e1})"))
+            && falling.contains(&format!("{falling_e3} ({falling_to_e3}) !")),
+        "{table}"
+    );
+    let after_rising = table.lines().skip_while(|l| *l != rising).nth(1).unwrap();
+    assert!(
+        after_rising.starts_with("  95% CI") && after_rising.matches('-').count() == 3,
         "each model's row is followed by its cells' bootstrap intervals: {table}"
     );
 
@@ -128,17 +191,32 @@ fn import_study_then_results_and_exports_show_the_studys_table() {
     assert_eq!(book.sheet_names(), ["bio", "math", "Summary"]);
     assert_eq!(
         book.worksheet_range("math").unwrap().rows().count(),
-        1 + 7 * 3 * 10
+        1 + e.models * 3 * e.questions
     );
     assert_eq!(
         book.worksheet_range("Summary").unwrap().rows().count(),
-        1 + 42
+        1 + e.files
     );
-    assert!(
-        std::fs::read_to_string(&md)
-            .unwrap()
-            .contains("| llama-3.1-8b | 1.73 | 3.67 (+1.93) | 4.97 (+3.23) |")
+    let md_row = format!("| {model} | {base} | {e1_text} | {e3_text} |");
+    assert!(std::fs::read_to_string(&md).unwrap().contains(&md_row));
+}
+
+#[test]
+fn import_study_then_results_and_exports_show_the_fixtures_table() {
+    import_study_then_results_and_exports_show_the_table(
+        &study_data::fixtures().join("seed-benchmarks"),
+        &FIXTURES,
     );
+}
+
+#[test]
+fn study_data_import_study_then_results_and_exports_show_the_studys_table() {
+    let Some(data) = study_data::dir_or_skip(
+        "study_data_import_study_then_results_and_exports_show_the_studys_table",
+    ) else {
+        return;
+    };
+    import_study_then_results_and_exports_show_the_table(&data.join("seed-benchmarks"), &STUDY);
 }
 
 #[test]

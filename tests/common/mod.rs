@@ -165,3 +165,41 @@ reference = "4 + 4 = 8"
     .unwrap();
     config
 }
+
+/// Where the study-format data lives: the project's own fixtures, always there, and the study's real files,
+/// checked only when `QLAB_STUDY_DATA` names their directory (the study's repository is not part of a clone).
+#[allow(dead_code)] // not every test binary that includes `common` reads study data
+pub mod study_data {
+    use std::io::Write;
+    use std::path::{Path, PathBuf};
+
+    /// The variable naming the study's data directory (`seed-questions/`, `seed-benchmarks/`).
+    pub const VAR: &str = "QLAB_STUDY_DATA";
+
+    /// The fixtures in the study's formats, laid out like the study's data directory.
+    pub fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/study")
+    }
+
+    /// The directory `QLAB_STUDY_DATA` names (a relative path is taken from the checkout), or `None` after
+    /// telling that `test` was skipped and why. The line goes straight to stderr, past the test harness's
+    /// capture, so that a plain `cargo test` shows it.
+    pub fn dir_or_skip(test: &str) -> Option<PathBuf> {
+        let Some(value) = std::env::var_os(VAR).filter(|v| !v.is_empty()) else {
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipped {test}: set {VAR} to the study's data directory (seed-questions/, \
+                 seed-benchmarks/; CI uses ../shared/data, the README says how to lay it out) to run \
+                 this check against the study's own files"
+            );
+            return None;
+        };
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join(value);
+        assert!(
+            dir.join("seed-questions").is_dir() && dir.join("seed-benchmarks").is_dir(),
+            "{VAR}={}: expected the study's data directory, holding seed-questions/ and seed-benchmarks/",
+            dir.display()
+        );
+        Some(dir)
+    }
+}
