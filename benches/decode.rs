@@ -10,8 +10,8 @@ use mimalloc::MiMalloc;
 use qlab::model::generate::{
     CandleQuantizedLlama, CausalLm, GenerateOptions, Sampling, generate, open_model,
 };
-use qlab::model::source::{ResolveOptions, demo_model};
-use qlab::model::tokenizer::Tokenizer;
+use qlab::source::{ResolveOptions, demo_model};
+use qlab::model::text::tokenizer::Tokenizer;
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;

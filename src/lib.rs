@@ -9,6 +9,7 @@ pub mod eval;
 pub mod model;
 pub mod plan;
 pub mod rating;
+pub mod source;
 pub mod store;
 pub mod sweep;
 pub mod train;

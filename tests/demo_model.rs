@@ -7,10 +7,10 @@ use candle_core::Device;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use mimalloc::MiMalloc;
-use qlab::model::chat::{ChatTemplate, Message};
+use qlab::model::text::chat::{ChatTemplate, Message};
 use qlab::model::generate::{Finish, GenerateOptions, Sampling, generate, open_model};
-use qlab::model::source::{ModelSource, ResolveOptions, SourceError, demo_model};
-use qlab::model::tokenizer::Tokenizer;
+use qlab::source::{ModelSource, ResolveOptions, SourceError, demo_model};
+use qlab::model::text::tokenizer::Tokenizer;
 
 // As in the binary: mimalloc returns freed memory, so RSS deltas mean what they say.
 #[global_allocator]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use color_eyre::eyre::{Result, bail, eyre};
 use qlab::model::Quant;
-use qlab::model::bench::{BenchModel, BenchSettings, bench_train};
+use qlab::train::bench::{BenchModel, BenchSettings, bench_train};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {

@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use clap::Args;
 use color_eyre::eyre::{Result, WrapErr, eyre};
 use qlab::eval::sources;
-use qlab::model::chat::{ChatTemplate, Message};
+use qlab::model::text::chat::{ChatTemplate, Message};
 use qlab::model::generate::{GenEvent, GenerateOptions, Sampling, generate, open_model};
-use qlab::model::source::{ModelSource, ResolveOptions, demo_model};
-use qlab::model::tokenizer::{TextStream, Tokenizer};
+use qlab::source::{ModelSource, ResolveOptions, demo_model};
+use qlab::model::text::tokenizer::{TextStream, Tokenizer};
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {

