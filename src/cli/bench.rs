@@ -52,9 +52,9 @@ pub struct TrainArgs {
     /// With --preset: keep only the first N blocks (to profile a step at real widths in less time).
     #[arg(long, requires = "preset")]
     layers: Option<usize>,
-    /// Where to run: cpu, cuda or cuda:N (CUDA needs a build with the `cuda` feature).
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// Where to run: cpu, cuda:N or auto (CUDA needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu", value_parser = super::parse_device)]
+    device: qlab::config::DeviceSpec,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,

@@ -58,15 +58,30 @@ impl Target {
     }
 }
 
-/// Positions of the projections in [`Target::ALL`], for the fused blocks that index them by number.
+/// Positions of the projections in [`Target::ALL`] (their declaration order), for the fused blocks that
+/// index them by number.
 pub mod slot {
-    pub const Q: usize = 0;
-    pub const K: usize = 1;
-    pub const V: usize = 2;
-    pub const O: usize = 3;
-    pub const GATE: usize = 4;
-    pub const UP: usize = 5;
-    pub const DOWN: usize = 6;
+    use super::Target;
+
+    pub const Q: usize = Target::Q as usize;
+    pub const K: usize = Target::K as usize;
+    pub const V: usize = Target::V as usize;
+    pub const O: usize = Target::O as usize;
+    pub const GATE: usize = Target::Gate as usize;
+    pub const UP: usize = Target::Up as usize;
+    pub const DOWN: usize = Target::Down as usize;
     /// How many projections a block has.
-    pub const COUNT: usize = 7;
+    pub const COUNT: usize = Target::ALL.len();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_target_sits_at_its_slot_in_all() {
+        for (i, t) in Target::ALL.into_iter().enumerate() {
+            assert_eq!(t as usize, i, "{t:?}");
+        }
+    }
 }

@@ -4,11 +4,12 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
+use crate::config::DeviceSpec;
 use crate::model::load::builder::build_decoder;
 use crate::model::error::{ModelError, Result};
 use crate::model::load::load_model;
@@ -38,8 +39,8 @@ pub struct BenchSettings {
     pub checkpointing: bool,
     /// See `StepOptions::save_frozen_products` (None: the device's default, `StepOptions::for_device`).
     pub save_frozen_products: Option<bool>,
-    /// `cpu`, `cuda` or `cuda:N` (see `model::device::parse_device`).
-    pub device: String,
+    /// Where to run (`auto` as `model::device::resolve` says).
+    pub device: DeviceSpec,
     /// Presets only: keep the first N blocks (profiling a step at real widths in less time and memory).
     pub layers: Option<usize>,
 }
@@ -126,7 +127,7 @@ impl AdamW {
 
 /// Runs the benchmark on the CPU or a CUDA device.
 pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
-    let device = crate::model::device::parse_device(&s.device)?;
+    let device = Device::try_from(s.device)?;
     if s.steps < 2 || s.batch == 0 || s.seq < 2 {
         return Err(ModelError::Usage(
             "need --steps >= 2 (the first is warm-up), --batch >= 1, --seq >= 2".into(),
@@ -238,7 +239,7 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
         step_times_s: times,
         tokens_per_s: (s.batch * s.seq) as f64 / step_s,
         peak_rss_mib: peak_rss_mib(),
-        device: s.device.clone(),
+        device: crate::model::device::resolve(s.device).to_string(),
         peak_vram_gib,
         peak_allocated_gib,
         warmup_s,
@@ -267,7 +268,7 @@ mod tests {
             rank: 2,
             checkpointing: true,
             save_frozen_products: None,
-            device: "cpu".into(),
+            device: DeviceSpec::Cpu,
             layers: Some(1),
         })
         .unwrap();

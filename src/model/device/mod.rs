@@ -1,4 +1,4 @@
-//! Devices: opening one by name (`cpu`, `cuda`, `cuda:N`) and the dtype it computes in (bf16 on CUDA, f32
+//! Devices: opening the one a config names (`DeviceSpec`: `auto`, `cpu`, `cuda:N`) and the dtype it computes in (bf16 on CUDA, f32
 //! on the CPU; LoRA weights and optimizer state stay f32 everywhere); with the `cuda` feature, the CUDA
 //! memory pool's settings and peak, and a VRAM sampler.
 
@@ -13,6 +13,7 @@ pub use vram::VramPeak;
 
 use candle_core::{DType, Device};
 
+use crate::config::DeviceSpec;
 use crate::model::error::{ModelError, Result};
 
 /// The dtype activations and dequantized frozen weights use on `device`.
@@ -24,34 +25,38 @@ pub fn compute_dtype(device: &Device) -> DType {
     }
 }
 
-/// Opens a device by name: `cpu`, `cuda` (= `cuda:0`) or `cuda:N`.
-pub fn parse_device(name: &str) -> Result<Device> {
-    let name = name.trim();
-    if name.eq_ignore_ascii_case("cpu") {
-        return Ok(Device::Cpu);
+/// The device `auto` stands for in this build: the first GPU when qlab has CUDA, else the CPU; other
+/// choices are kept.
+pub fn resolve(spec: DeviceSpec) -> DeviceSpec {
+    match spec {
+        DeviceSpec::Auto if candle_core::utils::cuda_is_available() => DeviceSpec::Cuda(0),
+        DeviceSpec::Auto => DeviceSpec::Cpu,
+        other => other,
     }
-    let ordinal = match name.to_ascii_lowercase().as_str() {
-        "cuda" | "gpu" => 0,
-        other => other
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-            .ok_or_else(|| {
-                ModelError::Usage(format!(
-                    "unknown device `{name}`; expected `cpu`, `cuda` or `cuda:N` (N = 0, 1, ...)"
-                ))
-            })?,
-    };
-    if !cfg!(feature = "cuda") {
-        return Err(ModelError::Usage(format!(
-            "device `{name}` needs a qlab built with the `cuda` feature (cargo build --release --features cuda; see the README's CUDA section)"
-        )));
+}
+
+/// Opens the device a config or command line names (`auto` as [`resolve`] says): the one conversion from
+/// [`DeviceSpec`] to candle's device.
+impl TryFrom<DeviceSpec> for Device {
+    type Error = ModelError;
+
+    fn try_from(spec: DeviceSpec) -> Result<Device> {
+        let ordinal = match resolve(spec) {
+            DeviceSpec::Cuda(n) => n,
+            _ => return Ok(Device::Cpu),
+        };
+        if !cfg!(feature = "cuda") {
+            return Err(ModelError::Usage(format!(
+                "device `{spec}` needs a qlab built with the `cuda` feature (cargo build --release --features cuda; see the README's CUDA section)"
+            )));
+        }
+        let device = Device::new_cuda(ordinal).map_err(|e| {
+            ModelError::Usage(format!("cannot open CUDA device {ordinal} (`{spec}`): {e}"))
+        })?;
+        #[cfg(feature = "cuda")]
+        cuda_pool::keep_freed_memory(&device)?;
+        Ok(device)
     }
-    let device = Device::new_cuda(ordinal).map_err(|e| {
-        ModelError::Usage(format!("cannot open CUDA device {ordinal} (`{name}`): {e}"))
-    })?;
-    #[cfg(feature = "cuda")]
-    cuda_pool::keep_freed_memory(&device)?;
-    Ok(device)
 }
 
 #[cfg(test)]
@@ -59,18 +64,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cpu_parses_and_bad_names_are_refused_with_the_expected_forms() {
-        assert!(parse_device("cpu").unwrap().is_cpu());
+    fn cpu_and_auto_without_a_gpu_open_the_cpu() {
+        assert!(Device::try_from(DeviceSpec::Cpu).unwrap().is_cpu());
         assert_eq!(compute_dtype(&Device::Cpu), DType::F32);
-        let err = parse_device("tpu:0").unwrap_err().to_string();
-        assert!(err.contains("`cpu`, `cuda` or `cuda:N`"), "{err}");
-        assert!(parse_device("cuda:x").is_err());
+        if !candle_core::utils::cuda_is_available() {
+            assert_eq!(resolve(DeviceSpec::Auto), DeviceSpec::Cpu);
+            assert!(Device::try_from(DeviceSpec::Auto).unwrap().is_cpu());
+        }
+        assert_eq!(resolve(DeviceSpec::Cuda(1)), DeviceSpec::Cuda(1));
     }
 
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn cuda_without_the_feature_says_how_to_build_it() {
-        let err = parse_device("cuda:0").unwrap_err().to_string();
+        let err = Device::try_from(DeviceSpec::Cuda(0)).unwrap_err().to_string();
         assert!(err.contains("--features cuda"), "{err}");
+        assert!(err.contains("`cuda:0`"), "{err}");
     }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 
+use crate::config::QuantSpec;
 use crate::model::error::{ModelError, Result};
 use super::frozen::FrozenWeight;
 
@@ -17,6 +18,24 @@ pub enum Quant {
     Nf4,
     /// A GGUF block type (q4_0, q4_1, q8_0, q4k, q6k ...).
     Ggml(GgmlDType),
+}
+
+/// The quantisation experiments.toml names: the one conversion from the config's value.
+impl From<QuantSpec> for Quant {
+    fn from(q: QuantSpec) -> Self {
+        match q {
+            QuantSpec::None => Self::None,
+            QuantSpec::Nf4 => Self::Nf4,
+            QuantSpec::Q4_0 => Self::Ggml(GgmlDType::Q4_0),
+            QuantSpec::Q4_1 => Self::Ggml(GgmlDType::Q4_1),
+            QuantSpec::Q5_0 => Self::Ggml(GgmlDType::Q5_0),
+            QuantSpec::Q5_1 => Self::Ggml(GgmlDType::Q5_1),
+            QuantSpec::Q8_0 => Self::Ggml(GgmlDType::Q8_0),
+            QuantSpec::Q4k => Self::Ggml(GgmlDType::Q4K),
+            QuantSpec::Q5k => Self::Ggml(GgmlDType::Q5K),
+            QuantSpec::Q6k => Self::Ggml(GgmlDType::Q6K),
+        }
+    }
 }
 
 impl Quant {
@@ -74,4 +93,29 @@ pub trait TensorSource {
     fn frozen(&self, name: &str, quant: Quant, device: &Device) -> Result<FrozenWeight>;
     /// The embedding table, as stored (GGUF type or the checkpoint's float type).
     fn embedding(&self, name: &str, device: &Device) -> Result<FrozenWeight>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_config_quant_converts_to_the_quant_its_name_parses_to() {
+        for spec in [
+            QuantSpec::None,
+            QuantSpec::Nf4,
+            QuantSpec::Q4_0,
+            QuantSpec::Q4_1,
+            QuantSpec::Q5_0,
+            QuantSpec::Q5_1,
+            QuantSpec::Q8_0,
+            QuantSpec::Q4k,
+            QuantSpec::Q5k,
+            QuantSpec::Q6k,
+        ] {
+            let name = serde_json::to_value(spec).unwrap();
+            let parsed = Quant::parse(name.as_str().unwrap());
+            assert_eq!(parsed, Some(Quant::from(spec)), "{spec:?}");
+        }
+    }
 }
