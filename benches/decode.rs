@@ -7,12 +7,12 @@ use std::path::Path;
 
 use candle_core::Device;
 use mimalloc::MiMalloc;
+use qlab::model::Quant;
 use qlab::model::generate::{
     CandleQuantizedLlama, CausalLm, GenerateOptions, Sampling, generate, open_model,
 };
-use qlab::source::{ResolveOptions, demo_model};
-use qlab::model::Quant;
 use qlab::model::text::tokenizer::Tokenizer;
+use qlab::source::{ResolveOptions, demo_model};
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;

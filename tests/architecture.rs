@@ -133,14 +133,21 @@ fn named_paths(code: &str) -> Vec<String> {
             continue;
         }
         let end = after.find(';').unwrap_or(after.len());
-        let tree: String = after[..end].split_whitespace().collect::<Vec<_>>().join(" ");
+        let tree: String = after[..end]
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
         paths.extend(expand_use(&tree.replace(":: ", "::").replace(" ::", "::")));
         rest = &after[end..];
     }
     let bytes = code.as_bytes();
     for start in ["crate::", "qlab::", "super::", "self::"] {
         for (i, _) in code.match_indices(start) {
-            if i > 0 && (bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_' || bytes[i - 1] == b':') {
+            if i > 0
+                && (bytes[i - 1].is_ascii_alphanumeric()
+                    || bytes[i - 1] == b'_'
+                    || bytes[i - 1] == b':')
+            {
                 continue;
             }
             let len = code[i..]
@@ -287,7 +294,8 @@ fn graphs() -> Graphs {
         };
         if from != to {
             g.top.entry(from.clone()).or_default().insert(to.clone());
-            g.witness.insert((from.clone(), to.clone()), arrow.file.clone());
+            g.witness
+                .insert((from.clone(), to.clone()), arrow.file.clone());
         }
         if from == "model" && to == "model" {
             let (Some(a), Some(b)) = (arrow.from.get(1), arrow.to.get(1)) else {
@@ -296,7 +304,10 @@ fn graphs() -> Graphs {
             let b = reexports.get(b).unwrap_or(b);
             if a != b && groups.contains(a.as_str()) && groups.contains(b.as_str()) {
                 g.model.entry(a.clone()).or_default().insert(b.clone());
-                g.witness.insert((format!("model::{a}"), format!("model::{b}")), arrow.file.clone());
+                g.witness.insert(
+                    (format!("model::{a}"), format!("model::{b}")),
+                    arrow.file.clone(),
+                );
             }
         }
     }
@@ -305,7 +316,10 @@ fn graphs() -> Graphs {
 
 fn describe(g: &Graphs, from: &str, to: &str) -> String {
     let file = g.witness.get(&(from.to_string(), to.to_string()));
-    format!("{from} -> {to} (in {})", file.map(|f| f.display().to_string()).unwrap_or_default())
+    format!(
+        "{from} -> {to} (in {})",
+        file.map(|f| f.display().to_string()).unwrap_or_default()
+    )
 }
 
 #[test]
@@ -320,18 +334,29 @@ fn the_groups_of_model_import_downward_only() {
     for (from, tos) in &g.model {
         for to in tos {
             if rank[from.as_str()] <= rank[to.as_str()] {
-                upward.push(describe(&g, &format!("model::{from}"), &format!("model::{to}")));
+                upward.push(describe(
+                    &g,
+                    &format!("model::{from}"),
+                    &format!("model::{to}"),
+                ));
             }
         }
     }
-    assert!(upward.is_empty(), "arrows not pointing down in src/model:\n{}", upward.join("\n"));
+    assert!(
+        upward.is_empty(),
+        "arrows not pointing down in src/model:\n{}",
+        upward.join("\n")
+    );
 }
 
 #[test]
 fn top_level_modules_have_no_cycle_and_keep_their_floors() {
     let g = graphs();
     if let Some(cycle) = find_cycle(&g.top) {
-        panic!("import cycle between top-level modules: {}", cycle.join(" -> "));
+        panic!(
+            "import cycle between top-level modules: {}",
+            cycle.join(" -> ")
+        );
     }
     let imports = |m: &str| g.top.get(m).cloned().unwrap_or_default();
     for banned in ["model", "train"] {
@@ -342,7 +367,10 @@ fn top_level_modules_have_no_cycle_and_keep_their_floors() {
         );
     }
     let model = imports("model");
-    assert!(model.contains("store"), "model's arrows were not found: {model:?}");
+    assert!(
+        model.contains("store"),
+        "model's arrows were not found: {model:?}"
+    );
     for to in model {
         assert!(
             MODEL_MAY_IMPORT.contains(&to.as_str()),

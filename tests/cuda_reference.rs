@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use qlab::model::quant::Nf4Cuda;
 use qlab::model::quant::nf4::Nf4Tensor;
-use qlab::train::step::{StepOptions, TrainBatch};
 use qlab::model::{Decoder, FrozenWeight, Positions, Quant, load_model};
+use qlab::train::step::{StepOptions, TrainBatch};
 
 const FAMILIES: [&str; 5] = ["llama", "mistral", "qwen2", "gemma", "gemma2"];
 const LOGITS_REL: f32 = 3e-2;

@@ -7,11 +7,11 @@ use candle_core::Device;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use mimalloc::MiMalloc;
-use qlab::model::text::chat::{ChatTemplate, Message};
-use qlab::model::generate::{Finish, GenerateOptions, Sampling, generate, open_model};
-use qlab::source::{ModelSource, ResolveOptions, SourceError, demo_model};
 use qlab::model::Quant;
+use qlab::model::generate::{Finish, GenerateOptions, Sampling, generate, open_model};
+use qlab::model::text::chat::{ChatTemplate, Message};
 use qlab::model::text::tokenizer::Tokenizer;
+use qlab::source::{ModelSource, ResolveOptions, SourceError, demo_model};
 
 // As in the binary: mimalloc returns freed memory, so RSS deltas mean what they say.
 #[global_allocator]

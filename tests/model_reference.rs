@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, IndexOp, Tensor};
-use qlab::train::step::{StepOptions, TrainBatch};
 use qlab::model::{Decoder, KvCache, ModelError, Positions, Quant, load_model};
+use qlab::train::step::{StepOptions, TrainBatch};
 
 const FAMILIES: [&str; 5] = ["llama", "mistral", "qwen2", "gemma", "gemma2"];
 

@@ -8,10 +8,10 @@ use clap::Args;
 use color_eyre::eyre::{Result, WrapErr, eyre};
 use qlab::eval::sources;
 use qlab::model::Quant;
-use qlab::model::text::chat::{ChatTemplate, Message};
 use qlab::model::generate::{GenEvent, GenerateOptions, Sampling, generate, open_model};
-use qlab::source::{ModelSource, ResolveOptions, demo_model};
+use qlab::model::text::chat::{ChatTemplate, Message};
 use qlab::model::text::tokenizer::{TextStream, Tokenizer};
+use qlab::source::{ModelSource, ResolveOptions, demo_model};
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {

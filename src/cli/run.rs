@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use color_eyre::eyre::{Result, WrapErr, eyre};
 use qlab::config::{Config, DeviceSpec, check_devices};
+use qlab::model::device;
 use qlab::plan::Plan;
 use qlab::store::SweepPaths;
-use qlab::model::device;
 use qlab::sweep::from_plan::{jobs_from_plan, sweep_devices};
 use qlab::sweep::job::RunEvaluator;
 use qlab::sweep::model_loader::DecoderLoader;

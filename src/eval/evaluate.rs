@@ -17,9 +17,9 @@ use crate::eval::stages::{
 };
 use crate::model::Quant;
 use crate::model::generate::{OpenError, open_model};
-use crate::source::{ResolveOptions, SourceError};
 use crate::model::text::tokenizer::{Tokenizer, TokenizerError};
 use crate::plan::PlannedRun;
+use crate::source::{ResolveOptions, SourceError};
 use crate::store::SweepPaths;
 
 /// Why answers could not be produced; each names the model, dataset or file concerned.

@@ -123,7 +123,14 @@ mod tests {
         write_json_atomic(&paths.status(), &status).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let stop = AtomicBool::new(false);
-        assert!(evaluate_job(&paths, "r", DeviceSpec::Cpu, &StoppedMidway, &stop, &tx));
+        assert!(evaluate_job(
+            &paths,
+            "r",
+            DeviceSpec::Cpu,
+            &StoppedMidway,
+            &stop,
+            &tx
+        ));
         let after: RunStatus = read_json(&paths.status()).unwrap().unwrap();
         assert_eq!(after.state, RunState::Interrupted);
         assert!(after.reason.unwrap().contains("stopped"));

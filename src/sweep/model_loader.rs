@@ -8,10 +8,10 @@ use candle_core::Device;
 use super::job::{LoadedModel, ModelLoader, RunJob};
 use crate::config::{Config, LoraSection, ModelSection};
 use crate::eval::sources::source_of;
-use crate::source::{ModelSource, ResolveOptions};
 use crate::model::text::tokenizer::Tokenizer;
 use crate::model::{LoraSpec, Quant, Target, load_model};
 use crate::plan::Plan;
+use crate::source::{ModelSource, ResolveOptions};
 use crate::train::data::examples::TextEncoder;
 use crate::train::decoder_model::DecoderModel;
 
@@ -97,7 +97,8 @@ impl ModelLoader for DecoderLoader {
         let opts = ResolveOptions::from_env().map_err(|e| e.to_string())?;
         let path = run.source.resolve(&opts).map_err(|e| e.to_string())?;
         let device = Device::try_from(job.device).map_err(|e| e.to_string())?;
-        let decoder = load_model(&path, Quant::from(run.model.quant), &device).map_err(|e| e.to_string())?;
+        let decoder =
+            load_model(&path, Quant::from(run.model.quant), &device).map_err(|e| e.to_string())?;
         let tokenizer = Tokenizer::load(&path).map_err(|e| e.to_string())?;
         let eos = decoder
             .config

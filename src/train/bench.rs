@@ -10,13 +10,13 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::config::DeviceSpec;
-use crate::model::load::builder::build_decoder;
 use crate::model::error::{ModelError, Result};
+use crate::model::load::builder::build_decoder;
 use crate::model::load::load_model;
-use crate::model::{LoraSpec, Target};
 use crate::model::load::presets::{PRESETS, RandomWeights, preset};
-use crate::train::step::{StepOptions, TrainBatch};
 use crate::model::quant::weights::Quant;
+use crate::model::{LoraSpec, Target};
+use crate::train::step::{StepOptions, TrainBatch};
 
 /// Which model to benchmark.
 #[derive(Debug, Clone)]

@@ -10,12 +10,12 @@ use std::collections::HashMap;
 use candle_core::{D, DType, Tensor, Var};
 
 use crate::model::autograd::attach::backward_with;
-use crate::model::kernels::cpu;
+use crate::model::decoder::lora::{DropoutSeed, SavedProducts};
 use crate::model::decoder::{Decoder, Positions};
 use crate::model::error::{ModelError, Result};
-use crate::model::decoder::lora::{DropoutSeed, SavedProducts};
-use crate::model::target::Target;
+use crate::model::kernels::cpu;
 use crate::model::load::peft::peft_key;
+use crate::model::target::Target;
 
 /// A batch of token sequences.
 #[derive(Debug, Clone)]

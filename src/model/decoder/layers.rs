@@ -29,7 +29,8 @@ impl RmsNorm {
     /// The same through candle's fused kernel, which has no backward: only for passes that need no gradient
     /// (generation, the checkpointed first pass). On CUDA, this crate's bf16 kernel (no casts).
     pub fn forward_no_grad(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(y) = crate::model::kernels::fused_rms_norm(&x.detach(), &self.weight, self.eps)? {
+        if let Some(y) = crate::model::kernels::fused_rms_norm(&x.detach(), &self.weight, self.eps)?
+        {
             return Ok(y);
         }
         let xf = x.to_dtype(DType::F32)?.contiguous()?;

@@ -145,8 +145,12 @@ impl AdaptedLinear {
         };
         let (a, b, mask) = Self::adapter_operands(x, l, call)?;
         if call.saved.is_none()
-            && let Some(y) =
-                crate::model::kernels::fused_adapted(x, &self.base, (&a, &b, l.scale), mask.clone())?
+            && let Some(y) = crate::model::kernels::fused_adapted(
+                x,
+                &self.base,
+                (&a, &b, l.scale),
+                mask.clone(),
+            )?
         {
             return Ok(y);
         }
@@ -273,7 +277,8 @@ impl AdaptedLinear {
             l.b.as_tensor()
                 .matmul(l.a.as_tensor())?
                 .affine(l.scale, 0.0)?;
-        self.base.weight = crate::model::quant::frozen::FrozenWeight::Dense((&w + delta.to_dtype(w.dtype())?)?);
+        self.base.weight =
+            crate::model::quant::frozen::FrozenWeight::Dense((&w + delta.to_dtype(w.dtype())?)?);
         Ok(())
     }
 }

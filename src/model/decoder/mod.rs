@@ -5,13 +5,13 @@ pub mod lora;
 
 use candle_core::{Device, Result, Tensor};
 
-use crate::model::config::{Activation, ModelConfig};
-use crate::model::kernels::cpu;
-use crate::model::quant::frozen::{FrozenLinear, FrozenWeight};
 use self::layers::{
     RmsNorm, apply_rope, apply_rope_no_grad, attention_mask, mask_rows, rope_tables, softcap,
 };
 use self::lora::{AdaptedLinear, DropoutSeed, LoraAdapter, LoraCall, SavedProducts};
+use crate::model::config::{Activation, ModelConfig};
+use crate::model::kernels::cpu;
+use crate::model::quant::frozen::{FrozenLinear, FrozenWeight};
 use crate::model::target::Target;
 
 /// One transformer block.
@@ -410,9 +410,13 @@ impl Decoder {
                 s.exchange(site_id_attention(i), Some(&attn));
             }
             attn.transpose(1, 2)?.reshape((b, t, h * hd))?
-        } else if let Some(attn) =
-            crate::model::kernels::fused_attention(&q, &k, &v, mask, (scale, cfg.attn_logit_softcap))?
-        {
+        } else if let Some(attn) = crate::model::kernels::fused_attention(
+            &q,
+            &k,
+            &v,
+            mask,
+            (scale, cfg.attn_logit_softcap),
+        )? {
             attn
         } else {
             let total = k.dim(2)?;
@@ -440,7 +444,8 @@ impl Decoder {
         let up = blk.up.forward(&hn, site(Target::Up))?;
         let gated = if cpu {
             cpu::gated::gated_product(&gate, &up, cfg.activation)?
-        } else if let Some(gated) = crate::model::kernels::fused_gated(&gate, &up, cfg.activation)? {
+        } else if let Some(gated) = crate::model::kernels::fused_gated(&gate, &up, cfg.activation)?
+        {
             gated
         } else {
             let gate = match cfg.activation {

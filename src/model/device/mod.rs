@@ -77,7 +77,9 @@ mod tests {
     #[cfg(not(feature = "cuda"))]
     #[test]
     fn cuda_without_the_feature_says_how_to_build_it() {
-        let err = Device::try_from(DeviceSpec::Cuda(0)).unwrap_err().to_string();
+        let err = Device::try_from(DeviceSpec::Cuda(0))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("--features cuda"), "{err}");
         assert!(err.contains("`cuda:0`"), "{err}");
     }

@@ -3,13 +3,13 @@
 use candle_core::{Device, Tensor};
 
 use crate::model::config::ModelConfig;
+use crate::model::decoder::layers::RmsNorm;
+use crate::model::decoder::lora::AdaptedLinear;
 use crate::model::decoder::{Block, Decoder};
 use crate::model::error::{ModelError, Result};
 use crate::model::quant::frozen::{FrozenLinear, FrozenWeight};
-use crate::model::decoder::layers::RmsNorm;
-use crate::model::decoder::lora::AdaptedLinear;
-use crate::model::target::Target;
 use crate::model::quant::weights::{Quant, TensorSource};
+use crate::model::target::Target;
 
 struct Builder<'a> {
     cfg: &'a ModelConfig,

@@ -11,11 +11,11 @@ use std::path::Path;
 use candle_core::Device;
 
 use self::builder::build_decoder;
+use self::gguf::GgufFile;
+use self::safetensors::{SafetensorsFiles, checkpoint_files};
 use crate::model::config::ModelConfig;
 use crate::model::decoder::Decoder;
 use crate::model::error::{ModelError, Result};
-use self::gguf::GgufFile;
-use self::safetensors::{SafetensorsFiles, checkpoint_files};
 use crate::model::quant::weights::Quant;
 
 fn is_pickle(path: &Path) -> bool {

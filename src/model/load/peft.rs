@@ -9,12 +9,12 @@ use std::path::Path;
 use candle_core::{DType, Tensor, Var};
 use serde_json::json;
 
-use crate::model::decoder::Decoder;
-use crate::model::error::{ModelError, Result};
 use super::safetensors::SafetensorsFiles;
+use crate::model::decoder::Decoder;
 use crate::model::decoder::lora::{LoraAdapter, LoraSpec};
-use crate::model::target::Target;
+use crate::model::error::{ModelError, Result};
 use crate::model::quant::weights::TensorSource;
+use crate::model::target::Target;
 
 const ADAPTER_FILE: &str = "adapter_model.safetensors";
 const CONFIG_FILE: &str = "adapter_config.json";

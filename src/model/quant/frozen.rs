@@ -9,8 +9,8 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
 use candle_core::{DType, Device, Module, Tensor};
 
-use crate::model::autograd::attach::{Backward, attach};
 use super::nf4::Nf4Tensor;
+use crate::model::autograd::attach::{Backward, attach};
 
 /// Above this many elements a weight is dequantized and multiplied in row chunks (vocabulary heads).
 const CHUNK_ELEMS: usize = 1 << 25;
@@ -161,7 +161,9 @@ impl FrozenWeight {
             #[cfg(feature = "cuda")]
             Self::Nf4Cuda(_) => GPU_CHUNK_ELEMS,
             // Already in the compute dtype: chunks would only add copies and sums.
-            Self::Dense(t) if t.dtype() == crate::model::device::compute_dtype(t.device()) => usize::MAX,
+            Self::Dense(t) if t.dtype() == crate::model::device::compute_dtype(t.device()) => {
+                usize::MAX
+            }
             _ => CHUNK_ELEMS,
         };
         let per = (limit / cols.max(1)).max(1);

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 
+use super::frozen::FrozenWeight;
 use crate::config::QuantSpec;
 use crate::model::error::{ModelError, Result};
-use super::frozen::FrozenWeight;
 
 /// How frozen projections of an unquantized checkpoint are stored in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

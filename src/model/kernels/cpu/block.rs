@@ -14,8 +14,8 @@ use super::gated::GatedProduct;
 use super::rms_norm::FusedRmsNorm;
 use super::rope::FusedRope;
 use super::{storage_slice, to_f32_vec};
-use crate::model::config::Activation;
 use crate::model::autograd::grad_carrier::{self, GradSlots};
+use crate::model::config::Activation;
 use crate::model::target::slot::{COUNT as PROJECTIONS, DOWN, GATE, K, O, Q, UP, V};
 
 const NAME: &str = "decoder-block";
@@ -373,12 +373,12 @@ mod tests {
 
     use super::super::test_util::{random, rel_err};
     use super::*;
-    use crate::model::load::builder::build_decoder;
-    use crate::model::decoder::{Decoder, Positions};
     use crate::model::decoder::lora::{DropoutSeed, LoraSpec, SavedProducts};
-    use crate::model::target::Target;
+    use crate::model::decoder::{Decoder, Positions};
+    use crate::model::load::builder::build_decoder;
     use crate::model::load::presets::{RandomWeights, preset};
     use crate::model::quant::weights::Quant;
+    use crate::model::target::Target;
 
     /// One small llama block, NF4 base, adapters on every projection with non-zero B and dropout.
     fn decoder() -> Decoder {

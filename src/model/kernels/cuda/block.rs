@@ -13,9 +13,9 @@ use candle_core::{CudaStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor
 use super::adapted::{Adapter, Projection};
 use super::heads::{Rotary, merge_heads, split_heads};
 use super::{attention, fused, take_once};
-use crate::model::kernels::BlockParts;
-use crate::model::config::Activation;
 use crate::model::autograd::grad_carrier::{self, GradSlots};
+use crate::model::config::Activation;
+use crate::model::kernels::BlockParts;
 use crate::model::target::slot::{COUNT as PROJECTIONS, DOWN, GATE, K, O, Q, UP, V};
 
 const NAME: &str = "decoder-block-cuda";
