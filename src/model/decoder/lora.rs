@@ -185,7 +185,7 @@ impl AdaptedLinear {
         Ok((a, b, mask))
     }
 
-    /// The operands of the fused GPU block (`cuda::fused_block`) for input `x`.
+    /// The operands of the fused GPU block (`kernels::fused_block`) for input `x`.
     pub(crate) fn block_projection(
         &self,
         x: &Tensor,

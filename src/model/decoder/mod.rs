@@ -222,7 +222,7 @@ impl Decoder {
         if cpu::applies(x) && !ctx.generation && cache.is_none() && llama_style {
             return self.block_forward_fused(i, x, ctx);
         }
-        // CUDA bf16 without a cache (training, evaluation): the whole block through `cuda::fused_block`.
+        // CUDA bf16 without a cache (training, evaluation): the whole block through `kernels::fused_block`.
         if !ctx.generation
             && cache.is_none()
             && ctx.saved.is_none()
@@ -234,7 +234,7 @@ impl Decoder {
         self.block_forward_composed(i, x, ctx, cache)
     }
 
-    /// [`Self::block_forward`] through `cuda::fused_block`, when it serves `x`.
+    /// [`Self::block_forward`] through `kernels::fused_block`, when it serves `x`.
     fn block_forward_cuda(
         &self,
         i: usize,
