@@ -7,11 +7,12 @@ use std::path::Path;
 
 use candle_core::Device;
 use mimalloc::MiMalloc;
+use qlab::model::Quant;
 use qlab::model::generate::{
     CandleQuantizedLlama, CausalLm, GenerateOptions, Sampling, generate, open_model,
 };
-use qlab::model::source::{ResolveOptions, demo_model};
-use qlab::model::tokenizer::Tokenizer;
+use qlab::model::text::tokenizer::Tokenizer;
+use qlab::source::{ResolveOptions, demo_model};
 
 #[global_allocator]
 static GLOBAL: MiMalloc = MiMalloc;
@@ -80,7 +81,7 @@ fn main() {
 
 fn run_qlab(path: &Path, prompt: &[u32], tokens: usize) {
     let before = rss_mib();
-    let mut model = open_model(path, "none", None, &Device::Cpu).expect("qlab model");
+    let mut model = open_model(path, Quant::None, None, &Device::Cpu).expect("qlab model");
     println!("qlab model loaded: +{:.0} MiB", rss_mib() - before);
     bench("qlab", &mut model, prompt, tokens);
 }

@@ -11,9 +11,9 @@ toolchain=${QLAB_CUDA_TOOLCHAIN:-$here/../shared/tools/cuda-toolchain.sh}
 [[ -x $toolchain ]] || toolchain=/work/shared/tools/cuda-toolchain.sh
 eval "$("$toolchain")"
 cd "$here"
-nvcc -ptx -arch=compute_80 -fmad=false -o src/model/cuda/nf4.ptx src/model/cuda/nf4.cu
-nvcc -ptx -arch=compute_80 -fmad=false -o src/model/cuda/fused.ptx src/model/cuda/fused.cu
-nvcc -ptx -arch=compute_80 -o src/model/cuda/lowrank.ptx src/model/cuda/lowrank.cu
+nvcc -ptx -arch=compute_80 -fmad=false -o src/model/kernels/cuda/nf4.ptx src/model/kernels/cuda/nf4.cu
+nvcc -ptx -arch=compute_80 -fmad=false -o src/model/kernels/cuda/fused.ptx src/model/kernels/cuda/fused.cu
+nvcc -ptx -arch=compute_80 -o src/model/kernels/cuda/lowrank.ptx src/model/kernels/cuda/lowrank.cu
 cargo build --release --features cuda --bin qlab --test cuda_reference
 tests=$(ls -t target/release/deps/cuda_reference-* | grep -v '\.d$' | head -n 1)
 mkdir -p "$dest"

@@ -1,7 +1,8 @@
 //! qlab: run QLoRA fine-tuning studies end to end: configure, train, generate, rate, report.
 //!
-//! Dependency direction (downward only): tui -> sweep -> {train, eval} -> model;
-//! rating, store, config and plan import neither tui nor model.
+//! Dependency direction (downward only): tui -> sweep -> {train, eval} -> model -> store / config;
+//! rating, store, config, plan and source import neither tui nor model (README "Architecture";
+//! tests/architecture.rs checks it).
 
 pub mod config;
 pub mod demo_data;
@@ -9,6 +10,7 @@ pub mod eval;
 pub mod model;
 pub mod plan;
 pub mod rating;
+pub mod source;
 pub mod store;
 pub mod sweep;
 pub mod train;

@@ -11,10 +11,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use qlab::model::cuda::Nf4Cuda;
-use qlab::model::nf4::Nf4Tensor;
-use qlab::model::train_step::{StepOptions, TrainBatch};
+use qlab::model::quant::Nf4Cuda;
+use qlab::model::quant::nf4::Nf4Tensor;
 use qlab::model::{Decoder, FrozenWeight, Positions, Quant, load_model};
+use qlab::train::step::{StepOptions, TrainBatch};
 
 const FAMILIES: [&str; 5] = ["llama", "mistral", "qwen2", "gemma", "gemma2"];
 const LOGITS_REL: f32 = 3e-2;
@@ -330,7 +330,7 @@ fn compare(
 fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
     use candle_core::D;
     use qlab::model::config::Activation;
-    use qlab::model::cuda::{
+    use qlab::model::kernels::{
         fused_adapted, fused_attention, fused_gated, fused_rms_norm, fused_row_nll,
         fused_split_heads,
     };
@@ -519,7 +519,7 @@ fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
         );
         let mut valid = vec![vec![true; t]; b];
         valid[1][0] = false;
-        let mask = qlab::model::layers::attention_mask(&valid, 0, t, None, &dev).unwrap();
+        let mask = qlab::model::decoder::layers::attention_mask(&valid, 0, t, None, &dev).unwrap();
         let mask_bf16 = (&mask * 0.5).unwrap().to_dtype(DType::BF16).unwrap();
         for softcap in [None, Some(2.0)] {
             let scale = 0.7;

@@ -7,10 +7,11 @@ use candle_core::Device;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use mimalloc::MiMalloc;
-use qlab::model::chat::{ChatTemplate, Message};
+use qlab::model::Quant;
 use qlab::model::generate::{Finish, GenerateOptions, Sampling, generate, open_model};
-use qlab::model::source::{ModelSource, ResolveOptions, SourceError, demo_model};
-use qlab::model::tokenizer::Tokenizer;
+use qlab::model::text::chat::{ChatTemplate, Message};
+use qlab::model::text::tokenizer::Tokenizer;
+use qlab::source::{ModelSource, ResolveOptions, SourceError, demo_model};
 
 // As in the binary: mimalloc returns freed memory, so RSS deltas mean what they say.
 #[global_allocator]
@@ -119,7 +120,7 @@ fn greedy_chat_answer_is_fluent_and_ends_its_turn() {
         .unwrap();
     let ids = tok.encode(&prompt, false).unwrap();
     let _turn = one_model_at_a_time();
-    let mut model = open_model(&demo_path(), "none", None, &Device::Cpu).unwrap();
+    let mut model = open_model(&demo_path(), Quant::None, None, &Device::Cpu).unwrap();
     let opts = GenerateOptions {
         max_new_tokens: 160,
         sampling: Sampling::Greedy,
@@ -167,7 +168,7 @@ fn frozen_base_resident_memory_is_under_200_mb() {
     };
     let _turn = one_model_at_a_time();
     let before = rss();
-    let model = open_model(&path, "none", None, &Device::Cpu).unwrap();
+    let model = open_model(&path, Quant::None, None, &Device::Cpu).unwrap();
     let grown = rss() - before;
     let (bytes, params) = model.decoder().projection_storage();
     eprintln!(
@@ -196,7 +197,7 @@ fn a_padded_batch_answers_like_single_prompts() {
     .collect();
     assert_ne!(prompts[0].len(), prompts[1].len());
     let _turn = one_model_at_a_time();
-    let mut model = open_model(&demo_path(), "none", None, &Device::Cpu).unwrap();
+    let mut model = open_model(&demo_path(), Quant::None, None, &Device::Cpu).unwrap();
     let opts = GenerateOptions {
         max_new_tokens: 6,
         sampling: Sampling::Greedy,

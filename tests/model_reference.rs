@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, IndexOp, Tensor};
-use qlab::model::train_step::{StepOptions, TrainBatch};
 use qlab::model::{Decoder, KvCache, ModelError, Positions, Quant, load_model};
+use qlab::train::step::{StepOptions, TrainBatch};
 
 const FAMILIES: [&str; 5] = ["llama", "mistral", "qwen2", "gemma", "gemma2"];
 
@@ -254,8 +254,8 @@ fn write_llama_gguf(path: &Path) {
     };
     let mut plain = cfg.clone();
     plain.rope_scaling = None;
-    let base = qlab::model::layers::inv_freq(&plain);
-    let scaled = qlab::model::layers::inv_freq(&cfg);
+    let base = qlab::model::decoder::layers::inv_freq(&plain);
+    let scaled = qlab::model::decoder::layers::inv_freq(&cfg);
     let factors: Vec<f32> = base.iter().zip(&scaled).map(|(b, s)| b / s).collect();
     let mut tensors: Vec<(String, Tensor)> = vec![
         (

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use qlab::config::DeviceSpec;
 use qlab::store::atomic::read_json;
 use qlab::store::{RunState, RunStatus, SweepPaths};
 use qlab::sweep::events::RunEvent;
@@ -37,7 +38,7 @@ fn jobs(data: &Path) -> Vec<RunJob> {
         .map(|(i, id)| RunJob {
             run_id: id.to_string(),
             model: "toy".into(),
-            device: "cpu".into(),
+            device: DeviceSpec::Cpu,
             data: DatasetSpec {
                 path: data.to_owned(),
                 format: None,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Subcommand};
 use color_eyre::eyre::{Result, bail, eyre};
 use qlab::model::Quant;
-use qlab::model::bench::{BenchModel, BenchSettings, bench_train};
+use qlab::train::bench::{BenchModel, BenchSettings, bench_train};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -52,9 +52,9 @@ pub struct TrainArgs {
     /// With --preset: keep only the first N blocks (to profile a step at real widths in less time).
     #[arg(long, requires = "preset")]
     layers: Option<usize>,
-    /// Where to run: cpu, cuda or cuda:N (CUDA needs a build with the `cuda` feature).
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// Where to run: cpu, cuda:N or auto (CUDA needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu", value_parser = super::parse_device)]
+    device: qlab::config::DeviceSpec,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,

@@ -7,10 +7,11 @@ use std::process::ExitCode;
 use clap::Args;
 use color_eyre::eyre::{Result, WrapErr, eyre};
 use qlab::eval::sources;
-use qlab::model::chat::{ChatTemplate, Message};
+use qlab::model::Quant;
 use qlab::model::generate::{GenEvent, GenerateOptions, Sampling, generate, open_model};
-use qlab::model::source::{ModelSource, ResolveOptions, demo_model};
-use qlab::model::tokenizer::{TextStream, Tokenizer};
+use qlab::model::text::chat::{ChatTemplate, Message};
+use qlab::model::text::tokenizer::{TextStream, Tokenizer};
+use qlab::source::{ModelSource, ResolveOptions, demo_model};
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
@@ -90,15 +91,27 @@ pub fn parse_model_arg(model: &str) -> Result<ModelSource> {
 /// The model `--model` names, with its quantization and any chat-template override from the config.
 struct ModelChoice {
     source: ModelSource,
-    quant: String,
+    quant: Quant,
     chat_template: Option<Option<String>>,
+}
+
+/// `--quant` when given.
+fn quant_arg(name: Option<&str>) -> Result<Option<Quant>> {
+    name.map(|q| {
+        Quant::parse(q).ok_or_else(|| {
+            eyre!(
+                "unknown quantization {q:?} (expected none, nf4, q4_0, q4_1, q5_0, q5_1, q8_0, q2k..q6k)"
+            )
+        })
+    })
+    .transpose()
 }
 
 fn resolve_model(args: &GenerateArgs) -> Result<ModelChoice> {
     let Some(config_path) = &args.config else {
         return Ok(ModelChoice {
             source: parse_model_arg(&args.model)?,
-            quant: args.quant.clone().unwrap_or_else(|| "none".into()),
+            quant: quant_arg(args.quant.as_deref())?.unwrap_or(Quant::None),
             chat_template: None,
         });
     };
@@ -114,10 +127,7 @@ fn resolve_model(args: &GenerateArgs) -> Result<ModelChoice> {
     };
     Ok(ModelChoice {
         source: sources::source_of(model, &config),
-        quant: args
-            .quant
-            .clone()
-            .unwrap_or_else(|| sources::quant_name(model.quant).into()),
+        quant: quant_arg(args.quant.as_deref())?.unwrap_or(Quant::from(model.quant)),
         chat_template: sources::chat_template_override(model, &config)
             .wrap_err_with(|| format!("model {}: chat_template file", model.id))?,
     })
@@ -151,7 +161,7 @@ pub fn run(args: GenerateArgs) -> Result<ExitCode> {
     };
     let mut model = open_model(
         &path,
-        &model.quant,
+        model.quant,
         args.adapter.as_deref(),
         &super::open_device(args.device)?,
     )?;

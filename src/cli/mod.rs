@@ -131,6 +131,6 @@ pub fn parse_device(s: &str) -> Result<qlab::config::DeviceSpec, String> {
 
 /// candle's device for a `--device` choice (`auto`: the first GPU when this build has CUDA, else the CPU).
 pub fn open_device(spec: qlab::config::DeviceSpec) -> Result<candle_core::Device> {
-    let name = qlab::sweep::from_plan::device_name(spec);
-    qlab::model::cuda::parse_device(&name).map_err(|e| eyre!("device {name}: {e}"))
+    let name = qlab::model::device::resolve(spec);
+    candle_core::Device::try_from(spec).map_err(|e| eyre!("device {name}: {e}"))
 }

@@ -12,9 +12,10 @@ use std::sync::Arc;
 
 use color_eyre::eyre::{Result, WrapErr, eyre};
 use qlab::config::{Config, DeviceSpec, check_devices};
+use qlab::model::device;
 use qlab::plan::Plan;
 use qlab::store::SweepPaths;
-use qlab::sweep::from_plan::{device_name, jobs_from_plan, sweep_devices};
+use qlab::sweep::from_plan::{jobs_from_plan, sweep_devices};
 use qlab::sweep::job::RunEvaluator;
 use qlab::sweep::model_loader::DecoderLoader;
 use qlab::sweep::plan_evaluator::PlanEvaluator;
@@ -56,7 +57,8 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     let sweep = SweepPaths::new(&config.runs_dir(), &plan.sweep);
     let jobs = jobs_from_plan(&config, &plan, args.only.as_deref()).map_err(|e| eyre!("{e}"))?;
     let devices = devices(&config, &args.devices)?;
-    println!("training on {}", devices.join(", "));
+    let names: Vec<String> = devices.iter().map(DeviceSpec::to_string).collect();
+    println!("training on {}", names.join(", "));
     for job in &jobs {
         let action =
             action_for(&sweep.run(&job.run_id)).wrap_err("cannot read the run directory")?;
@@ -136,7 +138,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
 
 /// `--devices` when given (one value is like `device`, so `auto` is fine), else the config's devices; a list
 /// is checked as `[sweep] devices` is.
-fn devices(config: &Config, chosen: &[DeviceSpec]) -> Result<Vec<String>> {
+fn devices(config: &Config, chosen: &[DeviceSpec]) -> Result<Vec<DeviceSpec>> {
     if chosen.len() > 1
         && let Some((_, problem)) = check_devices(chosen).into_iter().next()
     {
@@ -145,7 +147,7 @@ fn devices(config: &Config, chosen: &[DeviceSpec]) -> Result<Vec<String>> {
     Ok(if chosen.is_empty() {
         sweep_devices(config)
     } else {
-        chosen.iter().copied().map(device_name).collect()
+        chosen.iter().copied().map(device::resolve).collect()
     })
 }
 
@@ -175,11 +177,17 @@ mod tests {
     #[test]
     fn devices_flag_overrides_the_config_and_is_checked_like_it() {
         let config = Config::from_source(Path::new("t.toml"), CONFIG.to_owned()).unwrap();
-        assert_eq!(devices(&config, &[]).unwrap(), ["cpu", "cpu"]);
+        assert_eq!(
+            devices(&config, &[]).unwrap(),
+            [DeviceSpec::Cpu, DeviceSpec::Cpu]
+        );
         let two = chosen(&["--devices", "cuda:1,cuda:0"]).unwrap();
-        assert_eq!(devices(&config, &two).unwrap(), ["cuda:1", "cuda:0"]);
+        assert_eq!(
+            devices(&config, &two).unwrap(),
+            [DeviceSpec::Cuda(1), DeviceSpec::Cuda(0)]
+        );
         let one = chosen(&["--device", "cpu"]).unwrap();
-        assert_eq!(devices(&config, &one).unwrap(), ["cpu"]);
+        assert_eq!(devices(&config, &one).unwrap(), [DeviceSpec::Cpu]);
         let twice = chosen(&["--devices", "cuda:0,cuda:0"]).unwrap();
         let err = devices(&config, &twice).unwrap_err().to_string();
         assert!(err.contains("--devices: `cuda:0` is listed twice"), "{err}");

@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use color_eyre::eyre::Result;
 use qlab::config::Config;
 use qlab::eval::sources::source_of;
-use qlab::model::source::{ModelSource, ResolveOptions, SourceError};
 use qlab::plan::Plan;
+use qlab::source::{ModelSource, ResolveOptions, SourceError};
 
 use super::{ConfigArg, EXIT_BAD_INPUT, load_config};
 

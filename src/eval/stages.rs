@@ -9,7 +9,7 @@ use crate::eval::answers::{
     AnswerJob, AnswerRecord, AnswersError, AnswersSummary, PromptedQuestion, answer_questions,
 };
 use crate::model::generate::{DecoderLm, GenerateOptions, Sampling};
-use crate::model::tokenizer::Tokenizer;
+use crate::model::text::tokenizer::Tokenizer;
 use crate::plan::PlannedRun;
 use crate::store::SweepPaths;
 

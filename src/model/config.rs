@@ -5,7 +5,7 @@ use std::path::Path;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::error::{ModelError, Result};
+use crate::model::error::{ModelError, Result};
 
 /// The model families the study uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,39 +1,27 @@
 //! The model engine: decoders for the study's families with frozen quantized weights, LoRA, tokenizers, generation.
+//!
+//! Groups, imports pointing down only (checked by tests/architecture.rs):
+//! generate -> load -> decoder -> kernels -> quant -> {autograd, device}; config, target, error at the bottom;
+//! text (tokenizers, chat templates) stands alone.
 
-pub mod adamw;
-pub mod attach;
-pub mod bench;
-pub mod builder;
-pub mod chat;
+pub mod autograd;
 pub mod config;
-pub mod cpu_ops;
-pub mod cuda;
 pub mod decoder;
+pub mod device;
 pub mod error;
-pub mod frozen;
 pub mod generate;
-pub mod gguf_tokenizer;
-pub mod grad_carrier;
-pub mod layers;
+pub mod kernels;
 pub mod load;
-pub mod load_gguf;
-pub mod load_safetensors;
-pub mod lora;
-pub mod nf4;
-pub mod peft;
-pub mod presets;
-pub mod source;
+pub mod quant;
+pub mod target;
 #[cfg(test)]
-mod test_support;
-pub mod tokenizer;
-pub mod train_step;
-pub mod weights;
+pub(crate) mod test_support;
+pub mod text;
 
 pub use config::{Family, ModelConfig};
+pub use decoder::lora::LoraSpec;
 pub use decoder::{Decoder, KvCache, Positions};
 pub use error::ModelError;
-pub use frozen::{FrozenLinear, FrozenWeight};
 pub use load::load_model;
-pub use lora::{LoraSpec, Target};
-pub use train_step::{LossAndGrads, StepOptions, TrainBatch};
-pub use weights::Quant;
+pub use quant::{FrozenLinear, FrozenWeight, Quant};
+pub use target::Target;

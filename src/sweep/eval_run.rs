@@ -9,6 +9,7 @@ use super::events::RunEvent;
 use super::job::RunEvaluator;
 use super::metrics_log::MetricsLog;
 use super::sink::{EventSink, now_secs};
+use crate::config::DeviceSpec;
 use crate::store::atomic::{read_json, write_json_atomic};
 use crate::store::{RunLock, RunPaths, RunState, RunStatus};
 
@@ -16,7 +17,7 @@ use crate::store::{RunLock, RunPaths, RunState, RunStatus};
 pub fn evaluate_job(
     paths: &RunPaths,
     run_id: &str,
-    device: &str,
+    device: DeviceSpec,
     evaluator: &dyn RunEvaluator,
     stop: &AtomicBool,
     tx: &Sender<(String, RunEvent)>,
@@ -98,7 +99,7 @@ mod tests {
         fn evaluate(
             &self,
             _run_id: &str,
-            _device: &str,
+            _device: DeviceSpec,
             stop: &AtomicBool,
             emit: &mut dyn FnMut(RunEvent),
         ) -> Result<(), String> {
@@ -122,7 +123,14 @@ mod tests {
         write_json_atomic(&paths.status(), &status).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         let stop = AtomicBool::new(false);
-        assert!(evaluate_job(&paths, "r", "cpu", &StoppedMidway, &stop, &tx));
+        assert!(evaluate_job(
+            &paths,
+            "r",
+            DeviceSpec::Cpu,
+            &StoppedMidway,
+            &stop,
+            &tx
+        ));
         let after: RunStatus = read_json(&paths.status()).unwrap().unwrap();
         assert_eq!(after.state, RunState::Interrupted);
         assert!(after.reason.unwrap().contains("stopped"));

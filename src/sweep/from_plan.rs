@@ -1,32 +1,24 @@
 //! From the plan to the runner's jobs: each planned run's resolved settings in the trainer's terms.
 
 use crate::config::{self, Config, DatasetSection, DeviceSpec, TrainSection};
+use crate::model::device;
 use crate::plan::{Plan, PlannedRun};
 use crate::train::settings::{DataFormat, DatasetSpec, TrainSettings, Warmup};
 
 use super::job::RunJob;
 
-/// The device string a run trains on: `auto` is the first GPU when this build has CUDA, else the CPU.
-pub fn device_name(device: DeviceSpec) -> String {
-    match device {
-        DeviceSpec::Cpu => "cpu".to_string(),
-        DeviceSpec::Cuda(n) => format!("cuda:{n}"),
-        DeviceSpec::Auto if candle_core::utils::cuda_is_available() => "cuda:0".to_string(),
-        DeviceSpec::Auto => "cpu".to_string(),
-    }
-}
-
 /// The devices the sweep trains on, one runner worker each: `[sweep] devices` when set, else `device`.
-pub fn sweep_devices(config: &Config) -> Vec<String> {
+/// `auto` resolved (see [`device::resolve`]).
+pub fn sweep_devices(config: &Config) -> Vec<DeviceSpec> {
     if config.sweep.devices.is_empty() {
-        vec![device_name(config.sweep.device)]
+        vec![device::resolve(config.sweep.device)]
     } else {
         config
             .sweep
             .devices
             .iter()
             .copied()
-            .map(device_name)
+            .map(device::resolve)
             .collect()
     }
 }
@@ -142,8 +134,8 @@ datasets = ["d"]
         assert_eq!(jobs.len(), 1);
         let j = &jobs[0];
         assert_eq!(
-            (j.run_id.as_str(), j.device.as_str()),
-            (plan.runs[0].id.as_str(), "cpu")
+            (j.run_id.as_str(), j.device),
+            (plan.runs[0].id.as_str(), DeviceSpec::Cpu)
         );
         assert_eq!(j.data.path, Path::new("/exp/data/d.csv"));
         assert_eq!(j.data.completion_marker.as_deref(), Some("### Response:\n"));
@@ -164,9 +156,12 @@ datasets = ["d"]
             "device = \"cpu\"",
             "device = \"cpu\"\ndevices = [\"cuda:1\", \"cuda:0\"]",
         ));
-        assert_eq!(sweep_devices(&cpu), ["cpu"]);
-        assert_eq!(sweep_devices(&one_gpu), ["cuda:1"]);
-        assert_eq!(sweep_devices(&two_gpus), ["cuda:1", "cuda:0"]);
+        assert_eq!(sweep_devices(&cpu), [DeviceSpec::Cpu]);
+        assert_eq!(sweep_devices(&one_gpu), [DeviceSpec::Cuda(1)]);
+        assert_eq!(
+            sweep_devices(&two_gpus),
+            [DeviceSpec::Cuda(1), DeviceSpec::Cuda(0)]
+        );
         let ids = |c: &Config| -> Vec<String> {
             Plan::from_config(c)
                 .runs
@@ -177,7 +172,7 @@ datasets = ["d"]
         assert_eq!(ids(&cpu), ids(&one_gpu));
         assert_eq!(ids(&cpu), ids(&two_gpus));
         let job = |c: &Config| jobs_from_plan(c, &Plan::from_config(c), None).unwrap();
-        assert_eq!(job(&one_gpu)[0].device, "cuda:1");
-        assert_eq!(job(&two_gpus)[0].device, "cuda:1");
+        assert_eq!(job(&one_gpu)[0].device, DeviceSpec::Cuda(1));
+        assert_eq!(job(&two_gpus)[0].device, DeviceSpec::Cuda(1));
     }
 }

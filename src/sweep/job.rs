@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use super::events::RunEvent;
 
+use crate::config::DeviceSpec;
+
 use crate::train::data::examples::TextEncoder;
 use crate::train::model::TrainableModel;
 use crate::train::settings::{DatasetSpec, TrainSettings};
@@ -17,8 +19,8 @@ pub struct RunJob {
     pub run_id: String,
     /// The model's name in the config; the [`ModelLoader`] resolves it.
     pub model: String,
-    /// `"cpu"` or `"cuda:N"`.
-    pub device: String,
+    /// `cpu` or `cuda:N` (`auto` is resolved when the job is made); a string in spec.json.
+    pub device: DeviceSpec,
     pub data: DatasetSpec,
     pub train: TrainSettings,
 }
@@ -43,7 +45,7 @@ pub trait RunEvaluator: Send + Sync {
     fn evaluate(
         &self,
         run_id: &str,
-        device: &str,
+        device: DeviceSpec,
         stop: &AtomicBool,
         emit: &mut dyn FnMut(RunEvent),
     ) -> Result<(), String>;

@@ -3,14 +3,15 @@
 
 use std::collections::HashMap;
 
+use candle_core::Device;
+
 use super::job::{LoadedModel, ModelLoader, RunJob};
 use crate::config::{Config, LoraSection, ModelSection};
 use crate::eval::sources::source_of;
-use crate::model::cuda::parse_device;
-use crate::model::source::{ModelSource, ResolveOptions};
-use crate::model::tokenizer::Tokenizer;
+use crate::model::text::tokenizer::Tokenizer;
 use crate::model::{LoraSpec, Quant, Target, load_model};
 use crate::plan::Plan;
+use crate::source::{ModelSource, ResolveOptions};
 use crate::train::data::examples::TextEncoder;
 use crate::train::decoder_model::DecoderModel;
 
@@ -95,20 +96,9 @@ impl ModelLoader for DecoderLoader {
         };
         let opts = ResolveOptions::from_env().map_err(|e| e.to_string())?;
         let path = run.source.resolve(&opts).map_err(|e| e.to_string())?;
-        let quant_name = serde_json::to_value(run.model.quant)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned));
-        let quant = quant_name
-            .as_deref()
-            .and_then(Quant::parse)
-            .ok_or_else(|| {
-                format!(
-                    "model `{}`: unsupported quant {:?}",
-                    run.model.id, run.model.quant
-                )
-            })?;
-        let device = parse_device(&job.device).map_err(|e| e.to_string())?;
-        let decoder = load_model(&path, quant, &device).map_err(|e| e.to_string())?;
+        let device = Device::try_from(job.device).map_err(|e| e.to_string())?;
+        let decoder =
+            load_model(&path, Quant::from(run.model.quant), &device).map_err(|e| e.to_string())?;
         let tokenizer = Tokenizer::load(&path).map_err(|e| e.to_string())?;
         let eos = decoder
             .config

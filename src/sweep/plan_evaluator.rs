@@ -3,11 +3,12 @@
 
 use std::sync::atomic::AtomicBool;
 
+use candle_core::Device;
+
 use super::events::RunEvent;
 use super::job::RunEvaluator;
-use crate::config::Config;
+use crate::config::{Config, DeviceSpec};
 use crate::eval::evaluate::{EvalProgress, evaluate_run};
-use crate::model::cuda::parse_device;
 use crate::plan::Plan;
 use crate::store::SweepPaths;
 
@@ -32,7 +33,7 @@ impl RunEvaluator for PlanEvaluator {
     fn evaluate(
         &self,
         run_id: &str,
-        device: &str,
+        device: DeviceSpec,
         stop: &AtomicBool,
         emit: &mut dyn FnMut(RunEvent),
     ) -> Result<(), String> {
@@ -59,7 +60,7 @@ impl RunEvaluator for PlanEvaluator {
                 },
             })
         };
-        let device = parse_device(device).map_err(|e| e.to_string())?;
+        let device = Device::try_from(device).map_err(|e| e.to_string())?;
         evaluate_run(
             &self.config,
             &self.sweep,

@@ -5,8 +5,9 @@
 //! # use std::sync::Arc;
 //! # fn demo(sweep: qlab::store::SweepPaths, jobs: Vec<qlab::sweep::job::RunJob>,
 //! #         loader: Arc<dyn qlab::sweep::job::ModelLoader>) -> std::io::Result<()> {
+//! use qlab::config::DeviceSpec;
 //! use qlab::sweep::runner::{Runner, RunnerOptions};
-//! let options = RunnerOptions { devices: vec!["cuda:0".into(), "cuda:1".into()], ..Default::default() };
+//! let options = RunnerOptions { devices: vec![DeviceSpec::Cuda(0), DeviceSpec::Cuda(1)], ..Default::default() };
 //! let handle = Runner::spawn(sweep, jobs, loader, options)?;
 //! for (run_id, event) in handle.events.iter() {
 //!     println!("{run_id}: {event:?}"); // ends when the sweep is over
@@ -25,6 +26,7 @@ use std::time::Duration;
 use super::events::{RunEvent, RunnerCommand};
 use super::job::{ModelLoader, RunEvaluator, RunJob};
 use super::worker::{Shared, run_worker, thread_names};
+use crate::config::DeviceSpec;
 use crate::store::SweepPaths;
 use crate::train::checkpoint::{FileWriter, FsWriter};
 
@@ -41,7 +43,7 @@ pub struct RunnerOptions {
     pub evaluator: Option<Arc<dyn RunEvaluator>>,
     /// One worker thread per device (`"cpu"`, `"cuda:N"`; `cpu` may repeat), each training the next queued
     /// run on its device. Empty: one worker, each run on its job's own `device`.
-    pub devices: Vec<String>,
+    pub devices: Vec<DeviceSpec>,
 }
 
 impl Default for RunnerOptions {
@@ -146,9 +148,9 @@ impl Runner {
     ) -> std::io::Result<RunnerHandle> {
         let (tx, events) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let devices: Vec<Option<String>> = match options.devices.as_slice() {
+        let devices: Vec<Option<DeviceSpec>> = match options.devices.as_slice() {
             [] => vec![None],
-            list => list.iter().cloned().map(Some).collect(),
+            list => list.iter().copied().map(Some).collect(),
         };
         let names = thread_names(&options.devices);
         let shared = Arc::new(Shared::new(sweep, jobs, loader, options, stop.clone()));
@@ -160,7 +162,7 @@ impl Runner {
             let (shared, tx) = (shared.clone(), tx.clone());
             let spawned = std::thread::Builder::new()
                 .name(name)
-                .spawn(move || run_worker(&shared, device.as_deref(), &tx, &command_rx));
+                .spawn(move || run_worker(&shared, device, &tx, &command_rx));
             match spawned {
                 Ok(thread) => threads.push(thread),
                 Err(e) => {

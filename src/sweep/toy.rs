@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use super::job::{LoadedModel, ModelLoader, RunJob};
+use crate::config::DeviceSpec;
 use crate::train::settings::{DatasetSpec, OnBadRow, ScheduleKind, TrainOn, TrainSettings, Warmup};
 use crate::train::toy::{ByteEncoder, ToyConfig, ToyModel};
 
@@ -46,7 +47,7 @@ pub fn toy_job(id: &str, data: &Path, epochs: u32) -> RunJob {
     RunJob {
         run_id: id.into(),
         model: "toy".into(),
-        device: "cpu".into(),
+        device: DeviceSpec::Cpu,
         data: DatasetSpec {
             path: data.to_owned(),
             format: None,

@@ -242,7 +242,7 @@ fn run_loop(
     sink.emit(RunEvent::RunStarted {
         total_steps: total,
         start_step,
-        device: job.device.clone(),
+        device: job.device.to_string(),
         pid: std::process::id(),
     })?;
     status.state = RunState::Training;
@@ -250,9 +250,13 @@ fn run_loop(
     status.total_steps = total;
     write_status(&ctx.paths, status)?;
     let telemetry_sink = sink.clone();
-    let _telemetry = TelemetryThread::spawn(&job.device, ctx.options.telemetry_every, move |t| {
-        let _ = telemetry_sink.emit(RunEvent::Telemetry(t));
-    })
+    let _telemetry = TelemetryThread::spawn(
+        &job.device.to_string(),
+        ctx.options.telemetry_every,
+        move |t| {
+            let _ = telemetry_sink.emit(RunEvent::Telemetry(t));
+        },
+    )
     .map_err(|e| StoreError::io(&ctx.paths.root, e))?;
     let mut last_checkpoint = start_step;
     loop {

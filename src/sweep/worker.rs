@@ -12,6 +12,7 @@ use super::events::{RunEvent, RunnerCommand};
 use super::job::{ModelLoader, RunJob};
 use super::runner::{RunnerOptions, SweepSummary};
 use super::train_run::{JobContext, JobOutcome, train_job};
+use crate::config::DeviceSpec;
 use crate::store::SweepPaths;
 
 /// What all workers of one sweep share: the queue, the loader, the options and the stop flags.
@@ -72,16 +73,16 @@ impl Shared {
 
 /// The names of the worker threads: `qlab-runner` alone, else one per device (`qlab-runner-cuda1`, and
 /// `qlab-runner-cpu0`, `qlab-runner-cpu1`, ... for repeated CPU workers).
-pub fn thread_names(devices: &[String]) -> Vec<String> {
+pub fn thread_names(devices: &[DeviceSpec]) -> Vec<String> {
     if devices.len() <= 1 {
         return vec!["qlab-runner".to_string()];
     }
     let mut cpus = 0;
     devices
         .iter()
-        .map(|d| match d.strip_prefix("cuda:") {
-            Some(n) => format!("qlab-runner-cuda{n}"),
-            None => {
+        .map(|d| match d {
+            DeviceSpec::Cuda(n) => format!("qlab-runner-cuda{n}"),
+            _ => {
                 cpus += 1;
                 format!("qlab-runner-{d}{}", cpus - 1)
             }
@@ -93,7 +94,7 @@ pub fn thread_names(devices: &[String]) -> Vec<String> {
 /// empty, a stop or cancel ends one of this worker's runs, or another worker's did.
 pub fn run_worker(
     shared: &Shared,
-    device: Option<&str>,
+    device: Option<DeviceSpec>,
     tx: &Sender<(String, RunEvent)>,
     commands: &Receiver<RunnerCommand>,
 ) -> SweepSummary {
@@ -101,7 +102,7 @@ pub fn run_worker(
     while let Some(queued) = shared.take() {
         let mut job = queued.clone();
         if let Some(d) = device {
-            job.device = d.to_string();
+            job.device = d;
         }
         let mut ctx = JobContext {
             paths: shared.sweep.run(&job.run_id),
@@ -119,7 +120,7 @@ pub fn run_worker(
             && !evaluate_job(
                 &ctx.paths,
                 &id,
-                &job.device,
+                job.device,
                 evaluator.as_ref(),
                 &shared.stop,
                 tx,
@@ -163,7 +164,7 @@ mod tests {
         RunJob {
             run_id: id.into(),
             model: "m".into(),
-            device: "cpu".into(),
+            device: DeviceSpec::Cpu,
             data: DatasetSpec {
                 path: "d.csv".into(),
                 format: None,
@@ -222,7 +223,11 @@ mod tests {
     }
 
     fn names(devices: &[&str]) -> Vec<String> {
-        thread_names(&devices.iter().map(|d| d.to_string()).collect::<Vec<_>>())
+        let specs: Vec<DeviceSpec> = devices
+            .iter()
+            .map(|d| DeviceSpec::try_from(d.to_string()).unwrap())
+            .collect();
+        thread_names(&specs)
     }
 
     #[test]

@@ -7,7 +7,8 @@ use candle_core::{Device, Tensor, Var};
 
 use super::TrainError;
 use super::model::{Batch, TrainableModel};
-use crate::model::{Decoder, LoraSpec, ModelError, StepOptions, TrainBatch};
+use crate::model::{Decoder, LoraSpec, ModelError};
+use crate::train::step::{StepOptions, TrainBatch};
 
 fn model_err(e: ModelError) -> TrainError {
     TrainError::Model(e.to_string())
@@ -80,8 +81,8 @@ mod tests {
     use candle_core::quantized::GgmlDType;
 
     use super::*;
-    use crate::model::builder::build_decoder;
-    use crate::model::presets::{RandomWeights, preset};
+    use crate::model::load::builder::build_decoder;
+    use crate::model::load::presets::{RandomWeights, preset};
     use crate::model::{Quant, Target};
     use crate::train::checkpoint::{self, FsWriter};
     use crate::train::data::examples::Example;

@@ -1,6 +1,8 @@
 //! Training: dataset pipeline, optimizer with savable state, schedules, the training session, checkpoints
 //! and resume. Knows nothing of threads or events: `sweep` drives it.
 
+pub mod adamw;
+pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod decoder_model;
@@ -9,6 +11,7 @@ pub mod optim;
 pub mod schedule;
 pub mod session;
 pub mod settings;
+pub mod step;
 pub mod toy;
 
 use std::path::{Path, PathBuf};

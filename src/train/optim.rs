@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use safetensors::{Dtype, View};
 
 use super::TrainError;
-use crate::model::adamw::{AdamWStep, adamw_update, zero_moments};
+use crate::train::adamw::{AdamWStep, adamw_update, zero_moments};
 
 /// AdamW hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]

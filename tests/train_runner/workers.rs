@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use qlab::config::DeviceSpec;
 use qlab::store::SweepPaths;
 use qlab::sweep::events::{RunEvent, RunnerCommand, StepMetrics};
 use qlab::sweep::job::{LoadedModel, ModelLoader, RunJob};
@@ -57,7 +58,7 @@ impl ModelLoader for WorkerLoader {
         self.loads
             .lock()
             .unwrap()
-            .push((job.run_id.clone(), thread, job.device.clone()));
+            .push((job.run_id.clone(), thread, job.device.to_string()));
         if let Some(n) = self.parties {
             self.gate.meet("load", n)?;
         }
@@ -72,7 +73,10 @@ fn spawn_workers(
     loader: Arc<WorkerLoader>,
 ) -> RunnerHandle {
     let options = RunnerOptions {
-        devices: devices.iter().map(|d| d.to_string()).collect(),
+        devices: devices
+            .iter()
+            .map(|d| DeviceSpec::try_from(d.to_string()).unwrap())
+            .collect(),
         // No telemetry event between the ones the tests wait for.
         telemetry_every: Duration::from_secs(3600),
         ..RunnerOptions::default()
@@ -282,7 +286,7 @@ fn a_worker_trains_each_job_on_its_own_device_and_the_spec_records_it() {
     let dir = tempfile::tempdir().unwrap();
     let data = write_data(dir.path(), 4);
     let mut j = job("a", &data, 1);
-    j.device = "cuda:7".into();
+    j.device = DeviceSpec::Cuda(7);
     let loader = Arc::new(WorkerLoader::default());
     let handle = spawn_workers(dir.path(), vec![j], &["cpu"], loader.clone());
     let events: Vec<_> = handle.events.iter().collect();
@@ -299,5 +303,5 @@ fn a_worker_trains_each_job_on_its_own_device_and_the_spec_records_it() {
     let spec: RunJob =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("s/a/spec.json")).unwrap())
             .unwrap();
-    assert_eq!(spec.device, "cpu");
+    assert_eq!(spec.device, DeviceSpec::Cpu);
 }

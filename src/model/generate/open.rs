@@ -10,10 +10,6 @@ use crate::model::{ModelError, Quant, load_model};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error(
-        "unknown quantization {0:?} (expected none, nf4, q4_0, q4_1, q5_0, q5_1, q8_0, q2k..q6k)"
-    )]
-    BadQuant(String),
     #[error("adapter {dir}: {source}")]
     Adapter {
         dir: std::path::PathBuf,
@@ -28,11 +24,10 @@ pub enum OpenError {
 /// given.
 pub fn open_model(
     path: &Path,
-    quant: &str,
+    quant: Quant,
     adapter: Option<&Path>,
     device: &Device,
 ) -> Result<DecoderLm, OpenError> {
-    let quant = Quant::parse(quant).ok_or_else(|| OpenError::BadQuant(quant.to_owned()))?;
     let mut decoder = load_model(path, quant, device)?;
     if let Some(dir) = adapter {
         decoder

@@ -1,0 +1,556 @@
+//! The decoder: one implementation for llama, mistral, qwen2, gemma and gemma2, with per-family switches.
+
+pub mod layers;
+pub mod lora;
+
+use candle_core::{Device, Result, Tensor};
+
+use self::layers::{
+    RmsNorm, apply_rope, apply_rope_no_grad, attention_mask, mask_rows, rope_tables, softcap,
+};
+use self::lora::{AdaptedLinear, DropoutSeed, LoraAdapter, LoraCall, SavedProducts};
+use crate::model::config::{Activation, ModelConfig};
+use crate::model::kernels::cpu;
+use crate::model::quant::frozen::{FrozenLinear, FrozenWeight};
+use crate::model::target::Target;
+
+/// One transformer block.
+#[derive(Debug, Clone)]
+pub struct Block {
+    pub input_norm: RmsNorm,
+    /// Gemma 2 only: norm of the attention output before the residual add.
+    pub post_attn_norm: Option<RmsNorm>,
+    pub pre_ff_norm: RmsNorm,
+    /// Gemma 2 only: norm of the feed-forward output before the residual add.
+    pub post_ff_norm: Option<RmsNorm>,
+    pub q: AdaptedLinear,
+    pub k: AdaptedLinear,
+    pub v: AdaptedLinear,
+    pub o: AdaptedLinear,
+    pub gate: AdaptedLinear,
+    pub up: AdaptedLinear,
+    pub down: AdaptedLinear,
+}
+
+impl Block {
+    pub fn linear(&self, t: Target) -> &AdaptedLinear {
+        match t {
+            Target::Q => &self.q,
+            Target::K => &self.k,
+            Target::V => &self.v,
+            Target::O => &self.o,
+            Target::Gate => &self.gate,
+            Target::Up => &self.up,
+            Target::Down => &self.down,
+        }
+    }
+
+    pub fn linear_mut(&mut self, t: Target) -> &mut AdaptedLinear {
+        match t {
+            Target::Q => &mut self.q,
+            Target::K => &mut self.k,
+            Target::V => &mut self.v,
+            Target::O => &mut self.o,
+            Target::Gate => &mut self.gate,
+            Target::Up => &mut self.up,
+            Target::Down => &mut self.down,
+        }
+    }
+}
+
+/// Per-forward inputs shared by all blocks: rope tables and masks.
+pub struct BlockContext {
+    pub cos: Tensor,
+    pub sin: Tensor,
+    /// Mask for full-attention layers and, when some layer slides, for the window.
+    pub full_mask: Tensor,
+    pub window_mask: Option<Tensor>,
+    /// Set during training: seeds LoRA dropout.
+    pub dropout: Option<DropoutSeed>,
+    /// Whether LoRA tensors take part in autograd (false: inference and checkpointed first pass).
+    pub grad: bool,
+    /// Frozen products shared between the checkpointed first pass and the recomputation.
+    pub saved: Option<SavedProducts>,
+    /// Generation (decoding with a cache): GGUF weights may multiply in quantized form.
+    pub generation: bool,
+}
+
+/// Key of block `i`'s attention output among the saved products (beside the projections' `i << 8 | target`).
+fn site_id_attention(i: usize) -> u64 {
+    (i as u64) << 8 | 0xff
+}
+
+/// Keys and values of past positions, one entry per layer (`[b, kv_heads, T, head_dim]`).
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: vec![None; num_layers],
+        }
+    }
+
+    /// Number of cached positions.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .and_then(|(k, _)| k.dim(2).ok())
+            .unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Positions of the new tokens: consecutive from a start, or given per row (left-padded batches).
+#[derive(Debug, Clone)]
+pub enum Positions {
+    From(usize),
+    /// `[b, t]` integer positions.
+    PerRow(Tensor),
+}
+
+/// A decoder with frozen (quantized) weights and optional LoRA adapters.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    pub config: ModelConfig,
+    pub embed: FrozenWeight,
+    pub blocks: Vec<Block>,
+    pub final_norm: RmsNorm,
+    pub head: FrozenLinear,
+    pub device: Device,
+}
+
+impl Decoder {
+    /// Token embeddings `[b, t, d]` (f32, constant), scaled for Gemma.
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let flat = ids.flatten_all()?;
+        let d = self.config.hidden_size;
+        let x = match &self.embed {
+            FrozenWeight::Dense(w) => w.index_select(&flat, 0)?,
+            FrozenWeight::Ggml(q) => q.embedding(&flat)?,
+            _ => {
+                let rows = flat
+                    .to_vec1::<u32>()?
+                    .into_iter()
+                    .map(|i| self.embed.dequantize_rows(i as usize, 1, &self.device))
+                    .collect::<Result<Vec<_>>>()?;
+                Tensor::cat(&rows, 0)?
+            }
+        };
+        let x = x
+            .reshape((b, t, d))?
+            .to_dtype(crate::model::device::compute_dtype(&self.device))?;
+        if self.config.scale_embeddings {
+            x * (d as f64).sqrt()
+        } else {
+            Ok(x)
+        }
+    }
+
+    /// Builds rope tables and masks for new tokens `[b, t]` after `past` cached positions.
+    pub fn context(
+        &self,
+        b: usize,
+        t: usize,
+        past: usize,
+        positions: &Positions,
+        key_mask: Option<&Tensor>,
+    ) -> Result<BlockContext> {
+        let pos: Vec<Vec<u32>> = match positions {
+            Positions::From(s) => vec![(*s as u32..(*s + t) as u32).collect(); b],
+            Positions::PerRow(p) => p.to_dtype(candle_core::DType::U32)?.to_vec2::<u32>()?,
+        };
+        let (cos, sin) = rope_tables(&self.config, &pos, &self.device)?;
+        let valid = match key_mask {
+            Some(m) => mask_rows(m)?,
+            None => vec![vec![true; past + t]; b],
+        };
+        if valid.len() != b || valid.iter().any(|r| r.len() != past + t) {
+            candle_core::bail!(
+                "key mask must be [batch, cached + new] = [{b}, {}]",
+                past + t
+            )
+        }
+        let full_mask = attention_mask(&valid, past, t, None, &self.device)?;
+        let window = self.config.layer_windows.iter().flatten().next().copied();
+        let window_mask = match window {
+            Some(w) => Some(attention_mask(&valid, past, t, Some(w), &self.device)?),
+            None => None,
+        };
+        // cuda hook: tables and masks in the compute dtype; f32::MIN would round to -inf in bf16 (NaN rows
+        // for fully padded queries), so masks are halved first.
+        let dtype = crate::model::device::compute_dtype(&self.device);
+        let mask_in = |m: Tensor| match dtype {
+            candle_core::DType::F32 => Ok(m),
+            _ => (m * 0.5)?.to_dtype(dtype),
+        };
+        Ok(BlockContext {
+            cos: cos.to_dtype(dtype)?,
+            sin: sin.to_dtype(dtype)?,
+            full_mask: mask_in(full_mask)?,
+            window_mask: window_mask.map(mask_in).transpose()?,
+            dropout: None,
+            grad: false,
+            saved: None,
+            generation: false,
+        })
+    }
+
+    /// Runs block `i` on `x` `[b, t, d]`; appends to `cache` when given.
+    pub fn block_forward(
+        &self,
+        i: usize,
+        x: &Tensor,
+        ctx: &BlockContext,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let blk = &self.blocks[i];
+        let llama_style = blk.post_attn_norm.is_none()
+            && blk.post_ff_norm.is_none()
+            && Target::ALL.iter().all(|&t| {
+                let l = blk.linear(t);
+                l.lora.is_some() && l.base.bias.is_none()
+            });
+        // CPU f32 without a cache (training, evaluation): the whole block as one op (`cpu::block`).
+        if cpu::applies(x) && !ctx.generation && cache.is_none() && llama_style {
+            return self.block_forward_fused(i, x, ctx);
+        }
+        // CUDA bf16 without a cache (training, evaluation): the whole block through `kernels::fused_block`.
+        if !ctx.generation
+            && cache.is_none()
+            && ctx.saved.is_none()
+            && llama_style
+            && let Some(y) = self.block_forward_cuda(i, x, ctx)?
+        {
+            return Ok(y);
+        }
+        self.block_forward_composed(i, x, ctx, cache)
+    }
+
+    /// [`Self::block_forward`] through `kernels::fused_block`, when it serves `x`.
+    fn block_forward_cuda(
+        &self,
+        i: usize,
+        x: &Tensor,
+        ctx: &BlockContext,
+    ) -> Result<Option<Tensor>> {
+        let cfg = &self.config;
+        let blk = &self.blocks[i];
+        let projection = |index: usize, input: &Tensor| {
+            let (lin, l, call) = self.fused_projection(i, index, ctx)?;
+            lin.block_projection(input, l, call)
+        };
+        let parts = crate::model::kernels::BlockParts {
+            norms: [
+                (&blk.input_norm.weight, blk.input_norm.eps),
+                (&blk.pre_ff_norm.weight, blk.pre_ff_norm.eps),
+            ],
+            projection: &projection,
+            heads: (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim),
+            rope: (&ctx.cos, &ctx.sin, cfg.rope_interleaved),
+            mask: self.layer_mask(i, ctx),
+            attention: (cfg.query_pre_attn_scalar.powf(-0.5), cfg.attn_logit_softcap),
+            activation: cfg.activation,
+            grad: ctx.grad || x.track_op(),
+        };
+        crate::model::kernels::fused_block(x, parts)
+    }
+
+    /// Projection `index` (in `Target::ALL`'s order) of block `i`, its adapter, and how a fused block
+    /// calls it (dropout site, gradients, saved products).
+    fn fused_projection<'a>(
+        &'a self,
+        i: usize,
+        index: usize,
+        ctx: &'a BlockContext,
+    ) -> Result<(&'a AdaptedLinear, &'a LoraAdapter, LoraCall<'a>)> {
+        let t = Target::ALL[index];
+        let lin = self.blocks[i].linear(t);
+        let l = lin
+            .lora
+            .as_ref()
+            .ok_or_else(|| candle_core::Error::Msg(format!("block {i}: {t:?} has no adapter")))?;
+        let site = (i as u64) << 8 | t as u64;
+        let call = LoraCall {
+            dropout: ctx.dropout.map(|s| (s, site)),
+            grad: ctx.grad,
+            saved: ctx.saved.as_ref().map(|s| (s, site)),
+            generation: false,
+        };
+        Ok((lin, l, call))
+    }
+
+    /// The attention mask of block `i`: the sliding window's when the layer slides.
+    fn layer_mask<'a>(&self, i: usize, ctx: &'a BlockContext) -> &'a Tensor {
+        match self.config.layer_windows.get(i).copied().flatten() {
+            Some(_) => ctx.window_mask.as_ref().unwrap_or(&ctx.full_mask),
+            None => &ctx.full_mask,
+        }
+    }
+
+    /// [`Self::block_forward`] through `cpu::block` (llama-style blocks, CPU f32).
+    fn block_forward_fused(&self, i: usize, x: &Tensor, ctx: &BlockContext) -> Result<Tensor> {
+        let cfg = &self.config;
+        let blk = &self.blocks[i];
+        let linear = |index: usize, input: &Tensor| {
+            let (lin, l, call) = self.fused_projection(i, index, ctx)?;
+            lin.cpu_call(input, l, call)
+        };
+        let mask = self.layer_mask(i, ctx);
+        let saved = ctx.saved.as_ref();
+        let recording = saved.is_some_and(|s| s.recording.get());
+        let known_attention = match saved {
+            Some(s) if !recording => s.exchange(site_id_attention(i), None),
+            _ => None,
+        };
+        let parts = cpu::block::BlockParts {
+            input_norm: (&blk.input_norm.weight, blk.input_norm.eps),
+            pre_ff_norm: (&blk.pre_ff_norm.weight, blk.pre_ff_norm.eps),
+            linear: &linear,
+            heads: (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim),
+            rope: (&ctx.cos, &ctx.sin, cfg.rope_interleaved),
+            mask,
+            attention: (cfg.query_pre_attn_scalar.powf(-0.5), cfg.attn_logit_softcap),
+            known_attention,
+            grad: ctx.grad || x.track_op(),
+            keep_attention: recording,
+            activation: cfg.activation,
+        };
+        let (out, attention) = cpu::block::block(x, parts)?;
+        if let (Some(s), Some(a)) = (saved, attention) {
+            s.exchange(site_id_attention(i), Some(&a));
+        }
+        Ok(out)
+    }
+
+    /// [`Self::block_forward`] as a composition of candle ops and the fused CPU kernels.
+    pub(crate) fn block_forward_composed(
+        &self,
+        i: usize,
+        x: &Tensor,
+        ctx: &BlockContext,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let blk = &self.blocks[i];
+        let site_id = |t: Target| (i as u64) << 8 | t as u64;
+        let site = |t: Target| LoraCall {
+            dropout: ctx.dropout.map(|s| (s, site_id(t))),
+            grad: ctx.grad,
+            saved: ctx.saved.as_ref().map(|s| (s, site_id(t))),
+            generation: ctx.generation,
+        };
+        let (b, t, _) = x.dims3()?;
+        let (h, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
+        // No gradient is needed (generation, the checkpointed first pass): candle's fused kernels, which
+        // have no backward, replace the differentiable compositions.
+        let fused = !ctx.grad && !x.track_op();
+        // f32 on the CPU (training, evaluation): custom kernels with hand-written backward passes; the
+        // attention and gated product ones also serve the no-gradient pass (no score tensor).
+        let cpu = cpu::applies(x) && !ctx.generation;
+        let cpu_grad = cpu && !fused;
+        let norm = |n: &RmsNorm, x: &Tensor| {
+            if fused {
+                n.forward_no_grad(x)
+            } else if cpu_grad {
+                cpu::rms_norm::rms_norm(x, &n.weight, n.eps)
+            } else {
+                n.forward(x)
+            }
+        };
+        let hn = norm(&blk.input_norm, x)?;
+        let q = blk.q.forward(&hn, site(Target::Q))?;
+        let k = blk.k.forward(&hn, site(Target::K))?;
+        let v = blk.v.forward(&hn, site(Target::V))?;
+        let rope = if fused {
+            apply_rope_no_grad
+        } else if cpu_grad {
+            cpu::rope::rope
+        } else {
+            apply_rope
+        };
+        // [b, t, n * hd] -> [b, n, t, hd], rotated for queries and keys: one fused node on CUDA.
+        let split = |x: &Tensor, n: usize, rotary: bool| -> Result<Tensor> {
+            let tables = rotary.then_some((&ctx.cos, &ctx.sin, cfg.rope_interleaved));
+            if let Some(y) = crate::model::kernels::fused_split_heads(x, n, hd, tables)? {
+                return Ok(y);
+            }
+            let y = x.reshape((b, t, n, hd))?.transpose(1, 2)?.contiguous()?;
+            match rotary {
+                true => rope(&y, &ctx.cos, &ctx.sin, cfg.rope_interleaved),
+                false => Ok(y),
+            }
+        };
+        let q = split(&q, h, true)?;
+        let mut k = split(&k, kvh, true)?;
+        let mut v = split(&v, kvh, false)?;
+        if let Some(slot) = cache {
+            if let Some((pk, pv)) = slot.as_ref() {
+                k = Tensor::cat(&[pk, &k], 2)?;
+                v = Tensor::cat(&[pv, &v], 2)?;
+            }
+            *slot = Some((k.clone(), v.clone()));
+        }
+        let mask = self.layer_mask(i, ctx);
+        let scale = cfg.query_pre_attn_scalar.powf(-0.5);
+        let attn = if cpu {
+            // Checkpointed training: the recomputation replays the first pass's attention output.
+            let saved = ctx.saved.as_ref();
+            let known = saved.and_then(|s| s.exchange(site_id_attention(i), None));
+            let softcap = cfg.attn_logit_softcap;
+            let attn = cpu::attention::attention(&q, &k, &v, mask, (scale, softcap), known)?;
+            if let Some(s) = saved {
+                s.exchange(site_id_attention(i), Some(&attn));
+            }
+            attn.transpose(1, 2)?.reshape((b, t, h * hd))?
+        } else if let Some(attn) = crate::model::kernels::fused_attention(
+            &q,
+            &k,
+            &v,
+            mask,
+            (scale, cfg.attn_logit_softcap),
+        )? {
+            attn
+        } else {
+            let total = k.dim(2)?;
+            let rep = h / kvh;
+            // Grouped-query attention without repeating k/v: fold the query groups into the rows.
+            // The scale applied to the queries: a pass over [b, h, t, d] instead of the scores.
+            let qg = (q * scale)?.reshape((b, kvh, rep * t, hd))?;
+            let scores = qg.matmul(&k.t()?)?;
+            let scores = softcap(&scores, cfg.attn_logit_softcap)?;
+            let scores = scores.reshape((b, h, t, total))?.broadcast_add(mask)?;
+            // The fused kernel forward; with a gradient, the closed-form backward.
+            let probs = crate::model::autograd::attach::softmax_last_dim(&scores)?;
+            let probs = probs.reshape((b, kvh, rep * t, total))?;
+            let attn = probs.matmul(&v)?.reshape((b, h, t, hd))?;
+            attn.transpose(1, 2)?.reshape((b, t, h * hd))?
+        };
+        let attn = blk.o.forward(&attn, site(Target::O))?;
+        let attn = match &blk.post_attn_norm {
+            Some(n) => norm(n, &attn)?,
+            None => attn,
+        };
+        let x = (x + attn)?;
+        let hn = norm(&blk.pre_ff_norm, &x)?;
+        let gate = blk.gate.forward(&hn, site(Target::Gate))?;
+        let up = blk.up.forward(&hn, site(Target::Up))?;
+        let gated = if cpu {
+            cpu::gated::gated_product(&gate, &up, cfg.activation)?
+        } else if let Some(gated) = crate::model::kernels::fused_gated(&gate, &up, cfg.activation)?
+        {
+            gated
+        } else {
+            let gate = match cfg.activation {
+                Activation::Silu => gate.silu()?,
+                Activation::GeluTanh => gate.gelu()?,
+            };
+            (gate * up)?
+        };
+        let ff = blk.down.forward(&gated, site(Target::Down))?;
+        let ff = match &blk.post_ff_norm {
+            Some(n) => norm(n, &ff)?,
+            None => ff,
+        };
+        x + ff
+    }
+
+    /// Final norm, vocabulary head and final soft-capping: `[.., d]` -> `[.., vocab]`.
+    pub fn head_logits(&self, h: &Tensor) -> Result<Tensor> {
+        let h = self.final_norm.forward(h)?;
+        softcap(&self.head.forward(&h)?, self.config.final_logit_softcap)
+    }
+
+    /// Hidden states after the last block `[b, t, d]` (before the final norm); `generation` lets GGUF
+    /// weights multiply in quantized form (see `FrozenLinear::forward_generation`).
+    fn hidden(
+        &self,
+        ids: &Tensor,
+        positions: &Positions,
+        key_mask: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+        generation: bool,
+    ) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        let past = cache.as_ref().map_or(0, |c| c.len());
+        let mut ctx = self.context(b, t, past, positions, key_mask)?;
+        ctx.generation = generation;
+        let mut x = self.embed(ids)?;
+        for i in 0..self.blocks.len() {
+            let slot = match cache.as_mut() {
+                Some(c) => {
+                    if c.layers.len() != self.blocks.len() {
+                        c.layers = vec![None; self.blocks.len()];
+                    }
+                    Some(&mut c.layers[i])
+                }
+                None => None,
+            };
+            x = self.block_forward(i, &x, &ctx, slot)?;
+        }
+        Ok(x)
+    }
+
+    /// Logits `[b, t, vocab]` for new tokens `ids` `[b, t]` (u32).
+    ///
+    /// `positions`: where the new tokens sit (`Positions::From(cache.len())` for unpadded batches);
+    /// `key_mask`: `[b, cached + t]`, 1 for real tokens and 0 for padding (None: all real);
+    /// `cache`: appended with the new keys and values when given.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        positions: &Positions,
+        key_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let h = self.hidden(ids, positions, key_mask, cache, false)?;
+        self.head_logits(&h)
+    }
+
+    /// Logits of the last position only `[b, vocab]` (generation: skips the head for the prompt; GGUF
+    /// weights multiply in quantized form when decoding on the CPU).
+    pub fn forward_last(
+        &self,
+        ids: &Tensor,
+        positions: &Positions,
+        key_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let h = self.hidden(ids, positions, key_mask, cache, true)?;
+        let t = h.dim(1)?;
+        let h = self.final_norm.forward_no_grad(&h.narrow(1, t - 1, 1)?)?;
+        let logits = self.head.forward_generation(&h)?;
+        softcap(&logits, self.config.final_logit_softcap)?.squeeze(1)
+    }
+
+    /// Folds every LoRA adapter into dense f32 weights (faster generation, more memory).
+    pub fn merge_lora(&mut self) -> Result<()> {
+        for blk in &mut self.blocks {
+            for t in Target::ALL {
+                blk.linear_mut(t).merge()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of the frozen projection weights (q, k, v, o, gate, up, down) and their parameter count.
+    pub fn projection_storage(&self) -> (usize, usize) {
+        let mut bytes = 0;
+        let mut params = 0;
+        for blk in &self.blocks {
+            for t in Target::ALL {
+                let w = &blk.linear(t).base.weight;
+                bytes += w.storage_bytes();
+                params += w.dims2().map(|(a, b)| a * b).unwrap_or(0);
+            }
+        }
+        (bytes, params)
+    }
+}

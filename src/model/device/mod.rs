@@ -1,0 +1,86 @@
+//! Devices: opening the one a config names (`DeviceSpec`: `auto`, `cpu`, `cuda:N`) and the dtype it computes in (bf16 on CUDA, f32
+//! on the CPU; LoRA weights and optimizer state stay f32 everywhere); with the `cuda` feature, the CUDA
+//! memory pool's settings and peak, and a VRAM sampler.
+
+#[cfg(feature = "cuda")]
+mod cuda_pool;
+#[cfg(feature = "cuda")]
+mod vram;
+#[cfg(feature = "cuda")]
+pub use cuda_pool::{allocated_peak, reset_allocated_peak};
+#[cfg(feature = "cuda")]
+pub use vram::VramPeak;
+
+use candle_core::{DType, Device};
+
+use crate::config::DeviceSpec;
+use crate::model::error::{ModelError, Result};
+
+/// The dtype activations and dequantized frozen weights use on `device`.
+pub fn compute_dtype(device: &Device) -> DType {
+    if device.is_cuda() {
+        DType::BF16
+    } else {
+        DType::F32
+    }
+}
+
+/// The device `auto` stands for in this build: the first GPU when qlab has CUDA, else the CPU; other
+/// choices are kept.
+pub fn resolve(spec: DeviceSpec) -> DeviceSpec {
+    match spec {
+        DeviceSpec::Auto if candle_core::utils::cuda_is_available() => DeviceSpec::Cuda(0),
+        DeviceSpec::Auto => DeviceSpec::Cpu,
+        other => other,
+    }
+}
+
+/// Opens the device a config or command line names (`auto` as [`resolve`] says): the one conversion from
+/// [`DeviceSpec`] to candle's device.
+impl TryFrom<DeviceSpec> for Device {
+    type Error = ModelError;
+
+    fn try_from(spec: DeviceSpec) -> Result<Device> {
+        let ordinal = match resolve(spec) {
+            DeviceSpec::Cuda(n) => n,
+            _ => return Ok(Device::Cpu),
+        };
+        if !cfg!(feature = "cuda") {
+            return Err(ModelError::Usage(format!(
+                "device `{spec}` needs a qlab built with the `cuda` feature (cargo build --release --features cuda; see the README's CUDA section)"
+            )));
+        }
+        let device = Device::new_cuda(ordinal).map_err(|e| {
+            ModelError::Usage(format!("cannot open CUDA device {ordinal} (`{spec}`): {e}"))
+        })?;
+        #[cfg(feature = "cuda")]
+        cuda_pool::keep_freed_memory(&device)?;
+        Ok(device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_and_auto_without_a_gpu_open_the_cpu() {
+        assert!(Device::try_from(DeviceSpec::Cpu).unwrap().is_cpu());
+        assert_eq!(compute_dtype(&Device::Cpu), DType::F32);
+        if !candle_core::utils::cuda_is_available() {
+            assert_eq!(resolve(DeviceSpec::Auto), DeviceSpec::Cpu);
+            assert!(Device::try_from(DeviceSpec::Auto).unwrap().is_cpu());
+        }
+        assert_eq!(resolve(DeviceSpec::Cuda(1)), DeviceSpec::Cuda(1));
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn cuda_without_the_feature_says_how_to_build_it() {
+        let err = Device::try_from(DeviceSpec::Cuda(0))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--features cuda"), "{err}");
+        assert!(err.contains("`cuda:0`"), "{err}");
+    }
+}

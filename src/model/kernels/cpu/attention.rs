@@ -1,0 +1,458 @@
+//! Fused attention `softmax(softcap(scale * Q K^T) + mask) V` with grouped-query heads, one (batch, key
+//! head) group per task: the scores of one head live in a per-task buffer, never in a `[b, h, t, T]`
+//! tensor. The backward pass recomputes the probabilities from q and k (flash-style) instead of keeping them.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{Mat, cpu_slice, dot, exp_shifted_sum, matmul, max, simd, storage_slice, to_f32_vec};
+
+/// The attention op's constants; q `[b, h, t, d]`, k and v `[b, kvh, T, d]`, all contiguous.
+pub(super) struct FusedAttention {
+    /// Additive mask `[b, 1, t, T]` (0 or a large negative value).
+    pub(super) mask: Vec<f32>,
+    pub(super) scale: f32,
+    pub(super) softcap: Option<f32>,
+    /// The output of an identical earlier call (checkpointed training's first pass): copied, not recomputed.
+    pub(super) known_output: Option<Tensor>,
+}
+
+/// Sizes of one call.
+#[derive(Clone, Copy)]
+pub(super) struct Dims {
+    b: usize,
+    h: usize,
+    kvh: usize,
+    t: usize,
+    tk: usize,
+    d: usize,
+}
+
+impl Dims {
+    pub(super) fn of(q: &Shape, k: &Shape, v: &Shape, mask_len: usize) -> Result<Self> {
+        let (b, h, t, d) = q.dims4()?;
+        let (kb, kvh, tk, kd) = k.dims4()?;
+        if kb != b || kd != d || v.dims() != k.dims() || kvh == 0 || h % kvh != 0 {
+            candle_core::bail!(
+                "fused attention: q {:?}, k {:?}, v {:?} are not [b, h, t, d], [b, kvh, T, d] x2",
+                q.dims(),
+                k.dims(),
+                v.dims()
+            )
+        }
+        if mask_len != b * t * tk {
+            candle_core::bail!("fused attention: mask must be [{b}, 1, {t}, {tk}]")
+        }
+        Ok(Self {
+            b,
+            h,
+            kvh,
+            t,
+            tk,
+            d,
+        })
+    }
+
+    fn rep(&self) -> usize {
+        self.h / self.kvh
+    }
+}
+
+/// Query rows per block: each block multiplies only the keys up to the last one its rows can see
+/// (causal masks: about 60% of the full products at 256 positions).
+const ROW_BLOCK: usize = 64;
+
+/// One block of query rows `[r0, r1)` and the key extent `[0, keys)` that holds all its visible keys.
+#[derive(Clone, Copy)]
+struct RowBlock {
+    r0: usize,
+    r1: usize,
+    keys: usize,
+}
+
+impl FusedAttention {
+    /// Row blocks of batch row `bi`. A row that sees no key at all (a padded query) gets the full extent,
+    /// as the composition's softmax then spreads evenly over every key.
+    fn blocks(&self, dm: Dims, bi: usize) -> Vec<RowBlock> {
+        let (t, tk) = (dm.t, dm.tk);
+        let visible_end = |i: usize| {
+            let row = &self.mask[(bi * t + i) * tk..(bi * t + i + 1) * tk];
+            match row.iter().rposition(|m| *m > f32::MIN / 2.0) {
+                Some(j) => j + 1,
+                None => tk,
+            }
+        };
+        (0..t)
+            .step_by(ROW_BLOCK)
+            .map(|r0| {
+                let r1 = (r0 + ROW_BLOCK).min(t);
+                let keys = (r0..r1).map(visible_end).max().unwrap_or(tk);
+                RowBlock { r0, r1, keys }
+            })
+            .collect()
+    }
+
+    /// Probabilities of rows `blk` of one head into `p` `[rows, blk.keys]` from its queries `qh` `[t, d]`
+    /// and keys `kg` `[T, d]`; with soft-capping, `dcap` receives the cap's derivative (`1 - tanh^2`).
+    #[inline(always)]
+    fn probs(
+        &self,
+        dm: Dims,
+        bi: usize,
+        blk: RowBlock,
+        (qh, kg): (&[f32], &[f32]),
+        p: &mut [f32],
+        dcap: &mut [f32],
+    ) {
+        let (t, tk, d, n) = (dm.t, dm.tk, dm.d, blk.keys);
+        let rows = blk.r1 - blk.r0;
+        let p = &mut p[..rows * n];
+        matmul(
+            p,
+            (rows, n, d),
+            Mat::rows(&qh[blk.r0 * d..], d),
+            Mat::rows_t(kg, d),
+            self.scale,
+            false,
+        );
+        let mask = &self.mask[(bi * t + blk.r0) * tk..(bi * t + blk.r1) * tk];
+        for ((row, mrow), crow) in p
+            .chunks_exact_mut(n)
+            .zip(mask.chunks_exact(tk))
+            .zip(dcap.chunks_exact_mut(n))
+        {
+            if let Some(cap) = self.softcap {
+                for (s, c) in row.iter_mut().zip(crow.iter_mut()) {
+                    let th = (*s / cap).tanh();
+                    *s = cap * th;
+                    *c = 1.0 - th * th;
+                }
+            }
+            for (s, m) in row.iter_mut().zip(mrow) {
+                *s += m;
+            }
+            let inv = 1.0 / exp_shifted_sum(row, max(row));
+            row.iter_mut().for_each(|s| *s *= inv);
+        }
+    }
+
+    pub(super) fn forward(&self, dm: Dims, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+        let (t, tk, d, rep) = (dm.t, dm.tk, dm.d, dm.rep());
+        let block_rows = ROW_BLOCK.min(t);
+        let mut out = vec![0f32; dm.b * dm.h * t * d];
+        out.par_chunks_mut(rep * t * d).enumerate().for_each_init(
+            || (vec![0f32; block_rows * tk], vec![0f32; block_rows * tk]),
+            |(p, dcap), (g, og)| {
+                simd(
+                    #[inline(always)]
+                    || {
+                        let bi = g / dm.kvh;
+                        let kg = &k[g * tk * d..(g + 1) * tk * d];
+                        let vg = &v[g * tk * d..(g + 1) * tk * d];
+                        let blocks = self.blocks(dm, bi);
+                        for (r, oh) in og.chunks_exact_mut(t * d).enumerate() {
+                            let hq = g * rep + r;
+                            let qh = &q[hq * t * d..(hq + 1) * t * d];
+                            for &blk in &blocks {
+                                let (rows, n) = (blk.r1 - blk.r0, blk.keys);
+                                self.probs(dm, bi, blk, (qh, kg), p, dcap);
+                                let o = &mut oh[blk.r0 * d..blk.r1 * d];
+                                matmul(
+                                    o,
+                                    (rows, d, n),
+                                    Mat::rows(p, n),
+                                    Mat::rows(vg, d),
+                                    1.0,
+                                    false,
+                                );
+                            }
+                        }
+                    },
+                )
+            },
+        );
+        out
+    }
+
+    /// dq `[b, h, t, d]`, dk and dv `[b, kvh, T, d]` (summed over each group's query heads).
+    pub(super) fn backward(
+        &self,
+        dm: Dims,
+        (q, k, v): (&[f32], &[f32], &[f32]),
+        dout: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (t, tk, d, rep) = (dm.t, dm.tk, dm.d, dm.rep());
+        let block_rows = ROW_BLOCK.min(t);
+        let mut dq = vec![0f32; dm.b * dm.h * t * d];
+        let mut dk = vec![0f32; dm.b * dm.kvh * tk * d];
+        let mut dv = vec![0f32; dm.b * dm.kvh * tk * d];
+        let buffer = || vec![0f32; block_rows * tk];
+        dq.par_chunks_mut(rep * t * d)
+            .zip(dk.par_chunks_mut(tk * d))
+            .zip(dv.par_chunks_mut(tk * d))
+            .enumerate()
+            .for_each_init(
+                || (buffer(), buffer(), buffer()),
+                |(p, dp, dcap), (g, ((dqg, dkg), dvg))| {
+                    simd(
+                        #[inline(always)]
+                        || {
+                            let bi = g / dm.kvh;
+                            let kg = &k[g * tk * d..(g + 1) * tk * d];
+                            let vg = &v[g * tk * d..(g + 1) * tk * d];
+                            let blocks = self.blocks(dm, bi);
+                            for (r, dqh) in dqg.chunks_exact_mut(t * d).enumerate() {
+                                let hq = g * rep + r;
+                                let qh = &q[hq * t * d..(hq + 1) * t * d];
+                                let doh = &dout[hq * t * d..(hq + 1) * t * d];
+                                for &blk in &blocks {
+                                    let (rows, n) = (blk.r1 - blk.r0, blk.keys);
+                                    let (qb, dob) =
+                                        (&qh[blk.r0 * d..blk.r1 * d], &doh[blk.r0 * d..blk.r1 * d]);
+                                    self.probs(dm, bi, blk, (qh, kg), p, dcap);
+                                    let (p, dp) = (&p[..rows * n], &mut dp[..rows * n]);
+                                    // dV += P^T dO; dP = dO V^T (dk, dv start at zero and only accumulate).
+                                    matmul(
+                                        dvg,
+                                        (n, d, rows),
+                                        Mat::rows_t(p, n),
+                                        Mat::rows(dob, d),
+                                        1.0,
+                                        true,
+                                    );
+                                    matmul(
+                                        dp,
+                                        (rows, n, d),
+                                        Mat::rows(dob, d),
+                                        Mat::rows_t(vg, d),
+                                        1.0,
+                                        false,
+                                    );
+                                    // dS = P * (dP - rowsum(P * dP)), times the cap's derivative.
+                                    for ((prow, dprow), crow) in p
+                                        .chunks_exact(n)
+                                        .zip(dp.chunks_exact_mut(n))
+                                        .zip(dcap.chunks_exact(n))
+                                    {
+                                        let dot = dot(prow, dprow);
+                                        for (g, pv) in dprow.iter_mut().zip(prow) {
+                                            *g = pv * (*g - dot);
+                                        }
+                                        if self.softcap.is_some() {
+                                            dprow.iter_mut().zip(crow).for_each(|(g, c)| *g *= c);
+                                        }
+                                    }
+                                    // dQ = scale dS K; dK += scale dS^T Q.
+                                    let s = self.scale;
+                                    let dqb = &mut dqh[blk.r0 * d..blk.r1 * d];
+                                    matmul(
+                                        dqb,
+                                        (rows, d, n),
+                                        Mat::rows(dp, n),
+                                        Mat::rows(kg, d),
+                                        s,
+                                        false,
+                                    );
+                                    matmul(
+                                        dkg,
+                                        (n, d, rows),
+                                        Mat::rows_t(dp, n),
+                                        Mat::rows(qb, d),
+                                        s,
+                                        true,
+                                    );
+                                }
+                            }
+                        },
+                    )
+                },
+            );
+        (dq, dk, dv)
+    }
+}
+
+impl CustomOp3 for FusedAttention {
+    fn name(&self) -> &'static str {
+        "fused-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q: &CpuStorage,
+        ql: &Layout,
+        k: &CpuStorage,
+        kl: &Layout,
+        v: &CpuStorage,
+        vl: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let dm = Dims::of(ql.shape(), kl.shape(), vl.shape(), self.mask.len())?;
+        if let Some(known) = &self.known_output {
+            if known.shape() != ql.shape() {
+                candle_core::bail!(
+                    "fused attention: saved output {:?} for q {:?}",
+                    known.shape(),
+                    ql.shape()
+                )
+            }
+            let (s, l) = known.storage_and_layout();
+            let out = storage_slice(&s, l, self.name())?.to_vec();
+            return Ok((CpuStorage::F32(out), ql.shape().clone()));
+        }
+        let (q, k, v) = (
+            cpu_slice(q, ql, self.name())?,
+            cpu_slice(k, kl, self.name())?,
+            cpu_slice(v, vl, self.name())?,
+        );
+        Ok((
+            CpuStorage::F32(self.forward(dm, q, k, v)),
+            ql.shape().clone(),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let dm = Dims::of(q.shape(), k.shape(), v.shape(), self.mask.len())?;
+        let grad = grad_res.contiguous()?;
+        let (dq, dk, dv) = {
+            let name = self.name();
+            let (qs, ql) = q.storage_and_layout();
+            let (ks, kl) = k.storage_and_layout();
+            let (vs, vl) = v.storage_and_layout();
+            let (gs, gl) = grad.storage_and_layout();
+            self.backward(
+                dm,
+                (
+                    storage_slice(&qs, ql, name)?,
+                    storage_slice(&ks, kl, name)?,
+                    storage_slice(&vs, vl, name)?,
+                ),
+                storage_slice(&gs, gl, name)?,
+            )
+        };
+        let dev = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(dk, k.shape(), dev)?),
+            Some(Tensor::from_vec(dv, v.shape(), dev)?),
+        ))
+    }
+}
+
+/// `softmax(softcap(scale * q k^T) + mask) v` for q `[b, h, t, d]`, k and v `[b, kvh, T, d]` (query head
+/// `i` reads key head `i / (h / kvh)`), mask `[b, 1, t, T]`; returns `[b, h, t, d]`. CPU f32 only
+/// (see [`super::applies`]); differentiable in q, k and v. `known_output`: this call's result from an
+/// earlier pass over the same inputs (checkpointed training), used as the value instead of recomputing it.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    (scale, softcap): (f64, Option<f64>),
+    known_output: Option<Tensor>,
+) -> Result<Tensor> {
+    let op = FusedAttention {
+        mask: to_f32_vec(mask)?,
+        scale: scale as f32,
+        softcap: softcap.map(|c| c as f32),
+        known_output: known_output.map(|t| t.contiguous()).transpose()?,
+    };
+    q.contiguous()?
+        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{D, Device, Var};
+
+    use super::super::test_util::{random, rel_err};
+    use super::*;
+    use crate::model::decoder::layers::{attention_mask, softcap};
+
+    /// The decoder's composition of candle ops (the reference).
+    fn reference(
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: &Tensor,
+        scale: f64,
+        cap: Option<f64>,
+    ) -> Tensor {
+        let (b, h, t, d) = q.dims4().unwrap();
+        let (_, kvh, tk, _) = k.dims4().unwrap();
+        let qg = q.reshape((b, kvh, h / kvh * t, d)).unwrap();
+        let s = (qg.matmul(&k.t().unwrap()).unwrap() * scale).unwrap();
+        let s = softcap(&s, cap).unwrap();
+        let s = s
+            .reshape((b, h, t, tk))
+            .unwrap()
+            .broadcast_add(mask)
+            .unwrap();
+        let p = candle_nn::ops::softmax(&s, D::Minus1).unwrap();
+        let p = p.reshape((b, kvh, h / kvh * t, tk)).unwrap();
+        p.matmul(v).unwrap().reshape((b, h, t, d)).unwrap()
+    }
+
+    /// Sizes `(b, h, kvh, t, d)`.
+    fn check(
+        (b, h, kvh, t, d): (usize, usize, usize, usize, usize),
+        valid: Vec<Vec<bool>>,
+        window: Option<usize>,
+        cap: Option<f64>,
+    ) {
+        let q = Var::from_tensor(&random(&[b, h, t, d], 1)).unwrap();
+        let k = Var::from_tensor(&random(&[b, kvh, t, d], 2)).unwrap();
+        let v = Var::from_tensor(&random(&[b, kvh, t, d], 3)).unwrap();
+        let w = random(&[b, h, t, d], 4);
+        let mask = attention_mask(&valid, 0, t, window, &Device::Cpu).unwrap();
+        let scale = (d as f64).powf(-0.5) * 3.0;
+        let fused = attention(&q, &k, &v, &mask, (scale, cap), None).unwrap();
+        // Replaying this output (as the checkpointed recomputation does) gives the same gradients.
+        let known = attention(&q, &k, &v, &mask, (scale, cap), Some(fused.detach())).unwrap();
+        let gk = (known * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let refr = reference(&q, &k, &v, &mask, scale, cap);
+        assert!(
+            rel_err(&fused, &refr) < 1e-5,
+            "values {}",
+            rel_err(&fused, &refr)
+        );
+        let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let gr = (refr * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, x) in [("q", &q), ("k", &k), ("v", &v)] {
+            let (a, r) = (gf.get(x).unwrap(), gr.get(x).unwrap());
+            let e = rel_err(a, r);
+            assert!(e < 1e-5, "gradient of {name}: relative error {e}");
+            assert_eq!(
+                rel_err(gk.get(x).unwrap(), a),
+                0.0,
+                "replayed gradient of {name}"
+            );
+        }
+    }
+
+    #[test]
+    fn matches_composition_with_gqa_and_padding() {
+        let valid = vec![vec![true; 12], [vec![false; 3], vec![true; 9]].concat()];
+        check((2, 6, 2, 12, 8), valid, None, None);
+    }
+
+    #[test]
+    fn matches_composition_across_row_blocks() {
+        // Longer than a row block: blocks stop at different key extents; padded queries see every key.
+        let valid = vec![[vec![false; 5], vec![true; 145]].concat(), vec![true; 150]];
+        check((2, 4, 2, 150, 8), valid.clone(), None, None);
+        check((2, 2, 1, 150, 8), valid, Some(70), Some(4.0));
+    }
+
+    #[test]
+    fn matches_composition_with_window_and_softcap() {
+        let valid = vec![vec![true; 10], [vec![true; 7], vec![false; 3]].concat()];
+        check((2, 4, 4, 10, 16), valid.clone(), Some(4), Some(5.0));
+        check((2, 4, 1, 10, 16), valid, Some(3), None);
+    }
+}

@@ -1,0 +1,271 @@
+//! A frozen projection and its LoRA adapter as one autograd node on CUDA: `y = x W^T + b + s (x A^T) B^T`
+//! computed outside autograd, with a backward that returns `dx = g W + s (g B) A`, `dA` and `dB` directly.
+//! As a composition, each of its ten candle nodes would cost a zero-filled gradient buffer and an add the
+//! size of the activations (candle's backward accumulates every edge that way). The rank-r products run
+//! in `lowrank`: bf16 activations, f32 adapter weights at close to f32 accuracy; the frozen product is
+//! summed into the same output buffer. [`Projection`] serves this node and the fused block (`block.rs`).
+
+use std::sync::Mutex;
+
+use candle_core::{CudaStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+
+use super::lowrank::{Base, BaseView, expand, expand_storage, project, reduce};
+use crate::model::quant::frozen::{FrozenLinear, FrozenWeight};
+
+/// The adapter's tensors: A `[r, in]`, B `[out, r]` (f32, tracked when they are trained) and the scale.
+pub struct Adapter<'a> {
+    pub a: &'a Tensor,
+    pub b: &'a Tensor,
+    pub scale: f64,
+    /// LoRA dropout's mask on the adapter's input (the shape and dtype of `x`), when dropout is on.
+    pub dropout: Option<Tensor>,
+}
+
+/// One projection's forward operands, kept for its backward.
+pub(super) struct Projection {
+    weight: FrozenWeight,
+    /// The dequantized weight `[out, in]`, when it was dequantized whole.
+    dequantized: Option<Tensor>,
+    /// `s dropout(x) A^T` `[rows, r]` (f32): B's gradient is `(mid^T g)^T`.
+    mid: Tensor,
+    /// A `[r, in]` and `B^T` `[r, out]`, detached.
+    a: Tensor,
+    b_t: Tensor,
+    scale: f64,
+    dropout: Option<Tensor>,
+}
+
+impl Projection {
+    /// The operands for the projection of bf16 `x2` `[rows, in]`, and the frozen product `x W^T + b` when it
+    /// cannot be summed into the output's buffer (a bias, or a weight dequantized in chunks).
+    pub(super) fn new(
+        x2: &Tensor,
+        base: &FrozenLinear,
+        adapter: Adapter,
+    ) -> Result<(Self, Option<Tensor>)> {
+        let in_f = adapter.a.dim(1)?;
+        let a = adapter.a.detach().contiguous()?;
+        let mid = project(
+            &adapter_input(x2, in_f, adapter.dropout.as_ref())?,
+            &a,
+            adapter.scale,
+        )?;
+        let dequantized = base.weight.dequantize_whole(x2.device())?;
+        let frozen = match (&dequantized, &base.bias) {
+            (Some(_), None) => None,
+            _ => {
+                let (y, _) = base.product(x2)?;
+                Some(match &base.bias {
+                    Some(bias) => y.broadcast_add(&bias.to_dtype(y.dtype())?)?,
+                    None => y,
+                })
+            }
+        };
+        let projection = Self {
+            weight: base.weight.clone(),
+            dequantized,
+            mid,
+            a,
+            b_t: adapter.b.detach().t()?.contiguous()?,
+            scale: adapter.scale,
+            dropout: adapter.dropout,
+        };
+        Ok((projection, frozen))
+    }
+
+    /// The output `[rows, out]` for the input `x2` it was made for, plus `add` when given; `frozen` is
+    /// what [`Self::new`] returned.
+    pub(super) fn output(
+        &self,
+        x2: &Tensor,
+        frozen: Option<&Tensor>,
+        add: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let y = match (frozen, &self.dequantized) {
+            (Some(f), _) => {
+                let y = expand(Base::Add(f), &self.mid, &self.b_t)?;
+                return match add {
+                    Some(a) => y + a,
+                    None => Ok(y),
+                };
+            }
+            (None, Some(w)) => Base::Product {
+                x: x2,
+                w,
+                out_in: true,
+                add,
+            },
+            (None, None) => candle_core::bail!("adapted-linear: no frozen product"),
+        };
+        expand(y, &self.mid, &self.b_t)
+    }
+
+    /// The output on storages (an op's forward): [`Self::output`] without `add`.
+    fn output_storage(
+        &self,
+        x: (&CudaStorage, &Layout),
+        frozen: Option<&Tensor>,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (ms, ml) = self.mid.storage_and_layout();
+        let (bs, bl) = self.b_t.storage_and_layout();
+        let (mid, b_t) = ((on_cuda(&ms)?, ml), (on_cuda(&bs)?, bl));
+        match (frozen, &self.dequantized) {
+            (Some(f), _) => {
+                let (fs, fl) = f.storage_and_layout();
+                expand_storage(BaseView::Add(on_cuda(&fs)?, fl), mid, b_t)
+            }
+            (None, Some(w)) => {
+                let (ws, wl) = w.storage_and_layout();
+                let base = BaseView::Product {
+                    x,
+                    w: (on_cuda(&ws)?, wl),
+                    out_in: true,
+                    add: None,
+                };
+                expand_storage(base, mid, b_t)
+            }
+            (None, None) => candle_core::bail!("adapted-linear: no frozen product"),
+        }
+    }
+
+    /// `(dx, dA, dB)` for the input `x2` `[rows, in]` and the output's gradient `g2` `[rows, out]`, with
+    /// `add` summed into `dx` when given.
+    pub(super) fn backward(
+        &self,
+        x2: &Tensor,
+        g2: &Tensor,
+        add: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let in_f = self.a.dim(1)?;
+        let g2 = g2.contiguous()?;
+        let db = reduce(&self.mid, &g2)?.t()?.contiguous()?;
+        let gm = project(&g2, &self.b_t, self.scale)?;
+        let da = reduce(&gm, &adapter_input(x2, in_f, self.dropout.as_ref())?)?;
+        let dx = match (&self.dropout, &self.dequantized) {
+            (None, Some(w)) => {
+                let base = Base::Product {
+                    x: &g2,
+                    w,
+                    out_in: false,
+                    add,
+                };
+                expand(base, &gm, &self.a)?
+            }
+            (None, None) => {
+                let frozen = self.weight.matmul(&g2)?;
+                let frozen = match add {
+                    Some(a) => (frozen + a)?,
+                    None => frozen,
+                };
+                expand(Base::Add(&frozen), &gm, &self.a)?
+            }
+            (Some(m), _) => {
+                let frozen = match &self.dequantized {
+                    Some(w) => g2.matmul(w)?,
+                    None => self.weight.matmul(&g2)?,
+                };
+                let adapter = (expand(Base::Zero, &gm, &self.a)? * m.reshape(((), in_f))?)?;
+                let dx = (frozen + adapter)?;
+                match add {
+                    Some(a) => (dx + a)?,
+                    None => dx,
+                }
+            }
+        };
+        Ok((dx, da, db))
+    }
+}
+
+/// `x W^T + b + s (dropout(x) A^T) B^T` for bf16 `x` `[.., in]`: the frozen product in bf16, the adapter's
+/// with f32 sums, the result in `x`'s dtype. Differentiable in x, A and B.
+pub fn adapted_linear(x: &Tensor, base: &FrozenLinear, adapter: Adapter) -> Result<Tensor> {
+    let in_f = adapter.a.dim(1)?;
+    let out_f = adapter.b.dim(0)?;
+    let x = x.contiguous()?;
+    let mut out_dims = x.dims().to_vec();
+    if let Some(last) = out_dims.last_mut() {
+        *last = out_f;
+    }
+    let out_shape = Shape::from(out_dims);
+    let x2 = x.detach().reshape(((), in_f))?;
+    let tracked = x.track_op() || adapter.a.track_op() || adapter.b.track_op();
+    let (a, b) = (adapter.a.clone(), adapter.b.clone());
+    let (projection, frozen) = Projection::new(&x2, base, adapter)?;
+    if !tracked {
+        return projection
+            .output(&x2, frozen.as_ref(), None)?
+            .reshape(out_shape);
+    }
+    let op = AdaptedGrad {
+        frozen: Mutex::new(frozen),
+        out_shape,
+        projection,
+    };
+    x.apply_op3(&a, &b, op)
+}
+
+/// The adapter's input `[rows, in]`: `x`, times the dropout mask when there is one.
+fn adapter_input(x: &Tensor, in_f: usize, dropout: Option<&Tensor>) -> Result<Tensor> {
+    let x2 = x.reshape(((), in_f))?;
+    match dropout {
+        Some(m) => x2 * m.reshape(((), in_f))?,
+        None => Ok(x2),
+    }
+}
+
+fn on_cuda(s: &Storage) -> Result<&CudaStorage> {
+    match s {
+        Storage::Cuda(c) => Ok(c),
+        _ => candle_core::bail!("adapted-linear: operands are not on a CUDA device"),
+    }
+}
+
+struct AdaptedGrad {
+    /// The frozen product when it was computed beforehand (see [`Projection::new`]); taken by the forward.
+    frozen: Mutex<Option<Tensor>>,
+    out_shape: Shape,
+    projection: Projection,
+}
+
+impl CustomOp3 for AdaptedGrad {
+    fn name(&self) -> &'static str {
+        "adapted-linear"
+    }
+
+    cuda_only!(x y z);
+
+    /// The result, written by `lowrank`'s products as the op's own output.
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let frozen = self
+            .frozen
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("adapted-linear: poisoned slot".into()))?
+            .take();
+        let (out, _) = self.projection.output_storage((x, xl), frozen.as_ref())?;
+        Ok((out, self.out_shape.clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _a: &Tensor,
+        _b: &Tensor,
+        _y: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let in_f = self.projection.a.dim(1)?;
+        let out_f = self.projection.b_t.dim(1)?;
+        let x2 = x.detach().reshape(((), in_f))?;
+        let g2 = g.reshape(((), out_f))?;
+        let (dx, da, db) = self.projection.backward(&x2, &g2, None)?;
+        Ok((Some(dx.reshape(x.shape())?), Some(da), Some(db)))
+    }
+}

@@ -1,0 +1,236 @@
+//! A whole llama-style decoder block of GPU training (the pass with gradients) as one autograd node. Its
+//! forward keeps the intermediates the backward reads; its backward chains the fused kernels' gradients
+//! by hand, summing gradients of the same input inside the products that make them (`lowrank`'s
+//! [`Base::Product`](super::lowrank::Base)). As a graph of ~15 nodes, candle's backward would zero-fill
+//! and sum a layer-wide buffer for every input of every node. The adapters' gradients reach candle through
+//! `grad_carrier`.
+
+use std::sync::Mutex;
+
+use candle_core::backend::BackendStorage;
+use candle_core::{CudaStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
+
+use super::adapted::{Adapter, Projection};
+use super::heads::{Rotary, merge_heads, split_heads};
+use super::{attention, fused, take_once};
+use crate::model::autograd::grad_carrier::{self, GradSlots};
+use crate::model::config::Activation;
+use crate::model::kernels::BlockParts;
+use crate::model::target::slot::{COUNT as PROJECTIONS, DOWN, GATE, K, O, Q, UP, V};
+
+const NAME: &str = "decoder-block-cuda";
+
+/// The forward's intermediates that the backward reads, all bf16.
+struct Saved {
+    /// The projections' inputs: normed input `[n, d]`, merged attention output `[n, h hd]`, normed residual
+    /// `[n, d]`, gated product `[n, ff]`.
+    hn: Tensor,
+    attn: Tensor,
+    hn2: Tensor,
+    gated: Tensor,
+    /// Rotated queries and keys, values `[b, heads, t, hd]`, and the attention probabilities.
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    probs: Tensor,
+    /// The residual stream after attention `[n, d]`.
+    x1: Tensor,
+    gate: Tensor,
+    up: Tensor,
+    projections: Vec<Projection>,
+}
+
+struct BlockOp {
+    /// The output, taken by the op's forward.
+    out: Mutex<Option<Tensor>>,
+    /// Taken (and freed) by the backward.
+    saved: Mutex<Option<Saved>>,
+    /// RMSNorm weights and eps before attention and before the feed-forward.
+    norms: [(Tensor, f64); 2],
+    rotary: Rotary,
+    scale_softcap: (f64, Option<f64>),
+    activation: Activation,
+    /// b, t, heads, key-value heads, head size.
+    shape: (usize, usize, usize, usize, usize),
+    grads: GradSlots,
+}
+
+impl BlockOp {
+    /// The input's gradient for the output's gradient `g`; leaves the adapters' gradients in the slots.
+    /// Each intermediate and each projection's dequantized weight is released after its last use.
+    fn backward(&self, x: &Tensor, g: &Tensor, st: Saved) -> Result<Tensor> {
+        let (b, t, h, kvh, hd) = self.shape;
+        let n = b * t;
+        let d = x.elem_count() / n.max(1);
+        let g2 = g.reshape((n, d))?.contiguous()?;
+        let Saved {
+            hn,
+            attn,
+            hn2,
+            gated,
+            q,
+            k,
+            v,
+            probs,
+            x1,
+            gate,
+            up,
+            projections,
+        } = st;
+        let mut projections: Vec<Option<Projection>> = projections.into_iter().map(Some).collect();
+        let mut grads: Vec<Option<(Tensor, Tensor)>> = vec![None; PROJECTIONS];
+        let mut back = |i: usize, input: &Tensor, g: &Tensor, add: Option<&Tensor>| {
+            let projection = projections[i].take().ok_or_else(|| {
+                candle_core::Error::Msg(format!("{NAME}: projection {i} went back twice"))
+            })?;
+            let (dx, da, db) = projection.backward(input, g, add)?;
+            grads[i] = Some((da, db));
+            Ok::<_, candle_core::Error>(dx)
+        };
+        let dgated = back(DOWN, &gated, &g2, None)?;
+        drop(gated);
+        let (dgate, dup) = fused::gated_backward(&gate, &up, &dgated, self.activation)?;
+        drop((dgated, gate, up));
+        let dhn2 = back(GATE, &hn2, &dgate, None)?;
+        drop(dgate);
+        let dhn2 = back(UP, &hn2, &dup, Some(&dhn2))?;
+        drop((dup, hn2));
+        let (w2, eps2) = &self.norms[1];
+        let dx1 = (fused::rms_norm_backward(&x1, w2, &dhn2, *eps2)? + &g2)?;
+        drop((dhn2, x1, g2));
+        let dattn = back(O, &attn, &dx1, None)?;
+        drop(attn);
+        let (dq, dk, dv) = attention::backward((&q, &k, &v), probs, &dattn, self.scale_softcap)?;
+        drop((dattn, q, k, v));
+        let dq = merge_heads(&dq, Some(&self.rotary))?.reshape((n, h * hd))?;
+        let dk = merge_heads(&dk, Some(&self.rotary))?.reshape((n, kvh * hd))?;
+        let dv = merge_heads(&dv, None)?.reshape((n, kvh * hd))?;
+        let dhn = back(Q, &hn, &dq, None)?;
+        let dhn = back(K, &hn, &dk, Some(&dhn))?;
+        let dhn = back(V, &hn, &dv, Some(&dhn))?;
+        drop(hn);
+        let (w1, eps1) = &self.norms[0];
+        let x2 = x.reshape((n, d))?;
+        let dx = (fused::rms_norm_backward(&x2, w1, &dhn, *eps1)? + dx1)?;
+        grad_carrier::deliver(&self.grads, grads)?;
+        dx.reshape(x.shape())
+    }
+}
+
+impl CustomOp2 for BlockOp {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    cuda_only!(x y);
+
+    fn cuda_fwd(
+        &self,
+        _x: &CudaStorage,
+        xl: &Layout,
+        _carrier: &CudaStorage,
+        _cl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let out = take_once(&self.out, NAME)?;
+        let (storage, layout) = out.storage_and_layout();
+        let Storage::Cuda(s) = &*storage else {
+            candle_core::bail!("{NAME}: the output is not on a CUDA device")
+        };
+        Ok((s.try_clone(layout)?, xl.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        carrier: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let saved = take_once(&self.saved, NAME)?;
+        let dx = self.backward(&x.detach(), grad_res, saved)?;
+        Ok((Some(dx), Some(carrier.zeros_like()?)))
+    }
+}
+
+/// The block's output `[b, t, d]` for bf16 `x` on a CUDA device; with `p.grad`, differentiable in `x` and
+/// in every adapter tensor.
+pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
+    let x = x.contiguous()?;
+    let (b, t, d) = x.dims3()?;
+    let (h, kvh, hd) = p.heads;
+    let n = b * t;
+    let x2 = x.detach().reshape((n, d))?;
+    let norms = p.norms.map(|(w, eps)| (w.clone(), eps));
+    let hn = fused::rms_norm(&x2, &norms[0].0, norms[0].1)?;
+    let mut projections = Vec::with_capacity(PROJECTIONS);
+    let mut adapters = Vec::with_capacity(PROJECTIONS);
+    // Without gradients nothing is kept: each projection's dequantized weight goes as soon as it is used.
+    let mut project = |i: usize, input: &Tensor, add: Option<&Tensor>| -> Result<Tensor> {
+        let parts = (p.projection)(i, input)?;
+        let adapter = Adapter {
+            a: &parts.a,
+            b: &parts.b,
+            scale: parts.scale,
+            dropout: parts.dropout,
+        };
+        let (projection, frozen) = Projection::new(input, &parts.base, adapter)?;
+        let y = projection.output(input, frozen.as_ref(), add)?;
+        if p.grad {
+            projections.push(projection);
+            adapters.push((parts.a, parts.b));
+        }
+        Ok(y)
+    };
+    let (q, k, v) = (
+        project(Q, &hn, None)?,
+        project(K, &hn, None)?,
+        project(V, &hn, None)?,
+    );
+    let (cos, sin, interleaved) = p.rope;
+    let rotary = Rotary {
+        cos: cos.clone(),
+        sin: sin.clone(),
+        interleaved,
+    };
+    let q = split_heads(&q.reshape((b, t, h * hd))?, h, hd, Some(&rotary))?;
+    let k = split_heads(&k.reshape((b, t, kvh * hd))?, kvh, hd, Some(&rotary))?;
+    let v = split_heads(&v.reshape((b, t, kvh * hd))?, kvh, hd, None)?;
+    let (heads_out, probs) = attention::forward(&q, &k, &v, p.mask, p.attention)?;
+    let probs = p.grad.then_some(probs);
+    let attn = merge_heads(&heads_out, None)?.reshape((n, h * hd))?;
+    drop(heads_out);
+    let x1 = project(O, &attn, Some(&x2))?;
+    let hn2 = fused::rms_norm(&x1, &norms[1].0, norms[1].1)?;
+    let (gate, up) = (project(GATE, &hn2, None)?, project(UP, &hn2, None)?);
+    let gated = fused::gated(&gate, &up, p.activation)?;
+    let out = project(DOWN, &gated, Some(&x1))?;
+    let Some(probs) = probs else {
+        return out.reshape((b, t, d));
+    };
+    let carried: Vec<_> = adapters.iter().map(|(a, b)| (a, b)).collect();
+    let (grads, carrier) = grad_carrier::carry(&carried)?;
+    let op = BlockOp {
+        out: Mutex::new(Some(out)),
+        saved: Mutex::new(Some(Saved {
+            hn,
+            attn,
+            hn2,
+            gated,
+            q,
+            k,
+            v,
+            probs,
+            x1,
+            gate,
+            up,
+            projections,
+        })),
+        norms,
+        rotary,
+        scale_softcap: p.attention,
+        activation: p.activation,
+        shape: (b, t, h, kvh, hd),
+        grads,
+    };
+    x.apply_op2(&carrier, op)
+}

@@ -1,0 +1,155 @@
+//! The kernel seam: fused ops with hand-written backward passes, a CPU f32 backend (`cpu`) and, with the
+//! `cuda` feature, a CUDA bf16 backend (`cuda`). Each hook here answers None when no fused kernel serves its
+//! tensors, and the caller keeps candle's composition.
+
+pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
+use candle_core::Tensor;
+
+use crate::model::config::Activation;
+use crate::model::quant::FrozenLinear;
+
+/// cuda hook: a projection `[b, t, heads * head_dim]` split into heads `[b, heads, t, head_dim]`, rotated by
+/// the rotary tables `(cos, sin, interleaved)` when given, as one fused node (see `heads.rs`) when it serves
+/// `x` (bf16 on a CUDA device); None otherwise, and always without the `cuda` feature.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn fused_split_heads(
+    x: &Tensor,
+    heads: usize,
+    head_dim: usize,
+    rotary: Option<(&Tensor, &Tensor, bool)>,
+) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if cuda::fused::applies(x) {
+        let rotary = rotary.map(|(cos, sin, interleaved)| cuda::heads::Rotary {
+            cos: cos.clone(),
+            sin: sin.clone(),
+            interleaved,
+        });
+        return cuda::heads::split_heads(x, heads, head_dim, rotary.as_ref()).map(Some);
+    }
+    Ok(None)
+}
+
+/// cuda hook: attention through the fused CUDA op (see `attention.rs`) when it serves these tensors (bf16
+/// on a CUDA device), heads merged `[b, t, h * d]`; None otherwise.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn fused_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: &Tensor,
+    scale_softcap: (f64, Option<f64>),
+) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if cuda::fused::applies(q) {
+        return cuda::attention::attention(q, k, v, mask, scale_softcap).map(Some);
+    }
+    Ok(None)
+}
+
+/// cuda hook: a frozen projection plus its LoRA adapter (A, B, scale, dropout mask on the adapter's input)
+/// as one fused autograd node (see `adapted.rs`) when it serves `x`; None otherwise.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn fused_adapted(
+    x: &Tensor,
+    base: &FrozenLinear,
+    (a, b, scale): (&Tensor, &Tensor, f64),
+    dropout: Option<Tensor>,
+) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if cuda::fused::applies(x) {
+        let adapter = cuda::adapted::Adapter {
+            a,
+            b,
+            scale,
+            dropout,
+        };
+        return cuda::adapted::adapted_linear(x, base, adapter).map(Some);
+    }
+    Ok(None)
+}
+
+/// One projection of a fused block: the frozen linear, the adapter's A `[r, in]` and B `[out, r]` (tracked
+/// when trained), its scale and the dropout mask on its input.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub struct BlockProjection {
+    pub base: FrozenLinear,
+    pub a: Tensor,
+    pub b: Tensor,
+    pub scale: f64,
+    pub dropout: Option<Tensor>,
+}
+
+/// What a fused block needs besides its input: a llama-style block (pre-norms only, every projection
+/// adapted, no biases).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub struct BlockParts<'a> {
+    /// RMSNorm weight and eps before attention, and before the feed-forward.
+    pub norms: [(&'a Tensor, f64); 2],
+    /// Projection `i` (q, k, v, o, gate, up, down) for its input `[n, in]`.
+    pub projection: &'a dyn Fn(usize, &Tensor) -> candle_core::Result<BlockProjection>,
+    /// Query heads, key-value heads, head size.
+    pub heads: (usize, usize, usize),
+    /// Rope tables `[b, 1, t, hd / 2]` and whether rotated pairs are interleaved.
+    pub rope: (&'a Tensor, &'a Tensor, bool),
+    /// Additive attention mask `[b, 1, t, t]`.
+    pub mask: &'a Tensor,
+    /// Attention scale and logit soft-cap.
+    pub attention: (f64, Option<f64>),
+    pub activation: Activation,
+    /// Whether gradients are wanted: false runs the forward alone (evaluation, checkpointing's first pass).
+    pub grad: bool,
+}
+
+/// cuda hook: a whole block, with gradients as one node with a hand-chained backward (see `block.rs`),
+/// when it serves `x` (bf16 on a CUDA device); None otherwise.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn fused_block(x: &Tensor, parts: BlockParts) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if cuda::fused::applies(x) {
+        return cuda::block::block(x, parts).map(Some);
+    }
+    Ok(None)
+}
+
+/// cuda hook: per-row negative log-likelihoods `[rows]` (f32) of `targets` under `logits` `[rows, vocab]`
+/// through the fused CUDA kernels when they serve the logits; None otherwise.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn fused_row_nll(logits: &Tensor, targets: &[u32]) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if cuda::fused::applies(logits) {
+        return cuda::cross_entropy::row_nll(logits, targets).map(Some);
+    }
+    Ok(None)
+}
+
+/// cuda hook: RMSNorm through the fused CUDA kernels when they serve `x`; None otherwise.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn fused_rms_norm(
+    x: &Tensor,
+    weight: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if cuda::fused::applies(x) {
+        return cuda::fused::rms_norm(x, weight, eps).map(Some);
+    }
+    Ok(None)
+}
+
+/// cuda hook: the gated MLP product `act(gate) * up` through the fused CUDA kernels when they serve it.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn fused_gated(
+    gate: &Tensor,
+    up: &Tensor,
+    activation: Activation,
+) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if cuda::fused::applies(gate) {
+        return cuda::fused::gated(gate, up, activation).map(Some);
+    }
+    Ok(None)
+}

@@ -1,0 +1,281 @@
+//! The training-step benchmark behind `qlab bench train`: a model at real dimensions (random weights or a
+//! checkpoint), LoRA on chosen targets, timed steps of loss + LoRA gradients + an AdamW update.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::{Device, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use serde::Serialize;
+
+use crate::config::DeviceSpec;
+use crate::model::error::{ModelError, Result};
+use crate::model::load::builder::build_decoder;
+use crate::model::load::load_model;
+use crate::model::load::presets::{PRESETS, RandomWeights, preset};
+use crate::model::quant::weights::Quant;
+use crate::model::{LoraSpec, Target};
+use crate::train::step::{StepOptions, TrainBatch};
+
+/// Which model to benchmark.
+#[derive(Debug, Clone)]
+pub enum BenchModel {
+    /// A preset's dimensions with random weights.
+    Preset(String),
+    /// A checkpoint directory or GGUF file.
+    Path(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct BenchSettings {
+    pub model: BenchModel,
+    /// Overrides the preset's quantization (presets: Q4_1 for smollm2-135m, NF4 otherwise; paths: NF4).
+    pub quant: Option<Quant>,
+    pub batch: usize,
+    pub seq: usize,
+    pub steps: usize,
+    pub rank: usize,
+    pub checkpointing: bool,
+    /// See `StepOptions::save_frozen_products` (None: the device's default, `StepOptions::for_device`).
+    pub save_frozen_products: Option<bool>,
+    /// Where to run (`auto` as `model::device::resolve` says).
+    pub device: DeviceSpec,
+    /// Presets only: keep the first N blocks (profiling a step at real widths in less time and memory).
+    pub layers: Option<usize>,
+}
+
+/// What one benchmark measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub quant: String,
+    pub batch: usize,
+    pub seq: usize,
+    pub rank: usize,
+    pub threads: usize,
+    pub checkpointing: bool,
+    pub save_frozen_products: bool,
+    /// What a step includes.
+    pub measures: &'static str,
+    /// Median step time, the first (warm-up) step excluded.
+    pub step_s: f64,
+    pub step_times_s: Vec<f64>,
+    pub tokens_per_s: f64,
+    pub peak_rss_mib: f64,
+    pub device: String,
+    /// CUDA only: peak device memory during the timed steps above the level before the model was built
+    /// (so the CUDA context is excluded; memory the allocator keeps cached is included).
+    pub peak_vram_gib: Option<f64>,
+    /// CUDA only: the most memory live tensors held at once during the timed steps (the memory pool's
+    /// high watermark: no allocator cache, no context; PyTorch's `max_memory_allocated`).
+    pub peak_allocated_gib: Option<f64>,
+    /// The first step (module loading, kernel JIT, allocator warm-up), excluded from `step_s`.
+    pub warmup_s: f64,
+    pub load_s: f64,
+    pub frozen_projection_mib: f64,
+    pub frozen_projection_bytes_per_param: f64,
+    pub lora_params: usize,
+    /// Blocks of the model (fewer than the preset's with `layers`).
+    pub layers: usize,
+    pub first_loss: f32,
+    pub last_loss: f32,
+}
+
+/// Peak resident memory of this process in MiB.
+pub fn peak_rss_mib() -> f64 {
+    // SAFETY: getrusage only writes into the struct we pass.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
+    if rc == 0 {
+        usage.ru_maxrss as f64 / 1024.0
+    } else {
+        f64::NAN
+    }
+}
+
+/// AdamW as the trainer runs it (lr 2e-4, betas 0.9/0.999, no weight decay) so a step costs what a real one
+/// does.
+struct AdamW {
+    moments: Vec<Tensor>,
+    t: i32,
+}
+
+impl AdamW {
+    fn step(&mut self, params: &[candle_core::Var], grads: &[(String, Tensor)]) -> Result<()> {
+        self.t += 1;
+        if self.moments.is_empty() {
+            self.moments = params
+                .iter()
+                .map(|p| crate::train::adamw::zero_moments(p.as_tensor()))
+                .collect::<candle_core::Result<_>>()?;
+        }
+        let update = crate::train::adamw::AdamWStep {
+            lr: 2e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            t: self.t,
+        };
+        for (p, ((_, g), moments)) in params.iter().zip(grads.iter().zip(&self.moments)) {
+            crate::train::adamw::adamw_update(p.as_tensor(), g, moments, &update)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the benchmark on the CPU or a CUDA device.
+pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
+    let device = Device::try_from(s.device)?;
+    if s.steps < 2 || s.batch == 0 || s.seq < 2 {
+        return Err(ModelError::Usage(
+            "need --steps >= 2 (the first is warm-up), --batch >= 1, --seq >= 2".into(),
+        ));
+    }
+    #[cfg(feature = "cuda")]
+    let vram = crate::model::device::VramPeak::start(&device)?;
+    let t0 = Instant::now();
+    let (mut model, name) = match &s.model {
+        BenchModel::Preset(p) => {
+            let (mut config, default_quant) = preset(p).ok_or_else(|| {
+                ModelError::Usage(format!(
+                    "unknown preset `{p}`; expected one of {}",
+                    PRESETS.join(", ")
+                ))
+            })?;
+            if let Some(n) = s.layers {
+                if n == 0 {
+                    return Err(ModelError::Usage("--layers must be at least 1".into()));
+                }
+                config.num_layers = n.min(config.num_layers);
+                config.layer_windows.truncate(config.num_layers);
+            }
+            let quant = s.quant.unwrap_or(default_quant);
+            let src = RandomWeights {
+                config: config.clone(),
+                seed: 0,
+                embed_q8_0: matches!(quant, Quant::Ggml(_)),
+            };
+            (build_decoder(config, &src, quant, &device)?, p.clone())
+        }
+        BenchModel::Path(path) => (
+            load_model(path, s.quant.unwrap_or(Quant::Nf4), &device)?,
+            path.display().to_string(),
+        ),
+    };
+    let load_s = t0.elapsed().as_secs_f64();
+    #[cfg(feature = "cuda")]
+    crate::model::device::reset_allocated_peak(&device)?;
+    let spec = LoraSpec {
+        targets: Target::ALL.to_vec(),
+        rank: s.rank,
+        alpha: 16.0,
+        rslora: false,
+        dropout: 0.0,
+        seed: 0,
+    };
+    model.add_lora(&spec)?;
+    let params: Vec<candle_core::Var> = model.lora_params().into_iter().map(|(_, v)| v).collect();
+    let lora_params = params.iter().map(|v| v.elem_count()).sum();
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let vocab = model.config.vocab_size as u32;
+    let ids: Vec<u32> = (0..s.batch * s.seq)
+        .map(|_| rng.random_range(0..vocab))
+        .collect();
+    let batch = TrainBatch {
+        input_ids: Tensor::from_vec(ids, (s.batch, s.seq), &device)?,
+        loss_mask: Tensor::ones((s.batch, s.seq), candle_core::DType::F32, &device)?,
+        attention_mask: None,
+    };
+    let defaults = StepOptions::for_device(&device);
+    let opts = StepOptions {
+        checkpointing: s.checkpointing,
+        save_frozen_products: s
+            .save_frozen_products
+            .unwrap_or(defaults.save_frozen_products),
+        ..defaults
+    };
+    let mut adam = AdamW {
+        moments: vec![],
+        t: 0,
+    };
+    let mut times = Vec::new();
+    let mut losses = Vec::new();
+    for _ in 0..s.steps {
+        let t = Instant::now();
+        let out = model.loss_and_grads(&batch, &opts)?;
+        adam.step(&params, &out.grads)?;
+        device.synchronize()?;
+        times.push(t.elapsed().as_secs_f64());
+        losses.push(out.loss);
+    }
+    let mut warm: Vec<f64> = times[1..].to_vec();
+    warm.sort_by(f64::total_cmp);
+    let step_s = warm[warm.len() / 2];
+    let warmup_s = times[0];
+    #[cfg(feature = "cuda")]
+    let peak_vram_gib = vram.map(|v| v.finish() as f64 / (1u64 << 30) as f64);
+    #[cfg(feature = "cuda")]
+    let peak_allocated_gib =
+        crate::model::device::allocated_peak(&device)?.map(|b| b as f64 / (1u64 << 30) as f64);
+    #[cfg(not(feature = "cuda"))]
+    let peak_allocated_gib = None;
+    #[cfg(not(feature = "cuda"))]
+    let peak_vram_gib = None;
+    let (bytes, nparams) = model.projection_storage();
+    let quant_kind = model.blocks[0].q.base.weight.kind();
+    Ok(BenchReport {
+        model: name,
+        quant: quant_kind,
+        batch: s.batch,
+        seq: s.seq,
+        rank: s.rank,
+        threads: candle_core::utils::get_num_threads(),
+        checkpointing: s.checkpointing,
+        save_frozen_products: opts.save_frozen_products,
+        measures: "forward + loss + backward to all LoRA tensors (activation checkpointing per block, chunked vocabulary loss) + AdamW update",
+        step_s,
+        step_times_s: times,
+        tokens_per_s: (s.batch * s.seq) as f64 / step_s,
+        peak_rss_mib: peak_rss_mib(),
+        device: crate::model::device::resolve(s.device).to_string(),
+        peak_vram_gib,
+        peak_allocated_gib,
+        warmup_s,
+        load_s,
+        frozen_projection_mib: bytes as f64 / (1024.0 * 1024.0),
+        frozen_projection_bytes_per_param: bytes as f64 / nparams.max(1) as f64,
+        lora_params,
+        layers: model.blocks.len(),
+        first_loss: losses.first().copied().unwrap_or(f32::NAN),
+        last_loss: losses.last().copied().unwrap_or(f32::NAN),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_keeps_the_first_blocks_of_a_preset() {
+        let report = bench_train(&BenchSettings {
+            model: BenchModel::Preset("smollm2-135m".into()),
+            quant: None,
+            batch: 1,
+            seq: 4,
+            steps: 2,
+            rank: 2,
+            checkpointing: true,
+            save_frozen_products: None,
+            device: DeviceSpec::Cpu,
+            layers: Some(1),
+        })
+        .unwrap();
+        assert_eq!(report.layers, 1);
+        // r * (in + out) for q, o, k, v, gate, up, down of one block at SmolLM2's widths, rank 2.
+        let (d, kv, ff) = (576, 192, 1536);
+        let lora = 2 * (2 * (d + d) + 2 * (d + kv) + 3 * (d + ff));
+        assert_eq!(report.lora_params, lora);
+    }
+}
