@@ -199,6 +199,19 @@ fn import_study_then_results_and_exports_show_the_table(raw: &Path, e: &StudyTab
     );
     let md_row = format!("| {model} | {base} | {e1_text} | {e3_text} |");
     assert!(std::fs::read_to_string(&md).unwrap().contains(&md_row));
+    // CONFIG positional, as in every other command, gives the same table.
+    let md_again = dir.path().join("again.md");
+    run_ok(
+        qlab()
+            .args(["export", "results"])
+            .arg(&config)
+            .arg("--md")
+            .arg(&md_again),
+    );
+    assert_eq!(
+        std::fs::read_to_string(&md_again).unwrap(),
+        std::fs::read_to_string(&md).unwrap()
+    );
 }
 
 #[test]

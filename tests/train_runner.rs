@@ -14,7 +14,7 @@ use candle_core::{Device, Tensor, Var};
 use qlab::store::RunLock;
 use qlab::store::SweepPaths;
 use qlab::sweep::events::{RunEvent, RunnerCommand};
-use qlab::sweep::job::{LoadedModel, ModelLoader, RunJob};
+use qlab::sweep::job::{LoadError, LoadedModel, ModelLoader, RunJob};
 use qlab::sweep::metrics_log::read_events;
 use qlab::sweep::runner::{Runner, RunnerHandle, RunnerOptions};
 use qlab::sweep::toy::{toy_job as job, write_toy_csv};
@@ -70,19 +70,22 @@ impl TrainableModel for Toy {
 struct ToyLoader;
 
 impl ModelLoader for ToyLoader {
-    fn load(&self, job: &RunJob) -> Result<LoadedModel, String> {
+    fn load(&self, job: &RunJob) -> Result<LoadedModel, LoadError> {
         toy(job, None)
     }
 }
 
-fn toy(job: &RunJob, gate: Option<(Arc<Rendezvous>, usize)>) -> Result<LoadedModel, String> {
+fn toy(job: &RunJob, gate: Option<(Arc<Rendezvous>, usize)>) -> Result<LoadedModel, LoadError> {
     let inner = ToyModel::new(ToyConfig {
         vocab: 257,
         hidden: 48,
         rank: 4,
         seed: 5,
     })
-    .map_err(|e| e.to_string())?;
+    .map_err(|source| LoadError::Build {
+        model: job.model.clone(),
+        source,
+    })?;
     let nan_at = job.run_id.starts_with("nan").then_some(7);
     let model = Toy {
         inner,

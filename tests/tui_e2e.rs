@@ -372,6 +372,66 @@ fn train_detach_and_reattach() {
     expect_clean_exit(&tmux, "quit", Duration::from_secs(30));
 }
 
+/// A run whose model code panics (injected with QLAB_TEST_PANIC_IN_RUN) fails with the panic's message on
+/// the dashboard; the sweep goes on to the next run, which trains to the end; the dashboard stays up and
+/// quitting gives the terminal back.
+#[test]
+fn a_panic_in_a_run_fails_that_run_and_the_dashboard_stays_up() {
+    if !Tmux::available() {
+        eprintln!(
+            "SKIPPED: tmux is not installed (the end-to-end dashboard test drives the binary in tmux)"
+        );
+        return;
+    }
+    let (dir, config) = training_fixture();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text
+        .replace("epochs = 50", "epochs = 1")
+        .replace(
+            "[train]",
+            "[[dataset]]\nid = \"again\"\npath = \"data/arith.jsonl\"\nlimit = 40\n\
+             template = \"Q: {question}\\n### Response:\\n{answer}\"\n\n[train]",
+        )
+        .replace(
+            "datasets = [\"arith\"]",
+            "datasets = [\"arith\", \"again\"]",
+        );
+    std::fs::write(&config, text).unwrap();
+    let ids = run_ids(&config);
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    let cmd = dashboard_cmd(dir.path()).replacen(
+        " && ",
+        &format!(" && QLAB_TEST_PANIC_IN_RUN={} ", ids[0]),
+        1,
+    );
+    let tmux = Tmux::start("panic", &cmd, (120, 30));
+    tmux.wait_for("the sweep", Duration::from_secs(60), |s| {
+        s.contains("queued")
+    });
+    tmux.send("s");
+    let screen = tmux.wait_for(
+        "the panicked run failed, the next one done",
+        Duration::from_secs(240),
+        |s| s.contains("failed") && s.contains("done"),
+    );
+    assert!(
+        !screen.contains("EXITED"),
+        "the dashboard is still up: {screen}"
+    );
+    let status = std::fs::read_to_string(
+        SweepPaths::new(&dir.path().join("runs"), "e2e")
+            .run(&ids[0])
+            .status(),
+    )
+    .unwrap();
+    assert!(
+        status.contains("injected by QLAB_TEST_PANIC_IN_RUN"),
+        "{status}"
+    );
+    tmux.send("q");
+    expect_clean_exit(&tmux, "quit after a panicked run", Duration::from_secs(30));
+}
+
 /// Rate one item on the dashboard's Rating screen with the keyboard, SIGKILL the dashboard, open it again:
 /// the judgement is in the journal and on the screen, and the results count it.
 #[test]

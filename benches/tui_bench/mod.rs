@@ -1,4 +1,5 @@
 //! Parts of the dashboard benchmark.
 
 pub mod cpu;
+pub mod keypress;
 pub mod render;

@@ -35,16 +35,39 @@ pub struct ExportAdapterArgs {
     /// The directory to create.
     #[arg(long)]
     pub out: PathBuf,
-    /// The sweep's config.
-    #[arg(long, default_value = "experiments.toml")]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub config: ExportConfig,
+}
+
+/// The sweep's config, positional as in every other command; `--config` (the older spelling) still works.
+#[derive(Debug, Args)]
+pub struct ExportConfig {
+    /// The sweep's experiments.toml [default: experiments.toml].
+    #[arg(value_name = "CONFIG")]
+    config: Option<PathBuf>,
+    /// The same as CONFIG.
+    #[arg(
+        long = "config",
+        value_name = "CONFIG",
+        hide = true,
+        conflicts_with = "config"
+    )]
+    config_flag: Option<PathBuf>,
+}
+
+impl ExportConfig {
+    pub fn path(&self) -> PathBuf {
+        self.config
+            .clone()
+            .or_else(|| self.config_flag.clone())
+            .unwrap_or_else(|| PathBuf::from("experiments.toml"))
+    }
 }
 
 #[derive(Debug, Args)]
 pub struct ExportResultsArgs {
-    /// The sweep's config.
-    #[arg(long, default_value = "experiments.toml")]
-    pub config: PathBuf,
+    #[command(flatten)]
+    pub config: ExportConfig,
     /// One sheet per task (File Name | Question Number | one column per criterion) and a Summary sheet.
     #[arg(long)]
     pub xlsx: Option<PathBuf>,
@@ -64,7 +87,8 @@ pub fn run(command: ExportCommand) -> Result<ExitCode> {
 }
 
 fn adapter(args: ExportAdapterArgs) -> Result<ExitCode> {
-    let config = match load_config(&args.config) {
+    let config_path = args.config.path();
+    let config = match load_config(&config_path) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
@@ -74,7 +98,7 @@ fn adapter(args: ExportAdapterArgs) -> Result<ExitCode> {
         bail!(
             "no run {:?} in {} (runs: {})",
             args.run_id,
-            args.config.display(),
+            config_path.display(),
             ids.join(", ")
         );
     };
@@ -131,7 +155,7 @@ fn results(args: ExportResultsArgs) -> Result<ExitCode> {
     if args.xlsx.is_none() && args.csv.is_none() && args.md.is_none() {
         bail!("say where to write: --xlsx FILE, --csv FILE and/or --md FILE");
     }
-    let config = match load_config(&args.config) {
+    let config = match load_config(&args.config.path()) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };

@@ -8,19 +8,15 @@ mod progress;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use color_eyre::eyre::{Result, WrapErr, eyre};
 use qlab::config::{Config, DeviceSpec, check_devices};
 use qlab::model::device;
 use qlab::plan::Plan;
-use qlab::store::SweepPaths;
-use qlab::sweep::from_plan::{jobs_from_plan, sweep_devices};
-use qlab::sweep::job::RunEvaluator;
-use qlab::sweep::model_loader::DecoderLoader;
-use qlab::sweep::plan_evaluator::PlanEvaluator;
+use qlab::sweep::from_plan::sweep_devices;
 use qlab::sweep::reconcile::{RunAction, action_for};
-use qlab::sweep::runner::{Runner, RunnerOptions};
+use qlab::sweep::runner::Runner;
+use qlab::sweep::setup::{SetupChoices, SweepSetup};
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 /// Arguments of `qlab run`.
@@ -54,10 +50,19 @@ pub struct RunArgs {
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let config = Config::load(&args.config).map_err(|e| eyre!("{e}"))?;
     let plan = Plan::from_config(&config);
-    let sweep = SweepPaths::new(&config.runs_dir(), &plan.sweep);
-    let jobs = jobs_from_plan(&config, &plan, args.only.as_deref()).map_err(|e| eyre!("{e}"))?;
-    let devices = devices(&config, &args.devices)?;
-    let names: Vec<String> = devices.iter().map(DeviceSpec::to_string).collect();
+    let choices = SetupChoices {
+        only: args.only.as_deref(),
+        devices: devices(&config, &args.devices)?,
+        no_eval: args.no_eval,
+        max_steps: args.max_steps,
+    };
+    let SweepSetup {
+        sweep,
+        jobs,
+        loader,
+        options,
+    } = SweepSetup::new(&config, &plan, choices).map_err(|e| eyre!("{e}"))?;
+    let names: Vec<String> = options.devices.iter().map(DeviceSpec::to_string).collect();
     println!("training on {}", names.join(", "));
     for job in &jobs {
         let action =
@@ -84,20 +89,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let loader = Arc::new(DecoderLoader::new(&config, &plan));
-    let evaluator: Option<Arc<dyn RunEvaluator>> = (!args.no_eval).then(|| {
-        Arc::new(PlanEvaluator::new(
-            config.clone(),
-            plan.clone(),
-            sweep.clone(),
-        )) as _
-    });
-    let options = RunnerOptions {
-        max_steps: args.max_steps,
-        evaluator,
-        devices,
-        ..RunnerOptions::default()
-    };
+    qlab::sweep::panic_guard::install_hook();
     let handle =
         Runner::spawn(sweep, jobs, loader, options).wrap_err("cannot start the runner thread")?;
     let stop = handle.stop_flag();
@@ -127,13 +119,18 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         summary.interrupted.len(),
         summary.skipped.len()
     );
-    Ok(if !summary.failed.is_empty() {
-        ExitCode::FAILURE
-    } else if stop.load(std::sync::atomic::Ordering::SeqCst) {
-        ExitCode::from(130)
-    } else {
-        ExitCode::SUCCESS
-    })
+    for lost in &summary.lost_workers {
+        eprintln!("error: runner thread {lost}");
+    }
+    Ok(
+        if !summary.failed.is_empty() || !summary.lost_workers.is_empty() {
+            ExitCode::FAILURE
+        } else if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            ExitCode::from(130)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 /// `--devices` when given (one value is like `device`, so `auto` is fine), else the config's devices; a list

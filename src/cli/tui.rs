@@ -2,15 +2,11 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use color_eyre::eyre::{Result, eyre};
 use qlab::plan::Plan;
 use qlab::rating::context::RatingContext;
-use qlab::sweep::from_plan::{jobs_from_plan, sweep_devices};
-use qlab::sweep::model_loader::DecoderLoader;
-use qlab::sweep::plan_evaluator::PlanEvaluator;
-use qlab::sweep::runner::RunnerOptions;
+use qlab::sweep::setup::{SetupChoices, SweepSetup};
 use qlab::tui::event_loop::Exit;
 use qlab::tui::launch::{Launch, launch};
 use qlab::tui::runner_trainer::RunnerTrainer;
@@ -44,20 +40,14 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let plan = Plan::from_config(&config);
     let sweep = SweepInfo::from_plan(&plan, &config.runs_dir());
-    let jobs = jobs_from_plan(&config, &plan, None).map_err(|e| eyre!("{e}"))?;
-    let loader = Arc::new(DecoderLoader::new(&config, &plan));
+    // Finished runs answer their question sets, as `qlab run` does.
+    let setup =
+        SweepSetup::new(&config, &plan, SetupChoices::default()).map_err(|e| eyre!("{e}"))?;
     let ratings = RatingContext::from_config(config.clone()).map_err(|e| {
         tracing::warn!("ratings are not shown: {e}");
         e.to_string()
     });
-    // Finished runs answer their question sets, as `qlab run` does.
-    let evaluator = PlanEvaluator::new(config.clone(), plan.clone(), sweep.paths());
-    let options = RunnerOptions {
-        evaluator: Some(Arc::new(evaluator)),
-        devices: sweep_devices(&config),
-        ..RunnerOptions::default()
-    };
-    let trainer = RunnerTrainer::new(sweep.paths(), jobs, loader, options);
+    let trainer = RunnerTrainer::new(setup.sweep, setup.jobs, setup.loader, setup.options);
     let exe = std::env::current_exe()?;
     let detach = vec![
         exe.display().to_string(),

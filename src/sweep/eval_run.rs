@@ -6,8 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 
 use super::events::RunEvent;
-use super::job::RunEvaluator;
+use super::job::{EvalJobError, RunEvaluator};
 use super::metrics_log::MetricsLog;
+use super::panic_guard::guarded;
 use super::sink::{EventSink, now_secs};
 use crate::config::DeviceSpec;
 use crate::store::atomic::{read_json, write_json_atomic};
@@ -57,7 +58,8 @@ pub fn evaluate_job(
             tracing::warn!(run = run_id, "event not logged: {e}");
         }
     };
-    let result = evaluator.evaluate(run_id, device, stop, &mut emit);
+    let result = guarded(|| evaluator.evaluate(run_id, device, stop, &mut emit))
+        .unwrap_or_else(|message| Err(EvalJobError::Panicked(message)));
     match result {
         // Asked to stop (signal, stop command): the answers written so far stay and the next run resumes.
         Err(_) if stop.load(Ordering::SeqCst) => {
@@ -102,13 +104,14 @@ mod tests {
             _device: DeviceSpec,
             stop: &AtomicBool,
             emit: &mut dyn FnMut(RunEvent),
-        ) -> Result<(), String> {
+        ) -> Result<(), EvalJobError> {
             emit(RunEvent::EvalStarted {
                 stage: "base".into(),
                 questions: 2,
             });
             stop.store(true, Ordering::SeqCst);
-            Err("stopped before all questions were answered".into())
+            // Whatever the error, the stop flag decides: the run is interrupted, not failed.
+            Err(EvalJobError::NotInPlan("r".into()))
         }
     }
 

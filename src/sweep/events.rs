@@ -2,7 +2,7 @@
 //! metrics log on disk and every watcher (CLI progress, dashboard, a dashboard in another process).
 //!
 //! Call sequence for one run, as a runner emits it and as the metrics log records it:
-//! `RunStarted` -> (`Step` | `Telemetry` | `CheckpointSaved` | `EpochDone` | `Paused` | `Resumed`)* ->
+//! `ModelLoading` -> `RunStarted` -> (`Step` | `Telemetry` | `CheckpointSaved` | `EpochDone` | `Paused` | `Resumed`)* ->
 //! (`EvalStarted` -> `AnswerReady`* -> `EvalDone`)* -> exactly one of `RunFinished`, `RunFailed`, `Interrupted`.
 //! A resumed run appends a new `RunStarted` whose `start_step` is the step of the checkpoint it resumed from;
 //! `Step` events then continue at `start_step + 1`, so a log never holds a duplicated or missing step.
@@ -42,6 +42,11 @@ pub struct Telemetry {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum RunEvent {
+    /// The worker took the run and is loading its model on `device`; `RunStarted` follows once the model
+    /// and data are ready (the readiness handshake), `RunFailed` with the reason if they cannot be.
+    ModelLoading {
+        device: String,
+    },
     RunStarted {
         /// Optimizer steps the whole run takes (all epochs).
         total_steps: u64,

@@ -77,23 +77,28 @@ fn job(run: &PlannedRun, config: &Config) -> RunJob {
     }
 }
 
+/// `--only` named a run the sweep does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("no run `{id}` in this sweep; its runs are: {}", known.join(", "))]
+pub struct UnknownRun {
+    pub id: String,
+    pub known: Vec<String>,
+}
+
 /// The jobs of the plan in order, or only the one named `only` (an unknown id lists the known ones).
 pub fn jobs_from_plan(
     config: &Config,
     plan: &Plan,
     only: Option<&str>,
-) -> Result<Vec<RunJob>, String> {
+) -> Result<Vec<RunJob>, UnknownRun> {
     match only {
         None => Ok(plan.runs.iter().map(|r| job(r, config)).collect()),
         Some(id) => match plan.run(id) {
             Some(r) => Ok(vec![job(r, config)]),
-            None => {
-                let known: Vec<&str> = plan.runs.iter().map(|r| r.id.as_str()).collect();
-                Err(format!(
-                    "no run `{id}` in this sweep; its runs are: {}",
-                    known.join(", ")
-                ))
-            }
+            None => Err(UnknownRun {
+                id: id.to_owned(),
+                known: plan.runs.iter().map(|r| r.id.clone()).collect(),
+            }),
         },
     }
 }
@@ -144,7 +149,7 @@ datasets = ["d"]
         assert_eq!((j.train.max_grad_norm, j.train.seed), (None, 3407));
         assert_eq!(j.train.schedule, ScheduleKind::Cosine);
         let err = jobs_from_plan(&config, &plan, Some("nope")).unwrap_err();
-        assert!(err.contains(&plan.runs[0].id), "{err}");
+        assert!(err.to_string().contains(&plan.runs[0].id), "{err}");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! What the runner is asked to train: one job per run of the plan, and how it gets a model for a job.
 
+use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 
 use serde::{Deserialize, Serialize};
@@ -7,7 +8,11 @@ use serde::{Deserialize, Serialize};
 use super::events::RunEvent;
 
 use crate::config::DeviceSpec;
-
+use crate::eval::evaluate::EvaluateError;
+use crate::model::ModelError;
+use crate::model::text::tokenizer::TokenizerError;
+use crate::source::SourceError;
+use crate::train::TrainError;
 use crate::train::data::examples::TextEncoder;
 use crate::train::model::TrainableModel;
 use crate::train::settings::{DatasetSpec, TrainSettings};
@@ -33,9 +38,60 @@ pub struct LoadedModel {
     pub pad_id: u32,
 }
 
+/// Why a job's model could not be made ready; each names the model and the step that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("run `{0}` is not in the plan")]
+    NotInPlan(String),
+    #[error("model `{model}`: finding its files: {source}")]
+    Source {
+        model: String,
+        #[source]
+        source: SourceError,
+    },
+    #[error("model `{model}`: {source}")]
+    Model {
+        model: String,
+        #[source]
+        source: ModelError,
+    },
+    #[error("model `{model}`: {source}")]
+    Tokenizer {
+        model: String,
+        #[source]
+        source: TokenizerError,
+    },
+    #[error("{}: neither the model nor its tokenizer names an EOS token", path.display())]
+    NoEos { path: PathBuf },
+    #[error("[lora] targets: unknown LoRA target `{0}`")]
+    UnknownTarget(String),
+    #[error("[lora] r: LoRA rank {0} must be positive")]
+    Rank(i64),
+    #[error("model `{model}`: building the trainable model: {source}")]
+    Build {
+        model: String,
+        #[source]
+        source: TrainError,
+    },
+}
+
 /// Builds the model of a job on the runner thread (which then owns it).
 pub trait ModelLoader: Send + Sync {
-    fn load(&self, job: &RunJob) -> Result<LoadedModel, String>;
+    fn load(&self, job: &RunJob) -> Result<LoadedModel, LoadError>;
+}
+
+/// Why a run's question set could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalJobError {
+    #[error("run `{0}` is not in the plan")]
+    NotInPlan(String),
+    #[error("device: {0}")]
+    Device(#[source] ModelError),
+    #[error(transparent)]
+    Evaluate(#[from] EvaluateError),
+    /// Model code panicked while answering.
+    #[error("{0}")]
+    Panicked(String),
 }
 
 /// Answers a finished run's question set at each trained stage on `device` (the one the run trained on),
@@ -48,5 +104,5 @@ pub trait RunEvaluator: Send + Sync {
         device: DeviceSpec,
         stop: &AtomicBool,
         emit: &mut dyn FnMut(RunEvent),
-    ) -> Result<(), String>;
+    ) -> Result<(), EvalJobError>;
 }

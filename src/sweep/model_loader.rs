@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use candle_core::Device;
 
-use super::job::{LoadedModel, ModelLoader, RunJob};
+use super::job::{LoadError, LoadedModel, ModelLoader, RunJob};
 use crate::config::{Config, LoraSection, ModelSection};
 use crate::eval::sources::source_of;
 use crate::model::text::tokenizer::Tokenizer;
@@ -16,16 +16,18 @@ use crate::train::data::examples::TextEncoder;
 use crate::train::decoder_model::DecoderModel;
 
 /// The adapters a `[lora]` section asks for, seeded by the run's seed.
-pub fn lora_spec(lora: &LoraSection, seed: u64) -> Result<LoraSpec, String> {
+fn lora_spec(lora: &LoraSection, seed: u64) -> Result<LoraSpec, LoadError> {
     let targets = lora
         .targets
         .iter()
-        .map(|t| Target::parse(t).ok_or_else(|| format!("unknown LoRA target `{t}`")))
+        .map(|t| Target::parse(t).ok_or_else(|| LoadError::UnknownTarget(t.clone())))
         .collect::<Result<_, _>>()?;
     Ok(LoraSpec {
         targets,
         rank: usize::try_from(lora.r)
-            .map_err(|_| format!("LoRA rank {} must be positive", lora.r))?,
+            .ok()
+            .filter(|&r| r > 0)
+            .ok_or(LoadError::Rank(lora.r))?,
         alpha: lora.alpha,
         rslora: lora.rslora,
         dropout: lora.dropout,
@@ -65,7 +67,7 @@ struct RunModel {
 
 /// Loads the plan's models for the runner.
 pub struct DecoderLoader {
-    runs: HashMap<String, Result<RunModel, String>>,
+    runs: HashMap<String, RunModel>,
 }
 
 impl DecoderLoader {
@@ -74,13 +76,13 @@ impl DecoderLoader {
             .runs
             .iter()
             .map(|r| {
-                let m = Ok::<_, String>(source_of(&r.spec.model, config)).map(|source| RunModel {
+                let run = RunModel {
                     model: r.spec.model.clone(),
-                    source,
+                    source: source_of(&r.spec.model, config),
                     lora: r.spec.lora.clone(),
                     checkpointing: r.spec.train.gradient_checkpointing,
-                });
-                (r.id.clone(), m)
+                };
+                (r.id.clone(), run)
             })
             .collect();
         DecoderLoader { runs }
@@ -88,30 +90,36 @@ impl DecoderLoader {
 }
 
 impl ModelLoader for DecoderLoader {
-    fn load(&self, job: &RunJob) -> Result<LoadedModel, String> {
-        let run = match self.runs.get(&job.run_id) {
-            Some(Ok(run)) => run,
-            Some(Err(e)) => return Err(e.clone()),
-            None => return Err(format!("run `{}` is not in the plan", job.run_id)),
+    fn load(&self, job: &RunJob) -> Result<LoadedModel, LoadError> {
+        let run = self
+            .runs
+            .get(&job.run_id)
+            .ok_or_else(|| LoadError::NotInPlan(job.run_id.clone()))?;
+        let name = || job.model.clone();
+        let source_err = |source| LoadError::Source {
+            model: name(),
+            source,
         };
-        let opts = ResolveOptions::from_env().map_err(|e| e.to_string())?;
-        let path = run.source.resolve(&opts).map_err(|e| e.to_string())?;
-        let device = Device::try_from(job.device).map_err(|e| e.to_string())?;
+        let model_err = |source| LoadError::Model {
+            model: name(),
+            source,
+        };
+        let opts = ResolveOptions::from_env().map_err(source_err)?;
+        let path = run.source.resolve(&opts).map_err(source_err)?;
+        let device = Device::try_from(job.device).map_err(model_err)?;
         let decoder =
-            load_model(&path, Quant::from(run.model.quant), &device).map_err(|e| e.to_string())?;
-        let tokenizer = Tokenizer::load(&path).map_err(|e| e.to_string())?;
+            load_model(&path, Quant::from(run.model.quant), &device).map_err(model_err)?;
+        let tokenizer = Tokenizer::load(&path).map_err(|source| LoadError::Tokenizer {
+            model: name(),
+            source,
+        })?;
         let eos = decoder
             .config
             .eos_token_ids
             .first()
             .or_else(|| tokenizer.stop_ids().first())
             .copied()
-            .ok_or_else(|| {
-                format!(
-                    "{}: neither the model nor its tokenizer names an EOS token",
-                    path.display()
-                )
-            })?;
+            .ok_or_else(|| LoadError::NoEos { path: path.clone() })?;
         let pad_id = tokenizer.pad_id();
         let spec = lora_spec(&run.lora, job.train.seed)?;
         let model = DecoderModel::new(
@@ -120,7 +128,10 @@ impl ModelLoader for DecoderLoader {
             Some(run.source.describe()),
             run.checkpointing,
         )
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| LoadError::Build {
+            model: name(),
+            source,
+        })?;
         Ok(LoadedModel {
             model: Box::new(model),
             encoder: Box::new(TokenizerEncoder { tokenizer, eos }),

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 use candle_core::Device;
 
 use super::events::RunEvent;
-use super::job::RunEvaluator;
+use super::job::{EvalJobError, RunEvaluator};
 use crate::config::{Config, DeviceSpec};
 use crate::eval::evaluate::{EvalProgress, evaluate_run};
 use crate::plan::Plan;
@@ -36,11 +36,11 @@ impl RunEvaluator for PlanEvaluator {
         device: DeviceSpec,
         stop: &AtomicBool,
         emit: &mut dyn FnMut(RunEvent),
-    ) -> Result<(), String> {
+    ) -> Result<(), EvalJobError> {
         let run = self
             .plan
             .run(run_id)
-            .ok_or_else(|| format!("run `{run_id}` is not in the plan"))?;
+            .ok_or_else(|| EvalJobError::NotInPlan(run_id.to_owned()))?;
         // Opted out, or a dataset with no question set: nothing to benchmark.
         if !run.spec.eval.after_training || run.spec.dataset.questions.is_none() {
             return Ok(());
@@ -60,7 +60,7 @@ impl RunEvaluator for PlanEvaluator {
                 },
             })
         };
-        let device = Device::try_from(device).map_err(|e| e.to_string())?;
+        let device = Device::try_from(device).map_err(EvalJobError::Device)?;
         evaluate_run(
             &self.config,
             &self.sweep,
@@ -68,7 +68,7 @@ impl RunEvaluator for PlanEvaluator {
             &device,
             Some(stop),
             &mut progress,
-        )
-        .map_err(|e| e.to_string())
+        )?;
+        Ok(())
     }
 }

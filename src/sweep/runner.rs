@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use super::events::{RunEvent, RunnerCommand};
 use super::job::{ModelLoader, RunEvaluator, RunJob};
+use super::panic_guard::payload_message;
 use super::worker::{Shared, run_worker, thread_names};
 use crate::config::DeviceSpec;
 use crate::store::SweepPaths;
@@ -65,6 +66,8 @@ pub struct SweepSummary {
     pub failed: Vec<String>,
     pub interrupted: Vec<String>,
     pub skipped: Vec<String>,
+    /// Worker threads that died outside any run (a bug in the runner itself): thread name and panic message.
+    pub lost_workers: Vec<String>,
 }
 
 impl SweepSummary {
@@ -73,6 +76,7 @@ impl SweepSummary {
         self.failed.extend(other.failed);
         self.interrupted.extend(other.interrupted);
         self.skipped.extend(other.skipped);
+        self.lost_workers.extend(other.lost_workers);
         self
     }
 
@@ -120,12 +124,19 @@ impl RunnerHandle {
         self.threads.iter().all(JoinHandle::is_finished)
     }
 
-    /// Wait for the sweep to end.
+    /// Wait for the sweep to end. A worker that panicked outside a run (runs' own panics are caught and
+    /// reported as `RunFailed`) is listed in `lost_workers`, never hidden.
     pub fn join(self) -> SweepSummary {
         let mut summary = self
             .threads
             .into_iter()
-            .map(|t| t.join().unwrap_or_default())
+            .map(|t| {
+                let name = t.thread().name().unwrap_or("qlab-runner").to_owned();
+                t.join().unwrap_or_else(|payload| SweepSummary {
+                    lost_workers: vec![format!("{name}: {}", payload_message(payload.as_ref()))],
+                    ..SweepSummary::default()
+                })
+            })
             .fold(SweepSummary::default(), SweepSummary::merge);
         summary.sort_by_plan(&self.order);
         summary

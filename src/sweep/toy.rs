@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::job::{LoadedModel, ModelLoader, RunJob};
+use super::job::{LoadError, LoadedModel, ModelLoader, RunJob};
 use crate::config::DeviceSpec;
 use crate::train::settings::{DatasetSpec, OnBadRow, ScheduleKind, TrainOn, TrainSettings, Warmup};
 use crate::train::toy::{ByteEncoder, ToyConfig, ToyModel};
@@ -15,14 +15,17 @@ pub struct ToyLoader {
 }
 
 impl ModelLoader for ToyLoader {
-    fn load(&self, _job: &RunJob) -> Result<LoadedModel, String> {
+    fn load(&self, job: &RunJob) -> Result<LoadedModel, LoadError> {
         let model = ToyModel::new(ToyConfig {
             vocab: 257,
             hidden: self.hidden,
             rank: 4,
             seed: self.seed,
         })
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| LoadError::Build {
+            model: job.model.clone(),
+            source,
+        })?;
         Ok(LoadedModel {
             model: Box::new(model),
             encoder: Box::new(ByteEncoder),

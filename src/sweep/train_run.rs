@@ -7,8 +7,9 @@ use std::time::Instant;
 
 use super::control::{Control, Directive};
 use super::events::{RunEvent, StepMetrics};
-use super::job::RunJob;
+use super::job::{LoadError, RunJob};
 use super::metrics_log::{self, MetricsLog};
+use super::panic_guard::{guarded, inject_test_panic};
 use super::reconcile::{RunAction, action_for};
 use super::runner::RunnerOptions;
 use super::sink::{EventSink, now_secs};
@@ -60,6 +61,11 @@ enum RunError {
     Train(#[from] TrainError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// Model code panicked; the run ends as failed and the sweep goes on.
+    #[error("{0}")]
+    Panicked(String),
     #[error(
         "checkpoint at step {step} could not be written ({source}); the previous checkpoint (step {previous}) is intact"
     )]
@@ -119,7 +125,8 @@ pub fn train_job(ctx: &mut JobContext<'_>, job: &RunJob) -> JobOutcome {
                 .with_ansi(false)
                 .finish();
             tracing::subscriber::with_default(subscriber, || {
-                run_loop(ctx, job, &action, &sink, &mut status)
+                guarded(|| run_loop(ctx, job, &action, &sink, &mut status))
+                    .unwrap_or_else(|message| Err(RunError::Panicked(message)))
             })
         }
         Err(e) => Err(RunError::Store(StoreError::io(ctx.paths.log(), e))),
@@ -204,7 +211,11 @@ fn run_loop(
     status: &mut RunStatus,
 ) -> Result<Ended, RunError> {
     let started = Instant::now();
-    let loaded = ctx.loader.load(job).map_err(TrainError::Model)?;
+    sink.emit(RunEvent::ModelLoading {
+        device: job.device.to_string(),
+    })?;
+    inject_test_panic(&job.run_id);
+    let loaded = ctx.loader.load(job)?;
     let prepared = data::prepare(
         &job.data,
         loaded.encoder.as_ref(),

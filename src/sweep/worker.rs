@@ -149,14 +149,14 @@ mod tests {
     use super::*;
     use crate::config::TrainSection;
     use crate::sweep::from_plan::train_settings;
-    use crate::sweep::job::LoadedModel;
+    use crate::sweep::job::{LoadError, LoadedModel};
     use crate::train::settings::{DatasetSpec, OnBadRow, TrainOn};
 
     struct NoModel;
 
     impl ModelLoader for NoModel {
-        fn load(&self, _job: &RunJob) -> Result<LoadedModel, String> {
-            Err("not used".into())
+        fn load(&self, job: &RunJob) -> Result<LoadedModel, LoadError> {
+            Err(LoadError::NotInPlan(job.run_id.clone()))
         }
     }
 

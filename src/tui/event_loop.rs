@@ -2,6 +2,7 @@
 //! everything pending, applies `update`, performs the effects, and draws at most once per frame interval,
 //! only when something changed. Idle, it wakes about once a second.
 
+use std::collections::VecDeque;
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,6 +16,7 @@ use tokio::time::{Instant, sleep_until};
 use crate::sweep::events::RunEvent;
 
 use super::app::App;
+use super::disk_worker::{DiskJob, DiskWorker};
 use super::files::RunFiles;
 use super::msg::{Effect, Msg};
 use super::rating_files::RatingFiles;
@@ -44,11 +46,12 @@ pub enum Exit {
     Lost,
 }
 
-/// What the loop performs effects with: the trainer, the run files, the ratings and the runner channel.
+/// What the loop performs effects with: the trainer, the run files, the disk thread and the channel that
+/// brings runner events and disk answers back.
 struct Io<'a> {
     trainer: Option<Box<dyn Trainer>>,
     files: RunFiles,
-    ratings: RatingFiles,
+    disk: DiskWorker,
     runner_tx: UnboundedSender<Msg>,
     opts: &'a LoopOptions,
     /// A results refresh was asked for; done once after the messages pending now (a sweep's history
@@ -68,10 +71,11 @@ pub async fn run<B: Backend>(
     let mut keys = EventStream::new();
     let (runner_tx, mut runner_rx) = unbounded_channel::<Msg>();
     let files = RunFiles::new(&app.sweep);
+    let disk = DiskWorker::spawn(ratings, runner_tx.clone())?;
     let mut io = Io {
         trainer,
         files,
-        ratings,
+        disk,
         runner_tx,
         opts: &opts,
         results_due: true,
@@ -85,16 +89,15 @@ pub async fn run<B: Backend>(
     // False once the terminal is gone (SIGHUP, closed SSH): stop reading and drawing, finish cleanly.
     let mut terminal_alive = true;
     loop {
-        for msg in pending.drain(..) {
+        // One queue: the answers of effects are updated in turn, after the messages already waiting.
+        let mut queue: VecDeque<Msg> = pending.drain(..).collect();
+        while let Some(msg) = queue.pop_front() {
             for effect in update(&mut app, msg) {
-                perform(effect, &mut app, &mut io);
+                queue.extend(perform(effect, &mut io));
             }
         }
-        if std::mem::take(&mut io.results_due) {
-            let msg = io.ratings.load_results();
-            for effect in update(&mut app, msg) {
-                perform(effect, &mut app, &mut io);
-            }
+        if std::mem::take(&mut io.results_due) && !io.disk.send(DiskJob::LoadResults) {
+            pending.push(disk_gone());
         }
         if app.quit {
             return Ok(Exit::Quit);
@@ -169,30 +172,45 @@ fn term_msg(ev: Event) -> Option<Msg> {
     }
 }
 
-/// Do one effect; answers that are messages go straight back through `update`.
-fn perform(effect: Effect, app: &mut App, io: &mut Io) {
+/// Do one effect; what it answers now comes back as messages for the queue (disk work answers later,
+/// through the runner channel).
+fn perform(effect: Effect, io: &mut Io) -> Vec<Msg> {
     let Io {
         trainer,
         files,
+        disk,
         runner_tx,
         opts,
-        ..
+        results_due,
     } = io;
+    let to_disk = |job: DiskJob| {
+        if disk.send(job) {
+            Vec::new()
+        } else {
+            vec![disk_gone()]
+        }
+    };
     match effect {
         Effect::StartRuns(runs) => {
             let Some(t) = trainer.as_mut() else {
-                notice(app, "this dashboard has no trainer; train with `qlab run`");
-                update(app, Msg::RunnerExited);
-                return;
+                return vec![
+                    Msg::RunnerExited,
+                    Msg::Notice("this dashboard has no trainer; train with `qlab run`".into()),
+                ];
             };
             files.set_ours(&runs, true);
             match t.start(&runs) {
-                Ok(rx) => forward_runner(rx, runner_tx.clone(), runs),
+                Ok(rx) => {
+                    forward_runner(rx, runner_tx.clone(), runs);
+                    Vec::new()
+                }
                 Err(e) => {
                     files.set_ours(&runs, false);
                     tracing::error!("could not start training: {e}");
-                    update(app, Msg::RunnerExited);
-                    notice(app, &format!("could not start training: {e}"));
+                    vec![
+                        Msg::RunnerExited,
+                        Msg::Notice(format!("could not start training: {e}")),
+                    ]
                 }
             }
         }
@@ -200,45 +218,40 @@ fn perform(effect: Effect, app: &mut App, io: &mut Io) {
             if let Some(t) = trainer.as_mut() {
                 t.send(c);
             }
+            Vec::new()
         }
-        Effect::LoadLog(run) => {
-            if let Some(msg) = files.log_tail(&run) {
-                update(app, msg);
-            }
+        Effect::LoadLog(run) => files.log_tail(&run).into_iter().collect(),
+        Effect::LoadRating { rater, pair } => to_disk(DiskJob::LoadRating { rater, pair }),
+        Effect::SaveJudgement { rater, entry } => to_disk(DiskJob::Save { rater, entry }),
+        Effect::LoadResults => {
+            *results_due = true;
+            Vec::new()
         }
-        Effect::LoadRating { rater, pair } => {
-            let msg = io.ratings.load_rating(&rater, pair);
-            answer(app, io, msg);
-        }
-        Effect::SaveJudgement { rater, entry } => {
-            let msg = io.ratings.save(&rater, *entry);
-            answer(app, io, msg);
-        }
-        Effect::LoadResults => io.results_due = true,
         Effect::DetachToBackground => match &opts.detach_command {
-            Some(cmd) => {
-                if let Err(e) = spawn_detached(cmd) {
+            Some(cmd) => match spawn_detached(cmd) {
+                Ok(()) => Vec::new(),
+                Err(e) => {
                     tracing::error!("could not start the background runner {cmd:?}: {e}");
-                    eprintln!(
-                        "qlab: could not continue in the background ({e}); resume with `qlab run`"
-                    );
+                    vec![Msg::DetachFailed {
+                        error: e.to_string(),
+                    }]
                 }
+            },
+            None => {
+                tracing::warn!("no background command configured");
+                Vec::new()
             }
-            None => tracing::warn!("no background command configured"),
         },
-        Effect::Quit => {}
+        Effect::Quit => Vec::new(),
     }
 }
 
-/// Feed an effect's answer to `update` and perform what it asks in turn.
-fn answer(app: &mut App, io: &mut Io, msg: Msg) {
-    for effect in update(app, msg) {
-        perform(effect, app, io);
-    }
-}
-
-fn notice(app: &mut App, text: &str) {
-    update(app, Msg::Notice(text.to_string()));
+/// The disk thread ended (it only does when its channel breaks): say so instead of waiting forever.
+fn disk_gone() -> Msg {
+    tracing::error!("the dashboard's disk thread is gone");
+    Msg::Notice(
+        "ratings and results cannot be read or saved: the disk thread ended (see the log)".into(),
+    )
 }
 
 /// Forward a runner's std channel into the loop from a named thread; it ends when either side closes.

@@ -68,6 +68,10 @@ pub enum Msg {
     Resized,
     /// SIGTERM or SIGHUP: checkpoint and leave.
     Terminate,
+    /// The background runner could not be started on quitting: the dashboard stays open to say so.
+    DetachFailed {
+        error: String,
+    },
 }
 
 /// Work for the event loop; update itself never does I/O.

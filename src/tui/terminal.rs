@@ -10,8 +10,11 @@ use tokio::sync::mpsc::UnboundedSender;
 
 /// Raw mode + alternate screen, restored by a panic hook if the program panics. Mouse capture stays off
 /// so the terminal's own text selection keeps working.
+/// A panic caught in a run (see `sweep::panic_guard`) goes to the log and leaves the dashboard up.
 pub fn enter() -> DefaultTerminal {
-    ratatui::init()
+    let terminal = ratatui::init();
+    crate::sweep::panic_guard::install_hook();
+    terminal
 }
 
 /// Give the terminal back (raw mode off, main screen, cursor shown). Safe to call more than once.

@@ -76,6 +76,14 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             app.dirty = true;
             Vec::new()
         }
+        Msg::DetachFailed { error } => {
+            app.quit = false;
+            app.notice = Some(format!(
+                "could not continue in the background ({error}); the sweep is checkpointed: s resumes it here"
+            ));
+            app.dirty = true;
+            Vec::new()
+        }
         Msg::Terminate => {
             if app.training_here() {
                 app.pending_exit = Some(PendingExit::Quit);

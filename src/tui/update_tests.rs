@@ -188,6 +188,15 @@ fn quitting_while_training_asks_and_detach_waits_for_the_checkpoint() {
         vec![Effect::DetachToBackground, Effect::Quit]
     );
     assert!(app.quit);
+    // The background runner could not be started: stay, and say how to go on.
+    let error = "exited with exit status: 2".to_string();
+    assert_eq!(update(&mut app, Msg::DetachFailed { error }), vec![]);
+    assert!(!app.quit);
+    let notice = app.notice.clone().unwrap_or_default();
+    assert!(
+        notice.contains("exit status: 2") && notice.contains("s resumes"),
+        "{notice}"
+    );
 }
 
 #[test]

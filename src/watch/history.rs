@@ -51,6 +51,8 @@ pub struct RunHistory {
     /// Process that trains (or last trained) the run.
     pub pid: Option<u32>,
     pub paused: bool,
+    /// A worker took the run and is loading its model (`ModelLoading` seen, `RunStarted` not yet).
+    pub loading: bool,
     pub graphs: RunGraphs,
     pub vram_total_mib: Option<f64>,
     pub checkpoints: Vec<CheckpointInfo>,
@@ -78,6 +80,7 @@ impl RunHistory {
             device: None,
             pid: None,
             paused: false,
+            loading: false,
             graphs: RunGraphs::default(),
             vram_total_mib: None,
             checkpoints: Vec::new(),
@@ -99,7 +102,13 @@ impl RunHistory {
     /// Apply one event that happened at `ts` (seconds since the Unix epoch).
     pub fn apply(&mut self, event: &RunEvent, ts: f64) {
         self.last_ts = Some(ts);
+        self.loading = matches!(event, RunEvent::ModelLoading { .. })
+            || (self.loading && !event.is_lifecycle());
         match event {
+            RunEvent::ModelLoading { device } => {
+                self.device = Some(device.clone());
+                self.reason = None;
+            }
             RunEvent::RunStarted {
                 total_steps,
                 start_step,

@@ -10,8 +10,9 @@ use std::time::Duration;
 use qlab::config::DeviceSpec;
 use qlab::store::SweepPaths;
 use qlab::sweep::events::{RunEvent, RunnerCommand, StepMetrics};
-use qlab::sweep::job::{LoadedModel, ModelLoader, RunJob};
+use qlab::sweep::job::{LoadError, LoadedModel, ModelLoader, RunJob};
 use qlab::sweep::runner::{Runner, RunnerHandle, RunnerOptions};
+use qlab::train::TrainError;
 
 use super::{job, steps, toy, write_data};
 
@@ -53,14 +54,17 @@ struct WorkerLoader {
 }
 
 impl ModelLoader for WorkerLoader {
-    fn load(&self, job: &RunJob) -> Result<LoadedModel, String> {
+    fn load(&self, job: &RunJob) -> Result<LoadedModel, LoadError> {
         let thread = std::thread::current().name().unwrap_or("").to_string();
         self.loads
             .lock()
             .unwrap()
             .push((job.run_id.clone(), thread, job.device.to_string()));
         if let Some(n) = self.parties {
-            self.gate.meet("load", n)?;
+            self.gate.meet("load", n).map_err(|m| LoadError::Build {
+                model: job.model.clone(),
+                source: TrainError::State(m),
+            })?;
         }
         toy(job, self.parties.map(|n| (self.gate.clone(), n)))
     }

@@ -58,6 +58,7 @@ pub fn format_eta(eta: Option<Duration>) -> String {
 
 fn lifecycle_line(run: &str, e: &RunEvent) -> Option<String> {
     Some(match e {
+        RunEvent::ModelLoading { device } => format!("[{run}] loading the model on {device}"),
         RunEvent::RunStarted {
             total_steps,
             start_step: 0,

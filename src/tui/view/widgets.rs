@@ -26,7 +26,10 @@ pub fn state_name(state: RunState) -> &'static str {
 /// The state shown for a run: the logged state, plus "paused" while a live runner paused it.
 pub fn run_state_label(run: &RunEntry) -> String {
     let name = state_name(run.history.state);
-    if run.history.paused && run.history.is_active() {
+    if run.history.loading {
+        let device = run.history.device.as_deref().unwrap_or("?");
+        format!("loading model on {device}")
+    } else if run.history.paused && run.history.is_active() {
         format!("{name} (paused)")
     } else {
         name.to_string()
