@@ -1,8 +1,10 @@
 //! The dashboard's event loop: waits on keys, the runner channel, signals and a file-follow timer; drains
 //! everything pending, applies `update`, performs the effects, and draws at most once per frame interval,
-//! only when something changed. Idle, it wakes about once a second.
+//! only when something changed. Idle, it wakes about once a second. On a SLURM sweep a named thread polls
+//! the scheduler and carries out cancel/resubmit requests; its reports arrive as messages.
 
-use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossterm::event::{Event, EventStream, KeyEventKind};
@@ -12,6 +14,8 @@ use ratatui::backend::Backend;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::time::{Instant, sleep_until};
 
+use crate::cluster::poll::{self, Request};
+use crate::cluster::submit::Submitter;
 use crate::sweep::events::RunEvent;
 
 use super::app::App;
@@ -34,6 +38,10 @@ pub struct LoopOptions {
     pub detach_command: Option<Vec<String>>,
     /// Longest wait for the runner's checkpoint after SIGTERM/SIGHUP before leaving anyway.
     pub terminate_grace: Duration,
+    /// A SLURM sweep: the cells' jobs are polled (and cancelled, resubmitted) through this.
+    pub cluster: Option<Arc<Submitter>>,
+    /// How often the cluster poller asks the scheduler.
+    pub cluster_every: Duration,
 }
 
 /// How the loop ended.
@@ -50,6 +58,8 @@ struct Io<'a> {
     files: RunFiles,
     ratings: RatingFiles,
     runner_tx: UnboundedSender<Msg>,
+    /// Requests to the cluster poller thread (None: a local sweep).
+    cluster: Option<Sender<Request>>,
     opts: &'a LoopOptions,
     /// A results refresh was asked for; done once after the messages pending now (a sweep's history
     /// replayed at start would otherwise ask once per finished run).
@@ -68,11 +78,19 @@ pub async fn run<B: Backend>(
     let mut keys = EventStream::new();
     let (runner_tx, mut runner_rx) = unbounded_channel::<Msg>();
     let files = RunFiles::new(&app.sweep);
+    let cluster = opts
+        .cluster
+        .as_ref()
+        .and_then(|s| start_cluster_poll(s.clone(), opts.cluster_every, runner_tx.clone()));
+    if cluster.is_some() {
+        app.cluster = Some(Default::default());
+    }
     let mut io = Io {
         trainer,
         files,
         ratings,
         runner_tx,
+        cluster,
         opts: &opts,
         results_due: true,
     };
@@ -226,7 +244,31 @@ fn perform(effect: Effect, app: &mut App, io: &mut Io) {
             }
             None => tracing::warn!("no background command configured"),
         },
+        Effect::Cluster(request) => {
+            let sent = io.cluster.as_ref().is_some_and(|c| c.send(request).is_ok());
+            if !sent {
+                notice(app, "the SLURM poller is not running; see qlab's log");
+            }
+        }
         Effect::Quit => {}
+    }
+}
+
+/// Start the cluster poller thread; its reports come back as [`Msg::Cluster`].
+fn start_cluster_poll(
+    submitter: Arc<Submitter>,
+    every: Duration,
+    tx: UnboundedSender<Msg>,
+) -> Option<Sender<Request>> {
+    let (requests, rx) = std::sync::mpsc::channel();
+    match poll::spawn(submitter, every, rx, move |report| {
+        tx.send(Msg::Cluster(report)).is_ok()
+    }) {
+        Ok(_) => Some(requests),
+        Err(e) => {
+            tracing::error!("could not start the cluster poller: {e}");
+            None
+        }
     }
 }
 

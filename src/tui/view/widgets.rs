@@ -1,7 +1,7 @@
 //! Small text pieces shared by the views: progress bars, state names, number formats.
 
 use crate::store::RunState;
-use crate::tui::app::{Control, Owner, RunEntry};
+use crate::tui::app::{App, Control, Owner, RunEntry};
 use crate::tui::theme::Theme;
 use crate::watch::format_duration;
 
@@ -47,6 +47,22 @@ pub fn owner_label(owner: Owner) -> Option<String> {
         Owner::Other(pid) => Some(format!("read-only, trained by pid {pid}")),
         _ => None,
     }
+}
+
+/// A run's SLURM job for the screens: `job 42 RUNNING on n1 0:42`, with `(stale)` when the scheduler could
+/// not be asked at the last poll, `UNKNOWN` when it forgot the job.
+pub fn job_label(app: &App, run: &RunEntry) -> Option<String> {
+    let job = run.job.as_ref()?;
+    let stale = app
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.stale.is_some());
+    Some(format!(
+        "job {} {}{}",
+        job.job_id,
+        job.state_text(),
+        if stale { " (stale)" } else { "" }
+    ))
 }
 
 pub fn percent(fraction: f64) -> String {
