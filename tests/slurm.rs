@@ -35,7 +35,11 @@ const WORDS: [&str; 4] = ["Q", "A", ":", "plus"];
 
 fn tokenizer_json() -> String {
     let mut vocab = serde_json::Map::new();
-    for (i, t) in ["<unk>", "<s>", "</s>"].iter().chain(WORDS.iter()).enumerate() {
+    for (i, t) in ["<unk>", "<s>", "</s>"]
+        .iter()
+        .chain(WORDS.iter())
+        .enumerate()
+    {
         vocab.insert(t.to_string(), i.into());
     }
     for n in 0..40 {
@@ -77,7 +81,12 @@ fn sweep(dir: &Path, models: &[&str], datasets: &[(&str, usize)], extra: &str) {
             "[[dataset]]\nid = \"{d}\"\npath = \"{d}.jsonl\"\ntemplate = \"Q : {{q}} A : {{a}}\"\ncompletion_marker = \"A : \"\n"
         );
     }
-    let list = |ids: Vec<&str>| ids.iter().map(|i| format!("\"{i}\"")).collect::<Vec<_>>().join(", ");
+    let list = |ids: Vec<&str>| {
+        ids.iter()
+            .map(|i| format!("\"{i}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     toml += &format!(
         "[lora]\nr = 4\nalpha = 8\n[train]\nlr = 1e-2\nbatch_size = 2\ngrad_accum = 1\nmax_seq_len = 32\nepochs = 1\n\
          eval_at_epochs = [1]\ncheckpoint_every = 2\n[matrix]\nmodels = [{}]\ndatasets = [{}]\n{extra}",
@@ -116,7 +125,11 @@ fn ok(dir: &Path, args: &[&str]) -> String {
 fn status(dir: &Path) -> Vec<Value> {
     let out = qlab(dir, &["status", "t.toml", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
-    serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+    serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -192,33 +205,48 @@ fn a_two_by_two_sweep_runs_as_jobs_and_ends_with_the_local_adapters() {
             seen.extend(slurm_state(r));
             assert!(r["slurm"]["job_id"].is_string(), "{r}");
         }
-        rows.iter().all(|r| r["state"] == "done" && slurm_state(r).as_deref() == Some("COMPLETED"))
+        rows.iter()
+            .all(|r| r["state"] == "done" && slurm_state(r).as_deref() == Some("COMPLETED"))
     });
-    assert!(seen.contains("RUNNING") || seen.contains("PENDING"), "{seen:?}");
+    assert!(
+        seen.contains("RUNNING") || seen.contains("PENDING"),
+        "{seen:?}"
+    );
     let rows = status(cluster.path());
     if let Some(tmux) = &tmux {
         let id = job_id(&rows[0]);
-        tmux.wait_for("job states on the dashboard", Duration::from_secs(30), |s| {
-            s.contains(&format!("job {id} COMPLETED"))
-        });
+        tmux.wait_for(
+            "job states on the dashboard",
+            Duration::from_secs(30),
+            |s| s.contains(&format!("job {id} COMPLETED")),
+        );
     }
     let again = ok(cluster.path(), &["run", "t.toml", "--no-eval"]);
     assert_eq!(again.matches("done, skipped").count(), 4, "{again}");
     ok(local.path(), &["run", "t.toml", "--no-eval"]);
     for r in &rows {
         let id = r["id"].as_str().unwrap();
-        assert_eq!(adapter(cluster.path(), id), adapter(local.path(), id), "{id}");
-        let script = std::fs::read_to_string(run_dir(cluster.path(), id).join("job.sbatch")).unwrap();
+        assert_eq!(
+            adapter(cluster.path(), id),
+            adapter(local.path(), id),
+            "{id}"
+        );
+        let script =
+            std::fs::read_to_string(run_dir(cluster.path(), id).join("job.sbatch")).unwrap();
         assert!(script.contains("#SBATCH --mem=900M\n"), "{script}");
-        let marker: Value =
-            serde_json::from_str(&std::fs::read_to_string(run_dir(cluster.path(), id).join("node.json")).unwrap()).unwrap();
+        let marker: Value = serde_json::from_str(
+            &std::fs::read_to_string(run_dir(cluster.path(), id).join("node.json")).unwrap(),
+        )
+        .unwrap();
         assert_eq!(marker["job_id"].as_str(), Some(job_id(r).as_str()));
     }
 }
 
 #[test]
 fn a_warned_job_requeues_itself_and_a_cancelled_one_resumes_to_the_local_adapter() {
-    if !slurm_or_skip("a_warned_job_requeues_itself_and_a_cancelled_one_resumes_to_the_local_adapter") {
+    if !slurm_or_skip(
+        "a_warned_job_requeues_itself_and_a_cancelled_one_resumes_to_the_local_adapter",
+    ) {
         return;
     }
     let (cluster, local) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -229,7 +257,9 @@ fn a_warned_job_requeues_itself_and_a_cancelled_one_resumes_to_the_local_adapter
     let row = status(cluster.path()).remove(0);
     let (id, job) = (row["id"].as_str().unwrap().to_owned(), job_id(&row));
     let dir = cluster.path().to_owned();
-    wait_for("a few steps", Duration::from_secs(120), || steps(&dir, &id).len() >= 3);
+    wait_for("a few steps", Duration::from_secs(120), || {
+        steps(&dir, &id).len() >= 3
+    });
     // SLURM's time-limit warning, sent now: checkpoint, requeue, exit.
     slurm("scancel", &["--signal=USR1", "--batch", &job]);
     wait_for("the job to requeue itself", Duration::from_secs(60), || {
@@ -239,12 +269,23 @@ fn a_warned_job_requeues_itself_and_a_cancelled_one_resumes_to_the_local_adapter
     let warned_at = *steps(&dir, &id).last().unwrap();
     assert!(warned_at < 150, "{warned_at}");
     // SLURM holds a requeued job back for a while; let it start now.
-    slurm("scontrol", &["update", &format!("JobId={job}"), "StartTime=now"]);
-    wait_for("the requeued job to train on", Duration::from_secs(120), || {
-        steps(&dir, &id).len() as u64 >= warned_at + 3
-    });
-    let marker: Value = serde_json::from_str(&std::fs::read_to_string(run_dir(&dir, &id).join("node.json")).unwrap()).unwrap();
-    assert_eq!((marker["job_id"].as_str(), marker["restarts"].as_u64()), (Some(job.as_str()), Some(1)));
+    slurm(
+        "scontrol",
+        &["update", &format!("JobId={job}"), "StartTime=now"],
+    );
+    wait_for(
+        "the requeued job to train on",
+        Duration::from_secs(120),
+        || steps(&dir, &id).len() as u64 >= warned_at + 3,
+    );
+    let marker: Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir(&dir, &id).join("node.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (marker["job_id"].as_str(), marker["restarts"].as_u64()),
+        (Some(job.as_str()), Some(1))
+    );
     // scancel (SIGTERM): checkpoint and stop; the job stays cancelled until submitted again.
     slurm("scancel", &[&job]);
     wait_for("the cancelled job", Duration::from_secs(60), || {
@@ -252,11 +293,23 @@ fn a_warned_job_requeues_itself_and_a_cancelled_one_resumes_to_the_local_adapter
         r["state"] == "interrupted" && slurm_state(&r).as_deref() == Some("CANCELLED")
     });
     let resubmitted = ok(&dir, &["run", "t.toml", "--no-eval"]);
-    assert!(resubmitted.contains("submitted job") && resubmitted.contains("resume from step"), "{resubmitted}");
-    wait_for("the run to finish", Duration::from_secs(240), || status(&dir)[0]["state"] == "done");
+    assert!(
+        resubmitted.contains("submitted job") && resubmitted.contains("resume from step"),
+        "{resubmitted}"
+    );
+    wait_for("the run to finish", Duration::from_secs(240), || {
+        status(&dir)[0]["state"] == "done"
+    });
     let total = status(&dir)[0]["total_steps"].as_u64().unwrap();
-    assert_eq!(steps(&dir, &id), (1..=total).collect::<Vec<_>>(), "every step once");
-    let record: Value = serde_json::from_str(&std::fs::read_to_string(run_dir(&dir, &id).join("job.json")).unwrap()).unwrap();
+    assert_eq!(
+        steps(&dir, &id),
+        (1..=total).collect::<Vec<_>>(),
+        "every step once"
+    );
+    let record: Value = serde_json::from_str(
+        &std::fs::read_to_string(run_dir(&dir, &id).join("job.json")).unwrap(),
+    )
+    .unwrap();
     assert_eq!(record["previous"], serde_json::json!([job]));
     ok(local.path(), &["run", "t.toml", "--no-eval"]);
     assert_eq!(adapter(&dir, &id), adapter(local.path(), &id));
@@ -271,18 +324,38 @@ fn dry_run_and_the_errors_a_user_must_get() {
     let gpus = format!("{SLURM}gpus = 2\npartition = \"nope\"\nsetup = [\"module load cuda\"]\n");
     sweep(dir.path(), &["a"], &[("x", 8)], &gpus);
     let dry = ok(dir.path(), &["run", "t.toml", "--dry-run"]);
-    for line in ["#SBATCH --gpus=2\n", "#SBATCH --partition=nope\n", "#SBATCH --signal=B:USR1@120\n", "module load cuda\nexec ", "sbatch --parsable "] {
+    for line in [
+        "#SBATCH --gpus=2\n",
+        "#SBATCH --partition=nope\n",
+        "#SBATCH --signal=B:USR1@120\n",
+        "module load cuda\nexec ",
+        "sbatch --parsable ",
+    ] {
         assert!(dry.contains(line), "{line:?} in:\n{dry}");
     }
-    assert!(!dir.path().join("runs").exists(), "a dry run writes nothing");
+    assert!(
+        !dir.path().join("runs").exists(),
+        "a dry run writes nothing"
+    );
 
     // sbatch refuses the partition: SLURM's words and the config line.
-    sweep(dir.path(), &["a"], &[("x", 8)], &format!("{SLURM}partition = \"nope\"\n"));
+    sweep(
+        dir.path(),
+        &["a"],
+        &[("x", 8)],
+        &format!("{SLURM}partition = \"nope\"\n"),
+    );
     let out = qlab(dir.path(), &["run", "t.toml"]);
     let said = text(&out);
     assert_eq!(out.status.code(), Some(2), "{said}");
-    assert!(said.contains("sbatch refused: invalid partition specified: nope"), "{said}");
-    assert!(said.contains("t.toml:31:13: the `partition` setting that sbatch refused"), "{said}");
+    assert!(
+        said.contains("sbatch refused: invalid partition specified: nope"),
+        "{said}"
+    );
+    assert!(
+        said.contains("t.toml:31:13: the `partition` setting that sbatch refused"),
+        "{said}"
+    );
 
     // No sbatch on PATH.
     let out = Command::new(env!("CARGO_BIN_EXE_qlab"))
@@ -291,10 +364,19 @@ fn dry_run_and_the_errors_a_user_must_get() {
         .env("PATH", "/nonexistent")
         .output()
         .unwrap();
-    assert!(text(&out).contains("`sbatch` is not on PATH"), "{}", text(&out));
+    assert!(
+        text(&out).contains("`sbatch` is not on PATH"),
+        "{}",
+        text(&out)
+    );
 
     // A job that dies before its first write on the node (here: no qlab there).
-    sweep(dir.path(), &["a"], &[("x", 8)], &format!("{SLURM}qlab = \"/nonexistent/qlab\"\n"));
+    sweep(
+        dir.path(),
+        &["a"],
+        &[("x", 8)],
+        &format!("{SLURM}qlab = \"/nonexistent/qlab\"\n"),
+    );
     ok(dir.path(), &["run", "t.toml"]);
     wait_for("the job to fail", Duration::from_secs(60), || {
         slurm_state(&status(dir.path())[0]).as_deref() == Some("FAILED")
@@ -313,5 +395,9 @@ fn dry_run_and_the_errors_a_user_must_get() {
     let rows: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows[0]["slurm"]["stale"], true, "{rows}");
     assert!(rows[0]["slurm"]["job_id"].is_string(), "{rows}");
-    assert!(text(&out).contains("the SLURM states below are stale"), "{}", text(&out));
+    assert!(
+        text(&out).contains("the SLURM states below are stale"),
+        "{}",
+        text(&out)
+    );
 }

@@ -132,7 +132,10 @@ mod tests {
             job("PENDING", Some("Resources"), None).describe(),
             "PENDING (Resources)"
         );
-        assert_eq!(job("RUNNING", None, Some("n1")).describe(), "RUNNING on n1 0:42");
+        assert_eq!(
+            job("RUNNING", None, Some("n1")).describe(),
+            "RUNNING on n1 0:42"
+        );
         assert_eq!(job("FAILED", None, Some("n1")).describe(), "FAILED on n1");
     }
 }

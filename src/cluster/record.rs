@@ -102,7 +102,10 @@ mod tests {
         assert_eq!(JobRecord::read(&run).unwrap(), None);
         JobRecord::write_new(&run, "slurm", "10").unwrap();
         let r = JobRecord::write_new(&run, "slurm", "12").unwrap();
-        assert_eq!((r.job_id.as_str(), r.previous.as_slice()), ("12", &["10".to_string()][..]));
+        assert_eq!(
+            (r.job_id.as_str(), r.previous.as_slice()),
+            ("12", &["10".to_string()][..])
+        );
         assert_eq!(JobRecord::read(&run).unwrap(), Some(r));
         NodeMarker::write(&run, "12", 1).unwrap();
         let m = NodeMarker::read(&run).unwrap();

@@ -24,8 +24,10 @@ pub struct JobSpec {
 /// `s` as one word for a POSIX shell: bare when it is plain, else in single quotes.
 pub fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '.' | '_' | '-' | ':' | '=' | ',' | '+' | '@'));
+        && s.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || matches!(c, '/' | '.' | '_' | '-' | ':' | '=' | ',' | '+' | '@')
+        });
     if plain {
         s.to_owned()
     } else {

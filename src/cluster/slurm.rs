@@ -2,6 +2,7 @@
 //! requeue), `sbatch --parsable`, `squeue` with a delimited `--format` (Debian's SLURM 22.05 has no
 //! `--json`), `sacct` when accounting storage exists (often it does not), `scancel` and `scontrol requeue`.
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -40,7 +41,10 @@ impl Backend for Slurm {
         ];
         let mut opt = |o: String| lines.push(format!("#SBATCH {o}"));
         opt(format!("--job-name={}", job.name));
-        opt(format!("--output={}", job.run_dir.join("slurm-%j.out").display()));
+        opt(format!(
+            "--output={}",
+            job.run_dir.join("slurm-%j.out").display()
+        ));
         opt("--open-mode=append".into());
         opt(format!("--chdir={}", job.workdir.display()));
         opt(format!("--signal=B:USR1@{}", s.signal_lead));
@@ -78,11 +82,14 @@ impl Backend for Slurm {
     }
 
     fn submit_command(&self, script: &Path) -> String {
-        format!("sbatch --parsable {}", shell_quote(&script.display().to_string()))
+        format!(
+            "sbatch --parsable {}",
+            shell_quote(&script.display().to_string())
+        )
     }
 
     fn submit(&self, script: &Path) -> Result<String, ClusterError> {
-        let out = run("sbatch", &["--parsable".as_ref(), script.as_os_str()])?;
+        let out = run("sbatch", &[OsStr::new("--parsable"), script.as_os_str()])?;
         if !out.status.success() {
             return Err(ClusterError::Refused {
                 tool: "sbatch",
@@ -98,7 +105,13 @@ impl Backend for Slurm {
         }
         let out = run(
             "squeue",
-            &["--me", "--noheader", "--states=all", "--format", SQUEUE_FORMAT].map(AsRef::as_ref),
+            &[
+                "--me",
+                "--noheader",
+                "--states=all",
+                "--format",
+                SQUEUE_FORMAT,
+            ],
         )?;
         if !out.status.success() {
             return Err(ClusterError::Unreachable {
@@ -121,7 +134,7 @@ impl Backend for Slurm {
     }
 
     fn cancel(&self, id: &str) -> Result<(), ClusterError> {
-        let out = run("scancel", &[id.as_ref()])?;
+        let out = run("scancel", &[id])?;
         if out.status.success() {
             Ok(())
         } else {
@@ -133,7 +146,7 @@ impl Backend for Slurm {
     }
 
     fn requeue(&self, id: &str) -> Result<(), ClusterError> {
-        let out = run("scontrol", &["requeue".as_ref(), id.as_ref()])?;
+        let out = run("scontrol", &["requeue", id])?;
         if out.status.success() {
             Ok(())
         } else {
@@ -145,7 +158,7 @@ impl Backend for Slurm {
     }
 }
 
-fn run(tool: &'static str, args: &[&std::ffi::OsStr]) -> Result<Output, ClusterError> {
+fn run<S: AsRef<OsStr>>(tool: &'static str, args: &[S]) -> Result<Output, ClusterError> {
     Command::new(tool).args(args).output().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             ClusterError::Missing { tool }
@@ -185,7 +198,11 @@ fn slurm_message(out: &Output) -> String {
 
 /// `sbatch --parsable` prints `ID` or `ID;CLUSTER`.
 fn parse_sbatch(stdout: &str) -> Result<String, ClusterError> {
-    let line = stdout.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
+    let line = stdout
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
     let id = line.split(';').next().unwrap_or("");
     if !id.is_empty() && id.chars().all(|c| c.is_ascii_digit()) {
         Ok(id.to_string())
@@ -231,8 +248,16 @@ fn parse_squeue(stdout: &str) -> Result<Vec<JobInfo>, ClusterError> {
 /// What sacct knows of `ids`; nothing where accounting storage is disabled (the usual small cluster).
 fn sacct(ids: &[&str]) -> Vec<JobInfo> {
     let list = ids.join(",");
-    let args = ["--noheader", "--parsable2", "--allocations", "--jobs", &list, "--format", "JobID,State,NodeList,Elapsed"];
-    match run("sacct", &args.map(AsRef::as_ref)) {
+    let args = [
+        "--noheader",
+        "--parsable2",
+        "--allocations",
+        "--jobs",
+        list.as_str(),
+        "--format",
+        "JobID,State,NodeList,Elapsed",
+    ];
+    match run("sacct", &args) {
         Ok(out) if out.status.success() => parse_sacct(&String::from_utf8_lossy(&out.stdout)),
         Ok(out) => {
             tracing::debug!("sacct: {}", slurm_message(&out));
@@ -281,7 +306,10 @@ mod tests {
         assert_eq!(jobs.len(), 4);
         assert_eq!(jobs[0].describe(), "PENDING (Resources)");
         assert_eq!(jobs[1].describe(), "RUNNING on vm 0:01");
-        assert_eq!((jobs[2].state.as_str(), jobs[2].reason.as_deref()), ("COMPLETED", None));
+        assert_eq!(
+            (jobs[2].state.as_str(), jobs[2].reason.as_deref()),
+            ("COMPLETED", None)
+        );
         assert_eq!(jobs[3].reason.as_deref(), Some("a|b"));
         let err = parse_squeue("garbage\n").unwrap_err().to_string();
         assert!(err.contains("\"garbage\": 5 fields"), "{err}");
@@ -304,7 +332,11 @@ mod tests {
             run_dir: PathBuf::from("/shared/runs/s/m-d-1234abcd"),
             workdir: PathBuf::from("/shared/exp"),
             settings,
-            command: vec!["/shared/bin/qlab".into(), "run".into(), "/shared/exp/my study.toml".into()],
+            command: vec![
+                "/shared/bin/qlab".into(),
+                "run".into(),
+                "/shared/exp/my study.toml".into(),
+            ],
         }
     }
 
@@ -343,6 +375,9 @@ mod tests {
             ..ClusterSection::default()
         }));
         assert!(gres.contains("#SBATCH --gres=gpu:a100:2\n"), "{gres}");
-        assert!(!gres.contains("--requeue") && !gres.contains("--gpus"), "{gres}");
+        assert!(
+            !gres.contains("--requeue") && !gres.contains("--gpus"),
+            "{gres}"
+        );
     }
 }

@@ -35,7 +35,9 @@ impl Decision {
     pub fn describe(&self) -> String {
         match self {
             Decision::Done => "done, skipped".into(),
-            Decision::Queued(job) => format!("job {} is {}, not submitted again", job.id, job.describe()),
+            Decision::Queued(job) => {
+                format!("job {} is {}, not submitted again", job.id, job.describe())
+            }
             Decision::Locked(h) => format!("trained by pid {h}, left alone"),
             Decision::Submit { resume_from: None } => "start".into(),
             Decision::Submit {
@@ -53,7 +55,7 @@ pub enum SubmitError {
     #[error("{0}")]
     Store(#[from] StoreError),
     /// The scheduler refused the job: its message, and the config line that caused it when one can tell.
-    #[error("{run}: {source}{}", place.as_ref().map(|d| format!("\n{d}")).unwrap_or_default())]
+    #[error("{run}: {source}{}", .place.as_ref().map(|d| format!("\n{d}")).unwrap_or_default())]
     Refused {
         run: String,
         source: ClusterError,
@@ -144,11 +146,13 @@ impl Submitter {
         }
         Ok(match action_for(&paths)? {
             RunAction::Done => Decision::Done,
-            RunAction::Locked { pid } => Decision::Locked(holder_info(&paths).unwrap_or(LockHolder {
-                pid,
-                host: None,
-                job: None,
-            })),
+            RunAction::Locked { pid } => {
+                Decision::Locked(holder_info(&paths).unwrap_or(LockHolder {
+                    pid,
+                    host: None,
+                    job: None,
+                }))
+            }
             RunAction::Resume { step, .. } => Decision::Submit {
                 resume_from: Some(step),
             },
@@ -226,7 +230,11 @@ impl Submitter {
             ("qos", &["qos"], s.qos.is_some()),
             ("time", &["time limit"], s.time.is_some()),
             ("gres", &["gres", "generic resource"], s.gres.is_some()),
-            ("gpus", &["gres", "generic resource", "gpu"], s.gpus.is_some()),
+            (
+                "gpus",
+                &["gres", "generic resource", "gpu"],
+                s.gpus.is_some(),
+            ),
             ("mem", &["memory"], s.mem.is_some()),
         ];
         let (key, _, _) = candidates
@@ -235,7 +243,10 @@ impl Submitter {
         let place = self.config.cluster_key_place(&run.model, &run.dataset, key);
         Some(self.config.diagnostic(
             &place,
-            format!("the `{key}` setting that sbatch refused (the job script is {})", self.sweep.run(&run.id).job_script().display()),
+            format!(
+                "the `{key}` setting that sbatch refused (the job script is {})",
+                self.sweep.run(&run.id).job_script().display()
+            ),
         ))
     }
 }
@@ -277,18 +288,34 @@ mod tests {
         let s = submitter(dir.path(), "");
         let runs = s.runs(None).unwrap();
         let (d, e) = (runs[0], runs[1]);
-        assert_eq!(s.decide(d, &[]).unwrap(), Decision::Submit { resume_from: None });
+        assert_eq!(
+            s.decide(d, &[]).unwrap(),
+            Decision::Submit { resume_from: None }
+        );
         let (path, script) = s.script(d);
         assert_eq!(path, s.sweep.run(&d.id).job_script());
-        let command = format!("exec /opt/qlab run {} --only {} --slurm-cell\n", s.config_path.display(), d.id);
+        let command = format!(
+            "exec /opt/qlab run {} --only {} --slurm-cell\n",
+            s.config_path.display(),
+            d.id
+        );
         assert!(script.ends_with(&command), "{script}");
         JobRecord::write_new(&s.sweep.run(&d.id), "slurm", "41").unwrap();
         let queued = s.decide(d, &[job("41", "PENDING")]).unwrap();
-        assert!(matches!(&queued, Decision::Queued(j) if j.id == "41"), "{queued:?}");
+        assert!(
+            matches!(&queued, Decision::Queued(j) if j.id == "41"),
+            "{queued:?}"
+        );
         assert_eq!(queued.describe(), "job 41 is PENDING, not submitted again");
         // A job that ended, or one the scheduler forgot, does not hold the cell.
-        assert_eq!(s.decide(d, &[job("41", "TIMEOUT")]).unwrap(), Decision::Submit { resume_from: None });
-        assert_eq!(s.decide(d, &[job("40", "RUNNING")]).unwrap(), Decision::Submit { resume_from: None });
+        assert_eq!(
+            s.decide(d, &[job("41", "TIMEOUT")]).unwrap(),
+            Decision::Submit { resume_from: None }
+        );
+        assert_eq!(
+            s.decide(d, &[job("40", "RUNNING")]).unwrap(),
+            Decision::Submit { resume_from: None }
+        );
         let mut status = RunStatus::queued(4);
         status.state = RunState::Done;
         write_json_atomic(&s.sweep.run(&e.id).status(), &status).unwrap();
@@ -296,9 +323,19 @@ mod tests {
         std::fs::remove_file(s.sweep.run(&e.id).status()).unwrap();
         let _lock = RunLock::acquire(&s.sweep.run(&e.id)).unwrap();
         let locked = s.decide(e, &[]).unwrap();
-        assert!(matches!(&locked, Decision::Locked(h) if h.pid == std::process::id()), "{locked:?}");
-        assert!(locked.describe().starts_with("trained by pid"), "{}", locked.describe());
-        assert!(matches!(s.runs(Some("nope")), Err(SubmitError::UnknownRun(_))));
+        assert!(
+            matches!(&locked, Decision::Locked(h) if h.pid == std::process::id()),
+            "{locked:?}"
+        );
+        assert!(
+            locked.describe().starts_with("trained by pid"),
+            "{}",
+            locked.describe()
+        );
+        assert!(matches!(
+            s.runs(Some("nope")),
+            Err(SubmitError::UnknownRun(_))
+        ));
     }
 
     #[test]
@@ -311,9 +348,21 @@ mod tests {
         let runs = s.runs(None).unwrap();
         let message = "sbatch refused: invalid partition specified: nope";
         let place = s.blame(runs[0], message).unwrap().to_string();
-        assert!(place.contains("s.toml:17:13: the `partition` setting that sbatch refused"), "{place}");
+        assert!(
+            place.contains("s.toml:17:13: the `partition` setting that sbatch refused"),
+            "{place}"
+        );
         let place = s.blame(runs[1], message).unwrap().to_string();
-        assert!(place.contains("s.toml:20:23: the `partition` setting"), "{place}");
-        assert_eq!(s.blame(runs[0], "sbatch refused: Requested node configuration is not available"), None);
+        assert!(
+            place.contains("s.toml:20:23: the `partition` setting"),
+            "{place}"
+        );
+        assert_eq!(
+            s.blame(
+                runs[0],
+                "sbatch refused: Requested node configuration is not available"
+            ),
+            None
+        );
     }
 }

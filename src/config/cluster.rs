@@ -131,7 +131,9 @@ pub fn check(c: &ClusterSection) -> Vec<Problem> {
     if let Some((t, None)) = limit {
         push(
             "time",
-            format!("`{t}`: expected a SLURM time limit: MINUTES, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"),
+            format!(
+                "`{t}`: expected a SLURM time limit: MINUTES, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"
+            ),
         );
     }
     if c.gpus == Some(0) {
@@ -205,7 +207,10 @@ pub fn check(c: &ClusterSection) -> Vec<Problem> {
         );
     }
     if c.qlab.as_deref() == Some("") {
-        push("qlab", "`qlab` names the binary the job runs; it cannot be empty".into());
+        push(
+            "qlab",
+            "`qlab` names the binary the job runs; it cannot be empty".into(),
+        );
     }
     out
 }
@@ -244,7 +249,12 @@ impl Config {
 pub(super) fn validate(config: &Config, errors: &mut Vec<Diagnostic>) {
     let base = check(&config.cluster());
     for (key, msg) in &base {
-        errors.push(config.diagnostic(&format!("cluster.{key}"), msg.clone()));
+        let mut place = format!("cluster.{key}");
+        if config.spans.get(&place).is_none() && key == "signal_lead" {
+            // The default lead against a short time limit: the limit is what was written.
+            place = "cluster.time".into();
+        }
+        errors.push(config.diagnostic(&place, msg.clone()));
     }
     for (i, o) in config.overrides.iter().enumerate() {
         if o.cluster.contains_key("backend") {
@@ -285,7 +295,8 @@ mod tests {
         [matrix]\nmodels = [\"m\", \"big\"]\ndatasets = [\"d\"]\n";
 
     fn load(extra: &str) -> Result<Config, String> {
-        Config::from_source(Path::new("t.toml"), format!("{BASE}{extra}")).map_err(|e| e.to_string())
+        Config::from_source(Path::new("t.toml"), format!("{BASE}{extra}"))
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -313,9 +324,18 @@ mod tests {
         assert!(c.cluster().requeue);
         let small = c.cell_cluster("m", "d");
         let big = c.cell_cluster("big", "d");
-        assert_eq!((small.mem.as_deref(), small.partition.as_deref()), (Some("32G"), Some("gpu")));
-        assert_eq!((big.mem.as_deref(), big.time.as_deref()), (Some("64G"), Some("08:00:00")));
-        assert_eq!(c.cluster_key_place("big", "d", "mem"), "override.0.cluster.mem");
+        assert_eq!(
+            (small.mem.as_deref(), small.partition.as_deref()),
+            (Some("32G"), Some("gpu"))
+        );
+        assert_eq!(
+            (big.mem.as_deref(), big.time.as_deref()),
+            (Some("64G"), Some("08:00:00"))
+        );
+        assert_eq!(
+            c.cluster_key_place("big", "d", "mem"),
+            "override.0.cluster.mem"
+        );
         assert_eq!(c.cluster_key_place("m", "d", "mem"), "cluster.mem");
         assert_eq!(c.cluster_key_place("m", "d", "qos"), "cluster");
         assert_eq!(load("").unwrap().cluster().backend, BackendKind::Local);
@@ -342,11 +362,22 @@ mod tests {
             assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
         }
         let err = load("[cluster]\nbackend = \"pbs\"\n").unwrap_err();
-        assert!(err.contains("t.toml:16:11: unknown variant `pbs`, expected `local` or `slurm`"), "{err}");
+        assert!(
+            err.contains("t.toml:16:11: unknown variant `pbs`, expected `local` or `slurm`"),
+            "{err}"
+        );
         let err = load("[cluster]\npartitions = \"gpu\"\n").unwrap_err();
-        assert!(err.contains("t.toml:16:1: unknown field `partitions`"), "{err}");
+        assert!(
+            err.contains("t.toml:16:1: unknown field `partitions`"),
+            "{err}"
+        );
         let err = load("[cluster]\ntime = \"5\"\nsignal_lead = 300\n").unwrap_err();
-        assert!(err.contains("t.toml:17:15: the warning 300 s before the end comes before the job starts"), "{err}");
+        assert!(
+            err.contains(
+                "t.toml:17:15: the warning 300 s before the end comes before the job starts"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -355,8 +386,14 @@ mod tests {
             "[cluster]\ntime = \"10\"\n[[override]]\nmodel = \"big\"\ncluster = { mem = \"9X\", backend = \"slurm\" }\n",
         )
         .unwrap_err();
-        assert!(err.contains("t.toml:20:19: `9X`: expected megabytes"), "{err}");
+        assert!(
+            err.contains("t.toml:20:19: `9X`: expected megabytes"),
+            "{err}"
+        );
         assert!(err.contains("(cell big x d)"), "{err}");
-        assert!(err.contains("t.toml:20:37: `backend` is the whole sweep's"), "{err}");
+        assert!(
+            err.contains("t.toml:20:37: `backend` is the whole sweep's"),
+            "{err}"
+        );
     }
 }

@@ -10,8 +10,8 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
-use super::diagnostic::Diagnostic;
 use super::cluster::ClusterSection;
+use super::diagnostic::Diagnostic;
 use super::schema::*;
 
 /// Byte spans of every key's value, by dotted path (`model.0.path`, `lora.r`, `override.1.train.lr`).

@@ -216,7 +216,8 @@ fn open_run(app: &mut App, i: usize) -> Vec<Effect> {
 fn start_sweep(app: &mut App) -> Vec<Effect> {
     if app.cluster.is_some() {
         app.notice = Some(
-            "this sweep runs on SLURM: `qlab run --backend slurm` submits it; R resubmits a cell".into(),
+            "this sweep runs on SLURM: `qlab run --backend slurm` submits it; R resubmits a cell"
+                .into(),
         );
         return Vec::new();
     }
@@ -260,19 +261,29 @@ fn ask_cluster(app: &mut App, action: Action) {
     let Some(i) = acted_on(app) else { return };
     let entry = &app.runs[i];
     let run = entry.plan.id.clone();
-    let active = entry.job.as_ref().and_then(|j| j.info.as_ref().filter(|i| i.is_active()));
+    let active = entry
+        .job
+        .as_ref()
+        .and_then(|j| j.info.as_ref().filter(|i| i.is_active()));
     let request = match (action, &entry.job, active) {
         (Action::CancelJob, None, _) => {
             app.notice = Some(format!("{run} has no SLURM job"));
             return;
         }
         (Action::CancelJob, Some(job), None) => {
-            app.notice = Some(format!("job {} is not queued or running: {}", job.job_id, job.state_text()));
+            app.notice = Some(format!(
+                "job {} is not queued or running: {}",
+                job.job_id,
+                job.state_text()
+            ));
             return;
         }
         (Action::CancelJob, Some(_), Some(_)) => Request::Cancel { run },
         (_, _, Some(info)) => {
-            app.notice = Some(format!("job {} is {}: C cancels it first", info.id, info.state));
+            app.notice = Some(format!(
+                "job {} is {}: C cancels it first",
+                info.id, info.state
+            ));
             return;
         }
         _ if entry.history.state == RunState::Done => {
@@ -292,10 +303,7 @@ fn cluster_report(app: &mut App, report: Report) -> Vec<Effect> {
             view.stale = None;
             view.polled = true;
             for entry in app.runs.iter_mut() {
-                let job = jobs.iter().find(|j| j.run == entry.plan.id).cloned();
-                if job.is_some() || entry.job.is_some() {
-                    entry.job = job;
-                }
+                entry.job = jobs.iter().find(|j| j.run == entry.plan.id).cloned();
             }
         }
         Report::Unreachable(error) => view.stale = Some(error),

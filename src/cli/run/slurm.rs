@@ -48,7 +48,11 @@ pub fn submit(args: &RunArgs, config: Config) -> Result<ExitCode> {
         }
         if args.dry_run {
             let (path, text) = submitter.script(run);
-            println!("{:<40} {} (dry run: not submitted)", run.id, decision.describe());
+            println!(
+                "{:<40} {} (dry run: not submitted)",
+                run.id,
+                decision.describe()
+            );
             println!("--- {} ---\n{text}--- submit with:", path.display());
             println!("{}", Slurm.submit_command(&path));
             continue;
@@ -56,7 +60,11 @@ pub fn submit(args: &RunArgs, config: Config) -> Result<ExitCode> {
         match submitter.submit(run) {
             Ok(id) => {
                 submitted += 1;
-                println!("{:<40} submitted job {id} ({})", run.id, decision.describe());
+                println!(
+                    "{:<40} submitted job {id} ({})",
+                    run.id,
+                    decision.describe()
+                );
             }
             Err(e) => {
                 eprintln!("qlab: {e}");
@@ -93,7 +101,9 @@ impl CellJob {
         let job_id = std::env::var("SLURM_JOB_ID")
             .ok()
             .filter(|j| !j.is_empty())
-            .ok_or_else(|| eyre!("--slurm-cell runs inside a SLURM job ($SLURM_JOB_ID is not set)"))?;
+            .ok_or_else(|| {
+                eyre!("--slurm-cell runs inside a SLURM job ($SLURM_JOB_ID is not set)")
+            })?;
         let warned = Arc::new(AtomicBool::new(false));
         signal_hook::flag::register(SIGUSR1, warned.clone())
             .wrap_err("cannot install the SIGUSR1 handler")?;
@@ -142,7 +152,10 @@ impl CellJob {
             );
             return Ok(());
         }
-        println!("qlab: checkpointed on SLURM's warning; requeueing job {}", self.job_id);
+        println!(
+            "qlab: checkpointed on SLURM's warning; requeueing job {}",
+            self.job_id
+        );
         match Slurm.requeue(&self.job_id) {
             Ok(()) => Ok(()),
             Err(e) => {

@@ -24,8 +24,12 @@ pub fn question(app: &App, request: &Request) -> String {
             job(run).unwrap_or_else(|| "job".into())
         ),
         Request::Resubmit { run } => match job(run) {
-            Some(j) => format!("Submit {run} to SLURM again? Its last was {j}; it resumes from its newest checkpoint."),
-            None => format!("Submit {run} to SLURM? It resumes from its newest checkpoint, if any."),
+            Some(j) => format!(
+                "Submit {run} to SLURM again? Its last was {j}; it resumes from its newest checkpoint."
+            ),
+            None => {
+                format!("Submit {run} to SLURM? It resumes from its newest checkpoint, if any.")
+            }
         },
     }
 }
@@ -47,7 +51,9 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme) {
         .title(Line::styled(" SLURM ", theme.title()));
     frame.render_widget(Clear, area);
     frame.render_widget(
-        Paragraph::new(lines).wrap(Wrap { trim: false }).block(block),
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .block(block),
         area,
     );
 }

@@ -55,10 +55,7 @@ fn title_line<'a>(app: &'a App, theme: &Theme) -> Line<'a> {
                 widgets::control_label(app.control)
             )),
             Some(c) => match &c.stale {
-                Some(e) => Span::styled(
-                    format!("{}SLURM: stale, {e}", theme.sep()),
-                    theme.warn(),
-                ),
+                Some(e) => Span::styled(format!("{}SLURM: stale, {e}", theme.sep()), theme.warn()),
                 None if !c.polled => Span::raw(format!("{}SLURM: asking squeue...", theme.sep())),
                 None => Span::raw(format!("{}SLURM", theme.sep())),
             },

@@ -53,10 +53,7 @@ pub fn owner_label(owner: Owner) -> Option<String> {
 /// not be asked at the last poll, `UNKNOWN` when it forgot the job.
 pub fn job_label(app: &App, run: &RunEntry) -> Option<String> {
     let job = run.job.as_ref()?;
-    let stale = app
-        .cluster
-        .as_ref()
-        .is_some_and(|c| c.stale.is_some());
+    let stale = app.cluster.as_ref().is_some_and(|c| c.stale.is_some());
     Some(format!(
         "job {} {}{}",
         job.job_id,
