@@ -349,12 +349,12 @@ mod tests {
         let message = "sbatch refused: invalid partition specified: nope";
         let place = s.blame(runs[0], message).unwrap().to_string();
         assert!(
-            place.contains("s.toml:17:13: the `partition` setting that sbatch refused"),
+            place.contains("s.toml:19:13: the `partition` setting that sbatch refused"),
             "{place}"
         );
         let place = s.blame(runs[1], message).unwrap().to_string();
         assert!(
-            place.contains("s.toml:20:23: the `partition` setting"),
+            place.contains("s.toml:22:25: the `partition` setting"),
             "{place}"
         );
         assert_eq!(

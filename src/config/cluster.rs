@@ -350,31 +350,31 @@ mod tests {
         )
         .unwrap_err();
         for expected in [
-            "t.toml:16:13: `gpu partition`: expected a SLURM partition name",
-            "t.toml:17:8: `2h`: expected a SLURM time limit",
-            "t.toml:19:8: `gres` and `gpus` both ask for GPUs",
-            "t.toml:20:7: `lots`: expected megabytes",
-            "t.toml:21:17: `cpus_per_task` must be at least 1",
-            "t.toml:22:37: qlab writes `--output` itself",
-            "t.toml:22:51: `nodash`: expected one sbatch option",
-            "t.toml:23:15: `signal_lead` must be between 1 and 65535",
+            "t.toml:18:13: `gpu partition`: expected a SLURM partition name",
+            "t.toml:19:8: `2h`: expected a SLURM time limit",
+            "t.toml:21:8: `gres` and `gpus` both ask for GPUs",
+            "t.toml:22:7: `lots`: expected megabytes",
+            "t.toml:23:17: `cpus_per_task` must be at least 1",
+            "t.toml:24:37: qlab writes `--output` itself",
+            "t.toml:24:51: `nodash`: expected one sbatch option",
+            "t.toml:25:15: `signal_lead` must be between 1 and 65535",
         ] {
             assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
         }
         let err = load("[cluster]\nbackend = \"pbs\"\n").unwrap_err();
         assert!(
-            err.contains("t.toml:16:11: unknown variant `pbs`, expected `local` or `slurm`"),
+            err.contains("t.toml:17:11: unknown variant `pbs`, expected `local` or `slurm`"),
             "{err}"
         );
         let err = load("[cluster]\npartitions = \"gpu\"\n").unwrap_err();
         assert!(
-            err.contains("t.toml:16:1: unknown field `partitions`"),
+            err.contains("t.toml:17:1: unknown field `partitions`"),
             "{err}"
         );
         let err = load("[cluster]\ntime = \"5\"\nsignal_lead = 300\n").unwrap_err();
         assert!(
             err.contains(
-                "t.toml:17:15: the warning 300 s before the end comes before the job starts"
+                "t.toml:18:15: the warning 300 s before the end comes before the job starts"
             ),
             "{err}"
         );
@@ -392,7 +392,7 @@ mod tests {
         );
         assert!(err.contains("(cell big x d)"), "{err}");
         assert!(
-            err.contains("t.toml:20:37: `backend` is the whole sweep's"),
+            err.contains("t.toml:20:35: `backend` is the whole sweep's"),
             "{err}"
         );
     }
