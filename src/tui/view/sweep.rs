@@ -156,10 +156,8 @@ fn cell_text<'a>(app: &App, run: &RunEntry, theme: &Theme, w: usize) -> Text<'a>
         width = w - pct.len().min(w)
     );
     let bar = widgets::progress_bar(theme, h.progress(), w);
-    let mut third = Vec::new();
-    if let Some(job) = widgets::job_label(app, run) {
-        third.push(job);
-    }
+    let job = widgets::job_short(app, run);
+    let mut third: Vec<String> = job.iter().cloned().collect();
     if let Some(loss) = h.last_loss {
         third.push(format!("loss {}", widgets::loss(loss)));
     }
@@ -173,12 +171,13 @@ fn cell_text<'a>(app: &App, run: &RunEntry, theme: &Theme, w: usize) -> Text<'a>
         third.push(format!("score {score:.2}"));
     }
     if run.history.state == RunState::Failed {
-        third = vec![
+        third = job.into_iter().collect();
+        third.push(
             run.history
                 .reason
                 .clone()
                 .unwrap_or_else(|| "failed".into()),
-        ];
+        );
     }
     let third = fit(&third.join(theme.sep()), w);
     Text::from(vec![

@@ -62,6 +62,21 @@ pub fn job_label(app: &App, run: &RunEntry) -> Option<String> {
     ))
 }
 
+/// A run's SLURM job in a matrix cell: `#42 RUNNING`, `#43 PENDING (Priority)`, `#44 UNKNOWN`, with a `?`
+/// when stale.
+pub fn job_short(app: &App, run: &RunEntry) -> Option<String> {
+    let job = run.job.as_ref()?;
+    let stale = app.cluster.as_ref().is_some_and(|c| c.stale.is_some());
+    let state = match &job.info {
+        Some(i) => match &i.reason {
+            Some(r) if i.state == "PENDING" => format!("PENDING ({r})"),
+            _ => i.state.clone(),
+        },
+        None => "UNKNOWN".into(),
+    };
+    Some(format!("#{} {state}{}", job.job_id, if stale { "?" } else { "" }))
+}
+
 pub fn percent(fraction: f64) -> String {
     format!("{:.0}%", (fraction * 100.0).floor())
 }
