@@ -388,7 +388,11 @@ fn dry_run_and_the_errors_a_user_must_get() {
 
     // squeue unreachable (a controller that does not answer): the recorded job ids, marked stale; no crash.
     let down = dir.path().join("down.conf");
-    std::fs::write(&down, "ClusterName=down\nSlurmctldHost=localhost\nSlurmctldPort=6999\nMessageTimeout=1\n").unwrap();
+    std::fs::write(
+        &down,
+        "ClusterName=down\nSlurmctldHost=localhost\nSlurmctldPort=6999\nMessageTimeout=1\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_qlab"))
         .current_dir(dir.path())
         .args(["status", "t.toml", "--json"])

@@ -59,7 +59,7 @@ pub enum SubmitError {
     Refused {
         run: String,
         source: ClusterError,
-        place: Option<Diagnostic>,
+        place: Option<Box<Diagnostic>>,
     },
     #[error("no run `{0}` in the plan (see `qlab plan`)")]
     UnknownRun(String),
@@ -207,7 +207,7 @@ impl Submitter {
         let id = match self.backend.submit(&path) {
             Ok(id) => id,
             Err(source @ ClusterError::Refused { .. }) => {
-                let place = self.blame(run, &source.to_string());
+                let place = self.blame(run, &source.to_string()).map(Box::new);
                 return Err(SubmitError::Refused {
                     run: run.id.clone(),
                     source,

@@ -74,7 +74,11 @@ pub fn job_short(app: &App, run: &RunEntry) -> Option<String> {
         },
         None => "UNKNOWN".into(),
     };
-    Some(format!("#{} {state}{}", job.job_id, if stale { "?" } else { "" }))
+    Some(format!(
+        "#{} {state}{}",
+        job.job_id,
+        if stale { "?" } else { "" }
+    ))
 }
 
 pub fn percent(fraction: f64) -> String {
