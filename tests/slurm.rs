@@ -3,8 +3,8 @@
 //!
 //! Tiny runs of the Llama fixture: a 2 x 2 sweep submitted as four jobs (a second submission while they are
 //! queued submits nothing; `qlab status --json` and the dashboard show their states and ids) ends with the
-//! adapters of a local run; one job warned with SIGUSR1 requeues itself and resumes, is cancelled and
-//! resubmitted, and still ends with the local adapter and a gap-free metrics log; `--dry-run`, sbatch
+//! adapters of a local run; one job warned with SIGUSR1 requeues itself and resumes, is cancelled from the
+//! dashboard (C, then y) and resubmitted, and still ends with the local adapter and a gap-free metrics log; `--dry-run`, sbatch
 //! refusing a partition, sbatch missing, squeue unreachable, and a job that dies before its marker.
 
 #[allow(dead_code)] // these tests use only the tmux helper
@@ -288,8 +288,35 @@ fn a_warned_job_requeues_itself_and_a_cancelled_one_resumes_to_the_local_adapter
         (marker["job_id"].as_str(), marker["restarts"].as_u64()),
         (Some(job.as_str()), Some(1))
     );
-    // scancel (SIGTERM): checkpoint and stop; the job stays cancelled until submitted again.
-    slurm("scancel", &[&job]);
+    // Cancelled (scancel's SIGTERM: checkpoint and stop) from the dashboard's C key and its y/n question, or
+    // with scancel where tmux is missing; the job stays cancelled until submitted again.
+    if common::Tmux::available() {
+        let tmux = common::Tmux::start(
+            "slurm-cancel",
+            &format!(
+                "cd {} && SLURM_CONF={} {} tui t.toml",
+                dir.display(),
+                std::env::var("SLURM_CONF").unwrap_or_default(),
+                env!("CARGO_BIN_EXE_qlab")
+            ),
+            (120, 40),
+        );
+        tmux.wait_for(
+            "the running job on the dashboard",
+            Duration::from_secs(30),
+            |s| s.contains(&format!("#{job} RUNNING")),
+        );
+        tmux.send("C");
+        tmux.wait_for("the question", Duration::from_secs(10), |s| {
+            s.contains(&format!("Cancel SLURM job {job}"))
+        });
+        tmux.send("y");
+        tmux.wait_for("the cancellation", Duration::from_secs(30), |s| {
+            s.contains(&format!("cancelled job {job}"))
+        });
+    } else {
+        slurm("scancel", &[&job]);
+    }
     wait_for("the cancelled job", Duration::from_secs(60), || {
         let r = status(&dir).remove(0);
         r["state"] == "interrupted" && slurm_state(&r).as_deref() == Some("CANCELLED")
