@@ -1,9 +1,10 @@
 //! qlab: run QLoRA fine-tuning studies end to end: configure, train, generate, rate, report.
 //!
-//! Dependency direction (downward only): tui -> sweep -> {train, eval} -> model -> store / config;
+//! Dependency direction (downward only): tui -> cluster -> sweep -> {train, eval} -> model -> store / config;
 //! rating, store, config, plan and source import neither tui nor model (README "Architecture";
 //! tests/architecture.rs checks it).
 
+pub mod cluster;
 pub mod config;
 pub mod demo_data;
 pub mod eval;

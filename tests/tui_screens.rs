@@ -330,6 +330,54 @@ fn help_overlays_come_from_the_keymap() {
     snap("help_run", &app, false);
 }
 
+/// The sweep's cells as SLURM jobs in four states.
+fn slurm_app() -> App {
+    use qlab::cluster::JobInfo;
+    use qlab::cluster::poll::{CellJob, Report};
+    let mut app = busy_app();
+    let ids: Vec<String> = app.runs.iter().map(|r| r.plan.id.clone()).collect();
+    let job = |i: usize, state: &str, reason: Option<&str>, node: Option<&str>| CellJob {
+        run: ids[i].clone(),
+        job_id: format!("{}", 4100 + i),
+        info: Some(JobInfo {
+            id: format!("{}", 4100 + i),
+            state: state.into(),
+            reason: reason.map(Into::into),
+            node: node.map(Into::into),
+            elapsed: Some("12:34".into()),
+        }),
+        no_marker: false,
+    };
+    update(
+        &mut app,
+        Msg::Cluster(Report::Jobs(vec![
+            job(0, "COMPLETED", None, Some("gpu01")),
+            job(1, "RUNNING", None, Some("gpu02")),
+            job(2, "PENDING", Some("Priority"), None),
+            job(3, "TIMEOUT", None, Some("gpu01")),
+        ])),
+    );
+    app
+}
+
+#[test]
+fn slurm_states_on_the_sweep_and_run_screens_and_the_cancel_question() {
+    let mut app = slurm_app();
+    snap("sweep_slurm", &app, false);
+    key(&mut app, KeyCode::Right);
+    key(&mut app, KeyCode::Char('C'));
+    snap("slurm_confirm_cancel", &app, false);
+    key(&mut app, KeyCode::Esc);
+    key(&mut app, KeyCode::Enter);
+    update(
+        &mut app,
+        Msg::Cluster(qlab::cluster::poll::Report::Unreachable(
+            "squeue failed (is the scheduler reachable?): timed out".into(),
+        )),
+    );
+    snap("run_slurm_stale", &app, false);
+}
+
 #[test]
 fn quit_dialog_while_training() {
     let mut app = busy_app();

@@ -1,18 +1,21 @@
 //! `qlab run [CONFIG] [--only RUN_ID] [--max-steps N] [--devices LIST] [--detach]`: train the sweep's runs
 //! headless, resuming unfinished ones, one run per device at a time. SIGINT, SIGTERM and SIGHUP checkpoint
-//! and exit cleanly (a second one exits at once).
+//! and exit cleanly (a second one exits at once). `--backend slurm` submits the cells as SLURM jobs instead,
+//! and each job runs `qlab run --only RUN_ID --slurm-cell` on its node.
 
 mod detach;
 mod progress;
+mod slurm;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use color_eyre::eyre::{Result, WrapErr, eyre};
-use qlab::config::{Config, DeviceSpec, check_devices};
+use qlab::config::{BackendKind, Config, DeviceSpec, check_devices};
 use qlab::model::device;
 use qlab::plan::Plan;
+use qlab::store::SweepPaths;
 use qlab::sweep::from_plan::sweep_devices;
 use qlab::sweep::reconcile::{RunAction, action_for};
 use qlab::sweep::runner::Runner;
@@ -45,22 +48,53 @@ pub struct RunArgs {
     /// Without a terminal, print one progress line every N steps.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub every: u64,
+    /// Where the cells train: `local` (this machine) or `slurm` (one batch job per cell, submitted from
+    /// here; qlab does not stay running). Default: `[cluster] backend`.
+    #[arg(long, value_enum, value_name = "BACKEND")]
+    pub backend: Option<BackendKind>,
+    /// With the SLURM backend: print each job script and its sbatch command, submit nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Set by qlab's SLURM job scripts: train the one `--only` run in this job; on SIGUSR1 (the time-limit
+    /// warning) checkpoint, requeue the job and exit.
+    #[arg(long, hide = true, requires = "only")]
+    pub slurm_cell: bool,
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
     let config = Config::load(&args.config).map_err(|e| eyre!("{e}"))?;
+    let backend = args.backend.unwrap_or(config.cluster().backend);
+    if backend == BackendKind::Slurm && !args.slurm_cell {
+        return slurm::submit(&args, config);
+    }
+    if args.dry_run {
+        return Err(eyre!(
+            "--dry-run shows the job scripts of the SLURM backend: add `--backend slurm` or set `[cluster] backend = \"slurm\"`"
+        ));
+    }
     let plan = Plan::from_config(&config);
+    let sweep = SweepPaths::new(&config.runs_dir(), &plan.sweep);
+    // In a SLURM job: the marker first (it proves the node sees the run directory), the warning signal next.
+    let cell = match (args.slurm_cell, args.only.as_deref()) {
+        (true, Some(run)) => Some(slurm::CellJob::start(&config, &sweep.run(run))?),
+        _ => None,
+    };
+    let mut devices = devices(&config, &args.devices)?;
+    if cell.is_some() {
+        // One cell per job, on the job's first device (SLURM's CUDA_VISIBLE_DEVICES makes it cuda:0).
+        devices.truncate(1);
+    }
     let choices = SetupChoices {
         only: args.only.as_deref(),
-        devices: devices(&config, &args.devices)?,
+        devices,
         no_eval: args.no_eval,
         max_steps: args.max_steps,
     };
     let SweepSetup {
-        sweep,
         jobs,
         loader,
         options,
+        ..
     } = SweepSetup::new(&config, &plan, choices).map_err(|e| eyre!("{e}"))?;
     let names: Vec<String> = options.devices.iter().map(DeviceSpec::to_string).collect();
     println!("training on {}", names.join(", "));
@@ -98,6 +132,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             .and_then(|_| signal_hook::flag::register(signal, stop.clone()))
             .wrap_err("cannot install signal handlers")?;
     }
+    if let Some(cell) = &cell {
+        cell.runner_started(&stop)?;
+    }
     if std::io::stdout().is_terminal() {
         let mut bars = progress::BarProgress::new();
         for (run, event) in handle.events.iter() {
@@ -121,6 +158,9 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
     );
     for lost in &summary.lost_workers {
         eprintln!("error: runner thread {lost}");
+    }
+    if let Some(cell) = &cell {
+        cell.finish()?;
     }
     Ok(
         if !summary.failed.is_empty() || !summary.lost_workers.is_empty() {

@@ -1,9 +1,11 @@
 //! `qlab status`: each run's state, progress, last loss and live runner (with the device it trains on), from
-//! the run directories.
+//! the run directories; for cells submitted to SLURM, each job's id and state as squeue tells it.
 
 use std::process::ExitCode;
 
 use color_eyre::eyre::Result;
+use qlab::cluster::Slurm;
+use qlab::cluster::poll::{CellJob, snapshot};
 use qlab::plan::Plan;
 use qlab::store::{RunPaths, RunStatus, SweepPaths, atomic::read_json, lock};
 use qlab::watch::RunHistory;
@@ -32,9 +34,74 @@ struct Row {
     eta_secs: Option<f64>,
     /// Pid of the live process training the run, if any.
     runner_pid: Option<u32>,
+    /// Its host and SLURM job, from the lock file.
+    runner_host: Option<String>,
+    runner_job: Option<String>,
     /// The device a live run trains on (from its spec.json).
     device: Option<String>,
     reason: Option<String>,
+    /// The run's SLURM job, when one was submitted.
+    slurm: Option<SlurmRow>,
+}
+
+/// A cell's SLURM job as squeue (or sacct) tells it.
+#[derive(Serialize)]
+struct SlurmRow {
+    job_id: String,
+    /// PENDING, RUNNING, COMPLETED, FAILED, TIMEOUT, PREEMPTED, CANCELLED, ...; UNKNOWN when the scheduler
+    /// forgot the job; null when it could not be asked (`stale`).
+    state: Option<String>,
+    reason: Option<String>,
+    node: Option<String>,
+    elapsed: Option<String>,
+    /// The scheduler could not be asked; `error` says why.
+    stale: bool,
+    error: Option<String>,
+    /// A hint when the job ended before its first write on the node.
+    hint: Option<String>,
+}
+
+impl SlurmRow {
+    fn new(job: &CellJob, error: Option<&str>) -> SlurmRow {
+        let info = job.info.as_ref();
+        SlurmRow {
+            job_id: job.job_id.clone(),
+            state: match (error, info) {
+                (Some(_), _) => None,
+                (None, Some(i)) => Some(i.state.clone()),
+                (None, None) => Some("UNKNOWN".into()),
+            },
+            reason: info.and_then(|i| i.reason.clone()),
+            node: info.and_then(|i| i.node.clone()),
+            elapsed: info.and_then(|i| i.elapsed.clone()),
+            stale: error.is_some(),
+            error: error.map(str::to_owned),
+            hint: job.marker_hint(),
+        }
+    }
+
+    fn text(&self) -> String {
+        let state = match (&self.state, &self.error) {
+            (Some(s), _) if s == "UNKNOWN" => "UNKNOWN (not in squeue/sacct)".to_string(),
+            (Some(s), _) => {
+                let mut t = s.clone();
+                if let Some(r) = &self.reason {
+                    t.push_str(&format!(" ({r})"));
+                }
+                if let Some(n) = &self.node {
+                    t.push_str(&format!(" on {n}"));
+                }
+                if s == "RUNNING"
+                    && let Some(e) = &self.elapsed
+                {
+                    t.push_str(&format!(" {e}"));
+                }
+                t
+            }
+            (None, _) => "state unknown (stale: squeue unreachable)".to_string(),
+        };
+        format!("job {} {state}", self.job_id)
+    }
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -44,11 +111,24 @@ pub fn run(args: Args) -> Result<ExitCode> {
     };
     let plan = Plan::from_config(&config);
     let sweep = SweepPaths::new(&config.runs_dir(), &plan.sweep);
+    let ids: Vec<String> = plan.runs.iter().map(|r| r.id.clone()).collect();
+    let (jobs, cluster_error) = snapshot(&sweep, &ids, &Slurm);
+    let cluster_error = cluster_error.map(|e| e.to_string());
+    if let Some(e) = &cluster_error {
+        eprintln!("qlab: {e}; the SLURM states below are stale");
+    }
     let mut rows = Vec::new();
     for r in &plan.runs {
         let paths = sweep.run(&r.id);
         let status: Option<RunStatus> = read_json(&paths.status())?;
-        let runner_pid = lock::holder(&paths);
+        let holder = lock::holder_info(&paths);
+        let runner_pid = holder.as_ref().map(|h| h.pid);
+        let runner_host = holder.as_ref().and_then(|h| h.host.clone());
+        let runner_job = holder.as_ref().and_then(|h| h.job.clone());
+        let slurm = jobs
+            .iter()
+            .find(|j| j.run == r.id)
+            .map(|j| SlurmRow::new(j, cluster_error.as_deref()));
         let device = runner_pid.and_then(|_| spec_device(&paths));
         // A metrics log with unreadable lines still yields an ETA from the lines that parse.
         let eta_secs = match RunHistory::load(&r.id, &paths) {
@@ -64,8 +144,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 last_loss: s.last_loss,
                 eta_secs,
                 runner_pid,
+                runner_host,
+                runner_job,
                 device,
                 reason: s.reason,
+                slurm,
             },
             None => Row {
                 id: r.id.clone(),
@@ -75,8 +158,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 last_loss: None,
                 eta_secs,
                 runner_pid,
+                runner_host,
+                runner_job,
                 device,
                 reason: None,
+                slurm,
             },
         });
     }
@@ -94,11 +180,16 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .last_loss
             .map(|l| format!("{l:.4}"))
             .unwrap_or_else(|| "-".into());
-        let pid = match (r.runner_pid, &r.device) {
+        let mut pid = match (r.runner_pid, &r.device) {
             (Some(p), Some(d)) => format!("pid {p} on {d}"),
             (Some(p), None) => format!("pid {p}"),
             (None, _) => "-".into(),
         };
+        if r.runner_pid.is_some()
+            && let Some(host) = &r.runner_host
+        {
+            pid.push_str(&format!(" @{host}"));
+        }
         let step = format!("{}/{}", r.step, r.total_steps);
         let eta = r
             .eta_secs
@@ -110,6 +201,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         );
         if let Some(reason) = &r.reason {
             println!("{:width$}  {reason}", "");
+        }
+        if let Some(job) = &r.slurm {
+            println!("{:width$}  slurm: {}", "", job.text());
+            if let Some(hint) = &job.hint {
+                println!("{:width$}  {hint}", "");
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

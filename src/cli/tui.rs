@@ -2,8 +2,12 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use color_eyre::eyre::{Result, eyre};
+use qlab::cluster::Slurm;
+use qlab::cluster::submit::Submitter;
+use qlab::config::BackendKind;
 use qlab::plan::Plan;
 use qlab::rating::context::RatingContext;
 use qlab::sweep::setup::{SetupChoices, SweepSetup};
@@ -49,6 +53,17 @@ pub fn run(args: Args) -> Result<ExitCode> {
     });
     let trainer = RunnerTrainer::new(setup.sweep, setup.jobs, setup.loader, setup.options);
     let exe = std::env::current_exe()?;
+    // A SLURM sweep: the dashboard polls the cells' jobs and can cancel or resubmit them.
+    let cluster = match config.cluster().backend {
+        BackendKind::Slurm => Some(Arc::new(Submitter::new(
+            config.clone(),
+            plan.clone(),
+            Arc::new(Slurm),
+            exe.clone(),
+            false,
+        )?)),
+        BackendKind::Local => None,
+    };
     let detach = vec![
         exe.display().to_string(),
         "run".into(),
@@ -68,6 +83,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         detach_command: Some(detach),
         ratings,
         rater: args.rater.name(),
+        cluster,
     })?;
     Ok(match exit {
         Exit::Quit => ExitCode::SUCCESS,

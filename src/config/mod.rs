@@ -1,6 +1,7 @@
 //! experiments.toml: the typed schema, loading with source spans, validation and matrix expansion.
 
 mod checks;
+pub mod cluster;
 pub mod diagnostic;
 mod files;
 mod parse;
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 pub use checks::{check_devices, format_from_extension};
+pub use cluster::{BackendKind, ClusterSection};
 pub use diagnostic::{ConfigErrors, Diagnostic};
 pub use parse::Override;
 pub use schema::*;
@@ -34,6 +36,8 @@ pub struct Config {
     lora: toml::Table,
     train: toml::Table,
     eval: toml::Table,
+    /// `[cluster]` as written; [`Config::cell_cluster`] applies the overrides.
+    cluster: toml::Table,
     spans: SpanIndex,
     source: String,
 }
@@ -83,6 +87,7 @@ impl Config {
             lora: parsed.lora,
             train: parsed.train,
             eval: parsed.eval,
+            cluster: parsed.cluster,
             spans: parsed.spans,
             source,
         };

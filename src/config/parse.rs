@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue, ValueDeserializer};
 
+use super::cluster::ClusterSection;
 use super::diagnostic::Diagnostic;
 use super::schema::*;
 
@@ -56,6 +57,7 @@ pub struct Override {
     pub lora: toml::Table,
     pub train: toml::Table,
     pub eval: toml::Table,
+    pub cluster: toml::Table,
 }
 
 /// The sections of a file as parsed, before any cross-section check.
@@ -70,10 +72,12 @@ pub struct Parsed {
     pub rubric: RubricSection,
     pub matrix: MatrixSection,
     pub overrides: Vec<Override>,
+    pub cluster: toml::Table,
     pub spans: SpanIndex,
 }
 
-const SECTIONS: &str = "sweep, model, dataset, lora, train, eval, rubric, matrix, override";
+const SECTIONS: &str =
+    "sweep, model, dataset, lora, train, eval, rubric, matrix, override, cluster";
 
 /// Parse `source`; every syntax and schema error of the file is returned at once.
 pub fn parse(path: &Path, source: &str) -> Result<Parsed, Vec<Diagnostic>> {
@@ -103,6 +107,7 @@ pub fn parse(path: &Path, source: &str) -> Result<Parsed, Vec<Diagnostic>> {
             "rubric" => out.rubric = cx.section(value).unwrap_or_default(),
             "matrix" => out.matrix = cx.section(value).unwrap_or_default(),
             "override" => out.overrides = cx.array(value, "override", Cx::override_block),
+            "cluster" => out.cluster = cx.raw_section::<ClusterSection>(value),
             other => cx.error(
                 Some(key.span()),
                 format!("unknown section `{other}`: expected one of {SECTIONS}"),
@@ -186,9 +191,10 @@ impl Cx<'_> {
                 "lora" => out.lora = self.raw_section::<LoraSection>(v),
                 "train" => out.train = self.raw_section::<TrainSection>(v),
                 "eval" => out.eval = self.raw_section::<EvalSection>(v),
+                "cluster" => out.cluster = self.raw_section::<ClusterSection>(v),
                 other => self.error(
                     Some(key.span()),
-                    format!("unknown key `{other}` in [[override]]: expected model, dataset, lora, train or eval"),
+                    format!("unknown key `{other}` in [[override]]: expected model, dataset, lora, train, eval or cluster"),
                 ),
             }
         }

@@ -52,6 +52,7 @@ pub(super) fn validate(mut config: Config) -> Result<Config, ConfigErrors> {
         checks::eval(&from_table(config.eval.clone())),
     );
     at(&mut errors, "rubric", checks::rubric(&config.rubric));
+    super::cluster::validate(&config, &mut errors);
     duplicates(&config, &mut errors);
     matrix(&config, &mut errors);
     overrides(&config, &mut errors);

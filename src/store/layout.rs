@@ -9,7 +9,10 @@
 //!     status.json                       state, step, last loss, pid (atomic)
 //!     metrics.jsonl                     one LoggedEvent per line, append-only
 //!     run.log                           tracing log of the runner
-//!     lock                              advisory lock held by the process training this run
+//!     lock                              advisory lock held by the process training this run (pid, host, job)
+//!     job.json, job.sbatch              the SLURM job of the run (id, history) and the script qlab wrote
+//!     node.json                         written first by a SLURM job on its node: proof runs/ is shared
+//!     slurm-<job>.out                   the SLURM job's output
 //!     checkpoints/step-00000100/        adapter + optimizer + trainer state (renamed into place when complete)
 //!     stages/e1/                        the checkpoint taken at the end of epoch 1 (kept for evaluation);
 //!       adapter/                        its LoRA adapter in PEFT layout
@@ -68,6 +71,18 @@ impl RunPaths {
     }
     pub fn lock(&self) -> PathBuf {
         self.root.join("lock")
+    }
+    /// The run's SLURM job record (written on the login node at each submission).
+    pub fn job_record(&self) -> PathBuf {
+        self.root.join("job.json")
+    }
+    /// The batch script qlab wrote for the run's SLURM job.
+    pub fn job_script(&self) -> PathBuf {
+        self.root.join("job.sbatch")
+    }
+    /// Written by the SLURM job on its node before anything else.
+    pub fn node_marker(&self) -> PathBuf {
+        self.root.join("node.json")
     }
     pub fn checkpoints(&self) -> PathBuf {
         self.root.join("checkpoints")

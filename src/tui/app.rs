@@ -1,6 +1,7 @@
 //! The dashboard's whole state: the sweep's runs and what is known of them, the screen, overlays and the
 //! cursor. Changed only by [`super::update::update`]; read by the views.
 
+use crate::cluster::poll::{CellJob, Request};
 use crate::rating::{Entry, StagePair};
 use crate::watch::RunHistory;
 
@@ -26,6 +27,8 @@ pub enum Overlay {
     Help,
     /// Quitting while this process trains: stop, hand over to the background, or cancel.
     QuitWhileTraining,
+    /// Asks y/n before [`App::confirm`] goes to the cluster.
+    Confirm,
 }
 
 /// Who trains a run.
@@ -92,6 +95,17 @@ pub struct RunEntry {
     pub score: Option<f64>,
     /// Last lines of run.log, loaded while the run is on screen.
     pub log_tail: Vec<String>,
+    /// The run's cluster job (SLURM), as last polled.
+    pub job: Option<CellJob>,
+}
+
+/// The sweep's cluster as the dashboard knows it (None on [`App::cluster`]: a local sweep).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ClusterView {
+    /// Set when the last poll could not reach the scheduler: the job states shown are stale.
+    pub stale: Option<String>,
+    /// Whether a poll has answered yet.
+    pub polled: bool,
 }
 
 /// The dashboard state.
@@ -111,6 +125,10 @@ pub struct App {
     pub pending_exit: Option<PendingExit>,
     /// One line for the researcher (a refused action, a file that could not be read).
     pub notice: Option<String>,
+    /// The sweep's cells run as cluster jobs (`[cluster] backend = "slurm"`).
+    pub cluster: Option<ClusterView>,
+    /// The cluster request waiting for its y/n ([`Overlay::Confirm`]).
+    pub confirm: Option<Request>,
     /// Wall-clock seconds since the Unix epoch, injected by the event loop (or a test).
     pub now: f64,
     /// Something visible changed since the last frame.
@@ -130,6 +148,7 @@ impl App {
                 owner: Owner::Nobody,
                 score: None,
                 log_tail: Vec::new(),
+                job: None,
             })
             .collect();
         App {
@@ -149,6 +168,8 @@ impl App {
             control: Control::Idle,
             pending_exit: None,
             notice: None,
+            cluster: None,
+            confirm: None,
             now,
             dirty: true,
             quit: false,

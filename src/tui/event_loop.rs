@@ -1,9 +1,11 @@
 //! The dashboard's event loop: waits on keys, the runner channel, signals and a file-follow timer; drains
 //! everything pending, applies `update`, performs the effects, and draws at most once per frame interval,
-//! only when something changed. Idle, it wakes about once a second.
+//! only when something changed. Idle, it wakes about once a second. On a SLURM sweep a named thread polls
+//! the scheduler and carries out cancel/resubmit requests; its reports arrive as messages.
 
 use std::collections::VecDeque;
-use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crossterm::event::{Event, EventStream, KeyEventKind};
@@ -13,6 +15,8 @@ use ratatui::backend::Backend;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
 use tokio::time::{Instant, sleep_until};
 
+use crate::cluster::poll::{self, Request};
+use crate::cluster::submit::Submitter;
 use crate::sweep::events::RunEvent;
 
 use super::app::App;
@@ -36,6 +40,10 @@ pub struct LoopOptions {
     pub detach_command: Option<Vec<String>>,
     /// Longest wait for the runner's checkpoint after SIGTERM/SIGHUP before leaving anyway.
     pub terminate_grace: Duration,
+    /// A SLURM sweep: the cells' jobs are polled (and cancelled, resubmitted) through this.
+    pub cluster: Option<Arc<Submitter>>,
+    /// How often the cluster poller asks the scheduler.
+    pub cluster_every: Duration,
 }
 
 /// How the loop ended.
@@ -53,6 +61,8 @@ struct Io<'a> {
     files: RunFiles,
     disk: DiskWorker,
     runner_tx: UnboundedSender<Msg>,
+    /// Requests to the cluster poller thread (None: a local sweep).
+    cluster: Option<Sender<Request>>,
     opts: &'a LoopOptions,
     /// A results refresh was asked for; done once after the messages pending now (a sweep's history
     /// replayed at start would otherwise ask once per finished run).
@@ -72,11 +82,19 @@ pub async fn run<B: Backend>(
     let (runner_tx, mut runner_rx) = unbounded_channel::<Msg>();
     let files = RunFiles::new(&app.sweep);
     let disk = DiskWorker::spawn(ratings, runner_tx.clone())?;
+    let cluster = opts
+        .cluster
+        .as_ref()
+        .and_then(|s| start_cluster_poll(s.clone(), opts.cluster_every, runner_tx.clone()));
+    if cluster.is_some() {
+        app.cluster = Some(Default::default());
+    }
     let mut io = Io {
         trainer,
         files,
         disk,
         runner_tx,
+        cluster,
         opts: &opts,
         results_due: true,
     };
@@ -180,6 +198,7 @@ fn perform(effect: Effect, io: &mut Io) -> Vec<Msg> {
         files,
         disk,
         runner_tx,
+        cluster,
         opts,
         results_due,
     } = io;
@@ -242,6 +261,15 @@ fn perform(effect: Effect, io: &mut Io) -> Vec<Msg> {
                 Vec::new()
             }
         },
+        Effect::Cluster(request) => {
+            if cluster.as_ref().is_some_and(|c| c.send(request).is_ok()) {
+                Vec::new()
+            } else {
+                vec![Msg::Notice(
+                    "the SLURM poller is not running; see qlab's log".into(),
+                )]
+            }
+        }
         Effect::Quit => Vec::new(),
     }
 }
@@ -252,6 +280,24 @@ fn disk_gone() -> Msg {
     Msg::Notice(
         "ratings and results cannot be read or saved: the disk thread ended (see the log)".into(),
     )
+}
+
+/// Start the cluster poller thread; its reports come back as [`Msg::Cluster`].
+fn start_cluster_poll(
+    submitter: Arc<Submitter>,
+    every: Duration,
+    tx: UnboundedSender<Msg>,
+) -> Option<Sender<Request>> {
+    let (requests, rx) = std::sync::mpsc::channel();
+    match poll::spawn(submitter, every, rx, move |report| {
+        tx.send(Msg::Cluster(report)).is_ok()
+    }) {
+        Ok(_) => Some(requests),
+        Err(e) => {
+            tracing::error!("could not start the cluster poller: {e}");
+            None
+        }
+    }
 }
 
 /// Forward a runner's std channel into the loop from a named thread; it ends when either side closes.

@@ -27,6 +27,19 @@ pub enum Action {
     OpenResults,
     NextPair,
     SaveAgain,
+    /// Cancel the selected cell's cluster job (asks first).
+    CancelJob,
+    /// Submit the selected failed, timed-out or cancelled cell again (asks first).
+    ResubmitJob,
+    /// Yes to the question of the confirmation dialog.
+    Confirm,
+}
+
+impl Action {
+    /// Keys that only mean something on a cluster sweep (left out of a local sweep's help).
+    pub fn is_cluster_only(self) -> bool {
+        matches!(self, Action::CancelJob | Action::ResubmitJob)
+    }
 }
 
 /// One binding of a hosted screen (rating, results): the keys, how the hint bar names them, the help
@@ -49,6 +62,8 @@ pub enum Context {
     Results,
     Help,
     QuitDialog,
+    /// The y/n dialog before a cluster job is cancelled or resubmitted.
+    Confirm,
 }
 
 /// One key and what it does in a context.
@@ -150,6 +165,18 @@ const SWEEP: &[Binding] = &[
     ),
     ch('a', Action::OpenRating, "rate answers blind", Some("rate")),
     ch('t', Action::OpenResults, "results table", Some("results")),
+    ch(
+        'C',
+        Action::CancelJob,
+        "cancel the selected cell's SLURM job (asks first)",
+        None,
+    ),
+    ch(
+        'R',
+        Action::ResubmitJob,
+        "resubmit the selected failed or timed-out cell to SLURM (asks first)",
+        None,
+    ),
 ];
 
 const RUN: &[Binding] = &[
@@ -186,6 +213,18 @@ const RUN: &[Binding] = &[
     ),
     ch('a', Action::OpenRating, "rate answers blind", Some("rate")),
     ch('t', Action::OpenResults, "results table", Some("results")),
+    ch(
+        'C',
+        Action::CancelJob,
+        "cancel this run's SLURM job (asks first)",
+        None,
+    ),
+    ch(
+        'R',
+        Action::ResubmitJob,
+        "resubmit this run to SLURM if its job failed or timed out (asks first)",
+        None,
+    ),
 ];
 
 /// The dashboard's keys on the Rating screen; every other key goes to the screen itself (its own
@@ -247,6 +286,12 @@ const QUIT_DIALOG: &[Binding] = &[
     key(KeyCode::Esc, Action::CloseOverlay, "cancel", None),
 ];
 
+const CONFIRM: &[Binding] = &[
+    ch('y', Action::Confirm, "yes, do it", Some("yes")),
+    ch('n', Action::CloseOverlay, "no, leave it", Some("no")),
+    key(KeyCode::Esc, Action::CloseOverlay, "no, leave it", None),
+];
+
 /// The bindings of a context, the context's own first, then the global ones (screens only).
 pub fn bindings(ctx: Context) -> impl Iterator<Item = &'static Binding> {
     let (own, global): (&[Binding], &[Binding]) = match ctx {
@@ -257,6 +302,7 @@ pub fn bindings(ctx: Context) -> impl Iterator<Item = &'static Binding> {
         Context::Results => (RESULTS, GLOBAL),
         Context::Help => (HELP, &[]),
         Context::QuitDialog => (QUIT_DIALOG, &[]),
+        Context::Confirm => (CONFIRM, &[]),
     };
     own.iter().chain(global.iter())
 }
@@ -349,6 +395,7 @@ mod tests {
             Context::Results,
             Context::Help,
             Context::QuitDialog,
+            Context::Confirm,
         ] {
             let all: Vec<_> = bindings(ctx).map(|b| (b.code, b.ctrl)).collect();
             for (i, k) in all.iter().enumerate() {

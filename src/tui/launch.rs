@@ -26,6 +26,8 @@ pub struct Launch {
     pub ratings: Result<RatingContext, String>,
     /// Who rates on the Rating screen.
     pub rater: String,
+    /// A SLURM sweep: submits and polls its cells' jobs.
+    pub cluster: Option<std::sync::Arc<crate::cluster::submit::Submitter>>,
 }
 
 /// Run the dashboard on this process's terminal until the researcher quits.
@@ -41,6 +43,8 @@ pub fn launch(l: Launch) -> std::io::Result<Exit> {
         follow_interval: Duration::from_millis(200),
         detach_command: l.detach_command,
         terminate_grace: Duration::from_secs(120),
+        cluster: l.cluster,
+        cluster_every: Duration::from_secs(5),
     };
     let app = App::new(l.sweep, &l.rater, unix_now());
     let ratings = RatingFiles::new(l.ratings);

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 
 use crossterm::event::KeyEvent;
 
+use crate::cluster::poll::{Report, Request};
 use crate::rating::session::RatingItem;
 use crate::rating::{Entry, JournalLine, Rubric, StagePair, TaskResults};
 use crate::sweep::events::{LoggedEvent, RunEvent, RunnerCommand};
@@ -61,6 +62,8 @@ pub enum Msg {
     /// The results table, recomputed from the journal and the runs' status files.
     ResultsLoaded(Result<Box<ResultsData>, String>),
     Notice(String),
+    /// From the cluster poller: the cells' jobs, an unreachable scheduler, or a request's outcome.
+    Cluster(Report),
     /// The clock moved (the event loop's once-a-second tick).
     Tick {
         now: f64,
@@ -97,5 +100,7 @@ pub enum Effect {
     LoadResults,
     /// Start a detached `qlab run` that resumes the sweep from its checkpoints.
     DetachToBackground,
+    /// Pass a request (cancel, resubmit) to the cluster poller thread.
+    Cluster(Request),
     Quit,
 }

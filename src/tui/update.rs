@@ -1,10 +1,11 @@
 //! The dashboard's one state transition: `update(app, msg) -> effects`. No I/O, no clock, no terminal:
 //! everything it needs arrives in the message, everything it wants done leaves as an [`Effect`].
 
+use crate::cluster::poll::{Report, Request};
 use crate::store::RunState;
 use crate::sweep::events::{RunEvent, RunnerCommand};
 
-use super::app::{App, Control, Overlay, Owner, Pane, PendingExit, Screen};
+use super::app::{App, ClusterView, Control, Overlay, Owner, Pane, PendingExit, Screen};
 use super::hosted;
 use super::keymap::{self, Action, Context};
 use super::msg::{Effect, Msg};
@@ -71,6 +72,7 @@ pub fn update(app: &mut App, msg: Msg) -> Vec<Effect> {
             app.dirty = true;
             Vec::new()
         }
+        Msg::Cluster(report) => cluster_report(app, report),
         Msg::Tick { now } => tick(app, now),
         Msg::Resized => {
             app.dirty = true;
@@ -100,6 +102,7 @@ pub fn context(app: &App) -> Context {
     match (app.overlay, app.screen) {
         (Some(Overlay::Help), _) => Context::Help,
         (Some(Overlay::QuitWhileTraining), _) => Context::QuitDialog,
+        (Some(Overlay::Confirm), _) => Context::Confirm,
         (None, Screen::Sweep) => Context::Sweep,
         (None, Screen::Run(_)) => Context::Run,
         (None, Screen::Rating) => match &app.rating.screen {
@@ -161,7 +164,18 @@ fn act(app: &mut App, action: Action) -> Vec<Effect> {
         Action::NextPair => return hosted::next_pair(app),
         Action::SaveAgain => return hosted::save_again(app),
         Action::Help => app.overlay = Some(Overlay::Help),
-        Action::CloseOverlay => app.overlay = None,
+        Action::CloseOverlay => {
+            app.overlay = None;
+            app.confirm = None;
+        }
+        Action::CancelJob | Action::ResubmitJob => ask_cluster(app, action),
+        Action::Confirm => {
+            app.overlay = None;
+            if let Some(request) = app.confirm.take() {
+                app.notice = Some("asking SLURM...".into());
+                return vec![Effect::Cluster(request)];
+            }
+        }
         Action::Quit => {
             if app.training_here() {
                 app.overlay = Some(Overlay::QuitWhileTraining);
@@ -208,6 +222,13 @@ fn open_run(app: &mut App, i: usize) -> Vec<Effect> {
 }
 
 fn start_sweep(app: &mut App) -> Vec<Effect> {
+    if app.cluster.is_some() {
+        app.notice = Some(
+            "this sweep runs on SLURM: `qlab run --backend slurm` submits it; R resubmits a cell"
+                .into(),
+        );
+        return Vec::new();
+    }
     if app.control != Control::Idle {
         app.notice = Some("the sweep is already running here".into());
         return Vec::new();
@@ -230,13 +251,84 @@ fn start_sweep(app: &mut App) -> Vec<Effect> {
     vec![Effect::StartRuns(runs)]
 }
 
-fn retry(app: &mut App) -> Vec<Effect> {
-    let i = match app.screen {
+/// The run the keys act on: the Run screen's, else the cell under the cursor.
+fn acted_on(app: &App) -> Option<usize> {
+    match app.screen {
         Screen::Run(i) => Some(i),
         Screen::Sweep => app.selected_run(),
         Screen::Rating | Screen::Results => None,
+    }
+}
+
+/// Cancel or resubmit the selected cell's job: checked here, then asked y/n.
+fn ask_cluster(app: &mut App, action: Action) {
+    if app.cluster.is_none() {
+        app.notice = Some("not a SLURM sweep: set `[cluster] backend = \"slurm\"`".into());
+        return;
+    }
+    let Some(i) = acted_on(app) else { return };
+    let entry = &app.runs[i];
+    let run = entry.plan.id.clone();
+    let active = entry
+        .job
+        .as_ref()
+        .and_then(|j| j.info.as_ref().filter(|i| i.is_active()));
+    let request = match (action, &entry.job, active) {
+        (Action::CancelJob, None, _) => {
+            app.notice = Some(format!("{run} has no SLURM job"));
+            return;
+        }
+        (Action::CancelJob, Some(job), None) => {
+            app.notice = Some(format!(
+                "job {} is not queued or running: {}",
+                job.job_id,
+                job.state_text()
+            ));
+            return;
+        }
+        (Action::CancelJob, Some(_), Some(_)) => Request::Cancel { run },
+        (_, _, Some(info)) => {
+            app.notice = Some(format!(
+                "job {} is {}: C cancels it first",
+                info.id, info.state
+            ));
+            return;
+        }
+        _ if entry.history.state == RunState::Done => {
+            app.notice = Some(format!("{run} is done"));
+            return;
+        }
+        _ => Request::Resubmit { run },
     };
-    let Some(i) = i else { return Vec::new() };
+    app.confirm = Some(request);
+    app.overlay = Some(Overlay::Confirm);
+}
+
+fn cluster_report(app: &mut App, report: Report) -> Vec<Effect> {
+    let view = app.cluster.get_or_insert_with(ClusterView::default);
+    match report {
+        Report::Jobs(jobs) => {
+            view.stale = None;
+            view.polled = true;
+            for entry in app.runs.iter_mut() {
+                entry.job = jobs.iter().find(|j| j.run == entry.plan.id).cloned();
+            }
+        }
+        Report::Unreachable(error) => view.stale = Some(error),
+        Report::Done(text) => app.notice = Some(text),
+    }
+    app.dirty = true;
+    Vec::new()
+}
+
+fn retry(app: &mut App) -> Vec<Effect> {
+    let Some(i) = acted_on(app) else {
+        return Vec::new();
+    };
+    if app.cluster.is_some() {
+        app.notice = Some("this sweep runs on SLURM: R resubmits the cell as a job".into());
+        return Vec::new();
+    }
     let entry = &app.runs[i];
     if let Owner::Other(pid) = entry.owner {
         app.notice = Some(format!("read-only: pid {pid} trains this run"));

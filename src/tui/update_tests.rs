@@ -380,3 +380,89 @@ fn ticks_redraw_only_a_live_run_screen() {
     );
     assert!(app.dirty);
 }
+
+fn job(run: &str, id: &str, state: &str) -> crate::cluster::poll::CellJob {
+    crate::cluster::poll::CellJob {
+        run: run.into(),
+        job_id: id.into(),
+        info: Some(crate::cluster::JobInfo {
+            id: id.into(),
+            state: state.into(),
+            reason: None,
+            node: Some("n1".into()),
+            elapsed: None,
+        }),
+        no_marker: false,
+    }
+}
+
+#[test]
+fn slurm_jobs_fill_the_cells_and_cancel_or_resubmit_ask_first() {
+    use crate::cluster::poll::{Report, Request};
+    const R1: &str = "smollm2-alpaca-0a1b2c3d";
+    let mut app = App::new(sweep(), "ann", 0.0);
+    assert!(key(&mut app, 'C').is_empty());
+    assert!(app.notice.as_deref().unwrap().contains("not a SLURM sweep"));
+    update(
+        &mut app,
+        Msg::Cluster(Report::Jobs(vec![
+            job(R0, "7", "RUNNING"),
+            job(R1, "8", "TIMEOUT"),
+        ])),
+    );
+    assert_eq!(app.runs[0].job.as_ref().unwrap().job_id, "7");
+    assert!(
+        app.cluster
+            .as_ref()
+            .is_some_and(|c| c.polled && c.stale.is_none())
+    );
+    // The sweep trains on SLURM, not here.
+    assert!(key(&mut app, 's').is_empty());
+    assert!(app.notice.as_deref().unwrap().contains("runs on SLURM"));
+    // A running job: R refuses, C asks, n leaves it, y sends the request.
+    assert!(key(&mut app, 'R').is_empty());
+    assert!(
+        app.notice
+            .as_deref()
+            .unwrap()
+            .contains("job 7 is RUNNING: C cancels it first")
+    );
+    assert!(key(&mut app, 'C').is_empty());
+    assert_eq!(app.overlay, Some(Overlay::Confirm));
+    assert!(key(&mut app, 'n').is_empty());
+    assert_eq!((app.overlay, &app.confirm), (None, &None));
+    key(&mut app, 'C');
+    assert_eq!(
+        key(&mut app, 'y'),
+        vec![Effect::Cluster(Request::Cancel { run: R0.into() })]
+    );
+    // A timed-out job: C refuses, R asks and resubmits.
+    code(&mut app, KeyCode::Right);
+    assert!(key(&mut app, 'C').is_empty());
+    assert!(
+        app.notice
+            .as_deref()
+            .unwrap()
+            .contains("not queued or running: TIMEOUT")
+    );
+    key(&mut app, 'R');
+    assert_eq!(
+        key(&mut app, 'y'),
+        vec![Effect::Cluster(Request::Resubmit { run: R1.into() })]
+    );
+    // squeue unreachable: the states stay, marked stale.
+    update(
+        &mut app,
+        Msg::Cluster(Report::Unreachable("squeue: timed out".into())),
+    );
+    assert_eq!(
+        app.cluster.as_ref().unwrap().stale.as_deref(),
+        Some("squeue: timed out")
+    );
+    assert_eq!(app.runs[0].job.as_ref().unwrap().job_id, "7");
+    update(
+        &mut app,
+        Msg::Cluster(Report::Done("cancelled job 7".into())),
+    );
+    assert_eq!(app.notice.as_deref(), Some("cancelled job 7"));
+}

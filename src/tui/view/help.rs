@@ -18,7 +18,8 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme) {
         Screen::Results => Context::Results,
     };
     let mut rows: Vec<(Action, Vec<String>, &str)> = Vec::new();
-    for b in keymap::bindings(ctx) {
+    for b in keymap::bindings(ctx).filter(|b| app.cluster.is_some() || !b.action.is_cluster_only())
+    {
         let label = if theme.ascii {
             keymap::ascii_key_label(b)
         } else {

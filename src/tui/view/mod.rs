@@ -1,5 +1,6 @@
 //! Drawing: one function per screen and overlay, all reading `App` and never changing it.
 
+mod confirm;
 mod help;
 mod hints;
 mod plot;
@@ -33,6 +34,7 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme) {
     match app.overlay {
         Some(Overlay::Help) => help::draw(frame, app, theme),
         Some(Overlay::QuitWhileTraining) => quit::draw(frame, app, theme),
+        Some(Overlay::Confirm) => confirm::draw(frame, app, theme),
         None => {}
     }
 }

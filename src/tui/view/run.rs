@@ -49,6 +49,9 @@ fn title_line<'a>(app: &App, run: &RunEntry, theme: &Theme) -> Line<'a> {
     if let Some(device) = &h.device {
         spans.push(Span::raw(format!("{}{device}", theme.sep())));
     }
+    if let Some(job) = widgets::job_label(app, run) {
+        spans.push(Span::raw(format!("{}{job}", theme.sep())));
+    }
     if let Owner::Other(pid) = run.owner {
         let mut text = format!("{}read-only, pid {pid}", theme.sep());
         if let Some(ts) = h.last_ts.filter(|_| h.is_active()) {

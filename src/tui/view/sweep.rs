@@ -48,11 +48,18 @@ fn title_line<'a>(app: &'a App, theme: &Theme) -> Line<'a> {
             done,
             app.runs.len()
         )),
-        Span::raw(format!(
-            "{}runner: {}",
-            theme.sep(),
-            widgets::control_label(app.control)
-        )),
+        match &app.cluster {
+            None => Span::raw(format!(
+                "{}runner: {}",
+                theme.sep(),
+                widgets::control_label(app.control)
+            )),
+            Some(c) => match &c.stale {
+                Some(e) => Span::styled(format!("{}SLURM: stale, {e}", theme.sep()), theme.warn()),
+                None if !c.polled => Span::raw(format!("{}SLURM: asking squeue...", theme.sep())),
+                None => Span::raw(format!("{}SLURM", theme.sep())),
+            },
+        },
     ])
 }
 
@@ -103,7 +110,7 @@ fn draw_matrix(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
                 let di = first + k;
                 let selected = app.cursor == (mi, di);
                 let text = match app.run_at(mi, di) {
-                    Some(i) => cell_text(&app.runs[i], theme, cell_w as usize),
+                    Some(i) => cell_text(app, &app.runs[i], theme, cell_w as usize),
                     None => Text::styled("(not in plan)", theme.dim()),
                 };
                 let style = if selected {
@@ -131,7 +138,7 @@ fn draw_matrix(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     }
 }
 
-fn cell_text<'a>(run: &RunEntry, theme: &Theme, w: usize) -> Text<'a> {
+fn cell_text<'a>(app: &App, run: &RunEntry, theme: &Theme, w: usize) -> Text<'a> {
     let h = &run.history;
     let state = format!(
         "{} {}",
@@ -149,7 +156,8 @@ fn cell_text<'a>(run: &RunEntry, theme: &Theme, w: usize) -> Text<'a> {
         width = w - pct.len().min(w)
     );
     let bar = widgets::progress_bar(theme, h.progress(), w);
-    let mut third = Vec::new();
+    let job = widgets::job_short(app, run);
+    let mut third: Vec<String> = job.iter().cloned().collect();
     if let Some(loss) = h.last_loss {
         third.push(format!("loss {}", widgets::loss(loss)));
     }
@@ -163,12 +171,13 @@ fn cell_text<'a>(run: &RunEntry, theme: &Theme, w: usize) -> Text<'a> {
         third.push(format!("score {score:.2}"));
     }
     if run.history.state == RunState::Failed {
-        third = vec![
+        third = job.into_iter().collect();
+        third.push(
             run.history
                 .reason
                 .clone()
                 .unwrap_or_else(|| "failed".into()),
-        ];
+        );
     }
     let third = fit(&third.join(theme.sep()), w);
     Text::from(vec![
@@ -191,11 +200,15 @@ fn detail_lines<'a>(app: &App, theme: &Theme, width: usize) -> Vec<Line<'a>> {
     if let Some(owner) = widgets::owner_label(run.owner) {
         parts.push(owner);
     }
+    if let Some(job) = widgets::job_label(app, run) {
+        parts.push(job);
+    }
     let mut lines = vec![Line::raw(fit(
         &format!(" {}", parts.join(theme.sep())),
         width,
     ))];
-    if let Some(reason) = &h.reason {
+    let hint = run.job.as_ref().and_then(|j| j.marker_hint());
+    if let Some(reason) = hint.as_ref().or(h.reason.as_ref()) {
         lines.push(Line::styled(
             fit(&format!(" {reason}"), width),
             theme.error(),

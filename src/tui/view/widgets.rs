@@ -1,7 +1,7 @@
 //! Small text pieces shared by the views: progress bars, state names, number formats.
 
 use crate::store::RunState;
-use crate::tui::app::{Control, Owner, RunEntry};
+use crate::tui::app::{App, Control, Owner, RunEntry};
 use crate::tui::theme::Theme;
 use crate::watch::format_duration;
 
@@ -50,6 +50,38 @@ pub fn owner_label(owner: Owner) -> Option<String> {
         Owner::Other(pid) => Some(format!("read-only, trained by pid {pid}")),
         _ => None,
     }
+}
+
+/// A run's SLURM job for the screens: `job 42 RUNNING on n1 0:42`, with `(stale)` when the scheduler could
+/// not be asked at the last poll, `UNKNOWN` when it forgot the job.
+pub fn job_label(app: &App, run: &RunEntry) -> Option<String> {
+    let job = run.job.as_ref()?;
+    let stale = app.cluster.as_ref().is_some_and(|c| c.stale.is_some());
+    Some(format!(
+        "job {} {}{}",
+        job.job_id,
+        job.state_text(),
+        if stale { " (stale)" } else { "" }
+    ))
+}
+
+/// A run's SLURM job in a matrix cell: `#42 RUNNING`, `#43 PENDING (Priority)`, `#44 UNKNOWN`, with a `?`
+/// when stale.
+pub fn job_short(app: &App, run: &RunEntry) -> Option<String> {
+    let job = run.job.as_ref()?;
+    let stale = app.cluster.as_ref().is_some_and(|c| c.stale.is_some());
+    let state = match &job.info {
+        Some(i) => match &i.reason {
+            Some(r) if i.state == "PENDING" => format!("PENDING ({r})"),
+            _ => i.state.clone(),
+        },
+        None => "UNKNOWN".into(),
+    };
+    Some(format!(
+        "#{} {state}{}",
+        job.job_id,
+        if stale { "?" } else { "" }
+    ))
 }
 
 pub fn percent(fraction: f64) -> String {
