@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use color_eyre::eyre::{Result, WrapErr, eyre};
+use color_eyre::eyre::{Result, WrapErr};
 use qlab::config::{Config, DeviceSpec, check_devices};
 use qlab::model::device;
 use qlab::plan::Plan;
@@ -52,10 +52,12 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
-    let config = Config::load(&args.config).map_err(|e| eyre!("{e}"))?;
+    let config = Config::load(&args.config)?;
+    super::validate::preflight(&config)?;
     let plan = Plan::from_config(&config);
     let sweep = SweepPaths::new(&config.runs_dir(), &plan.sweep);
-    let jobs = jobs_from_plan(&config, &plan, args.only.as_deref()).map_err(|e| eyre!("{e}"))?;
+    let jobs = jobs_from_plan(&config, &plan, args.only.as_deref())
+        .map_err(|e| super::bad_flag("--only", e))?;
     let devices = devices(&config, &args.devices)?;
     let names: Vec<String> = devices.iter().map(DeviceSpec::to_string).collect();
     println!("training on {}", names.join(", "));
@@ -142,7 +144,7 @@ fn devices(config: &Config, chosen: &[DeviceSpec]) -> Result<Vec<DeviceSpec>> {
     if chosen.len() > 1
         && let Some((_, problem)) = check_devices(chosen).into_iter().next()
     {
-        return Err(eyre!("--devices: {problem}"));
+        return Err(super::bad_flag("--devices", problem));
     }
     Ok(if chosen.is_empty() {
         sweep_devices(config)

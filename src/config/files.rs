@@ -49,7 +49,7 @@ pub(super) fn missing(config: &Config) -> Vec<Diagnostic> {
         .filter(|(_, d)| used_datasets.contains(&d.id.as_str()))
     {
         let path = config.resolve_path(&d.path);
-        if !path.is_file() {
+        if !path.exists() {
             out.push(config.diagnostic(
                 &format!("dataset.{i}.path"),
                 format!(

@@ -1,0 +1,144 @@
+//! One exit code, one style, for every command: input the user must fix (a config, a data or model file,
+//! a journal, a flag) ends with exit 2 and plain lines, each naming the file and place (`PATH:LINE:COL:
+//! message`) or the flag (`error: --flag ...`), with no backtrace hints; anything else is an internal failure,
+//! shown with color-eyre's report (exit 1). What journals' readers and writers found (a torn last line)
+//! is said on stderr either way.
+
+use std::error::Error;
+use std::fmt;
+use std::process::ExitCode;
+
+use color_eyre::eyre::Report;
+use qlab::config::ConfigErrors;
+use qlab::eval::answers::AnswersError;
+use qlab::eval::evaluate::EvaluateError;
+use qlab::eval::prompts::PromptError;
+use qlab::eval::study_questions::StudyQuestionsError;
+use qlab::model::ModelError;
+use qlab::model::text::tokenizer::TokenizerError;
+use qlab::rating::RatingError;
+use qlab::rating::context::ContextError;
+use qlab::rating::study::StudyError;
+use qlab::source::SourceError;
+use qlab::store::StoreError;
+use qlab::train::TrainError;
+
+/// Exit status for input the user must fix (a bad config, a malformed file, a bad flag value).
+pub const EXIT_BAD_INPUT: u8 = 2;
+
+/// Input the user must fix, said as it is (already naming its file or flag).
+#[derive(Debug)]
+pub struct BadInput(pub String);
+
+impl fmt::Display for BadInput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Error for BadInput {}
+
+/// A bad flag value: `error: --flag VALUE: what was expected`, as clap says it.
+pub fn bad_flag(flag: &str, message: impl fmt::Display) -> Report {
+    Report::new(BadInput(format!("error: {flag}: {message}")))
+}
+
+/// A bad input that names its own file (or is about no file at all).
+pub fn bad_input(message: impl Into<String>) -> Report {
+    Report::new(BadInput(message.into()))
+}
+
+/// Refuse to replace an existing output file unless `--force` was given.
+pub fn refuse_overwrite(path: &std::path::Path, force: bool) -> color_eyre::Result<()> {
+    if path.exists() && !force {
+        return Err(bad_input(format!(
+            "error: {} already exists: choose a new file, or pass --force to replace it",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Print what the journals said, then the outcome: the exit code to end with.
+pub fn finish(result: color_eyre::Result<ExitCode>) -> ExitCode {
+    for notice in qlab::store::jsonl::notices() {
+        eprintln!("warning: {notice}");
+    }
+    match result {
+        Ok(code) => code,
+        Err(e) if e.chain().any(is_bad_input) => {
+            eprintln!("{e:#}");
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Whether an error in a failure's chain is the user's input rather than qlab's own failure.
+fn is_bad_input(e: &(dyn Error + 'static)) -> bool {
+    if e.is::<BadInput>() || e.is::<ConfigErrors>() {
+        return true;
+    }
+    if let Some(e) = e.downcast_ref::<StudyQuestionsError>() {
+        return matches!(
+            e,
+            StudyQuestionsError::Format { .. } | StudyQuestionsError::Store(_)
+        );
+    }
+    if let Some(e) = e.downcast_ref::<StoreError>() {
+        return matches!(e, StoreError::Line { .. } | StoreError::TooLarge { .. });
+    }
+    if let Some(e) = e.downcast_ref::<RatingError>() {
+        return matches!(
+            e,
+            RatingError::Journal { .. }
+                | RatingError::Answers { .. }
+                | RatingError::Refused { .. }
+                | RatingError::Rubric(_)
+                | RatingError::Pair(_)
+        );
+    }
+    if let Some(e) = e.downcast_ref::<ContextError>() {
+        return !matches!(e, ContextError::Rating(_));
+    }
+    if let Some(e) = e.downcast_ref::<AnswersError>() {
+        return matches!(e, AnswersError::BadLine { .. });
+    }
+    if let Some(e) = e.downcast_ref::<EvaluateError>() {
+        return matches!(
+            e,
+            EvaluateError::UnknownModel(_)
+                | EvaluateError::ChatDisabled(_)
+                | EvaluateError::NoQuestions(_)
+                | EvaluateError::Questions(_)
+        );
+    }
+    if let Some(e) = e.downcast_ref::<PromptError>() {
+        return !matches!(e, PromptError::Chat(_));
+    }
+    if let Some(e) = e.downcast_ref::<TrainError>() {
+        return matches!(e, TrainError::Data { .. });
+    }
+    if let Some(e) = e.downcast_ref::<ModelError>() {
+        return !matches!(e, ModelError::Io { .. } | ModelError::Candle(_));
+    }
+    if let Some(e) = e.downcast_ref::<TokenizerError>() {
+        return !matches!(e, TokenizerError::Codec(_));
+    }
+    if let Some(e) = e.downcast_ref::<StudyError>() {
+        return !matches!(e, StudyError::Io { .. });
+    }
+    if let Some(e) = e.downcast_ref::<SourceError>() {
+        return matches!(
+            e,
+            SourceError::MissingPath(_)
+                | SourceError::BadRequirement(_)
+                | SourceError::FileNotInWheel { .. }
+                | SourceError::ChecksumMismatch { .. }
+        );
+    }
+    false
+}
