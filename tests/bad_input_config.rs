@@ -10,33 +10,141 @@ template = \"{question}\\n### Response:\\n{answer}\"\n\n[matrix]\nmodels = [\"ti
 
 /// (what, TOML added to the base config, the located message expected: `LINE:COL: message` prefix).
 const CASES: &[(&str, &str, &str)] = &[
-    ("infinite alpha", "[lora]\nalpha = inf", "15:9: `alpha` must be positive, got inf"),
-    ("NaN dropout", "[lora]\ndropout = nan", "15:11: `dropout` must be a finite number, got NaN"),
-    ("negative rank", "[lora]\nr = -3", "15:5: `r` must be a positive integer, got -3"),
-    ("infinite lr", "[train]\nlr = inf", "15:6: `lr` must be positive, got inf"),
-    ("NaN weight decay", "[train]\nweight_decay = nan", "15:16: `weight_decay` must be a finite number"),
-    ("-inf grad norm", "[train]\nmax_grad_norm = -inf", "15:17: `max_grad_norm` must be a finite number"),
-    ("NaN warmup ratio", "[train]\nwarmup_ratio = nan", "15:16: `warmup_ratio` must be a finite number"),
-    ("zero batch", "[train]\nbatch_size = 0", "15:14: `batch_size` must be at least 1"),
-    ("negative batch", "[train]\nbatch_size = -1", "15:14: invalid value: integer `-1`"),
-    ("zero grad accum", "[train]\ngrad_accum = 0", "15:14: `grad_accum` must be at least 1"),
-    ("zero epochs", "[train]\nepochs = 0\neval_at_epochs = []", "15:10: `epochs` must be at least 1"),
-    ("zero warmup steps", "[train]\nwarmup_steps = 0", "15:16: `warmup_steps` must be at least 1"),
-    ("endless sequences", "[train]\nmax_seq_len = 100000000", "15:15: `max_seq_len` 100000000 is beyond"),
-    ("NaN temperature", "[eval]\ntemperature = nan", "15:15: `temperature` must be a finite number"),
-    ("infinite temperature", "[eval]\ntemperature = inf", "15:15: `temperature` must be a finite number"),
-    ("NaN top_p", "[eval]\ntop_p = nan", "15:9: `top_p` must be in (0, 1], got NaN"),
-    ("zero new tokens", "[eval]\nmax_new_tokens = 0", "15:18: `max_new_tokens` must be at least 1"),
-    ("endless answers", "[eval]\nmax_new_tokens = 1000000000", "15:18: `max_new_tokens` 1000000000 is beyond"),
-    ("zero eval batch", "[eval]\nbatch_size = 0", "15:14: `batch_size` must be at least 1"),
-    ("infinite rubric", "[rubric]\nmax = inf", "15:7: `max` must be a finite number"),
-    ("zero rubric step", "[rubric]\nstep = 0", "15:8: `step` must be 1 (whole points) or 0.5"),
-    ("empty criterion", "[rubric]\ncriteria = [\"\"]", "15:12: a criterion has an empty name"),
-    ("sweep named .", "[sweep]\nname = \".\"", "15:8: sweep name `.` is not usable as a directory name"),
-    ("sweep named ..", "[sweep]\nname = \"..\"", "15:8: sweep name `..` is not usable"),
-    ("empty runs dir", "[sweep]\nruns_dir = \"\"", "15:12: `runs_dir` must name a directory"),
-    ("zero limit", "[[dataset]]\nid = \"b\"\npath = \"b.jsonl\"\ntemplate = \"{q}### Response:\\n{a}\"\nlimit = 0", "18:9: `limit` must be at least 1"),
-    ("NaN in an override", "[[override]]\nmodel = \"tiny\"\ntrain = { lr = nan }", "16:16: `lr` must be positive, got NaN (cell tiny x qa)"),
+    (
+        "infinite alpha",
+        "[lora]\nalpha = inf",
+        "15:9: `alpha` must be positive, got inf",
+    ),
+    (
+        "NaN dropout",
+        "[lora]\ndropout = nan",
+        "15:11: `dropout` must be a finite number, got NaN",
+    ),
+    (
+        "negative rank",
+        "[lora]\nr = -3",
+        "15:5: `r` must be a positive integer, got -3",
+    ),
+    (
+        "infinite lr",
+        "[train]\nlr = inf",
+        "15:6: `lr` must be positive, got inf",
+    ),
+    (
+        "NaN weight decay",
+        "[train]\nweight_decay = nan",
+        "15:16: `weight_decay` must be a finite number",
+    ),
+    (
+        "-inf grad norm",
+        "[train]\nmax_grad_norm = -inf",
+        "15:17: `max_grad_norm` must be a finite number",
+    ),
+    (
+        "NaN warmup ratio",
+        "[train]\nwarmup_ratio = nan",
+        "15:16: `warmup_ratio` must be a finite number",
+    ),
+    (
+        "zero batch",
+        "[train]\nbatch_size = 0",
+        "15:14: `batch_size` must be at least 1",
+    ),
+    (
+        "negative batch",
+        "[train]\nbatch_size = -1",
+        "15:14: invalid value: integer `-1`",
+    ),
+    (
+        "zero grad accum",
+        "[train]\ngrad_accum = 0",
+        "15:14: `grad_accum` must be at least 1",
+    ),
+    (
+        "zero epochs",
+        "[train]\nepochs = 0\neval_at_epochs = []",
+        "15:10: `epochs` must be at least 1",
+    ),
+    (
+        "zero warmup steps",
+        "[train]\nwarmup_steps = 0",
+        "15:16: `warmup_steps` must be at least 1",
+    ),
+    (
+        "endless sequences",
+        "[train]\nmax_seq_len = 100000000",
+        "15:15: `max_seq_len` 100000000 is beyond",
+    ),
+    (
+        "NaN temperature",
+        "[eval]\ntemperature = nan",
+        "15:15: `temperature` must be a finite number",
+    ),
+    (
+        "infinite temperature",
+        "[eval]\ntemperature = inf",
+        "15:15: `temperature` must be a finite number",
+    ),
+    (
+        "NaN top_p",
+        "[eval]\ntop_p = nan",
+        "15:9: `top_p` must be in (0, 1], got NaN",
+    ),
+    (
+        "zero new tokens",
+        "[eval]\nmax_new_tokens = 0",
+        "15:18: `max_new_tokens` must be at least 1",
+    ),
+    (
+        "endless answers",
+        "[eval]\nmax_new_tokens = 1000000000",
+        "15:18: `max_new_tokens` 1000000000 is beyond",
+    ),
+    (
+        "zero eval batch",
+        "[eval]\nbatch_size = 0",
+        "15:14: `batch_size` must be at least 1",
+    ),
+    (
+        "infinite rubric",
+        "[rubric]\nmax = inf",
+        "15:7: `max` must be a finite number",
+    ),
+    (
+        "zero rubric step",
+        "[rubric]\nstep = 0",
+        "15:8: `step` must be 1 (whole points) or 0.5",
+    ),
+    (
+        "empty criterion",
+        "[rubric]\ncriteria = [\"\"]",
+        "15:12: a criterion has an empty name",
+    ),
+    (
+        "sweep named .",
+        "[sweep]\nname = \".\"",
+        "15:8: sweep name `.` is not usable as a directory name",
+    ),
+    (
+        "sweep named ..",
+        "[sweep]\nname = \"..\"",
+        "15:8: sweep name `..` is not usable",
+    ),
+    (
+        "empty runs dir",
+        "[sweep]\nruns_dir = \"\"",
+        "15:12: `runs_dir` must name a directory",
+    ),
+    (
+        "zero limit",
+        "[[dataset]]\nid = \"b\"\npath = \"b.jsonl\"\ntemplate = \"{q}### Response:\\n{a}\"\nlimit = 0",
+        "18:9: `limit` must be at least 1",
+    ),
+    (
+        "NaN in an override",
+        "[[override]]\nmodel = \"tiny\"\ntrain = { lr = nan }",
+        "16:16: `lr` must be positive, got NaN (cell tiny x qa)",
+    ),
 ];
 
 fn validate(dir: &Path, toml: &str) -> (i32, String) {
@@ -62,10 +170,14 @@ fn absurd_values_are_refused_by_validate_each_at_its_place() {
         let (code, stderr) = validate(dir.path(), &format!("{BASE}\n{extra}\n"));
         let want = format!("{}:{want}", dir.path().join("cfg.toml").display());
         if code != 2 || !stderr.lines().any(|l| l.starts_with(&want)) {
-            failures.push(format!("{what}: exit {code}, wanted `{want}`, got:\n{stderr}"));
+            failures.push(format!(
+                "{what}: exit {code}, wanted `{want}`, got:\n{stderr}"
+            ));
         }
         if stderr.contains("Location:") || stderr.contains("BACKTRACE") {
-            failures.push(format!("{what}: a backtrace hint for a user's mistake:\n{stderr}"));
+            failures.push(format!(
+                "{what}: a backtrace hint for a user's mistake:\n{stderr}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
@@ -75,10 +187,9 @@ fn absurd_values_are_refused_by_validate_each_at_its_place() {
 fn names_too_long_for_a_file_name_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let long = "m".repeat(300);
-    let toml = BASE.replace("id = \"tiny\"", &format!("id = \"{long}\"")).replace(
-        "models = [\"tiny\"]",
-        &format!("models = [\"{long}\"]"),
-    );
+    let toml = BASE
+        .replace("id = \"tiny\"", &format!("id = \"{long}\""))
+        .replace("models = [\"tiny\"]", &format!("models = [\"{long}\"]"));
     let (code, stderr) = validate(dir.path(), &toml);
     assert_eq!(code, 2, "{stderr}");
     assert!(
@@ -114,7 +225,9 @@ fn every_command_that_reads_a_config_exits_2_with_the_same_located_lines() {
         &["eval", cfg],
         &["results", cfg],
         &["rate", cfg],
-        &["generate", "--config", cfg, "--model", "tiny", "--prompt", "hi"],
+        &[
+            "generate", "--config", cfg, "--model", "tiny", "--prompt", "hi",
+        ],
         &["export", "results", "--config", cfg, "--md", "out.md"],
         &["export", "adapter", "x", "--out", "o", "--config", cfg],
         &["import-study", ".", "--config", cfg],

@@ -10,8 +10,10 @@ fn llama_fixture() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama")
 }
 
-const ROWS: &str = "{\"question\": \"1+1?\", \"answer\": \"2\"}\n{\"question\": \"2+2?\", \"answer\": \"4\"}\n";
-const QUESTIONS: &str = "id = \"qa\"\n[[question]]\nid = \"1\"\nquestion = \"3+3?\"\nreference = \"6\"\n";
+const ROWS: &str =
+    "{\"question\": \"1+1?\", \"answer\": \"2\"}\n{\"question\": \"2+2?\", \"answer\": \"4\"}\n";
+const QUESTIONS: &str =
+    "id = \"qa\"\n[[question]]\nid = \"1\"\nquestion = \"3+3?\"\nreference = \"6\"\n";
 
 /// A sweep in `dir`: the llama fixture as its model, `rows` as its data, `questions` as its question set,
 /// and `extra` TOML at the end.
@@ -50,7 +52,13 @@ fn the_fixture_sweep_is_valid() {
 }
 
 /// (what, rows, questions, extra TOML, a line stderr must hold; `{cfg}` / `{dir}` stand for the paths).
-type Case = (&'static str, &'static str, &'static str, &'static str, &'static str);
+type Case = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+);
 
 const CASES: &[Case] = &[
     (
@@ -143,7 +151,9 @@ fn bad_data_and_question_files_are_refused_up_front() {
             .replace("{dir}", &dir.path().display().to_string());
         let (code, stderr) = validate(&cfg);
         if code != 2 || !stderr.lines().any(|l| l.starts_with(&want)) {
-            failures.push(format!("{what}: exit {code}, wanted `{want}`, got:\n{stderr}"));
+            failures.push(format!(
+                "{what}: exit {code}, wanted `{want}`, got:\n{stderr}"
+            ));
         }
         if what.contains("one error") && stderr.matches("reads column").count() != 2 {
             failures.push(format!("{what}: one line per field expected:\n{stderr}"));
@@ -156,9 +166,10 @@ fn bad_data_and_question_files_are_refused_up_front() {
 fn a_dataset_that_never_ends_is_an_error_naming_it_not_an_abort() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = sweep(dir.path(), &llama_fixture(), ROWS, QUESTIONS, "");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("path = \"qa.jsonl\"", "path = \"/dev/zero\"\nformat = \"jsonl\"");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "path = \"qa.jsonl\"",
+        "path = \"/dev/zero\"\nformat = \"jsonl\"",
+    );
     std::fs::write(&cfg, text).unwrap();
     let (code, stderr) = validate(&cfg);
     assert_eq!(code, 2, "{stderr}");
@@ -184,10 +195,26 @@ fn damaged_model_files_are_named_before_anything_is_allocated() {
     let mut huge_key = (1u64 << 62).to_le_bytes().to_vec();
     huge_key.extend([0; 32]);
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
-        ("tensors.gguf", gguf(u64::MAX, 0, &[]), "the tensor count at byte 8 is"),
-        ("entries.gguf", gguf(0, 1 << 50, &[]), "the metadata count at byte 16 is"),
-        ("key.gguf", gguf(0, 1, &huge_key), "the length of a metadata key at byte 24 is"),
-        ("magic.gguf", b"GGML\x03\0\0\0".to_vec(), "does not start with `GGUF`"),
+        (
+            "tensors.gguf",
+            gguf(u64::MAX, 0, &[]),
+            "the tensor count at byte 8 is",
+        ),
+        (
+            "entries.gguf",
+            gguf(0, 1 << 50, &[]),
+            "the metadata count at byte 16 is",
+        ),
+        (
+            "key.gguf",
+            gguf(0, 1, &huge_key),
+            "the length of a metadata key at byte 24 is",
+        ),
+        (
+            "magic.gguf",
+            b"GGML\x03\0\0\0".to_vec(),
+            "the file does not start with `GGUF`",
+        ),
     ];
     for (name, bytes, want) in cases {
         let model = dir.path().join(name);
@@ -195,20 +222,23 @@ fn damaged_model_files_are_named_before_anything_is_allocated() {
         let cfg = sweep(dir.path(), &model, ROWS, QUESTIONS, "");
         let (code, stderr) = validate(&cfg);
         assert_eq!(code, 2, "{name}: {stderr}");
-        let line = format!("model `tiny`: {}: cannot parse: not a valid GGUF header: {want}", model.display());
+        let line = format!(
+            "model `tiny`: {}: cannot parse: not a valid GGUF header: {want}",
+            model.display()
+        );
         assert!(stderr.contains(&line), "{name}: wanted {line}\n{stderr}");
     }
     let absurd = dir.path().join("absurd");
     std::fs::create_dir(&absurd).unwrap();
     let config = std::fs::read_to_string(llama_fixture().join("config.json"))
         .unwrap()
-        .replace("\"num_key_value_heads\": 2", "\"num_key_value_heads\": 3");
+        .replace("\"hidden_size\": 64", "\"hidden_size\": 1000000000");
     std::fs::write(absurd.join("config.json"), config).unwrap();
     let cfg = sweep(dir.path(), &absurd, ROWS, QUESTIONS, "");
     let (code, stderr) = validate(&cfg);
     assert_eq!(code, 2, "{stderr}");
     assert!(
-        stderr.contains("4 heads do not group into 3 key/value heads"),
+        stderr.contains("hidden size 1000000000 is outside 1..=131072"),
         "{stderr}"
     );
 }
@@ -216,7 +246,13 @@ fn damaged_model_files_are_named_before_anything_is_allocated() {
 #[test]
 fn run_refuses_before_any_work_starts() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = sweep(dir.path(), &llama_fixture(), ROWS, QUESTIONS, "[lora]\nr = 64");
+    let cfg = sweep(
+        dir.path(),
+        &llama_fixture(),
+        ROWS,
+        QUESTIONS,
+        "[lora]\nr = 64",
+    );
     let out = Command::cargo_bin("qlab")
         .unwrap()
         .arg("run")
@@ -227,7 +263,10 @@ fn run_refuses_before_any_work_starts() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("`r` = 64 is larger than"), "{stderr}");
     assert!(!stderr.contains("Location:"), "{stderr}");
-    assert!(!dir.path().join("runs").exists(), "no run directory is made");
+    assert!(
+        !dir.path().join("runs").exists(),
+        "no run directory is made"
+    );
 }
 
 #[test]
@@ -235,9 +274,10 @@ fn on_bad_row_skip_skips_a_malformed_line_too() {
     let dir = tempfile::tempdir().unwrap();
     let rows = "{\"question\": \"1+1?\", \"answer\": \"2\"}\n{oops\n[1, 2]\n";
     let cfg = sweep(dir.path(), &llama_fixture(), rows, QUESTIONS, "");
-    let text = std::fs::read_to_string(&cfg)
-        .unwrap()
-        .replace("path = \"qa.jsonl\"", "path = \"qa.jsonl\"\non_bad_row = \"skip\"");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "path = \"qa.jsonl\"",
+        "path = \"qa.jsonl\"\non_bad_row = \"skip\"",
+    );
     std::fs::write(&cfg, text).unwrap();
     let (code, stderr) = validate(&cfg);
     assert_eq!(code, 0, "{stderr}");

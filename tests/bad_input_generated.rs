@@ -12,9 +12,38 @@ use rand_chacha::ChaCha8Rng;
 const CASES: usize = 100_000;
 
 const TOKENS: &[&[u8]] = &[
-    b"inf", b"nan", b"-inf", b"-1", b"0", b"1e999", b"18446744073709551615", b"9223372036854775808",
-    b"\"", b"'", b"[", b"]", b"{", b"}", b"[[", b"]]", b"=", b",", b"\n", b"\r\n", b"\0", b"\\",
-    b"\xff\xfe", b"[[model]]", b"[lora]", b"r = ", b"{x}", b"{{", b"}}", b"\"\"\"", b"#", b"\xe2\x80\xae",
+    b"inf",
+    b"nan",
+    b"-inf",
+    b"-1",
+    b"0",
+    b"1e999",
+    b"18446744073709551615",
+    b"9223372036854775808",
+    b"\"",
+    b"'",
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b"[[",
+    b"]]",
+    b"=",
+    b",",
+    b"\n",
+    b"\r\n",
+    b"\0",
+    b"\\",
+    b"\xff\xfe",
+    b"[[model]]",
+    b"[lora]",
+    b"r = ",
+    b"{x}",
+    b"{{",
+    b"}}",
+    b"\"\"\"",
+    b"#",
+    b"\xe2\x80\xae",
 ];
 
 /// One mutation of `seed`: a few random edits.
@@ -42,7 +71,11 @@ fn mutate(rng: &mut ChaCha8Rng, seed: &[u8]) -> Vec<u8> {
                 b.splice(at..at, piece);
             }
             _ => {
-                let n: u64 = if rng.random() { rng.random() } else { rng.random_range(0..1 << 20) };
+                let n: u64 = if rng.random() {
+                    rng.random()
+                } else {
+                    rng.random_range(0..1 << 20)
+                };
                 let digits = n.to_string();
                 b.splice(at..at, digits.bytes());
             }
@@ -63,7 +96,10 @@ fn the_config_reader_answers_every_generated_file() {
             refused += 1;
         }
     }
-    assert!(refused > CASES / 2, "only {refused} refused: the mutations are too mild");
+    assert!(
+        refused > CASES / 2,
+        "only {refused} refused: the mutations are too mild"
+    );
 }
 
 const QUESTIONS: &str = "id = \"s\"\ntask = \"math\"\n[[question]]\nid = \"1\"\nsection = \"a\"\nquestion = \"2+2?\"\n\
@@ -155,7 +191,11 @@ fn the_journal_reader_and_writer_answer_every_generated_line() {
         let after = qlab::store::jsonl::read(p).unwrap();
         assert!(after.torn.is_none());
         assert_eq!(after.lines.len(), before.len() + 1);
-        assert_eq!(after.lines[..before.len()], before[..], "earlier lines stay as they were");
+        assert_eq!(
+            after.lines[..before.len()],
+            before[..],
+            "earlier lines stay as they were"
+        );
     });
     assert!(read >= CASES * 9 / 10, "{read} lines read");
 }
@@ -230,8 +270,14 @@ fn the_safetensors_reader_answers_every_generated_header() {
     let (a, sa) = tensor(vec![4, 4]);
     let (b, sb) = tensor(vec![8]);
     let views = [
-        ("a", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, sa, &a).unwrap()),
-        ("b", safetensors::tensor::TensorView::new(safetensors::Dtype::F32, sb, &b).unwrap()),
+        (
+            "a",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, sa, &a).unwrap(),
+        ),
+        (
+            "b",
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, sb, &b).unwrap(),
+        ),
     ];
     let seed = safetensors::serialize(views, None).unwrap();
     let mut rng = ChaCha8Rng::seed_from_u64(8);

@@ -87,7 +87,10 @@ fn results_report_a_torn_tail_once_with_file_and_line() {
     assert_eq!(code, 0, "{stderr}");
     let want = format!("warning: {}:2: torn last line", path.display());
     assert_eq!(stderr.matches(&want).count(), 1, "{stderr}");
-    assert!(stdout.contains("tiny"), "the standing judgement counts: {stdout}");
+    assert!(
+        stdout.contains("tiny"),
+        "the standing judgement counts: {stdout}"
+    );
 }
 
 #[test]
@@ -115,7 +118,10 @@ fn scores_off_the_rubric_are_refused_with_file_and_line() {
     let err = journal::append(&path, &Rubric::default(), &score("ann", 6.0))
         .unwrap_err()
         .to_string();
-    assert!(err.contains("score 6 for") && err.contains("not written"), "{err}");
+    assert!(
+        err.contains("score 6 for") && err.contains("not written"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -140,7 +146,10 @@ fn import_study_appends_on_a_fresh_line_after_a_torn_tail() {
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("36 ratings written"), "{stdout}");
     let moved = format!("{}:1: torn last line", path.display());
-    assert!(stderr.contains(&moved) && stderr.contains("moved to"), "{stderr}");
+    assert!(
+        stderr.contains(&moved) && stderr.contains("moved to"),
+        "{stderr}"
+    );
     assert_eq!(
         std::fs::read_to_string(torn_path(&path)).unwrap(),
         format!("{TORN}\n")
@@ -171,7 +180,16 @@ fn rate_after_a_torn_tail(name: &str, command: impl Fn(&Path) -> String, open: &
     tmux.wait_for("the first item", wait, |s| s.contains("item 1/2"));
     tmux.send("4");
     tmux.wait_for("the score saved", wait, |s| s.contains("saved"));
+    let pid = tmux.display("#{pane_pid}");
     tmux.send("q");
+    let quit = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        !Command::new("kill")
+            .args(["-0", &pid])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    assert!(quit, "`q` ends the program after the save");
     drop(tmux);
     let lines = journal::read(&path, &Rubric::default()).unwrap();
     let raters: Vec<&str> = lines.iter().map(|l| l.rater.as_str()).collect();
@@ -219,10 +237,19 @@ fn answer_and_metrics_writers_start_on_a_fresh_line() {
     let record = r#"{"question_id":"1","stage":"e1","model":"tiny","prompt":"p","answer":"a","new_tokens":1,"secs":0.1}"#;
     qlab::store::atomic::append_line_synced(&answers, record).unwrap();
     tear(&answers);
-    assert_eq!(qlab::eval::answers::read_answers(&answers).unwrap().len(), 1);
-    assert_eq!(qlab::rating::answers::read_answers(&answers).unwrap().len(), 1);
+    assert_eq!(
+        qlab::eval::answers::read_answers(&answers).unwrap().len(),
+        1
+    );
+    assert_eq!(
+        qlab::rating::answers::read_answers(&answers).unwrap().len(),
+        1
+    );
     qlab::store::atomic::append_line_synced(&answers, &record.replace("\"1\"", "\"2\"")).unwrap();
-    assert_eq!(qlab::eval::answers::read_answers(&answers).unwrap().len(), 2);
+    assert_eq!(
+        qlab::eval::answers::read_answers(&answers).unwrap().len(),
+        2
+    );
 
     let metrics = dir.path().join("run/metrics.jsonl");
     let event = qlab::sweep::events::LoggedEvent {

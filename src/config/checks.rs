@@ -284,11 +284,17 @@ pub fn train(t: &TrainSection) -> Vec<Problem> {
     if t.max_seq_len > MAX_SEQ_LEN {
         out.push(p(
             "max_seq_len",
-            format!("`max_seq_len` {} is beyond any model's context (at most {MAX_SEQ_LEN})", t.max_seq_len),
+            format!(
+                "`max_seq_len` {} is beyond any model's context (at most {MAX_SEQ_LEN})",
+                t.max_seq_len
+            ),
         ));
     }
     if t.warmup_steps == Some(0) {
-        out.push(p("warmup_steps", "`warmup_steps` must be at least 1 (or leave it out for `warmup_ratio`)"));
+        out.push(p(
+            "warmup_steps",
+            "`warmup_steps` must be at least 1 (or leave it out for `warmup_ratio`)",
+        ));
     }
     if t.weight_decay < 0.0 || t.max_grad_norm < 0.0 {
         let key = if t.weight_decay < 0.0 {
@@ -327,7 +333,10 @@ pub fn eval(e: &EvalSection) -> Vec<Problem> {
     } else if e.max_new_tokens > MAX_SEQ_LEN {
         out.push(p(
             "max_new_tokens",
-            format!("`max_new_tokens` {} is beyond any model's context (at most {MAX_SEQ_LEN})", e.max_new_tokens),
+            format!(
+                "`max_new_tokens` {} is beyond any model's context (at most {MAX_SEQ_LEN})",
+                e.max_new_tokens
+            ),
         ));
     }
     if e.temperature < 0.0 {
@@ -350,7 +359,10 @@ pub fn eval(e: &EvalSection) -> Vec<Problem> {
 
 pub fn rubric(r: &RubricSection) -> Vec<Problem> {
     let mut out = Vec::new();
-    finite(&mut out, &[("min", r.min), ("max", r.max), ("step", r.step)]);
+    finite(
+        &mut out,
+        &[("min", r.min), ("max", r.max), ("step", r.step)],
+    );
     if !out.is_empty() {
         return out;
     }
@@ -373,15 +385,15 @@ pub fn rubric(r: &RubricSection) -> Vec<Problem> {
     } else if !(r.step == 1.0 || r.step == 0.5) {
         out.push(p(
             "step",
-            format!("`step` must be 1 (whole points) or 0.5 (half points), got {}", r.step),
+            format!(
+                "`step` must be 1 (whole points) or 0.5 (half points), got {}",
+                r.step
+            ),
         ));
     } else if ((r.max - r.min) / r.step).fract().abs() > 1e-9 {
         out.push(p(
             "step",
-            format!(
-                "`step` must divide max - min ({})",
-                r.max - r.min
-            ),
+            format!("`step` must divide max - min ({})", r.max - r.min),
         ));
     }
     out

@@ -189,7 +189,10 @@ fn read_error(e: crate::store::StoreError) -> String {
         crate::store::StoreError::Io { source, .. } => format!("cannot read config: {source}"),
         crate::store::StoreError::Line { line, message, .. } => format!("line {line}: {message}"),
         crate::store::StoreError::TooLarge { limit, what, .. } => {
-            format!("larger than {} MiB: not a {what} (a device file?)", limit >> 20)
+            format!(
+                "larger than {} MiB: not a {what} (a device file?)",
+                limit >> 20
+            )
         }
         other => other.to_string(),
     }

@@ -46,7 +46,8 @@ fn questions(config: &Config, i: usize, d: &DatasetSection, found: &mut Findings
     }
     if config.cells().iter().all(|(m, cell_d)| {
         cell_d.id != d.id
-            || config.cell_settings(&m.id, &d.id).eval.prompt != crate::config::PromptStyle::Template
+            || config.cell_settings(&m.id, &d.id).eval.prompt
+                != crate::config::PromptStyle::Template
     }) {
         return;
     }
@@ -145,7 +146,11 @@ fn rows(config: &Config, i: usize, d: &DatasetSection, found: &mut Findings) {
     if absent {
         return;
     }
-    let rendered = read.rows.iter().filter(|r| template.render(r).is_ok()).count();
+    let rendered = read
+        .rows
+        .iter()
+        .filter(|r| template.render(r).is_ok())
+        .count();
     let mut bad: Vec<(usize, String)> = read
         .rows
         .iter()

@@ -97,12 +97,7 @@ pub fn estimate_train(
 }
 
 /// Answering the question set: weights, the key/value cache of a batch, one step's logits.
-pub fn estimate_eval(
-    m: &ModelConfig,
-    s: &CellSettings,
-    quant: QuantSpec,
-    gpu: bool,
-) -> Estimate {
+pub fn estimate_eval(m: &ModelConfig, s: &CellSettings, quant: QuantSpec, gpu: bool) -> Estimate {
     let act = if gpu { 2.0 } else { 4.0 };
     let batch = s.eval.batch_size as f64;
     let positions = (s.train.max_seq_len + s.eval.max_new_tokens) as f64;

@@ -42,7 +42,9 @@ pub fn check(config: &Config) -> Findings {
             model::check(config, i, m, &mut found);
         }
     }
-    found.errors.sort_by(|a, b| (&a.path, a.line, a.col).cmp(&(&b.path, b.line, b.col)));
+    found
+        .errors
+        .sort_by(|a, b| (&a.path, a.line, a.col).cmp(&(&b.path, b.line, b.col)));
     found.errors.dedup();
     found
 }

@@ -7,8 +7,8 @@ use super::Findings;
 use super::memory::{Estimate, estimate_eval, estimate_train, projection_dims};
 use crate::config::{Config, DeviceSpec, ModelSection};
 use crate::eval::sources::source_of;
-use crate::model::load::read_config;
 use crate::model::Target;
+use crate::model::load::read_config;
 use crate::source::ResolveOptions;
 use crate::sweep::from_plan::sweep_devices;
 
@@ -40,7 +40,12 @@ pub(super) fn check(config: &Config, i: usize, m: &ModelSection, found: &mut Fin
         }
         let s = config.cell_settings(&m.id, &d.id);
         let cell = format!("cell {} x {}", m.id, d.id);
-        let targets: Vec<Target> = s.lora.targets.iter().filter_map(|t| Target::parse(t)).collect();
+        let targets: Vec<Target> = s
+            .lora
+            .targets
+            .iter()
+            .filter_map(|t| Target::parse(t))
+            .collect();
         if let Some((t, (a, b))) = targets
             .iter()
             .map(|&t| (t, projection_dims(&dims, t)))
@@ -64,7 +69,15 @@ pub(super) fn check(config: &Config, i: usize, m: &ModelSection, found: &mut Fin
             ("training", train, "train", "max_seq_len"),
             ("answering", eval, "eval", "max_new_tokens"),
         ] {
-            memory(config, found, &cell, what, est, gpu, &place(config, &m.id, &d.id, section, key));
+            memory(
+                config,
+                found,
+                &cell,
+                what,
+                est,
+                gpu,
+                &place(config, &m.id, &d.id, section, key),
+            );
         }
         if s.train.max_seq_len > dims.max_position_embeddings {
             found.warn(config.diagnostic(

@@ -261,12 +261,20 @@ mod tests {
         std::fs::write(&p, &text).unwrap();
         assert_eq!(read(&p, &rubric).unwrap().len(), 1);
         append(&p, &rubric, &score_line()).unwrap();
-        assert_eq!(read(&p, &rubric).unwrap().len(), 2, "written on a fresh line");
+        assert_eq!(
+            read(&p, &rubric).unwrap().len(),
+            2,
+            "written on a fresh line"
+        );
         text.push('\n');
         std::fs::write(&p, &text).unwrap();
         let err = read(&p, &rubric).unwrap_err().to_string();
         assert!(err.contains("ratings.jsonl:2"), "{err}");
-        assert!(read(&dir.path().join("none.jsonl"), &rubric).unwrap().is_empty());
+        assert!(
+            read(&dir.path().join("none.jsonl"), &rubric)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -297,6 +305,10 @@ mod tests {
         assert_eq!(read(&p, &half).unwrap().len(), 2);
         let study = good.replace("\"ann\"", "\"study\"").replace("4.0", "4.5");
         std::fs::write(&p, format!("{study}\n")).unwrap();
-        assert_eq!(read(&p, &rubric).unwrap().len(), 1, "the study's own 4.5 stays");
+        assert_eq!(
+            read(&p, &rubric).unwrap().len(),
+            1,
+            "the study's own 4.5 stays"
+        );
     }
 }

@@ -159,8 +159,12 @@ fn ggml_block(ty: u32) -> Option<(u64, u64)> {
 /// the caller to put after the file's name.
 pub fn check(path: &Path) -> Result<(), String> {
     let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
-    let len = file.metadata().map_err(|e| format!("cannot read: {e}"))?.len();
-    check_header(BufReader::new(file), len).map_err(|what| format!("not a valid GGUF header: {what}"))
+    let len = file
+        .metadata()
+        .map_err(|e| format!("cannot read: {e}"))?
+        .len();
+    check_header(BufReader::new(file), len)
+        .map_err(|what| format!("not a valid GGUF header: {what}"))
 }
 
 /// Walk a GGUF header read from `reader`, a file of `len` bytes; the error says which field is wrong.
@@ -223,7 +227,9 @@ fn walk_header<R: Read>(w: &mut Walk<R>) -> Result<(), String> {
         let ty = w.u32("a tensor type")?;
         let offset = w.u64("a tensor offset")?;
         // The bytes a tensor of this type takes; an unknown type is left for the reader to refuse.
-        let bytes = ggml_block(ty).map_or(0, |(block, size)| elems.div_ceil(block).saturating_mul(size));
+        let bytes = ggml_block(ty).map_or(0, |(block, size)| {
+            elems.div_ceil(block).saturating_mul(size)
+        });
         if offset.saturating_add(bytes) > w.len {
             return Err(format!(
                 "a tensor at byte {at} claims {elems} elements ({bytes} bytes) at offset {offset}, more than a {}-byte file holds",

@@ -303,7 +303,10 @@ mod tests {
             .into_iter()
             .map(|l| (l.number, l.text))
             .collect();
-        assert_eq!(numbered, [(1, "1".into()), (3, "2".into()), (4, "x".into())]);
+        assert_eq!(
+            numbered,
+            [(1, "1".into()), (3, "2".into()), (4, "x".into())]
+        );
         std::fs::write(&p, b"1\n\xff\n").unwrap();
         let err = read(&p).unwrap_err().to_string();
         assert!(err.starts_with(&format!("{}:2: ", p.display())), "{err}");

@@ -61,7 +61,6 @@ pub fn load_model(path: &Path, quant: Quant, device: &Device) -> Result<Decoder>
             });
         }
         if path.extension().and_then(|e| e.to_str()) == Some("safetensors") {
-            let dir = path.parent().unwrap_or(Path::new("."));
             let cfg = read_config(path)?;
             let files = SafetensorsFiles::open(vec![path.to_path_buf()])?;
             return build_decoder(cfg, &files, quant, device);

@@ -224,7 +224,11 @@ fn read_csv(out: &mut Rows, limit: usize) -> Result<(), TrainError> {
                 out.records.rows.push(Record { row, cells });
             }
             Err(e) if matches!(e.kind(), csv::ErrorKind::Io(_)) => {
-                return Err(TrainError::data(path, Some(row), format!("cannot read: {e}")));
+                return Err(TrainError::data(
+                    path,
+                    Some(row),
+                    format!("cannot read: {e}"),
+                ));
             }
             Err(e) => {
                 let row = e.position().map(|p| p.line() as usize).unwrap_or(row);
@@ -285,7 +289,7 @@ mod tests {
             "{\"q\":\"a\",\"n\":1}\n\n{\"q\":\"b\"}\n{\"q\":\"c\"}\n",
         )
         .unwrap();
-        let recs = read_records(&p, None, Some(2)).unwrap();
+        let recs = read_records(&p, None, Some(2), false).unwrap().rows;
         assert_eq!(recs.len(), 2);
         assert_eq!((recs[0].row, recs[1].row), (1, 3));
         assert_eq!(text(&recs[1], "q"), "b");
