@@ -234,7 +234,7 @@ fn gguf() -> Vec<u8> {
         b.extend(0u32.to_le_bytes());
         b.extend(offset.to_le_bytes());
     }
-    while b.len() % 32 != 0 {
+    while !b.len().is_multiple_of(32) {
         b.push(0);
     }
     b.extend([0u8; 128]);

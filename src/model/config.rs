@@ -299,7 +299,7 @@ impl ModelConfig {
         if let Some((what, v, max)) = dims.iter().find(|(_, v, max)| *v == 0 || v > max) {
             return Some(format!("{what} {v} is outside 1..={max}"));
         }
-        (self.num_heads % self.num_kv_heads != 0).then(|| {
+        (!self.num_heads.is_multiple_of(self.num_kv_heads)).then(|| {
             format!(
                 "{} heads do not group into {} key/value heads",
                 self.num_heads, self.num_kv_heads

@@ -130,19 +130,17 @@ fn place(config: &Config, model: &str, dataset: &str, section: &str, key: &str) 
         .overrides
         .iter()
         .enumerate()
-        .filter(|(_, o)| {
-            o.model.as_deref().is_none_or(|m| m == model)
-                && o.dataset.as_deref().is_none_or(|d| d == dataset)
-        })
-        .filter(|(_, o)| {
+        .rev()
+        .find(|(_, o)| {
             let table = match section {
                 "lora" => &o.lora,
                 "train" => &o.train,
                 _ => &o.eval,
             };
-            table.contains_key(key)
+            o.model.as_deref().is_none_or(|m| m == model)
+                && o.dataset.as_deref().is_none_or(|d| d == dataset)
+                && table.contains_key(key)
         })
-        .last()
         .map(|(i, _)| format!("override.{i}.{section}.{key}"))
         .unwrap_or_else(|| format!("{section}.{key}"))
 }
