@@ -282,3 +282,27 @@ fn on_bad_row_skip_skips_a_malformed_line_too() {
     let (code, stderr) = validate(&cfg);
     assert_eq!(code, 0, "{stderr}");
 }
+
+#[test]
+fn question_sets_and_chat_templates_that_never_end_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = sweep(dir.path(), &llama_fixture(), ROWS, QUESTIONS, "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("\"qa-questions.toml\"", "\"/dev/zero\"")).unwrap();
+    let (code, stderr) = validate(&cfg);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("/dev/zero: larger than 64 MiB: not a question set"),
+        "{stderr}"
+    );
+    // The first `path` is the model's.
+    let with_template = text.replacen("path = ", "chat_template = \"/dev/zero\"\npath = ", 1);
+    std::fs::write(&cfg, with_template).unwrap();
+    let (code, stderr) = validate(&cfg);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("model `tiny`: chat template /dev/zero: ")
+            && stderr.contains("larger than 64 MiB"),
+        "{stderr}"
+    );
+}

@@ -125,6 +125,21 @@ fn scores_off_the_rubric_are_refused_with_file_and_line() {
 }
 
 #[test]
+fn a_journal_line_that_never_ends_is_refused_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = rating_sweep(dir.path());
+    let path = journal_of(&config);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(b"{}\n").unwrap();
+    f.write_all(&vec![b' '; (64 << 20) + 1]).unwrap();
+    let (code, _, stderr) = run(&["results".as_ref(), config.as_os_str()]);
+    assert_eq!(code, 2, "{stderr}");
+    let want = format!("{}:2: runs past 64 MiB without a newline", path.display());
+    assert!(stderr.starts_with(&want), "{stderr}");
+}
+
+#[test]
 fn import_study_appends_on_a_fresh_line_after_a_torn_tail() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("study.toml");

@@ -89,23 +89,25 @@ fn is_bad_input(e: &(dyn Error + 'static)) -> bool {
         );
     }
     if let Some(e) = e.downcast_ref::<StoreError>() {
-        return matches!(e, StoreError::Line { .. } | StoreError::TooLarge { .. });
+        return store_input(e);
     }
     if let Some(e) = e.downcast_ref::<RatingError>() {
-        return matches!(
-            e,
-            RatingError::Journal { .. }
-                | RatingError::Answers { .. }
-                | RatingError::Refused { .. }
-                | RatingError::Rubric(_)
-                | RatingError::Pair(_)
-        );
+        return matches!(e, RatingError::Store(s) if store_input(s))
+            || matches!(
+                e,
+                RatingError::Journal { .. }
+                    | RatingError::Answers { .. }
+                    | RatingError::Refused { .. }
+                    | RatingError::Rubric(_)
+                    | RatingError::Pair(_)
+            );
     }
     if let Some(e) = e.downcast_ref::<ContextError>() {
         return !matches!(e, ContextError::Rating(_));
     }
     if let Some(e) = e.downcast_ref::<AnswersError>() {
-        return matches!(e, AnswersError::BadLine { .. });
+        return matches!(e, AnswersError::BadLine { .. })
+            || matches!(e, AnswersError::Store(s) if store_input(s));
     }
     if let Some(e) = e.downcast_ref::<EvaluateError>() {
         return matches!(
@@ -129,7 +131,13 @@ fn is_bad_input(e: &(dyn Error + 'static)) -> bool {
         return !matches!(e, TokenizerError::Codec(_));
     }
     if let Some(e) = e.downcast_ref::<StudyError>() {
-        return !matches!(e, StudyError::Io { .. });
+        return match e {
+            // The folder or file the user named is not there.
+            StudyError::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+            StudyError::Store(s) => store_input(s),
+            StudyError::Rating(RatingError::Store(s)) => store_input(s),
+            _ => true,
+        };
     }
     if let Some(e) = e.downcast_ref::<SourceError>() {
         return matches!(
@@ -138,7 +146,12 @@ fn is_bad_input(e: &(dyn Error + 'static)) -> bool {
                 | SourceError::BadRequirement(_)
                 | SourceError::FileNotInWheel { .. }
                 | SourceError::ChecksumMismatch { .. }
-        );
+        ) || matches!(e, SourceError::Store(s) if store_input(s));
     }
     false
+}
+
+/// A store error that is about the content of a file the user gave (not the disk or the system).
+fn store_input(e: &StoreError) -> bool {
+    matches!(e, StoreError::Line { .. } | StoreError::TooLarge { .. })
 }

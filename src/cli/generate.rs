@@ -99,8 +99,11 @@ struct ModelChoice {
 fn quant_arg(name: Option<&str>) -> Result<Option<Quant>> {
     name.map(|q| {
         Quant::parse(q).ok_or_else(|| {
-            eyre!(
-                "unknown quantization {q:?} (expected none, nf4, q4_0, q4_1, q5_0, q5_1, q8_0, q2k..q6k)"
+            super::bad_flag(
+                "--quant",
+                format!(
+                    "unknown quantization {q:?} (expected none, nf4, q4_0, q4_1, q5_0, q5_1, q8_0, q2k..q6k)"
+                ),
             )
         })
     })

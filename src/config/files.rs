@@ -31,7 +31,7 @@ pub(super) fn missing(config: &Config) -> Vec<Diagnostic> {
             .chat_template
             .as_deref()
             .filter(|t| !matches!(*t, "auto" | "none"))
-            && !config.resolve_path(t).is_file()
+            && !config.resolve_path(t).exists()
         {
             out.push(config.diagnostic(
                 &format!("model.{i}.chat_template"),
@@ -62,7 +62,7 @@ pub(super) fn missing(config: &Config) -> Vec<Diagnostic> {
             ));
         }
         if let Some(q) = &d.questions
-            && !config.resolve_path(q).is_file()
+            && !config.resolve_path(q).exists()
         {
             out.push(config.diagnostic(
                 &format!("dataset.{i}.questions"),

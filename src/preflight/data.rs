@@ -25,7 +25,7 @@ pub(super) fn check(config: &Config, i: usize, d: &DatasetSection, found: &mut F
 fn questions(config: &Config, i: usize, d: &DatasetSection, found: &mut Findings) {
     let Some(q) = &d.questions else { return };
     let path = config.resolve_path(q);
-    if !path.is_file() {
+    if !path.exists() {
         return;
     }
     let set = match QuestionSet::load(&path) {
@@ -99,7 +99,10 @@ fn rows(config: &Config, i: usize, d: &DatasetSection, found: &mut Findings) {
     let read = match read_records(&spec.path, spec.format, spec.limit, true) {
         Ok(r) => r,
         Err(e) => {
-            found.error(config.diagnostic(&format!("dataset.{i}.path"), e.to_string()));
+            found.error(config.diagnostic(
+                &format!("dataset.{i}.path"),
+                format!("dataset `{}`: {e}", d.id),
+            ));
             return;
         }
     };

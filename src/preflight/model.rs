@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use super::Findings;
 use super::memory::{Estimate, estimate_eval, estimate_train, projection_dims};
 use crate::config::{Config, DeviceSpec, ModelSection};
-use crate::eval::sources::source_of;
+use crate::eval::sources::{chat_template_override, source_of};
 use crate::model::Target;
 use crate::model::load::read_config;
 use crate::source::ResolveOptions;
@@ -17,6 +17,15 @@ const MAX_HOST_GIB: f64 = 4096.0;
 const MAX_GPU_GIB: f64 = 192.0;
 
 pub(super) fn check(config: &Config, i: usize, m: &ModelSection, found: &mut Findings) {
+    if let Some(t) = m.chat_template.as_deref()
+        && config.resolve_path(t).exists()
+        && let Err(e) = chat_template_override(m, config)
+    {
+        found.error(config.diagnostic(
+            &format!("model.{i}.chat_template"),
+            format!("model `{}`: chat template {t}: {e}", m.id),
+        ));
+    }
     let Some(path) = local_path(config, m) else {
         return;
     };
