@@ -67,7 +67,7 @@ pub fn finish(result: color_eyre::Result<ExitCode>) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) if e.chain().any(is_bad_input) => {
-            eprintln!("{e:#}");
+            eprintln!("{}", plain(&e));
             ExitCode::from(EXIT_BAD_INPUT)
         }
         Err(e) => {
@@ -75,6 +75,22 @@ pub fn finish(result: color_eyre::Result<ExitCode>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The failure and its causes joined by `: `, leaving out a cause its parent already says (errors that
+/// print `{path}: {source}` and also name the source as their cause).
+fn plain(e: &Report) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let said = cause.to_string();
+        if !text.contains(&said) {
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
+            text.push_str(&said);
+        }
+    }
+    text
 }
 
 /// Whether an error in a failure's chain is the user's input rather than qlab's own failure.
@@ -154,4 +170,28 @@ fn is_bad_input(e: &(dyn Error + 'static)) -> bool {
 /// A store error that is about the content of a file the user gave (not the disk or the system).
 fn store_input(e: &StoreError) -> bool {
     matches!(e, StoreError::Line { .. } | StoreError::TooLarge { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_input_is_found_in_the_chain_and_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = Report::new(StudyError::Io {
+            path: "nope".into(),
+            source: io,
+        });
+        assert!(e.chain().any(is_bad_input));
+        assert_eq!(plain(&e), "nope: No such file");
+        let wrapped = bad_flag("--rows", "must be at least 1").wrap_err("demo-data");
+        assert!(wrapped.chain().any(is_bad_input));
+        assert_eq!(
+            plain(&wrapped),
+            "demo-data: error: --rows: must be at least 1"
+        );
+        let internal = color_eyre::eyre::eyre!("cannot start the runner thread");
+        assert!(!internal.chain().any(is_bad_input));
+    }
 }
