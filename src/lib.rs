@@ -10,6 +10,7 @@ pub mod demo_data;
 pub mod eval;
 pub mod model;
 pub mod plan;
+pub mod preflight;
 pub mod rating;
 pub mod source;
 pub mod store;

@@ -262,7 +262,7 @@ fn a_rating_made_with_the_keyboard_survives_sigkill() {
 
     let cfg = Config::load(&config).unwrap();
     let journal_path = SweepPaths::new(&cfg.runs_dir(), "rate-test").ratings_journal();
-    let lines = journal::read(&journal_path).unwrap();
+    let lines = journal::read(&journal_path, &qlab::rating::Rubric::default()).unwrap();
     assert_eq!(lines.len(), 1, "{lines:?}");
     let Entry::Score {
         scores,

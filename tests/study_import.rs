@@ -286,8 +286,10 @@ fn stored_import_gives_the_same_table_and_is_idempotent(dir: &Path, e: &Expected
     let sweep = SweepPaths::new(tmp.path(), "study");
     let run_for = |model: &str, task: &str| Some(format!("{model}-{task}-run"));
     let questions_for = |task: &str| task.to_owned();
+    let rubric = Rubric::default();
     let target = StudyTarget {
         sweep: &sweep,
+        rubric: &rubric,
         run_for: &run_for,
         questions_for: &questions_for,
     };
@@ -304,7 +306,7 @@ fn stored_import_gives_the_same_table_and_is_idempotent(dir: &Path, e: &Expected
     let (_, model) = e.holds;
     assert!(sweep.base_answers(model, "math", "study").is_file());
 
-    let ratings = Ratings::replay(&journal::read(&sweep.ratings_journal()).unwrap());
+    let ratings = Ratings::replay(&journal::read(&sweep.ratings_journal(), &rubric).unwrap());
     assert_eq!(ratings.raters(), [STUDY_RATER]);
     let tasks = build(&ratings, &Rubric::default(), &[]);
     for (task, model, cells) in e.rows {

@@ -321,6 +321,7 @@ fn a_finished_run_answers_its_questions_and_a_rating_reaches_the_results() {
     };
     append(
         &dir.path().join("runs/t/ratings.jsonl"),
+        &qlab::rating::Rubric::default(),
         &JournalLine::new("me", now_rfc3339(), entry),
     )
     .unwrap();

@@ -474,7 +474,7 @@ fn a_rating_made_on_the_dashboard_survives_sigkill() {
 
     let cfg = Config::load(&config).unwrap();
     let path = SweepPaths::new(&cfg.runs_dir(), "rate-test").ratings_journal();
-    let lines = journal::read(&path).unwrap();
+    let lines = journal::read(&path, &qlab::rating::Rubric::default()).unwrap();
     assert_eq!(lines.len(), 1, "{lines:?}");
     assert_eq!(lines[0].rater, "tester");
     let Entry::Score { scores, answer, .. } = &lines[0].entry else {

@@ -109,7 +109,12 @@ fn fixture(dir: &Path) -> Config {
             )
         })
         .collect();
-    journal::append_all(&sweep.ratings_journal(), &lines).expect("journal written");
+    journal::append_all(
+        &sweep.ratings_journal(),
+        &qlab::rating::Rubric::default(),
+        &lines,
+    )
+    .expect("journal written");
     config
 }
 

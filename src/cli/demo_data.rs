@@ -17,9 +17,16 @@ pub struct Args {
     pub rows: usize,
     #[arg(long, default_value_t = 3407)]
     pub seed: u64,
+    /// Replace `--out` when it exists (regenerating the committed file).
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    super::refuse_overwrite(&args.out, args.force)?;
+    if args.rows == 0 {
+        return Err(super::bad_flag("--rows", "must be at least 1"));
+    }
     let rows = demo_data::arithmetic(args.seed, args.rows);
     write_atomic(&args.out, demo_data::to_jsonl(&rows).as_bytes())?;
     eprintln!(

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::process::ExitCode;
 
 use candle_core::Device;
-use color_eyre::eyre::{Result, eyre};
+use color_eyre::eyre::Result;
 use qlab::config::{Config, DeviceSpec};
 use qlab::eval::evaluate::EvalModel;
 use qlab::eval::stages::{AnswerSet, run_answer_sets};
@@ -32,14 +32,18 @@ pub fn run(args: Args) -> Result<ExitCode> {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
+    super::validate::preflight(&config)?;
     let plan = Plan::from_config(&config);
     let runs: Vec<&PlannedRun> = match &args.only {
         Some(id) => vec![plan.run(id).ok_or_else(|| {
             let ids: Vec<&str> = plan.runs.iter().map(|r| r.id.as_str()).collect();
-            eyre!(
-                "no run {id:?} in {} (runs: {})",
-                args.config.config.display(),
-                ids.join(", ")
+            super::bad_flag(
+                "--only",
+                format!(
+                    "no run {id:?} in {} (runs: {})",
+                    args.config.config.display(),
+                    ids.join(", ")
+                ),
             )
         })?],
         None => plan.runs.iter().collect(),

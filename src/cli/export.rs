@@ -77,6 +77,9 @@ pub struct ExportResultsArgs {
     /// The results table in Markdown.
     #[arg(long)]
     pub md: Option<PathBuf>,
+    /// Replace output files that exist.
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn run(command: ExportCommand) -> Result<ExitCode> {
@@ -95,23 +98,26 @@ fn adapter(args: ExportAdapterArgs) -> Result<ExitCode> {
     let plan = Plan::from_config(&config);
     let Some(run) = plan.run(&args.run_id) else {
         let ids: Vec<&str> = plan.runs.iter().map(|r| r.id.as_str()).collect();
-        bail!(
-            "no run {:?} in {} (runs: {})",
+        return Err(super::bad_input(format!(
+            "error: no run {:?} in {} (runs: {})",
             args.run_id,
             config_path.display(),
             ids.join(", ")
-        );
+        )));
     };
     let stage = match &args.stage {
         Some(s) => s.clone(),
         None => run.stages.last().cloned().unwrap_or_default(),
     };
     if stage == "base" || !run.stages.contains(&stage) {
-        bail!(
-            "run {} has no trained stage {stage:?} (stages: {})",
-            run.id,
-            run.stages[1..].join(", ")
-        );
+        return Err(super::bad_flag(
+            "--stage",
+            format!(
+                "run {} has no trained stage {stage:?} (stages: {})",
+                run.id,
+                run.stages[1..].join(", ")
+            ),
+        ));
     }
     let src = SweepPaths::new(&config.runs_dir(), &plan.sweep)
         .run(&run.id)
@@ -123,10 +129,10 @@ fn adapter(args: ExportAdapterArgs) -> Result<ExitCode> {
         );
     }
     if args.out.exists() {
-        bail!(
-            "{} already exists: choose a new directory",
+        return Err(super::bad_input(format!(
+            "error: {} already exists: choose a new directory",
             args.out.display()
-        );
+        )));
     }
     let tmp = args
         .out
@@ -153,7 +159,12 @@ fn adapter(args: ExportAdapterArgs) -> Result<ExitCode> {
 
 fn results(args: ExportResultsArgs) -> Result<ExitCode> {
     if args.xlsx.is_none() && args.csv.is_none() && args.md.is_none() {
-        bail!("say where to write: --xlsx FILE, --csv FILE and/or --md FILE");
+        return Err(super::bad_input(
+            "error: say where to write: --xlsx FILE, --csv FILE and/or --md FILE",
+        ));
+    }
+    for path in [&args.xlsx, &args.csv, &args.md].into_iter().flatten() {
+        super::refuse_overwrite(path, args.force)?;
     }
     let config = match load_config(&args.config.path()) {
         Ok(c) => c,

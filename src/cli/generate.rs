@@ -99,8 +99,11 @@ struct ModelChoice {
 fn quant_arg(name: Option<&str>) -> Result<Option<Quant>> {
     name.map(|q| {
         Quant::parse(q).ok_or_else(|| {
-            eyre!(
-                "unknown quantization {q:?} (expected none, nf4, q4_0, q4_1, q5_0, q5_1, q8_0, q2k..q6k)"
+            super::bad_flag(
+                "--quant",
+                format!(
+                    "unknown quantization {q:?} (expected none, nf4, q4_0, q4_1, q5_0, q5_1, q8_0, q2k..q6k)"
+                ),
             )
         })
     })
@@ -115,15 +118,15 @@ fn resolve_model(args: &GenerateArgs) -> Result<ModelChoice> {
             chat_template: None,
         });
     };
-    let config = qlab::config::Config::load(config_path).map_err(|errors| eyre!("{errors}"))?;
+    let config = qlab::config::Config::load(config_path)?;
     let Some(model) = config.model(&args.model) else {
         let ids: Vec<&str> = config.models.iter().map(|m| m.id.as_str()).collect();
-        return Err(eyre!(
+        return Err(super::bad_input(format!(
             "{}: no [[model]] with id {:?} (ids: {})",
             config_path.display(),
             args.model,
             ids.join(", ")
-        ));
+        )));
     };
     Ok(ModelChoice {
         source: sources::source_of(model, &config),
@@ -133,7 +136,25 @@ fn resolve_model(args: &GenerateArgs) -> Result<ModelChoice> {
     })
 }
 
+/// The sampling flags, checked as the config checks the same `[eval]` settings.
+fn check_flags(args: &GenerateArgs) -> Result<()> {
+    let as_config = qlab::config::EvalSection {
+        max_new_tokens: args.max_new_tokens,
+        temperature: args.temperature,
+        top_p: args.top_p.unwrap_or(1.0),
+        ..Default::default()
+    };
+    match qlab::config::check_eval(&as_config).into_iter().next() {
+        Some((key, problem)) => Err(super::bad_flag(
+            &format!("--{}", key.replace('_', "-")),
+            problem,
+        )),
+        None => Ok(()),
+    }
+}
+
 pub fn run(args: GenerateArgs) -> Result<ExitCode> {
+    check_flags(&args)?;
     let model = resolve_model(&args)?;
     let source = model.source;
     let path = source

@@ -19,9 +19,15 @@ pub struct Args {
     /// Write the TOML here instead of standard output.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Replace `--out` when it exists.
+    #[arg(long, requires = "out")]
+    pub force: bool,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
+    if let Some(out) = &args.out {
+        super::refuse_overwrite(out, args.force)?;
+    }
     let set = match study_questions::import(&args.src, args.task.as_deref()) {
         Ok(s) => s,
         Err(e) => {

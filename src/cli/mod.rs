@@ -3,6 +3,7 @@
 mod bench;
 mod demo_data;
 mod eval;
+mod exit;
 pub mod export;
 mod generate;
 mod import_questions;
@@ -74,8 +75,7 @@ pub struct ConfigArg {
     pub config: PathBuf,
 }
 
-/// Exit status for input the user must fix (a bad config, a malformed file).
-pub const EXIT_BAD_INPUT: u8 = 2;
+pub use exit::{EXIT_BAD_INPUT, bad_flag, bad_input, refuse_overwrite};
 
 pub fn main() -> ExitCode {
     if let Err(e) = color_eyre::install() {
@@ -106,13 +106,7 @@ pub fn main() -> ExitCode {
         Some(Command::Bench(cmd)) => bench::run(cmd).map(|()| ExitCode::SUCCESS),
         Some(Command::Tui(a)) => tui::run(a),
     };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("Error: {e:?}");
-            ExitCode::FAILURE
-        }
-    }
+    exit::finish(result)
 }
 
 /// Load a config, or print every problem and return the bad-input exit code.

@@ -78,7 +78,7 @@ pub fn run(args: RateArgs) -> Result<ExitCode> {
                 RatingAction::Quit => return Ok(()),
                 RatingAction::Record(entry) => {
                     let line = JournalLine::new(&rater, now_rfc3339(), *entry);
-                    match journal::append(&journal_path, &line) {
+                    match journal::append(&journal_path, &ctx.rubric, &line) {
                         Ok(()) => screen.saved(line),
                         Err(e) => screen.save_failed(&e.to_string()),
                     }

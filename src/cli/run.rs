@@ -62,7 +62,7 @@ pub struct RunArgs {
 }
 
 pub fn run(args: RunArgs) -> Result<ExitCode> {
-    let config = Config::load(&args.config).map_err(|e| eyre!("{e}"))?;
+    let config = Config::load(&args.config)?;
     let backend = args.backend.unwrap_or(config.cluster().backend);
     if backend == BackendKind::Slurm && !args.slurm_cell {
         return slurm::submit(&args, config);
@@ -72,6 +72,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
             "--dry-run shows the job scripts of the SLURM backend: add `--backend slurm` or set `[cluster] backend = \"slurm\"`"
         ));
     }
+    super::validate::preflight(&config)?;
     let plan = Plan::from_config(&config);
     let sweep = SweepPaths::new(&config.runs_dir(), &plan.sweep);
     // In a SLURM job: the marker first (it proves the node sees the run directory), the warning signal next.
@@ -95,7 +96,7 @@ pub fn run(args: RunArgs) -> Result<ExitCode> {
         loader,
         options,
         ..
-    } = SweepSetup::new(&config, &plan, choices).map_err(|e| eyre!("{e}"))?;
+    } = SweepSetup::new(&config, &plan, choices).map_err(|e| super::bad_flag("--only", e))?;
     let names: Vec<String> = options.devices.iter().map(DeviceSpec::to_string).collect();
     println!("training on {}", names.join(", "));
     for job in &jobs {
@@ -179,7 +180,7 @@ fn devices(config: &Config, chosen: &[DeviceSpec]) -> Result<Vec<DeviceSpec>> {
     if chosen.len() > 1
         && let Some((_, problem)) = check_devices(chosen).into_iter().next()
     {
-        return Err(eyre!("--devices: {problem}"));
+        return Err(super::bad_flag("--devices", problem));
     }
     Ok(if chosen.is_empty() {
         sweep_devices(config)

@@ -42,6 +42,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         );
         return Ok(ExitCode::from(EXIT_BAD_INPUT));
     }
+    super::validate::preflight(&config)?;
     let plan = Plan::from_config(&config);
     let sweep = SweepInfo::from_plan(&plan, &config.runs_dir());
     // Finished runs answer their question sets, as `qlab run` does.

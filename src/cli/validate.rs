@@ -29,8 +29,20 @@ pub fn run(args: Args) -> Result<ExitCode> {
     for m in &missing {
         eprintln!("{m}");
     }
-    if !missing.is_empty() {
-        eprintln!("{}: {} missing file(s)", path.display(), missing.len());
+    let found = qlab::preflight::check(&config);
+    for w in &found.warnings {
+        eprintln!("{w}");
+    }
+    for e in &found.errors {
+        eprintln!("{e}");
+    }
+    if !missing.is_empty() || !found.errors.is_empty() {
+        eprintln!(
+            "{}: {} missing file(s), {} error(s)",
+            path.display(),
+            missing.len(),
+            found.errors.len()
+        );
         return Ok(ExitCode::from(EXIT_BAD_INPUT));
     }
     for note in remote_model_notes(&config) {
@@ -46,6 +58,25 @@ pub fn run(args: Args) -> Result<ExitCode> {
         plan.runs.len()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// The checks `qlab validate` makes beyond the config's text, for a command about to work on the sweep:
+/// warnings are printed, errors refuse the command (exit 2) before any work starts.
+pub fn preflight(config: &Config) -> Result<()> {
+    let found = qlab::preflight::check(config);
+    for w in &found.warnings {
+        eprintln!("{w}");
+    }
+    if found.errors.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = found.errors.iter().map(ToString::to_string).collect();
+    Err(super::bad_input(format!(
+        "{}\n{}: {} error(s)",
+        lines.join("\n"),
+        config.path.display(),
+        lines.len()
+    )))
 }
 
 /// For models fetched from the hub or PyPI: whether they are already cached or will be fetched on first use.

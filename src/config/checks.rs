@@ -5,6 +5,9 @@ use std::collections::HashSet;
 use super::schema::*;
 use super::template::Template;
 
+/// Longest sequence (tokens) any setting may ask for: beyond every current model's context.
+pub const MAX_SEQ_LEN: usize = 1 << 20;
+
 /// A problem with one key of a section: the key's name (relative to the section) and what was expected.
 pub type Problem = (String, String);
 
@@ -12,10 +15,22 @@ fn p(key: &str, msg: impl Into<String>) -> Problem {
     (key.to_owned(), msg.into())
 }
 
-/// Ids name directories and appear in run ids: keep them to letters, digits, `.`, `_` and `-`.
+/// Longest id: a run's directory name, `<model>-<dataset>-<8 hex digits>`, must stay within the 255 bytes
+/// filesystems allow for one name.
+pub const MAX_ID_LEN: usize = 100;
+
+/// Ids name directories and appear in run ids: keep them to letters, digits, `.`, `_` and `-`, not `.` or
+/// `..`, and short enough for a file name.
 pub fn check_id(id: &str) -> Option<String> {
     if id.is_empty() {
         Some("`id` is required".into())
+    } else if id == "." || id == ".." {
+        Some(format!("id `{id}` is not usable as a directory name"))
+    } else if id.len() > MAX_ID_LEN {
+        Some(format!(
+            "id is {} bytes long; at most {MAX_ID_LEN} (it names a directory)",
+            id.len()
+        ))
     } else if !id
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
@@ -63,9 +78,18 @@ fn is_gpu(d: &DeviceSpec) -> bool {
     matches!(d, DeviceSpec::Cuda(_))
 }
 
-/// True for a positive number; false for zero, negatives and NaN.
+/// True for a finite positive number; false for zero, negatives, infinities and NaN.
 fn is_positive(x: f64) -> bool {
-    x > 0.0
+    x > 0.0 && x.is_finite()
+}
+
+/// A problem for each non-finite number (TOML allows `inf` and `nan`; no setting means them).
+fn finite(out: &mut Vec<Problem>, values: &[(&str, f64)]) {
+    for (key, v) in values {
+        if !v.is_finite() {
+            out.push(p(key, format!("`{key}` must be a finite number, got {v}")));
+        }
+    }
 }
 
 pub fn model(m: &ModelSection) -> Vec<Problem> {
@@ -188,6 +212,7 @@ pub fn format_from_extension(path: &str) -> Option<DataFormat> {
 
 pub fn lora(l: &LoraSection) -> Vec<Problem> {
     let mut out = Vec::new();
+    finite(&mut out, &[("dropout", l.dropout)]);
     if l.r <= 0 {
         out.push(p(
             "r",
@@ -228,6 +253,14 @@ pub fn lora(l: &LoraSection) -> Vec<Problem> {
 
 pub fn train(t: &TrainSection) -> Vec<Problem> {
     let mut out = Vec::new();
+    finite(
+        &mut out,
+        &[
+            ("warmup_ratio", t.warmup_ratio),
+            ("weight_decay", t.weight_decay),
+            ("max_grad_norm", t.max_grad_norm),
+        ],
+    );
     if !is_positive(t.lr) {
         out.push(p("lr", format!("`lr` must be positive, got {}", t.lr)));
     }
@@ -246,6 +279,21 @@ pub fn train(t: &TrainSection) -> Vec<Problem> {
         out.push(p(
             "warmup_ratio",
             format!("`warmup_ratio` must be in [0, 1), got {}", t.warmup_ratio),
+        ));
+    }
+    if t.max_seq_len > MAX_SEQ_LEN {
+        out.push(p(
+            "max_seq_len",
+            format!(
+                "`max_seq_len` {} is beyond any model's context (at most {MAX_SEQ_LEN})",
+                t.max_seq_len
+            ),
+        ));
+    }
+    if t.warmup_steps == Some(0) {
+        out.push(p(
+            "warmup_steps",
+            "`warmup_steps` must be at least 1 (or leave it out for `warmup_ratio`)",
         ));
     }
     if t.weight_decay < 0.0 || t.max_grad_norm < 0.0 {
@@ -279,8 +327,17 @@ pub fn train(t: &TrainSection) -> Vec<Problem> {
 
 pub fn eval(e: &EvalSection) -> Vec<Problem> {
     let mut out = Vec::new();
+    finite(&mut out, &[("temperature", e.temperature)]);
     if e.max_new_tokens == 0 {
         out.push(p("max_new_tokens", "`max_new_tokens` must be at least 1"));
+    } else if e.max_new_tokens > MAX_SEQ_LEN {
+        out.push(p(
+            "max_new_tokens",
+            format!(
+                "`max_new_tokens` {} is beyond any model's context (at most {MAX_SEQ_LEN})",
+                e.max_new_tokens
+            ),
+        ));
     }
     if e.temperature < 0.0 {
         out.push(p(
@@ -302,12 +359,21 @@ pub fn eval(e: &EvalSection) -> Vec<Problem> {
 
 pub fn rubric(r: &RubricSection) -> Vec<Problem> {
     let mut out = Vec::new();
+    finite(
+        &mut out,
+        &[("min", r.min), ("max", r.max), ("step", r.step)],
+    );
+    if !out.is_empty() {
+        return out;
+    }
     if r.criteria.is_empty() {
         out.push(p("criteria", "`criteria` must name at least one criterion"));
     }
     let mut seen = HashSet::new();
     for c in &r.criteria {
-        if !seen.insert(c) {
+        if c.trim().is_empty() {
+            out.push(p("criteria", "a criterion has an empty name"));
+        } else if !seen.insert(c) {
             out.push(p("criteria", format!("criterion `{c}` is listed twice")));
         }
     }
@@ -316,13 +382,18 @@ pub fn rubric(r: &RubricSection) -> Vec<Problem> {
             "max",
             format!("`max` ({}) must be greater than `min` ({})", r.max, r.min),
         ));
-    } else if !is_positive(r.step) || ((r.max - r.min) / r.step).fract().abs() > 1e-9 {
+    } else if !(r.step == 1.0 || r.step == 0.5) {
         out.push(p(
             "step",
             format!(
-                "`step` must be positive and divide max - min ({})",
-                r.max - r.min
+                "`step` must be 1 (whole points) or 0.5 (half points), got {}",
+                r.step
             ),
+        ));
+    } else if ((r.max - r.min) / r.step).fract().abs() > 1e-9 {
+        out.push(p(
+            "step",
+            format!("`step` must divide max - min ({})", r.max - r.min),
         ));
     }
     out

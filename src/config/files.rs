@@ -31,7 +31,7 @@ pub(super) fn missing(config: &Config) -> Vec<Diagnostic> {
             .chat_template
             .as_deref()
             .filter(|t| !matches!(*t, "auto" | "none"))
-            && !config.resolve_path(t).is_file()
+            && !config.resolve_path(t).exists()
         {
             out.push(config.diagnostic(
                 &format!("model.{i}.chat_template"),
@@ -49,7 +49,7 @@ pub(super) fn missing(config: &Config) -> Vec<Diagnostic> {
         .filter(|(_, d)| used_datasets.contains(&d.id.as_str()))
     {
         let path = config.resolve_path(&d.path);
-        if !path.is_file() {
+        if !path.exists() {
             out.push(config.diagnostic(
                 &format!("dataset.{i}.path"),
                 format!(
@@ -62,7 +62,7 @@ pub(super) fn missing(config: &Config) -> Vec<Diagnostic> {
             ));
         }
         if let Some(q) = &d.questions
-            && !config.resolve_path(q).is_file()
+            && !config.resolve_path(q).exists()
         {
             out.push(config.diagnostic(
                 &format!("dataset.{i}.questions"),

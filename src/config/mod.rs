@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-pub use checks::{check_devices, format_from_extension};
+pub use checks::{MAX_SEQ_LEN, check_devices, check_id, eval as check_eval, format_from_extension};
 pub use cluster::{BackendKind, ClusterSection};
 pub use diagnostic::{ConfigErrors, Diagnostic};
 pub use parse::Override;
@@ -53,14 +53,12 @@ pub struct CellSettings {
 impl Config {
     /// Read and validate `path`; every problem of the file is reported at once.
     pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-        let source = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![Diagnostic::at(
-                path,
-                "",
-                None,
-                format!("cannot read config: {e}"),
-            )])
-        })?;
+        let source = crate::store::bounded::read_to_string(
+            path,
+            crate::store::bounded::TEXT_FILE_LIMIT,
+            "config",
+        )
+        .map_err(|e| ConfigErrors(vec![Diagnostic::at(path, "", None, read_error(e))]))?;
         Config::from_source(path, source)
     }
 
@@ -187,6 +185,21 @@ impl Config {
     /// Files the config names that are not there, each with how to get it.
     pub fn missing_files(&self) -> Vec<Diagnostic> {
         files::missing(self)
+    }
+}
+
+/// A read error as a config diagnostic's message (which names the file itself).
+fn read_error(e: crate::store::StoreError) -> String {
+    match e {
+        crate::store::StoreError::Io { source, .. } => format!("cannot read config: {source}"),
+        crate::store::StoreError::Line { line, message, .. } => format!("line {line}: {message}"),
+        crate::store::StoreError::TooLarge { limit, what, .. } => {
+            format!(
+                "larger than {} MiB: not a {what} (a device file?)",
+                limit >> 20
+            )
+        }
+        other => other.to_string(),
     }
 }
 

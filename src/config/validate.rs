@@ -21,6 +21,13 @@ pub(super) fn validate(mut config: Config) -> Result<Config, ConfigErrors> {
             vec![("name".into(), msg.replace("id", "sweep name"))],
         );
     }
+    if config.sweep.runs_dir.trim().is_empty() {
+        at(
+            &mut errors,
+            "sweep",
+            vec![("runs_dir".into(), "`runs_dir` must name a directory".into())],
+        );
+    }
     let devices = checks::check_devices(&config.sweep.devices);
     at(
         &mut errors,

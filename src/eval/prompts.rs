@@ -96,7 +96,7 @@ impl QuestionPrompt {
 }
 
 /// `eval_template`, else the training template cut just after its completion marker.
-fn eval_template_source(dataset: &DatasetSection) -> String {
+pub fn eval_template_source(dataset: &DatasetSection) -> String {
     if let Some(t) = &dataset.eval_template {
         return t.clone();
     }

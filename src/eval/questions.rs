@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 use crate::config::{ConfigErrors, Diagnostic};
+use crate::store::{StoreError, bounded};
 
 /// One benchmark question with its reference answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,14 +68,19 @@ struct RawSet {
 impl QuestionSet {
     /// Load and check a question set; every problem is reported with its line and column.
     pub fn load(path: &Path) -> Result<QuestionSet, ConfigErrors> {
-        let source = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![Diagnostic::at(
-                path,
-                "",
-                None,
-                format!("cannot read question set: {e}"),
-            )])
-        })?;
+        let source = bounded::read_to_string(path, bounded::TEXT_FILE_LIMIT, "question set")
+            .map_err(|e| {
+                let message = match e {
+                    StoreError::Io { source, .. } => format!("cannot read question set: {source}"),
+                    StoreError::Line { line, message, .. } => format!("line {line}: {message}"),
+                    StoreError::TooLarge { limit, .. } => format!(
+                        "larger than {} MiB: not a question set (a device file?)",
+                        limit >> 20
+                    ),
+                    other => other.to_string(),
+                };
+                ConfigErrors(vec![Diagnostic::at(path, "", None, message)])
+            })?;
         Self::parse(path, &source)
     }
 

@@ -31,6 +31,15 @@ pub fn chat_template_override(
     match model.chat_template.as_deref() {
         None | Some("auto") => Ok(None),
         Some("none") => Ok(Some(None)),
-        Some(path) => std::fs::read_to_string(config.resolve_path(path)).map(|t| Some(Some(t))),
+        Some(path) => crate::store::bounded::read_to_string(
+            &config.resolve_path(path),
+            crate::store::bounded::TEXT_FILE_LIMIT,
+            "chat template",
+        )
+        .map(|t| Some(Some(t)))
+        .map_err(|e| match e {
+            crate::store::StoreError::Io { source, .. } => source,
+            other => std::io::Error::new(std::io::ErrorKind::InvalidData, other.to_string()),
+        }),
     }
 }

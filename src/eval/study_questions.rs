@@ -23,6 +23,9 @@ pub enum StudyQuestionsError {
         line: usize,
         message: String,
     },
+    /// Not a text file, or far larger than a question list.
+    #[error(transparent)]
+    Store(crate::store::StoreError),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,9 +81,17 @@ impl Item {
 
 /// Read a study question file; `task` names the set (default: `math` or `bio` after the item shape).
 pub fn import(path: &Path, task: Option<&str>) -> Result<QuestionSet, StudyQuestionsError> {
-    let text = std::fs::read_to_string(path).map_err(|source| StudyQuestionsError::Read {
-        path: path.display().to_string(),
-        source,
+    let text = crate::store::bounded::read_to_string(
+        path,
+        crate::store::bounded::TEXT_FILE_LIMIT,
+        "question list",
+    )
+    .map_err(|e| match e {
+        crate::store::StoreError::Io { source, .. } => StudyQuestionsError::Read {
+            path: path.display().to_string(),
+            source,
+        },
+        other => StudyQuestionsError::Store(other),
     })?;
     parse(&path.display().to_string(), &text, task)
 }

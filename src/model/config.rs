@@ -179,10 +179,7 @@ fn parse_rope_scaling(path: &Path, v: &Value) -> Result<Option<Llama3RopeScaling
 impl ModelConfig {
     /// Reads a Hugging Face `config.json`.
     pub fn from_hf_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let text = crate::model::error::read_capped(path, "model config.json")?;
         Self::from_hf_json(path, &text)
     }
 
@@ -284,6 +281,29 @@ impl ModelConfig {
             layer_windows,
             bos_token_id: token_ids(&raw.bos_token_id).first().copied(),
             eos_token_ids: token_ids(&raw.eos_token_id),
+        })
+    }
+
+    /// Why these dimensions belong to no model (a damaged header or config.json): a zero size, one beyond
+    /// any model's, or heads that do not group into the key/value heads.
+    pub fn absurd(&self) -> Option<String> {
+        let dims = [
+            ("vocabulary", self.vocab_size, 1 << 24),
+            ("hidden size", self.hidden_size, 1 << 17),
+            ("intermediate size", self.intermediate_size, 1 << 20),
+            ("layer count", self.num_layers, 1 << 12),
+            ("head count", self.num_heads, 1 << 12),
+            ("key/value head count", self.num_kv_heads, 1 << 12),
+            ("head size", self.head_dim, 1 << 12),
+        ];
+        if let Some((what, v, max)) = dims.iter().find(|(_, v, max)| *v == 0 || v > max) {
+            return Some(format!("{what} {v} is outside 1..={max}"));
+        }
+        (!self.num_heads.is_multiple_of(self.num_kv_heads)).then(|| {
+            format!(
+                "{} heads do not group into {} key/value heads",
+                self.num_heads, self.num_kv_heads
+            )
         })
     }
 

@@ -56,3 +56,16 @@ impl ModelError {
 }
 
 pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// The text of a small file the model's directory holds (a `config.json`, an index), read with a cap: a
+/// device file or a runaway file is an error naming it, not an allocation abort.
+pub(crate) fn read_capped(path: &std::path::Path, what: &str) -> Result<String> {
+    use crate::store::StoreError;
+    crate::store::bounded::read_to_string(path, 64 << 20, what).map_err(|e| match e {
+        StoreError::Io { source, .. } => ModelError::Io {
+            path: path.to_path_buf(),
+            source,
+        },
+        other => ModelError::Usage(other.to_string()),
+    })
+}

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::RatingError;
-use crate::store::StoreError;
 use crate::store::atomic::write_atomic;
+use crate::store::jsonl;
 
 /// One generated answer: `{"question_id", "stage", "model", "prompt", "answer", "new_tokens", "secs"}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -24,33 +24,19 @@ pub struct AnswerRecord {
 }
 
 /// Read an answers file; a missing file has no answers. A bad line is an error naming file and line;
-/// a torn last line (no newline: a crash while appending) is skipped.
+/// a torn last line (no newline: a crash while appending) is skipped and reported once.
 pub fn read_answers(path: &Path) -> Result<Vec<AnswerRecord>, RatingError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(StoreError::io(path, e).into()),
-    };
-    let complete = text.ends_with('\n');
-    let raw: Vec<&str> = text.lines().collect();
-    let mut out = Vec::with_capacity(raw.len());
-    for (i, l) in raw.iter().enumerate() {
-        if l.trim().is_empty() {
-            continue;
-        }
-        match serde_json::from_str::<AnswerRecord>(l) {
-            Ok(r) => out.push(r),
-            Err(_) if i + 1 == raw.len() && !complete => {}
-            Err(e) => {
-                return Err(RatingError::Answers {
-                    path: path.to_owned(),
-                    line: i + 1,
-                    message: e.to_string(),
-                });
-            }
-        }
-    }
-    Ok(out)
+    jsonl::read(path)?
+        .lines
+        .into_iter()
+        .map(|l| {
+            serde_json::from_str(&l.text).map_err(|e| RatingError::Answers {
+                path: path.to_owned(),
+                line: l.number,
+                message: e.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Write a whole answers file atomically (used by the study import).

@@ -73,6 +73,7 @@ impl RatingContext {
     pub fn ratings(&self) -> Result<Ratings, RatingError> {
         Ok(Ratings::replay(&journal::read(
             &self.sweep.ratings_journal(),
+            &self.rubric,
         )?))
     }
 
@@ -128,6 +129,7 @@ impl RatingContext {
     ) -> StudyTarget<'a> {
         StudyTarget {
             sweep: &self.sweep,
+            rubric: &self.rubric,
             run_for,
             questions_for,
         }

@@ -10,7 +10,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::RatingError;
-use crate::store::atomic::append_line_synced;
+use super::rubric::Rubric;
+use super::study::STUDY_RATER;
+use crate::store::jsonl;
 
 /// One question of one question set: what a note or a "reference is wrong" flag is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -91,57 +93,77 @@ pub fn now_rfc3339() -> String {
         .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
 
-/// Append one line to the journal and fsync it; when this returns Ok the judgement survives a crash.
-pub fn append(path: &Path, line: &JournalLine) -> Result<(), RatingError> {
-    let text = serde_json::to_string(line).map_err(|e| RatingError::Encode(e.to_string()))?;
-    append_line_synced(path, &text)?;
-    Ok(())
+impl JournalLine {
+    /// Why this line may not stand in a journal kept with `rubric`: a score that is not a finite number on
+    /// the rubric's scale (the study's import keeps its in-range cells, half points included).
+    pub fn off_rubric(&self, rubric: &Rubric) -> Option<String> {
+        let Entry::Score { scores, .. } = &self.entry else {
+            return None;
+        };
+        let imported = self.rater == STUDY_RATER;
+        scores.iter().find_map(|(criterion, &v)| {
+            let ok = if imported {
+                rubric.in_range(v)
+            } else {
+                rubric.accepts(v)
+            };
+            (!ok).then(|| {
+                format!(
+                    "score {v} for {criterion:?} is off the rubric ({} to {} in steps of {})",
+                    rubric.min, rubric.max, rubric.step
+                )
+            })
+        })
+    }
 }
 
-/// Append many lines in one write and one fsync.
-pub fn append_all(path: &Path, lines: &[JournalLine]) -> Result<(), RatingError> {
+/// Append one line to the journal and fsync it; when this returns Ok the judgement survives a crash. A line
+/// off the rubric is refused, never written.
+pub fn append(path: &Path, rubric: &Rubric, line: &JournalLine) -> Result<(), RatingError> {
+    append_all(path, rubric, std::slice::from_ref(line))
+}
+
+/// Append many lines in one write and one fsync (none when one of them is off the rubric).
+pub fn append_all(path: &Path, rubric: &Rubric, lines: &[JournalLine]) -> Result<(), RatingError> {
     if lines.is_empty() {
         return Ok(());
+    }
+    if let Some(why) = lines.iter().find_map(|l| l.off_rubric(rubric)) {
+        return Err(RatingError::Refused {
+            path: path.to_owned(),
+            message: why,
+        });
     }
     let texts: Vec<String> = lines
         .iter()
         .map(serde_json::to_string)
         .collect::<Result<_, _>>()
         .map_err(|e| RatingError::Encode(e.to_string()))?;
-    append_line_synced(path, &texts.join("\n"))?;
+    let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+    jsonl::append_synced(path, &texts)?;
     Ok(())
 }
 
 /// Read every line of the journal; a missing file is an empty journal.
 ///
-/// A last line without its newline is what a crash during an append leaves: it is skipped with a
-/// warning (it was never shown as saved). Any other line that does not parse is an error naming the line.
-pub fn read(path: &Path) -> Result<Vec<JournalLine>, RatingError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(crate::store::StoreError::io(path, e).into()),
-    };
-    let complete = text.ends_with('\n');
-    let raw: Vec<&str> = text.lines().collect();
-    let mut lines = Vec::with_capacity(raw.len());
-    for (i, l) in raw.iter().enumerate() {
-        if l.trim().is_empty() {
-            continue;
+/// A last line without its newline is what a crash during an append leaves: it is skipped and reported
+/// once (it was never shown as saved; the next append moves it aside). Any other line that does not parse,
+/// or holds a score off `rubric`, is an error naming the file and line.
+pub fn read(path: &Path, rubric: &Rubric) -> Result<Vec<JournalLine>, RatingError> {
+    let journal = jsonl::read(path)?;
+    let mut lines = Vec::with_capacity(journal.lines.len());
+    for l in journal.lines {
+        let bad = |message: String| RatingError::Journal {
+            path: path.to_owned(),
+            line: l.number,
+            message,
+        };
+        let line: JournalLine = serde_json::from_str(&l.text)
+            .map_err(|e| bad(format!("not a ratings journal line: {e}")))?;
+        if let Some(why) = line.off_rubric(rubric) {
+            return Err(bad(why));
         }
-        match serde_json::from_str::<JournalLine>(l) {
-            Ok(line) => lines.push(line),
-            Err(_) if i + 1 == raw.len() && !complete => {
-                tracing::warn!(path = %path.display(), line = i + 1, "skipping a torn last journal line");
-            }
-            Err(e) => {
-                return Err(RatingError::Journal {
-                    path: path.to_owned(),
-                    line: i + 1,
-                    message: e.to_string(),
-                });
-            }
-        }
+        lines.push(line);
     }
     Ok(lines)
 }
@@ -221,8 +243,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("ratings.jsonl");
         let undo = JournalLine::new("ann", "2026-01-01T00:00:01Z".into(), Entry::Undo);
-        append_all(&p, &[score_line(), undo.clone()]).unwrap();
-        assert_eq!(read(&p).unwrap(), vec![score_line(), undo]);
+        let rubric = Rubric::default();
+        append_all(&p, &rubric, &[score_line(), undo.clone()]).unwrap();
+        assert_eq!(read(&p, &rubric).unwrap(), vec![score_line(), undo]);
         let text = std::fs::read_to_string(&p).unwrap();
         assert!(text.starts_with(r#"{"rater":"ann","time":"2026-01-01T00:00:00Z","kind":"score","answer":{"task":"math""#), "{text}");
     }
@@ -231,15 +254,61 @@ mod tests {
     fn a_torn_last_line_is_skipped_but_a_bad_middle_line_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("ratings.jsonl");
-        append(&p, &score_line()).unwrap();
+        let rubric = Rubric::default();
+        append(&p, &rubric, &score_line()).unwrap();
         let mut text = std::fs::read_to_string(&p).unwrap();
         text.push_str(r#"{"rater":"ann","ti"#);
         std::fs::write(&p, &text).unwrap();
-        assert_eq!(read(&p).unwrap().len(), 1);
+        assert_eq!(read(&p, &rubric).unwrap().len(), 1);
+        append(&p, &rubric, &score_line()).unwrap();
+        assert_eq!(
+            read(&p, &rubric).unwrap().len(),
+            2,
+            "written on a fresh line"
+        );
         text.push('\n');
         std::fs::write(&p, &text).unwrap();
-        let err = read(&p).unwrap_err().to_string();
+        let err = read(&p, &rubric).unwrap_err().to_string();
         assert!(err.contains("ratings.jsonl:2"), "{err}");
-        assert!(read(&dir.path().join("none.jsonl")).unwrap().is_empty());
+        assert!(
+            read(&dir.path().join("none.jsonl"), &rubric)
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn scores_off_the_rubric_are_refused_on_read_and_never_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ratings.jsonl");
+        let rubric = Rubric::default();
+        for bad in [99.0, -5.0, 4.5, f64::NAN] {
+            let mut line = score_line();
+            if let Entry::Score { scores, .. } = &mut line.entry {
+                scores.insert("Helpfulness".into(), bad);
+            }
+            let err = append(&p, &rubric, &line).unwrap_err().to_string();
+            assert!(err.contains("off the rubric"), "{bad}: {err}");
+            assert!(!p.exists());
+        }
+        let good = serde_json::to_string(&score_line()).unwrap();
+        let bad = good.replace("4.0", "99.0");
+        std::fs::write(&p, format!("{good}\n{bad}\n")).unwrap();
+        let err = read(&p, &rubric).unwrap_err().to_string();
+        assert!(err.contains("ratings.jsonl:2: score 99"), "{err}");
+        let half = Rubric {
+            step: 0.5,
+            ..Rubric::default()
+        };
+        std::fs::write(&p, format!("{good}\n{}\n", good.replace("4.0", "4.5"))).unwrap();
+        assert!(read(&p, &rubric).is_err());
+        assert_eq!(read(&p, &half).unwrap().len(), 2);
+        let study = good.replace("\"ann\"", "\"study\"").replace("4.0", "4.5");
+        std::fs::write(&p, format!("{study}\n")).unwrap();
+        assert_eq!(
+            read(&p, &rubric).unwrap().len(),
+            1,
+            "the study's own 4.5 stays"
+        );
     }
 }

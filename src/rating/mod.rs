@@ -28,7 +28,7 @@ use std::path::PathBuf;
 pub enum RatingError {
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-    #[error("{path}:{line}: not a ratings journal line: {message}")]
+    #[error("{path}:{line}: {message}")]
     Journal {
         path: PathBuf,
         line: usize,
@@ -40,6 +40,8 @@ pub enum RatingError {
         line: usize,
         message: String,
     },
+    #[error("{path}: not written: {message}")]
+    Refused { path: PathBuf, message: String },
     #[error("rubric: {0}")]
     Rubric(String),
     #[error(

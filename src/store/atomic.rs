@@ -1,6 +1,6 @@
 //! Crash-safe file writes: temp file + fsync + rename (+ fsync of the directory), and fsynced appends.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
@@ -50,21 +50,10 @@ pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T
     }
 }
 
-/// Append one line (a newline is added) and fsync, for journals that must lose nothing shown as saved.
+/// Append one line (a newline is added) and fsync, for journals that must lose nothing shown as saved; a
+/// torn last line is moved aside first ([`super::jsonl`]).
 pub fn append_line_synced(path: &Path, line: &str) -> Result<(), StoreError> {
-    let dir = parent_dir(path);
-    fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
-    let mut f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| StoreError::io(path, e))?;
-    let mut buf = Vec::with_capacity(line.len() + 1);
-    buf.extend_from_slice(line.as_bytes());
-    buf.push(b'\n');
-    f.write_all(&buf)
-        .and_then(|_| f.sync_data())
-        .map_err(|e| StoreError::io(path, e))
+    super::jsonl::append_synced(path, &[line])
 }
 
 /// fsync a directory so that a rename inside it survives a power loss.

@@ -1,6 +1,10 @@
-//! The runs/ directory: run dirs, atomic status writes, metrics logs, checkpoints, answers and locks.
+//! The runs/ directory: run dirs, atomic status writes, journals (metrics logs, answers, ratings), locks,
+//! and capped reads of the files a user names.
 
 pub mod atomic;
+pub mod bounded;
+pub mod gguf_header;
+pub mod jsonl;
 pub mod layout;
 pub mod lock;
 pub mod status;
@@ -24,6 +28,18 @@ pub enum StoreError {
         what: &'static str,
         #[source]
         source: serde_json::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Line {
+        path: std::path::PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{path}: larger than {} MiB: not a {what} (a device file? a runaway write?)", limit >> 20)]
+    TooLarge {
+        path: std::path::PathBuf,
+        limit: u64,
+        what: String,
     },
     #[error("{path}: run is locked by another process (pid {pid})")]
     Locked {

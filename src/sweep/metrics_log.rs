@@ -7,54 +7,36 @@
 //! `interrupted`, telemetry). The resumed runner then appends `run_started { start_step: S }` and steps
 //! S+1, S+2, ...: each step appears exactly once.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::events::{LoggedEvent, RunEvent};
 use crate::store::StoreError;
 use crate::store::atomic::write_atomic;
+use crate::store::jsonl::Appender;
 
-/// An open metrics log, appending one line per event.
+/// An open metrics log, appending one line per event (a torn last line is moved aside first).
 #[derive(Debug)]
 pub struct MetricsLog {
     path: PathBuf,
-    file: File,
+    journal: Appender,
 }
 
 impl MetricsLog {
     pub fn open(path: &Path) -> Result<MetricsLog, StoreError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::io(dir, e))?;
-        }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| StoreError::io(path, e))?;
         Ok(MetricsLog {
             path: path.to_owned(),
-            file,
+            journal: Appender::open(path)?,
         })
     }
 
     /// Append one event as a single write; lifecycle events are also fsynced.
     pub fn append(&mut self, event: &LoggedEvent) -> Result<(), StoreError> {
-        let mut line = serde_json::to_vec(event).map_err(|e| StoreError::Json {
+        let line = serde_json::to_string(event).map_err(|e| StoreError::Json {
             path: self.path.clone(),
             what: "LoggedEvent",
             source: e,
         })?;
-        line.push(b'\n');
-        self.file
-            .write_all(&line)
-            .map_err(|e| StoreError::io(&self.path, e))?;
-        if event.event.is_lifecycle() {
-            self.file
-                .sync_data()
-                .map_err(|e| StoreError::io(&self.path, e))?;
-        }
-        Ok(())
+        self.journal.append(&[&line], event.event.is_lifecycle())
     }
 }
 
@@ -108,6 +90,8 @@ pub fn cut_back_to(path: &Path, step: u64) -> Result<usize, StoreError> {
 mod tests {
     use super::*;
     use crate::sweep::events::StepMetrics;
+    use std::fs::OpenOptions;
+    use std::io::Write;
 
     fn step(n: u64) -> LoggedEvent {
         LoggedEvent {

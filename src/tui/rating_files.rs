@@ -23,7 +23,7 @@ impl RatingFiles {
         let result = self.ctx.as_ref().map_err(Clone::clone).and_then(|ctx| {
             let items = ctx.items(rater, &pair).map_err(|e| e.to_string())?;
             let path = ctx.sweep.ratings_journal();
-            let journal = journal::read(&path).map_err(|e| e.to_string())?;
+            let journal = journal::read(&path, &ctx.rubric).map_err(|e| e.to_string())?;
             Ok(Box::new(RatingData {
                 items,
                 rubric: ctx.rubric.clone(),
@@ -41,7 +41,7 @@ impl RatingFiles {
         };
         let path = ctx.sweep.ratings_journal();
         let line = JournalLine::new(rater, now_rfc3339(), entry);
-        match journal::append(&path, &line) {
+        match journal::append(&path, &ctx.rubric, &line) {
             Ok(()) => Msg::JudgementSaved(Box::new(line)),
             Err(e) => {
                 tracing::error!("could not append to {}: {e}", path.display());

@@ -18,6 +18,8 @@ pub struct CandleQuantizedLlama {
 impl CandleQuantizedLlama {
     /// Load a llama-architecture GGUF file (weights stay quantized as stored).
     pub fn load(path: &Path, device: &Device) -> candle_core::Result<Self> {
+        crate::store::gguf_header::check(path)
+            .map_err(|e| candle_core::Error::msg(format!("{}: {e}", path.display())))?;
         let mut file = std::fs::File::open(path)
             .map_err(|e| candle_core::Error::msg(format!("{}: {e}", path.display())))?;
         let content = Content::read(&mut file).map_err(|e| e.with_path(path))?;

@@ -26,6 +26,7 @@ pub struct GgufFile {
 
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self> {
+        crate::store::gguf_header::check(path).map_err(|what| ModelError::corrupt(path, what))?;
         let file = File::open(path).map_err(|source| ModelError::Io {
             path: path.to_path_buf(),
             source,

@@ -25,6 +25,32 @@ fn is_pickle(path: &Path) -> bool {
     )
 }
 
+/// The model's dimensions as its files state them (a GGUF header, or `config.json` beside safetensors),
+/// without reading any weight: what a preflight check needs.
+pub fn read_config(path: &Path) -> Result<ModelConfig> {
+    if path.is_file() {
+        if is_pickle(path) {
+            return Err(ModelError::PickleRefused {
+                path: path.to_path_buf(),
+            });
+        }
+        if path.extension().and_then(|e| e.to_str()) == Some("safetensors") {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            return sane(path, ModelConfig::from_hf_file(&dir.join("config.json"))?);
+        }
+        return sane(path, GgufFile::open(path)?.config()?);
+    }
+    sane(path, ModelConfig::from_hf_file(&path.join("config.json"))?)
+}
+
+/// `cfg`, unless its dimensions belong to no model.
+fn sane(path: &Path, cfg: ModelConfig) -> Result<ModelConfig> {
+    match cfg.absurd() {
+        Some(why) => Err(ModelError::invalid(path, why)),
+        None => Ok(cfg),
+    }
+}
+
 /// Loads a model: a directory with `config.json` + safetensors (bnb-4bit weights are kept as stored;
 /// other weights are stored per `quant`), or a `.gguf` file (tensors kept in their GGUF types).
 pub fn load_model(path: &Path, quant: Quant, device: &Device) -> Result<Decoder> {
@@ -35,13 +61,12 @@ pub fn load_model(path: &Path, quant: Quant, device: &Device) -> Result<Decoder>
             });
         }
         if path.extension().and_then(|e| e.to_str()) == Some("safetensors") {
-            let dir = path.parent().unwrap_or(Path::new("."));
-            let cfg = ModelConfig::from_hf_file(&dir.join("config.json"))?;
+            let cfg = read_config(path)?;
             let files = SafetensorsFiles::open(vec![path.to_path_buf()])?;
             return build_decoder(cfg, &files, quant, device);
         }
         let gguf = GgufFile::open(path)?;
-        let cfg = gguf.config()?;
+        let cfg = sane(path, gguf.config()?)?;
         return build_decoder(cfg, &gguf, quant, device);
     }
     if !path.is_dir() {
@@ -51,7 +76,7 @@ pub fn load_model(path: &Path, quant: Quant, device: &Device) -> Result<Decoder>
         });
     }
     let files = checkpoint_files(path)?;
-    let cfg = ModelConfig::from_hf_file(&path.join("config.json"))?;
+    let cfg = read_config(path)?;
     let st = SafetensorsFiles::open(files)?;
     build_decoder(cfg, &st, quant, device)
 }

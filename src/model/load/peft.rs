@@ -219,10 +219,7 @@ impl Decoder {
 }
 
 fn read_adapter_config(path: &Path) -> Result<LoraSpec> {
-    let text = std::fs::read_to_string(path).map_err(|source| ModelError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = crate::model::error::read_capped(path, "adapter_config.json")?;
     let v: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| ModelError::corrupt(path, e))?;
     let bad = |what: &str| ModelError::invalid(path, what.to_string());

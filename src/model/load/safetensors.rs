@@ -230,10 +230,7 @@ impl TensorSource for SafetensorsFiles {
 pub fn checkpoint_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|source| ModelError::Io {
-            path: index.clone(),
-            source,
-        })?;
+        let text = crate::model::error::read_capped(&index, "safetensors index")?;
         let json: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| ModelError::corrupt(&index, e))?;
         let map = json["weight_map"]

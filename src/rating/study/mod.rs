@@ -94,6 +94,8 @@ pub enum StudyError {
     },
     #[error(transparent)]
     Rating(#[from] crate::rating::RatingError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// Read every `*-benchmark.txt` under `dir` (its subfolders too), sorted by model, task and stage.
@@ -120,10 +122,11 @@ pub fn read_study_dir(dir: &Path, rubric: &Rubric) -> Result<StudyImport, StudyE
                 stage: name.stage,
             });
         }
-        let text = std::fs::read_to_string(&path).map_err(|source| StudyError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let text = crate::store::bounded::read_to_string(
+            &path,
+            crate::store::bounded::TEXT_FILE_LIMIT,
+            "study benchmark file",
+        )?;
         let (answers, file_problems) = parse_benchmark(&path, &text, rubric)?;
         problems.extend(file_problems);
         files.push(StudyFile {

@@ -6,12 +6,15 @@ use super::{STUDY_EVAL_HASH, STUDY_RATER, StudyError, StudyImport};
 use crate::rating::answers::{AnswerRecord, write_answers};
 use crate::rating::journal::{self, AnswerKey, Entry, JournalLine, QuestionRef};
 use crate::rating::ratings::Ratings;
+use crate::rating::rubric::Rubric;
 use crate::store::SweepPaths;
 
 /// Where the study's data goes in a sweep: its paths, the run that holds each model's adapter for a
 /// task, and the question set of each task.
 pub struct StudyTarget<'a> {
     pub sweep: &'a SweepPaths,
+    /// The sweep's rubric: the journal is read and written against it.
+    pub rubric: &'a Rubric,
     pub run_for: &'a dyn Fn(&str, &str) -> Option<String>,
     pub questions_for: &'a dyn Fn(&str) -> String,
 }
@@ -33,7 +36,7 @@ pub fn store(
     time: &str,
 ) -> Result<StoreReport, StudyError> {
     let journal_path = target.sweep.ratings_journal();
-    let standing = Ratings::replay(&journal::read(&journal_path)?);
+    let standing = Ratings::replay(&journal::read(&journal_path, target.rubric)?);
     let mut report = StoreReport::default();
     let mut lines = Vec::new();
     for f in &import.files {
@@ -101,7 +104,7 @@ pub fn store(
             lines.push(JournalLine::new(STUDY_RATER, time.to_owned(), entry));
         }
     }
-    journal::append_all(&journal_path, &lines)?;
+    journal::append_all(&journal_path, target.rubric, &lines)?;
     report.ratings_written = lines.len();
     Ok(report)
 }

@@ -49,12 +49,22 @@ pub fn prepare(
         &spec.fields,
     )
     .map_err(|e| TrainError::data(&spec.path, None, format!("template: {e}")))?;
-    let records = read::read_records(&spec.path, spec.format, spec.limit)?;
+    let read = read::read_records(
+        &spec.path,
+        spec.format,
+        spec.limit,
+        spec.on_bad_row == OnBadRow::Skip,
+    )?;
+    let records = read.rows;
     let mut report = DataReport {
-        rows_read: records.len(),
+        rows_read: records.len() + read.malformed.len(),
         ..DataReport::default()
     };
-    let mut bad = Vec::new();
+    let mut bad: Vec<template::BadRow> = read
+        .malformed
+        .into_iter()
+        .map(|(row, reason)| template::BadRow { row, reason })
+        .collect();
     let mut examples = Vec::with_capacity(records.len());
     for record in &records {
         match template.render(record) {
@@ -68,6 +78,7 @@ pub fn prepare(
             Err(b) => bad.push(b),
         }
     }
+    bad.sort_by_key(|b| b.row);
     if !bad.is_empty() && spec.on_bad_row == OnBadRow::Error {
         let mut msg = format!(
             "{} bad row(s) (set on_bad_row = \"skip\" to skip them):",

@@ -3,12 +3,13 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::Path;
 
 use parquet::file::reader::SerializedFileReader;
 use parquet::record::Field;
 
+use crate::store::bounded::{Capped, LINE_LIMIT, LineEnd, read_line_capped};
 use crate::train::TrainError;
 use crate::train::settings::DataFormat;
 
@@ -53,18 +54,70 @@ pub fn resolve_format(path: &Path, format: Option<DataFormat>) -> Result<DataFor
     }
 }
 
-/// Read at most `limit` records from `path`.
+/// Cap on a JSON-array dataset, parsed whole (JSONL, CSV and Parquet are read row by row).
+const JSON_ARRAY_LIMIT: u64 = 2 << 30;
+
+/// The records of a file, and the rows that could not be read as records (kept only when skipping).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Records {
+    pub rows: Vec<Record>,
+    /// (row, why) of each malformed row skipped.
+    pub malformed: Vec<(usize, String)>,
+}
+
+/// Read at most `limit` records from `path`. A malformed row (bad JSON, not an object, a broken CSV
+/// record) is an error naming the file and row, or with `skip_malformed` is listed and skipped. A row or
+/// file that never ends (a device file, a runaway line) is an error, never an allocation abort.
 pub fn read_records(
     path: &Path,
     format: Option<DataFormat>,
     limit: Option<usize>,
-) -> Result<Vec<Record>, TrainError> {
+    skip_malformed: bool,
+) -> Result<Records, TrainError> {
     let limit = limit.unwrap_or(usize::MAX);
+    let mut out = Rows {
+        path,
+        skip_malformed,
+        records: Records::default(),
+    };
     match resolve_format(path, format)? {
-        DataFormat::Jsonl => read_jsonl(path, limit),
-        DataFormat::Json => read_json_array(path, limit),
-        DataFormat::Csv => read_csv(path, limit),
-        DataFormat::Parquet => read_parquet(path, limit),
+        DataFormat::Jsonl => read_jsonl(&mut out, limit)?,
+        DataFormat::Json => read_json_array(&mut out, limit)?,
+        DataFormat::Csv => read_csv(&mut out, limit)?,
+        DataFormat::Parquet => out.records.rows = read_parquet(path, limit)?,
+    }
+    Ok(out.records)
+}
+
+/// Records being read, and what to do with a malformed one.
+struct Rows<'a> {
+    path: &'a Path,
+    skip_malformed: bool,
+    records: Records,
+}
+
+impl Rows<'_> {
+    fn malformed(&mut self, row: usize, why: String) -> Result<(), TrainError> {
+        if self.skip_malformed {
+            self.records.malformed.push((row, why));
+            Ok(())
+        } else {
+            Err(TrainError::data(self.path, Some(row), why))
+        }
+    }
+
+    fn push_json(&mut self, row: usize, value: serde_json::Value) -> Result<(), TrainError> {
+        match json_cells(value) {
+            Some(cells) => {
+                self.records.rows.push(Record { row, cells });
+                Ok(())
+            }
+            None => self.malformed(row, "expected a JSON object".into()),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.records.rows.len() + self.records.malformed.len()
     }
 }
 
@@ -72,19 +125,11 @@ fn open(path: &Path) -> Result<File, TrainError> {
     File::open(path).map_err(|e| TrainError::data(path, None, format!("cannot open: {e}")))
 }
 
-fn json_cells(
-    path: &Path,
-    row: usize,
-    value: serde_json::Value,
-) -> Result<HashMap<String, Cell>, TrainError> {
+fn json_cells(value: serde_json::Value) -> Option<HashMap<String, Cell>> {
     let serde_json::Value::Object(map) = value else {
-        return Err(TrainError::data(
-            path,
-            Some(row),
-            "expected a JSON object".to_string(),
-        ));
+        return None;
     };
-    Ok(map.into_iter().map(|(k, v)| (k, json_cell(v))).collect())
+    Some(map.into_iter().map(|(k, v)| (k, json_cell(v))).collect())
 }
 
 fn json_cell(v: serde_json::Value) -> Cell {
@@ -99,30 +144,49 @@ fn json_cell(v: serde_json::Value) -> Cell {
     }
 }
 
-fn read_jsonl(path: &Path, limit: usize) -> Result<Vec<Record>, TrainError> {
-    let mut out = Vec::new();
-    for (i, line) in BufReader::new(open(path)?).lines().enumerate() {
+fn read_jsonl(out: &mut Rows, limit: usize) -> Result<(), TrainError> {
+    let path = out.path;
+    let mut reader = BufReader::new(open(path)?);
+    let mut buf = Vec::new();
+    for row in 1.. {
         if out.len() >= limit {
             break;
         }
-        let row = i + 1;
-        let line =
-            line.map_err(|e| TrainError::data(path, Some(row), format!("cannot read: {e}")))?;
+        let end = read_line_capped(&mut reader, &mut buf, LINE_LIMIT)
+            .map_err(|e| TrainError::data(path, Some(row), format!("cannot read: {e}")))?;
+        match end {
+            LineEnd::Eof => break,
+            LineEnd::TooLong => {
+                return Err(TrainError::data(
+                    path,
+                    Some(row),
+                    format!(
+                        "runs past {} MiB without a newline (a runaway line? a device file?)",
+                        LINE_LIMIT >> 20
+                    ),
+                ));
+            }
+            LineEnd::Complete | LineEnd::Unterminated => {}
+        }
+        let Ok(line) = std::str::from_utf8(&buf) else {
+            out.malformed(row, "not UTF-8 text".into())?;
+            continue;
+        };
         if line.trim().is_empty() {
             continue;
         }
-        let value = serde_json::from_str(&line)
-            .map_err(|e| TrainError::data(path, Some(row), format!("not valid JSON: {e}")))?;
-        out.push(Record {
-            row,
-            cells: json_cells(path, row, value)?,
-        });
+        match serde_json::from_str(line) {
+            Ok(value) => out.push_json(row, value)?,
+            Err(e) => out.malformed(row, format!("not valid JSON: {e}"))?,
+        }
     }
-    Ok(out)
+    Ok(())
 }
 
-fn read_json_array(path: &Path, limit: usize) -> Result<Vec<Record>, TrainError> {
-    let value: serde_json::Value = serde_json::from_reader(BufReader::new(open(path)?))
+fn read_json_array(out: &mut Rows, limit: usize) -> Result<(), TrainError> {
+    let path = out.path;
+    let reader = Capped::new(BufReader::new(open(path)?), usize::MAX, JSON_ARRAY_LIMIT);
+    let value: serde_json::Value = serde_json::from_reader(reader)
         .map_err(|e| TrainError::data(path, None, format!("not valid JSON: {e}")))?;
     let serde_json::Value::Array(items) = value else {
         return Err(TrainError::data(
@@ -131,43 +195,48 @@ fn read_json_array(path: &Path, limit: usize) -> Result<Vec<Record>, TrainError>
             "expected a JSON array of objects".to_string(),
         ));
     };
-    items
-        .into_iter()
-        .take(limit)
-        .enumerate()
-        .map(|(i, v)| {
-            Ok(Record {
-                row: i + 1,
-                cells: json_cells(path, i + 1, v)?,
-            })
-        })
-        .collect()
+    for (i, v) in items.into_iter().take(limit).enumerate() {
+        out.push_json(i + 1, v)?;
+    }
+    Ok(())
 }
 
-fn read_csv(path: &Path, limit: usize) -> Result<Vec<Record>, TrainError> {
-    let mut reader = csv::Reader::from_reader(open(path)?);
+fn read_csv(out: &mut Rows, limit: usize) -> Result<(), TrainError> {
+    let path = out.path;
+    let capped = Capped::new(open(path)?, LINE_LIMIT, u64::MAX);
+    let mut reader = csv::Reader::from_reader(capped);
     let headers = reader
         .headers()
         .map_err(|e| TrainError::data(path, Some(1), format!("cannot read the CSV header: {e}")))?
         .clone();
-    let mut out = Vec::new();
-    for result in reader.records().take(limit) {
-        let record = result.map_err(|e| {
-            let row = e.position().map(|p| p.line() as usize);
-            TrainError::data(path, row, format!("bad CSV record: {e}"))
-        })?;
-        let row = record
-            .position()
-            .map(|p| p.line() as usize)
-            .unwrap_or(out.len() + 2);
-        let cells = headers
-            .iter()
-            .zip(record.iter())
-            .map(|(h, v)| (h.to_string(), Cell::Text(v.to_string())))
-            .collect();
-        out.push(Record { row, cells });
+    let mut record = csv::StringRecord::new();
+    while out.len() < limit {
+        let row = reader.position().line() as usize;
+        match reader.read_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {
+                let row = record.position().map(|p| p.line() as usize).unwrap_or(row);
+                let cells = headers
+                    .iter()
+                    .zip(record.iter())
+                    .map(|(h, v)| (h.to_string(), Cell::Text(v.to_string())))
+                    .collect();
+                out.records.rows.push(Record { row, cells });
+            }
+            Err(e) if matches!(e.kind(), csv::ErrorKind::Io(_)) => {
+                return Err(TrainError::data(
+                    path,
+                    Some(row),
+                    format!("cannot read: {e}"),
+                ));
+            }
+            Err(e) => {
+                let row = e.position().map(|p| p.line() as usize).unwrap_or(row);
+                out.malformed(row, format!("bad CSV record: {e}"))?;
+            }
+        }
     }
-    Ok(out)
+    Ok(())
 }
 
 fn read_parquet(path: &Path, limit: usize) -> Result<Vec<Record>, TrainError> {
@@ -220,7 +289,7 @@ mod tests {
             "{\"q\":\"a\",\"n\":1}\n\n{\"q\":\"b\"}\n{\"q\":\"c\"}\n",
         )
         .unwrap();
-        let recs = read_records(&p, None, Some(2)).unwrap();
+        let recs = read_records(&p, None, Some(2), false).unwrap().rows;
         assert_eq!(recs.len(), 2);
         assert_eq!((recs[0].row, recs[1].row), (1, 3));
         assert_eq!(text(&recs[1], "q"), "b");
@@ -234,8 +303,8 @@ mod tests {
         std::fs::write(&j, r#"[{"q":"x, y","a":"1"},{"q":"z","a":null}]"#).unwrap();
         let c = dir.path().join("d.csv");
         std::fs::write(&c, "q,a\n\"x, y\",1\nz,\n").unwrap();
-        let rj = read_records(&j, None, None).unwrap();
-        let rc = read_records(&c, None, None).unwrap();
+        let rj = read_records(&j, None, None, false).unwrap().rows;
+        let rc = read_records(&c, None, None, false).unwrap().rows;
         assert_eq!(text(&rj[0], "q"), text(&rc[0], "q"));
         assert_eq!(rj[1].cells["a"], Cell::Null);
         assert_eq!(rc[1].cells["a"], Cell::Text(String::new()));
@@ -270,7 +339,7 @@ mod tests {
         col.close().unwrap();
         rg.close().unwrap();
         w.close().unwrap();
-        let recs = read_records(&p, None, None).unwrap();
+        let recs = read_records(&p, None, None, false).unwrap().rows;
         assert_eq!(recs.len(), 3);
         assert_eq!(text(&recs[0], "q"), "hello");
         assert_eq!(recs[1].cells["q"], Cell::Null);
@@ -283,14 +352,37 @@ mod tests {
         let p = dir.path().join("d.txt");
         std::fs::write(&p, "").unwrap();
         assert!(
-            read_records(&p, None, None)
+            read_records(&p, None, None, false)
                 .unwrap_err()
                 .to_string()
                 .contains("d.txt")
         );
         let j = dir.path().join("d.jsonl");
         std::fs::write(&j, "{\"q\":\"a\"}\n{oops\n").unwrap();
-        let err = read_records(&j, None, None).unwrap_err().to_string();
+        let err = read_records(&j, None, None, false).unwrap_err().to_string();
         assert!(err.contains("d.jsonl") && err.contains("row 2"), "{err}");
+    }
+
+    #[test]
+    fn malformed_rows_are_skipped_when_asked_and_endless_rows_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = dir.path().join("d.jsonl");
+        std::fs::write(&j, "{\"q\":\"a\"}\n{oops\n[1]\n{\"q\":\"b\"}").unwrap();
+        let r = read_records(&j, None, None, true).unwrap();
+        assert_eq!(r.rows.len(), 2);
+        let rows: Vec<usize> = r.malformed.iter().map(|(row, _)| *row).collect();
+        assert_eq!(rows, [2, 3]);
+        let c = dir.path().join("d.csv");
+        std::fs::write(&c, "q,a\nx,1\ny,2,3\nz,4\n").unwrap();
+        let r = read_records(&c, None, None, true).unwrap();
+        assert_eq!((r.rows.len(), r.malformed.len()), (2, 1));
+        let err = read_records(&c, None, None, false).unwrap_err().to_string();
+        assert!(err.contains("d.csv, row 3"), "{err}");
+        for format in [DataFormat::Jsonl, DataFormat::Csv, DataFormat::Json] {
+            let err = read_records(Path::new("/dev/zero"), Some(format), None, true)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("/dev/zero"), "{format:?}: {err}");
+        }
     }
 }

@@ -30,6 +30,7 @@ pub fn from_gguf_file(path: &Path) -> Result<Tokenizer, TokenizerError> {
         path: path.to_owned(),
         reason,
     };
+    crate::store::gguf_header::check(path).map_err(invalid)?;
     let mut file = std::fs::File::open(path).map_err(|e| invalid(e.to_string()))?;
     let content =
         Content::read(&mut file).map_err(|e| invalid(format!("not a readable GGUF file: {e}")))?;

@@ -63,12 +63,16 @@ fn ids_of(value: &Value) -> Vec<u32> {
 
 /// A JSON file's content, `Null` when it does not exist.
 fn read_json(path: &Path) -> Result<Value, TokenizerError> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| TokenizerError::Invalid {
+    match crate::store::bounded::read_to_string(path, 64 << 20, "tokenizer JSON file") {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| TokenizerError::Invalid {
             path: path.to_owned(),
             reason: format!("not valid JSON: {e}"),
         }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Value::Null),
+        Err(crate::store::StoreError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Ok(Value::Null)
+        }
         Err(e) => Err(TokenizerError::Invalid {
             path: path.to_owned(),
             reason: e.to_string(),

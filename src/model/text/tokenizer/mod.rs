@@ -77,6 +77,11 @@ impl Tokenizer {
         }
         let dir = if path.is_dir() {
             path
+        } else if !path.is_file() {
+            return Err(TokenizerError::Invalid {
+                path: path.to_owned(),
+                reason: "neither a model file nor a model directory (a device file?)".into(),
+            });
         } else {
             path.parent().unwrap_or(Path::new("."))
         };

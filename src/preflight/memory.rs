@@ -1,0 +1,135 @@
+//! Memory a cell needs, estimated from the model's dimensions and the cell's settings: enough to refuse what
+//! no machine holds, and to warn with the number before allocating. An estimate, not an accounting: it
+//! counts the frozen weights, the adapter with its gradients and AdamW state, the activations a step keeps,
+//! the attention scores and the vocabulary logits.
+
+use crate::config::{CellSettings, QuantSpec};
+use crate::model::{ModelConfig, Target};
+
+/// Bytes, as f64 (settings can ask for sizes no integer type holds).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Estimate {
+    pub bytes: f64,
+}
+
+impl Estimate {
+    pub fn gib(&self) -> f64 {
+        self.bytes / (1u64 << 30) as f64
+    }
+}
+
+/// Bytes per stored parameter of a frozen projection.
+fn frozen_bytes(quant: QuantSpec, gpu: bool) -> f64 {
+    match quant {
+        // Kept as stored: bf16 on a GPU, f32 on the CPU (an upper bound for a GGUF file's own types).
+        QuantSpec::None if gpu => 2.0,
+        QuantSpec::None => 4.0,
+        QuantSpec::Nf4 | QuantSpec::Q4_0 | QuantSpec::Q4_1 => 0.5625,
+        QuantSpec::Q5_0 | QuantSpec::Q5_1 | QuantSpec::Q5k => 0.6875,
+        QuantSpec::Q4k => 0.5625,
+        QuantSpec::Q6k => 0.8203,
+        QuantSpec::Q8_0 => 1.0625,
+    }
+}
+
+/// (in, out) of a projection.
+pub(super) fn projection_dims(m: &ModelConfig, t: Target) -> (f64, f64) {
+    let d = m.hidden_size as f64;
+    let q = (m.num_heads * m.head_dim) as f64;
+    let kv = (m.num_kv_heads * m.head_dim) as f64;
+    let ff = m.intermediate_size as f64;
+    match t {
+        Target::Q => (d, q),
+        Target::K | Target::V => (d, kv),
+        Target::O => (q, d),
+        Target::Gate | Target::Up => (d, ff),
+        Target::Down => (ff, d),
+    }
+}
+
+fn weights(m: &ModelConfig, quant: QuantSpec, gpu: bool) -> f64 {
+    let embed = (m.vocab_size * m.hidden_size) as f64 * if gpu { 2.0 } else { 4.0 };
+    let head = if m.tie_word_embeddings { 0.0 } else { embed };
+    m.projection_params() as f64 * frozen_bytes(quant, gpu) + embed + head
+}
+
+/// Training one step of the cell: weights, adapter state, activations, attention scores and logits.
+pub fn estimate_train(
+    m: &ModelConfig,
+    s: &CellSettings,
+    targets: &[Target],
+    quant: QuantSpec,
+    gpu: bool,
+) -> Estimate {
+    let act = if gpu { 2.0 } else { 4.0 };
+    let r = s.lora.r.max(0) as f64;
+    let layers = m.num_layers as f64;
+    let adapter: f64 = targets
+        .iter()
+        .map(|&t| {
+            let (i, o) = projection_dims(m, t);
+            r * (i + o)
+        })
+        .sum::<f64>()
+        * layers
+        * 16.0;
+    let tokens = s.train.batch_size as f64 * s.train.max_seq_len as f64;
+    let d = m.hidden_size as f64;
+    let q = (m.num_heads * m.head_dim) as f64;
+    let kv = (m.num_kv_heads * m.head_dim) as f64;
+    let ff = m.intermediate_size as f64;
+    // What one block keeps for its backward pass: norms, q/k/v/o, the gated MLP's three products.
+    let block = tokens * (4.0 * d + 2.0 * q + 2.0 * kv + 3.0 * ff) * act;
+    let scores = s.train.batch_size as f64
+        * m.num_heads as f64
+        * (s.train.max_seq_len as f64).powi(2)
+        * 4.0
+        * 2.0;
+    let kept = if s.train.gradient_checkpointing {
+        layers * tokens * d * act + block + scores
+    } else {
+        layers * (block + scores)
+    };
+    let logits = tokens * m.vocab_size as f64 * 4.0 * 2.0;
+    Estimate {
+        bytes: weights(m, quant, gpu) + adapter + kept + logits,
+    }
+}
+
+/// Answering the question set: weights, the key/value cache of a batch, one step's logits.
+pub fn estimate_eval(m: &ModelConfig, s: &CellSettings, quant: QuantSpec, gpu: bool) -> Estimate {
+    let act = if gpu { 2.0 } else { 4.0 };
+    let batch = s.eval.batch_size as f64;
+    let positions = (s.train.max_seq_len + s.eval.max_new_tokens) as f64;
+    let kv_cache =
+        2.0 * m.num_layers as f64 * (m.num_kv_heads * m.head_dim) as f64 * batch * positions * act;
+    let logits = batch * m.vocab_size as f64 * 4.0;
+    Estimate {
+        bytes: weights(m, quant, gpu) + kv_cache + logits,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::load::presets::preset;
+
+    #[test]
+    fn an_8b_model_at_the_studys_settings_needs_gigabytes_not_terabytes() {
+        let (m, _) = preset("llama-3.1-8b").unwrap();
+        let s = CellSettings {
+            lora: Default::default(),
+            train: Default::default(),
+            eval: Default::default(),
+        };
+        let all: Vec<Target> = Target::ALL.to_vec();
+        let train = estimate_train(&m, &s, &all, QuantSpec::Nf4, true).gib();
+        assert!((5.0..60.0).contains(&train), "{train}");
+        let mut huge = s.clone();
+        huge.train.max_seq_len = 1 << 20;
+        huge.train.batch_size = 64;
+        assert!(estimate_train(&m, &huge, &all, QuantSpec::Nf4, true).gib() > 1e5);
+        let eval = estimate_eval(&m, &s, QuantSpec::Nf4, true).gib();
+        assert!((4.0..40.0).contains(&eval), "{eval}");
+    }
+}
