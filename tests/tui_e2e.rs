@@ -429,7 +429,16 @@ fn a_panic_in_a_run_fails_that_run_and_the_dashboard_stays_up() {
         "{status}"
     );
     tmux.send("q");
-    expect_clean_exit(&tmux, "quit after a panicked run", Duration::from_secs(30));
+    // The next run may still be answering its questions: then the quit dialog asks first.
+    let seen = tmux.wait_for(
+        "the exit or the quit dialog",
+        Duration::from_secs(30),
+        |s| s.contains("EXITED") || s.contains("stop & quit"),
+    );
+    if seen.contains("stop & quit") {
+        tmux.send("s");
+    }
+    expect_clean_exit(&tmux, "quit after a panicked run", Duration::from_secs(120));
 }
 
 /// Rate one item on the dashboard's Rating screen with the keyboard, SIGKILL the dashboard, open it again:
