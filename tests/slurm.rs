@@ -10,6 +10,8 @@
 #[allow(dead_code)] // these tests use only the tmux helper
 mod common;
 
+use common::tokenizer_json;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -30,33 +32,6 @@ fn slurm_or_skip(test: &str) -> bool {
          as root starts one on this machine; CI does this) to test the SLURM backend against a real cluster"
     );
     false
-}
-
-const WORDS: [&str; 4] = ["Q", "A", ":", "plus"];
-
-fn tokenizer_json() -> String {
-    let mut vocab = serde_json::Map::new();
-    for (i, t) in ["<unk>", "<s>", "</s>"]
-        .iter()
-        .chain(WORDS.iter())
-        .enumerate()
-    {
-        vocab.insert(t.to_string(), i.into());
-    }
-    for n in 0..40 {
-        vocab.insert(n.to_string(), (7 + n).into());
-    }
-    let special = |id: u32, content: &str| {
-        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
-            "rstrip": false, "normalized": false, "special": true})
-    };
-    serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": [special(0, "<unk>"), special(1, "<s>"), special(2, "</s>")],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
-    })
-    .to_string()
 }
 
 /// A sweep in `dir/t.toml`: `models` (each the tiny Llama fixture) x `datasets` (id, rows of sums), batch 2,

@@ -7,36 +7,13 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use qlab::store::atomic::read_json;
+#[allow(dead_code)] // this binary uses only the test tokenizer of `common`
+mod common;
+
+use common::tokenizer_json;
 use qlab::store::{RunState, RunStatus};
 use qlab::sweep::events::RunEvent;
 use qlab::sweep::metrics_log::read_events;
-
-const WORDS: [&str; 4] = ["Q", "A", ":", "plus"];
-
-fn tokenizer_json() -> String {
-    let mut vocab = serde_json::Map::new();
-    for (i, t) in ["<unk>", "<s>", "</s>"]
-        .iter()
-        .chain(WORDS.iter())
-        .enumerate()
-    {
-        vocab.insert(t.to_string(), i.into());
-    }
-    for n in 0..40 {
-        vocab.insert(n.to_string(), (7 + n).into());
-    }
-    let special = |id: u32, content: &str| {
-        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
-            "rstrip": false, "normalized": false, "special": true})
-    };
-    serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": [special(0, "<unk>"), special(1, "<s>"), special(2, "</s>")],
-        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
-    })
-    .to_string()
-}
 
 /// A sweep of one run: the tiny Llama fixture on `rows` sums, batch 2, checkpoint every 2 steps.
 fn setup(dir: &Path, rows: usize) {

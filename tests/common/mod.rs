@@ -203,3 +203,32 @@ pub mod study_data {
         Some(dir)
     }
 }
+
+/// The tokenizer.json of the tiny word-level test models: the words of the toy sums and the numbers 0-39.
+#[allow(dead_code)] // not every test binary that includes `common` builds a model
+pub const WORDS: [&str; 4] = ["Q", "A", ":", "plus"];
+
+pub fn tokenizer_json() -> String {
+    let mut vocab = serde_json::Map::new();
+    for (i, t) in ["<unk>", "<s>", "</s>"]
+        .iter()
+        .chain(WORDS.iter())
+        .enumerate()
+    {
+        vocab.insert(t.to_string(), i.into());
+    }
+    for n in 0..40 {
+        vocab.insert(n.to_string(), (7 + n).into());
+    }
+    let special = |id: u32, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+            "rstrip": false, "normalized": false, "special": true})
+    };
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [special(0, "<unk>"), special(1, "<s>"), special(2, "</s>")],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+    })
+    .to_string()
+}
