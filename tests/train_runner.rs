@@ -84,7 +84,7 @@ fn toy(job: &RunJob, gate: Option<(Arc<Rendezvous>, usize)>) -> Result<LoadedMod
     })
     .map_err(|source| LoadError::Build {
         model: job.model.clone(),
-        source,
+        source: Box::new(source),
     })?;
     let nan_at = job.run_id.starts_with("nan").then_some(7);
     let model = Toy {

@@ -47,19 +47,19 @@ pub enum LoadError {
     Source {
         model: String,
         #[source]
-        source: SourceError,
+        source: Box<SourceError>,
     },
     #[error("model `{model}`: {source}")]
     Model {
         model: String,
         #[source]
-        source: ModelError,
+        source: Box<ModelError>,
     },
     #[error("model `{model}`: {source}")]
     Tokenizer {
         model: String,
         #[source]
-        source: TokenizerError,
+        source: Box<TokenizerError>,
     },
     #[error("{}: neither the model nor its tokenizer names an EOS token", path.display())]
     NoEos { path: PathBuf },
@@ -71,7 +71,7 @@ pub enum LoadError {
     Build {
         model: String,
         #[source]
-        source: TrainError,
+        source: Box<TrainError>,
     },
 }
 

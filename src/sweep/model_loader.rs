@@ -98,11 +98,11 @@ impl ModelLoader for DecoderLoader {
         let name = || job.model.clone();
         let source_err = |source| LoadError::Source {
             model: name(),
-            source,
+            source: Box::new(source),
         };
         let model_err = |source| LoadError::Model {
             model: name(),
-            source,
+            source: Box::new(source),
         };
         let opts = ResolveOptions::from_env().map_err(source_err)?;
         let path = run.source.resolve(&opts).map_err(source_err)?;
@@ -111,7 +111,7 @@ impl ModelLoader for DecoderLoader {
             load_model(&path, Quant::from(run.model.quant), &device).map_err(model_err)?;
         let tokenizer = Tokenizer::load(&path).map_err(|source| LoadError::Tokenizer {
             model: name(),
-            source,
+            source: Box::new(source),
         })?;
         let eos = decoder
             .config
@@ -130,7 +130,7 @@ impl ModelLoader for DecoderLoader {
         )
         .map_err(|source| LoadError::Build {
             model: name(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(LoadedModel {
             model: Box::new(model),

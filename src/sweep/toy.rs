@@ -24,7 +24,7 @@ impl ModelLoader for ToyLoader {
         })
         .map_err(|source| LoadError::Build {
             model: job.model.clone(),
-            source,
+            source: Box::new(source),
         })?;
         Ok(LoadedModel {
             model: Box::new(model),

@@ -204,10 +204,12 @@ pub mod study_data {
     }
 }
 
-/// The tokenizer.json of the tiny word-level test models: the words of the toy sums and the numbers 0-39.
+/// The words of the toy sums, besides the numbers 0-39.
 #[allow(dead_code)] // not every test binary that includes `common` builds a model
 pub const WORDS: [&str; 4] = ["Q", "A", ":", "plus"];
 
+/// The tokenizer.json of the tiny word-level test models: the words of the toy sums and the numbers 0-39.
+#[allow(dead_code)] // not every test binary that includes `common` builds a model
 pub fn tokenizer_json() -> String {
     let mut vocab = serde_json::Map::new();
     for (i, t) in ["<unk>", "<s>", "</s>"]

@@ -63,7 +63,7 @@ impl ModelLoader for WorkerLoader {
         if let Some(n) = self.parties {
             self.gate.meet("load", n).map_err(|m| LoadError::Build {
                 model: job.model.clone(),
-                source: TrainError::State(m),
+                source: Box::new(TrainError::State(m)),
             })?;
         }
         toy(job, self.parties.map(|n| (self.gate.clone(), n)))
