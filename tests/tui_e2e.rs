@@ -412,7 +412,7 @@ fn a_panic_in_a_run_fails_that_run_and_the_dashboard_stays_up() {
     let screen = tmux.wait_for(
         "the panicked run failed, the next one done",
         Duration::from_secs(240),
-        |s| s.contains("failed") && s.contains("done"),
+        |s| s.contains("failed") && s.contains("1/2 runs done"),
     );
     assert!(
         !screen.contains("EXITED"),

@@ -75,4 +75,18 @@ impl<'a> Control<'a> {
             Directive::Continue
         })
     }
+
+    /// While a run answers its questions (no steps, no checkpoints to wait for): has a stop, a cancel or the
+    /// stop flag asked the runner to end? Pause and resume are not honoured while answering.
+    pub fn stop_asked(&mut self) -> bool {
+        while let Ok(command) = self.commands.try_recv() {
+            if matches!(
+                command,
+                RunnerCommand::StopAfterCheckpoint | RunnerCommand::Cancel
+            ) {
+                self.stop_requested = true;
+            }
+        }
+        self.stop_requested || self.stop_flag.load(Ordering::SeqCst)
+    }
 }

@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 
+use super::control::Control;
 use super::events::RunEvent;
 use super::job::{EvalJobError, RunEvaluator};
 use super::metrics_log::MetricsLog;
@@ -14,17 +15,27 @@ use crate::config::DeviceSpec;
 use crate::store::atomic::{read_json, write_json_atomic};
 use crate::store::{RunLock, RunPaths, RunState, RunStatus};
 
-/// Evaluate `run_id` unless another process holds it; returns false when evaluation failed.
+/// How answering a run's question sets ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvalOutcome {
+    /// Answered, already answered, or held by another process.
+    Done,
+    /// A stop command or signal came while answering: the answers so far stay, the sweep stops.
+    Stopped,
+    Failed,
+}
+
+/// Evaluate `run_id` unless another process holds it; a stop or cancel from `control` ends it between answers.
 pub fn evaluate_job(
     paths: &RunPaths,
     run_id: &str,
     device: DeviceSpec,
     evaluator: &dyn RunEvaluator,
-    stop: &AtomicBool,
+    control: &mut Control<'_>,
     tx: &Sender<(String, RunEvent)>,
-) -> bool {
+) -> EvalOutcome {
     let Ok(_lock) = RunLock::acquire(paths) else {
-        return true;
+        return EvalOutcome::Done;
     };
     let sink = match MetricsLog::open(&paths.metrics()) {
         Ok(log) => EventSink::new(run_id, tx.clone(), log),
@@ -33,7 +44,7 @@ pub fn evaluate_job(
                 run = run_id,
                 "cannot open the metrics log for evaluation: {e}"
             );
-            return false;
+            return EvalOutcome::Failed;
         }
     };
     let mut status: Option<RunStatus> = read_json(&paths.status()).ok().flatten();
@@ -48,8 +59,12 @@ pub fn evaluate_job(
             }
         }
     };
+    let stop = AtomicBool::new(control.stop_asked());
     let mut evaluating = false;
     let mut emit = |event: RunEvent| {
+        if control.stop_asked() {
+            stop.store(true, Ordering::SeqCst);
+        }
         if !evaluating && matches!(event, RunEvent::EvalStarted { .. }) {
             evaluating = true;
             set_state(RunState::Evaluating, None);
@@ -58,7 +73,7 @@ pub fn evaluate_job(
             tracing::warn!(run = run_id, "event not logged: {e}");
         }
     };
-    let result = guarded(|| evaluator.evaluate(run_id, device, stop, &mut emit))
+    let result = guarded(|| evaluator.evaluate(run_id, device, &stop, &mut emit))
         .unwrap_or_else(|message| Err(EvalJobError::Panicked(message)));
     match result {
         // Asked to stop (signal, stop command): the answers written so far stay and the next run resumes.
@@ -67,13 +82,13 @@ pub fn evaluate_job(
                 RunState::Interrupted,
                 Some("stopped while answering the question set".into()),
             );
-            true
+            EvalOutcome::Stopped
         }
         Ok(()) => {
             if evaluating {
                 set_state(RunState::Done, None);
             }
-            true
+            EvalOutcome::Done
         }
         Err(reason) => {
             let reason = format!("evaluation: {reason}");
@@ -85,7 +100,7 @@ pub fn evaluate_job(
                 tracing::warn!(run = run_id, "event not logged: {e}");
             }
             set_state(RunState::Failed, Some(reason));
-            false
+            EvalOutcome::Failed
         }
     }
 }
@@ -93,6 +108,7 @@ pub fn evaluate_job(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sweep::events::RunnerCommand;
 
     /// Answers one question, then finds the stop set (a signal arrived) and gives up.
     struct StoppedMidway;
@@ -125,15 +141,17 @@ mod tests {
         status.state = RunState::Done;
         write_json_atomic(&paths.status(), &status).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
+        let (_commands_tx, commands) = std::sync::mpsc::channel();
         let stop = AtomicBool::new(false);
-        assert!(evaluate_job(
+        let outcome = evaluate_job(
             &paths,
             "r",
             DeviceSpec::Cpu,
             &StoppedMidway,
-            &stop,
-            &tx
-        ));
+            &mut Control::new(&commands, &stop),
+            &tx,
+        );
+        assert_eq!(outcome, EvalOutcome::Stopped);
         let after: RunStatus = read_json(&paths.status()).unwrap().unwrap();
         assert_eq!(after.state, RunState::Interrupted);
         assert!(after.reason.unwrap().contains("stopped"));
@@ -144,5 +162,65 @@ mod tests {
                 .any(|e| matches!(e, RunEvent::RunFailed { .. })),
             "{events:?}"
         );
+    }
+
+    /// Answers questions until the stop flag it is given is set; counts the answers it gave.
+    struct AnswersUntilStopped(std::sync::atomic::AtomicUsize);
+
+    impl RunEvaluator for AnswersUntilStopped {
+        fn evaluate(
+            &self,
+            _run_id: &str,
+            _device: DeviceSpec,
+            stop: &AtomicBool,
+            emit: &mut dyn FnMut(RunEvent),
+        ) -> Result<(), EvalJobError> {
+            emit(RunEvent::EvalStarted {
+                stage: "base".into(),
+                questions: 1000,
+            });
+            for _ in 0..1000 {
+                if stop.load(Ordering::SeqCst) {
+                    return Err(EvalJobError::NotInPlan("stopped".into()));
+                }
+                self.0.fetch_add(1, Ordering::SeqCst);
+                emit(RunEvent::Resumed { step: 0 });
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_stop_command_sent_while_answering_ends_the_answering_between_two_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = RunPaths {
+            root: dir.path().join("r"),
+        };
+        let mut status = RunStatus::queued(4);
+        status.state = RunState::Done;
+        write_json_atomic(&paths.status(), &status).unwrap();
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let (commands_tx, commands) = std::sync::mpsc::channel();
+        let stop = AtomicBool::new(false);
+        // The dashboard's "stop & quit" arrives while the run answers.
+        commands_tx
+            .send(RunnerCommand::StopAfterCheckpoint)
+            .unwrap();
+        let evaluator = AnswersUntilStopped(Default::default());
+        let outcome = evaluate_job(
+            &paths,
+            "r",
+            DeviceSpec::Cpu,
+            &evaluator,
+            &mut Control::new(&commands, &stop),
+            &tx,
+        );
+        assert_eq!(outcome, EvalOutcome::Stopped);
+        assert!(
+            evaluator.0.load(Ordering::SeqCst) < 2,
+            "answered on after the stop"
+        );
+        let after: RunStatus = read_json(&paths.status()).unwrap().unwrap();
+        assert_eq!(after.state, RunState::Interrupted);
     }
 }

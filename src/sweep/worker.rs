@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 
 use super::control::Control;
-use super::eval_run::evaluate_job;
+use super::eval_run::{EvalOutcome, evaluate_job};
 use super::events::{RunEvent, RunnerCommand};
 use super::job::{ModelLoader, RunJob};
 use super::runner::{RunnerOptions, SweepSummary};
@@ -117,16 +117,19 @@ pub fn run_worker(
         if let (JobOutcome::Finished | JobOutcome::Skipped, Some(evaluator)) =
             (&outcome, &shared.options.evaluator)
             && !shared.ending()
-            && !evaluate_job(
+        {
+            match evaluate_job(
                 &ctx.paths,
                 &id,
                 job.device,
                 evaluator.as_ref(),
-                &shared.stop,
+                &mut ctx.control,
                 tx,
-            )
-        {
-            outcome = JobOutcome::Failed;
+            ) {
+                EvalOutcome::Done => {}
+                EvalOutcome::Stopped => outcome = JobOutcome::Interrupted { stop_sweep: true },
+                EvalOutcome::Failed => outcome = JobOutcome::Failed,
+            }
         }
         match outcome {
             JobOutcome::Finished => summary.finished.push(id),

@@ -185,6 +185,10 @@ fn act(app: &mut App, action: Action) -> Vec<Effect> {
         }
         Action::QuitStopAfterCheckpoint | Action::QuitDetach => {
             app.overlay = None;
+            if app.control == Control::Idle {
+                // The runner ended while the dialog was open: nothing to stop or hand over.
+                return quit(app);
+            }
             app.pending_exit = Some(if action == Action::QuitDetach {
                 PendingExit::DetachThenQuit
             } else {

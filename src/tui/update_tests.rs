@@ -228,6 +228,19 @@ fn stop_and_quit_does_not_hand_over() {
 }
 
 #[test]
+fn a_runner_that_ends_while_the_quit_dialog_is_open_lets_either_answer_quit() {
+    for answer in ['s', 'b'] {
+        let mut app = App::new(sweep(), "ann", 0.0);
+        key(&mut app, 's');
+        key(&mut app, 'q');
+        assert_eq!(app.overlay, Some(Overlay::QuitWhileTraining));
+        assert_eq!(update(&mut app, Msg::RunnerExited), vec![]);
+        assert_eq!(key(&mut app, answer), vec![Effect::Quit], "answer {answer}");
+        assert!(app.quit);
+    }
+}
+
+#[test]
 fn quitting_when_idle_is_immediate() {
     let mut app = App::new(sweep(), "ann", 0.0);
     assert_eq!(key(&mut app, 'q'), vec![Effect::Quit]);
