@@ -2,7 +2,7 @@
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
-use crate::tui::keymap::ScreenBinding;
+use crate::tui::keymap::{Binding as KeyBinding, bind};
 
 /// What a key asks the rating screen to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,101 +25,68 @@ pub enum Command {
     Quit,
 }
 
-/// One binding of this screen (see [`ScreenBinding`]).
-pub type Binding = ScreenBinding<Command>;
+/// One binding of this screen (see [`KeyBinding`]).
+pub type Binding = KeyBinding<Command>;
 
 /// Every binding except the digits (which score) in the order the hint bar shows them.
 pub const BINDINGS: &[Binding] = &[
-    Binding {
-        keys: &[KeyCode::Char('.')],
-        label: ".",
-        help: "+half",
-        command: Command::Half,
-    },
-    Binding {
-        keys: &[KeyCode::Tab, KeyCode::BackTab],
-        label: "Tab",
-        help: "side",
-        command: Command::SwitchSide,
-    },
-    Binding {
-        keys: &[KeyCode::Char('h'), KeyCode::Left],
-        label: "h/l",
-        help: "A/B",
-        command: Command::SideA,
-    },
-    Binding {
-        keys: &[KeyCode::Char('l'), KeyCode::Right],
-        label: "",
-        help: "",
-        command: Command::SideB,
-    },
-    Binding {
-        keys: &[KeyCode::Char('j'), KeyCode::Down],
-        label: "j/k",
-        help: "criterion",
-        command: Command::NextCriterion,
-    },
-    Binding {
-        keys: &[KeyCode::Char('k'), KeyCode::Up],
-        label: "",
-        help: "",
-        command: Command::PrevCriterion,
-    },
-    Binding {
-        keys: &[KeyCode::Char('J'), KeyCode::PageDown],
-        label: "J/K",
-        help: "scroll",
-        command: Command::ScrollDown,
-    },
-    Binding {
-        keys: &[KeyCode::Char('K'), KeyCode::PageUp],
-        label: "",
-        help: "",
-        command: Command::ScrollUp,
-    },
-    Binding {
-        keys: &[KeyCode::Enter],
-        label: "Enter",
-        help: "next unrated",
-        command: Command::NextUnrated,
-    },
-    Binding {
-        keys: &[KeyCode::Char('n')],
-        label: "n/p",
-        help: "item",
-        command: Command::NextItem,
-    },
-    Binding {
-        keys: &[KeyCode::Char('p')],
-        label: "",
-        help: "",
-        command: Command::PrevItem,
-    },
-    Binding {
-        keys: &[KeyCode::Char('u')],
-        label: "u",
-        help: "undo",
-        command: Command::Undo,
-    },
-    Binding {
-        keys: &[KeyCode::Char('r')],
-        label: "r",
-        help: "ref wrong",
-        command: Command::ToggleReferenceWrong,
-    },
-    Binding {
-        keys: &[KeyCode::Char('c')],
-        label: "c",
-        help: "note",
-        command: Command::EditNote,
-    },
-    Binding {
-        keys: &[KeyCode::Char('q'), KeyCode::Esc],
-        label: "q",
-        help: "quit",
-        command: Command::Quit,
-    },
+    bind(
+        &[KeyCode::Char('.')],
+        Command::Half,
+        "add a half point to the score",
+    )
+    .hint("+half"),
+    bind(
+        &[KeyCode::Tab, KeyCode::BackTab],
+        Command::SwitchSide,
+        "switch side (A / B)",
+    )
+    .hint("side"),
+    bind(
+        &[KeyCode::Char('h'), KeyCode::Left],
+        Command::SideA,
+        "side A",
+    )
+    .hint_as("h/l", "A/B"),
+    bind(
+        &[KeyCode::Char('l'), KeyCode::Right],
+        Command::SideB,
+        "side B",
+    ),
+    bind(
+        &[KeyCode::Char('j'), KeyCode::Down],
+        Command::NextCriterion,
+        "next criterion",
+    )
+    .hint_as("j/k", "criterion"),
+    bind(
+        &[KeyCode::Char('k'), KeyCode::Up],
+        Command::PrevCriterion,
+        "previous criterion",
+    ),
+    bind(
+        &[KeyCode::Char('J'), KeyCode::PageDown],
+        Command::ScrollDown,
+        "scroll down",
+    )
+    .hint_as("J/K", "scroll"),
+    bind(
+        &[KeyCode::Char('K'), KeyCode::PageUp],
+        Command::ScrollUp,
+        "scroll up",
+    ),
+    bind(&[KeyCode::Enter], Command::NextUnrated, "next unrated item").hint("next unrated"),
+    bind(&[KeyCode::Char('n')], Command::NextItem, "next item").hint_as("n/p", "item"),
+    bind(&[KeyCode::Char('p')], Command::PrevItem, "previous item"),
+    bind(&[KeyCode::Char('u')], Command::Undo, "undo the last score").hint("undo"),
+    bind(
+        &[KeyCode::Char('r')],
+        Command::ToggleReferenceWrong,
+        "mark the reference answer wrong",
+    )
+    .hint("ref wrong"),
+    bind(&[KeyCode::Char('c')], Command::EditNote, "write a note").hint("note"),
+    bind(&[KeyCode::Char('q'), KeyCode::Esc], Command::Quit, "quit").hint("quit"),
 ];
 
 /// The command of a key press in rating mode, if it has one.
@@ -135,10 +102,7 @@ pub fn command_for(key: &KeyEvent) -> Option<Command> {
     {
         return Some(Command::Score(d));
     }
-    BINDINGS
-        .iter()
-        .find(|b| b.keys.contains(&key.code))
-        .map(|b| b.command)
+    crate::tui::keymap::command_in(BINDINGS, key)
 }
 
 /// `(keys, what they do)` for the digits and every labelled binding, in hint-bar order.
@@ -147,8 +111,8 @@ pub fn key_help(max_digit: u32, half: bool) -> Vec<(String, &'static str)> {
     rows.extend(
         BINDINGS
             .iter()
-            .filter(|b| !b.label.is_empty() && (half || b.command != Command::Half))
-            .map(|b| (b.label.to_owned(), b.help)),
+            .filter(|b| half || b.command != Command::Half)
+            .filter_map(|b| b.hint_entry(false)),
     );
     rows
 }

@@ -12,7 +12,7 @@ use ratatui::widgets::{Block, Cell as TableCell, Paragraph, Row, Table, Tabs, Wr
 
 use crate::rating::results::TaskResults;
 use crate::rating::results_format::cell_text;
-use crate::tui::keymap::ScreenBinding;
+use crate::tui::keymap::{Binding as KeyBinding, bind};
 
 /// What the host should do after a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,57 +31,46 @@ pub enum Command {
     Quit,
 }
 
-/// One binding of this screen (see [`ScreenBinding`]).
-pub type Binding = ScreenBinding<Command>;
+/// One binding of this screen (see [`KeyBinding`]).
+pub type Binding = KeyBinding<Command>;
 
 /// The screen's keys, in the order the hint line shows them (an empty label folds into the line above).
 pub const BINDINGS: &[Binding] = &[
-    Binding {
-        keys: &[KeyCode::Tab, KeyCode::Char('l'), KeyCode::Right],
-        label: "Tab/h/l",
-        help: "task",
-        command: Command::NextTask,
-    },
-    Binding {
-        keys: &[KeyCode::BackTab, KeyCode::Char('h'), KeyCode::Left],
-        label: "",
-        help: "",
-        command: Command::PrevTask,
-    },
-    Binding {
-        keys: &[KeyCode::Char('j'), KeyCode::Down],
-        label: "j/k",
-        help: "model",
-        command: Command::NextModel,
-    },
-    Binding {
-        keys: &[KeyCode::Char('k'), KeyCode::Up],
-        label: "",
-        help: "",
-        command: Command::PrevModel,
-    },
-    Binding {
-        keys: &[KeyCode::Char('q'), KeyCode::Esc],
-        label: "q",
-        help: "quit",
-        command: Command::Quit,
-    },
+    bind(
+        &[KeyCode::Tab, KeyCode::Char('l'), KeyCode::Right],
+        Command::NextTask,
+        "next task",
+    )
+    .hint_as("Tab/h/l", "task"),
+    bind(
+        &[KeyCode::BackTab, KeyCode::Char('h'), KeyCode::Left],
+        Command::PrevTask,
+        "previous task",
+    ),
+    bind(
+        &[KeyCode::Char('j'), KeyCode::Down],
+        Command::NextModel,
+        "next model",
+    )
+    .hint_as("j/k", "model"),
+    bind(
+        &[KeyCode::Char('k'), KeyCode::Up],
+        Command::PrevModel,
+        "previous model",
+    ),
+    bind(&[KeyCode::Char('q'), KeyCode::Esc], Command::Quit, "quit").hint("quit"),
 ];
 
 /// The command of a key press, if it has one.
 pub fn command_for(key: &KeyEvent) -> Option<Command> {
-    BINDINGS
-        .iter()
-        .find(|b| b.keys.contains(&key.code))
-        .map(|b| b.command)
+    crate::tui::keymap::command_in(BINDINGS, key)
 }
 
 /// `(keys, what they do)` for every labelled binding, as the hint line and a help overlay show them.
-pub fn key_help() -> Vec<(&'static str, &'static str)> {
+pub fn key_help() -> Vec<(String, &'static str)> {
     BINDINGS
         .iter()
-        .filter(|b| !b.label.is_empty())
-        .map(|b| (b.label, b.help))
+        .filter_map(|b| b.hint_entry(false))
         .collect()
 }
 

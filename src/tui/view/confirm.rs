@@ -1,15 +1,12 @@
 //! The y/n dialog before the dashboard cancels or resubmits a cell's cluster job.
 
 use ratatui::Frame;
-use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Clear, Paragraph, Wrap};
+use ratatui::text::Line;
 
 use crate::cluster::poll::Request;
 use crate::tui::app::App;
-use crate::tui::keymap::{self, Context};
+use crate::tui::keymap::Context;
 use crate::tui::theme::Theme;
-
-use super::help::centered;
 
 /// The question the dialog asks about `request`.
 pub fn question(app: &App, request: &Request) -> String {
@@ -38,22 +35,6 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme) {
     let Some(request) = &app.confirm else {
         return;
     };
-    let mut lines = vec![Line::from(question(app, request)), Line::from("")];
-    for b in keymap::bindings(Context::Confirm).filter(|b| b.hint.is_some()) {
-        lines.push(Line::from(vec![
-            Span::styled(format!(" {}  ", keymap::key_label(b)), theme.key()),
-            Span::raw(b.describe),
-        ]));
-    }
-    let area = centered(frame.area(), 64, lines.len() as u16 + 4);
-    let block = Block::bordered()
-        .border_set(theme.border())
-        .title(Line::styled(" SLURM ", theme.title()));
-    frame.render_widget(Clear, area);
-    frame.render_widget(
-        Paragraph::new(lines)
-            .wrap(Wrap { trim: false })
-            .block(block),
-        area,
-    );
+    let question = vec![Line::from(question(app, request))];
+    super::dialog::draw(frame, "SLURM", question, Context::Confirm, theme);
 }

@@ -17,21 +17,18 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme) {
         Screen::Rating => Context::Rating,
         Screen::Results => Context::Results,
     };
-    let mut rows: Vec<(Action, Vec<String>, &str)> = Vec::new();
-    for b in keymap::bindings(ctx).filter(|b| app.cluster.is_some() || !b.action.is_cluster_only())
+    // One line per action: its rows' keys together (q and Ctrl-c both quit), the first row's words.
+    let mut rows: Vec<(Action, String, &str)> = Vec::new();
+    for b in keymap::bindings(ctx).filter(|b| app.cluster.is_some() || !b.command.is_cluster_only())
     {
-        let label = if theme.ascii {
-            keymap::ascii_key_label(b)
-        } else {
-            keymap::key_label(b)
-        };
-        match rows.iter_mut().find(|r| r.0 == b.action) {
-            Some(row) => row.1.push(label),
-            None => rows.push((b.action, vec![label], b.describe)),
+        let labels = b.key_labels(theme.ascii);
+        match rows.iter_mut().find(|r| r.0 == b.command) {
+            Some(row) => row.1 = format!("{} {labels}", row.1),
+            None => rows.push((b.command, labels, b.help)),
         }
     }
-    let mut keys: Vec<String> = rows.iter().map(|r| r.1.join(" ")).collect();
-    let mut describe: Vec<&str> = rows.iter().map(|r| r.2).collect();
+    let (mut keys, mut describe): (Vec<String>, Vec<&str>) =
+        rows.into_iter().map(|(_, k, d)| (k, d)).unzip();
     // The hosted screen's own keys, from the table that drives it.
     let (screen_title, screen_keys) = hosted_keys(app);
     let first_screen_key = keys.len();
@@ -69,13 +66,7 @@ pub fn draw(frame: &mut Frame, app: &App, theme: &Theme) {
 fn hosted_keys(app: &App) -> (&'static str, Vec<(String, &'static str)>) {
     match (app.screen, &app.rating.screen) {
         (Screen::Rating, Pane::Ready(screen)) => (" on the rating screen", screen.key_help()),
-        (Screen::Results, _) => (
-            " on the results screen",
-            results::key_help()
-                .into_iter()
-                .map(|(k, d)| (k.to_owned(), d))
-                .collect(),
-        ),
+        (Screen::Results, _) => (" on the results screen", results::key_help()),
         _ => ("", Vec::new()),
     }
 }

@@ -21,13 +21,12 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App, ctx: Context, theme: &Them
     }
     let mut hints: Vec<(String, &str, bool)> = keymap::bindings(ctx)
         .filter_map(|b| {
-            let hint = b.hint?;
-            let label = if theme.ascii {
-                keymap::ascii_key_label(b)
-            } else {
-                keymap::key_label(b)
-            };
-            Some((label, hint, matches!(b.action, Action::Help | Action::Quit)))
+            let (label, hint) = b.hint_entry(theme.ascii)?;
+            Some((
+                label,
+                hint,
+                matches!(b.command, Action::Help | Action::Quit),
+            ))
         })
         .collect();
     let width = |hints: &[(String, &str, bool)], gap: usize| -> usize {

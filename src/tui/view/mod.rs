@@ -1,6 +1,7 @@
 //! Drawing: one function per screen and overlay, all reading `App` and never changing it.
 
 mod confirm;
+mod dialog;
 mod help;
 mod hints;
 mod plot;
