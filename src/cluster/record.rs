@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::store::atomic::{read_json, write_json_atomic};
-use crate::store::{RunPaths, StoreError};
+use crate::store::{RunPaths, StoreError, now_secs};
 
 /// `job.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -82,23 +82,13 @@ impl NodeMarker {
     }
 }
 
-fn now_secs() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_new_job_keeps_the_earlier_ids() {
-        let dir = tempfile::tempdir().unwrap();
-        let run = RunPaths {
-            root: dir.path().join("r"),
-        };
+        let (_dir, run) = RunPaths::in_temp_dir();
         assert_eq!(JobRecord::read(&run).unwrap(), None);
         JobRecord::write_new(&run, "slurm", "10").unwrap();
         let r = JobRecord::write_new(&run, "slurm", "12").unwrap();

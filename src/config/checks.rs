@@ -83,6 +83,13 @@ fn is_positive(x: f64) -> bool {
     x > 0.0 && x.is_finite()
 }
 
+/// A problem for a value outside [0, 1) (dropout, warm-up share).
+fn fraction(out: &mut Vec<Problem>, key: &str, v: f64) {
+    if !(0.0..1.0).contains(&v) {
+        out.push(p(key, format!("`{key}` must be in [0, 1), got {v}")));
+    }
+}
+
 /// A problem for each non-finite number (TOML allows `inf` and `nan`; no setting means them).
 fn finite(out: &mut Vec<Problem>, values: &[(&str, f64)]) {
     for (key, v) in values {
@@ -225,12 +232,7 @@ pub fn lora(l: &LoraSection) -> Vec<Problem> {
             format!("`alpha` must be positive, got {}", l.alpha),
         ));
     }
-    if !(0.0..1.0).contains(&l.dropout) {
-        out.push(p(
-            "dropout",
-            format!("`dropout` must be in [0, 1), got {}", l.dropout),
-        ));
-    }
+    fraction(&mut out, "dropout", l.dropout);
     if l.targets.is_empty() {
         out.push(p("targets", "`targets` must name at least one projection"));
     }
@@ -275,12 +277,7 @@ pub fn train(t: &TrainSection) -> Vec<Problem> {
             format!("`max_seq_len` must be at least 8, got {}", t.max_seq_len),
         ));
     }
-    if !(0.0..1.0).contains(&t.warmup_ratio) {
-        out.push(p(
-            "warmup_ratio",
-            format!("`warmup_ratio` must be in [0, 1), got {}", t.warmup_ratio),
-        ));
-    }
+    fraction(&mut out, "warmup_ratio", t.warmup_ratio);
     if t.max_seq_len > MAX_SEQ_LEN {
         out.push(p(
             "max_seq_len",

@@ -26,18 +26,9 @@ fn default_step() -> f64 {
 }
 
 impl Default for Rubric {
-    /// The study's rubric: three criteria, integers 0 to 5.
+    /// The study's rubric (the config's default): three criteria, integers 0 to 5.
     fn default() -> Self {
-        Rubric {
-            criteria: vec![
-                "Correct Answer".into(),
-                "Correct Reasoning".into(),
-                "Helpfulness".into(),
-            ],
-            min: 0.0,
-            max: 5.0,
-            step: 1.0,
-        }
+        Rubric::from(&crate::config::RubricSection::default())
     }
 }
 

@@ -106,6 +106,18 @@ impl RunPaths {
 }
 
 #[cfg(test)]
+impl RunPaths {
+    /// A run directory `r` inside a fresh temporary directory, which lives as long as the returned guard.
+    pub fn in_temp_dir() -> (tempfile::TempDir, RunPaths) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let run = RunPaths {
+            root: dir.path().join("r"),
+        };
+        (dir, run)
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -178,10 +178,7 @@ mod tests {
 
     #[test]
     fn a_second_lock_fails_naming_the_holder_and_is_free_after_drop() {
-        let dir = tempfile::tempdir().unwrap();
-        let run = RunPaths {
-            root: dir.path().join("r"),
-        };
+        let (_dir, run) = RunPaths::in_temp_dir();
         let lock = RunLock::acquire(&run).unwrap();
         // flock locks are per open file description, so a second open in the same process conflicts too.
         let err = RunLock::acquire(&run).unwrap_err().to_string();

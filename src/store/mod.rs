@@ -13,6 +13,13 @@ pub use layout::{RunPaths, SweepPaths};
 pub use lock::RunLock;
 pub use status::{RunState, RunStatus};
 
+/// Seconds since the Unix epoch, as run files and events record times (0 on a clock before 1970).
+pub fn now_secs() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// Errors of the run store; each names the file it concerns.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -10,9 +10,10 @@ use super::events::RunEvent;
 use super::job::{EvalJobError, RunEvaluator};
 use super::metrics_log::MetricsLog;
 use super::panic_guard::guarded;
-use super::sink::{EventSink, now_secs};
+use super::sink::EventSink;
 use crate::config::DeviceSpec;
 use crate::store::atomic::{read_json, write_json_atomic};
+use crate::store::now_secs;
 use crate::store::{RunLock, RunPaths, RunState, RunStatus};
 
 /// How answering a run's question sets ended.
@@ -131,31 +132,40 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_stop_during_evaluation_leaves_the_run_interrupted_not_failed() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = RunPaths {
-            root: dir.path().join("r"),
-        };
+    /// Evaluate a trained run "r" in a fresh directory with `commands` already sent to the runner:
+    /// the outcome, the status written afterwards and the events emitted.
+    fn evaluate_trained(
+        evaluator: &dyn RunEvaluator,
+        commands: &[RunnerCommand],
+    ) -> (EvalOutcome, RunStatus, Vec<RunEvent>) {
+        let (_dir, paths) = RunPaths::in_temp_dir();
         let mut status = RunStatus::queued(4);
         status.state = RunState::Done;
         write_json_atomic(&paths.status(), &status).unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
-        let (_commands_tx, commands) = std::sync::mpsc::channel();
+        let (commands_tx, commands_rx) = std::sync::mpsc::channel();
+        for &c in commands {
+            commands_tx.send(c).unwrap();
+        }
         let stop = AtomicBool::new(false);
         let outcome = evaluate_job(
             &paths,
             "r",
             DeviceSpec::Cpu,
-            &StoppedMidway,
-            &mut Control::new(&commands, &stop),
+            evaluator,
+            &mut Control::new(&commands_rx, &stop),
             &tx,
         );
-        assert_eq!(outcome, EvalOutcome::Stopped);
         let after: RunStatus = read_json(&paths.status()).unwrap().unwrap();
+        (outcome, after, rx.try_iter().map(|(_, e)| e).collect())
+    }
+
+    #[test]
+    fn a_stop_during_evaluation_leaves_the_run_interrupted_not_failed() {
+        let (outcome, after, events) = evaluate_trained(&StoppedMidway, &[]);
+        assert_eq!(outcome, EvalOutcome::Stopped);
         assert_eq!(after.state, RunState::Interrupted);
         assert!(after.reason.unwrap().contains("stopped"));
-        let events: Vec<RunEvent> = rx.try_iter().map(|(_, e)| e).collect();
         assert!(
             !events
                 .iter()
@@ -192,35 +202,15 @@ mod tests {
 
     #[test]
     fn a_stop_command_sent_while_answering_ends_the_answering_between_two_answers() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = RunPaths {
-            root: dir.path().join("r"),
-        };
-        let mut status = RunStatus::queued(4);
-        status.state = RunState::Done;
-        write_json_atomic(&paths.status(), &status).unwrap();
-        let (tx, _rx) = std::sync::mpsc::channel();
-        let (commands_tx, commands) = std::sync::mpsc::channel();
-        let stop = AtomicBool::new(false);
-        // The dashboard's "stop & quit" arrives while the run answers.
-        commands_tx
-            .send(RunnerCommand::StopAfterCheckpoint)
-            .unwrap();
         let evaluator = AnswersUntilStopped(Default::default());
-        let outcome = evaluate_job(
-            &paths,
-            "r",
-            DeviceSpec::Cpu,
-            &evaluator,
-            &mut Control::new(&commands, &stop),
-            &tx,
-        );
+        // The dashboard's "stop & quit" arrives while the run answers.
+        let (outcome, after, _) =
+            evaluate_trained(&evaluator, &[RunnerCommand::StopAfterCheckpoint]);
         assert_eq!(outcome, EvalOutcome::Stopped);
         assert!(
             evaluator.0.load(Ordering::SeqCst) < 2,
             "answered on after the stop"
         );
-        let after: RunStatus = read_json(&paths.status()).unwrap().unwrap();
         assert_eq!(after.state, RunState::Interrupted);
     }
 }

@@ -47,10 +47,7 @@ mod tests {
 
     #[test]
     fn done_runs_are_skipped_and_others_start_fresh() {
-        let dir = tempfile::tempdir().unwrap();
-        let run = RunPaths {
-            root: dir.path().join("r"),
-        };
+        let (_dir, run) = RunPaths::in_temp_dir();
         assert_eq!(action_for(&run).unwrap(), RunAction::Fresh);
         let mut status = RunStatus::queued(10);
         status.state = RunState::Done;

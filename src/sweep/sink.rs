@@ -3,18 +3,10 @@
 
 use std::sync::Mutex;
 use std::sync::mpsc::Sender;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::events::{LoggedEvent, RunEvent};
 use super::metrics_log::MetricsLog;
-use crate::store::StoreError;
-
-/// Seconds since the Unix epoch.
-pub fn now_secs() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
-}
+use crate::store::{StoreError, now_secs};
 
 /// One run's event destination.
 pub struct EventSink {

@@ -6,7 +6,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use crossterm::event::{Event, EventStream, KeyEventKind};
 use futures::{FutureExt, StreamExt};
@@ -17,6 +17,7 @@ use tokio::time::{Instant, sleep_until};
 
 use crate::cluster::poll::{self, Request};
 use crate::cluster::submit::Submitter;
+use crate::store::now_secs;
 use crate::sweep::events::RunEvent;
 
 use super::app::App;
@@ -167,7 +168,7 @@ pub async fn run<B: Backend>(
                 if Instant::now() >= next_second {
                     next_second = Instant::now() + Duration::from_secs(1);
                     pending.push(io.files.lock_holders());
-                    pending.push(Msg::Tick { now: unix_now() });
+                    pending.push(Msg::Tick { now: now_secs() });
                 }
             }
             _ = sleep_until(redraw_at.unwrap_or(now)), if redraw_at.is_some() => {}
@@ -310,7 +311,7 @@ fn forward_runner(rx: Receiver<(String, RunEvent)>, tx: UnboundedSender<Msg>, ru
                     .send(Msg::Runner {
                         run,
                         event,
-                        ts: unix_now(),
+                        ts: now_secs(),
                     })
                     .is_err()
                 {
@@ -342,12 +343,4 @@ fn spawn_detached(cmd: &[String]) -> std::io::Result<()> {
                 Err(std::io::Error::other(format!("exited with {s}")))
             }
         })
-}
-
-/// Wall-clock seconds since the Unix epoch.
-pub fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }

@@ -150,142 +150,81 @@ const fn chr(c: char) -> KeyCode {
     KeyCode::Char(c)
 }
 
+#[rustfmt::skip]
 const GLOBAL: &[Binding<Action>] = &[
     bind(&[chr('?')], Action::Help, "show the keys of this screen").hint("help"),
-    bind(
-        &[chr('q')],
-        Action::Quit,
-        "quit (asks first while training)",
-    )
-    .hint("quit"),
+    bind(&[chr('q')], Action::Quit, "quit (asks first while training)").hint("quit"),
     bind(&[chr('c')], Action::Quit, "quit").ctrl(),
 ];
 
+#[rustfmt::skip]
 const SWEEP: &[Binding<Action>] = &[
     bind(&[KeyCode::Up, chr('k')], Action::Up, "previous model"),
     bind(&[KeyCode::Down, chr('j')], Action::Down, "next model"),
     bind(&[KeyCode::Left, chr('h')], Action::Left, "previous dataset"),
     bind(&[KeyCode::Right, chr('l')], Action::Right, "next dataset"),
     bind(&[KeyCode::Enter], Action::OpenRun, "open the selected run").hint("open"),
-    bind(
-        &[chr('s')],
-        Action::StartSweep,
-        "start (or continue) the sweep",
-    )
-    .hint("start"),
+    bind(&[chr('s')], Action::StartSweep, "start (or continue) the sweep").hint("start"),
 ];
 
+#[rustfmt::skip]
 const RUN: &[Binding<Action>] = &[
-    bind(
-        &[KeyCode::Esc, KeyCode::Backspace, chr('h'), KeyCode::Left],
-        Action::Back,
-        "back to the sweep",
-    )
-    .hint("back"),
+    bind(&[KeyCode::Esc, KeyCode::Backspace, chr('h'), KeyCode::Left], Action::Back, "back to the sweep").hint("back"),
     bind(&[chr(']'), KeyCode::Tab], Action::NextRun, "next run").hint("next"),
-    bind(
-        &[chr('['), KeyCode::BackTab],
-        Action::PrevRun,
-        "previous run",
-    )
-    .hint("prev"),
+    bind(&[chr('['), KeyCode::BackTab], Action::PrevRun, "previous run").hint("prev"),
 ];
 
 /// Training control, the same on the Sweep and Run screens (the selected run is the open one on Run).
+#[rustfmt::skip]
 const TRAINING: &[Binding<Action>] = &[
     bind(&[chr('p')], Action::TogglePause, "pause / resume training").hint("pause"),
-    bind(
-        &[chr('x')],
-        Action::StopSweep,
-        "stop after the next checkpoint",
-    )
-    .hint("stop"),
-    bind(
-        &[chr('r')],
-        Action::Retry,
-        "retry the selected failed or interrupted run",
-    )
-    .hint("retry"),
+    bind(&[chr('x')], Action::StopSweep, "stop after the next checkpoint").hint("stop"),
+    bind(&[chr('r')], Action::Retry, "retry the selected failed or interrupted run").hint("retry"),
 ];
 
 /// Ways to the other screens and to the cluster, the same on the Sweep and Run screens.
+#[rustfmt::skip]
 const ELSEWHERE: &[Binding<Action>] = &[
     bind(&[chr('a')], Action::OpenRating, "rate answers blind").hint("rate"),
     bind(&[chr('t')], Action::OpenResults, "results table").hint("results"),
-    bind(
-        &[chr('C')],
-        Action::CancelJob,
-        "cancel the selected run's SLURM job (asks first)",
-    ),
-    bind(
-        &[chr('R')],
-        Action::ResubmitJob,
-        "resubmit the selected failed or timed-out run to SLURM (asks first)",
-    ),
+    bind(&[chr('C')], Action::CancelJob, "cancel the selected run's SLURM job (asks first)"),
+    bind(&[chr('R')], Action::ResubmitJob, "resubmit the selected failed or timed-out run to SLURM (asks first)"),
 ];
 
 /// The dashboard's keys on the Rating screen; every other key goes to the screen itself (its own
 /// table: [`crate::tui::rating::keys::BINDINGS`]), so none of these may be one of its keys.
+#[rustfmt::skip]
 const RATING: &[Binding<Action>] = &[
     bind(&[KeyCode::Esc], Action::Back, "back").hint("back"),
-    bind(
-        &[chr('v')],
-        Action::NextPair,
-        "compare the next pair: base-e1, base-e3, e1-e3",
-    )
-    .hint("pair"),
-    bind(
-        &[chr('w')],
-        Action::SaveAgain,
-        "save again the judgement that was NOT SAVED",
-    )
-    .hint("save again"),
+    bind(&[chr('v')], Action::NextPair, "compare the next pair: base-e1, base-e3, e1-e3").hint("pair"),
+    bind(&[chr('w')], Action::SaveAgain, "save again the judgement that was NOT SAVED").hint("save again"),
     bind(&[chr('t')], Action::OpenResults, "results table").hint("results"),
 ];
 
 /// The dashboard's keys on the Results screen; the others go to the screen
 /// ([`crate::tui::results::BINDINGS`]).
+#[rustfmt::skip]
 const RESULTS: &[Binding<Action>] = &[
     bind(&[KeyCode::Esc], Action::Back, "back").hint("back"),
     bind(&[chr('a')], Action::OpenRating, "rate answers blind").hint("rate"),
 ];
 
-const HELP: &[Binding<Action>] = &[bind(
-    &[KeyCode::Esc, chr('?'), chr('q')],
-    Action::CloseOverlay,
-    "close help",
-)
-.hint("close")];
-
-const QUIT_DIALOG: &[Binding<Action>] = &[
-    bind(
-        &[chr('s')],
-        Action::QuitStopAfterCheckpoint,
-        "stop after the next checkpoint, then quit",
-    )
-    .hint("stop & quit"),
-    bind(
-        &[chr('b')],
-        Action::QuitDetach,
-        "keep training in the background (detached qlab run)",
-    )
-    .hint("background"),
-    bind(
-        &[chr('c'), KeyCode::Esc],
-        Action::CloseOverlay,
-        "cancel: stay here, keep training",
-    )
-    .hint("cancel"),
+#[rustfmt::skip]
+const HELP: &[Binding<Action>] = &[
+    bind(&[KeyCode::Esc, chr('?'), chr('q')], Action::CloseOverlay, "close help").hint("close"),
 ];
 
+#[rustfmt::skip]
+const QUIT_DIALOG: &[Binding<Action>] = &[
+    bind(&[chr('s')], Action::QuitStopAfterCheckpoint, "stop after the next checkpoint, then quit").hint("stop & quit"),
+    bind(&[chr('b')], Action::QuitDetach, "keep training in the background (detached qlab run)").hint("background"),
+    bind(&[chr('c'), KeyCode::Esc], Action::CloseOverlay, "cancel: stay here, keep training").hint("cancel"),
+];
+
+#[rustfmt::skip]
 const CONFIRM: &[Binding<Action>] = &[
     bind(&[chr('y')], Action::Confirm, "yes, do it").hint("yes"),
-    bind(
-        &[chr('n'), KeyCode::Esc],
-        Action::CloseOverlay,
-        "no, leave it",
-    )
-    .hint("no"),
+    bind(&[chr('n'), KeyCode::Esc], Action::CloseOverlay, "no, leave it").hint("no"),
 ];
 
 /// The tables of a context, the context's own first, then the shared ones, then the global ones (screens only).

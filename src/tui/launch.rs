@@ -6,13 +6,14 @@ use std::time::Duration;
 use tokio::sync::mpsc::unbounded_channel;
 
 use super::app::App;
-use super::event_loop::{self, Exit, LoopOptions, unix_now};
+use super::event_loop::{self, Exit, LoopOptions};
 use super::rating_files::RatingFiles;
 use super::sweep_info::SweepInfo;
 use super::terminal;
 use super::theme::Theme;
 use super::trainer::Trainer;
 use crate::rating::context::RatingContext;
+use crate::store::now_secs;
 
 /// What the dashboard is opened with.
 pub struct Launch {
@@ -46,7 +47,7 @@ pub fn launch(l: Launch) -> std::io::Result<Exit> {
         cluster: l.cluster,
         cluster_every: Duration::from_secs(5),
     };
-    let app = App::new(l.sweep, &l.rater, unix_now());
+    let app = App::new(l.sweep, &l.rater, now_secs());
     let ratings = RatingFiles::new(l.ratings);
     let mut term = terminal::enter();
     let result = rt.block_on(event_loop::run(

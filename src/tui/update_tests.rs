@@ -55,6 +55,16 @@ fn runner(app: &mut App, run: &str, event: RunEvent, ts: f64) -> Vec<Effect> {
     )
 }
 
+/// A run starts from scratch on the CPU in process 7.
+fn started(total_steps: u64) -> RunEvent {
+    RunEvent::RunStarted {
+        total_steps,
+        start_step: 0,
+        device: "cpu".into(),
+        pid: 7,
+    }
+}
+
 fn step(step: u64, loss: f64) -> RunEvent {
     RunEvent::Step(StepMetrics {
         step,
@@ -80,17 +90,7 @@ fn start_trains_every_queued_run_and_runner_events_fill_the_cell() {
     };
     assert_eq!(runs.len(), 4);
     assert_eq!(app.control, Control::Running);
-    runner(
-        &mut app,
-        R0,
-        RunEvent::RunStarted {
-            total_steps: 100,
-            start_step: 0,
-            device: "cpu".into(),
-            pid: 7,
-        },
-        0.0,
-    );
+    runner(&mut app, R0, started(100), 0.0);
     for s in 1..=10 {
         runner(&mut app, R0, step(s, 2.0 - 0.05 * s as f64), s as f64);
     }
@@ -138,17 +138,7 @@ fn cursor_moves_with_arrows_and_vim_keys_and_stays_in_the_matrix() {
 fn quitting_while_training_asks_and_detach_waits_for_the_checkpoint() {
     let mut app = App::new(sweep(), "ann", 0.0);
     key(&mut app, 's');
-    runner(
-        &mut app,
-        R0,
-        RunEvent::RunStarted {
-            total_steps: 100,
-            start_step: 0,
-            device: "cpu".into(),
-            pid: 7,
-        },
-        0.0,
-    );
+    runner(&mut app, R0, started(100), 0.0);
     assert_eq!(key(&mut app, 'q'), vec![]);
     assert_eq!(app.overlay, Some(Overlay::QuitWhileTraining));
     assert_eq!(key(&mut app, 'c'), vec![], "cancel keeps training");
@@ -209,17 +199,7 @@ fn stop_and_quit_does_not_hand_over() {
         vec![Effect::Command(RunnerCommand::StopAfterCheckpoint)]
     );
     // The runner started the next run before seeing the command: that one is stopped too.
-    let fx = runner(
-        &mut app,
-        "qwen-arith-0a1b2c3d",
-        RunEvent::RunStarted {
-            total_steps: 9,
-            start_step: 0,
-            device: "cpu".into(),
-            pid: 7,
-        },
-        1.0,
-    );
+    let fx = runner(&mut app, "qwen-arith-0a1b2c3d", started(9), 1.0);
     assert_eq!(
         fx,
         vec![Effect::Command(RunnerCommand::StopAfterCheckpoint)]

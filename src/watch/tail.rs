@@ -151,22 +151,20 @@ mod tests {
             "missing file reads as empty"
         );
         append(&p, "a\nb\npar");
-        let got: Vec<_> = t
-            .read_new()
-            .unwrap()
-            .into_iter()
-            .map(|l| (l.number, l.text))
-            .collect();
-        assert_eq!(got, vec![(1, "a".into()), (2, "b".into())]);
+        let numbered = |t: &mut LineTail| -> Vec<(u64, String)> {
+            t.read_new()
+                .unwrap()
+                .into_iter()
+                .map(|l| (l.number, l.text))
+                .collect()
+        };
+        assert_eq!(numbered(&mut t), vec![(1, "a".into()), (2, "b".into())]);
         assert!(t.read_new().unwrap().is_empty(), "a partial line waits");
         append(&p, "tial\nc\n");
-        let got: Vec<_> = t
-            .read_new()
-            .unwrap()
-            .into_iter()
-            .map(|l| (l.number, l.text))
-            .collect();
-        assert_eq!(got, vec![(3, "partial".into()), (4, "c".into())]);
+        assert_eq!(
+            numbered(&mut t),
+            vec![(3, "partial".into()), (4, "c".into())]
+        );
     }
 
     #[test]

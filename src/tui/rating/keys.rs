@@ -29,62 +29,21 @@ pub enum Command {
 pub type Binding = KeyBinding<Command>;
 
 /// Every binding except the digits (which score) in the order the hint bar shows them.
+#[rustfmt::skip]
 pub const BINDINGS: &[Binding] = &[
-    bind(
-        &[KeyCode::Char('.')],
-        Command::Half,
-        "add a half point to the score",
-    )
-    .hint("+half"),
-    bind(
-        &[KeyCode::Tab, KeyCode::BackTab],
-        Command::SwitchSide,
-        "switch side (A / B)",
-    )
-    .hint("side"),
-    bind(
-        &[KeyCode::Char('h'), KeyCode::Left],
-        Command::SideA,
-        "side A",
-    )
-    .hint_as("h/l", "A/B"),
-    bind(
-        &[KeyCode::Char('l'), KeyCode::Right],
-        Command::SideB,
-        "side B",
-    ),
-    bind(
-        &[KeyCode::Char('j'), KeyCode::Down],
-        Command::NextCriterion,
-        "next criterion",
-    )
-    .hint_as("j/k", "criterion"),
-    bind(
-        &[KeyCode::Char('k'), KeyCode::Up],
-        Command::PrevCriterion,
-        "previous criterion",
-    ),
-    bind(
-        &[KeyCode::Char('J'), KeyCode::PageDown],
-        Command::ScrollDown,
-        "scroll down",
-    )
-    .hint_as("J/K", "scroll"),
-    bind(
-        &[KeyCode::Char('K'), KeyCode::PageUp],
-        Command::ScrollUp,
-        "scroll up",
-    ),
+    bind(&[KeyCode::Char('.')], Command::Half, "add a half point to the score").hint("+half"),
+    bind(&[KeyCode::Tab, KeyCode::BackTab], Command::SwitchSide, "switch side (A / B)").hint("side"),
+    bind(&[KeyCode::Char('h'), KeyCode::Left], Command::SideA, "side A").hint_as("h/l", "A/B"),
+    bind(&[KeyCode::Char('l'), KeyCode::Right], Command::SideB, "side B"),
+    bind(&[KeyCode::Char('j'), KeyCode::Down], Command::NextCriterion, "next criterion").hint_as("j/k", "criterion"),
+    bind(&[KeyCode::Char('k'), KeyCode::Up], Command::PrevCriterion, "previous criterion"),
+    bind(&[KeyCode::Char('J'), KeyCode::PageDown], Command::ScrollDown, "scroll down").hint_as("J/K", "scroll"),
+    bind(&[KeyCode::Char('K'), KeyCode::PageUp], Command::ScrollUp, "scroll up"),
     bind(&[KeyCode::Enter], Command::NextUnrated, "next unrated item").hint("next unrated"),
     bind(&[KeyCode::Char('n')], Command::NextItem, "next item").hint_as("n/p", "item"),
     bind(&[KeyCode::Char('p')], Command::PrevItem, "previous item"),
     bind(&[KeyCode::Char('u')], Command::Undo, "undo the last score").hint("undo"),
-    bind(
-        &[KeyCode::Char('r')],
-        Command::ToggleReferenceWrong,
-        "mark the reference answer wrong",
-    )
-    .hint("ref wrong"),
+    bind(&[KeyCode::Char('r')], Command::ToggleReferenceWrong, "mark the reference answer wrong").hint("ref wrong"),
     bind(&[KeyCode::Char('c')], Command::EditNote, "write a note").hint("note"),
     bind(&[KeyCode::Char('q'), KeyCode::Esc], Command::Quit, "quit").hint("quit"),
 ];

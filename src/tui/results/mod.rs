@@ -34,30 +34,13 @@ pub enum Command {
 /// One binding of this screen (see [`KeyBinding`]).
 pub type Binding = KeyBinding<Command>;
 
-/// The screen's keys, in the order the hint line shows them (an empty label folds into the line above).
+/// The screen's keys, in the order the hint line shows them (a row without a hint is named by the row above).
+#[rustfmt::skip]
 pub const BINDINGS: &[Binding] = &[
-    bind(
-        &[KeyCode::Tab, KeyCode::Char('l'), KeyCode::Right],
-        Command::NextTask,
-        "next task",
-    )
-    .hint_as("Tab/h/l", "task"),
-    bind(
-        &[KeyCode::BackTab, KeyCode::Char('h'), KeyCode::Left],
-        Command::PrevTask,
-        "previous task",
-    ),
-    bind(
-        &[KeyCode::Char('j'), KeyCode::Down],
-        Command::NextModel,
-        "next model",
-    )
-    .hint_as("j/k", "model"),
-    bind(
-        &[KeyCode::Char('k'), KeyCode::Up],
-        Command::PrevModel,
-        "previous model",
-    ),
+    bind(&[KeyCode::Tab, KeyCode::Char('l'), KeyCode::Right], Command::NextTask, "next task").hint_as("Tab/h/l", "task"),
+    bind(&[KeyCode::BackTab, KeyCode::Char('h'), KeyCode::Left], Command::PrevTask, "previous task"),
+    bind(&[KeyCode::Char('j'), KeyCode::Down], Command::NextModel, "next model").hint_as("j/k", "model"),
+    bind(&[KeyCode::Char('k'), KeyCode::Up], Command::PrevModel, "previous model"),
     bind(&[KeyCode::Char('q'), KeyCode::Esc], Command::Quit, "quit").hint("quit"),
 ];
 
