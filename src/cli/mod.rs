@@ -38,11 +38,11 @@ pub enum Command {
     /// Check a config: every error at once as PATH:LINE:COL, then the files it needs (exit 2 on errors).
     Validate(validate::Args),
     /// Show the runs a config asks for, with their stable ids and stages.
-    Plan(plan::Args),
+    Plan(ConfigAndJson),
     /// Train the sweep's runs headless (resuming unfinished ones), with progress on the terminal.
     Run(run::RunArgs),
     /// Show each run's state, progress, last loss, ETA and live runner.
-    Status(status::Args),
+    Status(ConfigAndJson),
     /// Convert one of the study's question lists (text) into qlab's question-set TOML.
     ImportQuestions(import_questions::Args),
     /// Regenerate the demo sweep's arithmetic word problems (data/arith.jsonl).
@@ -73,6 +73,16 @@ pub struct ConfigArg {
     /// Path of the experiments file.
     #[arg(default_value = "experiments.toml")]
     pub config: PathBuf,
+}
+
+/// A sweep command that prints a table or, with `--json`, the same rows as JSON.
+#[derive(Debug, clap::Args)]
+pub struct ConfigAndJson {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Print JSON (an array of the table's rows) instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub use exit::{EXIT_BAD_INPUT, bad_flag, bad_input, refuse_overwrite};

@@ -6,16 +6,7 @@ use color_eyre::eyre::Result;
 use qlab::plan::Plan;
 use serde::Serialize;
 
-use super::{ConfigArg, load_config};
-
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    #[command(flatten)]
-    pub config: ConfigArg,
-    /// Print a JSON array of runs (id, model, dataset, task, stages).
-    #[arg(long)]
-    pub json: bool,
-}
+use super::{ConfigAndJson, load_config};
 
 #[derive(Serialize)]
 struct JsonRun<'a> {
@@ -26,7 +17,7 @@ struct JsonRun<'a> {
     stages: &'a [String],
 }
 
-pub fn run(args: Args) -> Result<ExitCode> {
+pub fn run(args: ConfigAndJson) -> Result<ExitCode> {
     let config = match load_config(&args.config.config) {
         Ok(c) => c,
         Err(code) => return Ok(code),

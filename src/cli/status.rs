@@ -12,16 +12,7 @@ use qlab::watch::RunHistory;
 use qlab::watch::eta::format_duration;
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigArg, load_config};
-
-#[derive(Debug, clap::Args)]
-pub struct Args {
-    #[command(flatten)]
-    pub config: ConfigArg,
-    /// Print JSON instead of a table.
-    #[arg(long)]
-    pub json: bool,
-}
+use super::{ConfigAndJson, load_config};
 
 #[derive(Serialize)]
 struct Row {
@@ -104,7 +95,7 @@ impl SlurmRow {
     }
 }
 
-pub fn run(args: Args) -> Result<ExitCode> {
+pub fn run(args: ConfigAndJson) -> Result<ExitCode> {
     let config = match load_config(&args.config.config) {
         Ok(c) => c,
         Err(code) => return Ok(code),

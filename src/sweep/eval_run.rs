@@ -111,10 +111,15 @@ mod tests {
     use super::*;
     use crate::sweep::events::RunnerCommand;
 
-    /// Answers one question, then finds the stop set (a signal arrived) and gives up.
-    struct StoppedMidway;
+    /// Answers up to 1000 questions, giving up as soon as the stop flag it is given is set; with
+    /// `signal_after`, sets that flag itself after so many answers, as a signal handler would.
+    #[derive(Default)]
+    struct Answerer {
+        answered: std::sync::atomic::AtomicUsize,
+        signal_after: Option<usize>,
+    }
 
-    impl RunEvaluator for StoppedMidway {
+    impl RunEvaluator for Answerer {
         fn evaluate(
             &self,
             _run_id: &str,
@@ -124,11 +129,20 @@ mod tests {
         ) -> Result<(), EvalJobError> {
             emit(RunEvent::EvalStarted {
                 stage: "base".into(),
-                questions: 2,
+                questions: 1000,
             });
-            stop.store(true, Ordering::SeqCst);
-            // Whatever the error, the stop flag decides: the run is interrupted, not failed.
-            Err(EvalJobError::NotInPlan("r".into()))
+            for _ in 0..1000 {
+                if stop.load(Ordering::SeqCst) {
+                    // Whatever the error, the stop flag decides: the run is interrupted, not failed.
+                    return Err(EvalJobError::NotInPlan("stopped".into()));
+                }
+                let n = self.answered.fetch_add(1, Ordering::SeqCst) + 1;
+                emit(RunEvent::Resumed { step: 0 });
+                if self.signal_after == Some(n) {
+                    stop.store(true, Ordering::SeqCst);
+                }
+            }
+            Ok(())
         }
     }
 
@@ -162,7 +176,13 @@ mod tests {
 
     #[test]
     fn a_stop_during_evaluation_leaves_the_run_interrupted_not_failed() {
-        let (outcome, after, events) = evaluate_trained(&StoppedMidway, &[]);
+        let (outcome, after, events) = evaluate_trained(
+            &Answerer {
+                signal_after: Some(1),
+                ..Default::default()
+            },
+            &[],
+        );
         assert_eq!(outcome, EvalOutcome::Stopped);
         assert_eq!(after.state, RunState::Interrupted);
         assert!(after.reason.unwrap().contains("stopped"));
@@ -174,41 +194,15 @@ mod tests {
         );
     }
 
-    /// Answers questions until the stop flag it is given is set; counts the answers it gave.
-    struct AnswersUntilStopped(std::sync::atomic::AtomicUsize);
-
-    impl RunEvaluator for AnswersUntilStopped {
-        fn evaluate(
-            &self,
-            _run_id: &str,
-            _device: DeviceSpec,
-            stop: &AtomicBool,
-            emit: &mut dyn FnMut(RunEvent),
-        ) -> Result<(), EvalJobError> {
-            emit(RunEvent::EvalStarted {
-                stage: "base".into(),
-                questions: 1000,
-            });
-            for _ in 0..1000 {
-                if stop.load(Ordering::SeqCst) {
-                    return Err(EvalJobError::NotInPlan("stopped".into()));
-                }
-                self.0.fetch_add(1, Ordering::SeqCst);
-                emit(RunEvent::Resumed { step: 0 });
-            }
-            Ok(())
-        }
-    }
-
     #[test]
     fn a_stop_command_sent_while_answering_ends_the_answering_between_two_answers() {
-        let evaluator = AnswersUntilStopped(Default::default());
+        let evaluator = Answerer::default();
         // The dashboard's "stop & quit" arrives while the run answers.
         let (outcome, after, _) =
             evaluate_trained(&evaluator, &[RunnerCommand::StopAfterCheckpoint]);
         assert_eq!(outcome, EvalOutcome::Stopped);
         assert!(
-            evaluator.0.load(Ordering::SeqCst) < 2,
+            evaluator.answered.load(Ordering::SeqCst) < 2,
             "answered on after the stop"
         );
         assert_eq!(after.state, RunState::Interrupted);
