@@ -250,7 +250,13 @@ fn the_figure_shows_the_table(config: &Path, dir: &Path, e: &StudyTable) {
         .filter(|n| n.has_tag_name("rect") && n.attribute("fill") != Some("#FFFFFF"))
         .map(|n| {
             let fill = n.attribute("fill").unwrap_or_default().to_owned();
-            (fill, num(&n, "x"), num(&n, "y"), num(&n, "width"), num(&n, "height"))
+            (
+                fill,
+                num(&n, "x"),
+                num(&n, "y"),
+                num(&n, "width"),
+                num(&n, "height"),
+            )
         })
         .collect();
     assert_eq!(bars.len(), e.files, "one bar per model, stage and task");
@@ -279,18 +285,27 @@ fn the_figure_shows_the_table(config: &Path, dir: &Path, e: &StudyTable) {
             "{model} on {task}: heights {group:?} for means {means:?}"
         );
         let fills: Vec<&str> = group.iter().map(|b| b.0.as_str()).collect();
-        assert!(fills[0] != fills[1] && fills[1] != fills[2], "a colour per stage: {fills:?}");
+        assert!(
+            fills[0] != fills[1] && fills[1] != fills[2],
+            "a colour per stage: {fills:?}"
+        );
     }
 
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
     let mut reader = decoder.read_info().unwrap();
     let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
     let info = reader.next_frame(&mut pixels).unwrap();
-    assert_eq!((f64::from(info.width), f64::from(info.height)), (width, height));
+    assert_eq!(
+        (f64::from(info.width), f64::from(info.height)),
+        (width, height)
+    );
     let rgb = &pixels[..info.buffer_size()];
     let white = rgb.chunks(3).filter(|p| p == &[255, 255, 255]).count();
     let total = rgb.len() / 3;
-    assert!(white > total / 3 && white < total * 19 / 20, "{white} white of {total}");
+    assert!(
+        white > total / 3 && white < total * 19 / 20,
+        "{white} white of {total}"
+    );
 }
 
 #[test]

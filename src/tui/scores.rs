@@ -25,8 +25,10 @@ pub fn run_scores(plan: &Plan, tasks: &[TaskResults]) -> Vec<RunScores> {
                 .filter(|c| c.model == run.model && c.stage != "base" && c.n > 0)
                 .collect();
             rated.sort_by_key(|c| stage_order(&c.stage));
-            let stages: Vec<(String, f64)> =
-                rated.into_iter().map(|c| (c.stage.clone(), c.mean)).collect();
+            let stages: Vec<(String, f64)> = rated
+                .into_iter()
+                .map(|c| (c.stage.clone(), c.mean))
+                .collect();
             (!stages.is_empty()).then(|| RunScores {
                 run: run.id.clone(),
                 stages,

@@ -4,6 +4,7 @@
 
 use plotters::coord::Shift;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use super::FAMILY;
 use crate::rating::results::{Cell, TaskResults};
@@ -65,10 +66,7 @@ pub fn draw<DB: DrawingBackend>(
         .margin_top(4)
         .x_label_area_size(44)
         .y_label_area_size(Y_AREA)
-        .build_cartesian_2d(
-            (0..groups).with_key_points(centres),
-            rubric.min..rubric.max,
-        )?;
+        .build_cartesian_2d((0..groups).with_key_points(centres), rubric.min..rubric.max)?;
     let label_of = |x: &i32| {
         let i = (x / GROUP).max(0) as usize;
         task.models.get(i).cloned().unwrap_or_default()
@@ -134,8 +132,7 @@ fn draw_header<DB: DrawingBackend>(
         (MARGIN as i32 + 8, 12),
         title,
     ))?;
-    let font = (FAMILY, 15).into_font();
-    let style: TextStyle = font.clone().into();
+    let style = TextStyle::from((FAMILY, 15).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
     let (width, _) = area.dim_in_pixel();
     let mut entries = Vec::new();
     for (j, stage) in task.stages.iter().enumerate() {
@@ -146,7 +143,7 @@ fn draw_header<DB: DrawingBackend>(
     let mut x = width as i32 - MARGIN as i32 - total;
     for (color, stage, w) in entries {
         area.draw(&Circle::new((x + 6, 22), 6, color.filled()))?;
-        area.draw(&Text::new(stage.clone(), (x + 18, 14), font.clone()))?;
+        area.draw(&Text::new(stage.clone(), (x + 18, 22), style.clone()))?;
         x += 22 + w + 14;
     }
     Ok(())

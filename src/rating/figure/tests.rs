@@ -9,17 +9,64 @@ fn tasks() -> Vec<TaskResults> {
     let mut lines: Vec<JournalLine> = Vec::new();
     let mut add = |task: &str, model: &str, stage: &str, values: [[f64; 3]; 3]| {
         for (q, v) in values.into_iter().enumerate() {
-            lines.push(test_score_line("ann", task, model, stage, &q.to_string(), v));
+            lines.push(test_score_line(
+                "ann",
+                task,
+                model,
+                stage,
+                &q.to_string(),
+                v,
+            ));
         }
     };
-    add("math", "llama-3.1-8b", "base", [[1., 2., 2.], [2., 2., 1.], [1., 2., 3.]]);
-    add("math", "llama-3.1-8b", "e1", [[4., 3., 4.], [3., 4., 4.], [4., 3., 4.]]);
-    add("math", "llama-3.1-8b", "e3", [[5., 5., 5.], [5., 5., 4.], [5., 5., 5.]]);
-    add("math", "qwen-2-7b", "base", [[3., 3., 3.], [3., 2., 3.], [3., 3., 4.]]);
-    add("math", "qwen-2-7b", "e1", [[4., 4., 4.], [4., 4., 5.], [4., 4., 4.]]);
-    add("math", "qwen-2-7b", "e3", [[2., 2., 3.], [2., 3., 3.], [2., 2., 2.]]);
-    add("bio", "qwen-2-7b", "base", [[5., 5., 5.], [5., 4., 5.], [5., 5., 5.]]);
-    add("bio", "qwen-2-7b", "e1", [[4., 4., 4.], [4., 5., 4.], [4., 4., 4.]]);
+    add(
+        "math",
+        "llama-3.1-8b",
+        "base",
+        [[1., 2., 2.], [2., 2., 1.], [1., 2., 3.]],
+    );
+    add(
+        "math",
+        "llama-3.1-8b",
+        "e1",
+        [[4., 3., 4.], [3., 4., 4.], [4., 3., 4.]],
+    );
+    add(
+        "math",
+        "llama-3.1-8b",
+        "e3",
+        [[5., 5., 5.], [5., 5., 4.], [5., 5., 5.]],
+    );
+    add(
+        "math",
+        "qwen-2-7b",
+        "base",
+        [[3., 3., 3.], [3., 2., 3.], [3., 3., 4.]],
+    );
+    add(
+        "math",
+        "qwen-2-7b",
+        "e1",
+        [[4., 4., 4.], [4., 4., 5.], [4., 4., 4.]],
+    );
+    add(
+        "math",
+        "qwen-2-7b",
+        "e3",
+        [[2., 2., 3.], [2., 3., 3.], [2., 2., 2.]],
+    );
+    add(
+        "bio",
+        "qwen-2-7b",
+        "base",
+        [[5., 5., 5.], [5., 4., 5.], [5., 5., 5.]],
+    );
+    add(
+        "bio",
+        "qwen-2-7b",
+        "e1",
+        [[4., 4., 4.], [4., 5., 4.], [4., 4., 4.]],
+    );
     build(&Ratings::replay(&lines), &Rubric::default(), &[])
 }
 
@@ -38,7 +85,10 @@ fn the_svg_has_a_panel_per_task_with_labels_legend_and_bars_as_high_as_the_means
     let doc = roxmltree::Document::parse(&text).unwrap();
     let svg_el = doc.root_element();
     assert_eq!(
-        (attr(&svg_el, "width") as u32, attr(&svg_el, "height") as u32),
+        (
+            attr(&svg_el, "width") as u32,
+            attr(&svg_el, "height") as u32
+        ),
         size(&tasks)
     );
     let texts: Vec<String> = doc
@@ -46,16 +96,32 @@ fn the_svg_has_a_panel_per_task_with_labels_legend_and_bars_as_high_as_the_means
         .filter(|n| n.has_tag_name("text"))
         .filter_map(|n| n.text().map(|t| t.trim().to_owned()))
         .collect();
-    for wanted in ["bio", "math", "llama-3.1-8b", "qwen-2-7b", "base", "e1", "e3"] {
+    for wanted in [
+        "bio",
+        "math",
+        "llama-3.1-8b",
+        "qwen-2-7b",
+        "base",
+        "e1",
+        "e3",
+    ] {
         assert!(texts.iter().any(|t| t == wanted), "{wanted} in {texts:?}");
     }
     assert_eq!(texts.iter().filter(|t| *t == "model").count(), 2);
     assert_eq!(texts.iter().filter(|t| *t == "score (0-5)").count(), 2);
     assert!(texts.iter().any(|t| t == "5") && texts.iter().any(|t| t == "0"));
-    let circles: Vec<_> = doc.descendants().filter(|n| n.has_tag_name("circle")).collect();
-    let legend_dots = circles.iter().filter(|n| n.attribute("fill") != Some("none"));
+    let circles: Vec<_> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("circle"))
+        .collect();
+    let legend_dots = circles
+        .iter()
+        .filter(|n| n.attribute("fill") != Some("none"));
     assert_eq!(legend_dots.count(), 2 + 3, "one dot per stage of each task");
-    let intervals = tasks.iter().flat_map(|t| &t.cells).filter(|c| c.ci95.is_some());
+    let intervals = tasks
+        .iter()
+        .flat_map(|t| &t.cells)
+        .filter(|c| c.ci95.is_some());
     assert_eq!(
         circles.len() - 5,
         intervals.count(),

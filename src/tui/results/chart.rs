@@ -98,8 +98,11 @@ pub fn render(
                 } else {
                     label
                 };
-                stage_bar(task.cell(model, stage), STAGE_COLORS[j % STAGE_COLORS.len()])
-                    .label(label)
+                stage_bar(
+                    task.cell(model, stage),
+                    STAGE_COLORS[j % STAGE_COLORS.len()],
+                )
+                .label(label)
             })
             .collect();
         chart = chart.data(BarGroup::default().bars(&bars));

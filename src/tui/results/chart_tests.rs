@@ -20,14 +20,39 @@ fn tasks(models: usize) -> Vec<TaskResults> {
             let w = f64::from(q % 2);
             let base = [1.0 + w, 2.0, 1.0];
             let e1 = [3.0 + w, 4.0, 3.0];
-            let e3 = if up { [5.0, 5.0, 4.0 + w] } else { [2.0, 2.0 + w, 1.0] };
+            let e3 = if up {
+                [5.0, 5.0, 4.0 + w]
+            } else {
+                [2.0, 2.0 + w, 1.0]
+            };
             for (stage, v) in [("base", base), ("e1", e1), ("e3", e3)] {
-                lines.push(test_score_line("ann", "math", &model, stage, &q.to_string(), v));
+                lines.push(test_score_line(
+                    "ann",
+                    "math",
+                    &model,
+                    stage,
+                    &q.to_string(),
+                    v,
+                ));
             }
         }
-        lines.push(test_score_line("ann", "bio", &model, "base", "1", [5., 5., 5.]));
+        lines.push(test_score_line(
+            "ann",
+            "bio",
+            &model,
+            "base",
+            "1",
+            [5., 5., 5.],
+        ));
         if m == 0 {
-            lines.push(test_score_line("ann", "bio", &model, "e1", "1", [4., 4., 4.]));
+            lines.push(test_score_line(
+                "ann",
+                "bio",
+                &model,
+                "e1",
+                "1",
+                [4., 4., 4.],
+            ));
         }
     }
     build(&Ratings::replay(&lines), &Rubric::default(), &[])
@@ -85,7 +110,10 @@ fn bars_are_as_long_as_their_means_and_falls_are_flagged() {
     let width = |row: &str| row[13..].trim_end().len();
     let base = task.cell("model-0", "base").unwrap().mean;
     let e3 = task.cell("model-0", "e3").unwrap().mean;
-    let (wb, w3) = (width(bar_of("model-0", "base")), width(bar_of("model-0", "e3")));
+    let (wb, w3) = (
+        width(bar_of("model-0", "base")),
+        width(bar_of("model-0", "e3")),
+    );
     let e3_row = bar_of("model-0", "e3");
     assert!(
         e3_row.starts_with("          e3 ") && e3_row[13..].starts_with(&format!("{e3:.2} [")),
@@ -99,7 +127,10 @@ fn bars_are_as_long_as_their_means_and_falls_are_flagged() {
     assert!(wb < w3, "{text}");
     assert!(bar_of("model-1", "e3").contains(" !"), "{text}");
     assert!(!bar_of("model-0", "e3").contains('!'), "{text}");
-    assert!(text.contains(&format!("{base:.2} [")), "mean and interval: {text}");
+    assert!(
+        text.contains(&format!("{base:.2} [")),
+        "mean and interval: {text}"
+    );
 }
 
 #[test]
@@ -109,15 +140,24 @@ fn many_models_scroll_with_the_selection_and_c_goes_back_to_the_table() {
     press(&mut s, 'l');
     let text = draw(&s, false);
     assert!(text.contains("models 1-7 of 9"), "{text}");
-    assert!(text.contains("model-0") && !text.contains("model-8"), "{text}");
+    assert!(
+        text.contains("model-0") && !text.contains("model-8"),
+        "{text}"
+    );
     for _ in 0..8 {
         press(&mut s, 'j');
     }
     let text = draw(&s, false);
     assert!(text.contains("models 3-9 of 9"), "{text}");
-    assert!(text.contains("model-8") && !text.contains("model-1 "), "{text}");
+    assert!(
+        text.contains("model-8") && !text.contains("model-1 "),
+        "{text}"
+    );
     press(&mut s, 'c');
-    assert!(draw(&s, false).contains("Results · math"), "the table again");
+    assert!(
+        draw(&s, false).contains("Results · math"),
+        "the table again"
+    );
 }
 
 #[test]
@@ -125,6 +165,12 @@ fn a_stage_without_ratings_says_so() {
     let mut s = ResultsScreen::new(tasks(2));
     press(&mut s, 'c');
     let text = draw(&s, false);
-    let row = text.lines().find(|l| l.contains("not rated")).unwrap_or_default();
-    assert!(row.starts_with("          e1 not rated"), "model-1 at e1: {text}");
+    let row = text
+        .lines()
+        .find(|l| l.contains("not rated"))
+        .unwrap_or_default();
+    assert!(
+        row.starts_with("          e1 not rated"),
+        "model-1 at e1: {text}"
+    );
 }

@@ -370,7 +370,10 @@ mod tests {
             [Some(':'), Some(':'), Some('*'), Some(':'), Some(':')],
             "a guide above the tick, under the curve: {lines:#?}"
         );
-        assert!(axis.ends_with("e2 100|"), "the last epoch ends at the last step: {lines:#?}");
+        assert!(
+            axis.ends_with("e2 100|"),
+            "the last epoch ends at the last step: {lines:#?}"
+        );
         assert!(!axis.contains("e3"), "past the plotted steps: {lines:#?}");
     }
 

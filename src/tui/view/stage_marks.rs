@@ -38,7 +38,11 @@ pub struct Placement {
 /// numbers): each tick where nothing else is, then each label right of its tick, else left of it, else
 /// without its score, else left out. Where a step number covers the tick's column, the label goes beside
 /// that number, a space apart.
-pub fn place(marks: &[(u16, &StageMark)], row: Range<u16>, mut taken: Vec<Range<u16>>) -> Vec<Placement> {
+pub fn place(
+    marks: &[(u16, &StageMark)],
+    row: Range<u16>,
+    mut taken: Vec<Range<u16>>,
+) -> Vec<Placement> {
     let free = |r: &Range<u16>, taken: &[Range<u16>]| {
         r.start >= row.start
             && r.end <= row.end
@@ -106,14 +110,24 @@ mod tests {
         let p = place(&[(6, &m)], 0..40, vec![0..3, 7..40]);
         assert_eq!(p[0].label, Some((4, "e3".into())), "without the score");
         let p = place(&[(3, &m)], 0..40, vec![0..3, 4..40]);
-        assert_eq!(p[0], Placement { tick: Some(3), label: None });
+        assert_eq!(
+            p[0],
+            Placement {
+                tick: Some(3),
+                label: None
+            }
+        );
     }
 
     #[test]
     fn marks_do_not_cover_each_other_or_the_step_numbers() {
         let (a, b) = (mark("e1", Some(2.5)), mark("e2", None));
         let p = place(&[(5, &a), (9, &b)], 0..20, vec![0..1, 17..20]);
-        assert_eq!(p[0].label, Some((6, "e1".into())), "e2's tick leaves room for e1 alone");
+        assert_eq!(
+            p[0].label,
+            Some((6, "e1".into())),
+            "e2's tick leaves room for e1 alone"
+        );
         let mut cells: Vec<Range<u16>> = vec![0..1, 17..20];
         for pl in &p {
             cells.extend(pl.tick.map(|t| t..t + 1));
@@ -123,13 +137,20 @@ mod tests {
         }
         for (i, r) in cells.iter().enumerate() {
             for s in &cells[i + 1..] {
-                assert!(r.end <= s.start || r.start >= s.end, "{r:?} and {s:?} overlap");
+                assert!(
+                    r.end <= s.start || r.start >= s.end,
+                    "{r:?} and {s:?} overlap"
+                );
             }
         }
         assert_eq!(p[1].tick, Some(9));
         assert_eq!(p[1].label, Some((10, "e2".into())));
         let p = place(&[(19, &b)], 0..20, vec![17..20]);
         assert_eq!(p[0].tick, None, "the last step number stays");
-        assert_eq!(p[0].label, Some((14, "e2 ".into())), "beside it, a space apart");
+        assert_eq!(
+            p[0].label,
+            Some((14, "e2 ".into())),
+            "beside it, a space apart"
+        );
     }
 }
