@@ -113,7 +113,8 @@ impl Plot<'_> {
         let first = format!("{}", b.x0 as u64);
         let last = format!("{}", b.x1 as u64);
         buf.set_string(inner.x, axis_y, &first, dim);
-        let mut taken = vec![inner.x..inner.x + first.len() as u16];
+        let mut taken: Vec<Range<u16>> =
+            std::iter::once(inner.x..inner.x + first.len() as u16).collect();
         let last_x = (plot.x + plot.width).saturating_sub(last.len() as u16);
         if last_x > inner.x + first.len() as u16 {
             buf.set_string(last_x, axis_y, &last, dim);

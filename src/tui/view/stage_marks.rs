@@ -145,7 +145,7 @@ mod tests {
         }
         assert_eq!(p[1].tick, Some(9));
         assert_eq!(p[1].label, Some((10, "e2".into())));
-        let p = place(&[(19, &b)], 0..20, vec![17..20]);
+        let p = place(&[(19, &b)], 0..20, std::iter::once(17..20).collect());
         assert_eq!(p[0].tick, None, "the last step number stays");
         assert_eq!(
             p[0].label,
