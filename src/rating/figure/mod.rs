@@ -47,10 +47,9 @@ pub fn png(tasks: &[TaskResults], rubric: &Rubric) -> Result<Vec<u8>, RatingErro
     let mut encoder = png::Encoder::new(&mut out, w, h);
     encoder.set_color(png::ColorType::Rgb);
     encoder.set_depth(png::BitDepth::Eight);
-    encoder
-        .write_header()
-        .and_then(|mut writer| writer.write_image_data(&pixels))
-        .map_err(encode_error)?;
+    let mut writer = encoder.write_header().map_err(encode_error)?;
+    writer.write_image_data(&pixels).map_err(encode_error)?;
+    writer.finish().map_err(encode_error)?;
     Ok(out)
 }
 
