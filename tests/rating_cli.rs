@@ -212,6 +212,100 @@ fn import_study_then_results_and_exports_show_the_table(raw: &Path, e: &StudyTab
         std::fs::read_to_string(&md_again).unwrap(),
         std::fs::read_to_string(&md).unwrap()
     );
+    the_figure_shows_the_table(&config, dir.path(), e);
+}
+
+/// `export results --svg/--png`: in the SVG, each task's panel, the axis names, the stages' legend, and the
+/// bars of a rising and a falling model as high as their means; the PNG decodes at the same size.
+fn the_figure_shows_the_table(config: &Path, dir: &Path, e: &StudyTable) {
+    let (svg, png) = (dir.join("study.svg"), dir.join("study.png"));
+    run_ok(
+        qlab()
+            .args(["export", "results"])
+            .arg(config)
+            .arg("--svg")
+            .arg(&svg)
+            .arg("--png")
+            .arg(&png),
+    );
+    let text = std::fs::read_to_string(&svg).unwrap();
+    let doc = roxmltree::Document::parse(&text).unwrap();
+    let num = |n: &roxmltree::Node, a: &str| -> f64 { n.attribute(a).unwrap().parse().unwrap() };
+    let root = doc.root_element();
+    let (width, height) = (num(&root, "width"), num(&root, "height"));
+    let texts: Vec<(String, f64, f64)> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("text"))
+        .filter_map(|n| Some((n.text()?.trim().to_owned(), num(&n, "x"), num(&n, "y"))))
+        .collect();
+    let count = |s: &str| texts.iter().filter(|t| t.0 == s).count();
+    assert_eq!((count("model"), count("score (0-5)")), (2, 2), "{texts:?}");
+    for stage in ["base", "e1", "e3"] {
+        assert_eq!(count(stage), 2, "{stage} in each panel's legend");
+    }
+    let panel_h = height / 2.0;
+    // Each bar: (fill, x, y, width, height); a stage's colour is the one its legend dot has.
+    let bars: Vec<(String, f64, f64, f64, f64)> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("rect") && n.attribute("fill") != Some("#FFFFFF"))
+        .map(|n| {
+            let fill = n.attribute("fill").unwrap_or_default().to_owned();
+            (
+                fill,
+                num(&n, "x"),
+                num(&n, "y"),
+                num(&n, "width"),
+                num(&n, "height"),
+            )
+        })
+        .collect();
+    assert_eq!(bars.len(), e.files, "one bar per model, stage and task");
+    for (task, model, means, _) in [e.rises, e.falls] {
+        let panel = texts.iter().find(|t| t.0 == task).unwrap().2 / panel_h;
+        let in_panel = |y: f64| (y / panel_h).floor() == panel.floor();
+        let label = texts
+            .iter()
+            .find(|t| t.0 == model && in_panel(t.2))
+            .unwrap_or_else(|| panic!("{model} under the {task} panel: {texts:?}"));
+        let mut group: Vec<_> = bars
+            .iter()
+            .filter(|b| in_panel(b.2) && (b.1 + b.3 / 2.0 - label.1).abs() < 60.0)
+            .collect();
+        group.sort_by(|a, b| a.1.total_cmp(&b.1));
+        assert_eq!(group.len(), 3, "{model}'s bars on {task}: {group:?}");
+        let px_per_point: Vec<f64> = group
+            .iter()
+            .zip(means)
+            .map(|(b, mean)| b.4 / mean.parse::<f64>().unwrap())
+            .collect();
+        let spread = px_per_point.iter().cloned().fold(f64::MIN, f64::max)
+            - px_per_point.iter().cloned().fold(f64::MAX, f64::min);
+        assert!(
+            spread < 1.5,
+            "{model} on {task}: heights {group:?} for means {means:?}"
+        );
+        let fills: Vec<&str> = group.iter().map(|b| b.0.as_str()).collect();
+        assert!(
+            fills[0] != fills[1] && fills[1] != fills[2],
+            "a colour per stage: {fills:?}"
+        );
+    }
+
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut pixels = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut pixels).unwrap();
+    assert_eq!(
+        (f64::from(info.width), f64::from(info.height)),
+        (width, height)
+    );
+    let rgb = &pixels[..info.buffer_size()];
+    let white = rgb.chunks(3).filter(|p| p == &[255, 255, 255]).count();
+    let total = rgb.len() / 3;
+    assert!(
+        white > total / 3 && white < total * 19 / 20,
+        "{white} white of {total}"
+    );
 }
 
 #[test]

@@ -10,6 +10,7 @@ use qlab::rating::results::build;
 use qlab::rating::session::{ItemSide, RatingItem};
 use qlab::rating::{AnswerKey, Entry, JournalLine, Ratings, Rubric, StagePair};
 use qlab::sweep::events::{LoggedEvent, RunEvent, StepMetrics, Telemetry};
+use qlab::tui::scores::RunScores;
 use qlab::tui::{App, MatrixCell, Msg, RatingData, ResultsData, SweepInfo, Theme, update, view};
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
@@ -95,6 +96,11 @@ fn busy_app() -> App {
     );
     for s in 1..=120 {
         followed(&mut app, &ids[0], NOW - 900.0 + s as f64, step(s));
+        if s % 40 == 0 {
+            let epoch = (s / 40) as u32;
+            let done = RunEvent::EpochDone { epoch, step: s };
+            followed(&mut app, &ids[0], NOW - 900.0 + s as f64, done);
+        }
     }
     followed(
         &mut app,
@@ -110,7 +116,10 @@ fn busy_app() -> App {
         Msg::ResultsLoaded(Ok(Box::new(ResultsData {
             tasks: Vec::new(),
             losses: BTreeMap::new(),
-            scores: vec![(ids[0].clone(), 3.75)],
+            scores: vec![RunScores {
+                run: ids[0].clone(),
+                stages: vec![("e1".into(), 3.75)],
+            }],
         }))),
     );
     // Trained by another process (read-only), resumed from step 40.
@@ -221,6 +230,16 @@ fn busy_app() -> App {
                 },
             );
         }
+        if s == 40 {
+            update(
+                &mut app,
+                Msg::Runner {
+                    run: ids[1].clone(),
+                    event: RunEvent::EpochDone { epoch: 1, step: s },
+                    ts,
+                },
+            );
+        }
         if s % 25 == 0 {
             update(
                 &mut app,
@@ -303,6 +322,17 @@ fn run_screen_training_here() {
     key(&mut app, KeyCode::Enter);
     snap("run_training", &app, false);
     snap("run_training_ascii", &app, true);
+}
+
+/// A finished run with its epochs' ends marked on the loss plot, e1 with its score (rated), e2 and e3 not.
+#[test]
+fn run_screen_of_a_rated_run_marks_the_stages_with_their_scores() {
+    let mut app = busy_app();
+    key(&mut app, KeyCode::Enter);
+    let text = render(&app, 80, 24, false);
+    assert!(text.contains("e1 3.75") && text.contains("e2"), "{text}");
+    snap("run_rated", &app, false);
+    snap("run_rated_ascii", &app, true);
 }
 
 #[test]
@@ -431,9 +461,12 @@ fn rated_app() -> App {
         .runs
         .iter()
         .filter(|r| r.plan.dataset == "arith")
-        .filter_map(|r| {
-            let cell = tasks[0].cell(&r.plan.model, "e3")?;
-            Some((r.plan.id.clone(), cell.mean))
+        .map(|r| RunScores {
+            run: r.plan.id.clone(),
+            stages: ["e1", "e3"]
+                .iter()
+                .filter_map(|s| Some((s.to_string(), tasks[0].cell(&r.plan.model, s)?.mean)))
+                .collect(),
         })
         .collect();
     update(
@@ -570,6 +603,9 @@ fn results_screen_hosted_in_the_dashboard() {
     snap("sweep_rated", &app, false);
     key(&mut app, KeyCode::Char('t'));
     snap("results", &app, false);
+    key(&mut app, KeyCode::Char('c'));
+    snap("results_chart", &app, false);
+    snap("results_chart_ascii", &app, true);
     key(&mut app, KeyCode::Char('?'));
     snap("help_results", &app, false);
 }

@@ -1,4 +1,5 @@
-//! `qlab export results --xlsx FILE | --csv FILE | --md FILE`: the ratings as files to share;
+//! `qlab export results --xlsx FILE | --csv FILE | --md FILE | --svg FILE | --png FILE`: the ratings as
+//! files to share, the results as a figure;
 //! `qlab export adapter RUN_ID --stage e3 --out DIR`: a trained stage's LoRA adapter in PEFT layout.
 
 use std::path::PathBuf;
@@ -10,6 +11,7 @@ use color_eyre::eyre::{Result, WrapErr, bail};
 use qlab::plan::Plan;
 use qlab::rating::context::RatingContext;
 use qlab::rating::export::{judgements_csv, write_xlsx};
+use qlab::rating::figure;
 use qlab::rating::results_format::{Format, render};
 use qlab::store::SweepPaths;
 use qlab::store::atomic::write_atomic;
@@ -19,7 +21,8 @@ use super::load_config;
 /// What to export.
 #[derive(Debug, Subcommand)]
 pub enum ExportCommand {
-    /// The ratings: an xlsx workbook in the study's layout, every judgement as CSV, the table as Markdown.
+    /// The ratings: an xlsx workbook in the study's layout, every judgement as CSV, the table as Markdown,
+    /// the results as a figure (SVG or PNG).
     Results(ExportResultsArgs),
     /// A trained stage's LoRA adapter (PEFT layout: adapter_model.safetensors + adapter_config.json).
     Adapter(ExportAdapterArgs),
@@ -77,6 +80,12 @@ pub struct ExportResultsArgs {
     /// The results table in Markdown.
     #[arg(long)]
     pub md: Option<PathBuf>,
+    /// The results as a figure, SVG: per task a panel of bars (model x stage) with 95% error bars.
+    #[arg(long)]
+    pub svg: Option<PathBuf>,
+    /// The same figure as a PNG image.
+    #[arg(long)]
+    pub png: Option<PathBuf>,
     /// Replace output files that exist.
     #[arg(long)]
     pub force: bool,
@@ -158,12 +167,13 @@ fn adapter(args: ExportAdapterArgs) -> Result<ExitCode> {
 }
 
 fn results(args: ExportResultsArgs) -> Result<ExitCode> {
-    if args.xlsx.is_none() && args.csv.is_none() && args.md.is_none() {
+    let outputs = [&args.xlsx, &args.csv, &args.md, &args.svg, &args.png];
+    if outputs.iter().all(|o| o.is_none()) {
         return Err(super::bad_input(
-            "error: say where to write: --xlsx FILE, --csv FILE and/or --md FILE",
+            "error: say where to write: --xlsx FILE, --csv FILE, --md FILE, --svg FILE and/or --png FILE",
         ));
     }
-    for path in [&args.xlsx, &args.csv, &args.md].into_iter().flatten() {
+    for path in outputs.into_iter().flatten() {
         super::refuse_overwrite(path, args.force)?;
     }
     let config = match load_config(&args.config.path()) {
@@ -183,6 +193,18 @@ fn results(args: ExportResultsArgs) -> Result<ExitCode> {
     }
     if let Some(path) = &args.md {
         write_atomic(path, render(&tasks, Format::Markdown)?.as_bytes())?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.svg {
+        let svg = figure::svg(&tasks, &ctx.rubric)
+            .wrap_err_with(|| format!("{} not written", path.display()))?;
+        write_atomic(path, svg.as_bytes())?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.png {
+        let png = figure::png(&tasks, &ctx.rubric)
+            .wrap_err_with(|| format!("{} not written", path.display()))?;
+        write_atomic(path, &png)?;
         println!("wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)

@@ -5,6 +5,7 @@ pub mod answers;
 pub mod blind;
 pub mod context;
 pub mod export;
+pub mod figure;
 pub mod journal;
 pub mod math_check;
 pub mod ratings;

@@ -91,12 +91,19 @@ pub struct RunEntry {
     pub plan: MatrixCell,
     pub history: RunHistory,
     pub owner: Owner,
-    /// The study's score of the run's latest rated fine-tuned stage, from the results table.
-    pub score: Option<f64>,
+    /// The study's score of each rated fine-tuned stage of the run, in stage order, from the results table.
+    pub scores: Vec<(String, f64)>,
     /// Last lines of run.log, loaded while the run is on screen.
     pub log_tail: Vec<String>,
     /// The run's cluster job (SLURM), as last polled.
     pub job: Option<CellJob>,
+}
+
+impl RunEntry {
+    /// The score of the run's latest rated fine-tuned stage (the matrix cell's score).
+    pub fn score(&self) -> Option<f64> {
+        self.scores.last().map(|(_, s)| *s)
+    }
 }
 
 /// The sweep's cluster as the dashboard knows it (None on [`App::cluster`]: a local sweep).
@@ -146,7 +153,7 @@ impl App {
                 plan: p.clone(),
                 history: RunHistory::new(&p.id),
                 owner: Owner::Nobody,
-                score: None,
+                scores: Vec::new(),
                 log_tail: Vec::new(),
                 job: None,
             })

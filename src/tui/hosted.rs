@@ -186,11 +186,11 @@ pub fn results_loaded(app: &mut App, result: Result<Box<ResultsData>, String>) -
         }
     };
     for run in &mut app.runs {
-        run.score = data
+        run.scores = data
             .scores
             .iter()
-            .find(|(id, _)| *id == run.plan.id)
-            .map(|(_, s)| *s);
+            .find(|s| s.run == run.plan.id)
+            .map_or_else(Vec::new, |s| s.stages.clone());
     }
     match &mut app.results {
         Pane::Ready(screen) => screen.update(data.tasks, data.losses),

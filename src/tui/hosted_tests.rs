@@ -14,6 +14,7 @@ use crate::sweep::events::{LoggedEvent, RunEvent};
 
 use super::app::{App, Pane, Screen};
 use super::msg::{Effect, Msg, RatingData, ResultsData};
+use super::scores::RunScores;
 use super::sweep_info::{MatrixCell, SweepInfo};
 use super::theme::Theme;
 use super::update::update;
@@ -269,15 +270,20 @@ fn while_a_note_is_typed_every_key_is_text() {
 #[test]
 fn results_feed_the_results_screen_and_the_cell_scores_and_refresh_when_runs_end() {
     let mut app = app();
-    let data = |scores: Vec<(String, f64)>| {
+    let data = |scores: Vec<RunScores>| {
         Msg::ResultsLoaded(Ok(Box::new(ResultsData {
             tasks: Vec::new(),
             losses: BTreeMap::new(),
             scores,
         })))
     };
-    update(&mut app, data(vec![(RUN.into(), 3.5)]));
-    assert_eq!(app.runs[0].score, Some(3.5));
+    let rated = RunScores {
+        run: RUN.into(),
+        stages: vec![("e1".into(), 2.5), ("e3".into(), 3.5)],
+    };
+    update(&mut app, data(vec![rated]));
+    assert_eq!(app.runs[0].score(), Some(3.5), "the latest stage's");
+    assert_eq!(app.runs[0].scores.len(), 2);
     assert!(matches!(app.results, Pane::Ready(_)));
     assert_eq!(ch(&mut app, 't'), vec![], "already loaded");
     assert!(draw(&app).contains("No ratings yet"));
@@ -292,7 +298,8 @@ fn results_feed_the_results_screen_and_the_cell_scores_and_refresh_when_runs_end
     );
     update(&mut app, data(Vec::new()));
     assert_eq!(
-        app.runs[0].score, None,
+        app.runs[0].score(),
+        None,
         "an undone rating takes the score away"
     );
     update(

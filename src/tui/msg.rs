@@ -9,6 +9,8 @@ use crate::rating::session::RatingItem;
 use crate::rating::{Entry, JournalLine, Rubric, StagePair, TaskResults};
 use crate::sweep::events::{LoggedEvent, RunEvent, RunnerCommand};
 
+use super::scores::RunScores;
+
 /// What the rating screen is opened with, read from the sweep's answers and journal.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RatingData {
@@ -24,8 +26,8 @@ pub struct ResultsData {
     pub tasks: Vec<TaskResults>,
     /// Each run's last training loss, keyed by (task, model).
     pub losses: BTreeMap<(String, String), f64>,
-    /// Each rated run's cell score on the Sweep screen, by run id.
-    pub scores: Vec<(String, f64)>,
+    /// Each rated run's stage scores (the Sweep screen shows the latest, the Run screen each).
+    pub scores: Vec<RunScores>,
 }
 
 /// Something that happened, fed to [`super::update::update`].

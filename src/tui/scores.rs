@@ -1,21 +1,38 @@
-//! The score a matrix cell shows once rated: the study's mean over every rubric value of the run's latest
-//! rated fine-tuned stage (the base model's score is not the run's).
+//! The scores a run shows once rated: the study's mean over every rubric value of each of the run's rated
+//! fine-tuned stages (the base model's score is not the run's). The Sweep screen shows the latest, the
+//! Run screen each one beside its stage's marker.
 
 use crate::plan::Plan;
 use crate::rating::results::{TaskResults, stage_order};
 
-/// `(run id, score)` for each run of the plan that has ratings of a fine-tuned stage.
-pub fn run_scores(plan: &Plan, tasks: &[TaskResults]) -> Vec<(String, f64)> {
+/// A rated run's scores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunScores {
+    pub run: String,
+    /// `(stage, score)` of each rated fine-tuned stage, in stage order (never empty).
+    pub stages: Vec<(String, f64)>,
+}
+
+/// The scores of each run of the plan that has ratings of a fine-tuned stage.
+pub fn run_scores(plan: &Plan, tasks: &[TaskResults]) -> Vec<RunScores> {
     plan.runs
         .iter()
         .filter_map(|run| {
             let task = tasks.iter().find(|t| t.task == run.task)?;
-            let latest = task
+            let mut rated: Vec<_> = task
                 .cells
                 .iter()
                 .filter(|c| c.model == run.model && c.stage != "base" && c.n > 0)
-                .max_by_key(|c| stage_order(&c.stage))?;
-            Some((run.id.clone(), latest.mean))
+                .collect();
+            rated.sort_by_key(|c| stage_order(&c.stage));
+            let stages: Vec<(String, f64)> = rated
+                .into_iter()
+                .map(|c| (c.stage.clone(), c.mean))
+                .collect();
+            (!stages.is_empty()).then(|| RunScores {
+                run: run.id.clone(),
+                stages,
+            })
         })
         .collect()
 }
@@ -44,7 +61,7 @@ mod tests {
     }
 
     #[test]
-    fn a_cell_shows_its_latest_rated_fine_tuned_stage() {
+    fn a_run_scores_each_rated_fine_tuned_stage_in_stage_order() {
         let config = Config::from_source(
             Path::new("experiments.toml"),
             r#"
@@ -70,15 +87,19 @@ datasets = ["d"]
             stages: vec!["base".into(), "e1".into(), "e2".into(), "e10".into()],
             cells: vec![
                 cell("m", "base", 4.5, 3),
-                cell("m", "e1", 2.0, 3),
                 cell("m", "e2", 3.5, 3),
+                cell("m", "e1", 2.0, 3),
                 cell("m", "e10", 1.0, 0),
             ],
             agreement: None,
         }];
+        let scores = run_scores(&plan, &tasks);
         assert_eq!(
-            run_scores(&plan, &tasks),
-            vec![(plan.runs[0].id.clone(), 3.5)]
+            scores,
+            vec![RunScores {
+                run: plan.runs[0].id.clone(),
+                stages: vec![("e1".into(), 2.0), ("e2".into(), 3.5)],
+            }]
         );
         assert!(run_scores(&plan, &[]).is_empty(), "no ratings, no score");
     }

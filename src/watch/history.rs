@@ -56,6 +56,8 @@ pub struct RunHistory {
     pub graphs: RunGraphs,
     pub vram_total_mib: Option<f64>,
     pub checkpoints: Vec<CheckpointInfo>,
+    /// `(epoch, step)` where each finished epoch ended, by epoch (a resumed run reports an epoch once).
+    pub epoch_ends: Vec<(u32, u64)>,
     pub eval: Option<EvalProgress>,
     pub stages_evaluated: Vec<String>,
     /// Why the run failed or was interrupted.
@@ -84,6 +86,7 @@ impl RunHistory {
             graphs: RunGraphs::default(),
             vram_total_mib: None,
             checkpoints: Vec::new(),
+            epoch_ends: Vec::new(),
             eval: None,
             stages_evaluated: Vec::new(),
             reason: None,
@@ -137,7 +140,11 @@ impl RunHistory {
                 bytes: *bytes,
                 secs: *secs,
             }),
-            RunEvent::EpochDone { .. } => {}
+            RunEvent::EpochDone { epoch, step } => {
+                self.epoch_ends.retain(|(e, _)| e != epoch);
+                self.epoch_ends.push((*epoch, *step));
+                self.epoch_ends.sort_unstable();
+            }
             RunEvent::Paused { .. } => {
                 self.paused = true;
                 self.eta.pause();
@@ -304,6 +311,15 @@ mod tests {
         assert!(h.progress() < 1.0);
         // The bias-corrected smoothing starts at the first value instead of near zero.
         assert!((h.graphs.loss_smoothed.points()[0].1 - 2.9).abs() < 1e-9);
+    }
+
+    #[test]
+    fn epoch_ends_are_kept_once_each_in_epoch_order() {
+        let mut h = RunHistory::new("r1");
+        for (epoch, step) in [(2, 20), (1, 10), (2, 21)] {
+            h.apply(&RunEvent::EpochDone { epoch, step }, 1.0);
+        }
+        assert_eq!(h.epoch_ends, [(1, 10), (2, 21)]);
     }
 
     #[test]

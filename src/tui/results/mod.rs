@@ -1,5 +1,8 @@
 //! The results screen as a self-contained component: per task, models x stages, with the selected
-//! model's per-criterion means, counts, intervals and, with two or more raters, their agreement.
+//! model's per-criterion means, counts, intervals and, with two or more raters, their agreement; or the
+//! same figures as a grouped bar chart.
+
+mod chart;
 
 use std::collections::BTreeMap;
 
@@ -13,6 +16,7 @@ use ratatui::widgets::{Block, Cell as TableCell, Paragraph, Row, Table, Tabs, Wr
 use crate::rating::results::TaskResults;
 use crate::rating::results_format::cell_text;
 use crate::tui::keymap::{Binding as KeyBinding, bind};
+use crate::tui::theme::Theme;
 
 /// What the host should do after a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,6 +32,7 @@ pub enum Command {
     PrevTask,
     NextModel,
     PrevModel,
+    ToggleChart,
     Quit,
 }
 
@@ -41,6 +46,7 @@ pub const BINDINGS: &[Binding] = &[
     bind(&[KeyCode::BackTab, KeyCode::Char('h'), KeyCode::Left], Command::PrevTask, "previous task"),
     bind(&[KeyCode::Char('j'), KeyCode::Down], Command::NextModel, "next model").hint_as("j/k", "model"),
     bind(&[KeyCode::Char('k'), KeyCode::Up], Command::PrevModel, "previous model"),
+    bind(&[KeyCode::Char('c')], Command::ToggleChart, "switch between the table and the chart").hint("chart"),
     bind(&[KeyCode::Char('q'), KeyCode::Esc], Command::Quit, "quit").hint("quit"),
 ];
 
@@ -58,7 +64,7 @@ pub fn key_help() -> Vec<(String, &'static str)> {
 }
 
 /// What the table's marks mean, shown after the keys.
-const LEGEND: &str = "mean (change from base) · ! = falls after e1";
+const LEGEND: &[&str] = &["mean (change from base)", "! = falls after e1"];
 
 /// State of the results screen.
 #[derive(Debug, Clone)]
@@ -68,6 +74,8 @@ pub struct ResultsScreen {
     losses: BTreeMap<(String, String), f64>,
     task: usize,
     row: usize,
+    /// Bars instead of the table.
+    chart: bool,
 }
 
 impl ResultsScreen {
@@ -77,6 +85,7 @@ impl ResultsScreen {
             losses: BTreeMap::new(),
             task: 0,
             row: 0,
+            chart: false,
         }
     }
 
@@ -113,13 +122,14 @@ impl ResultsScreen {
                 self.row = (self.row + 1).min(self.rows().saturating_sub(1))
             }
             Some(Command::PrevModel) => self.row = self.row.saturating_sub(1),
+            Some(Command::ToggleChart) => self.chart = !self.chart,
             Some(Command::Quit) => return ResultsAction::Quit,
             _ => {}
         }
         ResultsAction::None
     }
 
-    pub fn render(&self, frame: &mut Frame, area: Rect) {
+    pub fn render(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
         let Some(task) = self.tasks.get(self.task) else {
             let p = Paragraph::new(vec![
                 Line::from("No ratings yet."),
@@ -133,6 +143,10 @@ impl ResultsScreen {
             frame.render_widget(p, area);
             return;
         };
+        if self.chart {
+            self.render_chart(frame, area, task, theme);
+            return;
+        }
         let detail_rows = task.stages.len() as u16
             + task
                 .agreement
@@ -145,21 +159,46 @@ impl ResultsScreen {
             Constraint::Length(1),
         ])
         .areas(area);
+        self.render_tabs(frame, tabs, theme);
+        self.render_table(frame, table, task);
+        self.render_detail(frame, detail, task);
+        render_hints(frame, hints, LEGEND, theme);
+    }
+
+    fn render_tabs(&self, frame: &mut Frame, area: Rect, theme: &Theme) {
         let titles: Vec<String> = self.tasks.iter().map(|t| t.task.clone()).collect();
         frame.render_widget(
             Tabs::new(titles)
                 .select(self.task)
+                .divider(if theme.ascii { "|" } else { "│" })
                 .highlight_style(Style::new().bold().reversed()),
-            tabs,
+            area,
         );
-        self.render_table(frame, table, task);
-        self.render_detail(frame, detail, task);
-        let mut hint: Vec<String> = key_help()
-            .into_iter()
-            .map(|(keys, what)| format!("{keys} {what}"))
-            .collect();
-        hint.push(LEGEND.to_owned());
-        frame.render_widget(Line::from(hint.join(" · ")).dim(), hints);
+    }
+
+    /// The chart view: the task tabs with the bars' scale (and which models show when not all fit),
+    /// the bars, the keys.
+    fn render_chart(&self, frame: &mut Frame, area: Rect, task: &TaskResults, theme: &Theme) {
+        let [tabs, bars, hints] = Layout::vertical([
+            Constraint::Length(1),
+            Constraint::Min(1),
+            Constraint::Length(1),
+        ])
+        .areas(area);
+        self.render_tabs(frame, tabs, theme);
+        let shown = chart::render(frame, bars, task, self.row, theme);
+        let mut about = format!("bars 0-{}", chart::scale_max(task));
+        if let Some((first, last)) = shown {
+            about.push_str(&format!(
+                "{}models {}-{} of {} (j/k)",
+                theme.sep(),
+                first + 1,
+                last + 1,
+                task.models.len()
+            ));
+        }
+        frame.render_widget(Line::from(about).dim().right_aligned(), tabs);
+        render_hints(frame, hints, chart::LEGEND, theme);
     }
 
     fn render_table(&self, frame: &mut Frame, area: Rect, task: &TaskResults) {
@@ -261,5 +300,17 @@ impl ResultsScreen {
     }
 }
 
+/// The keys, then what the view's marks mean.
+fn render_hints(frame: &mut Frame, area: Rect, legend: &[&str], theme: &Theme) {
+    let mut hint: Vec<String> = key_help()
+        .into_iter()
+        .map(|(keys, what)| format!("{keys} {what}"))
+        .collect();
+    hint.extend(legend.iter().map(|s| s.to_string()));
+    frame.render_widget(Line::from(hint.join(theme.sep())).dim(), area);
+}
+
+#[cfg(test)]
+mod chart_tests;
 #[cfg(test)]
 mod tests;

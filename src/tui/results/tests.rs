@@ -35,7 +35,8 @@ fn tasks() -> Vec<TaskResults> {
 
 fn draw(s: &ResultsScreen) -> String {
     let mut t = Terminal::new(TestBackend::new(100, 22)).unwrap();
-    t.draw(|f| s.render(f, f.area())).unwrap();
+    t.draw(|f| s.render(f, f.area(), &Theme::new(false)))
+        .unwrap();
     t.backend().to_string()
 }
 

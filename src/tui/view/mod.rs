@@ -9,10 +9,12 @@ mod quit;
 mod rating;
 mod results;
 mod run;
+mod stage_marks;
 mod sweep;
 mod widgets;
 
 pub use plot::{Curve, Plot};
+pub use stage_marks::StageMark;
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout};

@@ -1,14 +1,19 @@
 //! A small line-plot widget: braille dots (2x4 per cell) or, in ASCII mode, one character per cell.
 //! Each column shows the span of its points joined to the previous column, so noisy curves stay honest.
-//! Cost is O(points + cells): the series it draws are already bounded by `watch::Series`.
+//! Cost is O(points + cells): the series it draws are already bounded by `watch::Series`. Stage marks, where
+//! given, are a guide line through the plot and a tick and label on the step axis.
+
+use std::ops::Range;
 
 use ratatui::buffer::Buffer;
 use ratatui::layout::Rect;
-use ratatui::style::Style;
+use ratatui::style::{Color, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Widget};
 
 use crate::tui::theme::Theme;
+
+use super::stage_marks::{StageMark, place};
 
 /// One curve of a plot.
 pub struct Curve<'a> {
@@ -24,6 +29,8 @@ pub struct Plot<'a> {
     pub curves: Vec<Curve<'a>>,
     pub theme: Theme,
     pub y_label: fn(f64) -> String,
+    /// Steps to mark (the loss plot's epoch ends); those outside the plotted steps are left out.
+    pub marks: &'a [StageMark],
 }
 
 struct Bounds {
@@ -58,7 +65,8 @@ impl Widget for Plot<'_> {
             width: inner.width - label_w - 1,
             height: inner.height - 1,
         };
-        self.axes(inner, plot, &b, &top, &bottom, buf);
+        let taken = self.axes(inner, plot, &b, &top, &bottom, buf);
+        self.draw_marks(plot, &b, inner.x..plot.x + plot.width, taken, buf);
         for curve in &self.curves {
             if self.theme.ascii {
                 draw_ascii(curve, &b, plot, buf);
@@ -70,7 +78,16 @@ impl Widget for Plot<'_> {
 }
 
 impl Plot<'_> {
-    fn axes(&self, inner: Rect, plot: Rect, b: &Bounds, top: &str, bottom: &str, buf: &mut Buffer) {
+    /// Draws the axes; returns the columns of the step axis its step numbers use.
+    fn axes(
+        &self,
+        inner: Rect,
+        plot: Rect,
+        b: &Bounds,
+        top: &str,
+        bottom: &str,
+        buf: &mut Buffer,
+    ) -> Vec<Range<u16>> {
         let dim = self.theme.dim();
         let (vertical, horizontal, corner) = if self.theme.ascii {
             ("|", "-", "+")
@@ -96,9 +113,52 @@ impl Plot<'_> {
         let first = format!("{}", b.x0 as u64);
         let last = format!("{}", b.x1 as u64);
         buf.set_string(inner.x, axis_y, &first, dim);
+        let mut taken: Vec<Range<u16>> =
+            std::iter::once(inner.x..inner.x + first.len() as u16).collect();
         let last_x = (plot.x + plot.width).saturating_sub(last.len() as u16);
         if last_x > inner.x + first.len() as u16 {
             buf.set_string(last_x, axis_y, &last, dim);
+            taken.push(last_x..last_x + last.len() as u16);
+        }
+        taken
+    }
+
+    /// Each mark inside the plotted steps: a dim guide through the plot (curves draw over it), a tick on the
+    /// step axis and its label beside the tick where there is room.
+    fn draw_marks(
+        &self,
+        plot: Rect,
+        b: &Bounds,
+        axis: Range<u16>,
+        taken: Vec<Range<u16>>,
+        buf: &mut Buffer,
+    ) {
+        let (guide, tick) = if self.theme.ascii {
+            (":", "+")
+        } else {
+            ("┊", "┴")
+        };
+        let x_scale = f64::from(plot.width - 1) / (b.x1 - b.x0);
+        let marks: Vec<(u16, &StageMark)> = self
+            .marks
+            .iter()
+            .filter(|m| (b.x0..=b.x1).contains(&m.step))
+            .map(|m| (plot.x + ((m.step - b.x0) * x_scale).round() as u16, m))
+            .collect();
+        for &(col, _) in &marks {
+            for y in plot.y..plot.y + plot.height {
+                buf.set_string(col, y, guide, self.theme.dim());
+            }
+        }
+        let style = Style::new().fg(Color::Yellow);
+        let axis_y = plot.y + plot.height;
+        for p in place(&marks, axis, taken) {
+            if let Some(x) = p.tick {
+                buf.set_string(x, axis_y, tick, style);
+            }
+            if let Some((x, text)) = p.label {
+                buf.set_string(x, axis_y, text, style);
+            }
         }
     }
 }
@@ -225,6 +285,16 @@ mod tests {
     use ratatui::style::Color;
 
     fn render(ascii: bool, points: &[(f64, f64)], w: u16, h: u16) -> Vec<String> {
+        render_marked(ascii, points, &[], w, h)
+    }
+
+    fn render_marked(
+        ascii: bool,
+        points: &[(f64, f64)],
+        marks: &[StageMark],
+        w: u16,
+        h: u16,
+    ) -> Vec<String> {
         let mut buf = Buffer::empty(Rect::new(0, 0, w, h));
         let plot = Plot {
             title: Line::from("loss"),
@@ -235,6 +305,7 @@ mod tests {
             }],
             theme: Theme::new(ascii),
             y_label: |v| format!("{v:.1}"),
+            marks,
         };
         plot.render(buf.area, &mut buf);
         (0..h)
@@ -274,6 +345,37 @@ mod tests {
             stars >= 22,
             "every column between the two points is drawn: {lines:#?}"
         );
+    }
+
+    #[test]
+    fn stage_marks_are_ticked_on_the_step_axis_with_a_guide_and_their_label() {
+        let pts: Vec<_> = (0..=100).map(|i| (i as f64, 5.0)).collect();
+        let mark = |step: f64, stage: &str, score| StageMark {
+            step,
+            stage: stage.into(),
+            score,
+        };
+        let marks = [
+            mark(50.0, "e1", Some(3.667)),
+            mark(100.0, "e2", None),
+            mark(150.0, "e3", None),
+        ];
+        let lines = render_marked(true, &pts, &marks, 40, 8);
+        // Plot columns 6..=38 (label "5.3" and the axis take 5); step 50 is column 6 + 16.
+        let axis = &lines[6];
+        assert_eq!(axis.chars().nth(22), Some('+'), "{lines:#?}");
+        assert!(axis.contains("+e1 3.67"), "{lines:#?}");
+        let guide: Vec<_> = lines[1..6].iter().map(|l| l.chars().nth(22)).collect();
+        assert_eq!(
+            guide,
+            [Some(':'), Some(':'), Some('*'), Some(':'), Some(':')],
+            "a guide above the tick, under the curve: {lines:#?}"
+        );
+        assert!(
+            axis.ends_with("e2 100|"),
+            "the last epoch ends at the last step: {lines:#?}"
+        );
+        assert!(!axis.contains("e3"), "past the plotted steps: {lines:#?}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::tui::theme::Theme;
 pub fn draw(frame: &mut Frame, area: Rect, app: &App, theme: &Theme) {
     let (text, style) = match &app.results {
         Pane::Ready(screen) => {
-            screen.render(frame, area);
+            screen.render(frame, area, theme);
             return;
         }
         Pane::NotLoaded | Pane::Loading => ("computing the results...".to_owned(), theme.dim()),

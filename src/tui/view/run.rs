@@ -1,5 +1,6 @@
-//! The Run screen: live charts (loss raw + smoothed, learning rate, tokens/s, memory) against steps, a
-//! progress line with an honest ETA, checkpoints, the tail of run.log and the failure reason.
+//! The Run screen: live charts (loss raw + smoothed, learning rate, tokens/s, memory) against steps, with
+//! each epoch's end marked on the loss plot beside its stage's score once rated, a progress line with an
+//! honest ETA, checkpoints, the tail of run.log and the failure reason.
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -12,6 +13,7 @@ use crate::tui::theme::Theme;
 use crate::watch::format_duration;
 
 use super::plot::{Curve, Plot};
+use super::stage_marks::StageMark;
 use super::widgets::{self, fit};
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App, i: usize, theme: &Theme) {
@@ -126,6 +128,7 @@ fn draw_charts(frame: &mut Frame, area: Rect, run: &RunEntry, theme: &Theme) {
             Style::new().fg(Color::Cyan),
         ),
     ]);
+    let marks = stage_marks(run);
     frame.render_widget(
         Plot {
             title: loss_title,
@@ -143,6 +146,7 @@ fn draw_charts(frame: &mut Frame, area: Rect, run: &RunEntry, theme: &Theme) {
             ],
             theme: *theme,
             y_label: widgets::loss,
+            marks: &marks,
         },
         top,
     );
@@ -192,6 +196,7 @@ fn draw_charts(frame: &mut Frame, area: Rect, run: &RunEntry, theme: &Theme) {
             ],
             theme: *theme,
             y_label: widgets::mib,
+            marks: &[],
         },
         mem_area,
     );
@@ -213,7 +218,29 @@ fn single<'a>(
         }],
         theme: *theme,
         y_label,
+        marks: &[],
     }
+}
+
+/// Where each finished epoch ended (stage e1, e2, ...), with the stage's score once its answers are rated.
+fn stage_marks(run: &RunEntry) -> Vec<StageMark> {
+    run.history
+        .epoch_ends
+        .iter()
+        .map(|&(epoch, step)| {
+            let stage = format!("e{epoch}");
+            let score = run
+                .scores
+                .iter()
+                .find(|(s, _)| *s == stage)
+                .map(|(_, v)| *v);
+            StageMark {
+                step: step as f64,
+                stage,
+                score,
+            }
+        })
+        .collect()
 }
 
 fn draw_bottom(frame: &mut Frame, area: Rect, run: &RunEntry, theme: &Theme) {

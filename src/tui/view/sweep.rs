@@ -167,7 +167,7 @@ fn cell_text<'a>(app: &App, run: &RunEntry, theme: &Theme, w: usize) -> Text<'a>
     if let crate::tui::app::Owner::Other(pid) = run.owner {
         third.push(format!("pid {pid}"));
     }
-    if let Some(score) = run.score {
+    if let Some(score) = run.score() {
         third.push(format!("score {score:.2}"));
     }
     if run.history.state == RunState::Failed {
