@@ -193,13 +193,8 @@ fn a_wheel_whose_sha256_differs_from_the_index_is_refused_and_not_kept() {
         .resolve(&options(cache.path(), &format!("{}/simple", server.base)))
         .unwrap_err();
     assert!(
-        matches!(
-            err,
-            SourceError::Index {
-                reason: FetchError::Checksum { .. },
-                ..
-            }
-        ),
+        matches!(&err, SourceError::Index { reason, .. }
+            if matches!(**reason, FetchError::Checksum { .. })),
         "{err}"
     );
     let msg = err.to_string();
@@ -224,13 +219,8 @@ fn a_project_the_index_does_not_have_is_named_with_the_status_and_pip_is_not_tri
         .resolve(&options(cache.path(), &index))
         .unwrap_err();
     assert!(
-        matches!(
-            err,
-            SourceError::Index {
-                reason: FetchError::NoProject { .. },
-                ..
-            }
-        ),
+        matches!(&err, SourceError::Index { reason, .. }
+            if matches!(**reason, FetchError::NoProject { .. })),
         "pip cannot find what the index lacks, so no fallback: {err}"
     );
     let msg = err.to_string();
@@ -255,13 +245,8 @@ fn a_version_the_index_does_not_list_names_the_versions_it_does() {
         .resolve(&options(cache.path(), &format!("{}/simple", server.base)))
         .unwrap_err();
     assert!(
-        matches!(
-            err,
-            SourceError::Index {
-                reason: FetchError::NoVersion { .. },
-                ..
-            }
-        ),
+        matches!(&err, SourceError::Index { reason, .. }
+            if matches!(**reason, FetchError::NoVersion { .. })),
         "{err}"
     );
     let msg = err.to_string();

@@ -107,15 +107,14 @@ pub enum SourceError {
     #[error("pypi {requirement}: {reason}")]
     Index {
         requirement: String,
-        #[source]
-        reason: FetchError,
+        reason: Box<FetchError>,
     },
     #[error(
         "pypi {requirement}: the download from the index failed ({in_process}), and so did the `pip download` fallback ({pip})"
     )]
     FetchFailed {
         requirement: String,
-        in_process: FetchError,
+        in_process: Box<FetchError>,
         pip: Box<SourceError>,
     },
     #[error("pip could not download {requirement} (expected a wheel on PyPI): {stderr}")]

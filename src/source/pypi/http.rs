@@ -11,6 +11,7 @@ use url::Url;
 
 use super::FetchError;
 use super::proxy::ProxySettings;
+use super::tls;
 
 /// An index page larger than this is refused rather than held in memory.
 const PAGE_LIMIT: u64 = 64 << 20;
@@ -41,7 +42,12 @@ fn shown_proxy(proxy: &str) -> String {
 }
 
 fn agent(url: &Url, proxy: &ProxySettings) -> Result<ureq::Agent, FetchError> {
+    let tls = tls::client_config().map_err(|reason| FetchError::Transport {
+        url: shown(url),
+        reason,
+    })?;
     let builder = ureq::AgentBuilder::new()
+        .tls_config(tls)
         .try_proxy_from_env(false)
         .timeout_connect(Duration::from_secs(30))
         .timeout_read(Duration::from_secs(60))
@@ -76,6 +82,11 @@ fn get(url: &Url, accept: &str, proxy: &ProxySettings) -> Result<ureq::Response,
             }
             if let Some(p) = proxy.for_url(url) {
                 reason = format!("{reason} (through proxy {})", shown_proxy(p));
+            }
+            if reason.contains("certificate") {
+                reason.push_str(
+                    "; the system's certificates are trusted, and SSL_CERT_FILE names a CA bundle",
+                );
             }
             Err(FetchError::Transport {
                 url: shown(url),
@@ -166,7 +177,11 @@ fn copy_hashing(
     let (mut done, mut logged) = (0u64, 0u64);
     let step = total.map_or(16 << 20, |t| (t / 10).max(1));
     let mb = |b: u64| b as f64 / 1e6;
-    tracing::info!(url = %shown(url), size_mb = total.map(mb), "downloading");
+    tracing::info!(
+        url = %shown(url),
+        size_mb = total.map(|t| format!("{:.1}", mb(t))),
+        "downloading"
+    );
     loop {
         let n = from.read(&mut buf).map_err(|e| FetchError::Transport {
             url: shown(url),

