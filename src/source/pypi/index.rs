@@ -15,7 +15,9 @@ pub const DEFAULT_INDEX: &str = "https://pypi.org/simple";
 pub enum FetchError {
     #[error("index URL {index:?} is not a URL: {reason}")]
     BadIndexUrl { index: String, reason: String },
-    #[error("{url}: no such project on this index (HTTP 404; set PIP_INDEX_URL to use another index)")]
+    #[error(
+        "{url}: no such project on this index (HTTP 404; set PIP_INDEX_URL to use another index)"
+    )]
     NoProject { url: String },
     #[error("{url} answered HTTP {status}")]
     Status { url: String, status: u16 },

@@ -11,6 +11,7 @@ mod tls;
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use index::{DEFAULT_INDEX, FetchError};
 pub use proxy::ProxySettings;
@@ -110,6 +111,13 @@ fn fetch(
             in_process: Box::new(in_process),
             pip: Box::new(pip),
         })
+}
+
+/// A temp path beside `path`, unique to this process and call (two cells may fetch one model at once).
+fn temp_beside(path: &Path) -> PathBuf {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    path.with_extension(format!("part-{}-{call}", std::process::id()))
 }
 
 fn check_digest(path: &Path, expected: Option<&str>, actual: &str) -> Result<(), SourceError> {
