@@ -7,6 +7,7 @@ use crate::watch::RunHistory;
 
 use super::rating::RatingScreen;
 use super::results::ResultsScreen;
+use super::scores::RunCheck;
 use super::sweep_info::{MatrixCell, SweepInfo};
 
 /// The screen filling the terminal.
@@ -93,6 +94,8 @@ pub struct RunEntry {
     pub owner: Owner,
     /// The study's score of the run's latest rated fine-tuned stage, from the results table.
     pub score: Option<f64>,
+    /// The automatic check of the run's answers, stage by stage, from the results table's refresh.
+    pub check: Option<RunCheck>,
     /// Last lines of run.log, loaded while the run is on screen.
     pub log_tail: Vec<String>,
     /// The run's cluster job (SLURM), as last polled.
@@ -147,6 +150,7 @@ impl App {
                 history: RunHistory::new(&p.id),
                 owner: Owner::Nobody,
                 score: None,
+                check: None,
                 log_tail: Vec::new(),
                 job: None,
             })

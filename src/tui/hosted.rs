@@ -191,6 +191,11 @@ pub fn results_loaded(app: &mut App, result: Result<Box<ResultsData>, String>) -
             .iter()
             .find(|(id, _)| *id == run.plan.id)
             .map(|(_, s)| *s);
+        run.check = data
+            .checks
+            .iter()
+            .find(|(id, _)| *id == run.plan.id)
+            .map(|(_, c)| c.clone());
     }
     match &mut app.results {
         Pane::Ready(screen) => screen.update(data.tasks, data.losses),

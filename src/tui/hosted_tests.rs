@@ -14,6 +14,7 @@ use crate::sweep::events::{LoggedEvent, RunEvent};
 
 use super::app::{App, Pane, Screen};
 use super::msg::{Effect, Msg, RatingData, ResultsData};
+use super::scores::RunCheck;
 use super::sweep_info::{MatrixCell, SweepInfo};
 use super::theme::Theme;
 use super::update::update;
@@ -270,14 +271,26 @@ fn while_a_note_is_typed_every_key_is_text() {
 fn results_feed_the_results_screen_and_the_cell_scores_and_refresh_when_runs_end() {
     let mut app = app();
     let data = |scores: Vec<(String, f64)>| {
+        let checks = scores
+            .iter()
+            .map(|(run, _)| {
+                let tally = crate::rating::auto::Tally { correct: 7, n: 10 };
+                (run.clone(), RunCheck::Stages(vec![("e1".into(), tally)]))
+            })
+            .collect();
         Msg::ResultsLoaded(Ok(Box::new(ResultsData {
             tasks: Vec::new(),
             losses: BTreeMap::new(),
             scores,
+            checks,
         })))
     };
     update(&mut app, data(vec![(RUN.into(), 3.5)]));
     assert_eq!(app.runs[0].score, Some(3.5));
+    assert!(
+        matches!(&app.runs[0].check, Some(RunCheck::Stages(s)) if s[0].1.correct == 7),
+        "the cell's check comes with the results"
+    );
     assert!(matches!(app.results, Pane::Ready(_)));
     assert_eq!(ch(&mut app, 't'), vec![], "already loaded");
     assert!(draw(&app).contains("No ratings yet"));
@@ -295,6 +308,7 @@ fn results_feed_the_results_screen_and_the_cell_scores_and_refresh_when_runs_end
         app.runs[0].score, None,
         "an undone rating takes the score away"
     );
+    assert_eq!(app.runs[0].check, None);
     update(
         &mut app,
         Msg::ResultsLoaded(Err(

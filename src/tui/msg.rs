@@ -8,6 +8,7 @@ use crate::cluster::poll::{Report, Request};
 use crate::rating::session::RatingItem;
 use crate::rating::{Entry, JournalLine, Rubric, StagePair, TaskResults};
 use crate::sweep::events::{LoggedEvent, RunEvent, RunnerCommand};
+use crate::tui::scores::RunCheck;
 
 /// What the rating screen is opened with, read from the sweep's answers and journal.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +27,8 @@ pub struct ResultsData {
     pub losses: BTreeMap<(String, String), f64>,
     /// Each rated run's cell score on the Sweep screen, by run id.
     pub scores: Vec<(String, f64)>,
+    /// Each run's automatic check on the Sweep screen, by run id (there before any rating).
+    pub checks: Vec<(String, RunCheck)>,
 }
 
 /// Something that happened, fed to [`super::update::update`].

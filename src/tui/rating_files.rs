@@ -6,7 +6,7 @@ use crate::rating::journal::{self, Entry, JournalLine, now_rfc3339};
 use crate::rating::{RatingError, StagePair};
 
 use super::msg::{Msg, RatingData, ResultsData};
-use super::scores::run_scores;
+use super::scores::{run_checks, run_scores};
 
 /// The sweep's rating context, or why it could not be made (shown on the Rating and Results screens).
 pub struct RatingFiles {
@@ -52,13 +52,14 @@ impl RatingFiles {
         }
     }
 
-    /// The results table of every task, the runs' losses and the Sweep screen's cell scores.
+    /// The results table of every task, the runs' losses and the Sweep screen's cell scores and checks.
     pub fn load_results(&self) -> Msg {
         let result = self.ctx.as_ref().map_err(Clone::clone).and_then(|ctx| {
             let data = (|| -> Result<ResultsData, RatingError> {
-                let tasks = ctx.results()?;
+                let (tasks, checks) = ctx.results_and_checks()?;
                 Ok(ResultsData {
                     scores: run_scores(&ctx.plan, &tasks),
+                    checks: run_checks(&ctx.plan, &checks),
                     losses: ctx.losses()?,
                     tasks,
                 })
