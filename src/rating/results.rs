@@ -75,6 +75,16 @@ impl TaskResults {
     pub fn auto_cell(&self, model: &str, stage: &str) -> Option<Tally> {
         self.auto.cell(model, stage)
     }
+
+    /// Every (model, stage) with a human cell or checked answers: models outer, stages inner.
+    pub fn cells_in_order(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.models.iter().flat_map(move |m| {
+            self.stages
+                .iter()
+                .filter(move |s| self.cell(m, s).is_some() || self.auto_cell(m, s).is_some())
+                .map(move |s| (m, s))
+        })
+    }
 }
 
 /// Stages in reading order: base, then e1, e2, ... by number, then anything else by name.

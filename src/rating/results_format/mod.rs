@@ -60,16 +60,6 @@ pub fn auto_heading(check: &AutoCheck) -> String {
     }
 }
 
-/// The (model, stage) pairs with a human cell or a checked answer, models outer, stages inner.
-fn answered_cells(t: &TaskResults) -> impl Iterator<Item = (&String, &String)> {
-    t.models.iter().flat_map(move |m| {
-        t.stages
-            .iter()
-            .filter(move |s| t.cell(m, s).is_some() || t.auto_cell(m, s).is_some())
-            .map(move |s| (m, s))
-    })
-}
-
 fn grid(t: &TaskResults) -> (Vec<String>, Vec<Vec<String>>) {
     let mut header = vec!["model".to_owned()];
     header.extend(t.stages.iter().cloned());
@@ -354,7 +344,7 @@ fn csv(tasks: &[TaskResults]) -> Result<String, RatingError> {
             AutoCheck::Checked(_) => "exact answer".to_owned(),
             AutoCheck::Unchecked(why) => why.to_string(),
         };
-        for (m, s) in answered_cells(t) {
+        for (m, s) in t.cells_in_order() {
             let mut rec = vec![t.task.clone(), m.clone(), s.clone()];
             match t.cell(m, s) {
                 Some(c) => {
