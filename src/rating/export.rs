@@ -7,9 +7,9 @@ use std::path::Path;
 use rust_xlsxwriter::{Format, Workbook, Worksheet, XlsxError};
 
 use super::RatingError;
+use super::auto::AutoCheck;
 use super::journal::AnswerKey;
 use super::ratings::Ratings;
-use super::auto::AutoCheck;
 use super::results::{Cell, TaskResults, stage_order};
 use super::rubric::Rubric;
 
@@ -377,7 +377,11 @@ mod tests {
         };
         assert_eq!(col("Auto correct"), col("Falls after e1") + 1);
         let e1 = row("math", "e1");
-        assert_eq!(e1[col("Mean")], Data::Float(19.5 / 6.0), "the human mean is untouched");
+        assert_eq!(
+            e1[col("Mean")],
+            Data::Float(19.5 / 6.0),
+            "the human mean is untouched"
+        );
         assert_eq!(e1[col("Auto correct")], Data::Float(0.7));
         assert_eq!(e1[col("Auto n")], Data::Float(10.0));
         let e3 = row("math", "e3");
