@@ -117,19 +117,16 @@ pub fn answered_stages(sweep: &SweepPaths, run: &RatedRun) -> std::io::Result<Ve
     let Some(root) = stage_dir.parent() else {
         return Ok(stages);
     };
+    let located =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", root.display()));
     let entries = match std::fs::read_dir(root) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(stages),
-        Err(e) => {
-            return Err(std::io::Error::new(
-                e.kind(),
-                format!("{}: {e}", root.display()),
-            ));
-        }
+        Err(e) => return Err(located(e)),
     };
     for entry in entries {
-        let entry = entry?;
-        if entry.file_type()?.is_dir()
+        let entry = entry.map_err(located)?;
+        if entry.file_type().map_err(located)?.is_dir()
             && let Ok(name) = entry.file_name().into_string()
             && name != "base"
         {
