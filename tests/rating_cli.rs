@@ -11,6 +11,7 @@ use std::time::Duration;
 use calamine::{Reader, Xlsx, open_workbook};
 use common::{Tmux, rating_sweep, study_data};
 use qlab::config::Config;
+use qlab::rating::answers::{AnswerRecord, write_answers};
 use qlab::rating::journal::{self, Entry};
 use qlab::store::SweepPaths;
 
@@ -105,6 +106,21 @@ fn import_study_then_results_and_exports_show_the_table(raw: &Path, e: &StudyTab
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("study.toml");
     std::fs::copy(repo().join("examples/study.toml"), &config).unwrap();
+    // The question sets first, as the README says: the automatic check reads their references.
+    let questions = raw.parent().unwrap().join("seed-questions");
+    std::fs::create_dir(dir.path().join("questions")).unwrap();
+    for (src, out) in [
+        ("Maths Benchmark.txt", "study-math.toml"),
+        ("bio benchmark.txt", "study-bio.toml"),
+    ] {
+        run_ok(
+            qlab()
+                .arg("import-questions")
+                .arg(questions.join(src))
+                .arg("--out")
+                .arg(dir.path().join("questions").join(out)),
+        );
+    }
     let (stdout, stderr) = run_ok(
         qlab()
             .arg("import-study")
@@ -146,6 +162,18 @@ fn import_study_then_results_and_exports_show_the_table(raw: &Path, e: &StudyTab
     let first = &cells[0];
     assert_eq!(first["n"], e.questions);
     assert_eq!(first["criteria"].as_object().unwrap().len(), 3);
+    // The automatic check: every math answer checked, a fraction beside (not in) the human mean; bio
+    // has no check.
+    for c in &cells {
+        match c["task"].as_str().unwrap() {
+            "math" => {
+                assert_eq!(c["auto"]["n"], e.questions, "{c}");
+                let f = c["auto"]["mean"].as_f64().unwrap();
+                assert!((0.0..=1.0).contains(&f), "{c}");
+            }
+            _ => assert!(c["auto"].is_null(), "{c}"),
+        }
+    }
 
     let (table, _) = run_ok(qlab().arg("results").arg(&config));
     let (_, model, [base, e1, e3], [to_e1, to_e3]) = e.rises;
@@ -169,6 +197,22 @@ fn import_study_then_results_and_exports_show_the_table(raw: &Path, e: &StudyTab
         falling.contains(&format!("{falling_e1} ({falling_to_e1})"))
             && falling.contains(&format!("{falling_e3} ({falling_to_e3}) !")),
         "{table}"
+    );
+    let bio_block = table.split("task math").next().unwrap();
+    assert!(
+        bio_block.contains("auto: no automatic check for this task"),
+        "{table}"
+    );
+    let math_block = table.split("task math").nth(1).unwrap();
+    let auto_rows = math_block.split("auto: exact answer").nth(1).unwrap();
+    let auto_row = auto_rows.lines().find(|l| l.starts_with(model)).unwrap();
+    assert_eq!(
+        auto_row
+            .split_whitespace()
+            .filter(|x| x.ends_with(&format!("/{}", e.questions)))
+            .count(),
+        3,
+        "a count per stage: {table}"
     );
     let after_rising = table.lines().skip_while(|l| *l != rising).nth(1).unwrap();
     assert!(
@@ -324,6 +368,93 @@ fn study_data_import_study_then_results_and_exports_show_the_studys_table() {
         return;
     };
     import_study_then_results_and_exports_show_the_table(&data.join("seed-benchmarks"), &STUDY);
+}
+
+/// A sweep with answers and no rating: `qlab results` shows the automatic check in every format.
+#[test]
+fn results_show_the_automatic_check_before_any_rating() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = rating_sweep(dir.path());
+    // Base answers "It is 6." / "It is 8." (1 of 2 right); e1 made right on both, so stages differ.
+    let cfg = Config::load(&config).unwrap();
+    let run = &qlab::plan::Plan::from_config(&cfg).runs[0];
+    let sweep = SweepPaths::new(&cfg.runs_dir(), &cfg.sweep.name);
+    let e1 = sweep.run(&run.id).answers("e1", "sums", &run.eval_hash);
+    let record = |q: &str, text: &str| AnswerRecord {
+        question_id: q.into(),
+        stage: "e1".into(),
+        model: "tiny".into(),
+        prompt: String::new(),
+        answer: text.into(),
+        new_tokens: None,
+        secs: None,
+    };
+    write_answers(&e1, &[record("1", "2 + 3 = 5"), record("2", "So it is 8.")]).unwrap();
+    let results = |format: &str| {
+        let out = assert_cmd::Command::cargo_bin("qlab")
+            .unwrap()
+            .arg("results")
+            .arg(&config)
+            .args(["--format", format])
+            .assert()
+            .success();
+        let o = out.get_output();
+        (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+
+    let (table, stderr) = results("table");
+    assert!(stderr.contains("no ratings yet"), "{stderr}");
+    let auto = table.split("auto: exact answer").nth(1).expect(&table);
+    let row: Vec<&str> = auto
+        .lines()
+        .find(|l| l.starts_with("tiny"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row, ["tiny", "1/2", "2/2"], "{table}");
+    assert!(
+        table.starts_with("task math\nmodel     base       e1\nno ratings yet\n"),
+        "{table}"
+    );
+
+    let (json, _) = results("json");
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let stages: Vec<(&str, serde_json::Value, &serde_json::Value)> = rows
+        .iter()
+        .map(|r| (r["stage"].as_str().unwrap(), r["mean"].clone(), &r["auto"]))
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            (
+                "base",
+                serde_json::Value::Null,
+                &serde_json::json!({"mean": 0.5, "n": 2})
+            ),
+            (
+                "e1",
+                serde_json::Value::Null,
+                &serde_json::json!({"mean": 1.0, "n": 2})
+            ),
+        ]
+    );
+
+    let (csv, _) = results("csv");
+    assert!(
+        csv.lines()
+            .nth(2)
+            .unwrap()
+            .ends_with(",exact answer,1.0000,2,0.3424,1.0000"),
+        "{csv}"
+    );
+    let (md, _) = results("md");
+    assert!(
+        md.contains("| tiny | 1/2 (0.09-0.91) | 2/2 (0.34-1.00) |"),
+        "{md}"
+    );
 }
 
 #[test]

@@ -5,11 +5,13 @@
 use std::collections::BTreeMap;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use qlab::rating::auto::{AutoCell, AutoCheck, AutoChecks, NoCheck, Tally};
 use qlab::rating::journal::QuestionRef;
-use qlab::rating::results::build;
+use qlab::rating::results::build_with_checks;
 use qlab::rating::session::{ItemSide, RatingItem};
 use qlab::rating::{AnswerKey, Entry, JournalLine, Ratings, Rubric, StagePair};
 use qlab::sweep::events::{LoggedEvent, RunEvent, StepMetrics, Telemetry};
+use qlab::tui::checks::RunCheck;
 use qlab::tui::scores::RunScores;
 use qlab::tui::{App, MatrixCell, Msg, RatingData, ResultsData, SweepInfo, Theme, update, view};
 use ratatui::Terminal;
@@ -120,6 +122,7 @@ fn busy_app() -> App {
                 run: ids[0].clone(),
                 stages: vec![("e1".into(), 3.75)],
             }],
+            checks: Vec::new(),
         }))),
     );
     // Trained by another process (read-only), resumed from step 40.
@@ -439,7 +442,63 @@ fn scored(model: &str, stage: &str, q: u32, values: [f64; 3]) -> JournalLine {
     )
 }
 
-/// The fixture sweep with its ratings: smollm2 improves at e1 then falls at e3, qwen keeps improving.
+/// The automatic check of the fixture sweep: arith (rated too) and gsm8k-tiny (answered, not yet rated)
+/// are checked; alpaca-mini has free-text references, so no check.
+fn checks() -> AutoChecks {
+    let cell = |model: &str, stage: &str, correct| AutoCell {
+        model: model.into(),
+        stage: stage.into(),
+        tally: Tally { correct, n: 10 },
+    };
+    AutoChecks::from([
+        (
+            "arith".to_string(),
+            AutoCheck::Checked(vec![
+                cell("smollm2-135m", "base", 1),
+                cell("smollm2-135m", "e1", 6),
+                cell("smollm2-135m", "e3", 4),
+                cell("qwen2.5-0.5b", "base", 2),
+                cell("qwen2.5-0.5b", "e1", 5),
+                cell("qwen2.5-0.5b", "e3", 8),
+            ]),
+        ),
+        (
+            "gsm8k-tiny".to_string(),
+            AutoCheck::Checked(vec![
+                cell("smollm2-135m", "base", 0),
+                cell("smollm2-135m", "e1", 3),
+            ]),
+        ),
+        (
+            "alpaca-mini".to_string(),
+            AutoCheck::Unchecked(NoCheck::NotNumeric),
+        ),
+    ])
+}
+
+/// Each run's check as the results refresh gives it (the fixture's task is its dataset's name).
+fn run_checks(app: &App, checks: &AutoChecks) -> Vec<(String, RunCheck)> {
+    app.runs
+        .iter()
+        .filter_map(|r| {
+            let check = match checks.get(&r.plan.dataset)? {
+                AutoCheck::Checked(cells) => RunCheck::Stages(
+                    cells
+                        .iter()
+                        .filter(|c| c.model == r.plan.model)
+                        .map(|c| (c.stage.clone(), c.tally))
+                        .collect(),
+                ),
+                AutoCheck::Unchecked(why) => RunCheck::None(why.to_string()),
+            };
+            Some((r.plan.id.clone(), check))
+        })
+        .filter(|(_, c)| !matches!(c, RunCheck::Stages(s) if s.is_empty()))
+        .collect()
+}
+
+/// The fixture sweep with its ratings: smollm2 improves at e1 then falls at e3, qwen keeps improving;
+/// beside them the automatic check, also of a dataset nobody rated yet.
 fn rated_app() -> App {
     let mut app = App::new(sweep(), "ann", NOW);
     let mut journal = Vec::new();
@@ -452,7 +511,13 @@ fn rated_app() -> App {
         journal.push(scored("qwen2.5-0.5b", "e3", q, [5.0, 4.0, 5.0]));
     }
     let models = app.sweep.models.clone();
-    let tasks = build(&Ratings::replay(&journal), &Rubric::default(), &models);
+    let checks = checks();
+    let tasks = build_with_checks(
+        &Ratings::replay(&journal),
+        &Rubric::default(),
+        &models,
+        &checks,
+    );
     let losses = BTreeMap::from([
         (("arith".to_string(), "smollm2-135m".to_string()), 0.412),
         (("arith".to_string(), "qwen2.5-0.5b".to_string()), 0.388),
@@ -469,12 +534,14 @@ fn rated_app() -> App {
                 .collect(),
         })
         .collect();
+    let checks_by_run = run_checks(&app, &checks);
     update(
         &mut app,
         Msg::ResultsLoaded(Ok(Box::new(ResultsData {
             tasks,
             losses,
             scores,
+            checks: checks_by_run,
         }))),
     );
     app
@@ -601,6 +668,13 @@ fn rating_screen_with_nothing_to_rate_says_what_to_run() {
 fn results_screen_hosted_in_the_dashboard() {
     let mut app = rated_app();
     snap("sweep_rated", &app, false);
+    key(&mut app, KeyCode::Right);
+    let text = render(&app, 120, 40, false);
+    assert!(
+        text.contains("step 0/0 · auto: no automatic check for this task"),
+        "the detail line of a cell without a check says so:\n{text}"
+    );
+    key(&mut app, KeyCode::Left);
     key(&mut app, KeyCode::Char('t'));
     snap("results", &app, false);
     key(&mut app, KeyCode::Char('c'));

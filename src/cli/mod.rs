@@ -49,7 +49,7 @@ pub enum Command {
     DemoData(demo_data::Args),
     /// Rate answers blind with the keyboard, two stages side by side (saved at every key).
     Rate(rate::RateArgs),
-    /// Print the results table: per task, models x stages, mean over all rubric values.
+    /// Print the results table: per task, models x stages, mean over all rubric values, and the automatic check.
     Results(results::ResultsArgs),
     /// Write results to files (xlsx in the study's layout, csv, md).
     #[command(subcommand)]

@@ -1,5 +1,6 @@
 //! `qlab results [CONFIG] [--format table|md|csv|json]`: the study's results table from the ratings journal
-//! (the text table with each cell's 95% interval and each run's training loss).
+//! (the text table with each cell's 95% interval and each run's training loss), and beside it the
+//! automatic check of the answers, there before any rating.
 
 use std::process::ExitCode;
 
@@ -30,7 +31,8 @@ impl From<FormatArg> for Format {
     }
 }
 
-/// Print the results table: per task, models x stages, mean over all rubric values.
+/// Print the results table: per task, models x stages, mean over all rubric values; and the automatic
+/// check (auto: exact answer) of tasks whose references are numbers.
 #[derive(Debug, Args)]
 pub struct ResultsArgs {
     #[command(flatten)]
@@ -46,7 +48,7 @@ pub fn run(args: ResultsArgs) -> Result<ExitCode> {
     };
     let ctx = RatingContext::from_config(config)?;
     let tasks = ctx.results()?;
-    if tasks.is_empty() {
+    if tasks.iter().all(|t| t.cells.is_empty()) {
         eprintln!(
             "no ratings yet in {}",
             ctx.sweep.ratings_journal().display()

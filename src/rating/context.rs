@@ -1,13 +1,16 @@
 //! What the rating commands need from a sweep's config: paths, rubric, runs, question sets.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::RatingError;
+use super::auto::AutoChecks;
+use super::auto::gather::{RunToCheck, gather};
 use super::blind::StagePair;
 use super::journal;
+use super::math_check::references_are_numeric;
 use super::ratings::Ratings;
-use super::results::{TaskResults, build};
+use super::results::{TaskResults, build_with_checks};
 use super::rubric::Rubric;
 use super::session::{
     QuestionSetText, QuestionText, RatedRun, RatingItem, SessionSpec, build_items,
@@ -77,9 +80,50 @@ impl RatingContext {
         )?))
     }
 
-    /// The results table of every task.
+    /// The results table of every task: the human scores and, beside them, the automatic check.
     pub fn results(&self) -> Result<Vec<TaskResults>, RatingError> {
-        Ok(build(&self.ratings()?, &self.rubric, &self.model_order))
+        Ok(self.results_and_checks()?.0)
+    }
+
+    /// The results table and the automatic check it was built with (the Sweep screen shows the check
+    /// per run, before any rating).
+    pub fn results_and_checks(&self) -> Result<(Vec<TaskResults>, AutoChecks), RatingError> {
+        let checks = self.auto_checks();
+        let tasks = build_with_checks(&self.ratings()?, &self.rubric, &self.model_order, &checks);
+        Ok((tasks, checks))
+    }
+
+    /// The automatic check of every task of the plan whose dataset has a question set. It never fails:
+    /// a question set or answers file that cannot be read turns that task's check off and says why.
+    pub fn auto_checks(&self) -> AutoChecks {
+        let mut sets: BTreeMap<PathBuf, Result<QuestionSetText, String>> = BTreeMap::new();
+        let runs: Vec<RunToCheck> = self
+            .plan
+            .runs
+            .iter()
+            .filter_map(|r| {
+                let path = self.config.resolve_path(r.spec.dataset.questions.as_ref()?);
+                let set = sets
+                    .entry(path.clone())
+                    .or_insert_with(|| load_set_text(&path))
+                    .clone();
+                let questions = match &set {
+                    Ok(s) => s.id.clone(),
+                    Err(_) => String::new(),
+                };
+                Some(RunToCheck {
+                    task: r.task.clone(),
+                    run: RatedRun {
+                        run: r.id.clone(),
+                        model: r.model.clone(),
+                        questions,
+                        eval_hash: Some(r.eval_hash.clone()),
+                    },
+                    set,
+                })
+            })
+            .collect();
+        gather(&self.sweep, &runs)
     }
 
     /// Each run's last logged training loss, keyed by (task, model), for the results screen.
@@ -183,14 +227,21 @@ impl RatingContext {
     }
 }
 
-/// Tasks whose answers end in a number worth checking against the reference.
-fn is_numeric_task(task: &str) -> bool {
-    let t = task.to_ascii_lowercase();
-    t.starts_with("math") || t.starts_with("arith")
+/// A question set's text for the automatic check, or why it cannot be read.
+fn load_set_text(path: &Path) -> Result<QuestionSetText, String> {
+    if !path.is_file() {
+        return Err(format!(
+            "{} is missing (convert the study's list with `qlab import-questions`)",
+            path.display()
+        ));
+    }
+    QuestionSet::load(path)
+        .map(question_set_text)
+        .map_err(|e| e.to_string())
 }
 
 fn question_set_text(set: QuestionSet) -> QuestionSetText {
-    let questions = set
+    let questions: Vec<QuestionText> = set
         .questions
         .into_iter()
         .map(|q| {
@@ -210,7 +261,7 @@ fn question_set_text(set: QuestionSet) -> QuestionSetText {
         })
         .collect();
     QuestionSetText {
-        numeric: is_numeric_task(&set.task),
+        numeric: references_are_numeric(questions.iter().map(|q| q.reference.as_str())),
         id: set.id,
         task: set.task,
         questions,

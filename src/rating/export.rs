@@ -1,4 +1,5 @@
-//! Exports of the ratings: an xlsx workbook in the study's layout, and a CSV of every judgement.
+//! Exports of the ratings: an xlsx workbook in the study's layout (its Summary with the automatic check
+//! beside the human scores), and a CSV of every judgement.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -6,9 +7,10 @@ use std::path::Path;
 use rust_xlsxwriter::{Format, Workbook, Worksheet, XlsxError};
 
 use super::RatingError;
+use super::auto::AutoCheck;
 use super::journal::AnswerKey;
 use super::ratings::Ratings;
-use super::results::{TaskResults, stage_order};
+use super::results::{Cell, TaskResults, stage_order};
 use super::rubric::Rubric;
 
 /// One row of a task sheet: a model's answer at one stage, each criterion averaged over the raters.
@@ -120,39 +122,78 @@ pub fn write_xlsx(
         .to_vec();
     header.extend(rubric.criteria.iter().cloned());
     header.extend(["CI low", "CI high", "Change from base", "Falls after e1"].map(String::from));
+    // The automatic check last, apart from the human columns; a row checked but not rated leaves those empty.
+    header.extend(["Auto correct", "Auto n", "Auto CI low", "Auto CI high"].map(String::from));
     write_header(sheet, &header, &bold).map_err(xlsx)?;
     let mut r = 1u32;
     for t in tasks {
-        for m in &t.models {
-            for c in t.stages.iter().filter_map(|s| t.cell(m, s)) {
-                sheet.write_string(r, 0, &c.task).map_err(xlsx)?;
-                sheet.write_string(r, 1, &c.model).map_err(xlsx)?;
-                sheet.write_string(r, 2, &c.stage).map_err(xlsx)?;
-                sheet.write_number(r, 3, c.mean).map_err(xlsx)?;
-                sheet.write_number(r, 4, c.n as f64).map_err(xlsx)?;
-                let mut col = 5u16;
-                for k in &rubric.criteria {
-                    if let Some(v) = c.criteria.get(k) {
-                        sheet.write_number(r, col, *v).map_err(xlsx)?;
-                    }
-                    col += 1;
-                }
-                let extras = [c.ci95.map(|x| x.0), c.ci95.map(|x| x.1), c.change_from_base];
-                for v in extras {
-                    if let Some(v) = v {
-                        sheet.write_number(r, col, v).map_err(xlsx)?;
-                    }
-                    col += 1;
-                }
-                sheet
-                    .write_boolean(r, col, c.falls_after_e1)
-                    .map_err(xlsx)?;
-                r += 1;
+        for (m, s) in t.cells_in_order() {
+            sheet.write_string(r, 0, &t.task).map_err(xlsx)?;
+            sheet.write_string(r, 1, m).map_err(xlsx)?;
+            sheet.write_string(r, 2, s).map_err(xlsx)?;
+            let auto_col = 9 + rubric.criteria.len() as u16;
+            if let Some(c) = t.cell(m, s) {
+                write_human(sheet, r, c, rubric).map_err(xlsx)?;
             }
+            write_auto(sheet, r, auto_col, t, m, s).map_err(xlsx)?;
+            r += 1;
         }
     }
     let bytes = book.save_to_buffer().map_err(xlsx)?;
     crate::store::atomic::write_atomic(path, &bytes)?;
+    Ok(())
+}
+
+/// A rated cell's human columns: mean, n, one per criterion, interval, change from base, the e1 flag.
+fn write_human(sheet: &mut Worksheet, r: u32, c: &Cell, rubric: &Rubric) -> Result<(), XlsxError> {
+    sheet.write_number(r, 3, c.mean)?;
+    sheet.write_number(r, 4, c.n as f64)?;
+    let mut col = 5u16;
+    for k in &rubric.criteria {
+        if let Some(v) = c.criteria.get(k) {
+            sheet.write_number(r, col, *v)?;
+        }
+        col += 1;
+    }
+    let extras = [c.ci95.map(|x| x.0), c.ci95.map(|x| x.1), c.change_from_base];
+    for v in extras {
+        if let Some(v) = v {
+            sheet.write_number(r, col, v)?;
+        }
+        col += 1;
+    }
+    sheet.write_boolean(r, col, c.falls_after_e1)?;
+    Ok(())
+}
+
+/// The automatic check's columns from `col`: fraction correct, answers checked, Wilson interval; for a
+/// task without a check, why, in the first of them.
+fn write_auto(
+    sheet: &mut Worksheet,
+    r: u32,
+    col: u16,
+    t: &TaskResults,
+    model: &str,
+    stage: &str,
+) -> Result<(), XlsxError> {
+    if let AutoCheck::Unchecked(why) = &t.auto {
+        sheet.write_string(r, col, why.to_string())?;
+        return Ok(());
+    }
+    let Some(tally) = t.auto_cell(model, stage) else {
+        return Ok(());
+    };
+    let values = [
+        tally.fraction(),
+        Some(tally.n as f64),
+        tally.ci95().map(|x| x.0),
+        tally.ci95().map(|x| x.1),
+    ];
+    for (i, v) in values.into_iter().enumerate() {
+        if let Some(v) = v {
+            sheet.write_number(r, col + i as u16, v)?;
+        }
+    }
     Ok(())
 }
 
@@ -301,6 +342,56 @@ mod tests {
                 .unwrap()],
             Data::Float(19.5 / 6.0 - 1.0)
         );
+    }
+
+    #[test]
+    fn the_summary_carries_the_automatic_check_apart_from_the_human_columns() {
+        use crate::rating::auto::{AutoCell, AutoChecks, NoCheck, Tally};
+        use crate::rating::results::build_with_checks;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("results.xlsx");
+        let (r, rubric) = (ratings(), Rubric::default());
+        let cell = |stage: &str, correct| AutoCell {
+            model: "qwen-2-7b".into(),
+            stage: stage.into(),
+            tally: Tally { correct, n: 10 },
+        };
+        let checks = AutoChecks::from([
+            (
+                "math".to_string(),
+                AutoCheck::Checked(vec![cell("base", 1), cell("e1", 7), cell("e3", 6)]),
+            ),
+            ("bio".to_string(), AutoCheck::Unchecked(NoCheck::NotNumeric)),
+        ]);
+        let tasks = build_with_checks(&r, &rubric, &[], &checks);
+        write_xlsx(&path, &r, &rubric, &tasks, &[]).unwrap();
+        let mut book: Xlsx<_> = open_workbook(&path).unwrap();
+        let summary = book.worksheet_range("Summary").unwrap();
+        let rows: Vec<Vec<Data>> = summary.rows().map(|r| r.to_vec()).collect();
+        let s = |x: &str| Data::String(x.into());
+        let col = |name: &str| rows[0].iter().position(|h| *h == s(name)).unwrap();
+        let row = |task: &str, stage: &str| {
+            rows.iter()
+                .find(|r| r[0] == s(task) && r[2] == s(stage))
+                .unwrap()
+        };
+        assert_eq!(col("Auto correct"), col("Falls after e1") + 1);
+        let e1 = row("math", "e1");
+        assert_eq!(
+            e1[col("Mean")],
+            Data::Float(19.5 / 6.0),
+            "the human mean is untouched"
+        );
+        assert_eq!(e1[col("Auto correct")], Data::Float(0.7));
+        assert_eq!(e1[col("Auto n")], Data::Float(10.0));
+        let e3 = row("math", "e3");
+        assert_eq!(e3[col("Mean")], Data::Empty, "checked, not rated");
+        assert_eq!(e3[col("Auto correct")], Data::Float(0.6));
+        assert_eq!(
+            row("bio", "e3")[col("Auto correct")],
+            s("no automatic check for this task")
+        );
+        assert_eq!(rows.len(), 1 + 4);
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The automatic math hint: does the answer's final number equal the reference's final number?
-//! A hint for the rater, shown after scoring; never a score.
+//! The automatic math check: does the answer's final number equal the reference's final number?
+//! Shown to the rater as a hint after scoring, and counted per cell as the results' "auto: exact answer"
+//! column; never part of the human score.
 
 /// The last number written in `text` (commas between digit groups allowed, `-` and decimals kept).
 pub fn final_number(text: &str) -> Option<f64> {
@@ -29,6 +30,26 @@ pub fn final_number(text: &str) -> Option<f64> {
         }
     }
     last
+}
+
+/// Whether a question set's answers can be checked by their final number: it has references and every
+/// one of them has a number to compare with.
+///
+/// The one decision behind both the Rating screen's hint and the results' automatic check. It is made
+/// from the references themselves, not from the task's name: a set of word problems whose references
+/// end in their result qualifies whatever it is called, and a set of free-text answers (the study's bio
+/// questions: "Sore throat, pain on swallowing, high fever.") does not, since some reference has no
+/// number at all. A free-text set whose every reference happens to mention a number would pass; a
+/// question set cannot yet say otherwise.
+pub fn references_are_numeric<'a>(references: impl IntoIterator<Item = &'a str>) -> bool {
+    let mut any = false;
+    for r in references {
+        if final_number(r).is_none() {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
 
 /// The hint shown after an item is scored.
@@ -80,5 +101,18 @@ mod tests {
             MathHint::Differs
         );
         assert_eq!(check("I cannot tell.", "25"), MathHint::NoNumber);
+    }
+
+    #[test]
+    fn a_set_is_numeric_when_every_reference_has_a_number() {
+        assert!(references_are_numeric(["14 + 11 = 25.", "RS100=1 pound"]));
+        assert!(!references_are_numeric([
+            "Bradycardia: under 60 beats per minute.",
+            "Gastritis mainly affects the stomach."
+        ]));
+        assert!(
+            !references_are_numeric([]),
+            "no references, nothing to check"
+        );
     }
 }

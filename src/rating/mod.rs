@@ -1,7 +1,9 @@
-//! Ratings: rubric, blind pairing, the append-only journal, agreement, the results table, exports, study import.
+//! Ratings: rubric, blind pairing, the append-only journal, agreement, the results table and its automatic
+//! check, exports, study import.
 
 pub mod agreement;
 pub mod answers;
+pub mod auto;
 pub mod blind;
 pub mod context;
 pub mod export;

@@ -1,10 +1,12 @@
-//! The study's results table: per task, models x stages, each cell the mean over all rubric values.
+//! The study's results table: per task, models x stages, each cell the mean over all rubric values, and
+//! beside it (never mixed in) the automatic check of the task's answers.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Serialize;
 
 use super::agreement::{Metric, krippendorff_alpha};
+use super::auto::{AutoCheck, AutoChecks, Tally};
 use super::journal::AnswerKey;
 use super::ratings::Ratings;
 use super::rubric::Rubric;
@@ -51,10 +53,15 @@ pub struct Agreement {
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskResults {
     pub task: String,
+    /// Every model with a rated or a checked answer (config order, then the others sorted).
     pub models: Vec<String>,
+    /// Every stage with a rated or a checked answer, in reading order.
     pub stages: Vec<String>,
+    /// The human scores: only where answers were rated.
     pub cells: Vec<Cell>,
     pub agreement: Option<Agreement>,
+    /// The automatic check of the task's answers, or why it has none.
+    pub auto: AutoCheck,
 }
 
 impl TaskResults {
@@ -62,6 +69,21 @@ impl TaskResults {
         self.cells
             .iter()
             .find(|c| c.model == model && c.stage == stage)
+    }
+
+    /// The automatic check of one model at one stage, where its answers were checked.
+    pub fn auto_cell(&self, model: &str, stage: &str) -> Option<Tally> {
+        self.auto.cell(model, stage)
+    }
+
+    /// Every (model, stage) with a human cell or checked answers: models outer, stages inner.
+    pub fn cells_in_order(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.models.iter().flat_map(move |m| {
+            self.stages
+                .iter()
+                .filter(move |s| self.cell(m, s).is_some() || self.auto_cell(m, s).is_some())
+                .map(move |s| (m, s))
+        })
     }
 }
 
@@ -76,9 +98,20 @@ pub fn stage_order(stage: &str) -> (u8, u64, String) {
     }
 }
 
-/// Build the results of every task from the standing ratings. `model_order` lists models in the order
-/// the config names them; models not in it follow, sorted.
+/// Build the results of every rated task from the standing ratings alone (no automatic check gathered).
+/// `model_order` lists models in the order the config names them; models not in it follow, sorted.
 pub fn build(ratings: &Ratings, rubric: &Rubric, model_order: &[String]) -> Vec<TaskResults> {
+    build_with_checks(ratings, rubric, model_order, &AutoChecks::new())
+}
+
+/// Build the results of every task that has ratings or checked answers: the human cells from the
+/// ratings, the automatic check from `checks` (a task absent from it says it has none).
+pub fn build_with_checks(
+    ratings: &Ratings,
+    rubric: &Rubric,
+    model_order: &[String],
+    checks: &AutoChecks,
+) -> Vec<TaskResults> {
     let mut by_task: BTreeMap<String, Vec<ScoreRow<'_>>> = BTreeMap::new();
     for ((rater, key), rec) in ratings.all_scores() {
         by_task
@@ -86,9 +119,20 @@ pub fn build(ratings: &Ratings, rubric: &Rubric, model_order: &[String]) -> Vec<
             .or_default()
             .push((rater.as_str(), key, &rec.scores));
     }
+    for (task, check) in checks {
+        if !check.cells().is_empty() {
+            by_task.entry(task.clone()).or_default();
+        }
+    }
     by_task
         .into_iter()
-        .map(|(task, rows)| task_results(task, &rows, rubric, model_order))
+        .map(|(task, rows)| {
+            let auto = checks
+                .get(&task)
+                .cloned()
+                .unwrap_or_else(AutoCheck::not_gathered);
+            task_results(task, &rows, rubric, model_order, auto)
+        })
         .collect()
 }
 
@@ -97,6 +141,7 @@ fn task_results(
     rows: &[ScoreRow<'_>],
     rubric: &Rubric,
     model_order: &[String],
+    auto: AutoCheck,
 ) -> TaskResults {
     let mut cells_units: CellUnits<'_> = BTreeMap::new();
     for &(_, key, scores) in rows {
@@ -161,7 +206,11 @@ fn task_results(
             c.falls_after_e1 = after_e1 && c.mean < *e1 - 1e-9;
         }
     }
-    let present: BTreeSet<&String> = cells.iter().map(|c| &c.model).collect();
+    let present: BTreeSet<&String> = cells
+        .iter()
+        .map(|c| &c.model)
+        .chain(auto.cells().iter().map(|c| &c.model))
+        .collect();
     let mut models: Vec<String> = model_order
         .iter()
         .filter(|m| present.contains(m))
@@ -176,6 +225,7 @@ fn task_results(
     let mut stages: Vec<String> = cells
         .iter()
         .map(|c| c.stage.clone())
+        .chain(auto.cells().iter().map(|c| c.stage.clone()))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -187,6 +237,7 @@ fn task_results(
         stages,
         cells,
         agreement,
+        auto,
     }
 }
 
@@ -286,6 +337,55 @@ mod tests {
         assert!(a.criteria.iter().all(|(_, x)| *x == Some(1.0)));
         assert_eq!(a.raters.len(), 2);
         assert_eq!(a.raters[0], ("ann".to_string(), 2.5, 18));
+    }
+
+    #[test]
+    fn checked_answers_add_their_models_and_stages_without_touching_the_human_cells() {
+        use crate::rating::auto::{AutoCell, NoCheck};
+        let lines = [test_score_line("s", "arith", "qwen", "e1", "1", [4.; 3])];
+        let cell = |model: &str, stage: &str, correct| AutoCell {
+            model: model.into(),
+            stage: stage.into(),
+            tally: Tally { correct, n: 10 },
+        };
+        let checks = AutoChecks::from([
+            (
+                "arith".to_string(),
+                AutoCheck::Checked(vec![cell("qwen", "base", 2), cell("qwen", "e3", 7)]),
+            ),
+            (
+                "math".to_string(),
+                AutoCheck::Checked(vec![cell("llama", "e1", 3)]),
+            ),
+            (
+                "chem".to_string(),
+                AutoCheck::Unchecked(NoCheck::NotNumeric),
+            ),
+        ]);
+        let tasks = build_with_checks(
+            &Ratings::replay(&lines),
+            &Rubric::default(),
+            &["llama".into(), "qwen".into()],
+            &checks,
+        );
+        let names: Vec<&str> = tasks.iter().map(|t| t.task.as_str()).collect();
+        assert_eq!(
+            names,
+            ["arith", "math"],
+            "a task with neither ratings nor checked answers is left out"
+        );
+        let arith = &tasks[0];
+        assert_eq!(arith.stages, ["base", "e1", "e3"]);
+        assert_eq!(arith.cells.len(), 1, "the check adds no human cell");
+        assert_eq!(arith.cell("qwen", "e1").unwrap().mean, 4.0);
+        assert_eq!(
+            arith.auto_cell("qwen", "e3"),
+            Some(Tally { correct: 7, n: 10 })
+        );
+        assert_eq!(arith.auto_cell("qwen", "e1"), None);
+        assert_eq!(tasks[1].models, ["llama"]);
+        let rated_only = build(&Ratings::replay(&lines), &Rubric::default(), &[]);
+        assert_eq!(rated_only[0].auto, AutoCheck::not_gathered());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use super::RatingError;
 use super::answers::{AnswerRecord, find_answers_file, read_answers};
 use super::blind::{StagePair, blind_layout};
 use super::journal::{BlindShown, QuestionRef};
+use super::results::stage_order;
 use crate::store::SweepPaths;
 
 /// The text of one question: what was asked and the reference answer.
@@ -86,7 +87,9 @@ pub fn answers_dir(sweep: &SweepPaths, run: &RatedRun, stage: &str) -> std::path
         .unwrap_or_default()
 }
 
-fn load_stage(
+/// The answers of one stage of `run` by question id, from its current eval hash's file, else the newest
+/// file of its question set; none when the stage has no such file.
+pub fn load_stage(
     sweep: &SweepPaths,
     run: &RatedRun,
     stage: &str,
@@ -103,6 +106,35 @@ fn load_stage(
         .into_iter()
         .map(|r| (r.question_id.clone(), r))
         .collect())
+}
+
+/// The stages `run` may have answers at: `base` (the model's), then each directory under the run's
+/// answers (`e1`, `e3`, ... whether planned now or written by an earlier plan or the study import), in
+/// reading order. A missing directory has no stages; [`load_stage`] finds whether a file is there.
+pub fn answered_stages(sweep: &SweepPaths, run: &RatedRun) -> std::io::Result<Vec<String>> {
+    let mut stages = vec!["base".to_owned()];
+    let stage_dir = answers_dir(sweep, run, "e1");
+    let Some(root) = stage_dir.parent() else {
+        return Ok(stages);
+    };
+    let located =
+        |e: std::io::Error| std::io::Error::new(e.kind(), format!("{}: {e}", root.display()));
+    let entries = match std::fs::read_dir(root) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(stages),
+        Err(e) => return Err(located(e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(located)?;
+        if entry.file_type().map_err(located)?.is_dir()
+            && let Ok(name) = entry.file_name().into_string()
+            && name != "base"
+        {
+            stages.push(name);
+        }
+    }
+    stages.sort_by_key(|s| stage_order(s));
+    Ok(stages)
 }
 
 /// Build the items of `spec.pair` for every run: one per question answered at both stages, ordered by

@@ -1,4 +1,5 @@
-//! Small statistics for the results table: means and a seeded percentile bootstrap.
+//! Small statistics for the results table: means, a seeded percentile bootstrap (human scores) and the
+//! Wilson score interval of a proportion (the automatic check).
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -35,6 +36,27 @@ pub fn bootstrap_ci(units: &[Vec<f64>]) -> Option<(f64, f64)> {
     Some((at(0.025), at(0.975)))
 }
 
+/// The normal quantile of 0.975: a 95% two-sided interval.
+const Z_95: f64 = 1.959_963_984_540_054;
+
+/// 95% Wilson score interval of the proportion `successes / n`; `None` when `n` is 0.
+///
+/// Chosen over the textbook `p ± 1.96·sqrt(p(1-p)/n)` because the automatic check has small n (10
+/// questions a cell) and proportions at 0 or 1, where that interval collapses to a point or leaves
+/// [0, 1]; Wilson's stays inside [0, 1] and keeps close to its nominal coverage (Newcombe 1998).
+/// The formula is two lines, so no statistics crate is pulled in for it.
+pub fn wilson_ci(successes: usize, n: usize) -> Option<(f64, f64)> {
+    if n == 0 {
+        return None;
+    }
+    let (n, p) = (n as f64, successes.min(n) as f64 / n as f64);
+    let z2 = Z_95 * Z_95;
+    let denom = 1.0 + z2 / n;
+    let centre = (p + z2 / (2.0 * n)) / denom;
+    let half = Z_95 / denom * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    Some(((centre - half).max(0.0), (centre + half).min(1.0)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +79,29 @@ mod tests {
         assert_eq!(bootstrap_ci(&[vec![5.0, 5.0], vec![5.0]]), Some((5.0, 5.0)));
         assert_eq!(bootstrap_ci(&[vec![5.0]]), None);
         assert_eq!(mean(&[]), None);
+    }
+
+    #[test]
+    fn wilson_interval_matches_published_values() {
+        // Newcombe (1998), Table I: 81/263 gives 0.2553-0.3662 and 15/148 gives 0.0624-0.1605.
+        let close = |(lo, hi): (f64, f64), (elo, ehi): (f64, f64)| {
+            assert!(
+                (lo - elo).abs() < 5e-5 && (hi - ehi).abs() < 5e-5,
+                "{lo} {hi}"
+            );
+        };
+        close(wilson_ci(81, 263).unwrap(), (0.2553, 0.3662));
+        close(wilson_ci(15, 148).unwrap(), (0.0624, 0.1605));
+        close(wilson_ci(7, 10).unwrap(), (0.3968, 0.8922));
+    }
+
+    #[test]
+    fn wilson_interval_stays_in_the_unit_range_at_the_ends() {
+        let (lo, hi) = wilson_ci(0, 10).unwrap();
+        assert_eq!(lo, 0.0);
+        assert!((hi - 0.2775).abs() < 5e-5, "{hi}");
+        let (lo, hi) = wilson_ci(10, 10).unwrap();
+        assert!((lo - 0.7225).abs() < 5e-5 && hi <= 1.0, "{lo} {hi}");
+        assert_eq!(wilson_ci(0, 0), None);
     }
 }

@@ -5,6 +5,7 @@ use crate::cluster::poll::{CellJob, Request};
 use crate::rating::{Entry, StagePair};
 use crate::watch::RunHistory;
 
+use super::checks::RunCheck;
 use super::rating::RatingScreen;
 use super::results::ResultsScreen;
 use super::sweep_info::{MatrixCell, SweepInfo};
@@ -93,6 +94,8 @@ pub struct RunEntry {
     pub owner: Owner,
     /// The study's score of each rated fine-tuned stage of the run, in stage order, from the results table.
     pub scores: Vec<(String, f64)>,
+    /// The automatic check of the run's answers, stage by stage, from the results table's refresh.
+    pub check: Option<RunCheck>,
     /// Last lines of run.log, loaded while the run is on screen.
     pub log_tail: Vec<String>,
     /// The run's cluster job (SLURM), as last polled.
@@ -154,6 +157,7 @@ impl App {
                 history: RunHistory::new(&p.id),
                 owner: Owner::Nobody,
                 scores: Vec::new(),
+                check: None,
                 log_tail: Vec::new(),
                 job: None,
             })

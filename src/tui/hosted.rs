@@ -191,6 +191,11 @@ pub fn results_loaded(app: &mut App, result: Result<Box<ResultsData>, String>) -
             .iter()
             .find(|s| s.run == run.plan.id)
             .map_or_else(Vec::new, |s| s.stages.clone());
+        run.check = data
+            .checks
+            .iter()
+            .find(|(id, _)| *id == run.plan.id)
+            .map(|(_, c)| c.clone());
     }
     match &mut app.results {
         Pane::Ready(screen) => screen.update(data.tasks, data.losses),

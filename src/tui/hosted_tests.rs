@@ -13,6 +13,7 @@ use crate::rating::{Entry, JournalLine, Rubric, StagePair};
 use crate::sweep::events::{LoggedEvent, RunEvent};
 
 use super::app::{App, Pane, Screen};
+use super::checks::RunCheck;
 use super::msg::{Effect, Msg, RatingData, ResultsData};
 use super::scores::RunScores;
 use super::sweep_info::{MatrixCell, SweepInfo};
@@ -271,10 +272,18 @@ fn while_a_note_is_typed_every_key_is_text() {
 fn results_feed_the_results_screen_and_the_cell_scores_and_refresh_when_runs_end() {
     let mut app = app();
     let data = |scores: Vec<RunScores>| {
+        let checks = scores
+            .iter()
+            .map(|s| {
+                let tally = crate::rating::auto::Tally { correct: 7, n: 10 };
+                (s.run.clone(), RunCheck::Stages(vec![("e1".into(), tally)]))
+            })
+            .collect();
         Msg::ResultsLoaded(Ok(Box::new(ResultsData {
             tasks: Vec::new(),
             losses: BTreeMap::new(),
             scores,
+            checks,
         })))
     };
     let rated = RunScores {
@@ -284,6 +293,10 @@ fn results_feed_the_results_screen_and_the_cell_scores_and_refresh_when_runs_end
     update(&mut app, data(vec![rated]));
     assert_eq!(app.runs[0].score(), Some(3.5), "the latest stage's");
     assert_eq!(app.runs[0].scores.len(), 2);
+    assert!(
+        matches!(&app.runs[0].check, Some(RunCheck::Stages(s)) if s[0].1.correct == 7),
+        "the cell's check comes with the results"
+    );
     assert!(matches!(app.results, Pane::Ready(_)));
     assert_eq!(ch(&mut app, 't'), vec![], "already loaded");
     assert!(draw(&app).contains("No ratings yet"));
@@ -302,6 +315,7 @@ fn results_feed_the_results_screen_and_the_cell_scores_and_refresh_when_runs_end
         None,
         "an undone rating takes the score away"
     );
+    assert_eq!(app.runs[0].check, None);
     update(
         &mut app,
         Msg::ResultsLoaded(Err(

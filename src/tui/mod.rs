@@ -2,6 +2,7 @@
 //! draws only when something changed, and one file per view. Never calls candle.
 
 pub mod app;
+pub mod checks;
 pub mod disk_worker;
 pub mod event_loop;
 pub mod files;

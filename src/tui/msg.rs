@@ -8,6 +8,7 @@ use crate::cluster::poll::{Report, Request};
 use crate::rating::session::RatingItem;
 use crate::rating::{Entry, JournalLine, Rubric, StagePair, TaskResults};
 use crate::sweep::events::{LoggedEvent, RunEvent, RunnerCommand};
+use crate::tui::checks::RunCheck;
 
 use super::scores::RunScores;
 
@@ -28,6 +29,8 @@ pub struct ResultsData {
     pub losses: BTreeMap<(String, String), f64>,
     /// Each rated run's stage scores (the Sweep screen shows the latest, the Run screen each).
     pub scores: Vec<RunScores>,
+    /// Each run's automatic check on the Sweep screen, by run id (there before any rating).
+    pub checks: Vec<(String, RunCheck)>,
 }
 
 /// Something that happened, fed to [`super::update::update`].

@@ -5,6 +5,7 @@ use crate::rating::context::RatingContext;
 use crate::rating::journal::{self, Entry, JournalLine, now_rfc3339};
 use crate::rating::{RatingError, StagePair};
 
+use super::checks::run_checks;
 use super::msg::{Msg, RatingData, ResultsData};
 use super::scores::run_scores;
 
@@ -52,13 +53,14 @@ impl RatingFiles {
         }
     }
 
-    /// The results table of every task, the runs' losses and the Sweep screen's cell scores.
+    /// The results table of every task, the runs' losses and the Sweep screen's cell scores and checks.
     pub fn load_results(&self) -> Msg {
         let result = self.ctx.as_ref().map_err(Clone::clone).and_then(|ctx| {
             let data = (|| -> Result<ResultsData, RatingError> {
-                let tasks = ctx.results()?;
+                let (tasks, checks) = ctx.results_and_checks()?;
                 Ok(ResultsData {
                     scores: run_scores(&ctx.plan, &tasks),
+                    checks: run_checks(&ctx.plan, &checks),
                     losses: ctx.losses()?,
                     tasks,
                 })

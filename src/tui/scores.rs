@@ -92,6 +92,7 @@ datasets = ["d"]
                 cell("m", "e10", 1.0, 0),
             ],
             agreement: None,
+            auto: crate::rating::auto::AutoCheck::not_gathered(),
         }];
         let scores = run_scores(&plan, &tasks);
         assert_eq!(

@@ -1,6 +1,7 @@
 //! The results screen as a self-contained component: per task, models x stages, with the selected
-//! model's per-criterion means, counts, intervals and, with two or more raters, their agreement; or the
-//! same figures as a grouped bar chart.
+//! model's per-criterion means, counts, intervals and, with two or more raters, their agreement; below
+//! the human scores, the automatic check of the same cells (or why the task has none); or the human scores
+//! as a grouped bar chart.
 
 mod chart;
 
@@ -13,8 +14,9 @@ use ratatui::style::{Style, Stylize};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Cell as TableCell, Paragraph, Row, Table, Tabs, Wrap};
 
+use crate::rating::auto::{AutoCheck, LABEL, Tally};
 use crate::rating::results::TaskResults;
-use crate::rating::results_format::cell_text;
+use crate::rating::results_format::{auto_ci_text, auto_text, cell_text};
 use crate::tui::keymap::{Binding as KeyBinding, bind};
 use crate::tui::theme::Theme;
 
@@ -64,7 +66,7 @@ pub fn key_help() -> Vec<(String, &'static str)> {
 }
 
 /// What the table's marks mean, shown after the keys.
-const LEGEND: &[&str] = &["mean (change from base)", "! = falls after e1"];
+const LEGEND: &[&str] = &["mean (vs base)", "! falls after e1"];
 
 /// State of the results screen.
 #[derive(Debug, Clone)]
@@ -202,10 +204,21 @@ impl ResultsScreen {
     }
 
     fn render_table(&self, frame: &mut Frame, area: Rect, task: &TaskResults) {
+        let block = Block::bordered().title(format!(" Results · {} ", task.task));
+        let inner = block.inner(area);
+        frame.render_widget(block, area);
         let has_loss = task
             .models
             .iter()
             .any(|m| self.losses.contains_key(&(task.task.clone(), m.clone())));
+        let checked = matches!(task.auto, AutoCheck::Checked(_));
+        let models = task.models.len() as u16;
+        let [human, heading, auto] = Layout::vertical([
+            Constraint::Length(1 + models),
+            Constraint::Length(1),
+            Constraint::Length(if checked { models } else { 0 }),
+        ])
+        .areas(inner);
         let mut header: Vec<String> = vec!["model".into()];
         header.extend(task.stages.iter().cloned());
         if has_loss {
@@ -228,22 +241,39 @@ impl ResultsScreen {
                     loss.map_or("-".into(), |l| format!("{l:.3}")),
                 ));
             }
-            let row = Row::new(cells);
-            if i == self.row {
-                row.style(Style::new().reversed())
-            } else {
-                row
-            }
+            self.highlight(i, Row::new(cells))
         });
+        // Both tables get the same columns (the loss one left empty below), so the stages line up.
         let mut widths = vec![Constraint::Length(18)];
         widths.extend(task.stages.iter().map(|_| Constraint::Length(16)));
         if has_loss {
             widths.push(Constraint::Length(8));
         }
-        let table = Table::new(rows, widths)
-            .header(Row::new(header).bold())
-            .block(Block::bordered().title(format!(" Results · {} ", task.task)));
-        frame.render_widget(table, area);
+        let table = Table::new(rows, widths.clone()).header(Row::new(header).bold());
+        frame.render_widget(table, human);
+        frame.render_widget(Line::from(auto_heading(&task.auto)).bold(), heading);
+        if checked {
+            let rows = task.models.iter().enumerate().map(|(i, m)| {
+                let mut cells = vec![TableCell::from(m.clone())];
+                cells.extend(task.stages.iter().map(|s| {
+                    let tally = task.auto_cell(m, s);
+                    TableCell::from(match tally.and_then(Tally::ci95) {
+                        Some(_) => format!("{} {}", auto_text(tally), auto_ci_text(tally)),
+                        None => auto_text(tally),
+                    })
+                }));
+                self.highlight(i, Row::new(cells))
+            });
+            frame.render_widget(Table::new(rows, widths), auto);
+        }
+    }
+
+    fn highlight<'a>(&self, i: usize, row: Row<'a>) -> Row<'a> {
+        if i == self.row {
+            row.style(Style::new().reversed())
+        } else {
+            row
+        }
     }
 
     fn render_detail(&self, frame: &mut Frame, area: Rect, task: &TaskResults) {
@@ -297,6 +327,14 @@ impl ResultsScreen {
             Paragraph::new(lines).block(Block::bordered().title(title)),
             area,
         );
+    }
+}
+
+/// The line over the automatic check's rows (or in their place): short, to fit at 80 columns.
+fn auto_heading(check: &AutoCheck) -> String {
+    match check {
+        AutoCheck::Checked(_) => format!("{LABEL} · correct/checked · Wilson 95% CI"),
+        AutoCheck::Unchecked(why) => format!("auto: {why}"),
     }
 }
 

@@ -3,9 +3,10 @@ use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
 use super::*;
+use crate::rating::auto::{AutoCell, AutoCheck, AutoChecks, NoCheck};
 use crate::rating::journal::{JournalLine, test_score_line};
 use crate::rating::ratings::Ratings;
-use crate::rating::results::build;
+use crate::rating::results::build_with_checks;
 use crate::rating::rubric::Rubric;
 
 fn line(rater: &str, task: &str, model: &str, stage: &str, q: u32, v: [f64; 3]) -> JournalLine {
@@ -30,7 +31,19 @@ fn tasks() -> Vec<TaskResults> {
         ));
         lines.push(line("ann", "math", "llama-3.1-8b", "e1", q, [5., 5., 4.]));
     }
-    build(&Ratings::replay(&lines), &Rubric::default(), &[])
+    let cell = |stage: &str, correct| AutoCell {
+        model: "llama-3.1-8b".into(),
+        stage: stage.into(),
+        tally: Tally { correct, n: 10 },
+    };
+    let checks = AutoChecks::from([
+        ("bio".to_string(), AutoCheck::Unchecked(NoCheck::NotNumeric)),
+        (
+            "math".to_string(),
+            AutoCheck::Checked(vec![cell("base", 2), cell("e1", 7), cell("e3", 10)]),
+        ),
+    ]);
+    build_with_checks(&Ratings::replay(&lines), &Rubric::default(), &[], &checks)
 }
 
 fn draw(s: &ResultsScreen) -> String {
@@ -45,6 +58,31 @@ fn snapshot_of_the_results_screen_with_two_raters() {
     let losses = BTreeMap::from([(("bio".to_string(), "qwen-2-7b".to_string()), 1.234)]);
     let s = ResultsScreen::new(tasks()).with_losses(losses);
     insta::assert_snapshot!(draw(&s));
+}
+
+#[test]
+fn snapshot_of_a_checked_task_with_an_unrated_stage() {
+    let mut s = ResultsScreen::new(tasks());
+    s.handle_key(KeyEvent::new(KeyCode::Tab, KeyModifiers::NONE));
+    let text = draw(&s);
+    insta::assert_snapshot!(text);
+    let llama: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("│llama-3.1-8b "))
+        .collect();
+    assert_eq!(llama.len(), 2, "a human row and an auto row: {text}");
+    assert!(
+        llama[0].contains("4.67 (+2.83)") && !llama[0].contains("7/10"),
+        "{text}"
+    );
+    assert!(
+        llama[1].contains("2/10 0.06-0.51") && llama[1].contains("7/10 0.40-0.89"),
+        "{text}"
+    );
+    assert!(
+        llama[1].contains("10/10 0.72-1.00"),
+        "the unrated e3 is checked: {text}"
+    );
 }
 
 #[test]

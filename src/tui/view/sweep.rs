@@ -1,5 +1,5 @@
 //! The Sweep screen: the matrix of models x datasets, one cell per run with its state, progress, last
-//! loss, ETA and score; a detail line for the selected run.
+//! loss, ETA, score and automatic check; a detail line for the selected run.
 
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout, Rect};
@@ -170,6 +170,22 @@ fn cell_text<'a>(app: &App, run: &RunEntry, theme: &Theme, w: usize) -> Text<'a>
     if let Some(score) = run.score() {
         third.push(format!("score {score:.2}"));
     }
+    if let Some(check) = &run.check {
+        // Every stage's count when the line has room for it, else the latest stage's.
+        let arrow = if theme.ascii { ">" } else { "→" };
+        let every = check.cell_text(arrow, true);
+        let fits = |text: &str| {
+            let mut parts = third.clone();
+            parts.push(text.to_owned());
+            parts.join(theme.sep()).chars().count() <= w
+        };
+        if let Some(text) = every
+            .filter(|t| fits(t))
+            .or_else(|| check.cell_text(arrow, false))
+        {
+            third.push(text);
+        }
+    }
     if run.history.state == RunState::Failed {
         third = job.into_iter().collect();
         third.push(
@@ -202,6 +218,9 @@ fn detail_lines<'a>(app: &App, theme: &Theme, width: usize) -> Vec<Line<'a>> {
     }
     if let Some(job) = widgets::job_label(app, run) {
         parts.push(job);
+    }
+    if let Some(check) = &run.check {
+        parts.push(check.detail_text());
     }
     let mut lines = vec![Line::raw(fit(
         &format!(" {}", parts.join(theme.sep())),
