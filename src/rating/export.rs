@@ -304,26 +304,13 @@ mod tests {
                 s("Helpfulness")
             ]
         );
-        assert_eq!(
-            rows[1],
-            [
-                s("qwen-2-7b-base-math"),
-                Data::Float(2.),
-                Data::Float(1.),
-                Data::Float(1.),
-                Data::Float(1.)
-            ]
-        );
-        assert_eq!(
-            rows[2],
-            [
-                s("qwen-2-7b-e1-math"),
-                Data::Float(2.),
-                Data::Float(5.),
-                Data::Float(4.5),
-                Data::Float(4.)
-            ]
-        );
+        let scored = |file: &str, values: [f64; 4]| {
+            std::iter::once(s(file))
+                .chain(values.map(Data::Float))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(rows[1], scored("qwen-2-7b-base-math", [2., 1., 1., 1.]));
+        assert_eq!(rows[2], scored("qwen-2-7b-e1-math", [2., 5., 4.5, 4.]));
         assert_eq!(rows[3][1], Data::Float(10.));
         assert_eq!(rows.len(), 4);
         let summary = book.worksheet_range("Summary").unwrap();
@@ -346,16 +333,12 @@ mod tests {
 
     #[test]
     fn the_summary_carries_the_automatic_check_apart_from_the_human_columns() {
-        use crate::rating::auto::{AutoCell, AutoChecks, NoCheck, Tally};
+        use crate::rating::auto::{AutoCell, AutoChecks, NoCheck};
         use crate::rating::results::build_with_checks;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("results.xlsx");
         let (r, rubric) = (ratings(), Rubric::default());
-        let cell = |stage: &str, correct| AutoCell {
-            model: "qwen-2-7b".into(),
-            stage: stage.into(),
-            tally: Tally { correct, n: 10 },
-        };
+        let cell = |stage, correct| AutoCell::new("qwen-2-7b", stage, correct, 10);
         let checks = AutoChecks::from([
             (
                 "math".to_string(),

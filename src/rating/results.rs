@@ -343,11 +343,7 @@ mod tests {
     fn checked_answers_add_their_models_and_stages_without_touching_the_human_cells() {
         use crate::rating::auto::{AutoCell, NoCheck};
         let lines = [test_score_line("s", "arith", "qwen", "e1", "1", [4.; 3])];
-        let cell = |model: &str, stage: &str, correct| AutoCell {
-            model: model.into(),
-            stage: stage.into(),
-            tally: Tally { correct, n: 10 },
-        };
+        let cell = |model, stage, correct| AutoCell::new(model, stage, correct, 10);
         let checks = AutoChecks::from([
             (
                 "arith".to_string(),

@@ -74,42 +74,14 @@ pub fn run_checks(plan: &Plan, checks: &AutoChecks) -> Vec<(String, RunCheck)> {
 
 #[cfg(test)]
 mod tests {
-    use std::path::Path;
-
     use super::*;
-    use crate::config::Config;
-
-    fn plan() -> Plan {
-        let config = Config::from_source(
-            Path::new("experiments.toml"),
-            r#"
-[[model]]
-id = "m"
-path = "m.gguf"
-[[dataset]]
-id = "d"
-task = "math"
-path = "d.jsonl"
-template = "{q}\n### Response:\n{a}"
-[matrix]
-models = ["m"]
-datasets = ["d"]
-"#
-            .into(),
-        )
-        .unwrap();
-        Plan::from_config(&config)
-    }
+    use crate::tui::scores::tests::one_run_plan;
 
     #[test]
     fn a_cell_shows_its_check_stage_by_stage_before_any_rating() {
         use crate::rating::auto::{AutoCell, NoCheck};
-        let plan = plan();
-        let cell = |model: &str, stage: &str, correct, n| AutoCell {
-            model: model.into(),
-            stage: stage.into(),
-            tally: Tally { correct, n },
-        };
+        let plan = one_run_plan();
+        let cell = AutoCell::new;
         let checks = AutoChecks::from([(
             "math".to_string(),
             AutoCheck::Checked(vec![

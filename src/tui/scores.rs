@@ -38,7 +38,7 @@ pub fn run_scores(plan: &Plan, tasks: &[TaskResults]) -> Vec<RunScores> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
     use std::path::Path;
 
@@ -60,8 +60,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_run_scores_each_rated_fine_tuned_stage_in_stage_order() {
+    /// One model on one math dataset: a plan of one run.
+    pub(crate) fn one_run_plan() -> Plan {
         let config = Config::from_source(
             Path::new("experiments.toml"),
             r#"
@@ -80,7 +80,12 @@ datasets = ["d"]
             .into(),
         )
         .unwrap();
-        let plan = Plan::from_config(&config);
+        Plan::from_config(&config)
+    }
+
+    #[test]
+    fn a_run_scores_each_rated_fine_tuned_stage_in_stage_order() {
+        let plan = one_run_plan();
         let tasks = vec![TaskResults {
             task: "math".into(),
             models: vec!["m".into()],

@@ -45,6 +45,17 @@ pub struct AutoCell {
     pub tally: Tally,
 }
 
+impl AutoCell {
+    /// `correct` of `n` answers of `model` at `stage`.
+    pub fn new(model: &str, stage: &str, correct: usize, n: usize) -> Self {
+        AutoCell {
+            model: model.into(),
+            stage: stage.into(),
+            tally: Tally { correct, n },
+        }
+    }
+}
+
 /// Why a task has no automatic check.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NoCheck {

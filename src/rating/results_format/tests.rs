@@ -93,11 +93,7 @@ fn tasks_with_checks() -> Vec<TaskResults> {
             [5.0; 3],
         ));
     }
-    let cell = |model: &str, stage: &str, correct, n| AutoCell {
-        model: model.into(),
-        stage: stage.into(),
-        tally: Tally { correct, n },
-    };
+    let cell = AutoCell::new;
     let checks = AutoChecks::from([
         (
             "math".to_string(),

@@ -160,6 +160,15 @@ impl Template {
 mod tests {
     use super::*;
 
+    /// A record of text cells.
+    fn texts(pairs: &[(&str, &str)]) -> Record {
+        let cells: Vec<(&str, Cell)> = pairs
+            .iter()
+            .map(|&(k, v)| (k, Cell::Text(v.into())))
+            .collect();
+        record(&cells)
+    }
+
     fn record(pairs: &[(&str, Cell)]) -> Record {
         Record {
             row: 7,
@@ -175,10 +184,7 @@ mod tests {
         let t =
             Template::parse("Q: {question}\nA: {answer}", Some("A: "), &BTreeMap::new()).unwrap();
         let r = t
-            .render(&record(&[
-                ("question", Cell::Text("2+2?".into())),
-                ("answer", Cell::Text("4".into())),
-            ]))
+            .render(&texts(&[("question", "2+2?"), ("answer", "4")]))
             .unwrap();
         assert_eq!(r.text, "Q: 2+2?\nA: 4");
         assert_eq!(&r.text[r.completion_start..], "4");
@@ -188,12 +194,7 @@ mod tests {
     fn without_marker_the_completion_is_the_last_field_and_mapping_renames_columns() {
         let fields = BTreeMap::from([("answer".to_string(), "output".to_string())]);
         let t = Template::parse("{q} => {answer}. {{literal}}", None, &fields).unwrap();
-        let r = t
-            .render(&record(&[
-                ("q", Cell::Text("x".into())),
-                ("output", Cell::Text("y".into())),
-            ]))
-            .unwrap();
+        let r = t.render(&texts(&[("q", "x"), ("output", "y")])).unwrap();
         assert_eq!(r.text, "x => y. {literal}");
         assert_eq!(&r.text[r.completion_start..], "y. {literal}");
     }

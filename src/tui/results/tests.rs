@@ -31,11 +31,7 @@ fn tasks() -> Vec<TaskResults> {
         ));
         lines.push(line("ann", "math", "llama-3.1-8b", "e1", q, [5., 5., 4.]));
     }
-    let cell = |stage: &str, correct| AutoCell {
-        model: "llama-3.1-8b".into(),
-        stage: stage.into(),
-        tally: Tally { correct, n: 10 },
-    };
+    let cell = |stage, correct| AutoCell::new("llama-3.1-8b", stage, correct, 10);
     let checks = AutoChecks::from([
         ("bio".to_string(), AutoCheck::Unchecked(NoCheck::NotNumeric)),
         (
