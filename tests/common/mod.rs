@@ -10,9 +10,12 @@ use qlab::plan::Plan;
 use qlab::rating::answers::{AnswerRecord, write_answers};
 use qlab::store::SweepPaths;
 
-/// A tmux session killed on drop.
+/// A tmux session killed on drop, on a tmux server of its own (`-L`): tests start sessions in parallel, and a
+/// shared server can be exiting (its last session gone) just as another test connects to it.
 pub struct Tmux {
     session: String,
+    /// The server's socket file, removed on drop (tmux leaves it behind after kill-server).
+    socket: String,
 }
 
 impl Tmux {
@@ -26,7 +29,7 @@ impl Tmux {
     /// A detached session of `size` (columns, rows) running `cmd`.
     pub fn start(name: &str, cmd: &str, size: (u16, u16)) -> Tmux {
         let session = format!("qlab-e2e-{name}-{}", std::process::id());
-        let ok = Command::new("tmux")
+        let ok = tmux(&session)
             .args(["new-session", "-d", "-s", &session, "-x"])
             .arg(size.0.to_string())
             .arg("-y")
@@ -37,12 +40,17 @@ impl Tmux {
             .unwrap()
             .success();
         assert!(ok, "tmux new-session failed");
-        Tmux { session }
+        let mut tmux = Tmux {
+            session,
+            socket: String::new(),
+        };
+        tmux.socket = tmux.display("#{socket_path}");
+        tmux
     }
 
     /// Send one key (tmux key name or text); a pause after it keeps Esc from merging with the next key.
     pub fn send(&self, key: &str) {
-        let ok = Command::new("tmux")
+        let ok = tmux(&self.session)
             .args(["send-keys", "-t", &self.session, key])
             .status()
             .unwrap();
@@ -51,7 +59,7 @@ impl Tmux {
     }
 
     pub fn capture(&self) -> String {
-        let out = Command::new("tmux")
+        let out = tmux(&self.session)
             .args(["capture-pane", "-p", "-t", &self.session])
             .output()
             .unwrap();
@@ -60,7 +68,7 @@ impl Tmux {
 
     /// A tmux format about the pane, e.g. `#{alternate_on}` or `#{pane_pid}`.
     pub fn display(&self, format: &str) -> String {
-        let out = Command::new("tmux")
+        let out = tmux(&self.session)
             .args(["display", "-p", "-t", &self.session, format])
             .output()
             .unwrap();
@@ -84,12 +92,20 @@ impl Tmux {
     }
 }
 
+/// `tmux` on the server named after `session`.
+fn tmux(session: &str) -> Command {
+    let mut c = Command::new("tmux");
+    c.args(["-L", session]);
+    c
+}
+
 impl Drop for Tmux {
     fn drop(&mut self) {
         // Quietly: the session is already gone when its program was killed.
-        let _ = Command::new("tmux")
-            .args(["kill-session", "-t", &self.session])
-            .output();
+        let _ = tmux(&self.session).arg("kill-server").output();
+        if !self.socket.is_empty() {
+            let _ = std::fs::remove_file(&self.socket);
+        }
     }
 }
 
