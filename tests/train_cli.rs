@@ -10,20 +10,14 @@ use qlab::store::atomic::read_json;
 #[allow(dead_code)] // this binary uses only the test tokenizer of `common`
 mod common;
 
-use common::tokenizer_json;
+use common::tiny_word_model;
 use qlab::store::{RunState, RunStatus};
 use qlab::sweep::events::RunEvent;
 use qlab::sweep::metrics_log::read_events;
 
 /// A sweep of one run: the tiny Llama fixture on `rows` sums, batch 2, checkpoint every 2 steps.
 fn setup(dir: &Path, rows: usize) {
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama");
-    let model = dir.join("model");
-    std::fs::create_dir_all(&model).unwrap();
-    for f in ["config.json", "model.safetensors"] {
-        std::fs::copy(fixture.join(f), model.join(f)).unwrap();
-    }
-    std::fs::write(model.join("tokenizer.json"), tokenizer_json()).unwrap();
+    tiny_word_model(dir);
     let data: Vec<String> = (0..rows)
         .map(|i| serde_json::json!({"q": format!("{} plus {}", i % 9, i % 7), "a": format!("{}", i % 9 + i % 7)}).to_string())
         .collect();

@@ -250,3 +250,16 @@ pub fn tokenizer_json() -> String {
     })
     .to_string()
 }
+
+/// `dir/model`: the tiny random Llama fixture (config and weights) with the word-level tokenizer.
+#[allow(dead_code)] // not every test binary that includes `common` builds a model
+pub fn tiny_word_model(dir: &Path) -> PathBuf {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama");
+    let model = dir.join("model");
+    std::fs::create_dir_all(&model).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.join(f), model.join(f)).unwrap();
+    }
+    std::fs::write(model.join("tokenizer.json"), tokenizer_json()).unwrap();
+    model
+}
