@@ -23,6 +23,7 @@ const PANEL_HEIGHT: u32 = 380;
 /// The figure as an SVG document.
 pub fn svg(tasks: &[TaskResults], rubric: &Rubric) -> Result<String, RatingError> {
     register_font()?;
+    let tasks = &rated(tasks);
     let size = size(tasks);
     let mut out = String::new();
     {
@@ -36,6 +37,7 @@ pub fn svg(tasks: &[TaskResults], rubric: &Rubric) -> Result<String, RatingError
 /// The figure as a PNG image (RGB, 8 bits per channel).
 pub fn png(tasks: &[TaskResults], rubric: &Rubric) -> Result<Vec<u8>, RatingError> {
     register_font()?;
+    let tasks = &rated(tasks);
     let (w, h) = size(tasks);
     let mut pixels = vec![0u8; w as usize * h as usize * 3];
     {
@@ -51,6 +53,23 @@ pub fn png(tasks: &[TaskResults], rubric: &Rubric) -> Result<Vec<u8>, RatingErro
     writer.write_image_data(&pixels).map_err(encode_error)?;
     writer.finish().map_err(encode_error)?;
     Ok(out)
+}
+
+/// The human scores only: the results also list the tasks, models and stages that only the automatic
+/// check has answers for (before any rating), which would be empty panels, groups and legend entries here.
+fn rated(tasks: &[TaskResults]) -> Vec<TaskResults> {
+    tasks
+        .iter()
+        .filter(|t| !t.cells.is_empty())
+        .map(|t| {
+            let mut t = t.clone();
+            let cells = std::mem::take(&mut t.cells);
+            t.models.retain(|m| cells.iter().any(|c| &c.model == m));
+            t.stages.retain(|s| cells.iter().any(|c| &c.stage == s));
+            t.cells = cells;
+            t
+        })
+        .collect()
 }
 
 /// Width and height in pixels: wide enough for the widest task's groups, one panel per task.

@@ -142,3 +142,24 @@ fn no_ratings_give_a_figure_that_says_so() {
     let text = svg(&[], &Rubric::default()).unwrap();
     assert!(text.contains("No ratings yet."), "{text}");
 }
+
+/// Answers checked automatically but not yet rated make no panel, group or legend entry of their own.
+#[test]
+fn tasks_models_and_stages_only_the_automatic_check_has_are_left_out() {
+    use crate::rating::auto::{AutoCell, AutoCheck};
+    let mut tasks = tasks();
+    tasks[0].models.push("unrated-model".into());
+    tasks[0].stages.push("e9".into());
+    let mut unrated = tasks[1].clone();
+    unrated.task = "unrated-task".into();
+    unrated.cells.clear();
+    unrated.auto = AutoCheck::Checked(vec![AutoCell::new("qwen-2-7b", "base", 3, 10)]);
+    tasks.push(unrated);
+    let text = svg(&tasks, &Rubric::default()).unwrap();
+    for absent in ["unrated-model", "e9", "unrated-task"] {
+        assert!(!text.contains(absent), "{absent} is drawn");
+    }
+    assert_eq!(size(&rated(&tasks)), size(&tasks[..2]));
+    let only_checked = svg(&tasks[2..], &Rubric::default()).unwrap();
+    assert!(only_checked.contains("No ratings yet."), "{only_checked}");
+}
