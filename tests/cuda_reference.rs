@@ -131,6 +131,36 @@ fn nf4_quantized_on_the_gpu_equals_the_cpu_quantizer() {
 }
 
 #[test]
+fn nf4_gemv_matches_dequantize_then_multiply() {
+    let dev = gpu();
+    // 320 columns: five 64-blocks, so lanes get unequal shares; 200 rows: not a multiple of the 8 per block.
+    let (n, k) = (200, 320);
+    let reference = Nf4Tensor::quantize(&weights(n * k), vec![n, k]);
+    let w = Nf4Cuda::upload(&reference, &dev).unwrap();
+    let dense = w.dequantize_rows(0, n, DType::BF16).unwrap();
+    for rows in [1, 3, 10, 16] {
+        let x = Tensor::randn(0f32, 1.0, (rows, k), &dev)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let got = w.gemv(&x).unwrap().expect("served");
+        assert_eq!(got.dims(), &[rows, n]);
+        let want = x.matmul(&dense.t().unwrap()).unwrap();
+        let err = rel_err(
+            &got.unsqueeze(0).unwrap(),
+            &want.unsqueeze(0).unwrap(),
+            None,
+        );
+        assert!(err < 1e-2, "{rows} rows: relative error {err}");
+    }
+    let too_many = Tensor::zeros((17, k), DType::BF16, &dev).unwrap();
+    assert!(
+        w.gemv(&too_many).unwrap().is_none(),
+        "17 rows take the dense path"
+    );
+}
+
+#[test]
 fn logits_match_hf_for_every_family_in_bf16() {
     let dev = gpu();
     for fam in FAMILIES {

@@ -4,7 +4,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::model::kernels::cpu;
+use crate::model::kernels::{self, cpu};
 use crate::model::quant::frozen::FrozenLinear;
 use crate::model::target::Target;
 
@@ -96,7 +96,7 @@ pub struct LoraCall<'a> {
     pub grad: bool,
     /// Frozen products saved by the checkpointed first pass, keyed by site, replayed by the recomputation.
     pub saved: Option<(&'a SavedProducts, u64)>,
-    /// Generation: see [`FrozenLinear::forward_generation`].
+    /// Generation: see [`kernels::generation_product`].
     pub generation: bool,
 }
 
@@ -214,7 +214,7 @@ impl AdaptedLinear {
                 Some(y) => self.base.attach(x, y, None),
                 None => self.base.forward(x),
             },
-            None if call.generation => self.base.forward_generation(x),
+            None if call.generation => kernels::generation_product(&self.base, x),
             None => self.base.forward(x),
         }
     }

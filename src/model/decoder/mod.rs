@@ -10,7 +10,7 @@ use self::layers::{
 };
 use self::lora::{AdaptedLinear, DropoutSeed, LoraAdapter, LoraCall, SavedProducts};
 use crate::model::config::{Activation, ModelConfig};
-use crate::model::kernels::cpu;
+use crate::model::kernels::{self, cpu};
 use crate::model::quant::frozen::{FrozenLinear, FrozenWeight};
 use crate::model::target::Target;
 
@@ -469,7 +469,7 @@ impl Decoder {
     }
 
     /// Hidden states after the last block `[b, t, d]` (before the final norm); `generation` lets GGUF
-    /// weights multiply in quantized form (see `FrozenLinear::forward_generation`).
+    /// weights multiply in quantized form (see `kernels::generation_product`).
     fn hidden(
         &self,
         ids: &Tensor,
@@ -526,7 +526,7 @@ impl Decoder {
         let h = self.hidden(ids, positions, key_mask, cache, true)?;
         let t = h.dim(1)?;
         let h = self.final_norm.forward_no_grad(&h.narrow(1, t - 1, 1)?)?;
-        let logits = self.head.forward_generation(&h)?;
+        let logits = kernels::generation_product(&self.head, &h)?;
         softcap(&logits, self.config.final_logit_softcap)?.squeeze(1)
     }
 

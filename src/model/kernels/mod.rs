@@ -11,6 +11,30 @@ use candle_core::Tensor;
 use crate::model::config::Activation;
 use crate::model::quant::FrozenLinear;
 
+/// Generation's frozen product `linear(x)`: GGUF weights multiply in quantized form when decoding on the
+/// CPU (`cpu::decode`), NF4 weights straight from their codes when decoding on a GPU (`Nf4Cuda::gemv`);
+/// anything else is the linear layer's own forward.
+pub fn generation_product(linear: &FrozenLinear, x: &Tensor) -> candle_core::Result<Tensor> {
+    if let Some(y) = cpu::decode::product(linear, x)? {
+        return Ok(y);
+    }
+    #[cfg(feature = "cuda")]
+    if let crate::model::quant::FrozenWeight::Nf4Cuda(w) = &linear.weight
+        && !x.track_op()
+    {
+        let (_, inp) = linear.weight.dims2()?;
+        let x2 = x.reshape(((), inp))?;
+        if let Some(y) = w.gemv(&x2)? {
+            let mut dims = x.dims().to_vec();
+            if let Some(last) = dims.last_mut() {
+                *last = linear.out_features();
+            }
+            return linear.attach(x, y.reshape(dims)?, None);
+        }
+    }
+    linear.forward(x)
+}
+
 /// cuda hook: a projection `[b, t, heads * head_dim]` split into heads `[b, heads, t, head_dim]`, rotated by
 /// the rotary tables `(cos, sin, interleaved)` when given, as one fused node (see `heads.rs`) when it serves
 /// `x` (bf16 on a CUDA device); None otherwise, and always without the `cuda` feature.

@@ -6,8 +6,8 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use candle_core::quantized::{GgmlDType, QMatMul, QStorage, QTensor};
-use candle_core::{DType, Device, Module, Tensor};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::{DType, Device, Tensor};
 
 use super::nf4::Nf4Tensor;
 use crate::model::autograd::attach::{Backward, attach};
@@ -19,10 +19,6 @@ const CHUNK_ELEMS: usize = 1 << 25;
 /// bf16: the backward then reuses the forward's copy, and no partial products are concatenated or summed.
 #[cfg(feature = "cuda")]
 const GPU_CHUNK_ELEMS: usize = 1 << 27;
-
-/// Up to this many rows, generation multiplies GGUF weights in quantized form (beyond it, dequantizing once
-/// and a dense product is faster).
-const QUANTIZED_PRODUCT_MAX_ROWS: usize = 32;
 
 /// A frozen weight `[out_features, in_features]`, kept as loaded.
 #[derive(Debug, Clone)]
@@ -249,28 +245,6 @@ impl FrozenLinear {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         let (y, dequantized) = self.product(x)?;
         self.attach(x, y, dequantized)
-    }
-
-    /// Generation: a few rows (decoding) times a GGUF weight on the CPU multiply in the weight's quantized
-    /// form through candle's vec-dot kernels (activations rounded to 8 bits, as llama.cpp does), with no
-    /// dequantized copy of the weight; anything else is [`Self::forward`].
-    pub fn forward_generation(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (_, inp) = self.weight.dims2()?;
-        let rows = x.elem_count() / inp.max(1);
-        match &self.weight {
-            FrozenWeight::Ggml(q)
-                if rows <= QUANTIZED_PRODUCT_MAX_ROWS && x.device().is_cpu() && !x.track_op() =>
-            {
-                let mut out_dims = x.dims().to_vec();
-                let last = out_dims.len() - 1;
-                out_dims[last] = self.out_features();
-                let y = QMatMul::from_arc(q.clone())?
-                    .forward(&x.reshape(((), inp))?)?
-                    .reshape(out_dims)?;
-                self.attach(x, y, None)
-            }
-            _ => self.forward(x),
-        }
     }
 
     /// `x @ W^T` without bias or autograd, and the dequantized weight when it was dequantized whole.

@@ -101,6 +101,35 @@ impl Nf4Cuda {
             .reshape((len, cols))
     }
 
+    /// Generation's product `x @ W^T` for a few rows of bf16 `x` `[rows, in_features]` straight from the NF4
+    /// codes (`nf4_gemv_bf16`: the weight is never dequantized into memory), or None where the kernel does not
+    /// apply (more than 16 rows, another dtype, a row width that is not a multiple of 64, a misaligned view).
+    pub fn gemv(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        let (n, k) = match self.dims.as_slice() {
+            [n, k] => (*n, *k),
+            _ => return Ok(None),
+        };
+        let (rows, kx) = x.dims2()?;
+        if rows == 0 || rows > GEMV_MAX_ROWS || kx != k || !k.is_multiple_of(BLOCK) {
+            return Ok(None);
+        }
+        if x.dtype() != DType::BF16 || !x.device().is_cuda() {
+            return Ok(None);
+        }
+        let x = x.contiguous()?;
+        // 16-byte loads of x (eight bf16 values) need a 16-byte aligned start.
+        if !x.layout().start_offset().is_multiple_of(8) {
+            return Ok(None);
+        }
+        let op = Nf4Gemv {
+            codes: self.codes.clone(),
+            absmax_q: self.absmax_q.clone(),
+            tables: self.tables.clone(),
+            n,
+        };
+        x.apply_op1_no_bwd(&op).map(Some)
+    }
+
     /// The arrays back on the host, in `Nf4Tensor`'s form (tests compare the two quantizers with it).
     pub fn to_host(&self) -> candle_core::Result<Nf4Tensor> {
         let tables = self.tables.to_vec1::<f32>()?;
@@ -265,6 +294,80 @@ impl CustomOp3 for Nf4Dequant {
             CudaStorage::wrap_cuda_slice(out, dev.clone())
         };
         Ok((out, Shape::from(self.count)))
+    }
+}
+
+/// Most rows [`Nf4Cuda::gemv`] multiplies at once (GEMV_MAX_ROWS in nf4.cu).
+const GEMV_MAX_ROWS: usize = 16;
+
+/// `x @ W^T` from the NF4 arrays of `W` `[n, k]` (see [`Nf4Cuda::gemv`]).
+struct Nf4Gemv {
+    codes: Tensor,
+    absmax_q: Tensor,
+    tables: Tensor,
+    n: usize,
+}
+
+/// The CUDA storage behind a tensor's storage.
+fn on_cuda<'a>(
+    storage: &'a candle_core::Storage,
+    what: &str,
+) -> candle_core::Result<&'a CudaStorage> {
+    match storage {
+        candle_core::Storage::Cuda(s) => Ok(s),
+        _ => candle_core::bail!("nf4: {what} is not on a CUDA device"),
+    }
+}
+
+impl candle_core::CustomOp1 for Nf4Gemv {
+    fn name(&self) -> &'static str {
+        "nf4-gemv"
+    }
+
+    fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("nf4-gemv runs on CUDA only")
+    }
+
+    fn cuda_fwd(&self, x: &CudaStorage, l: &Layout) -> candle_core::Result<(CudaStorage, Shape)> {
+        let (rows, k) = l.shape().dims2()?;
+        let Some((start, end)) = l.contiguous_offsets() else {
+            candle_core::bail!("nf4-gemv: x must be contiguous")
+        };
+        let dev = &x.device;
+        let xs = x.as_cuda_slice::<bf16>()?.slice(start..end);
+        let (codes, _) = self.codes.storage_and_layout();
+        let (absmax_q, _) = self.absmax_q.storage_and_layout();
+        let (tables, _) = self.tables.storage_and_layout();
+        let c = on_cuda(&codes, "codes")?.as_cuda_slice::<u8>()?;
+        let a = on_cuda(&absmax_q, "absmax_q")?.as_cuda_slice::<u8>()?;
+        let t = on_cuda(&tables, "tables")?.as_cuda_slice::<f32>()?;
+        let n = self.n;
+        let func = dev.get_or_load_custom_func("nf4_gemv_bf16", MODULE, PTX)?;
+        // SAFETY: the kernel writes every element of y (rows x n).
+        let out = unsafe { dev.alloc::<bf16>(rows * n) }?;
+        let rows_i = rows as i32;
+        // Eight warps (output features) per block of 256 threads.
+        let cfg = LaunchConfig {
+            grid_dim: (n.div_ceil(8) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = func.builder();
+        b.arg(c)
+            .arg(a)
+            .arg(t)
+            .arg(&xs)
+            .arg(&out)
+            .arg(&n)
+            .arg(&k)
+            .arg(&rows_i);
+        // SAFETY: argument types and counts match nf4_gemv_bf16 in nf4.cu; `gemv` checked rows <= 16, k a
+        // multiple of 64 and a 16-byte aligned x.
+        unsafe { b.launch(cfg) }.w()?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev.clone()),
+            Shape::from((rows, n)),
+        ))
     }
 }
 

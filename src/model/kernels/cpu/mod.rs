@@ -9,7 +9,9 @@ pub mod adapted_linear;
 pub mod attention;
 pub mod block;
 pub mod cross_entropy;
+pub mod decode;
 pub mod gated;
+pub mod q4_1;
 pub mod rms_norm;
 pub mod rope;
 

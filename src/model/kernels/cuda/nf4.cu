@@ -83,3 +83,58 @@ extern "C" __global__ void nf4_quantize_f32(const float *values, const float *ab
   uint8_t lo = nearest_nf4(qmap, values[i + 1] * inv);
   codes[p] = (uint8_t)(hi << 4 | lo);
 }
+
+#define GEMV_MAX_ROWS 16
+
+// Generation's product y[r, j] = sum_i x[r, i] * W[j, i] for a few rows r < rows <= GEMV_MAX_ROWS, straight from
+// the NF4 codes (no dequantized copy of W): one warp per output feature j, each lane sixteen elements (eight
+// code bytes, a quarter of a 64-block) per step; x and y bf16 row-major, k a multiple of 64. Each weight value
+// is rounded to bf16 first, as the dequantize-then-multiply path rounds it; sums in f32 (explicit FMAs).
+extern "C" __global__ void nf4_gemv_bf16(const uint8_t *codes, const uint8_t *absmax_q, const float *tables,
+                                         const __nv_bfloat16 *x, __nv_bfloat16 *y, size_t n, size_t k, int rows) {
+  __shared__ float qmap[16];
+  if (threadIdx.x < 16) qmap[threadIdx.x] = tables[threadIdx.x];
+  __syncthreads();
+  size_t j = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  int lane = threadIdx.x % 32;
+  if (j >= n) return;
+  float acc[GEMV_MAX_ROWS];
+#pragma unroll
+  for (int r = 0; r < GEMV_MAX_ROWS; r++) acc[r] = 0.0f;
+  const uint8_t *row = codes + j * (k / 2);
+  for (size_t c = lane; c < k / 16; c += 32) {
+    size_t i = 16 * c;
+    float s = block_scale(absmax_q, tables, (j * k + i) / NF4_BLOCK);
+    uint2 raw = *reinterpret_cast<const uint2 *>(row + i / 2);
+    const uint8_t *bytes = reinterpret_cast<const uint8_t *>(&raw);
+    float w[16];
+#pragma unroll
+    for (int t = 0; t < 8; t++) {
+      w[2 * t] = __bfloat162float(__float2bfloat16_rn(qmap[bytes[t] >> 4] * s));
+      w[2 * t + 1] = __bfloat162float(__float2bfloat16_rn(qmap[bytes[t] & 0x0f] * s));
+    }
+#pragma unroll
+    for (int r = 0; r < GEMV_MAX_ROWS; r++) {
+      if (r >= rows) break;
+      const uint4 *xp = reinterpret_cast<const uint4 *>(x + r * k + i);
+      uint4 xv[2] = {xp[0], xp[1]};
+      const __nv_bfloat162 *xh = reinterpret_cast<const __nv_bfloat162 *>(xv);
+      float a = acc[r];
+#pragma unroll
+      for (int t = 0; t < 8; t++) {
+        float2 f = __bfloat1622float2(xh[t]);
+        a = __fmaf_rn(w[2 * t], f.x, a);
+        a = __fmaf_rn(w[2 * t + 1], f.y, a);
+      }
+      acc[r] = a;
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < GEMV_MAX_ROWS; r++) {
+    if (r >= rows) break;
+    float a = acc[r];
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) a += __shfl_xor_sync(0xffffffff, a, off);
+    if (lane == 0) y[r * n + j] = __float2bfloat16_rn(a);
+  }
+}
