@@ -79,7 +79,7 @@ pub fn projection_kinds(decoder: &Decoder) -> String {
         }
     }
     let mut kinds: Vec<(String, usize)> = counts.into_iter().collect();
-    kinds.sort_by(|a, b| b.1.cmp(&a.1));
+    kinds.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     let names: Vec<String> = kinds.into_iter().map(|(k, _)| k).collect();
     names.join("+")
 }
