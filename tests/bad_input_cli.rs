@@ -200,6 +200,34 @@ const CASES: &[(&str, &[&str], &str)] = &[
         ".: no study benchmark files",
     ),
     (
+        "a generate benchmark without a model",
+        &["bench", "generate", "--batch", "2"],
+        "error: --preset/--model: give either --preset NAME --random-weights or --model PATH",
+    ),
+    (
+        "a generate benchmark of one new token",
+        &[
+            "bench",
+            "generate",
+            "--preset",
+            "smollm2-135m",
+            "--random-weights",
+            "--new",
+            "1",
+        ],
+        "need --batch >= 1, --prompt >= 1, --new >= 2",
+    ),
+    (
+        "a generate benchmark of an unknown preset",
+        &["bench", "generate", "--preset", "gpt-9", "--random-weights"],
+        "unknown preset `gpt-9`; expected one of smollm2-135m,",
+    ),
+    (
+        "a generate benchmark in an unknown storage",
+        &["bench", "generate", "--model", "m.gguf", "--quant", "q3"],
+        "error: --quant: unknown `q3`",
+    ),
+    (
         "an unknown stage pair",
         &["rate", "cfg.toml", "--pair", "base-base"],
         "error: invalid value 'base-base'",

@@ -304,3 +304,59 @@ fn every_command_has_help() {
             .stdout(contains("Usage: qlab"));
     }
 }
+
+#[test]
+fn bench_generate_json_reports_every_figure_for_exactly_batch_times_new_tokens() {
+    let out = qlab()
+        .args(["bench", "generate", "--model"])
+        .arg(root().join("tests/fixtures/models/llama"))
+        .args(["--quant", "none", "--adapter-rank", "4", "--batch", "3"])
+        .args(["--prompt", "5", "--new", "4", "--repeats", "2", "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let echoed = [
+        ("batch", 3),
+        ("prompt", 5),
+        ("new", 4),
+        ("adapter_rank", 4),
+        ("repeats", 2),
+    ];
+    for (key, want) in echoed {
+        assert_eq!(report[key], want, "{key}");
+    }
+    assert_eq!(report["new_tokens"], 3 * 4);
+    assert_eq!(
+        (report["device"].as_str(), report["quant"].as_str()),
+        (Some("cpu"), Some("f32"))
+    );
+    assert!(report["threads"].as_u64().is_some_and(|t| t >= 1));
+    assert_eq!(report["runs"].as_array().map(Vec::len), Some(2));
+    assert!(
+        report["runs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|r| r["new_tokens"] == 12)
+    );
+    let rates = [
+        "decode_tokens_per_s",
+        "tokens_per_s",
+        "time_to_first_token_s",
+        "warmup_s",
+        "peak_rss_mib",
+    ];
+    for key in rates {
+        let v = report[key].as_f64().unwrap_or(f64::NAN);
+        assert!(v.is_finite() && v > 0.0, "{key}: {v}");
+    }
+    assert!(
+        report["peak_vram_gib"].is_null(),
+        "no VRAM figure on the CPU"
+    );
+}

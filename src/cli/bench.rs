@@ -1,16 +1,23 @@
-//! `qlab bench train`: times LoRA training steps at a model's real dimensions and prints the figures.
+//! `qlab bench train` and `qlab bench generate`: time LoRA training steps, or answering with an adapter, at a
+//! model's real dimensions and print the figures.
 
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
-use color_eyre::eyre::{Result, bail, eyre};
+use color_eyre::eyre::Result;
+use qlab::eval::bench::{GenerateBenchSettings, bench_generate};
 use qlab::model::Quant;
-use qlab::train::bench::{BenchModel, BenchSettings, bench_train};
+use qlab::model::load::bench_model::BenchModel;
+use qlab::train::bench::{BenchSettings, bench_train};
+
+use super::exit::bad_flag;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Time training steps (loss + LoRA gradients + AdamW) on the CPU or a CUDA GPU.
     Train(TrainArgs),
+    /// Time greedy answering (prefill + decode) with an unmerged LoRA adapter on the CPU or a CUDA GPU.
+    Generate(GenerateArgs),
 }
 
 #[derive(Debug, Args)]
@@ -60,26 +67,94 @@ pub struct TrainArgs {
     json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// A preset at real dimensions (as for `bench train`).
+    #[arg(long, conflicts_with = "model", requires = "random_weights")]
+    preset: Option<String>,
+    /// Use random weights (with --preset).
+    #[arg(long)]
+    random_weights: bool,
+    /// A checkpoint directory (config.json + safetensors, bnb-4bit) or a .gguf file.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Frozen base storage: none, nf4, q4_0, q4_1, q8_0, q4k ... (default: the preset's; nf4 for checkpoints;
+    /// a GGUF's tensors as stored).
+    #[arg(long)]
+    quant: Option<String>,
+    /// Rank of the random LoRA adapter attached unmerged to all seven projections (0: the base alone).
+    #[arg(long, default_value_t = 16)]
+    adapter_rank: usize,
+    /// Rows answered at once.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Prompt length in tokens (random ids).
+    #[arg(long, default_value_t = 128)]
+    prompt: usize,
+    /// New tokens per row (exactly this many: no stop ids).
+    #[arg(long, default_value_t = 128)]
+    new: usize,
+    /// Timed runs after one warm-up run; figures are their medians.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// CPU threads for the matrix kernels.
+    #[arg(long)]
+    threads: Option<usize>,
+    /// With --preset: keep only the first N blocks.
+    #[arg(long, requires = "preset")]
+    layers: Option<usize>,
+    /// Where to run: cpu, cuda:N or auto (CUDA needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu", value_parser = super::parse_device)]
+    device: qlab::config::DeviceSpec,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 pub fn run(cmd: BenchCommand) -> Result<()> {
-    let BenchCommand::Train(a) = cmd;
-    if let Some(t) = a.threads {
+    match cmd {
+        BenchCommand::Train(a) => train(a),
+        BenchCommand::Generate(a) => generate(a),
+    }
+}
+
+/// Sets the matrix kernels' thread count; call before any candle or rayon work.
+fn set_threads(threads: Option<usize>) {
+    if let Some(t) = threads {
         // SAFETY: set before any candle or rayon work starts, while the process has a single thread.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", t.to_string()) };
     }
-    let model = match (a.preset, a.model) {
-        (Some(p), None) => BenchModel::Preset(p),
-        (None, Some(m)) => BenchModel::Path(m),
-        _ => bail!("give either --preset NAME --random-weights or --model PATH"),
-    };
-    let quant = match a.quant.as_deref() {
-        Some(q) => Some(Quant::parse(q).ok_or_else(|| {
-            eyre!("unknown --quant `{q}`; expected none, nf4, q4_0, q4_1, q8_0, q4k ...")
-        })?),
-        None => None,
-    };
+}
+
+fn bench_model(preset: Option<String>, model: Option<PathBuf>) -> Result<BenchModel> {
+    match (preset, model) {
+        (Some(p), None) => Ok(BenchModel::Preset(p)),
+        (None, Some(m)) => Ok(BenchModel::Path(m)),
+        _ => Err(bad_flag(
+            "--preset/--model",
+            "give either --preset NAME --random-weights or --model PATH",
+        )),
+    }
+}
+
+fn parse_quant(quant: Option<&str>) -> Result<Option<Quant>> {
+    quant
+        .map(|q| {
+            Quant::parse(q).ok_or_else(|| {
+                bad_flag(
+                    "--quant",
+                    format!("unknown `{q}`; expected none, nf4, q4_0, q4_1, q8_0, q4k ..."),
+                )
+            })
+        })
+        .transpose()
+}
+
+fn train(a: TrainArgs) -> Result<()> {
+    set_threads(a.threads);
     let report = bench_train(&BenchSettings {
-        model,
-        quant,
+        model: bench_model(a.preset, a.model)?,
+        quant: parse_quant(a.quant.as_deref())?,
         batch: a.batch,
         seq: a.seq,
         steps: a.steps,
@@ -115,6 +190,51 @@ pub fn run(cmd: BenchCommand) -> Result<()> {
                 report.device, report.warmup_s
             );
         }
+    }
+    Ok(())
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    set_threads(a.threads);
+    let report = bench_generate(&GenerateBenchSettings {
+        model: bench_model(a.preset, a.model)?,
+        quant: parse_quant(a.quant.as_deref())?,
+        adapter_rank: a.adapter_rank,
+        batch: a.batch,
+        prompt: a.prompt,
+        new: a.new,
+        repeats: a.repeats,
+        device: a.device,
+        layers: a.layers,
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let adapter = match report.adapter_rank {
+        0 => "no adapter".to_string(),
+        r => format!("r={r} adapter unmerged"),
+    };
+    println!(
+        "{} ({}), {}, batch {} x prompt {} + {} new, {adapter}, {} threads: {:.1} decode tokens/s, {:.1} tokens/s overall, first token {:.3} s (medians of {}), peak RSS {:.0} MiB",
+        report.model,
+        report.quant,
+        report.device,
+        report.batch,
+        report.prompt,
+        report.new,
+        report.threads,
+        report.decode_tokens_per_s,
+        report.tokens_per_s,
+        report.time_to_first_token_s,
+        report.repeats,
+        report.peak_rss_mib,
+    );
+    if let Some(v) = report.peak_vram_gib {
+        println!(
+            "peak VRAM {v:.2} GiB above the CUDA context; warm-up run {:.1} s",
+            report.warmup_s
+        );
     }
     Ok(())
 }

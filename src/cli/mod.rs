@@ -60,7 +60,7 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Generate answers to the question sets: base once per model, then each trained stage (resumable).
     Eval(eval::Args),
-    /// Benchmarks (training step speed and memory).
+    /// Benchmarks (training step and answering speed, and memory).
     #[command(subcommand)]
     Bench(bench::BenchCommand),
     /// Open the dashboard on a sweep (what bare `qlab` does).

@@ -1,6 +1,7 @@
 //! Evaluation: question sets and answer generation for base models and fine-tuned checkpoints.
 
 pub mod answers;
+pub mod bench;
 pub mod evaluate;
 pub mod prompts;
 pub mod questions;

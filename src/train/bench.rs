@@ -1,7 +1,6 @@
 //! The training-step benchmark behind `qlab bench train`: a model at real dimensions (random weights or a
 //! checkpoint), LoRA on chosen targets, timed steps of loss + LoRA gradients + an AdamW update.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::{Device, Tensor};
@@ -10,22 +9,12 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::config::DeviceSpec;
+use crate::model::device::peak_rss_mib;
 use crate::model::error::{ModelError, Result};
-use crate::model::load::builder::build_decoder;
-use crate::model::load::load_model;
-use crate::model::load::presets::{PRESETS, RandomWeights, preset};
+use crate::model::load::bench_model::{BenchModel, projection_kinds};
 use crate::model::quant::weights::Quant;
 use crate::model::{LoraSpec, Target};
 use crate::train::step::{StepOptions, TrainBatch};
-
-/// Which model to benchmark.
-#[derive(Debug, Clone)]
-pub enum BenchModel {
-    /// A preset's dimensions with random weights.
-    Preset(String),
-    /// A checkpoint directory or GGUF file.
-    Path(PathBuf),
-}
 
 #[derive(Debug, Clone)]
 pub struct BenchSettings {
@@ -82,18 +71,6 @@ pub struct BenchReport {
     pub last_loss: f32,
 }
 
-/// Peak resident memory of this process in MiB.
-pub fn peak_rss_mib() -> f64 {
-    // SAFETY: getrusage only writes into the struct we pass.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) };
-    if rc == 0 {
-        usage.ru_maxrss as f64 / 1024.0
-    } else {
-        f64::NAN
-    }
-}
-
 /// AdamW as the trainer runs it (lr 2e-4, betas 0.9/0.999, no weight decay) so a step costs what a real one
 /// does.
 struct AdamW {
@@ -136,34 +113,7 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
     #[cfg(feature = "cuda")]
     let vram = crate::model::device::VramPeak::start(&device)?;
     let t0 = Instant::now();
-    let (mut model, name) = match &s.model {
-        BenchModel::Preset(p) => {
-            let (mut config, default_quant) = preset(p).ok_or_else(|| {
-                ModelError::Usage(format!(
-                    "unknown preset `{p}`; expected one of {}",
-                    PRESETS.join(", ")
-                ))
-            })?;
-            if let Some(n) = s.layers {
-                if n == 0 {
-                    return Err(ModelError::Usage("--layers must be at least 1".into()));
-                }
-                config.num_layers = n.min(config.num_layers);
-                config.layer_windows.truncate(config.num_layers);
-            }
-            let quant = s.quant.unwrap_or(default_quant);
-            let src = RandomWeights {
-                config: config.clone(),
-                seed: 0,
-                embed_q8_0: matches!(quant, Quant::Ggml(_)),
-            };
-            (build_decoder(config, &src, quant, &device)?, p.clone())
-        }
-        BenchModel::Path(path) => (
-            load_model(path, s.quant.unwrap_or(Quant::Nf4), &device)?,
-            path.display().to_string(),
-        ),
-    };
+    let mut model = s.model.build(s.quant, s.layers, &device)?;
     let load_s = t0.elapsed().as_secs_f64();
     #[cfg(feature = "cuda")]
     crate::model::device::reset_allocated_peak(&device)?;
@@ -224,10 +174,9 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
     #[cfg(not(feature = "cuda"))]
     let peak_vram_gib = None;
     let (bytes, nparams) = model.projection_storage();
-    let quant_kind = model.blocks[0].q.base.weight.kind();
     Ok(BenchReport {
-        model: name,
-        quant: quant_kind,
+        model: s.model.name(),
+        quant: projection_kinds(&model),
         batch: s.batch,
         seq: s.seq,
         rank: s.rank,

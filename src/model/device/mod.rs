@@ -1,15 +1,18 @@
 //! Devices: opening the one a config names (`DeviceSpec`: `auto`, `cpu`, `cuda:N`) and the dtype it computes in (bf16 on CUDA, f32
 //! on the CPU; LoRA weights and optimizer state stay f32 everywhere); with the `cuda` feature, the CUDA
-//! memory pool's settings and peak, and a VRAM sampler.
+//! memory pool's settings and peak, and a VRAM sampler; the process's peak RSS on any build.
 
 #[cfg(feature = "cuda")]
 mod cuda_pool;
+mod rss;
 #[cfg(feature = "cuda")]
 mod vram;
 #[cfg(feature = "cuda")]
 pub use cuda_pool::{allocated_peak, reset_allocated_peak};
 #[cfg(feature = "cuda")]
 pub use vram::VramPeak;
+
+pub use rss::peak_rss_mib;
 
 use candle_core::{DType, Device};
 

@@ -2,6 +2,7 @@
 //! a key mask), greedy or seeded sampling (temperature, top-p), stop on EOS / end-of-turn, a callback per token.
 
 mod candle_llama;
+mod candle_qwen2;
 mod decoder_lm;
 mod open;
 #[cfg(test)]
@@ -15,6 +16,7 @@ use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
 
 pub use candle_llama::CandleQuantizedLlama;
+pub use candle_qwen2::CandleQuantizedQwen2;
 pub use decoder_lm::DecoderLm;
 pub use open::{OpenError, open_model};
 

@@ -1,5 +1,6 @@
 //! Entry point for loading a model from disk: a safetensors directory, a bnb-4bit directory or a .gguf file.
 
+pub mod bench_model;
 pub mod builder;
 pub mod gguf;
 pub mod peft;
