@@ -287,10 +287,10 @@ mod tests {
             .unwrap()
             .to_vec2::<f32>()
             .unwrap();
-        for r in 0..2 {
-            for c in 0..8 {
+        for (r, row) in candle.iter().enumerate() {
+            for (c, want) in row.iter().enumerate() {
                 let ours = dot_scalar(&data[c * 2 * Q4_1_BYTES..][..2 * Q4_1_BYTES], &acts, r);
-                assert_eq!(ours.to_bits(), candle[r][c].to_bits());
+                assert_eq!(ours.to_bits(), want.to_bits());
             }
         }
     }
