@@ -1,11 +1,11 @@
 //! Generation's frozen products on the CPU: a few rows (decoding) times a GGUF weight multiplied in the
 //! weight's quantized form, with no dequantized copy of the weight (activations rounded to 8 bits, as
-//! llama.cpp does): Q4_1 by [`super::q4_1`], every other GGUF type by candle's vec-dot kernels.
+//! llama.cpp does): Q4_1 and Q5_0 by [`super::qdot`], every other GGUF type by candle's vec-dot kernels.
 
 use candle_core::quantized::QMatMul;
 use candle_core::{Module, Result, Tensor};
 
-use super::q4_1;
+use super::qdot;
 use crate::model::quant::{FrozenLinear, FrozenWeight};
 
 /// Up to this many rows the quantized product is used (beyond it, dequantizing once and a dense product is
@@ -24,7 +24,7 @@ pub fn product(linear: &FrozenLinear, x: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let x2 = x.reshape((rows, inp))?;
-    let y = match q4_1::matmul(&x2, q)? {
+    let y = match qdot::matmul(&x2, q)? {
         Some(y) => y,
         None => QMatMul::from_arc(q.clone())?.forward(&x2)?,
     };

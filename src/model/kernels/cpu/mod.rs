@@ -11,7 +11,7 @@ pub mod block;
 pub mod cross_entropy;
 pub mod decode;
 pub mod gated;
-pub mod q4_1;
+pub mod qdot;
 pub mod rms_norm;
 pub mod rope;
 
