@@ -90,7 +90,10 @@ fn the_shipped_demo_config_is_valid_and_complete() {
     assert!(c.missing_files().is_empty(), "{:?}", c.missing_files());
     let plan = Plan::from_config(&c);
     assert_eq!(plan.runs.len(), 2);
-    assert_eq!(plan.runs[0].stages, ["base", "e1", "e2"]);
+    // The arithmetic cell's override: three epochs, answered after each; the bio cell keeps two.
+    assert_eq!(plan.runs[0].stages, ["base", "e1", "e2", "e3"]);
+    assert_eq!(plan.runs[1].stages, ["base", "e1", "e2"]);
+    assert_eq!(c.cell_settings("smollm2-135m", "arith").train.lr, 2e-3);
 }
 
 #[test]

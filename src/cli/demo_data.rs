@@ -13,7 +13,7 @@ pub struct Args {
     #[arg(long, default_value = "data/arith.jsonl")]
     pub out: PathBuf,
     /// Number of problems.
-    #[arg(long, default_value_t = 48)]
+    #[arg(long, default_value_t = 96)]
     pub rows: usize,
     #[arg(long, default_value_t = 3407)]
     pub seed: u64,
