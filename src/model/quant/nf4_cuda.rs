@@ -5,7 +5,6 @@
 //! The same ops run on the CPU (cpu_fwd) from the same arrays, which is what the GPU results are tested
 //! against; the CPU path of the model engine keeps using `Nf4Tensor` directly.
 
-use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use cudarc::driver::{LaunchConfig, PushKernelArg};
