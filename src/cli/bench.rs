@@ -20,8 +20,9 @@ pub enum BenchCommand {
     Generate(GenerateArgs),
 }
 
+/// The model both benchmarks build.
 #[derive(Debug, Args)]
-pub struct TrainArgs {
+pub struct ModelArgs {
     /// A preset at real dimensions: smollm2-135m, llama-2-7b, llama-3-8b, llama-3.1-8b, gemma-7b, gemma-2-9b, mistral-7b-v0.3, qwen2-7b.
     #[arg(long, conflicts_with = "model", requires = "random_weights")]
     preset: Option<String>,
@@ -31,9 +32,16 @@ pub struct TrainArgs {
     /// A checkpoint directory (config.json + safetensors, bnb-4bit) or a .gguf file.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Frozen base storage: none, nf4, q4_0, q4_1, q8_0, q4k ... (default: the preset's, nf4 for checkpoints).
+    /// Frozen base storage: none, nf4, q4_0, q4_1, q8_0, q4k ... (default: the preset's; nf4 for checkpoints;
+    /// a GGUF's tensors as stored).
     #[arg(long)]
     quant: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    base: ModelArgs,
     #[arg(long, default_value_t = 4)]
     batch: usize,
     #[arg(long, default_value_t = 256)]
@@ -69,19 +77,8 @@ pub struct TrainArgs {
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// A preset at real dimensions (as for `bench train`).
-    #[arg(long, conflicts_with = "model", requires = "random_weights")]
-    preset: Option<String>,
-    /// Use random weights (with --preset).
-    #[arg(long)]
-    random_weights: bool,
-    /// A checkpoint directory (config.json + safetensors, bnb-4bit) or a .gguf file.
-    #[arg(long)]
-    model: Option<PathBuf>,
-    /// Frozen base storage: none, nf4, q4_0, q4_1, q8_0, q4k ... (default: the preset's; nf4 for checkpoints;
-    /// a GGUF's tensors as stored).
-    #[arg(long)]
-    quant: Option<String>,
+    #[command(flatten)]
+    base: ModelArgs,
     /// Rank of the random LoRA adapter attached unmerged to all seven projections (0: the base alone).
     #[arg(long, default_value_t = 16)]
     adapter_rank: usize,
@@ -153,8 +150,8 @@ fn parse_quant(quant: Option<&str>) -> Result<Option<Quant>> {
 fn train(a: TrainArgs) -> Result<()> {
     set_threads(a.threads);
     let report = bench_train(&BenchSettings {
-        model: bench_model(a.preset, a.model)?,
-        quant: parse_quant(a.quant.as_deref())?,
+        model: bench_model(a.base.preset, a.base.model)?,
+        quant: parse_quant(a.base.quant.as_deref())?,
         batch: a.batch,
         seq: a.seq,
         steps: a.steps,
@@ -197,8 +194,8 @@ fn train(a: TrainArgs) -> Result<()> {
 fn generate(a: GenerateArgs) -> Result<()> {
     set_threads(a.threads);
     let report = bench_generate(&GenerateBenchSettings {
-        model: bench_model(a.preset, a.model)?,
-        quant: parse_quant(a.quant.as_deref())?,
+        model: bench_model(a.base.preset, a.base.model)?,
+        quant: parse_quant(a.base.quant.as_deref())?,
         adapter_rank: a.adapter_rank,
         batch: a.batch,
         prompt: a.prompt,

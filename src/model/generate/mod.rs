@@ -1,8 +1,7 @@
 //! Text generation over any causal decoder with a KV cache: a batch of prompts at once (left padding with
 //! a key mask), greedy or seeded sampling (temperature, top-p), stop on EOS / end-of-turn, a callback per token.
 
-mod candle_llama;
-mod candle_qwen2;
+mod candle_quantized;
 mod decoder_lm;
 mod open;
 #[cfg(test)]
@@ -15,8 +14,7 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
 
-pub use candle_llama::CandleQuantizedLlama;
-pub use candle_qwen2::CandleQuantizedQwen2;
+pub use candle_quantized::{CandleQuantizedLlama, CandleQuantizedQwen2};
 pub use decoder_lm::DecoderLm;
 pub use open::{OpenError, open_model};
 

@@ -1,37 +1,80 @@
-//! candle-transformers' own `quantized_qwen2` behind [`CausalLm`]: the reference that qlab's decode speed is
-//! measured against on a Qwen2 GGUF file. As with `quantized_llama` ([`super::CandleQuantizedLlama`]), it has
-//! no padding mask, so a padded batch is refused, and a batched prompt is fed one position at a time.
+//! candle-transformers' own quantized models (`quantized_llama`, `quantized_qwen2`) behind [`CausalLm`]: the
+//! references that qlab's decode speed is measured against on the same GGUF files. They have no padding
+//! mask, so a padded batch is refused, and a batched prompt is fed one position at a time (their batched
+//! prefill fails).
 
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::Content;
 use candle_core::{Device, Tensor};
-use candle_transformers::models::quantized_qwen2::ModelWeights;
+use candle_transformers::models::{quantized_llama, quantized_qwen2};
 
 use super::CausalLm;
 
-pub struct CandleQuantizedQwen2 {
-    model: ModelWeights,
+/// What the wrapper needs of one of candle-transformers' quantized models.
+pub trait CandleGguf: Sized {
+    /// The model's module name in candle-transformers, for messages.
+    const NAME: &'static str;
+    fn from_gguf(
+        content: Content,
+        file: &mut std::fs::File,
+        device: &Device,
+    ) -> candle_core::Result<Self>;
+    fn forward(&mut self, ids: &Tensor, offset: usize) -> candle_core::Result<Tensor>;
+    fn clear_kv_cache(&mut self);
+}
+
+macro_rules! candle_gguf {
+    ($module:ident) => {
+        impl CandleGguf for $module::ModelWeights {
+            const NAME: &'static str = stringify!($module);
+            fn from_gguf(
+                content: Content,
+                file: &mut std::fs::File,
+                device: &Device,
+            ) -> candle_core::Result<Self> {
+                $module::ModelWeights::from_gguf(content, file, device)
+            }
+            fn forward(&mut self, ids: &Tensor, offset: usize) -> candle_core::Result<Tensor> {
+                $module::ModelWeights::forward(self, ids, offset)
+            }
+            fn clear_kv_cache(&mut self) {
+                $module::ModelWeights::clear_kv_cache(self)
+            }
+        }
+    };
+}
+
+candle_gguf!(quantized_llama);
+candle_gguf!(quantized_qwen2);
+
+/// candle's `quantized_llama` on a llama-architecture GGUF file.
+pub type CandleQuantizedLlama = CandleQuantized<quantized_llama::ModelWeights>;
+/// candle's `quantized_qwen2` on a qwen2-architecture GGUF file.
+pub type CandleQuantizedQwen2 = CandleQuantized<quantized_qwen2::ModelWeights>;
+
+pub struct CandleQuantized<M> {
+    model: M,
     device: Device,
 }
 
-impl CandleQuantizedQwen2 {
-    /// Load a qwen2-architecture GGUF file (weights stay quantized as stored).
+impl<M: CandleGguf> CandleQuantized<M> {
+    /// Load a GGUF file of the model's architecture (weights stay quantized as stored).
     pub fn load(path: &Path, device: &Device) -> candle_core::Result<Self> {
         crate::store::gguf_header::check(path)
             .map_err(|e| candle_core::Error::msg(format!("{}: {e}", path.display())))?;
         let mut file = std::fs::File::open(path)
             .map_err(|e| candle_core::Error::msg(format!("{}: {e}", path.display())))?;
         let content = Content::read(&mut file).map_err(|e| e.with_path(path))?;
-        let model = ModelWeights::from_gguf(content, &mut file, device)?;
-        Ok(CandleQuantizedQwen2 {
+        let model = M::from_gguf(content, &mut file, device)?;
+        Ok(CandleQuantized {
             model,
             device: device.clone(),
         })
     }
 }
 
-impl CausalLm for CandleQuantizedQwen2 {
+impl<M: CandleGguf> CausalLm for CandleQuantized<M> {
     fn forward(
         &mut self,
         ids: &Tensor,
@@ -42,7 +85,8 @@ impl CausalLm for CandleQuantizedQwen2 {
             && mask.min_all()?.to_scalar::<u8>()? == 0
         {
             candle_core::bail!(
-                "candle's quantized_qwen2 has no padding mask: give prompts of equal length"
+                "candle's {} has no padding mask: give prompts of equal length",
+                M::NAME
             );
         }
         let (batch, seq) = ids.dims2()?;
