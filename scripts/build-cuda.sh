@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds qlab with the `cuda` feature in release on a machine with no GPU and no system CUDA (the toolchain
-# comes from PyPI's CUDA 13.0 wheels, ../shared/tools/cuda-toolchain.sh), regenerates the kernels' PTX (nf4.cu, fused.cu, lowrank.cu),
+# comes from PyPI's CUDA 13.0 wheels, ../shared/tools/cuda-toolchain.sh), regenerates the kernels' PTX (nf4.cu, fused.cu, lowrank.cu, flash.cu),
 # and leaves stripped, gzipped binaries for a GPU machine: qlab.gz and cuda_reference.gz (the GPU tests).
 #   scripts/build-cuda.sh [DEST_DIR]        (default DEST_DIR: .dev in the checkout, ignored by git)
 # With a system CUDA (12.x or 13.0) instead: CUDA_COMPUTE_CAP=90 cargo build --release --features cuda

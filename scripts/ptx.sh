@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=src/model/kernels/cuda
 # kernel : extra nvcc flags (fmad off where the reference tests compare with the CPU bit for bit)
-kernels=("nf4:-fmad=false" "fused:-fmad=false" "lowrank:")
+kernels=("nf4:-fmad=false" "fused:-fmad=false" "lowrank:" "flash:")
 mode=${1:-}
 if ! command -v nvcc >/dev/null 2>&1; then
   if [[ $mode == check ]]; then

@@ -361,8 +361,7 @@ fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
     use candle_core::D;
     use qlab::model::config::Activation;
     use qlab::model::kernels::{
-        fused_adapted, fused_attention, fused_gated, fused_rms_norm, fused_row_nll,
-        fused_split_heads,
+        fused_adapted, fused_gated, fused_rms_norm, fused_row_nll, fused_split_heads,
     };
     let dev = gpu();
     let bound = 2e-2;
@@ -538,55 +537,102 @@ fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
             "split heads {rotary:?}: {ev} {eg}"
         );
     }
-    // Grouped-query attention with a causal, padded mask, with and without soft-capping; 24 keys take the
-    // kernels' 16-byte path (masked chunks skipped), 20 the element-wise one.
-    for t in [24, 20] {
-        let (b, h, kvh, d) = (2, 4, 2, 16);
+}
+
+/// Which padding a case of the attention test gives its second batch row.
+#[derive(Clone, Copy, Debug)]
+enum Padding {
+    None,
+    /// The last third of the keys (a training batch's padding).
+    Right,
+    /// The first third (an answering batch's): the first queries see no key at all.
+    Left,
+}
+
+#[test]
+fn flash_attention_matches_the_materialized_composition_in_value_and_gradient() {
+    use candle_core::D;
+    use qlab::model::kernels::fused_attention;
+    use qlab::model::kernels::mask::{AttentionMask, additive_mask};
+    let dev = gpu();
+    let bound = 2e-2;
+    // (new queries, cached keys, head size, heads, key heads, window, soft-cap, padding): lengths that are
+    // not multiples of the kernels' 64-row and 32/64-key tiles, every head size the kernels are built for,
+    // grouped heads, sliding windows, soft-capping, padding on either side, and keys cached before.
+    let cases = [
+        (100, 0, 16, 4, 2, None, None, Padding::Right),
+        (77, 0, 32, 4, 1, None, Some(2.0), Padding::Left),
+        (130, 0, 64, 4, 2, Some(37), None, Padding::None),
+        (45, 20, 64, 4, 2, Some(50), None, Padding::Left),
+        (70, 0, 128, 4, 2, Some(50), Some(30.0), Padding::Left),
+        (65, 0, 256, 2, 1, None, None, Padding::Right),
+    ];
+    for (i, (t, past, d, h, kvh, window, softcap, padding)) in cases.into_iter().enumerate() {
+        let (b, keys) = (2, past + t);
+        let seed = 10 * i as u64;
         let (q, k, v) = (
-            var(&[b, h, t, d], 5, &dev),
-            var(&[b, kvh, t, d], 6, &dev),
-            var(&[b, kvh, t, d], 7, &dev),
+            var(&[b, h, t, d], seed + 5, &dev),
+            var(&[b, kvh, keys, d], seed + 6, &dev),
+            var(&[b, kvh, keys, d], seed + 7, &dev),
         );
-        let mut valid = vec![vec![true; t]; b];
-        valid[1][0] = false;
-        let mask = qlab::model::decoder::layers::attention_mask(&valid, 0, t, None, &dev).unwrap();
-        let mask_bf16 = (&mask * 0.5).unwrap().to_dtype(DType::BF16).unwrap();
-        for softcap in [None, Some(2.0)] {
-            let scale = 0.7;
-            let (ev, eg) = compare(
-                &[&q, &k, &v],
-                |xs| {
-                    fused_attention(&xs[0], &xs[1], &xs[2], &mask_bf16, (scale, softcap))
-                        .unwrap()
-                        .unwrap()
-                },
-                |xs| {
-                    let rep = |x: &Tensor| {
-                        x.unsqueeze(2)
-                            .unwrap()
-                            .broadcast_as((b, kvh, h / kvh, t, d))
-                            .unwrap()
-                            .contiguous()
-                            .unwrap()
-                            .reshape((b, h, t, d))
-                            .unwrap()
-                    };
-                    let s = (&xs[0] * scale)
-                        .unwrap()
-                        .matmul(&rep(&xs[1]).t().unwrap())
-                        .unwrap();
-                    let s = match softcap {
-                        Some(c) => ((s / c).unwrap().tanh().unwrap() * c).unwrap(),
-                        None => s,
-                    };
-                    let p = candle_nn::ops::softmax(&s.broadcast_add(&mask).unwrap(), D::Minus1)
-                        .unwrap();
-                    let out = p.matmul(&rep(&xs[2])).unwrap();
-                    out.transpose(1, 2).unwrap().reshape((b, t, h * d)).unwrap()
-                },
-            );
-            eprintln!("attention t={t} softcap {softcap:?}: value {ev:.2e}, gradient {eg:.2e}");
-            assert!(ev < bound && eg < bound, "attention {softcap:?}: {ev} {eg}");
+        let mut valid = vec![vec![true; keys]; b];
+        match padding {
+            Padding::None => {}
+            Padding::Right => valid[1][keys - keys / 3..].fill(false),
+            Padding::Left => valid[1][..keys / 3].fill(false),
         }
+        let mask =
+            AttentionMask::new(valid.clone(), (past, t), window, &dev, DType::BF16).unwrap();
+        // The composition's additive mask, and which queries see any key (a query that sees none outputs
+        // zeros: its softmax would spread over masked keys).
+        let dense = additive_mask(&valid, past, t, window, &dev).unwrap();
+        let sees_any: Vec<f32> = (0..b * t)
+            .map(|r| {
+                let (bi, qi) = (r / t, past + r % t);
+                let first = window.map_or(0, |w| (qi + 1).saturating_sub(w));
+                (first..=qi).any(|j| valid[bi][j]) as u8 as f32
+            })
+            .collect();
+        let sees_any = Tensor::from_vec(sees_any, (b, 1, t, 1), &dev).unwrap();
+        let scale = (d as f64).powf(-0.5);
+        let (ev, eg) = compare(
+            &[&q, &k, &v],
+            |xs| {
+                fused_attention(&xs[0], &xs[1], &xs[2], &mask, (scale, softcap))
+                    .unwrap()
+                    .unwrap()
+            },
+            |xs| {
+                let rep = |x: &Tensor| {
+                    x.unsqueeze(2)
+                        .unwrap()
+                        .broadcast_as((b, kvh, h / kvh, keys, d))
+                        .unwrap()
+                        .contiguous()
+                        .unwrap()
+                        .reshape((b, h, keys, d))
+                        .unwrap()
+                };
+                let s = (&xs[0] * scale)
+                    .unwrap()
+                    .matmul(&rep(&xs[1]).t().unwrap())
+                    .unwrap();
+                let s = match softcap {
+                    Some(c) => ((s / c).unwrap().tanh().unwrap() * c).unwrap(),
+                    None => s,
+                };
+                let p = candle_nn::ops::softmax(&s.broadcast_add(&dense).unwrap(), D::Minus1)
+                    .unwrap()
+                    .broadcast_mul(&sees_any)
+                    .unwrap();
+                let out = p.matmul(&rep(&xs[2])).unwrap();
+                out.transpose(1, 2).unwrap().reshape((b, t, h * d)).unwrap()
+            },
+        );
+        let case = format!(
+            "t={t} past={past} d={d} heads={h}/{kvh} window={window:?} softcap={softcap:?} {padding:?}"
+        );
+        eprintln!("flash attention {case}: value {ev:.2e}, gradient {eg:.2e}");
+        assert!(ev < bound && eg < bound, "flash attention {case}: {ev} {eg}");
     }
 }

@@ -1,4 +1,4 @@
-//! Differentiable building blocks of the decoder: RMSNorm, rotary embeddings, attention masks.
+//! Differentiable building blocks of the decoder: RMSNorm, rotary embeddings, soft-capping, key masks.
 //! Only ops with a correct backward are used (see CANDLE-NOTES: fused candle ops cut the graph).
 
 use candle_core::{D, DType, Device, Result, Tensor};
@@ -149,37 +149,6 @@ pub fn apply_rope_no_grad(
     }
 }
 
-/// Additive attention mask `[b, 1, t, past + t]`: causal, padded keys and (optionally) a sliding window.
-/// `key_valid[b][j]` says whether key j (cache index) is a real token.
-pub fn attention_mask(
-    key_valid: &[Vec<bool>],
-    past: usize,
-    t: usize,
-    window: Option<usize>,
-    device: &Device,
-) -> Result<Tensor> {
-    let b = key_valid.len();
-    let total = past + t;
-    let mut m = vec![f32::MIN; b * t * total];
-    // Each row opens its causal (and windowed) span with one fill, then closes the padded keys inside it:
-    // a training batch's mask has millions of entries.
-    for (bi, valid) in key_valid.iter().enumerate() {
-        let padded: Vec<usize> = (0..total).filter(|&j| !valid[j]).collect();
-        for (i, row) in m[bi * t * total..(bi + 1) * t * total]
-            .chunks_exact_mut(total)
-            .enumerate()
-        {
-            let q = past + i;
-            let start = window.map_or(0, |w| (q + 1).saturating_sub(w.max(1)));
-            row[start..=q].fill(0.0);
-            for &j in padded.iter().filter(|&&j| (start..=q).contains(&j)) {
-                row[j] = f32::MIN;
-            }
-        }
-    }
-    Tensor::from_vec(m, (b, 1, t, total), device)
-}
-
 /// Tanh soft-capping `cap * tanh(x / cap)` (Gemma 2).
 pub fn softcap(x: &Tensor, cap: Option<f64>) -> Result<Tensor> {
     match cap {
@@ -195,21 +164,4 @@ pub fn mask_rows(mask: &Tensor) -> Result<Vec<Vec<bool>>> {
         .into_iter()
         .map(|r| r.into_iter().map(|v| v != 0.0).collect())
         .collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mask_is_causal_padded_and_windowed() {
-        let dev = Device::Cpu;
-        let m = attention_mask(&[vec![false, true, true, true]], 0, 4, Some(2), &dev).unwrap();
-        let m = m.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let allowed: Vec<bool> = m.iter().map(|v| *v == 0.0).collect();
-        // row 3 (query 3): keys 2, 3 inside the window of 2; key 0 is padding.
-        assert_eq!(&allowed[12..16], &[false, false, true, true]);
-        // row 1: key 0 padded, key 1 itself.
-        assert_eq!(&allowed[4..8], &[false, true, false, false]);
-    }
 }

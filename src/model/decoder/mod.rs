@@ -5,11 +5,10 @@ pub mod lora;
 
 use candle_core::{Device, Result, Tensor};
 
-use self::layers::{
-    RmsNorm, apply_rope, apply_rope_no_grad, attention_mask, mask_rows, rope_tables, softcap,
-};
+use self::layers::{RmsNorm, apply_rope, apply_rope_no_grad, mask_rows, rope_tables, softcap};
 use self::lora::{AdaptedLinear, DropoutSeed, LoraAdapter, LoraCall, SavedProducts};
 use crate::model::config::{Activation, ModelConfig};
+use crate::model::kernels::mask::AttentionMask;
 use crate::model::kernels::{self, cpu};
 use crate::model::quant::frozen::{FrozenLinear, FrozenWeight};
 use crate::model::target::Target;
@@ -62,9 +61,9 @@ impl Block {
 pub struct BlockContext {
     pub cos: Tensor,
     pub sin: Tensor,
-    /// Mask for full-attention layers and, when some layer slides, for the window.
-    pub full_mask: Tensor,
-    pub window_mask: Option<Tensor>,
+    /// Keys seen by full-attention layers and, when some layer slides, through the window.
+    pub full_mask: AttentionMask,
+    pub window_mask: Option<AttentionMask>,
     /// Set during training: seeds LoRA dropout.
     pub dropout: Option<DropoutSeed>,
     /// Whether LoRA tensors take part in autograd (false: inference and checkpointed first pass).
@@ -178,24 +177,15 @@ impl Decoder {
                 past + t
             )
         }
-        let full_mask = attention_mask(&valid, past, t, None, &self.device)?;
-        let window = self.config.layer_windows.iter().flatten().next().copied();
-        let window_mask = match window {
-            Some(w) => Some(attention_mask(&valid, past, t, Some(w), &self.device)?),
-            None => None,
-        };
-        // cuda hook: tables and masks in the compute dtype; f32::MIN would round to -inf in bf16 (NaN rows
-        // for fully padded queries), so masks are halved first.
         let dtype = crate::model::device::compute_dtype(&self.device);
-        let mask_in = |m: Tensor| match dtype {
-            candle_core::DType::F32 => Ok(m),
-            _ => (m * 0.5)?.to_dtype(dtype),
-        };
+        let full_mask = AttentionMask::new(valid, (past, t), None, &self.device, dtype)?;
+        let window = self.config.layer_windows.iter().flatten().next().copied();
+        let window_mask = window.map(|w| full_mask.windowed(w)).transpose()?;
         Ok(BlockContext {
             cos: cos.to_dtype(dtype)?,
             sin: sin.to_dtype(dtype)?,
-            full_mask: mask_in(full_mask)?,
-            window_mask: window_mask.map(mask_in).transpose()?,
+            full_mask,
+            window_mask,
             dropout: None,
             grad: false,
             saved: None,
@@ -287,8 +277,8 @@ impl Decoder {
         Ok((lin, l, call))
     }
 
-    /// The attention mask of block `i`: the sliding window's when the layer slides.
-    fn layer_mask<'a>(&self, i: usize, ctx: &'a BlockContext) -> &'a Tensor {
+    /// The keys block `i` sees: through the sliding window when the layer slides.
+    fn layer_mask<'a>(&self, i: usize, ctx: &'a BlockContext) -> &'a AttentionMask {
         match self.config.layer_windows.get(i).copied().flatten() {
             Some(_) => ctx.window_mask.as_ref().unwrap_or(&ctx.full_mask),
             None => &ctx.full_mask,
@@ -303,7 +293,7 @@ impl Decoder {
             let (lin, l, call) = self.fused_projection(i, index, ctx)?;
             lin.cpu_call(input, l, call)
         };
-        let mask = self.layer_mask(i, ctx);
+        let mask = self.layer_mask(i, ctx).dense()?;
         let saved = ctx.saved.as_ref();
         let recording = saved.is_some_and(|s| s.recording.get());
         let known_attention = match saved {
@@ -316,7 +306,7 @@ impl Decoder {
             linear: &linear,
             heads: (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim),
             rope: (&ctx.cos, &ctx.sin, cfg.rope_interleaved),
-            mask,
+            mask: &mask,
             attention: (cfg.query_pre_attn_scalar.powf(-0.5), cfg.attn_logit_softcap),
             known_attention,
             grad: ctx.grad || x.track_op(),
@@ -405,7 +395,8 @@ impl Decoder {
             let saved = ctx.saved.as_ref();
             let known = saved.and_then(|s| s.exchange(site_id_attention(i), None));
             let softcap = cfg.attn_logit_softcap;
-            let attn = cpu::attention::attention(&q, &k, &v, mask, (scale, softcap), known)?;
+            let attn =
+                cpu::attention::attention(&q, &k, &v, &mask.dense()?, (scale, softcap), known)?;
             if let Some(s) = saved {
                 s.exchange(site_id_attention(i), Some(&attn));
             }
@@ -426,7 +417,9 @@ impl Decoder {
             let qg = (q * scale)?.reshape((b, kvh, rep * t, hd))?;
             let scores = qg.matmul(&k.t()?)?;
             let scores = softcap(&scores, cfg.attn_logit_softcap)?;
-            let scores = scores.reshape((b, h, t, total))?.broadcast_add(mask)?;
+            let scores = scores
+                .reshape((b, h, t, total))?
+                .broadcast_add(&mask.dense()?)?;
             // The fused kernel forward; with a gradient, the closed-form backward.
             let probs = crate::model::autograd::attach::softmax_last_dim(&scores)?;
             let probs = probs.reshape((b, kvh, rep * t, total))?;

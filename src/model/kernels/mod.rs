@@ -5,6 +5,7 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod mask;
 
 use candle_core::Tensor;
 
@@ -64,7 +65,7 @@ pub fn fused_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    mask: &Tensor,
+    mask: &mask::AttentionMask,
     scale_softcap: (f64, Option<f64>),
 ) -> candle_core::Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
@@ -119,8 +120,8 @@ pub struct BlockParts<'a> {
     pub heads: (usize, usize, usize),
     /// Rope tables `[b, 1, t, hd / 2]` and whether rotated pairs are interleaved.
     pub rope: (&'a Tensor, &'a Tensor, bool),
-    /// Additive attention mask `[b, 1, t, t]`.
-    pub mask: &'a Tensor,
+    /// The keys each query sees.
+    pub mask: &'a mask::AttentionMask,
     /// Attention scale and logit soft-cap.
     pub attention: (f64, Option<f64>),
     pub activation: Activation,

@@ -372,7 +372,8 @@ mod tests {
 
     use super::super::test_util::{random, rel_err};
     use super::*;
-    use crate::model::decoder::layers::{attention_mask, softcap};
+    use crate::model::decoder::layers::softcap;
+    use crate::model::kernels::mask::additive_mask as attention_mask;
 
     /// The decoder's composition of candle ops (the reference).
     fn reference(

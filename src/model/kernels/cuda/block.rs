@@ -12,7 +12,8 @@ use candle_core::{CudaStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor
 
 use super::adapted::{Adapter, Projection};
 use super::heads::{Rotary, merge_heads, split_heads};
-use super::{attention, fused, take_once};
+use super::flash::{self, Call};
+use super::{fused, take_once};
 use crate::model::autograd::grad_carrier::{self, GradSlots};
 use crate::model::config::Activation;
 use crate::model::kernels::BlockParts;
@@ -28,11 +29,11 @@ struct Saved {
     attn: Tensor,
     hn2: Tensor,
     gated: Tensor,
-    /// Rotated queries and keys, values `[b, heads, t, hd]`, and the attention probabilities.
+    /// Rotated queries and keys, values `[b, heads, t, hd]`, and attention's log-sum-exp per query row.
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    probs: Tensor,
+    lse: Tensor,
     /// The residual stream after attention `[n, d]`.
     x1: Tensor,
     gate: Tensor,
@@ -48,7 +49,8 @@ struct BlockOp {
     /// RMSNorm weights and eps before attention and before the feed-forward.
     norms: [(Tensor, f64); 2],
     rotary: Rotary,
-    scale_softcap: (f64, Option<f64>),
+    /// Attention's mask, scale and soft-cap.
+    attention: Call,
     activation: Activation,
     /// b, t, heads, key-value heads, head size.
     shape: (usize, usize, usize, usize, usize),
@@ -71,7 +73,7 @@ impl BlockOp {
             q,
             k,
             v,
-            probs,
+            lse,
             x1,
             gate,
             up,
@@ -99,9 +101,8 @@ impl BlockOp {
         let dx1 = (fused::rms_norm_backward(&x1, w2, &dhn2, *eps2)? + &g2)?;
         drop((dhn2, x1, g2));
         let dattn = back(O, &attn, &dx1, None)?;
-        drop(attn);
-        let (dq, dk, dv) = attention::backward((&q, &k, &v), probs, &dattn, self.scale_softcap)?;
-        drop((dattn, q, k, v));
+        let (dq, dk, dv) = flash::backward((&q, &k, &v), (&attn, &lse), &dattn, &self.attention)?;
+        drop((dattn, attn, lse, q, k, v));
         let dq = merge_heads(&dq, Some(&self.rotary))?.reshape((n, h * hd))?;
         let dk = merge_heads(&dk, Some(&self.rotary))?.reshape((n, kvh * hd))?;
         let dv = merge_heads(&dv, None)?.reshape((n, kvh * hd))?;
@@ -195,16 +196,16 @@ pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
     let q = split_heads(&q.reshape((b, t, h * hd))?, h, hd, Some(&rotary))?;
     let k = split_heads(&k.reshape((b, t, kvh * hd))?, kvh, hd, Some(&rotary))?;
     let v = split_heads(&v.reshape((b, t, kvh * hd))?, kvh, hd, None)?;
-    let (heads_out, probs) = attention::forward(&q, &k, &v, p.mask, p.attention)?;
-    let probs = p.grad.then_some(probs);
-    let attn = merge_heads(&heads_out, None)?.reshape((n, h * hd))?;
-    drop(heads_out);
+    let call = Call::new(p.mask, p.attention)?;
+    let (attn, lse) = flash::forward(&q, &k, &v, &call)?;
+    let lse = p.grad.then_some(lse);
+    let attn = attn.reshape((n, h * hd))?;
     let x1 = project(O, &attn, Some(&x2))?;
     let hn2 = fused::rms_norm(&x1, &norms[1].0, norms[1].1)?;
     let (gate, up) = (project(GATE, &hn2, None)?, project(UP, &hn2, None)?);
     let gated = fused::gated(&gate, &up, p.activation)?;
     let out = project(DOWN, &gated, Some(&x1))?;
-    let Some(probs) = probs else {
+    let Some(lse) = lse else {
         return out.reshape((b, t, d));
     };
     let carried: Vec<_> = adapters.iter().map(|(a, b)| (a, b)).collect();
@@ -219,7 +220,7 @@ pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
             q,
             k,
             v,
-            probs,
+            lse,
             x1,
             gate,
             up,
@@ -227,7 +228,7 @@ pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
         })),
         norms,
         rotary,
-        scale_softcap: p.attention,
+        attention: call,
         activation: p.activation,
         shape: (b, t, h, kvh, hd),
         grads,

@@ -7,9 +7,6 @@
 
 typedef __nv_bfloat16 bf16;
 
-// Values per thread a row kernel keeps in registers when its row fits (rows_config gives about 8).
-#define ROW_CACHE 8
-
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffff, v, o);
   return v;
@@ -32,12 +29,6 @@ __device__ float block_sum(float v) {
   return warp_sum(v);
 }
 
-// The rows' fast path: cols a multiple of 8, at most 8 per thread, 16-byte aligned rows; each thread moves
-// one chunk of 8 consecutive values with one 16-byte access.
-__device__ __forceinline__ bool vector_row(const void *a, const void *b, const void *c, size_t cols) {
-  return cols % 8 == 0 && cols <= 8 * (size_t)blockDim.x && (((uintptr_t)a | (uintptr_t)b | (uintptr_t)c) & 15) == 0;
-}
-
 __device__ __forceinline__ void load8(const bf16 *src, float out[8]) {
   uint4 raw = *reinterpret_cast<const uint4 *>(src);
   const bf16 *h = reinterpret_cast<const bf16 *>(&raw);
@@ -53,9 +44,7 @@ __device__ __forceinline__ void store8(bf16 *dst, const float in[8]) {
   *reinterpret_cast<uint4 *>(dst) = raw;
 }
 
-// Additive mask values at or below this mask a key out (the decoder's masks hold f32::MIN / 2 there).
-#define MASKED_OUT -1e37f
-
+// The block's maximum of `v`, returned to every thread.
 __device__ float block_max(float v) {
   __shared__ float partial[32];
   int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -65,144 +54,6 @@ __device__ float block_max(float v) {
   __syncthreads();
   v = lane < (int)(blockDim.x >> 5) ? partial[lane] : -INFINITY;
   return warp_max(v);
-}
-
-// probs = softmax(scores + mask) over rows of `cols`. Scores are [b, rows_per_batch / t, t, cols] (any
-// grouping of the heads), the additive mask [b, 1, t, cols], shared by a batch row's heads.
-extern "C" __global__ void masked_softmax_bf16(const bf16 *scores, const bf16 *mask, bf16 *probs, size_t cols,
-                                               size_t rows_per_batch, size_t t) {
-  size_t row = blockIdx.x;
-  size_t b = row / rows_per_batch, i = row % t;
-  const bf16 *s = scores + row * cols;
-  const bf16 *m = mask + (b * t + i) * cols;
-  bf16 *p = probs + row * cols;
-  if (vector_row(s, m, p, cols)) {
-    size_t j0 = (size_t)threadIdx.x * 8;
-    float v[8];
-    float mx = -INFINITY;
-    if (j0 < cols) {
-      load8(m + j0, v);
-      bool open = false;
-#pragma unroll
-      for (int k = 0; k < 8; k++) open |= v[k] > MASKED_OUT;
-      // Scores under a chunk of masked keys are not read: their terms are zero (or, in a fully masked
-      // row, the f32 sums cannot hold them next to the mask anyway).
-      if (open) {
-        float sv[8];
-        load8(s + j0, sv);
-#pragma unroll
-        for (int k = 0; k < 8; k++) v[k] += sv[k];
-      }
-#pragma unroll
-      for (int k = 0; k < 8; k++) mx = fmaxf(mx, v[k]);
-    }
-    mx = block_max(mx);
-    float sum = 0.0f;
-#pragma unroll
-    for (int k = 0; k < 8; k++) {
-      v[k] = j0 < cols ? __expf(v[k] - mx) : 0.0f;
-      sum += v[k];
-    }
-    float inv = 1.0f / block_sum(sum);
-    if (j0 < cols) {
-#pragma unroll
-      for (int k = 0; k < 8; k++) v[k] *= inv;
-      store8(p + j0, v);
-    }
-    return;
-  }
-  if (cols <= ROW_CACHE * blockDim.x) {
-    // The row read once, into registers.
-    float v[ROW_CACHE];
-    float mx = -INFINITY;
-#pragma unroll
-    for (int c = 0; c < ROW_CACHE; c++) {
-      size_t j = threadIdx.x + c * blockDim.x;
-      v[c] = j < cols ? __bfloat162float(s[j]) + __bfloat162float(m[j]) : -INFINITY;
-      mx = fmaxf(mx, v[c]);
-    }
-    mx = block_max(mx);
-    float sum = 0.0f;
-#pragma unroll
-    for (int c = 0; c < ROW_CACHE; c++) {
-      size_t j = threadIdx.x + c * blockDim.x;
-      v[c] = j < cols ? __expf(v[c] - mx) : 0.0f;
-      sum += v[c];
-    }
-    float inv = 1.0f / block_sum(sum);
-#pragma unroll
-    for (int c = 0; c < ROW_CACHE; c++) {
-      size_t j = threadIdx.x + c * blockDim.x;
-      if (j < cols) p[j] = __float2bfloat16(v[c] * inv);
-    }
-    return;
-  }
-  float mx = -INFINITY;
-  for (size_t j = threadIdx.x; j < cols; j += blockDim.x)
-    mx = fmaxf(mx, __bfloat162float(s[j]) + __bfloat162float(m[j]));
-  mx = block_max(mx);
-  float sum = 0.0f;
-  for (size_t j = threadIdx.x; j < cols; j += blockDim.x)
-    sum += __expf(__bfloat162float(s[j]) + __bfloat162float(m[j]) - mx);
-  float inv = 1.0f / block_sum(sum);
-  for (size_t j = threadIdx.x; j < cols; j += blockDim.x)
-    p[j] = __float2bfloat16(__expf(__bfloat162float(s[j]) + __bfloat162float(m[j]) - mx) * inv);
-}
-
-// The softmax's backward: dx = p * (g - sum(g * p)) per row.
-extern "C" __global__ void softmax_backward_bf16(const bf16 *probs, const bf16 *grad, bf16 *dx, size_t cols) {
-  size_t row = blockIdx.x;
-  const bf16 *p = probs + row * cols;
-  const bf16 *g = grad + row * cols;
-  if (vector_row(p, g, dx + row * cols, cols)) {
-    size_t j0 = (size_t)threadIdx.x * 8;
-    float pv[8], gv[8];
-    float dot = 0.0f;
-#pragma unroll
-    for (int k = 0; k < 8; k++) pv[k] = gv[k] = 0.0f;
-    if (j0 < cols) {
-      load8(p + j0, pv);
-      bool any = false;
-#pragma unroll
-      for (int k = 0; k < 8; k++) any |= pv[k] != 0.0f;
-      // Zero probabilities (masked keys) have zero gradients: their g is not read.
-      if (any) {
-        load8(g + j0, gv);
-#pragma unroll
-        for (int k = 0; k < 8; k++) dot += pv[k] * gv[k];
-      }
-    }
-    dot = block_sum(dot);
-    if (j0 < cols) {
-#pragma unroll
-      for (int k = 0; k < 8; k++) gv[k] = pv[k] * (gv[k] - dot);
-      store8(dx + row * cols + j0, gv);
-    }
-    return;
-  }
-  if (cols <= ROW_CACHE * blockDim.x) {
-    float pv[ROW_CACHE], gv[ROW_CACHE];
-    float dot = 0.0f;
-#pragma unroll
-    for (int c = 0; c < ROW_CACHE; c++) {
-      size_t j = threadIdx.x + c * blockDim.x;
-      pv[c] = j < cols ? __bfloat162float(p[j]) : 0.0f;
-      gv[c] = j < cols ? __bfloat162float(g[j]) : 0.0f;
-      dot += pv[c] * gv[c];
-    }
-    dot = block_sum(dot);
-#pragma unroll
-    for (int c = 0; c < ROW_CACHE; c++) {
-      size_t j = threadIdx.x + c * blockDim.x;
-      if (j < cols) dx[row * cols + j] = __float2bfloat16(pv[c] * (gv[c] - dot));
-    }
-    return;
-  }
-  float dot = 0.0f;
-  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) dot += __bfloat162float(g[j]) * __bfloat162float(p[j]);
-  dot = block_sum(dot);
-  for (size_t j = threadIdx.x; j < cols; j += blockDim.x)
-    dx[row * cols + j] = __float2bfloat16(__bfloat162float(p[j]) * (__bfloat162float(g[j]) - dot));
 }
 
 // y = x / sqrt(mean(x^2) + eps) * w per row; w f32 (Gemma's 1 + w already folded in).

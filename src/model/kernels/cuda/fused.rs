@@ -1,14 +1,12 @@
 //! The training step's row-wise and elementwise ops on CUDA bf16 as single kernels (fused.cu) with
-//! single-kernel backward passes: RMSNorm, the gated MLP product and the masked softmax of attention.
+//! single-kernel backward passes: RMSNorm and the gated MLP product.
 //! candle's fused kernels have no backward (CANDLE-NOTES) and its compositions sweep the same big
 //! tensors many times in f32; these are one node each in candle's autograd.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{
-    CudaStorage, CustomOp2, CustomOp3, DType, InplaceOp2, Layout, Result, Shape, Tensor,
-};
-use cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
+use candle_core::{CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 use crate::model::config::Activation;
@@ -47,133 +45,6 @@ fn activation_code(a: Activation) -> i32 {
     match a {
         Activation::Silu => 0,
         Activation::GeluTanh => 1,
-    }
-}
-
-/// `softmax(scores + mask)` over the last dimension, written over `scores` (a fresh tensor the caller gives
-/// up); scores `[b, .., t, T]` with a batch row's heads in any grouping, mask `[b, 1, t, T]` (bf16). No
-/// gradient: attention's backward calls [`softmax_backward`].
-pub fn masked_softmax(scores: Tensor, mask: &Tensor, t: usize) -> Result<Tensor> {
-    let b = mask.dim(0)?;
-    let rows_per_batch = scores.elem_count() / scores.dim(candle_core::D::Minus1)? / b.max(1);
-    let scores = scores.contiguous()?;
-    scores.inplace_op2(&mask.contiguous()?, &MaskedSoftmax { rows_per_batch, t })?;
-    Ok(scores)
-}
-
-/// The elements of a storage that an in-place kernel may overwrite: all of it, contiguous from offset 0.
-fn whole<'a>(s: &'a mut CudaStorage, l: &Layout, what: &str) -> Result<&'a CudaSlice<bf16>> {
-    let slice = s.as_cuda_slice_mut::<bf16>()?;
-    if l.contiguous_offsets() != Some((0, slice.len())) {
-        candle_core::bail!("{what}: expected a whole contiguous buffer to overwrite")
-    }
-    Ok(slice)
-}
-
-/// The in-place ops' refusing CPU forward.
-macro_rules! cuda_only_in_place {
-    () => {
-        fn cpu_fwd(
-            &self,
-            _: &mut candle_core::CpuStorage,
-            _: &Layout,
-            _: &candle_core::CpuStorage,
-            _: &Layout,
-        ) -> Result<()> {
-            candle_core::bail!("{} runs on CUDA only", self.name())
-        }
-    };
-}
-
-struct MaskedSoftmax {
-    rows_per_batch: usize,
-    t: usize,
-}
-
-impl InplaceOp2 for MaskedSoftmax {
-    fn name(&self) -> &'static str {
-        "masked-softmax"
-    }
-
-    cuda_only_in_place!();
-
-    fn cuda_fwd(
-        &self,
-        s: &mut CudaStorage,
-        sl: &Layout,
-        m: &CudaStorage,
-        ml: &Layout,
-    ) -> Result<()> {
-        let cols = sl.dims().last().copied().unwrap_or(1);
-        let rows = sl.shape().elem_count() / cols.max(1);
-        if ml.shape().elem_count() != rows / self.rows_per_batch.max(1) * self.t * cols {
-            candle_core::bail!(
-                "masked-softmax: mask {:?} does not fit scores {:?}",
-                ml.dims(),
-                sl.dims()
-            )
-        }
-        let dev = s.device().clone();
-        let mv = view::<bf16>(m, ml, "mask")?;
-        let sv = whole(s, sl, "masked-softmax")?;
-        let func = dev.get_or_load_custom_func("masked_softmax_bf16", MODULE, PTX)?;
-        let mut b = func.builder();
-        b.arg(sv)
-            .arg(&mv)
-            .arg(sv)
-            .arg(&cols)
-            .arg(&self.rows_per_batch)
-            .arg(&self.t);
-        // SAFETY: argument types and counts match masked_softmax_bf16 in fused.cu, which reads each element
-        // of a row before its thread writes it (in place).
-        unsafe { b.launch(rows_config(rows, cols)) }.w()?;
-        Ok(())
-    }
-}
-
-/// The softmax's input gradient from its output `probs` and the output's gradient `grad`, written over
-/// `grad` (a fresh tensor the caller gives up).
-pub fn softmax_backward(probs: &Tensor, grad: Tensor) -> Result<Tensor> {
-    let grad = grad.contiguous()?;
-    grad.inplace_op2(&probs.contiguous()?, &SoftmaxBackward)?;
-    Ok(grad)
-}
-
-struct SoftmaxBackward;
-
-impl InplaceOp2 for SoftmaxBackward {
-    fn name(&self) -> &'static str {
-        "softmax-backward"
-    }
-
-    cuda_only_in_place!();
-
-    fn cuda_fwd(
-        &self,
-        g: &mut CudaStorage,
-        gl: &Layout,
-        p: &CudaStorage,
-        pl: &Layout,
-    ) -> Result<()> {
-        if pl.dims() != gl.dims() {
-            candle_core::bail!(
-                "softmax-backward: probs {:?} vs grad {:?}",
-                pl.dims(),
-                gl.dims()
-            )
-        }
-        let cols = pl.dims().last().copied().unwrap_or(1);
-        let rows = pl.shape().elem_count() / cols.max(1);
-        let dev = p.device().clone();
-        let pv = view::<bf16>(p, pl, "probs")?;
-        let gv = whole(g, gl, "softmax-backward")?;
-        let func = dev.get_or_load_custom_func("softmax_backward_bf16", MODULE, PTX)?;
-        let mut b = func.builder();
-        b.arg(&pv).arg(gv).arg(gv).arg(&cols);
-        // SAFETY: argument types and counts match softmax_backward_bf16 in fused.cu, which reads each
-        // element of a row before its thread writes it (in place).
-        unsafe { b.launch(rows_config(rows, cols)) }.w()?;
-        Ok(())
     }
 }
 

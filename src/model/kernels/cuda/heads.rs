@@ -38,22 +38,11 @@ pub fn split_heads(
     x.contiguous()?.apply_op1(op)
 }
 
-pub(super) struct Heads {
+struct Heads {
     dims: (usize, usize, usize, usize),
     rotary: Option<Rotary>,
     /// true: [b, t, n, d] -> [b, n, t, d] rotating forward; false: back, rotating backward.
     to_heads: bool,
-}
-
-impl Heads {
-    /// Merges heads `[b, heads, t, head_dim]` back into `[b, t, heads * head_dim]`, with no rotation.
-    pub(super) fn merge(b: usize, t: usize, heads: usize, head_dim: usize) -> Self {
-        Self {
-            dims: (b, t, heads, head_dim),
-            rotary: None,
-            to_heads: false,
-        }
-    }
 }
 
 impl CustomOp1 for Heads {

@@ -1,5 +1,5 @@
 //! The CUDA backend behind the kernel seam (`model::kernels`): the training step's fused bf16 kernels
-//! (attention, RMSNorm, gated product, vocabulary loss, LoRA products on cuBLAS, AdamW) and the whole decoder
+//! (flash attention, RMSNorm, gated product, vocabulary loss, LoRA products on cuBLAS, AdamW) and the whole decoder
 //! block as one node (`block.rs`). The PTX beside each `.cu` file is built by scripts/build-cuda.sh.
 
 /// The `cpu_fwd` of a custom op that runs on CUDA only, with one token per operand (`cuda_only!(x y)` for
@@ -31,6 +31,7 @@ pub(super) mod adapted;
 pub(super) mod attention;
 pub(super) mod block;
 pub(super) mod cross_entropy;
+pub(super) mod flash;
 pub(super) mod fused;
 pub(super) mod heads;
 pub(super) mod lowrank;

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Training on a GPU, qlab against the peer (HF transformers + PEFT + bitsandbytes NF4, ../shared/bench/
+# peer_qlora_gpu.py) at Llama-3.1-8B dims with random weights, each side's runs in ONE device call (issue #15):
+#   scripts/h200-train-bench.sh train      the CUDA reference tests, then batch 2 x 2048, 1 x 8192 and
+#                                          1 x 16384, qlab then the peer at each shape
+#   scripts/h200-train-bench.sh longest    the longest sequence each side trains at batch 1: doubling from
+#                                          32768 until a run fails, then one bisection between the last
+#                                          length that ran and the first that failed (one timed step each
+#                                          side; the peer's script with its 8 steps cut to 2)
+# Every run's JSON (or its failure, with the end of its error output) is a line of $OUT/train.jsonl or
+# $OUT/longest.jsonl, and a summary line on standard output.
+# Expects, in the working tree (ignored folders the device call carries):
+#   .dev/qlab.gz, .dev/cuda_reference.gz   from scripts/build-cuda.sh
+#   .dev/peer/peer_qlora_gpu.py             a copy of ../shared/bench/peer_qlora_gpu.py
+#   .whl/bitsandbytes-*.whl                 the peer's missing package (device README, "Notes")
+set -uo pipefail
+mode=${1:?usage: scripts/h200-train-bench.sh train|longest}
+out=${OUT:-out}
+mkdir -p "$out" /tmp/qlab-bin
+export LD_LIBRARY_PATH=/usr/lib:/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}
+for b in qlab cuda_reference; do gunzip -c ".dev/$b.gz" > "/tmp/qlab-bin/$b" && chmod +x "/tmp/qlab-bin/$b"; done
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+commit=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+
+# record FILE SIDE BATCH SEQ EXIT LOG: one line of results (the run's JSON, or its exit status and the end
+# of its error output)
+record() {
+  python3 - "$@" "$commit" <<'PY'
+import json, sys, datetime
+file, side, batch, seq, status, log, commit = sys.argv[1:]
+line = {"side": side, "batch": int(batch), "seq": int(seq), "ok": status == "0",
+        "date": datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": commit}
+try:
+    line["result"] = json.loads(open(log + ".json").read().strip().splitlines()[-1] if side == "peer"
+                                else open(log + ".json").read())
+except Exception:
+    line["ok"] = False
+if not line["ok"]:
+    line["exit"] = int(status)
+    line["error"] = open(log + ".err", errors="replace").read()[-600:]
+open(file, "a").write(json.dumps(line) + "\n")
+r = line.get("result", {})
+print(side, batch, seq, "ok" if line["ok"] else "FAILED exit %s" % status,
+      r.get("tokens_per_s", r.get("tok_s")), r.get("peak_allocated_gib", r.get("peak_gib")))
+PY
+}
+
+# run FILE SIDE BATCH SEQ STEPS LIMIT_S: one run of one side; its exit status
+run() {
+  local file=$1 side=$2 batch=$3 seq=$4 steps=$5 limit=$6 log="/tmp/qlab-logs/$2-$3x$4"
+  mkdir -p /tmp/qlab-logs
+  if [[ $side == qlab ]]; then
+    timeout "$limit" /tmp/qlab-bin/qlab bench train --preset llama-3.1-8b --random-weights --batch "$batch" \
+      --seq "$seq" --steps "$steps" --device cuda:0 --json > "$log.json" 2> "$log.err"
+  else
+    sed "s/int(sys.argv\[3\]), 8$/int(sys.argv[3]), $steps/" .dev/peer/peer_qlora_gpu.py > /tmp/peer.py
+    PYTHONPATH=/tmp/site timeout "$limit" python3 /tmp/peer.py nf4 "$batch" "$seq" > "$log.json" 2> "$log.err"
+  fi
+  local status=$?
+  record "$file" "$side" "$batch" "$seq" "$status" "$log"
+  return $status
+}
+
+case $mode in
+  train)
+    QLAB_FIXTURES=tests/fixtures/models /tmp/qlab-bin/cuda_reference --test-threads 1 2>&1 | tail -30 \
+      | tee "$out/cuda_reference.txt"
+    for shape in 2x2048 1x8192 1x16384; do
+      run "$out/train.jsonl" qlab "${shape%x*}" "${shape#*x}" 6 150
+      run "$out/train.jsonl" peer "${shape%x*}" "${shape#*x}" 8 150
+    done
+    ;;
+  longest)
+    for side in ${SIDES:-qlab peer}; do
+      # the peer's script times the median of its steps after the first two: 3 steps time one
+      steps=1; [[ $side == peer ]] && steps=3
+      good=0 seq=32768
+      while run "$out/longest.jsonl" "$side" 1 "$seq" "$steps" "${LIMIT_S:-200}"; do good=$seq; seq=$((seq * 2)); done
+      if ((good > 0)); then
+        run "$out/longest.jsonl" "$side" 1 $(((good + seq) / 2)) "$steps" "${LIMIT_S:-200}"
+      fi
+    done
+    ;;
+  *) echo "unknown mode $mode (train|longest)" >&2; exit 2 ;;
+esac

@@ -1,0 +1,541 @@
+// Flash attention for training in bf16 (FlashAttention-2's scheme): the forward keeps an online softmax per
+// query row in registers and writes only the output and the row's log-sum-exp; the backward recomputes the
+// probabilities tile by tile, in one kernel for the keys' and values' gradients (a CTA per key tile and key
+// head, looping over the group's query heads, so grouped-query heads need no atomics) and one for the
+// queries'. No [T, T] tensor exists at any point. Products are tensor-core mma.sync m16n8k16 (bf16 in, f32
+// accumulated); a probability tile goes from the accumulator layout straight into the next product's A
+// operand.
+//
+// Masking is computed, not read: query i (absolute position past + i) sees key j when j <= past + i, when
+// j > past + i - window (window > 0), and when valid[b][j] != 0 (padding). Gemma 2's soft-capping applies
+// cap * tanh(x / cap) to the scaled scores. A query that sees no key outputs zeros (lse = +inf).
+//
+// Layouts: q [b, h, t, D] and k, v [b, kvh, T, D] with any batch/head/token strides (head_dim contiguous,
+// 16-byte aligned rows); out and dout [b, t, h, D] (heads merged); lse and delta [b, h, t] f32;
+// dq [b, h, t, D]; dk, dv [b, kvh, T, D].
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+typedef __nv_bfloat16 bf16;
+
+#define WARPS 4
+#define THREADS (WARPS * 32)
+
+__device__ __forceinline__ void mma16816(float c[4], const uint32_t a[4], const uint32_t b[2]) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Two floats as a bf16 pair, the first in the low half (the lower column of a fragment).
+__device__ __forceinline__ uint32_t pack_f(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t *>(&v);
+}
+
+__device__ __forceinline__ uint32_t pack_h(bf16 lo, bf16 hi) {
+  return (uint32_t)__bfloat16_as_ushort(lo) | ((uint32_t)__bfloat16_as_ushort(hi) << 16);
+}
+
+__device__ __forceinline__ uint32_t ld32(const bf16 *p) { return *reinterpret_cast<const uint32_t *>(p); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const bf16 *p) {
+  uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const bf16 *p) {
+  uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+// A fragment (16 x 16) of a row-major tile in shared memory starting at s (row stride ld).
+__device__ __forceinline__ void frag_a(uint32_t a[4], const bf16 *s, int ld, int lane) {
+  ldmatrix_x4(a, s + (lane & 15) * ld + (lane >> 4) * 8);
+}
+
+// B fragments (16 x 8) of two neighbouring n8 tiles whose column n is row n of a row-major tile
+// (B = tile^T): b[0..1] for rows s.. s + 7, b[2..3] for rows s + 8.. s + 15.
+__device__ __forceinline__ void frag_b_rows(uint32_t b[4], const bf16 *s, int ld, int lane) {
+  ldmatrix_x4(b, s + ((lane & 7) + ((lane >> 4) << 3)) * ld + ((lane >> 3) & 1) * 8);
+}
+
+// B fragments (16 x 8) of two neighbouring n8 tiles read straight from a row-major tile (k down the rows,
+// n across the columns): b[0..1] for columns s.. s + 7, b[2..3] for columns s + 8.. s + 15.
+__device__ __forceinline__ void frag_b_cols(uint32_t b[4], const bf16 *s, int ld, int lane) {
+  ldmatrix_x4_trans(b, s + ((lane & 7) + ((lane >> 3) & 1) * 8) * ld + (lane >> 4) * 8);
+}
+
+// The A fragment of a 16 x 16 slice (n8 tiles j and j + 1) of an accumulator held in registers.
+__device__ __forceinline__ void acc_to_a(uint32_t a[4], const float x[4], const float y[4]) {
+  a[0] = pack_f(x[0], x[1]);
+  a[1] = pack_f(x[2], x[3]);
+  a[2] = pack_f(y[0], y[1]);
+  a[3] = pack_f(y[2], y[3]);
+}
+
+// rows x D of a [*, D] matrix with row stride `stride` (elements) into shared memory (row stride D + 8),
+// asynchronously (cp.async, 16 bytes at a time); rows past `valid` are zero-filled. The caller commits the
+// group and waits for it.
+template <int ROWS, int D>
+__device__ __forceinline__ void load_tile(bf16 *s, const bf16 *g, long stride, int valid) {
+  constexpr int LD = D + 8, CH = D / 8;
+  for (int i = threadIdx.x; i < ROWS * CH; i += THREADS) {
+    int r = i / CH, c = (i % CH) * 8;
+    bool in = r < valid;
+    const bf16 *src = in ? g + (long)r * stride + c : g;
+    uint32_t dst = (uint32_t)__cvta_generic_to_shared(s + r * LD + c);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(in ? 16 : 0));
+  }
+}
+
+__device__ __forceinline__ void commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+// Waits until at most N committed groups of this thread are still in flight.
+template <int N>
+__device__ __forceinline__ void wait_groups() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+struct Geometry {
+  long qsb, qsh, qst, ksb, ksh, kst, vsb, vsh, vst;
+  int h, kvh, t, T, past, window;
+  float scale, softcap;
+};
+
+__device__ __forceinline__ bool sees(const Geometry &m, const uint8_t *valid, int qi, int kj) {
+  int qa = m.past + qi;
+  return qi < m.t && kj < m.T && kj <= qa && (m.window <= 0 || kj > qa - m.window) && valid[kj] != 0;
+}
+
+// The scaled (and capped) score, and the derivative of the cap (1 without one).
+__device__ __forceinline__ float score(const Geometry &m, float raw, float *dcap) {
+  float x = raw * m.scale;
+  if (m.softcap > 0.f) {
+    float th = tanhf(x / m.softcap);
+    *dcap = 1.f - th * th;
+    return m.softcap * th;
+  }
+  *dcap = 1.f;
+  return x;
+}
+
+// The keys query tile [r0, r0 + rows) may see: [begin, end), begin rounded down to a multiple of `tile`.
+__device__ __forceinline__ void key_span(const Geometry &m, int r0, int rows, int tile, int *begin, int *end) {
+  int last = min(m.t, r0 + rows) - 1;
+  *end = min(m.T, m.past + last + 1);
+  int b = m.window > 0 ? max(0, m.past + r0 + 1 - m.window) : 0;
+  *begin = b / tile * tile;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Whether key j of the tile at k0 is padding, for thread j; reduced over the CTA by __syncthreads_or.
+__device__ __forceinline__ int padded_key(const Geometry &m, const uint8_t *valid, int k0, int tile) {
+  int j = k0 + threadIdx.x;
+  return threadIdx.x < tile && j < m.T && valid[j] == 0;
+}
+
+// Whether every query of rows [q, q + rows) sees every key of [k, k + keys) apart from padding: no key past
+// the end, none after the first query's diagonal, none before the last query's window.
+__device__ __forceinline__ bool block_open(const Geometry &m, int q, int rows, int k, int keys) {
+  return k + keys <= m.T && k + keys - 1 <= m.past + q && (m.window <= 0 || k > m.past + q + rows - 1 - m.window);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Forward: a CTA per (64-row query tile, batch x head); each warp owns 16 rows.
+template <int D, int BC>
+__device__ void forward(const bf16 *q, const bf16 *k, const bf16 *v, const uint8_t *valid, bf16 *out,
+                        float *lse, Geometry m) {
+  constexpr int BR = 16 * WARPS, LD = D + 8;
+  extern __shared__ uint4 smem[];
+  // Q, then two stages of (K, V) tiles: one computed on while the next one loads
+  bf16 *Qs = reinterpret_cast<bf16 *>(smem), *KV = Qs + BR * LD;
+  const int r0 = blockIdx.x * BR, b = blockIdx.y / m.h, hh = blockIdx.y % m.h, kh = hh / (m.h / m.kvh);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, tig = lane & 3, wr = warp * 16;
+  const bf16 *kg = k + b * m.ksb + kh * m.ksh, *vg = v + b * m.vsb + kh * m.vsh;
+  const uint8_t *vrow = valid + (long)b * m.T;
+  int kbeg, kend;
+  key_span(m, r0, BR, BC, &kbeg, &kend);
+  load_tile<BR, D>(Qs, q + b * m.qsb + hh * m.qsh + (long)r0 * m.qst, m.qst, m.t - r0);
+  if (kbeg < kend) {
+    load_tile<BC, D>(KV, kg + (long)kbeg * m.kst, m.kst, m.T - kbeg);
+    load_tile<BC, D>(KV + BC * LD, vg + (long)kbeg * m.vst, m.vst, m.T - kbeg);
+  }
+  commit();
+  float o[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
+  float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+  const int qi[2] = {r0 + wr + g, r0 + wr + g + 8};
+  // each tile's padding flag is read one tile ahead, so that no barrier waits on a global load
+  int next_padded = kbeg < kend ? padded_key(m, vrow, kbeg, BC) : 0;
+  for (int k0 = kbeg, stage = 0; k0 < kend; k0 += BC, stage ^= 1) {
+    const bf16 *Ks = KV + stage * 2 * BC * LD, *Vs = Ks + BC * LD;
+    const int padded = next_padded;
+    if (k0 + BC < kend) {
+      bf16 *next = KV + (stage ^ 1) * 2 * BC * LD;
+      load_tile<BC, D>(next, kg + (long)(k0 + BC) * m.kst, m.kst, m.T - k0 - BC);
+      load_tile<BC, D>(next + BC * LD, vg + (long)(k0 + BC) * m.vst, m.vst, m.T - k0 - BC);
+      next_padded = padded_key(m, vrow, k0 + BC, BC);
+    }
+    commit();
+    wait_groups<1>();
+    const bool open = !__syncthreads_or(padded) && block_open(m, r0 + wr, 16, k0, BC);
+    float s[BC / 8][4];
+#pragma unroll
+    for (int j = 0; j < BC / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t a[4];
+      frag_a(a, Qs + wr * LD + kk * 16, LD, lane);
+#pragma unroll
+      for (int j = 0; j < BC / 8; j += 2) {
+        uint32_t bb[4];
+        frag_b_rows(bb, Ks + j * 8 * LD + kk * 16, LD, lane);
+        mma16816(s[j], a, bb);
+        mma16816(s[j + 1], a, bb + 2);
+      }
+    }
+    float nm[2] = {mx[0], mx[1]};
+#pragma unroll
+    for (int j = 0; j < BC / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float dcap;
+        float x = score(m, s[j][e], &dcap);
+        if (!open && !sees(m, vrow, qi[e >> 1], k0 + j * 8 + 2 * tig + (e & 1))) x = -INFINITY;
+        s[j][e] = x;
+        nm[e >> 1] = fmaxf(nm[e >> 1], x);
+      }
+    float alpha[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      nm[r] = fmaxf(nm[r], __shfl_xor_sync(0xffffffff, nm[r], 1));
+      nm[r] = fmaxf(nm[r], __shfl_xor_sync(0xffffffff, nm[r], 2));
+      alpha[r] = nm[r] == -INFINITY ? 1.f : __expf(mx[r] - nm[r]);
+      mx[r] = nm[r];
+      l[r] *= alpha[r];
+    }
+#pragma unroll
+    for (int j = 0; j < BC / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        float p = mx[e >> 1] == -INFINITY ? 0.f : __expf(s[j][e] - mx[e >> 1]);
+        s[j][e] = p;
+        l[e >> 1] += p;
+      }
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) {
+      o[i][0] *= alpha[0];
+      o[i][1] *= alpha[0];
+      o[i][2] *= alpha[1];
+      o[i][3] *= alpha[1];
+    }
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) {
+      uint32_t a[4];
+      acc_to_a(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+      for (int i = 0; i < D / 8; i += 2) {
+        uint32_t bb[4];
+        frag_b_cols(bb, Vs + kk * 16 * LD + i * 8, LD, lane);
+        mma16816(o[i], a, bb);
+        mma16816(o[i + 1], a, bb + 2);
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    l[r] += __shfl_xor_sync(0xffffffff, l[r], 1);
+    l[r] += __shfl_xor_sync(0xffffffff, l[r], 2);
+    if (qi[r] >= m.t) continue;
+    float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
+    bf16 *op = out + ((long)(b * m.t + qi[r]) * m.h + hh) * D;
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i)
+      *reinterpret_cast<uint32_t *>(op + i * 8 + 2 * tig) = pack_f(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
+    if (tig == 0) lse[((long)b * m.h + hh) * m.t + qi[r]] = l[r] > 0.f ? mx[r] + logf(l[r]) : INFINITY;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// delta[b, h, i] = sum_d dout[b, i, h, d] * out[b, i, h, d] (f32): a warp per row.
+extern "C" __global__ void flash_delta_bf16(const bf16 *out, const bf16 *dout, float *delta, int b, int h, int t,
+                                            int d) {
+  long row = (long)blockIdx.x * WARPS + threadIdx.x / 32;
+  int lane = threadIdx.x % 32;
+  if (row >= (long)b * t * h) return;
+  const bf16 *o = out + row * d, *g = dout + row * d;
+  float acc = 0.f;
+  for (int i = lane; i < d; i += 32) acc += __bfloat162float(o[i]) * __bfloat162float(g[i]);
+  for (int s = 16; s > 0; s >>= 1) acc += __shfl_xor_sync(0xffffffff, acc, s);
+  // row runs over [b, t, h]; delta is [b, h, t]
+  long bi = row / ((long)t * h), rest = row % ((long)t * h), ti = rest / h, hi = rest % h;
+  if (lane == 0) delta[(bi * h + hi) * t + ti] = acc;
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Keys' and values' gradients: a CTA per (64-key tile, batch x key head, DC-column slice of the gradients);
+// each warp owns 16 keys; the loop runs over the group's query heads and the BR-row query tiles that see
+// the key tile.
+template <int D, int DC, int BR>
+__device__ void backward_kv(const bf16 *q, const bf16 *k, const bf16 *v, const uint8_t *valid,
+                            const bf16 *dout, const float *lse, const float *delta, bf16 *dk, bf16 *dv,
+                            Geometry m) {
+  constexpr int BC = 16 * WARPS, LD = D + 8;
+  extern __shared__ uint4 smem[];
+  // K, V, then two stages of (Q, dO) tiles and their rows' lse and delta
+  bf16 *Ks = reinterpret_cast<bf16 *>(smem), *Vs = Ks + BC * LD, *QG = Vs + BC * LD;
+  float *LD2 = reinterpret_cast<float *>(QG + 4 * BR * LD);
+  const int k0 = blockIdx.x * BC, b = blockIdx.y / m.kvh, kh = blockIdx.y % m.kvh, dc0 = blockIdx.z * DC;
+  const int rep = m.h / m.kvh;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, tig = lane & 3, wk = warp * 16;
+  const uint8_t *vrow = valid + (long)b * m.T;
+  load_tile<BC, D>(Ks, k + b * m.ksb + kh * m.ksh + (long)k0 * m.kst, m.kst, m.T - k0);
+  load_tile<BC, D>(Vs, v + b * m.vsb + kh * m.vsh + (long)k0 * m.vst, m.vst, m.T - k0);
+  const bool padded = __syncthreads_or(padded_key(m, vrow, k0, BC));
+  // queries that see a key of this tile: `tiles` query tiles from qbeg for each of the group's heads
+  const int qbeg = max(0, k0 - m.past) / BR * BR;
+  int qend = m.t;
+  if (m.window > 0) qend = min(m.t, max(0, k0 + BC - 1 + m.window - m.past));
+  const int tiles = qend > qbeg ? (qend - qbeg + BR - 1) / BR : 0;
+  // Loads step `i` (query head, query tile) into `stage`: Q and dO asynchronously, lse and delta directly.
+  auto load_step = [&](int i, int stage) {
+    const int hh = kh * rep + i / tiles, q0 = qbeg + (i % tiles) * BR;
+    bf16 *Qs = QG + stage * 2 * BR * LD, *Gs = Qs + BR * LD;
+    float *Ls = LD2 + stage * 2 * BR;
+    load_tile<BR, D>(Qs, q + b * m.qsb + hh * m.qsh + (long)q0 * m.qst, m.qst, m.t - q0);
+    load_tile<BR, D>(Gs, dout + ((long)b * m.t + q0) * m.h * D + (long)hh * D, (long)m.h * D, m.t - q0);
+    // Rows past the end read lse = delta = 0: their q and dO rows are zeros, so their terms vanish.
+    for (int j = threadIdx.x; j < 2 * BR; j += THREADS) {
+      const int row = j % BR;
+      const bool in = q0 + row < m.t;
+      const float *src = (j < BR ? lse : delta) + ((long)b * m.h + hh) * m.t + (in ? q0 + row : 0);
+      uint32_t dst = (uint32_t)__cvta_generic_to_shared(Ls + j);
+      asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst), "l"(src), "r"(in ? 4 : 0));
+    }
+  };
+  const int steps = rep * tiles;
+  if (steps > 0) load_step(0, 0);
+  commit();
+  float dka[DC / 8][4], dva[DC / 8][4];
+#pragma unroll
+  for (int i = 0; i < DC / 8; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dka[i][e] = dva[i][e] = 0.f;
+  const int kj[2] = {k0 + wk + g, k0 + wk + g + 8};
+  for (int step = 0, stage = 0; step < steps; ++step, stage ^= 1) {
+    {
+      const int q0 = qbeg + (step % tiles) * BR;
+      const bf16 *Qs = QG + stage * 2 * BR * LD, *Gs = Qs + BR * LD;
+      const float *Ls = LD2 + stage * 2 * BR, *Ds = Ls + BR;
+      if (step + 1 < steps) load_step(step + 1, stage ^ 1);
+      commit();
+      wait_groups<1>();
+      __syncthreads();
+      // Queries past the end need no mask: their q and dO rows are zeros, so their terms vanish.
+      const bool open = !padded && block_open(m, q0, BR, k0 + wk, 16);
+      // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys x BR queries
+      float st[BR / 8][4], dpt[BR / 8][4];
+#pragma unroll
+      for (int j = 0; j < BR / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) st[j][e] = dpt[j][e] = 0.f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t ak[4], av[4];
+        frag_a(ak, Ks + wk * LD + kk * 16, LD, lane);
+        frag_a(av, Vs + wk * LD + kk * 16, LD, lane);
+#pragma unroll
+        for (int j = 0; j < BR / 8; j += 2) {
+          uint32_t bq[4], bg[4];
+          frag_b_rows(bq, Qs + j * 8 * LD + kk * 16, LD, lane);
+          frag_b_rows(bg, Gs + j * 8 * LD + kk * 16, LD, lane);
+          mma16816(st[j], ak, bq);
+          mma16816(st[j + 1], ak, bq + 2);
+          mma16816(dpt[j], av, bg);
+          mma16816(dpt[j + 1], av, bg + 2);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < BR / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          int ql = j * 8 + 2 * tig + (e & 1);
+          float dcap;
+          float c = score(m, st[j][e], &dcap);
+          float p = (open || sees(m, vrow, q0 + ql, kj[e >> 1])) ? __expf(c - Ls[ql]) : 0.f;
+          st[j][e] = p;
+          dpt[j][e] = p * (dpt[j][e] - Ds[ql]) * dcap;
+        }
+#pragma unroll
+      for (int kk = 0; kk < BR / 16; ++kk) {
+        uint32_t ap[4], as[4];
+        acc_to_a(ap, st[2 * kk], st[2 * kk + 1]);
+        acc_to_a(as, dpt[2 * kk], dpt[2 * kk + 1]);
+#pragma unroll
+        for (int i = 0; i < DC / 8; i += 2) {
+          uint32_t bg[4], bq[4];
+          frag_b_cols(bg, Gs + kk * 16 * LD + dc0 + i * 8, LD, lane);
+          frag_b_cols(bq, Qs + kk * 16 * LD + dc0 + i * 8, LD, lane);
+          mma16816(dva[i], ap, bg);
+          mma16816(dva[i + 1], ap, bg + 2);
+          mma16816(dka[i], as, bq);
+          mma16816(dka[i + 1], as, bq + 2);
+        }
+      }
+      __syncthreads();
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (kj[r] >= m.T) continue;
+    long row = (((long)b * m.kvh + kh) * m.T + kj[r]) * D + dc0;
+#pragma unroll
+    for (int i = 0; i < DC / 8; ++i) {
+      int c = i * 8 + 2 * tig;
+      *reinterpret_cast<uint32_t *>(dk + row + c) =
+          pack_f(dka[i][2 * r] * m.scale, dka[i][2 * r + 1] * m.scale);
+      *reinterpret_cast<uint32_t *>(dv + row + c) = pack_f(dva[i][2 * r], dva[i][2 * r + 1]);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Queries' gradients: a CTA per (64-row query tile, batch x head); each warp owns 16 rows.
+template <int D, int BC>
+__device__ void backward_q(const bf16 *q, const bf16 *k, const bf16 *v, const uint8_t *valid,
+                           const bf16 *dout, const float *lse, const float *delta, bf16 *dq, Geometry m) {
+  constexpr int BR = 16 * WARPS, LD = D + 8;
+  extern __shared__ uint4 smem[];
+  // Q, dO, then two stages of (K, V) tiles
+  bf16 *Qs = reinterpret_cast<bf16 *>(smem), *Gs = Qs + BR * LD, *KV = Gs + BR * LD;
+  const int r0 = blockIdx.x * BR, b = blockIdx.y / m.h, hh = blockIdx.y % m.h, kh = hh / (m.h / m.kvh);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, tig = lane & 3, wr = warp * 16;
+  const bf16 *kg = k + b * m.ksb + kh * m.ksh, *vg = v + b * m.vsb + kh * m.vsh;
+  const uint8_t *vrow = valid + (long)b * m.T;
+  int kbeg, kend;
+  key_span(m, r0, BR, BC, &kbeg, &kend);
+  load_tile<BR, D>(Qs, q + b * m.qsb + hh * m.qsh + (long)r0 * m.qst, m.qst, m.t - r0);
+  load_tile<BR, D>(Gs, dout + ((long)b * m.t + r0) * m.h * D + (long)hh * D, (long)m.h * D, m.t - r0);
+  if (kbeg < kend) {
+    load_tile<BC, D>(KV, kg + (long)kbeg * m.kst, m.kst, m.T - kbeg);
+    load_tile<BC, D>(KV + BC * LD, vg + (long)kbeg * m.vst, m.vst, m.T - kbeg);
+  }
+  commit();
+  const int qi[2] = {r0 + wr + g, r0 + wr + g + 8};
+  float L[2], Dl[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    long at = ((long)b * m.h + hh) * m.t + qi[r];
+    L[r] = qi[r] < m.t ? lse[at] : INFINITY;
+    Dl[r] = qi[r] < m.t ? delta[at] : 0.f;
+  }
+  float acc[D / 8][4];
+#pragma unroll
+  for (int i = 0; i < D / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+  // each tile's padding flag is read one tile ahead, so that no barrier waits on a global load
+  int next_padded = kbeg < kend ? padded_key(m, vrow, kbeg, BC) : 0;
+  for (int k0 = kbeg, stage = 0; k0 < kend; k0 += BC, stage ^= 1) {
+    const bf16 *Ks = KV + stage * 2 * BC * LD, *Vs = Ks + BC * LD;
+    const int padded = next_padded;
+    if (k0 + BC < kend) {
+      bf16 *next = KV + (stage ^ 1) * 2 * BC * LD;
+      load_tile<BC, D>(next, kg + (long)(k0 + BC) * m.kst, m.kst, m.T - k0 - BC);
+      load_tile<BC, D>(next + BC * LD, vg + (long)(k0 + BC) * m.vst, m.vst, m.T - k0 - BC);
+      next_padded = padded_key(m, vrow, k0 + BC, BC);
+    }
+    commit();
+    wait_groups<1>();
+    const bool open = !__syncthreads_or(padded) && block_open(m, r0 + wr, 16, k0, BC);
+    float s[BC / 8][4], dp[BC / 8][4];
+#pragma unroll
+    for (int j = 0; j < BC / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      uint32_t aq[4], ag[4];
+      frag_a(aq, Qs + wr * LD + kk * 16, LD, lane);
+      frag_a(ag, Gs + wr * LD + kk * 16, LD, lane);
+#pragma unroll
+      for (int j = 0; j < BC / 8; j += 2) {
+        uint32_t bk[4], bv[4];
+        frag_b_rows(bk, Ks + j * 8 * LD + kk * 16, LD, lane);
+        frag_b_rows(bv, Vs + j * 8 * LD + kk * 16, LD, lane);
+        mma16816(s[j], aq, bk);
+        mma16816(s[j + 1], aq, bk + 2);
+        mma16816(dp[j], ag, bv);
+        mma16816(dp[j + 1], ag, bv + 2);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < BC / 8; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        int r = e >> 1;
+        float dcap;
+        float c = score(m, s[j][e], &dcap);
+        float p = (open || sees(m, vrow, qi[r], k0 + j * 8 + 2 * tig + (e & 1))) ? __expf(c - L[r]) : 0.f;
+        s[j][e] = p * (dp[j][e] - Dl[r]) * dcap;
+      }
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) {
+      uint32_t a[4];
+      acc_to_a(a, s[2 * kk], s[2 * kk + 1]);
+#pragma unroll
+      for (int i = 0; i < D / 8; i += 2) {
+        uint32_t bb[4];
+        frag_b_cols(bb, Ks + kk * 16 * LD + i * 8, LD, lane);
+        mma16816(acc[i], a, bb);
+        mma16816(acc[i + 1], a, bb + 2);
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    if (qi[r] >= m.t) continue;
+    bf16 *row = dq + (((long)b * m.h + hh) * m.t + qi[r]) * D;
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i)
+      *reinterpret_cast<uint32_t *>(row + i * 8 + 2 * tig) =
+          pack_f(acc[i][2 * r] * m.scale, acc[i][2 * r + 1] * m.scale);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// One set of entry points per head size. Key tiles are 64 wide up to D = 128 and 32 beyond (registers);
+// the keys' gradients take at most 128 columns per CTA (more run as further CTAs over the same tiles).
+#define KEY_TILE(D) ((D) <= 128 ? 64 : 32)
+#define GRAD_COLS(D) ((D) <= 128 ? (D) : 128)
+#define QUERY_TILE_KV 32
+
+#define ENTRIES(D)                                                                                              \
+  extern "C" __global__ void __launch_bounds__(THREADS) flash_forward_d##D(                                    \
+      const bf16 *q, const bf16 *k, const bf16 *v, const uint8_t *valid, bf16 *out, float *lse, Geometry m) { \
+    forward<D, KEY_TILE(D)>(q, k, v, valid, out, lse, m);                                                      \
+  }                                                                                                             \
+  extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_kv_d##D(                                \
+      const bf16 *q, const bf16 *k, const bf16 *v, const uint8_t *valid, const bf16 *dout, const float *lse,   \
+      const float *delta, bf16 *dk, bf16 *dv, Geometry m) {                                                    \
+    backward_kv<D, GRAD_COLS(D), QUERY_TILE_KV>(q, k, v, valid, dout, lse, delta, dk, dv, m);                  \
+  }                                                                                                             \
+  extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_q_d##D(                                 \
+      const bf16 *q, const bf16 *k, const bf16 *v, const uint8_t *valid, const bf16 *dout, const float *lse,   \
+      const float *delta, bf16 *dq, Geometry m) {                                                              \
+    backward_q<D, KEY_TILE(D)>(q, k, v, valid, dout, lse, delta, dq, m);                                       \
+  }
+
+ENTRIES(16)
+ENTRIES(32)
+ENTRIES(64)
+ENTRIES(128)
+ENTRIES(256)
