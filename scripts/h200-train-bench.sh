@@ -4,9 +4,11 @@
 #   scripts/h200-train-bench.sh train      the CUDA reference tests, then batch 2 x 2048, 1 x 8192 and
 #                                          1 x 16384, qlab then the peer at each shape
 #   scripts/h200-train-bench.sh longest    the longest sequence each side trains at batch 1: doubling from
-#                                          32768 until a run fails, then one bisection between the last
-#                                          length that ran and the first that failed (one timed step each
-#                                          side; the peer's script with its 8 steps cut to 2)
+#                                          START (default 32768) until a run fails, then one bisection
+#                                          between the last length that ran and the first that failed; one
+#                                          step per run, each side (qlab --steps 1; the peer's script with
+#                                          its 8 steps cut to 1). SIDES (default "peer qlab") and LIMIT_S
+#                                          (seconds per run, default 200) bound it.
 # Every run's JSON (or its failure, with the end of its error output) is a line of $OUT/train.jsonl or
 # $OUT/longest.jsonl, and a summary line on standard output.
 # Expects, in the working tree (ignored folders the device call carries):
@@ -54,7 +56,9 @@ run() {
     timeout "$limit" /tmp/qlab-bin/qlab bench train --preset llama-3.1-8b --random-weights --batch "$batch" \
       --seq "$seq" --steps "$steps" --device cuda:0 --json > "$log.json" 2> "$log.err"
   else
-    sed "s/int(sys.argv\[3\]), 8$/int(sys.argv[3]), $steps/" .dev/peer/peer_qlora_gpu.py > /tmp/peer.py
+    # $steps steps instead of 8; with fewer than 3 the median is taken over all of them (it skips 2)
+    sed -e "s/int(sys.argv\[3\]), 8$/int(sys.argv[3]), $steps/" \
+      -e "s/times\[2:\]/(times[2:] if len(times) > 2 else times)/g" .dev/peer/peer_qlora_gpu.py > /tmp/peer.py
     PYTHONPATH=/tmp/site timeout "$limit" python3 /tmp/peer.py nf4 "$batch" "$seq" > "$log.json" 2> "$log.err"
   fi
   local status=$?
@@ -72,10 +76,8 @@ case $mode in
     done
     ;;
   longest)
-    for side in ${SIDES:-qlab peer}; do
-      # the peer's script times the median of its steps after the first two: 3 steps time one
-      steps=1; [[ $side == peer ]] && steps=3
-      good=0 seq=32768
+    for side in ${SIDES:-peer qlab}; do
+      steps=1 good=0 seq=${START:-32768}
       while run "$out/longest.jsonl" "$side" 1 "$seq" "$steps" "${LIMIT_S:-200}"; do good=$seq; seq=$((seq * 2)); done
       if ((good > 0)); then
         run "$out/longest.jsonl" "$side" 1 $(((good + seq) / 2)) "$steps" "${LIMIT_S:-200}"

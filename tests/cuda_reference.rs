@@ -581,8 +581,7 @@ fn flash_attention_matches_the_materialized_composition_in_value_and_gradient() 
             Padding::Right => valid[1][keys - keys / 3..].fill(false),
             Padding::Left => valid[1][..keys / 3].fill(false),
         }
-        let mask =
-            AttentionMask::new(valid.clone(), (past, t), window, &dev, DType::BF16).unwrap();
+        let mask = AttentionMask::new(valid.clone(), (past, t), window, &dev, DType::BF16).unwrap();
         // The composition's additive mask, and which queries see any key (a query that sees none outputs
         // zeros: its softmax would spread over masked keys).
         let dense = additive_mask(&valid, past, t, window, &dev).unwrap();
@@ -633,6 +632,9 @@ fn flash_attention_matches_the_materialized_composition_in_value_and_gradient() 
             "t={t} past={past} d={d} heads={h}/{kvh} window={window:?} softcap={softcap:?} {padding:?}"
         );
         eprintln!("flash attention {case}: value {ev:.2e}, gradient {eg:.2e}");
-        assert!(ev < bound && eg < bound, "flash attention {case}: {ev} {eg}");
+        assert!(
+            ev < bound && eg < bound,
+            "flash attention {case}: {ev} {eg}"
+        );
     }
 }

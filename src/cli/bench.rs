@@ -46,6 +46,8 @@ pub struct TrainArgs {
     batch: usize,
     #[arg(long, default_value_t = 256)]
     seq: usize,
+    /// Training steps; the first is warm-up and is timed only when it is the only one (a memory fit
+    /// check at a long sequence).
     #[arg(long, default_value_t = 5)]
     steps: usize,
     /// CPU threads for the matrix kernels.

@@ -105,9 +105,9 @@ impl AdamW {
 /// Runs the benchmark on the CPU or a CUDA device.
 pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
     let device = Device::try_from(s.device)?;
-    if s.steps < 2 || s.batch == 0 || s.seq < 2 {
+    if s.steps == 0 || s.batch == 0 || s.seq < 2 {
         return Err(ModelError::Usage(
-            "need --steps >= 2 (the first is warm-up), --batch >= 1, --seq >= 2".into(),
+            "need --steps >= 1 (the first is warm-up, timed alone only when it is the only one), --batch >= 1, --seq >= 2".into(),
         ));
     }
     #[cfg(feature = "cuda")]
@@ -160,7 +160,8 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
         times.push(t.elapsed().as_secs_f64());
         losses.push(out.loss);
     }
-    let mut warm: Vec<f64> = times[1..].to_vec();
+    // One step (a fit check at a long sequence) is timed warm-up included.
+    let mut warm: Vec<f64> = times[times.len().min(2) - 1..].to_vec();
     warm.sort_by(f64::total_cmp);
     let step_s = warm[warm.len() / 2];
     let warmup_s = times[0];
@@ -226,5 +227,26 @@ mod tests {
         let (d, kv, ff) = (576, 192, 1536);
         let lora = 2 * (2 * (d + d) + 2 * (d + kv) + 3 * (d + ff));
         assert_eq!(report.lora_params, lora);
+    }
+
+    #[test]
+    fn one_step_is_timed_warm_up_included_and_none_is_refused() {
+        let settings = |steps| BenchSettings {
+            model: BenchModel::Preset("smollm2-135m".into()),
+            quant: None,
+            batch: 1,
+            seq: 4,
+            steps,
+            rank: 2,
+            checkpointing: true,
+            save_frozen_products: None,
+            device: DeviceSpec::Cpu,
+            layers: Some(1),
+        };
+        let report = bench_train(&settings(1)).unwrap();
+        assert_eq!(report.step_times_s.len(), 1);
+        assert_eq!(report.step_s, report.warmup_s);
+        let err = bench_train(&settings(0)).unwrap_err().to_string();
+        assert!(err.contains("--steps >= 1"), "{err}");
     }
 }

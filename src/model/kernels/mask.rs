@@ -153,6 +153,8 @@ mod tests {
         assert_eq!(a.id(), m.dense().unwrap().id());
         let f = m.flags().unwrap().to_vec2::<u8>().unwrap();
         assert_eq!(f, vec![vec![1, 1, 0], vec![1, 1, 1]]);
-        assert!(AttentionMask::new(vec![vec![true]], (1, 2), None, &Device::Cpu, DType::F32).is_err());
+        assert!(
+            AttentionMask::new(vec![vec![true]], (1, 2), None, &Device::Cpu, DType::F32).is_err()
+        );
     }
 }

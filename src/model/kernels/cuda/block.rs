@@ -11,8 +11,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CudaStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 
 use super::adapted::{Adapter, Projection};
-use super::heads::{Rotary, merge_heads, split_heads};
 use super::flash::{self, Call};
+use super::heads::{Rotary, merge_heads, split_heads};
 use super::{fused, take_once};
 use crate::model::autograd::grad_carrier::{self, GradSlots};
 use crate::model::config::Activation;

@@ -117,11 +117,7 @@ fn readable(x: &Tensor) -> bool {
 
 /// `x` in a layout [`readable`] accepts.
 pub(super) fn ready(x: &Tensor) -> Result<Tensor> {
-    if readable(x) {
-        Ok(x.clone())
-    } else {
-        x.copy()
-    }
+    if readable(x) { Ok(x.clone()) } else { x.copy() }
 }
 
 fn strides3(l: &Layout) -> [i64; 3] {
@@ -153,12 +149,17 @@ fn geometry(q: &Layout, k: &Layout, v: &Layout, call: &Call) -> Result<(Geometry
         candle_core::bail!("flash attention: {keys} keys for {past} cached + {t} new positions")
     }
     if call.flags.dims() != [b, keys] || !call.flags.is_contiguous() {
-        candle_core::bail!("flash attention: key flags {:?} for [{b}, {keys}]", call.flags.dims())
+        candle_core::bail!(
+            "flash attention: key flags {:?} for [{b}, {keys}]",
+            call.flags.dims()
+        )
     }
     let [q3, k3, v3] = [strides3(q), strides3(k), strides3(v)];
     let (scale, softcap) = call.scale_softcap;
     let g = Geometry {
-        strides: [q3[0], q3[1], q3[2], k3[0], k3[1], k3[2], v3[0], v3[1], v3[2]],
+        strides: [
+            q3[0], q3[1], q3[2], k3[0], k3[1], k3[2], v3[0], v3[1], v3[2],
+        ],
         heads: h as i32,
         kv_heads: kvh as i32,
         t: t as i32,
@@ -174,7 +175,9 @@ fn geometry(q: &Layout, k: &Layout, v: &Layout, call: &Call) -> Result<(Geometry
 fn dims4(l: &Layout, what: &str) -> Result<[usize; 4]> {
     match l.dims() {
         &[a, b, c, d] => Ok([a, b, c, d]),
-        other => candle_core::bail!("flash attention: {what} {other:?} are not [b, heads, tokens, d]"),
+        other => {
+            candle_core::bail!("flash attention: {what} {other:?} are not [b, heads, tokens, d]")
+        }
     }
 }
 
@@ -225,12 +228,23 @@ pub(super) fn forward_storages(
     let f = dev.get_or_load_custom_func(&format!("flash_forward_d{d}"), MODULE, PTX)?;
     allow_shared(&f, smem)?;
     let mut builder = f.builder();
-    builder.arg(&qv).arg(&kv).arg(&vv).arg(&fv).arg(&out).arg(&lse).arg(&g);
+    builder
+        .arg(&qv)
+        .arg(&kv)
+        .arg(&vv)
+        .arg(&fv)
+        .arg(&out)
+        .arg(&lse)
+        .arg(&g);
     // SAFETY: argument types and order match flash_forward_d* in flash.cu; geometry() checked the shapes,
     // `readable` layouts and the mask's length; the grid covers every query row of every head.
     unsafe { builder.launch(launch_config((t.div_ceil(ROWS), b * h, 1), smem)) }.w()?;
     let lse = wrap(lse, &dev, (b, h, t));
-    Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((b, t, h * d)), lse))
+    Ok((
+        CudaStorage::wrap_cuda_slice(out, dev),
+        Shape::from((b, t, h * d)),
+        lse,
+    ))
 }
 
 /// The forward on tensors (no autograd): the merged output `[b, t, h * d]` and the log-sum-exp.
@@ -259,7 +273,11 @@ pub(super) fn backward(
     dout: &Tensor,
     call: &Call,
 ) -> Result<(Tensor, Tensor, Tensor)> {
-    let (q, k, v) = (ready(&q.detach())?, ready(&k.detach())?, ready(&v.detach())?);
+    let (q, k, v) = (
+        ready(&q.detach())?,
+        ready(&k.detach())?,
+        ready(&v.detach())?,
+    );
     let (out, dout, lse) = (out.contiguous()?, dout.contiguous()?, lse.contiguous()?);
     let (oq, ok, ov) = (
         Operand::of(&q, DType::BF16, "q")?,
@@ -293,7 +311,14 @@ pub(super) fn backward(
     let f = dev.get_or_load_custom_func("flash_delta_bf16", MODULE, PTX)?;
     let (bi, hi, ti, di) = (b as i32, h as i32, t as i32, d as i32);
     let mut builder = f.builder();
-    builder.arg(&outv).arg(&doutv).arg(&delta).arg(&bi).arg(&hi).arg(&ti).arg(&di);
+    builder
+        .arg(&outv)
+        .arg(&doutv)
+        .arg(&delta)
+        .arg(&bi)
+        .arg(&hi)
+        .arg(&ti)
+        .arg(&di);
     // SAFETY: argument types match flash_delta_bf16; out and dout hold b * t * h rows of d (checked above).
     unsafe { builder.launch(launch_config(((b * t * h).div_ceil(WARPS), 1, 1), 0)) }.w()?;
 
@@ -305,10 +330,23 @@ pub(super) fn backward(
     let f = dev.get_or_load_custom_func(&format!("flash_backward_kv_d{d}"), MODULE, PTX)?;
     allow_shared(&f, smem)?;
     let mut builder = f.builder();
-    builder.arg(&qv).arg(&kv).arg(&vv).arg(&fv).arg(&doutv).arg(&ol).arg(&delta);
+    builder
+        .arg(&qv)
+        .arg(&kv)
+        .arg(&vv)
+        .arg(&fv)
+        .arg(&doutv)
+        .arg(&ol)
+        .arg(&delta);
     builder.arg(&dk).arg(&dv).arg(&g);
     // SAFETY: argument types and order match flash_backward_kv_d*; dk and dv hold [b, kvh, T, d].
-    unsafe { builder.launch(launch_config((keys.div_ceil(ROWS), b * kvh, d / cols), smem)) }.w()?;
+    unsafe {
+        builder.launch(launch_config(
+            (keys.div_ceil(ROWS), b * kvh, d / cols),
+            smem,
+        ))
+    }
+    .w()?;
 
     let dq = dev.alloc_zeros::<bf16>(b * h * t * d)?;
     // q, dout, then two stages of k and v tiles
@@ -316,7 +354,14 @@ pub(super) fn backward(
     let f = dev.get_or_load_custom_func(&format!("flash_backward_q_d{d}"), MODULE, PTX)?;
     allow_shared(&f, smem)?;
     let mut builder = f.builder();
-    builder.arg(&qv).arg(&kv).arg(&vv).arg(&fv).arg(&doutv).arg(&ol).arg(&delta);
+    builder
+        .arg(&qv)
+        .arg(&kv)
+        .arg(&vv)
+        .arg(&fv)
+        .arg(&doutv)
+        .arg(&ol)
+        .arg(&delta);
     builder.arg(&dq).arg(&g);
     // SAFETY: argument types and order match flash_backward_q_d*; dq holds [b, h, t, d].
     unsafe { builder.launch(launch_config((t.div_ceil(ROWS), b * h, 1), smem)) }.w()?;
