@@ -1,0 +1,193 @@
+# The flash attention kernels (src/model/kernels/cuda/flash.ptx) alone, on a GPU with PyTorch, no Rust build:
+# loads the PTX through the driver API, checks values, log-sum-exp and gradients against float32 torch (head
+# sizes 16-256, lengths off the tiles, grouped heads, windows, soft-caps, both paddings, cached keys), then
+# times forward and forward + backward against torch's scaled_dot_product_attention at Llama-3.1-8B's
+# attention shape (32 query heads, 8 key heads, d = 128) and at d = 256.
+#   python3 scripts/flash_ptx_check.py src/model/kernels/cuda/flash.ptx
+# Shared-memory sizes and grids follow src/model/kernels/cuda/flash.rs; keep the two in step.
+import ctypes, math, sys, time, json
+import torch
+
+cuda = ctypes.CDLL("libcuda.so.1")
+torch.cuda.init()
+torch.zeros(1, device="cuda")
+ptx = open(sys.argv[1], "rb").read() + b"\0"
+mod = ctypes.c_void_p()
+assert cuda.cuModuleLoadData(ctypes.byref(mod), ptx) == 0, "load"
+
+
+class Geometry(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_int64) for n in "qsb qsh qst ksb ksh kst vsb vsh vst".split()] + [
+        (n, ctypes.c_int32) for n in "h kvh t T past window".split()] + [("scale", ctypes.c_float), ("softcap", ctypes.c_float)]
+
+
+funcs = {}
+
+
+def func(name, smem):
+    if name not in funcs:
+        f = ctypes.c_void_p()
+        assert cuda.cuModuleGetFunction(ctypes.byref(f), mod, name.encode()) == 0, name
+        r = cuda.cuFuncSetAttribute(f, 8, smem)
+        assert r == 0, ("attr", r)
+        funcs[name] = f
+    return funcs[name]
+
+
+def launch(name, grid, smem, args):
+    f = func(name, max(smem, 48 * 1024))
+    holders = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            holders.append(ctypes.c_void_p(a.data_ptr()))
+        elif isinstance(a, Geometry):
+            holders.append(a)
+        elif isinstance(a, int):
+            holders.append(ctypes.c_int32(a))
+        else:
+            raise TypeError(a)
+    arr = (ctypes.c_void_p * len(holders))(*[ctypes.cast(ctypes.pointer(h), ctypes.c_void_p) for h in holders])
+    stream = torch.cuda.current_stream().cuda_stream
+    r = cuda.cuLaunchKernel(f, *grid, 128, 1, 1, smem, ctypes.c_void_p(stream), arr, None)
+    assert r == 0, (name, r)
+
+
+def key_tile(D): return 64 if D <= 128 else 32
+
+
+def flash(q, k, v, valid, past, window, scale, softcap):
+    b, h, t, D = q.shape
+    kvh, T = k.shape[1], k.shape[2]
+    g = Geometry(*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], h, kvh, t, T, past, window, scale, softcap or 0.0)
+    out = torch.empty(b, t, h, D, dtype=torch.bfloat16, device="cuda")
+    lse = torch.empty(b, h, t, dtype=torch.float32, device="cuda")
+    bc = key_tile(D)
+    launch(f"flash_forward_d{D}", ((t + 63) // 64, b * h, 1), (64 + 4 * bc) * (D + 8) * 2, [q, k, v, valid, out, lse, g])
+    return out, lse, g
+
+
+def flash_bwd(q, k, v, valid, out, lse, dout, g):
+    b, h, t, D = q.shape
+    kvh, T = k.shape[1], k.shape[2]
+    delta = torch.empty(b, h, t, dtype=torch.float32, device="cuda")
+    launch("flash_delta_bf16", ((b * t * h + 3) // 4, 1, 1), 0, [out, dout, delta, b, h, t, D])
+    dq = torch.empty_like(q, memory_format=torch.contiguous_format)
+    dk = torch.empty(b, kvh, T, D, dtype=torch.bfloat16, device="cuda")
+    dv = torch.empty_like(dk)
+    dc = min(D, 128)
+    launch(f"flash_backward_kv_d{D}", ((T + 63) // 64, b * kvh, D // dc), (128 + 128) * (D + 8) * 2 + 128 * 4,
+           [q, k, v, valid, dout, lse, delta, dk, dv, g])
+    bc = key_tile(D)
+    launch(f"flash_backward_q_d{D}", ((t + 63) // 64, b * h, 1), (128 + 4 * bc) * (D + 8) * 2,
+           [q, k, v, valid, dout, lse, delta, dq, g])
+    return dq, dk, dv
+
+
+def reference(q, k, v, valid, past, window, scale, softcap):
+    b, h, t, D = q.shape
+    kvh, T = k.shape[1], k.shape[2]
+    rep = h // kvh
+    kr = k.repeat_interleave(rep, 1)
+    vr = v.repeat_interleave(rep, 1)
+    s = (q * scale) @ kr.transpose(-1, -2)
+    if softcap:
+        s = softcap * torch.tanh(s / softcap)
+    qa = torch.arange(t, device="cuda")[:, None] + past
+    kj = torch.arange(T, device="cuda")[None, :]
+    allow = (kj <= qa)
+    if window:
+        allow = allow & (kj > qa - window)
+    allow = allow[None, None] & (valid[:, None, None, :] != 0)
+    s = s.masked_fill(~allow, float("-inf"))
+    any_ = allow.any(-1, keepdim=True)
+    p = torch.softmax(s.masked_fill(~any_, 0.0), -1) * any_
+    o = p @ vr
+    lse = torch.logsumexp(s, -1)
+    return o.transpose(1, 2).contiguous(), lse
+
+
+def rel(a, b):
+    return ((a.float() - b.float()).norm() / (b.float().norm() + 1e-12)).item()
+
+
+def check(b, h, kvh, t, D, past=0, window=0, softcap=None, pad=None, seed=0):
+    torch.manual_seed(seed)
+    T = past + t
+    q = torch.randn(b, h, t, D, device="cuda").bfloat16()
+    k = torch.randn(b, kvh, T, D, device="cuda").bfloat16()
+    v = torch.randn(b, kvh, T, D, device="cuda").bfloat16()
+    valid = torch.ones(b, T, dtype=torch.uint8, device="cuda")
+    if pad == "right":
+        valid[-1, T - T // 3:] = 0
+    elif pad == "left":
+        valid[-1, : T // 3] = 0
+    scale = D ** -0.5
+    out, lse, g = flash(q, k, v, valid, past, window, scale, softcap)
+    qf, kf, vf = (x.float().requires_grad_() for x in (q, k, v))
+    ro, rl = reference(qf, kf, vf, valid, past, window, scale, softcap)
+    dout = torch.randn_like(ro).bfloat16()
+    # gradient of rows of padded queries count: the reference has zero for fully masked rows as well
+    (ro * dout.float()).sum().backward()
+    dq, dk, dv = flash_bwd(q, k, v, valid, out, lse, dout, g)
+    torch.cuda.synchronize()
+    fin = torch.isfinite(rl)
+    lse_err = (lse[fin] - rl.detach()[fin]).abs().max().item() if fin.any() else 0.0
+    lse_inf_ok = bool((torch.isinf(lse) == ~fin).all())
+    errs = dict(out=rel(out, ro.detach()), dq=rel(dq, qf.grad), dk=rel(dk, kf.grad), dv=rel(dv, vf.grad))
+    ok = all(e < 2e-2 for e in errs.values()) and lse_err < 1e-2 and lse_inf_ok
+    print(json.dumps(dict(case=dict(b=b, h=h, kvh=kvh, t=t, D=D, past=past, window=window, softcap=softcap, pad=pad),
+                          lse=lse_err, lse_inf_ok=lse_inf_ok, ok=ok, **{k: round(v, 5) for k, v in errs.items()})))
+    return ok
+
+
+all_ok = True
+for D in (16, 32, 64, 128, 256):
+    all_ok &= check(2, 4, 2, 100, D, pad="right")
+    all_ok &= check(2, 4, 1, 77, D, pad="left", softcap=2.0 if D != 16 else 30.0)
+    all_ok &= check(1, 4, 2, 130, D, window=37)
+    all_ok &= check(2, 2, 2, 65, D, past=20, pad="left", window=50)
+all_ok &= check(1, 8, 2, 1000, 128, pad="right", softcap=50.0, window=300)
+print("ALL_OK" if all_ok else "FAILED")
+
+
+def bench(t, D=128, h=32, kvh=8, b=1, reps=3):
+    q = torch.randn(b, h, t, D, device="cuda").bfloat16()
+    k = torch.randn(b, kvh, t, D, device="cuda").bfloat16()
+    v = torch.randn(b, kvh, t, D, device="cuda").bfloat16()
+    valid = torch.ones(b, t, dtype=torch.uint8, device="cuda")
+    dout = torch.randn(b, t, h, D, device="cuda").bfloat16()
+    scale = D ** -0.5
+
+    def ours():
+        out, lse, g = flash(q, k, v, valid, 0, 0, scale, None)
+        flash_bwd(q, k, v, valid, out, lse, dout, g)
+
+    qt, kt, vt = (x.detach().clone().requires_grad_() for x in (q, k, v))
+
+    def sdpa():
+        o = torch.nn.functional.scaled_dot_product_attention(qt, kt, vt, is_causal=True, enable_gqa=True)
+        o.backward(dout.transpose(1, 2))
+
+    def ours_fwd():
+        flash(q, k, v, valid, 0, 0, scale, None)
+
+    def sdpa_fwd():
+        with torch.no_grad():
+            torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+    res = {}
+    for name, fn in (("qlab", ours), ("sdpa", sdpa), ("qlab_fwd", ours_fwd), ("sdpa_fwd", sdpa_fwd)):
+        fn(); torch.cuda.synchronize()
+        t0 = time.time()
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+        dt = (time.time() - t0) / reps
+        flops = 4 * b * h * t * t * D / 2 * (1 if name.endswith("fwd") else 3.5)  # causal fwd (2 products) + bwd (5)
+        res[name] = dict(ms=round(dt * 1e3, 2), tflops=round(flops / dt / 1e12, 1))
+    print(json.dumps(dict(bench=dict(t=t, D=D, h=h, kvh=kvh, b=b), **res)))
+
+
+for t in (2048, 8192, 16384):
+    bench(t)
+bench(4096, D=256, h=16, kvh=8)
