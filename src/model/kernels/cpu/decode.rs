@@ -1,6 +1,6 @@
 //! Generation's frozen products on the CPU: a few rows (decoding) times a GGUF weight multiplied in the
 //! weight's quantized form, with no dequantized copy of the weight (activations rounded to 8 bits, as
-//! llama.cpp does): Q4_1 and Q5_0 by [`super::qdot`], every other GGUF type by candle's vec-dot kernels.
+//! llama.cpp does): Q4_1, Q5_0 and Q8_0 by [`super::qdot`], every other GGUF type by candle's kernels.
 
 use candle_core::quantized::QMatMul;
 use candle_core::{Module, Result, Tensor};
