@@ -1,7 +1,6 @@
-//! The input rows rounded to 8 bits by candle's own code (Q8_1 for Q4_1 weights, Q8_0 otherwise), and the
+//! The input rows rounded to 8 bits as candle's own code rounds them (Q8_1 for Q4_1 weights, Q8_0 otherwise), and the
 //! scalar reference: one output computed with candle's arithmetic for the weight type.
 
-use candle_core::quantized::k_quants::{BlockQ8_0, BlockQ8_1, GgmlType};
 use half::f16;
 
 use super::{BLOCK, Format};
@@ -22,65 +21,83 @@ pub(super) struct Activations {
 }
 
 impl Activations {
+    /// `rows` rows of `k` values rounded to the 8-bit type `format` multiplies with, exactly as candle's
+    /// `from_float` rounds them (Q8_1 for Q4_1, Q8_0 otherwise).
     pub fn quantize(format: Format, xs: &[f32], rows: usize, k: usize) -> Self {
         let blocks = k / BLOCK;
         let mut acts = Activations {
             rows,
             blocks,
-            values: Vec::with_capacity(rows * blocks),
-            d: Vec::with_capacity(rows * blocks),
-            s: Vec::with_capacity(rows * blocks),
+            values: vec![[0; BLOCK]; rows * blocks],
+            d: vec![0.0; rows * blocks],
+            s: vec![0.0; rows * blocks],
             offsets: Vec::new(),
         };
-        let mut push = |d: f32, s: Option<f32>, qs: &[u8]| {
-            let mut v = [0i8; BLOCK];
-            v.iter_mut().zip(qs).for_each(|(v, &u)| *v = u as i8);
-            acts.d.push(d);
-            acts.s
-                .push(s.unwrap_or(v.iter().map(|&q| q as i32).sum::<i32>() as f32));
-            if format == Format::Q8_0 {
-                let mut sums = [0i32; 8];
-                for (sum, four) in sums.iter_mut().zip(v.chunks_exact(4)) {
-                    *sum = -128 * four.iter().map(|&q| q as i32).sum::<i32>();
-                }
-                acts.offsets.push(sums);
-            }
-            acts.values.push(v);
-        };
-        match format {
-            Format::Q4_1 => {
-                let q = quantized::<BlockQ8_1>(xs, rows, k);
-                // SAFETY: BlockQ8_1 is `repr(C)` {d: f16, s: f16, qs: [i8; 32]}, 36 bytes without padding
-                // (candle asserts its size), so its blocks may be read as bytes.
-                let bytes =
-                    unsafe { std::slice::from_raw_parts(q.as_ptr().cast::<u8>(), q.len() * 36) };
-                for b in bytes.chunks_exact(36) {
-                    push(f16_at(b, 0), Some(f16_at(b, 2)), &b[4..]);
-                }
-            }
-            Format::Q5_0 | Format::Q8_0 => {
-                let q = quantized::<BlockQ8_0>(xs, rows, k);
-                // SAFETY: BlockQ8_0 is `repr(C)` {d: f16, qs: [i8; 32]}, 34 bytes without padding (candle
-                // asserts its size), so its blocks may be read as bytes.
-                let bytes =
-                    unsafe { std::slice::from_raw_parts(q.as_ptr().cast::<u8>(), q.len() * 34) };
-                for b in bytes.chunks_exact(34) {
-                    push(f16_at(b, 0), None, &b[2..]);
-                }
-            }
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU has AVX2.
+            unsafe { round_blocks_avx2(format, xs, &mut acts) };
+        } else {
+            round_blocks(format, xs, &mut acts);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        round_blocks(format, xs, &mut acts);
+        if format == Format::Q8_0 {
+            acts.offsets = acts
+                .values
+                .iter()
+                .map(|v| {
+                    let mut sums = [0i32; 8];
+                    for (sum, four) in sums.iter_mut().zip(v.chunks_exact(4)) {
+                        *sum = -128 * four.iter().map(|&q| q as i32).sum::<i32>();
+                    }
+                    sums
+                })
+                .collect();
         }
         acts
     }
 }
 
-/// Each row of `xs` rounded to blocks of `T` by candle's own code.
-fn quantized<T: GgmlType>(xs: &[f32], rows: usize, k: usize) -> Vec<T> {
-    let blocks = k / BLOCK;
-    let mut q = vec![T::zeros(); rows * blocks];
-    for (row, dst) in xs.chunks_exact(k).zip(q.chunks_exact_mut(blocks)) {
-        T::from_float(row, dst);
+/// [`round_blocks`] compiled for AVX2 (rounding and products in vectors).
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn round_blocks_avx2(format: Format, xs: &[f32], acts: &mut Activations) {
+    round_blocks(format, xs, acts)
+}
+
+/// candle's `quantize_row_q8_1` / `quantize_row_q8_0`: per block of 32, d = max |x| / 127, each value
+/// `round(x / d)` (multiplied by 1 / d, halves away from zero), and for Q8_1 s = f16(sum) * f16(d) in f16.
+#[inline(always)]
+fn round_blocks(format: Format, xs: &[f32], acts: &mut Activations) {
+    let blocks = xs.chunks_exact(BLOCK);
+    let slots = acts.values.iter_mut().zip(&mut acts.d).zip(&mut acts.s);
+    for (x, ((values, d_out), s_out)) in blocks.zip(slots) {
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut sum = 0i32;
+        for (q, &x) in values.iter_mut().zip(x) {
+            let v = x * id;
+            let t = v.trunc();
+            let rounded = if (v - t).abs() >= 0.5 {
+                t + v.signum()
+            } else {
+                t
+            };
+            *q = rounded as i8;
+            sum += *q as i32;
+        }
+        let d16 = f16::from_f32(d);
+        *d_out = d16.to_f32();
+        *s_out = match format {
+            Format::Q4_1 => (f16::from_f32(sum as f32) * d16).to_f32(),
+            _ => sum as f32,
+        };
     }
-    q
 }
 
 pub(super) fn f16_at(bytes: &[u8], at: usize) -> f32 {

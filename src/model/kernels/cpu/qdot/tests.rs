@@ -57,6 +57,55 @@ fn products_equal_candles_kernels_bit_for_bit() {
     }
 }
 
+/// The blocks candle's `from_float` makes of `xs` (one row), as (values, d, s) with Q8_0's s the values' sum.
+fn candles_rounding(format: Format, xs: &[f32]) -> Vec<([i8; 32], f32, f32)> {
+    use candle_core::quantized::k_quants::{BlockQ8_0, BlockQ8_1, GgmlType};
+    fn blocks<T: GgmlType>(xs: &[f32], size: usize) -> Vec<u8> {
+        let mut q = vec![T::zeros(); xs.len() / 32];
+        T::from_float(xs, &mut q);
+        // SAFETY: candle's Q8 blocks are `repr(C)` without padding, `size` bytes each.
+        unsafe { std::slice::from_raw_parts(q.as_ptr().cast::<u8>(), q.len() * size) }.to_vec()
+    }
+    let values = |qs: &[u8]| std::array::from_fn::<i8, 32, _>(|i| qs[i] as i8);
+    let f16_at = |b: &[u8], at: usize| half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32();
+    match format {
+        Format::Q4_1 => blocks::<BlockQ8_1>(xs, 36)
+            .chunks_exact(36)
+            .map(|b| (values(&b[4..]), f16_at(b, 0), f16_at(b, 2)))
+            .collect(),
+        _ => blocks::<BlockQ8_0>(xs, 34)
+            .chunks_exact(34)
+            .map(|b| {
+                let v = values(&b[2..]);
+                (
+                    v,
+                    f16_at(b, 0),
+                    v.iter().map(|&q| q as i32).sum::<i32>() as f32,
+                )
+            })
+            .collect(),
+    }
+}
+
+#[test]
+fn activations_are_rounded_as_candle_rounds_them() {
+    // Random values, a block of zeros, and halves (127 sets d = 1): rounded away from zero.
+    let mut xs: Vec<f32> = Tensor::randn(0f32, 3.0, 256, &Device::Cpu)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    xs.extend([0.0; 32]);
+    let halves = [0.5, -0.5, 1.5, -2.5, 126.5, -126.5, 0.49999997, -0.49999997];
+    xs.extend((0..32).map(|i| if i == 0 { 127.0 } else { halves[i % 8] }));
+    for format in [Format::Q4_1, Format::Q8_0] {
+        let acts = Activations::quantize(format, &xs, 1, xs.len());
+        let ours: Vec<_> = (0..acts.blocks)
+            .map(|b| (acts.values[b], acts.d[b], acts.s[b]))
+            .collect();
+        assert_eq!(ours, candles_rounding(format, &xs), "{format:?}");
+    }
+}
+
 #[test]
 fn the_scalar_reference_is_candles_arithmetic() {
     for dtype in DTYPES {
