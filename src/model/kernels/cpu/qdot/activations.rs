@@ -21,18 +21,23 @@ pub(super) struct Activations {
 }
 
 impl Activations {
-    /// `rows` rows of `k` values rounded to the 8-bit type `format` multiplies with, exactly as candle's
-    /// `from_float` rounds them (Q8_1 for Q4_1, Q8_0 otherwise).
-    pub fn quantize(format: Format, xs: &[f32], rows: usize, k: usize) -> Self {
+    /// Room for `rows` rows of `k` values, all zero.
+    pub fn unrounded(rows: usize, k: usize) -> Self {
         let blocks = k / BLOCK;
-        let mut acts = Activations {
+        Activations {
             rows,
             blocks,
             values: vec![[0; BLOCK]; rows * blocks],
             d: vec![0.0; rows * blocks],
             s: vec![0.0; rows * blocks],
             offsets: Vec::new(),
-        };
+        }
+    }
+
+    /// `rows` rows of `k` values rounded to the 8-bit type `format` multiplies with, exactly as candle's
+    /// `from_float` rounds them (Q8_1 for Q4_1, Q8_0 otherwise).
+    pub fn quantize(format: Format, xs: &[f32], rows: usize, k: usize) -> Self {
+        let mut acts = Self::unrounded(rows, k);
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU has AVX2.
@@ -59,20 +64,68 @@ impl Activations {
     }
 }
 
-/// [`round_blocks`] compiled for AVX2 (rounding and products in vectors).
+/// [`round_blocks`] with AVX2 vectors, to the same bits: the maximum ignores NaN as `f32::max` does, and the
+/// rounding clamps to -128..127 and sends NaN to 0 as Rust's `as i8` does.
 ///
 /// # Safety
 /// The CPU must have AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn round_blocks_avx2(format: Format, xs: &[f32], acts: &mut Activations) {
-    round_blocks(format, xs, acts)
+pub(super) unsafe fn round_blocks_avx2(format: Format, xs: &[f32], acts: &mut Activations) {
+    use std::arch::x86_64::*;
+    let blocks = xs.chunks_exact(BLOCK);
+    let slots = acts.values.iter_mut().zip(&mut acts.d).zip(&mut acts.s);
+    let sign = _mm256_set1_ps(-0.0);
+    for (x, ((values, d_out), s_out)) in blocks.zip(slots) {
+        // SAFETY: a block holds 4 vectors of 8 floats.
+        let v = [0, 1, 2, 3].map(|i| unsafe { _mm256_loadu_ps(x[8 * i..].as_ptr()) });
+        let mut max = _mm256_setzero_ps();
+        for v in v {
+            // maxps returns its second operand when one is NaN: the running maximum.
+            max = _mm256_max_ps(_mm256_andnot_ps(sign, v), max);
+        }
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` holds 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), max) };
+        let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+        let mut total = _mm256_setzero_si256();
+        let mut ints = [0i32; BLOCK];
+        for (i, v) in v.into_iter().enumerate() {
+            let v = _mm256_mul_ps(v, id);
+            let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
+            let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
+            let away = _mm256_cmp_ps::<_CMP_GE_OQ>(frac, _mm256_set1_ps(0.5));
+            let one = _mm256_or_ps(_mm256_and_ps(v, sign), _mm256_set1_ps(1.0));
+            let r = _mm256_add_ps(t, _mm256_and_ps(away, one));
+            let r = _mm256_min_ps(
+                _mm256_max_ps(r, _mm256_set1_ps(-128.0)),
+                _mm256_set1_ps(127.0),
+            );
+            let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
+            let q = _mm256_cvtps_epi32(r);
+            total = _mm256_add_epi32(total, q);
+            // SAFETY: `ints` holds 32 i32.
+            unsafe { _mm256_storeu_si256(ints[8 * i..].as_mut_ptr().cast(), q) };
+        }
+        values.iter_mut().zip(ints).for_each(|(q, i)| *q = i as i8);
+        let mut sums = [0i32; 8];
+        // SAFETY: `sums` holds 8 i32.
+        unsafe { _mm256_storeu_si256(sums.as_mut_ptr().cast(), total) };
+        let sum: i32 = sums.iter().sum();
+        let d16 = f16::from_f32(d);
+        *d_out = d16.to_f32();
+        *s_out = match format {
+            Format::Q4_1 => (f16::from_f32(sum as f32) * d16).to_f32(),
+            _ => sum as f32,
+        };
+    }
 }
 
 /// candle's `quantize_row_q8_1` / `quantize_row_q8_0`: per block of 32, d = max |x| / 127, each value
 /// `round(x / d)` (multiplied by 1 / d, halves away from zero), and for Q8_1 s = f16(sum) * f16(d) in f16.
-#[inline(always)]
-fn round_blocks(format: Format, xs: &[f32], acts: &mut Activations) {
+pub(super) fn round_blocks(format: Format, xs: &[f32], acts: &mut Activations) {
     let blocks = xs.chunks_exact(BLOCK);
     let slots = acts.values.iter_mut().zip(&mut acts.d).zip(&mut acts.s);
     for (x, ((values, d_out), s_out)) in blocks.zip(slots) {

@@ -3,7 +3,7 @@ use std::sync::Arc;
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Module, Tensor};
 
-use super::activations::{Activations, dot_scalar};
+use super::activations::{self, Activations, dot_scalar};
 use super::packed::Packed;
 use super::*;
 
@@ -89,7 +89,8 @@ fn candles_rounding(format: Format, xs: &[f32]) -> Vec<([i8; 32], f32, f32)> {
 
 #[test]
 fn activations_are_rounded_as_candle_rounds_them() {
-    // Random values, a block of zeros, and halves (127 sets d = 1): rounded away from zero.
+    // Random values, a block of zeros, halves (127 sets d = 1: rounded away from zero), a NaN, an infinity,
+    // and values so small that 1 / d overflows.
     let mut xs: Vec<f32> = Tensor::randn(0f32, 3.0, 256, &Device::Cpu)
         .unwrap()
         .to_vec1()
@@ -97,12 +98,30 @@ fn activations_are_rounded_as_candle_rounds_them() {
     xs.extend([0.0; 32]);
     let halves = [0.5, -0.5, 1.5, -2.5, 126.5, -126.5, 0.49999997, -0.49999997];
     xs.extend((0..32).map(|i| if i == 0 { 127.0 } else { halves[i % 8] }));
+    xs.extend((0..32).map(|i| if i == 3 { f32::NAN } else { i as f32 - 9.0 }));
+    xs.extend((0..32).map(|i| if i == 5 { f32::NEG_INFINITY } else { i as f32 }));
+    xs.extend((0..32).map(|i| (i as f32 - 16.0) * 1e-40));
+    let k = xs.len();
+    let bits = |acts: &Activations| -> Vec<_> {
+        (0..acts.blocks)
+            .map(|b| (acts.values[b], acts.d[b].to_bits(), acts.s[b].to_bits()))
+            .collect()
+    };
     for format in [Format::Q4_1, Format::Q8_0] {
-        let acts = Activations::quantize(format, &xs, 1, xs.len());
-        let ours: Vec<_> = (0..acts.blocks)
-            .map(|b| (acts.values[b], acts.d[b], acts.s[b]))
+        let want: Vec<_> = candles_rounding(format, &xs)
+            .into_iter()
+            .map(|(v, d, s)| (v, d.to_bits(), s.to_bits()))
             .collect();
-        assert_eq!(ours, candles_rounding(format, &xs), "{format:?}");
+        let mut scalar = Activations::unrounded(1, k);
+        activations::round_blocks(format, &xs, &mut scalar);
+        assert_eq!(bits(&scalar), want, "{format:?} scalar");
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            let mut avx2 = Activations::unrounded(1, k);
+            // SAFETY: the CPU has AVX2.
+            unsafe { activations::round_blocks_avx2(format, &xs, &mut avx2) };
+            assert_eq!(bits(&avx2), want, "{format:?} avx2");
+        }
     }
 }
 
