@@ -129,10 +129,13 @@ pub fn matmul(x: &Tensor, w: &Arc<QTensor>) -> Result<Option<Tensor>> {
     let acts = Activations::quantize(format, &xs, m, k);
     let packed = packed::cached(w, format, isa)?;
     let out_t = product(&packed, &acts, w)?;
-    Tensor::from_vec(out_t, (n, m), &Device::Cpu)?
-        .t()?
-        .contiguous()
-        .map(Some)
+    let mut out = vec![0f32; m * n];
+    for (c, column) in out_t.chunks_exact(m.max(1)).enumerate() {
+        for (r, &y) in column.iter().enumerate() {
+            out[r * n + c] = y;
+        }
+    }
+    Tensor::from_vec(out, (m, n), &Device::Cpu).map(Some)
 }
 
 /// Outputs column-major (`out[c * rows + r]`): packed groups in parallel, then the columns after the last
