@@ -48,12 +48,34 @@ fn broadcast(values: &[i8; 32], j: usize) -> __m512i {
     _mm512_set1_epi32(four)
 }
 
-/// Q4_1 and Q5_0: each block unpacked once, then its exact integer dot product with every row, and
-/// candle's f32 terms added block after block.
+/// Q4_1 and Q5_0: rows four at a time (their sums in registers), each block unpacked once for them, its
+/// exact integer dot product with each row, and candle's f32 terms added block after block.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 fn nibbles_group(format: Format, tiles: &[u8], acts: &Activations, dst: &mut [f32]) {
+    let mut first = 0;
+    while first < acts.rows {
+        let left = acts.rows - first;
+        match left {
+            1 => nibbles_rows::<1>(format, tiles, acts, first, dst),
+            2 => nibbles_rows::<2>(format, tiles, acts, first, dst),
+            3 => nibbles_rows::<3>(format, tiles, acts, first, dst),
+            _ => nibbles_rows::<4>(format, tiles, acts, first, dst),
+        }
+        first += left.min(4);
+    }
+}
+
+/// [`nibbles_group`] for rows `first..first + R`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+fn nibbles_rows<const R: usize>(
+    format: Format,
+    tiles: &[u8],
+    acts: &Activations,
+    first: usize,
+    dst: &mut [f32],
+) {
     let tile_bytes = format.bytes() * LANES;
-    let mut acc = vec![_mm512_setzero_ps(); acts.rows];
+    let mut acc = [_mm512_setzero_ps(); R];
     let low = _mm512_set1_epi8(0x0f);
     for (b, tile) in tiles.chunks_exact(tile_bytes).enumerate() {
         let mut w = [_mm512_setzero_si512(); 8];
@@ -82,8 +104,8 @@ fn nibbles_group(format: Format, tiles: &[u8], acts: &Activations, dst: &mut [f3
             },
             _ => _mm512_setzero_ps(),
         };
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let a = r * acts.blocks + b;
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let a = (first + i) * acts.blocks + b;
             let y = &acts.values[a];
             let (mut even, mut odd) = (_mm512_setzero_si512(), _mm512_setzero_si512());
             for j in (0..8).step_by(2) {
@@ -107,8 +129,8 @@ fn nibbles_group(format: Format, tiles: &[u8], acts: &Activations, dst: &mut [f3
             *acc = _mm512_add_ps(*acc, term);
         }
     }
-    for (r, acc) in acc.into_iter().enumerate() {
-        store(acc, r, acts.rows, dst);
+    for (i, acc) in acc.into_iter().enumerate() {
+        store(acc, first + i, acts.rows, dst);
     }
 }
 
