@@ -91,6 +91,22 @@ mod tests {
             pad_id: tok.pad_id(),
         };
         let mut model = open_model(&path, Quant::None, None, &Device::Cpu).unwrap();
+        // One prompt of fewer than 33 tokens: every product of its forward pass is a quantized one.
+        let ids = Tensor::new(prompts[0].as_slice(), &Device::Cpu)
+            .and_then(|t| t.unsqueeze(0))
+            .unwrap();
+        let mut logits = |candle_only: bool| -> Vec<u32> {
+            CANDLE_ONLY.set(candle_only);
+            let l = model.forward(&ids, 0, None).and_then(|l| l.flatten_all());
+            CANDLE_ONLY.set(false);
+            let l = l.and_then(|l| l.to_vec1::<f32>()).unwrap();
+            l.iter().map(|v| v.to_bits()).collect()
+        };
+        let (ours_logits, candle_logits) = (logits(false), logits(true));
+        assert!(
+            ours_logits == candle_logits,
+            "the logits differ in their bits"
+        );
         let ours = generate(&mut model, &prompts, &opts, &mut |_| {})
             .unwrap()
             .0;
