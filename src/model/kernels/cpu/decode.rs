@@ -1,6 +1,6 @@
 //! Generation's frozen products on the CPU: a few rows (decoding) times a GGUF weight multiplied in the
 //! weight's quantized form, with no dequantized copy of the weight (activations rounded to 8 bits, as
-//! llama.cpp does): Q4_1 and Q5_0 by [`super::qdot`], every other GGUF type by candle's vec-dot kernels.
+//! llama.cpp does): Q4_1, Q5_0 and Q8_0 by [`super::qdot`], every other GGUF type by candle's kernels.
 
 use candle_core::quantized::QMatMul;
 use candle_core::{Module, Result, Tensor};
@@ -24,7 +24,11 @@ pub fn product(linear: &FrozenLinear, x: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let x2 = x.reshape((rows, inp))?;
-    let y = match qdot::matmul(&x2, q)? {
+    let ours = match candle_only() {
+        true => None,
+        false => qdot::matmul(&x2, q)?,
+    };
+    let y = match ours {
         Some(y) => y,
         None => QMatMul::from_arc(q.clone())?.forward(&x2)?,
     };
@@ -33,4 +37,85 @@ pub fn product(linear: &FrozenLinear, x: &Tensor) -> Result<Option<Tensor>> {
         *last = out;
     }
     linear.attach(x, y.reshape(dims)?, None).map(Some)
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Tests: candle's `QMatMul` for every GGUF weight multiplied on this thread (the kernels' reference).
+    static CANDLE_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn candle_only() -> bool {
+    #[cfg(test)]
+    return CANDLE_ONLY.get();
+    #[cfg(not(test))]
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Tensor};
+
+    use super::CANDLE_ONLY;
+    use crate::model::Quant;
+    use crate::model::generate::{CausalLm, GenerateOptions, Sampling, generate, open_model};
+    use crate::model::text::chat::{ChatTemplate, Message};
+    use crate::model::text::tokenizer::Tokenizer;
+    use crate::source::{ResolveOptions, demo_model};
+
+    /// The demo model (Q4_1 projections, Q8_0 head) answers chat questions, as a padded batch, with the
+    /// same tokens through the quantized products as through candle's `QMatMul`, and a prompt's logits are the
+    /// same to the bit.
+    #[test]
+    fn the_demo_models_greedy_answers_are_candles_token_for_token() {
+        let path = ResolveOptions::from_env()
+            .ok()
+            .and_then(|opts| demo_model().resolve(&opts).ok());
+        let Some(path) = path else {
+            eprintln!("skipped: the demo model is not available");
+            return;
+        };
+        let tok = Tokenizer::load(&path).unwrap();
+        let chat = ChatTemplate::from_tokenizer(&tok).unwrap();
+        let prompts: Vec<Vec<u32>> = ["What is 12 * 7?", "Name three colours of the rainbow."]
+            .iter()
+            .map(|q| {
+                let text = chat.render(&[Message::user(*q)], true).unwrap();
+                tok.encode(&text, false).unwrap()
+            })
+            .collect();
+        let opts = GenerateOptions {
+            max_new_tokens: 40,
+            sampling: Sampling::Greedy,
+            stop_ids: tok.stop_ids().to_vec(),
+            pad_id: tok.pad_id(),
+        };
+        let mut model = open_model(&path, Quant::None, None, &Device::Cpu).unwrap();
+        // One prompt of fewer than 33 tokens: every product of its forward pass is a quantized one.
+        let ids = Tensor::new(prompts[0].as_slice(), &Device::Cpu)
+            .and_then(|t| t.unsqueeze(0))
+            .unwrap();
+        let mut logits = |candle_only: bool| -> Vec<u32> {
+            CANDLE_ONLY.set(candle_only);
+            let l = model.forward(&ids, 0, None).and_then(|l| l.flatten_all());
+            CANDLE_ONLY.set(false);
+            let l = l.and_then(|l| l.to_vec1::<f32>()).unwrap();
+            l.iter().map(|v| v.to_bits()).collect()
+        };
+        let (ours_logits, candle_logits) = (logits(false), logits(true));
+        assert!(
+            ours_logits == candle_logits,
+            "the logits differ in their bits"
+        );
+        let ours = generate(&mut model, &prompts, &opts, &mut |_| {})
+            .unwrap()
+            .0;
+        CANDLE_ONLY.set(true);
+        let candle = generate(&mut model, &prompts, &opts, &mut |_| {})
+            .unwrap()
+            .0;
+        CANDLE_ONLY.set(false);
+        assert!(ours.iter().all(|g| g.ids.len() > 2), "{ours:?}");
+        assert_eq!(ours, candle);
+    }
 }
