@@ -10,11 +10,8 @@
 # usage (on the GPU machine): scripts/h200-generate-bench.sh   (OUT defaults to ./out)
 set -uo pipefail
 out=${OUT:-out}
-mkdir -p "$out" /tmp/qlab-bin
-export LD_LIBRARY_PATH=/usr/lib:/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}
-for b in qlab cuda_reference; do gunzip -c ".dev/$b.gz" > "/tmp/qlab-bin/$b" && chmod +x "/tmp/qlab-bin/$b"; done
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+# shellcheck source=scripts/h200-setup.sh
+source "$(dirname "$0")/h200-setup.sh"
 QLAB_FIXTURES=tests/fixtures/models /tmp/qlab-bin/cuda_reference --test-threads 1 2>&1 | tail -25 | tee "$out/cuda_reference.txt"
 for batch in 1 10; do
   /tmp/qlab-bin/qlab bench generate --preset llama-3.1-8b --random-weights --batch "$batch" --prompt 128 --new 128 \

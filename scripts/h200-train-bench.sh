@@ -18,11 +18,8 @@
 set -uo pipefail
 mode=${1:?usage: scripts/h200-train-bench.sh train|longest}
 out=${OUT:-out}
-mkdir -p "$out" /tmp/qlab-bin
-export LD_LIBRARY_PATH=/usr/lib:/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}
-for b in qlab cuda_reference; do gunzip -c ".dev/$b.gz" > "/tmp/qlab-bin/$b" && chmod +x "/tmp/qlab-bin/$b"; done
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+# shellcheck source=scripts/h200-setup.sh
+source "$(dirname "$0")/h200-setup.sh"
 commit=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 
 # record FILE SIDE BATCH SEQ EXIT LOG: one line of results (the run's JSON, or its exit status and the end
