@@ -29,7 +29,7 @@ record() {
 import json, sys, datetime
 file, side, batch, seq, status, log, commit = sys.argv[1:]
 line = {"side": side, "batch": int(batch), "seq": int(seq), "ok": status == "0",
-        "date": datetime.datetime.utcnow().strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": commit}
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": commit}
 try:
     line["result"] = json.loads(open(log + ".json").read().strip().splitlines()[-1] if side == "peer"
                                 else open(log + ".json").read())

@@ -107,17 +107,20 @@ impl<'a> Operand<'a> {
     }
 }
 
-/// Whether a `[b, heads, tokens, d]` layout is one the kernels read in place (contiguous rows of `d`,
-/// 16-byte aligned); others are copied first.
-fn readable(x: &Tensor) -> bool {
-    let l = x.layout();
+/// Whether a `[b, heads, tokens, d]` bf16 layout is one the kernels read in place: contiguous rows of `d`
+/// starting on 16-byte boundaries (the kernels load 8 values at a time).
+fn readable(l: &Layout) -> bool {
     let s = l.stride();
-    x.rank() == 4 && s[3] == 1 && l.start_offset() % 8 == 0 && s[..3].iter().all(|v| v % 8 == 0)
+    s.len() == 4 && s[3] == 1 && l.start_offset() % 8 == 0 && s[..3].iter().all(|v| v % 8 == 0)
 }
 
-/// `x` in a layout [`readable`] accepts.
+/// `x` in a layout [`readable`] accepts: itself, or a fresh contiguous copy.
 pub(super) fn ready(x: &Tensor) -> Result<Tensor> {
-    if readable(x) { Ok(x.clone()) } else { x.copy() }
+    if readable(x.layout()) {
+        Ok(x.clone())
+    } else {
+        x.force_contiguous()
+    }
 }
 
 fn strides3(l: &Layout) -> [i64; 3] {
@@ -129,6 +132,11 @@ fn strides3(l: &Layout) -> [i64; 3] {
 /// the mask.
 fn geometry(q: &Layout, k: &Layout, v: &Layout, call: &Call) -> Result<(Geometry, [usize; 3])> {
     let [b, h, t, d] = dims4(q, "queries")?;
+    if ![q, k, v].iter().all(|l| readable(l)) {
+        candle_core::bail!(
+            "flash attention: q, k and v need rows of d on 16-byte boundaries (see `ready`)"
+        )
+    }
     let [kb, kvh, keys, kd] = dims4(k, "keys")?;
     if dims4(v, "values")? != [kb, kvh, keys, kd] || kb != b || kd != d {
         candle_core::bail!(
@@ -237,7 +245,7 @@ pub(super) fn forward_storages(
         .arg(&lse)
         .arg(&g);
     // SAFETY: argument types and order match flash_forward_d* in flash.cu; geometry() checked the shapes,
-    // `readable` layouts and the mask's length; the grid covers every query row of every head.
+    // the layouts' alignment and the mask's length; the grid covers every query row of every head.
     unsafe { builder.launch(launch_config((t.div_ceil(ROWS), b * h, 1), smem)) }.w()?;
     let lse = wrap(lse, &dev, (b, h, t));
     Ok((
