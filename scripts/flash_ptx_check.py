@@ -4,6 +4,7 @@
 # times forward and forward + backward against torch's scaled_dot_product_attention at Llama-3.1-8B's
 # attention shape (32 query heads, 8 key heads, d = 128) and at d = 256.
 #   python3 scripts/flash_ptx_check.py src/model/kernels/cuda/flash.ptx
+# (QLAB_FLASH_BENCH_ONLY=1 skips the checks, QLAB_FLASH_NO_SDPA=1 the timing of PyTorch's kernel)
 # Shared-memory sizes and grids follow src/model/kernels/cuda/flash.rs; keep the two in step.
 import ctypes, math, sys, time, json
 import torch
@@ -52,7 +53,16 @@ def launch(name, grid, smem, args):
     assert r == 0, (name, r)
 
 
-def key_tile(D): return 64 if D <= 128 else 32
+# Tile choices per head size, as flash.cu's ENTRIES make them (QLAB_FLASH_TILES="fwd_mt,fwd_tile,bq_mt,bq_tile,kv_rows"
+# checks a PTX built with the matching -D FWD_MT=.. -D FWD_TILE=.. -D BQ_MT=.. -D BQ_TILE=.. -D QUERY_TILE_KV=..).
+import os
+FWD_MT, FWD_TILE, BQ_MT, BQ_TILE, KV_ROWS = (int(x) for x in os.environ.get("QLAB_FLASH_TILES", "2,64,2,32,64").split(","))
+
+
+def fwd_rows(D): return 64 * (FWD_MT if D <= 128 else 1)
+def fwd_tile(D): return FWD_TILE if D <= 128 else 32
+def bq_rows(D): return 64 * (BQ_MT if D <= 128 else 1)
+def bq_tile(D): return BQ_TILE if D <= 128 else 32
 
 
 def flash(q, k, v, valid, past, window, scale, softcap):
@@ -61,12 +71,12 @@ def flash(q, k, v, valid, past, window, scale, softcap):
     g = Geometry(*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], h, kvh, t, T, past, window, scale, softcap or 0.0)
     out = torch.empty(b, t, h, D, dtype=torch.bfloat16, device="cuda")
     lse = torch.empty(b, h, t, dtype=torch.float32, device="cuda")
-    bc = key_tile(D)
-    launch(f"flash_forward_d{D}", ((t + 63) // 64, b * h, 1), (64 + 4 * bc) * (D + 8) * 2, [q, k, v, valid, out, lse, g])
+    rows, bc = fwd_rows(D), fwd_tile(D)
+    launch(f"flash_forward_d{D}", ((t + rows - 1) // rows, b * h, 1), (rows + 4 * bc) * (D + 8) * 2, [q, k, v, valid, out, lse, g])
     return out, lse, g
 
 
-def flash_bwd(q, k, v, valid, out, lse, dout, g):
+def flash_bwd(q, k, v, valid, out, lse, dout, g, parts=("kv", "q")):
     b, h, t, D = q.shape
     kvh, T = k.shape[1], k.shape[2]
     delta = torch.empty(b, h, t, dtype=torch.float32, device="cuda")
@@ -75,10 +85,12 @@ def flash_bwd(q, k, v, valid, out, lse, dout, g):
     dk = torch.empty(b, kvh, T, D, dtype=torch.bfloat16, device="cuda")
     dv = torch.empty_like(dk)
     dc = min(D, 128)
-    launch(f"flash_backward_kv_d{D}", ((T + 63) // 64, b * kvh, D // dc), (128 + 128) * (D + 8) * 2 + 128 * 4,
+    if "kv" in parts:
+      launch(f"flash_backward_kv_d{D}", ((T + 63) // 64, b * kvh, D // dc), (128 + 4 * KV_ROWS) * (D + 8) * 2 + 4 * KV_ROWS * 4,
            [q, k, v, valid, dout, lse, delta, dk, dv, g])
-    bc = key_tile(D)
-    launch(f"flash_backward_q_d{D}", ((t + 63) // 64, b * h, 1), (128 + 4 * bc) * (D + 8) * 2,
+    rows, bc = bq_rows(D), bq_tile(D)
+    if "q" in parts:
+      launch(f"flash_backward_q_d{D}", ((t + rows - 1) // rows, b * h, 1), (2 * rows + 4 * bc) * (D + 8) * 2,
            [q, k, v, valid, dout, lse, delta, dq, g])
     return dq, dk, dv
 
@@ -140,14 +152,15 @@ def check(b, h, kvh, t, D, past=0, window=0, softcap=None, pad=None, seed=0):
     return ok
 
 
-all_ok = True
-for D in (16, 32, 64, 128, 256):
-    all_ok &= check(2, 4, 2, 100, D, pad="right")
-    all_ok &= check(2, 4, 1, 77, D, pad="left", softcap=2.0 if D != 16 else 30.0)
-    all_ok &= check(1, 4, 2, 130, D, window=37)
-    all_ok &= check(2, 2, 2, 65, D, past=20, pad="left", window=50)
-all_ok &= check(1, 8, 2, 1000, 128, pad="right", softcap=50.0, window=300)
-print("ALL_OK" if all_ok else "FAILED")
+if not os.environ.get("QLAB_FLASH_BENCH_ONLY"):
+    all_ok = True
+    for D in (16, 32, 64, 128, 256):
+        all_ok &= check(2, 4, 2, 100, D, pad="right")
+        all_ok &= check(2, 4, 1, 77, D, pad="left", softcap=2.0 if D != 16 else 30.0)
+        all_ok &= check(1, 4, 2, 130, D, window=37)
+        all_ok &= check(2, 2, 2, 65, D, past=20, pad="left", window=50)
+    all_ok &= check(1, 8, 2, 1000, 128, pad="right", softcap=50.0, window=300)
+    print("ALL_OK" if all_ok else "FAILED")
 
 
 def bench(t, D=128, h=32, kvh=8, b=1, reps=3):
@@ -175,15 +188,29 @@ def bench(t, D=128, h=32, kvh=8, b=1, reps=3):
         with torch.no_grad():
             torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
 
+    fo, fl, fg = flash(q, k, v, valid, 0, 0, scale, None)
+
+    def ours_kv():
+        flash_bwd(q, k, v, valid, fo, fl, dout, fg, parts=("kv",))
+
+    def ours_q():
+        flash_bwd(q, k, v, valid, fo, fl, dout, fg, parts=("q",))
+
     res = {}
-    for name, fn in (("qlab", ours), ("sdpa", sdpa), ("qlab_fwd", ours_fwd), ("sdpa_fwd", sdpa_fwd)):
+    runs = [("qlab", ours), ("qlab_fwd", ours_fwd), ("qlab_bwd_kv", ours_kv), ("qlab_bwd_q", ours_q)]
+    if not os.environ.get("QLAB_FLASH_NO_SDPA"):
+        runs += [("sdpa", sdpa), ("sdpa_fwd", sdpa_fwd)]
+    for name, fn in runs:
         fn(); torch.cuda.synchronize()
         t0 = time.time()
         for _ in range(reps):
             fn()
         torch.cuda.synchronize()
         dt = (time.time() - t0) / reps
-        flops = 4 * b * h * t * t * D / 2 * (1 if name.endswith("fwd") else 3.5)  # causal fwd (2 products) + bwd (5)
+        # causal: forward 2 products, forward + backward 7 (counted as 3.5 forwards), the keys' gradient 4 of
+        # them (S, dP, dV, dK), the queries' 3 (S, dP, dQ)
+        per = {"qlab_fwd": 1, "sdpa_fwd": 1, "qlab_bwd_kv": 2, "qlab_bwd_q": 1.5}.get(name, 3.5)
+        flops = 4 * b * h * t * t * D / 2 * per
         res[name] = dict(ms=round(dt * 1e3, 2), tflops=round(flops / dt / 1e12, 1))
     print(json.dumps(dict(bench=dict(t=t, D=D, h=h, kvh=kvh, b=b), **res)))
 

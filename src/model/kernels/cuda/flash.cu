@@ -114,16 +114,57 @@ __device__ __forceinline__ bool sees(const Geometry &m, const uint8_t *valid, in
   return qi < m.t && kj < m.T && kj <= qa && (m.window <= 0 || kj > qa - m.window) && valid[kj] != 0;
 }
 
-// The scaled (and capped) score, and the derivative of the cap (1 without one).
-__device__ __forceinline__ float score(const Geometry &m, float raw, float *dcap) {
-  float x = raw * m.scale;
+#define LOG2E 1.4426950408889634f
+#define LN2 0.6931471805599453f
+
+// Scores of N n8 tiles (a 16-row slice) turned into log2 units in place: raw * scale * log2(e), or with
+// Gemma 2's cap, cap * tanh(raw * scale / cap) * log2(e). Uniform branches outside the element loops keep
+// the common path to one multiply per score.
+template <int N>
+__device__ __forceinline__ void log2_scores(const Geometry &m, float s[N][4]) {
   if (m.softcap > 0.f) {
-    float th = tanhf(x / m.softcap);
-    *dcap = 1.f - th * th;
-    return m.softcap * th;
+    const float in = m.scale / m.softcap, out = m.softcap * LOG2E;
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[j][e] = out * tanhf(s[j][e] * in);
+  } else {
+    const float sl = m.scale * LOG2E;
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) s[j][e] *= sl;
   }
-  *dcap = 1.f;
-  return x;
+}
+
+// 2^x (ex2.approx: one instruction; 2^-inf = 0).
+__device__ __forceinline__ float exp2_fast(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// 1 / (cap * log2(e)) with a cap, 0 without: the cap's slope at a score s in log2 units is then
+// 1 - (s * inv)^2, exactly 1 without a cap.
+__device__ __forceinline__ float inverse_cap(const Geometry &m) {
+  return m.softcap > 0.f ? 1.f / (m.softcap * LOG2E) : 0.f;
+}
+
+__device__ __forceinline__ float cap_slope(float s2, float inv) {
+  const float th = s2 * inv;
+  return 1.f - th * th;
+}
+
+// Sets x[j][e] to `to` where query qi[e >> 1] does not see key k0 + 8 j + 2 tig + (e & 1) (queries in
+// rows, keys in columns), for tiles that are not wholly open.
+template <int N>
+__device__ __forceinline__ void mask_rows(const Geometry &m, const uint8_t *valid, const int qi[2], int k0, int tig,
+                                          float x[N][4], float to) {
+#pragma unroll
+  for (int j = 0; j < N; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      if (!sees(m, valid, qi[e >> 1], k0 + j * 8 + 2 * tig + (e & 1))) x[j][e] = to;
 }
 
 // The keys query tile [r0, r0 + rows) may see: [begin, end), begin rounded down to a multiple of `tile`.
@@ -148,16 +189,18 @@ __device__ __forceinline__ bool block_open(const Geometry &m, int q, int rows, i
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Forward: a CTA per (64-row query tile, batch x head); each warp owns 16 rows.
-template <int D, int BC>
+// Forward: a CTA per (query tile of 16 * MT rows per warp, batch x head), the heaviest (last) tiles first;
+// each warp owns 16 * MT rows, so that every K and V fragment read from shared memory serves MT products.
+template <int D, int BC, int MT>
 __device__ void forward(const bf16 *q, const bf16 *k, const bf16 *v, const uint8_t *valid, bf16 *out,
                         float *lse, Geometry m) {
-  constexpr int BR = 16 * WARPS, LD = D + 8;
+  constexpr int WR = 16 * MT, BR = WR * WARPS, LD = D + 8;
   extern __shared__ uint4 smem[];
   // Q, then two stages of (K, V) tiles: one computed on while the next one loads
   bf16 *Qs = reinterpret_cast<bf16 *>(smem), *KV = Qs + BR * LD;
-  const int r0 = blockIdx.x * BR, b = blockIdx.y / m.h, hh = blockIdx.y % m.h, kh = hh / (m.h / m.kvh);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, tig = lane & 3, wr = warp * 16;
+  const int r0 = (gridDim.x - 1 - blockIdx.x) * BR, b = blockIdx.y / m.h, hh = blockIdx.y % m.h,
+            kh = hh / (m.h / m.kvh);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, tig = lane & 3, wr = warp * WR;
   const bf16 *kg = k + b * m.ksb + kh * m.ksh, *vg = v + b * m.vsb + kh * m.vsh;
   const uint8_t *vrow = valid + (long)b * m.T;
   int kbeg, kend;
@@ -168,11 +211,21 @@ __device__ void forward(const bf16 *q, const bf16 *k, const bf16 *v, const uint8
     load_tile<BC, D>(KV + BC * LD, vg + (long)kbeg * m.vst, m.vst, m.T - kbeg);
   }
   commit();
-  float o[D / 8][4];
+  float o[MT][D / 8][4];
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i) o[i][0] = o[i][1] = o[i][2] = o[i][3] = 0.f;
-  float mx[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
-  const int qi[2] = {r0 + wr + g, r0 + wr + g + 8};
+  for (int t = 0; t < MT; ++t)
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) o[t][i][0] = o[t][i][1] = o[t][i][2] = o[t][i][3] = 0.f;
+  float mx[MT][2], l[MT][2];
+  int qi[MT][2];
+#pragma unroll
+  for (int t = 0; t < MT; ++t)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      mx[t][r] = -INFINITY;
+      l[t][r] = 0.f;
+      qi[t][r] = r0 + wr + t * 16 + g + 8 * r;
+    }
   // each tile's padding flag is read one tile ahead, so that no barrier waits on a global load
   int next_padded = kbeg < kend ? padded_key(m, vrow, kbeg, BC) : 0;
   for (int k0 = kbeg, stage = 0; k0 < kend; k0 += BC, stage ^= 1) {
@@ -186,83 +239,98 @@ __device__ void forward(const bf16 *q, const bf16 *k, const bf16 *v, const uint8
     }
     commit();
     wait_groups<1>();
-    const bool open = !__syncthreads_or(padded) && block_open(m, r0 + wr, 16, k0, BC);
-    float s[BC / 8][4];
+    const bool open = !__syncthreads_or(padded) && block_open(m, r0 + wr, WR, k0, BC);
+    float s[MT][BC / 8][4];
 #pragma unroll
-    for (int j = 0; j < BC / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+    for (int t = 0; t < MT; ++t)
+#pragma unroll
+      for (int j = 0; j < BC / 8; ++j) s[t][j][0] = s[t][j][1] = s[t][j][2] = s[t][j][3] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a[4];
-      frag_a(a, Qs + wr * LD + kk * 16, LD, lane);
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int t = 0; t < MT; ++t) frag_a(a[t], Qs + (wr + t * 16) * LD + kk * 16, LD, lane);
 #pragma unroll
       for (int j = 0; j < BC / 8; j += 2) {
         uint32_t bb[4];
         frag_b_rows(bb, Ks + j * 8 * LD + kk * 16, LD, lane);
-        mma16816(s[j], a, bb);
-        mma16816(s[j + 1], a, bb + 2);
+#pragma unroll
+        for (int t = 0; t < MT; ++t) {
+          mma16816(s[t][j], a[t], bb);
+          mma16816(s[t][j + 1], a[t], bb + 2);
+        }
       }
     }
-    float nm[2] = {mx[0], mx[1]};
 #pragma unroll
-    for (int j = 0; j < BC / 8; ++j)
+    for (int t = 0; t < MT; ++t) {
+      log2_scores<BC / 8>(m, s[t]);
+      if (!open) mask_rows<BC / 8>(m, vrow, qi[t], k0, tig, s[t], -INFINITY);
+      float nm[2] = {mx[t][0], mx[t][1]};
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float dcap;
-        float x = score(m, s[j][e], &dcap);
-        if (!open && !sees(m, vrow, qi[e >> 1], k0 + j * 8 + 2 * tig + (e & 1))) x = -INFINITY;
-        s[j][e] = x;
-        nm[e >> 1] = fmaxf(nm[e >> 1], x);
-      }
-    float alpha[2];
+      for (int j = 0; j < BC / 8; ++j)
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      nm[r] = fmaxf(nm[r], __shfl_xor_sync(0xffffffff, nm[r], 1));
-      nm[r] = fmaxf(nm[r], __shfl_xor_sync(0xffffffff, nm[r], 2));
-      alpha[r] = nm[r] == -INFINITY ? 1.f : __expf(mx[r] - nm[r]);
-      mx[r] = nm[r];
-      l[r] *= alpha[r];
-    }
+        for (int e = 0; e < 4; ++e) nm[e >> 1] = fmaxf(nm[e >> 1], s[t][j][e]);
+      // a row that has seen no key yet keeps max -inf: its exponentials are taken from 0 (all zeros)
+      float alpha[2], base[2];
 #pragma unroll
-    for (int j = 0; j < BC / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        float p = mx[e >> 1] == -INFINITY ? 0.f : __expf(s[j][e] - mx[e >> 1]);
-        s[j][e] = p;
-        l[e >> 1] += p;
+      for (int r = 0; r < 2; ++r) {
+        nm[r] = fmaxf(nm[r], __shfl_xor_sync(0xffffffff, nm[r], 1));
+        nm[r] = fmaxf(nm[r], __shfl_xor_sync(0xffffffff, nm[r], 2));
+        base[r] = nm[r] == -INFINITY ? 0.f : nm[r];
+        alpha[r] = exp2_fast(mx[t][r] - base[r]);
+        mx[t][r] = nm[r];
+        l[t][r] *= alpha[r];
       }
 #pragma unroll
-    for (int i = 0; i < D / 8; ++i) {
-      o[i][0] *= alpha[0];
-      o[i][1] *= alpha[0];
-      o[i][2] *= alpha[1];
-      o[i][3] *= alpha[1];
+      for (int j = 0; j < BC / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float p = exp2_fast(s[t][j][e] - base[e >> 1]);
+          s[t][j][e] = p;
+          l[t][e >> 1] += p;
+        }
+#pragma unroll
+      for (int i = 0; i < D / 8; ++i) {
+        o[t][i][0] *= alpha[0];
+        o[t][i][1] *= alpha[0];
+        o[t][i][2] *= alpha[1];
+        o[t][i][3] *= alpha[1];
+      }
     }
 #pragma unroll
     for (int kk = 0; kk < BC / 16; ++kk) {
-      uint32_t a[4];
-      acc_to_a(a, s[2 * kk], s[2 * kk + 1]);
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int t = 0; t < MT; ++t) acc_to_a(a[t], s[t][2 * kk], s[t][2 * kk + 1]);
 #pragma unroll
       for (int i = 0; i < D / 8; i += 2) {
         uint32_t bb[4];
         frag_b_cols(bb, Vs + kk * 16 * LD + i * 8, LD, lane);
-        mma16816(o[i], a, bb);
-        mma16816(o[i + 1], a, bb + 2);
+#pragma unroll
+        for (int t = 0; t < MT; ++t) {
+          mma16816(o[t][i], a[t], bb);
+          mma16816(o[t][i + 1], a[t], bb + 2);
+        }
       }
     }
     __syncthreads();
   }
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    l[r] += __shfl_xor_sync(0xffffffff, l[r], 1);
-    l[r] += __shfl_xor_sync(0xffffffff, l[r], 2);
-    if (qi[r] >= m.t) continue;
-    float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
-    bf16 *op = out + ((long)(b * m.t + qi[r]) * m.h + hh) * D;
+  for (int t = 0; t < MT; ++t)
 #pragma unroll
-    for (int i = 0; i < D / 8; ++i)
-      *reinterpret_cast<uint32_t *>(op + i * 8 + 2 * tig) = pack_f(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
-    if (tig == 0) lse[((long)b * m.h + hh) * m.t + qi[r]] = l[r] > 0.f ? mx[r] + logf(l[r]) : INFINITY;
-  }
+    for (int r = 0; r < 2; ++r) {
+      l[t][r] += __shfl_xor_sync(0xffffffff, l[t][r], 1);
+      l[t][r] += __shfl_xor_sync(0xffffffff, l[t][r], 2);
+      if (qi[t][r] >= m.t) continue;
+      float inv = l[t][r] > 0.f ? 1.f / l[t][r] : 0.f;
+      bf16 *op = out + ((long)(b * m.t + qi[t][r]) * m.h + hh) * D;
+#pragma unroll
+      for (int i = 0; i < D / 8; ++i)
+        *reinterpret_cast<uint32_t *>(op + i * 8 + 2 * tig) =
+            pack_f(o[t][i][2 * r] * inv, o[t][i][2 * r + 1] * inv);
+      if (tig == 0)
+        lse[((long)b * m.h + hh) * m.t + qi[t][r]] = l[t][r] > 0.f ? (mx[t][r] + log2f(l[t][r])) * LN2 : INFINITY;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -323,6 +391,7 @@ __device__ void backward_kv(const bf16 *q, const bf16 *k, const bf16 *v, const u
     }
   };
   const int steps = rep * tiles;
+  const float inv = inverse_cap(m);
   if (steps > 0) load_step(0, 0);
   commit();
   float dka[DC / 8][4], dva[DC / 8][4];
@@ -364,17 +433,24 @@ __device__ void backward_kv(const bf16 *q, const bf16 *k, const bf16 *v, const u
           mma16816(dpt[j + 1], av, bg + 2);
         }
       }
+      // P^T and dS^T = P^T * (dP^T - delta) * the cap's slope, queries in columns
+      log2_scores<BR / 8>(m, st);
 #pragma unroll
       for (int j = 0; j < BR / 8; ++j)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          int ql = j * 8 + 2 * tig + (e & 1);
-          float dcap;
-          float c = score(m, st[j][e], &dcap);
-          float p = (open || sees(m, vrow, q0 + ql, kj[e >> 1])) ? __expf(c - Ls[ql]) : 0.f;
+          const int ql = j * 8 + 2 * tig + (e & 1);
+          const float p = exp2_fast(st[j][e] - Ls[ql] * LOG2E);
+          dpt[j][e] = p * (dpt[j][e] - Ds[ql]) * cap_slope(st[j][e], inv);
           st[j][e] = p;
-          dpt[j][e] = p * (dpt[j][e] - Ds[ql]) * dcap;
         }
+      if (!open) {
+#pragma unroll
+        for (int j = 0; j < BR / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e)
+            if (!sees(m, vrow, q0 + j * 8 + 2 * tig + (e & 1), kj[e >> 1])) st[j][e] = dpt[j][e] = 0.f;
+      }
 #pragma unroll
       for (int kk = 0; kk < BR / 16; ++kk) {
         uint32_t ap[4], as[4];
@@ -409,16 +485,18 @@ __device__ void backward_kv(const bf16 *q, const bf16 *k, const bf16 *v, const u
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Queries' gradients: a CTA per (64-row query tile, batch x head); each warp owns 16 rows.
-template <int D, int BC>
+// Queries' gradients: a CTA per (query tile of 16 * MT rows per warp, batch x head), the heaviest first;
+// each warp owns 16 * MT rows.
+template <int D, int BC, int MT>
 __device__ void backward_q(const bf16 *q, const bf16 *k, const bf16 *v, const uint8_t *valid,
                            const bf16 *dout, const float *lse, const float *delta, bf16 *dq, Geometry m) {
-  constexpr int BR = 16 * WARPS, LD = D + 8;
+  constexpr int WR = 16 * MT, BR = WR * WARPS, LD = D + 8;
   extern __shared__ uint4 smem[];
   // Q, dO, then two stages of (K, V) tiles
   bf16 *Qs = reinterpret_cast<bf16 *>(smem), *Gs = Qs + BR * LD, *KV = Gs + BR * LD;
-  const int r0 = blockIdx.x * BR, b = blockIdx.y / m.h, hh = blockIdx.y % m.h, kh = hh / (m.h / m.kvh);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, tig = lane & 3, wr = warp * 16;
+  const int r0 = (gridDim.x - 1 - blockIdx.x) * BR, b = blockIdx.y / m.h, hh = blockIdx.y % m.h,
+            kh = hh / (m.h / m.kvh);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, tig = lane & 3, wr = warp * WR;
   const bf16 *kg = k + b * m.ksb + kh * m.ksh, *vg = v + b * m.vsb + kh * m.vsh;
   const uint8_t *vrow = valid + (long)b * m.T;
   int kbeg, kend;
@@ -430,17 +508,23 @@ __device__ void backward_q(const bf16 *q, const bf16 *k, const bf16 *v, const ui
     load_tile<BC, D>(KV + BC * LD, vg + (long)kbeg * m.vst, m.vst, m.T - kbeg);
   }
   commit();
-  const int qi[2] = {r0 + wr + g, r0 + wr + g + 8};
-  float L[2], Dl[2];
+  int qi[MT][2];
+  float L2[MT][2], Dl[MT][2];
+  const float inv = inverse_cap(m);
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    long at = ((long)b * m.h + hh) * m.t + qi[r];
-    L[r] = qi[r] < m.t ? lse[at] : INFINITY;
-    Dl[r] = qi[r] < m.t ? delta[at] : 0.f;
-  }
-  float acc[D / 8][4];
+  for (int t = 0; t < MT; ++t)
 #pragma unroll
-  for (int i = 0; i < D / 8; ++i) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+    for (int r = 0; r < 2; ++r) {
+      qi[t][r] = r0 + wr + t * 16 + g + 8 * r;
+      long at = ((long)b * m.h + hh) * m.t + qi[t][r];
+      L2[t][r] = qi[t][r] < m.t ? lse[at] * LOG2E : INFINITY;
+      Dl[t][r] = qi[t][r] < m.t ? delta[at] : 0.f;
+    }
+  float acc[MT][D / 8][4];
+#pragma unroll
+  for (int t = 0; t < MT; ++t)
+#pragma unroll
+    for (int i = 0; i < D / 8; ++i) acc[t][i][0] = acc[t][i][1] = acc[t][i][2] = acc[t][i][3] = 0.f;
   // each tile's padding flag is read one tile ahead, so that no barrier waits on a global load
   int next_padded = kbeg < kend ? padded_key(m, vrow, kbeg, BC) : 0;
   for (int k0 = kbeg, stage = 0; k0 < kend; k0 += BC, stage ^= 1) {
@@ -454,74 +538,107 @@ __device__ void backward_q(const bf16 *q, const bf16 *k, const bf16 *v, const ui
     }
     commit();
     wait_groups<1>();
-    const bool open = !__syncthreads_or(padded) && block_open(m, r0 + wr, 16, k0, BC);
-    float s[BC / 8][4], dp[BC / 8][4];
+    const bool open = !__syncthreads_or(padded) && block_open(m, r0 + wr, WR, k0, BC);
+    float s[MT][BC / 8][4], dp[MT][BC / 8][4];
 #pragma unroll
-    for (int j = 0; j < BC / 8; ++j)
+    for (int t = 0; t < MT; ++t)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.f;
+      for (int j = 0; j < BC / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[t][j][e] = dp[t][j][e] = 0.f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t aq[4], ag[4];
-      frag_a(aq, Qs + wr * LD + kk * 16, LD, lane);
-      frag_a(ag, Gs + wr * LD + kk * 16, LD, lane);
+      uint32_t aq[MT][4], ag[MT][4];
+#pragma unroll
+      for (int t = 0; t < MT; ++t) {
+        frag_a(aq[t], Qs + (wr + t * 16) * LD + kk * 16, LD, lane);
+        frag_a(ag[t], Gs + (wr + t * 16) * LD + kk * 16, LD, lane);
+      }
 #pragma unroll
       for (int j = 0; j < BC / 8; j += 2) {
         uint32_t bk[4], bv[4];
         frag_b_rows(bk, Ks + j * 8 * LD + kk * 16, LD, lane);
         frag_b_rows(bv, Vs + j * 8 * LD + kk * 16, LD, lane);
-        mma16816(s[j], aq, bk);
-        mma16816(s[j + 1], aq, bk + 2);
-        mma16816(dp[j], ag, bv);
-        mma16816(dp[j + 1], ag, bv + 2);
+#pragma unroll
+        for (int t = 0; t < MT; ++t) {
+          mma16816(s[t][j], aq[t], bk);
+          mma16816(s[t][j + 1], aq[t], bk + 2);
+          mma16816(dp[t][j], ag[t], bv);
+          mma16816(dp[t][j + 1], ag[t], bv + 2);
+        }
       }
     }
+    // dS = P * (dP - delta) * the cap's slope
 #pragma unroll
-    for (int j = 0; j < BC / 8; ++j)
+    for (int t = 0; t < MT; ++t) {
+      log2_scores<BC / 8>(m, s[t]);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        int r = e >> 1;
-        float dcap;
-        float c = score(m, s[j][e], &dcap);
-        float p = (open || sees(m, vrow, qi[r], k0 + j * 8 + 2 * tig + (e & 1))) ? __expf(c - L[r]) : 0.f;
-        s[j][e] = p * (dp[j][e] - Dl[r]) * dcap;
-      }
+      for (int j = 0; j < BC / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int r = e >> 1;
+          s[t][j][e] = exp2_fast(s[t][j][e] - L2[t][r]) * (dp[t][j][e] - Dl[t][r]) * cap_slope(s[t][j][e], inv);
+        }
+      if (!open) mask_rows<BC / 8>(m, vrow, qi[t], k0, tig, s[t], 0.f);
+    }
 #pragma unroll
     for (int kk = 0; kk < BC / 16; ++kk) {
-      uint32_t a[4];
-      acc_to_a(a, s[2 * kk], s[2 * kk + 1]);
+      uint32_t a[MT][4];
+#pragma unroll
+      for (int t = 0; t < MT; ++t) acc_to_a(a[t], s[t][2 * kk], s[t][2 * kk + 1]);
 #pragma unroll
       for (int i = 0; i < D / 8; i += 2) {
         uint32_t bb[4];
         frag_b_cols(bb, Ks + kk * 16 * LD + i * 8, LD, lane);
-        mma16816(acc[i], a, bb);
-        mma16816(acc[i + 1], a, bb + 2);
+#pragma unroll
+        for (int t = 0; t < MT; ++t) {
+          mma16816(acc[t][i], a[t], bb);
+          mma16816(acc[t][i + 1], a[t], bb + 2);
+        }
       }
     }
     __syncthreads();
   }
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    if (qi[r] >= m.t) continue;
-    bf16 *row = dq + (((long)b * m.h + hh) * m.t + qi[r]) * D;
+  for (int t = 0; t < MT; ++t)
 #pragma unroll
-    for (int i = 0; i < D / 8; ++i)
-      *reinterpret_cast<uint32_t *>(row + i * 8 + 2 * tig) =
-          pack_f(acc[i][2 * r] * m.scale, acc[i][2 * r + 1] * m.scale);
-  }
+    for (int r = 0; r < 2; ++r) {
+      if (qi[t][r] >= m.t) continue;
+      bf16 *row = dq + (((long)b * m.h + hh) * m.t + qi[t][r]) * D;
+#pragma unroll
+      for (int i = 0; i < D / 8; ++i)
+        *reinterpret_cast<uint32_t *>(row + i * 8 + 2 * tig) =
+            pack_f(acc[t][i][2 * r] * m.scale, acc[t][i][2 * r + 1] * m.scale);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// One set of entry points per head size. Key tiles are 64 wide up to D = 128 and 32 beyond (registers);
-// the keys' gradients take at most 128 columns per CTA (more run as further CTAs over the same tiles).
-#define KEY_TILE(D) ((D) <= 128 ? 64 : 32)
+// One set of entry points per head size. Up to D = 128 the forward and the queries' gradient give each warp
+// 32 query rows (each K/V fragment serves two products); registers keep big heads at 16 rows and 32-key tiles.
+// The keys' gradients take at most 128 columns per CTA (more run as further CTAs over the same tiles).
+// flash.rs (and scripts/flash_ptx_check.py) size the grids and shared memory from the same choices.
+#ifndef FWD_MT
+#define FWD_MT 2
+#endif
+#ifndef FWD_TILE
+#define FWD_TILE 64
+#endif
+#ifndef BQ_MT
+#define BQ_MT 2
+#endif
+#ifndef BQ_TILE
+#define BQ_TILE 32
+#endif
+#ifndef QUERY_TILE_KV
+#define QUERY_TILE_KV 64
+#endif
+#define ROW_TILES(D, MT) ((D) <= 128 ? (MT) : 1)
 #define GRAD_COLS(D) ((D) <= 128 ? (D) : 128)
-#define QUERY_TILE_KV 32
 
 #define ENTRIES(D)                                                                                              \
   extern "C" __global__ void __launch_bounds__(THREADS) flash_forward_d##D(                                    \
       const bf16 *q, const bf16 *k, const bf16 *v, const uint8_t *valid, bf16 *out, float *lse, Geometry m) { \
-    forward<D, KEY_TILE(D)>(q, k, v, valid, out, lse, m);                                                      \
+    forward<D, ((D) <= 128 ? FWD_TILE : 32), ROW_TILES(D, FWD_MT)>(q, k, v, valid, out, lse, m);                                \
   }                                                                                                             \
   extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_kv_d##D(                                \
       const bf16 *q, const bf16 *k, const bf16 *v, const uint8_t *valid, const bf16 *dout, const float *lse,   \
@@ -531,7 +648,7 @@ __device__ void backward_q(const bf16 *q, const bf16 *k, const bf16 *v, const ui
   extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_q_d##D(                                 \
       const bf16 *q, const bf16 *k, const bf16 *v, const uint8_t *valid, const bf16 *dout, const float *lse,   \
       const float *delta, bf16 *dq, Geometry m) {                                                              \
-    backward_q<D, KEY_TILE(D)>(q, k, v, valid, dout, lse, delta, dq, m);                                       \
+    backward_q<D, ((D) <= 128 ? BQ_TILE : 32), ROW_TILES(D, BQ_MT)>(q, k, v, valid, dout, lse, delta, dq, m);  \
   }
 
 ENTRIES(16)

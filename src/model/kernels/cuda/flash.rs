@@ -20,10 +20,10 @@ const MODULE: &str = "qlab_flash";
 /// The head sizes flash.cu is instantiated for.
 const HEAD_SIZES: [usize; 5] = [16, 32, 64, 128, 256];
 const THREADS: u32 = 128;
-/// Query rows per CTA of the forward and of the queries' gradient; keys per CTA of the keys' gradient.
-const ROWS: usize = 64;
+/// Keys per CTA of the keys' gradient (16 per warp).
+const KEY_ROWS: usize = 64;
 /// Query rows per step of the keys' gradient.
-const QUERY_TILE_KV: usize = 32;
+const QUERY_TILE_KV: usize = 64;
 const WARPS: usize = 4;
 
 /// flash.cu's `Geometry`, field for field.
@@ -44,10 +44,21 @@ struct Geometry {
 // SAFETY: plain old data with the C layout flash.cu declares.
 unsafe impl DeviceRepr for Geometry {}
 
-/// Keys per tile of the forward and of the queries' gradient (registers bound it for big heads).
-fn key_tile(d: usize) -> usize {
+// Tile choices per head size, as flash.cu's ENTRIES make them (and scripts/flash_ptx_check.py mirrors).
+
+/// Query rows per CTA of the forward and of the queries' gradient: 32 per warp up to d = 128, 16 beyond
+/// (registers).
+fn query_rows(d: usize) -> usize {
+    if d <= 128 { 128 } else { 64 }
+}
+
+/// Keys per tile of the forward (registers bound it for big heads).
+fn forward_key_tile(d: usize) -> usize {
     if d <= 128 { 64 } else { 32 }
 }
+
+/// Keys per tile of the queries' gradient.
+const GRAD_Q_KEY_TILE: usize = 32;
 
 /// Row bytes of a tile in shared memory (rows padded by 8 elements against bank conflicts).
 fn row_bytes(d: usize) -> usize {
@@ -232,7 +243,7 @@ pub(super) fn forward_storages(
     );
     let fv = flags.view::<u8>()?;
     // q, then two stages of k and v tiles
-    let smem = (ROWS + 4 * key_tile(d)) * row_bytes(d);
+    let smem = (query_rows(d) + 4 * forward_key_tile(d)) * row_bytes(d);
     let f = dev.get_or_load_custom_func(&format!("flash_forward_d{d}"), MODULE, PTX)?;
     allow_shared(&f, smem)?;
     let mut builder = f.builder();
@@ -246,7 +257,7 @@ pub(super) fn forward_storages(
         .arg(&g);
     // SAFETY: argument types and order match flash_forward_d* in flash.cu; geometry() checked the shapes,
     // the layouts' alignment and the mask's length; the grid covers every query row of every head.
-    unsafe { builder.launch(launch_config((t.div_ceil(ROWS), b * h, 1), smem)) }.w()?;
+    unsafe { builder.launch(launch_config((t.div_ceil(query_rows(d)), b * h, 1), smem)) }.w()?;
     let lse = wrap(lse, &dev, (b, h, t));
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev),
@@ -334,7 +345,7 @@ pub(super) fn backward(
     let dv = dev.alloc_zeros::<bf16>(b * kvh * keys * d)?;
     let cols = d.min(128);
     // k, v, then two stages of q and dout tiles with their rows' lse and delta
-    let smem = (2 * ROWS + 4 * QUERY_TILE_KV) * row_bytes(d) + 4 * QUERY_TILE_KV * 4;
+    let smem = (2 * KEY_ROWS + 4 * QUERY_TILE_KV) * row_bytes(d) + 4 * QUERY_TILE_KV * 4;
     let f = dev.get_or_load_custom_func(&format!("flash_backward_kv_d{d}"), MODULE, PTX)?;
     allow_shared(&f, smem)?;
     let mut builder = f.builder();
@@ -350,7 +361,7 @@ pub(super) fn backward(
     // SAFETY: argument types and order match flash_backward_kv_d*; dk and dv hold [b, kvh, T, d].
     unsafe {
         builder.launch(launch_config(
-            (keys.div_ceil(ROWS), b * kvh, d / cols),
+            (keys.div_ceil(KEY_ROWS), b * kvh, d / cols),
             smem,
         ))
     }
@@ -358,7 +369,7 @@ pub(super) fn backward(
 
     let dq = dev.alloc_zeros::<bf16>(b * h * t * d)?;
     // q, dout, then two stages of k and v tiles
-    let smem = (2 * ROWS + 4 * key_tile(d)) * row_bytes(d);
+    let smem = (2 * query_rows(d) + 4 * GRAD_Q_KEY_TILE) * row_bytes(d);
     let f = dev.get_or_load_custom_func(&format!("flash_backward_q_d{d}"), MODULE, PTX)?;
     allow_shared(&f, smem)?;
     let mut builder = f.builder();
@@ -372,7 +383,7 @@ pub(super) fn backward(
         .arg(&delta);
     builder.arg(&dq).arg(&g);
     // SAFETY: argument types and order match flash_backward_q_d*; dq holds [b, h, t, d].
-    unsafe { builder.launch(launch_config((t.div_ceil(ROWS), b * h, 1), smem)) }.w()?;
+    unsafe { builder.launch(launch_config((t.div_ceil(query_rows(d)), b * h, 1), smem)) }.w()?;
 
     Ok((
         wrap(dq, &dev, (b, h, t, d)),
