@@ -2,7 +2,10 @@
 # Answering on a GPU, qlab against the peer in ONE device call (issue #15), after the CUDA reference tests:
 #   qlab bench generate (NF4 base at Llama-3.1-8B dims, random weights, r=16 LoRA unmerged, greedy) and
 #   ../shared/bench/peer_generate_gpu.py (transformers generate + PEFT + bitsandbytes NF4), batch 1 and 10,
-#   prompt 128, 128 new tokens. Writes $OUT/h200-generate.json and the raw logs.
+#   prompt 128, 128 new tokens; then qlab's base alone (--adapter-rank 0) at batch 10, a question set's
+#   answers before fine-tuning (the stages after it answer with an adapter, as the r=16 runs do).
+# Every run's JSON (or its failure, with the end of its error output) is a line of $OUT/generate.jsonl, and a
+# summary line on standard output; the CUDA tests' summary is $OUT/cuda_reference.txt.
 # Expects, in the working tree (ignored folders the device call carries):
 #   .dev/qlab.gz, .dev/cuda_reference.gz   from scripts/build-cuda.sh
 #   .dev/peer/peer_generate_gpu.py          a copy of ../shared/bench/peer_generate_gpu.py
@@ -12,10 +15,47 @@ set -uo pipefail
 out=${OUT:-out}
 # shellcheck source=scripts/h200-setup.sh
 source "$(dirname "$0")/h200-setup.sh"
+commit=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 QLAB_FIXTURES=tests/fixtures/models /tmp/qlab-bin/cuda_reference --test-threads 1 2>&1 | tail -25 | tee "$out/cuda_reference.txt"
+
+# record SIDE BATCH RANK EXIT LOG: one line of $out/generate.jsonl
+record() {
+  python3 - "$@" "$commit" "$out/generate.jsonl" <<'PY'
+import json, sys, datetime
+side, batch, rank, status, log, commit, file = sys.argv[1:]
+line = {"side": side, "batch": int(batch), "adapter_rank": int(rank), "ok": status == "0", "commit": commit,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+try:
+    text = open(log + ".json").read().strip()
+    # qlab prints one indented JSON document; the peer's result is its last line
+    line["result"] = json.loads(text if side == "qlab" else text.splitlines()[-1])
+except Exception:
+    line["ok"] = False
+if not line["ok"]:
+    line["exit"] = int(status)
+    line["error"] = open(log + ".err", errors="replace").read()[-600:]
+open(file, "a").write(json.dumps(line) + "\n")
+r = line.get("result", {})
+print(side, "batch", batch, "rank", rank, "ok" if line["ok"] else "FAILED", r.get("tokens_per_s"),
+      r.get("peak_allocated_gib", r.get("peak_gib")))
+PY
+}
+
+mkdir -p /tmp/qlab-logs
+# qlab SIDE-less run: BATCH RANK
+qlab_run() {
+  local log=/tmp/qlab-logs/qlab-b$1-r$2
+  /tmp/qlab-bin/qlab bench generate --preset llama-3.1-8b --random-weights --batch "$1" --adapter-rank "$2" \
+    --prompt 128 --new 128 --device cuda:0 --repeats 3 --json > "$log.json" 2> "$log.err"
+  record qlab "$1" "$2" $? "$log"
+}
+peer_run() {
+  local log=/tmp/qlab-logs/peer-b$1
+  PYTHONPATH=/tmp/site python3 .dev/peer/peer_generate_gpu.py "$1" 128 128 > "$log.json" 2> "$log.err"
+  record peer "$1" 16 $? "$log"
+}
 for batch in 1 10; do
-  /tmp/qlab-bin/qlab bench generate --preset llama-3.1-8b --random-weights --batch "$batch" --prompt 128 --new 128 \
-    --device cuda:0 --repeats 3 --json > "$out/qlab-b$batch.json" 2> "$out/qlab-b$batch.err"
-  PYTHONPATH=/tmp/site python3 .dev/peer/peer_generate_gpu.py "$batch" 128 128 > "$out/peer-b$batch.json" 2> "$out/peer-b$batch.err"
-  tail -c 600 "$out/qlab-b$batch.json" "$out/peer-b$batch.json"
+  qlab_run "$batch" 16
+  peer_run "$batch"
 done
+qlab_run 10 0

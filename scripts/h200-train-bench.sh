@@ -3,6 +3,10 @@
 # peer_qlora_gpu.py) at Llama-3.1-8B dims with random weights, each side's runs in ONE device call (issue #15):
 #   scripts/h200-train-bench.sh train      the CUDA reference tests, then batch 2 x 2048, 1 x 8192 and
 #                                          1 x 16384, qlab then the peer at each shape
+#   scripts/h200-train-bench.sh presets    qlab alone on small models, for a user with a small card: the demo
+#                                          (smollm2-135m, batch 4 x 256 as the demo sweep trains it, without
+#                                          checkpointing as experiments.toml sets it) and Mistral-7B v0.3 at
+#                                          batch 1 x 2048 (NF4, checkpointed)
 #   scripts/h200-train-bench.sh longest    the longest sequence each side trains at batch 1: doubling from
 #                                          START (default 32768) until a run fails, then one bisection
 #                                          between the last length that ran and the first that failed; one
@@ -16,7 +20,7 @@
 #   .dev/peer/peer_qlora_gpu.py             a copy of ../shared/bench/peer_qlora_gpu.py
 #   .whl/bitsandbytes-*.whl                 the peer's missing package (device README, "Notes")
 set -uo pipefail
-mode=${1:?usage: scripts/h200-train-bench.sh train|longest}
+mode=${1:?usage: scripts/h200-train-bench.sh train|presets|longest}
 out=${OUT:-out}
 # shellcheck source=scripts/h200-setup.sh
 source "$(dirname "$0")/h200-setup.sh"
@@ -45,13 +49,13 @@ print(side, batch, seq, "ok" if line["ok"] else "FAILED exit %s" % status,
 PY
 }
 
-# run FILE SIDE BATCH SEQ STEPS LIMIT_S: one run of one side; its exit status
+# run FILE SIDE BATCH SEQ STEPS LIMIT_S [PRESET [FLAGS...]]: one run of one side; its exit status
 run() {
-  local file=$1 side=$2 batch=$3 seq=$4 steps=$5 limit=$6 log="/tmp/qlab-logs/$2-$3x$4"
+  local file=$1 side=$2 batch=$3 seq=$4 steps=$5 limit=$6 preset=${7:-llama-3.1-8b} log="/tmp/qlab-logs/$2-$3x$4-${7:-}"
   mkdir -p /tmp/qlab-logs
   if [[ $side == qlab ]]; then
-    timeout "$limit" /tmp/qlab-bin/qlab bench train --preset llama-3.1-8b --random-weights --batch "$batch" \
-      --seq "$seq" --steps "$steps" --device cuda:0 --json > "$log.json" 2> "$log.err"
+    timeout "$limit" /tmp/qlab-bin/qlab bench train --preset "$preset" --random-weights --batch "$batch" \
+      --seq "$seq" --steps "$steps" --device cuda:0 --json "${@:8}" > "$log.json" 2> "$log.err"
   else
     # $steps steps instead of 8; with fewer than 3 the median is taken over all of them (it skips 2)
     sed -e "s/int(sys.argv\[3\]), 8$/int(sys.argv[3]), $steps/" \
@@ -72,6 +76,10 @@ case $mode in
       run "$out/train.jsonl" peer "${shape%x*}" "${shape#*x}" 8 150
     done
     ;;
+  presets)
+    run "$out/presets.jsonl" qlab 4 256 8 120 smollm2-135m --no-checkpointing
+    run "$out/presets.jsonl" qlab 1 2048 6 150 mistral-7b-v0.3
+    ;;
   longest)
     for side in ${SIDES:-peer qlab}; do
       steps=1 good=0 seq=${START:-32768}
@@ -81,5 +89,5 @@ case $mode in
       fi
     done
     ;;
-  *) echo "unknown mode $mode (train|longest)" >&2; exit 2 ;;
+  *) echo "unknown mode $mode (train|presets|longest)" >&2; exit 2 ;;
 esac
