@@ -161,6 +161,48 @@ fn nf4_gemv_matches_dequantize_then_multiply() {
 }
 
 #[test]
+fn an_adapted_nf4_projection_answers_few_rows_from_the_codes() {
+    use qlab::model::kernels::fused_adapted;
+    let dev = gpu();
+    let (n, k, rank) = (200, 320, 8);
+    let reference = Nf4Tensor::quantize(&weights(n * k), vec![n, k]);
+    let w = Nf4Cuda::upload(&reference, &dev).unwrap();
+    let dense = w
+        .dequantize_rows(0, n, DType::BF16)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
+    let bias = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+    let base = qlab::model::FrozenLinear::new(
+        FrozenWeight::Nf4Cuda(std::sync::Arc::new(w)),
+        Some(bias.clone()),
+    );
+    let a = Tensor::randn(0f32, 0.1, (rank, k), &dev).unwrap();
+    let b = Tensor::randn(0f32, 0.1, (n, rank), &dev).unwrap();
+    // 1, 10 and 16 rows take the GEMV kernel (no weight dequantized), 17 the dequantized product.
+    for rows in [1, 10, 16, 17] {
+        let x = Tensor::randn(0f32, 1.0, (1, rows, k), &dev)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        let got = fused_adapted(&x, &base, (&a, &b, 2.0), None)
+            .unwrap()
+            .expect("served on CUDA");
+        assert_eq!(got.dims(), &[1, rows, n]);
+        let xf = x.to_dtype(DType::F32).unwrap().squeeze(0).unwrap();
+        let frozen = xf
+            .matmul(&dense.t().unwrap())
+            .unwrap()
+            .broadcast_add(&bias)
+            .unwrap();
+        let mid = (xf.matmul(&a.t().unwrap()).unwrap() * 2.0).unwrap();
+        let want = (frozen + mid.matmul(&b.t().unwrap()).unwrap()).unwrap();
+        let err = rel_err(&got, &want.unsqueeze(0).unwrap(), None);
+        assert!(err < 1e-2, "{rows} rows: relative error {err}");
+    }
+}
+
+#[test]
 fn logits_match_hf_for_every_family_in_bf16() {
     let dev = gpu();
     for fam in FAMILIES {

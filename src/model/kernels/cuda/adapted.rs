@@ -189,6 +189,9 @@ pub fn adapted_linear(x: &Tensor, base: &FrozenLinear, adapter: Adapter) -> Resu
     let out_shape = Shape::from(out_dims);
     let x2 = x.detach().reshape(((), in_f))?;
     let tracked = x.track_op() || adapter.a.track_op() || adapter.b.track_op();
+    if !tracked && let Some(y) = few_rows(&x2, base, &adapter)? {
+        return y.reshape(out_shape);
+    }
     let (a, b) = (adapter.a.clone(), adapter.b.clone());
     let (projection, frozen) = Projection::new(&x2, base, adapter)?;
     if !tracked {
@@ -202,6 +205,31 @@ pub fn adapted_linear(x: &Tensor, base: &FrozenLinear, adapter: Adapter) -> Resu
         projection,
     };
     x.apply_op3(&a, &b, op)
+}
+
+/// Answering's few rows (decoding, no gradient) over an NF4 weight: the frozen product straight from the
+/// 4-bit codes (`Nf4Cuda::gemv`, the weight never dequantized into memory) with the adapter's product summed
+/// onto it; None where the GEMV kernel does not serve `x2` `[rows, in]`.
+fn few_rows(x2: &Tensor, base: &FrozenLinear, adapter: &Adapter) -> Result<Option<Tensor>> {
+    let FrozenWeight::Nf4Cuda(w) = &base.weight else {
+        return Ok(None);
+    };
+    let Some(frozen) = w.gemv(x2)? else {
+        return Ok(None);
+    };
+    let frozen = match &base.bias {
+        Some(bias) => frozen.broadcast_add(&bias.to_dtype(frozen.dtype())?)?,
+        None => frozen,
+    };
+    let in_f = adapter.a.dim(1)?;
+    let a = adapter.a.detach().contiguous()?;
+    let mid = project(
+        &adapter_input(x2, in_f, adapter.dropout.as_ref())?,
+        &a,
+        adapter.scale,
+    )?;
+    let b_t = adapter.b.detach().t()?.contiguous()?;
+    expand(Base::Add(&frozen), &mid, &b_t).map(Some)
 }
 
 /// The adapter's input `[rows, in]`: `x`, times the dropout mask when there is one.
