@@ -94,13 +94,12 @@ impl AdaptedProduct {
         }
     }
 
-    /// `u^T = A x_d^T` `[r, n]`. The rank-wide intermediates are kept transposed, `[r, n]`: gemm tiles the
-    /// output's contiguous dimension 64 wide, so an `[n, r]` result runs on its 16-wide edge kernel.
-    fn down_t(dm: Dims, xd: &[f32], a: &[f32]) -> Vec<f32> {
+    /// `u = x_d A^T` `[n, r]`.
+    fn down(dm: Dims, xd: &[f32], a: &[f32]) -> Vec<f32> {
         matmul_new(
-            (dm.r, dm.n, dm.inp),
-            Mat::rows(a, dm.inp),
-            Mat::rows_t(xd, dm.inp),
+            (dm.n, dm.r, dm.inp),
+            Mat::rows(xd, dm.inp),
+            Mat::rows_t(a, dm.inp),
             1.0,
         )
     }
@@ -111,12 +110,12 @@ impl AdaptedProduct {
         (x, a, b): (&[f32], &[f32], &[f32]),
         y0: &[f32],
     ) -> Vec<f32> {
-        let ut = Self::down_t(dm, &self.adapter_input(x), a);
+        let u = Self::down(dm, &self.adapter_input(x), a);
         let mut y = y0.to_vec();
         matmul_par(
             &mut y,
             (dm.n, dm.out, dm.r),
-            (Mat::rows_t(&ut, dm.n), Mat::rows_t(b, dm.r), self.scale),
+            (Mat::rows(&u, dm.r), Mat::rows_t(b, dm.r), self.scale),
             true,
         );
         y
@@ -132,31 +131,23 @@ impl AdaptedProduct {
     ) -> Result<[Option<Vec<f32>>; 3]> {
         let (n, inp, r, out) = (dm.n, dm.inp, dm.r, dm.out);
         let xd = self.adapter_input(x);
-        // du^T = s B^T g^T `[r, n]`: the gradient reaching the adapter's rank-wide intermediate.
-        let dut = matmul_new(
-            (r, n, out),
-            Mat::rows_t(b, r),
-            Mat::rows_t(g, out),
-            self.scale,
-        );
+        // du = s g B `[n, r]`: the gradient reaching the adapter's rank-wide intermediate.
+        let du = matmul_new((n, r, out), Mat::rows(g, out), Mat::rows(b, r), self.scale);
         let db = need[2].then(|| {
-            // dB^T = s u^T g `[r, out]`, then transposed (r x out elements).
-            let ut = Self::down_t(dm, &xd, a);
-            let dbt = matmul_new((r, out, n), Mat::rows(&ut, n), Mat::rows(g, out), self.scale);
-            let mut db = vec![0f32; out * r];
-            for (j, row) in dbt.chunks_exact(out).enumerate() {
-                for (o, v) in row.iter().enumerate() {
-                    db[o * r + j] = *v;
-                }
-            }
-            db
+            let u = Self::down(dm, &xd, a);
+            matmul_new(
+                (out, r, n),
+                Mat::rows_t(g, out),
+                Mat::rows(&u, r),
+                self.scale,
+            )
         });
-        let da = need[1]
-            .then(|| matmul_new((r, inp, n), Mat::rows(&dut, n), Mat::rows(&xd, inp), 1.0));
+        let da =
+            need[1].then(|| matmul_new((r, inp, n), Mat::rows_t(&du, r), Mat::rows(&xd, inp), 1.0));
         let dx = if need[0] {
             let chunks = self.weight.row_chunks()?;
             let mut dx = frozen_grad(&self.weight, self.dequantized.as_ref(), &chunks, dm, g)?;
-            let adapter = (Mat::rows_t(&dut, n), Mat::rows(a, inp), 1.0);
+            let adapter = (Mat::rows(&du, r), Mat::rows(a, inp), 1.0);
             match &self.mask {
                 None => matmul_par(&mut dx, (n, inp, r), adapter, true),
                 Some(m) => {
