@@ -82,6 +82,8 @@ impl CustomOp1 for RowNll {
                 .zip(self.targets.par_iter().zip(&g))
                 .enumerate()
                 .for_each(|(i, ((drow, row), (t, g)))| {
+                    // By value: a load through the reference stays in the loop (it might alias `drow`).
+                    let g = *g;
                     simd(
                         #[inline(always)]
                         || {

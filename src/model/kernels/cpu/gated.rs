@@ -14,66 +14,87 @@ const CHUNK: usize = 16 * 1024;
 const GELU_C: f32 = 0.797_884_6;
 const GELU_A: f32 = 0.044_715;
 
-/// The activation and its derivative at `g`.
+/// silu and its derivative at `g`.
 #[inline(always)]
-fn act(activation: Activation, g: f32) -> (f32, f32) {
-    match activation {
-        Activation::Silu => {
-            let s = 1.0 / (1.0 + exp(-g));
-            (g * s, s * (1.0 + g * (1.0 - s)))
-        }
-        Activation::GeluTanh => {
-            let u = GELU_C * (g + GELU_A * g * g * g);
-            let th = u.tanh();
-            let du = GELU_C * (1.0 + 3.0 * GELU_A * g * g);
-            (
-                0.5 * g * (1.0 + th),
-                0.5 * (1.0 + th) + 0.5 * g * (1.0 - th * th) * du,
-            )
-        }
-    }
+fn silu(g: f32) -> (f32, f32) {
+    let s = 1.0 / (1.0 + exp(-g));
+    (g * s, s * (1.0 + g * (1.0 - s)))
+}
+
+/// gelu (tanh approximation) and its derivative at `g`.
+#[inline(always)]
+fn gelu_tanh(g: f32) -> (f32, f32) {
+    let u = GELU_C * (g + GELU_A * g * g * g);
+    let th = u.tanh();
+    let du = GELU_C * (1.0 + 3.0 * GELU_A * g * g);
+    (
+        0.5 * g * (1.0 + th),
+        0.5 * (1.0 + th) + 0.5 * g * (1.0 - th * th) * du,
+    )
 }
 
 pub(super) struct GatedProduct(pub(super) Activation);
 
+/// `act(gate) * up`.
+fn forward_with(act: impl Fn(f32) -> (f32, f32) + Sync, gate: &[f32], up: &[f32]) -> Vec<f32> {
+    let mut out = vec![0f32; gate.len()];
+    out.par_chunks_mut(CHUNK)
+        .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
+        .for_each(|(o, (g, u))| {
+            simd(
+                #[inline(always)]
+                || {
+                    for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
+                        *o = act(*g).0 * u;
+                    }
+                },
+            )
+        });
+    out
+}
+
+/// `d gate = dy * up * act'(gate)`, `d up = dy * act(gate)`.
+fn backward_with(
+    act: impl Fn(f32) -> (f32, f32) + Sync,
+    gate: &[f32],
+    up: &[f32],
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>) {
+    let (mut dg, mut du) = (vec![0f32; gate.len()], vec![0f32; gate.len()]);
+    dg.par_chunks_mut(CHUNK)
+        .zip(du.par_chunks_mut(CHUNK))
+        .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
+        .zip(dy.par_chunks(CHUNK))
+        .for_each(|(((dg, du), (g, u)), dy)| {
+            simd(
+                #[inline(always)]
+                || {
+                    for ((((dg, du), g), u), dy) in dg.iter_mut().zip(du).zip(g).zip(u).zip(dy) {
+                        let (a, da) = act(*g);
+                        (*dg, *du) = (dy * u * da, dy * a);
+                    }
+                },
+            )
+        });
+    (dg, du)
+}
+
 impl GatedProduct {
     pub(super) fn forward(&self, gate: &[f32], up: &[f32]) -> Vec<f32> {
-        let mut out = vec![0f32; gate.len()];
-        out.par_chunks_mut(CHUNK)
-            .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
-            .for_each(|(o, (g, u))| {
-                simd(
-                    #[inline(always)]
-                    || {
-                        for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
-                            *o = act(self.0, *g).0 * u;
-                        }
-                    },
-                )
-            });
-        out
+        // One sweep compiled per activation: a `match` inside the loop (one arm calling libm's `tanhf`)
+        // keeps the whole loop scalar.
+        match self.0 {
+            Activation::Silu => forward_with(silu, gate, up),
+            Activation::GeluTanh => forward_with(gelu_tanh, gate, up),
+        }
     }
 
     /// `d gate = dy * up * act'(gate)`, `d up = dy * act(gate)`.
     pub(super) fn backward(&self, gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
-        let (mut dg, mut du) = (vec![0f32; gate.len()], vec![0f32; gate.len()]);
-        dg.par_chunks_mut(CHUNK)
-            .zip(du.par_chunks_mut(CHUNK))
-            .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
-            .zip(dy.par_chunks(CHUNK))
-            .for_each(|(((dg, du), (g, u)), dy)| {
-                simd(
-                    #[inline(always)]
-                    || {
-                        for ((((dg, du), g), u), dy) in dg.iter_mut().zip(du).zip(g).zip(u).zip(dy)
-                        {
-                            let (a, da) = act(self.0, *g);
-                            (*dg, *du) = (dy * u * da, dy * a);
-                        }
-                    },
-                )
-            });
-        (dg, du)
+        match self.0 {
+            Activation::Silu => backward_with(silu, gate, up, dy),
+            Activation::GeluTanh => backward_with(gelu_tanh, gate, up, dy),
+        }
     }
 }
 

@@ -234,7 +234,8 @@ fn exp(x: f32) -> f32 {
     // Round to nearest by adding and removing 1.5 * 2^23 (`f32::round` is a libm call that stops the
     // loop from vectorising).
     const ROUND: f32 = 12_582_912.0;
-    let n = (xc * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let shifted = xc * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;
     // Cephes expf polynomial on [-ln2/2, ln2/2].
     let p = 1.987_569_1e-4_f32;
@@ -244,7 +245,12 @@ fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 5e-1;
     let y = p * r * r + r + 1.0;
-    let scaled = y * f32::from_bits(((n as i32 + 127) as u32) << 23);
+    // 2^n from the integer `n` held in the low mantissa bits of `shifted` (ulp 1 in [2^23, 2^24)), in
+    // wrapping integer arithmetic: `n as i32` is a saturating conversion that keeps the loop scalar.
+    let biased = (shifted.to_bits())
+        .wrapping_sub(ROUND.to_bits())
+        .wrapping_add(127);
+    let scaled = y * f32::from_bits(biased << 23);
     if x < -87.0 { 0.0 } else { scaled }
 }
 
