@@ -6,9 +6,10 @@
 //!   `python3 scripts/make_qwen2_q4km.py` into cargo's target tmp dir (skipped, saying why, when python3 or
 //!   its `gguf` package is missing).
 //!
-//! `cargo bench --bench decode` (threads: RAYON_NUM_THREADS; tokens: QLAB_BENCH_TOKENS, default 64). Each
-//! measurement and each qlab/candle ratio is also printed as one JSON line (the lines starting with `{`):
-//! `cargo bench --bench decode | grep '^{' > bench/results/NAME.jsonl`.
+//! `cargo bench --bench decode` (threads: RAYON_NUM_THREADS; tokens: QLAB_BENCH_TOKENS, default 64;
+//! `QLAB_BENCH_QUICK=1`: qlab alone on the demo model, for comparing changes). Each measurement, each
+//! qlab/candle ratio and each engine's batch-10/batch-1 ratio is also printed as one JSON line (the lines
+//! starting with `{`): `cargo bench --bench decode | grep '^{' > bench/results/NAME.jsonl`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -40,10 +41,12 @@ struct Context {
     avx512: bool,
     threads: usize,
     tokens: usize,
+    /// qlab alone on the demo model.
+    quick: bool,
 }
 
 impl Context {
-    fn new(tokens: usize) -> Self {
+    fn new(tokens: usize, quick: bool) -> Self {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
             .and_then(|t| {
@@ -62,6 +65,7 @@ impl Context {
             avx512,
             threads: candle_core::utils::get_num_threads(),
             tokens,
+            quick,
         }
     }
 
@@ -105,7 +109,7 @@ fn measure(model: &mut dyn CausalLm, prompt: &[u32], batch: usize, tokens: usize
 
 /// Batch 1 and 10 on one engine: decode tokens/s per batch.
 fn bench(ctx: &Context, case: &Case, engine: &str, model: &mut dyn CausalLm) -> Vec<f64> {
-    BATCHES
+    let tps: Vec<f64> = BATCHES
         .iter()
         .map(|&batch| {
             let (tps, prefill) = measure(model, case.prompt, batch, ctx.tokens);
@@ -120,7 +124,18 @@ fn bench(ctx: &Context, case: &Case, engine: &str, model: &mut dyn CausalLm) -> 
             }));
             tps
         })
-        .collect()
+        .collect();
+    let (last, first) = (BATCHES.len() - 1, 0);
+    let scaling = tps[last] / tps[first];
+    println!(
+        "{:<14} {engine:<24} batch {} / batch {}: {scaling:.2}x",
+        case.name, BATCHES[last], BATCHES[first]
+    );
+    ctx.line(json!({
+        "model": case.name, "engine": engine, "batch_scaling": scaling,
+        "batches": [BATCHES[first], BATCHES[last]],
+    }));
+    tps
 }
 
 fn run_case(ctx: &Context, case: &Case) {
@@ -135,6 +150,9 @@ fn run_case(ctx: &Context, case: &Case) {
     println!("qlab model loaded: +{:.0} MiB", rss_mib() - before);
     let qlab = bench(ctx, case, "qlab", &mut ours);
     drop(ours);
+    if ctx.quick {
+        return;
+    }
     let before = rss_mib();
     let mut peer = (case.load_peer)(case.path, &Device::Cpu).expect("candle model");
     println!("{} loaded: +{:.0} MiB", case.peer_name, rss_mib() - before);
@@ -188,7 +206,8 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(64);
-    let ctx = Context::new(tokens);
+    let quick = std::env::var_os("QLAB_BENCH_QUICK").is_some_and(|v| v != "0");
+    let ctx = Context::new(tokens, quick);
     println!(
         "threads: {} ; {tokens} new tokens per row ; {} (avx512: {})",
         ctx.threads, ctx.cpu, ctx.avx512
@@ -208,6 +227,9 @@ fn main() {
             load_peer: load_llama,
         },
     );
+    if quick {
+        return;
+    }
     match qwen2_gguf() {
         Ok(path) => {
             // Fixed ids spread over the vocabulary (the weights are random, so any ids do).

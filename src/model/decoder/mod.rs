@@ -1,10 +1,12 @@
 //! The decoder: one implementation for llama, mistral, qwen2, gemma and gemma2, with per-family switches.
 
+mod kv_cache;
 pub mod layers;
 pub mod lora;
 
 use candle_core::{Device, Result, Tensor};
 
+pub use self::kv_cache::KvCache;
 use self::layers::{RmsNorm, apply_rope, apply_rope_no_grad, mask_rows, rope_tables, softcap};
 use self::lora::{AdaptedLinear, DropoutSeed, LoraAdapter, LoraCall, SavedProducts};
 use crate::model::config::{Activation, ModelConfig};
@@ -77,33 +79,6 @@ pub struct BlockContext {
 /// Key of block `i`'s attention output among the saved products (beside the projections' `i << 8 | target`).
 fn site_id_attention(i: usize) -> u64 {
     (i as u64) << 8 | 0xff
-}
-
-/// Keys and values of past positions, one entry per layer (`[b, kv_heads, T, head_dim]`).
-#[derive(Debug, Clone, Default)]
-pub struct KvCache {
-    layers: Vec<Option<(Tensor, Tensor)>>,
-}
-
-impl KvCache {
-    pub fn new(num_layers: usize) -> Self {
-        Self {
-            layers: vec![None; num_layers],
-        }
-    }
-
-    /// Number of cached positions.
-    pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .and_then(|(k, _)| k.dim(2).ok())
-            .unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// Positions of the new tokens: consecutive from a start, or given per row (left-padded batches).
@@ -193,13 +168,13 @@ impl Decoder {
         })
     }
 
-    /// Runs block `i` on `x` `[b, t, d]`; appends to `cache` when given.
+    /// Runs block `i` on `x` `[b, t, d]`; appends to `cache` (its layer `i`) when given.
     pub fn block_forward(
         &self,
         i: usize,
         x: &Tensor,
         ctx: &BlockContext,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let blk = &self.blocks[i];
         let llama_style = blk.post_attn_norm.is_none()
@@ -326,7 +301,7 @@ impl Decoder {
         i: usize,
         x: &Tensor,
         ctx: &BlockContext,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let blk = &self.blocks[i];
@@ -342,9 +317,10 @@ impl Decoder {
         // No gradient is needed (generation, the checkpointed first pass): candle's fused kernels, which
         // have no backward, replace the differentiable compositions.
         let fused = !ctx.grad && !x.track_op();
-        // f32 on the CPU (training, evaluation): custom kernels with hand-written backward passes; the
-        // attention and gated product ones also serve the no-gradient pass (no score tensor).
-        let cpu = cpu::applies(x) && !ctx.generation;
+        // f32 on the CPU: custom kernels with hand-written backward passes; the attention and gated product
+        // ones also serve the no-gradient passes, generation included (no score tensor, and attention reads
+        // the KV cache's buffers in place).
+        let cpu = cpu::applies(x);
         let cpu_grad = cpu && !fused;
         let norm = |n: &RmsNorm, x: &Tensor| {
             if fused {
@@ -379,15 +355,11 @@ impl Decoder {
             }
         };
         let q = split(&q, h, true)?;
-        let mut k = split(&k, kvh, true)?;
-        let mut v = split(&v, kvh, false)?;
-        if let Some(slot) = cache {
-            if let Some((pk, pv)) = slot.as_ref() {
-                k = Tensor::cat(&[pk, &k], 2)?;
-                v = Tensor::cat(&[pv, &v], 2)?;
-            }
-            *slot = Some((k.clone(), v.clone()));
-        }
+        let (k, v) = (split(&k, kvh, true)?, split(&v, kvh, false)?);
+        let (k, v) = match cache {
+            Some(cache) => cache.append(i, &k, &v)?,
+            None => (k, v),
+        };
         let mask = self.layer_mask(i, ctx);
         let scale = cfg.query_pre_attn_scalar.powf(-0.5);
         let attn = if cpu {
@@ -476,17 +448,11 @@ impl Decoder {
         let mut ctx = self.context(b, t, past, positions, key_mask)?;
         ctx.generation = generation;
         let mut x = self.embed(ids)?;
+        if let Some(c) = cache.as_mut() {
+            c.ensure_layers(self.blocks.len());
+        }
         for i in 0..self.blocks.len() {
-            let slot = match cache.as_mut() {
-                Some(c) => {
-                    if c.layers.len() != self.blocks.len() {
-                        c.layers = vec![None; self.blocks.len()];
-                    }
-                    Some(&mut c.layers[i])
-                }
-                None => None,
-            };
-            x = self.block_forward(i, &x, &ctx, slot)?;
+            x = self.block_forward(i, &x, &ctx, cache.as_deref_mut())?;
         }
         Ok(x)
     }

@@ -64,7 +64,7 @@ impl CausalLm for DecoderLm {
         attend: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         if offset == 0 {
-            self.cache = KvCache::new(self.decoder.blocks.len());
+            self.cache.clear();
         }
         let pos = match attend {
             Some(mask) => positions(mask, offset, ids.dim(1)?)?,
@@ -76,7 +76,7 @@ impl CausalLm for DecoderLm {
     }
 
     fn clear_cache(&mut self) {
-        self.cache = KvCache::new(self.decoder.blocks.len());
+        self.cache.clear();
     }
 
     fn device(&self) -> &Device {
@@ -164,6 +164,34 @@ mod tests {
                 batch[0].ids, longer_alone[0].ids,
                 "{fam}: unpadded row of a batch"
             );
+        }
+    }
+
+    /// Answers long enough to outgrow the KV cache's first buffers, in a left-padded batch and then alone:
+    /// the same tokens, and the cache starts afresh for each generation.
+    #[test]
+    fn a_padded_batch_that_outgrows_the_cache_answers_as_each_row_alone() {
+        let dir = fixture("llama");
+        let (prompt, _) = hf_greedy(&dir);
+        let mut lm = DecoderLm::new(load_model(&dir, Quant::None, &Device::Cpu).unwrap());
+        let longer: Vec<u32> = [&prompt[..], &prompt[..]].concat();
+        let n = 80;
+        let (longer_len, prompt_len) = (longer.len(), prompt.len());
+        let (batch, _) = generate(
+            &mut lm,
+            &[longer.clone(), prompt.clone()],
+            &greedy(n),
+            &mut |_| {},
+        )
+        .unwrap();
+        let grown = lm.cache.capacity();
+        assert!(grown >= longer.len() + n, "capacity {grown}");
+        for (row, alone) in [longer, prompt].into_iter().enumerate() {
+            let (want, _) = generate(&mut lm, &[alone], &greedy(n), &mut |_| {}).unwrap();
+            assert_eq!(batch[row].ids.len(), n);
+            assert_eq!(batch[row].ids, want[0].ids, "row {row}");
+            // The last token is never fed back: the cache holds the row's prompt and the rest.
+            assert_eq!(lm.cache.len(), [longer_len, prompt_len][row] + n - 1);
         }
     }
 

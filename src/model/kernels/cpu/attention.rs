@@ -1,13 +1,17 @@
 //! Fused attention `softmax(softcap(scale * Q K^T) + mask) V` with grouped-query heads, one (batch, key
 //! head) group per task: the scores of one head live in a per-task buffer, never in a `[b, h, t, T]`
 //! tensor. The backward pass recomputes the probabilities from q and k (flash-style) instead of keeping them.
+//! Keys and values may be views of a KV cache's buffers (each head's positions contiguous rows, the heads
+//! further apart): they are read in place.
 
+use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::{Mat, cpu_slice, dot, exp_shifted_sum, matmul, max, simd, storage_slice, to_f32_vec};
 
-/// The attention op's constants; q `[b, h, t, d]`, k and v `[b, kvh, T, d]`, all contiguous.
+/// The attention op's constants; q `[b, h, t, d]` contiguous, k and v `[b, kvh, T, d]` readable as
+/// [`Groups`].
 pub(super) struct FusedAttention {
     /// Additive mask `[b, 1, t, T]` (0 or a large negative value).
     pub(super) mask: Vec<f32>,
@@ -55,6 +59,71 @@ impl Dims {
 
     fn rep(&self) -> usize {
         self.h / self.kvh
+    }
+}
+
+/// Keys or values `[b, kvh, T, d]` whose (batch row, key head) groups are each `T` contiguous rows of `d`,
+/// wherever each group starts: a contiguous tensor, or the first `T` positions of a KV cache's buffer.
+#[derive(Clone, Copy)]
+pub(super) struct Groups<'a> {
+    data: &'a [f32],
+    kvh: usize,
+    /// Elements between batch rows and between key heads.
+    strides: (usize, usize),
+    /// Elements of one group (`T * d`).
+    len: usize,
+}
+
+impl<'a> Groups<'a> {
+    /// A contiguous `[b, kvh, T, d]` tensor's elements.
+    pub(super) fn contiguous(data: &'a [f32], dm: Dims) -> Self {
+        let len = dm.tk * dm.d;
+        Self {
+            data,
+            kvh: dm.kvh,
+            strides: (dm.kvh * len, len),
+            len,
+        }
+    }
+
+    /// The groups of a CPU storage in layout `l`, or None when its positions are not contiguous rows.
+    fn of(s: &'a CpuStorage, l: &Layout, op: &str) -> Result<Option<Self>> {
+        let CpuStorage::F32(all) = s else {
+            candle_core::bail!("{op}: expected f32 storage, got {:?}", s.dtype())
+        };
+        let (b, kvh, tk, d) = l.shape().dims4()?;
+        let st = l.stride();
+        let rows = (d <= 1 || st[3] == 1) && (tk <= 1 || st[2] == d);
+        if !rows {
+            return Ok(None);
+        }
+        let len = tk * d;
+        let last = (b.max(1) - 1) * st[0] + (kvh.max(1) - 1) * st[1] + len;
+        let Some(data) = all.get(l.start_offset()..l.start_offset() + last) else {
+            candle_core::bail!(
+                "{op}: layout {l:?} reaches past its storage of {}",
+                all.len()
+            )
+        };
+        Ok(Some(Self {
+            data,
+            kvh,
+            strides: (st[0], st[1]),
+            len,
+        }))
+    }
+
+    /// Whether [`Self::of`] reads a tensor in this layout.
+    fn readable(l: &Layout) -> bool {
+        let (st, dims) = (l.stride(), l.dims());
+        dims.len() == 4 && (dims[3] <= 1 || st[3] == 1) && (dims[2] <= 1 || st[2] == dims[3])
+    }
+
+    /// Group `g` (`batch row * kvh + key head`): `T * d` elements.
+    #[inline(always)]
+    fn get(&self, g: usize) -> &'a [f32] {
+        let at = (g / self.kvh) * self.strides.0 + (g % self.kvh) * self.strides.1;
+        &self.data[at..at + self.len]
     }
 }
 
@@ -107,14 +176,22 @@ impl FusedAttention {
         let (t, tk, d, n) = (dm.t, dm.tk, dm.d, blk.keys);
         let rows = blk.r1 - blk.r0;
         let p = &mut p[..rows * n];
-        matmul(
-            p,
-            (rows, n, d),
-            Mat::rows(&qh[blk.r0 * d..], d),
-            Mat::rows_t(kg, d),
-            self.scale,
-            false,
-        );
+        if rows == 1 && d > 0 {
+            // One query (decoding): dot products, without gemm's packing, which costs more than the product.
+            let q = &qh[blk.r0 * d..blk.r1 * d];
+            for (s, k) in p.iter_mut().zip(kg.chunks_exact(d)) {
+                *s = self.scale * dot(q, k);
+            }
+        } else {
+            matmul(
+                p,
+                (rows, n, d),
+                Mat::rows(&qh[blk.r0 * d..], d),
+                Mat::rows_t(kg, d),
+                self.scale,
+                false,
+            );
+        }
         let mask = &self.mask[(bi * t + blk.r0) * tk..(bi * t + blk.r1) * tk];
         for ((row, mrow), crow) in p
             .chunks_exact_mut(n)
@@ -136,7 +213,7 @@ impl FusedAttention {
         }
     }
 
-    pub(super) fn forward(&self, dm: Dims, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
+    pub(super) fn forward(&self, dm: Dims, q: &[f32], k: Groups, v: Groups) -> Vec<f32> {
         let (t, tk, d, rep) = (dm.t, dm.tk, dm.d, dm.rep());
         let block_rows = ROW_BLOCK.min(t);
         let mut out = vec![0f32; dm.b * dm.h * t * d];
@@ -147,8 +224,7 @@ impl FusedAttention {
                     #[inline(always)]
                     || {
                         let bi = g / dm.kvh;
-                        let kg = &k[g * tk * d..(g + 1) * tk * d];
-                        let vg = &v[g * tk * d..(g + 1) * tk * d];
+                        let (kg, vg) = (k.get(g), v.get(g));
                         let blocks = self.blocks(dm, bi);
                         for (r, oh) in og.chunks_exact_mut(t * d).enumerate() {
                             let hq = g * rep + r;
@@ -157,6 +233,10 @@ impl FusedAttention {
                                 let (rows, n) = (blk.r1 - blk.r0, blk.keys);
                                 self.probs(dm, bi, blk, (qh, kg), p, dcap);
                                 let o = &mut oh[blk.r0 * d..blk.r1 * d];
+                                if rows == 1 && d > 0 {
+                                    weighted_rows(o, &p[..n], vg);
+                                    continue;
+                                }
                                 matmul(
                                     o,
                                     (rows, d, n),
@@ -271,6 +351,17 @@ impl FusedAttention {
     }
 }
 
+/// `out = sum_j w[j] * rows[j]` for rows of `out.len()` (one query's output from its probabilities).
+#[inline(always)]
+fn weighted_rows(out: &mut [f32], w: &[f32], rows: &[f32]) {
+    out.fill(0.0);
+    for (&wj, row) in w.iter().zip(rows.chunks_exact(out.len())) {
+        for (o, x) in out.iter_mut().zip(row) {
+            *o += wj * x;
+        }
+    }
+}
+
 impl CustomOp3 for FusedAttention {
     fn name(&self) -> &'static str {
         "fused-attention"
@@ -298,11 +389,13 @@ impl CustomOp3 for FusedAttention {
             let out = storage_slice(&s, l, self.name())?.to_vec();
             return Ok((CpuStorage::F32(out), ql.shape().clone()));
         }
-        let (q, k, v) = (
-            cpu_slice(q, ql, self.name())?,
-            cpu_slice(k, kl, self.name())?,
-            cpu_slice(v, vl, self.name())?,
-        );
+        let q = cpu_slice(q, ql, self.name())?;
+        let (Some(k), Some(v)) = (
+            Groups::of(k, kl, self.name())?,
+            Groups::of(v, vl, self.name())?,
+        ) else {
+            candle_core::bail!("{}: keys and values need contiguous rows", self.name())
+        };
         Ok((
             CpuStorage::F32(self.forward(dm, q, k, v)),
             ql.shape().clone(),
@@ -318,6 +411,7 @@ impl CustomOp3 for FusedAttention {
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dm = Dims::of(q.shape(), k.shape(), v.shape(), self.mask.len())?;
+        let (k, v) = (k.contiguous()?, v.contiguous()?);
         let grad = grad_res.contiguous()?;
         let (dq, dk, dv) = {
             let name = self.name();
@@ -362,8 +456,11 @@ pub fn attention(
         softcap: softcap.map(|c| c as f32),
         known_output: known_output.map(|t| t.contiguous()).transpose()?,
     };
-    q.contiguous()?
-        .apply_op3(&k.contiguous()?, &v.contiguous()?, op)
+    let rows = |x: &Tensor| match Groups::readable(x.layout()) {
+        true => Ok(x.clone()),
+        false => x.contiguous(),
+    };
+    q.contiguous()?.apply_op3(&rows(k)?, &rows(v)?, op)
 }
 
 #[cfg(test)]
@@ -455,5 +552,32 @@ mod tests {
         let valid = vec![vec![true; 10], [vec![true; 7], vec![false; 3]].concat()];
         check((2, 4, 4, 10, 16), valid.clone(), Some(4), Some(5.0));
         check((2, 4, 1, 10, 16), valid, Some(3), None);
+    }
+
+    /// A decode step: one query per row against keys and values that are views of the first positions of
+    /// larger buffers (a KV cache's), read in place with the same result as contiguous copies.
+    #[test]
+    fn decoding_reads_cache_views_in_place() {
+        let (b, h, kvh, past, d, capacity) = (3, 6, 2, 9, 8, 16);
+        let q = random(&[b, h, 1, d], 1);
+        let k_buffer = random(&[b, kvh, capacity, d], 2);
+        let v_buffer = random(&[b, kvh, capacity, d], 3);
+        let (k, v) = (
+            k_buffer.narrow(2, 0, past + 1).unwrap(),
+            v_buffer.narrow(2, 0, past + 1).unwrap(),
+        );
+        assert!(!k.is_contiguous() && Groups::readable(k.layout()));
+        let valid = vec![
+            vec![true; past + 1],
+            [vec![false; 4], vec![true; past - 3]].concat(),
+            [vec![false; past], vec![true]].concat(),
+        ];
+        let mask = attention_mask(&valid, past, 1, None, &Device::Cpu).unwrap();
+        let in_place = attention(&q, &k, &v, &mask, (0.3, None), None).unwrap();
+        let (kc, vc) = (k.contiguous().unwrap(), v.contiguous().unwrap());
+        let copied = attention(&q, &kc, &vc, &mask, (0.3, None), None).unwrap();
+        assert_eq!(rel_err(&in_place, &copied), 0.0);
+        let refr = reference(&q, &kc, &vc, &mask, 0.3, None);
+        assert!(rel_err(&in_place, &refr) < 1e-5);
     }
 }

@@ -9,7 +9,7 @@ use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::adapted_linear::{AdaptedProduct, AdapterCall, Dims as LinearDims};
-use super::attention::{Dims as AttentionDims, FusedAttention};
+use super::attention::{Dims as AttentionDims, FusedAttention, Groups};
 use super::gated::GatedProduct;
 use super::rms_norm::FusedRmsNorm;
 use super::rope::FusedRope;
@@ -315,7 +315,11 @@ pub fn block(x: &Tensor, p: BlockParts) -> Result<(Tensor, Option<Tensor>)> {
         }
         Some(known) => candle_core::bail!("{NAME}: saved attention output {:?}", known.dims()),
         None => {
-            let heads = attention.forward(attention_dims, &q, &k, &v);
+            let (k, v) = (
+                Groups::contiguous(&k, attention_dims),
+                Groups::contiguous(&v, attention_dims),
+            );
+            let heads = attention.forward(attention_dims, &q, k, v);
             let attn = swap_axes(&heads, (b, h, t, hd));
             let kept = (p.keep_attention)
                 .then(|| Tensor::from_vec(heads, (b, h, t, hd), &dev))
