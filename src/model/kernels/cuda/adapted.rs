@@ -43,13 +43,7 @@ impl Projection {
         base: &FrozenLinear,
         adapter: Adapter,
     ) -> Result<(Self, Option<Tensor>)> {
-        let in_f = adapter.a.dim(1)?;
-        let a = adapter.a.detach().contiguous()?;
-        let mid = project(
-            &adapter_input(x2, in_f, adapter.dropout.as_ref())?,
-            &a,
-            adapter.scale,
-        )?;
+        let (a, mid) = rank_wide(x2, &adapter)?;
         let dequantized = base.weight.dequantize_whole(x2.device())?;
         let frozen = match (&dequantized, &base.bias) {
             (Some(_), None) => None,
@@ -221,6 +215,14 @@ fn few_rows(x2: &Tensor, base: &FrozenLinear, adapter: &Adapter) -> Result<Optio
         Some(bias) => frozen.broadcast_add(&bias.to_dtype(frozen.dtype())?)?,
         None => frozen,
     };
+    let (_, mid) = rank_wide(x2, adapter)?;
+    let b_t = adapter.b.detach().t()?.contiguous()?;
+    expand(Base::Add(&frozen), &mid, &b_t).map(Some)
+}
+
+/// The adapter's A `[r, in]` (detached, contiguous) and the rank-wide intermediate `s dropout(x2) A^T`
+/// `[rows, r]` (f32) for bf16 `x2` `[rows, in]`.
+fn rank_wide(x2: &Tensor, adapter: &Adapter) -> Result<(Tensor, Tensor)> {
     let in_f = adapter.a.dim(1)?;
     let a = adapter.a.detach().contiguous()?;
     let mid = project(
@@ -228,8 +230,7 @@ fn few_rows(x2: &Tensor, base: &FrozenLinear, adapter: &Adapter) -> Result<Optio
         &a,
         adapter.scale,
     )?;
-    let b_t = adapter.b.detach().t()?.contiguous()?;
-    expand(Base::Add(&frozen), &mid, &b_t).map(Some)
+    Ok((a, mid))
 }
 
 /// The adapter's input `[rows, in]`: `x`, times the dropout mask when there is one.
