@@ -20,29 +20,11 @@ QLAB_FIXTURES=tests/fixtures/models /tmp/qlab-bin/cuda_reference --test-threads 
 
 # record SIDE BATCH RANK EXIT LOG: one line of $out/generate.jsonl
 record() {
-  python3 - "$@" "$commit" "$out/generate.jsonl" <<'PY'
-import json, sys, datetime
-side, batch, rank, status, log, commit, file = sys.argv[1:]
-line = {"side": side, "batch": int(batch), "adapter_rank": int(rank), "ok": status == "0", "commit": commit,
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
-try:
-    text = open(log + ".json").read().strip()
-    # qlab prints one indented JSON document; the peer's result is its last line
-    line["result"] = json.loads(text if side == "qlab" else text.splitlines()[-1])
-except Exception:
-    line["ok"] = False
-if not line["ok"]:
-    line["exit"] = int(status)
-    line["error"] = open(log + ".err", errors="replace").read()[-600:]
-open(file, "a").write(json.dumps(line) + "\n")
-r = line.get("result", {})
-print(side, "batch", batch, "rank", rank, "ok" if line["ok"] else "FAILED", r.get("tokens_per_s"),
-      r.get("peak_allocated_gib", r.get("peak_gib")))
-PY
+  python3 "$(dirname "$0")/h200_record.py" "$out/generate.jsonl" "$1" "$4" "$5" "$commit" batch="$2" adapter_rank="$3"
 }
 
 mkdir -p /tmp/qlab-logs
-# qlab SIDE-less run: BATCH RANK
+# qlab_run BATCH RANK, peer_run BATCH: one run of each side
 qlab_run() {
   local log=/tmp/qlab-logs/qlab-b$1-r$2
   /tmp/qlab-bin/qlab bench generate --preset llama-3.1-8b --random-weights --batch "$1" --adapter-rank "$2" \

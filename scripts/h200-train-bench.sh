@@ -26,29 +26,6 @@ out=${OUT:-out}
 source "$(dirname "$0")/h200-setup.sh"
 commit=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 
-# record FILE SIDE BATCH SEQ EXIT LOG: one line of results (the run's JSON, or its exit status and the end
-# of its error output)
-record() {
-  python3 - "$@" "$commit" <<'PY'
-import json, sys, datetime
-file, side, batch, seq, status, log, commit = sys.argv[1:]
-line = {"side": side, "batch": int(batch), "seq": int(seq), "ok": status == "0",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "commit": commit}
-try:
-    line["result"] = json.loads(open(log + ".json").read().strip().splitlines()[-1] if side == "peer"
-                                else open(log + ".json").read())
-except Exception:
-    line["ok"] = False
-if not line["ok"]:
-    line["exit"] = int(status)
-    line["error"] = open(log + ".err", errors="replace").read()[-600:]
-open(file, "a").write(json.dumps(line) + "\n")
-r = line.get("result", {})
-print(side, batch, seq, "ok" if line["ok"] else "FAILED exit %s" % status,
-      r.get("tokens_per_s", r.get("tok_s")), r.get("peak_allocated_gib", r.get("peak_gib")))
-PY
-}
-
 # run FILE SIDE BATCH SEQ STEPS LIMIT_S [PRESET [FLAGS...]]: one run of one side; its exit status
 run() {
   local file=$1 side=$2 batch=$3 seq=$4 steps=$5 limit=$6 preset=${7:-llama-3.1-8b} log="/tmp/qlab-logs/$2-$3x$4-${7:-}"
@@ -63,7 +40,7 @@ run() {
     PYTHONPATH=/tmp/site timeout "$limit" python3 /tmp/peer.py nf4 "$batch" "$seq" > "$log.json" 2> "$log.err"
   fi
   local status=$?
-  record "$file" "$side" "$batch" "$seq" "$status" "$log"
+  python3 "$(dirname "$0")/h200_record.py" "$file" "$side" "$status" "$log" "$commit" batch="$batch" seq="$seq"
   return $status
 }
 
