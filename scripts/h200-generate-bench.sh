@@ -2,7 +2,7 @@
 # Answering on a GPU, qlab against the peer in ONE device call (issue #15), after the CUDA reference tests:
 #   qlab bench generate (NF4 base at Llama-3.1-8B dims, random weights, r=16 LoRA unmerged, greedy) and
 #   ../shared/bench/peer_generate_gpu.py (transformers generate + PEFT + bitsandbytes NF4), batch 1 and 10,
-#   prompt 128, 128 new tokens; then qlab's base alone (--adapter-rank 0) at batch 10, a question set's
+#   prompt 128, 128 new tokens; and qlab's base alone (--adapter-rank 0) at batch 10, a question set's
 #   answers before fine-tuning (the stages after it answer with an adapter, as the r=16 runs do).
 # Every run's JSON (or its failure, with the end of its error output) is a line of $OUT/generate.jsonl, and a
 # summary line on standard output; the CUDA tests' summary is $OUT/cuda_reference.txt.
@@ -36,8 +36,10 @@ peer_run() {
   PYTHONPATH=/tmp/site python3 .dev/peer/peer_generate_gpu.py "$1" 128 128 > "$log.json" 2> "$log.err"
   record peer "$1" 16 $? "$log"
 }
-for batch in 1 10; do
-  qlab_run "$batch" 16
-  peer_run "$batch"
-done
+# qlab's runs first (seconds each), then the peer's (about two minutes each, mostly building its model):
+# batch 10 before batch 1, so that a call cut short still pairs the question-set batch.
+qlab_run 1 16
+qlab_run 10 16
 qlab_run 10 0
+peer_run 10
+peer_run 1

@@ -7,12 +7,16 @@
 #                                          (smollm2-135m, batch 4 x 256 as the demo sweep trains it, without
 #                                          checkpointing as experiments.toml sets it) and Mistral-7B v0.3 at
 #                                          batch 1 x 2048 (NF4, checkpointed)
+#   scripts/h200-train-bench.sh offload    what keeping the blocks' inputs in host memory costs: qlab at
+#                                          1 x 16384 with --checkpoints device, then host (reported as
+#                                          checkpoints_on_host)
 #   scripts/h200-train-bench.sh longest    the longest sequence each side trains at batch 1: doubling from
 #                                          START (default 32768) until a run fails, then one bisection
 #                                          between the last length that ran and the first that failed; one
 #                                          step per run, each side (qlab --steps 1; the peer's script with
-#                                          its 8 steps cut to 1). SIDES (default "peer qlab") and LIMIT_S
-#                                          (seconds per run, default 200) bound it.
+#                                          its 8 steps cut to 1). SIDES (default "peer qlab"), LIMIT_S
+#                                          (seconds per run, default 200) and MAX (the longest length to try;
+#                                          reaching it ends the side without a bisection) bound it.
 # Every run's JSON (or its failure, with the end of its error output) is a line of $OUT/train.jsonl or
 # $OUT/longest.jsonl, and a summary line on standard output.
 # Expects, in the working tree (ignored folders the device call carries):
@@ -20,7 +24,7 @@
 #   .dev/peer/peer_qlora_gpu.py             a copy of ../shared/bench/peer_qlora_gpu.py
 #   .whl/bitsandbytes-*.whl                 the peer's missing package (device README, "Notes")
 set -uo pipefail
-mode=${1:?usage: scripts/h200-train-bench.sh train|presets|longest}
+mode=${1:?usage: scripts/h200-train-bench.sh train|presets|offload|longest}
 out=${OUT:-out}
 # shellcheck source=scripts/h200-setup.sh
 source "$(dirname "$0")/h200-setup.sh"
@@ -57,14 +61,21 @@ case $mode in
     run "$out/presets.jsonl" qlab 4 256 8 120 smollm2-135m --no-checkpointing
     run "$out/presets.jsonl" qlab 1 2048 6 150 mistral-7b-v0.3
     ;;
+  offload)
+    run "$out/offload.jsonl" qlab 1 16384 4 150 llama-3.1-8b --checkpoints device
+    run "$out/offload.jsonl" qlab 1 16384 4 150 llama-3.1-8b --checkpoints host
+    ;;
   longest)
     for side in ${SIDES:-peer qlab}; do
       steps=1 good=0 seq=${START:-32768}
-      while run "$out/longest.jsonl" "$side" 1 "$seq" "$steps" "${LIMIT_S:-200}"; do good=$seq; seq=$((seq * 2)); done
-      if ((good > 0)); then
+      while run "$out/longest.jsonl" "$side" 1 "$seq" "$steps" "${LIMIT_S:-200}"; do
+        good=$seq seq=$((seq * 2))
+        if ((seq > ${MAX:-1073741824})); then break; fi
+      done
+      if ((good > 0 && seq <= ${MAX:-1073741824})); then
         run "$out/longest.jsonl" "$side" 1 $(((good + seq) / 2)) "$steps" "${LIMIT_S:-200}"
       fi
     done
     ;;
-  *) echo "unknown mode $mode (train|presets|longest)" >&2; exit 2 ;;
+  *) echo "unknown mode $mode (train|presets|offload|longest)" >&2; exit 2 ;;
 esac

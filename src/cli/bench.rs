@@ -9,6 +9,7 @@ use qlab::eval::bench::{GenerateBenchSettings, bench_generate};
 use qlab::model::Quant;
 use qlab::model::load::bench_model::BenchModel;
 use qlab::train::bench::{BenchSettings, bench_train};
+use qlab::train::step::CheckpointPlace;
 
 use super::exit::bad_flag;
 
@@ -66,6 +67,10 @@ pub struct TrainArgs {
     /// With checkpointing, keep the frozen projections' outputs for the recomputation (the default on the CPU).
     #[arg(long)]
     save_frozen: bool,
+    /// With checkpointing on a GPU, where the blocks' inputs wait for the backward pass: `host` frees the
+    /// device's memory for longer sequences; `auto` moves them when they would take over 40% of it.
+    #[arg(long, value_enum, default_value_t = Checkpoints::Auto)]
+    checkpoints: Checkpoints,
     /// With --preset: keep only the first N blocks (to profile a step at real widths in less time).
     #[arg(long, requires = "preset")]
     layers: Option<usize>,
@@ -75,6 +80,14 @@ pub struct TrainArgs {
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
+}
+
+/// `--checkpoints`: where a checkpointed step keeps the blocks' inputs.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Checkpoints {
+    Auto,
+    Device,
+    Host,
 }
 
 #[derive(Debug, Args)]
@@ -165,6 +178,11 @@ fn train(a: TrainArgs) -> Result<()> {
             _ => None,
         },
         device: a.device,
+        checkpoints: match a.checkpoints {
+            Checkpoints::Auto => CheckpointPlace::Auto,
+            Checkpoints::Device => CheckpointPlace::Device,
+            Checkpoints::Host => CheckpointPlace::Host,
+        },
         layers: a.layers,
     })?;
     if a.json {

@@ -14,7 +14,7 @@ use crate::model::error::{ModelError, Result};
 use crate::model::load::bench_model::{BenchModel, projection_kinds};
 use crate::model::quant::weights::Quant;
 use crate::model::{LoraSpec, Target};
-use crate::train::step::{StepOptions, TrainBatch};
+use crate::train::step::{CheckpointPlace, StepOptions, TrainBatch};
 
 #[derive(Debug, Clone)]
 pub struct BenchSettings {
@@ -28,6 +28,8 @@ pub struct BenchSettings {
     pub checkpointing: bool,
     /// See `StepOptions::save_frozen_products` (None: the device's default, `StepOptions::for_device`).
     pub save_frozen_products: Option<bool>,
+    /// Where checkpointed steps keep the blocks' inputs.
+    pub checkpoints: CheckpointPlace,
     /// Where to run (`auto` as `model::device::resolve` says).
     pub device: DeviceSpec,
     /// Presets only: keep the first N blocks (profiling a step at real widths in less time and memory).
@@ -45,6 +47,8 @@ pub struct BenchReport {
     pub threads: usize,
     pub checkpointing: bool,
     pub save_frozen_products: bool,
+    /// Checkpointed steps kept the blocks' inputs in host memory (`--checkpoints`, `auto` resolved).
+    pub checkpoints_on_host: bool,
     /// What a step includes.
     pub measures: &'static str,
     /// Median step time, the first (warm-up) step excluded.
@@ -144,6 +148,7 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
         save_frozen_products: s
             .save_frozen_products
             .unwrap_or(defaults.save_frozen_products),
+        checkpoints: s.checkpoints,
         ..defaults
     };
     let mut adam = AdamW {
@@ -184,6 +189,15 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
         threads: candle_core::utils::get_num_threads(),
         checkpointing: s.checkpointing,
         save_frozen_products: opts.save_frozen_products,
+        checkpoints_on_host: s.checkpointing
+            && opts.checkpoints.on_host(
+                s.batch
+                    * s.seq
+                    * model.config.hidden_size
+                    * crate::model::device::compute_dtype(&device).size_in_bytes(),
+                model.blocks.len(),
+                &device,
+            ),
         measures: "forward + loss + backward to all LoRA tensors (activation checkpointing per block, chunked vocabulary loss) + AdamW update",
         step_s,
         step_times_s: times,
@@ -218,6 +232,7 @@ mod tests {
             rank: 2,
             checkpointing: true,
             save_frozen_products: None,
+            checkpoints: CheckpointPlace::Auto,
             device: DeviceSpec::Cpu,
             layers: Some(1),
         })
@@ -240,6 +255,7 @@ mod tests {
             rank: 2,
             checkpointing: true,
             save_frozen_products: None,
+            checkpoints: CheckpointPlace::Auto,
             device: DeviceSpec::Cpu,
             layers: Some(1),
         };

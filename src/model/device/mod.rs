@@ -28,6 +28,20 @@ pub fn compute_dtype(device: &Device) -> DType {
     }
 }
 
+/// The device's total memory in bytes; None on the CPU (or when the driver cannot say).
+pub fn total_memory(device: &Device) -> Option<u64> {
+    match device {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(dev) => dev
+            .cuda_stream()
+            .context()
+            .mem_get_info()
+            .ok()
+            .map(|(_, total)| total as u64),
+        _ => None,
+    }
+}
+
 /// The device `auto` stands for in this build: the first GPU when qlab has CUDA, else the CPU; other
 /// choices are kept.
 pub fn resolve(spec: DeviceSpec) -> DeviceSpec {
