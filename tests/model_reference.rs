@@ -155,6 +155,7 @@ fn loss_and_lora_gradients_match_peft_with_and_without_checkpointing() {
                 loss_chunk: 5,
                 dropout_seed: None,
                 save_frozen_products,
+                ..StepOptions::default()
             };
             let out = model.loss_and_grads(&train_batch(&exp), &opts).unwrap();
             assert!(
@@ -481,6 +482,7 @@ fn seeded_lora_dropout_gives_the_same_gradients_with_checkpointing() {
             loss_chunk: 7,
             dropout_seed: Some(seed),
             save_frozen_products: checkpointing,
+            ..StepOptions::default()
         };
         model.loss_and_grads(&train_batch(&exp), &opts).unwrap()
     };

@@ -139,7 +139,8 @@ mod tests {
         let mut huge = s.clone();
         huge.train.max_seq_len = 1 << 20;
         huge.train.batch_size = 64;
-        assert!(estimate_train(&m, &huge, &all, QuantSpec::Nf4, true).gib() > 1e5);
+        // 67M tokens: terabytes of activations, refused long before any allocation.
+        assert!(estimate_train(&m, &huge, &all, QuantSpec::Nf4, true).gib() > 1e4);
         let eval = estimate_eval(&m, &s, QuantSpec::Nf4, true).gib();
         assert!((4.0..40.0).contains(&eval), "{eval}");
     }
