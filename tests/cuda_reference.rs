@@ -250,15 +250,7 @@ fn loss_and_lora_gradients_match_peft_in_bf16() {
         let want_loss = meta["loss"].as_f64().unwrap() as f32;
         let mut model = load_model(&dir, Quant::None, &dev).unwrap();
         model.load_peft(&dir.join("adapter")).unwrap();
-        let batch = TrainBatch {
-            input_ids: exp["train_ids"]
-                .to_dtype(DType::U32)
-                .unwrap()
-                .to_device(&dev)
-                .unwrap(),
-            loss_mask: exp["train_loss_mask"].to_device(&dev).unwrap(),
-            attention_mask: Some(exp["train_attention_mask"].to_device(&dev).unwrap()),
-        };
+        let batch = train_batch(&exp, &dev);
         let opts = StepOptions {
             checkpointing: true,
             loss_chunk: 5,
@@ -286,54 +278,60 @@ fn loss_and_lora_gradients_match_peft_in_bf16() {
     }
 }
 
-/// The GPU's fused block (bf16, one node with a hand-chained backward) against the CPU's f32 block on the
-/// same NF4 model, with LoRA on every projection, non-zero B and dropout: loss and every LoRA gradient.
-#[test]
-fn gpu_training_step_matches_the_cpu_with_nf4_and_dropout() {
+/// The llama fixture in NF4 on `dev` with r=8 LoRA (dropout 0.1) on every projection and fixed non-zero
+/// adapter weights.
+fn nf4_llama_with_lora(dir: &Path, dev: &Device) -> Decoder {
     use qlab::model::{LoraSpec, Target};
-    let dev = gpu();
-    let dir = fixture("llama");
-    let exp = expected(&dir);
-    let spec = LoraSpec {
+    let mut m = load_model(dir, Quant::Nf4, dev).unwrap();
+    m.add_lora(&LoraSpec {
         targets: Target::ALL.to_vec(),
         rank: 8,
         alpha: 16.0,
         rslora: false,
         dropout: 0.1,
         seed: 3,
-    };
-    let models: Vec<Decoder> = [Device::Cpu, dev.clone()]
-        .iter()
-        .map(|d| {
-            let mut m = load_model(&dir, Quant::Nf4, d).unwrap();
-            m.add_lora(&spec).unwrap();
-            for (i, (_, v)) in m.lora_params().into_iter().enumerate() {
-                let w = Tensor::from_vec(weights(v.elem_count()), v.shape(), &Device::Cpu)
-                    .unwrap()
-                    .affine(0.05 + 0.001 * i as f64, 0.0)
-                    .unwrap();
-                v.set(&w.to_device(d).unwrap()).unwrap();
-            }
-            m
-        })
-        .collect();
-    let run = |m: &Decoder, d: &Device| {
-        let batch = TrainBatch {
-            input_ids: exp["train_ids"]
-                .to_dtype(DType::U32)
-                .unwrap()
-                .to_device(d)
-                .unwrap(),
-            loss_mask: exp["train_loss_mask"].to_device(d).unwrap(),
-            attention_mask: Some(exp["train_attention_mask"].to_device(d).unwrap()),
-        };
+    })
+    .unwrap();
+    for (i, (_, v)) in m.lora_params().into_iter().enumerate() {
+        let w = Tensor::from_vec(weights(v.elem_count()), v.shape(), &Device::Cpu)
+            .unwrap()
+            .affine(0.05 + 0.001 * i as f64, 0.0)
+            .unwrap();
+        v.set(&w.to_device(dev).unwrap()).unwrap();
+    }
+    m
+}
+
+/// The fixture's training batch on `dev`.
+fn train_batch(exp: &HashMap<String, Tensor>, dev: &Device) -> TrainBatch {
+    TrainBatch {
+        input_ids: exp["train_ids"]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .to_device(dev)
+            .unwrap(),
+        loss_mask: exp["train_loss_mask"].to_device(dev).unwrap(),
+        attention_mask: Some(exp["train_attention_mask"].to_device(dev).unwrap()),
+    }
+}
+
+/// The GPU's fused block (bf16, one node with a hand-chained backward) against the CPU's f32 block on the
+/// same NF4 model, with LoRA on every projection, non-zero B and dropout: loss and every LoRA gradient.
+#[test]
+fn gpu_training_step_matches_the_cpu_with_nf4_and_dropout() {
+    let dev = gpu();
+    let dir = fixture("llama");
+    let exp = expected(&dir);
+    let run = |d: &Device| {
         let opts = StepOptions {
             dropout_seed: Some(11),
             ..StepOptions::for_device(d)
         };
-        m.loss_and_grads(&batch, &opts).unwrap()
+        nf4_llama_with_lora(&dir, d)
+            .loss_and_grads(&train_batch(&exp, d), &opts)
+            .unwrap()
     };
-    let (want, got) = (run(&models[0], &Device::Cpu), run(&models[1], &dev));
+    let (want, got) = (run(&Device::Cpu), run(&dev));
     let loss_e = ((got.loss - want.loss) / want.loss).abs();
     let mut worst = 0f32;
     for ((key, g), (_, w)) in got.grads.iter().zip(&want.grads) {
@@ -352,38 +350,12 @@ fn gpu_training_step_matches_the_cpu_with_nf4_and_dropout() {
 /// step keeping them on the device computes: same loss, same LoRA gradients.
 #[test]
 fn checkpoints_in_host_memory_give_the_steps_loss_and_gradients() {
-    use qlab::model::{LoraSpec, Target};
     use qlab::train::step::CheckpointPlace;
     let dev = gpu();
     let dir = fixture("llama");
     let exp = expected(&dir);
-    let mut model = load_model(&dir, Quant::Nf4, &dev).unwrap();
-    model
-        .add_lora(&LoraSpec {
-            targets: Target::ALL.to_vec(),
-            rank: 8,
-            alpha: 16.0,
-            rslora: false,
-            dropout: 0.1,
-            seed: 3,
-        })
-        .unwrap();
-    for (i, (_, v)) in model.lora_params().into_iter().enumerate() {
-        let w = Tensor::from_vec(weights(v.elem_count()), v.shape(), &Device::Cpu)
-            .unwrap()
-            .affine(0.05 + 0.001 * i as f64, 0.0)
-            .unwrap();
-        v.set(&w.to_device(&dev).unwrap()).unwrap();
-    }
-    let batch = TrainBatch {
-        input_ids: exp["train_ids"]
-            .to_dtype(DType::U32)
-            .unwrap()
-            .to_device(&dev)
-            .unwrap(),
-        loss_mask: exp["train_loss_mask"].to_device(&dev).unwrap(),
-        attention_mask: Some(exp["train_attention_mask"].to_device(&dev).unwrap()),
-    };
+    let model = nf4_llama_with_lora(&dir, &dev);
+    let batch = train_batch(&exp, &dev);
     let run = |checkpoints| {
         let opts = StepOptions {
             dropout_seed: Some(11),
