@@ -10,6 +10,7 @@ pub mod attention;
 pub mod block;
 pub mod cross_entropy;
 pub mod decode;
+pub mod dequant;
 pub mod gated;
 pub mod qdot;
 pub mod rms_norm;
