@@ -9,6 +9,7 @@ use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, IndexOp, Tensor};
 use qlab::model::{Decoder, KvCache, ModelError, Positions, Quant, load_model};
+use qlab::train::keep_blocks::{BlockBytes, KeepBlocks};
 use qlab::train::step::{StepOptions, TrainBatch};
 
 const FAMILIES: [&str; 5] = ["llama", "mistral", "qwen2", "gemma", "gemma2"];
@@ -149,12 +150,32 @@ fn loss_and_lora_gradients_match_peft_with_and_without_checkpointing() {
         let want_loss = meta(&dir)["loss"].as_f64().unwrap() as f32;
         let mut model = load_model(&dir, Quant::None, &Device::Cpu).unwrap();
         model.load_peft(&dir.join("adapter")).unwrap();
-        for (checkpointing, save_frozen_products) in [(true, true), (true, false), (false, false)] {
+        // Checkpointed steps keep the last blocks whole (all of them with saved frozen products; the
+        // second of two within `one_more`), or recompute them all (a zero budget, or a family the fused
+        // CPU block does not serve).
+        let tokens = exp["train_ids"].elem_count();
+        let one_more = BlockBytes::of(&model.blocks[0], tokens, false).map(|b| {
+            let blocks = model.blocks.len();
+            KeepBlocks::Budget(blocks * b.checkpointed + b.kept - b.checkpointed)
+        });
+        if let Some(keep) = one_more {
+            assert_eq!(model.kept_blocks(tokens, keep, false), 1, "{fam}");
+            let all = model.blocks.len();
+            assert_eq!(model.kept_blocks(tokens, KeepBlocks::Auto, true), all);
+        }
+        for (checkpointing, save_frozen_products, keep) in [
+            (true, true, KeepBlocks::Auto),
+            (true, true, KeepBlocks::Budget(0)),
+            (true, false, KeepBlocks::Auto),
+            (true, false, one_more.unwrap_or_default()),
+            (false, false, KeepBlocks::Auto),
+        ] {
             let opts = StepOptions {
                 checkpointing,
                 loss_chunk: 5,
                 dropout_seed: None,
                 save_frozen_products,
+                keep,
                 ..StepOptions::default()
             };
             let out = model.loss_and_grads(&train_batch(&exp), &opts).unwrap();
@@ -169,7 +190,7 @@ fn loss_and_lora_gradients_match_peft_with_and_without_checkpointing() {
                 let e = rel_err(g, want);
                 assert!(
                     e <= 1e-4,
-                    "{fam} {key} (checkpointing {checkpointing}): relative error {e}"
+                    "{fam} {key} (checkpointing {checkpointing}, {keep:?}): relative error {e}"
                 );
             }
         }
@@ -476,17 +497,29 @@ fn seeded_lora_dropout_gives_the_same_gradients_with_checkpointing() {
             }
         }
     }
-    let run = |checkpointing: bool, seed: u64| {
+    // Auto keeps no block with dropout (its masks make a kept block dearer than a checkpointed one);
+    // an unbounded budget keeps both, masks and all.
+    let run = |checkpointing: bool, seed: u64, keep: KeepBlocks| {
         let opts = StepOptions {
             checkpointing,
             loss_chunk: 7,
             dropout_seed: Some(seed),
             save_frozen_products: checkpointing,
+            keep,
             ..StepOptions::default()
         };
         model.loss_and_grads(&train_batch(&exp), &opts).unwrap()
     };
-    let (a, b, other) = (run(true, 5), run(false, 5), run(true, 6));
+    let auto = KeepBlocks::Auto;
+    let (a, b, other) = (run(true, 5, auto), run(false, 5, auto), run(true, 6, auto));
+    let kept = run(true, 5, KeepBlocks::Budget(usize::MAX));
+    assert_eq!(kept.loss, b.loss, "kept blocks against the plain graph");
+    assert!(
+        kept.grads
+            .iter()
+            .zip(&b.grads)
+            .all(|((_, x), (_, y))| rel_err(x, y) == 0.0)
+    );
     assert!(
         (a.loss - b.loss).abs() <= 1e-6 * a.loss.abs(),
         "{} vs {}",

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod data;
 pub mod decoder_model;
+pub mod keep_blocks;
 pub mod model;
 pub mod optim;
 pub mod schedule;

@@ -16,6 +16,7 @@ use crate::model::error::{ModelError, Result};
 use crate::model::kernels::cpu;
 use crate::model::load::peft::peft_key;
 use crate::model::target::Target;
+use crate::train::keep_blocks::KeepBlocks;
 
 /// A batch of token sequences.
 #[derive(Debug, Clone)]
@@ -41,6 +42,8 @@ pub struct StepOptions {
     /// With checkpointing: keep the frozen projections' outputs of the first pass for the recomputation
     /// (fewer matmuls, more memory: 4 bytes x tokens x the projections' output widths, per block).
     pub save_frozen_products: bool,
+    /// With checkpointing on the CPU: how many of the last blocks to keep whole instead (no recomputation).
+    pub keep: KeepBlocks,
     /// With checkpointing on a GPU: where the blocks' inputs wait for the backward pass.
     pub checkpoints: CheckpointPlace,
 }
@@ -97,6 +100,7 @@ impl Default for StepOptions {
             dropout_seed: None,
             save_frozen_products: true,
             checkpoints: CheckpointPlace::Auto,
+            keep: KeepBlocks::Auto,
         }
     }
 }
@@ -133,37 +137,52 @@ impl Decoder {
                 saved.recording.set(true);
                 ctx.saved = Some(saved);
             }
+            // Blocks from `first_kept` on are kept whole (keep_blocks): their graph waits for the backward.
+            let keep = self.kept_blocks(b * s, opts.keep, opts.save_frozen_products);
+            let first_kept = self.blocks.len() - keep;
+            let mut inputs = Vec::with_capacity(first_kept);
             let input_bytes = x0.elem_count() * x0.dtype().size_in_bytes();
             let host = opts
                 .checkpoints
-                .on_host(input_bytes, self.blocks.len(), &self.device);
-            let mut inputs = Vec::with_capacity(self.blocks.len());
+                .on_host(input_bytes, first_kept, &self.device);
             let mut x = x0;
-            for i in 0..self.blocks.len() {
+            for i in 0..first_kept {
                 let out = self.block_forward(i, &x, &ctx, None)?.detach();
                 inputs.push(if host { x.to_device(&Device::Cpu)? } else { x });
                 x = out;
             }
+            let kept = match keep {
+                0 => None,
+                _ => {
+                    let (xin, out) = self.forward_kept(first_kept, &x, &mut ctx)?;
+                    x = out.detach();
+                    Some((xin, out))
+                }
+            };
             let (loss, mut g) = self.head_loss(&x, &rows, &targets, opts.loss_chunk)?;
             ctx.grad = true;
             if let Some(saved) = &ctx.saved {
                 saved.recording.set(false);
             }
-            for i in (0..self.blocks.len()).rev() {
-                let kept = inputs.pop().ok_or_else(|| {
+            if let Some((xin, out)) = kept {
+                let store = backward_with(&out, &g)?;
+                for i in first_kept..self.blocks.len() {
+                    self.collect_block_grads(i, &store, &mut grads);
+                }
+                if first_kept > 0 {
+                    g = input_grad(&store, &xin)?;
+                }
+            }
+            for i in (0..first_kept).rev() {
+                let input = inputs.pop().ok_or_else(|| {
                     ModelError::Usage("a block's checkpointed input is missing".into())
                 })?;
-                let xin = Var::from_tensor(&kept.to_device(&self.device)?)?;
+                let xin = Var::from_tensor(&input.to_device(&self.device)?)?;
                 let out = self.block_forward(i, xin.as_tensor(), &ctx, None)?;
                 let store = backward_with(&out, &g)?;
                 self.collect_block_grads(i, &store, &mut grads);
                 if i > 0 {
-                    g = store
-                        .get(xin.as_tensor())
-                        .ok_or_else(|| {
-                            ModelError::Usage("no gradient reached a block input".into())
-                        })?
-                        .detach();
+                    g = input_grad(&store, &xin)?;
                 }
             }
             loss
@@ -264,6 +283,14 @@ impl Decoder {
             .ok_or_else(|| ModelError::Usage("the loss did not reach the hidden states".into()))?;
         Ok((loss as f32, grad.reshape((b, s, d))?))
     }
+}
+
+/// The gradient that reached a block input `x` (detached).
+fn input_grad(store: &candle_core::backprop::GradStore, x: &Var) -> Result<Tensor> {
+    store
+        .get(x.as_tensor())
+        .map(Tensor::detach)
+        .ok_or_else(|| ModelError::Usage("no gradient reached a block input".into()))
 }
 
 /// Flat row indices `b * s + t` of the positions that predict a target, and the target ids.

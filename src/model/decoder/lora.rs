@@ -229,7 +229,8 @@ impl AdaptedLinear {
         }
     }
 
-    /// The operands of the CPU op for input `x` (the frozen product saved, replayed or computed now).
+    /// The operands of the CPU op for input `x`: the frozen product computed now to be saved, or replayed;
+    /// otherwise none (the op computes it into its own output).
     pub(crate) fn cpu_call(
         &self,
         x: &Tensor,
@@ -240,13 +241,10 @@ impl AdaptedLinear {
             Some((saved, site)) if saved.recording.get() => {
                 let (y, w) = self.base.product(x)?;
                 saved.slots.borrow_mut().insert(site, y.clone());
-                (y, w)
+                (Some(y), w)
             }
-            Some((saved, site)) => match saved.slots.borrow_mut().remove(&site) {
-                Some(y) => (y, None),
-                None => self.base.product(x)?,
-            },
-            None => self.base.product(x)?,
+            Some((saved, site)) => (saved.slots.borrow_mut().remove(&site), None),
+            None => (None, None),
         };
         let (a, b) = l.operands(call.grad);
         let mask = l

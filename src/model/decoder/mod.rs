@@ -34,6 +34,17 @@ pub struct Block {
 }
 
 impl Block {
+    /// Pre-norms only, every projection adapted, no biases: what the fused blocks (`cpu::block`,
+    /// `kernels::fused_block`) compute.
+    pub fn is_llama_style(&self) -> bool {
+        self.post_attn_norm.is_none()
+            && self.post_ff_norm.is_none()
+            && Target::ALL.iter().all(|&t| {
+                let l = self.linear(t);
+                l.lora.is_some() && l.base.bias.is_none()
+            })
+    }
+
     pub fn linear(&self, t: Target) -> &AdaptedLinear {
         match t {
             Target::Q => &self.q,
@@ -176,13 +187,7 @@ impl Decoder {
         ctx: &BlockContext,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
-        let blk = &self.blocks[i];
-        let llama_style = blk.post_attn_norm.is_none()
-            && blk.post_ff_norm.is_none()
-            && Target::ALL.iter().all(|&t| {
-                let l = blk.linear(t);
-                l.lora.is_some() && l.base.bias.is_none()
-            });
+        let llama_style = self.blocks[i].is_llama_style();
         // CPU f32 without a cache (training, evaluation): the whole block as one op (`cpu::block`).
         if cpu::applies(x) && !ctx.generation && cache.is_none() && llama_style {
             return self.block_forward_fused(i, x, ctx);

@@ -109,12 +109,20 @@ impl FrozenWeight {
                 n.dequantize_rows_into(start, &mut buf);
                 Tensor::from_vec(buf, (len, cols), device)
             }
-            Self::Ggml(q) if start == 0 && len == rows => q.dequantize(device)?.to_dtype(compute),
+            Self::Ggml(q) if start == 0 && len == rows && !fast_f32(q, device) => {
+                q.dequantize(device)?.to_dtype(compute)
+            }
             Self::Ggml(q) => {
                 let dtype = q.dtype();
                 let row_bytes = cols / dtype.block_size() * dtype.type_size();
                 let data = q.data()?;
                 let slice = &data[start * row_bytes..(start + len) * row_bytes];
+                if fast_f32(q, device)
+                    && let Some(values) =
+                        crate::model::kernels::cpu::dequant::dequantize(dtype, slice)
+                {
+                    return Tensor::from_vec(values, (len, cols), device);
+                }
                 let storage = QStorage::from_data(Cow::Borrowed(slice), &q.device(), dtype)?;
                 QTensor::new(storage, (len, cols))?
                     .dequantize(device)?
@@ -200,6 +208,14 @@ impl FrozenWeight {
         }
         acc.ok_or_else(|| candle_core::Error::Msg("empty frozen weight".into()))
     }
+}
+
+/// Whether `kernels::cpu::dequant` converts `q` for `device`: both on the CPU (compute dtype f32), a type it
+/// knows.
+fn fast_f32(q: &QTensor, device: &Device) -> bool {
+    device.is_cpu()
+        && q.device().is_cpu()
+        && crate::model::kernels::cpu::dequant::converts(q.dtype())
 }
 
 /// The backward of a frozen product `y = x @ W^T`: `grad_x = grad_y @ W` only, never a dense dW.
@@ -324,5 +340,11 @@ mod tests {
         let whole = q.dequantize(&dev).unwrap();
         let rows = q.dequantize_rows(10, 20, &dev).unwrap();
         assert_eq!(max_abs_diff(&whole.narrow(0, 10, 20).unwrap(), &rows), 0.0);
+        // The same through candle's own dequantization (which `kernels::cpu::dequant` replaces on the CPU).
+        let FrozenWeight::Ggml(qt) = &q else {
+            unreachable!()
+        };
+        let candle = qt.dequantize(&dev).unwrap();
+        assert_eq!(max_abs_diff(&whole, &candle), 0.0);
     }
 }

@@ -2,22 +2,26 @@
 //! `dx = g W + s (g B) A` (the adapter's term accumulated into the frozen one's buffer), `dA = s (g B)^T x`,
 //! `dB = s g^T (x A^T)`. The composition it replaces (an attached frozen product, two matmuls, a scale, an
 //! add and reshapes) costs candle's backward a zero-filled gradient and a sum per node, each as wide as the
-//! layer.
+//! layer. The op computes the frozen product itself, into the buffer it returns, unless a checkpointed
+//! recomputation replays one; it keeps the rank-wide `x A^T` of its forward for the backward's `dB`.
 
 use std::borrow::Cow;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
-use candle_core::{CpuStorage, CustomOp3, Device, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 
-use super::{Mat, cpu_slice, matmul_new, matmul_par, storage_slice};
+use super::{Mat, cpu_slice, matmul_new, matmul_par, matmul_par_cols, storage_slice};
 use crate::model::quant::frozen::FrozenWeight;
+
+const NAME: &str = "adapted linear";
 
 /// The frozen half of an adapted product.
 pub struct FrozenPart {
-    /// `x W^T` `[.., out]` without bias (computed now, or saved by the checkpointed first pass).
-    pub product: Tensor,
+    /// `x W^T` `[.., out]` without bias when it is already known (saved by the checkpointed first pass, or
+    /// computed there to be saved); None: the op computes it.
+    pub product: Option<Tensor>,
     pub weight: FrozenWeight,
-    /// `W` in f32 when the product has just dequantized it whole (spares the backward a dequantization).
+    /// `W` in f32 when the caller has just dequantized it whole (spares the backward a dequantization).
     pub dequantized: Option<Tensor>,
 }
 
@@ -63,23 +67,36 @@ impl Dims {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
+    m.lock()
+        .map_err(|_| candle_core::Error::Msg(format!("{NAME}: poisoned lock")))
+}
+
 pub(super) struct AdaptedProduct {
-    /// The frozen product, taken by the forward (the backward does not need it).
+    /// The given frozen product, taken by the forward (the backward does not need it).
     product: Mutex<Option<Tensor>>,
     weight: FrozenWeight,
-    dequantized: Option<Tensor>,
+    /// `W` in f32 for the backward: given by the caller, or kept from the forward's own product.
+    dequantized: Mutex<Option<Tensor>>,
+    /// Whether the forward keeps the `W` it dequantizes for the backward (false: the backward dequantizes
+    /// again, and memory holds only the quantized weight in between).
+    keep_weight: bool,
+    /// The forward's `x_d A^T` `[n, r]`, taken by the backward.
+    down: Mutex<Option<Vec<f32>>>,
     scale: f32,
     /// LoRA dropout on the adapter's input: 0 or `1 / (1 - p)` per element of `x`.
     mask: Option<Vec<f32>>,
 }
 
 impl AdaptedProduct {
-    /// The op of `call`, and its frozen product (which [`CustomOp3::cpu_fwd`] would take from the op).
-    pub(super) fn new(call: AdapterCall) -> (Self, Tensor) {
+    /// The op of `call`, and its given frozen product (which [`CustomOp3::cpu_fwd`] would take from the op).
+    pub(super) fn new(call: AdapterCall, keep_weight: bool) -> (Self, Option<Tensor>) {
         let op = Self {
             product: Mutex::new(None),
             weight: call.frozen.weight,
-            dequantized: call.frozen.dequantized,
+            dequantized: Mutex::new(call.frozen.dequantized.filter(|_| keep_weight)),
+            keep_weight,
+            down: Mutex::new(None),
             scale: call.scale as f32,
             mask: call.mask,
         };
@@ -104,21 +121,33 @@ impl AdaptedProduct {
         )
     }
 
+    /// `y` `[n, out]`: the frozen product `y0` when given (copied), else computed here; plus the adapter's
+    /// term.
     pub(super) fn forward(
         &self,
         dm: Dims,
         (x, a, b): (&[f32], &[f32], &[f32]),
-        y0: &[f32],
-    ) -> Vec<f32> {
+        y0: Option<&[f32]>,
+    ) -> Result<Vec<f32>> {
+        let mut y = match y0 {
+            Some(y0) => y0.to_vec(),
+            None => {
+                let (y, w) = frozen_product(&self.weight, &self.weight.row_chunks()?, x, dm)?;
+                if self.keep_weight {
+                    *lock(&self.dequantized)? = w;
+                }
+                y
+            }
+        };
         let u = Self::down(dm, &self.adapter_input(x), a);
-        let mut y = y0.to_vec();
         matmul_par(
             &mut y,
             (dm.n, dm.out, dm.r),
             (Mat::rows(&u, dm.r), Mat::rows_t(b, dm.r), self.scale),
             true,
         );
-        y
+        *lock(&self.down)? = Some(u);
+        Ok(y)
     }
 
     /// `(dx, dA, dB)`, each only when `need` asks for it.
@@ -133,20 +162,26 @@ impl AdaptedProduct {
         let xd = self.adapter_input(x);
         // du = s g B `[n, r]`: the gradient reaching the adapter's rank-wide intermediate.
         let du = matmul_new((n, r, out), Mat::rows(g, out), Mat::rows(b, r), self.scale);
-        let db = need[2].then(|| {
-            let u = Self::down(dm, &xd, a);
-            matmul_new(
-                (out, r, n),
-                Mat::rows_t(g, out),
-                Mat::rows(&u, r),
-                self.scale,
-            )
-        });
+        let db = match need[2] {
+            true => {
+                let u = lock(&self.down)?.take().ok_or_else(|| {
+                    candle_core::Error::Msg(format!("{NAME}: the backward ran before the forward"))
+                })?;
+                Some(matmul_new(
+                    (out, r, n),
+                    Mat::rows_t(g, out),
+                    Mat::rows(&u, r),
+                    self.scale,
+                ))
+            }
+            false => None,
+        };
         let da =
             need[1].then(|| matmul_new((r, inp, n), Mat::rows_t(&du, r), Mat::rows(&xd, inp), 1.0));
         let dx = if need[0] {
             let chunks = self.weight.row_chunks()?;
-            let mut dx = frozen_grad(&self.weight, self.dequantized.as_ref(), &chunks, dm, g)?;
+            let w = lock(&self.dequantized)?.take();
+            let mut dx = frozen_grad(&self.weight, w.as_ref(), &chunks, dm, g)?;
             let adapter = (Mat::rows(&du, r), Mat::rows(a, inp), 1.0);
             match &self.mask {
                 None => matmul_par(&mut dx, (n, inp, r), adapter, true),
@@ -163,6 +198,46 @@ impl AdaptedProduct {
         };
         Ok([dx, da, db])
     }
+}
+
+/// Rows `[start, start + len)` of `W` in f32, contiguous.
+fn f32_rows(weight: &FrozenWeight, start: usize, len: usize) -> Result<Tensor> {
+    weight
+        .dequantize_rows(start, len, &Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .contiguous()
+}
+
+/// `x W^T` `[n, out]` for `x` `[n, in]`: with `W` dequantized whole (returned too), or row chunk by row
+/// chunk (`chunks`, as [`FrozenWeight::row_chunks`] gives them), each chunk's product written into its
+/// columns.
+fn frozen_product(
+    weight: &FrozenWeight,
+    chunks: &[(usize, usize)],
+    x: &[f32],
+    dm: Dims,
+) -> Result<(Vec<f32>, Option<Tensor>)> {
+    let (n, inp, out) = (dm.n, dm.inp, dm.out);
+    let lhs = Mat::rows(x, inp);
+    if let [(0, rows)] = chunks[..]
+        && rows == out
+    {
+        let w = f32_rows(weight, 0, out)?;
+        let y = {
+            let (ws, wl) = w.storage_and_layout();
+            let rhs = Mat::rows_t(storage_slice(&ws, wl, NAME)?, inp);
+            matmul_new((n, out, inp), lhs, rhs, 1.0)
+        };
+        return Ok((y, Some(w)));
+    }
+    let mut y = vec![0f32; n * out];
+    for &(start, len) in chunks {
+        let w = f32_rows(weight, start, len)?;
+        let (ws, wl) = w.storage_and_layout();
+        let rhs = Mat::rows_t(storage_slice(&ws, wl, NAME)?, inp);
+        matmul_par_cols(&mut y, (out, start), (n, len, inp), (lhs, rhs, 1.0));
+    }
+    Ok((y, None))
 }
 
 /// `g W` `[n, in]` for `g` `[n, out]`: with `W` dequantized whole, or row chunk by row chunk (`chunks`,
@@ -182,9 +257,9 @@ fn frozen_grad(
     };
     let mut dx: Option<Vec<f32>> = None;
     let mut add_chunk = |start: usize, len: usize, w: &Tensor| -> Result<()> {
-        let w = w.to_dtype(candle_core::DType::F32)?.contiguous()?;
+        let w = w.to_dtype(DType::F32)?.contiguous()?;
         let (ws, wl) = w.storage_and_layout();
-        let w = storage_slice(&ws, wl, "adapted linear")?;
+        let w = storage_slice(&ws, wl, NAME)?;
         let lhs = Mat {
             data: &g[start..],
             rs: out,
@@ -199,11 +274,7 @@ fn frozen_grad(
     };
     if parts.is_empty() {
         for &(start, len) in chunks {
-            add_chunk(
-                start,
-                len,
-                &weight.dequantize_rows(start, len, &Device::Cpu)?,
-            )?;
+            add_chunk(start, len, &f32_rows(weight, start, len)?)?;
         }
     } else {
         for (start, len, w) in &parts {
@@ -229,22 +300,6 @@ impl CustomOp3 for AdaptedProduct {
     ) -> Result<(CpuStorage, Shape)> {
         let name = self.name();
         let dm = Dims::of(xl.shape(), al.shape(), bl.shape())?;
-        let product = self
-            .product
-            .lock()
-            .map_err(|_| candle_core::Error::Msg(format!("{name}: poisoned product")))?
-            .take()
-            .ok_or_else(|| candle_core::Error::Msg(format!("{name}: the forward ran twice")))?;
-        let (ps, pl) = product.storage_and_layout();
-        let y0 = storage_slice(&ps, pl, name)?;
-        if y0.len() != dm.n * dm.out {
-            candle_core::bail!(
-                "{name}: frozen product {:?} does not have {} rows of {}",
-                pl.dims(),
-                dm.n,
-                dm.out
-            )
-        }
         let inputs = (
             cpu_slice(x, xl, name)?,
             cpu_slice(a, al, name)?,
@@ -257,7 +312,22 @@ impl CustomOp3 for AdaptedProduct {
         {
             candle_core::bail!("{name}: the dropout mask does not match x {:?}", xl.dims())
         }
-        let y = self.forward(dm, inputs, y0);
+        let y = match lock(&self.product)?.take() {
+            Some(product) => {
+                let (ps, pl) = product.storage_and_layout();
+                let y0 = storage_slice(&ps, pl, name)?;
+                if y0.len() != dm.n * dm.out {
+                    candle_core::bail!(
+                        "{name}: frozen product {:?} does not have {} rows of {}",
+                        pl.dims(),
+                        dm.n,
+                        dm.out
+                    )
+                }
+                self.forward(dm, inputs, Some(y0))?
+            }
+            None => self.forward(dm, inputs, None)?,
+        };
         let mut dims = xl.dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = dm.out;
@@ -309,11 +379,8 @@ impl CustomOp3 for AdaptedProduct {
 /// (0 or `1 / (1 - p)` per element of `x`). CPU f32 only (see [`super::applies`]).
 pub fn adapted_linear(x: &Tensor, call: AdapterCall) -> Result<Tensor> {
     let (a, b) = (call.a.contiguous()?, call.b.contiguous()?);
-    let (op, product) = AdaptedProduct::new(call);
-    *op.product
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("adapted linear: poisoned product".into()))? =
-        Some(product.contiguous()?);
+    let (op, product) = AdaptedProduct::new(call, true);
+    *lock(&op.product)? = product.map(|p| p.contiguous()).transpose()?;
     x.contiguous()?.apply_op3(&a, &b, op)
 }
 
@@ -347,7 +414,9 @@ mod tests {
         (y + u.broadcast_matmul(&b.t().unwrap()).unwrap()).unwrap()
     }
 
-    fn check(weight: FrozenWeight, mask: Option<Vec<f32>>) {
+    /// With `given`, the frozen product comes computed (as a checkpointed first pass saves it); otherwise
+    /// the op computes it.
+    fn check(weight: FrozenWeight, mask: Option<Vec<f32>>, given: bool) {
         let dev = Device::Cpu;
         let w = weight.dequantize(&dev).unwrap();
         let (out, inp) = w.dims2().unwrap();
@@ -356,7 +425,13 @@ mod tests {
         let b = Var::from_tensor(&random(&[out, 4], 3)).unwrap();
         let probe = random(&[2, 5, out], 4);
         let lin = FrozenLinear::new(weight.clone(), None);
-        let (product, dequantized) = lin.product(&x).unwrap();
+        let (product, dequantized) = match given {
+            true => {
+                let (p, w) = lin.product(&x).unwrap();
+                (Some(p), w)
+            }
+            false => (None, None),
+        };
         let frozen = FrozenPart {
             product,
             weight,
@@ -400,12 +475,15 @@ mod tests {
     #[test]
     fn matches_composition_for_dense_and_quantized_weights() {
         let w = random(&[24, 32], 9);
-        check(FrozenWeight::Dense(w.clone()), None);
-        check(FrozenWeight::quantize_nf4(&w).unwrap(), None);
-        check(
-            FrozenWeight::quantize_ggml(&w, GgmlDType::Q4_1).unwrap(),
-            None,
-        );
+        for given in [true, false] {
+            check(FrozenWeight::Dense(w.clone()), None, given);
+            check(FrozenWeight::quantize_nf4(&w).unwrap(), None, given);
+            check(
+                FrozenWeight::quantize_ggml(&w, GgmlDType::Q4_1).unwrap(),
+                None,
+                given,
+            );
+        }
     }
 
     #[test]
@@ -413,7 +491,9 @@ mod tests {
         let mask: Vec<f32> = (0..2 * 5 * 32)
             .map(|i| if i % 3 == 0 { 0.0 } else { 1.5 })
             .collect();
-        check(FrozenWeight::Dense(random(&[24, 32], 9)), Some(mask));
+        let w = FrozenWeight::Dense(random(&[24, 32], 9));
+        check(w.clone(), Some(mask.clone()), true);
+        check(w, Some(mask), false);
     }
 
     #[test]
@@ -434,5 +514,31 @@ mod tests {
         let as_t = |v: Vec<f32>| Tensor::from_vec(v, (6, 32), &Device::Cpu).unwrap();
         assert!(rel_err(&as_t(chunked), &refr) < 1e-5);
         assert!(rel_err(&as_t(whole), &refr) < 1e-5);
+    }
+
+    /// The op's own frozen product, for a weight dequantized whole (kept for the backward) and for one
+    /// taken in row chunks, each chunk writing its columns of the output.
+    #[test]
+    fn frozen_product_fills_every_chunks_columns() {
+        let w = random(&[24, 32], 9);
+        let weight = FrozenWeight::quantize_ggml(&w, GgmlDType::Q8_0).unwrap();
+        let x = random(&[6, 32], 5);
+        let dm = Dims {
+            n: 6,
+            inp: 32,
+            r: 4,
+            out: 24,
+        };
+        let xv = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (chunked, none) =
+            frozen_product(&weight, &[(0, 10), (10, 10), (20, 4)], &xv, dm).unwrap();
+        let (whole, kept) = frozen_product(&weight, &[(0, 24)], &xv, dm).unwrap();
+        let deq = weight.dequantize(&Device::Cpu).unwrap();
+        let refr = x.matmul(&deq.t().unwrap()).unwrap();
+        let as_t = |v: Vec<f32>| Tensor::from_vec(v, (6, 24), &Device::Cpu).unwrap();
+        assert!(rel_err(&as_t(chunked), &refr) < 1e-5);
+        assert!(rel_err(&as_t(whole), &refr) < 1e-5);
+        assert!(none.is_none());
+        assert_eq!(rel_err(&kept.unwrap(), &deq), 0.0);
     }
 }

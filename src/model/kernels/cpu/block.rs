@@ -45,56 +45,57 @@ pub struct BlockParts<'a> {
     pub activation: Activation,
 }
 
-/// One projection's op and adapter tensors.
+/// One projection's op, adapter tensors and sizes.
 struct Linear {
     op: AdaptedProduct,
     a: Tensor,
     b: Tensor,
+    dm: LinearDims,
 }
 
 impl Linear {
-    /// The projection of `x` `[n, in]` with `call`'s operands.
+    /// The projection of `x` `[n, in]` with `call`'s operands (the op computes the frozen product unless
+    /// the call replays one). The op keeps no dequantized weight: a block kept for a later backward would
+    /// hold every projection's in f32.
     fn run(call: AdapterCall, x: &Tensor) -> Result<(Self, Vec<f32>)> {
         let (a, b) = (call.a.contiguous()?, call.b.contiguous()?);
-        let (op, product) = AdaptedProduct::new(call);
-        let product = product.contiguous()?;
         let dm = LinearDims::of(x.shape(), a.shape(), b.shape())?;
-        if product.elem_count() != dm.n * dm.out {
-            candle_core::bail!(
-                "{NAME}: frozen product {:?} for x {:?}",
-                product.dims(),
-                x.dims()
-            )
+        let (op, product) = AdaptedProduct::new(call, false);
+        let product = product.map(|p| p.contiguous()).transpose()?;
+        if let Some(p) = &product
+            && p.elem_count() != dm.n * dm.out
+        {
+            candle_core::bail!("{NAME}: frozen product {:?} for x {:?}", p.dims(), x.dims())
         }
         let y = {
             let (xs, xl) = x.storage_and_layout();
             let (as_, al) = a.storage_and_layout();
             let (bs, bl) = b.storage_and_layout();
-            let (ps, pl) = product.storage_and_layout();
-            op.forward(
-                dm,
-                (
-                    storage_slice(&xs, xl, NAME)?,
-                    storage_slice(&as_, al, NAME)?,
-                    storage_slice(&bs, bl, NAME)?,
-                ),
-                storage_slice(&ps, pl, NAME)?,
-            )
+            let inputs = (
+                storage_slice(&xs, xl, NAME)?,
+                storage_slice(&as_, al, NAME)?,
+                storage_slice(&bs, bl, NAME)?,
+            );
+            match &product {
+                Some(p) => {
+                    let (ps, pl) = p.storage_and_layout();
+                    op.forward(dm, inputs, Some(storage_slice(&ps, pl, NAME)?))?
+                }
+                None => op.forward(dm, inputs, None)?,
+            }
         };
-        Ok((Self { op, a, b }, y))
+        Ok((Self { op, a, b, dm }, y))
     }
 
-    /// `dx` for the gradient `g` of the output, and `(dA, dB)`.
-    fn backward(&self, x: &Tensor, g: &[f32]) -> Result<(Vec<f32>, (Tensor, Tensor))> {
-        let dm = LinearDims::of(x.shape(), self.a.shape(), self.b.shape())?;
+    /// `dx` for the input `x` and the gradient `g` of the output, and `(dA, dB)`.
+    fn backward(&self, x: &[f32], g: &[f32]) -> Result<(Vec<f32>, (Tensor, Tensor))> {
         let [dx, da, db] = {
-            let (xs, xl) = x.storage_and_layout();
             let (as_, al) = self.a.storage_and_layout();
             let (bs, bl) = self.b.storage_and_layout();
             self.op.backward(
-                dm,
+                self.dm,
                 (
-                    storage_slice(&xs, xl, NAME)?,
+                    x,
                     storage_slice(&as_, al, NAME)?,
                     storage_slice(&bs, bl, NAME)?,
                 ),
@@ -115,14 +116,12 @@ impl Linear {
     }
 }
 
-/// The forward's intermediates that the backward reads.
+/// The forward's intermediates that the backward reads. The projections' inputs that cost one sweep to
+/// recompute (the two normed residuals and the gated product) are not kept: a block kept whole until the
+/// backward (no checkpointing) then holds about what checkpointing with saved frozen products holds.
 struct Saved {
-    /// Normed input `[n, d]`, attention output `[n, h hd]`, normed residual `[n, d]`, gated product `[n, ff]`:
-    /// the projections' inputs.
-    hn: Tensor,
+    /// The attention output `[n, h hd]` (the output projection's input).
     attn: Tensor,
-    hn2: Tensor,
-    gated: Tensor,
     /// Rotated queries and keys, values, all head-major `[b, heads, t, hd]`.
     q: Vec<f32>,
     k: Vec<f32>,
@@ -177,31 +176,37 @@ impl BlockOp {
     fn backward(&self, x: &[f32], g: &[f32], st: &Saved) -> Result<Vec<f32>> {
         let (b, t, h, kvh, hd) = self.shape;
         let mut grads: Vec<Option<(Tensor, Tensor)>> = vec![None; PROJECTIONS];
-        let mut project_back = |i: usize, input: &Tensor, g: &[f32]| -> Result<Vec<f32>> {
+        let mut project_back = |i: usize, input: &[f32], g: &[f32]| -> Result<Vec<f32>> {
             let (dx, pair) = st.linears[i].backward(input, g)?;
             grads[i] = Some(pair);
             Ok(dx)
         };
-        let dgated = project_back(DOWN, &st.gated, g)?;
+        let dgated = project_back(DOWN, &self.gated.forward(&st.gate, &st.up), g)?;
         let (dgate, dup) = self.gated.backward(&st.gate, &st.up, &dgated);
-        let mut dhn2 = project_back(GATE, &st.hn2, &dgate)?;
-        add_into(&mut dhn2, &project_back(UP, &st.hn2, &dup)?);
+        let hn2 = self.norms[1].forward(&st.x1);
+        let mut dhn2 = project_back(GATE, &hn2, &dgate)?;
+        add_into(&mut dhn2, &project_back(UP, &hn2, &dup)?);
         let mut dx1 = self.norms[1].backward(&st.x1, &dhn2);
         add_into(&mut dx1, g);
-        let dattn = swap_axes(&project_back(O, &st.attn, &dx1)?, (b, t, h, hd));
+        let dattn = {
+            let (s, l) = st.attn.storage_and_layout();
+            project_back(O, storage_slice(&s, l, NAME)?, &dx1)?
+        };
+        let dattn = swap_axes(&dattn, (b, t, h, hd));
         let (dq, dk, dv) =
             self.attention
                 .backward(self.attention_dims, (&st.q, &st.k, &st.v), &dattn);
         let dq = self.rope_inverse.rotate(&dq, (b, h, t, hd))?;
         let dk = self.rope_inverse.rotate(&dk, (b, kvh, t, hd))?;
-        let mut dhn = project_back(Q, &st.hn, &swap_axes(&dq, (b, h, t, hd)))?;
+        let hn = self.norms[0].forward(x);
+        let mut dhn = project_back(Q, &hn, &swap_axes(&dq, (b, h, t, hd)))?;
         add_into(
             &mut dhn,
-            &project_back(K, &st.hn, &swap_axes(&dk, (b, kvh, t, hd)))?,
+            &project_back(K, &hn, &swap_axes(&dk, (b, kvh, t, hd)))?,
         );
         add_into(
             &mut dhn,
-            &project_back(V, &st.hn, &swap_axes(&dv, (b, kvh, t, hd)))?,
+            &project_back(V, &hn, &swap_axes(&dv, (b, kvh, t, hd)))?,
         );
         let mut dx = self.norms[0].backward(x, &dhn);
         add_into(&mut dx, &dx1);
@@ -345,10 +350,7 @@ pub fn block(x: &Tensor, p: BlockParts) -> Result<(Tensor, Option<Tensor>)> {
     let op = BlockOp {
         out: Mutex::new(Some(out)),
         saved: Mutex::new(Some(Saved {
-            hn,
             attn,
-            hn2,
-            gated,
             q,
             k,
             v,

@@ -10,6 +10,7 @@ pub mod attention;
 pub mod block;
 pub mod cross_entropy;
 pub mod decode;
+pub mod dequant;
 pub mod gated;
 pub mod qdot;
 pub mod rms_norm;
@@ -119,7 +120,31 @@ fn matmul_into(
     let (m, n, _) = dims;
     assert!(dst.len() >= m * n);
     // SAFETY: `dst` is borrowed mutably and holds the m x n result.
-    unsafe { matmul_in(dst.as_mut_ptr(), dims, operands, accumulate, parallelism) }
+    unsafe { matmul_in(dst.as_mut_ptr(), n, dims, operands, accumulate, parallelism) }
+}
+
+/// [`matmul_par`] into columns `[col, col + n)` of `dst`, a row-major matrix with rows of `width` (a row
+/// chunk of a weight contributing its slice of the output columns); overwrites those columns.
+fn matmul_par_cols(
+    dst: &mut [f32],
+    (width, col): (usize, usize),
+    dims: (usize, usize, usize),
+    operands: (Mat, Mat, f32),
+) {
+    let (m, n, _) = dims;
+    assert!(col + n <= width && (m == 0 || (m - 1) * width + col + n <= dst.len()));
+    // SAFETY: the assert above keeps the m x n block with row stride `width` inside `dst`, which is
+    // borrowed mutably.
+    unsafe {
+        matmul_in(
+            dst.as_mut_ptr().add(col),
+            width,
+            dims,
+            operands,
+            false,
+            pool(),
+        )
+    }
 }
 
 /// The parallelism of candle's own CPU products.
@@ -142,7 +167,7 @@ fn matmul_new(dims: (usize, usize, usize), lhs: Mat, rhs: Mat, scale: f32) -> Ve
     // destination and, with k > 0, writes each of its m * n elements, so every element is initialised
     // before `set_len` exposes it.
     unsafe {
-        matmul_in(out.as_mut_ptr(), dims, (lhs, rhs, scale), false, pool());
+        matmul_in(out.as_mut_ptr(), n, dims, (lhs, rhs, scale), false, pool());
         out.set_len(m * n);
     }
     out
@@ -151,9 +176,11 @@ fn matmul_new(dims: (usize, usize, usize), lhs: Mat, rhs: Mat, scale: f32) -> Ve
 /// The product behind the helpers above.
 ///
 /// # Safety
-/// `dst` must be valid for writes of `m * n` elements (and reads when `accumulate`) and alias neither input.
+/// `dst` must be valid for writes of the m x n matrix with rows `dst_rs` elements apart (and reads when
+/// `accumulate`) and alias neither input.
 unsafe fn matmul_in(
     dst: *mut f32,
+    dst_rs: usize,
     (m, n, k): (usize, usize, usize),
     (lhs, rhs, scale): (Mat, Mat, f32),
     accumulate: bool,
@@ -172,7 +199,7 @@ unsafe fn matmul_in(
             k,
             dst,
             1,
-            n as isize,
+            dst_rs as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.cs as isize,
