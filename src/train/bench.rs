@@ -49,6 +49,8 @@ pub struct BenchReport {
     pub save_frozen_products: bool,
     /// Checkpointed steps kept the blocks' inputs in host memory (`--checkpoints`, `auto` resolved).
     pub checkpoints_on_host: bool,
+    /// With checkpointing: the last blocks kept whole instead (`train::keep_blocks`, CPU).
+    pub kept_blocks: usize,
     /// What a step includes.
     pub measures: &'static str,
     /// Median step time, the first (warm-up) step excluded.
@@ -198,6 +200,10 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
                 model.blocks.len(),
                 &device,
             ),
+        kept_blocks: match s.checkpointing {
+            true => model.kept_blocks(s.batch * s.seq, opts.keep, opts.save_frozen_products),
+            false => 0,
+        },
         measures: "forward + loss + backward to all LoRA tensors (activation checkpointing per block, chunked vocabulary loss) + AdamW update",
         step_s,
         step_times_s: times,
@@ -238,10 +244,53 @@ mod tests {
         })
         .unwrap();
         assert_eq!(report.layers, 1);
+        // Saved frozen products (the CPU default) hold more than the block kept whole.
+        assert_eq!(report.kept_blocks, 1);
         // r * (in + out) for q, o, k, v, gate, up, down of one block at SmolLM2's widths, rank 2.
         let (d, kv, ff) = (576, 192, 1536);
         let lora = 2 * (2 * (d + d) + 2 * (d + kv) + 3 * (d + ff));
         assert_eq!(report.lora_params, lora);
+    }
+
+    /// The loss in chunks (the quantized head dequantized once for all of them) against one chunk.
+    #[test]
+    fn a_quantized_head_gives_the_same_loss_and_gradients_in_chunks() {
+        let model = BenchModel::Preset("smollm2-135m".into());
+        let mut model = model.build(None, Some(1), &Device::Cpu).unwrap();
+        assert_eq!(model.head.weight.kind(), "q8_0");
+        let spec = LoraSpec {
+            targets: Target::ALL.to_vec(),
+            rank: 2,
+            alpha: 16.0,
+            rslora: false,
+            dropout: 0.0,
+            seed: 0,
+        };
+        model.add_lora(&spec).unwrap();
+        let ids: Vec<u32> = (0..9).map(|i| i * 4099 % 49152).collect();
+        let batch = TrainBatch {
+            input_ids: Tensor::from_vec(ids, (1, 9), &Device::Cpu).unwrap(),
+            loss_mask: Tensor::ones((1, 9), candle_core::DType::F32, &Device::Cpu).unwrap(),
+            attention_mask: None,
+        };
+        let run = |loss_chunk| {
+            let opts = StepOptions {
+                loss_chunk,
+                ..StepOptions::default()
+            };
+            model.loss_and_grads(&batch, &opts).unwrap()
+        };
+        let (one, chunks) = (run(64), run(3));
+        assert!((one.loss - chunks.loss).abs() <= 1e-6 * one.loss);
+        for ((key, a), (_, b)) in one.grads.iter().zip(&chunks.grads) {
+            let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+            let scale = a.abs().unwrap().max_all().unwrap();
+            let (diff, scale) = (
+                diff.to_scalar::<f32>().unwrap(),
+                scale.to_scalar::<f32>().unwrap(),
+            );
+            assert!(diff <= 1e-5 * scale, "{key}: {diff} of {scale}");
+        }
     }
 
     #[test]

@@ -249,10 +249,16 @@ impl Decoder {
         // Summed on the device and read once: each read waits for the device to drain its queue.
         let mut chunk_losses = Vec::new();
         let mut grad: Option<Tensor> = None;
+        // The head's weight dequantized once for all chunks (None: it needs no dequantization, or too much).
+        let dense = match rows.len() > chunk {
+            true => self.head.dequantized(h.device())?,
+            false => None,
+        };
+        let head = dense.as_ref().unwrap_or(&self.head);
         for (r, t) in rows.chunks(chunk.max(1)).zip(targets.chunks(chunk.max(1))) {
             let idx = Tensor::new(r, h.device())?;
             let hc = hv.as_tensor().index_select(&idx, 0)?;
-            let logits = self.head_logits(&hc)?;
+            let logits = self.head_logits_with(head, &hc)?;
             let nll = match crate::model::kernels::fused_row_nll(&logits, t)? {
                 Some(nll) => nll,
                 None => {

@@ -434,8 +434,14 @@ impl Decoder {
 
     /// Final norm, vocabulary head and final soft-capping: `[.., d]` -> `[.., vocab]`.
     pub fn head_logits(&self, h: &Tensor) -> Result<Tensor> {
+        self.head_logits_with(&self.head, h)
+    }
+
+    /// [`Self::head_logits`] through `head` (this decoder's head, or a copy with its weight dequantized:
+    /// `FrozenLinear::dequantized`).
+    pub fn head_logits_with(&self, head: &FrozenLinear, h: &Tensor) -> Result<Tensor> {
         let h = self.final_norm.forward(h)?;
-        softcap(&self.head.forward(&h)?, self.config.final_logit_softcap)
+        softcap(&head.forward(&h)?, self.config.final_logit_softcap)
     }
 
     /// Hidden states after the last block `[b, t, d]` (before the final norm); `generation` lets GGUF

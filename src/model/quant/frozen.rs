@@ -263,6 +263,21 @@ impl FrozenLinear {
         self.attach(x, y, dequantized)
     }
 
+    /// This layer with its weight dequantized whole to the compute dtype of `device`, for a run of products
+    /// that would each dequantize it again (a vocabulary head applied chunk by chunk); None when the weight
+    /// is in that dtype already or too large to dequantize at once.
+    pub fn dequantized(&self, device: &Device) -> candle_core::Result<Option<Self>> {
+        if let FrozenWeight::Dense(w) = &self.weight
+            && w.dtype() == crate::model::device::compute_dtype(device)
+        {
+            return Ok(None);
+        }
+        Ok(self.weight.dequantize_whole(device)?.map(|w| Self {
+            weight: FrozenWeight::Dense(w),
+            bias: self.bias.clone(),
+        }))
+    }
+
     /// `x @ W^T` without bias or autograd, and the dequantized weight when it was dequantized whole.
     pub fn product(&self, x: &Tensor) -> candle_core::Result<(Tensor, Option<Tensor>)> {
         let (_, inp) = self.weight.dims2()?;
@@ -330,6 +345,22 @@ mod tests {
             assert!(diff < 1e-3, "grad diff {diff}");
             assert!(gy.get(&deq).is_none());
         }
+    }
+
+    #[test]
+    fn a_dequantized_copy_gives_the_same_products() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (40, 32), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (3, 32), &dev).unwrap();
+        let q = FrozenLinear::new(
+            FrozenWeight::quantize_ggml(&w, GgmlDType::Q8_0).unwrap(),
+            None,
+        );
+        let dense = q.dequantized(&dev).unwrap().unwrap();
+        assert!(matches!(&dense.weight, FrozenWeight::Dense(t) if t.dtype() == DType::F32));
+        let (a, b) = (q.forward(&x).unwrap(), dense.forward(&x).unwrap());
+        assert_eq!(max_abs_diff(&a, &b), 0.0);
+        assert!(dense.dequantized(&dev).unwrap().is_none());
     }
 
     #[test]
