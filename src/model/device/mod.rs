@@ -5,6 +5,7 @@
 #[cfg(feature = "cuda")]
 mod cuda_pool;
 mod rss;
+mod simd;
 #[cfg(feature = "cuda")]
 mod vram;
 #[cfg(feature = "cuda")]
@@ -13,6 +14,7 @@ pub use cuda_pool::{allocated_peak, reset_allocated_peak};
 pub use vram::VramPeak;
 
 pub use rss::peak_rss_mib;
+pub(crate) use simd::simd;
 
 use candle_core::{DType, Device};
 

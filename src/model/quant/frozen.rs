@@ -118,8 +118,7 @@ impl FrozenWeight {
                 let data = q.data()?;
                 let slice = &data[start * row_bytes..(start + len) * row_bytes];
                 if fast_f32(q, device)
-                    && let Some(values) =
-                        crate::model::kernels::cpu::dequant::dequantize(dtype, slice)
+                    && let Some(values) = super::dequant::dequantize(dtype, slice)
                 {
                     return Tensor::from_vec(values, (len, cols), device);
                 }
@@ -210,12 +209,10 @@ impl FrozenWeight {
     }
 }
 
-/// Whether `kernels::cpu::dequant` converts `q` for `device`: both on the CPU (compute dtype f32), a type it
+/// Whether `quant::dequant` converts `q` for `device`: both on the CPU (compute dtype f32), a type it
 /// knows.
 fn fast_f32(q: &QTensor, device: &Device) -> bool {
-    device.is_cpu()
-        && q.device().is_cpu()
-        && crate::model::kernels::cpu::dequant::converts(q.dtype())
+    device.is_cpu() && q.device().is_cpu() && super::dequant::converts(q.dtype())
 }
 
 /// The backward of a frozen product `y = x @ W^T`: `grad_x = grad_y @ W` only, never a dense dW.
@@ -371,7 +368,7 @@ mod tests {
         let whole = q.dequantize(&dev).unwrap();
         let rows = q.dequantize_rows(10, 20, &dev).unwrap();
         assert_eq!(max_abs_diff(&whole.narrow(0, 10, 20).unwrap(), &rows), 0.0);
-        // The same through candle's own dequantization (which `kernels::cpu::dequant` replaces on the CPU).
+        // The same through candle's own dequantization (which `quant::dequant` replaces on the CPU).
         let FrozenWeight::Ggml(qt) = &q else {
             unreachable!()
         };

@@ -2,6 +2,7 @@
 //! GPU), ggml blocks and dense tensors behind one `FrozenWeight`; the quantisation a run asks for, and the
 //! `TensorSource` trait the loaders implement.
 
+mod dequant;
 pub mod frozen;
 pub mod nf4;
 #[cfg(feature = "cuda")]

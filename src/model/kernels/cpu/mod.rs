@@ -5,12 +5,13 @@
 //! the same values in one sweep each and give exact gradients. They run only for f32 tensors on the CPU;
 //! callers keep the compositions elsewhere (CUDA, bf16) through [`applies`].
 
+use crate::model::device::simd;
+
 pub mod adapted_linear;
 pub mod attention;
 pub mod block;
 pub mod cross_entropy;
 pub mod decode;
-pub mod dequant;
 pub mod gated;
 pub mod qdot;
 pub mod rms_norm;
@@ -215,40 +216,6 @@ unsafe fn matmul_in(
             parallelism,
         )
     }
-}
-
-/// Runs `f` compiled for AVX-512 (16 floats wide) or AVX2 and FMA (8 wide), whichever the CPU has. The
-/// build targets baseline x86-64 (SSE2), so the kernels' loops, inlined into `f`, would otherwise be
-/// vectorised 4 floats wide at most. Each parallel task wraps its own body (rayon calls task closures
-/// through pointers, so they are not inlined here). Rust never contracts `a * b + c` into an FMA on its own
-/// and the reductions keep `LANES` explicit partial sums, so results do not depend on the path taken.
-#[inline(always)]
-fn simd<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma")]
-        fn avx512<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        #[target_feature(enable = "avx2,fma")]
-        fn avx2<R>(f: impl FnOnce() -> R) -> R {
-            f()
-        }
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-        {
-            // SAFETY: the CPU supports the features `avx512` is compiled for (checked just above; AVX-512F
-            // implies AVX2 and FMA).
-            return unsafe { avx512(f) };
-        }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: the CPU supports the features `avx2` is compiled for (checked just above).
-            return unsafe { avx2(f) };
-        }
-    }
-    f()
 }
 
 /// `e^x` in f32 to ~2 ulp, written so the compiler vectorises loops over it (libm's `expf` does not);

@@ -6,7 +6,7 @@
 use candle_core::quantized::GgmlDType;
 use rayon::prelude::*;
 
-use super::simd;
+use crate::model::device::simd;
 
 /// Values per block of both types.
 const BLOCK: usize = 32;
