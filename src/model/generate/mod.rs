@@ -19,7 +19,7 @@ pub use decoder_lm::DecoderLm;
 pub use open::{OpenError, open_model};
 
 /// What generation needs from a decoder.
-pub trait CausalLm {
+pub trait CausalLm: Send {
     /// Feed `ids` (batch, seq; u32) at positions `offset..offset + seq`, after the `offset` positions already
     /// in the KV cache (`offset == 0` starts afresh). `attend` (batch, offset + seq; u8) is 1 for real tokens
     /// and 0 for left padding, which no query may attend to; `None` when nothing is padded.
@@ -158,7 +158,8 @@ pub fn generate(
         ..Default::default()
     };
     let start = Instant::now();
-    let mut logits = model.forward(
+    let mut logits = forward_in_pool(
+        model,
         &Tensor::from_vec(ids, (batch, width), &device)?,
         0,
         mask(&attend)?.as_ref(),
@@ -216,12 +217,27 @@ pub fn generate(
         }
         attend.iter_mut().for_each(|a| a.push(1));
         let step = Tensor::from_vec(next, (batch, 1), &device)?;
-        logits = model.forward(&step, offset, mask(&attend)?.as_ref())?;
+        logits = forward_in_pool(model, &step, offset, mask(&attend)?.as_ref())?;
         offset += 1;
         stats.decode_steps += 1;
     }
     stats.decode_s = decode_start.elapsed().as_secs_f64();
     Ok((out, stats))
+}
+
+/// `model.forward`, on the CPU run on one of rayon's threads: the products' parallel loops then start from
+/// inside the pool (the calling thread takes part, the other threads steal) instead of each one waking the
+/// pool from outside and sleeping until it is done, which costs more than a small product at batch 1.
+fn forward_in_pool(
+    model: &mut dyn CausalLm,
+    ids: &Tensor,
+    offset: usize,
+    attend: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    match ids.device().is_cpu() {
+        true => rayon::scope(|_| model.forward(ids, offset, attend)),
+        false => model.forward(ids, offset, attend),
+    }
 }
 
 /// `values` left-padded with `pad` to `width` (`values` is repeated when it has one element).
