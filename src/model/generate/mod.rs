@@ -3,6 +3,7 @@
 
 mod candle_quantized;
 mod decoder_lm;
+mod greedy;
 mod open;
 #[cfg(test)]
 mod tests;
@@ -33,6 +34,12 @@ pub trait CausalLm: Send {
 
     /// Drop the KV cache.
     fn clear_cache(&mut self);
+
+    /// Whether forward passes on the CPU should run on one of rayon's threads (qlab's kernels, whose
+    /// parallel loops then start from inside the pool); other engines run on the calling thread.
+    fn runs_in_pool(&self) -> bool {
+        false
+    }
 
     fn device(&self) -> &Device;
 }
@@ -188,12 +195,19 @@ pub fn generate(
     let mut offset = width;
     loop {
         let logits_f32 = logits.to_dtype(candle_core::DType::F32)?;
+        let greedy = match opts.sampling {
+            Sampling::Greedy => greedy::ids(&logits_f32)?,
+            Sampling::Sample { .. } => None,
+        };
         let mut next = vec![opts.pad_id; batch];
         for row in 0..batch {
             if done[row] {
                 continue;
             }
-            let id = samplers[row].sample(&logits_f32.get(row)?)?;
+            let id = match &greedy {
+                Some(ids) => ids[row],
+                None => samplers[row].sample(&logits_f32.get(row)?)?,
+            };
             next[row] = id;
             if opts.stop_ids.contains(&id) {
                 out[row].finish = Finish::Stop;
@@ -225,7 +239,8 @@ pub fn generate(
     Ok((out, stats))
 }
 
-/// `model.forward`, on the CPU run on one of rayon's threads: the products' parallel loops then start from
+/// `model.forward`, on the CPU run on one of rayon's threads when the model asks for it (see
+/// [`CausalLm::runs_in_pool`]): the products' parallel loops then start from
 /// inside the pool (the calling thread takes part, the other threads steal) instead of each one waking the
 /// pool from outside and sleeping until it is done, which costs more than a small product at batch 1.
 fn forward_in_pool(
@@ -234,7 +249,7 @@ fn forward_in_pool(
     offset: usize,
     attend: Option<&Tensor>,
 ) -> candle_core::Result<Tensor> {
-    match ids.device().is_cpu() {
+    match ids.device().is_cpu() && model.runs_in_pool() {
         true => rayon::scope(|_| model.forward(ids, offset, attend)),
         false => model.forward(ids, offset, attend),
     }

@@ -1,11 +1,14 @@
 //! Decoding products with GGUF block weights, faster than candle 0.11's for the types a decode spends its
 //! time in: Q4_1 (the demo model's projections), Q5_0 (most of a Q4_K_M file whose widths are not multiples
-//! of 256, as Qwen2-0.5B's) and Q8_0 (vocabulary heads), with a result bit for bit equal to candle's.
+//! of 256, as Qwen2-0.5B's), Q8_0 (vocabulary heads) and, on AVX-512 VNNI, Q4_K / Q6_K (`kquants`: a
+//! Q4_K_M file's down projections), with a result bit for bit equal to candle's.
 //!
 //! The weights are repacked once (`packed`): 16 output columns (AVX-512 VNNI) or 8 (AVX2) interleaved four
 //! bytes at a time, so that one integer dot-product instruction with four broadcast activation bytes serves
-//! every column of the group, each packed block is unpacked once for all rows of a batch, and no horizontal
-//! sum is needed. `activations` rounds the inputs with candle's own code and holds the scalar reference.
+//! every column of the group, each packed block is unpacked once for all rows of a batch (in passes of up to
+//! 10 rows), and no horizontal sum is needed; each task writes its columns of the row-major output in place.
+//! `activations` rounds the inputs as candle's own code does and holds the scalar reference; `reuse` keeps
+//! the last rounding of each type for the products that share an input.
 
 mod activations;
 mod avx2;

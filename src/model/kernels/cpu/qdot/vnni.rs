@@ -187,35 +187,64 @@ unsafe fn nibbles_rows<const Q5: bool, const R: usize>(
 }
 
 /// Q8_0: per row, candle's eight lanes (four values each) accumulated with fused multiply-adds over the
-/// blocks, then summed in `hsum_float_8`'s order; the weights' +128 taken off in integers.
+/// blocks, then summed in `hsum_float_8`'s order; the weights' +128 taken off in integers. Rows in pairs,
+/// which share each loaded weight vector.
 ///
 /// # Safety
 /// As [`columns`], for one group at `col`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn q8_0_group(tiles: &[u8], acts: &Activations, out: Out, col: usize) {
-    let tile_bytes = Format::Q8_0.bytes() * LANES;
-    for r in 0..acts.rows {
-        let mut lanes = [_mm512_setzero_ps(); 8];
-        for (b, tile) in tiles.chunks_exact(tile_bytes).enumerate() {
-            let a = r * acts.blocks + b;
-            let y = &acts.values[a];
-            // SAFETY: 16 f16 scales after the 8 vectors of values.
-            let dw = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(tile[512..].as_ptr().cast())) };
-            let d = _mm512_mul_ps(dw, _mm512_set1_ps(acts.d[a]));
-            for (j, lane) in lanes.iter_mut().enumerate() {
-                // SAFETY: vector j of the tile's values, 64 bytes.
-                let w = unsafe { _mm512_loadu_si512(tile[64 * j..].as_ptr().cast()) };
-                let offset = _mm512_set1_epi32(acts.offsets[a][j]);
-                let q = _mm512_dpbusd_epi32(offset, w, broadcast(y, j));
-                *lane = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(q), *lane);
+    let mut first = 0;
+    while first < acts.rows {
+        // SAFETY: the caller's columns.
+        unsafe {
+            match acts.rows - first {
+                1 => q8_0_rows::<1>(tiles, acts, first, out, col),
+                _ => q8_0_rows::<2>(tiles, acts, first, out, col),
             }
         }
-        let l = lanes;
+        first += 2;
+    }
+}
+
+/// [`q8_0_group`] for rows `first..first + R`.
+///
+/// # Safety
+/// As [`columns`], for one group at `col`.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+unsafe fn q8_0_rows<const R: usize>(
+    tiles: &[u8],
+    acts: &Activations,
+    first: usize,
+    out: Out,
+    col: usize,
+) {
+    let tile_bytes = Format::Q8_0.bytes() * LANES;
+    let mut lanes = [[_mm512_setzero_ps(); 8]; R];
+    for (b, tile) in tiles.chunks_exact(tile_bytes).enumerate() {
+        let a = |i: usize| (first + i) * acts.blocks + b;
+        // SAFETY: 16 f16 scales after the 8 vectors of values.
+        let dw = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(tile[512..].as_ptr().cast())) };
+        let mut d = [dw; R];
+        for (i, d) in d.iter_mut().enumerate() {
+            *d = _mm512_mul_ps(dw, _mm512_set1_ps(acts.d[a(i)]));
+        }
+        for j in 0..8 {
+            // SAFETY: vector j of the tile's values, 64 bytes.
+            let w = unsafe { _mm512_loadu_si512(tile[64 * j..].as_ptr().cast()) };
+            for (i, lanes) in lanes.iter_mut().enumerate() {
+                let offset = _mm512_set1_epi32(acts.offsets[a(i)][j]);
+                let q = _mm512_dpbusd_epi32(offset, w, broadcast(&acts.values[a(i)], j));
+                lanes[j] = _mm512_fmadd_ps(d[i], _mm512_cvtepi32_ps(q), lanes[j]);
+            }
+        }
+    }
+    for (i, l) in lanes.into_iter().enumerate() {
         let sum = _mm512_add_ps(
             _mm512_add_ps(_mm512_add_ps(l[0], l[4]), _mm512_add_ps(l[2], l[6])),
             _mm512_add_ps(_mm512_add_ps(l[1], l[5]), _mm512_add_ps(l[3], l[7])),
         );
-        // SAFETY: the caller's columns, row `r` of `acts`.
-        unsafe { store(sum, out, r, col) };
+        // SAFETY: the caller's columns, row `first + i` of `acts`.
+        unsafe { store(sum, out, first + i, col) };
     }
 }
