@@ -84,33 +84,40 @@ impl Q8k {
             qs: vec![[0; QK_K]; n],
             bsums: vec![[0; 16]; n],
         };
-        for (((x, d), qs), bsums) in xs
-            .chunks_exact(QK_K)
-            .zip(&mut q.d)
-            .zip(&mut q.qs)
-            .zip(&mut q.bsums)
-        {
-            let (mut max, mut amax) = (0f32, 0f32);
-            for &v in x {
-                if amax < v.abs() {
-                    amax = v.abs();
-                    max = v;
-                }
-            }
-            if amax == 0.0 {
-                continue;
-            }
-            let iscale = -127f32 / max;
-            for (q, &v) in qs.iter_mut().zip(x) {
-                *q = (iscale * v).round().clamp(-128.0, 127.0) as i8;
-            }
-            for (sum, sixteen) in bsums.iter_mut().zip(qs.chunks_exact(16)) {
-                *sum = sixteen.iter().map(|&q| q as i32).sum::<i32>() as i16;
-            }
-            *d = 1.0 / iscale;
+        let slots = q.d.iter_mut().zip(&mut q.qs).zip(&mut q.bsums);
+        for (x, ((d, qs), bsums)) in xs.chunks_exact(QK_K).zip(slots) {
+            super::super::simd(
+                #[inline(always)]
+                || round_superblock(x, d, qs, bsums),
+            );
         }
         q
     }
+}
+
+/// candle's `BlockQ8K::from_float` of one superblock, in loops the compiler vectorises: the value of
+/// largest magnitude (the first of them; NaN passed over) sets the scale, each value is rounded half away
+/// from zero and clamped (NaN to 0), and each 16 values summed.
+#[inline(always)]
+fn round_superblock(x: &[f32], d: &mut f32, qs: &mut [i8; QK_K], bsums: &mut [i16; 16]) {
+    let mut lanes = [0f32; 16];
+    for chunk in x.chunks_exact(16) {
+        for (m, &v) in lanes.iter_mut().zip(chunk) {
+            *m = if v.abs() > *m { v.abs() } else { *m };
+        }
+    }
+    let amax = lanes.iter().fold(0f32, |m, &v| if v > m { v } else { m });
+    let Some(&max) = x.iter().find(|v| v.abs() == amax).filter(|_| amax != 0.0) else {
+        return;
+    };
+    let iscale = -127f32 / max;
+    for (q, &v) in qs.iter_mut().zip(x) {
+        *q = (iscale * v).round().clamp(-128.0, 127.0) as i8;
+    }
+    for (sum, sixteen) in bsums.iter_mut().zip(qs.chunks_exact(16)) {
+        *sum = sixteen.iter().map(|&q| q as i32).sum::<i32>() as i16;
+    }
+    *d = 1.0 / iscale;
 }
 
 /// A weight's tiles, 16 columns at a time, superblocks of a group consecutive.
