@@ -350,7 +350,6 @@ impl FusedAttention {
     }
 }
 
-/// `out = sum_j w[j] * rows[j]` for rows of `out.len()` (one query's output from its probabilities).
 impl CustomOp3 for FusedAttention {
     fn name(&self) -> &'static str {
         "fused-attention"
