@@ -12,7 +12,7 @@ use candle_transformers::models::{quantized_llama, quantized_qwen2};
 use super::CausalLm;
 
 /// What the wrapper needs of one of candle-transformers' quantized models.
-pub trait CandleGguf: Sized {
+pub trait CandleGguf: Sized + Send {
     /// The model's module name in candle-transformers, for messages.
     const NAME: &'static str;
     fn from_gguf(

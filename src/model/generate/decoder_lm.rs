@@ -79,6 +79,10 @@ impl CausalLm for DecoderLm {
         self.cache.clear();
     }
 
+    fn runs_in_pool(&self) -> bool {
+        true
+    }
+
     fn device(&self) -> &Device {
         &self.decoder.device
     }

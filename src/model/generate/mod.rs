@@ -3,6 +3,7 @@
 
 mod candle_quantized;
 mod decoder_lm;
+mod greedy;
 mod open;
 #[cfg(test)]
 mod tests;
@@ -19,7 +20,7 @@ pub use decoder_lm::DecoderLm;
 pub use open::{OpenError, open_model};
 
 /// What generation needs from a decoder.
-pub trait CausalLm {
+pub trait CausalLm: Send {
     /// Feed `ids` (batch, seq; u32) at positions `offset..offset + seq`, after the `offset` positions already
     /// in the KV cache (`offset == 0` starts afresh). `attend` (batch, offset + seq; u8) is 1 for real tokens
     /// and 0 for left padding, which no query may attend to; `None` when nothing is padded.
@@ -33,6 +34,12 @@ pub trait CausalLm {
 
     /// Drop the KV cache.
     fn clear_cache(&mut self);
+
+    /// Whether forward passes on the CPU should run on one of rayon's threads (qlab's kernels, whose
+    /// parallel loops then start from inside the pool); other engines run on the calling thread.
+    fn runs_in_pool(&self) -> bool {
+        false
+    }
 
     fn device(&self) -> &Device;
 }
@@ -158,7 +165,8 @@ pub fn generate(
         ..Default::default()
     };
     let start = Instant::now();
-    let mut logits = model.forward(
+    let mut logits = forward_in_pool(
+        model,
         &Tensor::from_vec(ids, (batch, width), &device)?,
         0,
         mask(&attend)?.as_ref(),
@@ -187,12 +195,19 @@ pub fn generate(
     let mut offset = width;
     loop {
         let logits_f32 = logits.to_dtype(candle_core::DType::F32)?;
+        let greedy = match opts.sampling {
+            Sampling::Greedy => greedy::ids(&logits_f32)?,
+            Sampling::Sample { .. } => None,
+        };
         let mut next = vec![opts.pad_id; batch];
         for row in 0..batch {
             if done[row] {
                 continue;
             }
-            let id = samplers[row].sample(&logits_f32.get(row)?)?;
+            let id = match &greedy {
+                Some(ids) => ids[row],
+                None => samplers[row].sample(&logits_f32.get(row)?)?,
+            };
             next[row] = id;
             if opts.stop_ids.contains(&id) {
                 out[row].finish = Finish::Stop;
@@ -216,12 +231,28 @@ pub fn generate(
         }
         attend.iter_mut().for_each(|a| a.push(1));
         let step = Tensor::from_vec(next, (batch, 1), &device)?;
-        logits = model.forward(&step, offset, mask(&attend)?.as_ref())?;
+        logits = forward_in_pool(model, &step, offset, mask(&attend)?.as_ref())?;
         offset += 1;
         stats.decode_steps += 1;
     }
     stats.decode_s = decode_start.elapsed().as_secs_f64();
     Ok((out, stats))
+}
+
+/// `model.forward`, on the CPU run on one of rayon's threads when the model asks for it (see
+/// [`CausalLm::runs_in_pool`]): the products' parallel loops then start from
+/// inside the pool (the calling thread takes part, the other threads steal) instead of each one waking the
+/// pool from outside and sleeping until it is done, which costs more than a small product at batch 1.
+fn forward_in_pool(
+    model: &mut dyn CausalLm,
+    ids: &Tensor,
+    offset: usize,
+    attend: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    match ids.device().is_cpu() && model.runs_in_pool() {
+        true => rayon::scope(|_| model.forward(ids, offset, attend)),
+        false => model.forward(ids, offset, attend),
+    }
 }
 
 /// `values` left-padded with `pad` to `width` (`values` is repeated when it has one element).

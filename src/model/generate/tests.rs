@@ -140,3 +140,53 @@ fn empty_prompts_are_refused() {
     .unwrap_err();
     assert!(err.to_string().contains("prompt 1 is empty"), "{err}");
 }
+
+/// A toy model that records whether each forward pass ran on one of rayon's threads.
+struct WhereLm {
+    toy: ToyLm,
+    in_pool: bool,
+    seen: Vec<bool>,
+}
+
+impl CausalLm for WhereLm {
+    fn forward(
+        &mut self,
+        ids: &Tensor,
+        offset: usize,
+        attend: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        self.seen.push(rayon::current_thread_index().is_some());
+        self.toy.forward(ids, offset, attend)
+    }
+    fn clear_cache(&mut self) {
+        self.toy.clear_cache()
+    }
+    fn runs_in_pool(&self) -> bool {
+        self.in_pool
+    }
+    fn device(&self) -> &Device {
+        self.toy.device()
+    }
+}
+
+#[test]
+fn a_model_that_asks_for_rayons_pool_runs_every_pass_there_with_the_same_answers() {
+    let prompts = [vec![3, 5, 2], vec![1]];
+    let mut answers = Vec::new();
+    for in_pool in [true, false] {
+        let mut model = WhereLm {
+            toy: ToyLm::new(),
+            in_pool,
+            seen: Vec::new(),
+        };
+        let (out, _) = generate(&mut model, &prompts, &greedy(6, vec![]), &mut |_| {}).unwrap();
+        assert_eq!(model.seen.len(), 6, "prefill and five decode steps");
+        assert!(
+            model.seen.iter().all(|&s| s == in_pool),
+            "{in_pool}: {:?}",
+            model.seen
+        );
+        answers.push(out);
+    }
+    assert_eq!(answers[0], answers[1]);
+}

@@ -8,6 +8,8 @@ use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+mod decode;
+
 use super::{Mat, cpu_slice, dot, exp_shifted_sum, matmul, max, simd, storage_slice, to_f32_vec};
 
 /// The attention op's constants; q `[b, h, t, d]` contiguous, k and v `[b, kvh, T, d]` readable as
@@ -178,10 +180,7 @@ impl FusedAttention {
         let p = &mut p[..rows * n];
         if rows == 1 && d > 0 {
             // One query (decoding): dot products, without gemm's packing, which costs more than the product.
-            let q = &qh[blk.r0 * d..blk.r1 * d];
-            for (s, k) in p.iter_mut().zip(kg.chunks_exact(d)) {
-                *s = self.scale * dot(q, k);
-            }
+            decode::scores(&qh[blk.r0 * d..blk.r1 * d], &kg[..n * d], self.scale, p);
         } else {
             matmul(
                 p,
@@ -234,7 +233,7 @@ impl FusedAttention {
                                 self.probs(dm, bi, blk, (qh, kg), p, dcap);
                                 let o = &mut oh[blk.r0 * d..blk.r1 * d];
                                 if rows == 1 && d > 0 {
-                                    weighted_rows(o, &p[..n], vg);
+                                    decode::weighted(o, &p[..n], vg);
                                     continue;
                                 }
                                 matmul(
@@ -348,17 +347,6 @@ impl FusedAttention {
                 },
             );
         (dq, dk, dv)
-    }
-}
-
-/// `out = sum_j w[j] * rows[j]` for rows of `out.len()` (one query's output from its probabilities).
-#[inline(always)]
-fn weighted_rows(out: &mut [f32], w: &[f32], rows: &[f32]) {
-    out.fill(0.0);
-    for (&wj, row) in w.iter().zip(rows.chunks_exact(out.len())) {
-        for (o, x) in out.iter_mut().zip(row) {
-            *o += wj * x;
-        }
     }
 }
 

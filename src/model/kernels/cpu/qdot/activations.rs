@@ -84,15 +84,14 @@ pub(super) unsafe fn round_blocks_avx2(format: Format, xs: &[f32], acts: &mut Ac
             // maxps returns its second operand when one is NaN: the running maximum.
             max = _mm256_max_ps(_mm256_andnot_ps(sign, v), max);
         }
-        let mut lanes = [0f32; 8];
-        // SAFETY: `lanes` holds 8 floats.
-        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), max) };
-        let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
+        // No lane holds NaN (the running maximum kept its own value): any order of the last maxima agrees.
+        let max = _mm_max_ps(_mm256_castps256_ps128(max), _mm256_extractf128_ps::<1>(max));
+        let max = _mm_max_ps(max, _mm_movehl_ps(max, max));
+        let amax = _mm_cvtss_f32(_mm_max_ss(max, _mm_shuffle_ps::<0b01>(max, max)));
         let d = amax / 127.0;
         let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
-        let mut total = _mm256_setzero_si256();
-        let mut ints = [0i32; BLOCK];
-        for (i, v) in v.into_iter().enumerate() {
+        let mut q = [_mm256_setzero_si256(); 4];
+        for (q, v) in q.iter_mut().zip(v) {
             let v = _mm256_mul_ps(v, id);
             let t = _mm256_round_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(v);
             let frac = _mm256_andnot_ps(sign, _mm256_sub_ps(v, t));
@@ -104,20 +103,31 @@ pub(super) unsafe fn round_blocks_avx2(format: Format, xs: &[f32], acts: &mut Ac
                 _mm256_set1_ps(127.0),
             );
             let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(v, v));
-            let q = _mm256_cvtps_epi32(r);
-            total = _mm256_add_epi32(total, q);
-            // SAFETY: `ints` holds 32 i32.
-            unsafe { _mm256_storeu_si256(ints[8 * i..].as_mut_ptr().cast(), q) };
+            *q = _mm256_cvtps_epi32(r);
         }
-        values.iter_mut().zip(ints).for_each(|(q, i)| *q = i as i8);
-        let mut sums = [0i32; 8];
-        // SAFETY: `sums` holds 8 i32.
-        unsafe { _mm256_storeu_si256(sums.as_mut_ptr().cast(), total) };
-        let sum: i32 = sums.iter().sum();
+        // Saturating packs (exact: the values are in -128..127) interleave the 128-bit halves; the
+        // permutation puts the 32 bytes back in order.
+        let bytes = _mm256_packs_epi16(
+            _mm256_packs_epi32(q[0], q[1]),
+            _mm256_packs_epi32(q[2], q[3]),
+        );
+        let bytes = _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        // SAFETY: `values` holds 32 bytes.
+        unsafe { _mm256_storeu_si256(values.as_mut_ptr().cast(), bytes) };
+        let total = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+        let total = _mm_add_epi32(
+            _mm256_castsi256_si128(total),
+            _mm256_extracti128_si256::<1>(total),
+        );
+        let total = _mm_add_epi32(total, _mm_shuffle_epi32::<0b01_00_11_10>(total));
+        let sum = _mm_cvtsi128_si32(_mm_add_epi32(
+            total,
+            _mm_shuffle_epi32::<0b10_11_00_01>(total),
+        ));
         let d16 = f16::from_f32(d);
         *d_out = d16.to_f32();
         *s_out = match format {
-            Format::Q4_1 => (f16::from_f32(sum as f32) * d16).to_f32(),
+            Format::Q4_1 => f16_product(f16::from_f32(sum as f32), d16),
             _ => sum as f32,
         };
     }
@@ -147,10 +157,15 @@ pub(super) fn round_blocks(format: Format, xs: &[f32], acts: &mut Activations) {
         let d16 = f16::from_f32(d);
         *d_out = d16.to_f32();
         *s_out = match format {
-            Format::Q4_1 => (f16::from_f32(sum as f32) * d16).to_f32(),
+            Format::Q4_1 => f16_product(f16::from_f32(sum as f32), d16),
             _ => sum as f32,
         };
     }
+}
+
+/// `a * b` in f16, as `half` multiplies (the exact f32 product rounded once), without its slow generic path.
+fn f16_product(a: f16, b: f16) -> f32 {
+    f16::from_f32(a.to_f32() * b.to_f32()).to_f32()
 }
 
 pub(super) fn f16_at(bytes: &[u8], at: usize) -> f32 {

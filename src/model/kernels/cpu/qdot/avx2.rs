@@ -6,36 +6,44 @@
 
 use std::arch::x86_64::*;
 
-use super::{Activations, Format};
+use super::{Activations, Format, Out};
 
 const LANES: usize = 8;
 
-/// Outputs of the whole groups in `tiles` for every row, `dst[c * rows + r]`.
+/// Outputs of the whole groups in `tiles`, the first at column `col`, for every row.
 ///
 /// # Safety
-/// The CPU must have AVX2, FMA and F16C; `tiles` must hold whole groups packed for `Isa::Avx2` and `dst`
-/// their outputs.
+/// The CPU must have AVX2, FMA and F16C; `tiles` must hold whole groups packed for `Isa::Avx2`, and their
+/// columns in `out` must be this caller's to write, for every row of `acts`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn columns(format: Format, tiles: &[u8], acts: &Activations, dst: &mut [f32]) {
+pub(super) unsafe fn columns(
+    format: Format,
+    tiles: &[u8],
+    acts: &Activations,
+    out: Out,
+    col: usize,
+) {
     let group_bytes = acts.blocks * format.bytes() * LANES;
     for (g, tiles) in tiles.chunks_exact(group_bytes).enumerate() {
-        let dst = &mut dst[g * LANES * acts.rows..][..LANES * acts.rows];
-        match format {
-            Format::Q8_0 => q8_0_group(tiles, acts, dst),
-            _ => nibbles_group(format, tiles, acts, dst),
+        let col = col + g * LANES;
+        // SAFETY: the caller's columns.
+        unsafe {
+            match format {
+                Format::Q8_0 => q8_0_group(tiles, acts, out, col),
+                _ => nibbles_group(format, tiles, acts, out, col),
+            }
         }
     }
 }
 
-/// Stores lane c of `acc` as column c of row `r`.
+/// Stores lane c of `acc` as column `col + c` of row `r`.
+///
+/// # Safety
+/// Row `r`, columns `col..col + 8` of `out` must be the caller's to write.
 #[target_feature(enable = "avx2")]
-fn store(acc: __m256, r: usize, rows: usize, dst: &mut [f32]) {
-    let mut lanes = [0f32; LANES];
-    // SAFETY: `lanes` holds 8 floats.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
-    for (c, v) in lanes.into_iter().enumerate() {
-        dst[c * rows + r] = v;
-    }
+unsafe fn store(acc: __m256, out: Out, r: usize, col: usize) {
+    // SAFETY: 8 floats of row r, as the caller vouches.
+    unsafe { _mm256_storeu_ps(out.at(r, col), acc) };
 }
 
 /// The four activation bytes `4j..4j+4` of a block, in every lane.
@@ -76,8 +84,11 @@ fn high_bits(mask: u32) -> __m256i {
 
 /// Q4_1 and Q5_0: each block unpacked once, then its exact integer dot product with every row, and
 /// candle's f32 terms added block after block.
+///
+/// # Safety
+/// As [`columns`], for one group at `col`.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn nibbles_group(format: Format, tiles: &[u8], acts: &Activations, dst: &mut [f32]) {
+unsafe fn nibbles_group(format: Format, tiles: &[u8], acts: &Activations, out: Out, col: usize) {
     let tile_bytes = format.bytes() * LANES;
     let mut acc = vec![_mm256_setzero_ps(); acts.rows];
     let low = _mm256_set1_epi8(0x0f);
@@ -134,14 +145,18 @@ fn nibbles_group(format: Format, tiles: &[u8], acts: &Activations, dst: &mut [f3
         }
     }
     for (r, acc) in acc.into_iter().enumerate() {
-        store(acc, r, acts.rows, dst);
+        // SAFETY: the caller's columns, row `r` of `acts`.
+        unsafe { store(acc, out, r, col) };
     }
 }
 
 /// Q8_0: per row, candle's eight lanes (four values each) accumulated with fused multiply-adds over the
 /// blocks, then summed in `hsum_float_8`'s order.
+///
+/// # Safety
+/// As [`columns`], for one group at `col`.
 #[target_feature(enable = "avx2,fma,f16c")]
-fn q8_0_group(tiles: &[u8], acts: &Activations, dst: &mut [f32]) {
+unsafe fn q8_0_group(tiles: &[u8], acts: &Activations, out: Out, col: usize) {
     let tile_bytes = Format::Q8_0.bytes() * LANES;
     for r in 0..acts.rows {
         let mut lanes = [_mm256_setzero_ps(); 8];
@@ -164,6 +179,7 @@ fn q8_0_group(tiles: &[u8], acts: &Activations, dst: &mut [f32]) {
             _mm256_add_ps(_mm256_add_ps(l[0], l[4]), _mm256_add_ps(l[2], l[6])),
             _mm256_add_ps(_mm256_add_ps(l[1], l[5]), _mm256_add_ps(l[3], l[7])),
         );
-        store(sum, r, acts.rows, dst);
+        // SAFETY: the caller's columns, row `r` of `acts`.
+        unsafe { store(sum, out, r, col) };
     }
 }

@@ -1,15 +1,21 @@
 //! Decoding products with GGUF block weights, faster than candle 0.11's for the types a decode spends its
 //! time in: Q4_1 (the demo model's projections), Q5_0 (most of a Q4_K_M file whose widths are not multiples
-//! of 256, as Qwen2-0.5B's) and Q8_0 (vocabulary heads), with a result bit for bit equal to candle's.
+//! of 256, as Qwen2-0.5B's), Q8_0 (vocabulary heads) and, on AVX-512 VNNI, Q4_K / Q6_K (`kquants`: a
+//! Q4_K_M file's down projections), with a result bit for bit equal to candle's.
 //!
 //! The weights are repacked once (`packed`): 16 output columns (AVX-512 VNNI) or 8 (AVX2) interleaved four
 //! bytes at a time, so that one integer dot-product instruction with four broadcast activation bytes serves
-//! every column of the group, each packed block is unpacked once for all rows of a batch, and no horizontal
-//! sum is needed. `activations` rounds the inputs with candle's own code and holds the scalar reference.
+//! every column of the group, each packed block is unpacked once for all rows of a batch (in passes of up to
+//! 10 rows), and no horizontal sum is needed; each task writes its columns of the row-major output in place.
+//! `activations` rounds the inputs as candle's own code does and holds the scalar reference; `reuse` keeps
+//! the last rounding of each type for the products that share an input.
 
 mod activations;
 mod avx2;
+mod kquants;
+mod kvnni;
 mod packed;
+mod reuse;
 #[cfg(test)]
 mod tests;
 mod vnni;
@@ -94,8 +100,9 @@ impl Isa {
     }
 }
 
-/// `x[m, k] @ W^T` for a Q4_1, Q5_0 or Q8_0 weight `W[n, k]` on the CPU, or None when this module does not
-/// serve the operands (another weight type, a CPU without AVX2, a GPU tensor) and candle's `QMatMul` should.
+/// `x[m, k] @ W^T` for a Q4_1, Q5_0, Q8_0, Q4_K or Q6_K weight `W[n, k]` on the CPU, or None when this
+/// module does not serve the operands (another weight type, a CPU without AVX2, a GPU tensor, a shape
+/// candle multiplies otherwise: see `kquants`) and candle's `QMatMul` should.
 ///
 /// Each output is the same sum, in the same order and with the same roundings, as candle's kernel for the
 /// type on this CPU: the activations are rounded to Q8_1 / Q8_0 by candle's own code, each block's integer
@@ -103,15 +110,18 @@ impl Isa {
 /// fused multiply-adds for Q4_1 and Q5_0, candle's scalar loops; eight lanes with fused multiply-adds and
 /// candle's final horizontal sum for Q8_0, its AVX2 kernel).
 pub fn matmul(x: &Tensor, w: &Arc<QTensor>) -> Result<Option<Tensor>> {
+    if !x.device().is_cpu() {
+        return Ok(None);
+    }
+    if let Some(kind) = kquants::Kind::of(w.dtype()) {
+        return kquants::matmul(x, w, kind);
+    }
     let Some(format) = Format::of(w.dtype()) else {
         return Ok(None);
     };
     let Some(isa) = Isa::detect() else {
         return Ok(None);
     };
-    if !x.device().is_cpu() {
-        return Ok(None);
-    }
     let (n, k) = w.shape().dims2()?;
     let (m, kx) = x.dims2()?;
     if kx != k || !k.is_multiple_of(BLOCK) {
@@ -121,61 +131,78 @@ pub fn matmul(x: &Tensor, w: &Arc<QTensor>) -> Result<Option<Tensor>> {
         // candle's own repacked kernels take these shapes (with other roundings): theirs is the reference.
         return Ok(None);
     }
-    let xs = x
-        .to_dtype(candle_core::DType::F32)?
-        .contiguous()?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let acts = Activations::quantize(format, &xs, m, k);
-    let packed = packed::cached(w, format, isa)?;
-    let out_t = product(&packed, &acts, w)?;
-    let mut out = vec![0f32; m * n];
-    for (c, column) in out_t.chunks_exact(m.max(1)).enumerate() {
-        for (r, &y) in column.iter().enumerate() {
-            out[r * n + c] = y;
-        }
-    }
+    let acts = reuse::rounded(format as usize, x, k, |xs, rows| {
+        Activations::quantize(format, xs, rows, k)
+    })?;
+    let packed = packed::cached(w, |data, n, k| Packed::new(format, isa, data, n, k / BLOCK))?;
+    let out = product(&packed, &acts, w)?;
     Tensor::from_vec(out, (m, n), &Device::Cpu).map(Some)
 }
 
-/// Outputs column-major (`out[c * rows + r]`): packed groups in parallel, then the columns after the last
-/// whole group from the original blocks by the scalar reference.
+/// The product's row-major output `[rows, n]`, which the parallel tasks write each in its own columns.
+#[derive(Clone, Copy)]
+struct Out {
+    ptr: *mut f32,
+    /// Columns of a row.
+    n: usize,
+}
+
+// SAFETY: `product` hands each task its own columns of a buffer that outlives the tasks, so tasks on other
+// threads never write the same element.
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// Where row `r`'s column `c` is.
+    ///
+    /// # Safety
+    /// `r` must be a row and `c` a column of the buffer, and the caller the task that owns column `c`.
+    #[inline(always)]
+    unsafe fn at(self, r: usize, c: usize) -> *mut f32 {
+        // SAFETY: inside the buffer, as the caller vouches.
+        unsafe { self.ptr.add(r * self.n + c) }
+    }
+}
+
+/// Outputs row-major (`out[r * n + c]`): packed groups in parallel, each task writing its own columns in
+/// place, then the columns after the last whole group from the original blocks by the scalar reference.
 fn product(packed: &Packed, acts: &Activations, w: &QTensor) -> Result<Vec<f32>> {
-    let rows = acts.rows;
+    let (rows, n) = (acts.rows, packed.n);
     let lanes = packed.isa.lanes();
-    let mut out_t = vec![0f32; packed.n * rows];
-    let (grouped, tail) = out_t.split_at_mut(packed.groups * lanes * rows);
+    let mut out = vec![0f32; rows * n];
+    let dst = Out {
+        ptr: out.as_mut_ptr(),
+        n,
+    };
     let task_tiles = GROUPS_PER_TASK * acts.blocks * packed.tile_bytes;
-    grouped
-        .par_chunks_mut(GROUPS_PER_TASK * lanes * rows)
-        .zip(packed.tiles.par_chunks(task_tiles))
-        .for_each(|(dst, tiles)| run_kernel(packed, tiles, acts, dst));
-    if !tail.is_empty() {
+    packed
+        .tiles
+        .par_chunks(task_tiles)
+        .enumerate()
+        .for_each(|(t, tiles)| run_kernel(packed, tiles, acts, dst, t * GROUPS_PER_TASK * lanes));
+    let first_tail = packed.groups * lanes;
+    if first_tail < n {
         let weights = w.data()?;
         let row_bytes = acts.blocks * packed.format.bytes();
-        for (i, dst) in tail.chunks_exact_mut(rows).enumerate() {
-            let c = packed.groups * lanes + i;
-            for (r, y) in dst.iter_mut().enumerate() {
-                *y = dot_scalar(
-                    packed.format,
-                    &weights[c * row_bytes..][..row_bytes],
-                    acts,
-                    r,
-                );
+        for c in first_tail..n {
+            let w_row = &weights[c * row_bytes..][..row_bytes];
+            for r in 0..rows {
+                out[r * n + c] = dot_scalar(packed.format, w_row, acts, r);
             }
         }
     }
-    Ok(out_t)
+    Ok(out)
 }
 
-/// Whole packed groups `tiles` (their outputs `dst`, column-major) by the packed layout's kernel.
-fn run_kernel(packed: &Packed, tiles: &[u8], acts: &Activations, dst: &mut [f32]) {
+/// Whole packed groups `tiles`, the first of them at column `col`, by the packed layout's kernel.
+fn run_kernel(packed: &Packed, tiles: &[u8], acts: &Activations, out: Out, col: usize) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: a Packed is built only for an instruction set `Isa::detect` found on this CPU.
+    // SAFETY: a Packed is built only for an instruction set `Isa::detect` found on this CPU; `product` gives
+    // this task the columns of `tiles`' groups, inside `out`'s rows.
     unsafe {
         match packed.isa {
-            Isa::Vnni512 => vnni::columns(packed.format, tiles, acts, dst),
-            Isa::Avx2 => avx2::columns(packed.format, tiles, acts, dst),
+            Isa::Vnni512 => vnni::columns(packed.format, tiles, acts, out, col),
+            Isa::Avx2 => avx2::columns(packed.format, tiles, acts, out, col),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -183,6 +210,6 @@ fn run_kernel(packed: &Packed, tiles: &[u8], acts: &Activations, dst: &mut [f32]
         "no instruction set is detected off x86_64: {packed:?} {} {} {}",
         tiles.len(),
         acts.rows,
-        dst.len()
+        out.n + col
     )
 }

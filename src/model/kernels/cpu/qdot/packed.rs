@@ -1,4 +1,5 @@
-//! GGUF weights repacked for the kernels, once per weight (kept while the weight lives), the way
+//! GGUF weights repacked for the kernels, once per weight (kept while the weight lives; the cache serves
+//! every packed layout), the way
 //! llama.cpp's Q4_0x8 / Q8_0 repacks and candle's own `repack_x86` lay them out: `lanes` output columns
 //! interleaved four bytes at a time, so that lane c of a vector holds column c.
 //!
@@ -9,13 +10,14 @@
 //! - Q5_0 only: 8 masks of `lanes * 4` bits, mask j's bit 4c+t the high bit of value 4j+t of column c;
 //! - each column's d (f16), then for Q4_1 each column's m (f16).
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 
 use candle_core::Result;
 use candle_core::quantized::QTensor;
 
-use super::{BLOCK, Format, Isa};
+use super::{Format, Isa};
 
 /// A weight's whole groups, repacked (the columns after them stay in the GGUF tensor).
 #[derive(Debug)]
@@ -90,21 +92,26 @@ impl Packed {
 
 /// Repacked weights by the address of their tensor; the weak reference keeps that address from being
 /// reused while the entry exists and tells a live weight from a dropped one.
-type Cache = HashMap<usize, (Weak<QTensor>, Arc<Packed>)>;
+type Cache = HashMap<usize, (Weak<QTensor>, Arc<dyn Any + Send + Sync>)>;
 
 static CACHE: Mutex<Option<Cache>> = Mutex::new(None);
 
-/// `w` repacked for `isa`: from the cache, or packed now (and the entries of dropped weights let go).
-pub(super) fn cached(w: &Arc<QTensor>, format: Format, isa: Isa) -> Result<Arc<Packed>> {
+/// `w` repacked by `pack` (given the GGUF bytes, the columns and the width): from the cache, or packed now
+/// (and the entries of dropped weights let go).
+pub(super) fn cached<P: Any + Send + Sync>(
+    w: &Arc<QTensor>,
+    pack: impl FnOnce(&[u8], usize, usize) -> P,
+) -> Result<Arc<P>> {
     let key = Arc::as_ptr(w) as usize;
     {
         let cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, p)) = cache.as_ref().and_then(|c| c.get(&key)) {
-            return Ok(p.clone());
+        let kept = cache.as_ref().and_then(|c| c.get(&key));
+        if let Some(p) = kept.and_then(|(_, p)| p.clone().downcast::<P>().ok()) {
+            return Ok(p);
         }
     }
     let (n, k) = w.shape().dims2()?;
-    let packed = Arc::new(Packed::new(format, isa, &w.data()?, n, k / BLOCK));
+    let packed = Arc::new(pack(&w.data()?, n, k));
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     let cache = cache.get_or_insert_with(HashMap::new);
     cache.retain(|_, (weight, _)| weight.strong_count() > 0);

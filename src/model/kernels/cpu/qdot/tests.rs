@@ -170,20 +170,27 @@ fn each_instruction_set_gives_the_scalar_reference() {
     for isa in available() {
         for dtype in DTYPES {
             let format = Format::of(dtype).unwrap();
-            // Two tasks and a column after the last group of 16 (three after the last of 8 and of 16).
-            let (m, n, k) = (5, 4 * 16 + 3, 256);
-            let (x, w) = operands(dtype, m, n, k, 3);
-            let acts =
-                Activations::quantize(format, &x.flatten_all().unwrap().to_vec1().unwrap(), m, k);
-            let data = w.data().unwrap();
-            let row_bytes = k / BLOCK * format.bytes();
-            let want: Vec<f32> = (0..n)
-                .flat_map(|c| (0..m).map(move |r| (c, r)))
-                .map(|(c, r)| dot_scalar(format, &data[c * row_bytes..][..row_bytes], &acts, r))
-                .collect();
-            let packed = Packed::new(format, isa, &data, n, k / BLOCK);
-            let got = product(&packed, &acts, &w).unwrap();
-            assert_eq!(bits(&got), bits(&want), "{dtype:?} {isa:?}");
+            // Two tasks and a column after the last group of 16 (three after the last of 8 and of 16); every
+            // pass size of the kernels (1 to 10 rows) and rows split into several passes.
+            let (n, k) = (4 * 16 + 3, 256);
+            for m in (1..=13).chain([21, 32]) {
+                let (x, w) = operands(dtype, m, n, k, 3 + m as u64);
+                let acts = Activations::quantize(
+                    format,
+                    &x.flatten_all().unwrap().to_vec1().unwrap(),
+                    m,
+                    k,
+                );
+                let data = w.data().unwrap();
+                let row_bytes = k / BLOCK * format.bytes();
+                let want: Vec<f32> = (0..m)
+                    .flat_map(|r| (0..n).map(move |c| (c, r)))
+                    .map(|(c, r)| dot_scalar(format, &data[c * row_bytes..][..row_bytes], &acts, r))
+                    .collect();
+                let packed = Packed::new(format, isa, &data, n, k / BLOCK);
+                let got = product(&packed, &acts, &w).unwrap();
+                assert_eq!(bits(&got), bits(&want), "{dtype:?} {isa:?} {m} rows");
+            }
         }
     }
 }
@@ -194,14 +201,15 @@ fn a_weight_is_packed_once_and_let_go_with_it() {
         return;
     };
     let (_, w) = operands(GgmlDType::Q4_1, 1, 32, 64, 2);
-    let first = packed::cached(&w, Format::Q4_1, isa).unwrap();
-    let again = packed::cached(&w, Format::Q4_1, isa).unwrap();
+    let pack = |data: &[u8], n, k| Packed::new(Format::Q4_1, isa, data, n, k / BLOCK);
+    let first = packed::cached(&w, pack).unwrap();
+    let again = packed::cached(&w, pack).unwrap();
     assert!(Arc::ptr_eq(&first, &again));
     let held = Arc::downgrade(&first);
     drop((first, again, w));
     // The next weight packed clears the entries of dropped ones.
     let (_, other) = operands(GgmlDType::Q4_1, 1, 32, 64, 4);
-    packed::cached(&other, Format::Q4_1, isa).unwrap();
+    packed::cached(&other, pack).unwrap();
     assert_eq!(held.strong_count(), 0);
 }
 
@@ -210,8 +218,8 @@ fn other_weight_types_and_bad_widths_are_not_served_or_refused() {
     let dev = Device::Cpu;
     let w = Tensor::randn(0f32, 1.0, (16, 256), &dev).unwrap();
     let x = Tensor::randn(0f32, 1.0, (1, 256), &dev).unwrap();
-    let q4k = Arc::new(QTensor::quantize(&w, GgmlDType::Q4K).unwrap());
-    assert!(matmul(&x, &q4k).unwrap().is_none());
+    let q5k = Arc::new(QTensor::quantize(&w, GgmlDType::Q5K).unwrap());
+    assert!(matmul(&x, &q5k).unwrap().is_none());
     // Q8_0 at widths candle multiplies with its own repacked kernels.
     let q8 = Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap());
     assert!(matmul(&x, &q8).unwrap().is_none());
@@ -220,4 +228,95 @@ fn other_weight_types_and_bad_widths_are_not_served_or_refused() {
         let wrong = Tensor::randn(0f32, 1.0, (1, 32), &dev).unwrap();
         assert!(matmul(&wrong, &q4).is_err());
     }
+}
+
+/// Q4_K and Q6_K products equal candle's (its repacked kernels) bit for bit for every pass size, and the
+/// shapes candle multiplies another way are left to it.
+#[test]
+fn k_quant_products_equal_candles_bit_for_bit() {
+    if Isa::detect() != Some(Isa::Vnni512) {
+        eprintln!("skipped: K-quants are served on AVX-512 VNNI only");
+        return;
+    }
+    for dtype in [GgmlDType::Q4K, GgmlDType::Q6K] {
+        for m in [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 17, 31] {
+            let (x, w) = operands(dtype, m, 48, 512, m as u64);
+            let ours = matmul(&x, &w).unwrap();
+            if dtype == GgmlDType::Q6K && m == 1 {
+                assert!(ours.is_none(), "one row of Q6_K is candle's compact kernel");
+                continue;
+            }
+            let ours: Vec<f32> = ours
+                .expect("served")
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(bits(&ours), bits(&candle(&x, &w)), "{dtype:?} {m} rows");
+        }
+        for (m, n, k) in [(32, 48, 512), (4, 40, 512)] {
+            let (x, w) = operands(dtype, m, n, k, 1);
+            assert!(matmul(&x, &w).unwrap().is_none(), "{dtype:?} ({m},{n},{k})");
+        }
+    }
+}
+
+#[test]
+fn q8_k_rounding_is_candles() {
+    use candle_core::quantized::k_quants::{BlockQ8K, GgmlType};
+    let mut xs: Vec<f32> = Tensor::randn(0f32, 3.0, 512, &Device::Cpu)
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    // A superblock of zeros, and one with a NaN, an infinity and ties of the largest magnitude.
+    xs.extend([0.0; 256]);
+    xs.extend((0..256).map(|i| match i {
+        3 => f32::NAN,
+        7 => f32::INFINITY,
+        _ => (i % 9) as f32 - 4.0,
+    }));
+    let mut blocks = vec![BlockQ8K::zeros(); xs.len() / 256];
+    BlockQ8K::from_float(&xs, &mut blocks);
+    // SAFETY: candle's Q8_K blocks are `repr(C)` without padding: d (f32), 256 values, 16 sums (i16).
+    let raw =
+        unsafe { std::slice::from_raw_parts(blocks.as_ptr().cast::<u8>(), blocks.len() * 292) };
+    let ours = kquants::Q8k::round(&xs, xs.len());
+    for (b, raw) in raw.chunks_exact(292).enumerate() {
+        let d = f32::from_le_bytes(raw[..4].try_into().unwrap());
+        assert_eq!(ours.d[b].to_bits(), d.to_bits(), "d of superblock {b}");
+        let qs: Vec<i8> = raw[4..260].iter().map(|&q| q as i8).collect();
+        assert_eq!(ours.qs[b].to_vec(), qs, "values of superblock {b}");
+        let sums: Vec<i16> = raw[260..]
+            .chunks_exact(2)
+            .map(|s| i16::from_le_bytes([s[0], s[1]]))
+            .collect();
+        assert_eq!(ours.bsums[b].to_vec(), sums, "sums of superblock {b}");
+    }
+}
+
+/// The same values (in another tensor) reuse the kept rounding; a single bit of difference (the sign of a
+/// zero) or another activation type rounds afresh.
+#[test]
+fn an_input_is_rounded_once_for_the_products_that_share_it() {
+    let mut values: Vec<f32> = (0..64).map(|i| i as f32 * 0.25 - 3.0).collect();
+    values[12] = 0.0;
+    let x = Tensor::from_vec(values.clone(), (1, 64), &Device::Cpu).unwrap();
+    let round =
+        |format: Format| move |xs: &[f32], rows| Activations::quantize(format, xs, rows, 64);
+    let first = reuse::rounded(0, &x, 64, round(Format::Q4_1)).unwrap();
+    let same = Tensor::from_vec(values.clone(), (1, 64), &Device::Cpu).unwrap();
+    assert!(Arc::ptr_eq(
+        &first,
+        &reuse::rounded(0, &same, 64, round(Format::Q4_1)).unwrap()
+    ));
+    let other_type = reuse::rounded(1, &x, 64, round(Format::Q5_0)).unwrap();
+    assert!(Arc::ptr_eq(
+        &first,
+        &reuse::rounded(0, &x, 64, round(Format::Q4_1)).unwrap()
+    ));
+    values[12] = -0.0;
+    let signed = Tensor::from_vec(values, (1, 64), &Device::Cpu).unwrap();
+    let again = reuse::rounded(0, &signed, 64, round(Format::Q4_1)).unwrap();
+    assert!(!Arc::ptr_eq(&first, &again));
+    assert!(!Arc::ptr_eq(&first, &other_type));
 }

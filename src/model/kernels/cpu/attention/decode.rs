@@ -1,0 +1,212 @@
+//! Decoding's attention products (one query against a head's cached keys and values) with AVX-512, to the
+//! same bits as the generic loops they replace: each score is the same 16-lane dot product summed lane after
+//! lane, here for 16 keys at once (their lanes transposed, so that the sequential sum runs across keys
+//! instead of within one vector), and the weighted sum of values keeps its 16-float chunks in registers.
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+use super::super::{LANES, dot};
+
+/// `p[j] = scale * dot(q, keys[j])` for the `p.len()` keys of `d` values each (`keys` their rows).
+#[inline(always)]
+pub(super) fn scores(q: &[f32], keys: &[f32], scale: f32, p: &mut [f32]) {
+    let d = q.len();
+    #[cfg(target_arch = "x86_64")]
+    if d > 0 && d.is_multiple_of(LANES) && has_avx512() {
+        // SAFETY: the CPU has AVX-512 F; the widths were checked just above.
+        return unsafe { scores_avx512(q, keys, scale, p) };
+    }
+    for (s, k) in p.iter_mut().zip(keys.chunks_exact(d.max(1))) {
+        *s = scale * dot(q, k);
+    }
+}
+
+/// `out = sum_j w[j] * rows[j]` (rows of `out.len()` values), each element summed over `j` in order.
+#[inline(always)]
+pub(super) fn weighted(out: &mut [f32], w: &[f32], rows: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() {
+        // SAFETY: the CPU has AVX-512 F.
+        match out.len() {
+            64 => return unsafe { weighted_avx512::<4>(out, w, rows) },
+            128 => return unsafe { weighted_avx512::<8>(out, w, rows) },
+            _ => {}
+        }
+    }
+    out.fill(0.0);
+    for (&wj, row) in w.iter().zip(rows.chunks_exact(out.len().max(1))) {
+        for (o, x) in out.iter_mut().zip(row) {
+            *o += wj * x;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+}
+
+/// [`scores`] for `d` a multiple of 16: per key the lanes of [`dot`] (`sum_c q_c * k_c` over the 16-value
+/// chunks), then 16 keys' lanes transposed and added lane 0 first, as `dot` adds them.
+///
+/// # Safety
+/// The CPU must have AVX-512 F; `q.len()` must be a non-zero multiple of 16 and `keys` hold `p.len()` rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn scores_avx512(q: &[f32], keys: &[f32], scale: f32, p: &mut [f32]) {
+    let d = q.len();
+    let load = |v: &[f32], at: usize| {
+        // SAFETY: 16 floats from `at`, which the slicing checks.
+        unsafe { _mm512_loadu_ps(v[at..at + LANES].as_ptr()) }
+    };
+    for (group, p) in p.chunks_mut(LANES).enumerate() {
+        let mut lanes = [_mm512_setzero_ps(); LANES];
+        for (j, lanes) in lanes.iter_mut().enumerate().take(p.len()) {
+            let at = (group * LANES + j) * d;
+            prefetch(keys, at + AHEAD * d, d);
+            let key = &keys[at..][..d];
+            let mut acc = _mm512_mul_ps(load(q, 0), load(key, 0));
+            for c in (LANES..d).step_by(LANES) {
+                acc = _mm512_add_ps(acc, _mm512_mul_ps(load(q, c), load(key, c)));
+            }
+            *lanes = acc;
+        }
+        let by_lane = transpose(lanes);
+        let sum = by_lane[1..]
+            .iter()
+            .fold(by_lane[0], |s, l| _mm512_add_ps(s, *l));
+        let sum = _mm512_mul_ps(_mm512_set1_ps(scale), sum);
+        let mut out = [0f32; LANES];
+        // SAFETY: `out` holds 16 floats.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), sum) };
+        p.copy_from_slice(&out[..p.len()]);
+    }
+}
+
+/// Rows (keys or values) ahead of the one being read that are asked for early: a step reads the whole
+/// cache once, from memory.
+const AHEAD: usize = 4;
+
+/// Asks for the `len` floats of `v` from `at` (those inside `v`), line by line.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch(v: &[f32], at: usize, len: usize) {
+    if let Some(row) = v.get(at..at + len) {
+        for line in row.iter().step_by(16) {
+            // SAFETY: a prefetch reads nothing and faults on no address.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>((line as *const f32).cast()) };
+        }
+    }
+}
+
+/// The 16 x 16 transpose: lane `k` of result `l` is lane `l` of `v[k]`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn transpose(v: [__m512; LANES]) -> [__m512; LANES] {
+    // Pairs of rows interleaved by element, then by pairs of elements, then 128-bit quarters twice.
+    let mut a = [_mm512_setzero_ps(); LANES];
+    for i in 0..8 {
+        a[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
+        a[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
+    }
+    let mut b = [_mm512_setzero_ps(); LANES];
+    for i in 0..4 {
+        for h in 0..2 {
+            let (x, y) = (
+                _mm512_castps_pd(a[4 * i + h]),
+                _mm512_castps_pd(a[4 * i + 2 + h]),
+            );
+            b[4 * i + h] = _mm512_castpd_ps(_mm512_unpacklo_pd(x, y));
+            b[4 * i + 2 + h] = _mm512_castpd_ps(_mm512_unpackhi_pd(x, y));
+        }
+    }
+    // b[4i + r] holds, in each quarter q, lanes 4q + r' of rows 4i..4i+4 (r' = the position of r in 0, 2, 1, 3).
+    let mut c = [_mm512_setzero_ps(); LANES];
+    for i in 0..2 {
+        for r in 0..4 {
+            let (x, y) = (b[8 * i + r], b[8 * i + 4 + r]);
+            c[8 * i + r] = _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y);
+            c[8 * i + 4 + r] = _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y);
+        }
+    }
+    let mut out = [_mm512_setzero_ps(); LANES];
+    for r in 0..8 {
+        let (x, y) = (c[r], c[8 + r]);
+        let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y);
+        let hi = _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y);
+        // c[r] (r < 4) holds quarters 0 and 2 of its lane group, c[4 + r] quarters 1 and 3.
+        let lane = [0, 2, 1, 3][r % 4];
+        let quarter = r / 4;
+        out[quarter * 4 + lane] = lo;
+        out[(quarter + 2) * 4 + lane] = hi;
+    }
+    out
+}
+
+/// [`weighted`] for rows of `16 * C` values: the output's chunks in registers over all rows.
+///
+/// # Safety
+/// The CPU must have AVX-512 F; `out.len()` must be `16 * C`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weighted_avx512<const C: usize>(out: &mut [f32], w: &[f32], rows: &[f32]) {
+    let mut acc = [_mm512_setzero_ps(); C];
+    for (j, (&wj, row)) in w.iter().zip(rows.chunks_exact(C * LANES)).enumerate() {
+        prefetch(rows, (j + AHEAD) * C * LANES, C * LANES);
+        let wj = _mm512_set1_ps(wj);
+        for (c, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: chunk c of a row of 16 * C floats.
+            let x = unsafe { _mm512_loadu_ps(row[c * LANES..].as_ptr()) };
+            *acc = _mm512_add_ps(*acc, _mm512_mul_ps(wj, x));
+        }
+    }
+    for (c, acc) in acc.into_iter().enumerate() {
+        // SAFETY: chunk c of `out`, 16 * C floats.
+        unsafe { _mm512_storeu_ps(out[c * LANES..][..LANES].as_mut_ptr(), acc) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let x = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8;
+                x as f32 / (1 << 24) as f32 - 0.5
+            })
+            .collect()
+    }
+
+    /// Scores and weighted sums have the generic loops' bits, for key counts around whole groups of 16
+    /// and head widths the AVX-512 paths take (64, 128) or leave to the loops (8, 48).
+    #[test]
+    fn the_decoding_products_have_the_generic_loops_bits() {
+        for d in [8, 48, 64, 128] {
+            for n in [1, 15, 16, 17, 40] {
+                let (q, keys) = (values(d, 1), values(n * d, 2));
+                let mut ours = vec![0f32; n];
+                scores(&q, &keys, 0.125, &mut ours);
+                let want: Vec<u32> = keys
+                    .chunks_exact(d)
+                    .map(|k| (0.125 * dot(&q, k)).to_bits())
+                    .collect();
+                let ours: Vec<u32> = ours.iter().map(|s| s.to_bits()).collect();
+                assert_eq!(ours, want, "scores d {d} n {n}");
+                let w = values(n, 3);
+                let mut out = vec![1f32; d];
+                weighted(&mut out, &w, &keys);
+                let mut want = vec![0f32; d];
+                for (&wj, row) in w.iter().zip(keys.chunks_exact(d)) {
+                    for (o, x) in want.iter_mut().zip(row) {
+                        *o += wj * x;
+                    }
+                }
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&out), bits(&want), "weighted d {d} n {n}");
+            }
+        }
+    }
+}
