@@ -3,6 +3,7 @@
 # comes from PyPI's CUDA 13.0 wheels, ../shared/tools/cuda-toolchain.sh), regenerates the kernels' PTX (nf4.cu, fused.cu, lowrank.cu, flash.cu),
 # and leaves stripped, gzipped binaries for a GPU machine: qlab.gz and cuda_reference.gz (the GPU tests).
 #   scripts/build-cuda.sh [DEST_DIR]        (default DEST_DIR: .dev in the checkout, ignored by git)
+# CARGO_TARGET_DIR is honoured (a separate target folder keeps the CPU build's artefacts apart).
 # With a system CUDA (12.x or 13.0) instead: CUDA_COMPUTE_CAP=90 cargo build --release --features cuda
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -13,9 +14,10 @@ eval "$("$toolchain")"
 cd "$here"
 scripts/ptx.sh build
 cargo build --release --features cuda --bin qlab --test cuda_reference
-tests=$(ls -t target/release/deps/cuda_reference-* | grep -v '\.d$' | head -n 1)
+target=${CARGO_TARGET_DIR:-target}
+tests=$(ls -t "$target"/release/deps/cuda_reference-* | grep -v '\.d$' | head -n 1)
 mkdir -p "$dest"
-strip -o "$dest/qlab" target/release/qlab
+strip -o "$dest/qlab" "$target"/release/qlab
 strip -o "$dest/cuda_reference" "$tests"
 gzip -f -9 "$dest/qlab" "$dest/cuda_reference"
 ls -l "$dest"/qlab.gz "$dest"/cuda_reference.gz

@@ -10,6 +10,8 @@
 #   scripts/h200-train-bench.sh offload    what keeping the blocks' inputs in host memory costs: qlab at
 #                                          1 x 16384 with --checkpoints device, then host (reported as
 #                                          checkpoints_on_host)
+#   scripts/h200-train-bench.sh chunks     the vocabulary loss's chunk at batch 2 x 2048: qlab with
+#                                          --loss-chunk 1024, 512 and 256, then the peer once
 #   scripts/h200-train-bench.sh longest    the longest sequence each side trains at batch 1: doubling from
 #                                          START (default 32768) until a run fails, then one bisection
 #                                          between the last length that ran and the first that failed; one
@@ -24,7 +26,7 @@
 #   .dev/peer/peer_qlora_gpu.py             a copy of ../shared/bench/peer_qlora_gpu.py
 #   .whl/bitsandbytes-*.whl                 the peer's missing package (device README, "Notes")
 set -uo pipefail
-mode=${1:?usage: scripts/h200-train-bench.sh train|presets|offload|longest}
+mode=${1:?usage: scripts/h200-train-bench.sh train|presets|offload|chunks|longest}
 out=${OUT:-out}
 # shellcheck source=scripts/h200-setup.sh
 source "$(dirname "$0")/h200-setup.sh"
@@ -65,6 +67,12 @@ case $mode in
     run "$out/offload.jsonl" qlab 1 16384 4 150 llama-3.1-8b --checkpoints device
     run "$out/offload.jsonl" qlab 1 16384 4 150 llama-3.1-8b --checkpoints host
     ;;
+  chunks)
+    for chunk in 1024 512 256; do
+      run "$out/chunks.jsonl" qlab 2 2048 6 150 llama-3.1-8b --loss-chunk "$chunk"
+    done
+    run "$out/chunks.jsonl" peer 2 2048 8 150
+    ;;
   longest)
     for side in ${SIDES:-peer qlab}; do
       steps=1 good=0 seq=${START:-32768}
@@ -77,5 +85,5 @@ case $mode in
       fi
     done
     ;;
-  *) echo "unknown mode $mode (train|presets|offload|longest)" >&2; exit 2 ;;
+  *) echo "unknown mode $mode (train|presets|offload|chunks|longest)" >&2; exit 2 ;;
 esac

@@ -71,6 +71,10 @@ pub struct TrainArgs {
     /// device's memory for longer sequences; `auto` moves them when they would take over 40% of it.
     #[arg(long, value_enum, default_value_t = Checkpoints::Auto)]
     checkpoints: Checkpoints,
+    /// Positions per chunk of the vocabulary loss: fewer hold less of the logits at once (default: 1024 on a
+    /// GPU, 256 on the CPU).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    loss_chunk: Option<u64>,
     /// With --preset: keep only the first N blocks (to profile a step at real widths in less time).
     #[arg(long, requires = "preset")]
     layers: Option<usize>,
@@ -183,6 +187,7 @@ fn train(a: TrainArgs) -> Result<()> {
             Checkpoints::Device => CheckpointPlace::Device,
             Checkpoints::Host => CheckpointPlace::Host,
         },
+        loss_chunk: a.loss_chunk.map(|c| c as usize),
         layers: a.layers,
     })?;
     if a.json {

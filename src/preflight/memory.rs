@@ -47,10 +47,15 @@ pub(super) fn projection_dims(m: &ModelConfig, t: Target) -> (f64, f64) {
     }
 }
 
+/// Frozen weights in the device's memory. On a GPU an embedding table that is not also the head waits in
+/// host memory (`load::builder`), so only the head counts there.
 fn weights(m: &ModelConfig, quant: QuantSpec, gpu: bool) -> f64 {
-    let embed = (m.vocab_size * m.hidden_size) as f64 * if gpu { 2.0 } else { 4.0 };
-    let head = if m.tie_word_embeddings { 0.0 } else { embed };
-    m.projection_params() as f64 * frozen_bytes(quant, gpu) + embed + head
+    let table = (m.vocab_size * m.hidden_size) as f64 * if gpu { 2.0 } else { 4.0 };
+    let tables = match (m.tie_word_embeddings, gpu) {
+        (true, _) | (false, true) => 1.0,
+        (false, false) => 2.0,
+    };
+    m.projection_params() as f64 * frozen_bytes(quant, gpu) + table * tables
 }
 
 /// Training one step of the cell: weights, adapter state, activations and a chunk of logits.

@@ -30,6 +30,8 @@ pub struct BenchSettings {
     pub save_frozen_products: Option<bool>,
     /// Where checkpointed steps keep the blocks' inputs.
     pub checkpoints: CheckpointPlace,
+    /// Positions per chunk of the vocabulary loss (None: the device's default, `StepOptions::for_device`).
+    pub loss_chunk: Option<usize>,
     /// Where to run (`auto` as `model::device::resolve` says).
     pub device: DeviceSpec,
     /// Presets only: keep the first N blocks (profiling a step at real widths in less time and memory).
@@ -51,6 +53,8 @@ pub struct BenchReport {
     pub checkpoints_on_host: bool,
     /// With checkpointing: the last blocks kept whole instead (`train::keep_blocks`, CPU).
     pub kept_blocks: usize,
+    /// Positions per chunk of the vocabulary loss.
+    pub loss_chunk: usize,
     /// What a step includes.
     pub measures: &'static str,
     /// Median step time, the first (warm-up) step excluded.
@@ -151,6 +155,7 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
             .save_frozen_products
             .unwrap_or(defaults.save_frozen_products),
         checkpoints: s.checkpoints,
+        loss_chunk: s.loss_chunk.unwrap_or(defaults.loss_chunk),
         ..defaults
     };
     let mut adam = AdamW {
@@ -204,6 +209,7 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
             true => model.kept_blocks(s.batch * s.seq, opts.keep, opts.save_frozen_products),
             false => 0,
         },
+        loss_chunk: opts.loss_chunk,
         measures: "forward + loss + backward to all LoRA tensors (activation checkpointing per block, chunked vocabulary loss) + AdamW update",
         step_s,
         step_times_s: times,
@@ -239,6 +245,7 @@ mod tests {
             checkpointing: true,
             save_frozen_products: None,
             checkpoints: CheckpointPlace::Auto,
+            loss_chunk: None,
             device: DeviceSpec::Cpu,
             layers: Some(1),
         })
@@ -305,6 +312,7 @@ mod tests {
             checkpointing: true,
             save_frozen_products: None,
             checkpoints: CheckpointPlace::Auto,
+            loss_chunk: None,
             device: DeviceSpec::Cpu,
             layers: Some(1),
         };

@@ -118,8 +118,13 @@ impl Decoder {
         let flat = ids.flatten_all()?;
         let d = self.config.hidden_size;
         let x = match &self.embed {
-            FrozenWeight::Dense(w) => w.index_select(&flat, 0)?,
-            FrozenWeight::Ggml(q) => q.embedding(&flat)?,
+            // The table may wait in host memory (load::builder::embedding_device): gathered there.
+            FrozenWeight::Dense(w) => w
+                .index_select(&flat.to_device(w.device())?, 0)?
+                .to_device(&self.device)?,
+            FrozenWeight::Ggml(q) => q
+                .embedding(&flat.to_device(&q.device())?)?
+                .to_device(&self.device)?,
             _ => {
                 let rows = flat
                     .to_vec1::<u32>()?
