@@ -71,7 +71,7 @@ pub struct TrainArgs {
     /// device's memory for longer sequences; `auto` moves them when they would take over 40% of it.
     #[arg(long, value_enum, default_value_t = Checkpoints::Auto)]
     checkpoints: Checkpoints,
-    /// Positions per chunk of the vocabulary loss: fewer hold less of the logits at once (default: 1024 on a
+    /// Positions per chunk of the vocabulary loss: fewer hold less of the logits at once (default: 512 on a
     /// GPU, 256 on the CPU).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     loss_chunk: Option<u64>,

@@ -98,7 +98,7 @@ pub fn estimate_train(
     } else {
         layers * block + mask
     };
-    let chunk = if gpu { 1024.0 } else { 256.0 };
+    let chunk = if gpu { 512.0 } else { 256.0 };
     let logits = tokens.min(chunk) * m.vocab_size as f64 * 4.0 * 2.0;
     Estimate {
         bytes: weights(m, quant, gpu) + adapter + kept + logits,

@@ -59,7 +59,7 @@ struct BlockOp {
 
 impl BlockOp {
     /// The input's gradient for the output's gradient `g`; leaves the adapters' gradients in the slots.
-    /// Each intermediate and each projection's dequantized weight is released after its last use.
+    /// Each intermediate is released after its last use, each projection's weight after its product.
     fn backward(&self, x: &Tensor, g: &Tensor, st: Saved) -> Result<Tensor> {
         let (b, t, h, kvh, hd) = self.shape;
         let n = b * t;
@@ -165,7 +165,8 @@ pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
     let hn = fused::rms_norm(&x2, &norms[0].0, norms[0].1)?;
     let mut projections = Vec::with_capacity(PROJECTIONS);
     let mut adapters = Vec::with_capacity(PROJECTIONS);
-    // Without gradients nothing is kept: each projection's dequantized weight goes as soon as it is used.
+    // No projection keeps its dequantized weight past its product: with gradients the backward dequantizes
+    // each again (`Projection::release_weight`).
     let mut project = |i: usize, input: &Tensor, add: Option<&Tensor>| -> Result<Tensor> {
         let parts = (p.projection)(i, input)?;
         let adapter = Adapter {
@@ -174,9 +175,10 @@ pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
             scale: parts.scale,
             dropout: parts.dropout,
         };
-        let (projection, frozen) = Projection::new(input, &parts.base, adapter)?;
+        let (mut projection, frozen) = Projection::new(input, &parts.base, adapter)?;
         let y = projection.output(input, frozen.as_ref(), add)?;
         if p.grad {
+            projection.release_weight();
             projections.push(projection);
             adapters.push((parts.a, parts.b));
         }
