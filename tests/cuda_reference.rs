@@ -211,7 +211,10 @@ fn logits_match_hf_for_every_family_in_bf16() {
         let model = load_model(&dir, Quant::None, &dev).unwrap();
         // An embedding table that is not also the head waits in host memory; its rows are gathered there.
         let on_host = matches!(&model.embed, FrozenWeight::Dense(t) if t.device().is_cpu());
-        assert_eq!(on_host, !model.config.tie_word_embeddings, "{fam}: table place");
+        assert_eq!(
+            on_host, !model.config.tie_word_embeddings,
+            "{fam}: table place"
+        );
         let got = logits(&model, &exp, &dev);
         assert_eq!(got.dtype(), DType::BF16);
         let e = rel_err(&got, &exp["logits"], Some(&exp["attention_mask"]));
