@@ -239,10 +239,12 @@ fn a_warned_job_requeues_itself_and_a_cancelled_one_resumes_to_the_local_adapter
     });
     let warned_at = *steps(&dir, &id).last().unwrap();
     assert!(warned_at < 300, "{warned_at}");
-    // SLURM holds a requeued job back for a while; let it start now.
+    // SLURM holds a requeued job back for a while; let it start in a few seconds. Not at once: a job restarted
+    // within a second of its requeue can be killed by slurmd as "Job credential revoked" (seen once here, the
+    // backfill scheduler starting it 0.13 s after the update) and then never trains on.
     slurm(
         "scontrol",
-        &["update", &format!("JobId={job}"), "StartTime=now"],
+        &["update", &format!("JobId={job}"), "StartTime=now+5"],
     );
     wait_for(
         "the requeued job to train on",
