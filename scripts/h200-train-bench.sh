@@ -10,6 +10,8 @@
 #   scripts/h200-train-bench.sh offload    what keeping the blocks' inputs in host memory costs: qlab at
 #                                          1 x 16384 with --checkpoints device, then host (reported as
 #                                          checkpoints_on_host)
+#   scripts/h200-train-bench.sh short      the CUDA reference tests, then batch 2 x 2048 and 1 x 8192, qlab then
+#                                          the peer at each shape (train without 1 x 16384, for a short call)
 #   scripts/h200-train-bench.sh chunks     the vocabulary loss's chunk at batch 2 x 2048: qlab with
 #                                          --loss-chunk 1024, 512 and 256, then the peer once
 #   scripts/h200-train-bench.sh longest    the longest sequence each side trains at batch 1: doubling from
@@ -26,7 +28,7 @@
 #   .dev/peer/peer_qlora_gpu.py             a copy of ../shared/bench/peer_qlora_gpu.py
 #   .whl/bitsandbytes-*.whl                 the peer's missing package (device README, "Notes")
 set -uo pipefail
-mode=${1:?usage: scripts/h200-train-bench.sh train|presets|offload|chunks|longest}
+mode=${1:?usage: scripts/h200-train-bench.sh train|short|presets|offload|chunks|longest}
 out=${OUT:-out}
 # shellcheck source=scripts/h200-setup.sh
 source "$(dirname "$0")/h200-setup.sh"
@@ -51,10 +53,12 @@ run() {
 }
 
 case $mode in
-  train)
+  train|short)
     QLAB_FIXTURES=tests/fixtures/models /tmp/qlab-bin/cuda_reference --test-threads 1 2>&1 | tail -30 \
       | tee "$out/cuda_reference.txt"
-    for shape in 2x2048 1x8192 1x16384; do
+    shapes="2x2048 1x8192"
+    if [[ $mode == train ]]; then shapes="$shapes 1x16384"; fi
+    for shape in $shapes; do
       run "$out/train.jsonl" qlab "${shape%x*}" "${shape#*x}" 6 150
       run "$out/train.jsonl" peer "${shape%x*}" "${shape#*x}" 8 150
     done
@@ -85,5 +89,5 @@ case $mode in
       fi
     done
     ;;
-  *) echo "unknown mode $mode (train|presets|offload|chunks|longest)" >&2; exit 2 ;;
+  *) echo "unknown mode $mode (train|short|presets|offload|chunks|longest)" >&2; exit 2 ;;
 esac
