@@ -9,7 +9,7 @@
 # Expects, in the working tree (ignored folders the device call carries):
 #   .dev/qlab.gz, .dev/cuda_reference.gz   from scripts/build-cuda.sh
 #   .dev/peer/peer_generate_gpu.py          a copy of ../shared/bench/peer_generate_gpu.py
-#   .whl/bitsandbytes-*.whl                 the peer's missing package (device README, "Notes")
+#   .whl/bitsandbytes-*.whl                 the peer's missing package, from scripts/peer-wheel.py
 # usage (on the GPU machine): scripts/h200-generate-bench.sh   (OUT defaults to ./out)
 set -uo pipefail
 out=${OUT:-out}

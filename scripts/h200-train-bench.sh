@@ -26,7 +26,7 @@
 # Expects, in the working tree (ignored folders the device call carries):
 #   .dev/qlab.gz, .dev/cuda_reference.gz   from scripts/build-cuda.sh
 #   .dev/peer/peer_qlora_gpu.py             a copy of ../shared/bench/peer_qlora_gpu.py
-#   .whl/bitsandbytes-*.whl                 the peer's missing package (device README, "Notes")
+#   .whl/bitsandbytes-*.whl                 the peer's missing package, from scripts/peer-wheel.py
 set -uo pipefail
 mode=${1:?usage: scripts/h200-train-bench.sh train|short|presets|offload|chunks|longest}
 out=${OUT:-out}
