@@ -228,6 +228,19 @@ const CASES: &[(&str, &[&str], &str)] = &[
         "error: --quant: unknown `q3`",
     ),
     (
+        "a training benchmark with an empty loss chunk",
+        &[
+            "bench",
+            "train",
+            "--preset",
+            "smollm2-135m",
+            "--random-weights",
+            "--loss-chunk",
+            "0",
+        ],
+        "error: invalid value '0' for '--loss-chunk <LOSS_CHUNK>': 0 is not in 1..",
+    ),
+    (
         "an unknown stage pair",
         &["rate", "cfg.toml", "--pair", "base-base"],
         "error: invalid value 'base-base'",
