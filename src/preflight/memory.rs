@@ -5,6 +5,7 @@
 
 use crate::config::{CellSettings, QuantSpec};
 use crate::model::{ModelConfig, Target};
+use crate::train::step::{CPU_LOSS_CHUNK, GPU_LOSS_CHUNK};
 
 /// Bytes, as f64 (settings can ask for sizes no integer type holds).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -51,9 +52,10 @@ pub(super) fn projection_dims(m: &ModelConfig, t: Target) -> (f64, f64) {
 /// host memory (`load::builder`), so only the head counts there.
 fn weights(m: &ModelConfig, quant: QuantSpec, gpu: bool) -> f64 {
     let table = (m.vocab_size * m.hidden_size) as f64 * if gpu { 2.0 } else { 4.0 };
-    let tables = match (m.tie_word_embeddings, gpu) {
-        (true, _) | (false, true) => 1.0,
-        (false, false) => 2.0,
+    let tables = if m.tie_word_embeddings || gpu {
+        1.0
+    } else {
+        2.0
     };
     m.projection_params() as f64 * frozen_bytes(quant, gpu) + table * tables
 }
@@ -98,7 +100,10 @@ pub fn estimate_train(
     } else {
         layers * block + mask
     };
-    let chunk = if gpu { 512.0 } else { 256.0 };
+    let chunk = match gpu {
+        true => GPU_LOSS_CHUNK,
+        false => CPU_LOSS_CHUNK,
+    } as f64;
     let logits = tokens.min(chunk) * m.vocab_size as f64 * 4.0 * 2.0;
     Estimate {
         bytes: weights(m, quant, gpu) + adapter + kept + logits,
@@ -148,5 +153,24 @@ mod tests {
         assert!(estimate_train(&m, &huge, &all, QuantSpec::Nf4, true).gib() > 1e4);
         let eval = estimate_eval(&m, &s, QuantSpec::Nf4, true).gib();
         assert!((4.0..40.0).contains(&eval), "{eval}");
+    }
+
+    /// An untied embedding table waits in host memory on a GPU (load::builder), so a GPU counts one table
+    /// for a tied model and an untied one alike; the CPU holds both of an untied model's tables.
+    #[test]
+    fn a_gpu_counts_the_head_but_not_an_untied_embedding_table() {
+        let (untied, _) = preset("llama-3.1-8b").unwrap();
+        assert!(!untied.tie_word_embeddings);
+        let tied = ModelConfig {
+            tie_word_embeddings: true,
+            ..untied.clone()
+        };
+        let table = (untied.vocab_size * untied.hidden_size) as f64;
+        let q = QuantSpec::Nf4;
+        assert_eq!(weights(&untied, q, true), weights(&tied, q, true));
+        assert_eq!(
+            weights(&untied, q, false) - weights(&tied, q, false),
+            4.0 * table
+        );
     }
 }

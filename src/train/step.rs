@@ -61,6 +61,13 @@ pub enum CheckpointPlace {
     Host,
 }
 
+/// Positions per chunk of the vocabulary loss on a GPU: bf16 logits of 512 rows are 125 MiB at a 128k
+/// vocabulary. Measured on the H200 at Llama-3.1-8B, 2 x 2048 (bench/results/h200-train-runs-2026-12-04.jsonl):
+/// 1024 rows peaked 0.15 GiB higher at the same speed, 256 rows ran 2% slower.
+pub const GPU_LOSS_CHUNK: usize = 512;
+/// Positions per chunk of the vocabulary loss on the CPU.
+pub const CPU_LOSS_CHUNK: usize = 256;
+
 /// The share of the GPU's memory above which [`CheckpointPlace::Auto`] moves the blocks' inputs to the host.
 /// Measured on the H200 at Llama-3.1-8B dims: the inputs are 0.25 of the 0.46 MiB a token holds in a step,
 /// so at 40% of the device the rest of the step still fits beside them.
@@ -85,10 +92,10 @@ impl StepOptions {
     pub fn for_device(device: &candle_core::Device) -> Self {
         Self {
             save_frozen_products: !device.is_cuda(),
-            // bf16 logits of 512 rows: 125 MiB at a 128k vocabulary. Measured on the H200 at Llama-3.1-8B,
-            // 2 x 2048 (bench/results/h200-train-runs-2026-12-04.jsonl): 1024 rows peaked 0.15 GiB higher at
-            // the same speed, 256 rows ran 2% slower.
-            loss_chunk: if device.is_cuda() { 512 } else { 256 },
+            loss_chunk: match device.is_cuda() {
+                true => GPU_LOSS_CHUNK,
+                false => CPU_LOSS_CHUNK,
+            },
             ..Self::default()
         }
     }
@@ -98,7 +105,7 @@ impl Default for StepOptions {
     fn default() -> Self {
         Self {
             checkpointing: true,
-            loss_chunk: 256,
+            loss_chunk: CPU_LOSS_CHUNK,
             dropout_seed: None,
             save_frozen_products: true,
             checkpoints: CheckpointPlace::Auto,

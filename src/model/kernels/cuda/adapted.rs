@@ -24,11 +24,9 @@ pub struct Adapter<'a> {
 /// One projection's forward operands, kept for its backward.
 pub(super) struct Projection {
     weight: FrozenWeight,
-    /// The dequantized weight `[out, in]`, when it was dequantized whole.
+    /// The dequantized weight `[out, in]`, when it was dequantized whole and not yet released
+    /// ([`Self::release_weight`]).
     dequantized: Option<Tensor>,
-    /// The dequantized weight was released after the forward ([`Self::release_weight`]): the backward
-    /// dequantizes it again.
-    dequantize_again: bool,
     /// `s dropout(x) A^T` `[rows, r]` (f32): B's gradient is `(mid^T g)^T`.
     mid: Tensor,
     /// A `[r, in]` and `B^T` `[r, out]`, detached.
@@ -61,7 +59,6 @@ impl Projection {
         let projection = Self {
             weight: base.weight.clone(),
             dequantized,
-            dequantize_again: false,
             mid,
             a,
             b_t: adapter.b.detach().t()?.contiguous()?,
@@ -130,7 +127,7 @@ impl Projection {
     /// waiting for its backward then holds its activations but none of its seven dense weights (416 MiB in
     /// bf16 at Llama-3.1-8B dims), for one more read of the 4-bit codes per projection.
     pub(super) fn release_weight(&mut self) {
-        self.dequantize_again |= self.dequantized.take().is_some();
+        self.dequantized = None;
     }
 
     /// `(dx, dA, dB)` for the input `x2` `[rows, in]` and the output's gradient `g2` `[rows, out]`, with
@@ -146,9 +143,11 @@ impl Projection {
         let db = reduce(&self.mid, &g2)?.t()?.contiguous()?;
         let gm = project(&g2, &self.b_t, self.scale)?;
         let da = reduce(&gm, &adapter_input(x2, in_f, self.dropout.as_ref())?)?;
-        let dequantized = match (&self.dequantized, self.dequantize_again) {
-            (None, true) => self.weight.dequantize_whole(g2.device())?,
-            (kept, _) => kept.clone(),
+        // Released (or never whole): `dequantize_whole` decides by the weight's size alone, so it gives the
+        // weight back exactly when the forward had it whole.
+        let dequantized = match &self.dequantized {
+            Some(w) => Some(w.clone()),
+            None => self.weight.dequantize_whole(g2.device())?,
         };
         let dx = match (&self.dropout, &dequantized) {
             (None, Some(w)) => {
