@@ -1,6 +1,14 @@
 //! Helpers shared by the model engine's unit tests.
 
-use candle_core::Tensor;
+use candle_core::{Device, Tensor};
+
+use crate::model::config::ModelConfig;
+use crate::model::decoder::Decoder;
+use crate::model::decoder::lora::LoraSpec;
+use crate::model::load::builder::build_decoder;
+use crate::model::load::presets::RandomWeights;
+use crate::model::quant::weights::Quant;
+use crate::model::target::Target;
 
 /// Largest absolute element-wise difference of two tensors of one shape (f32).
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
@@ -12,4 +20,29 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// A decoder of `cfg` on the CPU with random weights (NF4 projections, an f32 embedding table) and adapters
+/// of `(rank, alpha, dropout)` on all seven projections, both drawn from `seed`.
+pub fn nf4_decoder_with_lora(
+    cfg: ModelConfig,
+    seed: u64,
+    (rank, alpha, dropout): (usize, f64, f64),
+) -> Decoder {
+    let src = RandomWeights {
+        config: cfg.clone(),
+        seed,
+        embed_q8_0: false,
+    };
+    let mut dec = build_decoder(cfg, &src, Quant::Nf4, &Device::Cpu).unwrap();
+    let spec = LoraSpec {
+        targets: Target::ALL.to_vec(),
+        rank,
+        alpha,
+        rslora: false,
+        dropout,
+        seed,
+    };
+    dec.add_lora(&spec).unwrap();
+    dec
 }

@@ -138,13 +138,9 @@ impl Decoder {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::Device;
-
     use super::*;
-    use crate::model::decoder::lora::LoraSpec;
-    use crate::model::load::builder::build_decoder;
-    use crate::model::load::presets::{RandomWeights, preset};
-    use crate::model::quant::weights::Quant;
+    use crate::model::load::presets::preset;
+    use crate::model::test_support::nf4_decoder_with_lora;
 
     const fn bytes(kept: usize, checkpointed: usize) -> BlockBytes {
         BlockBytes { kept, checkpointed }
@@ -177,22 +173,7 @@ mod tests {
         cfg.num_layers = 3;
         cfg.layer_windows = vec![None; 3];
         cfg.vocab_size = 64;
-        let src = RandomWeights {
-            config: cfg.clone(),
-            seed: 1,
-            embed_q8_0: false,
-        };
-        let mut dec = build_decoder(cfg, &src, Quant::Nf4, &Device::Cpu).unwrap();
-        let spec = LoraSpec {
-            targets: Target::ALL.to_vec(),
-            rank,
-            alpha: 16.0,
-            rslora: false,
-            dropout,
-            seed: 0,
-        };
-        dec.add_lora(&spec).unwrap();
-        dec
+        nf4_decoder_with_lora(cfg, 1, (rank, 16.0, dropout))
     }
 
     #[test]

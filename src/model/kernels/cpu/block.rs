@@ -379,12 +379,10 @@ mod tests {
 
     use super::super::test_util::{random, rel_err};
     use super::*;
-    use crate::model::decoder::lora::{DropoutSeed, LoraSpec, SavedProducts};
+    use crate::model::decoder::lora::{DropoutSeed, SavedProducts};
     use crate::model::decoder::{Decoder, Positions};
-    use crate::model::load::builder::build_decoder;
-    use crate::model::load::presets::{RandomWeights, preset};
-    use crate::model::quant::weights::Quant;
-    use crate::model::target::Target;
+    use crate::model::load::presets::preset;
+    use crate::model::test_support::nf4_decoder_with_lora;
 
     /// One small llama block, NF4 base, adapters on every projection with non-zero B and dropout.
     fn decoder() -> Decoder {
@@ -393,21 +391,7 @@ mod tests {
         (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim) = (4, 2, 8);
         cfg.num_layers = 1;
         cfg.layer_windows = vec![None];
-        let src = RandomWeights {
-            config: cfg.clone(),
-            seed: 3,
-            embed_q8_0: false,
-        };
-        let mut dec = build_decoder(cfg, &src, Quant::Nf4, &Device::Cpu).unwrap();
-        let spec = LoraSpec {
-            targets: Target::ALL.to_vec(),
-            rank: 4,
-            alpha: 8.0,
-            rslora: false,
-            dropout: 0.25,
-            seed: 5,
-        };
-        dec.add_lora(&spec).unwrap();
+        let dec = nf4_decoder_with_lora(cfg, 3, (4, 8.0, 0.25));
         for (i, (_, v)) in dec.lora_params().into_iter().enumerate() {
             v.set(&random(v.dims(), 100 + i as u64).affine(0.3, 0.0).unwrap())
                 .unwrap();
