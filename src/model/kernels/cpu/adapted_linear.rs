@@ -496,17 +496,26 @@ mod tests {
         check(w, Some(mask), false);
     }
 
-    #[test]
-    fn row_chunks_give_the_whole_weights_gradient() {
+    /// A Q8_0 weight `[24, 32]` and the dims of a 6-row, rank-4 product through it: rows 0-9, 10-19 and
+    /// 20-23 make three chunks of it.
+    fn q8_weight() -> (FrozenWeight, Dims) {
         let w = random(&[24, 32], 9);
-        let weight = FrozenWeight::quantize_ggml(&w, GgmlDType::Q8_0).unwrap();
-        let g = random(&[6, 24], 5);
         let dm = Dims {
             n: 6,
             inp: 32,
             r: 4,
             out: 24,
         };
+        (
+            FrozenWeight::quantize_ggml(&w, GgmlDType::Q8_0).unwrap(),
+            dm,
+        )
+    }
+
+    #[test]
+    fn row_chunks_give_the_whole_weights_gradient() {
+        let (weight, dm) = q8_weight();
+        let g = random(&[6, 24], 5);
         let gv = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let chunked = frozen_grad(&weight, None, &[(0, 10), (10, 10), (20, 4)], dm, &gv).unwrap();
         let whole = frozen_grad(&weight, None, &[(0, 24)], dm, &gv).unwrap();
@@ -520,15 +529,8 @@ mod tests {
     /// taken in row chunks, each chunk writing its columns of the output.
     #[test]
     fn frozen_product_fills_every_chunks_columns() {
-        let w = random(&[24, 32], 9);
-        let weight = FrozenWeight::quantize_ggml(&w, GgmlDType::Q8_0).unwrap();
+        let (weight, dm) = q8_weight();
         let x = random(&[6, 32], 5);
-        let dm = Dims {
-            n: 6,
-            inp: 32,
-            r: 4,
-            out: 24,
-        };
         let xv = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let (chunked, none) =
             frozen_product(&weight, &[(0, 10), (10, 10), (20, 4)], &xv, dm).unwrap();
