@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{DType, Device, IndexOp, Tensor};
+use qlab::model::kernels::cpu::bf16::Precision;
 use qlab::model::{Decoder, KvCache, ModelError, Positions, Quant, load_model};
 use qlab::train::keep_blocks::{BlockBytes, KeepBlocks};
 use qlab::train::step::{StepOptions, TrainBatch};
@@ -193,6 +194,51 @@ fn loss_and_lora_gradients_match_peft_with_and_without_checkpointing() {
                     "{fam} {key} (checkpointing {checkpointing}, {keep:?}): relative error {e}"
                 );
             }
+        }
+    }
+}
+
+/// The CPU's bf16 products (on CPUs with AVX512_BF16, the default there): loss and LoRA gradients stay
+/// within bf16's rounding of PEFT's f32 figures, with and without checkpointing; and they differ from the
+/// f32 path's, so bf16 did run.
+#[test]
+fn bf16_products_keep_loss_and_gradients_within_rounding_of_peft() {
+    if !Precision::resolve(true).eq(&Precision::Bf16) {
+        eprintln!("skipped: this CPU lacks AVX512_BF16 (training stays in f32 here)");
+        return;
+    }
+    for fam in FAMILIES {
+        let dir = fixture(fam);
+        let exp = expected(&dir);
+        let want_loss = meta(&dir)["loss"].as_f64().unwrap() as f32;
+        let mut model = load_model(&dir, Quant::None, &Device::Cpu).unwrap();
+        model.load_peft(&dir.join("adapter")).unwrap();
+        for checkpointing in [true, false] {
+            let opts = StepOptions {
+                checkpointing,
+                loss_chunk: 5,
+                precision: Precision::Bf16,
+                ..StepOptions::default()
+            };
+            let out = model.loss_and_grads(&train_batch(&exp), &opts).unwrap();
+            let loss_err = ((out.loss - want_loss) / want_loss).abs();
+            let worst = out
+                .grads
+                .iter()
+                .map(|(key, g)| rel_err(g, &exp[&format!("grad.{key}")]))
+                .fold(0f32, f32::max);
+            eprintln!(
+                "{fam} checkpointing {checkpointing}: loss {loss_err:e}, worst gradient {worst:e}"
+            );
+            assert!(loss_err <= 2e-3, "{fam}: loss {} vs {want_loss}", out.loss);
+            assert!(
+                worst <= 6e-2,
+                "{fam}: a gradient's relative error is {worst}"
+            );
+            assert!(
+                worst >= 1e-5,
+                "{fam}: gradients as exact as f32's ({worst}): bf16 did not run"
+            );
         }
     }
 }

@@ -75,6 +75,10 @@ pub struct TrainArgs {
     /// GPU, 256 on the CPU).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     loss_chunk: Option<u64>,
+    /// On the CPU, keep the products through the frozen weights in f32 (default: bf16 with f32 sums where the
+    /// CPU has AVX512_BF16, as `[train] cpu_bf16` does).
+    #[arg(long)]
+    cpu_f32: bool,
     /// With --preset: keep only the first N blocks (to profile a step at real widths in less time).
     #[arg(long, requires = "preset")]
     layers: Option<usize>,
@@ -188,6 +192,7 @@ fn train(a: TrainArgs) -> Result<()> {
             Checkpoints::Host => CheckpointPlace::Host,
         },
         loss_chunk: a.loss_chunk.map(|c| c as usize),
+        cpu_f32: a.cpu_f32,
         layers: a.layers,
     })?;
     if a.json {

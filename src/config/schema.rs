@@ -247,6 +247,9 @@ pub struct TrainSection {
     pub seed: Option<u64>,
     pub gradient_checkpointing: bool,
     pub packing: bool,
+    /// On the CPU: multiply through the frozen base in bf16 (accumulating in f32, QLoRA's compute dtype, as
+    /// on a GPU) where the CPU does so natively (AVX512_BF16); false keeps every product in f32.
+    pub cpu_bf16: bool,
 }
 
 impl Default for TrainSection {
@@ -268,6 +271,7 @@ impl Default for TrainSection {
             seed: None,
             gradient_checkpointing: true,
             packing: false,
+            cpu_bf16: true,
         }
     }
 }

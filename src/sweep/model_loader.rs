@@ -13,7 +13,7 @@ use crate::model::{LoraSpec, Quant, Target, load_model};
 use crate::plan::Plan;
 use crate::source::{ModelSource, ResolveOptions};
 use crate::train::data::examples::TextEncoder;
-use crate::train::decoder_model::DecoderModel;
+use crate::train::decoder_model::{DecoderModel, StepChoices};
 
 /// The adapters a `[lora]` section asks for, seeded by the run's seed.
 fn lora_spec(lora: &LoraSection, seed: u64) -> Result<LoraSpec, LoadError> {
@@ -63,6 +63,7 @@ struct RunModel {
     source: ModelSource,
     lora: LoraSection,
     checkpointing: bool,
+    cpu_bf16: bool,
 }
 
 /// Loads the plan's models for the runner.
@@ -81,6 +82,7 @@ impl DecoderLoader {
                     source: source_of(&r.spec.model, config),
                     lora: r.spec.lora.clone(),
                     checkpointing: r.spec.train.gradient_checkpointing,
+                    cpu_bf16: r.spec.train.cpu_bf16,
                 };
                 (r.id.clone(), run)
             })
@@ -126,7 +128,10 @@ impl ModelLoader for DecoderLoader {
             decoder,
             spec,
             Some(run.source.describe()),
-            run.checkpointing,
+            StepChoices {
+                checkpointing: run.checkpointing,
+                cpu_bf16: run.cpu_bf16,
+            },
         )
         .map_err(|source| LoadError::Build {
             model: name(),

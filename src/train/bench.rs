@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::config::DeviceSpec;
 use crate::model::device::peak_rss_mib;
 use crate::model::error::{ModelError, Result};
+use crate::model::kernels::cpu::bf16::Precision;
 use crate::model::load::bench_model::{BenchModel, projection_kinds};
 use crate::model::quant::weights::Quant;
 use crate::model::{LoraSpec, Target};
@@ -32,6 +33,8 @@ pub struct BenchSettings {
     pub checkpoints: CheckpointPlace,
     /// Positions per chunk of the vocabulary loss (None: the device's default, `StepOptions::for_device`).
     pub loss_chunk: Option<usize>,
+    /// On the CPU: keep the frozen products in f32 even where the CPU multiplies bf16 natively.
+    pub cpu_f32: bool,
     /// Where to run (`auto` as `model::device::resolve` says).
     pub device: DeviceSpec,
     /// Presets only: keep the first N blocks (profiling a step at real widths in less time and memory).
@@ -55,6 +58,8 @@ pub struct BenchReport {
     pub kept_blocks: usize,
     /// Positions per chunk of the vocabulary loss.
     pub loss_chunk: usize,
+    /// The dtype of the CPU's products through the frozen weights ("f32" or "bf16"; a GPU's are bf16).
+    pub cpu_products: &'static str,
     /// What a step includes.
     pub measures: &'static str,
     /// Median step time, the first (warm-up) step excluded.
@@ -156,6 +161,10 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
             .unwrap_or(defaults.save_frozen_products),
         checkpoints: s.checkpoints,
         loss_chunk: s.loss_chunk.unwrap_or(defaults.loss_chunk),
+        precision: match s.cpu_f32 {
+            true => Precision::F32,
+            false => defaults.precision,
+        },
         ..defaults
     };
     let mut adam = AdamW {
@@ -210,6 +219,7 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
             false => 0,
         },
         loss_chunk: opts.loss_chunk,
+        cpu_products: opts.precision.name(),
         measures: "forward + loss + backward to all LoRA tensors (activation checkpointing per block, chunked vocabulary loss) + AdamW update",
         step_s,
         step_times_s: times,
@@ -232,6 +242,7 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::train::step::LossAndGrads;
 
     #[test]
     fn layers_keeps_the_first_blocks_of_a_preset() {
@@ -246,11 +257,13 @@ mod tests {
             save_frozen_products: None,
             checkpoints: CheckpointPlace::Auto,
             loss_chunk: None,
+            cpu_f32: true,
             device: DeviceSpec::Cpu,
             layers: Some(1),
         })
         .unwrap();
         assert_eq!(report.layers, 1);
+        assert_eq!(report.cpu_products, "f32");
         // Saved frozen products (the CPU default) hold more than the block kept whole.
         assert_eq!(report.kept_blocks, 1);
         // r * (in + out) for q, o, k, v, gate, up, down of one block at SmolLM2's widths, rank 2.
@@ -259,7 +272,8 @@ mod tests {
         assert_eq!(report.lora_params, lora);
     }
 
-    /// The loss in chunks (the quantized head dequantized once for all of them) against one chunk.
+    /// The loss in chunks (the quantized head dequantized, or packed for bf16, once for all of them)
+    /// against one chunk, in each precision this CPU runs.
     #[test]
     fn a_quantized_head_gives_the_same_loss_and_gradients_in_chunks() {
         let model = BenchModel::Preset("smollm2-135m".into());
@@ -280,14 +294,20 @@ mod tests {
             loss_mask: Tensor::ones((1, 9), candle_core::DType::F32, &Device::Cpu).unwrap(),
             attention_mask: None,
         };
-        let run = |loss_chunk| {
-            let opts = StepOptions {
-                loss_chunk,
-                ..StepOptions::default()
+        for precision in [Precision::F32, Precision::resolve(true)] {
+            let run = |loss_chunk| {
+                let opts = StepOptions {
+                    loss_chunk,
+                    precision,
+                    ..StepOptions::default()
+                };
+                model.loss_and_grads(&batch, &opts).unwrap()
             };
-            model.loss_and_grads(&batch, &opts).unwrap()
-        };
-        let (one, chunks) = (run(64), run(3));
+            same_loss_and_grads(&run(64), &run(3));
+        }
+    }
+
+    fn same_loss_and_grads(one: &LossAndGrads, chunks: &LossAndGrads) {
         assert!((one.loss - chunks.loss).abs() <= 1e-6 * one.loss);
         for ((key, a), (_, b)) in one.grads.iter().zip(&chunks.grads) {
             let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
@@ -313,11 +333,13 @@ mod tests {
             save_frozen_products: None,
             checkpoints: CheckpointPlace::Auto,
             loss_chunk: None,
+            cpu_f32: false,
             device: DeviceSpec::Cpu,
             layers: Some(1),
         };
         let report = bench_train(&settings(1)).unwrap();
         assert_eq!(report.step_times_s.len(), 1);
+        assert_eq!(report.cpu_products, Precision::resolve(true).name());
         assert_eq!(report.step_s, report.warmup_s);
         let err = bench_train(&settings(0)).unwrap_err().to_string();
         assert!(err.contains("--steps >= 1"), "{err}");

@@ -7,6 +7,7 @@ use candle_core::{Device, Tensor, Var};
 
 use super::TrainError;
 use super::model::{Batch, TrainableModel};
+use crate::model::kernels::cpu::bf16::Precision;
 use crate::model::{Decoder, LoraSpec, ModelError};
 use crate::train::step::{StepOptions, TrainBatch};
 
@@ -19,24 +20,33 @@ pub struct DecoderModel {
     decoder: Decoder,
     spec: LoraSpec,
     base_model: Option<String>,
-    checkpointing: bool,
+    choices: StepChoices,
+}
+
+/// The run's choices of how a step is computed (`[train]` in experiments.toml).
+#[derive(Debug, Clone, Copy)]
+pub struct StepChoices {
+    /// Recompute each block in the backward pass to save memory.
+    pub checkpointing: bool,
+    /// Multiply through the frozen base in bf16 on a CPU that does so natively.
+    pub cpu_bf16: bool,
 }
 
 impl DecoderModel {
     /// Add fresh adapters (A from `spec.seed`, B zero) to `decoder`. `base_model` is recorded in the PEFT
-    /// adapter_config.json; `checkpointing` recomputes each block in the backward pass to save memory.
+    /// adapter_config.json.
     pub fn new(
         mut decoder: Decoder,
         spec: LoraSpec,
         base_model: Option<String>,
-        checkpointing: bool,
+        choices: StepChoices,
     ) -> Result<Self, TrainError> {
         decoder.add_lora(&spec).map_err(model_err)?;
         Ok(DecoderModel {
             decoder,
             spec,
             base_model,
-            checkpointing,
+            choices,
         })
     }
 }
@@ -52,10 +62,15 @@ impl TrainableModel for DecoderModel {
             loss_mask: batch.loss_mask.clone(),
             attention_mask: Some(batch.attention_mask.clone()),
         };
+        let defaults = StepOptions::for_device(&self.decoder.device);
         let opts = StepOptions {
-            checkpointing: self.checkpointing,
+            checkpointing: self.choices.checkpointing,
             dropout_seed: (self.spec.dropout > 0.0).then_some(batch.dropout_seed),
-            ..StepOptions::for_device(&self.decoder.device)
+            precision: match self.choices.cpu_bf16 {
+                true => defaults.precision,
+                false => Precision::F32,
+            },
+            ..defaults
         };
         let out = self.decoder.loss_and_grads(&tb, &opts).map_err(model_err)?;
         Ok((out.loss, out.grads.into_iter().map(|(_, g)| g).collect()))
@@ -117,7 +132,11 @@ mod tests {
             dropout: 0.0,
             seed: 2,
         };
-        DecoderModel::new(decoder, spec, Some("tiny".into()), true).unwrap()
+        let choices = StepChoices {
+            checkpointing: true,
+            cpu_bf16: false,
+        };
+        DecoderModel::new(decoder, spec, Some("tiny".into()), choices).unwrap()
     }
 
     fn data() -> Vec<Example> {

@@ -14,6 +14,7 @@ use crate::model::decoder::lora::{DropoutSeed, SavedProducts};
 use crate::model::decoder::{Decoder, Positions};
 use crate::model::error::{ModelError, Result};
 use crate::model::kernels::cpu;
+use crate::model::kernels::cpu::bf16::Precision;
 use crate::model::load::peft::peft_key;
 use crate::model::target::Target;
 use crate::train::keep_blocks::KeepBlocks;
@@ -46,6 +47,8 @@ pub struct StepOptions {
     pub keep: KeepBlocks,
     /// With checkpointing on a GPU: where the blocks' inputs wait for the backward pass.
     pub checkpoints: CheckpointPlace,
+    /// On the CPU: the dtype of the products through the frozen weights (the projections and the head).
+    pub precision: Precision,
 }
 
 /// Where a checkpointed step keeps each block's input between the forward and the backward pass.
@@ -88,9 +91,11 @@ impl CheckpointPlace {
 
 impl StepOptions {
     /// The defaults for `device`: on a GPU the frozen products are recomputed rather than kept (measured on
-    /// the H200 at Llama-3.1-8B, batch 2 x 2048: keeping them cost 10 GiB for 3% speed); on the CPU, kept.
+    /// the H200 at Llama-3.1-8B, batch 2 x 2048: keeping them cost 10 GiB for 3% speed); on the CPU, kept,
+    /// and multiplied in bf16 where the CPU does so natively (QLoRA's compute dtype, as on a GPU).
     pub fn for_device(device: &candle_core::Device) -> Self {
         Self {
+            precision: Precision::resolve(device.is_cpu()),
             save_frozen_products: !device.is_cuda(),
             loss_chunk: match device.is_cuda() {
                 true => GPU_LOSS_CHUNK,
@@ -110,6 +115,7 @@ impl Default for StepOptions {
             save_frozen_products: true,
             checkpoints: CheckpointPlace::Auto,
             keep: KeepBlocks::Auto,
+            precision: Precision::F32,
         }
     }
 }
@@ -130,6 +136,7 @@ impl Decoder {
         let (b, s) = batch.input_ids.dims2()?;
         let mut ctx = self.context(b, s, 0, &Positions::From(0), batch.attention_mask.as_ref())?;
         ctx.dropout = opts.dropout_seed.map(DropoutSeed);
+        ctx.precision = opts.precision;
         // The checkpointed first pass needs no graph; recomputation and the plain path do.
         ctx.grad = !opts.checkpointing;
         let x0 = self.embed(&batch.input_ids)?;
@@ -168,7 +175,7 @@ impl Decoder {
                     Some((xin, out))
                 }
             };
-            let (loss, mut g) = self.head_loss(&x, &rows, &targets, opts.loss_chunk)?;
+            let (loss, mut g) = self.head_loss(&x, &rows, &targets, opts)?;
             ctx.grad = true;
             if let Some(saved) = &ctx.saved {
                 saved.recording.set(false);
@@ -201,7 +208,7 @@ impl Decoder {
             for i in 0..self.blocks.len() {
                 x = self.block_forward(i, &x, &ctx, None)?;
             }
-            let (loss, g) = self.head_loss(&x.detach(), &rows, &targets, opts.loss_chunk)?;
+            let (loss, g) = self.head_loss(&x.detach(), &rows, &targets, opts)?;
             let store = backward_with(&x, &g)?;
             for i in 0..self.blocks.len() {
                 self.collect_block_grads(i, &store, &mut grads);
@@ -250,16 +257,21 @@ impl Decoder {
         h: &Tensor,
         rows: &[u32],
         targets: &[u32],
-        chunk: usize,
+        opts: &StepOptions,
     ) -> Result<(f32, Tensor)> {
+        let chunk = opts.loss_chunk;
         let (b, s, d) = h.dims3()?;
         let hv = Var::from_tensor(&h.reshape((b * s, d))?)?;
         let n = rows.len() as f64;
         // Summed on the device and read once: each read waits for the device to drain its queue.
         let mut chunk_losses = Vec::new();
         let mut grad: Option<Tensor> = None;
+        let packed = match opts.precision {
+            Precision::Bf16 if cpu::applies(h) => self.bf16_head()?,
+            _ => None,
+        };
         // The head's weight dequantized once for all chunks (None: it needs no dequantization, or too much).
-        let dense = match rows.len() > chunk {
+        let dense = match packed.is_none() && rows.len() > chunk {
             true => self.head.dequantized(h.device())?,
             false => None,
         };
@@ -267,7 +279,10 @@ impl Decoder {
         for (r, t) in rows.chunks(chunk.max(1)).zip(targets.chunks(chunk.max(1))) {
             let idx = Tensor::new(r, h.device())?;
             let hc = hv.as_tensor().index_select(&idx, 0)?;
-            let logits = self.head_logits_with(head, &hc)?;
+            let logits = match &packed {
+                Some(p) => self.head_logits_bf16(p, &hc)?,
+                None => self.head_logits_with(head, &hc)?,
+            };
             let nll = match crate::model::kernels::fused_row_nll(&logits, t)? {
                 Some(nll) => nll,
                 None => {

@@ -4,6 +4,7 @@ use candle_core::{DType, Device, Result, Tensor, Var};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::model::kernels::cpu::bf16::Precision;
 use crate::model::kernels::{self, cpu};
 use crate::model::quant::frozen::FrozenLinear;
 use crate::model::target::Target;
@@ -98,6 +99,8 @@ pub struct LoraCall<'a> {
     pub saved: Option<(&'a SavedProducts, u64)>,
     /// Generation: see [`kernels::generation_product`].
     pub generation: bool,
+    /// The dtype of the CPU op's products through the frozen weight.
+    pub precision: Precision,
 }
 
 /// Frozen products `x @ W^T` of a checkpointed first pass. The recomputation of a block sees the same
@@ -239,7 +242,10 @@ impl AdaptedLinear {
     ) -> Result<cpu::adapted_linear::AdapterCall> {
         let (product, dequantized) = match call.saved {
             Some((saved, site)) if saved.recording.get() => {
-                let (y, w) = self.base.product(x)?;
+                let (y, w) = match call.precision {
+                    Precision::F32 => self.base.product(x)?,
+                    p => cpu::adapted_linear::frozen_product_of(&self.base.weight, x, p)?,
+                };
                 saved.slots.borrow_mut().insert(site, y.clone());
                 (Some(y), w)
             }
@@ -261,6 +267,7 @@ impl AdaptedLinear {
             b,
             scale: l.scale,
             mask,
+            precision: call.precision,
         })
     }
 

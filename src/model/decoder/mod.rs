@@ -4,12 +4,16 @@ mod kv_cache;
 pub mod layers;
 pub mod lora;
 
+use std::sync::{Arc, OnceLock};
+
 use candle_core::{Device, Result, Tensor};
 
 pub use self::kv_cache::KvCache;
 use self::layers::{RmsNorm, apply_rope, apply_rope_no_grad, mask_rows, rope_tables, softcap};
 use self::lora::{AdaptedLinear, DropoutSeed, LoraAdapter, LoraCall, SavedProducts};
 use crate::model::config::{Activation, ModelConfig};
+use crate::model::kernels::cpu::bf16::Precision;
+use crate::model::kernels::cpu::bf16::linear::PackedWeight;
 use crate::model::kernels::mask::AttentionMask;
 use crate::model::kernels::{self, cpu};
 use crate::model::quant::frozen::{FrozenLinear, FrozenWeight};
@@ -85,6 +89,8 @@ pub struct BlockContext {
     pub saved: Option<SavedProducts>,
     /// Generation (decoding with a cache): GGUF weights may multiply in quantized form.
     pub generation: bool,
+    /// The dtype of the CPU's products through the frozen weights (training; f32 otherwise).
+    pub precision: Precision,
 }
 
 /// Key of block `i`'s attention output among the saved products (beside the projections' `i << 8 | target`).
@@ -109,6 +115,10 @@ pub struct Decoder {
     pub final_norm: RmsNorm,
     pub head: FrozenLinear,
     pub device: Device,
+    /// The head's weight packed for bf16 products, made by the first CPU training step that multiplies in
+    /// bf16 (`train::step`) and kept: it is frozen, and packing it each step would cost a dequantization
+    /// and a transient copy at the step's peak.
+    pub bf16_head: OnceLock<Arc<PackedWeight>>,
 }
 
 impl Decoder {
@@ -181,6 +191,7 @@ impl Decoder {
             grad: false,
             saved: None,
             generation: false,
+            precision: Precision::F32,
         })
     }
 
@@ -258,6 +269,7 @@ impl Decoder {
             grad: ctx.grad,
             saved: ctx.saved.as_ref().map(|s| (s, site)),
             generation: false,
+            precision: ctx.precision,
         };
         Ok((lin, l, call))
     }
@@ -321,6 +333,7 @@ impl Decoder {
             grad: ctx.grad,
             saved: ctx.saved.as_ref().map(|s| (s, site_id(t))),
             generation: ctx.generation,
+            precision: ctx.precision,
         };
         let (b, t, _) = x.dims3()?;
         let (h, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
@@ -447,6 +460,35 @@ impl Decoder {
     pub fn head_logits_with(&self, head: &FrozenLinear, h: &Tensor) -> Result<Tensor> {
         let h = self.final_norm.forward(h)?;
         softcap(&head.forward(&h)?, self.config.final_logit_softcap)
+    }
+
+    /// [`Self::head_logits`] through the head's weight packed for bf16 products ([`Self::bf16_head`]).
+    pub fn head_logits_bf16(&self, head: &Arc<PackedWeight>, h: &Tensor) -> Result<Tensor> {
+        let h = self.final_norm.forward(h)?;
+        let y = cpu::bf16::linear::linear(&h, head)?;
+        let y = match &self.head.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        softcap(&y, self.config.final_logit_softcap)
+    }
+
+    /// The head's weight packed for bf16 products on the CPU, packed on first use and kept; None when it is
+    /// too large to dequantize at once (`FrozenWeight::dequantize_whole`).
+    pub fn bf16_head(&self) -> Result<Option<Arc<PackedWeight>>> {
+        if let Some(p) = self.bf16_head.get() {
+            return Ok(Some(p.clone()));
+        }
+        let Some(w) = self.head.weight.dequantize_whole(&Device::Cpu)? else {
+            return Ok(None);
+        };
+        let (out, inp) = w.dims2()?;
+        let values = w
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let packed = Arc::new(PackedWeight::new(&values, out, inp));
+        Ok(Some(self.bf16_head.get_or_init(|| packed).clone()))
     }
 
     /// Hidden states after the last block `[b, t, d]` (before the final norm); `generation` lets GGUF

@@ -147,6 +147,7 @@ pub fn build_decoder(
         final_norm,
         head: FrozenLinear::new(head_weight, None),
         device: device.clone(),
+        bf16_head: Default::default(),
     })
 }
 

@@ -10,6 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Tensor};
 
+use super::bf16::{self, Panels, Precision, Rows};
 use super::{Mat, cpu_slice, matmul_new, matmul_par, matmul_par_cols, storage_slice};
 use crate::model::quant::frozen::FrozenWeight;
 
@@ -34,6 +35,8 @@ pub struct AdapterCall {
     pub scale: f64,
     /// LoRA dropout on the adapter's input: 0 or `1 / (1 - p)` per element of `x`.
     pub mask: Option<Vec<f32>>,
+    /// The dtype of the products through the frozen weight.
+    pub precision: Precision,
 }
 
 /// Sizes of one call: `n` rows of `x`, `inp` and `out` features, rank `r`.
@@ -86,6 +89,7 @@ pub(super) struct AdaptedProduct {
     scale: f32,
     /// LoRA dropout on the adapter's input: 0 or `1 / (1 - p)` per element of `x`.
     mask: Option<Vec<f32>>,
+    precision: Precision,
 }
 
 impl AdaptedProduct {
@@ -99,6 +103,7 @@ impl AdaptedProduct {
             down: Mutex::new(None),
             scale: call.scale as f32,
             mask: call.mask,
+            precision: call.precision,
         };
         (op, call.frozen.product)
     }
@@ -132,7 +137,8 @@ impl AdaptedProduct {
         let mut y = match y0 {
             Some(y0) => y0.to_vec(),
             None => {
-                let (y, w) = frozen_product(&self.weight, &self.weight.row_chunks()?, x, dm)?;
+                let chunks = self.weight.row_chunks()?;
+                let (y, w) = frozen_product(&self.weight, &chunks, x, dm, self.precision)?;
                 if self.keep_weight {
                     *lock(&self.dequantized)? = w;
                 }
@@ -181,7 +187,7 @@ impl AdaptedProduct {
         let dx = if need[0] {
             let chunks = self.weight.row_chunks()?;
             let w = lock(&self.dequantized)?.take();
-            let mut dx = frozen_grad(&self.weight, w.as_ref(), &chunks, dm, g)?;
+            let mut dx = frozen_grad(&self.weight, w.as_ref(), &chunks, dm, g, self.precision)?;
             let adapter = (Mat::rows(&du, r), Mat::rows(a, inp), 1.0);
             match &self.mask {
                 None => matmul_par(&mut dx, (n, inp, r), adapter, true),
@@ -208,46 +214,69 @@ fn f32_rows(weight: &FrozenWeight, start: usize, len: usize) -> Result<Tensor> {
         .contiguous()
 }
 
-/// `x W^T` `[n, out]` for `x` `[n, in]`: with `W` dequantized whole (returned too), or row chunk by row
-/// chunk (`chunks`, as [`FrozenWeight::row_chunks`] gives them), each chunk's product written into its
-/// columns.
+/// `x W^T` `[n, out]` for `x` `[n, in]` in `precision`: with `W` dequantized whole (returned too), or row
+/// chunk by row chunk (`chunks`, as [`FrozenWeight::row_chunks`] gives them), each chunk's product written
+/// into its columns.
 fn frozen_product(
     weight: &FrozenWeight,
     chunks: &[(usize, usize)],
     x: &[f32],
     dm: Dims,
+    precision: Precision,
 ) -> Result<(Vec<f32>, Option<Tensor>)> {
     let (n, inp, out) = (dm.n, dm.inp, dm.out);
     let lhs = Mat::rows(x, inp);
-    if let [(0, rows)] = chunks[..]
-        && rows == out
-    {
-        let w = f32_rows(weight, 0, out)?;
-        let y = {
-            let (ws, wl) = w.storage_and_layout();
-            let rhs = Mat::rows_t(storage_slice(&ws, wl, NAME)?, inp);
-            matmul_new((n, out, inp), lhs, rhs, 1.0)
-        };
-        return Ok((y, Some(w)));
-    }
-    let mut y = vec![0f32; n * out];
+    let whole = matches!(chunks, [(0, rows)] if *rows == out);
+    let mut y = match (whole, precision) {
+        (true, Precision::F32) => Vec::new(),
+        _ => vec![0f32; n * out],
+    };
+    let mut kept = None;
     for &(start, len) in chunks {
         let w = f32_rows(weight, start, len)?;
-        let (ws, wl) = w.storage_and_layout();
-        let rhs = Mat::rows_t(storage_slice(&ws, wl, NAME)?, inp);
-        matmul_par_cols(&mut y, (out, start), (n, len, inp), (lhs, rhs, 1.0));
+        {
+            let (ws, wl) = w.storage_and_layout();
+            let w = storage_slice(&ws, wl, NAME)?;
+            match precision {
+                Precision::Bf16 => bf16::matmul(
+                    &mut y[start..],
+                    out,
+                    Rows {
+                        data: x,
+                        m: n,
+                        rs: inp,
+                    },
+                    &Panels::transposed(w, len, inp),
+                    false,
+                )?,
+                Precision::F32 if whole => {
+                    y = matmul_new((n, out, inp), lhs, Mat::rows_t(w, inp), 1.0)
+                }
+                Precision::F32 => matmul_par_cols(
+                    &mut y,
+                    (out, start),
+                    (n, len, inp),
+                    (lhs, Mat::rows_t(w, inp), 1.0),
+                ),
+            }
+        }
+        if whole {
+            kept = Some(w);
+        }
     }
-    Ok((y, None))
+    Ok((y, kept))
 }
 
-/// `g W` `[n, in]` for `g` `[n, out]`: with `W` dequantized whole, or row chunk by row chunk (`chunks`,
-/// as [`FrozenWeight::row_chunks`] gives them), each chunk's product accumulated into the first's buffer.
+/// `g W` `[n, in]` for `g` `[n, out]` in `precision`: with `W` dequantized whole, or row chunk by row chunk
+/// (`chunks`, as [`FrozenWeight::row_chunks`] gives them), each chunk's product accumulated into the
+/// first's buffer.
 fn frozen_grad(
     weight: &FrozenWeight,
     dequantized: Option<&Tensor>,
     chunks: &[(usize, usize)],
     dm: Dims,
     g: &[f32],
+    precision: Precision,
 ) -> Result<Vec<f32>> {
     let (n, inp, out) = (dm.n, dm.inp, dm.out);
     let parts: Vec<(usize, usize, Tensor)> = match dequantized {
@@ -266,6 +295,16 @@ fn frozen_grad(
             cs: 1,
         };
         let dims = (n, inp, len);
+        if precision == Precision::Bf16 {
+            let acc = dx.is_some();
+            let d = dx.get_or_insert_with(|| vec![0f32; n * inp]);
+            let rows = Rows {
+                data: &g[start..],
+                m: n,
+                rs: out,
+            };
+            return bf16::matmul(d, inp, rows, &Panels::plain(w, len, inp), acc);
+        }
         match dx.as_mut() {
             None => dx = Some(matmul_new(dims, lhs, Mat::rows(w, inp), 1.0)),
             Some(d) => matmul_par(d, dims, (lhs, Mat::rows(w, inp), 1.0), true),
@@ -375,6 +414,31 @@ impl CustomOp3 for AdaptedProduct {
     }
 }
 
+/// `x W^T` `[.., out]` for a CPU f32 `x` `[.., in]` in `precision`, without autograd, and `W` when it was
+/// dequantized whole: the frozen product a checkpointed first pass saves for the recomputation.
+pub fn frozen_product_of(
+    weight: &FrozenWeight,
+    x: &Tensor,
+    precision: Precision,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let (out, inp) = weight.dims2()?;
+    let x = x.contiguous()?;
+    let (xs, xl) = x.storage_and_layout();
+    let xv = storage_slice(&xs, xl, NAME)?;
+    let dm = Dims {
+        n: xv.len() / inp.max(1),
+        inp,
+        r: 0,
+        out,
+    };
+    let (y, w) = frozen_product(weight, &weight.row_chunks()?, xv, dm, precision)?;
+    let mut dims = x.dims().to_vec();
+    if let Some(last) = dims.last_mut() {
+        *last = out;
+    }
+    Ok((Tensor::from_vec(y, dims, x.device())?, w))
+}
+
 /// `x W^T + s (dropout(x) A^T) B^T` (no bias), differentiable in `x`, `A` and `B`; `mask` is the dropout's
 /// (0 or `1 / (1 - p)` per element of `x`). CPU f32 only (see [`super::applies`]).
 pub fn adapted_linear(x: &Tensor, call: AdapterCall) -> Result<Tensor> {
@@ -415,8 +479,14 @@ mod tests {
     }
 
     /// With `given`, the frozen product comes computed (as a checkpointed first pass saves it); otherwise
-    /// the op computes it.
+    /// the op computes it, in f32.
     fn check(weight: FrozenWeight, mask: Option<Vec<f32>>, given: bool) {
+        check_in(weight, mask, given, Precision::F32);
+    }
+
+    /// [`check`] with the op's own frozen products in `precision`: f32 within float noise of the
+    /// composition, bf16 within its rounding (and not equal to f32's, so the bf16 kernel ran).
+    fn check_in(weight: FrozenWeight, mask: Option<Vec<f32>>, given: bool, precision: Precision) {
         let dev = Device::Cpu;
         let w = weight.dequantize(&dev).unwrap();
         let (out, inp) = w.dims2().unwrap();
@@ -446,14 +516,18 @@ mod tests {
             b: b.as_tensor().clone(),
             scale: 0.5,
             mask,
+            precision,
         };
         let fused = adapted_linear(&x, call).unwrap();
         let refr = composed(&x, &w, (&a, &b), 0.5, mask_t.as_ref());
-        assert!(
-            rel_err(&fused, &refr) < 1e-5,
-            "value {}",
-            rel_err(&fused, &refr)
-        );
+        let (tol, floor) = match precision {
+            Precision::F32 => (1e-5, 0.0),
+            // The frozen product's operands rounded to 8 significant bits; a product given by the first
+            // pass (here in f32) leaves only the backward's dx in bf16.
+            Precision::Bf16 => (1e-2, 1e-6),
+        };
+        let e = rel_err(&fused, &refr);
+        assert!(e < tol && (given || e >= floor), "value {e}");
         let gf = (fused * &probe)
             .unwrap()
             .sum_all()
@@ -468,7 +542,32 @@ mod tests {
             .unwrap();
         for (v, what) in [(&x, "x"), (&a, "A"), (&b, "B")] {
             let e = rel_err(gf.get(v).unwrap(), gr.get(v).unwrap());
-            assert!(e < 1e-5, "d{what}: relative error {e}");
+            assert!(e < tol, "d{what}: relative error {e}");
+            if what == "x" {
+                assert!(e >= floor, "dx: relative error {e} (bf16 did not run)");
+            }
+        }
+    }
+
+    #[test]
+    fn bf16_products_match_composition_within_rounding() {
+        if !bf16::supported() {
+            eprintln!("skipped: this CPU lacks AVX512_BF16 (training stays in f32 here)");
+            return;
+        }
+        let w = random(&[24, 32], 9);
+        let mask: Vec<f32> = (0..2 * 5 * 32)
+            .map(|i| if i % 3 == 0 { 0.0 } else { 1.5 })
+            .collect();
+        for given in [true, false] {
+            check_in(
+                FrozenWeight::quantize_nf4(&w).unwrap(),
+                None,
+                given,
+                Precision::Bf16,
+            );
+            let q41 = FrozenWeight::quantize_ggml(&w, GgmlDType::Q4_1).unwrap();
+            check_in(q41, Some(mask.clone()), given, Precision::Bf16);
         }
     }
 
@@ -496,6 +595,15 @@ mod tests {
         check(w, Some(mask), false);
     }
 
+    /// The precisions this CPU runs, with the relative error each allows against an f32 product.
+    fn precisions() -> Vec<(Precision, f32)> {
+        let mut p = vec![(Precision::F32, 1e-5)];
+        if bf16::supported() {
+            p.push((Precision::Bf16, 1e-2));
+        }
+        p
+    }
+
     /// A Q8_0 weight `[24, 32]` and the dims of a 6-row, rank-4 product through it: rows 0-9, 10-19 and
     /// 20-23 make three chunks of it.
     fn q8_weight() -> (FrozenWeight, Dims) {
@@ -517,12 +625,15 @@ mod tests {
         let (weight, dm) = q8_weight();
         let g = random(&[6, 24], 5);
         let gv = g.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let chunked = frozen_grad(&weight, None, &[(0, 10), (10, 10), (20, 4)], dm, &gv).unwrap();
-        let whole = frozen_grad(&weight, None, &[(0, 24)], dm, &gv).unwrap();
         let refr = g.matmul(&weight.dequantize(&Device::Cpu).unwrap()).unwrap();
         let as_t = |v: Vec<f32>| Tensor::from_vec(v, (6, 32), &Device::Cpu).unwrap();
-        assert!(rel_err(&as_t(chunked), &refr) < 1e-5);
-        assert!(rel_err(&as_t(whole), &refr) < 1e-5);
+        for (precision, tol) in precisions() {
+            let grad = |chunks: &[(usize, usize)]| {
+                as_t(frozen_grad(&weight, None, chunks, dm, &gv, precision).unwrap())
+            };
+            assert!(rel_err(&grad(&[(0, 10), (10, 10), (20, 4)]), &refr) < tol);
+            assert!(rel_err(&grad(&[(0, 24)]), &refr) < tol);
+        }
     }
 
     /// The op's own frozen product, for a weight dequantized whole (kept for the backward) and for one
@@ -532,15 +643,17 @@ mod tests {
         let (weight, dm) = q8_weight();
         let x = random(&[6, 32], 5);
         let xv = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let (chunked, none) =
-            frozen_product(&weight, &[(0, 10), (10, 10), (20, 4)], &xv, dm).unwrap();
-        let (whole, kept) = frozen_product(&weight, &[(0, 24)], &xv, dm).unwrap();
         let deq = weight.dequantize(&Device::Cpu).unwrap();
         let refr = x.matmul(&deq.t().unwrap()).unwrap();
         let as_t = |v: Vec<f32>| Tensor::from_vec(v, (6, 24), &Device::Cpu).unwrap();
-        assert!(rel_err(&as_t(chunked), &refr) < 1e-5);
-        assert!(rel_err(&as_t(whole), &refr) < 1e-5);
-        assert!(none.is_none());
-        assert_eq!(rel_err(&kept.unwrap(), &deq), 0.0);
+        for (precision, tol) in precisions() {
+            let (chunked, none) =
+                frozen_product(&weight, &[(0, 10), (10, 10), (20, 4)], &xv, dm, precision).unwrap();
+            let (whole, kept) = frozen_product(&weight, &[(0, 24)], &xv, dm, precision).unwrap();
+            assert!(rel_err(&as_t(chunked), &refr) < tol);
+            assert!(rel_err(&as_t(whole), &refr) < tol);
+            assert!(none.is_none());
+            assert_eq!(rel_err(&kept.unwrap(), &deq), 0.0);
+        }
     }
 }

@@ -9,6 +9,7 @@ use crate::model::device::simd;
 
 pub mod adapted_linear;
 pub mod attention;
+pub mod bf16;
 pub mod block;
 pub mod cross_entropy;
 pub mod decode;

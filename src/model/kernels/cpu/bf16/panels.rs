@@ -1,0 +1,87 @@
+//! The right operand of a bf16 product packed for the kernel: panels of [`NR`] columns, each holding, pair
+//! of rows by pair of rows, the two bf16 values of every column side by side (the operand `vdpbf16ps`
+//! multiplies with a broadcast pair of the left operand's row).
+
+use rayon::prelude::*;
+
+use super::{NR, bf16_bits};
+
+/// A right operand `[k, n]` in bf16, packed (columns past `n` and an odd `k`'s last row are zeros).
+#[derive(Debug)]
+pub struct Panels {
+    data: Vec<u16>,
+    k: usize,
+    n: usize,
+}
+
+impl Panels {
+    /// `W^T` for a row-major `W` `[rows, cols]`: the operand of `x W^T` (`k = cols`, `n = rows`).
+    pub fn transposed(w: &[f32], rows: usize, cols: usize) -> Self {
+        assert!(
+            w.len() >= rows * cols,
+            "weight [{rows}, {cols}] from {} values",
+            w.len()
+        );
+        Self::pack(cols, rows, |kk, c| w[c * cols + kk])
+    }
+
+    /// `W` itself, row-major `[rows, cols]`: the operand of `g W` (`k = rows`, `n = cols`).
+    pub fn plain(w: &[f32], rows: usize, cols: usize) -> Self {
+        assert!(
+            w.len() >= rows * cols,
+            "weight [{rows}, {cols}] from {} values",
+            w.len()
+        );
+        Self::pack(rows, cols, |kk, c| w[kk * cols + c])
+    }
+
+    /// Packs the `[k, n]` operand whose element `(row, col)` is `at(row, col)`.
+    fn pack(k: usize, n: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> Self {
+        let pairs = k.div_ceil(2);
+        let mut data = vec![0u16; n.div_ceil(NR) * pairs * 2 * NR];
+        if pairs > 0 {
+            data.par_chunks_mut(pairs * 2 * NR)
+                .enumerate()
+                .for_each(|(p, panel)| {
+                    let cols = p * NR..n.min((p + 1) * NR);
+                    for (q, pair) in panel.chunks_exact_mut(2 * NR).enumerate() {
+                        for (j, c) in cols.clone().enumerate() {
+                            pair[2 * j] = bf16_bits(at(2 * q, c));
+                            if 2 * q + 1 < k {
+                                pair[2 * j + 1] = bf16_bits(at(2 * q + 1, c));
+                            }
+                        }
+                    }
+                });
+        }
+        Self { data, k, n }
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Pairs of rows (`k` rounded up to even, halved).
+    pub(super) fn pairs(&self) -> usize {
+        self.k.div_ceil(2)
+    }
+
+    pub(super) fn panels(&self) -> usize {
+        self.n.div_ceil(NR)
+    }
+
+    /// Panel `p`: `pairs` runs of `2 * NR` values.
+    pub(super) fn panel(&self, p: usize) -> &[u16] {
+        let len = self.pairs() * 2 * NR;
+        &self.data[p * len..(p + 1) * len]
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.data.len() * 2
+    }
+}

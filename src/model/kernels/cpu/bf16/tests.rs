@@ -1,0 +1,156 @@
+use super::*;
+
+/// Deterministic values in [-1, 1).
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn rounded(x: f32) -> f64 {
+    half::bf16::from_f32(x).to_f32() as f64
+}
+
+/// `lhs @ rhs` with both rounded to bf16 first, summed in f64: what the kernel computes, up to the order
+/// of its f32 sums.
+fn reference(
+    lhs: &[f32],
+    rhs_at: impl Fn(usize, usize) -> f32,
+    (m, k, n): (usize, usize, usize),
+) -> Vec<f64> {
+    let mut out = vec![0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            out[i * n + j] = (0..k)
+                .map(|kk| rounded(lhs[i * k + kk]) * rounded(rhs_at(kk, j)))
+                .sum();
+        }
+    }
+    out
+}
+
+/// Max |got - want| over the elements, relative to the largest |want|.
+fn rel_diff(got: impl Iterator<Item = f32>, want: &[f64]) -> f64 {
+    let scale = want.iter().fold(1e-30f64, |a, w| a.max(w.abs()));
+    got.zip(want)
+        .map(|(g, w)| (g as f64 - w).abs())
+        .fold(0.0, f64::max)
+        / scale
+}
+
+#[test]
+fn products_match_rounded_operands_at_every_edge() {
+    if !supported() {
+        eprintln!("skipped: this CPU lacks AVX512_BF16 (the kernel is never called here)");
+        return;
+    }
+    // Rows around the register tile (12) and task (96) sizes, depths odd and even, columns around the
+    // panel width (32) and its 16-lane halves.
+    for (m, k, n) in [
+        (1, 1, 1),
+        (5, 7, 17),
+        (12, 64, 32),
+        (13, 65, 33),
+        (97, 30, 70),
+        (200, 129, 16),
+    ] {
+        let w = values(n * k, 1);
+        let x = values(m * k, 2);
+        // x W^T with W [n, k], into rows of n + 3 (a column offset of a wider output).
+        let want = reference(&x, |kk, c| w[c * k + kk], (m, k, n));
+        let dst_rs = n + 3;
+        let mut dst = vec![7f32; m * dst_rs];
+        let rows = Rows { data: &x, m, rs: k };
+        matmul(&mut dst, dst_rs, rows, &Panels::transposed(&w, n, k), false).unwrap();
+        let got = dst.chunks(dst_rs).flat_map(|r| r[..n].to_vec());
+        assert!(rel_diff(got, &want) < 1e-6, "x W^T at {m} x {k} x {n}");
+        assert!(
+            dst.chunks(dst_rs).all(|r| r[n..] == [7.0; 3]),
+            "columns past n written"
+        );
+        // g W with W [k, n] read plain, accumulated onto ones.
+        let want = reference(&x, |kk, c| w[kk * n + c], (m, k, n));
+        let mut dst = vec![1f32; m * n];
+        matmul(&mut dst, n, rows, &Panels::plain(&w, k, n), true).unwrap();
+        let want: Vec<f64> = want.iter().map(|v| v + 1.0).collect();
+        assert!(
+            rel_diff(dst.into_iter(), &want) < 1e-6,
+            "g W at {m} x {k} x {n}"
+        );
+    }
+}
+
+#[test]
+fn a_strided_left_operand_reads_only_its_columns() {
+    if !supported() {
+        eprintln!("skipped: this CPU lacks AVX512_BF16");
+        return;
+    }
+    let (m, k, n, rs) = (14, 9, 40, 13);
+    let x = values(m * rs, 3);
+    let w = values(n * k, 4);
+    let dense: Vec<f32> = x.chunks(rs).flat_map(|r| r[..k].to_vec()).collect();
+    let want = reference(&dense, |kk, c| w[c * k + kk], (m, k, n));
+    let mut dst = vec![0f32; m * n];
+    matmul(
+        &mut dst,
+        n,
+        Rows { data: &x, m, rs },
+        &Panels::transposed(&w, n, k),
+        false,
+    )
+    .unwrap();
+    assert!(rel_diff(dst.into_iter(), &want) < 1e-6);
+}
+
+#[test]
+fn operands_that_do_not_fit_are_refused() {
+    let w = values(8 * 4, 5);
+    let x = values(3 * 4, 6);
+    let mut small = vec![0f32; 2 * 8];
+    let rows = Rows {
+        data: &x,
+        m: 3,
+        rs: 4,
+    };
+    assert!(matmul(&mut small, 8, rows, &Panels::transposed(&w, 8, 4), false).is_err());
+    let short = Rows {
+        data: &x[..10],
+        m: 3,
+        rs: 4,
+    };
+    let mut dst = vec![0f32; 3 * 8];
+    assert!(matmul(&mut dst, 8, short, &Panels::transposed(&w, 8, 4), false).is_err());
+}
+
+#[test]
+fn bf16_is_chosen_only_when_allowed_and_supported() {
+    assert_eq!(Precision::resolve(false), Precision::F32);
+    let want = if supported() {
+        Precision::Bf16
+    } else {
+        Precision::F32
+    };
+    assert_eq!(Precision::resolve(true), want);
+}
+
+#[test]
+fn panels_pad_columns_and_odd_depth_with_zeros() {
+    let w = values(3 * 5, 7);
+    let p = Panels::transposed(&w, 3, 5);
+    assert_eq!((p.k(), p.n(), p.pairs(), p.panels()), (5, 3, 3, 1));
+    let panel = p.panel(0);
+    // Pair 2 holds row 4 of W^T (W's column 4) and a zero row; columns 3.. are zeros.
+    for c in 0..NR {
+        let want = if c < 3 { bf16_bits(w[c * 5 + 4]) } else { 0 };
+        assert_eq!(panel[2 * 2 * NR + 2 * c], want);
+        assert_eq!(panel[2 * 2 * NR + 2 * c + 1], 0);
+    }
+    assert_eq!(p.bytes(), 3 * 2 * NR * 2);
+}
