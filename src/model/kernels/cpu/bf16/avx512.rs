@@ -5,7 +5,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use super::{MR, NR, Panels};
+use super::{MR, NR, Panels, bf16_bits};
 
 /// Rows `rows` of the product's columns in `panel`, into `dst` (rows `dst_rs` apart, the product's column
 /// 0 at `dst`); `a` is the packed left operand, rows of `2 * rhs.pairs()`.
@@ -130,5 +130,108 @@ impl Tile {
                 _mm512_mask_storeu_ps(row.wrapping_add(16), self.masks.1, hi);
             }
         }
+    }
+}
+
+/// `dst[i] = bf16(src[i])` (round to nearest even) over the shorter of the two, 32 values per step.
+///
+/// # Safety
+/// The CPU has AVX-512F and AVX512_BF16.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn to_bf16(src: &[f32], dst: &mut [u16]) {
+    let n = src.len().min(dst.len());
+    let mut i = 0;
+    while i + 32 <= n {
+        // SAFETY: values i..i + 32 are inside both slices.
+        unsafe {
+            let lo = _mm512_loadu_ps(src.as_ptr().add(i));
+            let hi = _mm512_loadu_ps(src.as_ptr().add(i + 16));
+            let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
+            _mm512_storeu_si512(dst.as_mut_ptr().add(i).cast(), v);
+        }
+        i += 32;
+    }
+    for (d, s) in dst[i..n].iter_mut().zip(&src[i..n]) {
+        *d = bf16_bits(*s);
+    }
+}
+
+/// Packs one panel of `W^T` from its rows `rows` (up to [`NR`] rows of `cols`, row-major): each row in
+/// bf16, its pairs (one u32 each) written down the panel's pair runs.
+///
+/// # Safety
+/// The CPU has AVX-512F and AVX512_BF16.
+#[target_feature(enable = "avx512f,avx512bf16")]
+pub(super) unsafe fn transposed_panel(rows: &[f32], cols: usize, panel: &mut [u16]) {
+    let pairs = panel.len() / (2 * NR);
+    let mut row16 = vec![0u16; 2 * pairs];
+    for (j, row) in rows.chunks_exact(cols).enumerate().take(NR) {
+        // SAFETY: this function's own contract.
+        unsafe { to_bf16(row, &mut row16) };
+        for (q, pair) in row16.chunks_exact(2).enumerate() {
+            panel[q * 2 * NR + 2 * j] = pair[0];
+            panel[q * 2 * NR + 2 * j + 1] = pair[1];
+        }
+    }
+}
+
+/// Packs the panel of `W` (row-major, rows of `cols`) whose [`NR`] columns start at `first`: two rows'
+/// 32 values each in bf16, interleaved value by value, per pair run (an odd last row paired with zeros).
+///
+/// # Safety
+/// The CPU has AVX-512F, AVX-512BW and AVX512_BF16; `first + NR <= cols`.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(super) unsafe fn plain_panel(w: &[f32], cols: usize, first: usize, panel: &mut [u16]) {
+    /// Lanes of `a` (0-31) and `b` (32-63) interleaved: the first 16 of each, then the last 16.
+    const LOW: [u16; 32] = interleave(0);
+    const HIGH: [u16; 32] = interleave(16);
+    const fn interleave(from: u16) -> [u16; 32] {
+        let mut idx = [0u16; 32];
+        let mut j = 0;
+        while j < 16 {
+            idx[2 * j] = from + j as u16;
+            idx[2 * j + 1] = 32 + from + j as u16;
+            j += 1;
+        }
+        idx
+    }
+    let rows = w.len() / cols;
+    assert!(first + NR <= cols && panel.len() == rows.div_ceil(2) * 2 * NR);
+    // SAFETY: the index tables are 32 u16 each; every row read holds columns first..first + NR (asserted
+    // above) and every pair run written is inside `panel` (asserted above).
+    unsafe {
+        let (low, high) = (
+            _mm512_loadu_si512(LOW.as_ptr().cast()),
+            _mm512_loadu_si512(HIGH.as_ptr().cast()),
+        );
+        for q in 0..rows.div_ceil(2) {
+            let (a, b) = (
+                row32(w, cols, first, 2 * q),
+                row32(w, cols, first, 2 * q + 1),
+            );
+            let out = panel.as_mut_ptr().add(q * 2 * NR);
+            _mm512_storeu_si512(out.cast(), _mm512_permutex2var_epi16(a, low, b));
+            _mm512_storeu_si512(out.add(NR).cast(), _mm512_permutex2var_epi16(a, high, b));
+        }
+    }
+}
+
+/// Row `r`'s 32 values from column `first` in bf16, in order (zeros past the last row).
+///
+/// # Safety
+/// The CPU has AVX-512F and AVX512_BF16; rows of `w` hold columns `first..first + 32`.
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+unsafe fn row32(w: &[f32], cols: usize, first: usize, r: usize) -> __m512i {
+    if (r + 1) * cols > w.len() {
+        return _mm512_setzero_si512();
+    }
+    // SAFETY: row r is inside `w` (checked above) and holds the 32 columns (caller).
+    unsafe {
+        let src = w.as_ptr().add(r * cols + first);
+        std::mem::transmute(_mm512_cvtne2ps_pbh(
+            _mm512_loadu_ps(src.add(16)),
+            _mm512_loadu_ps(src),
+        ))
     }
 }

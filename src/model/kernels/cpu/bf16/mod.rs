@@ -48,11 +48,12 @@ impl Precision {
     }
 }
 
-/// Whether this CPU has the instructions of the bf16 kernel (AVX-512F and AVX512_BF16).
+/// Whether this CPU has the instructions of the bf16 kernels (AVX-512F and BW, AVX512_BF16).
 pub fn supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512bf16")
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -84,7 +85,9 @@ pub fn matmul(
 ) -> candle_core::Result<()> {
     let (m, k, n) = (lhs.m, rhs.k(), rhs.n());
     if !supported() {
-        candle_core::bail!("bf16 products need AVX-512F and AVX512_BF16, which this CPU lacks")
+        candle_core::bail!(
+            "bf16 products need AVX-512F, AVX-512BW and AVX512_BF16, which this CPU lacks"
+        )
     }
     let lhs_fits = m == 0 || (m - 1) * lhs.rs + k <= lhs.data.len();
     let dst_fits = m == 0 || (dst_rs >= n && (m - 1) * dst_rs + n <= dst.len());
@@ -138,14 +141,14 @@ fn product(dst: *mut f32, dst_rs: usize, a: &[u16], m: usize, rhs: &Panels, accu
 
 /// The first `k` columns of the left operand in bf16, in rows of `2 * pairs` (an odd `k` padded with a
 /// zero to the panels' pairs). The caller has checked that the rows fit `lhs.data`.
+#[cfg(target_arch = "x86_64")]
 fn pack_lhs(lhs: Rows, k: usize, pairs: usize) -> Vec<u16> {
     let width = 2 * pairs;
     let mut a = vec![0u16; lhs.m * width];
     a.par_chunks_mut(width).enumerate().for_each(|(i, row)| {
         let src = &lhs.data[i * lhs.rs..i * lhs.rs + k];
-        for (d, s) in row.iter_mut().zip(src) {
-            *d = bf16_bits(*s);
-        }
+        // SAFETY: only `matmul` packs, after checking that the CPU has the instructions.
+        unsafe { avx512::to_bf16(src, row) };
     });
     a
 }

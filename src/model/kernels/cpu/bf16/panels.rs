@@ -22,7 +22,17 @@ impl Panels {
             "weight [{rows}, {cols}] from {} values",
             w.len()
         );
-        Self::pack(cols, rows, |kk, c| w[c * cols + kk])
+        Self::pack(cols, rows, |p, panel| {
+            let first = p * NR;
+            #[cfg(target_arch = "x86_64")]
+            if super::supported() {
+                let here = &w[first * cols..rows.min(first + NR) * cols];
+                // SAFETY: the CPU has the kernel's instructions (checked just above).
+                unsafe { super::avx512::transposed_panel(here, cols, panel) };
+                return;
+            }
+            fill(panel, (cols, rows), first, |kk, c| w[c * cols + kk]);
+        })
     }
 
     /// `W` itself, row-major `[rows, cols]`: the operand of `g W` (`k = rows`, `n = cols`).
@@ -32,27 +42,27 @@ impl Panels {
             "weight [{rows}, {cols}] from {} values",
             w.len()
         );
-        Self::pack(rows, cols, |kk, c| w[kk * cols + c])
+        Self::pack(rows, cols, |p, panel| {
+            let first = p * NR;
+            #[cfg(target_arch = "x86_64")]
+            if super::supported() && first + NR <= cols {
+                // SAFETY: the CPU has the kernel's instructions (checked just above), and the panel's
+                // columns lie inside every row.
+                unsafe { super::avx512::plain_panel(&w[..rows * cols], cols, first, panel) };
+                return;
+            }
+            fill(panel, (rows, cols), first, |kk, c| w[kk * cols + c]);
+        })
     }
 
-    /// Packs the `[k, n]` operand whose element `(row, col)` is `at(row, col)`.
-    fn pack(k: usize, n: usize, at: impl Fn(usize, usize) -> f32 + Sync) -> Self {
+    /// The `[k, n]` operand, each panel (zeros, `p`) filled by `fill_panel` in parallel.
+    pub(super) fn pack(k: usize, n: usize, fill_panel: impl Fn(usize, &mut [u16]) + Sync) -> Self {
         let pairs = k.div_ceil(2);
         let mut data = vec![0u16; n.div_ceil(NR) * pairs * 2 * NR];
         if pairs > 0 {
             data.par_chunks_mut(pairs * 2 * NR)
                 .enumerate()
-                .for_each(|(p, panel)| {
-                    let cols = p * NR..n.min((p + 1) * NR);
-                    for (q, pair) in panel.chunks_exact_mut(2 * NR).enumerate() {
-                        for (j, c) in cols.clone().enumerate() {
-                            pair[2 * j] = bf16_bits(at(2 * q, c));
-                            if 2 * q + 1 < k {
-                                pair[2 * j + 1] = bf16_bits(at(2 * q + 1, c));
-                            }
-                        }
-                    }
-                });
+                .for_each(|(p, panel)| fill_panel(p, panel));
         }
         Self { data, k, n }
     }
@@ -83,5 +93,24 @@ impl Panels {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         self.data.len() * 2
+    }
+}
+
+/// Fills `panel` (zeros), the one whose first column is `first`, of the `[k, n]` operand whose element
+/// `(row, col)` is `at(row, col)`, value by value: edge panels, and CPUs without the kernel's instructions
+/// (where only the tests pack).
+pub(super) fn fill(
+    panel: &mut [u16],
+    (k, n): (usize, usize),
+    first: usize,
+    at: impl Fn(usize, usize) -> f32,
+) {
+    for (q, pair) in panel.chunks_exact_mut(2 * NR).enumerate() {
+        for (j, c) in (first..n.min(first + NR)).enumerate() {
+            pair[2 * j] = bf16_bits(at(2 * q, c));
+            if 2 * q + 1 < k {
+                pair[2 * j + 1] = bf16_bits(at(2 * q + 1, c));
+            }
+        }
     }
 }

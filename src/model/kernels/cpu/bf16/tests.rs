@@ -140,6 +140,35 @@ fn bf16_is_chosen_only_when_allowed_and_supported() {
     assert_eq!(Precision::resolve(true), want);
 }
 
+/// The vectorised packing (full panels) gives the value-by-value packing's panels exactly, at widths with
+/// full and edge panels and odd and even depths.
+#[test]
+fn vectorised_packing_matches_value_by_value_packing() {
+    if !supported() {
+        eprintln!("skipped: this CPU lacks AVX512_BF16 (it packs value by value)");
+        return;
+    }
+    for (rows, cols) in [(64, 96), (33, 70), (96, 33), (5, 64), (70, 65)] {
+        let w = values(rows * cols, 8);
+        let same =
+            |got: &Panels, (k, n): (usize, usize), at: &(dyn Fn(usize, usize) -> f32 + Sync)| {
+                let want = Panels::pack(k, n, |p, panel| panels::fill(panel, (k, n), p * NR, at));
+                assert_eq!((got.k(), got.n()), (k, n));
+                for p in 0..want.panels() {
+                    assert!(got.panel(p) == want.panel(p), "[{rows}, {cols}] panel {p}");
+                }
+            };
+        same(
+            &Panels::transposed(&w, rows, cols),
+            (cols, rows),
+            &|kk, c| w[c * cols + kk],
+        );
+        same(&Panels::plain(&w, rows, cols), (rows, cols), &|kk, c| {
+            w[kk * cols + c]
+        });
+    }
+}
+
 #[test]
 fn panels_pad_columns_and_odd_depth_with_zeros() {
     let w = values(3 * 5, 7);
