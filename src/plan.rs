@@ -196,4 +196,17 @@ datasets = ["x", "y"]
             assert_ne!(a.eval_hash, b.eval_hash);
         }
     }
+
+    /// `cpu_bf16` came after run ids: its default keeps the ids configs without it had (a sweep started
+    /// before resumes under the same runs), and turning it off names other runs (other numbers).
+    #[test]
+    fn cpu_bf16_at_its_default_keeps_the_run_ids_of_configs_without_it() {
+        let with =
+            |v: &str| TWO_BY_TWO.replace("[matrix]", &format!("[train]\ncpu_bf16 = {v}\n[matrix]"));
+        let ids = |p: Plan| p.runs.into_iter().map(|r| r.id).collect::<Vec<_>>();
+        let before = ids(plan(TWO_BY_TWO));
+        assert_eq!(ids(plan(&with("true"))), before);
+        let off = ids(plan(&with("false")));
+        assert!(off.iter().zip(&before).all(|(a, b)| a != b), "{off:?}");
+    }
 }

@@ -80,6 +80,7 @@ fn full_fixture_overrides_reach_their_cells() {
     assert_eq!(c.cell_settings("wheel", "pq").lora.r, 4);
     assert_eq!(c.cell_settings("wheel", "csv").lora.r, 8);
     assert_eq!(c.cell_settings("wheel", "pq").eval.max_new_tokens, 32);
+    assert!(!c.cell_settings("wheel", "pq").train.cpu_bf16);
     assert_eq!(Plan::from_config(&c).runs.len(), 6);
 }
 

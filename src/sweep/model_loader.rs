@@ -124,19 +124,16 @@ impl ModelLoader for DecoderLoader {
             .ok_or_else(|| LoadError::NoEos { path: path.clone() })?;
         let pad_id = tokenizer.pad_id();
         let spec = lora_spec(&run.lora, job.train.seed)?;
-        let model = DecoderModel::new(
-            decoder,
-            spec,
-            Some(run.source.describe()),
-            StepChoices {
-                checkpointing: run.checkpointing,
-                cpu_bf16: run.cpu_bf16,
-            },
-        )
-        .map_err(|source| LoadError::Build {
-            model: name(),
-            source: Box::new(source),
-        })?;
+        let choices = StepChoices {
+            checkpointing: run.checkpointing,
+            cpu_bf16: run.cpu_bf16,
+        };
+        tracing::info!("{}", choices.describe(&device));
+        let model = DecoderModel::new(decoder, spec, Some(run.source.describe()), choices)
+            .map_err(|source| LoadError::Build {
+                model: name(),
+                source: Box::new(source),
+            })?;
         Ok(LoadedModel {
             model: Box::new(model),
             encoder: Box::new(TokenizerEncoder { tokenizer, eos }),

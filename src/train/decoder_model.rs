@@ -32,6 +32,31 @@ pub struct StepChoices {
     pub cpu_bf16: bool,
 }
 
+impl StepChoices {
+    /// The dtype of the products through the frozen base on `device`: bf16 on a GPU, and on a CPU where
+    /// `cpu_bf16` allows it and the CPU has the instructions.
+    pub fn precision(&self, device: &Device) -> Precision {
+        match device.is_cpu() {
+            true => Precision::resolve(self.cpu_bf16),
+            false => Precision::Bf16,
+        }
+    }
+
+    /// What the run log says of those products on `device`, with the reason for f32 on a CPU.
+    pub fn describe(&self, device: &Device) -> String {
+        let why = match (device.is_cpu(), self.precision(device), self.cpu_bf16) {
+            (false, _, _) => "on the GPU",
+            (true, Precision::Bf16, _) => "with f32 sums: this CPU has AVX512_BF16",
+            (true, Precision::F32, true) => "this CPU lacks AVX512_BF16",
+            (true, Precision::F32, false) => "[train] cpu_bf16 = false",
+        };
+        format!(
+            "products through the frozen base in {} ({why})",
+            self.precision(device).name()
+        )
+    }
+}
+
 impl DecoderModel {
     /// Add fresh adapters (A from `spec.seed`, B zero) to `decoder`. `base_model` is recorded in the PEFT
     /// adapter_config.json.
@@ -62,15 +87,11 @@ impl TrainableModel for DecoderModel {
             loss_mask: batch.loss_mask.clone(),
             attention_mask: Some(batch.attention_mask.clone()),
         };
-        let defaults = StepOptions::for_device(&self.decoder.device);
         let opts = StepOptions {
             checkpointing: self.choices.checkpointing,
             dropout_seed: (self.spec.dropout > 0.0).then_some(batch.dropout_seed),
-            precision: match self.choices.cpu_bf16 {
-                true => defaults.precision,
-                false => Precision::F32,
-            },
-            ..defaults
+            precision: self.choices.precision(&self.decoder.device),
+            ..StepOptions::for_device(&self.decoder.device)
         };
         let out = self.decoder.loss_and_grads(&tb, &opts).map_err(model_err)?;
         Ok((out.loss, out.grads.into_iter().map(|(_, g)| g).collect()))
@@ -103,6 +124,29 @@ mod tests {
     use crate::train::data::examples::Example;
     use crate::train::session::Session;
     use crate::train::settings::TrainSettings;
+
+    #[test]
+    fn the_run_log_names_the_products_dtype_and_why() {
+        let cpu = Device::Cpu;
+        let off = StepChoices {
+            checkpointing: true,
+            cpu_bf16: false,
+        };
+        assert_eq!(off.precision(&cpu), Precision::F32);
+        assert!(
+            off.describe(&cpu)
+                .ends_with("in f32 ([train] cpu_bf16 = false)")
+        );
+        let on = StepChoices {
+            cpu_bf16: true,
+            ..off
+        };
+        let want = match crate::model::kernels::cpu::bf16::supported() {
+            true => "in bf16 (with f32 sums: this CPU has AVX512_BF16)",
+            false => "in f32 (this CPU lacks AVX512_BF16)",
+        };
+        assert!(on.describe(&cpu).ends_with(want), "{}", on.describe(&cpu));
+    }
 
     fn tiny() -> DecoderModel {
         let (mut config, _) = preset("smollm2-135m").unwrap();
