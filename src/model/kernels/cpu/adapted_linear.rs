@@ -227,9 +227,9 @@ fn frozen_product(
     let (n, inp, out) = (dm.n, dm.inp, dm.out);
     let lhs = Mat::rows(x, inp);
     let whole = matches!(chunks, [(0, rows)] if *rows == out);
-    let mut y = match (whole, precision) {
-        (true, Precision::F32) => Vec::new(),
-        _ => vec![0f32; n * out],
+    let mut y = match whole {
+        true => Vec::new(),
+        false => vec![0f32; n * out],
     };
     let mut kept = None;
     for &(start, len) in chunks {
@@ -238,6 +238,14 @@ fn frozen_product(
             let (ws, wl) = w.storage_and_layout();
             let w = storage_slice(&ws, wl, NAME)?;
             match precision {
+                Precision::Bf16 if whole => {
+                    let rows = Rows {
+                        data: x,
+                        m: n,
+                        rs: inp,
+                    };
+                    y = bf16::matmul_new(rows, &Panels::transposed(w, len, inp))?
+                }
                 Precision::Bf16 => bf16::matmul(
                     &mut y[start..],
                     out,
@@ -296,14 +304,17 @@ fn frozen_grad(
         };
         let dims = (n, inp, len);
         if precision == Precision::Bf16 {
-            let acc = dx.is_some();
-            let d = dx.get_or_insert_with(|| vec![0f32; n * inp]);
             let rows = Rows {
                 data: &g[start..],
                 m: n,
                 rs: out,
             };
-            return bf16::matmul(d, inp, rows, &Panels::plain(w, len, inp), acc);
+            let w = Panels::plain(w, len, inp);
+            match dx.as_mut() {
+                None => dx = Some(bf16::matmul_new(rows, &w)?),
+                Some(d) => bf16::matmul(d, inp, rows, &w, true)?,
+            }
+            return Ok(());
         }
         match dx.as_mut() {
             None => dx = Some(matmul_new(dims, lhs, Mat::rows(w, inp), 1.0)),

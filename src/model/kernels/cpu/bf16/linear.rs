@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
-use super::{Panels, Rows, matmul};
+use super::{Panels, Rows, matmul_new};
 use crate::model::kernels::cpu::{cpu_slice, storage_slice};
 
 /// `W` `[out, in]` packed for `x W^T` and for its input gradient `g W`.
@@ -48,17 +48,13 @@ impl CustomOp1 for PackedLinear {
         }
         let x = cpu_slice(x, l, NAME)?;
         let m = x.len() / inp;
-        let mut y = vec![0f32; m * out];
-        matmul(
-            &mut y,
-            out,
+        let y = matmul_new(
             Rows {
                 data: x,
                 m,
                 rs: inp,
             },
             w,
-            false,
         )?;
         let mut dims = l.dims().to_vec();
         if let Some(last) = dims.last_mut() {
@@ -69,22 +65,18 @@ impl CustomOp1 for PackedLinear {
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad_res: &Tensor) -> Result<Option<Tensor>> {
         let w = &self.0.backward;
-        let (out, inp) = (w.k(), w.n());
+        let out = w.k();
         let g = grad_res.contiguous()?;
         let (gs, gl) = g.storage_and_layout();
         let g = storage_slice(&gs, gl, NAME)?;
         let m = g.len() / out.max(1);
-        let mut dx = vec![0f32; m * inp];
-        matmul(
-            &mut dx,
-            inp,
+        let dx = matmul_new(
             Rows {
                 data: g,
                 m,
                 rs: out,
             },
             w,
-            false,
         )?;
         Tensor::from_vec(dx, x.shape(), x.device()).map(Some)
     }

@@ -84,17 +84,11 @@ pub fn matmul(
     accumulate: bool,
 ) -> candle_core::Result<()> {
     let (m, k, n) = (lhs.m, rhs.k(), rhs.n());
-    if !supported() {
-        candle_core::bail!(
-            "bf16 products need AVX-512F, AVX-512BW and AVX512_BF16, which this CPU lacks"
-        )
-    }
-    let lhs_fits = m == 0 || (m - 1) * lhs.rs + k <= lhs.data.len();
+    check(lhs, rhs)?;
     let dst_fits = m == 0 || (dst_rs >= n && (m - 1) * dst_rs + n <= dst.len());
-    if !lhs_fits || !dst_fits {
+    if !dst_fits {
         candle_core::bail!(
-            "bf16 product: [{m}, {k}] x [{k}, {n}] does not fit its operands ({} and {} elements)",
-            lhs.data.len(),
+            "bf16 product: [{m}, {n}] does not fit the {} elements of its output",
             dst.len()
         )
     }
@@ -110,6 +104,45 @@ pub fn matmul(
         rhs,
         accumulate,
     );
+    Ok(())
+}
+
+/// [`matmul`] into a new row-major `[m, n]` buffer; the product writes every element, so nothing is
+/// zero-filled first.
+pub fn matmul_new(lhs: Rows, rhs: &Panels) -> candle_core::Result<Vec<f32>> {
+    check(lhs, rhs)?;
+    let (m, n) = (lhs.m, rhs.n());
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    if m == 0 || n == 0 {
+        return Ok(out);
+    }
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `out` holds capacity for the m x n result; the product's tasks cover every row block and
+    // panel, and each writes every one of its rows' valid columns (the masked stores cover exactly the
+    // columns below n), so every element is initialised before `set_len` exposes it.
+    unsafe {
+        let a = pack_lhs(lhs, rhs.k(), rhs.pairs());
+        product(out.as_mut_ptr(), n, &a, m, rhs, false);
+        out.set_len(m * n);
+    }
+    Ok(out)
+}
+
+/// That the CPU has the instructions and `lhs` holds its `m` rows of the product's depth.
+fn check(lhs: Rows, rhs: &Panels) -> candle_core::Result<()> {
+    if !supported() {
+        candle_core::bail!(
+            "bf16 products need AVX-512F, AVX-512BW and AVX512_BF16, which this CPU lacks"
+        )
+    }
+    let (m, k) = (lhs.m, rhs.k());
+    if m > 0 && (m - 1) * lhs.rs + k > lhs.data.len() {
+        candle_core::bail!(
+            "bf16 product: {m} rows of {k} from {} values, rows {} apart",
+            lhs.data.len(),
+            lhs.rs
+        )
+    }
     Ok(())
 }
 

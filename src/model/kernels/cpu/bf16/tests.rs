@@ -86,6 +86,35 @@ fn products_match_rounded_operands_at_every_edge() {
     }
 }
 
+/// A new output (not zero-filled first) holds what a product into zeros holds, at edge sizes.
+#[test]
+fn a_new_output_matches_a_product_into_zeros() {
+    if !supported() {
+        eprintln!("skipped: this CPU lacks AVX512_BF16");
+        return;
+    }
+    for (m, k, n) in [(1, 3, 1), (13, 65, 33), (97, 30, 70)] {
+        let (w, x) = (values(n * k, 9), values(m * k, 10));
+        let rows = Rows { data: &x, m, rs: k };
+        let rhs = Panels::transposed(&w, n, k);
+        let mut zeros = vec![0f32; m * n];
+        matmul(&mut zeros, n, rows, &rhs, false).unwrap();
+        assert!(matmul_new(rows, &rhs).unwrap() == zeros, "{m} x {k} x {n}");
+    }
+    assert!(
+        matmul_new(
+            Rows {
+                data: &[],
+                m: 0,
+                rs: 4
+            },
+            &Panels::plain(&[0.0; 8], 2, 4)
+        )
+        .unwrap()
+        .is_empty()
+    );
+}
+
 #[test]
 fn a_strided_left_operand_reads_only_its_columns() {
     if !supported() {
