@@ -143,14 +143,19 @@ fn train_batch(exp: &HashMap<String, Tensor>) -> TrainBatch {
     }
 }
 
+/// A family's fixture: the expected tensors, PEFT's loss, and the f32 model with the PEFT adapter loaded.
+fn with_peft_adapter(fam: &str) -> (HashMap<String, Tensor>, f32, Decoder) {
+    let dir = fixture(fam);
+    let want_loss = meta(&dir)["loss"].as_f64().unwrap() as f32;
+    let mut model = load_model(&dir, Quant::None, &Device::Cpu).unwrap();
+    model.load_peft(&dir.join("adapter")).unwrap();
+    (expected(&dir), want_loss, model)
+}
+
 #[test]
 fn loss_and_lora_gradients_match_peft_with_and_without_checkpointing() {
     for fam in FAMILIES {
-        let dir = fixture(fam);
-        let exp = expected(&dir);
-        let want_loss = meta(&dir)["loss"].as_f64().unwrap() as f32;
-        let mut model = load_model(&dir, Quant::None, &Device::Cpu).unwrap();
-        model.load_peft(&dir.join("adapter")).unwrap();
+        let (exp, want_loss, model) = with_peft_adapter(fam);
         // Checkpointed steps keep the last blocks whole (all of them with saved frozen products; the
         // second of two within `one_more`), or recompute them all (a zero budget, or a family the fused
         // CPU block does not serve).
@@ -208,11 +213,7 @@ fn bf16_products_keep_loss_and_gradients_within_rounding_of_peft() {
         return;
     }
     for fam in FAMILIES {
-        let dir = fixture(fam);
-        let exp = expected(&dir);
-        let want_loss = meta(&dir)["loss"].as_f64().unwrap() as f32;
-        let mut model = load_model(&dir, Quant::None, &Device::Cpu).unwrap();
-        model.load_peft(&dir.join("adapter")).unwrap();
+        let (exp, want_loss, model) = with_peft_adapter(fam);
         for checkpointing in [true, false] {
             let opts = StepOptions {
                 checkpointing,
