@@ -76,7 +76,7 @@ pub struct TrainArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     loss_chunk: Option<u64>,
     /// On the CPU, keep the products through the frozen weights in f32 (default: bf16 with f32 sums where the
-    /// CPU has AVX512_BF16, as `[train] cpu_bf16` does).
+    /// CPU multiplies it faster, on AMX tiles or with AVX512_BF16, as `[train] cpu_bf16` does).
     #[arg(long)]
     cpu_f32: bool,
     /// With --preset: keep only the first N blocks (to profile a step at real widths in less time).

@@ -248,7 +248,8 @@ pub struct TrainSection {
     pub gradient_checkpointing: bool,
     pub packing: bool,
     /// On the CPU: multiply through the frozen base in bf16 (accumulating in f32, QLoRA's compute dtype, as
-    /// on a GPU) where the CPU does so natively (AVX512_BF16); false keeps every product in f32. Serialized
+    /// on a GPU) where the CPU does so natively and faster than f32 (AMX-BF16, or AVX512_BF16 other than on
+    /// Intel CPUs without AMX, where it measured slower); false keeps every product in f32. Serialized
     /// only when false, so that the runs of configs written before it existed keep their ids (`plan`).
     #[serde(skip_serializing_if = "is_true")]
     pub cpu_bf16: bool,

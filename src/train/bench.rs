@@ -58,7 +58,8 @@ pub struct BenchReport {
     pub kept_blocks: usize,
     /// Positions per chunk of the vocabulary loss.
     pub loss_chunk: usize,
-    /// The dtype of the CPU's products through the frozen weights ("f32" or "bf16"; a GPU's are bf16).
+    /// The dtype of the CPU's products through the frozen weights and its kernel ("f32", "bf16 (AMX)",
+    /// "bf16 (AVX512_BF16)"; a GPU's are bf16).
     pub cpu_products: &'static str,
     /// What a step includes.
     pub measures: &'static str,
@@ -219,7 +220,7 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
             false => 0,
         },
         loss_chunk: opts.loss_chunk,
-        cpu_products: opts.precision.name(),
+        cpu_products: opts.precision.label(),
         measures: "forward + loss + backward to all LoRA tensors (activation checkpointing per block, chunked vocabulary loss) + AdamW update",
         step_s,
         step_times_s: times,
@@ -339,7 +340,7 @@ mod tests {
         };
         let report = bench_train(&settings(1)).unwrap();
         assert_eq!(report.step_times_s.len(), 1);
-        assert_eq!(report.cpu_products, Precision::resolve(true).name());
+        assert_eq!(report.cpu_products, Precision::resolve(true).label());
         assert_eq!(report.step_s, report.warmup_s);
         let err = bench_train(&settings(0)).unwrap_err().to_string();
         assert!(err.contains("--steps >= 1"), "{err}");

@@ -7,7 +7,7 @@ use candle_core::{Device, Tensor, Var};
 
 use super::TrainError;
 use super::model::{Batch, TrainableModel};
-use crate::model::kernels::cpu::bf16::Precision;
+use crate::model::kernels::cpu::bf16::{Precision, Support};
 use crate::model::{Decoder, LoraSpec, ModelError};
 use crate::train::step::{StepOptions, TrainBatch};
 
@@ -34,7 +34,7 @@ pub struct StepChoices {
 
 impl StepChoices {
     /// The dtype of the products through the frozen base on `device`: bf16 on a GPU, and on a CPU where
-    /// `cpu_bf16` allows it and the CPU has the instructions.
+    /// `cpu_bf16` allows it and bf16 is faster than f32 there ([`Support::pays`]).
     pub fn precision(&self, device: &Device) -> Precision {
         match device.is_cpu() {
             true => Precision::resolve(self.cpu_bf16),
@@ -44,11 +44,10 @@ impl StepChoices {
 
     /// What the run log says of those products on `device`, with the reason for f32 on a CPU.
     pub fn describe(&self, device: &Device) -> String {
-        let why = match (device.is_cpu(), self.precision(device), self.cpu_bf16) {
-            (false, _, _) => "on the GPU",
-            (true, Precision::Bf16, _) => "with f32 sums: this CPU has AVX512_BF16",
-            (true, Precision::F32, true) => "this CPU lacks AVX512_BF16",
-            (true, Precision::F32, false) => "[train] cpu_bf16 = false",
+        let why = match (device.is_cpu(), self.cpu_bf16) {
+            (false, _) => "on the GPU",
+            (true, true) => Support::detect().reason(),
+            (true, false) => "[train] cpu_bf16 = false",
         };
         format!(
             "products through the frozen base in {} ({why})",
@@ -141,11 +140,15 @@ mod tests {
             cpu_bf16: true,
             ..off
         };
-        let want = match crate::model::kernels::cpu::bf16::supported() {
-            true => "in bf16 (with f32 sums: this CPU has AVX512_BF16)",
-            false => "in f32 (this CPU lacks AVX512_BF16)",
+        let support = Support::detect();
+        let want = match support {
+            Support::Amx => {
+                "in bf16 (with f32 sums, on AMX tiles: this CPU has AMX-BF16)".to_string()
+            }
+            Support::Dot => "in bf16 (with f32 sums: this CPU has AVX512_BF16)".to_string(),
+            Support::Missing | Support::SlowDot => format!("in f32 ({})", support.reason()),
         };
-        assert!(on.describe(&cpu).ends_with(want), "{}", on.describe(&cpu));
+        assert!(on.describe(&cpu).ends_with(&want), "{}", on.describe(&cpu));
     }
 
     fn tiny() -> DecoderModel {

@@ -8,7 +8,8 @@ use std::ops::Range;
 use super::{MR, NR, Panels, bf16_bits};
 
 /// Rows `rows` of the product's columns in `panel`, into `dst` (rows `dst_rs` apart, the product's column
-/// 0 at `dst`); `a` is the packed left operand, rows of `2 * rhs.pairs()`.
+/// 0 at `dst`); `a` is the packed left operand, rows of `2 * rhs.pairs()`, of which the tile reads the
+/// depth's pairs (the rest are zeros).
 ///
 /// # Safety
 /// The CPU has AVX-512F and AVX512_BF16; `dst` is valid for reads and writes of those rows and columns,
@@ -36,7 +37,7 @@ pub(super) unsafe fn panel_rows(
                 a: a.as_ptr().add(i * width),
                 width,
                 b,
-                pairs: rhs.pairs(),
+                pairs: rhs.k().div_ceil(2),
                 dst: dst.add(i * dst_rs + panel * NR),
                 dst_rs,
                 masks,
@@ -65,7 +66,7 @@ pub(super) unsafe fn panel_rows(
 }
 
 /// The first `lanes` of 16 f32 lanes.
-fn lane_mask(lanes: usize) -> u16 {
+pub(super) fn lane_mask(lanes: usize) -> u16 {
     match lanes {
         0 => 0,
         l if l >= 16 => u16::MAX,
@@ -163,8 +164,7 @@ pub(super) unsafe fn to_bf16(src: &[f32], dst: &mut [u16]) {
 /// The CPU has AVX-512F and AVX512_BF16.
 #[target_feature(enable = "avx512f,avx512bf16")]
 pub(super) unsafe fn transposed_panel(rows: &[f32], cols: usize, panel: &mut [u16]) {
-    let pairs = panel.len() / (2 * NR);
-    let mut row16 = vec![0u16; 2 * pairs];
+    let mut row16 = vec![0u16; 2 * cols.div_ceil(2)];
     for (j, row) in rows.chunks_exact(cols).enumerate().take(NR) {
         // SAFETY: this function's own contract.
         unsafe { to_bf16(row, &mut row16) };
@@ -196,7 +196,7 @@ pub(super) unsafe fn plain_panel(w: &[f32], cols: usize, first: usize, panel: &m
         idx
     }
     let rows = w.len() / cols;
-    assert!(first + NR <= cols && panel.len() == rows.div_ceil(2) * 2 * NR);
+    assert!(first + NR <= cols && panel.len() >= rows.div_ceil(2) * 2 * NR);
     // SAFETY: the index tables are 32 u16 each; every row read holds columns first..first + NR (asserted
     // above) and every pair run written is inside `panel` (asserted above).
     unsafe {

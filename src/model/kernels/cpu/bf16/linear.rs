@@ -103,8 +103,9 @@ mod tests {
         let w = random(&[70, 33], 1);
         let wv = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let packed = Arc::new(PackedWeight::new(&wv, 70, 33));
-        // Forward: 3 panels of 17 pairs (k = 33); backward: 2 panels of 35 pairs (k = 70); 64 values each.
-        assert_eq!(packed.bytes(), 2 * (3 * 17 + 2 * 35) * 64);
+        // Forward: 3 panels of 17 pairs (k = 33) padded to 32; backward: 2 panels of 35 pairs (k = 70)
+        // padded to 48; 64 values each.
+        assert_eq!(packed.bytes(), 2 * (3 * 32 + 2 * 48) * 64);
         let x = Var::from_tensor(&random(&[2, 9, 33], 2)).unwrap();
         let probe = random(&[2, 9, 70], 3);
         let y = linear(x.as_tensor(), &packed).unwrap();

@@ -1,8 +1,11 @@
-//! Products through a frozen weight in bf16 with f32 accumulation, on CPUs that multiply bf16 pairs natively
-//! (AVX512_BF16's `vdpbf16ps`: two multiply-adds per f32 lane and instruction, twice the f32 FMA's rate).
-//! This is QLoRA's bf16 compute dtype for the frozen 4-bit base, as the GPU path computes it. The gemm
-//! crate behind candle's CPU products has no bf16 dot-product kernel (it widens bf16 to f32), hence this one.
+//! Products through a frozen weight in bf16 with f32 accumulation, on CPUs that multiply bf16 natively:
+//! AMX tiles (`amx`, Intel's AMX-BF16) where present, else AVX512_BF16's `vdpbf16ps` (`avx512`: two
+//! multiply-adds per f32 lane and instruction). This is QLoRA's bf16 compute dtype for the frozen 4-bit
+//! base, as the GPU path computes it. The gemm crate behind candle's CPU products has no bf16 dot-product
+//! kernel (it widens bf16 to f32), hence these.
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 pub mod linear;
@@ -18,8 +21,11 @@ pub use panels::Panels;
 const NR: usize = 32;
 /// Rows of the left operand in one register tile (12 x 2 accumulators of the 32 registers).
 const MR: usize = 12;
-/// Rows of the left operand per parallel task.
+/// Rows of the left operand per parallel task (whole AMX blocks of 32 rows, too).
 const ROWS_PER_TASK: usize = 8 * MR;
+/// Pairs of the depth packed together: one AMX tile's 32 bf16 values per row. Both operands' depth is
+/// padded with zeros to whole blocks of it.
+const PAIR_BLOCK: usize = 16;
 
 /// The dtype a CPU training step multiplies through the frozen weights in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -32,9 +38,9 @@ pub enum Precision {
 }
 
 impl Precision {
-    /// bf16 when `allow` and this CPU multiplies it natively, else f32.
+    /// bf16 when `allow` and it is faster than f32 on this CPU ([`Support::pays`]), else f32.
     pub fn resolve(allow: bool) -> Self {
-        match allow && supported() {
+        match allow && Support::detect().pays() {
             true => Self::Bf16,
             false => Self::F32,
         }
@@ -46,6 +52,70 @@ impl Precision {
             Self::Bf16 => "bf16",
         }
     }
+
+    /// The dtype with the kernel that multiplies it on this CPU (for benchmark reports).
+    pub fn label(self) -> &'static str {
+        match (self, Kernel::best()) {
+            (Self::F32, _) => "f32",
+            (Self::Bf16, Kernel::Amx) => "bf16 (AMX)",
+            (Self::Bf16, Kernel::Dot) => "bf16 (AVX512_BF16)",
+        }
+    }
+}
+
+/// What this CPU offers bf16 products, as measured (bench/results/cpu-train-bf16-*.txt): on an AMD Zen 4
+/// `vdpbf16ps` ran the training step 1.5 times faster than f32, on an Intel Xeon (Sapphire Rapids class)
+/// 0.75 times as fast, where AMX tiles run it faster than both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Support {
+    /// No AVX512_BF16: products stay f32.
+    Missing,
+    /// AVX512_BF16 on an Intel CPU without AMX, where `vdpbf16ps` is no faster than f32 FMAs.
+    SlowDot,
+    /// AVX512_BF16 elsewhere (AMD Zen 4 and later).
+    Dot,
+    /// AMX-BF16 tiles.
+    Amx,
+}
+
+impl Support {
+    pub fn detect() -> Self {
+        if !supported() {
+            return Self::Missing;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            if amx::available() {
+                return Self::Amx;
+            }
+            if intel() {
+                return Self::SlowDot;
+            }
+        }
+        Self::Dot
+    }
+
+    /// Whether bf16 products beat f32 here.
+    pub fn pays(self) -> bool {
+        matches!(self, Self::Dot | Self::Amx)
+    }
+
+    /// Why a step on this CPU multiplies in the dtype it does (for the run log).
+    pub fn reason(self) -> &'static str {
+        match self {
+            Self::Missing => "this CPU lacks AVX512_BF16",
+            Self::SlowDot => "this Intel CPU has AVX512_BF16 but no AMX, where bf16 is no faster",
+            Self::Dot => "with f32 sums: this CPU has AVX512_BF16",
+            Self::Amx => "with f32 sums, on AMX tiles: this CPU has AMX-BF16",
+        }
+    }
+}
+
+/// CPUID's vendor string is Intel's.
+#[cfg(target_arch = "x86_64")]
+fn intel() -> bool {
+    let id = std::arch::x86_64::__cpuid(0);
+    (id.ebx, id.edx, id.ecx) == (0x756e_6547, 0x4965_6e69, 0x6c65_746e)
 }
 
 /// Whether this CPU has the instructions of the bf16 kernels (AVX-512F and BW, AVX512_BF16).
@@ -58,6 +128,26 @@ pub fn supported() -> bool {
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
+}
+
+/// The kernel that runs a product.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernel {
+    /// `vdpbf16ps` register tiles.
+    Dot,
+    /// AMX tiles.
+    Amx,
+}
+
+impl Kernel {
+    /// AMX where this CPU and process have it, else the dot-product kernel.
+    fn best() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if amx::available() {
+            return Self::Amx;
+        }
+        Self::Dot
+    }
 }
 
 /// `x` rounded to the nearest bf16 (ties to even), as its bits.
@@ -83,6 +173,18 @@ pub fn matmul(
     rhs: &Panels,
     accumulate: bool,
 ) -> candle_core::Result<()> {
+    matmul_on(Kernel::best(), dst, dst_rs, lhs, rhs, accumulate)
+}
+
+/// [`matmul`] on `kernel`.
+fn matmul_on(
+    kernel: Kernel,
+    dst: &mut [f32],
+    dst_rs: usize,
+    lhs: Rows,
+    rhs: &Panels,
+    accumulate: bool,
+) -> candle_core::Result<()> {
     let (m, k, n) = (lhs.m, rhs.k(), rhs.n());
     check(lhs, rhs)?;
     let dst_fits = m == 0 || (dst_rs >= n && (m - 1) * dst_rs + n <= dst.len());
@@ -97,6 +199,7 @@ pub fn matmul(
     }
     #[cfg(target_arch = "x86_64")]
     product(
+        kernel,
         dst.as_mut_ptr(),
         dst_rs,
         &pack_lhs(lhs, k, rhs.pairs()),
@@ -110,6 +213,11 @@ pub fn matmul(
 /// [`matmul`] into a new row-major `[m, n]` buffer; the product writes every element, so nothing is
 /// zero-filled first.
 pub fn matmul_new(lhs: Rows, rhs: &Panels) -> candle_core::Result<Vec<f32>> {
+    matmul_new_on(Kernel::best(), lhs, rhs)
+}
+
+/// [`matmul_new`] on `kernel`.
+fn matmul_new_on(kernel: Kernel, lhs: Rows, rhs: &Panels) -> candle_core::Result<Vec<f32>> {
     check(lhs, rhs)?;
     let (m, n) = (lhs.m, rhs.n());
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
@@ -122,7 +230,7 @@ pub fn matmul_new(lhs: Rows, rhs: &Panels) -> candle_core::Result<Vec<f32>> {
     // columns below n), so every element is initialised before `set_len` exposes it.
     unsafe {
         let a = pack_lhs(lhs, rhs.k(), rhs.pairs());
-        product(out.as_mut_ptr(), n, &a, m, rhs, false);
+        product(kernel, out.as_mut_ptr(), n, &a, m, rhs, false);
         out.set_len(m * n);
     }
     Ok(out)
@@ -148,7 +256,15 @@ fn check(lhs: Rows, rhs: &Panels) -> candle_core::Result<()> {
 
 /// The tasks of [`matmul`] once its checks passed: tiles of [`ROWS_PER_TASK`] rows by one panel.
 #[cfg(target_arch = "x86_64")]
-fn product(dst: *mut f32, dst_rs: usize, a: &[u16], m: usize, rhs: &Panels, accumulate: bool) {
+fn product(
+    kernel: Kernel,
+    dst: *mut f32,
+    dst_rs: usize,
+    a: &[u16],
+    m: usize,
+    rhs: &Panels,
+    accumulate: bool,
+) {
     let dst_addr = dst as usize;
     let row_blocks = m.div_ceil(ROWS_PER_TASK);
     (0..rhs.panels() * row_blocks)
@@ -156,32 +272,33 @@ fn product(dst: *mut f32, dst_rs: usize, a: &[u16], m: usize, rhs: &Panels, accu
         .for_each(|task| {
             let (panel, block) = (task / row_blocks, task % row_blocks);
             let rows = block * ROWS_PER_TASK..(m.min((block + 1) * ROWS_PER_TASK));
-            // SAFETY: `matmul` checked that the CPU has the instructions and that `dst` holds the m x n
-            // result; each task writes the tile of its own rows and panel's columns, disjoint from the
-            // others'.
+            let dst = (dst_addr as *mut f32, dst_rs);
+            // SAFETY: `matmul` checked that the CPU has the instructions (AMX is chosen only where
+            // available) and that `dst` holds the m x n result; each task writes the tile of its own rows
+            // and panel's columns, disjoint from the others'; `a` holds whole blocks of rows (pack_lhs).
             unsafe {
-                avx512::panel_rows(
-                    (dst_addr as *mut f32, dst_rs),
-                    a,
-                    rows,
-                    rhs,
-                    panel,
-                    accumulate,
-                )
+                match kernel {
+                    Kernel::Dot => avx512::panel_rows(dst, a, rows, rhs, panel, accumulate),
+                    Kernel::Amx => amx::panel_rows(dst, a, rows, rhs, panel, accumulate),
+                }
             }
         });
 }
 
-/// The first `k` columns of the left operand in bf16, in rows of `2 * pairs` (an odd `k` padded with a
-/// zero to the panels' pairs). The caller has checked that the rows fit `lhs.data`.
+/// The first `k` columns of the left operand in bf16, in rows of `2 * pairs` (the depth padded with zeros
+/// to the panels' pairs), and zero rows after the last up to a whole AMX block. The caller has checked that
+/// the rows fit `lhs.data`.
 #[cfg(target_arch = "x86_64")]
 fn pack_lhs(lhs: Rows, k: usize, pairs: usize) -> Vec<u16> {
     let width = 2 * pairs;
-    let mut a = vec![0u16; lhs.m * width];
-    a.par_chunks_mut(width).enumerate().for_each(|(i, row)| {
-        let src = &lhs.data[i * lhs.rs..i * lhs.rs + k];
-        // SAFETY: only `matmul` packs, after checking that the CPU has the instructions.
-        unsafe { avx512::to_bf16(src, row) };
-    });
+    let mut a = vec![0u16; lhs.m.next_multiple_of(amx::BLOCK_ROWS) * width];
+    a.par_chunks_mut(width)
+        .take(lhs.m)
+        .enumerate()
+        .for_each(|(i, row)| {
+            let src = &lhs.data[i * lhs.rs..i * lhs.rs + k];
+            // SAFETY: only `matmul` packs, after checking that the CPU has the instructions.
+            unsafe { avx512::to_bf16(src, row) };
+        });
     a
 }

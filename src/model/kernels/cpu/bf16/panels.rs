@@ -4,9 +4,10 @@
 
 use rayon::prelude::*;
 
-use super::{NR, bf16_bits};
+use super::{NR, PAIR_BLOCK, bf16_bits};
 
-/// A right operand `[k, n]` in bf16, packed (columns past `n` and an odd `k`'s last row are zeros).
+/// A right operand `[k, n]` in bf16, packed (columns past `n` and rows past `k`, up to whole blocks of
+/// [`PAIR_BLOCK`] pairs, are zeros).
 #[derive(Debug)]
 pub struct Panels {
     data: Vec<u16>,
@@ -57,7 +58,7 @@ impl Panels {
 
     /// The `[k, n]` operand, each panel (zeros, `p`) filled by `fill_panel` in parallel.
     pub(super) fn pack(k: usize, n: usize, fill_panel: impl Fn(usize, &mut [u16]) + Sync) -> Self {
-        let pairs = k.div_ceil(2);
+        let pairs = pairs_of(k);
         let mut data = vec![0u16; n.div_ceil(NR) * pairs * 2 * NR];
         if pairs > 0 {
             data.par_chunks_mut(pairs * 2 * NR)
@@ -75,9 +76,9 @@ impl Panels {
         self.n
     }
 
-    /// Pairs of rows (`k` rounded up to even, halved).
+    /// Pairs of rows packed (`k` halved, rounded up to whole blocks of [`PAIR_BLOCK`]).
     pub(super) fn pairs(&self) -> usize {
-        self.k.div_ceil(2)
+        pairs_of(self.k)
     }
 
     pub(super) fn panels(&self) -> usize {
@@ -96,6 +97,11 @@ impl Panels {
     }
 }
 
+/// Pairs packed for a depth of `k`.
+fn pairs_of(k: usize) -> usize {
+    k.div_ceil(2).next_multiple_of(PAIR_BLOCK)
+}
+
 /// Fills `panel` (zeros), the one whose first column is `first`, of the `[k, n]` operand whose element
 /// `(row, col)` is `at(row, col)`, value by value: edge panels, and CPUs without the kernel's instructions
 /// (where only the tests pack).
@@ -105,7 +111,11 @@ pub(super) fn fill(
     first: usize,
     at: impl Fn(usize, usize) -> f32,
 ) {
-    for (q, pair) in panel.chunks_exact_mut(2 * NR).enumerate() {
+    for (q, pair) in panel
+        .chunks_exact_mut(2 * NR)
+        .enumerate()
+        .take(k.div_ceil(2))
+    {
         for (j, c) in (first..n.min(first + NR)).enumerate() {
             pair[2 * j] = bf16_bits(at(2 * q, c));
             if 2 * q + 1 < k {

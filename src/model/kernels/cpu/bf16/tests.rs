@@ -44,21 +44,41 @@ fn rel_diff(got: impl Iterator<Item = f32>, want: &[f64]) -> f64 {
         / scale
 }
 
+/// The kernels this CPU runs: the dot-product kernel where it has AVX512_BF16, and AMX where it has that.
+fn kernels() -> Vec<Kernel> {
+    let mut k = Vec::new();
+    if supported() {
+        k.push(Kernel::Dot);
+        #[cfg(target_arch = "x86_64")]
+        if amx::available() {
+            k.push(Kernel::Amx);
+        }
+    }
+    if k.is_empty() {
+        eprintln!("skipped: this CPU lacks AVX512_BF16 (the kernels are never called here)");
+    }
+    k
+}
+
 #[test]
 fn products_match_rounded_operands_at_every_edge() {
-    if !supported() {
-        eprintln!("skipped: this CPU lacks AVX512_BF16 (the kernel is never called here)");
-        return;
+    for kernel in kernels() {
+        products_match_rounded_operands_on(kernel);
     }
-    // Rows around the register tile (12) and task (96) sizes, depths odd and even, columns around the
-    // panel width (32) and its 16-lane halves.
+}
+
+fn products_match_rounded_operands_on(kernel: Kernel) {
+    // Rows around the register tile (12), AMX block (32) and task (96) sizes, depths odd and even and
+    // around AMX's 32-deep chunks, columns around the panel width (32) and its 16-lane halves.
     for (m, k, n) in [
         (1, 1, 1),
         (5, 7, 17),
         (12, 64, 32),
         (13, 65, 33),
+        (33, 31, 48),
         (97, 30, 70),
         (200, 129, 16),
+        (100, 576, 40),
     ] {
         let w = values(n * k, 1);
         let x = values(m * k, 2);
@@ -67,9 +87,20 @@ fn products_match_rounded_operands_at_every_edge() {
         let dst_rs = n + 3;
         let mut dst = vec![7f32; m * dst_rs];
         let rows = Rows { data: &x, m, rs: k };
-        matmul(&mut dst, dst_rs, rows, &Panels::transposed(&w, n, k), false).unwrap();
+        matmul_on(
+            kernel,
+            &mut dst,
+            dst_rs,
+            rows,
+            &Panels::transposed(&w, n, k),
+            false,
+        )
+        .unwrap();
         let got = dst.chunks(dst_rs).flat_map(|r| r[..n].to_vec());
-        assert!(rel_diff(got, &want) < 1e-6, "x W^T at {m} x {k} x {n}");
+        assert!(
+            rel_diff(got, &want) < 1e-6,
+            "x W^T at {m} x {k} x {n} on {kernel:?}"
+        );
         assert!(
             dst.chunks(dst_rs).all(|r| r[n..] == [7.0; 3]),
             "columns past n written"
@@ -77,11 +108,11 @@ fn products_match_rounded_operands_at_every_edge() {
         // g W with W [k, n] read plain, accumulated onto ones.
         let want = reference(&x, |kk, c| w[kk * n + c], (m, k, n));
         let mut dst = vec![1f32; m * n];
-        matmul(&mut dst, n, rows, &Panels::plain(&w, k, n), true).unwrap();
+        matmul_on(kernel, &mut dst, n, rows, &Panels::plain(&w, k, n), true).unwrap();
         let want: Vec<f64> = want.iter().map(|v| v + 1.0).collect();
         assert!(
             rel_diff(dst.into_iter(), &want) < 1e-6,
-            "g W at {m} x {k} x {n}"
+            "g W at {m} x {k} x {n} on {kernel:?}"
         );
     }
 }
@@ -89,17 +120,19 @@ fn products_match_rounded_operands_at_every_edge() {
 /// A new output (not zero-filled first) holds what a product into zeros holds, at edge sizes.
 #[test]
 fn a_new_output_matches_a_product_into_zeros() {
-    if !supported() {
-        eprintln!("skipped: this CPU lacks AVX512_BF16");
-        return;
+    for kernel in kernels() {
+        for (m, k, n) in [(1, 3, 1), (13, 65, 33), (97, 30, 70)] {
+            let (w, x) = (values(n * k, 9), values(m * k, 10));
+            let rows = Rows { data: &x, m, rs: k };
+            let rhs = Panels::transposed(&w, n, k);
+            let mut zeros = vec![0f32; m * n];
+            matmul_on(kernel, &mut zeros, n, rows, &rhs, false).unwrap();
+            let new = matmul_new_on(kernel, rows, &rhs).unwrap();
+            assert!(new == zeros, "{m} x {k} x {n} on {kernel:?}");
+        }
     }
-    for (m, k, n) in [(1, 3, 1), (13, 65, 33), (97, 30, 70)] {
-        let (w, x) = (values(n * k, 9), values(m * k, 10));
-        let rows = Rows { data: &x, m, rs: k };
-        let rhs = Panels::transposed(&w, n, k);
-        let mut zeros = vec![0f32; m * n];
-        matmul(&mut zeros, n, rows, &rhs, false).unwrap();
-        assert!(matmul_new(rows, &rhs).unwrap() == zeros, "{m} x {k} x {n}");
+    if !supported() {
+        return;
     }
     assert!(
         matmul_new(
@@ -117,25 +150,48 @@ fn a_new_output_matches_a_product_into_zeros() {
 
 #[test]
 fn a_strided_left_operand_reads_only_its_columns() {
-    if !supported() {
-        eprintln!("skipped: this CPU lacks AVX512_BF16");
+    for kernel in kernels() {
+        let (m, k, n, rs) = (14, 9, 40, 13);
+        let x = values(m * rs, 3);
+        let w = values(n * k, 4);
+        let dense: Vec<f32> = x.chunks(rs).flat_map(|r| r[..k].to_vec()).collect();
+        let want = reference(&dense, |kk, c| w[c * k + kk], (m, k, n));
+        let mut dst = vec![0f32; m * n];
+        let rows = Rows { data: &x, m, rs };
+        matmul_on(
+            kernel,
+            &mut dst,
+            n,
+            rows,
+            &Panels::transposed(&w, n, k),
+            false,
+        )
+        .unwrap();
+        assert!(rel_diff(dst.into_iter(), &want) < 1e-6, "{kernel:?}");
+    }
+}
+
+/// AMX and the dot-product kernel sum the same rounded products: they agree to f32 rounding at the
+/// training step's shapes, so a run's numbers do not depend on which one the CPU has beyond that.
+#[test]
+fn amx_agrees_with_the_dot_product_kernel() {
+    if kernels().len() < 2 {
+        eprintln!("skipped: this CPU has no AMX (only one kernel runs here)");
         return;
     }
-    let (m, k, n, rs) = (14, 9, 40, 13);
-    let x = values(m * rs, 3);
-    let w = values(n * k, 4);
-    let dense: Vec<f32> = x.chunks(rs).flat_map(|r| r[..k].to_vec()).collect();
-    let want = reference(&dense, |kk, c| w[c * k + kk], (m, k, n));
-    let mut dst = vec![0f32; m * n];
-    matmul(
-        &mut dst,
-        n,
-        Rows { data: &x, m, rs },
-        &Panels::transposed(&w, n, k),
-        false,
-    )
-    .unwrap();
-    assert!(rel_diff(dst.into_iter(), &want) < 1e-6);
+    let (m, k, n) = (130, 576, 192);
+    let (w, x) = (values(n * k, 11), values(m * k, 12));
+    let rows = Rows { data: &x, m, rs: k };
+    let rhs = Panels::transposed(&w, n, k);
+    let dot = matmul_new_on(Kernel::Dot, rows, &rhs).unwrap();
+    let amx = matmul_new_on(Kernel::Amx, rows, &rhs).unwrap();
+    let scale = dot.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let worst = dot
+        .iter()
+        .zip(&amx)
+        .map(|(d, a)| (d - a).abs())
+        .fold(0f32, f32::max);
+    assert!(worst <= 1e-5 * scale, "worst {worst} of {scale}");
 }
 
 #[test]
@@ -159,14 +215,17 @@ fn operands_that_do_not_fit_are_refused() {
 }
 
 #[test]
-fn bf16_is_chosen_only_when_allowed_and_supported() {
+fn bf16_is_chosen_only_when_allowed_and_faster_here() {
     assert_eq!(Precision::resolve(false), Precision::F32);
-    let want = if supported() {
-        Precision::Bf16
-    } else {
-        Precision::F32
+    let support = Support::detect();
+    let want = match support {
+        Support::Dot | Support::Amx => Precision::Bf16,
+        Support::Missing | Support::SlowDot => Precision::F32,
     };
-    assert_eq!(Precision::resolve(true), want);
+    assert_eq!(Precision::resolve(true), want, "{support:?}");
+    assert_eq!(support == Support::Missing, !supported());
+    #[cfg(target_arch = "x86_64")]
+    assert_eq!(support == Support::Amx, amx::available() && supported());
 }
 
 /// The vectorised packing (full panels) gives the value-by-value packing's panels exactly, at widths with
@@ -202,7 +261,7 @@ fn vectorised_packing_matches_value_by_value_packing() {
 fn panels_pad_columns_and_odd_depth_with_zeros() {
     let w = values(3 * 5, 7);
     let p = Panels::transposed(&w, 3, 5);
-    assert_eq!((p.k(), p.n(), p.pairs(), p.panels()), (5, 3, 3, 1));
+    assert_eq!((p.k(), p.n(), p.pairs(), p.panels()), (5, 3, PAIR_BLOCK, 1));
     let panel = p.panel(0);
     // Pair 2 holds row 4 of W^T (W's column 4) and a zero row; columns 3.. are zeros.
     for c in 0..NR {
@@ -210,5 +269,9 @@ fn panels_pad_columns_and_odd_depth_with_zeros() {
         assert_eq!(panel[2 * 2 * NR + 2 * c], want);
         assert_eq!(panel[2 * 2 * NR + 2 * c + 1], 0);
     }
-    assert_eq!(p.bytes(), 3 * 2 * NR * 2);
+    assert!(
+        p.panel(0)[3 * 2 * NR..].iter().all(|v| *v == 0),
+        "pairs past the depth"
+    );
+    assert_eq!(p.bytes(), PAIR_BLOCK * 2 * NR * 2);
 }
