@@ -5,11 +5,10 @@
 
 use std::arch::asm;
 use std::arch::x86_64::*;
-use std::ops::Range;
 use std::sync::OnceLock;
 
-use super::avx512::lane_mask;
-use super::{NR, PAIR_BLOCK, Panels};
+use super::avx512::store_row;
+use super::{NR, PAIR_BLOCK, PanelTask};
 
 /// Rows of one tile (and of the left operand per tile load).
 const TILE_ROWS: usize = 16;
@@ -69,62 +68,49 @@ impl TileConfig {
     }
 }
 
-/// Rows `rows` of the product's columns in `panel`, into `dst` (rows `dst_rs` apart, the product's column
-/// 0 at `dst`); `a` is the packed left operand, rows of `2 * rhs.pairs()` (whole [`PAIR_BLOCK`]s), padded
-/// with zero rows to whole blocks of [`BLOCK_ROWS`].
+/// The task's rows of its panel's columns, in blocks of [`BLOCK_ROWS`]; `a`'s rows are whole
+/// [`PAIR_BLOCK`]s deep and padded with zero rows to whole blocks (`pack_lhs`).
 ///
 /// # Safety
-/// [`available`] is true and the CPU has AVX-512F; `dst` is valid for reads and writes of those rows and
-/// the panel's valid columns, and no other thread touches them meanwhile; `a` holds every row of `rows`
-/// rounded up to whole blocks.
+/// [`available`] is true and the CPU has AVX-512F; the task's rows and panel columns of `dst` are valid
+/// for reads and writes, and no other thread touches them meanwhile; `a` holds every row of `rows` rounded
+/// up to whole blocks.
 #[target_feature(enable = "avx512f")]
-pub(super) unsafe fn panel_rows(
-    (dst, dst_rs): (*mut f32, usize),
-    a: &[u16],
-    rows: Range<usize>,
-    rhs: &Panels,
-    panel: usize,
-    accumulate: bool,
-) {
-    let width = 2 * rhs.pairs();
-    let chunks = rhs.pairs() / PAIR_BLOCK;
-    let blocks = (rows.end - rows.start).div_ceil(BLOCK_ROWS);
+pub(super) unsafe fn panel_rows(t: PanelTask) {
+    let width = 2 * t.rhs.pairs();
+    let chunks = t.rhs.pairs() / PAIR_BLOCK;
+    let blocks = (t.rows.end - t.rows.start).div_ceil(BLOCK_ROWS);
     assert!(
-        rhs.pairs().is_multiple_of(PAIR_BLOCK)
-            && (rows.start + blocks * BLOCK_ROWS) * width <= a.len()
+        t.rhs.pairs().is_multiple_of(PAIR_BLOCK)
+            && (t.rows.start + blocks * BLOCK_ROWS) * width <= t.a.len()
     );
-    let cols = (rhs.n() - panel * NR).min(NR);
-    let masks = (lane_mask(cols), lane_mask(cols.saturating_sub(16)));
+    let masks = t.masks();
     let config = TileConfig::full();
     let mut sums = [0f32; BLOCK_ROWS * NR];
     // SAFETY: the CPU has AMX and this process may use it (caller); the configuration is 64 aligned bytes.
     unsafe { asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly)) };
     for block in 0..blocks {
-        let first = rows.start + block * BLOCK_ROWS;
+        let first = t.rows.start + block * BLOCK_ROWS;
         // SAFETY: the block's rows of `a` and every pair of the panel are in bounds (asserted above); the
         // tiles configured above stay configured, as no compiled code touches tile state.
         unsafe {
             block_sums(
-                a.as_ptr().add(first * width),
+                t.a.as_ptr().add(first * width),
                 width,
-                rhs.panel(panel).as_ptr(),
+                t.rhs.panel(t.panel).as_ptr(),
                 chunks,
                 &mut sums,
             )
         };
-        let valid = (rows.end - first).min(BLOCK_ROWS);
-        for (r, row_sums) in sums.chunks_exact(NR).take(valid).enumerate() {
-            // SAFETY: the masked lanes are row `first + r`'s valid columns of the panel (caller).
+        let valid = (t.rows.end - first).min(BLOCK_ROWS);
+        for (r, row) in sums.chunks_exact(NR).take(valid).enumerate() {
+            // SAFETY: row `first + r` is the task's; the masked lanes are the panel's valid columns.
             unsafe {
-                let out = dst.add((first + r) * dst_rs + panel * NR);
-                let mut lo = _mm512_loadu_ps(row_sums.as_ptr());
-                let mut hi = _mm512_loadu_ps(row_sums.as_ptr().add(16));
-                if accumulate {
-                    lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(masks.0, out));
-                    hi = _mm512_add_ps(hi, _mm512_maskz_loadu_ps(masks.1, out.wrapping_add(16)));
-                }
-                _mm512_mask_storeu_ps(out, masks.0, lo);
-                _mm512_mask_storeu_ps(out.wrapping_add(16), masks.1, hi);
+                let sums = (
+                    _mm512_loadu_ps(row.as_ptr()),
+                    _mm512_loadu_ps(row.as_ptr().add(16)),
+                );
+                store_row(t.out(first + r), sums, masks, t.accumulate)
             }
         }
     }

@@ -3,62 +3,52 @@
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
-use std::ops::Range;
 
-use super::{MR, NR, Panels, bf16_bits};
+use super::{MR, NR, PanelTask, bf16_bits};
 
-/// Rows `rows` of the product's columns in `panel`, into `dst` (rows `dst_rs` apart, the product's column
-/// 0 at `dst`); `a` is the packed left operand, rows of `2 * rhs.pairs()`, of which the tile reads the
-/// depth's pairs (the rest are zeros).
+/// The task's rows of its panel's columns, in register tiles of up to [`MR`] rows; the tile reads the
+/// depth's pairs of `a`'s rows (the rest are zeros).
 ///
 /// # Safety
-/// The CPU has AVX-512F and AVX512_BF16; `dst` is valid for reads and writes of those rows and columns,
-/// and no other thread touches them meanwhile; `a` holds every row in `rows`.
+/// The CPU has AVX-512F and AVX512_BF16; the task's rows and panel columns of `dst` are valid for reads
+/// and writes, and no other thread touches them meanwhile; `a` holds every row in `rows`.
 #[target_feature(enable = "avx512f,avx512bf16")]
-pub(super) unsafe fn panel_rows(
-    (dst, dst_rs): (*mut f32, usize),
-    a: &[u16],
-    rows: Range<usize>,
-    rhs: &Panels,
-    panel: usize,
-    accumulate: bool,
-) {
-    let width = 2 * rhs.pairs();
-    assert!(rows.end * width <= a.len());
-    let b = rhs.panel(panel).as_ptr();
-    let cols = (rhs.n() - panel * NR).min(NR);
-    let masks = (lane_mask(cols), lane_mask(cols.saturating_sub(16)));
-    let mut i = rows.start;
-    while i < rows.end {
-        let r = (rows.end - i).min(MR);
+pub(super) unsafe fn panel_rows(t: PanelTask) {
+    let width = 2 * t.rhs.pairs();
+    assert!(t.rows.end * width <= t.a.len());
+    let b = t.rhs.panel(t.panel).as_ptr();
+    let masks = t.masks();
+    let mut i = t.rows.start;
+    while i < t.rows.end {
+        let r = (t.rows.end - i).min(MR);
         // SAFETY: rows i..i + r lie in `rows` (so in `a`, asserted above, and in the caller's `dst`).
-        let t = unsafe {
+        let tile = unsafe {
             Tile {
-                a: a.as_ptr().add(i * width),
+                a: t.a.as_ptr().add(i * width),
                 width,
                 b,
-                pairs: rhs.k().div_ceil(2),
-                dst: dst.add(i * dst_rs + panel * NR),
-                dst_rs,
+                pairs: t.rhs.k().div_ceil(2),
+                dst: t.out(i),
+                dst_rs: t.dst.1,
                 masks,
-                accumulate,
+                accumulate: t.accumulate,
             }
         };
-        // SAFETY: as for this function; `t` covers r rows.
+        // SAFETY: as for this function; `tile` covers r rows.
         unsafe {
             match r {
-                12 => t.run::<12>(),
-                11 => t.run::<11>(),
-                10 => t.run::<10>(),
-                9 => t.run::<9>(),
-                8 => t.run::<8>(),
-                7 => t.run::<7>(),
-                6 => t.run::<6>(),
-                5 => t.run::<5>(),
-                4 => t.run::<4>(),
-                3 => t.run::<3>(),
-                2 => t.run::<2>(),
-                _ => t.run::<1>(),
+                12 => tile.run::<12>(),
+                11 => tile.run::<11>(),
+                10 => tile.run::<10>(),
+                9 => tile.run::<9>(),
+                8 => tile.run::<8>(),
+                7 => tile.run::<7>(),
+                6 => tile.run::<6>(),
+                5 => tile.run::<5>(),
+                4 => tile.run::<4>(),
+                3 => tile.run::<3>(),
+                2 => tile.run::<2>(),
+                _ => tile.run::<1>(),
             }
         }
         i += r;
@@ -118,19 +108,39 @@ impl Tile {
         for (r, acc) in acc.iter().enumerate() {
             // SAFETY: the masked lanes are the tile's valid columns of row r (caller).
             unsafe {
-                let row = self.dst.add(r * self.dst_rs);
-                let (mut lo, mut hi) = (acc[0], acc[1]);
-                if self.accumulate {
-                    lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(self.masks.0, row));
-                    hi = _mm512_add_ps(
-                        hi,
-                        _mm512_maskz_loadu_ps(self.masks.1, row.wrapping_add(16)),
-                    );
-                }
-                _mm512_mask_storeu_ps(row, self.masks.0, lo);
-                _mm512_mask_storeu_ps(row.wrapping_add(16), self.masks.1, hi);
-            }
+                store_row(
+                    self.dst.add(r * self.dst_rs),
+                    (acc[0], acc[1]),
+                    self.masks,
+                    self.accumulate,
+                )
+            };
         }
+    }
+}
+
+/// Writes one row's 32 sums (two halves of 16) to the columns of `out` that `masks` keep, added to what is
+/// there when `accumulate`.
+///
+/// # Safety
+/// The CPU has AVX-512F; the masked columns of `out` are valid for reads and writes.
+#[target_feature(enable = "avx512f")]
+#[inline]
+pub(super) unsafe fn store_row(
+    out: *mut f32,
+    (mut lo, mut hi): (__m512, __m512),
+    masks: (u16, u16),
+    accumulate: bool,
+) {
+    let out_hi = out.wrapping_add(16);
+    // SAFETY: only the masked lanes are read and written (caller).
+    unsafe {
+        if accumulate {
+            lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(masks.0, out));
+            hi = _mm512_add_ps(hi, _mm512_maskz_loadu_ps(masks.1, out_hi));
+        }
+        _mm512_mask_storeu_ps(out, masks.0, lo);
+        _mm512_mask_storeu_ps(out_hi, masks.1, hi);
     }
 }
 

@@ -272,17 +272,59 @@ fn product(
         .for_each(|task| {
             let (panel, block) = (task / row_blocks, task % row_blocks);
             let rows = block * ROWS_PER_TASK..(m.min((block + 1) * ROWS_PER_TASK));
-            let dst = (dst_addr as *mut f32, dst_rs);
+            let t = PanelTask {
+                dst: (dst_addr as *mut f32, dst_rs),
+                a,
+                rows,
+                rhs,
+                panel,
+                accumulate,
+            };
             // SAFETY: `matmul` checked that the CPU has the instructions (AMX is chosen only where
             // available) and that `dst` holds the m x n result; each task writes the tile of its own rows
             // and panel's columns, disjoint from the others'; `a` holds whole blocks of rows (pack_lhs).
             unsafe {
                 match kernel {
-                    Kernel::Dot => avx512::panel_rows(dst, a, rows, rhs, panel, accumulate),
-                    Kernel::Amx => amx::panel_rows(dst, a, rows, rhs, panel, accumulate),
+                    Kernel::Dot => avx512::panel_rows(t),
+                    Kernel::Amx => amx::panel_rows(t),
                 }
             }
         });
+}
+
+/// One parallel task of a product: rows `rows` of the product's columns in panel `panel` of `rhs`.
+#[cfg(target_arch = "x86_64")]
+struct PanelTask<'a> {
+    /// The product's element (0, 0) and its rows' stride.
+    dst: (*mut f32, usize),
+    /// The packed left operand, rows of `2 * rhs.pairs()` (`pack_lhs`).
+    a: &'a [u16],
+    rows: std::ops::Range<usize>,
+    rhs: &'a Panels,
+    panel: usize,
+    /// Add to the old outputs instead of replacing them.
+    accumulate: bool,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl PanelTask<'_> {
+    /// The panel's valid columns in its two 16-lane halves.
+    fn masks(&self) -> (u16, u16) {
+        let cols = (self.rhs.n() - self.panel * NR).min(NR);
+        (
+            avx512::lane_mask(cols),
+            avx512::lane_mask(cols.saturating_sub(16)),
+        )
+    }
+
+    /// Where row `r` of the product meets the panel's first column.
+    ///
+    /// # Safety
+    /// `r` is a row of the product (inside the buffer `dst` points into).
+    unsafe fn out(&self, r: usize) -> *mut f32 {
+        // SAFETY: inside the product's buffer (caller).
+        unsafe { self.dst.0.add(r * self.dst.1 + self.panel * NR) }
+    }
 }
 
 /// The first `k` columns of the left operand in bf16, in rows of `2 * pairs` (the depth padded with zeros
