@@ -152,19 +152,33 @@ fn poisoned<T>(_: T) -> candle_core::Error {
     candle_core::Error::Msg(format!("{NAME}: poisoned lock"))
 }
 
-/// `[b, m, n, d]` -> `[b, n, m, d]`.
+/// `[b, m, n, d]` -> `[b, n, m, d]`, into a new vector without zero-filling it first.
 fn swap_axes(src: &[f32], (b, m, n, d): (usize, usize, usize, usize)) -> Vec<f32> {
-    debug_assert_eq!(src.len(), b * m * n * d);
-    let mut dst = vec![0f32; src.len()];
-    dst.par_chunks_mut(m * d)
+    let len = b * m * n * d;
+    assert_eq!(
+        src.len(),
+        len,
+        "[{b}, {m}, {n}, {d}] from {} values",
+        src.len()
+    );
+    let mut dst = Vec::with_capacity(len);
+    if len == 0 {
+        return dst;
+    }
+    dst.spare_capacity_mut()[..len]
+        .par_chunks_mut(m * d)
         .enumerate()
         .for_each(|(bj, chunk)| {
             let (bi, j) = (bj / n, bj % n);
             for (i, row) in chunk.chunks_exact_mut(d).enumerate() {
                 let at = ((bi * m + i) * n + j) * d;
-                row.copy_from_slice(&src[at..at + d]);
+                for (o, v) in row.iter_mut().zip(&src[at..at + d]) {
+                    o.write(*v);
+                }
             }
         });
+    // SAFETY: the b * n chunks of m rows of d cover the first len elements, each written once.
+    unsafe { dst.set_len(len) };
     dst
 }
 

@@ -35,34 +35,47 @@ fn gelu_tanh(g: f32) -> (f32, f32) {
 
 pub(super) struct GatedProduct(pub(super) Activation);
 
-/// `act(gate) * up`.
+/// `act(gate) * up`, written into a new vector without zero-filling it first.
 fn forward_with(act: impl Fn(f32) -> (f32, f32) + Sync, gate: &[f32], up: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; gate.len()];
-    out.par_chunks_mut(CHUNK)
+    let n = gate.len();
+    assert_eq!(up.len(), n, "gate and up of different lengths");
+    let mut out = Vec::with_capacity(n);
+    out.spare_capacity_mut()[..n]
+        .par_chunks_mut(CHUNK)
         .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
         .for_each(|(o, (g, u))| {
             simd(
                 #[inline(always)]
                 || {
                     for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
-                        *o = act(*g).0 * u;
+                        o.write(act(*g).0 * u);
                     }
                 },
             )
         });
+    // SAFETY: the chunks cover the first n elements of the spare capacity, each written once (gate and up
+    // are n long, asserted above).
+    unsafe { out.set_len(n) };
     out
 }
 
-/// `d gate = dy * up * act'(gate)`, `d up = dy * act(gate)`.
+/// `d gate = dy * up * act'(gate)`, `d up = dy * act(gate)`, written into new vectors without zero-filling
+/// them first.
 fn backward_with(
     act: impl Fn(f32) -> (f32, f32) + Sync,
     gate: &[f32],
     up: &[f32],
     dy: &[f32],
 ) -> (Vec<f32>, Vec<f32>) {
-    let (mut dg, mut du) = (vec![0f32; gate.len()], vec![0f32; gate.len()]);
-    dg.par_chunks_mut(CHUNK)
-        .zip(du.par_chunks_mut(CHUNK))
+    let n = gate.len();
+    assert!(
+        up.len() == n && dy.len() == n,
+        "gate, up and dy of different lengths"
+    );
+    let (mut dg, mut du) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    dg.spare_capacity_mut()[..n]
+        .par_chunks_mut(CHUNK)
+        .zip(du.spare_capacity_mut()[..n].par_chunks_mut(CHUNK))
         .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
         .zip(dy.par_chunks(CHUNK))
         .for_each(|(((dg, du), (g, u)), dy)| {
@@ -71,11 +84,18 @@ fn backward_with(
                 || {
                     for ((((dg, du), g), u), dy) in dg.iter_mut().zip(du).zip(g).zip(u).zip(dy) {
                         let (a, da) = act(*g);
-                        (*dg, *du) = (dy * u * da, dy * a);
+                        dg.write(dy * u * da);
+                        du.write(dy * a);
                     }
                 },
             )
         });
+    // SAFETY: the chunks cover the first n elements of both spare capacities, each written once (the
+    // inputs are n long, asserted above).
+    unsafe {
+        dg.set_len(n);
+        du.set_len(n);
+    }
     (dg, du)
 }
 

@@ -91,17 +91,19 @@ pub(super) unsafe fn panel_rows(t: PanelTask) {
     unsafe { asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly)) };
     for block in 0..blocks {
         let first = t.rows.start + block * BLOCK_ROWS;
-        // SAFETY: the block's rows of `a` and every pair of the panel are in bounds (asserted above); the
-        // tiles configured above stay configured, as no compiled code touches tile state.
-        unsafe {
-            block_sums(
-                t.a.as_ptr().add(first * width),
-                width,
-                t.rhs.panel(t.panel).as_ptr(),
-                chunks,
-                &mut sums,
-            )
-        };
+        if chunks > 0 {
+            // SAFETY: the block's rows of `a` and every pair of the panel are in bounds (asserted above);
+            // the tiles configured above stay configured, as no compiled code touches tile state.
+            unsafe {
+                block_sums(
+                    t.a.as_ptr().add(first * width),
+                    width,
+                    t.rhs.panel(t.panel).as_ptr(),
+                    chunks,
+                    &mut sums,
+                )
+            };
+        }
         let valid = (t.rows.end - first).min(BLOCK_ROWS);
         for (r, row) in sums.chunks_exact(NR).take(valid).enumerate() {
             // SAFETY: row `first + r` is the task's; the masked lanes are the panel's valid columns.
@@ -118,7 +120,7 @@ pub(super) unsafe fn panel_rows(t: PanelTask) {
     unsafe { asm!("tilerelease", options(nostack, nomem)) };
 }
 
-/// The four tiles of one block's sums, `[BLOCK_ROWS, NR]` row-major into `sums`: tmm0..3 the sums of
+/// The four tiles of one block's sums (`chunks > 0`), `[BLOCK_ROWS, NR]` row-major into `sums`: tmm0..3 the sums of
 /// rows 0-15 / 16-31 by columns 0-15 / 16-31, tmm4/5 the two row tiles of `a`, tmm6/7 the panel's two
 /// column tiles, per 32-deep chunk.
 ///

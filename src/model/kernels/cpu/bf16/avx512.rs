@@ -144,26 +144,27 @@ pub(super) unsafe fn store_row(
     }
 }
 
-/// `dst[i] = bf16(src[i])` (round to nearest even) over the shorter of the two, 32 values per step.
+/// `dst[i] = bf16(src[i])` (round to nearest even) for every value of `src`, 32 values per step.
 ///
 /// # Safety
-/// The CPU has AVX-512F and AVX512_BF16.
+/// The CPU has AVX-512F and AVX512_BF16; `dst` is valid for writes of `src.len()` values.
 #[target_feature(enable = "avx512f,avx512bf16")]
-pub(super) unsafe fn to_bf16(src: &[f32], dst: &mut [u16]) {
-    let n = src.len().min(dst.len());
+pub(super) unsafe fn to_bf16(src: &[f32], dst: *mut u16) {
+    let n = src.len();
     let mut i = 0;
     while i + 32 <= n {
-        // SAFETY: values i..i + 32 are inside both slices.
+        // SAFETY: values i..i + 32 are inside `src` and, as the caller vouches, `dst`.
         unsafe {
             let lo = _mm512_loadu_ps(src.as_ptr().add(i));
             let hi = _mm512_loadu_ps(src.as_ptr().add(i + 16));
             let v: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(hi, lo));
-            _mm512_storeu_si512(dst.as_mut_ptr().add(i).cast(), v);
+            _mm512_storeu_si512(dst.add(i).cast(), v);
         }
         i += 32;
     }
-    for (d, s) in dst[i..n].iter_mut().zip(&src[i..n]) {
-        *d = bf16_bits(*s);
+    for (j, s) in src.iter().enumerate().skip(i) {
+        // SAFETY: inside `dst` (caller).
+        unsafe { dst.add(j).write(bf16_bits(*s)) };
     }
 }
 
@@ -176,8 +177,8 @@ pub(super) unsafe fn to_bf16(src: &[f32], dst: &mut [u16]) {
 pub(super) unsafe fn transposed_panel(rows: &[f32], cols: usize, panel: &mut [u16]) {
     let mut row16 = vec![0u16; 2 * cols.div_ceil(2)];
     for (j, row) in rows.chunks_exact(cols).enumerate().take(NR) {
-        // SAFETY: this function's own contract.
-        unsafe { to_bf16(row, &mut row16) };
+        // SAFETY: this function's own contract; `row16` holds the row's `cols` values.
+        unsafe { to_bf16(row, row16.as_mut_ptr()) };
         for (q, pair) in row16.chunks_exact(2).enumerate() {
             panel[q * 2 * NR + 2 * j] = pair[0];
             panel[q * 2 * NR + 2 * j + 1] = pair[1];

@@ -328,19 +328,33 @@ impl PanelTask<'_> {
 }
 
 /// The first `k` columns of the left operand in bf16, in rows of `2 * pairs` (the depth padded with zeros
-/// to the panels' pairs), and zero rows after the last up to a whole AMX block. The caller has checked that
-/// the rows fit `lhs.data`.
+/// to the panels' pairs), and zero rows after the last up to a whole AMX block; nothing is zero-filled
+/// twice. The caller has checked that the rows fit `lhs.data` and that `2 * pairs >= k`.
 #[cfg(target_arch = "x86_64")]
 fn pack_lhs(lhs: Rows, k: usize, pairs: usize) -> Vec<u16> {
     let width = 2 * pairs;
-    let mut a = vec![0u16; lhs.m.next_multiple_of(amx::BLOCK_ROWS) * width];
-    a.par_chunks_mut(width)
-        .take(lhs.m)
+    let len = lhs.m.next_multiple_of(amx::BLOCK_ROWS) * width;
+    let mut a = Vec::with_capacity(len);
+    if len == 0 {
+        return a;
+    }
+    a.spare_capacity_mut()[..len]
+        .par_chunks_mut(width)
         .enumerate()
         .for_each(|(i, row)| {
-            let src = &lhs.data[i * lhs.rs..i * lhs.rs + k];
-            // SAFETY: only `matmul` packs, after checking that the CPU has the instructions.
-            unsafe { avx512::to_bf16(src, row) };
+            let padding = match i < lhs.m {
+                true => {
+                    let src = &lhs.data[i * lhs.rs..i * lhs.rs + k];
+                    // SAFETY: only `matmul` packs, after checking that the CPU has the instructions;
+                    // the row holds `width >= k` values.
+                    unsafe { avx512::to_bf16(src, row.as_mut_ptr().cast()) };
+                    &mut row[k..]
+                }
+                false => row,
+            };
+            padding.fill(std::mem::MaybeUninit::new(0));
         });
+    // SAFETY: every row of `width` values is written: its first k by `to_bf16`, the rest with zeros.
+    unsafe { a.set_len(len) };
     a
 }

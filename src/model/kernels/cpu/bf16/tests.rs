@@ -71,6 +71,7 @@ fn products_match_rounded_operands_on(kernel: Kernel) {
     // Rows around the register tile (12), AMX block (32) and task (96) sizes, depths odd and even and
     // around AMX's 32-deep chunks, columns around the panel width (32) and its 16-lane halves.
     for (m, k, n) in [
+        (3, 0, 5),
         (1, 1, 1),
         (5, 7, 17),
         (12, 64, 32),
