@@ -23,8 +23,10 @@ impl FusedRmsNorm {
 
     pub(super) fn forward(&self, x: &[f32]) -> Vec<f32> {
         let d = self.weight.len();
-        let mut out = vec![0f32; x.len()];
-        out.par_chunks_mut(d * ROWS_PER_TASK)
+        let n = self.whole_rows(x.len());
+        let mut out = Vec::with_capacity(n);
+        out.spare_capacity_mut()[..n]
+            .par_chunks_mut(d * ROWS_PER_TASK)
             .zip(x.par_chunks(d * ROWS_PER_TASK))
             .for_each(|(o, x)| {
                 simd(
@@ -33,20 +35,35 @@ impl FusedRmsNorm {
                         for (orow, xrow) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
                             let r = self.inv_rms(xrow);
                             for ((o, x), w) in orow.iter_mut().zip(xrow).zip(&self.weight) {
-                                *o = x * r * w;
+                                o.write(x * r * w);
                             }
                         }
                     },
                 )
             });
+        // SAFETY: the chunks' whole rows of d cover the first n elements (n is whole rows), each written once.
+        unsafe { out.set_len(n) };
         out
+    }
+
+    /// `len`, checked to be whole rows of the weight's width (what the sweeps above write completely).
+    fn whole_rows(&self, len: usize) -> usize {
+        let d = self.weight.len();
+        assert!(
+            d > 0 && len.is_multiple_of(d),
+            "{len} values are not rows of {d}"
+        );
+        len
     }
 
     /// `dx = r w dy - x r^3 / n * sum(w dy x)`.
     pub(super) fn backward(&self, x: &[f32], dy: &[f32]) -> Vec<f32> {
         let d = self.weight.len();
-        let mut dx = vec![0f32; x.len()];
-        dx.par_chunks_mut(d * ROWS_PER_TASK)
+        let n = self.whole_rows(x.len());
+        assert_eq!(dy.len(), n, "dy and x of different lengths");
+        let mut dx = Vec::with_capacity(n);
+        dx.spare_capacity_mut()[..n]
+            .par_chunks_mut(d * ROWS_PER_TASK)
             .zip(x.par_chunks(d * ROWS_PER_TASK))
             .zip(dy.par_chunks(d * ROWS_PER_TASK))
             .for_each(|((dx, x), dy)| {
@@ -66,12 +83,14 @@ impl FusedRmsNorm {
                             for (((o, x), g), w) in
                                 dxr.iter_mut().zip(xr).zip(dyr).zip(&self.weight)
                             {
-                                *o = r * w * g - x * c;
+                                o.write(r * w * g - x * c);
                             }
                         }
                     },
                 )
             });
+        // SAFETY: as in `forward`: whole rows cover the first n elements, each written once.
+        unsafe { dx.set_len(n) };
         dx
     }
 

@@ -5,6 +5,7 @@
 
 use std::arch::asm;
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 use super::avx512::store_row;
@@ -86,24 +87,39 @@ pub(super) unsafe fn panel_rows(t: PanelTask) {
     );
     let masks = t.masks();
     let config = TileConfig::full();
-    let mut sums = [0f32; BLOCK_ROWS * NR];
+    if chunks == 0 {
+        // An empty depth: every sum is zero.
+        for r in t.rows.clone() {
+            // SAFETY: row r is the task's; the masked lanes are the panel's valid columns.
+            unsafe {
+                store_row(
+                    t.out(r),
+                    (_mm512_setzero_ps(), _mm512_setzero_ps()),
+                    masks,
+                    t.accumulate,
+                )
+            };
+        }
+        return;
+    }
+    let mut sums = MaybeUninit::<[f32; BLOCK_ROWS * NR]>::uninit();
     // SAFETY: the CPU has AMX and this process may use it (caller); the configuration is 64 aligned bytes.
     unsafe { asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly)) };
     for block in 0..blocks {
         let first = t.rows.start + block * BLOCK_ROWS;
-        if chunks > 0 {
-            // SAFETY: the block's rows of `a` and every pair of the panel are in bounds (asserted above);
-            // the tiles configured above stay configured, as no compiled code touches tile state.
-            unsafe {
-                block_sums(
-                    t.a.as_ptr().add(first * width),
-                    width,
-                    t.rhs.panel(t.panel).as_ptr(),
-                    chunks,
-                    &mut sums,
-                )
-            };
-        }
+        // SAFETY: the block's rows of `a` and every pair of the panel are in bounds (asserted above), and
+        // `sums` holds the block's sums; the tiles configured above stay configured, as no compiled code
+        // touches tile state. The four tile stores write every element of `sums`.
+        let sums = unsafe {
+            block_sums(
+                t.a.as_ptr().add(first * width),
+                width,
+                t.rhs.panel(t.panel).as_ptr(),
+                chunks,
+                sums.as_mut_ptr().cast(),
+            );
+            sums.assume_init_ref()
+        };
         let valid = (t.rows.end - first).min(BLOCK_ROWS);
         for (r, row) in sums.chunks_exact(NR).take(valid).enumerate() {
             // SAFETY: row `first + r` is the task's; the masked lanes are the panel's valid columns.
@@ -120,16 +136,17 @@ pub(super) unsafe fn panel_rows(t: PanelTask) {
     unsafe { asm!("tilerelease", options(nostack, nomem)) };
 }
 
-/// The four tiles of one block's sums (`chunks > 0`), `[BLOCK_ROWS, NR]` row-major into `sums`: tmm0..3 the sums of
+/// The four tiles of one block's sums (`chunks > 0`), `[BLOCK_ROWS, NR]` row-major at `sums`: tmm0..3 the sums of
 /// rows 0-15 / 16-31 by columns 0-15 / 16-31, tmm4/5 the two row tiles of `a`, tmm6/7 the panel's two
 /// column tiles, per 32-deep chunk.
 ///
 /// # Safety
 /// The tiles are configured by [`TileConfig::full`]; `a` holds [`BLOCK_ROWS`] rows `width` values apart
-/// of `chunks` chunks; `b` holds `chunks` chunks of [`PAIR_BLOCK`] pair runs of `2 * NR` values.
+/// of `chunks` chunks; `b` holds `chunks` chunks of [`PAIR_BLOCK`] pair runs of `2 * NR` values; `sums`
+/// is valid for writes of `BLOCK_ROWS * NR` values.
 #[inline]
-unsafe fn block_sums(a: *const u16, width: usize, b: *const u16, chunks: usize, sums: &mut [f32]) {
-    debug_assert!(chunks > 0 && sums.len() == BLOCK_ROWS * NR);
+unsafe fn block_sums(a: *const u16, width: usize, b: *const u16, chunks: usize, sums: *mut f32) {
+    assert!(chunks > 0, "an empty depth would run the loop past its end");
     let a_stride = width * 2;
     let b_stride = NR * 2 * 2;
     let s_stride = NR * 4;
@@ -166,8 +183,8 @@ unsafe fn block_sums(a: *const u16, width: usize, b: *const u16, chunks: usize, 
             ast = in(reg) a_stride,
             bs = in(reg) b_stride,
             bstep = in(reg) PAIR_BLOCK * b_stride,
-            s = in(reg) sums.as_mut_ptr(),
-            s1 = in(reg) sums.as_mut_ptr().add(TILE_ROWS * NR),
+            s = in(reg) sums,
+            s1 = in(reg) sums.add(TILE_ROWS * NR),
             ss = in(reg) s_stride,
             options(nostack),
         );
