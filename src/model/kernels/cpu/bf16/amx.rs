@@ -1,5 +1,6 @@
 //! The AMX kernel: tile products (`tdpbf16ps`, 16 x 16 f32 sums of 32-deep bf16 rows each) on Intel CPUs
-//! with AMX-BF16, where they multiply about 16 times faster than `vdpbf16ps`. Rust's AMX intrinsics are
+//! with AMX-BF16: 16 times `vdpbf16ps`'s multiply-adds per cycle on paper, and on an Intel Xeon the
+//! training step's frozen products about 4.5 times faster in practice. Rust's AMX intrinsics are
 //! not stable, so the few instructions are written as inline assembly; detection reads CPUID and asks
 //! Linux for the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), once per process.
 
