@@ -231,41 +231,32 @@ fn frozen_product(
         true => Vec::new(),
         false => vec![0f32; n * out],
     };
+    let rows = Rows {
+        data: x,
+        m: n,
+        rs: inp,
+    };
     let mut kept = None;
     for &(start, len) in chunks {
         let w = f32_rows(weight, start, len)?;
         {
             let (ws, wl) = w.storage_and_layout();
             let w = storage_slice(&ws, wl, NAME)?;
-            match precision {
-                Precision::Bf16 if whole => {
-                    let rows = Rows {
-                        data: x,
-                        m: n,
-                        rs: inp,
-                    };
+            match (precision, whole) {
+                (Precision::Bf16, true) => {
                     y = bf16::matmul_new(rows, &Panels::transposed(w, len, inp))?
                 }
-                Precision::Bf16 => bf16::matmul(
-                    &mut y[start..],
-                    out,
-                    Rows {
-                        data: x,
-                        m: n,
-                        rs: inp,
-                    },
-                    &Panels::transposed(w, len, inp),
-                    false,
-                )?,
-                Precision::F32 if whole => {
+                (Precision::Bf16, false) => {
+                    let w = Panels::transposed(w, len, inp);
+                    bf16::matmul(&mut y[start..], out, rows, &w, false)?
+                }
+                (Precision::F32, true) => {
                     y = matmul_new((n, out, inp), lhs, Mat::rows_t(w, inp), 1.0)
                 }
-                Precision::F32 => matmul_par_cols(
-                    &mut y,
-                    (out, start),
-                    (n, len, inp),
-                    (lhs, Mat::rows_t(w, inp), 1.0),
-                ),
+                (Precision::F32, false) => {
+                    let rhs = Mat::rows_t(w, inp);
+                    matmul_par_cols(&mut y, (out, start), (n, len, inp), (lhs, rhs, 1.0))
+                }
             }
         }
         if whole {

@@ -79,7 +79,13 @@ pub enum Support {
 }
 
 impl Support {
+    /// This CPU's, read once per process (it is asked for every training step).
     pub fn detect() -> Self {
+        static SUPPORT: std::sync::OnceLock<Support> = std::sync::OnceLock::new();
+        *SUPPORT.get_or_init(Self::read)
+    }
+
+    fn read() -> Self {
         if !supported() {
             return Self::Missing;
         }
