@@ -128,10 +128,16 @@ impl Decoder {
         let flat = ids.flatten_all()?;
         let d = self.config.hidden_size;
         let x = match &self.embed {
-            // The table may wait in host memory (load::builder::embedding_device): gathered there.
-            FrozenWeight::Dense(w) => w
-                .index_select(&flat.to_device(w.device())?, 0)?
-                .to_device(&self.device)?,
+            // The table waits in host memory (load::builder::embedding_device): gathered there, in parallel.
+            FrozenWeight::Dense(w) if w.device().is_cpu() && !self.device.is_cpu() => {
+                let ids = flat.to_dtype(candle_core::DType::U32)?.to_vec1::<u32>()?;
+                match crate::model::kernels::cpu::gather::rows(w, &ids)? {
+                    Some(x) => x,
+                    None => w.index_select(&flat.to_device(w.device())?, 0)?,
+                }
+                .to_device(&self.device)?
+            }
+            FrozenWeight::Dense(w) => w.index_select(&flat, 0)?,
             FrozenWeight::Ggml(q) => q
                 .embedding(&flat.to_device(&q.device())?)?
                 .to_device(&self.device)?,

@@ -14,6 +14,7 @@ pub mod block;
 pub mod cross_entropy;
 pub mod decode;
 pub mod gated;
+pub mod gather;
 pub mod qdot;
 pub mod rms_norm;
 pub mod rope;
