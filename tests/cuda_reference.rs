@@ -379,6 +379,38 @@ fn checkpoints_in_host_memory_give_the_steps_loss_and_gradients() {
     }
 }
 
+/// Checkpointing's recomputation skips each block's down projection (the block's output is never read
+/// there): the checkpointed step computes what the step keeping every block's graph computes.
+#[test]
+fn a_checkpointed_step_gives_the_plain_steps_loss_and_gradients() {
+    let dev = gpu();
+    let dir = fixture("llama");
+    let exp = expected(&dir);
+    let model = nf4_llama_with_lora(&dir, &dev);
+    let batch = train_batch(&exp, &dev);
+    let run = |checkpointing| {
+        let opts = StepOptions {
+            dropout_seed: Some(11),
+            checkpointing,
+            ..StepOptions::for_device(&dev)
+        };
+        model.loss_and_grads(&batch, &opts).unwrap()
+    };
+    let (plain, checkpointed) = (run(false), run(true));
+    let loss_e = ((checkpointed.loss - plain.loss) / plain.loss).abs();
+    assert!(
+        loss_e <= 1e-6,
+        "loss {} vs {}",
+        checkpointed.loss,
+        plain.loss
+    );
+    assert_eq!(plain.grads.len(), checkpointed.grads.len());
+    for ((key, p), (_, c)) in plain.grads.iter().zip(&checkpointed.grads) {
+        let e = rel_err(c, p, None);
+        assert!(e <= 1e-5, "{key}: checkpointed vs plain gradient {e}");
+    }
+}
+
 /// Random bf16 variables on the GPU.
 fn var(shape: &[usize], seed: u64, dev: &Device) -> candle_core::Var {
     let n: usize = shape.iter().product();

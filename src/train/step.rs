@@ -189,6 +189,8 @@ impl Decoder {
                     g = input_grad(&store, &xin)?;
                 }
             }
+            // Each recomputed block's output only receives its gradient (`backward_with`).
+            ctx.output_unread = true;
             for i in (0..first_kept).rev() {
                 let input = inputs.pop().ok_or_else(|| {
                     ModelError::Usage("a block's checkpointed input is missing".into())

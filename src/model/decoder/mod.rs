@@ -87,6 +87,9 @@ pub struct BlockContext {
     pub grad: bool,
     /// Frozen products shared between the checkpointed first pass and the recomputation.
     pub saved: Option<SavedProducts>,
+    /// Checkpointing's recomputation: a block's output is only the node its gradient is handed to, never
+    /// read, so a fused GPU block skips its last frozen product (`BlockParts::output_unread`).
+    pub output_unread: bool,
     /// Generation (decoding with a cache): GGUF weights may multiply in quantized form.
     pub generation: bool,
     /// The dtype of the CPU's products through the frozen weights (training; f32 otherwise).
@@ -196,6 +199,7 @@ impl Decoder {
             dropout: None,
             grad: false,
             saved: None,
+            output_unread: false,
             generation: false,
             precision: Precision::F32,
         })
@@ -251,6 +255,7 @@ impl Decoder {
             attention: (cfg.query_pre_attn_scalar.powf(-0.5), cfg.attn_logit_softcap),
             activation: cfg.activation,
             grad: ctx.grad || x.track_op(),
+            output_unread: ctx.output_unread,
         };
         crate::model::kernels::fused_block(x, parts)
     }

@@ -127,6 +127,9 @@ pub struct BlockParts<'a> {
     pub activation: Activation,
     /// Whether gradients are wanted: false runs the forward alone (evaluation, checkpointing's first pass).
     pub grad: bool,
+    /// With `grad`: the output's value is never read, only its gradient handed to it (checkpointing's
+    /// recomputation), so work that only the output needs may be skipped.
+    pub output_unread: bool,
 }
 
 /// cuda hook: a whole block, with gradients as one node with a hand-chained backward (see `block.rs`),

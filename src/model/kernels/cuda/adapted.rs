@@ -44,9 +44,9 @@ impl Projection {
         base: &FrozenLinear,
         adapter: Adapter,
     ) -> Result<(Self, Option<Tensor>)> {
-        let (a, mid) = rank_wide(x2, &adapter)?;
-        let dequantized = base.weight.dequantize_whole(x2.device())?;
-        let frozen = match (&dequantized, &base.bias) {
+        let mut projection = Self::without_output(x2, base, adapter)?;
+        projection.dequantized = base.weight.dequantize_whole(x2.device())?;
+        let frozen = match (&projection.dequantized, &base.bias) {
             (Some(_), None) => None,
             _ => {
                 let (y, _) = base.product(x2)?;
@@ -56,16 +56,26 @@ impl Projection {
                 })
             }
         };
-        let projection = Self {
+        Ok((projection, frozen))
+    }
+
+    /// The operands of a projection of `x2` whose output nobody reads (checkpointing's recomputation of a
+    /// block's last projection): what the backward needs, without the frozen product or a dequantized weight.
+    pub(super) fn without_output(
+        x2: &Tensor,
+        base: &FrozenLinear,
+        adapter: Adapter,
+    ) -> Result<Self> {
+        let (a, mid) = rank_wide(x2, &adapter)?;
+        Ok(Self {
             weight: base.weight.clone(),
-            dequantized,
+            dequantized: None,
             mid,
             a,
             b_t: adapter.b.detach().t()?.contiguous()?,
             scale: adapter.scale,
             dropout: adapter.dropout,
-        };
-        Ok((projection, frozen))
+        })
     }
 
     /// The output `[rows, out]` for the input `x2` it was made for, plus `add` when given; `frozen` is

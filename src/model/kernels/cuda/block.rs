@@ -154,7 +154,8 @@ impl CustomOp2 for BlockOp {
 }
 
 /// The block's output `[b, t, d]` for bf16 `x` on a CUDA device; with `p.grad`, differentiable in `x` and
-/// in every adapter tensor.
+/// in every adapter tensor. With `p.output_unread` too, the value returned is a stand-in of that shape
+/// whose gradient is the output's.
 pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
     let x = x.contiguous()?;
     let (b, t, d) = x.dims3()?;
@@ -165,6 +166,7 @@ pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
     let hn = fused::rms_norm(&x2, &norms[0].0, norms[0].1)?;
     let mut projections = Vec::with_capacity(PROJECTIONS);
     let mut adapters = Vec::with_capacity(PROJECTIONS);
+    let unread = p.grad && p.output_unread;
     // No projection keeps its dequantized weight past its product: with gradients the backward dequantizes
     // each again (`Projection::release_weight`).
     let mut project = |i: usize, input: &Tensor, add: Option<&Tensor>| -> Result<Tensor> {
@@ -175,6 +177,14 @@ pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
             scale: parts.scale,
             dropout: parts.dropout,
         };
+        // An unread output (checkpointing's recomputation) is the residual plus the down projection, and
+        // nothing reads the down projection but that sum: the residual stands in for the output, and the
+        // projection keeps only what its backward needs (about 9% of a step's frozen products at 8B dims).
+        if let (true, DOWN, Some(residual)) = (unread, i, add) {
+            projections.push(Projection::without_output(input, &parts.base, adapter)?);
+            adapters.push((parts.a, parts.b));
+            return Ok(residual.clone());
+        }
         let (mut projection, frozen) = Projection::new(input, &parts.base, adapter)?;
         let y = projection.output(input, frozen.as_ref(), add)?;
         if p.grad {
