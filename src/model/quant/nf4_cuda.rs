@@ -265,7 +265,7 @@ impl CustomOp3 for Nf4Dequant {
         let start = self.start;
         let out = if self.dtype == DType::BF16 {
             // Sixteen elements per thread when the span allows (fresh allocations are 256-byte aligned).
-            let wide = start % 16 == 0 && pairs % 8 == 0;
+            let wide = start.is_multiple_of(16) && pairs.is_multiple_of(8);
             let (name, cfg) = match wide {
                 true => (
                     "nf4_dequant16_bf16",

@@ -122,7 +122,10 @@ impl<'a> Operand<'a> {
 /// starting on 16-byte boundaries (the kernels load 8 values at a time).
 fn readable(l: &Layout) -> bool {
     let s = l.stride();
-    s.len() == 4 && s[3] == 1 && l.start_offset() % 8 == 0 && s[..3].iter().all(|v| v % 8 == 0)
+    s.len() == 4
+        && s[3] == 1
+        && l.start_offset().is_multiple_of(8)
+        && s[..3].iter().all(|v| v % 8 == 0)
 }
 
 /// `x` in a layout [`readable`] accepts: itself, or a fresh contiguous copy.

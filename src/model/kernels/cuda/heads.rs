@@ -27,7 +27,7 @@ pub fn split_heads(
     rotary: Option<&Rotary>,
 ) -> Result<Tensor> {
     let (b, t, width) = x.dims3()?;
-    if width != heads * head_dim || head_dim % 2 != 0 {
+    if width != heads * head_dim || !head_dim.is_multiple_of(2) {
         candle_core::bail!("split-heads: width {width} is not {heads} heads of an even {head_dim}")
     }
     let op = Heads {
