@@ -58,9 +58,10 @@ pub struct BenchReport {
     pub kept_blocks: usize,
     /// Positions per chunk of the vocabulary loss.
     pub loss_chunk: usize,
-    /// The dtype of the CPU's products through the frozen weights and its kernel ("f32", "bf16 (AMX)",
-    /// "bf16 (AVX512_BF16)"; a GPU's are bf16).
-    pub cpu_products: &'static str,
+    /// On the CPU: the dtype of the products through the frozen weights and its kernel ("f32",
+    /// "bf16 (AMX)", "bf16 (AVX512_BF16)"). Absent on a GPU, whose are bf16.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_products: Option<&'static str>,
     /// What a step includes.
     pub measures: &'static str,
     /// Median step time, the first (warm-up) step excluded.
@@ -220,7 +221,7 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
             false => 0,
         },
         loss_chunk: opts.loss_chunk,
-        cpu_products: opts.precision.label(),
+        cpu_products: device.is_cpu().then(|| opts.precision.label()),
         measures: "forward + loss + backward to all LoRA tensors (activation checkpointing per block, chunked vocabulary loss) + AdamW update",
         step_s,
         step_times_s: times,
@@ -264,7 +265,7 @@ mod tests {
         })
         .unwrap();
         assert_eq!(report.layers, 1);
-        assert_eq!(report.cpu_products, "f32");
+        assert_eq!(report.cpu_products, Some("f32"));
         // Saved frozen products (the CPU default) hold more than the block kept whole.
         assert_eq!(report.kept_blocks, 1);
         // r * (in + out) for q, o, k, v, gate, up, down of one block at SmolLM2's widths, rank 2.
@@ -340,7 +341,7 @@ mod tests {
         };
         let report = bench_train(&settings(1)).unwrap();
         assert_eq!(report.step_times_s.len(), 1);
-        assert_eq!(report.cpu_products, Precision::resolve(true).label());
+        assert_eq!(report.cpu_products, Some(Precision::resolve(true).label()));
         assert_eq!(report.step_s, report.warmup_s);
         let err = bench_train(&settings(0)).unwrap_err().to_string();
         assert!(err.contains("--steps >= 1"), "{err}");
