@@ -41,6 +41,7 @@ mod tests {
     use candle_core::DType;
 
     use super::*;
+    use crate::model::test_support::max_abs_diff;
 
     #[test]
     fn rows_equal_index_select_in_every_float_dtype_and_a_bad_id_is_refused() {
@@ -54,14 +55,8 @@ mod tests {
             let t = table.to_dtype(dtype).unwrap();
             let got = rows(&t, &ids).unwrap().unwrap();
             let want = t.index_select(&idx, 0).unwrap();
-            let diff = (got.to_dtype(DType::F32).unwrap() - want.to_dtype(DType::F32).unwrap())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            let diff = max_abs_diff(&f32(&got), &f32(&want));
             assert_eq!((got.dims2().unwrap(), diff), ((4, 5), 0.0), "{dtype:?}");
         }
         let err = rows(&table, &[7]).unwrap_err().to_string();
