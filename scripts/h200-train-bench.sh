@@ -14,6 +14,9 @@
 #                                          the peer at each shape (train without 1 x 16384, for a short call)
 #   scripts/h200-train-bench.sh chunks     the vocabulary loss's chunk at batch 2 x 2048: qlab with
 #                                          --loss-chunk 1024, 512 and 256, then the peer once
+#   scripts/h200-train-bench.sh profile    where a step's GPU time goes: qlab at 2 x 2048 (Llama-3.1-8B dims, the first
+#                                          LAYERS blocks, default 2) under Nsight Compute, each kernel's summed duration
+#                                          ($OUT/profile.txt, as bench/results/h200-profile-2layers.txt)
 #   scripts/h200-train-bench.sh longest    the longest sequence each side trains at batch 1: doubling from
 #                                          START (default 32768) until a run fails, then one bisection
 #                                          between the last length that ran and the first that failed; one
@@ -28,7 +31,7 @@
 #   .dev/peer/peer_qlora_gpu.py             a copy of ../shared/bench/peer_qlora_gpu.py
 #   .whl/bitsandbytes-*.whl                 the peer's missing package, from scripts/peer-wheel.py
 set -uo pipefail
-mode=${1:?usage: scripts/h200-train-bench.sh train|short|presets|offload|chunks|longest}
+mode=${1:?usage: scripts/h200-train-bench.sh train|short|presets|offload|chunks|profile|longest}
 out=${OUT:-out}
 # shellcheck source=scripts/h200-setup.sh
 source "$(dirname "$0")/h200-setup.sh"
@@ -77,6 +80,14 @@ case $mode in
     done
     run "$out/chunks.jsonl" peer 2 2048 8 150
     ;;
+  profile)
+    # Two steps (the first is the warm-up); the clocks left alone, as the device's METHOD.md asks.
+    ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+    timeout 300 "$ncu" --clock-control none --metrics gpu__time_duration.sum --print-summary per-kernel \
+      /tmp/qlab-bin/qlab bench train --preset llama-3.1-8b --random-weights --layers "${LAYERS:-2}" --batch 2 \
+      --seq 2048 --steps 2 --device cuda:0 --json > "$out/profile.txt" 2>&1
+    echo "profile: exit $?, $(wc -l < "$out/profile.txt") lines in $out/profile.txt"
+    ;;
   longest)
     for side in ${SIDES:-peer qlab}; do
       steps=1 good=0 seq=${START:-32768}
@@ -89,5 +100,5 @@ case $mode in
       fi
     done
     ;;
-  *) echo "unknown mode $mode (train|short|presets|offload|chunks|longest)" >&2; exit 2 ;;
+  *) echo "unknown mode $mode (train|short|presets|offload|chunks|profile|longest)" >&2; exit 2 ;;
 esac
