@@ -1,6 +1,7 @@
 //! Devices: opening the one a config names (`DeviceSpec`: `auto`, `cpu`, `cuda:N`) and the dtype it computes in (bf16 on CUDA, f32
 //! on the CPU; LoRA weights and optimizer state stay f32 everywhere); with the `cuda` feature, the CUDA
-//! memory pool's settings and peak, and a VRAM sampler; the process's peak RSS on any build.
+//! memory pool's settings and peak, and a VRAM sampler; the process's peak RSS on any build; and two CPU
+//! helpers, SIMD dispatch and new vectors written in parallel.
 
 #[cfg(feature = "cuda")]
 mod cuda_pool;
@@ -8,6 +9,7 @@ mod rss;
 mod simd;
 #[cfg(feature = "cuda")]
 mod vram;
+mod written;
 #[cfg(feature = "cuda")]
 pub use cuda_pool::{allocated_peak, reset_allocated_peak};
 #[cfg(feature = "cuda")]
@@ -15,6 +17,7 @@ pub use vram::VramPeak;
 
 pub use rss::peak_rss_mib;
 pub(crate) use simd::simd;
+pub(crate) use written::{two_written_in_parallel, written_in_parallel};
 
 use candle_core::{DType, Device};
 

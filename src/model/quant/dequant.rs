@@ -3,10 +3,11 @@
 //! candle 0.11 zero-fills the result first, then converts on one thread four floats wide. Values are bit
 //! for bit candle's (`q * d + m`, `q * d` in f32, never contracted into a fused multiply-add).
 
-use candle_core::quantized::GgmlDType;
-use rayon::prelude::*;
+use std::mem::MaybeUninit;
 
-use crate::model::device::simd;
+use candle_core::quantized::GgmlDType;
+
+use crate::model::device::{simd, written_in_parallel};
 
 /// Values per block of both types.
 const BLOCK: usize = 32;
@@ -66,28 +67,24 @@ fn block(dtype: GgmlDType, b: &[u8], out: &mut [f32]) {
 pub fn dequantize(dtype: GgmlDType, data: &[u8]) -> Option<Vec<f32>> {
     let size = block_bytes(dtype)?;
     let blocks = data.len() / size;
-    let mut out = vec![0f32; 0];
-    out.reserve_exact(blocks * BLOCK);
-    (out.spare_capacity_mut()[..blocks * BLOCK])
-        .par_chunks_mut(BLOCK * BLOCKS_PER_TASK)
-        .zip(data[..blocks * size].par_chunks(size * BLOCKS_PER_TASK))
-        .for_each(|(dst, src)| {
-            simd(
-                #[inline(always)]
-                || {
-                    let mut values = [0f32; BLOCK];
-                    for (o, b) in dst.chunks_exact_mut(BLOCK).zip(src.chunks_exact(size)) {
-                        block(dtype, b, &mut values);
-                        for (o, v) in o.iter_mut().zip(values) {
-                            o.write(v);
-                        }
+    let write = |i: usize, dst: &mut [MaybeUninit<f32>]| {
+        let first = i * BLOCKS_PER_TASK;
+        let src = &data[first * size..(first + dst.len() / BLOCK) * size];
+        simd(
+            #[inline(always)]
+            || {
+                let mut values = [0f32; BLOCK];
+                for (o, b) in dst.chunks_exact_mut(BLOCK).zip(src.chunks_exact(size)) {
+                    block(dtype, b, &mut values);
+                    for (o, v) in o.iter_mut().zip(values) {
+                        o.write(v);
                     }
-                },
-            )
-        });
-    // SAFETY: the chunks above cover the first `blocks * BLOCK` elements of the spare capacity, each
-    // written once.
-    unsafe { out.set_len(blocks * BLOCK) };
+                }
+            },
+        )
+    };
+    // SAFETY: each chunk is whole blocks, every block written from its source block.
+    let out = unsafe { written_in_parallel(blocks * BLOCK, BLOCK * BLOCKS_PER_TASK, write) };
     Some(out)
 }
 

@@ -3,10 +3,11 @@
 //! candle's graph of the same block has ~30 nodes, and candle's backward zero-fills and sums a layer-wide
 //! gradient for every input of every node. The adapters' gradients reach candle through `grad_carrier`.
 
+use std::mem::MaybeUninit;
+
 use std::sync::Mutex;
 
 use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::adapted_linear::{AdaptedProduct, AdapterCall, Dims as LinearDims};
 use super::attention::{Dims as AttentionDims, FusedAttention, Groups};
@@ -16,6 +17,7 @@ use super::rope::FusedRope;
 use super::{storage_slice, to_f32_vec};
 use crate::model::autograd::grad_carrier::{self, GradSlots};
 use crate::model::config::Activation;
+use crate::model::device::written_in_parallel;
 use crate::model::target::slot::{COUNT as PROJECTIONS, DOWN, GATE, K, O, Q, UP, V};
 
 const NAME: &str = "decoder-block";
@@ -161,25 +163,17 @@ fn swap_axes(src: &[f32], (b, m, n, d): (usize, usize, usize, usize)) -> Vec<f32
         "[{b}, {m}, {n}, {d}] from {} values",
         src.len()
     );
-    let mut dst = Vec::with_capacity(len);
-    if len == 0 {
-        return dst;
-    }
-    dst.spare_capacity_mut()[..len]
-        .par_chunks_mut(m * d)
-        .enumerate()
-        .for_each(|(bj, chunk)| {
-            let (bi, j) = (bj / n, bj % n);
-            for (i, row) in chunk.chunks_exact_mut(d).enumerate() {
-                let at = ((bi * m + i) * n + j) * d;
-                for (o, v) in row.iter_mut().zip(&src[at..at + d]) {
-                    o.write(*v);
-                }
+    let write = |bj: usize, chunk: &mut [MaybeUninit<f32>]| {
+        let (bi, j) = (bj / n, bj % n);
+        for (i, row) in chunk.chunks_exact_mut(d).enumerate() {
+            let at = ((bi * m + i) * n + j) * d;
+            for (o, v) in row.iter_mut().zip(&src[at..at + d]) {
+                o.write(*v);
             }
-        });
-    // SAFETY: the b * n chunks of m rows of d cover the first len elements, each written once.
-    unsafe { dst.set_len(len) };
-    dst
+        }
+    };
+    // SAFETY: chunk bj is the m rows of d of output (bi, j), each row copied whole from its source.
+    unsafe { written_in_parallel(len, m * d, write) }
 }
 
 fn add_into(dst: &mut [f32], src: &[f32]) {

@@ -1,11 +1,13 @@
 //! The gated feed-forward product `act(gate) * up` (SwiGLU with silu, GeGLU with tanh gelu) in one sweep,
 //! with its backward pass.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::{cpu_slice, exp, simd, storage_slice};
 use crate::model::config::Activation;
+use crate::model::device::{two_written_in_parallel, written_in_parallel};
 
 /// Elements per parallel task.
 const CHUNK: usize = 16 * 1024;
@@ -39,24 +41,20 @@ pub(super) struct GatedProduct(pub(super) Activation);
 fn forward_with(act: impl Fn(f32) -> (f32, f32) + Sync, gate: &[f32], up: &[f32]) -> Vec<f32> {
     let n = gate.len();
     assert_eq!(up.len(), n, "gate and up of different lengths");
-    let mut out = Vec::with_capacity(n);
-    out.spare_capacity_mut()[..n]
-        .par_chunks_mut(CHUNK)
-        .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
-        .for_each(|(o, (g, u))| {
-            simd(
-                #[inline(always)]
-                || {
-                    for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
-                        o.write(act(*g).0 * u);
-                    }
-                },
-            )
-        });
-    // SAFETY: the chunks cover the first n elements of the spare capacity, each written once (gate and up
-    // are n long, asserted above).
-    unsafe { out.set_len(n) };
-    out
+    let write = |i: usize, o: &mut [MaybeUninit<f32>]| {
+        let at = i * CHUNK..i * CHUNK + o.len();
+        let (g, u) = (&gate[at.clone()], &up[at]);
+        simd(
+            #[inline(always)]
+            || {
+                for ((o, g), u) in o.iter_mut().zip(g).zip(u) {
+                    o.write(act(*g).0 * u);
+                }
+            },
+        )
+    };
+    // SAFETY: each chunk is written whole, from the slices of gate and up of its length.
+    unsafe { written_in_parallel(n, CHUNK, write) }
 }
 
 /// `d gate = dy * up * act'(gate)`, `d up = dy * act(gate)`, written into new vectors without zero-filling
@@ -72,31 +70,22 @@ fn backward_with(
         up.len() == n && dy.len() == n,
         "gate, up and dy of different lengths"
     );
-    let (mut dg, mut du) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    dg.spare_capacity_mut()[..n]
-        .par_chunks_mut(CHUNK)
-        .zip(du.spare_capacity_mut()[..n].par_chunks_mut(CHUNK))
-        .zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK)))
-        .zip(dy.par_chunks(CHUNK))
-        .for_each(|(((dg, du), (g, u)), dy)| {
-            simd(
-                #[inline(always)]
-                || {
-                    for ((((dg, du), g), u), dy) in dg.iter_mut().zip(du).zip(g).zip(u).zip(dy) {
-                        let (a, da) = act(*g);
-                        dg.write(dy * u * da);
-                        du.write(dy * a);
-                    }
-                },
-            )
-        });
-    // SAFETY: the chunks cover the first n elements of both spare capacities, each written once (the
-    // inputs are n long, asserted above).
-    unsafe {
-        dg.set_len(n);
-        du.set_len(n);
-    }
-    (dg, du)
+    let write = |i: usize, dg: &mut [MaybeUninit<f32>], du: &mut [MaybeUninit<f32>]| {
+        let at = i * CHUNK..i * CHUNK + dg.len();
+        let (g, u, dy) = (&gate[at.clone()], &up[at.clone()], &dy[at]);
+        simd(
+            #[inline(always)]
+            || {
+                for ((((dg, du), g), u), dy) in dg.iter_mut().zip(du).zip(g).zip(u).zip(dy) {
+                    let (a, da) = act(*g);
+                    dg.write(dy * u * da);
+                    du.write(dy * a);
+                }
+            },
+        )
+    };
+    // SAFETY: both chunks are written whole, from the slices of gate, up and dy of their length.
+    unsafe { two_written_in_parallel(n, CHUNK, write) }
 }
 
 impl GatedProduct {

@@ -1,10 +1,12 @@
 //! RMSNorm `x / sqrt(mean(x^2) + eps) * w` over the last dimension, with the gradient for x only (the
 //! norm weights are frozen).
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use super::{cpu_slice, dot, simd, storage_slice, to_f32_vec};
+use crate::model::device::written_in_parallel;
 
 /// Rows per parallel task.
 const ROWS_PER_TASK: usize = 16;
@@ -24,26 +26,23 @@ impl FusedRmsNorm {
     pub(super) fn forward(&self, x: &[f32]) -> Vec<f32> {
         let d = self.weight.len();
         let n = self.whole_rows(x.len());
-        let mut out = Vec::with_capacity(n);
-        out.spare_capacity_mut()[..n]
-            .par_chunks_mut(d * ROWS_PER_TASK)
-            .zip(x.par_chunks(d * ROWS_PER_TASK))
-            .for_each(|(o, x)| {
-                simd(
-                    #[inline(always)]
-                    || {
-                        for (orow, xrow) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-                            let r = self.inv_rms(xrow);
-                            for ((o, x), w) in orow.iter_mut().zip(xrow).zip(&self.weight) {
-                                o.write(x * r * w);
-                            }
+        let chunk = d * ROWS_PER_TASK;
+        let write = |i: usize, o: &mut [MaybeUninit<f32>]| {
+            let x = &x[i * chunk..i * chunk + o.len()];
+            simd(
+                #[inline(always)]
+                || {
+                    for (orow, xrow) in o.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                        let r = self.inv_rms(xrow);
+                        for ((o, x), w) in orow.iter_mut().zip(xrow).zip(&self.weight) {
+                            o.write(x * r * w);
                         }
-                    },
-                )
-            });
-        // SAFETY: the chunks' whole rows of d cover the first n elements (n is whole rows), each written once.
-        unsafe { out.set_len(n) };
-        out
+                    }
+                },
+            )
+        };
+        // SAFETY: each chunk is whole rows (n is), every row written from the row of x in its place.
+        unsafe { written_in_parallel(n, chunk, write) }
     }
 
     /// `len`, checked to be whole rows of the weight's width (what the sweeps above write completely).
@@ -61,37 +60,32 @@ impl FusedRmsNorm {
         let d = self.weight.len();
         let n = self.whole_rows(x.len());
         assert_eq!(dy.len(), n, "dy and x of different lengths");
-        let mut dx = Vec::with_capacity(n);
-        dx.spare_capacity_mut()[..n]
-            .par_chunks_mut(d * ROWS_PER_TASK)
-            .zip(x.par_chunks(d * ROWS_PER_TASK))
-            .zip(dy.par_chunks(d * ROWS_PER_TASK))
-            .for_each(|((dx, x), dy)| {
-                simd(
-                    #[inline(always)]
-                    || {
-                        for ((dxr, xr), dyr) in dx
-                            .chunks_exact_mut(d)
-                            .zip(x.chunks_exact(d))
-                            .zip(dy.chunks_exact(d))
-                        {
-                            let r = self.inv_rms(xr);
-                            let dot: f32 = (xr.iter().zip(dyr).zip(&self.weight))
-                                .map(|((x, g), w)| x * g * w)
-                                .sum();
-                            let c = dot * r * r * r / d as f32;
-                            for (((o, x), g), w) in
-                                dxr.iter_mut().zip(xr).zip(dyr).zip(&self.weight)
-                            {
-                                o.write(r * w * g - x * c);
-                            }
+        let chunk = d * ROWS_PER_TASK;
+        let write = |i: usize, dx: &mut [MaybeUninit<f32>]| {
+            let at = i * chunk..i * chunk + dx.len();
+            let (x, dy) = (&x[at.clone()], &dy[at]);
+            simd(
+                #[inline(always)]
+                || {
+                    for ((dxr, xr), dyr) in dx
+                        .chunks_exact_mut(d)
+                        .zip(x.chunks_exact(d))
+                        .zip(dy.chunks_exact(d))
+                    {
+                        let r = self.inv_rms(xr);
+                        let dot: f32 = (xr.iter().zip(dyr).zip(&self.weight))
+                            .map(|((x, g), w)| x * g * w)
+                            .sum();
+                        let c = dot * r * r * r / d as f32;
+                        for (((o, x), g), w) in dxr.iter_mut().zip(xr).zip(dyr).zip(&self.weight) {
+                            o.write(r * w * g - x * c);
                         }
-                    },
-                )
-            });
-        // SAFETY: as in `forward`: whole rows cover the first n elements, each written once.
-        unsafe { dx.set_len(n) };
-        dx
+                    }
+                },
+            )
+        };
+        // SAFETY: as in `forward`: whole rows, each written from the rows of x and dy in its place.
+        unsafe { written_in_parallel(n, chunk, write) }
     }
 
     fn check(&self, shape: &Shape) -> Result<()> {

@@ -13,6 +13,9 @@ mod panels;
 #[cfg(test)]
 mod tests;
 
+use std::mem::MaybeUninit;
+
+use crate::model::device::written_in_parallel;
 use rayon::prelude::*;
 
 pub use panels::Panels;
@@ -146,13 +149,12 @@ enum Kernel {
 }
 
 impl Kernel {
-    /// AMX where this CPU and process have it, else the dot-product kernel.
+    /// AMX where this CPU and process have it ([`Support::Amx`]), else the dot-product kernel.
     fn best() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        if amx::available() {
-            return Self::Amx;
+        match Support::detect() {
+            Support::Amx => Self::Amx,
+            _ => Self::Dot,
         }
-        Self::Dot
     }
 }
 
@@ -208,7 +210,7 @@ fn matmul_on(
         kernel,
         dst.as_mut_ptr(),
         dst_rs,
-        &pack_lhs(lhs, k, rhs.pairs()),
+        &pack_lhs(kernel, lhs, k, rhs.pairs()),
         m,
         rhs,
         accumulate,
@@ -235,7 +237,7 @@ fn matmul_new_on(kernel: Kernel, lhs: Rows, rhs: &Panels) -> candle_core::Result
     // panel, and each writes every one of its rows' valid columns (the masked stores cover exactly the
     // columns below n), so every element is initialised before `set_len` exposes it.
     unsafe {
-        let a = pack_lhs(lhs, rhs.k(), rhs.pairs());
+        let a = pack_lhs(kernel, lhs, rhs.k(), rhs.pairs());
         product(kernel, out.as_mut_ptr(), n, &a, m, rhs, false);
         out.set_len(m * n);
     }
@@ -334,33 +336,30 @@ impl PanelTask<'_> {
 }
 
 /// The first `k` columns of the left operand in bf16, in rows of `2 * pairs` (the depth padded with zeros
-/// to the panels' pairs), and zero rows after the last up to a whole AMX block; nothing is zero-filled
-/// twice. The caller has checked that the rows fit `lhs.data` and that `2 * pairs >= k`.
+/// to the panels' pairs), and for the AMX kernel zero rows after the last up to a whole block of
+/// [`amx::BLOCK_ROWS`]; nothing is zero-filled twice. The caller has checked that the rows fit `lhs.data`
+/// and that `2 * pairs >= k`.
 #[cfg(target_arch = "x86_64")]
-fn pack_lhs(lhs: Rows, k: usize, pairs: usize) -> Vec<u16> {
+fn pack_lhs(kernel: Kernel, lhs: Rows, k: usize, pairs: usize) -> Vec<u16> {
     let width = 2 * pairs;
-    let len = lhs.m.next_multiple_of(amx::BLOCK_ROWS) * width;
-    let mut a = Vec::with_capacity(len);
-    if len == 0 {
-        return a;
-    }
-    a.spare_capacity_mut()[..len]
-        .par_chunks_mut(width)
-        .enumerate()
-        .for_each(|(i, row)| {
-            let padding = match i < lhs.m {
-                true => {
-                    let src = &lhs.data[i * lhs.rs..i * lhs.rs + k];
-                    // SAFETY: only `matmul` packs, after checking that the CPU has the instructions;
-                    // the row holds `width >= k` values.
-                    unsafe { avx512::to_bf16(src, row.as_mut_ptr().cast()) };
-                    &mut row[k..]
-                }
-                false => row,
-            };
-            padding.fill(std::mem::MaybeUninit::new(0));
-        });
-    // SAFETY: every row of `width` values is written: its first k by `to_bf16`, the rest with zeros.
-    unsafe { a.set_len(len) };
-    a
+    let rows = match kernel {
+        Kernel::Amx => lhs.m.next_multiple_of(amx::BLOCK_ROWS),
+        Kernel::Dot => lhs.m,
+    };
+    let write = |i: usize, row: &mut [MaybeUninit<u16>]| {
+        let padding = match i < lhs.m {
+            true => {
+                let src = &lhs.data[i * lhs.rs..i * lhs.rs + k];
+                // SAFETY: only `matmul` packs, after checking that the CPU has the instructions;
+                // the row holds `width >= k` values.
+                unsafe { avx512::to_bf16(src, row.as_mut_ptr().cast()) };
+                &mut row[k..]
+            }
+            false => row,
+        };
+        padding.fill(MaybeUninit::new(0));
+    };
+    // SAFETY: every row of `width` values is written: a row of `lhs` its first k by `to_bf16` and the
+    // rest with zeros, a padding row all with zeros.
+    unsafe { written_in_parallel(rows * width, width, write) }
 }
