@@ -163,10 +163,7 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
             .unwrap_or(defaults.save_frozen_products),
         checkpoints: s.checkpoints,
         loss_chunk: s.loss_chunk.unwrap_or(defaults.loss_chunk),
-        precision: match s.cpu_f32 {
-            true => Precision::F32,
-            false => defaults.precision,
-        },
+        precision: Precision::on(&device, !s.cpu_f32),
         ..defaults
     };
     let mut adam = AdamW {

@@ -36,10 +36,7 @@ impl StepChoices {
     /// The dtype of the products through the frozen base on `device`: bf16 on a GPU, and on a CPU where
     /// `cpu_bf16` allows it and bf16 is faster than f32 there ([`Support::pays`]).
     pub fn precision(&self, device: &Device) -> Precision {
-        match device.is_cpu() {
-            true => Precision::resolve(self.cpu_bf16),
-            false => Precision::Bf16,
-        }
+        Precision::on(device, self.cpu_bf16)
     }
 
     /// What the run log says of those products on `device`, with the reason for f32 on a CPU.

@@ -49,6 +49,15 @@ impl Precision {
         }
     }
 
+    /// The dtype of the products through the frozen weights on `device`: bf16 on a GPU (QLoRA's compute
+    /// dtype), on the CPU [`Self::resolve`]`(allow)`.
+    pub fn on(device: &candle_core::Device, allow: bool) -> Self {
+        match device.is_cpu() {
+            true => Self::resolve(allow),
+            false => Self::Bf16,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::F32 => "f32",
