@@ -4,7 +4,8 @@
 # times forward and forward + backward against torch's scaled_dot_product_attention at Llama-3.1-8B's
 # attention shape (32 query heads, 8 key heads, d = 128) and at d = 256.
 #   python3 scripts/flash_ptx_check.py src/model/kernels/cuda/flash.ptx
-# (QLAB_FLASH_BENCH_ONLY=1 skips the checks, QLAB_FLASH_NO_SDPA=1 the timing of PyTorch's kernel)
+# (QLAB_FLASH_BENCH_ONLY=1 skips the checks, QLAB_FLASH_NO_SDPA=1 the timing of PyTorch's kernel,
+# QLAB_FLASH_SHAPES picks the timed shapes, see the end)
 # Shared-memory sizes and grids follow src/model/kernels/cuda/flash.rs; keep the two in step.
 import ctypes, math, sys, time, json
 import torch
@@ -72,7 +73,7 @@ def flash(q, k, v, valid, past, window, scale, softcap):
     out = torch.empty(b, t, h, D, dtype=torch.bfloat16, device="cuda")
     lse = torch.empty(b, h, t, dtype=torch.float32, device="cuda")
     rows, bc = fwd_rows(D), fwd_tile(D)
-    launch(f"flash_forward_d{D}", ((t + rows - 1) // rows, b * h, 1), (rows + 4 * bc) * (D + 8) * 2, [q, k, v, valid, out, lse, g])
+    launch(f"flash_forward_d{D}", (b * h, (t + rows - 1) // rows, 1), (rows + 4 * bc) * (D + 8) * 2, [q, k, v, valid, out, lse, g])
     return out, lse, g
 
 
@@ -86,11 +87,11 @@ def flash_bwd(q, k, v, valid, out, lse, dout, g, parts=("kv", "q")):
     dv = torch.empty_like(dk)
     dc = min(D, 128)
     if "kv" in parts:
-      launch(f"flash_backward_kv_d{D}", ((T + 63) // 64, b * kvh, D // dc), (128 + 4 * KV_ROWS) * (D + 8) * 2 + 4 * KV_ROWS * 4,
+      launch(f"flash_backward_kv_d{D}", (b * kvh, (T + 63) // 64, D // dc), (128 + 4 * KV_ROWS) * (D + 8) * 2 + 4 * KV_ROWS * 4,
            [q, k, v, valid, dout, lse, delta, dk, dv, g])
     rows, bc = bq_rows(D), bq_tile(D)
     if "q" in parts:
-      launch(f"flash_backward_q_d{D}", ((t + rows - 1) // rows, b * h, 1), (2 * rows + 4 * bc) * (D + 8) * 2,
+      launch(f"flash_backward_q_d{D}", (b * h, (t + rows - 1) // rows, 1), (2 * rows + 4 * bc) * (D + 8) * 2,
            [q, k, v, valid, dout, lse, delta, dq, g])
     return dq, dk, dv
 
@@ -215,6 +216,8 @@ def bench(t, D=128, h=32, kvh=8, b=1, reps=3):
     print(json.dumps(dict(bench=dict(t=t, D=D, h=h, kvh=kvh, b=b), **res)))
 
 
-for t in (2048, 8192, 16384):
-    bench(t)
-bench(4096, D=256, h=16, kvh=8)
+# QLAB_FLASH_SHAPES="T[xB[xD]],..." times only those shapes (d = 256 with 16 query heads, otherwise 32)
+shapes = os.environ.get("QLAB_FLASH_SHAPES", "2048x2,2048,8192,16384,4096x1x256")
+for shape in shapes.split(","):
+    t, b, D = (int(x) for x in (shape.split("x") + ["1", "128"])[:3])
+    bench(t, D=D, h=16 if D == 256 else 32, kvh=8, b=b)

@@ -109,9 +109,16 @@ struct Geometry {
   float scale, softcap;
 };
 
-__device__ __forceinline__ bool sees(const Geometry &m, const uint8_t *valid, int qi, int kj) {
+// Whether query qi sees key kj; the key's padding flag is read only for a tile that has padding (`padded`).
+__device__ __forceinline__ bool sees(const Geometry &m, const uint8_t *valid, bool padded, int qi, int kj) {
   int qa = m.past + qi;
-  return qi < m.t && kj < m.T && kj <= qa && (m.window <= 0 || kj > qa - m.window) && valid[kj] != 0;
+  return qi < m.t && kj < m.T && kj <= qa && (m.window <= 0 || kj > qa - m.window) && !(padded && valid[kj] == 0);
+}
+
+// Whether no query of rows [q, q + rows) sees any key of [k, k + keys): all rows past the end, every key
+// after the last row's diagonal, or every key before the first row's window. A warp skips such a tile.
+__device__ __forceinline__ bool sees_none(const Geometry &m, int q, int rows, int k, int keys) {
+  return q >= m.t || k > m.past + min(m.t, q + rows) - 1 || (m.window > 0 && k + keys - 1 <= m.past + q - m.window);
 }
 
 #define LOG2E 1.4426950408889634f
@@ -155,16 +162,16 @@ __device__ __forceinline__ float cap_slope(float s2, float inv) {
   return 1.f - th * th;
 }
 
-// Sets x[j][e] to `to` where query qi[e >> 1] does not see key k0 + 8 j + 2 tig + (e & 1) (queries in
+// Sets x[j][e] to `to` where query q + 8 (e >> 1) does not see key k0 + 8 j + 2 tig + (e & 1) (queries in
 // rows, keys in columns), for tiles that are not wholly open.
 template <int N>
-__device__ __forceinline__ void mask_rows(const Geometry &m, const uint8_t *valid, const int qi[2], int k0, int tig,
-                                          float x[N][4], float to) {
+__device__ __forceinline__ void mask_rows(const Geometry &m, const uint8_t *valid, bool padded, int q, int k0,
+                                          int tig, float x[N][4], float to) {
 #pragma unroll
   for (int j = 0; j < N; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e)
-      if (!sees(m, valid, qi[e >> 1], k0 + j * 8 + 2 * tig + (e & 1))) x[j][e] = to;
+      if (!sees(m, valid, padded, q + 8 * (e >> 1), k0 + j * 8 + 2 * tig + (e & 1))) x[j][e] = to;
 }
 
 // The keys query tile [r0, r0 + rows) may see: [begin, end), begin rounded down to a multiple of `tile`.
@@ -189,8 +196,10 @@ __device__ __forceinline__ bool block_open(const Geometry &m, int q, int rows, i
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Forward: a CTA per (query tile of 16 * MT rows per warp, batch x head), the heaviest (last) tiles first;
-// each warp owns 16 * MT rows, so that every K and V fragment read from shared memory serves MT products.
+// Forward: a CTA per (batch x head, query tile of 16 * MT rows per warp). The grid's x runs over batch x head
+// and y over the tiles from the heaviest (last) one, so that the CTAs start in order of falling work across
+// all heads (the longest first, the short ones filling the tail). Each warp owns 16 * MT rows, so that
+// every K and V fragment read from shared memory serves MT products.
 template <int D, int BC, int MT>
 __device__ void forward(const bf16 *q, const bf16 *k, const bf16 *v, const uint8_t *valid, bf16 *out,
                         float *lse, Geometry m) {
@@ -198,7 +207,7 @@ __device__ void forward(const bf16 *q, const bf16 *k, const bf16 *v, const uint8
   extern __shared__ uint4 smem[];
   // Q, then two stages of (K, V) tiles: one computed on while the next one loads
   bf16 *Qs = reinterpret_cast<bf16 *>(smem), *KV = Qs + BR * LD;
-  const int r0 = (gridDim.x - 1 - blockIdx.x) * BR, b = blockIdx.y / m.h, hh = blockIdx.y % m.h,
+  const int r0 = (gridDim.y - 1 - blockIdx.y) * BR, b = blockIdx.x / m.h, hh = blockIdx.x % m.h,
             kh = hh / (m.h / m.kvh);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, tig = lane & 3, wr = warp * WR;
   const bf16 *kg = k + b * m.ksb + kh * m.ksh, *vg = v + b * m.vsb + kh * m.vsh;
@@ -217,14 +226,12 @@ __device__ void forward(const bf16 *q, const bf16 *k, const bf16 *v, const uint8
 #pragma unroll
     for (int i = 0; i < D / 8; ++i) o[t][i][0] = o[t][i][1] = o[t][i][2] = o[t][i][3] = 0.f;
   float mx[MT][2], l[MT][2];
-  int qi[MT][2];
 #pragma unroll
   for (int t = 0; t < MT; ++t)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       mx[t][r] = -INFINITY;
       l[t][r] = 0.f;
-      qi[t][r] = r0 + wr + t * 16 + g + 8 * r;
     }
   // each tile's padding flag is read one tile ahead, so that no barrier waits on a global load
   int next_padded = kbeg < kend ? padded_key(m, vrow, kbeg, BC) : 0;
@@ -239,77 +246,81 @@ __device__ void forward(const bf16 *q, const bf16 *k, const bf16 *v, const uint8
     }
     commit();
     wait_groups<1>();
-    const bool open = !__syncthreads_or(padded) && block_open(m, r0 + wr, WR, k0, BC);
-    float s[MT][BC / 8][4];
+    const bool tile_padded = __syncthreads_or(padded);
+    // a warp whose rows see no key of this tile has nothing to add (it still meets the barrier)
+    if (!sees_none(m, r0 + wr, WR, k0, BC)) {
+      const bool open = !tile_padded && block_open(m, r0 + wr, WR, k0, BC);
+      float s[MT][BC / 8][4];
 #pragma unroll
-    for (int t = 0; t < MT; ++t)
+      for (int t = 0; t < MT; ++t)
 #pragma unroll
-      for (int j = 0; j < BC / 8; ++j) s[t][j][0] = s[t][j][1] = s[t][j][2] = s[t][j][3] = 0.f;
+        for (int j = 0; j < BC / 8; ++j) s[t][j][0] = s[t][j][1] = s[t][j][2] = s[t][j][3] = 0.f;
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t a[MT][4];
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t a[MT][4];
 #pragma unroll
-      for (int t = 0; t < MT; ++t) frag_a(a[t], Qs + (wr + t * 16) * LD + kk * 16, LD, lane);
+        for (int t = 0; t < MT; ++t) frag_a(a[t], Qs + (wr + t * 16) * LD + kk * 16, LD, lane);
 #pragma unroll
-      for (int j = 0; j < BC / 8; j += 2) {
-        uint32_t bb[4];
-        frag_b_rows(bb, Ks + j * 8 * LD + kk * 16, LD, lane);
+        for (int j = 0; j < BC / 8; j += 2) {
+          uint32_t bb[4];
+          frag_b_rows(bb, Ks + j * 8 * LD + kk * 16, LD, lane);
 #pragma unroll
-        for (int t = 0; t < MT; ++t) {
-          mma16816(s[t][j], a[t], bb);
-          mma16816(s[t][j + 1], a[t], bb + 2);
+          for (int t = 0; t < MT; ++t) {
+            mma16816(s[t][j], a[t], bb);
+            mma16816(s[t][j + 1], a[t], bb + 2);
+          }
         }
       }
-    }
 #pragma unroll
-    for (int t = 0; t < MT; ++t) {
-      log2_scores<BC / 8>(m, s[t]);
-      if (!open) mask_rows<BC / 8>(m, vrow, qi[t], k0, tig, s[t], -INFINITY);
-      float nm[2] = {mx[t][0], mx[t][1]};
+      for (int t = 0; t < MT; ++t) {
+        log2_scores<BC / 8>(m, s[t]);
+        if (!open) mask_rows<BC / 8>(m, vrow, tile_padded, r0 + wr + t * 16 + g, k0, tig, s[t], -INFINITY);
+        float nm[2] = {mx[t][0], mx[t][1]};
 #pragma unroll
-      for (int j = 0; j < BC / 8; ++j)
+        for (int j = 0; j < BC / 8; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) nm[e >> 1] = fmaxf(nm[e >> 1], s[t][j][e]);
-      // a row that has seen no key yet keeps max -inf: its exponentials are taken from 0 (all zeros)
-      float alpha[2], base[2];
+          for (int e = 0; e < 4; ++e) nm[e >> 1] = fmaxf(nm[e >> 1], s[t][j][e]);
+        // a row that has seen no key yet keeps max -inf: its exponentials are taken from 0 (all zeros)
+        float alpha[2], base[2];
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        nm[r] = fmaxf(nm[r], __shfl_xor_sync(0xffffffff, nm[r], 1));
-        nm[r] = fmaxf(nm[r], __shfl_xor_sync(0xffffffff, nm[r], 2));
-        base[r] = nm[r] == -INFINITY ? 0.f : nm[r];
-        alpha[r] = exp2_fast(mx[t][r] - base[r]);
-        mx[t][r] = nm[r];
-        l[t][r] *= alpha[r];
-      }
-#pragma unroll
-      for (int j = 0; j < BC / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float p = exp2_fast(s[t][j][e] - base[e >> 1]);
-          s[t][j][e] = p;
-          l[t][e >> 1] += p;
+        for (int r = 0; r < 2; ++r) {
+          nm[r] = fmaxf(nm[r], __shfl_xor_sync(0xffffffff, nm[r], 1));
+          nm[r] = fmaxf(nm[r], __shfl_xor_sync(0xffffffff, nm[r], 2));
+          base[r] = nm[r] == -INFINITY ? 0.f : nm[r];
+          alpha[r] = exp2_fast(mx[t][r] - base[r]);
+          mx[t][r] = nm[r];
+          l[t][r] *= alpha[r];
         }
 #pragma unroll
-      for (int i = 0; i < D / 8; ++i) {
-        o[t][i][0] *= alpha[0];
-        o[t][i][1] *= alpha[0];
-        o[t][i][2] *= alpha[1];
-        o[t][i][3] *= alpha[1];
+        for (int j = 0; j < BC / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            float p = exp2_fast(s[t][j][e] - base[e >> 1]);
+            s[t][j][e] = p;
+            l[t][e >> 1] += p;
+          }
+#pragma unroll
+        for (int i = 0; i < D / 8; ++i) {
+          o[t][i][0] *= alpha[0];
+          o[t][i][1] *= alpha[0];
+          o[t][i][2] *= alpha[1];
+          o[t][i][3] *= alpha[1];
+        }
       }
-    }
 #pragma unroll
-    for (int kk = 0; kk < BC / 16; ++kk) {
-      uint32_t a[MT][4];
+      for (int kk = 0; kk < BC / 16; ++kk) {
+        uint32_t a[MT][4];
 #pragma unroll
-      for (int t = 0; t < MT; ++t) acc_to_a(a[t], s[t][2 * kk], s[t][2 * kk + 1]);
+        for (int t = 0; t < MT; ++t) acc_to_a(a[t], s[t][2 * kk], s[t][2 * kk + 1]);
 #pragma unroll
-      for (int i = 0; i < D / 8; i += 2) {
-        uint32_t bb[4];
-        frag_b_cols(bb, Vs + kk * 16 * LD + i * 8, LD, lane);
+        for (int i = 0; i < D / 8; i += 2) {
+          uint32_t bb[4];
+          frag_b_cols(bb, Vs + kk * 16 * LD + i * 8, LD, lane);
 #pragma unroll
-        for (int t = 0; t < MT; ++t) {
-          mma16816(o[t][i], a[t], bb);
-          mma16816(o[t][i + 1], a[t], bb + 2);
+          for (int t = 0; t < MT; ++t) {
+            mma16816(o[t][i], a[t], bb);
+            mma16816(o[t][i + 1], a[t], bb + 2);
+          }
         }
       }
     }
@@ -321,15 +332,16 @@ __device__ void forward(const bf16 *q, const bf16 *k, const bf16 *v, const uint8
     for (int r = 0; r < 2; ++r) {
       l[t][r] += __shfl_xor_sync(0xffffffff, l[t][r], 1);
       l[t][r] += __shfl_xor_sync(0xffffffff, l[t][r], 2);
-      if (qi[t][r] >= m.t) continue;
+      const int qi = r0 + wr + t * 16 + g + 8 * r;
+      if (qi >= m.t) continue;
       float inv = l[t][r] > 0.f ? 1.f / l[t][r] : 0.f;
-      bf16 *op = out + ((long)(b * m.t + qi[t][r]) * m.h + hh) * D;
+      bf16 *op = out + ((long)(b * m.t + qi) * m.h + hh) * D;
 #pragma unroll
       for (int i = 0; i < D / 8; ++i)
         *reinterpret_cast<uint32_t *>(op + i * 8 + 2 * tig) =
             pack_f(o[t][i][2 * r] * inv, o[t][i][2 * r + 1] * inv);
       if (tig == 0)
-        lse[((long)b * m.h + hh) * m.t + qi[t][r]] = l[t][r] > 0.f ? (mx[t][r] + log2f(l[t][r])) * LN2 : INFINITY;
+        lse[((long)b * m.h + hh) * m.t + qi] = l[t][r] > 0.f ? (mx[t][r] + log2f(l[t][r])) * LN2 : INFINITY;
     }
 }
 
@@ -350,7 +362,8 @@ extern "C" __global__ void flash_delta_bf16(const bf16 *out, const bf16 *dout, f
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Keys' and values' gradients: a CTA per (64-key tile, batch x key head, DC-column slice of the gradients);
+// Keys' and values' gradients: a CTA per (batch x key head, 64-key tile from the first (the heaviest under a
+// causal mask), DC-column slice of the gradients), started in order of falling work as in the forward;
 // each warp owns 16 keys; the loop runs over the group's query heads and the BR-row query tiles that see
 // the key tile.
 template <int D, int DC, int BR>
@@ -362,7 +375,7 @@ __device__ void backward_kv(const bf16 *q, const bf16 *k, const bf16 *v, const u
   // K, V, then two stages of (Q, dO) tiles and their rows' lse and delta
   bf16 *Ks = reinterpret_cast<bf16 *>(smem), *Vs = Ks + BC * LD, *QG = Vs + BC * LD;
   float *LD2 = reinterpret_cast<float *>(QG + 4 * BR * LD);
-  const int k0 = blockIdx.x * BC, b = blockIdx.y / m.kvh, kh = blockIdx.y % m.kvh, dc0 = blockIdx.z * DC;
+  const int k0 = blockIdx.y * BC, b = blockIdx.x / m.kvh, kh = blockIdx.x % m.kvh, dc0 = blockIdx.z * DC;
   const int rep = m.h / m.kvh;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, tig = lane & 3, wk = warp * 16;
   const uint8_t *vrow = valid + (long)b * m.T;
@@ -409,62 +422,65 @@ __device__ void backward_kv(const bf16 *q, const bf16 *k, const bf16 *v, const u
       commit();
       wait_groups<1>();
       __syncthreads();
-      // Queries past the end need no mask: their q and dO rows are zeros, so their terms vanish.
-      const bool open = !padded && block_open(m, q0, BR, k0 + wk, 16);
-      // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys x BR queries
-      float st[BR / 8][4], dpt[BR / 8][4];
-#pragma unroll
-      for (int j = 0; j < BR / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) st[j][e] = dpt[j][e] = 0.f;
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t ak[4], av[4];
-        frag_a(ak, Ks + wk * LD + kk * 16, LD, lane);
-        frag_a(av, Vs + wk * LD + kk * 16, LD, lane);
-#pragma unroll
-        for (int j = 0; j < BR / 8; j += 2) {
-          uint32_t bq[4], bg[4];
-          frag_b_rows(bq, Qs + j * 8 * LD + kk * 16, LD, lane);
-          frag_b_rows(bg, Gs + j * 8 * LD + kk * 16, LD, lane);
-          mma16816(st[j], ak, bq);
-          mma16816(st[j + 1], ak, bq + 2);
-          mma16816(dpt[j], av, bg);
-          mma16816(dpt[j + 1], av, bg + 2);
-        }
-      }
-      // P^T and dS^T = P^T * (dP^T - delta) * the cap's slope, queries in columns
-      log2_scores<BR / 8>(m, st);
-#pragma unroll
-      for (int j = 0; j < BR / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int ql = j * 8 + 2 * tig + (e & 1);
-          const float p = exp2_fast(st[j][e] - Ls[ql] * LOG2E);
-          dpt[j][e] = p * (dpt[j][e] - Ds[ql]) * cap_slope(st[j][e], inv);
-          st[j][e] = p;
-        }
-      if (!open) {
+      // a warp whose keys no query of this tile sees has nothing to add (it still meets the barrier)
+      if (!sees_none(m, q0, BR, k0 + wk, 16)) {
+        // Queries past the end need no mask: their q and dO rows are zeros, so their terms vanish.
+        const bool open = !padded && block_open(m, q0, BR, k0 + wk, 16);
+        // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys x BR queries
+        float st[BR / 8][4], dpt[BR / 8][4];
 #pragma unroll
         for (int j = 0; j < BR / 8; ++j)
 #pragma unroll
-          for (int e = 0; e < 4; ++e)
-            if (!sees(m, vrow, q0 + j * 8 + 2 * tig + (e & 1), kj[e >> 1])) st[j][e] = dpt[j][e] = 0.f;
-      }
+          for (int e = 0; e < 4; ++e) st[j][e] = dpt[j][e] = 0.f;
 #pragma unroll
-      for (int kk = 0; kk < BR / 16; ++kk) {
-        uint32_t ap[4], as[4];
-        acc_to_a(ap, st[2 * kk], st[2 * kk + 1]);
-        acc_to_a(as, dpt[2 * kk], dpt[2 * kk + 1]);
+        for (int kk = 0; kk < D / 16; ++kk) {
+          uint32_t ak[4], av[4];
+          frag_a(ak, Ks + wk * LD + kk * 16, LD, lane);
+          frag_a(av, Vs + wk * LD + kk * 16, LD, lane);
 #pragma unroll
-        for (int i = 0; i < DC / 8; i += 2) {
-          uint32_t bg[4], bq[4];
-          frag_b_cols(bg, Gs + kk * 16 * LD + dc0 + i * 8, LD, lane);
-          frag_b_cols(bq, Qs + kk * 16 * LD + dc0 + i * 8, LD, lane);
-          mma16816(dva[i], ap, bg);
-          mma16816(dva[i + 1], ap, bg + 2);
-          mma16816(dka[i], as, bq);
-          mma16816(dka[i + 1], as, bq + 2);
+          for (int j = 0; j < BR / 8; j += 2) {
+            uint32_t bq[4], bg[4];
+            frag_b_rows(bq, Qs + j * 8 * LD + kk * 16, LD, lane);
+            frag_b_rows(bg, Gs + j * 8 * LD + kk * 16, LD, lane);
+            mma16816(st[j], ak, bq);
+            mma16816(st[j + 1], ak, bq + 2);
+            mma16816(dpt[j], av, bg);
+            mma16816(dpt[j + 1], av, bg + 2);
+          }
+        }
+        // P^T and dS^T = P^T * (dP^T - delta) * the cap's slope, queries in columns
+        log2_scores<BR / 8>(m, st);
+#pragma unroll
+        for (int j = 0; j < BR / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int ql = j * 8 + 2 * tig + (e & 1);
+            const float p = exp2_fast(st[j][e] - Ls[ql] * LOG2E);
+            dpt[j][e] = p * (dpt[j][e] - Ds[ql]) * cap_slope(st[j][e], inv);
+            st[j][e] = p;
+          }
+        if (!open) {
+#pragma unroll
+          for (int j = 0; j < BR / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+              if (!sees(m, vrow, padded, q0 + j * 8 + 2 * tig + (e & 1), kj[e >> 1])) st[j][e] = dpt[j][e] = 0.f;
+        }
+#pragma unroll
+        for (int kk = 0; kk < BR / 16; ++kk) {
+          uint32_t ap[4], as[4];
+          acc_to_a(ap, st[2 * kk], st[2 * kk + 1]);
+          acc_to_a(as, dpt[2 * kk], dpt[2 * kk + 1]);
+#pragma unroll
+          for (int i = 0; i < DC / 8; i += 2) {
+            uint32_t bg[4], bq[4];
+            frag_b_cols(bg, Gs + kk * 16 * LD + dc0 + i * 8, LD, lane);
+            frag_b_cols(bq, Qs + kk * 16 * LD + dc0 + i * 8, LD, lane);
+            mma16816(dva[i], ap, bg);
+            mma16816(dva[i + 1], ap, bg + 2);
+            mma16816(dka[i], as, bq);
+            mma16816(dka[i + 1], as, bq + 2);
+          }
         }
       }
       __syncthreads();
@@ -485,7 +501,7 @@ __device__ void backward_kv(const bf16 *q, const bf16 *k, const bf16 *v, const u
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Queries' gradients: a CTA per (query tile of 16 * MT rows per warp, batch x head), the heaviest first;
+// Queries' gradients: a CTA per (batch x head, query tile of 16 * MT rows per warp), ordered as the forward;
 // each warp owns 16 * MT rows.
 template <int D, int BC, int MT>
 __device__ void backward_q(const bf16 *q, const bf16 *k, const bf16 *v, const uint8_t *valid,
@@ -494,7 +510,7 @@ __device__ void backward_q(const bf16 *q, const bf16 *k, const bf16 *v, const ui
   extern __shared__ uint4 smem[];
   // Q, dO, then two stages of (K, V) tiles
   bf16 *Qs = reinterpret_cast<bf16 *>(smem), *Gs = Qs + BR * LD, *KV = Gs + BR * LD;
-  const int r0 = (gridDim.x - 1 - blockIdx.x) * BR, b = blockIdx.y / m.h, hh = blockIdx.y % m.h,
+  const int r0 = (gridDim.y - 1 - blockIdx.y) * BR, b = blockIdx.x / m.h, hh = blockIdx.x % m.h,
             kh = hh / (m.h / m.kvh);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, tig = lane & 3, wr = warp * WR;
   const bf16 *kg = k + b * m.ksb + kh * m.ksh, *vg = v + b * m.vsb + kh * m.vsh;
@@ -538,62 +554,66 @@ __device__ void backward_q(const bf16 *q, const bf16 *k, const bf16 *v, const ui
     }
     commit();
     wait_groups<1>();
-    const bool open = !__syncthreads_or(padded) && block_open(m, r0 + wr, WR, k0, BC);
-    float s[MT][BC / 8][4], dp[MT][BC / 8][4];
+    const bool tile_padded = __syncthreads_or(padded);
+    // a warp whose rows see no key of this tile has nothing to add (it still meets the barrier)
+    if (!sees_none(m, r0 + wr, WR, k0, BC)) {
+      const bool open = !tile_padded && block_open(m, r0 + wr, WR, k0, BC);
+      float s[MT][BC / 8][4], dp[MT][BC / 8][4];
 #pragma unroll
-    for (int t = 0; t < MT; ++t)
+      for (int t = 0; t < MT; ++t)
 #pragma unroll
-      for (int j = 0; j < BC / 8; ++j)
+        for (int j = 0; j < BC / 8; ++j)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[t][j][e] = dp[t][j][e] = 0.f;
+          for (int e = 0; e < 4; ++e) s[t][j][e] = dp[t][j][e] = 0.f;
 #pragma unroll
-    for (int kk = 0; kk < D / 16; ++kk) {
-      uint32_t aq[MT][4], ag[MT][4];
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t aq[MT][4], ag[MT][4];
+#pragma unroll
+        for (int t = 0; t < MT; ++t) {
+          frag_a(aq[t], Qs + (wr + t * 16) * LD + kk * 16, LD, lane);
+          frag_a(ag[t], Gs + (wr + t * 16) * LD + kk * 16, LD, lane);
+        }
+#pragma unroll
+        for (int j = 0; j < BC / 8; j += 2) {
+          uint32_t bk[4], bv[4];
+          frag_b_rows(bk, Ks + j * 8 * LD + kk * 16, LD, lane);
+          frag_b_rows(bv, Vs + j * 8 * LD + kk * 16, LD, lane);
+#pragma unroll
+          for (int t = 0; t < MT; ++t) {
+            mma16816(s[t][j], aq[t], bk);
+            mma16816(s[t][j + 1], aq[t], bk + 2);
+            mma16816(dp[t][j], ag[t], bv);
+            mma16816(dp[t][j + 1], ag[t], bv + 2);
+          }
+        }
+      }
+      // dS = P * (dP - delta) * the cap's slope
 #pragma unroll
       for (int t = 0; t < MT; ++t) {
-        frag_a(aq[t], Qs + (wr + t * 16) * LD + kk * 16, LD, lane);
-        frag_a(ag[t], Gs + (wr + t * 16) * LD + kk * 16, LD, lane);
+        log2_scores<BC / 8>(m, s[t]);
+#pragma unroll
+        for (int j = 0; j < BC / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int r = e >> 1;
+            s[t][j][e] = exp2_fast(s[t][j][e] - L2[t][r]) * (dp[t][j][e] - Dl[t][r]) * cap_slope(s[t][j][e], inv);
+          }
+        if (!open) mask_rows<BC / 8>(m, vrow, tile_padded, r0 + wr + t * 16 + g, k0, tig, s[t], 0.f);
       }
 #pragma unroll
-      for (int j = 0; j < BC / 8; j += 2) {
-        uint32_t bk[4], bv[4];
-        frag_b_rows(bk, Ks + j * 8 * LD + kk * 16, LD, lane);
-        frag_b_rows(bv, Vs + j * 8 * LD + kk * 16, LD, lane);
+      for (int kk = 0; kk < BC / 16; ++kk) {
+        uint32_t a[MT][4];
 #pragma unroll
-        for (int t = 0; t < MT; ++t) {
-          mma16816(s[t][j], aq[t], bk);
-          mma16816(s[t][j + 1], aq[t], bk + 2);
-          mma16816(dp[t][j], ag[t], bv);
-          mma16816(dp[t][j + 1], ag[t], bv + 2);
-        }
-      }
-    }
-    // dS = P * (dP - delta) * the cap's slope
+        for (int t = 0; t < MT; ++t) acc_to_a(a[t], s[t][2 * kk], s[t][2 * kk + 1]);
 #pragma unroll
-    for (int t = 0; t < MT; ++t) {
-      log2_scores<BC / 8>(m, s[t]);
+        for (int i = 0; i < D / 8; i += 2) {
+          uint32_t bb[4];
+          frag_b_cols(bb, Ks + kk * 16 * LD + i * 8, LD, lane);
 #pragma unroll
-      for (int j = 0; j < BC / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int r = e >> 1;
-          s[t][j][e] = exp2_fast(s[t][j][e] - L2[t][r]) * (dp[t][j][e] - Dl[t][r]) * cap_slope(s[t][j][e], inv);
-        }
-      if (!open) mask_rows<BC / 8>(m, vrow, qi[t], k0, tig, s[t], 0.f);
-    }
-#pragma unroll
-    for (int kk = 0; kk < BC / 16; ++kk) {
-      uint32_t a[MT][4];
-#pragma unroll
-      for (int t = 0; t < MT; ++t) acc_to_a(a[t], s[t][2 * kk], s[t][2 * kk + 1]);
-#pragma unroll
-      for (int i = 0; i < D / 8; i += 2) {
-        uint32_t bb[4];
-        frag_b_cols(bb, Ks + kk * 16 * LD + i * 8, LD, lane);
-#pragma unroll
-        for (int t = 0; t < MT; ++t) {
-          mma16816(acc[t][i], a[t], bb);
-          mma16816(acc[t][i + 1], a[t], bb + 2);
+          for (int t = 0; t < MT; ++t) {
+            mma16816(acc[t][i], a[t], bb);
+            mma16816(acc[t][i + 1], a[t], bb + 2);
+          }
         }
       }
     }

@@ -25,6 +25,8 @@ const KEY_ROWS: usize = 64;
 /// Query rows per step of the keys' gradient.
 const QUERY_TILE_KV: usize = 64;
 const WARPS: usize = 4;
+/// CUDA's bound on a grid's y dimension, along which the kernels' tiles run.
+const MAX_GRID_Y: usize = 65_535;
 
 /// flash.cu's `Geometry`, field for field.
 #[repr(C)]
@@ -166,6 +168,12 @@ fn geometry(q: &Layout, k: &Layout, v: &Layout, call: &Call) -> Result<(Geometry
     if !HEAD_SIZES.contains(&d) {
         candle_core::bail!("flash attention: head size {d} is not one of {HEAD_SIZES:?}")
     }
+    // the tiles run along the grid's y, which CUDA bounds at 65,535
+    if keys.div_ceil(KEY_ROWS).max(t.div_ceil(query_rows(d))) > MAX_GRID_Y {
+        candle_core::bail!(
+            "flash attention: {keys} keys are more than the grid's {MAX_GRID_Y} tiles of {KEY_ROWS} hold"
+        )
+    }
     let past = call.past;
     if past + t != keys {
         candle_core::bail!("flash attention: {keys} keys for {past} cached + {t} new positions")
@@ -260,7 +268,7 @@ pub(super) fn forward_storages(
         .arg(&g);
     // SAFETY: argument types and order match flash_forward_d* in flash.cu; geometry() checked the shapes,
     // the layouts' alignment and the mask's length; the grid covers every query row of every head.
-    unsafe { builder.launch(launch_config((t.div_ceil(query_rows(d)), b * h, 1), smem)) }.w()?;
+    unsafe { builder.launch(launch_config((b * h, t.div_ceil(query_rows(d)), 1), smem)) }.w()?;
     let lse = wrap(lse, &dev, (b, h, t));
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev),
@@ -364,7 +372,7 @@ pub(super) fn backward(
     // SAFETY: argument types and order match flash_backward_kv_d*; dk and dv hold [b, kvh, T, d].
     unsafe {
         builder.launch(launch_config(
-            (keys.div_ceil(KEY_ROWS), b * kvh, d / cols),
+            (b * kvh, keys.div_ceil(KEY_ROWS), d / cols),
             smem,
         ))
     }
@@ -386,7 +394,7 @@ pub(super) fn backward(
         .arg(&delta);
     builder.arg(&dq).arg(&g);
     // SAFETY: argument types and order match flash_backward_q_d*; dq holds [b, h, t, d].
-    unsafe { builder.launch(launch_config((t.div_ceil(query_rows(d)), b * h, 1), smem)) }.w()?;
+    unsafe { builder.launch(launch_config((b * h, t.div_ceil(query_rows(d)), 1), smem)) }.w()?;
 
     Ok((
         wrap(dq, &dev, (b, h, t, d)),
