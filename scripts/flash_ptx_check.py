@@ -219,5 +219,6 @@ def bench(t, D=128, h=32, kvh=8, b=1, reps=3):
 # QLAB_FLASH_SHAPES="T[xB[xD]],..." times only those shapes (d = 256 with 16 query heads, otherwise 32)
 shapes = os.environ.get("QLAB_FLASH_SHAPES", "2048x2,2048,8192,16384,4096x1x256")
 for shape in shapes.split(","):
-    t, b, D = (int(x) for x in (shape.split("x") + ["1", "128"])[:3])
+    parts = shape.split("x")
+    t, b, D = (int(x) for x in parts + ["1", "128"][len(parts) - 1:])
     bench(t, D=D, h=16 if D == 256 else 32, kvh=8, b=b)

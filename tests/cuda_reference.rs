@@ -557,10 +557,11 @@ fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
     // The vocabulary loss per row.
     let logits = var(&[6, 300], 12, &dev);
     let targets = [0u32, 299, 17, 150, 3, 42];
+    let on_device = Tensor::new(&targets, &dev).unwrap();
     let (ev, eg) = compare(
         &[&logits],
         |xs| {
-            fused_row_nll(&(&xs[0] * 4.0).unwrap(), &targets)
+            fused_row_nll(&(&xs[0] * 4.0).unwrap(), &targets, &on_device)
                 .unwrap()
                 .unwrap()
         },

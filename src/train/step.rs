@@ -254,6 +254,10 @@ impl Decoder {
     }
 
     /// Loss over target rows of the last hidden state `h` `[b, s, d]` and its gradient, chunk by chunk.
+    ///
+    /// The target rows are gathered once and each chunk is backpropagated into its own rows only; the
+    /// chunks' gradients are scattered into `[b, s, d]` once at the end. Rows and targets go to the device
+    /// in one upload each (an upload from host memory waits for the device's queue to drain).
     fn head_loss(
         &self,
         h: &Tensor,
@@ -261,13 +265,21 @@ impl Decoder {
         targets: &[u32],
         opts: &StepOptions,
     ) -> Result<(f32, Tensor)> {
-        let chunk = opts.loss_chunk;
+        let chunk = opts.loss_chunk.max(1);
         let (b, s, d) = h.dims3()?;
-        let hv = Var::from_tensor(&h.reshape((b * s, d))?)?;
+        let positions = b * s;
+        let h2 = h.reshape((positions, d))?;
+        let every_row =
+            rows.len() == positions && rows.iter().enumerate().all(|(i, &r)| r as usize == i);
+        let gathered = match every_row {
+            true => h2,
+            false => h2.index_select(&Tensor::new(rows, h.device())?, 0)?,
+        };
+        let targets_on_device = Tensor::new(targets, h.device())?;
         let n = rows.len() as f64;
         // Summed on the device and read once: each read waits for the device to drain its queue.
         let mut chunk_losses = Vec::new();
-        let mut grad: Option<Tensor> = None;
+        let mut grads = Vec::new();
         let packed = match opts.precision {
             Precision::Bf16 if cpu::applies(h) => self.bf16_head()?,
             _ => None,
@@ -278,43 +290,64 @@ impl Decoder {
             false => None,
         };
         let head = dense.as_ref().unwrap_or(&self.head);
-        for (r, t) in rows.chunks(chunk.max(1)).zip(targets.chunks(chunk.max(1))) {
-            let idx = Tensor::new(r, h.device())?;
-            let hc = hv.as_tensor().index_select(&idx, 0)?;
+        for (c, t) in targets.chunks(chunk).enumerate() {
+            let hc = Var::from_tensor(&gathered.narrow(0, c * chunk, t.len())?)?;
+            let tc = targets_on_device.narrow(0, c * chunk, t.len())?;
             let logits = match &packed {
-                Some(p) => self.head_logits_bf16(p, &hc)?,
-                None => self.head_logits_with(head, &hc)?,
+                Some(p) => self.head_logits_bf16(p, hc.as_tensor())?,
+                None => self.head_logits_with(head, hc.as_tensor())?,
             };
-            let nll = match crate::model::kernels::fused_row_nll(&logits, t)? {
+            let nll = match crate::model::kernels::fused_row_nll(&logits, t, &tc)? {
                 Some(nll) => nll,
                 None => {
                     let logits = logits.to_dtype(DType::F32)?;
                     if cpu::applies(&logits) {
                         cpu::cross_entropy::row_nll(&logits, t)?
                     } else {
-                        let tgt = Tensor::new(t, h.device())?;
                         let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-                        logp.gather(&tgt.unsqueeze(1)?, 1)?.neg()?
+                        logp.gather(&tc.unsqueeze(1)?, 1)?.neg()?
                     }
                 }
             };
             let chunk_loss = (nll.sum_all()? * (1.0 / n))?;
             let store = chunk_loss.backward()?;
             chunk_losses.push(chunk_loss.detach().to_dtype(DType::F64)?);
-            if let Some(g) = store.get(hv.as_tensor()) {
-                grad = Some(match grad {
-                    None => g.detach(),
-                    Some(acc) => (acc + g)?,
-                });
-            }
+            let g = store.get(hc.as_tensor()).ok_or_else(|| {
+                ModelError::Usage("the loss did not reach the hidden states".into())
+            })?;
+            grads.push(g.detach());
         }
         let loss = Tensor::stack(&chunk_losses, 0)?
             .sum_all()?
             .to_scalar::<f64>()?;
-        let grad = grad
-            .ok_or_else(|| ModelError::Usage("the loss did not reach the hidden states".into()))?;
+        let grad = Tensor::cat(&grads, 0)?;
+        let grad = match every_row {
+            true => grad,
+            false => scatter_rows(&grad, rows, positions)?,
+        };
         Ok((loss as f32, grad.reshape((b, s, d))?))
     }
+}
+
+/// `[positions, d]` holding row i of `rows_grad` `[n, d]` at position `rows[i]` and zeros elsewhere, as one
+/// gather from `rows_grad` with a zero row appended (candle's scatter, `index_add`, runs one thread per
+/// column over every row).
+fn scatter_rows(rows_grad: &Tensor, rows: &[u32], positions: usize) -> Result<Tensor> {
+    let (n, d) = rows_grad.dims2()?;
+    let mut source = vec![n as u32; positions];
+    for (i, &r) in rows.iter().enumerate() {
+        match source.get_mut(r as usize) {
+            Some(at) => *at = i as u32,
+            None => {
+                return Err(ModelError::Usage(format!(
+                    "target row {r} is outside the batch's {positions} positions"
+                )));
+            }
+        }
+    }
+    let zero = Tensor::zeros((1, d), rows_grad.dtype(), rows_grad.device())?;
+    let padded = Tensor::cat(&[rows_grad, &zero], 0)?;
+    Ok(padded.index_select(&Tensor::new(source, rows_grad.device())?, 0)?)
 }
 
 /// The gradient that reached a block input `x` (detached).
@@ -346,4 +379,25 @@ fn target_rows(batch: &TrainBatch) -> Result<(Vec<u32>, Vec<u32>)> {
         }
     }
     Ok((rows, targets))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scattered_rows_land_at_their_positions_with_zeros_between_and_a_row_past_the_end_is_refused()
+    {
+        let grad = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &Device::Cpu).unwrap();
+        let full = scatter_rows(&grad, &[3, 1], 5).unwrap();
+        assert_eq!(
+            full.to_vec2::<f32>().unwrap(),
+            [[0.0, 0.0], [3.0, 4.0], [0.0, 0.0], [1.0, 2.0], [0.0, 0.0]]
+        );
+        let err = scatter_rows(&grad, &[1, 5], 5).unwrap_err().to_string();
+        assert!(
+            err.contains("target row 5") && err.contains("5 positions"),
+            "{err}"
+        );
+    }
 }

@@ -144,12 +144,17 @@ pub fn fused_block(x: &Tensor, parts: BlockParts) -> candle_core::Result<Option<
 }
 
 /// cuda hook: per-row negative log-likelihoods `[rows]` (f32) of `targets` under `logits` `[rows, vocab]`
-/// through the fused CUDA kernels when they serve the logits; None otherwise.
+/// through the fused CUDA kernels when they serve the logits; None otherwise. `on_device` holds the same
+/// targets (u32) on the logits' device, uploaded by the caller.
 #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
-pub fn fused_row_nll(logits: &Tensor, targets: &[u32]) -> candle_core::Result<Option<Tensor>> {
+pub fn fused_row_nll(
+    logits: &Tensor,
+    targets: &[u32],
+    on_device: &Tensor,
+) -> candle_core::Result<Option<Tensor>> {
     #[cfg(feature = "cuda")]
     if cuda::fused::applies(logits) {
-        return cuda::cross_entropy::row_nll(logits, targets).map(Some);
+        return cuda::cross_entropy::row_nll(logits, targets, on_device).map(Some);
     }
     Ok(None)
 }

@@ -4,24 +4,30 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{CudaStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 use cudarc::driver::PushKernelArg;
 use half::bf16;
 
 use super::fused::{MODULE, PTX, rows_config, view};
 
 /// `[rows]` f32 negative log-likelihoods of `targets` under bf16 `logits` `[rows, vocab]`; differentiable
-/// in the logits.
-pub fn row_nll(logits: &Tensor, targets: &[u32]) -> Result<Tensor> {
+/// in the logits. `on_device` is `targets` on the logits' device (checked here on the host copy).
+pub fn row_nll(logits: &Tensor, targets: &[u32], on_device: &Tensor) -> Result<Tensor> {
     let (rows, vocab) = logits.dims2()?;
-    if targets.len() != rows {
-        candle_core::bail!("row-nll: {} targets for {rows} rows", targets.len())
+    if targets.len() != rows || on_device.dims() != [rows] || on_device.dtype() != DType::U32 {
+        candle_core::bail!(
+            "row-nll: {} targets ({:?} {:?} on the device) for {rows} rows",
+            targets.len(),
+            on_device.dims(),
+            on_device.dtype()
+        )
     }
     if let Some(bad) = targets.iter().find(|t| **t as usize >= vocab) {
         candle_core::bail!("row-nll: target id {bad} is outside the vocabulary of {vocab}")
     }
-    let targets = Tensor::new(targets, logits.device())?;
-    logits.contiguous()?.apply_op2(&targets, RowNll)
+    logits
+        .contiguous()?
+        .apply_op2(&on_device.contiguous()?, RowNll)
 }
 
 struct RowNll;
