@@ -17,6 +17,11 @@
 #   scripts/h200-train-bench.sh profile    where a step's GPU time goes: qlab at 2 x 2048 (Llama-3.1-8B dims, the first
 #                                          LAYERS blocks, default 2) under Nsight Compute, each kernel's summed duration
 #                                          ($OUT/profile.txt, as bench/results/h200-profile-2layers.txt)
+#   scripts/h200-train-bench.sh scaling    whether the 2 x 2048 step waits on the host: qlab alone at Llama-3.1-8B dims,
+#                                          sequence 2048, batch 1, 2 and 4 (the same kernels launched, the device's
+#                                          work doubling each time), then batch 2 with CUDA_LAUNCH_BLOCKING=1 (its own
+#                                          file, scaling-blocking.jsonl); a step that
+#                                          barely shrinks at batch 1 is bound by the host's launching
 #   scripts/h200-train-bench.sh longest    the longest sequence each side trains at batch 1: doubling from
 #                                          START (default 32768) until a run fails, then one bisection
 #                                          between the last length that ran and the first that failed; one
@@ -31,7 +36,7 @@
 #   .dev/peer/peer_qlora_gpu.py             a copy of ../shared/bench/peer_qlora_gpu.py
 #   .whl/bitsandbytes-*.whl                 the peer's missing package, from scripts/peer-wheel.py
 set -uo pipefail
-mode=${1:?usage: scripts/h200-train-bench.sh train|short|presets|offload|chunks|profile|longest}
+mode=${1:?usage: scripts/h200-train-bench.sh train|short|presets|offload|chunks|profile|scaling|longest}
 out=${OUT:-out}
 # shellcheck source=scripts/h200-setup.sh
 source "$(dirname "$0")/h200-setup.sh"
@@ -88,6 +93,10 @@ case $mode in
       --seq 2048 --steps 2 --device cuda:0 --json > "$out/profile.txt" 2>&1
     echo "profile: exit $?, $(wc -l < "$out/profile.txt") lines in $out/profile.txt"
     ;;
+  scaling)
+    for batch in 1 2 4; do run "$out/scaling.jsonl" qlab "$batch" 2048 6 150; done
+    CUDA_LAUNCH_BLOCKING=1 run "$out/scaling-blocking.jsonl" qlab 2 2048 4 150 llama-3.1-8b
+    ;;
   longest)
     for side in ${SIDES:-peer qlab}; do
       steps=1 good=0 seq=${START:-32768}
@@ -100,5 +109,5 @@ case $mode in
       fi
     done
     ;;
-  *) echo "unknown mode $mode (train|short|presets|offload|chunks|profile|longest)" >&2; exit 2 ;;
+  *) echo "unknown mode $mode (train|short|presets|offload|chunks|profile|scaling|longest)" >&2; exit 2 ;;
 esac
