@@ -317,23 +317,30 @@ impl Decoder {
             })?;
             grads.push(g.detach());
         }
+        drop(gathered);
         let loss = Tensor::stack(&chunk_losses, 0)?
             .sum_all()?
             .to_scalar::<f64>()?;
-        let grad = Tensor::cat(&grads, 0)?;
         let grad = match every_row {
-            true => grad,
-            false => scatter_rows(&grad, rows, positions)?,
+            true => Tensor::cat(&grads, 0)?,
+            false => scatter_rows(grads, rows, positions)?,
         };
         Ok((loss as f32, grad.reshape((b, s, d))?))
     }
 }
 
-/// `[positions, d]` holding row i of `rows_grad` `[n, d]` at position `rows[i]` and zeros elsewhere, as one
-/// gather from `rows_grad` with a zero row appended (candle's scatter, `index_add`, runs one thread per
-/// column over every row).
-fn scatter_rows(rows_grad: &Tensor, rows: &[u32], positions: usize) -> Result<Tensor> {
-    let (n, d) = rows_grad.dims2()?;
+/// `[positions, d]` holding row i of the chunks' gradients `[n, d]` (in order) at position `rows[i]` and
+/// zeros elsewhere, as one gather from the chunks with a zero row appended (candle's scatter, `index_add`,
+/// runs one thread per column over every row). The chunks are released once joined.
+fn scatter_rows(mut chunks: Vec<Tensor>, rows: &[u32], positions: usize) -> Result<Tensor> {
+    let Some(first) = chunks.first() else {
+        return Err(ModelError::Usage("no gradient rows to scatter".into()));
+    };
+    let d = first.dim(1)?;
+    chunks.push(Tensor::zeros((1, d), first.dtype(), first.device())?);
+    let joined = Tensor::cat(&chunks, 0)?;
+    drop(chunks);
+    let n = joined.dim(0)? - 1;
     let mut source = vec![n as u32; positions];
     for (i, &r) in rows.iter().enumerate() {
         match source.get_mut(r as usize) {
@@ -345,9 +352,8 @@ fn scatter_rows(rows_grad: &Tensor, rows: &[u32], positions: usize) -> Result<Te
             }
         }
     }
-    let zero = Tensor::zeros((1, d), rows_grad.dtype(), rows_grad.device())?;
-    let padded = Tensor::cat(&[rows_grad, &zero], 0)?;
-    Ok(padded.index_select(&Tensor::new(source, rows_grad.device())?, 0)?)
+    let source = Tensor::new(source, joined.device())?;
+    Ok(joined.index_select(&source, 0)?)
 }
 
 /// The gradient that reached a block input `x` (detached).
@@ -388,13 +394,18 @@ mod tests {
     #[test]
     fn scattered_rows_land_at_their_positions_with_zeros_between_and_a_row_past_the_end_is_refused()
     {
-        let grad = Tensor::new(&[[1f32, 2.0], [3.0, 4.0]], &Device::Cpu).unwrap();
-        let full = scatter_rows(&grad, &[3, 1], 5).unwrap();
+        let chunks = || {
+            vec![
+                Tensor::new(&[[1f32, 2.0]], &Device::Cpu).unwrap(),
+                Tensor::new(&[[3f32, 4.0]], &Device::Cpu).unwrap(),
+            ]
+        };
+        let full = scatter_rows(chunks(), &[3, 1], 5).unwrap();
         assert_eq!(
             full.to_vec2::<f32>().unwrap(),
             [[0.0, 0.0], [3.0, 4.0], [0.0, 0.0], [1.0, 2.0], [0.0, 0.0]]
         );
-        let err = scatter_rows(&grad, &[1, 5], 5).unwrap_err().to_string();
+        let err = scatter_rows(chunks(), &[1, 5], 5).unwrap_err().to_string();
         assert!(
             err.contains("target row 5") && err.contains("5 positions"),
             "{err}"
