@@ -139,13 +139,15 @@ impl Decoder {
         ctx.precision = opts.precision;
         // The checkpointed first pass needs no graph; recomputation and the plain path do.
         ctx.grad = !opts.checkpointing;
-        let x0 = self.embed(&batch.input_ids)?;
         let (rows, targets) = target_rows(batch)?;
         if rows.is_empty() {
             return Err(ModelError::Usage(
                 "the batch has no target tokens (loss mask is all zero)".into(),
             ));
         }
+        // Uploaded while the device's queue is still empty.
+        let loss_rows = LossRows::upload(&rows, &targets, b * s, &self.device)?;
+        let x0 = self.embed(&batch.input_ids)?;
         let mut grads: HashMap<String, Tensor> = HashMap::new();
         let loss = if opts.checkpointing {
             if opts.save_frozen_products {
@@ -175,7 +177,7 @@ impl Decoder {
                     Some((xin, out))
                 }
             };
-            let (loss, mut g) = self.head_loss(&x, &rows, &targets, opts)?;
+            let (loss, mut g) = self.head_loss(&x, &loss_rows, opts)?;
             ctx.grad = true;
             if let Some(saved) = &ctx.saved {
                 saved.recording.set(false);
@@ -210,7 +212,7 @@ impl Decoder {
             for i in 0..self.blocks.len() {
                 x = self.block_forward(i, &x, &ctx, None)?;
             }
-            let (loss, g) = self.head_loss(&x.detach(), &rows, &targets, opts)?;
+            let (loss, g) = self.head_loss(&x.detach(), &loss_rows, opts)?;
             let store = backward_with(&x, &g)?;
             for i in 0..self.blocks.len() {
                 self.collect_block_grads(i, &store, &mut grads);
@@ -228,6 +230,8 @@ impl Decoder {
                 Ok((k, g))
             })
             .collect::<Result<Vec<_>>>()?;
+        // The one read of the step: it waits for the whole backward pass.
+        let loss = loss.to_scalar::<f64>()? as f32;
         Ok(LossAndGrads {
             loss,
             target_tokens: rows.len(),
@@ -253,31 +257,23 @@ impl Decoder {
         }
     }
 
-    /// Loss over target rows of the last hidden state `h` `[b, s, d]` and its gradient, chunk by chunk.
-    ///
-    /// The target rows are gathered once and each chunk is backpropagated into its own rows only; the
-    /// chunks' gradients are scattered into `[b, s, d]` once at the end. Rows and targets go to the device
-    /// in one upload each (an upload from host memory waits for the device's queue to drain).
+    /// Loss over target rows of the last hidden state `h` `[b, s, d]` (a scalar f64 left on the device) and
+    /// its gradient, chunk by chunk: the target rows are gathered once, each chunk is backpropagated into
+    /// its own rows only, and the chunks' gradients are scattered into `[b, s, d]` once at the end.
     fn head_loss(
         &self,
         h: &Tensor,
-        rows: &[u32],
-        targets: &[u32],
+        loss: &LossRows,
         opts: &StepOptions,
-    ) -> Result<(f32, Tensor)> {
+    ) -> Result<(Tensor, Tensor)> {
         let chunk = opts.loss_chunk.max(1);
         let (b, s, d) = h.dims3()?;
-        let positions = b * s;
-        let h2 = h.reshape((positions, d))?;
-        let every_row =
-            rows.len() == positions && rows.iter().enumerate().all(|(i, &r)| r as usize == i);
-        let gathered = match every_row {
-            true => h2,
-            false => h2.index_select(&Tensor::new(rows, h.device())?, 0)?,
+        let h2 = h.reshape((b * s, d))?;
+        let gathered = match &loss.gather {
+            None => h2,
+            Some(rows) => h2.index_select(rows, 0)?,
         };
-        let targets_on_device = Tensor::new(targets, h.device())?;
-        let n = rows.len() as f64;
-        // Summed on the device and read once: each read waits for the device to drain its queue.
+        let n = loss.targets.len() as f64;
         let mut chunk_losses = Vec::new();
         let mut grads = Vec::new();
         let packed = match opts.precision {
@@ -285,14 +281,14 @@ impl Decoder {
             _ => None,
         };
         // The head's weight dequantized once for all chunks (None: it needs no dequantization, or too much).
-        let dense = match packed.is_none() && rows.len() > chunk {
+        let dense = match packed.is_none() && loss.targets.len() > chunk {
             true => self.head.dequantized(h.device())?,
             false => None,
         };
         let head = dense.as_ref().unwrap_or(&self.head);
-        for (c, t) in targets.chunks(chunk).enumerate() {
+        for (c, t) in loss.targets.chunks(chunk).enumerate() {
             let hc = Var::from_tensor(&gathered.narrow(0, c * chunk, t.len())?)?;
-            let tc = targets_on_device.narrow(0, c * chunk, t.len())?;
+            let tc = loss.targets_on_device.narrow(0, c * chunk, t.len())?;
             let logits = match &packed {
                 Some(p) => self.head_logits_bf16(p, hc.as_tensor())?,
                 None => self.head_logits_with(head, hc.as_tensor())?,
@@ -318,30 +314,50 @@ impl Decoder {
             grads.push(g.detach());
         }
         drop(gathered);
-        let loss = Tensor::stack(&chunk_losses, 0)?
-            .sum_all()?
-            .to_scalar::<f64>()?;
-        let grad = match every_row {
-            true => Tensor::cat(&grads, 0)?,
-            false => scatter_rows(grads, rows, positions)?,
+        let total = Tensor::stack(&chunk_losses, 0)?.sum_all()?;
+        let grad = match &loss.scatter {
+            None => Tensor::cat(&grads, 0)?,
+            Some(source) => scatter_rows(grads, source)?,
         };
-        Ok((loss as f32, grad.reshape((b, s, d))?))
+        Ok((total, grad.reshape((b, s, d))?))
     }
 }
 
-/// `[positions, d]` holding row i of the chunks' gradients `[n, d]` (in order) at position `rows[i]` and
-/// zeros elsewhere, as one gather from the chunks with a zero row appended (candle's scatter, `index_add`,
-/// runs one thread per column over every row). The chunks are released once joined.
-fn scatter_rows(mut chunks: Vec<Tensor>, rows: &[u32], positions: usize) -> Result<Tensor> {
-    let Some(first) = chunks.first() else {
-        return Err(ModelError::Usage("no gradient rows to scatter".into()));
-    };
-    let d = first.dim(1)?;
-    chunks.push(Tensor::zeros((1, d), first.dtype(), first.device())?);
-    let joined = Tensor::cat(&chunks, 0)?;
-    drop(chunks);
-    let n = joined.dim(0)? - 1;
-    let mut source = vec![n as u32; positions];
+/// The loss's target rows and ids, and what the device needs of them, uploaded before the forward pass:
+/// an upload from host memory waits for the device's queue to drain, which at the head would idle it.
+struct LossRows<'a> {
+    targets: &'a [u32],
+    targets_on_device: Tensor,
+    /// The rows to gather from the flattened hidden states; None when every position is a target, in order.
+    gather: Option<Tensor>,
+    /// For each position, the row of the joined chunk gradients it takes (the zero row appended after
+    /// them where the position has no target); None with `gather`.
+    scatter: Option<Tensor>,
+}
+
+impl<'a> LossRows<'a> {
+    fn upload(rows: &[u32], targets: &'a [u32], positions: usize, device: &Device) -> Result<Self> {
+        let every_row =
+            rows.len() == positions && rows.iter().enumerate().all(|(i, &r)| r as usize == i);
+        let (gather, scatter) = match every_row {
+            true => (None, None),
+            false => (
+                Some(Tensor::new(rows, device)?),
+                Some(Tensor::new(scatter_sources(rows, positions)?, device)?),
+            ),
+        };
+        Ok(Self {
+            targets,
+            targets_on_device: Tensor::new(targets, device)?,
+            gather,
+            scatter,
+        })
+    }
+}
+
+/// For each of `positions`, the index of its row in `rows`, or `rows.len()` (a zero row) where it has none.
+fn scatter_sources(rows: &[u32], positions: usize) -> Result<Vec<u32>> {
+    let mut source = vec![rows.len() as u32; positions];
     for (i, &r) in rows.iter().enumerate() {
         match source.get_mut(r as usize) {
             Some(at) => *at = i as u32,
@@ -352,8 +368,21 @@ fn scatter_rows(mut chunks: Vec<Tensor>, rows: &[u32], positions: usize) -> Resu
             }
         }
     }
-    let source = Tensor::new(source, joined.device())?;
-    Ok(joined.index_select(&source, 0)?)
+    Ok(source)
+}
+
+/// `[positions, d]` from the chunks' gradients `[n, d]` (in order) with a zero row appended, gathered by
+/// [`scatter_sources`]' indices (candle's scatter, `index_add`, runs one thread per column over every row).
+/// The chunks are released once joined.
+fn scatter_rows(mut chunks: Vec<Tensor>, source: &Tensor) -> Result<Tensor> {
+    let Some(first) = chunks.first() else {
+        return Err(ModelError::Usage("no gradient rows to scatter".into()));
+    };
+    let zero = Tensor::zeros((1, first.dim(1)?), first.dtype(), first.device())?;
+    chunks.push(zero);
+    let joined = Tensor::cat(&chunks, 0)?;
+    drop(chunks);
+    Ok(joined.index_select(source, 0)?)
 }
 
 /// The gradient that reached a block input `x` (detached).
@@ -394,18 +423,19 @@ mod tests {
     #[test]
     fn scattered_rows_land_at_their_positions_with_zeros_between_and_a_row_past_the_end_is_refused()
     {
-        let chunks = || {
-            vec![
-                Tensor::new(&[[1f32, 2.0]], &Device::Cpu).unwrap(),
-                Tensor::new(&[[3f32, 4.0]], &Device::Cpu).unwrap(),
-            ]
-        };
-        let full = scatter_rows(chunks(), &[3, 1], 5).unwrap();
+        let chunks = vec![
+            Tensor::new(&[[1f32, 2.0]], &Device::Cpu).unwrap(),
+            Tensor::new(&[[3f32, 4.0]], &Device::Cpu).unwrap(),
+        ];
+        let source = scatter_sources(&[3, 1], 5).unwrap();
+        assert_eq!(source, [2, 1, 2, 0, 2]);
+        let source = Tensor::new(source, &Device::Cpu).unwrap();
+        let full = scatter_rows(chunks, &source).unwrap();
         assert_eq!(
             full.to_vec2::<f32>().unwrap(),
             [[0.0, 0.0], [3.0, 4.0], [0.0, 0.0], [1.0, 2.0], [0.0, 0.0]]
         );
-        let err = scatter_rows(chunks(), &[1, 5], 5).unwrap_err().to_string();
+        let err = scatter_sources(&[1, 5], 5).unwrap_err().to_string();
         assert!(
             err.contains("target row 5") && err.contains("5 positions"),
             "{err}"
