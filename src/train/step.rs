@@ -269,10 +269,7 @@ impl Decoder {
         let chunk = opts.loss_chunk.max(1);
         let (b, s, d) = h.dims3()?;
         let h2 = h.reshape((b * s, d))?;
-        let gathered = match &loss.gather {
-            None => h2,
-            Some(rows) => h2.index_select(rows, 0)?,
-        };
+        let gathered = h2.index_select(&loss.rows_on_device, 0)?;
         let n = loss.targets.len() as f64;
         let mut chunk_losses = Vec::new();
         let mut grads = Vec::new();
@@ -315,10 +312,7 @@ impl Decoder {
         }
         drop(gathered);
         let total = Tensor::stack(&chunk_losses, 0)?.sum_all()?;
-        let grad = match &loss.scatter {
-            None => Tensor::cat(&grads, 0)?,
-            Some(source) => scatter_rows(grads, source)?,
-        };
+        let grad = scatter_rows(grads, &loss.sources)?;
         Ok((total, grad.reshape((b, s, d))?))
     }
 }
@@ -328,29 +322,21 @@ impl Decoder {
 struct LossRows<'a> {
     targets: &'a [u32],
     targets_on_device: Tensor,
-    /// The rows to gather from the flattened hidden states; None when every position is a target, in order.
-    gather: Option<Tensor>,
+    /// The rows to gather from the flattened hidden states (never all of them: a sequence's last position
+    /// predicts nothing).
+    rows_on_device: Tensor,
     /// For each position, the row of the joined chunk gradients it takes (the zero row appended after
-    /// them where the position has no target); None with `gather`.
-    scatter: Option<Tensor>,
+    /// them where the position has no target).
+    sources: Tensor,
 }
 
 impl<'a> LossRows<'a> {
     fn upload(rows: &[u32], targets: &'a [u32], positions: usize, device: &Device) -> Result<Self> {
-        let every_row =
-            rows.len() == positions && rows.iter().enumerate().all(|(i, &r)| r as usize == i);
-        let (gather, scatter) = match every_row {
-            true => (None, None),
-            false => (
-                Some(Tensor::new(rows, device)?),
-                Some(Tensor::new(scatter_sources(rows, positions)?, device)?),
-            ),
-        };
         Ok(Self {
             targets,
             targets_on_device: Tensor::new(targets, device)?,
-            gather,
-            scatter,
+            rows_on_device: Tensor::new(rows, device)?,
+            sources: Tensor::new(scatter_sources(rows, positions)?, device)?,
         })
     }
 }

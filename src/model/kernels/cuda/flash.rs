@@ -168,8 +168,9 @@ fn geometry(q: &Layout, k: &Layout, v: &Layout, call: &Call) -> Result<(Geometry
     if !HEAD_SIZES.contains(&d) {
         candle_core::bail!("flash attention: head size {d} is not one of {HEAD_SIZES:?}")
     }
-    // the tiles run along the grid's y, which CUDA bounds at 65,535
-    if keys.div_ceil(KEY_ROWS).max(t.div_ceil(query_rows(d))) > MAX_GRID_Y {
+    // the tiles run along the grid's y, which CUDA bounds at 65,535; query tiles (at least KEY_ROWS rows,
+    // over t <= keys queries) are never more than key tiles
+    if keys.div_ceil(KEY_ROWS) > MAX_GRID_Y {
         candle_core::bail!(
             "flash attention: {keys} keys are more than the grid's {MAX_GRID_Y} tiles of {KEY_ROWS} hold"
         )
