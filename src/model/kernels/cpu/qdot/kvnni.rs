@@ -9,6 +9,7 @@ use std::arch::x86_64::*;
 
 use super::Out;
 use super::kquants::{Kind, Q8k, QK_K, Tiles};
+use super::vnni::prefetch_ahead;
 
 const LANES: usize = 16;
 /// Rows one pass keeps in registers.
@@ -92,6 +93,10 @@ unsafe fn rows_pass<const R: usize>(
     let mut acc = [_mm512_setzero_ps(); R];
     let values = kind.values_at();
     for (b, tile) in group.chunks_exact(kind.tile_bytes()).enumerate() {
+        if first == 0 {
+            // The first rows stream the group from memory; later rows find it in the cache.
+            prefetch_ahead(tile, tile.len());
+        }
         match kind {
             Kind::Q4K => {
                 let low = _mm512_set1_epi8(0x0f);

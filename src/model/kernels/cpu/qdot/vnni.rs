@@ -51,12 +51,18 @@ unsafe fn store(acc: __m512, out: Out, r: usize, col: usize) {
 /// Tiles ahead of the one being read that are asked for early (the weights stream from memory once).
 const PREFETCH_TILES: usize = 4;
 
-/// Asks for the tile [`PREFETCH_TILES`] after `tile` (`tile_bytes` each), line by line: whatever lies
-/// there, as a prefetch of an address outside the weights is harmless.
+/// Asks for the tile [`PREFETCH_TILES`] after `tile` (`tile_bytes` each).
 #[inline(always)]
 fn prefetch(tile: &[u8], tile_bytes: usize) {
-    let ahead = tile.as_ptr().wrapping_add(PREFETCH_TILES * tile_bytes);
-    for line in (0..tile_bytes).step_by(64) {
+    prefetch_ahead(tile, PREFETCH_TILES * tile_bytes);
+}
+
+/// Asks for the `tile.len()` bytes `ahead` bytes after `tile`, line by line: whatever lies there, as a
+/// prefetch of an address outside the weights is harmless.
+#[inline(always)]
+pub(super) fn prefetch_ahead(tile: &[u8], ahead: usize) {
+    let ahead = tile.as_ptr().wrapping_add(ahead);
+    for line in (0..tile.len()).step_by(64) {
         // SAFETY: a prefetch reads nothing and faults on no address.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast()) };
     }
@@ -222,6 +228,10 @@ unsafe fn q8_0_rows<const R: usize>(
     let tile_bytes = Format::Q8_0.bytes() * LANES;
     let mut lanes = [[_mm512_setzero_ps(); 8]; R];
     for (b, tile) in tiles.chunks_exact(tile_bytes).enumerate() {
+        if first == 0 {
+            // The first rows stream the group from memory; later rows find it in the cache.
+            prefetch(tile, tile_bytes);
+        }
         let a = |i: usize| (first + i) * acts.blocks + b;
         // SAFETY: 16 f16 scales after the 8 vectors of values.
         let dw = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(tile[512..].as_ptr().cast())) };
