@@ -278,15 +278,26 @@ datasets = ["arith"]
     (dir, config)
 }
 
-/// Stops a background runner left by a failed test.
+/// Stops the background runner at the test's end (or a failed test's), and waits until it has
+/// checkpointed and exited: declared after the fixture, it drops first, so the runner never writes into a
+/// deleted directory.
 struct KillOnDrop(Option<u32>);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if let Some(pid) = self.0 {
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
+        let Some(pid) = self.0 else { return };
+        let pid = pid.to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let alive = || {
+            Command::new("kill")
+                .args(["-0", &pid])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let start = Instant::now();
+        while alive() && start.elapsed() < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
