@@ -1,12 +1,13 @@
 //! Devices: opening the one a config names (`DeviceSpec`: `auto`, `cpu`, `cuda:N`) and the dtype it computes in (bf16 on CUDA, f32
 //! on the CPU; LoRA weights and optimizer state stay f32 everywhere); with the `cuda` feature, the CUDA
-//! memory pool's settings and peak, and a VRAM sampler; the process's peak RSS on any build; and two CPU
-//! helpers, SIMD dispatch and new vectors written in parallel.
+//! memory pool's settings and peak, and a VRAM sampler; the process's peak RSS on any build; and CPU
+//! helpers: SIMD dispatch, new vectors written in parallel, and decoding's loops on a spinning pool.
 
 #[cfg(feature = "cuda")]
 mod cuda_pool;
 mod rss;
 mod simd;
+mod spinning;
 #[cfg(feature = "cuda")]
 mod vram;
 mod written;
@@ -17,6 +18,7 @@ pub use vram::VramPeak;
 
 pub use rss::peak_rss_mib;
 pub(crate) use simd::simd;
+pub(crate) use spinning::{for_each_chunk, for_each_chunk_mut};
 pub(crate) use written::{two_written_in_parallel, written_in_parallel};
 
 use candle_core::{DType, Device};

@@ -11,6 +11,7 @@ use rayon::prelude::*;
 mod decode;
 
 use super::{Mat, cpu_slice, dot, exp_shifted_sum, matmul, max, simd, storage_slice, to_f32_vec};
+use crate::model::device::for_each_chunk_mut;
 
 /// The attention op's constants; q `[b, h, t, d]` contiguous, k and v `[b, kvh, T, d]` readable as
 /// [`Groups`].
@@ -216,41 +217,59 @@ impl FusedAttention {
         let (t, tk, d, rep) = (dm.t, dm.tk, dm.d, dm.rep());
         let block_rows = ROW_BLOCK.min(t);
         let mut out = vec![0f32; dm.b * dm.h * t * d];
-        out.par_chunks_mut(rep * t * d).enumerate().for_each_init(
-            || (vec![0f32; block_rows * tk], vec![0f32; block_rows * tk]),
-            |(p, dcap), (g, og)| {
-                simd(
-                    #[inline(always)]
-                    || {
-                        let bi = g / dm.kvh;
-                        let (kg, vg) = (k.get(g), v.get(g));
-                        let blocks = self.blocks(dm, bi);
-                        for (r, oh) in og.chunks_exact_mut(t * d).enumerate() {
-                            let hq = g * rep + r;
-                            let qh = &q[hq * t * d..(hq + 1) * t * d];
-                            for &blk in &blocks {
-                                let (rows, n) = (blk.r1 - blk.r0, blk.keys);
-                                self.probs(dm, bi, blk, (qh, kg), p, dcap);
-                                let o = &mut oh[blk.r0 * d..blk.r1 * d];
-                                if rows == 1 && d > 0 {
-                                    decode::weighted(o, &p[..n], vg);
-                                    continue;
-                                }
-                                matmul(
-                                    o,
-                                    (rows, d, n),
-                                    Mat::rows(p, n),
-                                    Mat::rows(vg, d),
-                                    1.0,
-                                    false,
-                                );
-                            }
-                        }
-                    },
-                )
-            },
-        );
+        let buffers = || (vec![0f32; block_rows * tk], vec![0f32; block_rows * tk]);
+        let group = |(p, dcap): &mut (Vec<f32>, Vec<f32>), g: usize, og: &mut [f32]| {
+            simd(
+                #[inline(always)]
+                || self.group_forward(dm, (q, k, v), g, og, (p, dcap)),
+            )
+        };
+        match t {
+            // Decoding: one short loop per block and token, on the pool that stays awake between them.
+            1 => for_each_chunk_mut(&mut out, rep * t * d, |g, og| group(&mut buffers(), g, og)),
+            _ => out
+                .par_chunks_mut(rep * t * d)
+                .enumerate()
+                .for_each_init(buffers, |buffers, (g, og)| group(buffers, g, og)),
+        }
         out
+    }
+
+    /// The outputs `og` of key-head group `g`'s query heads, with the scratch buffers `p` and `dcap`.
+    #[inline(always)]
+    fn group_forward(
+        &self,
+        dm: Dims,
+        (q, k, v): (&[f32], Groups, Groups),
+        g: usize,
+        og: &mut [f32],
+        (p, dcap): (&mut [f32], &mut [f32]),
+    ) {
+        let (t, d, rep) = (dm.t, dm.d, dm.rep());
+        let bi = g / dm.kvh;
+        let (kg, vg) = (k.get(g), v.get(g));
+        let blocks = self.blocks(dm, bi);
+        for (r, oh) in og.chunks_exact_mut(t * d).enumerate() {
+            let hq = g * rep + r;
+            let qh = &q[hq * t * d..(hq + 1) * t * d];
+            for &blk in &blocks {
+                let (rows, n) = (blk.r1 - blk.r0, blk.keys);
+                self.probs(dm, bi, blk, (qh, kg), p, dcap);
+                let o = &mut oh[blk.r0 * d..blk.r1 * d];
+                if rows == 1 && d > 0 {
+                    decode::weighted(o, &p[..n], vg);
+                    continue;
+                }
+                matmul(
+                    o,
+                    (rows, d, n),
+                    Mat::rows(p, n),
+                    Mat::rows(vg, d),
+                    1.0,
+                    false,
+                );
+            }
+        }
     }
 
     /// dq `[b, h, t, d]`, dk and dv `[b, kvh, T, d]` (summed over each group's query heads).

@@ -12,9 +12,9 @@ use std::sync::{Arc, OnceLock};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Result, Tensor};
 use half::f16;
-use rayon::prelude::*;
 
 use super::{GROUPS_PER_TASK, Isa, Out, kvnni, packed, reuse};
+use crate::model::device::for_each_chunk;
 
 /// Values per superblock.
 pub(super) const QK_K: usize = 256;
@@ -243,32 +243,31 @@ pub(super) fn matmul(x: &Tensor, w: &Arc<QTensor>, kind: Kind) -> Result<Option<
     }
     let acts = reuse::rounded(SLOT, x, k, |xs, _| Q8k::round(xs, k))?;
     let tiles = packed::cached(w, |data, n, k| Tiles::new(kind, data, n, k))?;
-    let mut out = vec![0f32; m * n];
+    // The groups cover every column (16 | n) and each task writes all m rows of its own: no zero-filling.
+    let mut out = Vec::<f32>::with_capacity(m * n);
     let dst = Out {
         ptr: out.as_mut_ptr(),
         n,
     };
     let task_bytes = GROUPS_PER_TASK * tiles.blocks * kind.tile_bytes();
-    tiles
-        .bytes
-        .par_chunks(task_bytes)
-        .enumerate()
-        .for_each(|(t, group_tiles)| {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `candle_repacks` found AVX-512 VNNI; this task owns the columns of its groups, inside
-            // `out`'s m rows.
-            unsafe {
-                kvnni::columns(
-                    &tiles,
-                    group_tiles,
-                    &acts,
-                    m,
-                    dst,
-                    t * GROUPS_PER_TASK * LANES,
-                )
-            };
-            #[cfg(not(target_arch = "x86_64"))]
-            unreachable!("no AVX-512 off x86_64: {t} {}", group_tiles.len());
-        });
+    for_each_chunk(&tiles.bytes, task_bytes, |t, group_tiles| {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `candle_repacks` found AVX-512 VNNI; this task owns the columns of its groups, inside
+        // `out`'s m rows.
+        unsafe {
+            kvnni::columns(
+                &tiles,
+                group_tiles,
+                &acts,
+                m,
+                dst,
+                t * GROUPS_PER_TASK * LANES,
+            )
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("no AVX-512 off x86_64: {t} {}", group_tiles.len());
+    });
+    // SAFETY: the tasks wrote every element (above).
+    unsafe { out.set_len(m * n) };
     Tensor::from_vec(out, (m, n), &Device::Cpu).map(Some)
 }

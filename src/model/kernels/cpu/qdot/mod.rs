@@ -24,10 +24,10 @@ use std::sync::Arc;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Result, Tensor};
-use rayon::prelude::*;
 
 use self::activations::{Activations, dot_scalar};
 use self::packed::Packed;
+use crate::model::device::for_each_chunk;
 
 /// Values per block (all the types here).
 const BLOCK: usize = 32;
@@ -169,17 +169,17 @@ impl Out {
 fn product(packed: &Packed, acts: &Activations, w: &QTensor) -> Result<Vec<f32>> {
     let (rows, n) = (acts.rows, packed.n);
     let lanes = packed.isa.lanes();
-    let mut out = vec![0f32; rows * n];
+    // Every element is written below (the groups' columns by their tasks, the columns after them by the
+    // loop at the end), so the buffer is not zero-filled first.
+    let mut out = Vec::<f32>::with_capacity(rows * n);
     let dst = Out {
         ptr: out.as_mut_ptr(),
         n,
     };
     let task_tiles = GROUPS_PER_TASK * acts.blocks * packed.tile_bytes;
-    packed
-        .tiles
-        .par_chunks(task_tiles)
-        .enumerate()
-        .for_each(|(t, tiles)| run_kernel(packed, tiles, acts, dst, t * GROUPS_PER_TASK * lanes));
+    for_each_chunk(&packed.tiles, task_tiles, |t, tiles| {
+        run_kernel(packed, tiles, acts, dst, t * GROUPS_PER_TASK * lanes)
+    });
     let first_tail = packed.groups * lanes;
     if first_tail < n {
         let weights = w.data()?;
@@ -187,10 +187,16 @@ fn product(packed: &Packed, acts: &Activations, w: &QTensor) -> Result<Vec<f32>>
         for c in first_tail..n {
             let w_row = &weights[c * row_bytes..][..row_bytes];
             for r in 0..rows {
-                out[r * n + c] = dot_scalar(packed.format, w_row, acts, r);
+                // SAFETY: row r, column c of the buffer, which no task writes.
+                unsafe {
+                    dst.at(r, c)
+                        .write(dot_scalar(packed.format, w_row, acts, r))
+                };
             }
         }
     }
+    // SAFETY: the tasks wrote every row of the groups' columns, the loop above every row of the others.
+    unsafe { out.set_len(rows * n) };
     Ok(out)
 }
 
