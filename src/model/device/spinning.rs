@@ -4,18 +4,25 @@
 //! microseconds, and waking one again (in a virtual machine, an interrupt to a halted virtual CPU) costs
 //! about what the loop does: on 2 cores a second rayon thread made the demo model's batch 10 only 1.1x
 //! faster than one thread. candle's pool workers spin for about a millisecond before they park, so they stay
-//! awake through a step. Only generation uses it: between steps of training, a spinning worker would
-//! take a core from rayon's.
+//! awake through a step. Only decoding uses it (the quantized products of up to 32 rows, one-query attention):
+//! training's loops stay on rayon, whose threads a worker spinning between them would take a core from.
+
+use std::ops::Range;
+
+/// `task(i, range)` for each piece `i` of `0..len`, `chunk` indices each (the last may be shorter).
+fn for_each_piece(len: usize, chunk: usize, task: impl Fn(usize, Range<usize>) + Sync) {
+    let chunk = chunk.max(1);
+    candle_core::utils::barrier_pool().execute_chunked(len.div_ceil(chunk), |pieces| {
+        for i in pieces {
+            let start = i * chunk;
+            task(i, start..len.min(start + chunk));
+        }
+    });
+}
 
 /// `task(i, piece)` for each piece `i` of `data`, `chunk` values each (the last may be shorter).
 pub(crate) fn for_each_chunk<T: Sync>(data: &[T], chunk: usize, task: impl Fn(usize, &[T]) + Sync) {
-    let chunk = chunk.max(1);
-    candle_core::utils::barrier_pool().execute_chunked(data.len().div_ceil(chunk), |pieces| {
-        for i in pieces {
-            let start = i * chunk;
-            task(i, &data[start..data.len().min(start + chunk)]);
-        }
-    });
+    for_each_piece(data.len(), chunk, |i, range| task(i, &data[range]));
 }
 
 /// A slice's start, shared with the pool's threads, which write disjoint pieces of it.
@@ -32,18 +39,14 @@ pub(crate) fn for_each_chunk_mut<T: Send>(
     chunk: usize,
     task: impl Fn(usize, &mut [T]) + Sync,
 ) {
-    let (len, chunk) = (data.len(), chunk.max(1));
     let start = Shared(data.as_mut_ptr());
     let start = &start;
-    candle_core::utils::barrier_pool().execute_chunked(len.div_ceil(chunk), |pieces| {
-        for i in pieces {
-            let at = i * chunk;
-            let n = chunk.min(len - at);
-            // SAFETY: piece i, `at..at + n`, lies inside `data`, and the pool runs each index once: no other
-            // task reads or writes these elements while this one holds them.
-            let piece = unsafe { std::slice::from_raw_parts_mut(start.0.add(at), n) };
-            task(i, piece);
-        }
+    for_each_piece(data.len(), chunk, |i, range| {
+        // SAFETY: `range` lies inside `data`, and the pool runs each piece once: no other task reads or
+        // writes these elements while this one holds them.
+        let piece =
+            unsafe { std::slice::from_raw_parts_mut(start.0.add(range.start), range.len()) };
+        task(i, piece);
     });
 }
 

@@ -1,7 +1,8 @@
 //! Decoding products with GGUF block weights, faster than candle 0.11's for the types a decode spends its
 //! time in: Q4_1 (the demo model's projections), Q5_0 (most of a Q4_K_M file whose widths are not multiples
-//! of 256, as Qwen2-0.5B's), Q8_0 (vocabulary heads) and, on AVX-512 VNNI, Q4_K / Q6_K (`kquants`: a
-//! Q4_K_M file's down projections), with a result bit for bit equal to candle's.
+//! of 256, as Qwen2-0.5B's) and Q8_0 (vocabulary heads), with a result bit for bit equal to candle's. Q4_K and
+//! Q6_K (a Q4_K_M file's down projections) are candle's own repacked kernels, which run on the same spinning
+//! pool as these and measured as fast as a copy of them here.
 //!
 //! The weights are repacked once (`packed`): 16 output columns (AVX-512 VNNI) or 8 (AVX2) interleaved four
 //! bytes at a time, so that one integer dot-product instruction with four broadcast activation bytes serves
@@ -12,8 +13,6 @@
 
 mod activations;
 mod avx2;
-mod kquants;
-mod kvnni;
 mod packed;
 mod reuse;
 #[cfg(test)]
@@ -100,9 +99,9 @@ impl Isa {
     }
 }
 
-/// `x[m, k] @ W^T` for a Q4_1, Q5_0, Q8_0, Q4_K or Q6_K weight `W[n, k]` on the CPU, or None when this
-/// module does not serve the operands (another weight type, a CPU without AVX2, a GPU tensor, a shape
-/// candle multiplies otherwise: see `kquants`) and candle's `QMatMul` should.
+/// `x[m, k] @ W^T` for a Q4_1, Q5_0 or Q8_0 weight `W[n, k]` on the CPU, or None when this module does not
+/// serve the operands (another weight type, a CPU without AVX2, a GPU tensor, a shape candle multiplies
+/// with its own repacked kernel) and candle's `QMatMul` should.
 ///
 /// Each output is the same sum, in the same order and with the same roundings, as candle's kernel for the
 /// type on this CPU: the activations are rounded to Q8_1 / Q8_0 by candle's own code, each block's integer
@@ -112,9 +111,6 @@ impl Isa {
 pub fn matmul(x: &Tensor, w: &Arc<QTensor>) -> Result<Option<Tensor>> {
     if !x.device().is_cpu() {
         return Ok(None);
-    }
-    if let Some(kind) = kquants::Kind::of(w.dtype()) {
-        return kquants::matmul(x, w, kind);
     }
     let Some(format) = Format::of(w.dtype()) else {
         return Ok(None);

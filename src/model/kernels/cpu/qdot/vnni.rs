@@ -51,18 +51,12 @@ unsafe fn store(acc: __m512, out: Out, r: usize, col: usize) {
 /// Tiles ahead of the one being read that are asked for early (the weights stream from memory once).
 const PREFETCH_TILES: usize = 4;
 
-/// Asks for the tile [`PREFETCH_TILES`] after `tile` (`tile_bytes` each).
+/// Asks for the tile [`PREFETCH_TILES`] after `tile` (`tile_bytes` each), line by line: whatever lies
+/// there, as a prefetch of an address outside the weights is harmless.
 #[inline(always)]
 fn prefetch(tile: &[u8], tile_bytes: usize) {
-    prefetch_ahead(tile, PREFETCH_TILES * tile_bytes);
-}
-
-/// Asks for the `tile.len()` bytes `ahead` bytes after `tile`, line by line: whatever lies there, as a
-/// prefetch of an address outside the weights is harmless.
-#[inline(always)]
-pub(super) fn prefetch_ahead(tile: &[u8], ahead: usize) {
-    let ahead = tile.as_ptr().wrapping_add(ahead);
-    for line in (0..tile.len()).step_by(64) {
+    let ahead = tile.as_ptr().wrapping_add(PREFETCH_TILES * tile_bytes);
+    for line in (0..tile_bytes).step_by(64) {
         // SAFETY: a prefetch reads nothing and faults on no address.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast()) };
     }
