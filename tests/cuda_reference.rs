@@ -773,3 +773,191 @@ fn flash_attention_copies_misaligned_queries_first() {
     let ga = ga.get(&wide).unwrap().narrow(3, 1, d).unwrap();
     assert_eq!(rel_err(&ga, gc.get(&fresh).unwrap(), None), 0.0);
 }
+
+/// The optimizer's multi-tensor passes on the GPU (gradients summed over micro-batches, their global norm,
+/// clipping and AdamW in a few launches) against the same update on the CPU, over more tensors than one
+/// launch takes; and a non-finite gradient leaves every parameter as it was.
+#[test]
+fn the_multi_tensor_update_on_the_gpu_matches_the_cpu() {
+    use candle_core::Var;
+    use qlab::train::optim::{AdamW, AdamWConfig, accumulate};
+    let dev = gpu();
+    let shapes: Vec<Vec<usize>> = (0..100)
+        .map(|i| vec![1 + i % 7, 1 + (i * 37) % 300])
+        .collect();
+    let values = |shape: &[usize], seed: u64| -> Vec<f32> {
+        let n: usize = shape.iter().product();
+        (0..n)
+            .map(|i| (((i as u64 + seed * 7919) * 2654435761) % 2001) as f32 / 1000.0 - 1.0)
+            .collect()
+    };
+    let params_on = |d: &Device| -> Vec<(String, Var)> {
+        shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let t = Tensor::from_vec(values(s, i as u64), s.as_slice(), d).unwrap();
+                (format!("p{i}"), Var::from_tensor(&t).unwrap())
+            })
+            .collect()
+    };
+    let grads_on = |d: &Device, micro: u64, scale: f32| -> Vec<Tensor> {
+        shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let v: Vec<f32> = values(s, 1000 + 100 * micro + i as u64)
+                    .iter()
+                    .map(|x| x * scale)
+                    .collect();
+                Tensor::from_vec(v, s.as_slice(), d).unwrap()
+            })
+            .collect()
+    };
+    let cfg = AdamWConfig::with_weight_decay(0.01);
+    let (cpu_p, gpu_p) = (params_on(&Device::Cpu), params_on(&dev));
+    let (mut cpu_opt, mut gpu_opt) = (
+        AdamW::new(&cpu_p, cfg).unwrap(),
+        AdamW::new(&gpu_p, cfg).unwrap(),
+    );
+    // Step 1 clips (norm far above 1), step 2 does not (max norm far above), step 3 has no clipping at all.
+    for (step, max_norm, scale) in [
+        (0u64, Some(1.0), 1.0f32),
+        (1, Some(1e6), 0.01),
+        (2, None, 0.1),
+    ] {
+        let mut norms = Vec::new();
+        for (d, p, opt) in [
+            (&Device::Cpu, &cpu_p, &mut cpu_opt),
+            (&dev, &gpu_p, &mut gpu_opt),
+        ] {
+            let mut sum = grads_on(d, 3 * step, scale);
+            for micro in 1..3 {
+                sum = accumulate(sum, grads_on(d, 3 * step + micro, scale)).unwrap();
+            }
+            norms.push(opt.step_summed(p, sum, 3, max_norm, 1e-2).unwrap());
+        }
+        let (a, b) = (norms[0], norms[1]);
+        assert!(
+            (a - b).abs() <= 1e-5 * a,
+            "step {step}: norm {a} on the CPU, {b} on the GPU"
+        );
+    }
+    for ((name, c), (_, g)) in cpu_p.iter().zip(&gpu_p) {
+        let e = rel_err(g.as_tensor(), c.as_tensor(), None);
+        assert!(e <= 1e-5, "{name}: GPU vs CPU after three updates {e}");
+    }
+    let before: Vec<Vec<f32>> = gpu_p
+        .iter()
+        .map(|(_, v)| {
+            host_f32(v.as_tensor())
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        })
+        .collect();
+    let mut bad = grads_on(&dev, 50, 1.0);
+    bad[57] = (&bad[57] * f64::NAN).unwrap();
+    let norm = gpu_opt
+        .step_summed(&gpu_p, bad, 1, Some(1.0), 1e-2)
+        .unwrap();
+    assert!(!norm.is_finite());
+    assert_eq!(gpu_opt.steps_taken(), 3);
+    let after: Vec<Vec<f32>> = gpu_p
+        .iter()
+        .map(|(_, v)| {
+            host_f32(v.as_tensor())
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(before, after, "a non-finite gradient changed a parameter");
+}
+
+/// `qlab bench train --timeline` on the GPU: every mark of the step, in order, with both clocks moving
+/// forward from mark to mark.
+#[test]
+fn a_gpu_steps_timeline_marks_every_phase_in_order() {
+    use qlab::config::DeviceSpec;
+    use qlab::model::load::bench_model::BenchModel;
+    use qlab::train::bench::{BenchSettings, bench_train};
+    use qlab::train::step::CheckpointPlace;
+    let report = bench_train(&BenchSettings {
+        model: BenchModel::Preset("smollm2-135m".into()),
+        quant: None,
+        batch: 2,
+        seq: 64,
+        steps: 2,
+        rank: 4,
+        checkpointing: true,
+        save_frozen_products: None,
+        checkpoints: CheckpointPlace::Device,
+        loss_chunk: None,
+        cpu_f32: false,
+        device: DeviceSpec::Cuda(0),
+        layers: Some(3),
+        timeline: true,
+    })
+    .unwrap();
+    let labels: Vec<&str> = report.timeline.iter().map(|m| m.label.as_str()).collect();
+    let want = [
+        "start",
+        "embedded",
+        "block 0 forward",
+        "block 1 forward",
+        "block 2 forward",
+        "head and loss",
+        "block 2 backward",
+        "block 1 backward",
+        "block 0 backward",
+        "gradients",
+        "updated",
+    ];
+    assert_eq!(labels, want);
+    for w in report.timeline.windows(2) {
+        assert!(
+            w[1].host_ms >= w[0].host_ms && w[1].device_ms >= w[0].device_ms,
+            "{w:?}"
+        );
+    }
+    let last = report.timeline.last().unwrap();
+    assert!(last.device_ms > 0.0 && last.host_ms > 0.0, "{last:?}");
+}
+
+/// Embedding rows staged through page-locked memory equal `index_select` on the host, in every float dtype,
+/// across more than one chunk of the staging buffer (64 MiB), and a bad id is an error.
+#[test]
+fn host_rows_staged_to_the_gpu_equal_index_select() {
+    use qlab::model::kernels::host_rows_to_device;
+    let dev = gpu();
+    let table = Tensor::arange(0f32, 10.0 * 4096.0, &Device::Cpu)
+        .unwrap()
+        .reshape((10, 4096))
+        .unwrap();
+    // 4,100 rows of 16 KiB in f32: two chunks.
+    let ids: Vec<u32> = (0..4100u32).map(|i| (i * 7) % 10).collect();
+    let idx = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap();
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let t = table.to_dtype(dtype).unwrap();
+        let got = host_rows_to_device(&t, &ids, &dev).unwrap().unwrap();
+        assert!(got.device().is_cuda());
+        let want = t.index_select(&idx, 0).unwrap();
+        assert_eq!(got.dims(), want.dims());
+        let diff = (host_f32(&got) - host_f32(&want))
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(diff, 0.0, "{dtype:?}");
+    }
+    let err = host_rows_to_device(&table, &[10], &dev)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("token id 10"), "{err}");
+}

@@ -85,6 +85,10 @@ pub struct TrainArgs {
     /// Where to run: cpu, cuda:N or auto (CUDA needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu", value_parser = super::parse_device)]
     device: qlab::config::DeviceSpec,
+    /// On a GPU: report the last step's timeline, host and device time at the start, each block's forward,
+    /// the head and loss, each block's backward and the update (where the device waited for the host).
+    #[arg(long)]
+    timeline: bool,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -194,6 +198,7 @@ fn train(a: TrainArgs) -> Result<()> {
         loss_chunk: a.loss_chunk.map(|c| c as usize),
         cpu_f32: a.cpu_f32,
         layers: a.layers,
+        timeline: a.timeline,
     })?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -215,6 +220,21 @@ fn train(a: TrainArgs) -> Result<()> {
             println!(
                 "{}: peak VRAM {v:.2} GiB above the CUDA context; first (warm-up) step {:.1} s",
                 report.device, report.warmup_s
+            );
+        }
+        if !report.timeline.is_empty() {
+            println!(
+                "last step's timeline (ms from its start; `idle` where the device had caught up with the host):"
+            );
+        }
+        for m in &report.timeline {
+            let idle = match m.device_ms - m.host_ms < 0.05 {
+                true => "  idle",
+                false => "",
+            };
+            println!(
+                "  {:<20} host {:>8.1}  device {:>8.1}{idle}",
+                m.label, m.host_ms, m.device_ms
             );
         }
     }

@@ -23,18 +23,25 @@ pub fn zero_moments(param: &Tensor) -> Result<Tensor> {
     Tensor::zeros(dims, DType::F32, param.device())
 }
 
+impl AdamWStep {
+    /// The parameter pass's constants `[lr, decay, c1, c2, eps]` (decay = 1 - lr * weight_decay, c the bias
+    /// corrections), as every kernel takes them.
+    pub fn constants(&self) -> [f32; 5] {
+        [
+            self.lr as f32,
+            (1.0 - self.lr * self.weight_decay) as f32,
+            (1.0 - self.beta1.powi(self.t)) as f32,
+            (1.0 - self.beta2.powi(self.t)) as f32,
+            self.eps as f32,
+        ]
+    }
+}
+
 /// Updates `moments` with `grad`, then `param`, both in place (f32, contiguous).
 pub fn adamw_update(param: &Tensor, grad: &Tensor, moments: &Tensor, s: &AdamWStep) -> Result<()> {
     let (b1, b2) = (s.beta1 as f32, s.beta2 as f32);
     moments.inplace_op2(&grad.contiguous()?, &Moments { b1, b2 })?;
-    let h = [
-        s.lr as f32,
-        (1.0 - s.lr * s.weight_decay) as f32,
-        (1.0 - s.beta1.powi(s.t)) as f32,
-        (1.0 - s.beta2.powi(s.t)) as f32,
-        s.eps as f32,
-    ];
-    param.inplace_op2(moments, &ParamStep(h))
+    param.inplace_op2(moments, &ParamStep(s.constants()))
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> Result<&'a [f32]> {

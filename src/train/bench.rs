@@ -9,12 +9,14 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use crate::config::DeviceSpec;
-use crate::model::device::peak_rss_mib;
+use crate::model::device::{peak_rss_mib, timeline};
 use crate::model::error::{ModelError, Result};
 use crate::model::kernels::cpu::bf16::Precision;
 use crate::model::load::bench_model::{BenchModel, projection_kinds};
 use crate::model::quant::weights::Quant;
 use crate::model::{LoraSpec, Target};
+use crate::train::TrainError;
+use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::step::{CheckpointPlace, StepOptions, TrainBatch};
 
 #[derive(Debug, Clone)]
@@ -39,6 +41,8 @@ pub struct BenchSettings {
     pub device: DeviceSpec,
     /// Presets only: keep the first N blocks (profiling a step at real widths in less time and memory).
     pub layers: Option<usize>,
+    /// CUDA only: record the last step's timeline of host and device (`model::device::timeline`).
+    pub timeline: bool,
 }
 
 /// What one benchmark measured.
@@ -86,36 +90,17 @@ pub struct BenchReport {
     pub layers: usize,
     pub first_loss: f32,
     pub last_loss: f32,
+    /// With `timeline`: the last step's marks (start, embedding, every block forward, head and loss, every
+    /// block backward, gradients, update), host and device milliseconds from the start.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub timeline: Vec<timeline::Mark>,
 }
 
-/// AdamW as the trainer runs it (lr 2e-4, betas 0.9/0.999, no weight decay) so a step costs what a real one
-/// does.
-struct AdamW {
-    moments: Vec<Tensor>,
-    t: i32,
-}
-
-impl AdamW {
-    fn step(&mut self, params: &[candle_core::Var], grads: &[(String, Tensor)]) -> Result<()> {
-        self.t += 1;
-        if self.moments.is_empty() {
-            self.moments = params
-                .iter()
-                .map(|p| crate::train::adamw::zero_moments(p.as_tensor()))
-                .collect::<candle_core::Result<_>>()?;
-        }
-        let update = crate::train::adamw::AdamWStep {
-            lr: 2e-4,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            t: self.t,
-        };
-        for (p, ((_, g), moments)) in params.iter().zip(grads.iter().zip(&self.moments)) {
-            crate::train::adamw::adamw_update(p.as_tensor(), g, moments, &update)?;
-        }
-        Ok(())
+/// The optimizer's error as the benchmark's.
+fn step_error(e: TrainError) -> ModelError {
+    match e {
+        TrainError::Candle(e) => ModelError::Candle(e),
+        other => ModelError::Usage(other.to_string()),
     }
 }
 
@@ -143,8 +128,8 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
         seed: 0,
     };
     model.add_lora(&spec)?;
-    let params: Vec<candle_core::Var> = model.lora_params().into_iter().map(|(_, v)| v).collect();
-    let lora_params = params.iter().map(|v| v.elem_count()).sum();
+    let params = model.lora_params();
+    let lora_params = params.iter().map(|(_, v)| v.elem_count()).sum();
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let vocab = model.config.vocab_size as u32;
     let ids: Vec<u32> = (0..s.batch * s.seq)
@@ -166,17 +151,21 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
         precision: Precision::on(&device, !s.cpu_f32),
         ..defaults
     };
-    let mut adam = AdamW {
-        moments: vec![],
-        t: 0,
-    };
+    // The trainer's optimizer as it runs by default: lr 2e-4, betas 0.9/0.999, clipping to norm 1.
+    let mut adam = AdamW::new(&params, AdamWConfig::with_weight_decay(0.0)).map_err(step_error)?;
     let mut times = Vec::new();
     let mut losses = Vec::new();
+    timeline::enable(s.timeline);
+    let mut marks = Vec::new();
     for _ in 0..s.steps {
         let t = Instant::now();
         let out = model.loss_and_grads(&batch, &opts)?;
-        adam.step(&params, &out.grads)?;
+        let grads = out.grads.into_iter().map(|(_, g)| g).collect();
+        adam.step_summed(&params, grads, 1, Some(1.0), 2e-4)
+            .map_err(step_error)?;
+        timeline::mark(&device, || "updated".into());
         device.synchronize()?;
+        marks = timeline::take();
         times.push(t.elapsed().as_secs_f64());
         losses.push(out.loss);
     }
@@ -219,7 +208,7 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
         },
         loss_chunk: opts.loss_chunk,
         cpu_products: device.is_cpu().then(|| opts.precision.label()),
-        measures: "forward + loss + backward to all LoRA tensors (activation checkpointing per block, chunked vocabulary loss) + AdamW update",
+        measures: "forward + loss + backward to all LoRA tensors (activation checkpointing per block, chunked vocabulary loss) + the trainer's update (global-norm clipping to 1, AdamW)",
         step_s,
         step_times_s: times,
         tokens_per_s: (s.batch * s.seq) as f64 / step_s,
@@ -235,6 +224,7 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
         layers: model.blocks.len(),
         first_loss: losses.first().copied().unwrap_or(f32::NAN),
         last_loss: losses.last().copied().unwrap_or(f32::NAN),
+        timeline: marks,
     })
 }
 
@@ -259,9 +249,12 @@ mod tests {
             cpu_f32: true,
             device: DeviceSpec::Cpu,
             layers: Some(1),
+            timeline: true,
         })
         .unwrap();
         assert_eq!(report.layers, 1);
+        // The timeline is the GPU's: on the CPU it stays empty.
+        assert!(report.timeline.is_empty());
         assert_eq!(report.cpu_products, Some("f32"));
         // Saved frozen products (the CPU default) hold more than the block kept whole.
         assert_eq!(report.kept_blocks, 1);
@@ -335,6 +328,7 @@ mod tests {
             cpu_f32: false,
             device: DeviceSpec::Cpu,
             layers: Some(1),
+            timeline: false,
         };
         let report = bench_train(&settings(1)).unwrap();
         assert_eq!(report.step_times_s.len(), 1);

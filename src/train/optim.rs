@@ -81,6 +81,82 @@ impl AdamW {
         Ok(())
     }
 
+    /// One update from gradients summed over `micro` micro-batches (same order as at construction): their
+    /// mean, clipped to a global norm of `max_norm`, steps every parameter at `lr`. Returns the mean's
+    /// global norm before clipping; where it is not finite, nothing is updated and the step is not counted.
+    /// On CUDA the whole update is a few multi-tensor launches and one read of the norm.
+    pub fn step_summed(
+        &mut self,
+        params: &[(String, Var)],
+        sums: Vec<Tensor>,
+        micro: usize,
+        max_norm: Option<f64>,
+        lr: f64,
+    ) -> Result<f64, TrainError> {
+        let micro = micro.max(1) as f64;
+        #[cfg(feature = "cuda")]
+        if sums.first().is_some_and(|g| g.device().is_cuda()) {
+            return self.step_summed_cuda(params, sums, micro, max_norm, lr);
+        }
+        let mut grads = sums
+            .iter()
+            .map(|g| g / micro)
+            .collect::<Result<Vec<_>, _>>()?;
+        let norm = clip_grad_norm(&mut grads, max_norm)?;
+        if norm.is_finite() {
+            self.step(params, &grads, lr)?;
+        }
+        Ok(norm)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn step_summed_cuda(
+        &mut self,
+        params: &[(String, Var)],
+        sums: Vec<Tensor>,
+        micro: f64,
+        max_norm: Option<f64>,
+        lr: f64,
+    ) -> Result<f64, TrainError> {
+        use crate::model::kernels::cuda::multi_tensor;
+        let sums = contiguous(sums)?;
+        let sumsq = multi_tensor::sum_of_squares(&sums)?;
+        self.step += 1;
+        let c = self.config;
+        let update = AdamWStep {
+            lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+            t: self.step as i32,
+        };
+        let constants = multi_tensor::AdamWConstants {
+            betas: (c.beta1 as f32, c.beta2 as f32),
+            step: update.constants(),
+            inv_micro: 1.0 / micro,
+            max_norm,
+        };
+        let tensors: Vec<Tensor> = params.iter().map(|(_, v)| v.as_tensor().clone()).collect();
+        multi_tensor::adamw(&tensors, &sums, &self.moments, &sumsq, &constants)?;
+        let read = sums
+            .first()
+            .map(|g| match g.device() {
+                Device::Cuda(d) => d
+                    .cuda_stream()
+                    .clone_dtoh(&sumsq)
+                    .map_err(candle_core::Error::wrap),
+                _ => Ok(vec![f64::NAN]),
+            })
+            .transpose()?
+            .unwrap_or_default();
+        let norm = read.first().map_or(0.0, |s| s.sqrt() / micro);
+        if !norm.is_finite() {
+            self.step -= 1;
+        }
+        Ok(norm)
+    }
+
     /// The state as safetensors bytes: `m.<name>`, `v.<name>` and the step count in the metadata.
     pub fn to_safetensors(&self) -> Result<Vec<u8>, TrainError> {
         let mut views = Vec::with_capacity(self.names.len() * 2);
@@ -138,6 +214,31 @@ impl AdamW {
             step,
         })
     }
+}
+
+/// Adds a micro-batch's gradients `grads` to the running `sums` (same order); on CUDA in place, in a few
+/// multi-tensor launches.
+pub fn accumulate(sums: Vec<Tensor>, grads: Vec<Tensor>) -> Result<Vec<Tensor>, TrainError> {
+    #[cfg(feature = "cuda")]
+    if sums.first().is_some_and(|g| g.device().is_cuda()) {
+        let sums = contiguous(sums)?;
+        crate::model::kernels::cuda::multi_tensor::add_into(&sums, &contiguous(grads)?)?;
+        return Ok(sums);
+    }
+    Ok(sums
+        .iter()
+        .zip(&grads)
+        .map(|(a, g)| a + g)
+        .collect::<Result<_, _>>()?)
+}
+
+/// The tensors, each contiguous (copied only where it is not).
+#[cfg(feature = "cuda")]
+fn contiguous(ts: Vec<Tensor>) -> Result<Vec<Tensor>, TrainError> {
+    Ok(ts
+        .into_iter()
+        .map(|t| t.contiguous())
+        .collect::<Result<_, _>>()?)
 }
 
 /// Scale `grads` so that their global L2 norm is at most `max_norm`; returns the norm before clipping.

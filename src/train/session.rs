@@ -12,7 +12,7 @@ use super::checkpoint::{self, CheckpointParts, FileWriter, Found, TrainerState};
 use super::data::batches::{epoch_order, make_batch, micro_batches_per_epoch};
 use super::data::examples::Example;
 use super::model::TrainableModel;
-use super::optim::{AdamW, AdamWConfig, clip_grad_norm};
+use super::optim::{AdamW, AdamWConfig, accumulate};
 use super::schedule::Schedule;
 use super::settings::TrainSettings;
 
@@ -161,20 +161,19 @@ impl Session {
             tokens += batch.tokens;
             sum = Some(match sum {
                 None => grads,
-                Some(acc) => acc
-                    .iter()
-                    .zip(&grads)
-                    .map(|(a, g)| a + g)
-                    .collect::<Result<_, _>>()?,
+                Some(acc) => accumulate(acc, grads)?,
             });
         }
         let micro = (end - first) as f64;
-        let mut grads: Vec<Tensor> = sum
-            .unwrap_or_default()
-            .iter()
-            .map(|g| g / micro)
-            .collect::<Result<_, _>>()?;
-        let grad_norm = clip_grad_norm(&mut grads, self.settings.max_grad_norm)?;
+        let lr = self.state.schedule.lr(step);
+        // Nothing is updated when the norm is not finite.
+        let grad_norm = self.opt.step_summed(
+            &self.params,
+            sum.unwrap_or_default(),
+            end - first,
+            self.settings.max_grad_norm,
+            lr,
+        )?;
         if !grad_norm.is_finite() {
             return Err(TrainError::NonFinite {
                 what: format!("gradient norm {grad_norm}"),
@@ -184,8 +183,6 @@ impl Session {
                 rows: Vec::new(),
             });
         }
-        let lr = self.state.schedule.lr(step);
-        self.opt.step(&self.params, &grads, lr)?;
         self.state.step = step;
         self.state.position = end;
         let mut finished_epoch = None;

@@ -12,6 +12,7 @@ use candle_core::{D, DType, Device, Tensor, Var};
 use crate::model::autograd::attach::backward_with;
 use crate::model::decoder::lora::{DropoutSeed, SavedProducts};
 use crate::model::decoder::{Decoder, Positions};
+use crate::model::device::timeline;
 use crate::model::error::{ModelError, Result};
 use crate::model::kernels::cpu;
 use crate::model::kernels::cpu::bf16::Precision;
@@ -139,6 +140,7 @@ impl Decoder {
         ctx.precision = opts.precision;
         // The checkpointed first pass needs no graph; recomputation and the plain path do.
         ctx.grad = !opts.checkpointing;
+        timeline::mark(&self.device, || "start".into());
         let (rows, targets) = target_rows(batch)?;
         if rows.is_empty() {
             return Err(ModelError::Usage(
@@ -148,6 +150,7 @@ impl Decoder {
         // Uploaded while the device's queue is still empty.
         let loss_rows = LossRows::upload(&rows, &targets, b * s, &self.device)?;
         let x0 = self.embed(&batch.input_ids)?;
+        timeline::mark(&self.device, || "embedded".into());
         let mut grads: HashMap<String, Tensor> = HashMap::new();
         let loss = if opts.checkpointing {
             if opts.save_frozen_products {
@@ -168,6 +171,7 @@ impl Decoder {
                 let out = self.block_forward(i, &x, &ctx, None)?.detach();
                 inputs.push(if host { x.to_device(&Device::Cpu)? } else { x });
                 x = out;
+                timeline::mark(&self.device, || format!("block {i} forward"));
             }
             let kept = match keep {
                 0 => None,
@@ -178,6 +182,7 @@ impl Decoder {
                 }
             };
             let (loss, mut g) = self.head_loss(&x, &loss_rows, opts)?;
+            timeline::mark(&self.device, || "head and loss".into());
             ctx.grad = true;
             if let Some(saved) = &ctx.saved {
                 saved.recording.set(false);
@@ -204,6 +209,7 @@ impl Decoder {
                 if i > 0 {
                     g = input_grad(&store, &xin)?;
                 }
+                timeline::mark(&self.device, || format!("block {i} backward"));
             }
             loss
         } else {
@@ -230,6 +236,7 @@ impl Decoder {
                 Ok((k, g))
             })
             .collect::<Result<Vec<_>>>()?;
+        timeline::mark(&self.device, || "gradients".into());
         // The one read of the step: it waits for the whole backward pass.
         let loss = loss.to_scalar::<f64>()? as f32;
         Ok(LossAndGrads {

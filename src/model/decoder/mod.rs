@@ -134,11 +134,14 @@ impl Decoder {
             // The table waits in host memory (load::builder::embedding_device): gathered there, in parallel.
             FrozenWeight::Dense(w) if w.device().is_cpu() && !self.device.is_cpu() => {
                 let ids = flat.to_dtype(candle_core::DType::U32)?.to_vec1::<u32>()?;
-                match crate::model::kernels::cpu::gather::rows(w, &ids)? {
+                match crate::model::kernels::host_rows_to_device(w, &ids, &self.device)? {
                     Some(x) => x,
-                    None => w.index_select(&flat.to_device(w.device())?, 0)?,
+                    None => match crate::model::kernels::cpu::gather::rows(w, &ids)? {
+                        Some(x) => x,
+                        None => w.index_select(&flat.to_device(w.device())?, 0)?,
+                    }
+                    .to_device(&self.device)?,
                 }
-                .to_device(&self.device)?
             }
             FrozenWeight::Dense(w) => w.index_select(&flat, 0)?,
             FrozenWeight::Ggml(q) => q

@@ -1,6 +1,6 @@
 //! Devices: opening the one a config names (`DeviceSpec`: `auto`, `cpu`, `cuda:N`) and the dtype it computes in (bf16 on CUDA, f32
 //! on the CPU; LoRA weights and optimizer state stay f32 everywhere); with the `cuda` feature, the CUDA
-//! memory pool's settings and peak, and a VRAM sampler; the process's peak RSS on any build; and CPU
+//! memory pool's settings and peak, a VRAM sampler, and a step's timeline of host and device; the process's peak RSS on any build; and CPU
 //! helpers: SIMD dispatch, new vectors written in parallel, and decoding's loops on a spinning pool.
 
 #[cfg(feature = "cuda")]
@@ -8,6 +8,7 @@ mod cuda_pool;
 mod rss;
 mod simd;
 mod spinning;
+pub mod timeline;
 #[cfg(feature = "cuda")]
 mod vram;
 mod written;

@@ -159,6 +159,21 @@ pub fn fused_row_nll(
     Ok(None)
 }
 
+/// cuda hook: rows `ids` of `table` (in host memory) on `device`, through page-locked staging when `device`
+/// is a GPU and the table a contiguous float table; None otherwise (the caller gathers and copies).
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn host_rows_to_device(
+    table: &Tensor,
+    ids: &[u32],
+    device: &candle_core::Device,
+) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if let candle_core::Device::Cuda(dev) = device {
+        return cuda::staged::rows_to_device(table, ids, dev);
+    }
+    Ok(None)
+}
+
 /// cuda hook: RMSNorm through the fused CUDA kernels when they serve `x`; None otherwise.
 #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
 pub fn fused_rms_norm(

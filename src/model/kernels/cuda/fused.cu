@@ -234,3 +234,60 @@ extern "C" __global__ void adamw_param_f32(float *p, const float *mv, size_t n, 
   float denom = sqrtf(mv[n + i] / c2) + eps;
   p[i] = p[i] * decay - (m_hat / denom) * lr;
 }
+
+// Multi-tensor forms for the optimizer (one launch for up to MT_MAX tensors, a tensor per blockIdx.y, its
+// elements strided over blockIdx.x): an 8B model has 448 LoRA tensors, and a kernel per tensor left the
+// device idle while the host launched thousands of them. The table travels as a kernel parameter.
+#define MT_MAX 48
+struct MtTable {
+  float *a[MT_MAX];
+  const float *b[MT_MAX];
+  float *c[MT_MAX];
+  unsigned int n[MT_MAX];
+};
+
+// a[t] += b[t] (gradients summed over micro-batches).
+extern "C" __global__ void mt_add_f32(MtTable t) {
+  int k = blockIdx.y;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < t.n[k]; i += (size_t)gridDim.x * blockDim.x)
+    t.a[k][i] += t.b[k][i];
+}
+
+// *sumsq += the sum of b[t]'s squares over the table.
+extern "C" __global__ void mt_sumsq_f32(MtTable t, double *sumsq) {
+  int k = blockIdx.y;
+  float s = 0.0f;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < t.n[k]; i += (size_t)gridDim.x * blockDim.x)
+    s += t.b[k][i] * t.b[k][i];
+  s = block_sum(s);
+  if (threadIdx.x == 0) atomicAdd(sumsq, (double)s);
+}
+
+// AdamW of parameters a[t] with gradients b[t] and moments c[t] = [m, v], the gradients first scaled as the
+// step on the host did it: g * inv_micro (their mean over micro-batches), then, when their global norm
+// sqrt(*sumsq) * inv_micro exceeds max_norm > 0, by max_norm / (norm + 1e-6). A non-finite norm leaves
+// every parameter and moment as it was (the host reports it). Same arithmetic as adamw_moments_f32 and
+// adamw_param_f32.
+extern "C" __global__ void mt_adamw_f32(MtTable t, const double *sumsq, double inv_micro, double max_norm, float b1,
+                                        float b2, float lr, float decay, float c1, float c2, float eps) {
+  double norm = sqrt(*sumsq) * inv_micro;
+  if (!isfinite(norm)) return;
+  float mean = (float)inv_micro;
+  bool clip = max_norm > 0.0 && norm > max_norm;
+  float scale = clip ? (float)(max_norm / (norm + 1e-6)) : 1.0f;
+  int k = blockIdx.y;
+  size_t n = t.n[k];
+  float *p = t.a[k], *mv = t.c[k];
+  const float *g = t.b[k];
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    float gi = g[i] * mean;
+    if (clip) gi = gi * scale;
+    float m = mv[i] * b1 + gi * (1.0f - b1);
+    float v = mv[n + i] * b2 + gi * gi * (1.0f - b2);
+    mv[i] = m;
+    mv[n + i] = v;
+    float m_hat = m / c1;
+    float denom = sqrtf(v / c2) + eps;
+    p[i] = p[i] * decay - (m_hat / denom) * lr;
+  }
+}

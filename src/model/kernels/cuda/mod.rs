@@ -1,5 +1,6 @@
 //! The CUDA backend behind the kernel seam (`model::kernels`): the training step's fused bf16 kernels
-//! (flash attention, RMSNorm, gated product, vocabulary loss, LoRA products on cuBLAS, AdamW) and the whole decoder
+//! (flash attention, RMSNorm, gated product, vocabulary loss, LoRA products on cuBLAS, AdamW, the optimizer's multi-tensor passes, host rows staged
+//! for the device) and the whole decoder
 //! block as one node (`block.rs`). The PTX beside each `.cu` file is built by scripts/build-cuda.sh.
 
 /// The `cpu_fwd` of a custom op that runs on CUDA only, with one token per operand (`cuda_only!(x y)` for
@@ -35,5 +36,7 @@ pub(super) mod flash;
 pub(super) mod fused;
 pub(super) mod heads;
 pub(super) mod lowrank;
+pub mod multi_tensor;
+pub(super) mod staged;
 
 pub use adamw::{moments as adamw_moments, step as adamw_step};
