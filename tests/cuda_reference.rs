@@ -847,16 +847,19 @@ fn the_multi_tensor_update_on_the_gpu_matches_the_cpu() {
         let e = rel_err(g.as_tensor(), c.as_tensor(), None);
         assert!(e <= 1e-5, "{name}: GPU vs CPU after three updates {e}");
     }
-    let before: Vec<Vec<f32>> = gpu_p
-        .iter()
-        .map(|(_, v)| {
-            host_f32(v.as_tensor())
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap()
-        })
-        .collect();
+    let snapshot = || -> Vec<Vec<f32>> {
+        gpu_p
+            .iter()
+            .map(|(_, v)| {
+                host_f32(v.as_tensor())
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let before = snapshot();
     let mut bad = grads_on(&dev, 50, 1.0);
     bad[57] = (&bad[57] * f64::NAN).unwrap();
     let norm = gpu_opt
@@ -864,16 +867,7 @@ fn the_multi_tensor_update_on_the_gpu_matches_the_cpu() {
         .unwrap();
     assert!(!norm.is_finite());
     assert_eq!(gpu_opt.steps_taken(), 3);
-    let after: Vec<Vec<f32>> = gpu_p
-        .iter()
-        .map(|(_, v)| {
-            host_f32(v.as_tensor())
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap()
-        })
-        .collect();
+    let after = snapshot();
     assert_eq!(before, after, "a non-finite gradient changed a parameter");
 }
 
@@ -946,15 +940,7 @@ fn host_rows_staged_to_the_gpu_equal_index_select() {
         assert!(got.device().is_cuda());
         let want = t.index_select(&idx, 0).unwrap();
         assert_eq!(got.dims(), want.dims());
-        let diff = (host_f32(&got) - host_f32(&want))
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
-        assert_eq!(diff, 0.0, "{dtype:?}");
+        assert_eq!(rel_err(&got, &want, None), 0.0, "{dtype:?}");
     }
     let err = host_rows_to_device(&table, &[10], &dev)
         .unwrap_err()

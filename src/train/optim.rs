@@ -58,6 +58,20 @@ impl AdamW {
         self.step
     }
 
+    /// Counts a step and gives its constants at learning rate `lr`.
+    fn next_update(&mut self, lr: f64) -> AdamWStep {
+        self.step += 1;
+        let c = self.config;
+        AdamWStep {
+            lr,
+            beta1: c.beta1,
+            beta2: c.beta2,
+            eps: c.eps,
+            weight_decay: c.weight_decay,
+            t: self.step as i32,
+        }
+    }
+
     /// One update of every parameter with its gradient (same order as at construction) at learning rate `lr`.
     pub fn step(
         &mut self,
@@ -65,16 +79,7 @@ impl AdamW {
         grads: &[Tensor],
         lr: f64,
     ) -> Result<(), TrainError> {
-        self.step += 1;
-        let c = self.config;
-        let update = AdamWStep {
-            lr,
-            beta1: c.beta1,
-            beta2: c.beta2,
-            eps: c.eps,
-            weight_decay: c.weight_decay,
-            t: self.step as i32,
-        };
+        let update = self.next_update(lr);
         for ((_, var), (g, moments)) in params.iter().zip(grads.iter().zip(&self.moments)) {
             adamw_update(var.as_tensor(), g, moments, &update)?;
         }
@@ -121,18 +126,9 @@ impl AdamW {
         use crate::model::kernels::cuda::multi_tensor;
         let sums = contiguous(sums)?;
         let sumsq = multi_tensor::sum_of_squares(&sums)?;
-        self.step += 1;
-        let c = self.config;
-        let update = AdamWStep {
-            lr,
-            beta1: c.beta1,
-            beta2: c.beta2,
-            eps: c.eps,
-            weight_decay: c.weight_decay,
-            t: self.step as i32,
-        };
+        let update = self.next_update(lr);
         let constants = multi_tensor::AdamWConstants {
-            betas: (c.beta1 as f32, c.beta2 as f32),
+            betas: (update.beta1 as f32, update.beta2 as f32),
             step: update.constants(),
             inv_micro: 1.0 / micro,
             max_norm,

@@ -10,10 +10,7 @@ use rayon::prelude::*;
 /// `table[ids]` `[ids.len(), d]` for a contiguous 2-d f32, bf16 or f16 table on the CPU (None otherwise:
 /// the caller falls back on `index_select`). An id outside the table is an error, not a panic.
 pub fn rows(table: &Tensor, ids: &[u32]) -> Result<Option<Tensor>> {
-    let (n, d) = table.dims2()?;
-    if let Some(bad) = ids.iter().find(|&&i| i as usize >= n) {
-        candle_core::bail!("token id {bad} is outside the embedding table's {n} rows");
-    }
+    let d = checked_width(table, ids)?;
     let (storage, layout) = table.storage_and_layout();
     let (Storage::Cpu(s), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
         return Ok(None);
@@ -24,6 +21,15 @@ pub fn rows(table: &Tensor, ids: &[u32]) -> Result<Option<Tensor>> {
         CpuStorage::F16(v) => Some(gather(&v[start..end], d, ids)?),
         _ => None,
     })
+}
+
+/// The width of the 2-d `table` after checking that every id names one of its rows (an error, not a panic).
+pub fn checked_width(table: &Tensor, ids: &[u32]) -> Result<usize> {
+    let (n, d) = table.dims2()?;
+    if let Some(bad) = ids.iter().find(|&&i| i as usize >= n) {
+        candle_core::bail!("token id {bad} is outside the embedding table's {n} rows");
+    }
+    Ok(d)
 }
 
 fn gather<T: WithDType>(src: &[T], d: usize, ids: &[u32]) -> Result<Tensor> {

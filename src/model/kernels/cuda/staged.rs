@@ -10,7 +10,7 @@ use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CudaDevice, CudaStorage, Result, Storage, Tensor};
 use cudarc::driver::{DevicePtrMut, DeviceRepr, HostSlice, PinnedHostSlice};
 
-use crate::model::kernels::cpu::gather::gather_into;
+use crate::model::kernels::cpu::gather::{checked_width, gather_into};
 
 /// The staging buffer's size: rows go over in chunks of at most this many bytes.
 const STAGING_BYTES: usize = 64 << 20;
@@ -21,10 +21,7 @@ static STAGING: Mutex<Option<PinnedHostSlice<u8>>> = Mutex::new(None);
 /// `table[ids]` `[ids.len(), d]` on `dev`, for a contiguous 2-d f32, bf16 or f16 table in host memory; None
 /// for any other table (the caller takes the ordinary path). An id outside the table is an error.
 pub fn rows_to_device(table: &Tensor, ids: &[u32], dev: &CudaDevice) -> Result<Option<Tensor>> {
-    let (n, d) = table.dims2()?;
-    if let Some(bad) = ids.iter().find(|&&i| i as usize >= n) {
-        candle_core::bail!("token id {bad} is outside the embedding table's {n} rows");
-    }
+    let d = checked_width(table, ids)?;
     let (storage, layout) = table.storage_and_layout();
     let (Storage::Cpu(s), Some((start, end))) = (&*storage, layout.contiguous_offsets()) else {
         return Ok(None);
