@@ -44,6 +44,8 @@ fn products_equal_candles_kernels_bit_for_bit() {
             (3, 37, 128),
             (32, 19, 1536),
             (2, 24, 64),
+            (90, 192, 576),
+            (35, 1536, 576),
         ] {
             let (x, w) = operands(dtype, m, n, k, n as u64);
             let ours = matmul(&x, &w).unwrap().expect("served");
@@ -255,4 +257,37 @@ fn an_input_is_rounded_once_for_the_products_that_share_it() {
     let again = reuse::rounded(0, &signed, 64, round(Format::Q4_1)).unwrap();
     assert!(!Arc::ptr_eq(&first, &again));
     assert!(!Arc::ptr_eq(&first, &other_type));
+}
+
+/// A row's outputs are the same bits whichever rows it is multiplied with (passes of up to 10 rows).
+#[test]
+fn a_rows_products_do_not_depend_on_the_other_rows() {
+    if Isa::detect().is_none() {
+        eprintln!("skipped: this CPU has no AVX2");
+        return;
+    }
+    for dtype in DTYPES {
+        let (x, w) = operands(dtype, 90, 192, 576, 3);
+        let all: Vec<f32> = matmul(&x, &w)
+            .unwrap()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        for r in [0usize, 5, 33, 89] {
+            let one: Vec<f32> = matmul(&x.narrow(0, r, 1).unwrap(), &w)
+                .unwrap()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert_eq!(
+                bits(&one),
+                bits(&all[r * 192..(r + 1) * 192]),
+                "{dtype:?} row {r}"
+            );
+        }
+    }
 }
