@@ -3,7 +3,7 @@
 //! From ordinary (pageable) memory the driver copies through its own small bounce buffer, and a training
 //! step's 32 MB of rows (2 x 2048 tokens at 4,096 wide, bf16) took 8 ms with the device idle.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::op::BackpropOp;
@@ -15,8 +15,9 @@ use crate::model::kernels::cpu::gather::{checked_width, gather_into};
 /// The staging buffer's size: rows go over in chunks of at most this many bytes.
 const STAGING_BYTES: usize = 64 << 20;
 
-/// One buffer for the process, kept between calls (allocating page-locked memory takes milliseconds).
-static STAGING: Mutex<Option<PinnedHostSlice<u8>>> = Mutex::new(None);
+/// One buffer per CUDA context (page-locked memory belongs to the context that allocated it), kept between
+/// calls: allocating it takes milliseconds.
+static STAGING: Mutex<Vec<PinnedHostSlice<u8>>> = Mutex::new(Vec::new());
 
 /// `table[ids]` `[ids.len(), d]` on `dev`, for a contiguous 2-d f32, bf16 or f16 table in host memory; None
 /// for any other table (the caller takes the ordinary path). An id outside the table is an error.
@@ -51,18 +52,24 @@ fn staged<T: CudaDType + DeviceRepr + Copy + Send + Sync>(
     // SAFETY: every element is written by the copies below before the storage is read.
     let mut dst = unsafe { stream.alloc::<T>(ids.len() * d) }.w()?;
     let rows_per_chunk = (STAGING_BYTES / (d * size).max(1)).max(1);
-    let mut slot = STAGING
+    let mut buffers = STAGING
         .lock()
         .map_err(|_| candle_core::Error::Msg("embedding staging: poisoned lock".into()))?;
     let need = (rows_per_chunk.min(ids.len()) * d * size).max(1);
-    if slot.as_ref().is_none_or(|s| s.len() < need) {
-        *slot = None;
-        // SAFETY: the buffer is written (gather_into) before any byte of it is copied.
-        *slot = Some(unsafe { stream.context().alloc_pinned::<u8>(need) }.w()?);
-    }
-    let Some(staging) = slot.as_mut() else {
-        candle_core::bail!("embedding staging: no buffer")
+    let ctx = stream.context();
+    let mine = buffers.iter().position(|b| Arc::ptr_eq(b.context(), ctx));
+    let slot = match mine {
+        Some(i) if buffers[i].len() >= need => i,
+        _ => {
+            if let Some(i) = mine {
+                buffers.swap_remove(i);
+            }
+            // SAFETY: the buffer is written (gather_into) before any byte of it is copied.
+            buffers.push(unsafe { ctx.alloc_pinned::<u8>(need) }.w()?);
+            buffers.len() - 1
+        }
     };
+    let staging = &mut buffers[slot];
     for (c, chunk) in ids.chunks(rows_per_chunk).enumerate() {
         let (len, at) = (chunk.len() * d, c * rows_per_chunk * d);
         // Waits for the previous copy out of the buffer.
