@@ -155,7 +155,7 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
     let mut adam = AdamW::new(&params, AdamWConfig::with_weight_decay(0.0)).map_err(step_error)?;
     let mut times = Vec::new();
     let mut losses = Vec::new();
-    timeline::enable(s.timeline);
+    let _recording = timeline::record(s.timeline);
     let mut marks = Vec::new();
     for _ in 0..s.steps {
         let t = Instant::now();

@@ -135,18 +135,7 @@ impl AdamW {
         };
         let tensors: Vec<Tensor> = params.iter().map(|(_, v)| v.as_tensor().clone()).collect();
         multi_tensor::adamw(&tensors, &sums, &self.moments, &sumsq, &constants)?;
-        let read = sums
-            .first()
-            .map(|g| match g.device() {
-                Device::Cuda(d) => d
-                    .cuda_stream()
-                    .clone_dtoh(&sumsq)
-                    .map_err(candle_core::Error::wrap),
-                _ => Ok(vec![f64::NAN]),
-            })
-            .transpose()?
-            .unwrap_or_default();
-        let norm = read.first().map_or(0.0, |s| s.sqrt() / micro);
+        let norm = multi_tensor::read(&sumsq)?.sqrt() / micro;
         if !norm.is_finite() {
             self.step -= 1;
         }

@@ -131,7 +131,8 @@ impl Decoder {
         let flat = ids.flatten_all()?;
         let d = self.config.hidden_size;
         let x = match &self.embed {
-            // The table waits in host memory (load::builder::embedding_device): gathered there, in parallel.
+            // The table waits in host memory (load::builder::embedding_device): gathered there in parallel, on
+            // a GPU straight into page-locked staging memory.
             FrozenWeight::Dense(w) if w.device().is_cpu() && !self.device.is_cpu() => {
                 let ids = flat.to_dtype(candle_core::DType::U32)?.to_vec1::<u32>()?;
                 match crate::model::kernels::host_rows_to_device(w, &ids, &self.device)? {

@@ -19,9 +19,20 @@ pub struct Mark {
     pub device_ms: f64,
 }
 
-/// Turns marking on or off for the whole process.
-pub fn enable(on: bool) {
+/// Marking, on for the whole process while it lives (when `on`); dropping it turns marking off again.
+pub struct Recording(());
+
+/// Starts marking when `on`; it stops when the returned [`Recording`] is dropped.
+pub fn record(on: bool) -> Recording {
     ENABLED.store(on, Ordering::Relaxed);
+    Recording(())
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        ENABLED.store(false, Ordering::Relaxed);
+        let _ = take();
+    }
 }
 
 #[cfg(feature = "cuda")]

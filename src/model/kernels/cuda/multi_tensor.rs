@@ -169,6 +169,14 @@ pub fn sum_of_squares(grads: &[Tensor]) -> Result<CudaSlice<f64>> {
     Ok(sumsq)
 }
 
+/// The value a [`sum_of_squares`] left on the device (a read that waits for the work queued before it).
+pub fn read(value: &CudaSlice<f64>) -> Result<f64> {
+    let host = value.stream().clone_dtoh(value).w()?;
+    host.first()
+        .copied()
+        .ok_or_else(|| candle_core::Error::Msg("multi-tensor: an empty result".into()))
+}
+
 /// AdamW's constants for [`adamw`]: `[b1, b2, lr, decay, c1, c2, eps]` as in fused.cu.
 pub struct AdamWConstants {
     pub betas: (f32, f32),

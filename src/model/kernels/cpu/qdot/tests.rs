@@ -24,6 +24,12 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
+/// Our product of `x` and `w` (which this module must serve), flattened.
+fn ours(x: &Tensor, w: &Arc<QTensor>) -> Vec<f32> {
+    let y = matmul(x, w).unwrap().expect("served");
+    y.flatten_all().unwrap().to_vec1().unwrap()
+}
+
 fn candle(x: &Tensor, w: &Arc<QTensor>) -> Vec<f32> {
     let y = QMatMul::from_arc(w.clone()).unwrap().forward(x).unwrap();
     y.flatten_all().unwrap().to_vec1().unwrap()
@@ -48,10 +54,8 @@ fn products_equal_candles_kernels_bit_for_bit() {
             (35, 1536, 576),
         ] {
             let (x, w) = operands(dtype, m, n, k, n as u64);
-            let ours = matmul(&x, &w).unwrap().expect("served");
-            let ours: Vec<f32> = ours.flatten_all().unwrap().to_vec1().unwrap();
             assert_eq!(
-                bits(&ours),
+                bits(&ours(&x, &w)),
                 bits(&candle(&x, &w)),
                 "{dtype:?} ({m},{n},{k})"
             );
@@ -268,21 +272,9 @@ fn a_rows_products_do_not_depend_on_the_other_rows() {
     }
     for dtype in DTYPES {
         let (x, w) = operands(dtype, 90, 192, 576, 3);
-        let all: Vec<f32> = matmul(&x, &w)
-            .unwrap()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let all = ours(&x, &w);
         for r in [0usize, 5, 33, 89] {
-            let one: Vec<f32> = matmul(&x.narrow(0, r, 1).unwrap(), &w)
-                .unwrap()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .to_vec1()
-                .unwrap();
+            let one = ours(&x.narrow(0, r, 1).unwrap(), &w);
             assert_eq!(
                 bits(&one),
                 bits(&all[r * 192..(r + 1) * 192]),
