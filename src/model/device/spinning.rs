@@ -4,8 +4,9 @@
 //! microseconds, and waking one again (in a virtual machine, an interrupt to a halted virtual CPU) costs
 //! about what the loop does: on 2 cores a second rayon thread made the demo model's batch 10 only 1.1x
 //! faster than one thread. candle's pool workers spin for about a millisecond before they park, so they stay
-//! awake through a step. Only decoding uses it (the quantized products of up to 32 rows, one-query attention):
-//! training's loops stay on rayon, whose threads a worker spinning between them would take a core from.
+//! awake through a step. Only generation uses it (the quantized products of prompts and decoding, one-query
+//! attention): training's loops stay on rayon, whose threads a worker spinning between them would take a core
+//! from.
 
 use std::ops::Range;
 

@@ -130,74 +130,116 @@ impl<'a> Groups<'a> {
     }
 }
 
-/// Query rows per block: each block multiplies only the keys up to the last one its rows can see
-/// (causal masks: about 60% of the full products at 256 positions).
+/// Query rows per block: each block multiplies only the keys its rows can see (causal masks: about 60% of
+/// the full products at 256 positions).
 const ROW_BLOCK: usize = 64;
 
-/// One block of query rows `[r0, r1)` and the key extent `[0, keys)` that holds all its visible keys.
+/// The keys `[start, end)` one query row reads: from its first visible key to its last. A row that sees no
+/// key at all (a padded query) reads every key, as the composition's softmax then spreads evenly over them.
+#[derive(Clone, Copy)]
+struct Span {
+    start: usize,
+    end: usize,
+}
+
+/// One block of query rows `[r0, r1)` and the keys `[k0, k1)` that hold all its rows' spans.
 #[derive(Clone, Copy)]
 struct RowBlock {
     r0: usize,
     r1: usize,
-    keys: usize,
+    k0: usize,
+    k1: usize,
+}
+
+impl RowBlock {
+    fn keys(&self) -> usize {
+        self.k1 - self.k0
+    }
 }
 
 impl FusedAttention {
-    /// Row blocks of batch row `bi`. A row that sees no key at all (a padded query) gets the full extent,
-    /// as the composition's softmax then spreads evenly over every key.
-    fn blocks(&self, dm: Dims, bi: usize) -> Vec<RowBlock> {
+    /// The spans of batch row `bi`'s queries, and its row blocks. Blocks start afresh where padded queries
+    /// end, and each row's softmax runs over its own span only, so that a left-padded prompt is computed in
+    /// the same blocks, over the same keys in the same order, as the prompt alone: the same bits.
+    fn blocks(&self, dm: Dims, bi: usize) -> (Vec<RowBlock>, Vec<Span>) {
         let (t, tk) = (dm.t, dm.tk);
-        let visible_end = |i: usize| {
-            let row = &self.mask[(bi * t + i) * tk..(bi * t + i + 1) * tk];
-            match row.iter().rposition(|m| *m > f32::MIN / 2.0) {
-                Some(j) => j + 1,
-                None => tk,
-            }
-        };
-        (0..t)
-            .step_by(ROW_BLOCK)
-            .map(|r0| {
-                let r1 = (r0 + ROW_BLOCK).min(t);
-                let keys = (r0..r1).map(visible_end).max().unwrap_or(tk);
-                RowBlock { r0, r1, keys }
+        let visible: Vec<Option<Span>> = (0..t)
+            .map(|i| {
+                let row = &self.mask[(bi * t + i) * tk..(bi * t + i + 1) * tk];
+                let seen = |m: &f32| *m > f32::MIN / 2.0;
+                let start = row.iter().position(seen)?;
+                let last = row.iter().rposition(seen)?;
+                Some(Span {
+                    start,
+                    end: last + 1,
+                })
             })
-            .collect()
+            .collect();
+        let padded = |i: usize| visible[i].is_none();
+        let spans: Vec<Span> = (visible.iter())
+            .map(|s| s.unwrap_or(Span { start: 0, end: tk }))
+            .collect();
+        let mut blocks = Vec::with_capacity(t / ROW_BLOCK + 2);
+        let mut r0 = 0;
+        while r0 < t {
+            let kind = padded(r0);
+            let mut r1 = r0 + 1;
+            while r1 < t && r1 - r0 < ROW_BLOCK && padded(r1) == kind {
+                r1 += 1;
+            }
+            let rows = &spans[r0..r1];
+            blocks.push(RowBlock {
+                r0,
+                r1,
+                k0: rows.iter().map(|s| s.start).min().unwrap_or(0),
+                k1: rows.iter().map(|s| s.end).max().unwrap_or(tk),
+            });
+            r0 = r1;
+        }
+        (blocks, spans)
     }
 
-    /// Probabilities of rows `blk` of one head into `p` `[rows, blk.keys]` from its queries `qh` `[t, d]`
-    /// and keys `kg` `[T, d]`; with soft-capping, `dcap` receives the cap's derivative (`1 - tanh^2`).
+    /// Probabilities of rows `blk` of one head into `p` `[rows, blk.keys()]` (keys from `blk.k0`) from its
+    /// queries `qh` `[t, d]` and keys `kg` `[T, d]`, zero outside each row's span; with soft-capping, `dcap`
+    /// receives the cap's derivative (`1 - tanh^2`).
     #[inline(always)]
     fn probs(
         &self,
         dm: Dims,
         bi: usize,
-        blk: RowBlock,
+        (blk, spans): (RowBlock, &[Span]),
         (qh, kg): (&[f32], &[f32]),
         p: &mut [f32],
         dcap: &mut [f32],
     ) {
-        let (t, tk, d, n) = (dm.t, dm.tk, dm.d, blk.keys);
+        let (t, tk, d, n) = (dm.t, dm.tk, dm.d, blk.keys());
         let rows = blk.r1 - blk.r0;
         let p = &mut p[..rows * n];
+        let keys = &kg[blk.k0 * d..blk.k1 * d];
         if rows == 1 && d > 0 {
             // One query (decoding): dot products, without gemm's packing, which costs more than the product.
-            decode::scores(&qh[blk.r0 * d..blk.r1 * d], &kg[..n * d], self.scale, p);
+            decode::scores(&qh[blk.r0 * d..blk.r1 * d], keys, self.scale, p);
         } else {
             matmul(
                 p,
                 (rows, n, d),
                 Mat::rows(&qh[blk.r0 * d..], d),
-                Mat::rows_t(kg, d),
+                Mat::rows_t(keys, d),
                 self.scale,
                 false,
             );
         }
         let mask = &self.mask[(bi * t + blk.r0) * tk..(bi * t + blk.r1) * tk];
-        for ((row, mrow), crow) in p
+        for (((row, mrow), crow), span) in p
             .chunks_exact_mut(n)
             .zip(mask.chunks_exact(tk))
             .zip(dcap.chunks_exact_mut(n))
+            .zip(&spans[blk.r0..blk.r1])
         {
+            let (a, b) = (span.start - blk.k0, span.end - blk.k0);
+            row[..a].fill(0.0);
+            row[b..].fill(0.0);
+            let (row, crow) = (&mut row[a..b], &mut crow[a..b]);
             if let Some(cap) = self.softcap {
                 for (s, c) in row.iter_mut().zip(crow.iter_mut()) {
                     let th = (*s / cap).tanh();
@@ -205,7 +247,7 @@ impl FusedAttention {
                     *c = 1.0 - th * th;
                 }
             }
-            for (s, m) in row.iter_mut().zip(mrow) {
+            for (s, m) in row.iter_mut().zip(&mrow[span.start..span.end]) {
                 *s += m;
             }
             let inv = 1.0 / exp_shifted_sum(row, max(row));
@@ -248,23 +290,24 @@ impl FusedAttention {
         let (t, d, rep) = (dm.t, dm.d, dm.rep());
         let bi = g / dm.kvh;
         let (kg, vg) = (k.get(g), v.get(g));
-        let blocks = self.blocks(dm, bi);
+        let (blocks, spans) = self.blocks(dm, bi);
         for (r, oh) in og.chunks_exact_mut(t * d).enumerate() {
             let hq = g * rep + r;
             let qh = &q[hq * t * d..(hq + 1) * t * d];
             for &blk in &blocks {
-                let (rows, n) = (blk.r1 - blk.r0, blk.keys);
-                self.probs(dm, bi, blk, (qh, kg), p, dcap);
+                let (rows, n) = (blk.r1 - blk.r0, blk.keys());
+                self.probs(dm, bi, (blk, &spans), (qh, kg), p, dcap);
                 let o = &mut oh[blk.r0 * d..blk.r1 * d];
+                let values = &vg[blk.k0 * d..blk.k1 * d];
                 if rows == 1 && d > 0 {
-                    decode::weighted(o, &p[..n], vg);
+                    decode::weighted(o, &p[..n], values);
                     continue;
                 }
                 matmul(
                     o,
                     (rows, d, n),
                     Mat::rows(p, n),
-                    Mat::rows(vg, d),
+                    Mat::rows(values, d),
                     1.0,
                     false,
                 );
@@ -298,20 +341,22 @@ impl FusedAttention {
                             let bi = g / dm.kvh;
                             let kg = &k[g * tk * d..(g + 1) * tk * d];
                             let vg = &v[g * tk * d..(g + 1) * tk * d];
-                            let blocks = self.blocks(dm, bi);
+                            let (blocks, spans) = self.blocks(dm, bi);
                             for (r, dqh) in dqg.chunks_exact_mut(t * d).enumerate() {
                                 let hq = g * rep + r;
                                 let qh = &q[hq * t * d..(hq + 1) * t * d];
                                 let doh = &dout[hq * t * d..(hq + 1) * t * d];
                                 for &blk in &blocks {
-                                    let (rows, n) = (blk.r1 - blk.r0, blk.keys);
+                                    let (rows, n) = (blk.r1 - blk.r0, blk.keys());
                                     let (qb, dob) =
                                         (&qh[blk.r0 * d..blk.r1 * d], &doh[blk.r0 * d..blk.r1 * d]);
-                                    self.probs(dm, bi, blk, (qh, kg), p, dcap);
+                                    let keys = blk.k0 * d..blk.k1 * d;
+                                    let (kb, vb) = (&kg[keys.clone()], &vg[keys.clone()]);
+                                    self.probs(dm, bi, (blk, &spans), (qh, kg), p, dcap);
                                     let (p, dp) = (&p[..rows * n], &mut dp[..rows * n]);
                                     // dV += P^T dO; dP = dO V^T (dk, dv start at zero and only accumulate).
                                     matmul(
-                                        dvg,
+                                        &mut dvg[keys.clone()],
                                         (n, d, rows),
                                         Mat::rows_t(p, n),
                                         Mat::rows(dob, d),
@@ -322,7 +367,7 @@ impl FusedAttention {
                                         dp,
                                         (rows, n, d),
                                         Mat::rows(dob, d),
-                                        Mat::rows_t(vg, d),
+                                        Mat::rows_t(vb, d),
                                         1.0,
                                         false,
                                     );
@@ -347,12 +392,12 @@ impl FusedAttention {
                                         dqb,
                                         (rows, d, n),
                                         Mat::rows(dp, n),
-                                        Mat::rows(kg, d),
+                                        Mat::rows(kb, d),
                                         s,
                                         false,
                                     );
                                     matmul(
-                                        dkg,
+                                        &mut dkg[keys],
                                         (n, d, rows),
                                         Mat::rows_t(dp, n),
                                         Mat::rows(qb, d),
