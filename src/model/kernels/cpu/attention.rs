@@ -606,6 +606,52 @@ mod tests {
         check((2, 4, 1, 10, 16), valid, Some(3), None);
     }
 
+    /// A left-padded prompt's rows are the prompt alone's to the bit: its prefill over several row blocks
+    /// (the padding not a multiple of a block), and a decode step against all its keys, with and without a
+    /// window and soft-capping. (Generation rounds activations to 8 bits, which turns a last-bit difference
+    /// into a different answer.)
+    #[test]
+    fn a_left_padded_prompt_is_computed_as_the_prompt_alone() {
+        let (h, kvh, len, pad, d) = (4, 2, 150, 37, 16);
+        let bits = |x: &Tensor| -> Vec<u32> {
+            let v: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            v.iter().map(|f| f.to_bits()).collect()
+        };
+        let rows =
+            |x: &Tensor, from: usize, n: usize| x.narrow(2, from, n).unwrap().contiguous().unwrap();
+        let padded_keys = vec![[vec![false; pad], vec![true; len]].concat()];
+        let alone_keys = vec![vec![true; len]];
+        for (window, cap) in [(None, None), (Some(70), Some(4.0))] {
+            let (q, k, v) = (
+                random(&[1, h, pad + len, d], 1),
+                random(&[1, kvh, pad + len, d], 2),
+                random(&[1, kvh, pad + len, d], 3),
+            );
+            let (qa, ka, va) = (rows(&q, pad, len), rows(&k, pad, len), rows(&v, pad, len));
+            let mask = attention_mask(&padded_keys, 0, pad + len, window, &Device::Cpu).unwrap();
+            let padded = attention(&q, &k, &v, &mask, (0.3, cap), None).unwrap();
+            let mask = attention_mask(&alone_keys, 0, len, window, &Device::Cpu).unwrap();
+            let alone = attention(&qa, &ka, &va, &mask, (0.3, cap), None).unwrap();
+            assert_eq!(
+                bits(&rows(&padded, pad, len)),
+                bits(&alone),
+                "prefill, window {window:?}"
+            );
+
+            let last = pad + len - 1;
+            let mask = attention_mask(&padded_keys, last, 1, window, &Device::Cpu).unwrap();
+            let padded = attention(&rows(&q, last, 1), &k, &v, &mask, (0.3, cap), None).unwrap();
+            let mask = attention_mask(&alone_keys, len - 1, 1, window, &Device::Cpu).unwrap();
+            let alone =
+                attention(&rows(&qa, len - 1, 1), &ka, &va, &mask, (0.3, cap), None).unwrap();
+            assert_eq!(
+                bits(&padded),
+                bits(&alone),
+                "decode step, window {window:?}"
+            );
+        }
+    }
+
     /// A decode step: one query per row against keys and values that are views of the first positions of
     /// larger buffers (a KV cache's), read in place with the same result as contiguous copies.
     #[test]
