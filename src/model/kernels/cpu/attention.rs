@@ -159,8 +159,8 @@ impl RowBlock {
 
 impl FusedAttention {
     /// The spans of batch row `bi`'s queries, and its row blocks. Blocks start afresh where padded queries
-    /// end, and each row's softmax runs over its own span only, so that a left-padded prompt is computed in
-    /// the same blocks, over the same keys in the same order, as the prompt alone: the same bits.
+    /// end, and each row's softmax starts at its own first visible key, so that a left-padded prompt is
+    /// computed in the same blocks, over the same keys in the same order, as the prompt alone: the same bits.
     fn blocks(&self, dm: Dims, bi: usize) -> (Vec<RowBlock>, Vec<Span>) {
         let (t, tk) = (dm.t, dm.tk);
         let visible: Vec<Option<Span>> = (0..t)
@@ -200,7 +200,7 @@ impl FusedAttention {
     }
 
     /// Probabilities of rows `blk` of one head into `p` `[rows, blk.keys()]` (keys from `blk.k0`) from its
-    /// queries `qh` `[t, d]` and keys `kg` `[T, d]`, zero outside each row's span; with soft-capping, `dcap`
+    /// queries `qh` `[t, d]` and keys `kg` `[T, d]`, zero before each row's span; with soft-capping, `dcap`
     /// receives the cap's derivative (`1 - tanh^2`).
     #[inline(always)]
     fn probs(
@@ -236,10 +236,11 @@ impl FusedAttention {
             .zip(dcap.chunks_exact_mut(n))
             .zip(&spans[blk.r0..blk.r1])
         {
-            let (a, b) = (span.start - blk.k0, span.end - blk.k0);
+            // From the row's first visible key to the block's last: the masked keys after the row's own last
+            // one add exact zeros, in the lanes where an unpadded prompt has always summed them.
+            let a = span.start - blk.k0;
             row[..a].fill(0.0);
-            row[b..].fill(0.0);
-            let (row, crow) = (&mut row[a..b], &mut crow[a..b]);
+            let (row, crow) = (&mut row[a..], &mut crow[a..]);
             if let Some(cap) = self.softcap {
                 for (s, c) in row.iter_mut().zip(crow.iter_mut()) {
                     let th = (*s / cap).tanh();
@@ -247,7 +248,7 @@ impl FusedAttention {
                     *c = 1.0 - th * th;
                 }
             }
-            for (s, m) in row.iter_mut().zip(&mrow[span.start..span.end]) {
+            for (s, m) in row.iter_mut().zip(&mrow[span.start..blk.k1]) {
                 *s += m;
             }
             let inv = 1.0 / exp_shifted_sum(row, max(row));
