@@ -99,6 +99,9 @@ pub struct LoraCall<'a> {
     pub saved: Option<(&'a SavedProducts, u64)>,
     /// Generation: see [`kernels::generation_product`].
     pub generation: bool,
+    /// The frozen product `x @ W^T` (bias included), computed already: generation's products of one input
+    /// by several weights in one loop ([`kernels::generation_products`]).
+    pub frozen: Option<&'a Tensor>,
     /// The dtype of the CPU op's products through the frozen weight.
     pub precision: Precision,
 }
@@ -148,6 +151,7 @@ impl AdaptedLinear {
         };
         let (a, b, mask) = Self::adapter_operands(x, l, call)?;
         if call.saved.is_none()
+            && call.frozen.is_none()
             && let Some(y) = crate::model::kernels::fused_adapted(
                 x,
                 &self.base,
@@ -207,6 +211,9 @@ impl AdaptedLinear {
 
     /// The frozen product, replayed from the checkpointed first pass when it was saved.
     fn frozen_forward(&self, x: &Tensor, call: LoraCall) -> Result<Tensor> {
+        if let Some(y) = call.frozen {
+            return Ok(y.clone());
+        }
         match call.saved {
             Some((saved, site)) if saved.recording.get() => {
                 let (y, w) = self.base.product(x)?;

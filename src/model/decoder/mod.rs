@@ -101,6 +101,14 @@ fn site_id_attention(i: usize) -> u64 {
     (i as u64) << 8 | 0xff
 }
 
+/// `call` with product `j` of `products` (when there are any) as its frozen product.
+fn given<'a>(call: LoraCall<'a>, products: &'a Option<Vec<Tensor>>, j: usize) -> LoraCall<'a> {
+    LoraCall {
+        frozen: products.as_ref().and_then(|ys| ys.get(j)),
+        ..call
+    }
+}
+
 /// Positions of the new tokens: consecutive from a start, or given per row (left-padded batches).
 #[derive(Debug, Clone)]
 pub enum Positions {
@@ -284,6 +292,7 @@ impl Decoder {
             grad: ctx.grad,
             saved: ctx.saved.as_ref().map(|s| (s, site)),
             generation: false,
+            frozen: None,
             precision: ctx.precision,
         };
         Ok((lin, l, call))
@@ -348,7 +357,16 @@ impl Decoder {
             grad: ctx.grad,
             saved: ctx.saved.as_ref().map(|s| (s, site_id(t))),
             generation: ctx.generation,
+            frozen: None,
             precision: ctx.precision,
+        };
+        // Generation: the products of one input in one parallel loop, handed to each projection.
+        let joint = |linears: &[&AdaptedLinear], x: &Tensor| -> Result<Option<Vec<Tensor>>> {
+            if !ctx.generation {
+                return Ok(None);
+            }
+            let bases: Vec<&FrozenLinear> = linears.iter().map(|l| &l.base).collect();
+            crate::model::kernels::generation_products(&bases, x)
         };
         let (b, t, _) = x.dims3()?;
         let (h, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
@@ -370,9 +388,10 @@ impl Decoder {
             }
         };
         let hn = norm(&blk.input_norm, x)?;
-        let q = blk.q.forward(&hn, site(Target::Q))?;
-        let k = blk.k.forward(&hn, site(Target::K))?;
-        let v = blk.v.forward(&hn, site(Target::V))?;
+        let qkv = joint(&[&blk.q, &blk.k, &blk.v], &hn)?;
+        let q = blk.q.forward(&hn, given(site(Target::Q), &qkv, 0))?;
+        let k = blk.k.forward(&hn, given(site(Target::K), &qkv, 1))?;
+        let v = blk.v.forward(&hn, given(site(Target::V), &qkv, 2))?;
         let rope = if fused {
             apply_rope_no_grad
         } else if cpu_grad {
@@ -443,8 +462,11 @@ impl Decoder {
         };
         let x = (x + attn)?;
         let hn = norm(&blk.pre_ff_norm, &x)?;
-        let gate = blk.gate.forward(&hn, site(Target::Gate))?;
-        let up = blk.up.forward(&hn, site(Target::Up))?;
+        let gate_up = joint(&[&blk.gate, &blk.up], &hn)?;
+        let gate = blk
+            .gate
+            .forward(&hn, given(site(Target::Gate), &gate_up, 0))?;
+        let up = blk.up.forward(&hn, given(site(Target::Up), &gate_up, 1))?;
         let gated = if cpu {
             cpu::gated::gated_product(&gate, &up, cfg.activation)?
         } else if let Some(gated) = crate::model::kernels::fused_gated(&gate, &up, cfg.activation)?

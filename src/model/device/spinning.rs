@@ -21,9 +21,9 @@ fn for_each_piece(len: usize, chunk: usize, task: impl Fn(usize, Range<usize>) +
     });
 }
 
-/// `task(i, piece)` for each piece `i` of `data`, `chunk` values each (the last may be shorter).
-pub(crate) fn for_each_chunk<T: Sync>(data: &[T], chunk: usize, task: impl Fn(usize, &[T]) + Sync) {
-    for_each_piece(data.len(), chunk, |i, range| task(i, &data[range]));
+/// `task(i)` for each `i` of `0..len`.
+pub(crate) fn for_each_index(len: usize, task: impl Fn(usize) + Sync) {
+    for_each_piece(len, 1, |i, _| task(i));
 }
 
 /// A slice's start, shared with the pool's threads, which write disjoint pieces of it.
@@ -59,8 +59,8 @@ mod tests {
     fn every_piece_is_visited_once_in_place() {
         let data: Vec<u32> = (0..103).collect();
         let sums: Vec<std::sync::atomic::AtomicU32> = (0..11).map(|_| 0.into()).collect();
-        for_each_chunk(&data, 10, |i, piece| {
-            let s = piece.iter().sum::<u32>();
+        for_each_index(11, |i| {
+            let s = data.chunks(10).nth(i).map_or(0, |c| c.iter().sum::<u32>());
             sums[i].fetch_add(s, std::sync::atomic::Ordering::Relaxed);
         });
         let want: Vec<u32> = data.chunks(10).map(|c| c.iter().sum()).collect();

@@ -36,6 +36,16 @@ pub fn generation_product(linear: &FrozenLinear, x: &Tensor) -> candle_core::Res
     linear.forward(x)
 }
 
+/// Generation's frozen products of one input by several linears (a block's q, k and v; its gate and up) in
+/// one parallel loop on the CPU (`cpu::decode::products`); None when that does not serve them, and each is
+/// then a [`generation_product`].
+pub fn generation_products(
+    linears: &[&FrozenLinear],
+    x: &Tensor,
+) -> candle_core::Result<Option<Vec<Tensor>>> {
+    cpu::decode::products(linears, x)
+}
+
 /// cuda hook: a projection `[b, t, heads * head_dim]` split into heads `[b, heads, t, head_dim]`, rotated by
 /// the rotary tables `(cos, sin, interleaved)` when given, as one fused node (see `heads.rs`) when it serves
 /// `x` (bf16 on a CUDA device); None otherwise, and always without the `cuda` feature.

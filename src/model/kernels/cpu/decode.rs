@@ -30,11 +30,43 @@ pub fn product(linear: &FrozenLinear, x: &Tensor) -> Result<Option<Tensor>> {
         Some(y) => y,
         None => QMatMul::from_arc(q.clone())?.forward(&x2)?,
     };
+    attached(linear, x, y, out).map(Some)
+}
+
+/// [`product`] of one input by several linears in one parallel loop ([`qdot::matmul_shared`]: a block's
+/// q, k and v; its gate and up), the same bits as one [`product`] each; None when that does not serve them
+/// all (another weight type or device, weights of different types), and each is then multiplied alone.
+pub fn products(linears: &[&FrozenLinear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
+    let weights: Option<Vec<_>> = (linears.iter())
+        .map(|l| match &l.weight {
+            FrozenWeight::Ggml(q) => Some(q.clone()),
+            _ => None,
+        })
+        .collect();
+    let Some(weights) = weights else {
+        return Ok(None);
+    };
+    if !x.device().is_cpu() || x.track_op() || candle_only() || weights.is_empty() {
+        return Ok(None);
+    }
+    let inp = weights[0].shape().dims2()?.1;
+    let x2 = x.reshape((x.elem_count() / inp.max(1), inp))?;
+    let Some(ys) = qdot::matmul_shared(&x2, &weights)? else {
+        return Ok(None);
+    };
+    (linears.iter().zip(ys))
+        .map(|(l, y)| attached(l, x, y, l.out_features()))
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
+}
+
+/// `y` `[rows, out]` shaped as `x` with `out` last, connected to `x` and with the bias added.
+fn attached(linear: &FrozenLinear, x: &Tensor, y: Tensor, out: usize) -> Result<Tensor> {
     let mut dims = x.dims().to_vec();
     if let Some(last) = dims.last_mut() {
         *last = out;
     }
-    linear.attach(x, y.reshape(dims)?, None).map(Some)
+    linear.attach(x, y.reshape(dims)?, None)
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use candle_core::{Device, Result, Tensor};
 
 use self::activations::{Activations, dot_scalar};
 use self::packed::Packed;
-use crate::model::device::for_each_chunk;
+use crate::model::device::for_each_index;
 
 /// Values per block (all the types here).
 const BLOCK: usize = 32;
@@ -109,30 +109,55 @@ impl Isa {
 /// fused multiply-adds for Q4_1 and Q5_0, candle's scalar loops; eight lanes with fused multiply-adds and
 /// candle's final horizontal sum for Q8_0, its AVX2 kernel).
 pub fn matmul(x: &Tensor, w: &Arc<QTensor>) -> Result<Option<Tensor>> {
-    if !x.device().is_cpu() {
+    Ok(matmul_shared(x, std::slice::from_ref(w))?.and_then(|mut ys| ys.pop()))
+}
+
+/// [`matmul`] of one input by several weights of one type and width (a block's q, k and v projections; its
+/// gate and up projections) in one parallel loop instead of one loop each: every loop's end waits for the
+/// slowest thread, and the input is rounded once. None when this module does not serve every weight, or the
+/// weights differ in type (their inputs round differently).
+pub fn matmul_shared(x: &Tensor, ws: &[Arc<QTensor>]) -> Result<Option<Vec<Tensor>>> {
+    if !x.device().is_cpu() || ws.is_empty() {
         return Ok(None);
     }
-    let Some(format) = Format::of(w.dtype()) else {
+    let Some(format) = Format::of(ws[0].dtype()) else {
         return Ok(None);
     };
     let Some(isa) = Isa::detect() else {
         return Ok(None);
     };
-    let (n, k) = w.shape().dims2()?;
     let (m, kx) = x.dims2()?;
-    if kx != k || !k.is_multiple_of(BLOCK) {
-        candle_core::bail!("{format:?} product: input of {kx} columns for a weight of {n} x {k}");
+    for w in ws {
+        let (n, k) = w.shape().dims2()?;
+        if Format::of(w.dtype()) != Some(format) {
+            return Ok(None);
+        }
+        if kx != k || !k.is_multiple_of(BLOCK) {
+            candle_core::bail!(
+                "{format:?} product: input of {kx} columns for a weight of {n} x {k}"
+            );
+        }
+        if format == Format::Q8_0 && k.is_multiple_of(256) && n.is_multiple_of(16) {
+            // candle's own repacked kernels take these shapes (with other roundings): theirs is the reference.
+            return Ok(None);
+        }
     }
-    if format == Format::Q8_0 && k.is_multiple_of(256) && n.is_multiple_of(16) {
-        // candle's own repacked kernels take these shapes (with other roundings): theirs is the reference.
-        return Ok(None);
-    }
-    let acts = reuse::rounded(format as usize, x, k, |xs, rows| {
-        Activations::quantize(format, xs, rows, k)
+    let acts = reuse::rounded(format as usize, x, kx, |xs, rows| {
+        Activations::quantize(format, xs, rows, kx)
     })?;
-    let packed = packed::cached(w, |data, n, k| Packed::new(format, isa, data, n, k / BLOCK))?;
-    let out = product(&packed, &acts, w)?;
-    Tensor::from_vec(out, (m, n), &Device::Cpu).map(Some)
+    let packed = (ws.iter())
+        .map(|w| packed::cached(w, |data, n, k| Packed::new(format, isa, data, n, k / BLOCK)))
+        .collect::<Result<Vec<_>>>()?;
+    let weights: Vec<(&Packed, &QTensor)> = packed
+        .iter()
+        .map(|p| &**p)
+        .zip(ws.iter().map(|w| &**w))
+        .collect();
+    let outs = products(&weights, &acts)?;
+    (outs.into_iter().zip(&packed))
+        .map(|(out, p)| Tensor::from_vec(out, (m, p.n), &Device::Cpu))
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
 }
 
 /// The product's row-major output `[rows, n]`, which the parallel tasks write each in its own columns.
@@ -160,43 +185,68 @@ impl Out {
     }
 }
 
-/// Outputs row-major (`out[r * n + c]`): packed groups in parallel, each task writing its own columns in
-/// place, then the columns after the last whole group from the original blocks by the scalar reference.
-fn product(packed: &Packed, acts: &Activations, w: &QTensor) -> Result<Vec<f32>> {
-    let (rows, n) = (acts.rows, packed.n);
-    let lanes = packed.isa.lanes();
+/// Each weight's outputs row-major (`out[r * n + c]`): the packed groups of all the weights in one parallel
+/// loop, each task writing its own columns in place, then the columns after each weight's last whole group
+/// from the original blocks by the scalar reference.
+fn products(weights: &[(&Packed, &QTensor)], acts: &Activations) -> Result<Vec<Vec<f32>>> {
+    let rows = acts.rows;
     // Every element is written below (the groups' columns by their tasks, the columns after them by the
-    // loop at the end), so the buffer is not zero-filled first.
-    let mut out = Vec::<f32>::with_capacity(rows * n);
-    let dst = Out {
-        ptr: out.as_mut_ptr(),
-        n,
-    };
-    let task_tiles = GROUPS_PER_TASK * acts.blocks * packed.tile_bytes;
-    for_each_chunk(&packed.tiles, task_tiles, |t, tiles| {
-        run_kernel(packed, tiles, acts, dst, t * GROUPS_PER_TASK * lanes)
+    // loop at the end), so the buffers are not zero-filled first.
+    let mut outs: Vec<Vec<f32>> = (weights.iter())
+        .map(|(p, _)| Vec::with_capacity(rows * p.n))
+        .collect();
+    let dsts: Vec<Out> = (outs.iter_mut().zip(weights))
+        .map(|(out, (p, _))| Out {
+            ptr: out.as_mut_ptr(),
+            n: p.n,
+        })
+        .collect();
+    // Task i of the loop: the first weight's tasks, then the second's, ...
+    let tasks: Vec<usize> = (weights.iter())
+        .map(|(p, _)| p.groups.div_ceil(GROUPS_PER_TASK))
+        .collect();
+    let total: usize = tasks.iter().sum();
+    for_each_index(total, |mut i| {
+        let mut j = 0;
+        while i >= tasks[j] {
+            i -= tasks[j];
+            j += 1;
+        }
+        let packed = weights[j].0;
+        let task_tiles = GROUPS_PER_TASK * acts.blocks * packed.tile_bytes;
+        let tiles = &packed.tiles[i * task_tiles..packed.tiles.len().min((i + 1) * task_tiles)];
+        run_kernel(
+            packed,
+            tiles,
+            acts,
+            dsts[j],
+            i * GROUPS_PER_TASK * packed.isa.lanes(),
+        );
     });
-    let first_tail = packed.groups * lanes;
-    if first_tail < n {
-        let weights = w.data()?;
-        let row_bytes = acts.blocks * packed.format.bytes();
-        for c in first_tail..n {
-            let w_row = &weights[c * row_bytes..][..row_bytes];
-            for r in 0..rows {
-                // SAFETY: row r, column c of the buffer, which no task writes.
-                unsafe {
-                    dst.at(r, c)
-                        .write(dot_scalar(packed.format, w_row, acts, r))
-                };
+    for ((packed, w), dst) in weights.iter().zip(&dsts) {
+        let first_tail = packed.groups * packed.isa.lanes();
+        if first_tail < packed.n {
+            let weights = w.data()?;
+            let row_bytes = acts.blocks * packed.format.bytes();
+            for c in first_tail..packed.n {
+                let w_row = &weights[c * row_bytes..][..row_bytes];
+                for r in 0..rows {
+                    // SAFETY: row r, column c of the buffer, which no task writes.
+                    unsafe {
+                        dst.at(r, c)
+                            .write(dot_scalar(packed.format, w_row, acts, r))
+                    };
+                }
             }
         }
     }
-    // SAFETY: the tasks wrote every row of the groups' columns, the loop above every row of the others.
-    unsafe { out.set_len(rows * n) };
-    Ok(out)
+    for (out, (p, _)) in outs.iter_mut().zip(weights) {
+        // SAFETY: the tasks wrote every row of the groups' columns, the loop above every row of the others.
+        unsafe { out.set_len(rows * p.n) };
+    }
+    Ok(outs)
 }
 
-/// Whole packed groups `tiles`, the first of them at column `col`, by the packed layout's kernel.
 fn run_kernel(packed: &Packed, tiles: &[u8], acts: &Activations, out: Out, col: usize) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a Packed is built only for an instruction set `Isa::detect` found on this CPU; `product` gives

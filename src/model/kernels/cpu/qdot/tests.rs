@@ -194,7 +194,7 @@ fn each_instruction_set_gives_the_scalar_reference() {
                     .map(|(c, r)| dot_scalar(format, &data[c * row_bytes..][..row_bytes], &acts, r))
                     .collect();
                 let packed = Packed::new(format, isa, &data, n, k / BLOCK);
-                let got = product(&packed, &acts, &w).unwrap();
+                let got = products(&[(&packed, &*w)], &acts).unwrap().remove(0);
                 assert_eq!(bits(&got), bits(&want), "{dtype:?} {isa:?} {m} rows");
             }
         }
@@ -282,4 +282,29 @@ fn a_rows_products_do_not_depend_on_the_other_rows() {
             );
         }
     }
+}
+
+/// Several weights of one type multiplied in one loop give each weight's own product to the bit (widths
+/// that leave a tail after the last whole group included); weights of different types are not served.
+#[test]
+fn products_in_one_loop_equal_one_product_each() {
+    if Isa::detect().is_none() {
+        eprintln!("skipped: this CPU has no AVX2");
+        return;
+    }
+    for dtype in DTYPES {
+        let (x, q) = operands(dtype, 10, 576, 576, 1);
+        let (_, k) = operands(dtype, 10, 200, 576, 2);
+        let (_, v) = operands(dtype, 10, 192, 576, 3);
+        let joint = matmul_shared(&x, &[q.clone(), k.clone(), v.clone()])
+            .unwrap()
+            .expect("served");
+        for (y, w) in joint.iter().zip([&q, &k, &v]) {
+            let y: Vec<f32> = y.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(bits(&y), bits(&ours(&x, w)), "{dtype:?}");
+        }
+    }
+    let (x, q) = operands(GgmlDType::Q4_1, 3, 64, 576, 1);
+    let (_, other) = operands(GgmlDType::Q5_0, 3, 64, 576, 2);
+    assert!(matmul_shared(&x, &[q, other]).unwrap().is_none());
 }
