@@ -9,6 +9,10 @@ use std::sync::Arc;
 
 use candle_core::{DType, Result, Tensor};
 
+/// Inputs of more values than this (a long prompt's rows) are rounded each time and not kept: keeping one
+/// would hold a copy of it (and its buffer's capacity, reused for every later input) for the thread's life.
+const KEEP_MAX: usize = 1 << 20;
+
 /// Activation types kept apart: Q8_1 (Q4_1 weights), Q8_0 (Q5_0), Q8_0 with offsets (Q8_0), Q8_K.
 pub(super) const SLOTS: usize = 3;
 
@@ -47,6 +51,9 @@ fn lookup<A: Any + Send + Sync>(
     k: usize,
     round: impl FnOnce(&[f32], usize) -> A,
 ) -> Arc<A> {
+    if xs.len() > KEEP_MAX {
+        return Arc::new(round(xs, xs.len() / k.max(1)));
+    }
     KEPT.with_borrow_mut(|kept| {
         if let Some(hit) = kept[slot]
             .as_ref()

@@ -263,6 +263,24 @@ fn an_input_is_rounded_once_for_the_products_that_share_it() {
     assert!(!Arc::ptr_eq(&first, &other_type));
 }
 
+/// A long prompt's input (over a million values) is rounded each time, not kept for the thread's life.
+#[test]
+fn a_long_prompts_input_is_not_kept() {
+    let x = Tensor::zeros((2049, 512), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let round = |xs: &[f32], rows| Activations::quantize(Format::Q4_1, xs, rows, 512);
+    let first = reuse::rounded(0, &x, 512, round).unwrap();
+    assert!(!Arc::ptr_eq(
+        &first,
+        &reuse::rounded(0, &x, 512, round).unwrap()
+    ));
+    let small = x.narrow(0, 0, 4).unwrap().contiguous().unwrap();
+    let kept = reuse::rounded(0, &small, 512, round).unwrap();
+    assert!(Arc::ptr_eq(
+        &kept,
+        &reuse::rounded(0, &small, 512, round).unwrap()
+    ));
+}
+
 /// A row's outputs are the same bits whichever rows it is multiplied with (passes of up to 10 rows).
 #[test]
 fn a_rows_products_do_not_depend_on_the_other_rows() {
