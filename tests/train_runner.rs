@@ -6,8 +6,8 @@
 mod workers;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use candle_core::{Device, Tensor, Var};
@@ -104,6 +104,20 @@ fn write_data(dir: &Path, rows: usize) -> PathBuf {
     write_toy_csv(dir, rows).unwrap()
 }
 
+/// The memory test reads the whole process's RSS, to which every other test's runner adds its threads (each
+/// worker's thread pool) and allocations while it runs: that test runs alone, the others side by side.
+static PROCESS: RwLock<()> = RwLock::new(());
+
+/// A turn beside the other tests (not beside the memory test).
+fn side_by_side() -> RwLockReadGuard<'static, ()> {
+    PROCESS.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The process to this test alone.
+fn alone() -> RwLockWriteGuard<'static, ()> {
+    PROCESS.write().unwrap_or_else(|e| e.into_inner())
+}
+
 fn spawn(root: &Path, jobs: Vec<RunJob>, options: RunnerOptions) -> RunnerHandle {
     Runner::spawn(
         SweepPaths::new(root, "s"),
@@ -126,6 +140,7 @@ fn steps(events: &[(String, RunEvent)], run: &str) -> Vec<u64> {
 
 #[test]
 fn a_nan_loss_fails_that_run_with_step_and_batch_and_the_sweep_goes_on() {
+    let _process = side_by_side();
     let dir = tempfile::tempdir().unwrap();
     let data = write_data(dir.path(), 10);
     let handle = spawn(
@@ -161,6 +176,7 @@ fn a_nan_loss_fails_that_run_with_step_and_batch_and_the_sweep_goes_on() {
 
 #[test]
 fn pause_resume_and_stop_after_checkpoint_leave_a_resumable_run() {
+    let _process = side_by_side();
     let dir = tempfile::tempdir().unwrap();
     let data = write_data(dir.path(), 400);
     let handle = spawn(
@@ -227,6 +243,7 @@ fn pause_resume_and_stop_after_checkpoint_leave_a_resumable_run() {
 
 #[test]
 fn a_locked_run_is_left_alone_and_max_steps_stops_with_a_checkpoint() {
+    let _process = side_by_side();
     let dir = tempfile::tempdir().unwrap();
     let data = write_data(dir.path(), 20);
     let held = RunLock::acquire(&SweepPaths::new(dir.path(), "s").run("a")).unwrap();
@@ -263,6 +280,7 @@ fn a_locked_run_is_left_alone_and_max_steps_stops_with_a_checkpoint() {
 
 #[test]
 fn memory_stays_flat_over_300_steps() {
+    let _process = alone();
     let dir = tempfile::tempdir().unwrap();
     let data = write_data(dir.path(), 320);
     let mut j = job("long", &data, 1);

@@ -124,6 +124,7 @@ fn final_tensors(root: &Path, run: &str) -> Vec<(PathBuf, Vec<u8>)> {
 
 #[test]
 fn two_cpu_workers_train_two_runs_at_once_with_the_adapters_of_a_sequential_sweep() {
+    let _process = super::side_by_side();
     let jobs = |data: &Path| {
         let mut b = job("b", data, 1);
         b.train.seed = 2;
@@ -197,6 +198,7 @@ fn two_cpu_workers_train_two_runs_at_once_with_the_adapters_of_a_sequential_swee
 
 #[test]
 fn a_command_reaches_every_worker_and_a_stop_leaves_the_rest_of_the_queue() {
+    let _process = super::side_by_side();
     let dir = tempfile::tempdir().unwrap();
     let data = write_data(dir.path(), 400);
     let loader = Arc::new(WorkerLoader {
@@ -256,6 +258,7 @@ fn a_command_reaches_every_worker_and_a_stop_leaves_the_rest_of_the_queue() {
 
 #[test]
 fn a_failing_run_on_one_worker_leaves_the_other_training_and_the_queue_going() {
+    let _process = super::side_by_side();
     let dir = tempfile::tempdir().unwrap();
     let data = write_data(dir.path(), 10);
     let loader = Arc::new(WorkerLoader {
@@ -287,6 +290,7 @@ fn a_failing_run_on_one_worker_leaves_the_other_training_and_the_queue_going() {
 
 #[test]
 fn a_worker_trains_each_job_on_its_own_device_and_the_spec_records_it() {
+    let _process = super::side_by_side();
     let dir = tempfile::tempdir().unwrap();
     let data = write_data(dir.path(), 4);
     let mut j = job("a", &data, 1);
