@@ -73,7 +73,7 @@ impl AdamW {
     }
 
     /// One update of every parameter with its gradient (same order as at construction) at learning rate `lr`.
-    pub fn step(
+    fn step(
         &mut self,
         params: &[(String, Var)],
         grads: &[Tensor],

@@ -12,8 +12,8 @@ use candle_core::Tensor;
 use crate::model::config::Activation;
 use crate::model::quant::FrozenLinear;
 
-/// Generation's frozen product `linear(x)`: GGUF weights multiply in quantized form when decoding on the
-/// CPU (`cpu::decode`), NF4 weights straight from their codes when decoding on a GPU (`Nf4Cuda::gemv`);
+/// Generation's frozen product `linear(x)`: GGUF weights multiply in quantized form when answering on the
+/// CPU, prompts and decoding alike (`cpu::decode`), NF4 weights straight from their codes when decoding on a GPU (`Nf4Cuda::gemv`);
 /// anything else is the linear layer's own forward.
 pub fn generation_product(linear: &FrozenLinear, x: &Tensor) -> candle_core::Result<Tensor> {
     if let Some(y) = cpu::decode::product(linear, x)? {

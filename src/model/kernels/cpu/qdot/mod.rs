@@ -1,8 +1,8 @@
-//! Decoding products with GGUF block weights, faster than candle 0.11's for the types a decode spends its
-//! time in: Q4_1 (the demo model's projections), Q5_0 (most of a Q4_K_M file whose widths are not multiples
-//! of 256, as Qwen2-0.5B's) and Q8_0 (vocabulary heads), with a result bit for bit equal to candle's. Q4_K and
-//! Q6_K (a Q4_K_M file's down projections) are candle's own repacked kernels, which run on the same spinning
-//! pool as these and measured as fast as a copy of them here.
+//! Generation's products with GGUF block weights (prompts and decoding), faster than candle 0.11's for the
+//! types answering spends its time in: Q4_1 (the demo model's projections), Q5_0 (most of a Q4_K_M file
+//! whose widths are not multiples of 256, as Qwen2-0.5B's) and Q8_0 (vocabulary heads), with a result bit
+//! for bit equal to candle's. Q4_K and Q6_K (a Q4_K_M file's down projections) are candle's own repacked
+//! kernels, which run on the same spinning pool as these and measured as fast as a copy of them here.
 //!
 //! The weights are repacked once (`packed`): 16 output columns (AVX-512 VNNI) or 8 (AVX2) interleaved four
 //! bytes at a time, so that one integer dot-product instruction with four broadcast activation bytes serves
