@@ -1,6 +1,6 @@
-//! Generation's KV cache: per layer, key and value buffers allocated once per generation and written in
-//! place (grown by doubling when a generation outlives them), which attention reads as a view of the
-//! filled positions instead of a fresh concatenation every step.
+//! Generation's KV cache: per layer, key and value buffers written in place (grown by doubling when a
+//! generation outlives them, and kept for the next generation of the same batch shape), which attention
+//! reads as a view of the filled positions instead of a fresh concatenation every step.
 
 use candle_core::{Result, Tensor};
 
@@ -75,9 +75,11 @@ impl KvCache {
             .map_or(0, LayerCache::capacity)
     }
 
-    /// Forgets every cached position and lets the buffers go (the next append allocates them afresh).
+    /// Forgets every cached position. The buffers stay for the next generation: one of the same batch size
+    /// writes into them (a question set's batches: no fresh, zeroed memory for every batch); another batch
+    /// shape replaces them at its first append. Positions past the filled ones are never read.
     pub fn clear(&mut self) {
-        self.layers.iter_mut().for_each(|l| *l = None);
+        self.layers.iter_mut().flatten().for_each(|l| l.len = 0);
     }
 
     /// Layers the cache holds: reset to `num_layers` empty ones when it holds another count.
@@ -100,6 +102,9 @@ impl KvCache {
         let (_, _, t, _) = k.dims4()?;
         v.dims4()?;
         let (k, v) = (&k.contiguous()?, &v.contiguous()?);
+        if slot.as_ref().is_some_and(|l| l.len == 0 && !l.fits(k)) {
+            *slot = None;
+        }
         if let Some(layer) = slot.as_ref()
             && !layer.fits(k)
         {
@@ -132,7 +137,7 @@ impl KvCache {
 }
 
 /// `layer` with room for `t` more positions: its buffers, or buffers of twice the capacity (or more, for a
-/// long input) holding the same positions.
+/// long input) holding the same filled positions.
 fn grown(layer: LayerCache, t: usize) -> Result<LayerCache> {
     let capacity = layer.capacity();
     if layer.len + t <= capacity {
@@ -140,8 +145,10 @@ fn grown(layer: LayerCache, t: usize) -> Result<LayerCache> {
     }
     let wanted = (2 * capacity).max(layer.len + t);
     let (k, v) = (buffer(&layer.k, wanted)?, buffer(&layer.v, wanted)?);
-    k.slice_set(&layer.k, 2, 0)?;
-    v.slice_set(&layer.v, 2, 0)?;
+    if layer.len > 0 {
+        k.slice_set(&layer.k.narrow(2, 0, layer.len)?, 2, 0)?;
+        v.slice_set(&layer.v.narrow(2, 0, layer.len)?, 2, 0)?;
+    }
     Ok(LayerCache { k, v, ..layer })
 }
 
@@ -211,7 +218,19 @@ mod tests {
         let first = keys(2, 3, 0.0);
         cache.append(0, &first, &first).unwrap();
         cache.clear();
-        assert_eq!((cache.len(), cache.capacity()), (0, 0));
+        assert_eq!((cache.len(), cache.capacity()), (0, MIN_CAPACITY));
+        // The same batch shape writes into the kept buffers: no stale position shows.
+        let again = keys(2, 2, 300.0);
+        let address = |t: &Tensor| match &*t.storage_and_layout().0 {
+            candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => v.as_ptr() as usize,
+            _ => 0,
+        };
+        let kept = address(&cache.layers[0].as_ref().unwrap().k);
+        let (k, _) = cache.append(0, &again, &again).unwrap();
+        assert_eq!(address(&k), kept, "the buffers are reused");
+        let diff = (k - &again).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "no stale position");
+        cache.clear();
         let second = keys(4, 2, 500.0);
         let (k, _) = cache.append(0, &second, &second).unwrap();
         assert_eq!(cache.len(), 2);

@@ -96,17 +96,20 @@ fn candles_rounding(format: Format, xs: &[f32]) -> Vec<([i8; 32], f32, f32)> {
 #[test]
 fn activations_are_rounded_as_candle_rounds_them() {
     // Random values, a block of zeros, halves (127 sets d = 1: rounded away from zero), a NaN, an infinity,
-    // and values so small that 1 / d overflows.
-    let mut xs: Vec<f32> = Tensor::randn(0f32, 3.0, 256, &Device::Cpu)
+    // values so small that 1 / d overflows and so large that d and s overflow f16: the special blocks first
+    // (inside the AVX-512 kernel's groups of 16 blocks) and again last (in the blocks after them).
+    let mut specials: Vec<f32> = vec![0.0; 32];
+    let halves = [0.5, -0.5, 1.5, -2.5, 126.5, -126.5, 0.49999997, -0.49999997];
+    specials.extend((0..32).map(|i| if i == 0 { 127.0 } else { halves[i % 8] }));
+    specials.extend((0..32).map(|i| if i == 3 { f32::NAN } else { i as f32 - 9.0 }));
+    specials.extend((0..32).map(|i| if i == 5 { f32::NEG_INFINITY } else { i as f32 }));
+    specials.extend((0..32).map(|i| (i as f32 - 16.0) * 1e-40));
+    specials.extend((0..32).map(|i| (i as f32 - 3.0) * 1e7));
+    let random: Vec<f32> = Tensor::randn(0f32, 3.0, 1024, &Device::Cpu)
         .unwrap()
         .to_vec1()
         .unwrap();
-    xs.extend([0.0; 32]);
-    let halves = [0.5, -0.5, 1.5, -2.5, 126.5, -126.5, 0.49999997, -0.49999997];
-    xs.extend((0..32).map(|i| if i == 0 { 127.0 } else { halves[i % 8] }));
-    xs.extend((0..32).map(|i| if i == 3 { f32::NAN } else { i as f32 - 9.0 }));
-    xs.extend((0..32).map(|i| if i == 5 { f32::NEG_INFINITY } else { i as f32 }));
-    xs.extend((0..32).map(|i| (i as f32 - 16.0) * 1e-40));
+    let xs = [&specials[..], &random, &specials].concat();
     let k = xs.len();
     let bits = |acts: &Activations| -> Vec<_> {
         (0..acts.blocks)
@@ -125,8 +128,15 @@ fn activations_are_rounded_as_candle_rounds_them() {
         if std::arch::is_x86_feature_detected!("avx2") {
             let mut avx2 = Activations::unrounded(1, k);
             // SAFETY: the CPU has AVX2.
-            unsafe { activations::round_blocks_avx2(format, &xs, &mut avx2) };
+            unsafe { activations::round_blocks_avx2(format, &xs, &mut avx2, 0) };
             assert_eq!(bits(&avx2), want, "{format:?} avx2");
+        }
+        #[cfg(target_arch = "x86_64")]
+        if activations::has_avx512() {
+            let mut avx512 = Activations::unrounded(1, k);
+            // SAFETY: the CPU has what the kernel needs.
+            unsafe { activations::round_blocks_avx512(format, &xs, &mut avx512) };
+            assert_eq!(bits(&avx512), want, "{format:?} avx512");
         }
     }
 }
