@@ -37,6 +37,15 @@ impl RmsNorm {
         {
             return Ok(y);
         }
+        if crate::model::kernels::cpu::applies(x)
+            && crate::model::kernels::cpu::applies(&self.weight)
+        {
+            return crate::model::kernels::cpu::rms_norm::rms_norm_no_grad(
+                x,
+                &self.weight,
+                self.eps,
+            );
+        }
         let xf = x.to_dtype(DType::F32)?.contiguous()?;
         candle_nn::ops::rms_norm(&xf, &self.weight, self.eps as f32)?.to_dtype(x.dtype())
     }
