@@ -32,7 +32,8 @@ pub trait CausalLm: Send {
         attend: Option<&Tensor>,
     ) -> candle_core::Result<Tensor>;
 
-    /// Drop the KV cache.
+    /// Forget the KV cache's positions (qlab's decoder keeps its buffers for the next prompt of the same batch
+    /// size).
     fn clear_cache(&mut self);
 
     /// Whether forward passes on the CPU should run on one of rayon's threads (qlab's kernels, whose
