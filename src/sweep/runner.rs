@@ -201,11 +201,10 @@ impl Runner {
 }
 
 /// A rayon pool of its own for worker `name` (as many threads as the global pool, each named as the worker),
-/// on which the worker runs
-/// its jobs: a CPU step's serial parts then run on one of the pool's threads instead of a thread beside them
-/// (on 2 cores, three runnable threads: the pool's two were preempted about 25,000 times a second), and two
-/// CPU workers never run parts of each other's steps. None if the pool cannot be built (the worker then
-/// runs on its own thread, as before).
+/// on which the worker runs its jobs: a CPU step's serial parts then run on one of the pool's threads instead
+/// of a thread beside them (on 2 cores, three runnable threads: the pool's two were preempted about 25,000
+/// times a second), and two CPU workers never run parts of each other's steps. None if the pool cannot be
+/// built (the worker then runs on its own thread, as before).
 fn own_pool(name: &str) -> Option<rayon::ThreadPool> {
     let name = name.to_owned();
     let built = rayon::ThreadPoolBuilder::new()
@@ -218,5 +217,22 @@ fn own_pool(name: &str) -> Option<rayon::ThreadPool> {
             tracing::warn!("worker pool: {e}; training on the worker thread");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::own_pool;
+
+    #[test]
+    fn a_workers_pool_runs_its_jobs_on_threads_named_as_the_worker() {
+        let pool = own_pool("worker cpu").expect("a pool");
+        assert_eq!(pool.current_num_threads(), rayon::current_num_threads());
+        let names: Vec<Option<String>> =
+            pool.install(|| rayon::broadcast(|_| std::thread::current().name().map(str::to_owned)));
+        assert!(
+            names.iter().all(|n| n.as_deref() == Some("worker cpu")),
+            "{names:?}"
+        );
     }
 }

@@ -102,17 +102,18 @@ impl KvCache {
         let (_, _, t, _) = k.dims4()?;
         v.dims4()?;
         let (k, v) = (&k.contiguous()?, &v.contiguous()?);
-        if slot.as_ref().is_some_and(|l| l.len == 0 && !l.fits(k)) {
-            *slot = None;
-        }
         if let Some(layer) = slot.as_ref()
             && !layer.fits(k)
         {
-            candle_core::bail!(
-                "KV cache: new keys {:?} do not continue cached ones {:?}",
-                k.dims(),
-                layer.k.dims()
-            )
+            if layer.len > 0 {
+                candle_core::bail!(
+                    "KV cache: new keys {:?} do not continue cached ones {:?}",
+                    k.dims(),
+                    layer.k.dims()
+                )
+            }
+            // Buffers kept from a generation of another batch shape: replaced.
+            *slot = None;
         }
         let layer = match slot.take() {
             Some(layer) => layer,

@@ -16,24 +16,20 @@ pub fn product(linear: &FrozenLinear, x: &Tensor) -> Result<Option<Tensor>> {
     let FrozenWeight::Ggml(q) = &linear.weight else {
         return Ok(None);
     };
-    let (out, inp) = q.shape().dims2()?;
-    let rows = x.elem_count() / inp.max(1);
     if !x.device().is_cpu() || x.track_op() {
         return Ok(None);
     }
-    let x2 = x.reshape((rows, inp))?;
-    let ours = match candle_only() {
-        true => None,
-        false => qdot::matmul(&x2, q)?,
-    };
-    let y = match ours {
-        Some(y) => y,
-        None => QMatMul::from_arc(q.clone())?.forward(&x2)?,
-    };
+    if let Some(mut ys) = products(&[linear], x)? {
+        return Ok(ys.pop());
+    }
+    // A type `qdot` does not serve (Q4_K, Q6_K ...): candle's own quantized product.
+    let (out, inp) = q.shape().dims2()?;
+    let x2 = x.reshape((x.elem_count() / inp.max(1), inp))?;
+    let y = QMatMul::from_arc(q.clone())?.forward(&x2)?;
     attached(linear, x, y, out).map(Some)
 }
 
-/// [`product`] of one input by several linears in one parallel loop ([`qdot::matmul_shared`]: a block's
+/// [`product`] of one input by several linears in one parallel loop ([`qdot::matmul`]: a block's
 /// q, k and v; its gate and up), the same bits as one [`product`] each; None when that does not serve them
 /// all (another weight type or device, weights of different types), and each is then multiplied alone.
 pub fn products(linears: &[&FrozenLinear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
@@ -51,7 +47,7 @@ pub fn products(linears: &[&FrozenLinear], x: &Tensor) -> Result<Option<Vec<Tens
     }
     let inp = weights[0].shape().dims2()?.1;
     let x2 = x.reshape((x.elem_count() / inp.max(1), inp))?;
-    let Some(ys) = qdot::matmul_shared(&x2, &weights)? else {
+    let Some(ys) = qdot::matmul(&x2, &weights)? else {
         return Ok(None);
     };
     (linears.iter().zip(ys))

@@ -99,24 +99,19 @@ impl Isa {
     }
 }
 
-/// `x[m, k] @ W^T` for a Q4_1, Q5_0 or Q8_0 weight `W[n, k]` on the CPU, or None when this module does not
-/// serve the operands (another weight type, a CPU without AVX2, a GPU tensor, a shape candle multiplies
-/// with its own repacked kernel) and candle's `QMatMul` should.
+/// `x[m, k] @ W^T` for each Q4_1, Q5_0 or Q8_0 weight `W[n, k]` of `ws` on the CPU, all of one type and
+/// width (one weight; a block's q, k and v projections; its gate and up projections), in one parallel loop
+/// instead of one loop each: every loop's end waits for the slowest thread, and the input is rounded once.
+/// None when this module does not serve every weight (another weight type, a CPU without AVX2, a GPU tensor,
+/// a shape candle multiplies with its own repacked kernel) or the weights differ in type (their inputs round
+/// differently), and candle's `QMatMul` should multiply them.
 ///
 /// Each output is the same sum, in the same order and with the same roundings, as candle's kernel for the
 /// type on this CPU: the activations are rounded to Q8_1 / Q8_0 by candle's own code, each block's integer
 /// dot product is exact, and the f32 terms are combined as candle combines them (block after block without
 /// fused multiply-adds for Q4_1 and Q5_0, candle's scalar loops; eight lanes with fused multiply-adds and
 /// candle's final horizontal sum for Q8_0, its AVX2 kernel).
-pub fn matmul(x: &Tensor, w: &Arc<QTensor>) -> Result<Option<Tensor>> {
-    Ok(matmul_shared(x, std::slice::from_ref(w))?.and_then(|mut ys| ys.pop()))
-}
-
-/// [`matmul`] of one input by several weights of one type and width (a block's q, k and v projections; its
-/// gate and up projections) in one parallel loop instead of one loop each: every loop's end waits for the
-/// slowest thread, and the input is rounded once. None when this module does not serve every weight, or the
-/// weights differ in type (their inputs round differently).
-pub fn matmul_shared(x: &Tensor, ws: &[Arc<QTensor>]) -> Result<Option<Vec<Tensor>>> {
+pub fn matmul(x: &Tensor, ws: &[Arc<QTensor>]) -> Result<Option<Vec<Tensor>>> {
     if !x.device().is_cpu() || ws.is_empty() {
         return Ok(None);
     }

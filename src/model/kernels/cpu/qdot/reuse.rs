@@ -1,6 +1,6 @@
 //! The last input rounded for each activation type, kept for the next product with the same input: a
 //! block's q, k and v projections multiply the same rows, and so do its gate and up projections, where they
-//! are not multiplied in one loop (`matmul_shared`: weights of different types, or one at a time). An input
+//! are not multiplied in one loop (`matmul` of several weights: weights of different types, or one at a time). An input
 //! is recognised by its bits, so a kept rounding is only ever used for exactly the values it was made from.
 //! Kept per thread (a forward pass runs its products on one thread).
 

@@ -20,13 +20,25 @@ fn operands(dtype: GgmlDType, m: usize, n: usize, k: usize, seed: u64) -> (Tenso
     (x, Arc::new(QTensor::quantize(&w, dtype).unwrap()))
 }
 
+/// Whether this CPU lacks the kernels (no AVX2), said on standard error: the test is then skipped.
+fn no_kernels() -> bool {
+    let none = Isa::detect().is_none();
+    if none {
+        eprintln!("skipped: this CPU has no AVX2");
+    }
+    none
+}
+
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
 /// Our product of `x` and `w` (which this module must serve), flattened.
 fn ours(x: &Tensor, w: &Arc<QTensor>) -> Vec<f32> {
-    let y = matmul(x, w).unwrap().expect("served");
+    let y = matmul(x, std::slice::from_ref(w))
+        .unwrap()
+        .expect("served")
+        .remove(0);
     y.flatten_all().unwrap().to_vec1().unwrap()
 }
 
@@ -37,8 +49,7 @@ fn candle(x: &Tensor, w: &Arc<QTensor>) -> Vec<f32> {
 
 #[test]
 fn products_equal_candles_kernels_bit_for_bit() {
-    if Isa::detect().is_none() {
-        eprintln!("skipped: this CPU has no AVX2");
+    if no_kernels() {
         return;
     }
     // Shapes that leave columns after the whole groups (of 16 and of 8) and after the tasks, and the
@@ -235,14 +246,14 @@ fn other_weight_types_and_bad_widths_are_not_served_or_refused() {
     let w = Tensor::randn(0f32, 1.0, (16, 256), &dev).unwrap();
     let x = Tensor::randn(0f32, 1.0, (1, 256), &dev).unwrap();
     let q5k = Arc::new(QTensor::quantize(&w, GgmlDType::Q5K).unwrap());
-    assert!(matmul(&x, &q5k).unwrap().is_none());
+    assert!(matmul(&x, &[q5k]).unwrap().is_none());
     // Q8_0 at widths candle multiplies with its own repacked kernels.
     let q8 = Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap());
-    assert!(matmul(&x, &q8).unwrap().is_none());
+    assert!(matmul(&x, &[q8]).unwrap().is_none());
     if Isa::detect().is_some() {
         let q4 = Arc::new(QTensor::quantize(&w, GgmlDType::Q4_1).unwrap());
         let wrong = Tensor::randn(0f32, 1.0, (1, 32), &dev).unwrap();
-        assert!(matmul(&wrong, &q4).is_err());
+        assert!(matmul(&wrong, &[q4]).is_err());
     }
 }
 
@@ -294,8 +305,7 @@ fn a_long_prompts_input_is_not_kept() {
 /// A row's outputs are the same bits whichever rows it is multiplied with (passes of up to 10 rows).
 #[test]
 fn a_rows_products_do_not_depend_on_the_other_rows() {
-    if Isa::detect().is_none() {
-        eprintln!("skipped: this CPU has no AVX2");
+    if no_kernels() {
         return;
     }
     for dtype in DTYPES {
@@ -316,15 +326,14 @@ fn a_rows_products_do_not_depend_on_the_other_rows() {
 /// that leave a tail after the last whole group included); weights of different types are not served.
 #[test]
 fn products_in_one_loop_equal_one_product_each() {
-    if Isa::detect().is_none() {
-        eprintln!("skipped: this CPU has no AVX2");
+    if no_kernels() {
         return;
     }
     for dtype in DTYPES {
         let (x, q) = operands(dtype, 10, 576, 576, 1);
         let (_, k) = operands(dtype, 10, 200, 576, 2);
         let (_, v) = operands(dtype, 10, 192, 576, 3);
-        let joint = matmul_shared(&x, &[q.clone(), k.clone(), v.clone()])
+        let joint = matmul(&x, &[q.clone(), k.clone(), v.clone()])
             .unwrap()
             .expect("served");
         for (y, w) in joint.iter().zip([&q, &k, &v]) {
@@ -334,5 +343,5 @@ fn products_in_one_loop_equal_one_product_each() {
     }
     let (x, q) = operands(GgmlDType::Q4_1, 3, 64, 576, 1);
     let (_, other) = operands(GgmlDType::Q5_0, 3, 64, 576, 2);
-    assert!(matmul_shared(&x, &[q, other]).unwrap().is_none());
+    assert!(matmul(&x, &[q, other]).unwrap().is_none());
 }
