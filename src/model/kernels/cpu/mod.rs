@@ -18,6 +18,8 @@ pub mod gather;
 pub mod qdot;
 pub mod rms_norm;
 pub mod rope;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod tiles;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};

@@ -1,16 +1,15 @@
 //! The AMX kernel: tile products (`tdpbf16ps`, 16 x 16 f32 sums of 32-deep bf16 rows each) on Intel CPUs
 //! with AMX-BF16: 16 times `vdpbf16ps`'s multiply-adds per cycle on paper, and on an Intel Xeon the
-//! training step's frozen products about 4.5 times faster in practice. Rust's AMX intrinsics are
-//! not stable, so the few instructions are written as inline assembly; detection reads CPUID and asks
-//! Linux for the tile state (`arch_prctl(ARCH_REQ_XCOMP_PERM)`), once per process.
+//! training step's frozen products about 4.5 times faster in practice. The tile state and its
+//! configuration are `tiles`'.
 
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
-use std::sync::OnceLock;
 
 use super::avx512::store_row;
 use super::{NR, PAIR_BLOCK, PanelTask};
+use crate::model::kernels::cpu::tiles::{self, TileConfig};
 
 /// Rows of one tile (and of the left operand per tile load).
 const TILE_ROWS: usize = 16;
@@ -21,53 +20,12 @@ const ROW_BYTES: usize = 64;
 
 /// Whether this CPU has AMX-TILE and AMX-BF16 and the kernel lets this process use the tiles.
 pub(super) fn available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| has_amx_bf16() && tiles_permitted())
+    tiles::available()
 }
 
-/// CPUID leaf 7: EDX bit 22 (AMX-BF16) and bit 24 (AMX-TILE).
-fn has_amx_bf16() -> bool {
-    // Leaf 7 is read only where leaf 0 reports it.
-    __cpuid(0).eax >= 7 && {
-        let edx = __cpuid_count(7, 0).edx;
-        edx & (1 << 22) != 0 && edx & (1 << 24) != 0
-    }
-}
-
-/// Linux enables the tile data state per process on request; elsewhere the tiles are not used.
-fn tiles_permitted() -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
-        const XFEATURE_XTILEDATA: libc::c_long = 18;
-        // SAFETY: a request that changes only this process's permitted state components.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_arch_prctl,
-                ARCH_REQ_XCOMP_PERM,
-                XFEATURE_XTILEDATA,
-            )
-        };
-        r == 0
-    }
-    #[cfg(not(target_os = "linux"))]
-    false
-}
-
-/// The tile configuration: palette 1, all eight tiles 16 rows of 64 bytes.
-#[repr(C, align(64))]
-struct TileConfig([u8; 64]);
-
-impl TileConfig {
-    fn full() -> Self {
-        let mut c = [0u8; 64];
-        c[0] = 1;
-        for t in 0..8 {
-            c[16 + 2 * t] = ROW_BYTES as u8;
-            c[48 + t] = TILE_ROWS as u8;
-        }
-        Self(c)
-    }
+/// All eight tiles 16 rows of 64 bytes.
+fn full_config() -> TileConfig {
+    TileConfig::new([(TILE_ROWS as u8, ROW_BYTES as u8); 8])
 }
 
 /// The task's rows of its panel's columns, in blocks of [`BLOCK_ROWS`]; `a`'s rows are whole
@@ -87,7 +45,7 @@ pub(super) unsafe fn panel_rows(t: PanelTask) {
             && (t.rows.start + blocks * BLOCK_ROWS) * width <= t.a.len()
     );
     let masks = t.masks();
-    let config = TileConfig::full();
+    let config = full_config();
     if chunks == 0 {
         // An empty depth: every sum is zero.
         for r in t.rows.clone() {
@@ -104,8 +62,8 @@ pub(super) unsafe fn panel_rows(t: PanelTask) {
         return;
     }
     let mut sums = MaybeUninit::<[f32; BLOCK_ROWS * NR]>::uninit();
-    // SAFETY: the CPU has AMX and this process may use it (caller); the configuration is 64 aligned bytes.
-    unsafe { asm!("ldtilecfg [{}]", in(reg) config.0.as_ptr(), options(nostack, readonly)) };
+    // SAFETY: the CPU has AMX and this process may use it (caller).
+    let _tiles = unsafe { config.load() };
     for block in 0..blocks {
         let first = t.rows.start + block * BLOCK_ROWS;
         // SAFETY: the block's rows of `a` and every pair of the panel are in bounds (asserted above), and
@@ -133,8 +91,6 @@ pub(super) unsafe fn panel_rows(t: PanelTask) {
             }
         }
     }
-    // SAFETY: releases the tiles configured above.
-    unsafe { asm!("tilerelease", options(nostack, nomem)) };
 }
 
 /// The four tiles of one block's sums (`chunks > 0`), `[BLOCK_ROWS, NR]` row-major at `sums`: tmm0..3 the sums of

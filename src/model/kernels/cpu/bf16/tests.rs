@@ -276,3 +276,45 @@ fn panels_pad_columns_and_odd_depth_with_zeros() {
     );
     assert_eq!(p.bytes(), PAIR_BLOCK * 2 * NR * 2);
 }
+
+/// candle's AMX kernel (a Q4_K product of 32 rows or more) configures a thread's tiles once and keeps them,
+/// and its thread pool runs part of a product on the calling thread; the training's AMX products run on the
+/// same threads in a sweep. A product here between two of candle's on one thread must leave candle's
+/// configuration in place (releasing the tiles made candle's next product fault).
+#[test]
+fn candles_tile_configuration_survives_an_amx_product() {
+    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use candle_core::{Device, Module, Tensor};
+    if kernels().len() < 2 {
+        eprintln!("skipped: this CPU has no AMX");
+        return;
+    }
+    let (k, n) = (512, 256);
+    let w = Tensor::from_vec(values(n * k, 21), (n, k), &Device::Cpu).unwrap();
+    let q = QMatMul::from_arc(std::sync::Arc::new(
+        QTensor::quantize(&w, GgmlDType::Q4K).unwrap(),
+    ))
+    .unwrap();
+    // 32 blocks of 32 rows: the calling thread takes some of them.
+    let x = Tensor::from_vec(values(1024 * k, 22), (1024, k), &Device::Cpu).unwrap();
+    let bits = |t: Tensor| -> Vec<u32> {
+        let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
+        v.into_iter().map(f32::to_bits).collect()
+    };
+    let one_thread = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    one_thread.install(|| {
+        let first = bits(q.forward(&x).unwrap());
+        let (m, xs) = (130, values(130 * k, 23));
+        let rhs = Panels::transposed(&values(n * k, 24), n, k);
+        let rows = Rows {
+            data: &xs,
+            m,
+            rs: k,
+        };
+        matmul_new_on(Kernel::Amx, rows, &rhs).unwrap();
+        assert_eq!(bits(q.forward(&x).unwrap()), first);
+    });
+}
