@@ -260,7 +260,9 @@ impl FusedAttention {
         let (t, tk, d, rep) = (dm.t, dm.tk, dm.d, dm.rep());
         let block_rows = ROW_BLOCK.min(t);
         let mut out = vec![0f32; dm.b * dm.h * t * d];
-        let buffers = || (vec![0f32; block_rows * tk], vec![0f32; block_rows * tk]);
+        // Decoding keeps every query head's probabilities of a key head at once.
+        let len = if t == 1 { rep * tk } else { block_rows * tk };
+        let buffers = || (vec![0f32; len], vec![0f32; len]);
         let group = |(p, dcap): &mut (Vec<f32>, Vec<f32>), g: usize, og: &mut [f32]| {
             simd(
                 #[inline(always)]
@@ -292,6 +294,24 @@ impl FusedAttention {
         let bi = g / dm.kvh;
         let (kg, vg) = (k.get(g), v.get(g));
         let (blocks, spans) = self.blocks(dm, bi);
+        if let [blk] = blocks[..]
+            && t == 1
+            && d > 0
+        {
+            // Decoding: every query head's probabilities, then their weighted sums of the shared values
+            // together.
+            let n = blk.keys();
+            decode::prefetch_l2(&kg[blk.k0 * d..blk.k1 * d]);
+            decode::prefetch_l2(&vg[blk.k0 * d..blk.k1 * d]);
+            for r in 0..rep {
+                let hq = g * rep + r;
+                let (p, dcap) = (&mut p[r * n..], &mut dcap[r * n..]);
+                self.probs(dm, bi, (blk, &spans), (&q[hq * d..][..d], kg), p, dcap);
+            }
+            let values = &vg[blk.k0 * d..blk.k1 * d];
+            decode::weighted(og, &p[..rep * n], values, d);
+            return;
+        }
         for (r, oh) in og.chunks_exact_mut(t * d).enumerate() {
             let hq = g * rep + r;
             let qh = &q[hq * t * d..(hq + 1) * t * d];
@@ -301,7 +321,7 @@ impl FusedAttention {
                 let o = &mut oh[blk.r0 * d..blk.r1 * d];
                 let values = &vg[blk.k0 * d..blk.k1 * d];
                 if rows == 1 && d > 0 {
-                    decode::weighted(o, &p[..n], values);
+                    decode::weighted(o, &p[..n], values, d);
                     continue;
                 }
                 matmul(

@@ -22,22 +22,47 @@ pub(super) fn scores(q: &[f32], keys: &[f32], scale: f32, p: &mut [f32]) {
     }
 }
 
-/// `out = sum_j w[j] * rows[j]` (rows of `out.len()` values), each element summed over `j` in order.
+/// For each head `h` of `out` (heads of `d` values, as the rows): `out[h] = sum_j w[h][j] * rows[j]` (`w`
+/// holds each head's weights, one per row, in turn), each element summed over `j` in order. The heads that
+/// share the rows (a key head's query heads) go through them together: their sums do not wait on one
+/// another.
 #[inline(always)]
-pub(super) fn weighted(out: &mut [f32], w: &[f32], rows: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: the CPU has AVX-512 F.
-        match out.len() {
-            64 => return unsafe { weighted_avx512::<4>(out, w, rows) },
-            128 => return unsafe { weighted_avx512::<8>(out, w, rows) },
-            _ => {}
-        }
+pub(super) fn weighted(out: &mut [f32], w: &[f32], rows: &[f32], d: usize) {
+    let n = rows.len() / d.max(1);
+    if n == 0 {
+        out.fill(0.0);
+        return;
     }
-    out.fill(0.0);
-    for (&wj, row) in w.iter().zip(rows.chunks_exact(out.len().max(1))) {
-        for (o, x) in out.iter_mut().zip(row) {
-            *o += wj * x;
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512() && (d == 64 || d == 128) {
+        // Four heads of 64 values or two of 128: 16 vectors of sums.
+        let at_once = 256 / d;
+        for (out, w) in out.chunks_mut(at_once * d).zip(w.chunks(at_once * n)) {
+            // SAFETY: the CPU has AVX-512 F; `out` holds whole heads of `d` values, `w` their weights.
+            unsafe {
+                match (d, out.len() / d) {
+                    (64, 4) => weighted_avx512::<4, 4>(out, w, rows),
+                    (64, 3) => weighted_avx512::<3, 4>(out, w, rows),
+                    (64, 2) => weighted_avx512::<2, 4>(out, w, rows),
+                    (64, _) => weighted_avx512::<1, 4>(out, w, rows),
+                    (_, 2) => weighted_avx512::<2, 8>(out, w, rows),
+                    _ => weighted_avx512::<1, 8>(out, w, rows),
+                }
+            }
+        }
+        return;
+    }
+    weighted_loops(out, w, rows, d, n)
+}
+
+/// [`weighted`] as plain loops, head after head.
+fn weighted_loops(out: &mut [f32], w: &[f32], rows: &[f32], d: usize, n: usize) {
+    for (out, w) in out.chunks_mut(d.max(1)).zip(w.chunks(n.max(1))) {
+        out.fill(0.0);
+        for (&wj, row) in w.iter().zip(rows.chunks_exact(d.max(1))) {
+            for (o, x) in out.iter_mut().zip(row) {
+                *o += wj * x;
+            }
         }
     }
 }
@@ -48,7 +73,9 @@ fn has_avx512() -> bool {
 }
 
 /// [`scores`] for `d` a multiple of 16: per key the lanes of [`dot`] (`sum_c q_c * k_c` over the 16-value
-/// chunks), then 16 keys' lanes transposed and added lane 0 first, as `dot` adds them.
+/// chunks), then 16 keys' lanes transposed and added lane 0 first, as `dot` adds them. The 16 keys' sums
+/// advance together, chunk after chunk, so that their additions (each key's in `dot`'s order) do not wait
+/// on one another.
 ///
 /// # Safety
 /// The CPU must have AVX-512 F; `q.len()` must be a non-zero multiple of 16 and `keys` hold `p.len()` rows.
@@ -61,16 +88,20 @@ unsafe fn scores_avx512(q: &[f32], keys: &[f32], scale: f32, p: &mut [f32]) {
         unsafe { _mm512_loadu_ps(v[at..at + LANES].as_ptr()) }
     };
     for (group, p) in p.chunks_mut(LANES).enumerate() {
+        let first = group * LANES;
         let mut lanes = [_mm512_setzero_ps(); LANES];
-        for (j, lanes) in lanes.iter_mut().enumerate().take(p.len()) {
-            let at = (group * LANES + j) * d;
-            prefetch(keys, at + AHEAD * d, d);
-            let key = &keys[at..][..d];
-            let mut acc = _mm512_mul_ps(load(q, 0), load(key, 0));
-            for c in (LANES..d).step_by(LANES) {
-                acc = _mm512_add_ps(acc, _mm512_mul_ps(load(q, c), load(key, c)));
+        if p.len() == LANES {
+            // SAFETY: the CPU has AVX-512 F (caller); 16 keys from `first`.
+            unsafe { whole_group(q, &keys[first * d..(first + LANES) * d], &mut lanes) };
+        } else {
+            for (j, lanes) in lanes.iter_mut().enumerate().take(p.len()) {
+                let key = &keys[(first + j) * d..][..d];
+                let mut acc = _mm512_mul_ps(load(q, 0), load(key, 0));
+                for c in (LANES..d).step_by(LANES) {
+                    acc = _mm512_add_ps(acc, _mm512_mul_ps(load(q, c), load(key, c)));
+                }
+                *lanes = acc;
             }
-            *lanes = acc;
         }
         let by_lane = transpose(lanes);
         let sum = by_lane[1..]
@@ -81,6 +112,35 @@ unsafe fn scores_avx512(q: &[f32], keys: &[f32], scale: f32, p: &mut [f32]) {
         // SAFETY: `out` holds 16 floats.
         unsafe { _mm512_storeu_ps(out.as_mut_ptr(), sum) };
         p.copy_from_slice(&out[..p.len()]);
+    }
+}
+
+/// 16 keys' lanes of [`dot`] with `q` into `lanes`, chunk after chunk for all of them, and the next 16 keys
+/// asked for meanwhile (a line per key and chunk).
+///
+/// # Safety
+/// The CPU must have AVX-512 F; `q.len()` must be a non-zero multiple of 16 and `keys` hold 16 rows of it.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn whole_group(q: &[f32], keys: &[f32], lanes: &mut [__m512; LANES]) {
+    let d = q.len();
+    assert!(keys.len() == LANES * d && d.is_multiple_of(LANES) && d > 0);
+    let (q, k) = (q.as_ptr(), keys.as_ptr());
+    // SAFETY: chunks inside `q` and the 16 keys (asserted); prefetches fault on no address.
+    unsafe {
+        let q0 = _mm512_loadu_ps(q);
+        for (j, lane) in lanes.iter_mut().enumerate() {
+            _mm_prefetch::<_MM_HINT_T0>(k.wrapping_add((LANES + j) * d).cast());
+            *lane = _mm512_mul_ps(q0, _mm512_loadu_ps(k.add(j * d)));
+        }
+        for c in (LANES..d).step_by(LANES) {
+            let qc = _mm512_loadu_ps(q.add(c));
+            for (j, lane) in lanes.iter_mut().enumerate() {
+                _mm_prefetch::<_MM_HINT_T0>(k.wrapping_add((LANES + j) * d + c).cast());
+                *lane = _mm512_add_ps(*lane, _mm512_mul_ps(qc, _mm512_loadu_ps(k.add(j * d + c))));
+            }
+        }
     }
 }
 
@@ -97,6 +157,17 @@ fn prefetch(v: &[f32], at: usize, len: usize) {
             // SAFETY: a prefetch reads nothing and faults on no address.
             unsafe { _mm_prefetch::<_MM_HINT_T0>((line as *const f32).cast()) };
         }
+    }
+}
+
+/// Asks for every line of `v` into the L2 cache at once (a decoding step's keys and values of one head
+/// come from memory: many requests in flight instead of a few rows ahead).
+#[inline(always)]
+pub(super) fn prefetch_l2(v: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in v.iter().step_by(16) {
+        // SAFETY: a prefetch reads nothing and faults on no address.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>((line as *const f32).cast()) };
     }
 }
 
@@ -144,26 +215,37 @@ fn transpose(v: [__m512; LANES]) -> [__m512; LANES] {
     out
 }
 
-/// [`weighted`] for rows of `16 * C` values: the output's chunks in registers over all rows.
+/// [`weighted`] for `H` heads and rows of `16 * C` values: the heads' output chunks in registers over all
+/// rows.
 ///
 /// # Safety
-/// The CPU must have AVX-512 F; `out.len()` must be `16 * C`.
+/// The CPU must have AVX-512 F; `out.len()` must be `H * 16 * C` and `w.len()` `H` times the rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn weighted_avx512<const C: usize>(out: &mut [f32], w: &[f32], rows: &[f32]) {
-    let mut acc = [_mm512_setzero_ps(); C];
-    for (j, (&wj, row)) in w.iter().zip(rows.chunks_exact(C * LANES)).enumerate() {
+unsafe fn weighted_avx512<const H: usize, const C: usize>(
+    out: &mut [f32],
+    w: &[f32],
+    rows: &[f32],
+) {
+    let n = w.len() / H;
+    let mut acc = [[_mm512_setzero_ps(); C]; H];
+    for (j, row) in rows.chunks_exact(C * LANES).take(n).enumerate() {
         prefetch(rows, (j + AHEAD) * C * LANES, C * LANES);
-        let wj = _mm512_set1_ps(wj);
-        for (c, acc) in acc.iter_mut().enumerate() {
-            // SAFETY: chunk c of a row of 16 * C floats.
-            let x = unsafe { _mm512_loadu_ps(row[c * LANES..].as_ptr()) };
-            *acc = _mm512_add_ps(*acc, _mm512_mul_ps(wj, x));
+        // SAFETY: chunk c of a row of 16 * C floats.
+        let x: [__m512; C] =
+            std::array::from_fn(|c| unsafe { _mm512_loadu_ps(row[c * LANES..].as_ptr()) });
+        for (h, acc) in acc.iter_mut().enumerate() {
+            let wj = _mm512_set1_ps(w[h * n + j]);
+            for (acc, x) in acc.iter_mut().zip(x) {
+                *acc = _mm512_add_ps(*acc, _mm512_mul_ps(wj, x));
+            }
         }
     }
-    for (c, acc) in acc.into_iter().enumerate() {
-        // SAFETY: chunk c of `out`, 16 * C floats.
-        unsafe { _mm512_storeu_ps(out[c * LANES..][..LANES].as_mut_ptr(), acc) };
+    for (h, acc) in acc.into_iter().enumerate() {
+        for (c, acc) in acc.into_iter().enumerate() {
+            // SAFETY: chunk c of head h of `out`, H * 16 * C floats.
+            unsafe { _mm512_storeu_ps(out[(h * C + c) * LANES..][..LANES].as_mut_ptr(), acc) };
+        }
     }
 }
 
@@ -180,12 +262,13 @@ mod tests {
             .collect()
     }
 
-    /// Scores and weighted sums have the generic loops' bits, for key counts around whole groups of 16
-    /// and head widths the AVX-512 paths take (64, 128) or leave to the loops (8, 48).
+    /// Scores and weighted sums have the generic loops' bits, for key counts around whole groups of 16,
+    /// head widths the AVX-512 paths take (64, 128) or leave to the loops (8, 48), and 1 to 5 heads sharing
+    /// the rows (whole and partial sets of the heads summed together).
     #[test]
     fn the_decoding_products_have_the_generic_loops_bits() {
         for d in [8, 48, 64, 128] {
-            for n in [1, 15, 16, 17, 40] {
+            for n in [0, 1, 15, 16, 17, 40] {
                 let (q, keys) = (values(d, 1), values(n * d, 2));
                 let mut ours = vec![0f32; n];
                 scores(&q, &keys, 0.125, &mut ours);
@@ -195,17 +278,25 @@ mod tests {
                     .collect();
                 let ours: Vec<u32> = ours.iter().map(|s| s.to_bits()).collect();
                 assert_eq!(ours, want, "scores d {d} n {n}");
-                let w = values(n, 3);
-                let mut out = vec![1f32; d];
-                weighted(&mut out, &w, &keys);
-                let mut want = vec![0f32; d];
-                for (&wj, row) in w.iter().zip(keys.chunks_exact(d)) {
-                    for (o, x) in want.iter_mut().zip(row) {
-                        *o += wj * x;
-                    }
-                }
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                assert_eq!(bits(&out), bits(&want), "weighted d {d} n {n}");
+                for heads in 1..=5 {
+                    let w = values(heads * n, 3);
+                    let mut out = vec![1f32; heads * d];
+                    weighted(&mut out, &w, &keys, d);
+                    let mut want = vec![0f32; heads * d];
+                    for (want, w) in want.chunks_mut(d).zip(w.chunks(n.max(1))) {
+                        for (&wj, row) in w.iter().zip(keys.chunks_exact(d)) {
+                            for (o, x) in want.iter_mut().zip(row) {
+                                *o += wj * x;
+                            }
+                        }
+                    }
+                    assert_eq!(
+                        bits(&out),
+                        bits(&want),
+                        "weighted d {d} n {n} heads {heads}"
+                    );
+                }
             }
         }
     }
