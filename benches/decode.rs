@@ -7,7 +7,8 @@
 //!   its `gguf` package is missing).
 //!
 //! `cargo bench --bench decode` (threads: RAYON_NUM_THREADS; tokens: QLAB_BENCH_TOKENS, default 64;
-//! `QLAB_BENCH_QUICK=1`: qlab alone on the demo model, for comparing changes). Each measurement, each
+//! `QLAB_BENCH_QUICK=1`: qlab alone on the demo model, for comparing changes; each figure the median of 3
+//! runs, with the binary's allocator settings). Each measurement, each
 //! qlab/candle ratio and each engine's batch-10/batch-1 ratio is also printed as one JSON line (the lines
 //! starting with `{`): `cargo bench --bench decode | grep '^{' > bench/results/NAME.jsonl`.
 
@@ -88,7 +89,8 @@ struct Case<'a> {
     load_peer: fn(&Path, &Device) -> candle_core::Result<Box<dyn CausalLm>>,
 }
 
-/// Decode tokens per second (prefill excluded) and prefill seconds, after one warm-up run.
+/// Decode tokens per second (prefill excluded) and prefill seconds, the medians of [`REPEATS`] runs after
+/// a short warm-up run.
 fn measure(model: &mut dyn CausalLm, prompt: &[u32], batch: usize, tokens: usize) -> (f64, f64) {
     let prompts = vec![prompt.to_vec(); batch];
     let opts = GenerateOptions {
@@ -102,10 +104,23 @@ fn measure(model: &mut dyn CausalLm, prompt: &[u32], batch: usize, tokens: usize
         ..opts.clone()
     };
     generate(model, &prompts, &warm, &mut |_| {}).expect("warm-up");
-    let (_, stats) = generate(model, &prompts, &opts, &mut |_| {}).expect("generate");
-    let decoded = (stats.new_tokens - batch) as f64;
-    (decoded / stats.decode_s, stats.prefill_s)
+    let (mut tps, mut prefill): (Vec<f64>, Vec<f64>) = (0..REPEATS)
+        .map(|_| {
+            let (_, stats) = generate(model, &prompts, &opts, &mut |_| {}).expect("generate");
+            let decoded = (stats.new_tokens - batch) as f64;
+            (decoded / stats.decode_s, stats.prefill_s)
+        })
+        .unzip();
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (median(&mut tps), median(&mut prefill))
 }
+
+/// Measured runs per engine and batch (their medians are reported): a single run of a shared 2-core
+/// machine varies by a fifth.
+const REPEATS: usize = 3;
 
 /// Batch 1 and 10 on one engine: decode tokens/s per batch.
 fn bench(ctx: &Context, case: &Case, engine: &str, model: &mut dyn CausalLm) -> Vec<f64> {
@@ -202,6 +217,7 @@ fn qwen2_gguf() -> Result<PathBuf, String> {
 }
 
 fn main() {
+    qlab::allocator::keep_freed_pages();
     let tokens: usize = std::env::var("QLAB_BENCH_TOKENS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -4,6 +4,7 @@
 //! rating, store, config, plan and source import neither tui nor model (README "Architecture";
 //! tests/architecture.rs checks it).
 
+pub mod allocator;
 pub mod cluster;
 pub mod config;
 pub mod demo_data;
