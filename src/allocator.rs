@@ -5,8 +5,8 @@
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Never hand freed pages back to the OS: a training step frees and reallocates the same large buffers, and
-/// re-faulting them (the kernel zeroing each page) cost ~8% of a CPU step; decoding's single runs varied by a
-/// third with it; peak RSS grows by ~15%. An explicit MIMALLOC_PURGE_DELAY in the environment still wins.
+/// re-faulting them (the kernel zeroing each page) cost ~8% of a CPU step; peak RSS grows by ~15%. An explicit
+/// MIMALLOC_PURGE_DELAY in the environment still wins.
 /// Call once at start-up, before any other thread exists (mimalloc must be the global allocator).
 pub fn keep_freed_pages() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
