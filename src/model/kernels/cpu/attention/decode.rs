@@ -1,7 +1,8 @@
 //! Decoding's attention products (one query against a head's cached keys and values) with AVX-512, to the
 //! same bits as the generic loops they replace: each score is the same 16-lane dot product summed lane after
 //! lane, here for 16 keys at once (their lanes transposed, so that the sequential sum runs across keys
-//! instead of within one vector), and the weighted sum of values keeps its 16-float chunks in registers.
+//! instead of within one vector), and the weighted sums of values keep their 16-float chunks in registers, for
+//! all the query heads that share a key head's values at once.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
