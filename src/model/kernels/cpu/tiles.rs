@@ -3,8 +3,6 @@
 //! that the thread's own (candle's AMX kernels configure a thread once and keep it) survives. Rust's AMX
 //! intrinsics are not stable, so the kernels write the few tile instructions as inline assembly.
 
-#![cfg(target_arch = "x86_64")]
-
 use std::arch::asm;
 use std::arch::x86_64::{__cpuid, __cpuid_count};
 use std::sync::OnceLock;

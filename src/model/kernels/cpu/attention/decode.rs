@@ -161,16 +161,20 @@ fn prefetch(v: &[f32], at: usize, len: usize) {
     }
 }
 
-/// Asks for every line of `v` into the L2 cache at once (a decoding step's keys and values of one head
-/// come from memory: many requests in flight instead of a few rows ahead).
+/// Asks for the lines of `v` into the L2 cache at once, up to [`L2_AHEAD`] floats (a decoding step's keys
+/// and values of one head come from memory: many requests in flight instead of a few rows ahead; a long
+/// context's would only push each other out of L2, and the kernels' own prefetches cover the rest).
 #[inline(always)]
 pub(super) fn prefetch_l2(v: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    for line in v.iter().step_by(16) {
+    for line in v[..v.len().min(L2_AHEAD)].iter().step_by(16) {
         // SAFETY: a prefetch reads nothing and faults on no address.
         unsafe { _mm_prefetch::<_MM_HINT_T1>((line as *const f32).cast()) };
     }
 }
+
+/// Floats [`prefetch_l2`] asks for at most: 64 KB, 256 positions of a 64-wide head.
+const L2_AHEAD: usize = 16 * 1024;
 
 /// The 16 x 16 transpose: lane `k` of result `l` is lane `l` of `v[k]`.
 #[cfg(target_arch = "x86_64")]
