@@ -117,6 +117,14 @@ pub enum Positions {
     PerRow(Tensor),
 }
 
+/// What a generation step hands back for choosing the next tokens.
+pub enum Next {
+    /// The last positions' logits `[b, vocab]`.
+    Logits(Tensor),
+    /// Each row's greedy id, where the head found them without the logits.
+    Greedy(Vec<u32>),
+}
+
 /// A decoder with frozen (quantized) weights and optional LoRA adapters.
 #[derive(Debug, Clone)]
 pub struct Decoder {
@@ -577,10 +585,47 @@ impl Decoder {
         key_mask: Option<&Tensor>,
         cache: Option<&mut KvCache>,
     ) -> Result<Tensor> {
+        let h = self.last_hidden(ids, positions, key_mask, cache)?;
+        self.last_logits(&h)
+    }
+
+    /// [`Self::forward_last`], or with `greedy` each row's greedy id (its first largest logit) where the head
+    /// finds it without every logit in full (`kernels::generation_greedy`; not with a final soft-cap, whose
+    /// rounding can tie logits that differ).
+    pub fn forward_next(
+        &self,
+        ids: &Tensor,
+        positions: &Positions,
+        key_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+        greedy: bool,
+    ) -> Result<Next> {
+        let h = self.last_hidden(ids, positions, key_mask, cache)?;
+        if greedy
+            && self.config.final_logit_softcap.is_none()
+            && let Some(ids) = kernels::generation_greedy(&self.head, &h)?
+        {
+            return Ok(Next::Greedy(ids));
+        }
+        self.last_logits(&h).map(Next::Logits)
+    }
+
+    /// The last position's final-normed hidden state `[b, 1, d]`.
+    fn last_hidden(
+        &self,
+        ids: &Tensor,
+        positions: &Positions,
+        key_mask: Option<&Tensor>,
+        cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
         let h = self.hidden(ids, positions, key_mask, cache, true)?;
         let t = h.dim(1)?;
-        let h = self.final_norm.forward_no_grad(&h.narrow(1, t - 1, 1)?)?;
-        let logits = kernels::generation_product(&self.head, &h)?;
+        self.final_norm.forward_no_grad(&h.narrow(1, t - 1, 1)?)
+    }
+
+    /// Logits `[b, vocab]` of last positions' hidden states `h` `[b, 1, d]`.
+    fn last_logits(&self, h: &Tensor) -> Result<Tensor> {
+        let logits = kernels::generation_product(&self.head, h)?;
         softcap(&logits, self.config.final_logit_softcap)?.squeeze(1)
     }
 

@@ -3,7 +3,7 @@
 
 use candle_core::{Device, Tensor};
 
-use super::CausalLm;
+use super::{CausalLm, Next};
 use crate::model::decoder::{Decoder, KvCache, Positions};
 
 pub struct DecoderLm {
@@ -35,6 +35,22 @@ impl DecoderLm {
     pub fn merge_adapter(&mut self) -> candle_core::Result<()> {
         self.decoder.merge_lora()
     }
+
+    /// The new tokens' positions (a step at offset 0 starts afresh: the cache is cleared).
+    fn positions(
+        &mut self,
+        ids: &Tensor,
+        offset: usize,
+        attend: Option<&Tensor>,
+    ) -> candle_core::Result<Positions> {
+        if offset == 0 {
+            self.cache.clear();
+        }
+        match attend {
+            Some(mask) => positions(mask, offset, ids.dim(1)?),
+            None => Ok(Positions::From(offset)),
+        }
+    }
 }
 
 /// Position of each new token = number of real tokens before it in its row.
@@ -63,15 +79,21 @@ impl CausalLm for DecoderLm {
         offset: usize,
         attend: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
-        if offset == 0 {
-            self.cache.clear();
-        }
-        let pos = match attend {
-            Some(mask) => positions(mask, offset, ids.dim(1)?)?,
-            None => Positions::From(offset),
-        };
+        let pos = self.positions(ids, offset, attend)?;
         self.decoder
             .forward_last(ids, &pos, attend, Some(&mut self.cache))
+            .map_err(candle_core::Error::wrap)
+    }
+
+    fn forward_greedy(
+        &mut self,
+        ids: &Tensor,
+        offset: usize,
+        attend: Option<&Tensor>,
+    ) -> candle_core::Result<Next> {
+        let pos = self.positions(ids, offset, attend)?;
+        (self.decoder)
+            .forward_next(ids, &pos, attend, Some(&mut self.cache), true)
             .map_err(candle_core::Error::wrap)
     }
 

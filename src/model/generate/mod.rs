@@ -15,6 +15,8 @@ use std::time::Instant;
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
 
+pub use crate::model::decoder::Next;
+
 pub use candle_quantized::{CandleQuantizedLlama, CandleQuantizedQwen2};
 pub use decoder_lm::DecoderLm;
 pub use open::{OpenError, open_model};
@@ -31,6 +33,17 @@ pub trait CausalLm: Send {
         offset: usize,
         attend: Option<&Tensor>,
     ) -> candle_core::Result<Tensor>;
+
+    /// [`Self::forward`] when the next tokens are chosen greedily: an engine whose head finds each row's
+    /// greedy id (its first largest logit) without every logit in full hands back the ids instead.
+    fn forward_greedy(
+        &mut self,
+        ids: &Tensor,
+        offset: usize,
+        attend: Option<&Tensor>,
+    ) -> candle_core::Result<Next> {
+        self.forward(ids, offset, attend).map(Next::Logits)
+    }
 
     /// Forget the KV cache's positions (qlab's decoder keeps its buffers for the next prompt of the same batch
     /// size).
@@ -166,11 +179,12 @@ pub fn generate(
         ..Default::default()
     };
     let start = Instant::now();
-    let mut logits = forward_in_pool(
+    let greedy = opts.sampling == Sampling::Greedy;
+    let mut next = forward_in_pool(
         model,
-        &Tensor::from_vec(ids, (batch, width), &device)?,
-        0,
+        (&Tensor::from_vec(ids, (batch, width), &device)?, 0),
         mask(&attend)?.as_ref(),
+        greedy,
     )?;
     stats.prefill_s = start.elapsed().as_secs_f64();
     let decode_start = Instant::now();
@@ -195,21 +209,27 @@ pub fn generate(
     }
     let mut offset = width;
     loop {
-        let logits_f32 = logits.to_dtype(candle_core::DType::F32)?;
-        let greedy = match opts.sampling {
-            Sampling::Greedy => greedy::ids(&logits_f32)?,
-            Sampling::Sample { .. } => None,
+        // Each row's id straight from the model or its logits when greedy, else the logits to sample from.
+        let choice = match next {
+            Next::Greedy(ids) => Next::Greedy(ids),
+            Next::Logits(logits) => {
+                let logits = logits.to_dtype(candle_core::DType::F32)?;
+                match greedy.then(|| greedy::ids(&logits)).transpose()?.flatten() {
+                    Some(ids) => Next::Greedy(ids),
+                    None => Next::Logits(logits),
+                }
+            }
         };
-        let mut next = vec![opts.pad_id; batch];
+        let mut chosen = vec![opts.pad_id; batch];
         for row in 0..batch {
             if done[row] {
                 continue;
             }
-            let id = match &greedy {
-                Some(ids) => ids[row],
-                None => samplers[row].sample(&logits_f32.get(row)?)?,
+            let id = match &choice {
+                Next::Greedy(ids) => ids[row],
+                Next::Logits(logits) => samplers[row].sample(&logits.get(row)?)?,
             };
-            next[row] = id;
+            chosen[row] = id;
             if opts.stop_ids.contains(&id) {
                 out[row].finish = Finish::Stop;
                 done[row] = true;
@@ -231,8 +251,8 @@ pub fn generate(
             break;
         }
         attend.iter_mut().for_each(|a| a.push(1));
-        let step = Tensor::from_vec(next, (batch, 1), &device)?;
-        logits = forward_in_pool(model, &step, offset, mask(&attend)?.as_ref())?;
+        let step = Tensor::from_vec(chosen, (batch, 1), &device)?;
+        next = forward_in_pool(model, (&step, offset), mask(&attend)?.as_ref(), greedy)?;
         offset += 1;
         stats.decode_steps += 1;
     }
@@ -246,13 +266,18 @@ pub fn generate(
 /// pool from outside and sleeping until it is done, which costs more than a small product at batch 1.
 fn forward_in_pool(
     model: &mut dyn CausalLm,
-    ids: &Tensor,
-    offset: usize,
+    (ids, offset): (&Tensor, usize),
     attend: Option<&Tensor>,
-) -> candle_core::Result<Tensor> {
-    match ids.device().is_cpu() && model.runs_in_pool() {
-        true => rayon::scope(|_| model.forward(ids, offset, attend)),
-        false => model.forward(ids, offset, attend),
+    greedy: bool,
+) -> candle_core::Result<Next> {
+    let in_pool = ids.device().is_cpu() && model.runs_in_pool();
+    let mut forward = || match greedy {
+        true => model.forward_greedy(ids, offset, attend),
+        false => model.forward(ids, offset, attend).map(Next::Logits),
+    };
+    match in_pool {
+        true => rayon::scope(|_| forward()),
+        false => forward(),
     }
 }
 

@@ -36,6 +36,16 @@ pub fn generation_product(linear: &FrozenLinear, x: &Tensor) -> candle_core::Res
     linear.forward(x)
 }
 
+/// Greedy generation's next tokens straight from the head `linear` and the last positions' hidden states `x`
+/// (`[b, 1, d]`): each row's first largest logit, found without every logit in full where the CPU kernels can
+/// (`cpu::decode::greedy`); None otherwise, and the logits are then computed.
+pub fn generation_greedy(
+    linear: &FrozenLinear,
+    x: &Tensor,
+) -> candle_core::Result<Option<Vec<u32>>> {
+    cpu::decode::greedy(linear, x)
+}
+
 /// Generation's frozen products of one input by several linears (a block's q, k and v; its gate and up) in
 /// one parallel loop on the CPU (`cpu::decode::products`); None when that does not serve them, and each is
 /// then a [`generation_product`].

@@ -56,6 +56,24 @@ pub fn products(linears: &[&FrozenLinear], x: &Tensor) -> Result<Option<Vec<Tens
         .map(Some)
 }
 
+/// Each row's greedy id (the first largest output) of `linear(x)` for `x` `[rows, 1, in]` or `[rows, in]`,
+/// found without every output in full ([`qdot::greedy`]: a Q8_0 vocabulary head without bias); None when
+/// that does not serve, and the outputs are then computed.
+pub fn greedy(linear: &FrozenLinear, x: &Tensor) -> Result<Option<Vec<u32>>> {
+    let FrozenWeight::Ggml(q) = &linear.weight else {
+        return Ok(None);
+    };
+    if !x.device().is_cpu() || x.track_op() || candle_only() || linear.bias.is_some() {
+        return Ok(None);
+    }
+    let inp = q.shape().dims2()?.1;
+    let rows = x.elem_count() / inp.max(1);
+    if x.dims().first() != Some(&rows) {
+        return Ok(None);
+    }
+    qdot::greedy(&x.reshape((rows, inp))?, q)
+}
+
 /// `y` `[rows, out]` shaped as `x` with `out` last, connected to `x` and with the bias added.
 fn attached(linear: &FrozenLinear, x: &Tensor, y: Tensor, out: usize) -> Result<Tensor> {
     let mut dims = x.dims().to_vec();
@@ -90,8 +108,8 @@ mod tests {
     use crate::source::{ResolveOptions, demo_model};
 
     /// The demo model (Q4_1 projections, Q8_0 head) answers chat questions, as a padded batch, with the
-    /// same tokens through the quantized products as through candle's `QMatMul`, and a prompt's logits are the
-    /// same to the bit.
+    /// same tokens through the quantized products and the head's greedy choice as through candle's
+    /// `QMatMul` and the argmax of its logits, and a prompt's logits are the same to the bit.
     #[test]
     fn the_demo_models_greedy_answers_are_candles_token_for_token() {
         let path = ResolveOptions::from_env()

@@ -9,10 +9,12 @@
 //! every column of the group, each packed block is unpacked once for all rows of a batch (in passes of up to
 //! 10 rows), and no horizontal sum is needed; each task writes its columns of the row-major output in place.
 //! `activations` rounds the inputs as candle's own code does and holds the scalar reference; `reuse` keeps
-//! the last rounding of each type for the products that share an input.
+//! the last rounding of each type for the products that share an input; `greedy` finds greedy decoding's
+//! next tokens from a Q8_0 head without every logit in candle's arithmetic.
 
 mod activations;
 mod avx2;
+mod greedy;
 mod packed;
 mod reuse;
 #[cfg(test)]
@@ -27,6 +29,8 @@ use candle_core::{Device, Result, Tensor};
 use self::activations::{Activations, dot_scalar};
 use self::packed::Packed;
 use crate::model::device::for_each_index;
+
+pub use self::greedy::greedy;
 
 /// Values per block (all the types here).
 const BLOCK: usize = 32;
@@ -112,31 +116,10 @@ impl Isa {
 /// fused multiply-adds for Q4_1 and Q5_0, candle's scalar loops; eight lanes with fused multiply-adds and
 /// candle's final horizontal sum for Q8_0, its AVX2 kernel).
 pub fn matmul(x: &Tensor, ws: &[Arc<QTensor>]) -> Result<Option<Vec<Tensor>>> {
-    if !x.device().is_cpu() || ws.is_empty() {
-        return Ok(None);
-    }
-    let Some(format) = Format::of(ws[0].dtype()) else {
-        return Ok(None);
-    };
-    let Some(isa) = Isa::detect() else {
+    let Some((format, isa)) = served(x, ws)? else {
         return Ok(None);
     };
     let (m, kx) = x.dims2()?;
-    for w in ws {
-        let (n, k) = w.shape().dims2()?;
-        if Format::of(w.dtype()) != Some(format) {
-            return Ok(None);
-        }
-        if kx != k || !k.is_multiple_of(BLOCK) {
-            candle_core::bail!(
-                "{format:?} product: input of {kx} columns for a weight of {n} x {k}"
-            );
-        }
-        if format == Format::Q8_0 && k.is_multiple_of(256) && n.is_multiple_of(16) {
-            // candle's own repacked kernels take these shapes (with other roundings): theirs is the reference.
-            return Ok(None);
-        }
-    }
     let acts = reuse::rounded(format as usize, x, kx, |xs, rows| {
         Activations::quantize(format, xs, rows, kx)
     })?;
@@ -153,6 +136,37 @@ pub fn matmul(x: &Tensor, ws: &[Arc<QTensor>]) -> Result<Option<Vec<Tensor>>> {
         .map(|(out, p)| Tensor::from_vec(out, (m, p.n), &Device::Cpu))
         .collect::<Result<Vec<_>>>()
         .map(Some)
+}
+
+/// The weight type and instruction set of `x` `[m, k]` times every weight of `ws`, or None when this
+/// module does not serve them all (see [`matmul`]); an error for a width that does not fit.
+fn served(x: &Tensor, ws: &[Arc<QTensor>]) -> Result<Option<(Format, Isa)>> {
+    if !x.device().is_cpu() || ws.is_empty() {
+        return Ok(None);
+    }
+    let Some(format) = Format::of(ws[0].dtype()) else {
+        return Ok(None);
+    };
+    let Some(isa) = Isa::detect() else {
+        return Ok(None);
+    };
+    let (_, kx) = x.dims2()?;
+    for w in ws {
+        let (n, k) = w.shape().dims2()?;
+        if Format::of(w.dtype()) != Some(format) {
+            return Ok(None);
+        }
+        if kx != k || !k.is_multiple_of(BLOCK) {
+            candle_core::bail!(
+                "{format:?} product: input of {kx} columns for a weight of {n} x {k}"
+            );
+        }
+        if format == Format::Q8_0 && k.is_multiple_of(256) && n.is_multiple_of(16) {
+            // candle's own repacked kernels take these shapes (with other roundings): theirs is the reference.
+            return Ok(None);
+        }
+    }
+    Ok(Some((format, isa)))
 }
 
 /// The product's row-major output `[rows, n]`, which the parallel tasks write each in its own columns.

@@ -6,7 +6,7 @@ use std::arch::x86_64::*;
 
 use super::{Activations, Format, Out};
 
-const LANES: usize = 16;
+pub(super) const LANES: usize = 16;
 
 /// Rows one pass of the Q4_1 / Q5_0 kernel keeps in registers (with the 8 unpacked weight vectors).
 const PASS_ROWS: usize = 10;
@@ -43,18 +43,20 @@ pub(super) unsafe fn columns(
 /// # Safety
 /// Row `r`, columns `col..col + 16` of `out` must be the caller's to write.
 #[target_feature(enable = "avx512f")]
-unsafe fn store(acc: __m512, out: Out, r: usize, col: usize) {
+pub(super) unsafe fn store(acc: __m512, out: Out, r: usize, col: usize) {
     // SAFETY: 16 floats of row r, as the caller vouches.
     unsafe { _mm512_storeu_ps(out.at(r, col), acc) };
 }
 
-/// Tiles ahead of the one being read that are asked for early (the weights stream from memory once).
-const PREFETCH_TILES: usize = 4;
+/// Tiles ahead of the one being read that are asked for early (the weights stream from memory once): 5-9 KB,
+/// far enough for memory's latency at batch 1 (4 tiles decoded 10-20% slower there;
+/// bench/results/cpu-decode-intel-2026-12-05.txt, section 10).
+const PREFETCH_TILES: usize = 32;
 
 /// Asks for the tile [`PREFETCH_TILES`] after `tile` (`tile_bytes` each), line by line: whatever lies
 /// there, as a prefetch of an address outside the weights is harmless.
 #[inline(always)]
-fn prefetch(tile: &[u8], tile_bytes: usize) {
+pub(super) fn prefetch(tile: &[u8], tile_bytes: usize) {
     let ahead = tile.as_ptr().wrapping_add(PREFETCH_TILES * tile_bytes);
     for line in (0..tile_bytes).step_by(64) {
         // SAFETY: a prefetch reads nothing and faults on no address.
@@ -64,7 +66,7 @@ fn prefetch(tile: &[u8], tile_bytes: usize) {
 
 /// The four activation bytes `4j..4j+4` of a block, in every lane.
 #[target_feature(enable = "avx512f")]
-fn broadcast(values: &[i8; 32], j: usize) -> __m512i {
+pub(super) fn broadcast(values: &[i8; 32], j: usize) -> __m512i {
     let four = i32::from_le_bytes([
         values[4 * j] as u8,
         values[4 * j + 1] as u8,
