@@ -34,6 +34,22 @@ impl Activations {
         }
     }
 
+    /// Row `r` alone.
+    pub fn row(&self, r: usize) -> Self {
+        let at = r * self.blocks..(r + 1) * self.blocks;
+        Activations {
+            rows: 1,
+            blocks: self.blocks,
+            values: self.values[at.clone()].to_vec(),
+            d: self.d[at.clone()].to_vec(),
+            s: self.s[at.clone()].to_vec(),
+            offsets: match self.offsets.is_empty() {
+                true => Vec::new(),
+                false => self.offsets[at].to_vec(),
+            },
+        }
+    }
+
     /// `rows` rows of `k` values rounded to the 8-bit type `format` multiplies with, exactly as candle's
     /// `from_float` rounds them (Q8_1 for Q4_1, Q8_0 otherwise).
     pub fn quantize(format: Format, xs: &[f32], rows: usize, k: usize) -> Self {
