@@ -48,7 +48,7 @@ unsafe fn store(acc: __m256, out: Out, r: usize, col: usize) {
 
 /// The four activation bytes `4j..4j+4` of a block, in every lane.
 #[target_feature(enable = "avx2")]
-fn broadcast(values: &[i8; 32], j: usize) -> __m256i {
+pub(super) fn broadcast(values: &[i8; 32], j: usize) -> __m256i {
     let four = i32::from_le_bytes([
         values[4 * j] as u8,
         values[4 * j + 1] as u8,
@@ -60,7 +60,7 @@ fn broadcast(values: &[i8; 32], j: usize) -> __m256i {
 
 /// Sums of the four products of unsigned `w` and signed `y` bytes, per 32-bit lane, exactly.
 #[target_feature(enable = "avx2")]
-fn dot4(w: __m256i, y: __m256i) -> __m256i {
+pub(super) fn dot4(w: __m256i, y: __m256i) -> __m256i {
     _mm256_madd_epi16(_mm256_maddubs_epi16(w, y), _mm256_set1_epi16(1))
 }
 
