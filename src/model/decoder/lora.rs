@@ -149,6 +149,12 @@ impl AdaptedLinear {
         let Some(l) = &self.lora else {
             return self.frozen_forward(x, call);
         };
+        if call.generation && cpu::applies(x) && l.dropout_seed(&call).is_none() {
+            // Answering on the CPU: candle's products of the composition below, on this thread alone.
+            let y = self.frozen_forward(x, call)?;
+            let (a, b) = l.operands(false);
+            return cpu::lora_delta::add_delta(&y, x, (&a, &b), l.scale);
+        }
         let (a, b, mask) = Self::adapter_operands(x, l, call)?;
         if call.saved.is_none()
             && call.frozen.is_none()

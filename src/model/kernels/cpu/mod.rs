@@ -15,6 +15,7 @@ pub mod cross_entropy;
 pub mod decode;
 pub mod gated;
 pub mod gather;
+pub mod lora_delta;
 pub mod qdot;
 pub mod rms_norm;
 pub mod rope;
