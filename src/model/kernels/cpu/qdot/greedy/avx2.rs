@@ -8,6 +8,7 @@ use std::arch::x86_64::*;
 
 use super::super::avx2::{broadcast, dot4};
 use super::super::{Activations, Format, Out};
+use super::in_passes;
 
 const LANES: usize = 8;
 
@@ -29,11 +30,9 @@ pub(super) unsafe fn groups(
 ) {
     let group_bytes = acts.blocks * Format::Q8_0.bytes() * LANES;
     for (g, tiles) in tiles.chunks_exact(group_bytes).enumerate() {
-        let mut first = 0;
-        while first < acts.rows {
-            let rows = PASS_ROWS.min(acts.rows - first);
+        in_passes(acts.rows, PASS_ROWS, |first, rows| {
             let at = (tiles, acts, scales, first, outs, group + g);
-            // SAFETY: the caller's groups.
+            // SAFETY: the caller's groups, on the CPU the caller vouches for.
             unsafe {
                 match rows {
                     1 => rows_of::<1>(at),
@@ -41,8 +40,7 @@ pub(super) unsafe fn groups(
                     _ => rows_of::<PASS_ROWS>(at),
                 }
             }
-            first += rows;
-        }
+        });
     }
 }
 

@@ -83,6 +83,17 @@ fn greedy_with(isa: Isa, x: &Tensor, w: &Arc<QTensor>) -> Result<Option<Vec<u32>
     Ok(ids.into_iter().collect())
 }
 
+/// Rows `0..rows` in passes of at most `most`, as even as they can be: `run(first, count)` for each.
+fn in_passes(rows: usize, most: usize, mut run: impl FnMut(usize, usize)) {
+    let per_pass = rows.div_ceil(rows.div_ceil(most.max(1)).max(1));
+    let mut first = 0;
+    while first < rows {
+        let count = per_pass.min(rows - first);
+        run(first, count);
+        first += count;
+    }
+}
+
 /// The factor of a bound within which candle's logit lies from its estimate, for `blocks` blocks:
 /// 2 gamma(blocks + 4) with u = 2^-24, and half as much again for the bound's own roundings and those of the
 /// interval's ends.

@@ -7,7 +7,7 @@ use std::arch::x86_64::*;
 
 use super::super::vnni::{LANES, broadcast, prefetch};
 use super::super::{Activations, Format, Out};
-use super::{PASS_ROWS, Pass};
+use super::{PASS_ROWS, Pass, in_passes};
 
 /// The spans of the whole groups in `tiles` (the first group `group`) for every row.
 ///
@@ -24,13 +24,9 @@ pub(super) unsafe fn groups(
 ) {
     let group_bytes = acts.blocks * Format::Q8_0.bytes() * LANES;
     for (g, tiles) in tiles.chunks_exact(group_bytes).enumerate() {
-        let passes = acts.rows.div_ceil(PASS_ROWS);
-        let per_pass = acts.rows.div_ceil(passes.max(1));
-        let mut first = 0;
-        while first < acts.rows {
-            let rows = per_pass.min(acts.rows - first);
+        in_passes(acts.rows, PASS_ROWS, |first, rows| {
             let at = (tiles, acts, scales, first, outs, group + g);
-            // SAFETY: the caller's groups.
+            // SAFETY: the caller's groups, on the CPU the caller vouches for.
             unsafe {
                 match rows {
                     1 => rows_of::<1>(at),
@@ -40,8 +36,7 @@ pub(super) unsafe fn groups(
                     _ => rows_of::<PASS_ROWS>(at),
                 }
             }
-            first += rows;
-        }
+        });
     }
 }
 
