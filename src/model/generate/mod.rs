@@ -16,7 +16,6 @@ use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling as CandleSampling};
 
 pub use crate::model::decoder::Next;
-
 pub use candle_quantized::{CandleQuantizedLlama, CandleQuantizedQwen2};
 pub use decoder_lm::DecoderLm;
 pub use open::{OpenError, open_model};

@@ -169,6 +169,18 @@ fn served(x: &Tensor, ws: &[Arc<QTensor>]) -> Result<Option<(Format, Isa)>> {
     Ok(Some((format, isa)))
 }
 
+/// Rows `0..rows` in passes of at most `most` (the rows a kernel keeps in registers), as even as they can
+/// be: `run(first, count)` for each.
+fn in_passes(rows: usize, most: usize, mut run: impl FnMut(usize, usize)) {
+    let per_pass = rows.div_ceil(rows.div_ceil(most.max(1)).max(1));
+    let mut first = 0;
+    while first < rows {
+        let count = per_pass.min(rows - first);
+        run(first, count);
+        first += count;
+    }
+}
+
 /// The product's row-major output `[rows, n]`, which the parallel tasks write each in its own columns.
 #[derive(Clone, Copy)]
 struct Out {

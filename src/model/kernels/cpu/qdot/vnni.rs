@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{Activations, Format, Out};
+use super::{Activations, Format, Out, in_passes};
 
 pub(super) const LANES: usize = 16;
 
@@ -83,13 +83,9 @@ pub(super) fn broadcast(values: &[i8; 32], j: usize) -> __m512i {
 /// As [`columns`], for one group at `col`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn nibbles_group<const Q5: bool>(tiles: &[u8], acts: &Activations, out: Out, col: usize) {
-    let passes = acts.rows.div_ceil(PASS_ROWS);
-    let per_pass = acts.rows.div_ceil(passes.max(1));
-    let mut first = 0;
-    while first < acts.rows {
-        let rows = per_pass.min(acts.rows - first);
+    in_passes(acts.rows, PASS_ROWS, |first, rows| {
         let at = (tiles, acts, first, out, col);
-        // SAFETY: the caller's columns.
+        // SAFETY: the caller's columns, on the CPU the caller vouches for.
         unsafe {
             match rows {
                 1 => nibbles_rows::<Q5, 1>(at),
@@ -104,8 +100,7 @@ unsafe fn nibbles_group<const Q5: bool>(tiles: &[u8], acts: &Activations, out: O
                 _ => nibbles_rows::<Q5, PASS_ROWS>(at),
             }
         }
-        first += rows;
-    }
+    });
 }
 
 /// [`nibbles_group`] for rows `first..first + R`: each block's exact integer dot product with each row

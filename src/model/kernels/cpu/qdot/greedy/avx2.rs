@@ -7,8 +7,8 @@
 use std::arch::x86_64::*;
 
 use super::super::avx2::{broadcast, dot4};
+use super::super::in_passes;
 use super::super::{Activations, Format, Out};
-use super::in_passes;
 
 const LANES: usize = 8;
 

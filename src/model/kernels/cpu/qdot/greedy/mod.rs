@@ -83,17 +83,6 @@ fn greedy_with(isa: Isa, x: &Tensor, w: &Arc<QTensor>) -> Result<Option<Vec<u32>
     Ok(ids.into_iter().collect())
 }
 
-/// Rows `0..rows` in passes of at most `most`, as even as they can be: `run(first, count)` for each.
-fn in_passes(rows: usize, most: usize, mut run: impl FnMut(usize, usize)) {
-    let per_pass = rows.div_ceil(rows.div_ceil(most.max(1)).max(1));
-    let mut first = 0;
-    while first < rows {
-        let count = per_pass.min(rows - first);
-        run(first, count);
-        first += count;
-    }
-}
-
 /// The factor of a bound within which candle's logit lies from its estimate, for `blocks` blocks:
 /// 2 gamma(blocks + 4) with u = 2^-24, and half as much again for the bound's own roundings and those of the
 /// interval's ends.
@@ -201,11 +190,13 @@ fn choose(
         return None;
     }
     let floor = tail.iter().fold(floor, |f, v| f.max(*v));
-    let candidates = (high.iter().enumerate()).filter(|(_, h)| **h >= floor);
-    if candidates.clone().count() > MOST_GROUPS {
+    let candidates: Vec<usize> = (high.iter().enumerate())
+        .filter_map(|(g, h)| (*h >= floor).then_some(g))
+        .collect();
+    if candidates.len() > MOST_GROUPS {
         return None;
     }
-    let values = candidates.flat_map(|(g, _)| (g * width..).zip(group(g)));
+    let values = (candidates.into_iter()).flat_map(|g| (g * width..).zip(group(g)));
     let values = values.chain((high.len() * width..).zip(tail.iter().copied()));
     let mut best: Option<(usize, f32)> = None;
     for (c, value) in values {

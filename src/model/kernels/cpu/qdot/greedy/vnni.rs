@@ -5,9 +5,10 @@
 
 use std::arch::x86_64::*;
 
+use super::super::in_passes;
 use super::super::vnni::{LANES, broadcast, prefetch};
 use super::super::{Activations, Format, Out};
-use super::{PASS_ROWS, Pass, in_passes};
+use super::{PASS_ROWS, Pass};
 
 /// The spans of the whole groups in `tiles` (the first group `group`) for every row.
 ///
