@@ -21,6 +21,8 @@ pub mod rms_norm;
 pub mod rope;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod tiles;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod transpose;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, DType, Layout, Result, Storage, Tensor};

@@ -8,6 +8,8 @@
 use std::arch::x86_64::*;
 
 use super::super::{LANES, dot};
+#[cfg(target_arch = "x86_64")]
+use crate::model::kernels::cpu::transpose;
 
 /// `p[j] = scale * dot(q, keys[j])` for the `p.len()` keys of `d` values each (`keys` their rows).
 #[inline(always)]
@@ -104,7 +106,7 @@ unsafe fn scores_avx512(q: &[f32], keys: &[f32], scale: f32, p: &mut [f32]) {
                 *lanes = acc;
             }
         }
-        let by_lane = transpose(lanes);
+        let by_lane = transpose::avx512(lanes);
         let sum = by_lane[1..]
             .iter()
             .fold(by_lane[0], |s, l| _mm512_add_ps(s, *l));
@@ -175,50 +177,6 @@ pub(super) fn prefetch_l2(v: &[f32]) {
 
 /// Floats [`prefetch_l2`] asks for at most: 64 KB, 256 positions of a 64-wide head.
 const L2_AHEAD: usize = 16 * 1024;
-
-/// The 16 x 16 transpose: lane `k` of result `l` is lane `l` of `v[k]`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-fn transpose(v: [__m512; LANES]) -> [__m512; LANES] {
-    // Pairs of rows interleaved by element, then by pairs of elements, then 128-bit quarters twice.
-    let mut a = [_mm512_setzero_ps(); LANES];
-    for i in 0..8 {
-        a[2 * i] = _mm512_unpacklo_ps(v[2 * i], v[2 * i + 1]);
-        a[2 * i + 1] = _mm512_unpackhi_ps(v[2 * i], v[2 * i + 1]);
-    }
-    let mut b = [_mm512_setzero_ps(); LANES];
-    for i in 0..4 {
-        for h in 0..2 {
-            let (x, y) = (
-                _mm512_castps_pd(a[4 * i + h]),
-                _mm512_castps_pd(a[4 * i + 2 + h]),
-            );
-            b[4 * i + h] = _mm512_castpd_ps(_mm512_unpacklo_pd(x, y));
-            b[4 * i + 2 + h] = _mm512_castpd_ps(_mm512_unpackhi_pd(x, y));
-        }
-    }
-    // b[4i + r] holds, in each quarter q, lanes 4q + r' of rows 4i..4i+4 (r' = the position of r in 0, 2, 1, 3).
-    let mut c = [_mm512_setzero_ps(); LANES];
-    for i in 0..2 {
-        for r in 0..4 {
-            let (x, y) = (b[8 * i + r], b[8 * i + 4 + r]);
-            c[8 * i + r] = _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y);
-            c[8 * i + 4 + r] = _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y);
-        }
-    }
-    let mut out = [_mm512_setzero_ps(); LANES];
-    for r in 0..8 {
-        let (x, y) = (c[r], c[8 + r]);
-        let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(x, y);
-        let hi = _mm512_shuffle_f32x4::<0b11_01_11_01>(x, y);
-        // c[r] (r < 4) holds quarters 0 and 2 of its lane group, c[4 + r] quarters 1 and 3.
-        let lane = [0, 2, 1, 3][r % 4];
-        let quarter = r / 4;
-        out[quarter * 4 + lane] = lo;
-        out[(quarter + 2) * 4 + lane] = hi;
-    }
-    out
-}
 
 /// [`weighted`] for `H` heads and rows of `16 * C` values: the heads' output chunks in registers over all
 /// rows.
