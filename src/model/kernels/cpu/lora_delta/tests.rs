@@ -108,3 +108,12 @@ fn the_shapes_above_take_their_paths_where_the_cpu_has_kernels() {
         }
     }
 }
+
+/// `scripts/avx2-under-qemu.sh` runs these tests on an emulated CPU without AVX-512 and sets
+/// `QLAB_EXPECT_GEMM_LANES=8`: there the products must take the AVX2 kernels, not gemm's fallback.
+#[test]
+fn the_kernels_take_the_lanes_the_caller_expects() {
+    if let Ok(expected) = std::env::var("QLAB_EXPECT_GEMM_LANES") {
+        assert_eq!(lanes(), expected.parse().ok());
+    }
+}
