@@ -47,7 +47,7 @@ use Path::{Gemm, Gemv, Horizontal, MicroKernel};
 type Shape = (usize, usize, usize, usize);
 
 /// Shapes on every path gemm takes for the two products, with those paths.
-const SHAPES: [(Shape, (Path, Path)); 18] = [
+const SHAPES: [(Shape, (Path, Path)); 19] = [
     ((1, 576, 16, 576), (Horizontal, Gemv)),
     ((1, 576, 16, 192), (Horizontal, Horizontal)), // one row, 192 outputs
     ((2, 576, 16, 128), (Horizontal, Horizontal)), // at the limit (256 outputs)
@@ -66,6 +66,7 @@ const SHAPES: [(Shape, (Path, Path)); 18] = [
     ((3, 100, 32, 300), (Horizontal, MicroKernel)),
     ((1, 100, 64, 50), (Horizontal, Horizontal)),
     ((5, 2000, 32, 40), (Horizontal, Horizontal)), // two chunks, masked last block
+    ((130, 576, 16, 576), (Gemm, MicroKernel)),    // a prompt's rows
 ];
 
 fn dims((rows, inp, rank, out): Shape) -> Dims {
