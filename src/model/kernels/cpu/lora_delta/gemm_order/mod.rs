@@ -133,40 +133,36 @@ pub fn second_product(lanes: usize, path: Path, d: Dims, o: &Operands, u: &[f32]
     unreachable!("lora-delta: no kernel for {lanes} lanes")
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx512 {
-    use super::lanes::Zmm;
-    use super::recipes::{first, second};
-    use super::*;
+/// The module `$module` of one instruction set's entry points: the recipes compiled for `$feature` on the
+/// vectors `$lanes`, at the rank of the call.
+macro_rules! entry_points {
+    ($module:ident, $lanes:ident, $feature:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $module {
+            use super::lanes::$lanes;
+            use super::recipes::{first, second};
+            use super::*;
 
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn first_product(d: Dims, o: &Operands, u: &mut [f32]) {
-        // SAFETY: this function's instruction set is Zmm's.
-        unsafe { by_rank!(d.rank, first::<Zmm>(d, o, u)) }
-    }
+            #[target_feature(enable = $feature)]
+            pub unsafe fn first_product(d: Dims, o: &Operands, u: &mut [f32]) {
+                // SAFETY: this function's instruction set is the vectors'.
+                unsafe { by_rank!(d.rank, first::<$lanes>(d, o, u)) }
+            }
 
-    #[target_feature(enable = "avx512f")]
-    pub unsafe fn second_product(path: Path, d: Dims, o: &Operands, u: &[f32], dst: &mut [f32]) {
-        // SAFETY: as above.
-        unsafe { by_rank!(d.rank, second::<Zmm>(path, d, o, u, dst)) }
-    }
+            #[target_feature(enable = $feature)]
+            pub unsafe fn second_product(
+                path: Path,
+                d: Dims,
+                o: &Operands,
+                u: &[f32],
+                dst: &mut [f32],
+            ) {
+                // SAFETY: as above.
+                unsafe { by_rank!(d.rank, second::<$lanes>(path, d, o, u, dst)) }
+            }
+        }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    use super::lanes::Ymm;
-    use super::recipes::{first, second};
-    use super::*;
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn first_product(d: Dims, o: &Operands, u: &mut [f32]) {
-        // SAFETY: this function's instruction set is Ymm's.
-        unsafe { by_rank!(d.rank, first::<Ymm>(d, o, u)) }
-    }
-
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn second_product(path: Path, d: Dims, o: &Operands, u: &[f32], dst: &mut [f32]) {
-        // SAFETY: as above.
-        unsafe { by_rank!(d.rank, second::<Ymm>(path, d, o, u, dst)) }
-    }
-}
+entry_points!(avx512, Zmm, "avx512f");
+entry_points!(avx2, Ymm, "avx2,fma");
