@@ -90,35 +90,21 @@ mod x86 {
         });
         let ghz = LOOPS as f64 / adds / 1e9;
         let cycles = |secs: f64, per_loop: f64| secs * ghz * 1e9 / (LOOPS as f64 * per_loop);
-        let dpbusd = best_of_three(|| unsafe {
-            asm!("2:",
-                "vpdpbusd zmm0, zmm20, zmm21", "vpdpbusd zmm1, zmm20, zmm21",
-                "vpdpbusd zmm2, zmm20, zmm21", "vpdpbusd zmm3, zmm20, zmm21",
-                "vpdpbusd zmm4, zmm20, zmm21", "vpdpbusd zmm5, zmm20, zmm21",
-                "vpdpbusd zmm6, zmm20, zmm21", "vpdpbusd zmm7, zmm20, zmm21",
-                "dec {n}", "jnz 2b", n = inout(reg) LOOPS => _,
-                out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
-                out("zmm5") _, out("zmm6") _, out("zmm7") _, options(nomem, nostack));
-        });
-        let mulps = best_of_three(|| unsafe {
-            asm!("2:",
-                "vmulps zmm0, zmm20, zmm21", "vmulps zmm1, zmm20, zmm21",
-                "vmulps zmm2, zmm20, zmm21", "vmulps zmm3, zmm20, zmm21",
-                "vmulps zmm4, zmm20, zmm21", "vmulps zmm5, zmm20, zmm21",
-                "vmulps zmm6, zmm20, zmm21", "vmulps zmm7, zmm20, zmm21",
-                "dec {n}", "jnz 2b", n = inout(reg) LOOPS => _,
-                out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
-                out("zmm5") _, out("zmm6") _, out("zmm7") _, options(nomem, nostack));
-        });
-        let mixed = best_of_three(|| unsafe {
-            asm!("2:",
-                "vpdpbusd zmm0, zmm20, zmm21", "vpdpbusd zmm1, zmm20, zmm21",
-                "vpdpbusd zmm2, zmm20, zmm21", "vpdpbusd zmm3, zmm20, zmm21",
-                "vmulps zmm4, zmm20, zmm21", "vmulps zmm5, zmm20, zmm21",
-                "dec {n}", "jnz 2b", n = inout(reg) LOOPS => _,
-                out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
-                out("zmm5") _, options(nomem, nostack));
-        });
+        // Independent instructions (each writes its own zmm0-7 from zmm20 and zmm21), `dec` and `jnz` a loop.
+        macro_rules! timed {
+            ($($op:ident $dst:literal),+) => {
+                best_of_three(|| unsafe {
+                    asm!("2:", $(concat!(stringify!($op), " zmm", $dst, ", zmm20, zmm21")),+,
+                        "dec {n}", "jnz 2b", n = inout(reg) LOOPS => _,
+                        out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _, out("zmm4") _,
+                        out("zmm5") _, out("zmm6") _, out("zmm7") _, options(nomem, nostack));
+                })
+            };
+        }
+        let dpbusd = timed!(vpdpbusd 0, vpdpbusd 1, vpdpbusd 2, vpdpbusd 3, vpdpbusd 4, vpdpbusd 5, vpdpbusd 6, vpdpbusd 7);
+        let mulps =
+            timed!(vmulps 0, vmulps 1, vmulps 2, vmulps 3, vmulps 4, vmulps 5, vmulps 6, vmulps 7);
+        let mixed = timed!(vpdpbusd 0, vpdpbusd 1, vpdpbusd 2, vpdpbusd 3, vmulps 4, vmulps 5);
         (
             ghz,
             cycles(dpbusd, 8.0),

