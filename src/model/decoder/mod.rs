@@ -610,6 +610,17 @@ impl Decoder {
         self.last_logits(&h).map(Next::Logits)
     }
 
+    /// Whether a batch's rows can be decoded apart, each group on a thread of its own
+    /// (`generate::DecoderLm`): on the CPU, with every product of generation off candle's barrier pool
+    /// (`cpu::decode::off_candles_pool`: not with K-quant weights).
+    pub fn rows_decode_apart(&self) -> bool {
+        let linears = (self.blocks.iter()).flat_map(|b| Target::ALL.map(|t| &b.linear(t).base));
+        self.device.is_cpu()
+            && std::iter::once(&self.head)
+                .chain(linears)
+                .all(cpu::decode::off_candles_pool)
+    }
+
     /// The last position's final-normed hidden state `[b, 1, d]`.
     fn last_hidden(
         &self,

@@ -19,7 +19,7 @@ pub use vram::VramPeak;
 
 pub use rss::peak_rss_mib;
 pub(crate) use simd::simd;
-pub(crate) use spinning::{for_each_chunk_mut, for_each_index};
+pub(crate) use spinning::{alone, for_each_chunk_mut, for_each_index};
 pub(crate) use written::{two_written_in_parallel, written_in_parallel};
 
 use candle_core::{DType, Device};

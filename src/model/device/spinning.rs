@@ -71,6 +71,13 @@ impl Drop for InLoop {
     }
 }
 
+/// `f()` with every loop it starts run on this thread alone: for work that already has a thread of its own
+/// (a batch's rows split between threads), where the loops would otherwise queue on the one pool.
+pub(crate) fn alone<R>(f: impl FnOnce() -> R) -> R {
+    let _in_loop = InLoop::enter();
+    f()
+}
+
 /// `task(i)` for each `i` of `0..len`.
 pub(crate) fn for_each_index(len: usize, task: impl Fn(usize) + Sync) {
     for_each_piece(len, 1, |i, _| task(i));

@@ -74,6 +74,17 @@ pub fn greedy(linear: &FrozenLinear, x: &Tensor) -> Result<Option<Vec<u32>>> {
     qdot::greedy(&x.reshape((rows, inp))?, q)
 }
 
+/// Whether generation's products by `linear` on the CPU stay off candle's barrier pool, whose one call at a
+/// time would queue the threads of a batch split between them (`generate::DecoderLm`): a weight
+/// [`qdot`] serves, or one that is not GGUF (candle's dense products run on rayon, which nests). Other GGUF
+/// types (the K-quants) go through candle's quantized kernels, on that pool.
+pub fn off_candles_pool(linear: &FrozenLinear) -> bool {
+    match &linear.weight {
+        FrozenWeight::Ggml(q) => qdot::serves(q),
+        _ => true,
+    }
+}
+
 /// `y` `[rows, out]` shaped as `x` with `out` last, connected to `x` and with the bias added.
 fn attached(linear: &FrozenLinear, x: &Tensor, y: Tensor, out: usize) -> Result<Tensor> {
     let mut dims = x.dims().to_vec();

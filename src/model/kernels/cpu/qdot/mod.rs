@@ -161,12 +161,31 @@ fn served(x: &Tensor, ws: &[Arc<QTensor>]) -> Result<Option<(Format, Isa)>> {
                 "{format:?} product: input of {kx} columns for a weight of {n} x {k}"
             );
         }
-        if format == Format::Q8_0 && k.is_multiple_of(256) && n.is_multiple_of(16) {
-            // candle's own repacked kernels take these shapes (with other roundings): theirs is the reference.
+        if candles_shape(format, n, k) {
             return Ok(None);
         }
     }
     Ok(Some((format, isa)))
+}
+
+/// Whether this module multiplies by `w` on this CPU (inputs of its width), or leaves it to candle's
+/// `QMatMul`.
+pub fn serves(w: &QTensor) -> bool {
+    let Some(format) = Format::of(w.dtype()) else {
+        return false;
+    };
+    match w.shape().dims2() {
+        Ok((n, k)) => {
+            Isa::detect().is_some() && k.is_multiple_of(BLOCK) && !candles_shape(format, n, k)
+        }
+        Err(_) => false,
+    }
+}
+
+/// A Q8_0 weight of a shape candle's own repacked kernels take (with other roundings): theirs is the
+/// reference.
+fn candles_shape(format: Format, n: usize, k: usize) -> bool {
+    format == Format::Q8_0 && k.is_multiple_of(256) && n.is_multiple_of(16)
 }
 
 /// Rows `0..rows` in passes of at most `most` (the rows a kernel keeps in registers), as even as they can
