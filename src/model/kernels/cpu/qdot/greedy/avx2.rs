@@ -44,9 +44,9 @@ pub(super) unsafe fn groups(
     }
 }
 
-/// [`groups`] for one group and rows `first..first + R`: per block, the exact integer sum scaled by the
-/// weight's then the row's scale and added to the estimate, and `|d_w|` times the row's block scale added to
-/// the bound; then the group's highest `estimate -/+ tolerance x bound`.
+/// [`groups`] for one group and rows `first..first + R`: per block, the exact integer sum times the weight's
+/// and the row's scales, added to the estimate in one fused multiply-add, and `|d_w|` times the row's block
+/// scale added to the bound; then the group's highest `estimate -/+ tolerance x bound`.
 ///
 /// # Safety
 /// As [`groups`], for one group.
@@ -76,11 +76,8 @@ unsafe fn rows_of<const R: usize>(
                 let moved = _mm256_sign_epi8(broadcast(y, j), w[j]);
                 sum = _mm256_add_epi32(sum, dot4(size[j], moved));
             }
-            let term = _mm256_mul_ps(
-                _mm256_mul_ps(_mm256_cvtepi32_ps(sum), dw),
-                _mm256_set1_ps(acts.d[a]),
-            );
-            estimate[i] = _mm256_add_ps(estimate[i], term);
+            let scale = _mm256_mul_ps(dw, _mm256_set1_ps(acts.d[a]));
+            estimate[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, estimate[i]);
             bound[i] = _mm256_fmadd_ps(dw_size, _mm256_set1_ps(scales[a]), bound[i]);
         }
     }

@@ -190,7 +190,7 @@ fn spans_reference(w: &[u8], acts: &Activations, n: usize, lanes: usize) -> (Vec
                     let v = &acts.values[a];
                     let sum: i32 = (0..32).map(|i| wb[2 + i] as i8 as i32 * v[i] as i32).sum();
                     let dw = activations::f16_at(wb, 0);
-                    estimate += sum as f32 * dw * acts.d[a];
+                    estimate = (sum as f32).mul_add(dw * acts.d[a], estimate);
                     let size: f32 = v.iter().map(|q| q.unsigned_abs() as f32).sum();
                     bound = dw.abs().mul_add(128.0 * acts.d[a].abs() * size, bound);
                 }

@@ -42,9 +42,9 @@ pub(super) unsafe fn groups(
 }
 
 /// [`groups`] for one group and rows `first..first + R`: per block, the exact integer sum (the weights'
-/// +128 taken off as the accumulator's start) scaled by the weight's then the row's scale and added to
-/// the estimate, and `|d_w|` times the row's block scale added to the bound; then the group's highest
-/// `estimate -/+ tolerance x bound`.
+/// +128 taken off as the accumulator's start) times the weight's and the row's scales, added to the estimate
+/// in one fused multiply-add, and `|d_w|` times the row's block scale added to the bound; then the group's
+/// highest `estimate -/+ tolerance x bound`.
 ///
 /// # Safety
 /// As [`groups`], for one group.
@@ -53,6 +53,8 @@ unsafe fn rows_of<const R: usize>(
     (tiles, acts, (scales, tolerance), first, (low, high), group): Pass,
 ) {
     let tile_bytes = Format::Q8_0.bytes() * LANES;
+    // Chains of sums per row: one where the rows of a pass are enough to hide the instruction's latency.
+    let chains = if R >= 4 { 1 } else { 2 };
     let mut estimate = [_mm512_setzero_ps(); R];
     let mut bound = [_mm512_setzero_ps(); R];
     for (b, tile) in tiles.chunks_exact(tile_bytes).enumerate() {
@@ -61,7 +63,6 @@ unsafe fn rows_of<const R: usize>(
             prefetch(tile, tile_bytes);
         }
         let a = |i: usize| (first + i) * acts.blocks + b;
-        // Two chains of sums per row, so that few rows still keep both ports busy.
         let mut sums = [[_mm512_setzero_si512(); 2]; R];
         for (i, sums) in sums.iter_mut().enumerate() {
             sums[0] = _mm512_set1_epi32(-128 * acts.s[a(i)] as i32);
@@ -70,16 +71,20 @@ unsafe fn rows_of<const R: usize>(
             // SAFETY: vector j of the tile's values, 64 bytes.
             let w = unsafe { _mm512_loadu_si512(tile[64 * j..].as_ptr().cast()) };
             for (i, sums) in sums.iter_mut().enumerate() {
-                sums[j % 2] = _mm512_dpbusd_epi32(sums[j % 2], w, broadcast(&acts.values[a(i)], j));
+                let c = j % chains;
+                sums[c] = _mm512_dpbusd_epi32(sums[c], w, broadcast(&acts.values[a(i)], j));
             }
         }
         // SAFETY: 16 f16 scales after the 8 vectors of values.
         let dw = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(tile[512..].as_ptr().cast())) };
         let dw_size = _mm512_abs_ps(dw);
         for (i, sums) in sums.iter().enumerate() {
-            let sum = _mm512_cvtepi32_ps(_mm512_add_epi32(sums[0], sums[1]));
-            let term = _mm512_mul_ps(_mm512_mul_ps(sum, dw), _mm512_set1_ps(acts.d[a(i)]));
-            estimate[i] = _mm512_add_ps(estimate[i], term);
+            let sum = match chains {
+                1 => sums[0],
+                _ => _mm512_add_epi32(sums[0], sums[1]),
+            };
+            let scale = _mm512_mul_ps(dw, _mm512_set1_ps(acts.d[a(i)]));
+            estimate[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, estimate[i]);
             bound[i] = _mm512_fmadd_ps(dw_size, _mm512_set1_ps(scales[a(i)]), bound[i]);
         }
     }
