@@ -156,8 +156,8 @@ const LEAST_ROWS: usize = 2;
 /// can take [`LEAST_ROWS`] rows each, else one. Every thread then reads the whole model, in step with the
 /// others (the same layer at about the same time, so that a weight one thread brought in serves the
 /// others from the shared cache), and does its rows' work between the products itself: one product after
-/// another instead of all threads meeting at every product, norm and attention of the step. Demo model,
-/// batch 10 on 2 threads: decoding 12% faster (bench/results/cpu-amd-2026-12-06.txt section 8).
+/// another instead of all threads meeting at every product, norm and attention of the step. Demo model on
+/// 2 threads: batch 10 decodes 28% faster, batch 4 19% (bench/results/cpu-amd-2026-12-06.txt section 8).
 fn groups(batch: usize, threads: usize) -> Vec<Range<usize>> {
     let n = match threads > 1 && batch >= threads * LEAST_ROWS {
         true => threads,
@@ -361,9 +361,9 @@ mod tests {
     }
 
     /// `lm` answering `prompts` whole (on a pool of one thread), then split between two threads (a pool of
-    /// two): the same tokens, and the prompts'
-    /// last logits (what sampling draws from) within `tolerance` of each other (0: the same bits; dense
-    /// products by candle round a row by how many rows they multiply at once).
+    /// two): the same tokens, and the prompts' last logits (what sampling draws from) within `tolerance` of
+    /// each other (0: the same bits; dense products by candle round a row by how many rows they multiply at
+    /// once).
     fn split_answers_as_whole(
         lm: &mut DecoderLm,
         prompts: &[Vec<u32>],

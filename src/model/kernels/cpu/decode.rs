@@ -77,7 +77,9 @@ pub fn greedy(linear: &FrozenLinear, x: &Tensor) -> Result<Option<Vec<u32>>> {
 /// Whether generation's products by `linear` on the CPU stay off candle's barrier pool, whose one call at a
 /// time would queue the threads of a batch split between them (`generate::DecoderLm`): a weight
 /// [`qdot`] serves, or one that is not GGUF (candle's dense products run on rayon, which nests). Other GGUF
-/// types (the K-quants) go through candle's quantized kernels, on that pool.
+/// types (the K-quants) go through candle's quantized kernels, on that pool, at every product. (candle's
+/// elementwise ops take that pool too for a long prompt's rows, a few times a prompt: the groups then queue
+/// there briefly, none waiting on another's progress.)
 pub fn off_candles_pool(linear: &FrozenLinear) -> bool {
     match &linear.weight {
         FrozenWeight::Ggml(q) => qdot::serves(q),
