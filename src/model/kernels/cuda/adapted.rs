@@ -227,7 +227,7 @@ pub fn adapted_linear(x: &Tensor, base: &FrozenLinear, adapter: Adapter) -> Resu
 
 /// Answering's few rows (decoding, no gradient) over an NF4 weight: the frozen product straight from the
 /// 4-bit codes (`Nf4Cuda::gemv`, the weight never dequantized into memory) with the adapter's product summed
-/// onto it; None where the GEMV kernel does not serve `x2` `[rows, in]`.
+/// onto it (`lowrank::rows_delta`, without dropout); None where the GEMV kernel does not serve `x2` `[rows, in]`.
 fn few_rows(x2: &Tensor, base: &FrozenLinear, adapter: &Adapter) -> Result<Option<Tensor>> {
     let FrozenWeight::Nf4Cuda(w) = &base.weight else {
         return Ok(None);
@@ -239,6 +239,11 @@ fn few_rows(x2: &Tensor, base: &FrozenLinear, adapter: &Adapter) -> Result<Optio
         Some(bias) => frozen.broadcast_add(&bias.to_dtype(frozen.dtype())?)?,
         None => frozen,
     };
+    let rank = adapter.a.dim(0)?;
+    if adapter.dropout.is_none() && x2.dim(0)? * rank <= super::lowrank::ROWS_DELTA_MOST {
+        let (a, b) = (adapter.a.detach(), adapter.b.detach());
+        return super::lowrank::rows_delta(x2, &frozen, &a, &b, adapter.scale).map(Some);
+    }
     let (_, mid) = rank_wide(x2, adapter)?;
     let b_t = adapter.b.detach().t()?.contiguous()?;
     expand(Base::Add(&frozen), &mid, &b_t).map(Some)

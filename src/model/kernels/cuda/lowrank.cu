@@ -32,3 +32,41 @@ extern "C" __global__ void fold_halves(const float *src, float *dst, size_t A, s
     dst[i] = src[a * 2 * C + c] + src[a * 2 * C + C + c];
   }
 }
+
+// Answering's few rows (no tensor cores, no bf16 parts of the adapter): mid [m, r] = scale * x [m, k] A^T for
+// bf16 x and f32 A [r, k], summed in f32; one block per (row, rank) pair, blockDim a multiple of 32.
+extern "C" __global__ void rows_project(const bf16 *x, const float *a, float *mid, int m, int k, int r,
+                                        float scale) {
+  int row = blockIdx.x / r, j = blockIdx.x % r;
+  const bf16 *xr = x + (size_t)row * k;
+  const float *aj = a + (size_t)j * k;
+  float s = 0.f;
+  for (int i = threadIdx.x; i < k; i += blockDim.x) s += __bfloat162float(xr[i]) * aj[i];
+  for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffffu, s, off);
+  __shared__ float part[32];
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  if (lane == 0) part[warp] = s;
+  __syncthreads();
+  if (warp == 0) {
+    s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.f;
+    for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffffu, s, off);
+    if (lane == 0) mid[(size_t)row * r + j] = scale * s;
+  }
+}
+
+// out [m, o] = base [m, o] + mid [m, r] B^T in bf16, for f32 mid and B [o, r] (each column's rank-wide row),
+// summed in f32; one thread per column, all rows, mid in shared memory (m * r floats).
+extern "C" __global__ void rows_expand(const bf16 *base, const float *mid, const float *b, bf16 *out, int m,
+                                       int o, int r) {
+  extern __shared__ float rows_mid[];
+  for (int i = threadIdx.x; i < m * r; i += blockDim.x) rows_mid[i] = mid[i];
+  __syncthreads();
+  int j = blockIdx.x * blockDim.x + threadIdx.x;
+  if (j >= o) return;
+  const float *bj = b + (size_t)j * r;
+  for (int row = 0; row < m; row++) {
+    float d = 0.f;
+    for (int t = 0; t < r; t++) d += rows_mid[row * r + t] * bj[t];
+    out[(size_t)row * o + j] = __float2bfloat16_rn(__bfloat162float(base[(size_t)row * o + j]) + d);
+  }
+}

@@ -7,7 +7,9 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
-use candle_core::{CudaStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{
+    CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
+};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use half::bf16;
@@ -239,6 +241,129 @@ impl CustomOp2 for Reduce {
         .run(&dev, &xv, &parts, &mut pair, cudaDataType::CUDA_R_32F)?;
         let out = fold(&dev, &pair, 1, r * k)?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((r, k))))
+    }
+}
+
+/// The most rows times rank [`rows_delta`] takes: its rank-wide intermediate in 48 KiB of shared memory.
+pub const ROWS_DELTA_MOST: usize = 12 * 1024;
+
+/// Answering's few rows: `base + scale (x A^T) B^T` in bf16 for bf16 `x` `[m, k]` and `base` `[m, o]` and f32
+/// A `[r, k]` and B `[o, r]`, summed in f32 by two small kernels (`rows_project`, `rows_expand`): at a decoding
+/// step's few rows the products are tiny, and the tensor-core path's launches (each operand split into bf16
+/// parts, B transposed, two cuBLAS products and a fold) cost more than the arithmetic.
+pub fn rows_delta(x: &Tensor, base: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
+    let mid = x
+        .contiguous()?
+        .apply_op2_no_bwd(&a.contiguous()?, &RowsProject(scale as f32))?;
+    base.contiguous()?
+        .apply_op3_no_bwd(&mid, &b.contiguous()?, &RowsExpand)
+}
+
+/// `scale * x A^T` f32 `[m, r]` for bf16 `x` `[m, k]` and f32 A `[r, k]`.
+struct RowsProject(f32);
+
+impl CustomOp2 for RowsProject {
+    fn name(&self) -> &'static str {
+        "lowrank-rows-project"
+    }
+
+    cuda_only!(x y);
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        a: &CudaStorage,
+        al: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (m, k) = xl.shape().dims2()?;
+        let (r, ak) = al.shape().dims2()?;
+        if ak != k || m == 0 || r == 0 {
+            candle_core::bail!(
+                "lowrank-rows-project: x {:?} vs A {:?}",
+                xl.dims(),
+                al.dims()
+            )
+        }
+        let dev = x.device().clone();
+        let (xv, av) = (view::<bf16>(x, xl, "x")?, view::<f32>(a, al, "A")?);
+        // SAFETY: the kernel writes every element, one per block.
+        let out = unsafe { dev.alloc::<f32>(m * r) }?;
+        let func = dev.get_or_load_custom_func("rows_project", MODULE, PTX)?;
+        let (mi, ki, ri) = (m as i32, k as i32, r as i32);
+        let mut builder = func.builder();
+        builder
+            .arg(&xv)
+            .arg(&av)
+            .arg(&out)
+            .arg(&mi)
+            .arg(&ki)
+            .arg(&ri)
+            .arg(&self.0);
+        let config = LaunchConfig {
+            grid_dim: ((m * r) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: argument types and counts match rows_project in lowrank.cu.
+        unsafe { builder.launch(config) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((m, r))))
+    }
+}
+
+/// `base + mid B^T` bf16 `[m, o]` for bf16 `base` `[m, o]`, f32 `mid` `[m, r]` and f32 B `[o, r]`.
+struct RowsExpand;
+
+impl CustomOp3 for RowsExpand {
+    fn name(&self) -> &'static str {
+        "lowrank-rows-expand"
+    }
+
+    cuda_only!(x y z);
+
+    fn cuda_fwd(
+        &self,
+        base: &CudaStorage,
+        basel: &Layout,
+        mid: &CudaStorage,
+        midl: &Layout,
+        b: &CudaStorage,
+        bl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (m, o) = basel.shape().dims2()?;
+        let (mm, r) = midl.shape().dims2()?;
+        if mm != m || bl.shape().dims2()? != (o, r) {
+            candle_core::bail!(
+                "lowrank-rows-expand: base {:?}, mid {:?}, B {:?}",
+                basel.dims(),
+                midl.dims(),
+                bl.dims()
+            )
+        }
+        let dev = base.device().clone();
+        let basev = view::<bf16>(base, basel, "base")?;
+        let (midv, bv) = (view::<f32>(mid, midl, "mid")?, view::<f32>(b, bl, "B")?);
+        // SAFETY: the kernel writes every element, one thread per column.
+        let out = unsafe { dev.alloc::<bf16>(m * o) }?;
+        let func = dev.get_or_load_custom_func("rows_expand", MODULE, PTX)?;
+        let (mi, oi, ri) = (m as i32, o as i32, r as i32);
+        let mut builder = func.builder();
+        builder
+            .arg(&basev)
+            .arg(&midv)
+            .arg(&bv)
+            .arg(&out)
+            .arg(&mi)
+            .arg(&oi)
+            .arg(&ri);
+        let config = LaunchConfig {
+            grid_dim: (o.div_ceil(256) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: (m * r * std::mem::size_of::<f32>()) as u32,
+        };
+        // SAFETY: argument types and counts match rows_expand in lowrank.cu; the shared memory holds mid.
+        unsafe { builder.launch(config) }.w()?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((m, o))))
     }
 }
 
