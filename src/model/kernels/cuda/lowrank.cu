@@ -1,5 +1,5 @@
-// LoRA's rank-r products run on cuBLAS's bf16 tensor cores (lowrank.rs); these two kernels prepare and finish
-// them. An f32 operand v is split into bf16 parts hi = bf16(v) and lo = bf16(v - hi), 16 significant bits
+// LoRA's rank-r products run on cuBLAS's bf16 tensor cores (lowrank.rs); the first two kernels prepare and
+// finish them, the last two take a decoding step's few rows on their own. An f32 operand v is split into bf16 parts hi = bf16(v) and lo = bf16(v - hi), 16 significant bits
 // together; cuBLAS multiplies the parts exactly and sums in f32.
 // Regenerate lowrank.ptx with scripts/build-cuda.sh (nvcc -ptx -arch=compute_80).
 #include <cuda_bf16.h>

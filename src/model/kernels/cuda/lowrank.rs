@@ -4,6 +4,7 @@
 //! `x A^T = x A_hi^T + x A_lo^T` (both parts side by side in one product, folded after) and
 //! `p L ~ p_hi L_hi + p_lo L_hi + p_hi L_lo` (three parts along the summed axis). No f32 copy of an
 //! activation is made, and the frozen product of a projection can share its output buffer ([`Base::Product`]).
+//! A decoding step's few rows take two plain f32 kernels instead ([`rows_delta`]).
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
