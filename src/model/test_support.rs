@@ -10,6 +10,13 @@ use crate::model::load::presets::RandomWeights;
 use crate::model::quant::weights::Quant;
 use crate::model::target::Target;
 
+/// The demo model's GGUF (fetched on first use, as a user's first run fetches it), or None where it cannot be
+/// had (no network and no cached copy): the tests that need it then say so and pass over it.
+pub fn demo_model_path() -> Option<std::path::PathBuf> {
+    let opts = crate::source::ResolveOptions::from_env().ok()?;
+    crate::source::demo_model().resolve(&opts).ok()
+}
+
 /// Largest absolute element-wise difference of two tensors of one shape (f32).
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     (a - b)

@@ -371,13 +371,13 @@ mod tests {
         what: &str,
     ) {
         let width = prompts.iter().map(Vec::len).max().unwrap_or(0);
+        // Left-padded as generation pads them.
+        use super::super::padded;
         let ids: Vec<u32> = (prompts.iter())
-            .flat_map(|p| std::iter::repeat_n(0, width - p.len()).chain(p.iter().copied()))
+            .flat_map(|p| padded(p, &[0], p.len(), width))
             .collect();
         let attend: Vec<u8> = (prompts.iter())
-            .flat_map(|p| {
-                std::iter::repeat_n(0, width - p.len()).chain(std::iter::repeat_n(1, p.len()))
-            })
+            .flat_map(|p| padded(&[1], &[0], p.len(), width))
             .collect();
         let ids = Tensor::from_vec(ids, (prompts.len(), width), &Device::Cpu).unwrap();
         let attend = Tensor::from_vec(attend, (prompts.len(), width), &Device::Cpu).unwrap();
@@ -412,13 +412,18 @@ mod tests {
         assert!(most <= tolerance, "{what}: logits differ by {most}");
     }
 
+    /// The llama fixture with its PEFT adapter, unmerged.
+    fn llama_with_adapter(dir: &Path) -> DecoderLm {
+        let mut decoder = load_model(dir, Quant::None, &Device::Cpu).unwrap();
+        decoder.load_peft(&dir.join("adapter")).unwrap();
+        DecoderLm::new(decoder)
+    }
+
     #[test]
     fn a_batch_split_between_threads_answers_as_it_does_whole() {
         let dir = fixture("llama");
         let (prompt, _) = hf_greedy(&dir);
-        let mut decoder = load_model(&dir, Quant::None, &Device::Cpu).unwrap();
-        decoder.load_peft(&dir.join("adapter")).unwrap();
-        let mut lm = DecoderLm::new(decoder);
+        let mut lm = llama_with_adapter(&dir);
         split_answers_as_whole(
             &mut lm,
             &question_set(&prompt, 5),
@@ -426,10 +431,7 @@ mod tests {
             "llama fixture",
         );
         // The demo model: GGUF weights multiplied in quantized form, a Q8_0 head's greedy choice.
-        let path = crate::source::ResolveOptions::from_env()
-            .ok()
-            .and_then(|opts| crate::source::demo_model().resolve(&opts).ok());
-        let Some(path) = path else {
+        let Some(path) = crate::model::test_support::demo_model_path() else {
             eprintln!("skipped the demo model: not available");
             return;
         };
@@ -445,9 +447,7 @@ mod tests {
     fn an_adapter_generates_the_same_unmerged_and_merged() {
         let dir = fixture("llama");
         let (prompt, base_ids) = hf_greedy(&dir);
-        let mut decoder = load_model(&dir, Quant::None, &Device::Cpu).unwrap();
-        decoder.load_peft(&dir.join("adapter")).unwrap();
-        let mut lm = DecoderLm::new(decoder);
+        let mut lm = llama_with_adapter(&dir);
         let (unmerged, _) = generate(
             &mut lm,
             std::slice::from_ref(&prompt),

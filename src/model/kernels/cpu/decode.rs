@@ -118,17 +118,13 @@ mod tests {
     use crate::model::generate::{CausalLm, GenerateOptions, Sampling, generate, open_model};
     use crate::model::text::chat::{ChatTemplate, Message};
     use crate::model::text::tokenizer::Tokenizer;
-    use crate::source::{ResolveOptions, demo_model};
 
     /// The demo model (Q4_1 projections, Q8_0 head) answers chat questions, as a padded batch, with the
     /// same tokens through the quantized products and the head's greedy choice as through candle's
     /// `QMatMul` and the argmax of its logits, and a prompt's logits are the same to the bit.
     #[test]
     fn the_demo_models_greedy_answers_are_candles_token_for_token() {
-        let path = ResolveOptions::from_env()
-            .ok()
-            .and_then(|opts| demo_model().resolve(&opts).ok());
-        let Some(path) = path else {
+        let Some(path) = crate::model::test_support::demo_model_path() else {
             eprintln!("skipped: the demo model is not available");
             return;
         };
