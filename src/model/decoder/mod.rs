@@ -612,7 +612,7 @@ impl Decoder {
 
     /// Whether a batch's rows can be decoded apart, each group on a thread of its own
     /// (`generate::DecoderLm`): on the CPU, with every product of generation off candle's barrier pool
-    /// (`cpu::decode::off_candles_pool`: not with K-quant weights).
+    /// (`cpu::decode::off_candles_pool`: not with K-quant weights candle's tile kernels do not take).
     pub fn rows_decode_apart(&self) -> bool {
         let linears = (self.blocks.iter()).flat_map(|b| Target::ALL.map(|t| &b.linear(t).base));
         self.device.is_cpu()

@@ -443,6 +443,41 @@ mod tests {
         split_answers_as_whole(&mut lm, &question_set(&prompt, 4), (24, 0.0), "demo model");
     }
 
+    /// A K-quant model (Q4_K projections, a Q8_0 table as its head: the products candle multiplies by its
+    /// tile kernels on an AVX-512 VNNI CPU, which qdot's copies of them run in each group) splits where they
+    /// serve, with the same bits.
+    #[test]
+    fn a_k_quant_batch_split_between_threads_answers_as_it_does_whole() {
+        use crate::model::load::builder::build_decoder;
+        use crate::model::load::presets::{RandomWeights, preset};
+        use candle_core::quantized::GgmlDType;
+        let (mut cfg, _) = preset("smollm2-135m").unwrap();
+        (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size) = (256, 512, 96);
+        (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim) = (4, 2, 64);
+        cfg.num_layers = 2;
+        cfg.layer_windows = vec![None; 2];
+        let src = RandomWeights {
+            config: cfg.clone(),
+            seed: 5,
+            embed_q8_0: true,
+        };
+        let decoder = build_decoder(cfg, &src, Quant::Ggml(GgmlDType::Q4K), &Device::Cpu).unwrap();
+        if !decoder.rows_decode_apart() {
+            eprintln!(
+                "skipped: candle's tile kernels do not serve on this CPU, so the batch stays whole"
+            );
+            return;
+        }
+        let mut lm = DecoderLm::new(decoder);
+        let prompt = [3, 14, 15, 92, 65, 35, 8, 9, 79];
+        split_answers_as_whole(
+            &mut lm,
+            &question_set(&prompt, 4),
+            (16, 0.0),
+            "K-quant model",
+        );
+    }
+
     #[test]
     fn an_adapter_generates_the_same_unmerged_and_merged() {
         let dir = fixture("llama");

@@ -1,6 +1,7 @@
 //! Generation's frozen products on the CPU: prompts' and decoding's rows times a GGUF weight multiplied in the
 //! weight's quantized form, with no dequantized copy of the weight (activations rounded to 8 bits, as
-//! llama.cpp does): Q4_1, Q5_0 and Q8_0 by [`super::qdot`], every other GGUF type by candle's kernels.
+//! llama.cpp does): Q4_1, Q5_0, Q8_0, and the Q4_K and Q6_K that candle multiplies by its tile kernels by
+//! [`super::qdot`], every other GGUF type by candle's kernels.
 
 use candle_core::quantized::QMatMul;
 use candle_core::{Module, Result, Tensor};
@@ -76,8 +77,10 @@ pub fn greedy(linear: &FrozenLinear, x: &Tensor) -> Result<Option<Vec<u32>>> {
 
 /// Whether generation's products by `linear` on the CPU stay off candle's barrier pool, whose one call at a
 /// time would queue the threads of a batch split between them (`generate::DecoderLm`): a weight
-/// [`qdot`] serves, or one that is not GGUF (candle's dense products run on rayon, which nests). Other GGUF
-/// types (the K-quants) go through candle's quantized kernels, on that pool, at every product. (candle's
+/// [`qdot`] serves at two rows or more (a split's groups have at least two), or one that is not GGUF
+/// (candle's dense products run on rayon, which nests). Other GGUF types (Q5_K, Q2_K, Q3_K, K-quants of
+/// widths candle does not tile, Q4_K on a CPU with AMX) go through candle's quantized kernels, on that pool,
+/// at every product. (candle's
 /// elementwise ops take that pool too for a long prompt's rows, a few times a prompt: the groups then queue
 /// there briefly, none waiting on another's progress.)
 pub fn off_candles_pool(linear: &FrozenLinear) -> bool {

@@ -14,6 +14,14 @@ pub(crate) fn available() -> bool {
     *FOUND.get_or_init(|| has_cpuid_bits(&[24, 22]) && tiles_permitted())
 }
 
+/// Whether this CPU has AMX-TILE and AMX-INT8 (CPUID.7.0:EDX bits 24 and 25), where candle's quantized
+/// products take its AMX kernel for long inputs (found once; Linux's permission aside, which candle asks for
+/// itself).
+pub(crate) fn has_int8_tiles() -> bool {
+    static FOUND: OnceLock<bool> = OnceLock::new();
+    *FOUND.get_or_init(|| has_cpuid_bits(&[24, 25]))
+}
+
 /// Whether CPUID leaf 7 (read only where leaf 0 reports it) sets each of `bits` in EDX.
 fn has_cpuid_bits(bits: &[u32]) -> bool {
     __cpuid(0).eax >= 7 && {

@@ -1,8 +1,10 @@
 //! Generation's products with GGUF block weights (prompts and decoding), faster than candle 0.11's for the
 //! types answering spends its time in: Q4_1 (the demo model's projections), Q5_0 (most of a Q4_K_M file
 //! whose widths are not multiples of 256, as Qwen2-0.5B's) and Q8_0 (vocabulary heads), with a result bit
-//! for bit equal to candle's. Q4_K and Q6_K (a Q4_K_M file's down projections) are candle's own repacked
-//! kernels, which run on the same spinning pool as these and measured as fast as a copy of them here.
+//! for bit equal to candle's. Q4_K and Q6_K (a Q4_K_M file's down projections), and Q8_0 of widths that are
+//! multiples of 256, go through `candle_tiles`: copies of candle's own repacked tile kernels, which give
+//! candle's bits but run on qlab's loops, so that a batch split between threads does not queue on candle's
+//! pool.
 //!
 //! The weights are repacked once (`packed`): 16 output columns (AVX-512 VNNI) or 8 (AVX2) interleaved four
 //! bytes at a time, so that one integer dot-product instruction with four broadcast activation bytes serves
@@ -14,6 +16,7 @@
 
 mod activations;
 mod avx2;
+mod candle_tiles;
 mod greedy;
 mod packed;
 mod reuse;
@@ -116,6 +119,9 @@ impl Isa {
 /// fused multiply-adds for Q4_1 and Q5_0, candle's scalar loops; eight lanes with fused multiply-adds and
 /// candle's final horizontal sum for Q8_0, its AVX2 kernel).
 pub fn matmul(x: &Tensor, ws: &[Arc<QTensor>]) -> Result<Option<Vec<Tensor>>> {
+    if let Some(outs) = candle_tiles::matmul(x, ws)? {
+        return Ok(Some(outs));
+    }
     let Some((format, isa)) = served(x, ws)? else {
         return Ok(None);
     };
@@ -171,6 +177,9 @@ fn served(x: &Tensor, ws: &[Arc<QTensor>]) -> Result<Option<(Format, Isa)>> {
 /// Whether this module multiplies by `w` on this CPU (inputs of its width), or leaves it to candle's
 /// `QMatMul`.
 pub fn serves(w: &QTensor) -> bool {
+    if candle_tiles::serves(w) {
+        return true;
+    }
     let Some(format) = Format::of(w.dtype()) else {
         return false;
     };

@@ -15,7 +15,7 @@ use candle_core::{DType, Result, Tensor};
 const KEEP_MAX: usize = 1 << 20;
 
 /// Activation types kept apart: Q8_1 (Q4_1 weights), Q8_0 (Q5_0), Q8_0 with offsets (Q8_0), Q8_K.
-pub(super) const SLOTS: usize = 3;
+pub(super) const SLOTS: usize = 4;
 
 /// One input and its rounding.
 struct Kept {
@@ -25,7 +25,7 @@ struct Kept {
 }
 
 thread_local! {
-    static KEPT: RefCell<[Option<Kept>; SLOTS]> = const { RefCell::new([None, None, None]) };
+    static KEPT: RefCell<[Option<Kept>; SLOTS]> = const { RefCell::new([None, None, None, None]) };
 }
 
 /// `x` `[rows, k]` rounded by `round` (given the values, rows and width) for activation type `slot`: the

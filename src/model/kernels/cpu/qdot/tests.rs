@@ -247,9 +247,8 @@ fn other_weight_types_and_bad_widths_are_not_served_or_refused() {
     let x = Tensor::randn(0f32, 1.0, (1, 256), &dev).unwrap();
     let q5k = Arc::new(QTensor::quantize(&w, GgmlDType::Q5K).unwrap());
     assert!(matmul(&x, &[q5k]).unwrap().is_none());
-    // Q8_0 at widths candle multiplies with its own repacked kernels.
-    let q8 = Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0).unwrap());
-    assert!(matmul(&x, &[q8]).unwrap().is_none());
+    // (Q8_0 at widths candle multiplies with its own repacked kernels goes through their copies, with candle's
+    // bits: `candle_tiles`' tests.)
     if Isa::detect().is_some() {
         let q4 = Arc::new(QTensor::quantize(&w, GgmlDType::Q4_1).unwrap());
         let wrong = Tensor::randn(0f32, 1.0, (1, 32), &dev).unwrap();
