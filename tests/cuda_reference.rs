@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
-use qlab::model::quant::Nf4Cuda;
 use qlab::model::quant::nf4::Nf4Tensor;
+use qlab::model::quant::{GemvKernel, Nf4Cuda};
 use qlab::model::{Decoder, FrozenWeight, Positions, Quant, load_model};
 use qlab::train::step::{StepOptions, TrainBatch};
 
@@ -130,34 +130,221 @@ fn nf4_quantized_on_the_gpu_equals_the_cpu_quantizer() {
     }
 }
 
+/// Every few-row kernel and launch shape `Nf4Cuda::gemv_with` takes.
+const GEMV_KERNELS: [GemvKernel; 9] = [
+    GemvKernel::Auto,
+    GemvKernel::Warp,
+    GemvKernel::Mma {
+        groups: 1,
+        warps: 1,
+    },
+    GemvKernel::Mma {
+        groups: 1,
+        warps: 8,
+    },
+    GemvKernel::Mma {
+        groups: 1,
+        warps: 16,
+    },
+    GemvKernel::Mma {
+        groups: 2,
+        warps: 3,
+    },
+    GemvKernel::Mma {
+        groups: 2,
+        warps: 16,
+    },
+    GemvKernel::Mma {
+        groups: 4,
+        warps: 1,
+    },
+    GemvKernel::Mma {
+        groups: 4,
+        warps: 8,
+    },
+];
+
 #[test]
 fn nf4_gemv_matches_dequantize_then_multiply() {
     let dev = gpu();
-    // 320 columns: five 64-blocks, so lanes get unequal shares; 200 rows: not a multiple of the 8 per block.
-    let (n, k) = (200, 320);
-    let reference = Nf4Tensor::quantize(&weights(n * k), vec![n, k]);
-    let w = Nf4Cuda::upload(&reference, &dev).unwrap();
-    let dense = w.dequantize_rows(0, n, DType::BF16).unwrap();
-    for rows in [1, 3, 10, 16] {
-        let x = Tensor::randn(0f32, 1.0, (rows, k), &dev)
+    // [200, 320]: five 64-blocks a row, so the last 128-element chunk is half empty and the warps along k get
+    // unequal shares; 200 features are no multiple of the 8, 16, 32 or 64 a block takes. [40, 4096]: 32
+    // chunks, several for each warp (the next chunk's codes loaded while one is multiplied). [72, 576]: nine
+    // 64-blocks.
+    for (n, k) in [(200, 320), (40, 4096), (72, 576)] {
+        let reference = Nf4Tensor::quantize(&weights(n * k), vec![n, k]);
+        let w = Nf4Cuda::upload(&reference, &dev).unwrap();
+        let dense = w
+            .dequantize_rows(0, n, DType::BF16)
             .unwrap()
-            .to_dtype(DType::BF16)
+            .to_dtype(DType::F32)
             .unwrap();
-        let got = w.gemv(&x).unwrap().expect("served");
-        assert_eq!(got.dims(), &[rows, n]);
-        let want = x.matmul(&dense.t().unwrap()).unwrap();
-        let err = rel_err(
-            &got.unsqueeze(0).unwrap(),
-            &want.unsqueeze(0).unwrap(),
-            None,
+        for rows in [1, 2, 3, 4, 7, 8, 9, 10, 16] {
+            let x = Tensor::randn(0f32, 1.0, (rows, k), &dev)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap();
+            // The dequantized weight (the same bf16 values) times x, in f32.
+            let want = x
+                .to_dtype(DType::F32)
+                .unwrap()
+                .matmul(&dense.t().unwrap())
+                .unwrap();
+            let scale = host_f32(&want).abs().unwrap().max_all().unwrap();
+            let scale = scale.to_scalar::<f32>().unwrap();
+            for kernel in GEMV_KERNELS {
+                let got = w.gemv_with(&x, kernel).unwrap().expect("served");
+                assert_eq!(got.dims(), &[rows, n]);
+                let what = format!("[{n}, {k}], {rows} rows, {kernel:?}");
+                let err = rel_err(
+                    &got.unsqueeze(0).unwrap(),
+                    &want.unsqueeze(0).unwrap(),
+                    None,
+                );
+                assert!(err < 1e-2, "{what}: relative error {err}");
+                // Every element (a missed or misplaced one can hide in the norm): within 1% of the largest.
+                let worst = (host_f32(&got) - host_f32(&want))
+                    .unwrap()
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(
+                    worst <= 1e-2 * scale,
+                    "{what}: an element off by {worst} (largest {scale})"
+                );
+            }
+        }
+        let too_many = Tensor::zeros((17, k), DType::BF16, &dev).unwrap();
+        assert!(
+            w.gemv(&too_many).unwrap().is_none(),
+            "17 rows take the dense path"
         );
-        assert!(err < 1e-2, "{rows} rows: relative error {err}");
     }
-    let too_many = Tensor::zeros((17, k), DType::BF16, &dev).unwrap();
-    assert!(
-        w.gemv(&too_many).unwrap().is_none(),
-        "17 rows take the dense path"
+}
+
+/// Device time of the few-row NF4 product at Llama-3.1-8B's projection shapes, each kernel and launch shape,
+/// 1 to 16 rows: CUDA events around back-to-back launches (queued behind matrix products, so that the host's
+/// launch cost stays out), over copies of the weight that together overflow the L2 cache. Not a check: run it
+/// on the GPU machine with `cuda_reference nf4_gemv_timings --ignored --nocapture`.
+#[test]
+#[ignore = "timings for a GPU machine"]
+fn nf4_gemv_timings() {
+    use cudarc::driver::sys::CUevent_flags;
+    use qlab::model::kernels::fused_adapted;
+    let dev = gpu();
+    let Device::Cuda(cuda) = &dev else {
+        unreachable!("gpu() is a CUDA device")
+    };
+    let stream = cuda.cuda_stream();
+    let busy = Tensor::randn(0f32, 1.0, (8192, 8192), &dev)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    let time = |launch: &mut dyn FnMut()| -> f64 {
+        launch();
+        for _ in 0..4 {
+            busy.matmul(&busy).unwrap();
+        }
+        let start = stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .unwrap();
+        launch();
+        let end = stream
+            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .unwrap();
+        1000.0 * start.elapsed_ms(&end).unwrap() as f64
+    };
+    let kernels = [
+        GemvKernel::Auto,
+        GemvKernel::Warp,
+        GemvKernel::Mma {
+            groups: 1,
+            warps: 8,
+        },
+        GemvKernel::Mma {
+            groups: 1,
+            warps: 16,
+        },
+        GemvKernel::Mma {
+            groups: 2,
+            warps: 4,
+        },
+        GemvKernel::Mma {
+            groups: 2,
+            warps: 8,
+        },
+        GemvKernel::Mma {
+            groups: 2,
+            warps: 16,
+        },
+        GemvKernel::Mma {
+            groups: 4,
+            warps: 8,
+        },
+    ];
+    println!(
+        "microseconds a product (GB/s of codes and scales in brackets); Auto as printed for each n"
     );
+    println!(
+        "    n     k rows | Auto | Warp | Mma g1w8 | g1w16 | g2w4 | g2w8 | g2w16 | g4w8 | + adapter r16 (Auto)"
+    );
+    for (n, k) in [(1024, 4096), (4096, 4096), (14336, 4096), (4096, 14336)] {
+        let host = Nf4Cuda::quantize(&Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap())
+            .unwrap()
+            .to_host()
+            .unwrap();
+        let bytes = n * k / 2 + n * k / 64;
+        let copies = (120_000_000 / bytes).clamp(2, 48);
+        let reps = (96 / copies).clamp(2, 16);
+        let ws: Vec<Nf4Cuda> = (0..copies)
+            .map(|_| Nf4Cuda::upload(&host, &dev).unwrap())
+            .collect();
+        let adapted: Vec<qlab::model::FrozenLinear> = (0..copies)
+            .map(|_| {
+                qlab::model::FrozenLinear::new(
+                    FrozenWeight::Nf4Cuda(std::sync::Arc::new(
+                        Nf4Cuda::upload(&host, &dev).unwrap(),
+                    )),
+                    None,
+                )
+            })
+            .collect();
+        let a = Tensor::randn(0f32, 0.1, (16, k), &dev).unwrap();
+        let b = Tensor::randn(0f32, 0.1, (n, 16), &dev).unwrap();
+        println!("{:?} at n = {n}", GemvKernel::for_width(n));
+        for rows in [1, 2, 4, 8, 10, 16] {
+            let x = Tensor::randn(0f32, 1.0, (rows, k), &dev)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap();
+            let mut line = format!("{n:>5} {k:>5} {rows:>4} |");
+            for kernel in kernels {
+                let us = time(&mut || {
+                    for _ in 0..reps {
+                        for w in &ws {
+                            w.gemv_with(&x, kernel).unwrap().unwrap();
+                        }
+                    }
+                }) / (reps * copies) as f64;
+                line += &format!(" {us:.1} ({:.0}) |", bytes as f64 / (us * 1e3));
+            }
+            let x3 = x.unsqueeze(0).unwrap();
+            let us = time(&mut || {
+                for _ in 0..reps {
+                    for base in &adapted {
+                        fused_adapted(&x3, base, (&a, &b, 2.0), None)
+                            .unwrap()
+                            .unwrap();
+                    }
+                }
+            }) / (reps * copies) as f64;
+            line += &format!(" {us:.1}");
+            println!("{line}");
+        }
+    }
 }
 
 #[test]

@@ -101,15 +101,22 @@ impl Nf4Cuda {
     }
 
     /// Generation's product `x @ W^T` for a few rows of bf16 `x` `[rows, in_features]` straight from the NF4
-    /// codes (`nf4_gemv_bf16`: the weight is never dequantized into memory), or None where the kernel does not
-    /// apply (more than 16 rows, another dtype, a row width that is not a multiple of 64, a misaligned view).
+    /// codes (`nf4_gemv_mma*` on the tensor cores: the weight is never dequantized into memory), or None where
+    /// the kernels do not apply (more than 16 rows, another dtype, a row width that is not a multiple of 64, a
+    /// misaligned view).
     pub fn gemv(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        self.gemv_with(x, GemvKernel::Auto)
+    }
+
+    /// [`Nf4Cuda::gemv`] with a chosen kernel and launch shape (tests and timings compare them); an error for a
+    /// shape the kernels do not take.
+    pub fn gemv_with(&self, x: &Tensor, kernel: GemvKernel) -> candle_core::Result<Option<Tensor>> {
         let (n, k) = match self.dims.as_slice() {
             [n, k] => (*n, *k),
             _ => return Ok(None),
         };
         let (rows, kx) = x.dims2()?;
-        if rows == 0 || rows > GEMV_MAX_ROWS || kx != k || !k.is_multiple_of(BLOCK) {
+        if n == 0 || rows == 0 || rows > GEMV_MAX_ROWS || kx != k || !k.is_multiple_of(BLOCK) {
             return Ok(None);
         }
         if x.dtype() != DType::BF16 || !x.device().is_cuda() {
@@ -120,11 +127,32 @@ impl Nf4Cuda {
         if !x.layout().start_offset().is_multiple_of(8) {
             return Ok(None);
         }
+        // The tensor-core kernels index 64-blocks in 32 bits.
+        let fits = (n * (k / BLOCK)) as u64 <= u32::MAX as u64;
+        let kernel = match kernel {
+            GemvKernel::Auto if fits => GemvKernel::for_width(n),
+            GemvKernel::Auto => GemvKernel::Warp,
+            GemvKernel::Mma { groups, warps } => {
+                let ok = match groups {
+                    1 | 2 => (1..=16).contains(&warps),
+                    4 => (1..=8).contains(&warps),
+                    _ => false,
+                };
+                if !ok || !fits {
+                    candle_core::bail!(
+                        "nf4-gemv: no tensor-core kernel for {groups} groups of 16 features, {warps} warps, [{n}, {k}]"
+                    );
+                }
+                kernel
+            }
+            GemvKernel::Warp => kernel,
+        };
         let op = Nf4Gemv {
             codes: self.codes.clone(),
             absmax_q: self.absmax_q.clone(),
             tables: self.tables.clone(),
             n,
+            kernel,
         };
         x.apply_op1_no_bwd(&op).map(Some)
     }
@@ -299,12 +327,41 @@ impl CustomOp3 for Nf4Dequant {
 /// Most rows [`Nf4Cuda::gemv`] multiplies at once (GEMV_MAX_ROWS in nf4.cu).
 const GEMV_MAX_ROWS: usize = 16;
 
+/// The kernel behind [`Nf4Cuda::gemv_with`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemvKernel {
+    /// The launch shape `gemv` takes for the weight's width ([`GemvKernel::for_width`]).
+    Auto,
+    /// `nf4_gemv_bf16`: one warp per output feature, FMAs on the CUDA cores for every row (the first kernel).
+    Warp,
+    /// `nf4_gemv_mma{groups}`: the tensor cores, 16 * `groups` output features per block (groups 1, 2 or 4),
+    /// k split over `warps` warps (1 to 16; at most 8 for 4 groups).
+    Mma { groups: usize, warps: usize },
+}
+
+impl GemvKernel {
+    /// The tensor-core kernel's launch shape for `n` output features: 32 features a block from 2,048 features
+    /// up (fewer x reads per weight byte), 16 below (enough blocks for the narrow key and value projections);
+    /// warps along k so that the grid holds about 4,096 warps (four to sixteen a block), enough loads in
+    /// flight to keep memory busy.
+    pub fn for_width(n: usize) -> Self {
+        let groups = if n >= 2048 { 2 } else { 1 };
+        let blocks = n.div_ceil(16 * groups).max(1);
+        let warps = (4096 / blocks).clamp(4, 16);
+        // The largest power of two not above it (4, 8 or 16).
+        let warps = 1 << (usize::BITS - 1 - warps.leading_zeros());
+        GemvKernel::Mma { groups, warps }
+    }
+}
+
 /// `x @ W^T` from the NF4 arrays of `W` `[n, k]` (see [`Nf4Cuda::gemv`]).
 struct Nf4Gemv {
     codes: Tensor,
     absmax_q: Tensor,
     tables: Tensor,
     n: usize,
+    /// Warp or Mma (Auto is resolved by `gemv_with`).
+    kernel: GemvKernel,
 }
 
 /// The CUDA storage behind a tensor's storage.
@@ -341,16 +398,34 @@ impl candle_core::CustomOp1 for Nf4Gemv {
         let a = on_cuda(&absmax_q, "absmax_q")?.as_cuda_slice::<u8>()?;
         let t = on_cuda(&tables, "tables")?.as_cuda_slice::<f32>()?;
         let n = self.n;
-        let func = dev.get_or_load_custom_func("nf4_gemv_bf16", MODULE, PTX)?;
+        let (name, cfg) = match self.kernel {
+            GemvKernel::Mma { groups, warps } => (
+                match groups {
+                    1 => "nf4_gemv_mma1",
+                    2 => "nf4_gemv_mma2",
+                    _ => "nf4_gemv_mma4",
+                },
+                LaunchConfig {
+                    grid_dim: (n.div_ceil(16 * groups) as u32, 1, 1),
+                    block_dim: (32 * warps as u32, 1, 1),
+                    // The warps' partial sums: 256 floats per warp and group of 16 features.
+                    shared_mem_bytes: (warps * groups * 256 * 4) as u32,
+                },
+            ),
+            // Eight warps (output features) per block of 256 threads.
+            _ => (
+                "nf4_gemv_bf16",
+                LaunchConfig {
+                    grid_dim: (n.div_ceil(8) as u32, 1, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                },
+            ),
+        };
+        let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
         // SAFETY: the kernel writes every element of y (rows x n).
         let out = unsafe { dev.alloc::<bf16>(rows * n) }?;
         let rows_i = rows as i32;
-        // Eight warps (output features) per block of 256 threads.
-        let cfg = LaunchConfig {
-            grid_dim: (n.div_ceil(8) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
         let mut b = func.builder();
         b.arg(c)
             .arg(a)
@@ -360,8 +435,10 @@ impl candle_core::CustomOp1 for Nf4Gemv {
             .arg(&n)
             .arg(&k)
             .arg(&rows_i);
-        // SAFETY: argument types and counts match nf4_gemv_bf16 in nf4.cu; `gemv` checked rows <= 16, k a
-        // multiple of 64 and a 16-byte aligned x.
+        // SAFETY: argument types and counts match nf4_gemv_bf16 and nf4_gemv_mma* in nf4.cu; `gemv_with` checked
+        // rows <= 16, k a multiple of 64, a 16-byte aligned x (codes are whole allocations, 256-byte aligned),
+        // n * k / 64 within 32 bits and the tensor-core kernel's groups and warps (its launch bounds and 48 KiB
+        // of shared memory).
         unsafe { b.launch(cfg) }.w()?;
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev.clone()),

@@ -87,7 +87,8 @@ extern "C" __global__ void nf4_quantize_f32(const float *values, const float *ab
 #define GEMV_MAX_ROWS 16
 
 // Generation's product y[r, j] = sum_i x[r, i] * W[j, i] for a few rows r < rows <= GEMV_MAX_ROWS, straight from
-// the NF4 codes (no dequantized copy of W): one warp per output feature j, each lane sixteen elements (eight
+// the NF4 codes (no dequantized copy of W), the first version (nf4_gemv_mma below serves generation now; this one
+// stays for comparison): one warp per output feature j, each lane sixteen elements (eight
 // code bytes, a quarter of a 64-block) per step; x and y bf16 row-major, k a multiple of 64. Each weight value
 // is rounded to bf16 first, as the dequantize-then-multiply path rounds it; sums in f32 (explicit FMAs).
 extern "C" __global__ void nf4_gemv_bf16(const uint8_t *codes, const uint8_t *absmax_q, const float *tables,
@@ -138,3 +139,184 @@ extern "C" __global__ void nf4_gemv_bf16(const uint8_t *codes, const uint8_t *ab
     if (lane == 0) y[r * n + j] = __float2bfloat16_rn(a);
   }
 }
+
+// The same product on the tensor cores (mma.sync m16n8k16: bf16 operands, f32 sums), computed as
+// y^T = W x^T: the weight, dequantized in registers, is the A operand (16 output features by 16 k), x's rows
+// the B operand (16 k by 8 rows; rows 8-15 a second product; rows past `rows` read as zeros and their sums
+// are not written). The x values a warp loads serve all of its 16 * G output features instead of one.
+//
+// A block of `warps` warps takes the 16 * G features [j0, j0 + 16G) over the whole of k: warp w takes the
+// 128-element chunks w, w + warps, ...; the warps' partial sums meet in shared memory at the end and are added
+// in warp order. In chunk c, lane (g = lane / 4, t = lane % 4) reads elements [128c + 32t, +32) (sixteen code
+// bytes, one 16-byte load; all in the 64-block 2c + t / 2, so one scale) of features j0 + 16h + g and
+// j0 + 16h + g + 8 (group h < G), and the same 32 elements of x's rows g and g + 8. The sum over a chunk is
+// order-free, so elements enter the mma's k slots in the order the lanes hold them: in step s (0..7) lane t puts
+// its element pair 2s (elements 32t + 4s, +1) where the instruction's layout has k = 2t, 2t + 1, and its pair
+// 2s + 1 where it has k = 2t + 8, 2t + 9, in A and B alike (PTX ISA, "Matrix Fragments for mma.m16n8k16 with
+// floating point type"); so B's two registers are two adjacent words of x as loaded. Each weight value is rounded
+// to bf16 from qmap[code] * scale exactly as nf4_dequant16_bf16 computes it. k a multiple of 64 (the missing
+// half of a last odd chunk reads as zeros in x), codes and x 16-byte aligned; dynamic shared memory:
+// warps * G * 256 floats.
+
+// d += a b for one 16x8x16 tile: a as four bf16x2 words, b as two.
+__device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                          uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// Four code bytes to four bf16x2 words (byte b: its high nibble's value in the low half, the element first in
+// memory). qmap is a 256-byte aligned shared array, so one byte permute makes a nibble's table address: the
+// nibble times 4 (masked out of the word in place) as the low byte under qbase's upper three.
+__device__ __forceinline__ void nf4_word_bf16x2(uint32_t v, float s, uint32_t qbase, uint32_t *w) {
+  const uint32_t hi = (v >> 2) & 0x3c3c3c3cu, lo = (v << 2) & 0x3c3c3c3cu;
+#pragma unroll
+  for (int b = 0; b < 4; b++) {
+    float a, c;
+    asm volatile("ld.shared.f32 %0, [%1];" : "=f"(a) : "r"(__byte_perm(hi, qbase, 0x7650 + b)));
+    asm volatile("ld.shared.f32 %0, [%1];" : "=f"(c) : "r"(__byte_perm(lo, qbase, 0x7650 + b)));
+    __nv_bfloat162 p = __floats2bfloat162_rn(a * s, c * s);
+    w[b] = *reinterpret_cast<const uint32_t *>(&p);
+  }
+}
+
+// What a lane reads of W for one chunk, for each of its 2G features (2h: feature g of group h, 2h + 1: g + 8):
+// sixteen code bytes, the 64-block's quantized absmax and its nested scale (zeros for a 64-block past k).
+template <int G> struct GemvCodes {
+  uint4 c[2 * G];
+  uint32_t q[2 * G];
+  float nest[2 * G];
+};
+
+// `first`: each feature's first 64-block plus t / 2, so that first + 2c is the lane's 64-block in chunk c (the
+// launcher keeps n * k / 64 under 2^32).
+template <int G>
+__device__ __forceinline__ void gemv_load_codes(GemvCodes<G> &st, const uint8_t *codes, const uint8_t *absmax_q,
+                                                const float *tables, const uint32_t (&first)[2 * G], uint32_t c,
+                                                bool valid) {
+#pragma unroll
+  for (int f = 0; f < 2 * G; f++) {
+    st.c[f] = make_uint4(0, 0, 0, 0);
+    st.q[f] = 0;
+    st.nest[f] = 0.0f;
+    if (valid) {
+      uint32_t b = first[f] + 2 * c;
+      st.c[f] = __ldg(reinterpret_cast<const uint4 *>(codes + 32 * (size_t)b) + (threadIdx.x & 1));
+      st.q[f] = __ldg(absmax_q + b);
+      st.nest[f] = __ldg(tables + TABLE_NESTED + b / NESTED_BLOCK);
+    }
+  }
+}
+
+template <int G>
+__device__ __forceinline__ void nf4_gemv_mma(const uint8_t *__restrict__ codes, const uint8_t *__restrict__ absmax_q,
+                                             const float *__restrict__ tables, const __nv_bfloat16 *__restrict__ x,
+                                             __nv_bfloat16 *__restrict__ y, size_t n, size_t k, int rows) {
+  __shared__ __align__(256) float qmap[16];
+  __shared__ float acode[256];
+  extern __shared__ float partial[];
+  for (int i = threadIdx.x; i < 16 + 256; i += blockDim.x) {
+    if (i < 16) qmap[i] = tables[i];
+    else acode[i - 16] = tables[i];
+  }
+  __syncthreads();
+  const uint32_t qbase = (uint32_t)__cvta_generic_to_shared(qmap);
+  if (qbase & 0xff) __trap();  // the table addresses below need the declared alignment
+  const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane >> 2, t = lane & 3;
+  const size_t j0 = (size_t)blockIdx.x * (16 * G);
+  const uint32_t blocks = (uint32_t)(k / NF4_BLOCK), chunks = (blocks + 1) / 2;
+  const float offset = tables[TABLE_OFFSET];
+  // Features past n read the last feature's codes (their sums are not written).
+  uint32_t first[2 * G];
+#pragma unroll
+  for (int f = 0; f < 2 * G; f++) {
+    size_t j = j0 + 16 * (f / 2) + 8 * (f % 2) + g;
+    first[f] = (uint32_t)(j < n ? j : n - 1) * blocks + (t >> 1);
+  }
+  const bool has0 = g < rows, has1 = g + 8 < rows;
+  const __nv_bfloat16 *x0 = x + (size_t)g * k + 32 * t, *x1 = x + (size_t)(g + 8) * k + 32 * t;
+  // acc[h][r]: group h, rows 8r..8r+7.
+  float acc[G][2][4];
+#pragma unroll
+  for (int h = 0; h < G; h++)
+#pragma unroll
+    for (int i = 0; i < 4; i++) acc[h][0][i] = acc[h][1][i] = 0.0f;
+
+  GemvCodes<G> cur;
+  uint32_t c = warp;
+  gemv_load_codes<G>(cur, codes, absmax_q, tables, first, c, c < chunks && 2 * c + (t >> 1) < blocks);
+  for (; c < chunks; c += warps) {
+    const bool valid = 2 * c + (t >> 1) < blocks;
+    uint4 xa[4], xb[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) xa[i] = xb[i] = make_uint4(0, 0, 0, 0);
+    if (valid && has0) {
+      const uint4 *p = reinterpret_cast<const uint4 *>(x0 + 128 * c);
+#pragma unroll
+      for (int i = 0; i < 4; i++) xa[i] = p[i];
+    }
+    if (valid && has1) {
+      const uint4 *p = reinterpret_cast<const uint4 *>(x1 + 128 * c);
+#pragma unroll
+      for (int i = 0; i < 4; i++) xb[i] = p[i];
+    }
+    // The next chunk's codes are on their way while this one is multiplied.
+    GemvCodes<G> next;
+    const uint32_t nc = c + warps;
+    gemv_load_codes<G>(next, codes, absmax_q, tables, first, nc, nc < chunks && 2 * nc + (t >> 1) < blocks);
+#pragma unroll
+    for (int h = 0; h < G; h++) {
+      const float sa = acode[cur.q[2 * h]] * cur.nest[2 * h] + offset;
+      const float sb = acode[cur.q[2 * h + 1]] * cur.nest[2 * h + 1] + offset;
+      const uint32_t ca[4] = {cur.c[2 * h].x, cur.c[2 * h].y, cur.c[2 * h].z, cur.c[2 * h].w};
+      const uint32_t cb[4] = {cur.c[2 * h + 1].x, cur.c[2 * h + 1].y, cur.c[2 * h + 1].z, cur.c[2 * h + 1].w};
+#pragma unroll
+      for (int i = 0; i < 4; i++) {
+        // Code word i: element pairs 4i..4i+3, steps 2i and 2i + 1.
+        uint32_t wa[4], wb[4];
+        nf4_word_bf16x2(ca[i], sa, qbase, wa);
+        nf4_word_bf16x2(cb[i], sb, qbase, wb);
+        mma_16816(acc[h][0], wa[0], wb[0], wa[1], wb[1], xa[i].x, xa[i].y);
+        mma_16816(acc[h][1], wa[0], wb[0], wa[1], wb[1], xb[i].x, xb[i].y);
+        mma_16816(acc[h][0], wa[2], wb[2], wa[3], wb[3], xa[i].z, xa[i].w);
+        mma_16816(acc[h][1], wa[2], wb[2], wa[3], wb[3], xb[i].z, xb[i].w);
+      }
+    }
+    cur = next;
+  }
+
+  // acc[h][r][i]: feature j0 + 16h + g + 8 (i / 2), row 8r + 2t + i % 2. Partial sums by warp, then added in warp
+  // order.
+#pragma unroll
+  for (int h = 0; h < G; h++)
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+#pragma unroll
+      for (int i = 0; i < 4; i++) partial[((warp * G + h) * 8 + 4 * r + i) * 32 + lane] = acc[h][r][i];
+  __syncthreads();
+  for (int e = threadIdx.x; e < rows * 16 * G; e += blockDim.x) {
+    const int row = e / (16 * G), col = e % (16 * G);
+    const size_t j = j0 + col;
+    if (j >= n) continue;
+    const int h = col / 16, m = col % 16, rr = row % 8;
+    const int slot = (h * 8 + 4 * (row / 8) + (rr & 1) + 2 * (m / 8)) * 32 + (m % 8) * 4 + rr / 2;
+    float sum = 0.0f;
+    for (int w = 0; w < warps; w++) sum += partial[w * G * 256 + slot];
+    y[(size_t)row * n + j] = __float2bfloat16_rn(sum);
+  }
+}
+
+// One kernel per G; launch bounds that keep G = 1 and 2 at 128 registers or fewer (two blocks of 256 threads fit
+// a multiprocessor), G = 4 at most 8 warps (its partial sums fill 32 KiB of shared memory).
+#define NF4_GEMV_MMA(G, THREADS)                                                                               \
+  extern "C" __global__ void __launch_bounds__(THREADS)                                                        \
+      nf4_gemv_mma##G(const uint8_t *codes, const uint8_t *absmax_q, const float *tables, const __nv_bfloat16 *x, \
+                      __nv_bfloat16 *y, size_t n, size_t k, int rows) {                                        \
+    nf4_gemv_mma<G>(codes, absmax_q, tables, x, y, n, k, rows);                                                \
+  }
+NF4_GEMV_MMA(1, 512)
+NF4_GEMV_MMA(2, 512)
+NF4_GEMV_MMA(4, 256)
