@@ -1,7 +1,8 @@
-//! The tile kernels of candle's `repack_x86` for AVX-512 VNNI (`q4k_tile`, `q6k_tile`, `q8_0_tile2`), with
-//! the same instructions in the same order, so each output has candle's bits; they differ only in how rows
-//! are grouped (any number up to [`PASS_ROWS`] per call, each row's sums apart from the others') and in
-//! running on qlab's loops instead of candle's barrier pool.
+//! The tile kernels of candle's `repack_x86` for AVX-512 VNNI (`q4k_tile`, `q6k_tile`, `q8_0_tile2`): each
+//! row's integer sums and float operations are candle's, in candle's order, so each output has candle's bits.
+//! They differ in how the work is grouped: up to [`PASS_ROWS`] rows per call instead of 4, which lets one
+//! sub-block (or Q8_0 block) at a time keep the rows' sums apart where candle pairs them; the row sums stay
+//! in registers through a tile; and the products run on qlab's loops instead of candle's barrier pool.
 
 #![cfg(target_arch = "x86_64")]
 
@@ -11,29 +12,10 @@ use super::super::Out;
 use super::pack::{TILE_N, TileQ4K, TileQ6K, TileQ8_0, Tiles};
 use super::q8k::{BlockQ8K, Rounded, Terms};
 
-/// Rows one call of a tile kernel keeps in registers (two integer sums and one f32 sum a row for Q4_K).
-const PASS_ROWS: usize = 6;
+/// Rows one call of a tile kernel keeps in registers (an integer and a float sum a row).
+const PASS_ROWS: usize = 10;
 /// Rows whose sums one column group keeps while it walks its superblocks once.
 const CHUNK_ROWS: usize = 16;
-/// Superblocks ahead of the one being multiplied whose tiles are asked for early: the weights stream from
-/// memory once a step, 3-5 KB a superblock.
-const PREFETCH_AHEAD: usize = 4;
-
-/// Asks for the tiles of superblock `at` (counted over the whole weight), line by line: whatever lies there,
-/// as a prefetch of an address outside the tiles is harmless.
-#[inline(always)]
-fn prefetch(tiles: &Tiles, at: usize) {
-    let (start, bytes) = match tiles {
-        Tiles::Q4K(t) => (t.as_ptr().wrapping_add(at).cast::<i8>(), size_of::<TileQ4K>()),
-        Tiles::Q6K(t) => (t.as_ptr().wrapping_add(at).cast::<i8>(), size_of::<TileQ6K>()),
-        Tiles::Q8_0(t) => (t.as_ptr().wrapping_add(8 * at).cast::<i8>(), 8 * size_of::<TileQ8_0>()),
-    };
-    for line in (0..bytes).step_by(64) {
-        // SAFETY: a prefetch reads nothing and faults on no address.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(start.wrapping_add(line)) };
-    }
-}
-
 #[target_feature(enable = "avx512f")]
 #[inline]
 unsafe fn bcast4(qs: &[i8; 256], off: usize) -> __m512i {
@@ -41,61 +23,46 @@ unsafe fn bcast4(qs: &[i8; 256], off: usize) -> __m512i {
     _mm512_set1_epi32(unsafe { std::ptr::read_unaligned(qs.as_ptr().add(off) as *const i32) })
 }
 
-/// One Q4_K superblock tile against `R` rows (candle's `q4k_tile`): sub-blocks in pairs with separate
-/// integer sums.
+/// One Q4_K superblock tile against `R` rows (candle's `q4k_tile`, which takes the sub-blocks in pairs with
+/// separate integer sums; one at a time here, as `R` rows already give independent sums, with each row's
+/// float operations in candle's order).
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
 #[inline]
 unsafe fn q4k_tile<const R: usize>(
     tile: &TileQ4K,
     acts: &[&BlockQ8K; R],
     terms: &[&Terms; R],
-    acc: &mut [__m512],
+    acc: &mut [__m512; R],
 ) {
     let mask = _mm512_set1_epi8(0x0F);
-    for sub2 in 0..4 {
-        let (sa, sb) = (sub2 * 2, sub2 * 2 + 1);
-        let mut isum_a = [_mm512_setzero_si512(); R];
-        let mut isum_b = [_mm512_setzero_si512(); R];
+    for sub in 0..8 {
+        let mut isum = [_mm512_setzero_si512(); R];
         for g4 in 0..4 {
-            let (ga, gb) = (sa * 4 + g4, sb * 4 + g4);
-            // SAFETY: groups ga, gb < 32 of the tile's 32 x 64 bytes.
-            let (wa, wb) = unsafe {
-                (
-                    _mm512_loadu_si512(tile.qs.as_ptr().add(ga * TILE_N * 4).cast()),
-                    _mm512_loadu_si512(tile.qs.as_ptr().add(gb * TILE_N * 4).cast()),
-                )
-            };
-            let lo_a = _mm512_and_si512(wa, mask);
-            let hi_a = _mm512_and_si512(_mm512_srli_epi16::<4>(wa), mask);
-            let lo_b = _mm512_and_si512(wb, mask);
-            let hi_b = _mm512_and_si512(_mm512_srli_epi16::<4>(wb), mask);
+            let g = sub * 4 + g4;
+            // SAFETY: group g < 32 of the tile's 32 x 64 bytes.
+            let w = unsafe { _mm512_loadu_si512(tile.qs.as_ptr().add(g * TILE_N * 4).cast()) };
+            let lo = _mm512_and_si512(w, mask);
+            let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(w), mask);
             for m in 0..R {
                 let qs = &acts[m].qs;
                 // SAFETY: offsets below 256 - 4.
                 unsafe {
-                    isum_a[m] = _mm512_dpbusd_epi32(isum_a[m], lo_a, bcast4(qs, sa * 32 + g4 * 8));
-                    isum_a[m] =
-                        _mm512_dpbusd_epi32(isum_a[m], hi_a, bcast4(qs, sa * 32 + g4 * 8 + 4));
-                    isum_b[m] = _mm512_dpbusd_epi32(isum_b[m], lo_b, bcast4(qs, sb * 32 + g4 * 8));
-                    isum_b[m] =
-                        _mm512_dpbusd_epi32(isum_b[m], hi_b, bcast4(qs, sb * 32 + g4 * 8 + 4));
+                    isum[m] = _mm512_dpbusd_epi32(isum[m], lo, bcast4(qs, sub * 32 + g4 * 8));
+                    isum[m] = _mm512_dpbusd_epi32(isum[m], hi, bcast4(qs, sub * 32 + g4 * 8 + 4));
                 }
             }
         }
-        for (sub, isum) in [(sa, &isum_a), (sb, &isum_b)] {
-            // SAFETY: 16 floats of the tile.
-            let (scale, min) = unsafe {
-                (
-                    _mm512_loadu_ps(tile.scales[sub].as_ptr()),
-                    _mm512_loadu_ps(tile.mins[sub].as_ptr()),
-                )
-            };
-            for m in 0..R {
-                let dall = acts[m].d;
-                let f = _mm512_cvtepi32_ps(isum[m]);
-                acc[m] = _mm512_fmadd_ps(f, _mm512_mul_ps(scale, _mm512_set1_ps(dall)), acc[m]);
-                acc[m] = _mm512_fnmadd_ps(min, _mm512_set1_ps(terms[m].q4k_mins[sub]), acc[m]);
-            }
+        // SAFETY: 16 floats of the tile.
+        let (scale, min) = unsafe {
+            (
+                _mm512_loadu_ps(tile.scales[sub].as_ptr()),
+                _mm512_loadu_ps(tile.mins[sub].as_ptr()),
+            )
+        };
+        for m in 0..R {
+            let f = _mm512_cvtepi32_ps(isum[m]);
+            acc[m] = _mm512_fmadd_ps(f, _mm512_mul_ps(scale, _mm512_set1_ps(acts[m].d)), acc[m]);
+            acc[m] = _mm512_fnmadd_ps(min, _mm512_set1_ps(terms[m].q4k_mins[sub]), acc[m]);
         }
     }
 }
@@ -108,7 +75,7 @@ unsafe fn q6k_tile<const R: usize>(
     tile: &TileQ6K,
     acts: &[&BlockQ8K; R],
     terms: &[&Terms; R],
-    acc: &mut [__m512],
+    acc: &mut [__m512; R],
 ) {
     for sub in 0..16 {
         let mut isum = [_mm512_setzero_si512(); R];
@@ -133,46 +100,35 @@ unsafe fn q6k_tile<const R: usize>(
     }
 }
 
-/// Two Q8_0 tiles (blocks `sub32` and `sub32 + 1` of a superblock) against `R` rows (candle's
-/// `q8_0_tile2`): weights stored +128, the offset taken off through the rows' sums.
+/// One Q8_0 tile (block `blk` of a superblock) against `R` rows (candle's `q8_0_tile2`, which takes two
+/// blocks with separate integer sums; one here, each row's float operations in candle's order): weights
+/// stored +128, the offset taken off through the rows' sums.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
 #[inline]
-unsafe fn q8_0_tile2<const R: usize>(
-    t0: &TileQ8_0,
-    t1: &TileQ8_0,
+unsafe fn q8_0_tile<const R: usize>(
+    tile: &TileQ8_0,
     acts: &[&BlockQ8K; R],
     terms: &[&Terms; R],
-    sub32: usize,
-    acc: &mut [__m512],
+    blk: usize,
+    acc: &mut [__m512; R],
 ) {
-    let mut isum_a = [_mm512_setzero_si512(); R];
-    let mut isum_b = [_mm512_setzero_si512(); R];
+    let mut isum = [_mm512_setzero_si512(); R];
     for g4 in 0..8 {
-        // SAFETY: group g4 < 8 of each tile's 8 x 64 bytes.
-        let (wa, wb) = unsafe {
-            (
-                _mm512_loadu_si512(t0.qs.as_ptr().add(g4 * TILE_N * 4).cast()),
-                _mm512_loadu_si512(t1.qs.as_ptr().add(g4 * TILE_N * 4).cast()),
-            )
-        };
+        // SAFETY: group g4 < 8 of the tile's 8 x 64 bytes.
+        let w = unsafe { _mm512_loadu_si512(tile.qs.as_ptr().add(g4 * TILE_N * 4).cast()) };
         for m in 0..R {
-            let qs = &acts[m].qs;
-            // SAFETY: offsets below 256 - 4 (sub32 <= 6).
-            unsafe {
-                isum_a[m] = _mm512_dpbusd_epi32(isum_a[m], wa, bcast4(qs, sub32 * 32 + g4 * 4));
-                isum_b[m] =
-                    _mm512_dpbusd_epi32(isum_b[m], wb, bcast4(qs, (sub32 + 1) * 32 + g4 * 4));
-            }
+            // SAFETY: offsets below 256 - 4 (blk < 8).
+            isum[m] = _mm512_dpbusd_epi32(isum[m], w, unsafe {
+                bcast4(&acts[m].qs, blk * 32 + g4 * 4)
+            });
         }
     }
-    for (blk, isum, tile) in [(sub32, &isum_a, t0), (sub32 + 1, &isum_b, t1)] {
-        // SAFETY: 16 f16 of the tile.
-        let dw = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(tile.d.as_ptr().cast()) });
-        for m in 0..R {
-            let offset = _mm512_set1_ps(terms[m].q8_0_offsets[blk]);
-            let f = _mm512_sub_ps(_mm512_cvtepi32_ps(isum[m]), offset);
-            acc[m] = _mm512_fmadd_ps(f, _mm512_mul_ps(dw, _mm512_set1_ps(acts[m].d)), acc[m]);
-        }
+    // SAFETY: 16 f16 of the tile.
+    let dw = _mm512_cvtph_ps(unsafe { _mm256_loadu_si256(tile.d.as_ptr().cast()) });
+    for m in 0..R {
+        let offset = _mm512_set1_ps(terms[m].q8_0_offsets[blk]);
+        let f = _mm512_sub_ps(_mm512_cvtepi32_ps(isum[m]), offset);
+        acc[m] = _mm512_fmadd_ps(f, _mm512_mul_ps(dw, _mm512_set1_ps(acts[m].d)), acc[m]);
     }
 }
 
@@ -190,19 +146,20 @@ unsafe fn superblock<const R: usize>(
 ) {
     let rows: [&BlockQ8K; R] = std::array::from_fn(|i| &acts.blocks[(first + i) * kb + b]);
     let terms: [&Terms; R] = std::array::from_fn(|i| &acts.terms[(first + i) * kb + b]);
+    let mut sums: [__m512; R] = std::array::from_fn(|i| acc[i]);
     // SAFETY: the caller's CPU features; the tiles of group nt exist.
     unsafe {
         match tiles {
-            Tiles::Q4K(t) => q4k_tile(&t[nt * kb + b], &rows, &terms, acc),
-            Tiles::Q6K(t) => q6k_tile(&t[nt * kb + b], &rows, &terms, acc),
+            Tiles::Q4K(t) => q4k_tile(&t[nt * kb + b], &rows, &terms, &mut sums),
+            Tiles::Q6K(t) => q6k_tile(&t[nt * kb + b], &rows, &terms, &mut sums),
             Tiles::Q8_0(t) => {
-                for s in (0..8).step_by(2) {
-                    let at = nt * kb * 8 + b * 8 + s;
-                    q8_0_tile2(&t[at], &t[at + 1], &rows, &terms, s, acc);
+                for blk in 0..8 {
+                    q8_0_tile(&t[nt * kb * 8 + b * 8 + blk], &rows, &terms, blk, &mut sums);
                 }
             }
         }
     }
+    acc[..R].copy_from_slice(&sums);
 }
 
 /// Every row's outputs of column group `nt` (columns `16 nt ..`), written to `out`.
@@ -227,9 +184,6 @@ pub(super) unsafe fn group(
         // Passes of the chunk's rows as even as they can be, as `in_passes` makes them.
         let per_pass = chunk.div_ceil(chunk.div_ceil(PASS_ROWS));
         for b in 0..kb {
-            if chunk_first == 0 {
-                prefetch(tiles, nt * kb + b + PREFETCH_AHEAD);
-            }
             let mut first = 0;
             while first < chunk {
                 let count = per_pass.min(chunk - first);
@@ -242,6 +196,10 @@ pub(super) unsafe fn group(
                         3 => superblock::<3>(tiles, nt, kb, b, acts, row, acc),
                         4 => superblock::<4>(tiles, nt, kb, b, acts, row, acc),
                         5 => superblock::<5>(tiles, nt, kb, b, acts, row, acc),
+                        6 => superblock::<6>(tiles, nt, kb, b, acts, row, acc),
+                        7 => superblock::<7>(tiles, nt, kb, b, acts, row, acc),
+                        8 => superblock::<8>(tiles, nt, kb, b, acts, row, acc),
+                        9 => superblock::<9>(tiles, nt, kb, b, acts, row, acc),
                         _ => superblock::<PASS_ROWS>(tiles, nt, kb, b, acts, row, acc),
                     }
                 }

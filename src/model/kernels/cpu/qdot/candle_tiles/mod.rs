@@ -143,14 +143,7 @@ pub(super) fn matmul(x: &Tensor, ws: &[Arc<QTensor>]) -> Result<Option<Vec<Tenso
 }
 
 /// Every weight's column groups in one loop, each task writing its group's columns of every row.
-fn products(
-    tiles: &[Arc<Tiles>],
-    ns: &[usize],
-    kb: usize,
-    acts: &Rounded,
-    m: usize,
-    dsts: &[Out],
-) {
+fn products(tiles: &[Arc<Tiles>], ns: &[usize], kb: usize, acts: &Rounded, m: usize, dsts: &[Out]) {
     let groups: Vec<usize> = ns.iter().map(|n| n / TILE_N).collect();
     let total = groups.iter().sum();
     for_each_index(total, |mut g| {
