@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use qlab::model::quant::nf4::Nf4Tensor;
-use qlab::model::quant::{GemvKernel, Nf4Cuda};
+use qlab::model::quant::{GemvAdd, GemvKernel, LowRankAdd, Nf4Cuda};
 use qlab::model::{Decoder, FrozenWeight, Positions, Quant, load_model};
 use qlab::train::step::{StepOptions, TrainBatch};
 
@@ -164,6 +164,32 @@ const GEMV_KERNELS: [GemvKernel; 9] = [
     },
 ];
 
+/// `got` against `want` (f32, same shape): relative L2 error under 1%, and every element within 1% of the
+/// largest of `want` (a missed or misplaced element can hide in the norm).
+fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
+    assert_eq!(got.dims(), want.dims(), "{what}");
+    let err = rel_err(
+        &got.unsqueeze(0).unwrap(),
+        &want.unsqueeze(0).unwrap(),
+        None,
+    );
+    assert!(err < 1e-2, "{what}: relative error {err}");
+    let largest = host_f32(want).abs().unwrap().max_all().unwrap();
+    let largest = largest.to_scalar::<f32>().unwrap();
+    let worst = (host_f32(got) - host_f32(want))
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        worst <= 1e-2 * largest,
+        "{what}: an element off by {worst} (largest {largest})"
+    );
+}
+
 #[test]
 fn nf4_gemv_matches_dequantize_then_multiply() {
     let dev = gpu();
@@ -179,6 +205,11 @@ fn nf4_gemv_matches_dequantize_then_multiply() {
             .unwrap()
             .to_dtype(DType::F32)
             .unwrap();
+        // What the kernels add in their epilogue: a bias and a rank-5 term from 3 slices of the rank-wide rows
+        // (the tensor-core kernels; the warp kernel adds the bias after).
+        let (rank, slices, scale) = (5, 3, 0.75f32);
+        let bias = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+        let b = Tensor::randn(0f32, 1.0, (n, rank), &dev).unwrap();
         for rows in [1, 2, 3, 4, 7, 8, 9, 10, 16] {
             let x = Tensor::randn(0f32, 1.0, (rows, k), &dev)
                 .unwrap()
@@ -190,31 +221,36 @@ fn nf4_gemv_matches_dequantize_then_multiply() {
                 .unwrap()
                 .matmul(&dense.t().unwrap())
                 .unwrap();
-            let scale = host_f32(&want).abs().unwrap().max_all().unwrap();
-            let scale = scale.to_scalar::<f32>().unwrap();
+            let parts = Tensor::randn(0f32, 4.0, (slices, rows, rank), &dev).unwrap();
+            let with_bias = want.broadcast_add(&bias).unwrap();
+            let low_rank = (parts.sum(0).unwrap() * scale as f64)
+                .unwrap()
+                .matmul(&b.t().unwrap())
+                .unwrap();
+            let with_both = (&with_bias + low_rank).unwrap();
             for kernel in GEMV_KERNELS {
-                let got = w.gemv_with(&x, kernel).unwrap().expect("served");
-                assert_eq!(got.dims(), &[rows, n]);
                 let what = format!("[{n}, {k}], {rows} rows, {kernel:?}");
-                let err = rel_err(
-                    &got.unsqueeze(0).unwrap(),
-                    &want.unsqueeze(0).unwrap(),
-                    None,
-                );
-                assert!(err < 1e-2, "{what}: relative error {err}");
-                // Every element (a missed or misplaced one can hide in the norm): within 1% of the largest.
-                let worst = (host_f32(&got) - host_f32(&want))
+                let got = w
+                    .gemv_with(&x, kernel, &GemvAdd::default())
                     .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap();
-                assert!(
-                    worst <= 1e-2 * scale,
-                    "{what}: an element off by {worst} (largest {scale})"
-                );
+                    .expect("served");
+                assert_close(&got, &want, &what);
+                let mut add = GemvAdd {
+                    bias: Some(bias.clone()),
+                    low_rank: None,
+                };
+                let got = w.gemv_with(&x, kernel, &add).unwrap().expect("served");
+                assert_close(&got, &with_bias, &format!("{what} + bias"));
+                if kernel == GemvKernel::Warp {
+                    continue;
+                }
+                add.low_rank = Some(LowRankAdd {
+                    parts: parts.clone(),
+                    b: b.clone(),
+                    scale,
+                });
+                let got = w.gemv_with(&x, kernel, &add).unwrap().expect("served");
+                assert_close(&got, &with_both, &format!("{what} + bias + low rank"));
             }
         }
         let too_many = Tensor::zeros((17, k), DType::BF16, &dev).unwrap();
@@ -325,7 +361,9 @@ fn nf4_gemv_timings() {
                 let us = time(&mut || {
                     for _ in 0..reps {
                         for w in &ws {
-                            w.gemv_with(&x, kernel).unwrap().unwrap();
+                            w.gemv_with(&x, kernel, &GemvAdd::default())
+                                .unwrap()
+                                .unwrap();
                         }
                     }
                 }) / (reps * copies) as f64;
@@ -347,46 +385,90 @@ fn nf4_gemv_timings() {
     }
 }
 
-#[test]
-fn an_adapted_nf4_projection_answers_few_rows_from_the_codes() {
+/// `fused_adapted` on an NF4 weight `[n, k]` with a bias and a rank-`rank` adapter (its A `[rank, k]`, B
+/// `[n, rank]`, scale 2), with LoRA dropout's mask when `dropout`, for each count of `rows`, against the f32
+/// composition of the dequantized weight.
+fn check_adapted_nf4(n: usize, k: usize, rank: usize, rows: &[usize], dropout: bool) {
     use qlab::model::kernels::fused_adapted;
     let dev = gpu();
-    let (n, k, rank) = (200, 320, 8);
     let reference = Nf4Tensor::quantize(&weights(n * k), vec![n, k]);
-    let w = Nf4Cuda::upload(&reference, &dev).unwrap();
+    let w = std::sync::Arc::new(Nf4Cuda::upload(&reference, &dev).unwrap());
     let dense = w
         .dequantize_rows(0, n, DType::BF16)
         .unwrap()
         .to_dtype(DType::F32)
         .unwrap();
     let bias = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
-    let base = qlab::model::FrozenLinear::new(
-        FrozenWeight::Nf4Cuda(std::sync::Arc::new(w)),
-        Some(bias.clone()),
-    );
+    let base = qlab::model::FrozenLinear::new(FrozenWeight::Nf4Cuda(w.clone()), Some(bias.clone()));
+    // B as large as A's products are small, so that the adapter's share of the output is about the frozen
+    // product's and an error in it shows.
     let a = Tensor::randn(0f32, 0.1, (rank, k), &dev).unwrap();
-    let b = Tensor::randn(0f32, 0.1, (n, rank), &dev).unwrap();
-    // 1, 10 and 16 rows take the GEMV kernel (no weight dequantized), 17 the dequantized product.
-    for rows in [1, 10, 16, 17] {
-        let x = Tensor::randn(0f32, 1.0, (1, rows, k), &dev)
+    let b = Tensor::randn(0f32, 1.0, (n, rank), &dev).unwrap();
+    for &m in rows {
+        let what = format!("[{n}, {k}], rank {rank}, {m} rows, dropout {dropout}");
+        let x = Tensor::randn(0f32, 1.0, (1, m, k), &dev)
             .unwrap()
             .to_dtype(DType::BF16)
             .unwrap();
-        let got = fused_adapted(&x, &base, (&a, &b, 2.0), None)
+        let mask = dropout.then(|| {
+            let keep = Tensor::rand(0f32, 1.0, (1, m, k), &dev)
+                .unwrap()
+                .ge(0.25)
+                .unwrap();
+            (keep.to_dtype(DType::F32).unwrap() / 0.75)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap()
+        });
+        let got = fused_adapted(&x, &base, (&a, &b, 2.0), mask.clone())
             .unwrap()
             .expect("served on CUDA");
-        assert_eq!(got.dims(), &[1, rows, n]);
+        assert_eq!(got.dims(), &[1, m, n], "{what}");
         let xf = x.to_dtype(DType::F32).unwrap().squeeze(0).unwrap();
         let frozen = xf
             .matmul(&dense.t().unwrap())
             .unwrap()
             .broadcast_add(&bias)
             .unwrap();
-        let mid = (xf.matmul(&a.t().unwrap()).unwrap() * 2.0).unwrap();
+        let xa = match &mask {
+            Some(mask) => (&xf * mask.to_dtype(DType::F32).unwrap().squeeze(0).unwrap()).unwrap(),
+            None => xf.clone(),
+        };
+        let mid = (xa.matmul(&a.t().unwrap()).unwrap() * 2.0).unwrap();
         let want = (frozen + mid.matmul(&b.t().unwrap()).unwrap()).unwrap();
-        let err = rel_err(&got, &want.unsqueeze(0).unwrap(), None);
-        assert!(err < 1e-2, "{rows} rows: relative error {err}");
+        assert_close(&got.squeeze(0).unwrap(), &want, &what);
     }
+}
+
+#[test]
+fn an_adapted_nf4_projection_answers_few_rows_from_the_codes() {
+    // 1 to 16 rows take the GEMV kernel with the adapter's product in its epilogue (no weight dequantized), 17
+    // the dequantized product. [200, 320]: one slice of the rank-wide kernel, part empty, 200 features no
+    // multiple of a block's 16. [72, 9280]: ten slices (two rounds of eight in the epilogue), the last 64
+    // elements long. [2056, 1088]: 32 features a block, the last block eight; rank 12 leaves half of the
+    // rank-wide kernel's second block of warps idle.
+    let rows = [1, 2, 7, 10, 16, 17];
+    check_adapted_nf4(200, 320, 8, &rows, false);
+    check_adapted_nf4(72, 9280, 16, &rows, false);
+    check_adapted_nf4(2056, 1088, 12, &rows, false);
+}
+
+#[test]
+fn an_adapted_nf4_projection_with_dropout_or_a_large_rank_takes_the_general_products() {
+    // Dropout: the frozen product from the codes, the adapter's on the tensor-core path, added after.
+    check_adapted_nf4(200, 320, 8, &[1, 10, 16, 17], true);
+    // Rank 256 at 16 rows: its rank-wide rows and B's overflow the GEMV kernel's shared memory (at 4 rows
+    // they fit).
+    let dev = gpu();
+    let w = Nf4Cuda::upload(
+        &Nf4Tensor::quantize(&weights(200 * 320), vec![200, 320]),
+        &dev,
+    )
+    .unwrap();
+    let x = |m: usize| Tensor::zeros((m, 320), DType::BF16, &dev).unwrap();
+    assert!(!w.gemv_adds_rank(&x(16), 256).unwrap());
+    assert!(w.gemv_adds_rank(&x(4), 256).unwrap());
+    check_adapted_nf4(200, 320, 256, &[4, 16], false);
 }
 
 #[test]

@@ -25,12 +25,20 @@ pub fn generation_product(linear: &FrozenLinear, x: &Tensor) -> candle_core::Res
     {
         let (_, inp) = linear.weight.dims2()?;
         let x2 = x.reshape(((), inp))?;
-        if let Some(y) = w.gemv(&x2)? {
+        // The bias is added in the product's kernel; nothing to attach for autograd (x is not tracked).
+        let add = crate::model::quant::GemvAdd {
+            bias: match &linear.bias {
+                Some(b) => Some(b.to_dtype(candle_core::DType::F32)?),
+                None => None,
+            },
+            low_rank: None,
+        };
+        if let Some(y) = w.gemv_with(&x2, crate::model::quant::GemvKernel::Auto, &add)? {
             let mut dims = x.dims().to_vec();
             if let Some(last) = dims.last_mut() {
                 *last = linear.out_features();
             }
-            return linear.attach(x, y.reshape(dims)?, None);
+            return y.reshape(dims);
         }
     }
     linear.forward(x)

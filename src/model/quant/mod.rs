@@ -11,5 +11,5 @@ pub mod weights;
 
 pub use frozen::{FrozenLinear, FrozenWeight};
 #[cfg(feature = "cuda")]
-pub use nf4_cuda::{GemvKernel, Nf4Cuda};
+pub use nf4_cuda::{GemvAdd, GemvKernel, LowRankAdd, Nf4Cuda};
 pub use weights::{Quant, TensorSource};

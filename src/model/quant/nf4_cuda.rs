@@ -1,13 +1,15 @@
 //! NF4 weights kept on a CUDA device in the layout of `model::nf4` (about 0.516 bytes per parameter), with
-//! the kernels of nf4.cu run as candle custom ops: dequantize rows to bf16 / f32 on the GPU, and quantize a
-//! GPU tensor in place of the CPU loop (an 8B model quantizes in seconds instead of minutes).
+//! the kernels of nf4.cu run as candle custom ops: dequantize rows to bf16 / f32 on the GPU, quantize a
+//! GPU tensor in place of the CPU loop (an 8B model quantizes in seconds instead of minutes), and multiply a few
+//! rows straight from the codes (answering), a bias and an unmerged adapter's low-rank term added in the same
+//! kernel.
 //!
 //! The same ops run on the CPU (cpu_fwd) from the same arrays, which is what the GPU results are tested
 //! against; the CPU path of the model engine keeps using `Nf4Tensor` directly.
 
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 use std::sync::Arc;
@@ -105,12 +107,99 @@ impl Nf4Cuda {
     /// the kernels do not apply (more than 16 rows, another dtype, a row width that is not a multiple of 64, a
     /// misaligned view).
     pub fn gemv(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
-        self.gemv_with(x, GemvKernel::Auto)
+        self.gemv_with(x, GemvKernel::Auto, &GemvAdd::default())
     }
 
-    /// [`Nf4Cuda::gemv`] with a chosen kernel and launch shape (tests and timings compare them); an error for a
-    /// shape the kernels do not take.
-    pub fn gemv_with(&self, x: &Tensor, kernel: GemvKernel) -> candle_core::Result<Option<Tensor>> {
+    /// [`Nf4Cuda::gemv`] with a chosen kernel and launch shape (tests and timings compare them), plus what `add`
+    /// names, summed in f32 before the result is rounded to bf16 (in the tensor-core kernel's epilogue; the warp
+    /// kernel adds a bias after, and no low-rank term); an error for a shape the kernels do not take, or a
+    /// low-rank term that does not fit (see [`Nf4Cuda::gemv_adds_rank`]).
+    pub fn gemv_with(
+        &self,
+        x: &Tensor,
+        kernel: GemvKernel,
+        add: &GemvAdd,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let Some((x, kernel)) = self.gemv_plan(x, kernel)? else {
+            return Ok(None);
+        };
+        let (n, rows) = (self.dims[0], x.dim(0)?);
+        if let Some(b) = &add.bias
+            && (b.dims() != [n] || b.dtype() != DType::F32)
+        {
+            candle_core::bail!(
+                "nf4-gemv: the bias must be f32 [{n}], not {:?} {:?}",
+                b.dtype(),
+                b.dims()
+            )
+        }
+        let rank = match &add.low_rank {
+            Some(l) => {
+                let (slices, prow, rank) = l.parts.dims3()?;
+                if slices == 0
+                    || prow != rows
+                    || l.b.dims() != [n, rank]
+                    || l.parts.dtype() != DType::F32
+                    || l.b.dtype() != DType::F32
+                {
+                    candle_core::bail!(
+                        "nf4-gemv: low-rank parts {:?} and B {:?} for {rows} rows and {n} features",
+                        l.parts.dims(),
+                        l.b.dims()
+                    )
+                }
+                rank
+            }
+            None => 0,
+        };
+        if let GemvKernel::Mma { groups, warps } = kernel {
+            if mma_shared_bytes(groups, warps, rows, rank) > GEMV_SHARED_MOST {
+                candle_core::bail!(
+                    "nf4-gemv: a rank-{rank} term at {rows} rows overflows shared memory"
+                )
+            }
+        } else if rank > 0 {
+            candle_core::bail!("nf4-gemv: the warp kernel adds no low-rank term")
+        }
+        // The warp kernel adds nothing itself: its bias comes after.
+        let (in_kernel, after) = match kernel {
+            GemvKernel::Warp => (GemvAdd::default(), add.bias.as_ref()),
+            _ => (add.clone(), None),
+        };
+        let op = Nf4Gemv {
+            codes: self.codes.clone(),
+            absmax_q: self.absmax_q.clone(),
+            tables: self.tables.clone(),
+            n,
+            kernel,
+            add: in_kernel,
+        };
+        let y = x.apply_op1_no_bwd(&op)?;
+        Ok(Some(match after {
+            Some(b) => y.broadcast_add(&b.to_dtype(DType::BF16)?)?,
+            None => y,
+        }))
+    }
+
+    /// Whether [`Nf4Cuda::gemv`] serves `x` with a low-rank term of rank `rank` added in its kernel
+    /// ([`GemvAdd::low_rank`]): the tensor-core kernel, with the term's rank-wide rows and its B rows in the
+    /// block's shared memory beside the warps' partial sums.
+    pub fn gemv_adds_rank(&self, x: &Tensor, rank: usize) -> candle_core::Result<bool> {
+        Ok(match self.gemv_plan(x, GemvKernel::Auto)? {
+            Some((x, GemvKernel::Mma { groups, warps })) => {
+                mma_shared_bytes(groups, warps, x.dim(0)?, rank) <= GEMV_SHARED_MOST
+            }
+            _ => false,
+        })
+    }
+
+    /// Contiguous `x` and the kernel (Auto resolved) that serve it, None where none does; an error for a
+    /// kernel shape the kernels do not take.
+    fn gemv_plan(
+        &self,
+        x: &Tensor,
+        kernel: GemvKernel,
+    ) -> candle_core::Result<Option<(Tensor, GemvKernel)>> {
         let (n, k) = match self.dims.as_slice() {
             [n, k] => (*n, *k),
             _ => return Ok(None),
@@ -147,14 +236,7 @@ impl Nf4Cuda {
             }
             GemvKernel::Warp => kernel,
         };
-        let op = Nf4Gemv {
-            codes: self.codes.clone(),
-            absmax_q: self.absmax_q.clone(),
-            tables: self.tables.clone(),
-            n,
-            kernel,
-        };
-        x.apply_op1_no_bwd(&op).map(Some)
+        Ok(Some((x, kernel)))
     }
 
     /// The arrays back on the host, in `Nf4Tensor`'s form (tests compare the two quantizers with it).
@@ -327,6 +409,73 @@ impl CustomOp3 for Nf4Dequant {
 /// Most rows [`Nf4Cuda::gemv`] multiplies at once (GEMV_MAX_ROWS in nf4.cu).
 const GEMV_MAX_ROWS: usize = 16;
 
+/// Dynamic shared memory a launch of the tensor-core kernel may take: 48 KiB (the most without opting in) less
+/// 2 KiB for its static tables (1,088 bytes).
+const GEMV_SHARED_MOST: usize = 46 * 1024;
+
+/// The tensor-core kernel's dynamic shared memory (nf4.cu): 256 floats of partial sums per warp and group of 16
+/// features, then for a low-rank term of rank `rank` its rank-wide rows and the block's rows of B (each padded by
+/// one float).
+fn mma_shared_bytes(groups: usize, warps: usize, rows: usize, rank: usize) -> usize {
+    let low_rank = match rank {
+        0 => 0,
+        r => rows * r + 16 * groups * (r + 1),
+    };
+    4 * (warps * groups * 256 + low_rank)
+}
+
+/// What [`Nf4Cuda::gemv_with`] adds to `x W^T` before rounding the result to bf16.
+#[derive(Debug, Clone, Default)]
+pub struct GemvAdd {
+    /// f32 `[n]`.
+    pub bias: Option<Tensor>,
+    /// A low-rank product, an unmerged LoRA adapter's.
+    pub low_rank: Option<LowRankAdd>,
+}
+
+/// `scale (x A^T) B^T`, with `x A^T` as f32 `parts` `[slices, rows, r]` to be summed over their first axis (the
+/// adapter's few-row kernel leaves it so: `kernels::cuda::lowrank::rows_project`) and f32 B `[n, r]`.
+#[derive(Debug, Clone)]
+pub struct LowRankAdd {
+    pub parts: Tensor,
+    pub b: Tensor,
+    pub scale: f32,
+}
+
+/// `GemvAdd` in nf4.cu, field for field (null addresses and rank 0: nothing added).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GemvAddArgs {
+    bias: u64,
+    parts: u64,
+    b: u64,
+    slices: i32,
+    rank: i32,
+    scale: f32,
+}
+
+// SAFETY: plain old data with the C layout nf4.cu declares (three 8-byte addresses, two ints and a float).
+unsafe impl DeviceRepr for GemvAddArgs {}
+
+/// The device address of a contiguous f32 CUDA tensor's first element, with the guard that keeps its storage
+/// borrowed until the launch.
+fn f32_address<'a>(
+    t: &'a Tensor,
+    stream: &Arc<CudaStream>,
+    what: &str,
+) -> candle_core::Result<(u64, impl Sized + 'a)> {
+    let (guard, layout) = t.storage_and_layout();
+    let Some((start, _)) = layout.contiguous_offsets() else {
+        candle_core::bail!("nf4-gemv: {what} must be contiguous")
+    };
+    let address = {
+        let slice = on_cuda(&guard, what)?.as_cuda_slice::<f32>()?;
+        let (base, _sync) = slice.device_ptr(stream);
+        base + (start * std::mem::size_of::<f32>()) as u64
+    };
+    Ok((address, guard))
+}
+
 /// The kernel behind [`Nf4Cuda::gemv_with`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GemvKernel {
@@ -362,6 +511,8 @@ struct Nf4Gemv {
     n: usize,
     /// Warp or Mma (Auto is resolved by `gemv_with`).
     kernel: GemvKernel,
+    /// What the tensor-core kernel adds (checked by `gemv_with`); nothing for the warp kernel.
+    add: GemvAdd,
 }
 
 /// The CUDA storage behind a tensor's storage.
@@ -398,6 +549,38 @@ impl candle_core::CustomOp1 for Nf4Gemv {
         let a = on_cuda(&absmax_q, "absmax_q")?.as_cuda_slice::<u8>()?;
         let t = on_cuda(&tables, "tables")?.as_cuda_slice::<f32>()?;
         let n = self.n;
+        // The addresses of what the kernel adds, and the guards that keep their storages borrowed.
+        let stream = dev.cuda_stream();
+        let mut args = GemvAddArgs {
+            bias: 0,
+            parts: 0,
+            b: 0,
+            slices: 0,
+            rank: 0,
+            scale: 0.0,
+        };
+        let mut guards = Vec::new();
+        if let Some(bias) = &self.add.bias {
+            let (address, guard) = f32_address(bias, &stream, "the bias")?;
+            args.bias = address;
+            guards.push(guard);
+        }
+        if let Some(l) = &self.add.low_rank {
+            let (slices, _, rank) = l.parts.dims3()?;
+            let (parts, guard) = f32_address(&l.parts, &stream, "the low-rank parts")?;
+            guards.push(guard);
+            let (b, guard) = f32_address(&l.b, &stream, "B")?;
+            guards.push(guard);
+            args = GemvAddArgs {
+                parts,
+                b,
+                slices: slices as i32,
+                rank: rank as i32,
+                scale: l.scale,
+                ..args
+            };
+        }
+        let rank = args.rank as usize;
         let (name, cfg) = match self.kernel {
             GemvKernel::Mma { groups, warps } => (
                 match groups {
@@ -408,8 +591,7 @@ impl candle_core::CustomOp1 for Nf4Gemv {
                 LaunchConfig {
                     grid_dim: (n.div_ceil(16 * groups) as u32, 1, 1),
                     block_dim: (32 * warps as u32, 1, 1),
-                    // The warps' partial sums: 256 floats per warp and group of 16 features.
-                    shared_mem_bytes: (warps * groups * 256 * 4) as u32,
+                    shared_mem_bytes: mma_shared_bytes(groups, warps, rows, rank) as u32,
                 },
             ),
             // Eight warps (output features) per block of 256 threads.
@@ -435,10 +617,14 @@ impl candle_core::CustomOp1 for Nf4Gemv {
             .arg(&n)
             .arg(&k)
             .arg(&rows_i);
+        if let GemvKernel::Mma { .. } = self.kernel {
+            b.arg(&args);
+        }
         // SAFETY: argument types and counts match nf4_gemv_bf16 and nf4_gemv_mma* in nf4.cu; `gemv_with` checked
         // rows <= 16, k a multiple of 64, a 16-byte aligned x (codes are whole allocations, 256-byte aligned),
-        // n * k / 64 within 32 bits and the tensor-core kernel's groups and warps (its launch bounds and 48 KiB
-        // of shared memory).
+        // n * k / 64 within 32 bits, the tensor-core kernel's groups and warps (its launch bounds) and its shared
+        // memory within 48 KiB, and the added terms' shapes (bias [n], parts [slices, rows, rank], B [n, rank]),
+        // whose storages the guards above keep borrowed.
         unsafe { b.launch(cfg) }.w()?;
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev.clone()),

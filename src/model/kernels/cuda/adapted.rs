@@ -7,10 +7,11 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CudaStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CudaStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
 
-use super::lowrank::{Base, BaseView, expand, expand_storage, project, reduce};
+use super::lowrank::{Base, BaseView, expand, expand_storage, project, reduce, rows_project};
 use crate::model::quant::frozen::{FrozenLinear, FrozenWeight};
+use crate::model::quant::{GemvAdd, GemvKernel, LowRankAdd};
 
 /// The adapter's tensors: A `[r, in]`, B `[out, r]` (f32, tracked when they are trained) and the scale.
 pub struct Adapter<'a> {
@@ -226,24 +227,42 @@ pub fn adapted_linear(x: &Tensor, base: &FrozenLinear, adapter: Adapter) -> Resu
 }
 
 /// Answering's few rows (decoding, no gradient) over an NF4 weight: the frozen product straight from the
-/// 4-bit codes (`Nf4Cuda::gemv`, the weight never dequantized into memory) with the adapter's product summed
-/// onto it (`lowrank::rows_delta`, without dropout); None where the GEMV kernel does not serve `x2` `[rows, in]`.
+/// 4-bit codes (`Nf4Cuda::gemv_with`, the weight never dequantized into memory) with the bias and the adapter's
+/// product added in the same kernel, after one launch for the adapter's rank-wide rows
+/// (`lowrank::rows_project`). With dropout, or a rank too large for that kernel's shared memory, the adapter's
+/// product is the tensor-core path's, added to the frozen product after. None where the GEMV kernel does not
+/// serve `x2` `[rows, in]`.
 fn few_rows(x2: &Tensor, base: &FrozenLinear, adapter: &Adapter) -> Result<Option<Tensor>> {
     let FrozenWeight::Nf4Cuda(w) = &base.weight else {
         return Ok(None);
     };
-    let Some(frozen) = w.gemv(x2)? else {
-        return Ok(None);
-    };
-    let frozen = match &base.bias {
-        Some(bias) => frozen.broadcast_add(&bias.to_dtype(frozen.dtype())?)?,
-        None => frozen,
+    let bias = match &base.bias {
+        Some(b) => Some(b.to_dtype(DType::F32)?),
+        None => None,
     };
     let rank = adapter.a.dim(0)?;
-    if adapter.dropout.is_none() && x2.dim(0)? * rank <= super::lowrank::ROWS_DELTA_MOST {
-        let (a, b) = (adapter.a.detach(), adapter.b.detach());
-        return super::lowrank::rows_delta(x2, &frozen, &a, &b, adapter.scale).map(Some);
+    if adapter.dropout.is_none()
+        && w.gemv_adds_rank(x2, rank)?
+        && let Some(parts) = rows_project(x2, &adapter.a.detach())?
+    {
+        let low_rank = LowRankAdd {
+            parts,
+            b: adapter.b.detach().contiguous()?,
+            scale: adapter.scale as f32,
+        };
+        let add = GemvAdd {
+            bias,
+            low_rank: Some(low_rank),
+        };
+        return w.gemv_with(x2, GemvKernel::Auto, &add);
     }
+    let add = GemvAdd {
+        bias,
+        low_rank: None,
+    };
+    let Some(frozen) = w.gemv_with(x2, GemvKernel::Auto, &add)? else {
+        return Ok(None);
+    };
     let (_, mid) = rank_wide(x2, adapter)?;
     let b_t = adapter.b.detach().t()?.contiguous()?;
     expand(Base::Add(&frozen), &mid, &b_t).map(Some)

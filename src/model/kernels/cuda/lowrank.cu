@@ -1,5 +1,6 @@
 // LoRA's rank-r products run on cuBLAS's bf16 tensor cores (lowrank.rs); the first two kernels prepare and
-// finish them, the last two take a decoding step's few rows on their own. An f32 operand v is split into bf16 parts hi = bf16(v) and lo = bf16(v - hi), 16 significant bits
+// finish them, the last one starts a decoding step's few rows on its own (nf4.cu's few-row product finishes
+// them). An f32 operand v is split into bf16 parts hi = bf16(v) and lo = bf16(v - hi), 16 significant bits
 // together; cuBLAS multiplies the parts exactly and sums in f32.
 // Regenerate lowrank.ptx with scripts/build-cuda.sh (nvcc -ptx -arch=compute_80).
 #include <cuda_bf16.h>
@@ -33,40 +34,69 @@ extern "C" __global__ void fold_halves(const float *src, float *dst, size_t A, s
   }
 }
 
-// Answering's few rows (no tensor cores, no bf16 parts of the adapter): mid [m, r] = scale * x [m, k] A^T for
-// bf16 x and f32 A [r, k], summed in f32; one block per (row, rank) pair, blockDim a multiple of 32.
-extern "C" __global__ void rows_project(const bf16 *x, const float *a, float *mid, int m, int k, int r,
-                                        float scale) {
-  int row = blockIdx.x / r, j = blockIdx.x % r;
-  const bf16 *xr = x + (size_t)row * k;
-  const float *aj = a + (size_t)j * k;
-  float s = 0.f;
-  for (int i = threadIdx.x; i < k; i += blockDim.x) s += __bfloat162float(xr[i]) * aj[i];
-  for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffffu, s, off);
-  __shared__ float part[32];
-  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) part[warp] = s;
-  __syncthreads();
-  if (warp == 0) {
-    s = lane < (int)(blockDim.x >> 5) ? part[lane] : 0.f;
-    for (int off = 16; off > 0; off >>= 1) s += __shfl_down_sync(0xffffffffu, s, off);
-    if (lane == 0) mid[(size_t)row * r + j] = scale * s;
-  }
+// Answering's few rows, the adapter's first product in slices of the summed axis (no tensor cores, no bf16 parts
+// of the adapter): parts [S, m, r] with parts[s, i, t] = sum of x[i, e] A[t, e] over e in slice s, [1024 s,
+// 1024 s + 1024), for bf16 x [m, k] and f32 A [r, k], summed in f32; m <= 16, k a multiple of 8, x and A 16-byte
+// aligned. nf4.cu's nf4_gemv_mma adds the slices up (times the adapter's scale) in the same launch as the frozen
+// product. Grid (S, ceil(r / 8)), 8 warps a block: warp w takes rank t = 8 blockIdx.y + w of slice s = blockIdx.x,
+// lane l the eight elements 1024 s + 256 c + 8 l (c < 4) of A's row t (read once, for every row of x) and of x's
+// rows, four rows at a time; then each row's 32 lane sums meet across the warp, and lane i writes row i's.
+// Elements past k are read at element 0 and taken as zeros, and rows past m (up to the next multiple of four) as
+// row m - 1, so that the loads carry no branches and are in flight together.
+#define ROWS_SLICE 1024
+#define ROWS_MOST 16
+
+__device__ __forceinline__ uint4 zero_unless(bool keep, uint4 v) {
+  return keep ? v : make_uint4(0u, 0u, 0u, 0u);
 }
 
-// out [m, o] = base [m, o] + mid [m, r] B^T in bf16, for f32 mid and B [o, r] (each column's rank-wide row),
-// summed in f32; one thread per column, all rows, mid in shared memory (m * r floats).
-extern "C" __global__ void rows_expand(const bf16 *base, const float *mid, const float *b, bf16 *out, int m,
-                                       int o, int r) {
-  extern __shared__ float rows_mid[];
-  for (int i = threadIdx.x; i < m * r; i += blockDim.x) rows_mid[i] = mid[i];
-  __syncthreads();
-  int j = blockIdx.x * blockDim.x + threadIdx.x;
-  if (j >= o) return;
-  const float *bj = b + (size_t)j * r;
-  for (int row = 0; row < m; row++) {
-    float d = 0.f;
-    for (int t = 0; t < r; t++) d += rows_mid[row * r + t] * bj[t];
-    out[(size_t)row * o + j] = __float2bfloat16_rn(__bfloat162float(base[(size_t)row * o + j]) + d);
+extern "C" __global__ void __launch_bounds__(256)
+    rows_project(const bf16 *__restrict__ x, const float *__restrict__ a, float *__restrict__ parts, int m, int k,
+                 int r) {
+  const int lane = threadIdx.x & 31, t = blockIdx.y * 8 + (threadIdx.x >> 5), s = blockIdx.x;
+  if (t >= r) return;  // the whole warp: t is the same for its lanes
+  bool valid[4];
+  int at[4];
+  uint4 av[4][2];
+#pragma unroll
+  for (int c = 0; c < 4; c++) {
+    const int e = s * ROWS_SLICE + 256 * c + 8 * lane;
+    valid[c] = e < k;
+    at[c] = valid[c] ? e : 0;
+    const uint4 *p = reinterpret_cast<const uint4 *>(a + (size_t)t * k + at[c]);
+    av[c][0] = zero_unless(valid[c], p[0]);
+    av[c][1] = zero_unless(valid[c], p[1]);
   }
+  float sum[ROWS_MOST];
+#pragma unroll
+  for (int i = 0; i < ROWS_MOST; i++) sum[i] = 0.f;
+#pragma unroll
+  for (int g = 0; g < ROWS_MOST; g += 4) {
+    if (g >= m) break;
+#pragma unroll
+    for (int i = g; i < g + 4; i++) {
+      const bf16 *xr = x + (size_t)min(i, m - 1) * k;
+#pragma unroll
+      for (int c = 0; c < 4; c++) {
+        const uint4 raw = zero_unless(valid[c], *reinterpret_cast<const uint4 *>(xr + at[c]));
+        const __nv_bfloat162 *xh = reinterpret_cast<const __nv_bfloat162 *>(&raw);
+        const float *w = reinterpret_cast<const float *>(av[c]);
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+          const float2 f = __bfloat1622float2(xh[q]);
+          sum[i] += f.x * w[2 * q] + f.y * w[2 * q + 1];
+        }
+      }
+    }
+  }
+  float mine = 0.f;
+#pragma unroll
+  for (int i = 0; i < ROWS_MOST; i++) {
+    if (i >= m) break;
+    float v = sum[i];
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    if (lane == i) mine = v;
+  }
+  if (lane < m) parts[((size_t)s * m + lane) * r + t] = mine;
 }

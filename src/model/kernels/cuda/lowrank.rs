@@ -4,13 +4,12 @@
 //! `x A^T = x A_hi^T + x A_lo^T` (both parts side by side in one product, folded after) and
 //! `p L ~ p_hi L_hi + p_lo L_hi + p_hi L_lo` (three parts along the summed axis). No f32 copy of an
 //! activation is made, and the frozen product of a projection can share its output buffer ([`Base::Product`]).
-//! A decoding step's few rows take two plain f32 kernels instead ([`rows_delta`]).
+//! A decoding step's few rows take one plain f32 kernel instead ([`rows_project`]), whose result the NF4 few-row
+//! product finishes in its own launch.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
-use candle_core::{
-    CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
-};
+use candle_core::{CudaStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use half::bf16;
@@ -245,23 +244,37 @@ impl CustomOp2 for Reduce {
     }
 }
 
-/// The most rows times rank [`rows_delta`] takes: its rank-wide intermediate in 48 KiB of shared memory.
-pub const ROWS_DELTA_MOST: usize = 12 * 1024;
+/// The most rows [`rows_project`] takes (ROWS_MOST in lowrank.cu).
+const ROWS_PROJECT_MOST: usize = 16;
+/// Elements of the summed axis in one slice of [`rows_project`] (ROWS_SLICE in lowrank.cu).
+const ROWS_SLICE: usize = 1024;
 
-/// Answering's few rows: `base + scale (x A^T) B^T` in bf16 for bf16 `x` `[m, k]` and `base` `[m, o]` and f32
-/// A `[r, k]` and B `[o, r]`, summed in f32 by two small kernels (`rows_project`, `rows_expand`): at a decoding
-/// step's few rows the products are tiny, and the tensor-core path's launches (each operand split into bf16
-/// parts, B transposed, two cuBLAS products and a fold) cost more than the arithmetic.
-pub fn rows_delta(x: &Tensor, base: &Tensor, a: &Tensor, b: &Tensor, scale: f64) -> Result<Tensor> {
-    let mid = x
-        .contiguous()?
-        .apply_op2_no_bwd(&a.contiguous()?, &RowsProject(scale as f32))?;
-    base.contiguous()?
-        .apply_op3_no_bwd(&mid, &b.contiguous()?, &RowsExpand)
+/// Answering's few rows, the adapter's first product: `x A^T` for bf16 `x` `[m, k]` and f32 A `[r, k]` as f32
+/// partial sums `[S, m, r]` over slices of 1,024 elements of k (S = k / 1024 rounded up), which the NF4 few-row
+/// product adds up, scales and multiplies by B in its epilogue (`GemvAdd`'s low-rank term). At a decoding step's
+/// few rows the product is tiny: one launch that reads A once serves it, where the tensor-core path takes
+/// several (each operand split into bf16 parts, the products, a fold). None where the kernel does not serve
+/// (more than 16 rows, k not a multiple of 8, another dtype, a view not 16-byte aligned).
+pub fn rows_project(x: &Tensor, a: &Tensor) -> Result<Option<Tensor>> {
+    let (m, k) = x.dims2()?;
+    let (r, ak) = a.dims2()?;
+    if ak != k || m == 0 || m > ROWS_PROJECT_MOST || r == 0 || k == 0 || !k.is_multiple_of(8) {
+        return Ok(None);
+    }
+    if x.dtype() != DType::BF16 || a.dtype() != DType::F32 {
+        return Ok(None);
+    }
+    let (x, a) = (x.contiguous()?, a.contiguous()?);
+    // 16-byte loads: eight bf16 values of x, four f32 values of A.
+    if !x.layout().start_offset().is_multiple_of(8) || !a.layout().start_offset().is_multiple_of(4)
+    {
+        return Ok(None);
+    }
+    x.apply_op2_no_bwd(&a, &RowsProject).map(Some)
 }
 
-/// `scale * x A^T` f32 `[m, r]` for bf16 `x` `[m, k]` and f32 A `[r, k]`.
-struct RowsProject(f32);
+/// [`rows_project`]'s op on checked operands.
+struct RowsProject;
 
 impl CustomOp2 for RowsProject {
     fn name(&self) -> &'static str {
@@ -278,18 +291,12 @@ impl CustomOp2 for RowsProject {
         al: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let (m, k) = xl.shape().dims2()?;
-        let (r, ak) = al.shape().dims2()?;
-        if ak != k || m == 0 || r == 0 {
-            candle_core::bail!(
-                "lowrank-rows-project: x {:?} vs A {:?}",
-                xl.dims(),
-                al.dims()
-            )
-        }
+        let r = al.shape().dims2()?.0;
         let dev = x.device().clone();
         let (xv, av) = (view::<bf16>(x, xl, "x")?, view::<f32>(a, al, "A")?);
-        // SAFETY: the kernel writes every element, one per block.
-        let out = unsafe { dev.alloc::<f32>(m * r) }?;
+        let slices = k.div_ceil(ROWS_SLICE);
+        // SAFETY: the kernel writes every element: each (slice, rank) pair's warp all m rows.
+        let out = unsafe { dev.alloc::<f32>(slices * m * r) }?;
         let func = dev.get_or_load_custom_func("rows_project", MODULE, PTX)?;
         let (mi, ki, ri) = (m as i32, k as i32, r as i32);
         let mut builder = func.builder();
@@ -299,72 +306,19 @@ impl CustomOp2 for RowsProject {
             .arg(&out)
             .arg(&mi)
             .arg(&ki)
-            .arg(&ri)
-            .arg(&self.0);
+            .arg(&ri);
         let config = LaunchConfig {
-            grid_dim: ((m * r) as u32, 1, 1),
+            grid_dim: (slices as u32, r.div_ceil(8) as u32, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: argument types and counts match rows_project in lowrank.cu.
+        // SAFETY: argument types and counts match rows_project in lowrank.cu; `rows_project` checked m <= 16,
+        // k a multiple of 8 and 16-byte aligned views (allocations are 256-byte aligned).
         unsafe { builder.launch(config) }.w()?;
-        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((m, r))))
-    }
-}
-
-/// `base + mid B^T` bf16 `[m, o]` for bf16 `base` `[m, o]`, f32 `mid` `[m, r]` and f32 B `[o, r]`.
-struct RowsExpand;
-
-impl CustomOp3 for RowsExpand {
-    fn name(&self) -> &'static str {
-        "lowrank-rows-expand"
-    }
-
-    cuda_only!(x y z);
-
-    fn cuda_fwd(
-        &self,
-        base: &CudaStorage,
-        basel: &Layout,
-        mid: &CudaStorage,
-        midl: &Layout,
-        b: &CudaStorage,
-        bl: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let (m, o) = basel.shape().dims2()?;
-        let (mm, r) = midl.shape().dims2()?;
-        if mm != m || bl.shape().dims2()? != (o, r) {
-            candle_core::bail!(
-                "lowrank-rows-expand: base {:?}, mid {:?}, B {:?}",
-                basel.dims(),
-                midl.dims(),
-                bl.dims()
-            )
-        }
-        let dev = base.device().clone();
-        let basev = view::<bf16>(base, basel, "base")?;
-        let (midv, bv) = (view::<f32>(mid, midl, "mid")?, view::<f32>(b, bl, "B")?);
-        // SAFETY: the kernel writes every element, one thread per column.
-        let out = unsafe { dev.alloc::<bf16>(m * o) }?;
-        let func = dev.get_or_load_custom_func("rows_expand", MODULE, PTX)?;
-        let (mi, oi, ri) = (m as i32, o as i32, r as i32);
-        let mut builder = func.builder();
-        builder
-            .arg(&basev)
-            .arg(&midv)
-            .arg(&bv)
-            .arg(&out)
-            .arg(&mi)
-            .arg(&oi)
-            .arg(&ri);
-        let config = LaunchConfig {
-            grid_dim: (o.div_ceil(256) as u32, 1, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: (m * r * std::mem::size_of::<f32>()) as u32,
-        };
-        // SAFETY: argument types and counts match rows_expand in lowrank.cu; the shared memory holds mid.
-        unsafe { builder.launch(config) }.w()?;
-        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((m, o))))
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from((slices, m, r)),
+        ))
     }
 }
 

@@ -155,8 +155,32 @@ extern "C" __global__ void nf4_gemv_bf16(const uint8_t *codes, const uint8_t *ab
 // 2s + 1 where it has k = 2t + 8, 2t + 9, in A and B alike (PTX ISA, "Matrix Fragments for mma.m16n8k16 with
 // floating point type"); so B's two registers are two adjacent words of x as loaded. Each weight value is rounded
 // to bf16 from qmap[code] * scale exactly as nf4_dequant16_bf16 computes it. k a multiple of 64 (the missing
-// half of a last odd chunk reads as zeros in x), codes and x 16-byte aligned; dynamic shared memory:
-// warps * G * 256 floats.
+// half of a last odd chunk reads as zeros in x), codes and x 16-byte aligned.
+//
+// The epilogue adds what `GemvAdd` names to each sum before it is rounded to bf16: a bias, and a low-rank product
+// (an unmerged LoRA adapter's, y += scale (x A^T) B^T) from the rank-wide rows in slices as lowrank.cu's
+// rows_project leaves them. The block adds the slices up into shared memory while it loads its tables, and copies
+// its features' rows of B there (cp.async, waited for only before the epilogue) while the codes are multiplied.
+// Dynamic shared memory: warps * G * 256 floats (the partial sums), then rows * rank (the rank-wide rows), then
+// 16 G * (rank + 1) (B's rows, one float apart so that a warp's lanes, reading consecutive features, hit distinct
+// banks).
+
+// What nf4_gemv_mma adds to x W^T (null pointers and rank 0: nothing). bias f32 [n]; parts f32 [slices, rows, rank],
+// x A^T as the sum of its slices; b f32 [n, rank]; the low-rank term is scale * (x A^T) B^T.
+struct GemvAdd {
+  const float *bias;
+  const float *parts;
+  const float *b;
+  int slices, rank;
+  float scale;
+};
+
+// Copies one f32 from global to shared memory asynchronously (cp.async: sm_80 on; waited for by
+// cp.async.wait_all).
+__device__ __forceinline__ void copy_async_f32(float *dst, const float *src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"((uint32_t)__cvta_generic_to_shared(dst)), "l"(src)
+               : "memory");
+}
 
 // d += a b for one 16x8x16 tile: a as four bf16x2 words, b as two.
 __device__ __forceinline__ void mma_16816(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
@@ -213,20 +237,38 @@ __device__ __forceinline__ void gemv_load_codes(GemvCodes<G> &st, const uint8_t 
 template <int G>
 __device__ __forceinline__ void nf4_gemv_mma(const uint8_t *__restrict__ codes, const uint8_t *__restrict__ absmax_q,
                                              const float *__restrict__ tables, const __nv_bfloat16 *__restrict__ x,
-                                             __nv_bfloat16 *__restrict__ y, size_t n, size_t k, int rows) {
+                                             __nv_bfloat16 *__restrict__ y, size_t n, size_t k, int rows,
+                                             const GemvAdd add) {
   __shared__ __align__(256) float qmap[16];
   __shared__ float acode[256];
   extern __shared__ float partial[];
+  const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const size_t j0 = (size_t)blockIdx.x * (16 * G);
+  float *mid = partial + warps * G * 256, *b_rows = mid + rows * add.rank;
+  for (int i = threadIdx.x; i < 16 * G * add.rank; i += blockDim.x) {
+    const int f = i / add.rank, u = i % add.rank;
+    if (j0 + f < n) copy_async_f32(b_rows + f * (add.rank + 1) + u, add.b + (j0 + f) * add.rank + u);
+  }
   for (int i = threadIdx.x; i < 16 + 256; i += blockDim.x) {
     if (i < 16) qmap[i] = tables[i];
     else acode[i - 16] = tables[i];
   }
+  for (int i = threadIdx.x; i < rows * add.rank; i += blockDim.x) {
+    // Eight slices at a time, their loads in flight together (past the last slice: the last again, not added).
+    float sum = 0.0f;
+    for (int s0 = 0; s0 < add.slices; s0 += 8) {
+      float v[8];
+#pragma unroll
+      for (int q = 0; q < 8; q++) v[q] = add.parts[(size_t)min(s0 + q, add.slices - 1) * rows * add.rank + i];
+#pragma unroll
+      for (int q = 0; q < 8; q++) sum += s0 + q < add.slices ? v[q] : 0.0f;
+    }
+    mid[i] = add.scale * sum;
+  }
   __syncthreads();
   const uint32_t qbase = (uint32_t)__cvta_generic_to_shared(qmap);
   if (qbase & 0xff) __trap();  // the table addresses below need the declared alignment
-  const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane >> 2, t = lane & 3;
-  const size_t j0 = (size_t)blockIdx.x * (16 * G);
   const uint32_t blocks = (uint32_t)(k / NF4_BLOCK), chunks = (blocks + 1) / 2;
   const float offset = tables[TABLE_OFFSET];
   // Features past n read the last feature's codes (their sums are not written).
@@ -296,6 +338,7 @@ __device__ __forceinline__ void nf4_gemv_mma(const uint8_t *__restrict__ codes, 
     for (int r = 0; r < 2; r++)
 #pragma unroll
       for (int i = 0; i < 4; i++) partial[((warp * G + h) * 8 + 4 * r + i) * 32 + lane] = acc[h][r][i];
+  asm volatile("cp.async.wait_all;" ::: "memory");
   __syncthreads();
   for (int e = threadIdx.x; e < rows * 16 * G; e += blockDim.x) {
     const int row = e / (16 * G), col = e % (16 * G);
@@ -305,7 +348,11 @@ __device__ __forceinline__ void nf4_gemv_mma(const uint8_t *__restrict__ codes, 
     const int slot = (h * 8 + 4 * (row / 8) + (rr & 1) + 2 * (m / 8)) * 32 + (m % 8) * 4 + rr / 2;
     float sum = 0.0f;
     for (int w = 0; w < warps; w++) sum += partial[w * G * 256 + slot];
-    y[(size_t)row * n + j] = __float2bfloat16_rn(sum);
+    if (add.bias) sum += add.bias[j];
+    const float *m_row = mid + row * add.rank, *b_row = b_rows + col * (add.rank + 1);
+    float low = 0.0f;
+    for (int u = 0; u < add.rank; u++) low = __fmaf_rn(m_row[u], b_row[u], low);
+    y[(size_t)row * n + j] = __float2bfloat16_rn(sum + low);
   }
 }
 
@@ -314,8 +361,8 @@ __device__ __forceinline__ void nf4_gemv_mma(const uint8_t *__restrict__ codes, 
 #define NF4_GEMV_MMA(G, THREADS)                                                                               \
   extern "C" __global__ void __launch_bounds__(THREADS)                                                        \
       nf4_gemv_mma##G(const uint8_t *codes, const uint8_t *absmax_q, const float *tables, const __nv_bfloat16 *x, \
-                      __nv_bfloat16 *y, size_t n, size_t k, int rows) {                                        \
-    nf4_gemv_mma<G>(codes, absmax_q, tables, x, y, n, k, rows);                                                \
+                      __nv_bfloat16 *y, size_t n, size_t k, int rows, const GemvAdd add) {                     \
+    nf4_gemv_mma<G>(codes, absmax_q, tables, x, y, n, k, rows, add);                                           \
   }
 NF4_GEMV_MMA(1, 512)
 NF4_GEMV_MMA(2, 512)
