@@ -56,21 +56,18 @@ pub(super) struct Rounded {
 
 /// `rows` rows of `k` values (k a multiple of 256) as Q8_K blocks, row after row.
 pub(super) fn round_rows(xs: &[f32], rows: usize, k: usize) -> Rounded {
-    let mut blocks = vec![BlockQ8K::ZERO; rows * (k / QK_K)];
     #[cfg(target_arch = "x86_64")]
-    let avx512 = super::super::activations::has_avx512();
+    let round: fn(&[f32], &mut BlockQ8K) = match super::super::activations::has_avx512() {
+        // SAFETY: the CPU has AVX-512 F/BW/DQ/VL; every chunk below holds 256 values.
+        true => |x, y| unsafe { round_block_avx512(x, y) },
+        false => round_block,
+    };
     #[cfg(not(target_arch = "x86_64"))]
-    let avx512 = false;
+    let round = round_block;
+    let mut blocks = vec![BlockQ8K::ZERO; rows * (k / QK_K)];
     for (x, y) in xs.chunks_exact(QK_K).zip(blocks.iter_mut()) {
-        #[cfg(target_arch = "x86_64")]
-        if avx512 {
-            // SAFETY: the CPU has AVX-512 F/BW/DQ/VL.
-            unsafe { round_block_avx512(x, y) };
-            continue;
-        }
-        round_block(x, y);
+        round(x, y);
     }
-    let _ = avx512;
     let terms = blocks.iter().map(Terms::of).collect();
     Rounded { blocks, terms }
 }
