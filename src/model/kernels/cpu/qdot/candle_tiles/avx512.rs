@@ -1,6 +1,6 @@
 //! The tile kernels of candle's `repack_x86` for AVX-512 VNNI (`q4k_tile`, `q6k_tile`, `q8_0_tile2`): each
 //! row's integer sums and float operations are candle's, in candle's order, so each output has candle's bits.
-//! They differ in how the work is grouped: up to [`PASS_ROWS`] rows per call instead of 4, which lets one
+//! They differ in how the work is grouped (and Q6_K's tile is unpacked from denser planes): up to [`PASS_ROWS`] rows per call instead of 4, which lets one
 //! sub-block (or Q8_0 block) at a time keep the rows' sums apart where candle pairs them; the row sums stay
 //! in registers through a tile; and the products run on qlab's loops instead of candle's barrier pool.
 
@@ -67,8 +67,9 @@ unsafe fn q4k_tile<const R: usize>(
     }
 }
 
-/// One Q6_K superblock tile against `R` rows (candle's `q6k_tile`): the unsigned 6-bit values, then 32
-/// times each 16 values' sum taken off.
+/// One Q6_K superblock tile against `R` rows (candle's `q6k_tile`): the unsigned 6-bit values, unpacked from
+/// their planes to the bytes candle's tile holds, then 32 times each 16 values' sum taken off; each scale is
+/// `d * scale` as candle's packing computes it.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,f16c")]
 #[inline]
 unsafe fn q6k_tile<const R: usize>(
@@ -77,20 +78,45 @@ unsafe fn q6k_tile<const R: usize>(
     terms: &[&Terms; R],
     acc: &mut [__m512; R],
 ) {
+    let (low4, high2) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x30));
+    // SAFETY: 16 floats of the tile.
+    let d = unsafe { _mm512_loadu_ps(tile.d.as_ptr()) };
+    let at = |plane: &[u8], i: usize| {
+        // SAFETY: 64 bytes of a plane, i below its 64-byte rows.
+        unsafe { _mm512_loadu_si512(plane.as_ptr().add(i * TILE_N * 4).cast()) }
+    };
     for sub in 0..16 {
+        let (l0, l1, h) = (
+            at(&tile.low, 2 * sub),
+            at(&tile.low, 2 * sub + 1),
+            at(&tile.high, sub),
+        );
+        let ws = [
+            _mm512_or_si512(
+                _mm512_and_si512(l0, low4),
+                _mm512_and_si512(_mm512_slli_epi16::<4>(h), high2),
+            ),
+            _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi16::<4>(l0), low4),
+                _mm512_and_si512(_mm512_slli_epi16::<2>(h), high2),
+            ),
+            _mm512_or_si512(_mm512_and_si512(l1, low4), _mm512_and_si512(h, high2)),
+            _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi16::<4>(l1), low4),
+                _mm512_and_si512(_mm512_srli_epi16::<2>(h), high2),
+            ),
+        ];
         let mut isum = [_mm512_setzero_si512(); R];
-        for g4 in 0..4 {
-            let g = sub * 4 + g4;
-            // SAFETY: group g < 64 of the tile's 64 x 64 bytes.
-            let w = unsafe { _mm512_loadu_si512(tile.qs.as_ptr().add(g * TILE_N * 4).cast()) };
+        for (g4, &w) in ws.iter().enumerate() {
             for m in 0..R {
                 // SAFETY: offset below 256 - 4.
                 let a = unsafe { bcast4(&acts[m].qs, sub * 16 + g4 * 4) };
                 isum[m] = _mm512_dpbusd_epi32(isum[m], w, a);
             }
         }
-        // SAFETY: 16 floats of the tile.
-        let scale = unsafe { _mm512_loadu_ps(tile.scales[sub].as_ptr()) };
+        // SAFETY: 16 bytes of the tile.
+        let scales = unsafe { _mm_loadu_si128(tile.scales[sub].as_ptr().cast()) };
+        let scale = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(scales)));
         for m in 0..R {
             let dall = acts[m].d;
             let offset = _mm512_set1_ps(terms[m].q6k_offsets[sub]);

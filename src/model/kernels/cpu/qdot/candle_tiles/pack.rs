@@ -1,7 +1,8 @@
 //! GGUF K-quant and Q8_0 weights in the tile layout of candle's `repack_x86` (16 output columns by one
 //! 256-value superblock a tile), built by the same code so that the kernels read the same numbers: each
 //! sub-block's scale and min unpacked to f32 once, the quants as unsigned bytes four values at a time per
-//! column (Q4_K nibble pairs, Q6_K's 6-bit values, Q8_0 offset by +128).
+//! column (Q4_K nibble pairs, Q8_0 offset by +128). Q6_K is denser than candle's tile (its 6-bit values in a
+//! 4-bit and a 2-bit plane, its scales as i8), and the kernel unpacks it to candle's bytes and scales.
 
 use half::f16;
 
@@ -26,13 +27,19 @@ pub(super) struct TileQ4K {
     pub qs: [u8; QK_K / 8 * TILE_N * 4],
 }
 
-/// One Q6_K superblock of 16 columns.
+/// One Q6_K superblock of 16 columns, denser than candle's tile (3.3 KB against 5 KB) but unpacked by the kernel
+/// to candle's bytes and scales: the 6-bit values in a 4-bit and a 2-bit plane, the scales as their i8.
 #[repr(C)]
 pub(super) struct TileQ6K {
-    /// Per sub-block of 16 values (16), per column: `d * scale`.
-    pub scales: [[f32; TILE_N]; 16],
-    /// [group of 4 values (64)][column][4 bytes]: the 6-bit values 0..63 (the value is v - 32).
-    pub qs: [u8; QK_K / 4 * TILE_N * 4],
+    /// Per column: the superblock's d.
+    pub d: [f32; TILE_N],
+    /// Per sub-block of 16 values (16), per column: the i8 scale (candle's tile holds `d * scale`).
+    pub scales: [[i8; TILE_N]; 16],
+    /// [pair of groups of 4 values (32)][column][4 bytes]: the low 4 bits of the pair's first group in the low
+    /// nibble, of its second in the high nibble.
+    pub low: [u8; QK_K / 8 * TILE_N * 4],
+    /// [quad of groups (16)][column][4 bytes]: bits 2i..2i+2 the high 2 bits of the quad's group i.
+    pub high: [u8; QK_K / 16 * TILE_N * 4],
 }
 
 /// One Q8_0 block of 32 values of 16 columns.
@@ -115,15 +122,17 @@ pub(super) fn q6k(data: &[u8], n: usize, k: usize) -> Tiles {
     for t in 0..n / TILE_N {
         for b in 0..kb {
             let mut tile = TileQ6K {
-                scales: [[0.0; TILE_N]; 16],
-                qs: [0; QK_K / 4 * TILE_N * 4],
+                d: [0.0; TILE_N],
+                scales: [[0; TILE_N]; 16],
+                low: [0; QK_K / 8 * TILE_N * 4],
+                high: [0; QK_K / 16 * TILE_N * 4],
             };
             for r in 0..TILE_N {
                 let blk = &data[((t * TILE_N + r) * kb + b) * Q6K_BYTES..][..Q6K_BYTES];
                 let (ql, qh, scales) = (&blk[..128], &blk[128..192], &blk[192..208]);
-                let d = f16_at(blk, 208);
+                tile.d[r] = f16_at(blk, 208);
                 for (sub, &scale) in scales.iter().enumerate() {
-                    tile.scales[sub][r] = d * scale as i8 as f32;
+                    tile.scales[sub][r] = scale as i8;
                 }
                 // Low 4 bits in ql, high 2 in qh, in halves of 128 values.
                 let mut vals = [0u8; QK_K];
@@ -137,7 +146,11 @@ pub(super) fn q6k(data: &[u8], n: usize, k: usize) -> Tiles {
                     }
                 }
                 for g in 0..QK_K / 4 {
-                    tile.qs[(g * TILE_N + r) * 4..][..4].copy_from_slice(&vals[g * 4..][..4]);
+                    for j in 0..4 {
+                        let v = vals[g * 4 + j];
+                        tile.low[((g / 2) * TILE_N + r) * 4 + j] |= (v & 0x0F) << (4 * (g % 2));
+                        tile.high[((g / 4) * TILE_N + r) * 4 + j] |= (v >> 4) << (2 * (g % 4));
+                    }
                 }
             }
             out.push(tile);
