@@ -6,6 +6,7 @@
 
 use half::f16;
 
+use super::super::activations::f16_at;
 use super::q8k::QK_K;
 
 /// Output columns of a tile.
@@ -55,10 +56,6 @@ pub(super) enum Tiles {
     Q4K(Vec<TileQ4K>),
     Q6K(Vec<TileQ6K>),
     Q8_0(Vec<TileQ8_0>),
-}
-
-fn f16_at(b: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
 /// ggml's 6-bit scale and min of sub-block `j` of a Q4_K superblock.
