@@ -130,39 +130,44 @@ fn nf4_quantized_on_the_gpu_equals_the_cpu_quantizer() {
     }
 }
 
-/// Every few-row kernel and launch shape `Nf4Cuda::gemv_with` takes.
-const GEMV_KERNELS: [GemvKernel; 9] = [
-    GemvKernel::Auto,
-    GemvKernel::Warp,
-    GemvKernel::Mma {
-        groups: 1,
-        warps: 1,
-    },
-    GemvKernel::Mma {
-        groups: 1,
-        warps: 8,
-    },
-    GemvKernel::Mma {
-        groups: 1,
-        warps: 16,
-    },
-    GemvKernel::Mma {
-        groups: 2,
-        warps: 3,
-    },
-    GemvKernel::Mma {
-        groups: 2,
-        warps: 16,
-    },
-    GemvKernel::Mma {
-        groups: 4,
-        warps: 1,
-    },
-    GemvKernel::Mma {
-        groups: 4,
-        warps: 8,
-    },
-];
+/// The few-row kernels and launch shapes the tests check and the timings compare: the automatic choice, the
+/// warp kernel, and tensor-core shapes from one to sixteen warps (odd and the ones `for_width` picks among).
+const GEMV_KERNELS: [GemvKernel; 11] = {
+    const fn mma(groups: usize, warps: usize) -> GemvKernel {
+        GemvKernel::Mma { groups, warps }
+    }
+    [
+        GemvKernel::Auto,
+        GemvKernel::Warp,
+        mma(1, 1),
+        mma(1, 8),
+        mma(1, 16),
+        mma(2, 3),
+        mma(2, 4),
+        mma(2, 8),
+        mma(2, 16),
+        mma(4, 1),
+        mma(4, 8),
+    ]
+};
+
+/// A kernel's column label in the timings.
+fn kernel_label(kernel: GemvKernel) -> String {
+    match kernel {
+        GemvKernel::Mma { groups, warps } => format!("g{groups}w{warps}"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The largest magnitude of an f32 tensor.
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
 
 /// `got` against `want` (f32, same shape): relative L2 error under 1%, and every element within 1% of the
 /// largest of `want` (a missed or misplaced element can hide in the norm).
@@ -174,16 +179,8 @@ fn assert_close(got: &Tensor, want: &Tensor, what: &str) {
         None,
     );
     assert!(err < 1e-2, "{what}: relative error {err}");
-    let largest = host_f32(want).abs().unwrap().max_all().unwrap();
-    let largest = largest.to_scalar::<f32>().unwrap();
-    let worst = (host_f32(got) - host_f32(want))
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let largest = max_abs(&host_f32(want));
+    let worst = max_abs(&(host_f32(got) - host_f32(want)).unwrap());
     assert!(
         worst <= 1e-2 * largest,
         "{what}: an element off by {worst} (largest {largest})"
@@ -293,39 +290,13 @@ fn nf4_gemv_timings() {
             .unwrap();
         1000.0 * start.elapsed_ms(&end).unwrap() as f64
     };
-    let kernels = [
-        GemvKernel::Auto,
-        GemvKernel::Warp,
-        GemvKernel::Mma {
-            groups: 1,
-            warps: 8,
-        },
-        GemvKernel::Mma {
-            groups: 1,
-            warps: 16,
-        },
-        GemvKernel::Mma {
-            groups: 2,
-            warps: 4,
-        },
-        GemvKernel::Mma {
-            groups: 2,
-            warps: 8,
-        },
-        GemvKernel::Mma {
-            groups: 2,
-            warps: 16,
-        },
-        GemvKernel::Mma {
-            groups: 4,
-            warps: 8,
-        },
-    ];
     println!(
         "microseconds a product (GB/s of codes and scales in brackets); Auto as printed for each n"
     );
+    let labels: Vec<String> = GEMV_KERNELS.into_iter().map(kernel_label).collect();
     println!(
-        "    n     k rows | Auto | Warp | Mma g1w8 | g1w16 | g2w4 | g2w8 | g2w16 | g4w8 | + adapter r16 (Auto)"
+        "    n     k rows | {} | + adapter r16 (Auto)",
+        labels.join(" | ")
     );
     for (n, k) in [(1024, 4096), (4096, 4096), (14336, 4096), (4096, 14336)] {
         let host = Nf4Cuda::quantize(&Tensor::randn(0f32, 1.0, (n, k), &dev).unwrap())
@@ -357,7 +328,7 @@ fn nf4_gemv_timings() {
                 .to_dtype(DType::BF16)
                 .unwrap();
             let mut line = format!("{n:>5} {k:>5} {rows:>4} |");
-            for kernel in kernels {
+            for kernel in GEMV_KERNELS {
                 let us = time(&mut || {
                     for _ in 0..reps {
                         for w in &ws {

@@ -13,8 +13,8 @@ use crate::model::config::Activation;
 use crate::model::quant::FrozenLinear;
 
 /// Generation's frozen product `linear(x)`: GGUF weights multiply in quantized form when answering on the
-/// CPU, prompts and decoding alike (`cpu::decode`), NF4 weights straight from their codes when decoding on a GPU (`Nf4Cuda::gemv`);
-/// anything else is the linear layer's own forward.
+/// CPU, prompts and decoding alike (`cpu::decode`), NF4 weights straight from their codes when decoding on a
+/// GPU (`Nf4Cuda::gemv_with`, the bias added in its kernel); anything else is the linear layer's own forward.
 pub fn generation_product(linear: &FrozenLinear, x: &Tensor) -> candle_core::Result<Tensor> {
     if let Some(y) = cpu::decode::product(linear, x)? {
         return Ok(y);
@@ -26,13 +26,7 @@ pub fn generation_product(linear: &FrozenLinear, x: &Tensor) -> candle_core::Res
         let (_, inp) = linear.weight.dims2()?;
         let x2 = x.reshape(((), inp))?;
         // The bias is added in the product's kernel; nothing to attach for autograd (x is not tracked).
-        let add = crate::model::quant::GemvAdd {
-            bias: match &linear.bias {
-                Some(b) => Some(b.to_dtype(candle_core::DType::F32)?),
-                None => None,
-            },
-            low_rank: None,
-        };
+        let add = crate::model::quant::GemvAdd::bias(linear.bias.as_ref())?;
         if let Some(y) = w.gemv_with(&x2, crate::model::quant::GemvKernel::Auto, &add)? {
             let mut dims = x.dims().to_vec();
             if let Some(last) = dims.last_mut() {

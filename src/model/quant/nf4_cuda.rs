@@ -433,6 +433,16 @@ pub struct GemvAdd {
     pub low_rank: Option<LowRankAdd>,
 }
 
+impl GemvAdd {
+    /// A linear layer's bias (any dtype, as f32) and nothing else.
+    pub fn bias(bias: Option<&Tensor>) -> candle_core::Result<Self> {
+        Ok(GemvAdd {
+            bias: bias.map(|b| b.to_dtype(DType::F32)).transpose()?,
+            low_rank: None,
+        })
+    }
+}
+
 /// `scale (x A^T) B^T`, with `x A^T` as f32 `parts` `[slices, rows, r]` to be summed over their first axis (the
 /// adapter's few-row kernel leaves it so: `kernels::cuda::lowrank::rows_project`) and f32 B `[n, r]`.
 #[derive(Debug, Clone)]

@@ -7,7 +7,7 @@
 
 use std::sync::Mutex;
 
-use candle_core::{CudaStorage, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{CudaStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
 use super::lowrank::{Base, BaseView, expand, expand_storage, project, reduce, rows_project};
 use crate::model::quant::frozen::{FrozenLinear, FrozenWeight};
@@ -236,30 +236,19 @@ fn few_rows(x2: &Tensor, base: &FrozenLinear, adapter: &Adapter) -> Result<Optio
     let FrozenWeight::Nf4Cuda(w) = &base.weight else {
         return Ok(None);
     };
-    let bias = match &base.bias {
-        Some(b) => Some(b.to_dtype(DType::F32)?),
-        None => None,
-    };
+    let mut add = GemvAdd::bias(base.bias.as_ref())?;
     let rank = adapter.a.dim(0)?;
     if adapter.dropout.is_none()
         && w.gemv_adds_rank(x2, rank)?
         && let Some(parts) = rows_project(x2, &adapter.a.detach())?
     {
-        let low_rank = LowRankAdd {
+        add.low_rank = Some(LowRankAdd {
             parts,
             b: adapter.b.detach().contiguous()?,
             scale: adapter.scale as f32,
-        };
-        let add = GemvAdd {
-            bias,
-            low_rank: Some(low_rank),
-        };
+        });
         return w.gemv_with(x2, GemvKernel::Auto, &add);
     }
-    let add = GemvAdd {
-        bias,
-        low_rank: None,
-    };
     let Some(frozen) = w.gemv_with(x2, GemvKernel::Auto, &add)? else {
         return Ok(None);
     };
