@@ -710,28 +710,30 @@ fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
     };
     let dev = gpu();
     let bound = 2e-2;
-    // RMSNorm (f32 weight, frozen).
-    let x = var(&[3, 5, 64], 1, &dev);
-    let w = (var(&[64], 2, &dev)
-        .as_tensor()
-        .to_dtype(DType::F32)
-        .unwrap()
-        + 1.0)
-        .unwrap()
-        .detach();
-    let (ev, eg) = compare(
-        &[&x],
-        |xs| fused_rms_norm(&xs[0], &w, 1e-5).unwrap().unwrap(),
-        |xs| {
-            let ms = xs[0].sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
-            let n = xs[0]
-                .broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap())
-                .unwrap();
-            n.broadcast_mul(&w).unwrap()
-        },
-    );
-    eprintln!("rms_norm: value {ev:.2e}, gradient {eg:.2e}");
-    assert!(ev < bound && eg < bound, "rms_norm: {ev} {eg}");
+    // RMSNorm (f32 weight, frozen): 64 columns take the kernels' 16-byte path, 62 the element-wise one.
+    for cols in [64, 62] {
+        let x = var(&[3, 5, cols], 1, &dev);
+        let w = (var(&[cols], 2, &dev)
+            .as_tensor()
+            .to_dtype(DType::F32)
+            .unwrap()
+            + 1.0)
+            .unwrap()
+            .detach();
+        let (ev, eg) = compare(
+            &[&x],
+            |xs| fused_rms_norm(&xs[0], &w, 1e-5).unwrap().unwrap(),
+            |xs| {
+                let ms = xs[0].sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+                let n = xs[0]
+                    .broadcast_div(&(ms + 1e-5).unwrap().sqrt().unwrap())
+                    .unwrap();
+                n.broadcast_mul(&w).unwrap()
+            },
+        );
+        eprintln!("rms_norm x{cols}: value {ev:.2e}, gradient {eg:.2e}");
+        assert!(ev < bound && eg < bound, "rms_norm x{cols}: {ev} {eg}");
+    }
     // Gated products, both activations; 384 values take the kernels' 16-byte path, 380 the element-wise one.
     for (width, act) in [
         (96, Activation::Silu),
@@ -794,94 +796,101 @@ fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
         eprintln!("{what}: value {ev:.2e}, gradient {eg:.2e}");
         assert!(ev < bound && eg < bound, "{what}: {ev} {eg}");
     }
-    // The vocabulary loss per row.
-    let logits = var(&[6, 300], 12, &dev);
-    let targets = [0u32, 299, 17, 150, 3, 42];
-    let on_device = Tensor::new(&targets, &dev).unwrap();
-    let (ev, eg) = compare(
-        &[&logits],
-        |xs| {
-            fused_row_nll(&(&xs[0] * 4.0).unwrap(), &targets, &on_device)
-                .unwrap()
-                .unwrap()
-        },
-        |xs| {
-            let logp = candle_nn::ops::log_softmax(&(&xs[0] * 4.0).unwrap(), D::Minus1).unwrap();
-            let t = Tensor::new(&targets, &dev).unwrap().unsqueeze(1).unwrap();
-            logp.gather(&t, 1)
-                .unwrap()
-                .squeeze(1)
-                .unwrap()
-                .neg()
-                .unwrap()
-        },
-    );
-    eprintln!("row nll: value {ev:.2e}, gradient {eg:.2e}");
-    assert!(ev < bound && eg < bound, "row nll: {ev} {eg}");
-    // Heads split from a projection, rotated in both pairings, and not rotated.
-    let (hb, ht, hn, hd) = (2, 5, 3, 8);
-    let proj = var(&[hb, ht, hn * hd], 13, &dev);
-    let angles = (var(&[hb, 1, ht, hd / 2], 14, &dev)
-        .as_tensor()
-        .to_dtype(DType::F32)
-        .unwrap()
-        * 3.0)
-        .unwrap();
-    let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
-    let (cos16, sin16) = (
-        cos.to_dtype(DType::BF16).unwrap(),
-        sin.to_dtype(DType::BF16).unwrap(),
-    );
-    // The tables as the kernel sees them (bf16), for the f32 reference too.
-    let (cosr, sinr) = (
-        cos16.to_dtype(DType::F32).unwrap(),
-        sin16.to_dtype(DType::F32).unwrap(),
-    );
-    for rotary in [None, Some(false), Some(true)] {
+    // The vocabulary loss per row: 304 columns take the kernels' 16-byte path, 300 the element-wise one; targets
+    // at both ends of a row.
+    for cols in [304u32, 300] {
+        let logits = var(&[6, cols as usize], 12, &dev);
+        let targets = [0u32, cols - 1, 17, 150, 3, 42];
+        let on_device = Tensor::new(&targets, &dev).unwrap();
         let (ev, eg) = compare(
-            &[&proj],
+            &[&logits],
             |xs| {
-                let tables = rotary.map(|il| (&cos16, &sin16, il));
-                fused_split_heads(&xs[0], hn, hd, tables).unwrap().unwrap()
-            },
-            |xs| {
-                let y = xs[0]
-                    .reshape((hb, ht, hn, hd))
+                fused_row_nll(&(&xs[0] * 4.0).unwrap(), &targets, &on_device)
                     .unwrap()
-                    .transpose(1, 2)
-                    .unwrap();
-                let y = y.contiguous().unwrap();
-                let Some(interleaved) = rotary else { return y };
-                let (c, s) = (&cosr, &sinr);
-                let (x0, x1) = if interleaved {
-                    let y = y.reshape((hb, hn, ht, hd / 2, 2)).unwrap();
-                    (
-                        y.narrow(4, 0, 1).unwrap().squeeze(4).unwrap(),
-                        y.narrow(4, 1, 1).unwrap().squeeze(4).unwrap(),
-                    )
-                } else {
-                    (
-                        y.narrow(3, 0, hd / 2).unwrap(),
-                        y.narrow(3, hd / 2, hd / 2).unwrap(),
-                    )
-                };
-                let r0 = (x0.broadcast_mul(c).unwrap() - x1.broadcast_mul(s).unwrap()).unwrap();
-                let r1 = (x0.broadcast_mul(s).unwrap() + x1.broadcast_mul(c).unwrap()).unwrap();
-                if interleaved {
-                    Tensor::stack(&[r0, r1], 4)
-                        .unwrap()
-                        .reshape((hb, hn, ht, hd))
-                        .unwrap()
-                } else {
-                    Tensor::cat(&[r0, r1], 3).unwrap()
-                }
+                    .unwrap()
+            },
+            |xs| {
+                let logp =
+                    candle_nn::ops::log_softmax(&(&xs[0] * 4.0).unwrap(), D::Minus1).unwrap();
+                let t = Tensor::new(&targets, &dev).unwrap().unsqueeze(1).unwrap();
+                logp.gather(&t, 1)
+                    .unwrap()
+                    .squeeze(1)
+                    .unwrap()
+                    .neg()
+                    .unwrap()
             },
         );
-        eprintln!("split heads {rotary:?}: value {ev:.2e}, gradient {eg:.2e}");
-        assert!(
-            ev < bound && eg < bound,
-            "split heads {rotary:?}: {ev} {eg}"
+        eprintln!("row nll x{cols}: value {ev:.2e}, gradient {eg:.2e}");
+        assert!(ev < bound && eg < bound, "row nll x{cols}: {ev} {eg}");
+    }
+    // Heads split from a projection, rotated in both pairings, and not rotated: a head size of 32 takes the
+    // 16-byte kernel, 8 the pair-a-thread one.
+    for hd in [32, 8] {
+        let (hb, ht, hn) = (2, 5, 3);
+        let proj = var(&[hb, ht, hn * hd], 13, &dev);
+        let angles = (var(&[hb, 1, ht, hd / 2], 14, &dev)
+            .as_tensor()
+            .to_dtype(DType::F32)
+            .unwrap()
+            * 3.0)
+            .unwrap();
+        let (cos, sin) = (angles.cos().unwrap(), angles.sin().unwrap());
+        let (cos16, sin16) = (
+            cos.to_dtype(DType::BF16).unwrap(),
+            sin.to_dtype(DType::BF16).unwrap(),
         );
+        // The tables as the kernel sees them (bf16), for the f32 reference too.
+        let (cosr, sinr) = (
+            cos16.to_dtype(DType::F32).unwrap(),
+            sin16.to_dtype(DType::F32).unwrap(),
+        );
+        for rotary in [None, Some(false), Some(true)] {
+            let (ev, eg) = compare(
+                &[&proj],
+                |xs| {
+                    let tables = rotary.map(|il| (&cos16, &sin16, il));
+                    fused_split_heads(&xs[0], hn, hd, tables).unwrap().unwrap()
+                },
+                |xs| {
+                    let y = xs[0]
+                        .reshape((hb, ht, hn, hd))
+                        .unwrap()
+                        .transpose(1, 2)
+                        .unwrap();
+                    let y = y.contiguous().unwrap();
+                    let Some(interleaved) = rotary else { return y };
+                    let (c, s) = (&cosr, &sinr);
+                    let (x0, x1) = if interleaved {
+                        let y = y.reshape((hb, hn, ht, hd / 2, 2)).unwrap();
+                        (
+                            y.narrow(4, 0, 1).unwrap().squeeze(4).unwrap(),
+                            y.narrow(4, 1, 1).unwrap().squeeze(4).unwrap(),
+                        )
+                    } else {
+                        (
+                            y.narrow(3, 0, hd / 2).unwrap(),
+                            y.narrow(3, hd / 2, hd / 2).unwrap(),
+                        )
+                    };
+                    let r0 = (x0.broadcast_mul(c).unwrap() - x1.broadcast_mul(s).unwrap()).unwrap();
+                    let r1 = (x0.broadcast_mul(s).unwrap() + x1.broadcast_mul(c).unwrap()).unwrap();
+                    if interleaved {
+                        Tensor::stack(&[r0, r1], 4)
+                            .unwrap()
+                            .reshape((hb, hn, ht, hd))
+                            .unwrap()
+                    } else {
+                        Tensor::cat(&[r0, r1], 3).unwrap()
+                    }
+                },
+            );
+            eprintln!("split heads d{hd} {rotary:?}: value {ev:.2e}, gradient {eg:.2e}");
+            assert!(
+                ev < bound && eg < bound,
+                "split heads d{hd} {rotary:?}: {ev} {eg}"
+            );
+        }
     }
 }
 

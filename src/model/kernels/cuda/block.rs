@@ -98,7 +98,7 @@ impl BlockOp {
         let dhn2 = back(UP, &hn2, &dup, Some(&dhn2))?;
         drop((dup, hn2));
         let (w2, eps2) = &self.norms[1];
-        let dx1 = (fused::rms_norm_backward(&x1, w2, &dhn2, *eps2)? + &g2)?;
+        let dx1 = fused::rms_norm_backward(&x1, w2, &dhn2, *eps2, Some(&g2))?;
         drop((dhn2, x1, g2));
         let dattn = back(O, &attn, &dx1, None)?;
         let (dq, dk, dv) = flash::backward((&q, &k, &v), (&attn, &lse), &dattn, &self.attention)?;
@@ -112,7 +112,7 @@ impl BlockOp {
         drop(hn);
         let (w1, eps1) = &self.norms[0];
         let x2 = x.reshape((n, d))?;
-        let dx = (fused::rms_norm_backward(&x2, w1, &dhn, *eps1)? + dx1)?;
+        let dx = fused::rms_norm_backward(&x2, w1, &dhn, *eps1, Some(&dx1))?;
         grad_carrier::deliver(&self.grads, grads)?;
         dx.reshape(x.shape())
     }

@@ -1,10 +1,13 @@
 //! The vocabulary loss on CUDA: each row's negative log-likelihood straight from bf16 logits in one kernel,
-//! and its gradient `softmax - onehot` in one more. candle's log-softmax composition sweeps the
-//! `[rows, vocab]` logits about twenty times in f32 (a third of a step's kernel time at 128k vocabularies).
+//! and its gradient `softmax - onehot` in one more, each a single pass over the logits. candle's log-softmax
+//! composition sweeps the `[rows, vocab]` logits about twenty times in f32 (a third of a step's kernel time at
+//! 128k vocabularies).
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
+};
 use cudarc::driver::PushKernelArg;
 use half::bf16;
 
@@ -66,15 +69,22 @@ impl CustomOp2 for RowNll {
         &self,
         logits: &Tensor,
         targets: &Tensor,
-        _nll: &Tensor,
+        nll: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dl = logits.apply_op3_no_bwd(targets, &g.contiguous()?, &RowNllBackward)?;
+        let op = RowNllBackward {
+            nll: nll.contiguous()?,
+        };
+        let dl = logits.apply_op3_no_bwd(targets, &g.contiguous()?, &op)?;
         Ok((Some(dl), None))
     }
 }
 
-struct RowNllBackward;
+/// The gradient in one pass over the logits: the forward's `nll` gives each row's log-sum-exp back.
+struct RowNllBackward {
+    /// The forward's `[rows]` f32 output.
+    nll: Tensor,
+}
 
 impl CustomOp3 for RowNllBackward {
     fn name(&self) -> &'static str {
@@ -97,12 +107,25 @@ impl CustomOp3 for RowNllBackward {
         let lv = view::<bf16>(l, ll, "logits")?;
         let tv = view::<u32>(t, tl, "targets")?;
         let gv = view::<f32>(g, gl, "grad")?;
+        let (ns, nl) = self.nll.storage_and_layout();
+        let Storage::Cuda(ns) = &*ns else {
+            candle_core::bail!("row-nll-backward: the losses are not on a CUDA device")
+        };
+        let nv = view::<f32>(ns, nl, "nll")?;
+        if nv.len() != rows || gv.len() != rows {
+            candle_core::bail!(
+                "row-nll-backward: {} losses, {} gradients for {rows} rows",
+                nv.len(),
+                gv.len()
+            )
+        }
         // SAFETY: the kernel writes every element.
         let out = unsafe { dev.alloc::<bf16>(rows * cols) }?;
         let func = dev.get_or_load_custom_func("row_nll_backward_bf16", MODULE, PTX)?;
         let mut b = func.builder();
-        b.arg(&lv).arg(&tv).arg(&gv).arg(&out).arg(&cols);
-        // SAFETY: argument types and counts match row_nll_backward_bf16 in fused.cu.
+        b.arg(&lv).arg(&tv).arg(&nv).arg(&gv).arg(&out).arg(&cols);
+        // SAFETY: argument types and counts match row_nll_backward_bf16 in fused.cu; a loss and a gradient per
+        // row (checked above), targets checked < cols by `row_nll`.
         unsafe { b.launch(rows_config(rows, cols)) }.w()?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), ll.shape().clone()))
     }

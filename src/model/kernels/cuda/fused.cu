@@ -56,35 +56,104 @@ __device__ float block_max(float v) {
   return warp_max(v);
 }
 
+#define ALIGNED16(p) ((((uintptr_t)(p)) & 15) == 0)
+
+__device__ __forceinline__ void load8f(const float *src, float out[8]) {
+  float4 a = *reinterpret_cast<const float4 *>(src), b = *reinterpret_cast<const float4 *>(src + 4);
+  out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w, out[4] = b.x, out[5] = b.y, out[6] = b.z, out[7] = b.w;
+}
+
+// Whether a row kernel takes its 16-byte path: rows of a multiple of 8 values from 16-byte aligned bases (each
+// thread then takes runs of 8 values, strided by 8 * blockDim.x; otherwise single values, strided by blockDim.x).
+#define ROWS16(cols, a, b, c) ((cols) % 8 == 0 && ALIGNED16(a) && ALIGNED16(b) && ALIGNED16(c))
+
 // y = x / sqrt(mean(x^2) + eps) * w per row; w f32 (Gemma's 1 + w already folded in).
 extern "C" __global__ void rms_norm_bf16(const bf16 *x, const float *w, bf16 *y, size_t cols, float eps) {
   const bf16 *xr = x + blockIdx.x * cols;
+  bf16 *yr = y + blockIdx.x * cols;
+  const bool wide = ROWS16(cols, x, w, y);
   float ss = 0.0f;
-  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) {
-    float v = __bfloat162float(xr[j]);
-    ss += v * v;
+  if (wide) {
+    for (size_t j = threadIdx.x * 8; j < cols; j += blockDim.x * 8) {
+      float v[8];
+      load8(xr + j, v);
+#pragma unroll
+      for (int k = 0; k < 8; k++) ss += v[k] * v[k];
+    }
+  } else {
+    for (size_t j = threadIdx.x; j < cols; j += blockDim.x) {
+      float v = __bfloat162float(xr[j]);
+      ss += v * v;
+    }
   }
   float r = rsqrtf(block_sum(ss) / (float)cols + eps);
-  for (size_t j = threadIdx.x; j < cols; j += blockDim.x)
-    y[blockIdx.x * cols + j] = __float2bfloat16(__bfloat162float(xr[j]) * r * w[j]);
+  if (wide) {
+    for (size_t j = threadIdx.x * 8; j < cols; j += blockDim.x * 8) {
+      float v[8], wv[8];
+      load8(xr + j, v);
+      load8f(w + j, wv);
+#pragma unroll
+      for (int k = 0; k < 8; k++) v[k] = v[k] * r * wv[k];
+      store8(yr + j, v);
+    }
+  } else {
+    for (size_t j = threadIdx.x; j < cols; j += blockDim.x)
+      yr[j] = __float2bfloat16(__bfloat162float(xr[j]) * r * w[j]);
+  }
 }
 
-// The norm's input gradient (its weight is frozen): dx = r * (g w - xhat * mean(g w xhat)), xhat = x r.
-extern "C" __global__ void rms_norm_backward_bf16(const bf16 *x, const float *w, const bf16 *grad, bf16 *dx,
-                                                  size_t cols, float eps) {
-  const bf16 *xr = x + blockIdx.x * cols;
-  const bf16 *g = grad + blockIdx.x * cols;
+// The norm's input gradient (its weight is frozen): dx = r * (g w - xhat * mean(g w xhat)), xhat = x r, plus
+// `add` (another gradient of the same input, such as the residual stream's) when add_given is set, summed in f32
+// before the one rounding to bf16.
+extern "C" __global__ void rms_norm_backward_bf16(const bf16 *x, const float *w, const bf16 *grad, const bf16 *add,
+                                                  int add_given, bf16 *dx, size_t cols, float eps) {
+  const size_t base = blockIdx.x * cols;
+  const bf16 *xr = x + base, *g = grad + base, *ar = add + base;
+  bf16 *dr = dx + base;
+  const bool wide = ROWS16(cols, x, w, grad) && ALIGNED16(add) && ALIGNED16(dx);
   float ss = 0.0f, dot = 0.0f;
-  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) {
-    float v = __bfloat162float(xr[j]);
-    ss += v * v;
-    dot += __bfloat162float(g[j]) * w[j] * v;
+  if (wide) {
+    for (size_t j = threadIdx.x * 8; j < cols; j += blockDim.x * 8) {
+      float v[8], gv[8], wv[8];
+      load8(xr + j, v);
+      load8(g + j, gv);
+      load8f(w + j, wv);
+#pragma unroll
+      for (int k = 0; k < 8; k++) {
+        ss += v[k] * v[k];
+        dot += gv[k] * wv[k] * v[k];
+      }
+    }
+  } else {
+    for (size_t j = threadIdx.x; j < cols; j += blockDim.x) {
+      float v = __bfloat162float(xr[j]);
+      ss += v * v;
+      dot += __bfloat162float(g[j]) * w[j] * v;
+    }
   }
   float r = rsqrtf(block_sum(ss) / (float)cols + eps);
   float mean_dot = block_sum(dot) * r / (float)cols;
-  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) {
-    float xhat = __bfloat162float(xr[j]) * r;
-    dx[blockIdx.x * cols + j] = __float2bfloat16(r * (__bfloat162float(g[j]) * w[j] - xhat * mean_dot));
+  if (wide) {
+    for (size_t j = threadIdx.x * 8; j < cols; j += blockDim.x * 8) {
+      float v[8], gv[8], wv[8], av[8];
+      load8(xr + j, v);
+      load8(g + j, gv);
+      load8f(w + j, wv);
+      if (add_given) load8(ar + j, av);
+#pragma unroll
+      for (int k = 0; k < 8; k++) {
+        v[k] = r * (gv[k] * wv[k] - v[k] * r * mean_dot);
+        if (add_given) v[k] += av[k];
+      }
+      store8(dr + j, v);
+    }
+  } else {
+    for (size_t j = threadIdx.x; j < cols; j += blockDim.x) {
+      float xhat = __bfloat162float(xr[j]) * r;
+      float d = r * (__bfloat162float(g[j]) * w[j] - xhat * mean_dot);
+      if (add_given) d += __bfloat162float(ar[j]);
+      dr[j] = __float2bfloat16(d);
+    }
   }
 }
 
@@ -103,8 +172,6 @@ __device__ __forceinline__ float act_value(float g, int activation, float *deriv
   *deriv = 0.5f * (1.0f + th) + 0.5f * g * (1.0f - th * th) * GELU_C * (1.0f + 3.0f * GELU_K * g * g);
   return 0.5f * g * (1.0f + th);
 }
-
-#define ALIGNED16(p) ((((uintptr_t)(p)) & 15) == 0)
 
 // out = act(gate) * up, elementwise over n values; thread c takes values [8c, 8c + 8).
 extern "C" __global__ void gated_bf16(const bf16 *gate, const bf16 *up, bf16 *out, size_t n, int activation) {
@@ -154,35 +221,65 @@ extern "C" __global__ void gated_backward_bf16(const bf16 *gate, const bf16 *up,
   }
 }
 
+// Folds value v into a running (maximum m, sum s of exp(value - m)).
+__device__ __forceinline__ void online_add(float v, float &m, float &s) {
+  if (v > m) {
+    s = s * __expf(m - v) + 1.0f;
+    m = v;
+  } else {
+    s += __expf(v - m);
+  }
+}
+
 // Negative log-likelihood of each row's target under softmax(logits): nll[row] = logsumexp - logit[target].
+// One pass over the row: each thread keeps a running maximum and its sum of exponentials, merged at the end.
 extern "C" __global__ void row_nll_bf16(const bf16 *logits, const uint32_t *targets, float *nll, size_t cols) {
   size_t row = blockIdx.x;
   const bf16 *l = logits + row * cols;
-  float mx = -INFINITY;
-  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) mx = fmaxf(mx, __bfloat162float(l[j]));
-  mx = block_max(mx);
-  float sum = 0.0f;
-  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) sum += __expf(__bfloat162float(l[j]) - mx);
-  sum = block_sum(sum);
+  float m = -INFINITY, s = 0.0f;
+  if (cols % 8 == 0 && ALIGNED16(logits)) {
+    for (size_t j = threadIdx.x * 8; j < cols; j += blockDim.x * 8) {
+      float v[8];
+      load8(l + j, v);
+      float top = v[0];
+#pragma unroll
+      for (int k = 1; k < 8; k++) top = fmaxf(top, v[k]);
+      if (top > m) {
+        s *= __expf(m - top);
+        m = top;
+      }
+#pragma unroll
+      for (int k = 0; k < 8; k++) s += __expf(v[k] - m);
+    }
+  } else {
+    for (size_t j = threadIdx.x; j < cols; j += blockDim.x) online_add(__bfloat162float(l[j]), m, s);
+  }
+  float mx = block_max(m);
+  float sum = block_sum(m == -INFINITY ? 0.0f : s * __expf(m - mx));
   if (threadIdx.x == 0) nll[row] = mx + logf(sum) - __bfloat162float(l[targets[row]]);
 }
 
-// Its gradient: dlogits = (softmax(logits) - onehot(target)) * grad[row].
-extern "C" __global__ void row_nll_backward_bf16(const bf16 *logits, const uint32_t *targets, const float *grad,
-                                                 bf16 *dx, size_t cols) {
+// Its gradient: dlogits = (softmax(logits) - onehot(target)) * grad[row], in one pass over the row: the
+// forward's nll gives the log-sum-exp back as nll + logit[target].
+extern "C" __global__ void row_nll_backward_bf16(const bf16 *logits, const uint32_t *targets, const float *nll,
+                                                 const float *grad, bf16 *dx, size_t cols) {
   size_t row = blockIdx.x;
   const bf16 *l = logits + row * cols;
-  float mx = -INFINITY;
-  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) mx = fmaxf(mx, __bfloat162float(l[j]));
-  mx = block_max(mx);
-  float sum = 0.0f;
-  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) sum += __expf(__bfloat162float(l[j]) - mx);
-  float inv = 1.0f / block_sum(sum);
-  float g = grad[row];
+  bf16 *d = dx + row * cols;
   size_t target = targets[row];
-  for (size_t j = threadIdx.x; j < cols; j += blockDim.x) {
-    float p = __expf(__bfloat162float(l[j]) - mx) * inv;
-    dx[row * cols + j] = __float2bfloat16((p - (j == target ? 1.0f : 0.0f)) * g);
+  float lse = nll[row] + __bfloat162float(l[target]);
+  float g = grad[row];
+  if (cols % 8 == 0 && ALIGNED16(logits) && ALIGNED16(dx)) {
+    for (size_t j = threadIdx.x * 8; j < cols; j += blockDim.x * 8) {
+      float v[8];
+      load8(l + j, v);
+#pragma unroll
+      for (int k = 0; k < 8; k++) v[k] = (__expf(v[k] - lse) - (j + k == target ? 1.0f : 0.0f)) * g;
+      store8(d + j, v);
+    }
+  } else {
+    for (size_t j = threadIdx.x; j < cols; j += blockDim.x)
+      d[j] = __float2bfloat16((__expf(__bfloat162float(l[j]) - lse) - (j == target ? 1.0f : 0.0f)) * g);
   }
 }
 
@@ -214,6 +311,59 @@ extern "C" __global__ void heads_rope_bf16(const bf16 *src, bf16 *dst, const bf1
     dst[to + i0] = src[from + i0];
     dst[to + i1] = src[from + i1];
   }
+}
+
+// heads_rope_bf16 eight rotary pairs a thread, for d a multiple of 16 and every operand 16-byte aligned: the
+// thread takes pairs [i, i + 8) of one row (i a multiple of 8), that is values [i, i + 8) and [half + i, half + i
+// + 8) of the row (HF pairing) or values [2i, 2i + 16) (interleaved), and cos and sin [i, i + 8): 16-byte loads
+// and stores, and an eighth of the index arithmetic. Same arithmetic per pair as heads_rope_bf16.
+extern "C" __global__ void heads_rope8_bf16(const bf16 *src, bf16 *dst, const bf16 *cos, const bf16 *sin, size_t b,
+                                            size_t t, size_t n, size_t d, int rope, int interleaved, float sign,
+                                            int to_heads) {
+  size_t half = d / 2, groups = half / 8;
+  size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  if (idx >= b * n * t * groups) return;
+  size_t i = (idx % groups) * 8, r = idx / groups;
+  size_t ti = r % t;
+  r /= t;
+  size_t ni = r % n, bi = r / n;
+  size_t heads_base = ((bi * n + ni) * t + ti) * d;
+  size_t seq_base = ((bi * t + ti) * n + ni) * d;
+  size_t from = to_heads ? seq_base : heads_base, to = to_heads ? heads_base : seq_base;
+  size_t a0 = interleaved ? 2 * i : i, a1 = interleaved ? 2 * i + 8 : i + half;
+  const uint4 *s0 = reinterpret_cast<const uint4 *>(src + from + a0), *s1 = reinterpret_cast<const uint4 *>(src + from + a1);
+  uint4 *d0 = reinterpret_cast<uint4 *>(dst + to + a0), *d1 = reinterpret_cast<uint4 *>(dst + to + a1);
+  if (!rope) {
+    *d0 = *s0;
+    *d1 = *s1;
+    return;
+  }
+  float x[16], c[8], sn[8];
+  load8(src + from + a0, x);
+  load8(src + from + a1, x + 8);
+  size_t at = (bi * t + ti) * half + i;
+  load8(cos + at, c);
+  load8(sin + at, sn);
+  // Pair k: values (2k, 2k + 1) of the sixteen when interleaved, (k, 8 + k) otherwise (two loops, so that every
+  // register index is a constant).
+  float y[16];
+  if (interleaved) {
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+      float x0 = x[2 * k], x1 = x[2 * k + 1], sk = sign * sn[k];
+      y[2 * k] = x0 * c[k] - x1 * sk;
+      y[2 * k + 1] = x0 * sk + x1 * c[k];
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+      float x0 = x[k], x1 = x[8 + k], sk = sign * sn[k];
+      y[k] = x0 * c[k] - x1 * sk;
+      y[8 + k] = x0 * sk + x1 * c[k];
+    }
+  }
+  store8(dst + to + a0, y);
+  store8(dst + to + a1, y + 8);
 }
 
 // AdamW in place. Moments mv = [m (n values), v (n values)] take the gradient g; then the parameter p steps:

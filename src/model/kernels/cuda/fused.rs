@@ -5,7 +5,9 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::WrapErr;
-use candle_core::{CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
+};
 use cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
 use half::bf16;
 
@@ -105,21 +107,47 @@ impl CustomOp2 for RmsNorm {
         _y: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let dx = x.apply_op3_no_bwd(w, &g.contiguous()?, &RmsNormBackward(*self))?;
+        let op = RmsNormBackward {
+            norm: *self,
+            add: None,
+        };
+        let dx = x.apply_op3_no_bwd(w, &g.contiguous()?, &op)?;
         Ok((Some(dx), None))
     }
 }
 
-/// The gradient of [`rms_norm`]'s input `x` for its output's gradient `g`.
-pub fn rms_norm_backward(x: &Tensor, weight: &Tensor, g: &Tensor, eps: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op3_no_bwd(
-        &weight.contiguous()?,
-        &g.contiguous()?,
-        &RmsNormBackward(RmsNorm { eps: eps as f32 }),
-    )
+/// The gradient of [`rms_norm`]'s input `x` for its output's gradient `g`, plus `add` (bf16, `x`'s shape:
+/// another gradient of the same input) when given, summed in the same kernel.
+pub fn rms_norm_backward(
+    x: &Tensor,
+    weight: &Tensor,
+    g: &Tensor,
+    eps: f64,
+    add: Option<&Tensor>,
+) -> Result<Tensor> {
+    let add = match add {
+        Some(a) if a.dims() != x.dims() || a.dtype() != DType::BF16 => candle_core::bail!(
+            "rms-norm-backward: a {:?} {:?} sum for x {:?}",
+            a.dims(),
+            a.dtype(),
+            x.dims()
+        ),
+        Some(a) => Some(a.contiguous()?),
+        None => None,
+    };
+    let op = RmsNormBackward {
+        norm: RmsNorm { eps: eps as f32 },
+        add,
+    };
+    x.contiguous()?
+        .apply_op3_no_bwd(&weight.contiguous()?, &g.contiguous()?, &op)
 }
 
-struct RmsNormBackward(RmsNorm);
+struct RmsNormBackward {
+    norm: RmsNorm,
+    /// A contiguous bf16 tensor of x's shape added to the gradient.
+    add: Option<Tensor>,
+}
 
 impl CustomOp3 for RmsNormBackward {
     fn name(&self) -> &'static str {
@@ -143,17 +171,28 @@ impl CustomOp3 for RmsNormBackward {
         let xv = view::<bf16>(x, xl, "x")?;
         let wv = view::<f32>(w, wl, "weight")?;
         let gv = view::<bf16>(g, gl, "grad")?;
+        let held = self.add.as_ref().map(|a| a.storage_and_layout());
+        let added = match &held {
+            Some((s, l)) => match &**s {
+                Storage::Cuda(c) => Some(view::<bf16>(c, l, "add")?),
+                _ => candle_core::bail!("rms-norm-backward: the sum is not on a CUDA device"),
+            },
+            None => None,
+        };
         // SAFETY: the kernel writes every element.
         let out = unsafe { dev.alloc::<bf16>(rows * cols) }?;
         let func = dev.get_or_load_custom_func("rms_norm_backward_bf16", MODULE, PTX)?;
+        let add_given = added.is_some() as i32;
         let mut b = func.builder();
-        b.arg(&xv)
-            .arg(&wv)
-            .arg(&gv)
-            .arg(&out)
-            .arg(&cols)
-            .arg(&self.0.eps);
-        // SAFETY: argument types and counts match rms_norm_backward_bf16 in fused.cu.
+        b.arg(&xv).arg(&wv).arg(&gv);
+        // Without a sum the kernel does not read it: the gradient stands in.
+        match &added {
+            Some(a) => b.arg(a),
+            None => b.arg(&gv),
+        };
+        b.arg(&add_given).arg(&out).arg(&cols).arg(&self.norm.eps);
+        // SAFETY: argument types and counts match rms_norm_backward_bf16 in fused.cu; the sum, when given, has
+        // x's element count (checked by `rms_norm_backward`).
         unsafe { b.launch(rows_config(rows, cols)) }.w()?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()))
     }

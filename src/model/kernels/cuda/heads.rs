@@ -90,7 +90,19 @@ impl CustomOp1 for Heads {
         }
         let sign = if self.to_heads { 1f32 } else { -1f32 };
         let to_heads = self.to_heads as i32;
-        let func = dev.get_or_load_custom_func("heads_rope_bf16", MODULE, PTX)?;
+        // Eight pairs a thread (16-byte accesses) where d is a multiple of 16 and every view starts at a multiple
+        // of 8 values (allocations are 256-byte aligned); a pair a thread otherwise.
+        let aligned = |l: &Layout| l.start_offset().is_multiple_of(8);
+        let tables_aligned = match &tables {
+            Some(((_, cl), (_, sl))) => aligned(cl) && aligned(sl),
+            None => true,
+        };
+        let wide = d.is_multiple_of(16) && aligned(xl) && tables_aligned;
+        let (kernel, threads) = match wide {
+            true => ("heads_rope8_bf16", count / 16),
+            false => ("heads_rope_bf16", count / 2),
+        };
+        let func = dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
         let mut builder = func.builder();
         builder.arg(&xv).arg(&out);
         // Without rotation the tables are not read: x stands in for them.
@@ -104,8 +116,9 @@ impl CustomOp1 for Heads {
             .arg(&interleaved)
             .arg(&sign)
             .arg(&to_heads);
-        // SAFETY: argument types and counts match heads_rope_bf16 in fused.cu; sizes checked above.
-        unsafe { builder.launch(LaunchConfig::for_num_elems((count / 2) as u32)) }.w()?;
+        // SAFETY: argument types and counts match heads_rope_bf16 and heads_rope8_bf16 in fused.cu; sizes checked
+        // above, and the 16-byte kernel's alignment.
+        unsafe { builder.launch(LaunchConfig::for_num_elems(threads as u32)) }.w()?;
         let shape = if self.to_heads {
             Shape::from((b, n, t, d))
         } else {
