@@ -28,9 +28,10 @@ pub(super) struct Projection {
     /// The dequantized weight `[out, in]`, when it was dequantized whole and not yet released
     /// ([`Self::release_weight`]).
     dequantized: Option<Tensor>,
-    /// `s dropout(x) A^T` `[rows, r]` (f32): B's gradient is `(mid^T g)^T`.
+    /// `s dropout(x) A^T` `[rows, r]` as `lowrank::project`'s bf16 parts `[rows, 3, r]`: B's gradient is
+    /// `(mid^T g)^T`.
     mid: Tensor,
-    /// A `[r, in]` and `B^T` `[r, out]`, detached.
+    /// A `[r, in]` and `B^T` `[r, out]` (a transposed view of B), detached.
     a: Tensor,
     b_t: Tensor,
     scale: f64,
@@ -73,7 +74,7 @@ impl Projection {
             dequantized: None,
             mid,
             a,
-            b_t: adapter.b.detach().t()?.contiguous()?,
+            b_t: adapter.b.detach().t()?,
             scale: adapter.scale,
             dropout: adapter.dropout,
         })
@@ -151,9 +152,9 @@ impl Projection {
     ) -> Result<(Tensor, Tensor, Tensor)> {
         let in_f = self.a.dim(1)?;
         let g2 = g2.contiguous()?;
-        let db = reduce(&self.mid, &g2)?.t()?.contiguous()?;
+        let db = reduce(&self.mid, &g2, true)?;
         let gm = project(&g2, &self.b_t, self.scale)?;
-        let da = reduce(&gm, &adapter_input(x2, in_f, self.dropout.as_ref())?)?;
+        let da = reduce(&gm, &adapter_input(x2, in_f, self.dropout.as_ref())?, false)?;
         // Released (or never whole): `dequantize_whole` decides by the weight's size alone, so it gives the
         // weight back exactly when the forward had it whole.
         let dequantized = match &self.dequantized {
@@ -253,12 +254,12 @@ fn few_rows(x2: &Tensor, base: &FrozenLinear, adapter: &Adapter) -> Result<Optio
         return Ok(None);
     };
     let (_, mid) = rank_wide(x2, adapter)?;
-    let b_t = adapter.b.detach().t()?.contiguous()?;
+    let b_t = adapter.b.detach().t()?;
     expand(Base::Add(&frozen), &mid, &b_t).map(Some)
 }
 
 /// The adapter's A `[r, in]` (detached, contiguous) and the rank-wide intermediate `s dropout(x2) A^T`
-/// `[rows, r]` (f32) for bf16 `x2` `[rows, in]`.
+/// `[rows, r]` (as `lowrank::project`'s parts) for bf16 `x2` `[rows, in]`.
 fn rank_wide(x2: &Tensor, adapter: &Adapter) -> Result<(Tensor, Tensor)> {
     let in_f = adapter.a.dim(1)?;
     let a = adapter.a.detach().contiguous()?;

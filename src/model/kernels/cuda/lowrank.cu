@@ -1,4 +1,4 @@
-// LoRA's rank-r products run on cuBLAS's bf16 tensor cores (lowrank.rs); the first two kernels prepare and
+// LoRA's rank-r products run on cuBLAS's bf16 tensor cores (lowrank.rs); the first four kernels prepare and
 // finish them, the last one starts a decoding step's few rows on its own (nf4.cu's few-row product finishes
 // them). An f32 operand v is split into bf16 parts hi = bf16(v) and lo = bf16(v - hi), 16 significant bits
 // together; cuBLAS multiplies the parts exactly and sums in f32.
@@ -31,6 +31,32 @@ extern "C" __global__ void fold_halves(const float *src, float *dst, size_t A, s
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
     size_t a = i / C, c = i % C;
     dst[i] = src[a * 2 * C + c] + src[a * 2 * C + C + c];
+  }
+}
+
+// dst [C, A] = src [2, A, C] summed over its first axis, transposed (B's gradient, made [r, out], in B's own
+// layout [out, r]).
+extern "C" __global__ void fold_halves_t(const float *src, float *dst, size_t A, size_t C) {
+  size_t total = A * C;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+    size_t c = i / A, a = i % A;
+    dst[i] = src[a * C + c] + src[total + a * C + c];
+  }
+}
+
+// dst [A, 3, C] bf16 from src [A, 2, C] f32: each sum v of the middle axis (a rank-wide product of the high and
+// the low parts) split at once for the next product, as (hi, lo, hi) with hi = bf16(v), lo = bf16(v - hi): the
+// left operand's parts of expand's three-part product, whose first two segments are also reduce's pair.
+extern "C" __global__ void fold_split_bf16(const float *src, bf16 *dst, size_t A, size_t C) {
+  size_t total = A * C;
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+    size_t a = i / C, c = i % C;
+    float v = src[a * 2 * C + c] + src[a * 2 * C + C + c];
+    bf16 hi = __float2bfloat16_rn(v);
+    bf16 *row = dst + a * 3 * C;
+    row[c] = hi;
+    row[C + c] = __float2bfloat16_rn(v - __bfloat162float(hi));
+    row[2 * C + c] = hi;
   }
 }
 

@@ -2,7 +2,10 @@
 //! bf16 already; each f32 operand (adapter weights, rank-wide intermediates) is split into a high and a low
 //! bf16 part (`lowrank.cu`), whose products cuBLAS forms exactly and sums in f32:
 //! `x A^T = x A_hi^T + x A_lo^T` (both parts side by side in one product, folded after) and
-//! `p L ~ p_hi L_hi + p_lo L_hi + p_hi L_lo` (three parts along the summed axis). No f32 copy of an
+//! `p L ~ p_hi L_hi + p_lo L_hi + p_hi L_lo` (three parts along the summed axis). A rank-wide intermediate
+//! `p` is only ever an operand of further products: [`project`] leaves it as those parts (`[m, 3, r]` bf16, split
+//! in the launch that folds the product), which [`expand`] and [`reduce`] take as they are. The adapter weights
+//! may be transposed views (B^T): the splits read them through their strides. No f32 copy of an
 //! activation is made, and the frozen product of a projection can share its output buffer ([`Base::Product`]).
 //! A decoding step's few rows take one plain f32 kernel instead ([`rows_project`]), whose result the NF4 few-row
 //! product finishes in its own launch.
@@ -81,14 +84,84 @@ fn split(
 
 /// `[a, c]` = `src` `[a, 2, c]` summed over its middle axis.
 fn fold(dev: &CudaDevice, src: &CudaSlice<f32>, a: usize, c: usize) -> Result<CudaSlice<f32>> {
-    // SAFETY: the kernel writes every element.
-    let out = unsafe { dev.alloc::<f32>(a * c) }?;
-    let func = dev.get_or_load_custom_func("fold_halves", MODULE, PTX)?;
+    fold_with::<f32>(dev, "fold_halves", src, a, c, 1)
+}
+
+/// `[c, a]` = `src` `[2, a, c]` summed over its first axis, transposed.
+fn fold_transposed(
+    dev: &CudaDevice,
+    src: &CudaSlice<f32>,
+    a: usize,
+    c: usize,
+) -> Result<CudaSlice<f32>> {
+    fold_with::<f32>(dev, "fold_halves_t", src, a, c, 1)
+}
+
+/// `[a, 3, c]` bf16: `src` `[a, 2, c]` summed over its middle axis and split into ([`LEFT_TRIPLE`]) parts.
+fn fold_split(
+    dev: &CudaDevice,
+    src: &CudaSlice<f32>,
+    a: usize,
+    c: usize,
+) -> Result<CudaSlice<bf16>> {
+    fold_with::<bf16>(dev, "fold_split_bf16", src, a, c, 3)
+}
+
+/// One of the fold kernels over `src` (`2 a c` values), writing `a c outs` values of `T`.
+fn fold_with<T: cudarc::driver::DeviceRepr>(
+    dev: &CudaDevice,
+    kernel: &str,
+    src: &CudaSlice<f32>,
+    a: usize,
+    c: usize,
+    outs: usize,
+) -> Result<CudaSlice<T>> {
+    // SAFETY: each kernel writes every element.
+    let out = unsafe { dev.alloc::<T>(a * c * outs) }?;
+    let func = dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
     let mut builder = func.builder();
     builder.arg(src).arg(&out).arg(&a).arg(&c);
-    // SAFETY: argument types and counts match fold_halves in lowrank.cu.
+    // SAFETY: argument types and counts match fold_halves, fold_halves_t and fold_split_bf16 in lowrank.cu
+    // (src, dst, A, C), with src `[2 A C]` and dst `[A C]`, `[C A]` and `[3 A C]` elements.
     unsafe { builder.launch(launch_config(a * c)) }.w()?;
     Ok(out)
+}
+
+/// The f32 elements of a 2-D operand (contiguous or a transposed view) from its layout's offset, and its
+/// two strides: what [`split`] reads it through.
+fn strided<'a>(
+    s: &'a CudaStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<(CudaView<'a, f32>, (usize, usize))> {
+    let (rows, cols) = l.shape().dims2()?;
+    let (s0, s1) = match l.stride() {
+        [s0, s1] => (*s0, *s1),
+        other => candle_core::bail!("lowrank: {what} has strides {other:?}"),
+    };
+    let start = l.start_offset();
+    let span = match rows * cols {
+        0 => 0,
+        _ => (rows - 1) * s0 + (cols - 1) * s1 + 1,
+    };
+    let all = s.as_cuda_slice::<f32>()?;
+    if start + span > all.len() {
+        candle_core::bail!("lowrank: {what} reaches past its storage")
+    }
+    Ok((all.slice(start..start + span), (s0, s1)))
+}
+
+/// The bf16 parts `[m, 3, r]` of a rank-wide operand (what [`project`] returns): `(m, r)` and its elements.
+fn rank_parts<'a>(
+    s: &'a CudaStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<((usize, usize), CudaView<'a, bf16>)> {
+    let (m, three, r) = l.shape().dims3()?;
+    if three != LEFT_TRIPLE.len() {
+        candle_core::bail!("lowrank: {what} {:?} is no [m, 3, r] of parts", l.dims())
+    }
+    Ok(((m, r), view::<bf16>(s, l, what)?))
 }
 
 /// One cuBLAS product in its column-major terms, `C = alpha op(A) op(B) + beta C` with `op(A)` `[m, k]` and
@@ -155,10 +228,10 @@ impl Gemm {
     }
 }
 
-/// `scale * x W^T`: x bf16 `[m, k]`, W f32 `[r, k]`, result f32 `[m, r]`.
+/// `scale * x W^T` for x bf16 `[m, k]` and W f32 `[r, k]` (any strides: B^T as a view serves), as the bf16
+/// parts `[m, 3, r]` that [`expand`] and [`reduce`] take (see the module's note).
 pub fn project(x: &Tensor, w: &Tensor, scale: f64) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op2_no_bwd(&w.contiguous()?, &Project(scale as f32))
+    x.contiguous()?.apply_op2_no_bwd(w, &Project(scale as f32))
 }
 
 struct Project(f32);
@@ -183,8 +256,9 @@ impl CustomOp2 for Project {
             candle_core::bail!("lowrank-project: x {:?} vs W {:?}", xl.dims(), wl.dims())
         }
         let dev = x.device().clone();
-        let (xv, wv) = (view::<bf16>(x, xl, "x")?, view::<f32>(w, wl, "W")?);
-        let parts = split(&dev, &wv, (1, r, k), (0, k, 1), &PAIR)?;
+        let xv = view::<bf16>(x, xl, "x")?;
+        let (wv, (sr, sk)) = strided(w, wl, "W")?;
+        let parts = split(&dev, &wv, (1, r, k), (0, sr, sk), &PAIR)?;
         // SAFETY: the product writes every element (beta = 0).
         let mut pair = unsafe { dev.alloc::<f32>(m * 2 * r) }?;
         Gemm {
@@ -195,17 +269,24 @@ impl CustomOp2 for Project {
             beta: 0.0,
         }
         .run(&dev, &parts, &xv, &mut pair, cudaDataType::CUDA_R_32F)?;
-        let out = fold(&dev, &pair, m, r)?;
-        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((m, r))))
+        let out = fold_split(&dev, &pair, m, r)?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(out, dev),
+            Shape::from((m, LEFT_TRIPLE.len(), r)),
+        ))
     }
 }
 
-/// `g^T x`: g f32 `[m, r]`, x bf16 `[m, k]`, result f32 `[r, k]` (a weight gradient summed over rows).
-pub fn reduce(g: &Tensor, x: &Tensor) -> Result<Tensor> {
-    g.contiguous()?.apply_op2_no_bwd(&x.contiguous()?, &Reduce)
+/// `g^T x` for g given as [`project`]'s parts `[m, 3, r]` and x bf16 `[m, k]`: f32 `[r, k]` (a weight
+/// gradient summed over rows), or `[k, r]` when `transposed` (B's gradient in B's layout).
+pub fn reduce(g: &Tensor, x: &Tensor, transposed: bool) -> Result<Tensor> {
+    g.contiguous()?
+        .apply_op2_no_bwd(&x.contiguous()?, &Reduce { transposed })
 }
 
-struct Reduce;
+struct Reduce {
+    transposed: bool,
+}
 
 impl CustomOp2 for Reduce {
     fn name(&self) -> &'static str {
@@ -221,26 +302,29 @@ impl CustomOp2 for Reduce {
         x: &CudaStorage,
         xl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let (m, r) = gl.shape().dims2()?;
+        let ((m, r), parts) = rank_parts(g, gl, "g")?;
         let (xm, k) = xl.shape().dims2()?;
         if xm != m {
             candle_core::bail!("lowrank-reduce: g {:?} vs x {:?}", gl.dims(), xl.dims())
         }
         let dev = g.device().clone();
-        let (gv, xv) = (view::<f32>(g, gl, "g")?, view::<bf16>(x, xl, "x")?);
-        let parts = split(&dev, &gv, (m, 1, r), (r, 0, 1), &PAIR)?;
+        let xv = view::<bf16>(x, xl, "x")?;
         // SAFETY: the product writes every element (beta = 0).
         let mut pair = unsafe { dev.alloc::<f32>(2 * r * k) }?;
+        // The parts' first two segments of each row, (hi, lo), are the pair this product takes.
         Gemm {
             trans: (false, true),
             mnk: (k, 2 * r, m),
-            ld: (k, 2 * r, k),
+            ld: (k, LEFT_TRIPLE.len() * r, k),
             alpha: 1.0,
             beta: 0.0,
         }
         .run(&dev, &xv, &parts, &mut pair, cudaDataType::CUDA_R_32F)?;
-        let out = fold(&dev, &pair, 1, r * k)?;
-        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((r, k))))
+        let (out, shape) = match self.transposed {
+            true => (fold_transposed(&dev, &pair, r, k)?, Shape::from((k, r))),
+            false => (fold(&dev, &pair, 1, r * k)?, Shape::from((r, k))),
+        };
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), shape))
     }
 }
 
@@ -339,9 +423,10 @@ pub enum Base<'a> {
     },
 }
 
-/// `base + p L` in bf16: p f32 `[m, r]`, L f32 `[r, o]`.
+/// `base + p L` in bf16: p as [`project`]'s parts `[m, 3, r]`, L f32 `[r, o]` (any strides: B^T as a view
+/// serves).
 pub fn expand(base: Base, p: &Tensor, l: &Tensor) -> Result<Tensor> {
-    let (p, l) = (p.contiguous()?, l.contiguous()?);
+    let p = p.contiguous()?;
     let held = |t: &Tensor| t.contiguous();
     let op = match base {
         Base::Zero => Expand::Zero,
@@ -353,7 +438,7 @@ pub fn expand(base: Base, p: &Tensor, l: &Tensor) -> Result<Tensor> {
             add: add.map(held).transpose()?,
         },
     };
-    p.apply_op2_no_bwd(&l, &op)
+    p.apply_op2_no_bwd(l, &op)
 }
 
 /// [`Base`] with its tensors held, as an op on `(p, L)`.
@@ -433,15 +518,14 @@ pub(super) fn expand_storage(
     (p, pl): (&CudaStorage, &Layout),
     (l, ll): (&CudaStorage, &Layout),
 ) -> Result<(CudaStorage, Shape)> {
-    let (m, r) = pl.shape().dims2()?;
+    let ((m, r), p_parts) = rank_parts(p, pl, "p")?;
     let (lr, o) = ll.shape().dims2()?;
     if lr != r {
         candle_core::bail!("lowrank-expand: p {:?} vs L {:?}", pl.dims(), ll.dims())
     }
     let dev = p.device().clone();
-    let (pv, lv) = (view::<f32>(p, pl, "p")?, view::<f32>(l, ll, "L")?);
-    let p_parts = split(&dev, &pv, (m, 1, r), (r, 0, 1), &LEFT_TRIPLE)?;
-    let l_parts = split(&dev, &lv, (1, r, o), (0, o, 1), &RIGHT_TRIPLE)?;
+    let (lv, (sr, so)) = strided(l, ll, "L")?;
+    let l_parts = split(&dev, &lv, (1, r, o), (0, sr, so), &RIGHT_TRIPLE)?;
     // SAFETY: written whole by the copy below or by the low-rank product (beta = 0).
     let mut out = unsafe { dev.alloc::<bf16>(m * o) }?;
     let added = match &base {
