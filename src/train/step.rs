@@ -202,7 +202,18 @@ impl Decoder {
                 let input = inputs.pop().ok_or_else(|| {
                     ModelError::Usage("a block's checkpointed input is missing".into())
                 })?;
-                let xin = Var::from_tensor(&input.to_device(&self.device)?)?;
+                let input = input.to_device(&self.device)?;
+                // The fused GPU block recomputes and goes back in one call, outside candle's autograd.
+                if let Some((dx, adapters)) = self.block_backward(i, &input, &ctx, &g)? {
+                    for (t, da, db) in adapters {
+                        grads.insert(peft_key(i, t, 'A'), da);
+                        grads.insert(peft_key(i, t, 'B'), db);
+                    }
+                    g = dx;
+                    timeline::mark(&self.device, || format!("block {i} backward"));
+                    continue;
+                }
+                let xin = Var::from_tensor(&input)?;
                 let out = self.block_forward(i, xin.as_tensor(), &ctx, None)?;
                 let store = backward_with(&out, &g)?;
                 self.collect_block_grads(i, &store, &mut grads);

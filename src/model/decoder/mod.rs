@@ -74,6 +74,9 @@ impl Block {
     }
 }
 
+/// A block's input gradient and each adapter's `(target, dA, dB)` ([`Decoder::block_backward`]).
+pub type BlockGrads = (Tensor, Vec<(Target, Tensor, Tensor)>);
+
 /// Per-forward inputs shared by all blocks: rope tables and masks.
 pub struct BlockContext {
     pub cos: Tensor,
@@ -257,6 +260,51 @@ impl Decoder {
         x: &Tensor,
         ctx: &BlockContext,
     ) -> Result<Option<Tensor>> {
+        self.with_block_parts(i, x, ctx, |parts| {
+            crate::model::kernels::fused_block(x, parts)
+        })
+    }
+
+    /// Checkpointing's recomputation of block `i` on `x` and its backward in one call, outside candle's
+    /// autograd, where the fused CUDA block serves it (`kernels::fused_block_backward`): the input's gradient
+    /// for the output's gradient `g`, and each adapter's `(target, dA, dB)`. None where it does not serve
+    /// (the caller then backpropagates through [`Self::block_forward`]); `ctx` must want gradients for an
+    /// unread output.
+    pub fn block_backward(
+        &self,
+        i: usize,
+        x: &Tensor,
+        ctx: &BlockContext,
+        g: &Tensor,
+    ) -> Result<Option<BlockGrads>> {
+        if !(ctx.grad && ctx.output_unread)
+            || ctx.generation
+            || ctx.saved.is_some()
+            || !self.blocks[i].is_llama_style()
+        {
+            return Ok(None);
+        }
+        let done = self.with_block_parts(i, x, ctx, |parts| {
+            crate::model::kernels::fused_block_backward(x, parts, g)
+        })?;
+        Ok(done.map(|(dx, grads)| {
+            let adapters = Target::ALL
+                .into_iter()
+                .zip(grads)
+                .map(|(t, (da, db))| (t, da, db))
+                .collect();
+            (dx, adapters)
+        }))
+    }
+
+    /// Runs `f` on block `i`'s parts for the fused CUDA block (`kernels::BlockParts`).
+    fn with_block_parts<R>(
+        &self,
+        i: usize,
+        x: &Tensor,
+        ctx: &BlockContext,
+        f: impl FnOnce(crate::model::kernels::BlockParts) -> Result<R>,
+    ) -> Result<R> {
         let cfg = &self.config;
         let blk = &self.blocks[i];
         let projection = |index: usize, input: &Tensor| {
@@ -277,7 +325,7 @@ impl Decoder {
             grad: ctx.grad || x.track_op(),
             output_unread: ctx.output_unread,
         };
-        crate::model::kernels::fused_block(x, parts)
+        f(parts)
     }
 
     /// Projection `index` (in `Target::ALL`'s order) of block `i`, its adapter, and how a fused block

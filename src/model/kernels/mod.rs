@@ -165,6 +165,26 @@ pub fn fused_block(x: &Tensor, parts: BlockParts) -> candle_core::Result<Option<
     Ok(None)
 }
 
+/// A block's input gradient and each projection's adapter gradients `(dA, dB)` ([`fused_block_backward`]).
+pub type BlockBackward = (Tensor, Vec<(Tensor, Tensor)>);
+
+/// cuda hook: checkpointing's recomputation of a whole block and its backward in one call, outside candle's
+/// autograd (see `block.rs`), when it serves `x`: the input's gradient for the output's gradient `g`, and each
+/// projection's adapter gradients `(dA, dB)` in `Target::ALL`'s order; None otherwise. `parts.grad` and
+/// `parts.output_unread` must be set.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn fused_block_backward(
+    x: &Tensor,
+    parts: BlockParts,
+    g: &Tensor,
+) -> candle_core::Result<Option<BlockBackward>> {
+    #[cfg(feature = "cuda")]
+    if cuda::fused::applies(x) {
+        return cuda::block::block_backward(x, parts, g).map(Some);
+    }
+    Ok(None)
+}
+
 /// cuda hook: per-row negative log-likelihoods `[rows]` (f32) of `targets` under `logits` `[rows, vocab]`
 /// through the fused CUDA kernels when they serve the logits; None otherwise. `on_device` holds the same
 /// targets (u32) on the logits' device, uploaded by the caller.

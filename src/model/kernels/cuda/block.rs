@@ -3,7 +3,9 @@
 //! by hand, summing gradients of the same input inside the products that make them (`lowrank`'s
 //! [`Base::Product`](super::lowrank::Base)). As a graph of ~15 nodes, candle's backward would zero-fill
 //! and sum a layer-wide buffer for every input of every node. The adapters' gradients reach candle through
-//! `grad_carrier`.
+//! `grad_carrier`. Checkpointing's recomputation, whose output gradient is known before it runs, skips candle
+//! altogether ([`block_backward`]): candle would still zero-fill and sum the output's and the input's
+//! gradients and each adapter tensor's.
 
 use std::sync::Mutex;
 
@@ -16,7 +18,7 @@ use super::heads::{Rotary, merge_heads, split_heads};
 use super::{fused, take_once};
 use crate::model::autograd::grad_carrier::{self, GradSlots};
 use crate::model::config::Activation;
-use crate::model::kernels::BlockParts;
+use crate::model::kernels::{BlockBackward, BlockParts};
 use crate::model::target::slot::{COUNT as PROJECTIONS, DOWN, GATE, K, O, Q, UP, V};
 
 const NAME: &str = "decoder-block-cuda";
@@ -41,11 +43,8 @@ struct Saved {
     projections: Vec<Projection>,
 }
 
-struct BlockOp {
-    /// The output, taken by the op's forward.
-    out: Mutex<Option<Tensor>>,
-    /// Taken (and freed) by the backward.
-    saved: Mutex<Option<Saved>>,
+/// What the backward needs besides the saved intermediates.
+struct Chain {
     /// RMSNorm weights and eps before attention and before the feed-forward.
     norms: [(Tensor, f64); 2],
     rotary: Rotary,
@@ -54,13 +53,15 @@ struct BlockOp {
     activation: Activation,
     /// b, t, heads, key-value heads, head size.
     shape: (usize, usize, usize, usize, usize),
-    grads: GradSlots,
 }
 
-impl BlockOp {
-    /// The input's gradient for the output's gradient `g`; leaves the adapters' gradients in the slots.
-    /// Each intermediate is released after its last use, each projection's weight after its product.
-    fn backward(&self, x: &Tensor, g: &Tensor, st: Saved) -> Result<Tensor> {
+/// Each projection's `(dA, dB)`, in slot order.
+type AdapterGrads = Vec<Option<(Tensor, Tensor)>>;
+
+impl Chain {
+    /// The input's gradient for the output's gradient `g`, and the adapters' gradients. Each intermediate is
+    /// released after its last use, each projection's weight after its product.
+    fn backward(&self, x: &Tensor, g: &Tensor, st: Saved) -> Result<(Tensor, AdapterGrads)> {
         let (b, t, h, kvh, hd) = self.shape;
         let n = b * t;
         let d = x.elem_count() / n.max(1);
@@ -80,7 +81,7 @@ impl BlockOp {
             projections,
         } = st;
         let mut projections: Vec<Option<Projection>> = projections.into_iter().map(Some).collect();
-        let mut grads: Vec<Option<(Tensor, Tensor)>> = vec![None; PROJECTIONS];
+        let mut grads: AdapterGrads = vec![None; PROJECTIONS];
         let mut back = |i: usize, input: &Tensor, g: &Tensor, add: Option<&Tensor>| {
             let projection = projections[i].take().ok_or_else(|| {
                 candle_core::Error::Msg(format!("{NAME}: projection {i} went back twice"))
@@ -113,9 +114,17 @@ impl BlockOp {
         let (w1, eps1) = &self.norms[0];
         let x2 = x.reshape((n, d))?;
         let dx = fused::rms_norm_backward(&x2, w1, &dhn, *eps1, Some(&dx1))?;
-        grad_carrier::deliver(&self.grads, grads)?;
-        dx.reshape(x.shape())
+        Ok((dx.reshape(x.shape())?, grads))
     }
+}
+
+struct BlockOp {
+    /// The output, taken by the op's forward.
+    out: Mutex<Option<Tensor>>,
+    /// Taken (and freed) by the backward.
+    saved: Mutex<Option<Saved>>,
+    chain: Chain,
+    grads: GradSlots,
 }
 
 impl CustomOp2 for BlockOp {
@@ -148,7 +157,8 @@ impl CustomOp2 for BlockOp {
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let saved = take_once(&self.saved, NAME)?;
-        let dx = self.backward(&x.detach(), grad_res, saved)?;
+        let (dx, grads) = self.chain.backward(&x.detach(), grad_res, saved)?;
+        grad_carrier::deliver(&self.grads, grads)?;
         Ok((Some(dx), Some(carrier.zeros_like()?)))
     }
 }
@@ -157,6 +167,69 @@ impl CustomOp2 for BlockOp {
 /// in every adapter tensor. With `p.output_unread` too, the value returned is a stand-in of that shape
 /// whose gradient is the output's.
 pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
+    match forward(x, p)? {
+        Ran::Output(out) => Ok(out),
+        Ran::WithGrad(kept) => {
+            let Kept {
+                out,
+                saved,
+                chain,
+                adapters,
+            } = *kept;
+            let carried: Vec<_> = adapters.iter().map(|(a, b)| (a, b)).collect();
+            let (grads, carrier) = grad_carrier::carry(&carried)?;
+            let op = BlockOp {
+                out: Mutex::new(Some(out)),
+                saved: Mutex::new(Some(saved)),
+                chain,
+                grads,
+            };
+            x.contiguous()?.apply_op2(&carrier, op)
+        }
+    }
+}
+
+/// Checkpointing's recomputation of a block and its backward in one call, outside candle's autograd: the
+/// gradient of bf16 `x` `[b, t, d]` for the output's gradient `g`, and each projection's adapter gradients
+/// `(dA, dB)` in slot order. `p.grad` and `p.output_unread` must be set.
+pub fn block_backward(x: &Tensor, p: BlockParts, g: &Tensor) -> Result<BlockBackward> {
+    if !(p.grad && p.output_unread) {
+        candle_core::bail!("{NAME}: a direct backward needs gradients and an unread output")
+    }
+    let x = x.detach();
+    let Ran::WithGrad(kept) = forward(&x, p)? else {
+        candle_core::bail!("{NAME}: the forward kept nothing for a backward")
+    };
+    let Kept { saved, chain, .. } = *kept;
+    let (dx, grads) = chain.backward(&x, g, saved)?;
+    let grads = grads
+        .into_iter()
+        .enumerate()
+        .map(|(i, pair)| {
+            pair.ok_or_else(|| {
+                candle_core::Error::Msg(format!("{NAME}: projection {i} has no gradient"))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok((dx, grads))
+}
+
+/// What [`forward`] made: the output alone (no gradients wanted), or with what the backward needs.
+enum Ran {
+    Output(Tensor),
+    WithGrad(Box<Kept>),
+}
+
+struct Kept {
+    out: Tensor,
+    saved: Saved,
+    chain: Chain,
+    /// Each projection's adapter `(A, B)`, in slot order.
+    adapters: Vec<(Tensor, Tensor)>,
+}
+
+/// The block's forward on bf16 `x`, keeping what the backward needs when `p.grad`.
+fn forward(x: &Tensor, p: BlockParts) -> Result<Ran> {
     let x = x.contiguous()?;
     let (b, t, d) = x.dims3()?;
     let (h, kvh, hd) = p.heads;
@@ -218,13 +291,11 @@ pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
     let gated = fused::gated(&gate, &up, p.activation)?;
     let out = project(DOWN, &gated, Some(&x1))?;
     let Some(lse) = lse else {
-        return out.reshape((b, t, d));
+        return Ok(Ran::Output(out.reshape((b, t, d))?));
     };
-    let carried: Vec<_> = adapters.iter().map(|(a, b)| (a, b)).collect();
-    let (grads, carrier) = grad_carrier::carry(&carried)?;
-    let op = BlockOp {
-        out: Mutex::new(Some(out)),
-        saved: Mutex::new(Some(Saved {
+    Ok(Ran::WithGrad(Box::new(Kept {
+        out,
+        saved: Saved {
             hn,
             attn,
             hn2,
@@ -237,13 +308,14 @@ pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
             gate,
             up,
             projections,
-        })),
-        norms,
-        rotary,
-        attention: call,
-        activation: p.activation,
-        shape: (b, t, h, kvh, hd),
-        grads,
-    };
-    x.apply_op2(&carrier, op)
+        },
+        chain: Chain {
+            norms,
+            rotary,
+            attention: call,
+            activation: p.activation,
+            shape: (b, t, h, kvh, hd),
+        },
+        adapters,
+    })))
 }
