@@ -9,7 +9,9 @@ use std::sync::Mutex;
 
 use candle_core::{CudaStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
-use super::lowrank::{Base, BaseView, expand, expand_storage, project, reduce, rows_project};
+use super::lowrank::{
+    Base, BaseView, expand, expand_storage, project, reduce, rows_project, weight_parts,
+};
 use crate::model::quant::frozen::{FrozenLinear, FrozenWeight};
 use crate::model::quant::{GemvAdd, GemvKernel, LowRankAdd};
 
@@ -31,7 +33,8 @@ pub(super) struct Projection {
     /// `s dropout(x) A^T` `[rows, r]` as `lowrank::project`'s bf16 parts `[rows, 3, r]`: B's gradient is
     /// `(mid^T g)^T`.
     mid: Tensor,
-    /// A `[r, in]` and `B^T` `[r, out]` (a transposed view of B), detached.
+    /// A `[r, in]` and `B^T` `[r, out]` as `lowrank::weight_parts` (`[3, r, in]`, `[3, r, out]`): split once
+    /// for the forward's products and the backward's.
     a: Tensor,
     b_t: Tensor,
     scale: f64,
@@ -74,7 +77,7 @@ impl Projection {
             dequantized: None,
             mid,
             a,
-            b_t: adapter.b.detach().t()?,
+            b_t: weight_parts(&adapter.b.detach().t()?)?,
             scale: adapter.scale,
             dropout: adapter.dropout,
         })
@@ -150,7 +153,7 @@ impl Projection {
         g2: &Tensor,
         add: Option<&Tensor>,
     ) -> Result<(Tensor, Tensor, Tensor)> {
-        let in_f = self.a.dim(1)?;
+        let in_f = self.a.dim(2)?;
         let g2 = g2.contiguous()?;
         let db = reduce(&self.mid, &g2, true)?;
         let gm = project(&g2, &self.b_t, self.scale)?;
@@ -254,15 +257,15 @@ fn few_rows(x2: &Tensor, base: &FrozenLinear, adapter: &Adapter) -> Result<Optio
         return Ok(None);
     };
     let (_, mid) = rank_wide(x2, adapter)?;
-    let b_t = adapter.b.detach().t()?;
+    let b_t = weight_parts(&adapter.b.detach().t()?)?;
     expand(Base::Add(&frozen), &mid, &b_t).map(Some)
 }
 
-/// The adapter's A `[r, in]` (detached, contiguous) and the rank-wide intermediate `s dropout(x2) A^T`
+/// The adapter's A `[r, in]` as `lowrank::weight_parts` and the rank-wide intermediate `s dropout(x2) A^T`
 /// `[rows, r]` (as `lowrank::project`'s parts) for bf16 `x2` `[rows, in]`.
 fn rank_wide(x2: &Tensor, adapter: &Adapter) -> Result<(Tensor, Tensor)> {
     let in_f = adapter.a.dim(1)?;
-    let a = adapter.a.detach().contiguous()?;
+    let a = weight_parts(&adapter.a.detach())?;
     let mid = project(
         &adapter_input(x2, in_f, adapter.dropout.as_ref())?,
         &a,
@@ -328,8 +331,8 @@ impl CustomOp3 for AdaptedGrad {
         _y: &Tensor,
         g: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let in_f = self.projection.a.dim(1)?;
-        let out_f = self.projection.b_t.dim(1)?;
+        let in_f = self.projection.a.dim(2)?;
+        let out_f = self.projection.b_t.dim(2)?;
         let x2 = x.detach().reshape(((), in_f))?;
         let g2 = g.reshape(((), out_f))?;
         let (dx, da, db) = self.projection.backward(&x2, &g2, None)?;

@@ -4,8 +4,9 @@
 //! `x A^T = x A_hi^T + x A_lo^T` (both parts side by side in one product, folded after) and
 //! `p L ~ p_hi L_hi + p_lo L_hi + p_hi L_lo` (three parts along the summed axis). A rank-wide intermediate
 //! `p` is only ever an operand of further products: [`project`] leaves it as those parts (`[m, 3, r]` bf16, split
-//! in the launch that folds the product), which [`expand`] and [`reduce`] take as they are. The adapter weights
-//! may be transposed views (B^T): the splits read them through their strides. No f32 copy of an
+//! in the launch that folds the product), which [`expand`] and [`reduce`] take as they are. An adapter weight is
+//! split once per use site ([`weight_parts`]), from a transposed view (B^T) too, and its parts serve both
+//! [`project`] and [`expand`] (a projection's forward and its backward). No f32 copy of an
 //! activation is made, and the frozen product of a projection can share its output buffer ([`Base::Product`]).
 //! A decoding step's few rows take one plain f32 kernel instead ([`rows_project`]), whose result the NF4 few-row
 //! product finishes in its own launch.
@@ -29,9 +30,9 @@ enum Part {
     Lo,
 }
 
-/// Parts for a product whose other operand is bf16 already (two products, folded after).
-const PAIR: [Part; 2] = [Part::Hi, Part::Lo];
-/// Parts of `p` and of `L` in `p L` with both in f32: `p_hi L_hi + p_lo L_hi + p_hi L_lo`.
+/// Parts of `p` and of `L` in `p L` with both in f32: `p_hi L_hi + p_lo L_hi + p_hi L_lo`. The right triple's
+/// last two segments, (hi, lo), are also the pair a product with a bf16 operand takes (two products, folded
+/// after): one split of an adapter weight serves both uses ([`weight_parts`]).
 const LEFT_TRIPLE: [Part; 3] = [Part::Hi, Part::Lo, Part::Hi];
 const RIGHT_TRIPLE: [Part; 3] = [Part::Hi, Part::Hi, Part::Lo];
 
@@ -228,10 +229,51 @@ impl Gemm {
     }
 }
 
-/// `scale * x W^T` for x bf16 `[m, k]` and W f32 `[r, k]` (any strides: B^T as a view serves), as the bf16
-/// parts `[m, 3, r]` that [`expand`] and [`reduce`] take (see the module's note).
+/// An adapter weight W f32 `[r, k]` (any strides: B^T as a view serves) as bf16 parts `[3, r, k]`, (hi, hi,
+/// lo): the right operand of [`expand`], and through its last two segments the weight of [`project`].
+pub fn weight_parts(w: &Tensor) -> Result<Tensor> {
+    w.apply_op1_no_bwd(&WeightParts)
+}
+
+struct WeightParts;
+
+impl candle_core::CustomOp1 for WeightParts {
+    fn name(&self) -> &'static str {
+        "lowrank-weight-parts"
+    }
+
+    cuda_only!(x);
+
+    fn cuda_fwd(&self, w: &CudaStorage, wl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let (r, k) = wl.shape().dims2()?;
+        let dev = w.device().clone();
+        let (wv, (sr, sk)) = strided(w, wl, "W")?;
+        let parts = split(&dev, &wv, (1, r, k), (0, sr, sk), &RIGHT_TRIPLE)?;
+        Ok((
+            CudaStorage::wrap_cuda_slice(parts, dev),
+            Shape::from((RIGHT_TRIPLE.len(), r, k)),
+        ))
+    }
+}
+
+/// An adapter weight's parts `[3, r, k]` ([`weight_parts`]): `(r, k)` and their elements.
+fn weight_view<'a>(
+    s: &'a CudaStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<((usize, usize), CudaView<'a, bf16>)> {
+    let (three, r, k) = l.shape().dims3()?;
+    if three != RIGHT_TRIPLE.len() {
+        candle_core::bail!("lowrank: {what} {:?} is no [3, r, k] of parts", l.dims())
+    }
+    Ok(((r, k), view::<bf16>(s, l, what)?))
+}
+
+/// `scale * x W^T` for x bf16 `[m, k]` and W given as [`weight_parts`] `[3, r, k]`, as the bf16 parts
+/// `[m, 3, r]` that [`expand`] and [`reduce`] take (see the module's note).
 pub fn project(x: &Tensor, w: &Tensor, scale: f64) -> Result<Tensor> {
-    x.contiguous()?.apply_op2_no_bwd(w, &Project(scale as f32))
+    x.contiguous()?
+        .apply_op2_no_bwd(&w.contiguous()?, &Project(scale as f32))
 }
 
 struct Project(f32);
@@ -251,14 +293,14 @@ impl CustomOp2 for Project {
         wl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
         let (m, k) = xl.shape().dims2()?;
-        let (r, wk) = wl.shape().dims2()?;
+        let ((r, wk), parts) = weight_view(w, wl, "W")?;
         if wk != k {
             candle_core::bail!("lowrank-project: x {:?} vs W {:?}", xl.dims(), wl.dims())
         }
         let dev = x.device().clone();
         let xv = view::<bf16>(x, xl, "x")?;
-        let (wv, (sr, sk)) = strided(w, wl, "W")?;
-        let parts = split(&dev, &wv, (1, r, k), (0, sr, sk), &PAIR)?;
+        // The weight's (hi, lo) pair: its parts' last two segments.
+        let pair_parts = parts.slice(r * k..);
         // SAFETY: the product writes every element (beta = 0).
         let mut pair = unsafe { dev.alloc::<f32>(m * 2 * r) }?;
         Gemm {
@@ -268,7 +310,7 @@ impl CustomOp2 for Project {
             alpha: self.0,
             beta: 0.0,
         }
-        .run(&dev, &parts, &xv, &mut pair, cudaDataType::CUDA_R_32F)?;
+        .run(&dev, &pair_parts, &xv, &mut pair, cudaDataType::CUDA_R_32F)?;
         let out = fold_split(&dev, &pair, m, r)?;
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev),
@@ -423,10 +465,9 @@ pub enum Base<'a> {
     },
 }
 
-/// `base + p L` in bf16: p as [`project`]'s parts `[m, 3, r]`, L f32 `[r, o]` (any strides: B^T as a view
-/// serves).
+/// `base + p L` in bf16: p as [`project`]'s parts `[m, 3, r]`, L as [`weight_parts`] `[3, r, o]`.
 pub fn expand(base: Base, p: &Tensor, l: &Tensor) -> Result<Tensor> {
-    let p = p.contiguous()?;
+    let (p, l) = (p.contiguous()?, l.contiguous()?);
     let held = |t: &Tensor| t.contiguous();
     let op = match base {
         Base::Zero => Expand::Zero,
@@ -438,7 +479,7 @@ pub fn expand(base: Base, p: &Tensor, l: &Tensor) -> Result<Tensor> {
             add: add.map(held).transpose()?,
         },
     };
-    p.apply_op2_no_bwd(l, &op)
+    p.apply_op2_no_bwd(&l, &op)
 }
 
 /// [`Base`] with its tensors held, as an op on `(p, L)`.
@@ -519,13 +560,11 @@ pub(super) fn expand_storage(
     (l, ll): (&CudaStorage, &Layout),
 ) -> Result<(CudaStorage, Shape)> {
     let ((m, r), p_parts) = rank_parts(p, pl, "p")?;
-    let (lr, o) = ll.shape().dims2()?;
+    let ((lr, o), l_parts) = weight_view(l, ll, "L")?;
     if lr != r {
         candle_core::bail!("lowrank-expand: p {:?} vs L {:?}", pl.dims(), ll.dims())
     }
     let dev = p.device().clone();
-    let (lv, (sr, so)) = strided(l, ll, "L")?;
-    let l_parts = split(&dev, &lv, (1, r, o), (0, sr, so), &RIGHT_TRIPLE)?;
     // SAFETY: written whole by the copy below or by the low-rank product (beta = 0).
     let mut out = unsafe { dev.alloc::<bf16>(m * o) }?;
     let added = match &base {
