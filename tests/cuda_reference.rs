@@ -706,7 +706,8 @@ fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
     use candle_core::D;
     use qlab::model::config::Activation;
     use qlab::model::kernels::{
-        fused_adapted, fused_gated, fused_rms_norm, fused_row_nll, fused_split_heads,
+        fused_adapted, fused_gated, fused_head_nll, fused_rms_norm, fused_row_nll,
+        fused_split_heads,
     };
     let dev = gpu();
     let bound = 2e-2;
@@ -823,6 +824,40 @@ fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
         );
         eprintln!("row nll x{cols}: value {ev:.2e}, gradient {eg:.2e}");
         assert!(ev < bound && eg < bound, "row nll x{cols}: {ev} {eg}");
+    }
+    // The loss through a frozen head as one autograd edge (the head's product computed by the caller), with the
+    // weight dequantized beforehand and not: against the composition of the product and the log-softmax.
+    let h = var(&[6, 40], 16, &dev);
+    let w = var(&[304, 40], 17, &dev).as_tensor().detach();
+    let weight = qlab::model::FrozenWeight::Dense(w.clone());
+    let targets = [0u32, 303, 17, 150, 3, 42];
+    let on_device = Tensor::new(&targets, &dev).unwrap();
+    for dequantized in [None, Some(w.clone())] {
+        let (ev, eg) = compare(
+            &[&h],
+            |xs| {
+                let logits = xs[0].matmul(&w.t().unwrap()).unwrap();
+                let given = dequantized.clone();
+                fused_head_nll(&xs[0], &logits, &weight, given, &targets, &on_device)
+                    .unwrap()
+                    .unwrap()
+            },
+            |xs| {
+                let wf = w.to_dtype(DType::F32).unwrap();
+                let logits = xs[0].matmul(&wf.t().unwrap()).unwrap();
+                let logp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
+                let t = Tensor::new(&targets, &dev).unwrap().unsqueeze(1).unwrap();
+                logp.gather(&t, 1)
+                    .unwrap()
+                    .squeeze(1)
+                    .unwrap()
+                    .neg()
+                    .unwrap()
+            },
+        );
+        let what = format!("head nll, dequantized {}", dequantized.is_some());
+        eprintln!("{what}: value {ev:.2e}, gradient {eg:.2e}");
+        assert!(ev < bound && eg < bound, "{what}: {ev} {eg}");
     }
     // Heads split from a projection, rotated in both pairings, and not rotated: a head size of 32 takes the
     // 16-byte kernel, 8 the pair-a-thread one.

@@ -6,6 +6,7 @@
 //! its input as a Var and backpropagated with `(out * g).sum()`, keeping only its LoRA gradients.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use candle_core::{D, DType, Device, Tensor, Var};
 
@@ -16,7 +17,9 @@ use crate::model::device::timeline;
 use crate::model::error::{ModelError, Result};
 use crate::model::kernels::cpu;
 use crate::model::kernels::cpu::bf16::Precision;
+use crate::model::kernels::cpu::bf16::linear::PackedWeight;
 use crate::model::load::peft::peft_key;
+use crate::model::quant::frozen::FrozenLinear;
 use crate::model::target::Target;
 use crate::train::keep_blocks::KeepBlocks;
 
@@ -304,21 +307,13 @@ impl Decoder {
         for (c, t) in loss.targets.chunks(chunk).enumerate() {
             let hc = Var::from_tensor(&gathered.narrow(0, c * chunk, t.len())?)?;
             let tc = loss.targets_on_device.narrow(0, c * chunk, t.len())?;
-            let logits = match &packed {
-                Some(p) => self.head_logits_bf16(p, hc.as_tensor())?,
-                None => self.head_logits_with(head, hc.as_tensor())?,
+            let fused = match &packed {
+                Some(_) => None,
+                None => self.head_nll_fused(head, hc.as_tensor(), t, &tc)?,
             };
-            let nll = match crate::model::kernels::fused_row_nll(&logits, t, &tc)? {
+            let nll = match fused {
                 Some(nll) => nll,
-                None => {
-                    let logits = logits.to_dtype(DType::F32)?;
-                    if cpu::applies(&logits) {
-                        cpu::cross_entropy::row_nll(&logits, t)?
-                    } else {
-                        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-                        logp.gather(&tc.unsqueeze(1)?, 1)?.neg()?
-                    }
-                }
+                None => self.chunk_nll(packed.as_ref(), head, hc.as_tensor(), t, &tc)?,
             };
             let chunk_loss = (nll.sum_all()? * (1.0 / n))?;
             let store = chunk_loss.backward()?;
@@ -332,6 +327,36 @@ impl Decoder {
         let total = Tensor::stack(&chunk_losses, 0)?.sum_all()?;
         let grad = scatter_rows(grads, &loss.sources)?;
         Ok((total, grad.reshape((b, s, d))?))
+    }
+
+    /// A chunk's per-row losses through the head's logits (the path [`Decoder::head_nll_fused`] does not serve):
+    /// the CPU's packed bf16 head when given, and the fused loss kernels where they serve the logits.
+    fn chunk_nll(
+        &self,
+        packed: Option<&Arc<PackedWeight>>,
+        head: &FrozenLinear,
+        h: &Tensor,
+        t: &[u32],
+        tc: &Tensor,
+    ) -> Result<Tensor> {
+        let logits = match packed {
+            Some(p) => self.head_logits_bf16(p, h)?,
+            None => self.head_logits_with(head, h)?,
+        };
+        Ok(
+            match crate::model::kernels::fused_row_nll(&logits, t, tc)? {
+                Some(nll) => nll,
+                None => {
+                    let logits = logits.to_dtype(DType::F32)?;
+                    if cpu::applies(&logits) {
+                        cpu::cross_entropy::row_nll(&logits, t)?
+                    } else {
+                        let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+                        logp.gather(&tc.unsqueeze(1)?, 1)?.neg()?
+                    }
+                }
+            },
+        )
     }
 }
 

@@ -555,6 +555,26 @@ impl Decoder {
         softcap(&head.forward(&h)?, self.config.final_logit_softcap)
     }
 
+    /// The vocabulary loss `[rows]` of `targets` (and their copy `on_device`) for hidden rows `h` `[rows, d]`
+    /// through `head`, as one autograd edge from `h` (`kernels::fused_head_nll`): the fused GPU path, where no
+    /// logits-sized gradient passes through candle. None where it does not serve: a bias or a soft-capped head,
+    /// or logits that the fused kernels do not take (the caller then goes through [`Self::head_logits_with`]).
+    pub fn head_nll_fused(
+        &self,
+        head: &FrozenLinear,
+        h: &Tensor,
+        targets: &[u32],
+        on_device: &Tensor,
+    ) -> Result<Option<Tensor>> {
+        let bf16_on_gpu = h.device().is_cuda() && h.dtype() == candle_core::DType::BF16;
+        if head.bias.is_some() || self.config.final_logit_softcap.is_some() || !bf16_on_gpu {
+            return Ok(None);
+        }
+        let hn = self.final_norm.forward(h)?;
+        let (logits, dequantized) = head.product(&hn)?;
+        kernels::fused_head_nll(&hn, &logits, &head.weight, dequantized, targets, on_device)
+    }
+
     /// [`Self::head_logits`] through the head's weight packed for bf16 products ([`Self::bf16_head`]).
     pub fn head_logits_bf16(&self, head: &Arc<PackedWeight>, h: &Tensor) -> Result<Tensor> {
         let h = self.final_norm.forward(h)?;

@@ -201,6 +201,27 @@ pub fn fused_row_nll(
     Ok(None)
 }
 
+/// cuda hook: the vocabulary loss `[rows]` (f32) of `targets` under `logits = h W^T` (computed by the caller
+/// from bf16 `h` `[rows, d]` and the frozen `weight`, `dequantized` when it was dequantized whole) as one
+/// autograd edge from `h`, when the fused CUDA kernels serve the logits; None otherwise. See
+/// `cuda::cross_entropy::head_nll`.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn fused_head_nll(
+    h: &Tensor,
+    logits: &Tensor,
+    weight: &crate::model::quant::frozen::FrozenWeight,
+    dequantized: Option<Tensor>,
+    targets: &[u32],
+    on_device: &Tensor,
+) -> candle_core::Result<Option<Tensor>> {
+    #[cfg(feature = "cuda")]
+    if cuda::fused::applies(logits) {
+        return cuda::cross_entropy::head_nll(h, logits, weight, dequantized, targets, on_device)
+            .map(Some);
+    }
+    Ok(None)
+}
+
 /// cuda hook: rows `ids` of `table` (in host memory) on `device`, through page-locked staging when `device`
 /// is a GPU and the table a contiguous float table; None otherwise (the caller gathers and copies).
 #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]

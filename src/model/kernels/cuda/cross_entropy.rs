@@ -1,7 +1,8 @@
 //! The vocabulary loss on CUDA: each row's negative log-likelihood straight from bf16 logits in one kernel,
 //! and its gradient `softmax - onehot` in one more, each a single pass over the logits. candle's log-softmax
 //! composition sweeps the `[rows, vocab]` logits about twenty times in f32 (a third of a step's kernel time at
-//! 128k vocabularies).
+//! 128k vocabularies). [`head_nll`] joins the loss to the frozen head's product as one autograd edge, so that no
+//! logits-sized gradient passes through candle's backward (which adds each gradient into a zero-filled buffer).
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::WrapErr;
@@ -12,10 +13,72 @@ use cudarc::driver::PushKernelArg;
 use half::bf16;
 
 use super::fused::{MODULE, PTX, rows_config, view};
+use crate::model::autograd::attach::{Backward, attach};
+use crate::model::quant::frozen::FrozenWeight;
 
 /// `[rows]` f32 negative log-likelihoods of `targets` under bf16 `logits` `[rows, vocab]`; differentiable
 /// in the logits. `on_device` is `targets` on the logits' device (checked here on the host copy).
 pub fn row_nll(logits: &Tensor, targets: &[u32], on_device: &Tensor) -> Result<Tensor> {
+    check_targets(logits, targets, on_device)?;
+    logits
+        .contiguous()?
+        .apply_op2(&on_device.contiguous()?, RowNll)
+}
+
+/// [`row_nll`] of `logits = h W^T` (bf16 `h` `[rows, d]`, the logits computed by the caller from `h` and the
+/// frozen `weight`, `dequantized` when it was dequantized whole), differentiable in `h` alone: the backward
+/// turns the losses' gradient into the logits' in one pass and multiplies it by W straight away.
+pub fn head_nll(
+    h: &Tensor,
+    logits: &Tensor,
+    weight: &FrozenWeight,
+    dequantized: Option<Tensor>,
+    targets: &[u32],
+    on_device: &Tensor,
+) -> Result<Tensor> {
+    check_targets(logits, targets, on_device)?;
+    let logits = logits.detach().contiguous()?;
+    let on_device = on_device.contiguous()?;
+    let nll = logits.apply_op2_no_bwd(&on_device, &RowNll)?;
+    let backward = HeadNllBackward {
+        logits,
+        targets: on_device,
+        weight: weight.clone(),
+        dequantized,
+    };
+    attach(h, nll, backward)
+}
+
+/// [`head_nll`]'s backward: `dh = dlogits W`.
+struct HeadNllBackward {
+    logits: Tensor,
+    targets: Tensor,
+    weight: FrozenWeight,
+    dequantized: Option<Tensor>,
+}
+
+impl Backward for HeadNllBackward {
+    fn name(&self) -> &'static str {
+        "head-nll-bf16"
+    }
+
+    fn grad(&self, h: &Tensor, nll: &Tensor, g: &Tensor) -> Result<Tensor> {
+        let op = RowNllBackward {
+            nll: nll.contiguous()?,
+        };
+        let dl = self
+            .logits
+            .apply_op3_no_bwd(&self.targets, &g.contiguous()?, &op)?;
+        let dh = match &self.dequantized {
+            Some(w) => dl.matmul(w)?,
+            None => self.weight.matmul(&dl)?,
+        };
+        dh.reshape(h.shape())
+    }
+}
+
+/// That `targets` (and their copy `on_device`) name one id of the vocabulary per row of `logits`.
+fn check_targets(logits: &Tensor, targets: &[u32], on_device: &Tensor) -> Result<()> {
     let (rows, vocab) = logits.dims2()?;
     if targets.len() != rows || on_device.dims() != [rows] || on_device.dtype() != DType::U32 {
         candle_core::bail!(
@@ -28,9 +91,7 @@ pub fn row_nll(logits: &Tensor, targets: &[u32], on_device: &Tensor) -> Result<T
     if let Some(bad) = targets.iter().find(|t| **t as usize >= vocab) {
         candle_core::bail!("row-nll: target id {bad} is outside the vocabulary of {vocab}")
     }
-    logits
-        .contiguous()?
-        .apply_op2(&on_device.contiguous()?, RowNll)
+    Ok(())
 }
 
 struct RowNll;
