@@ -136,7 +136,7 @@ unsafe fn nibbles_group(format: Format, tiles: &[u8], acts: &Activations, out: O
                 ),
                 // Q5_0's offset of 16, taken off in integers.
                 _ => {
-                    let offset = _mm256_set1_epi32(16 * acts.s[a] as i32);
+                    let offset = _mm256_set1_epi32(16 * acts.sums[a]);
                     let sumi = _mm256_sub_epi32(sumi, offset);
                     _mm256_mul_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(sumi), dw), dx)
                 }

@@ -117,6 +117,10 @@ unsafe fn nibbles_rows<const Q5: bool, const R: usize>(
     let values = &acts.values[first * acts.blocks..][..R * acts.blocks];
     let ds = &acts.d[first * acts.blocks..][..R * acts.blocks];
     let ss = &acts.s[first * acts.blocks..][..R * acts.blocks];
+    let sums = match Q5 {
+        true => &acts.sums[first * acts.blocks..][..R * acts.blocks],
+        false => &[][..],
+    };
     let mut acc = [_mm512_setzero_ps(); R];
     let low = _mm512_set1_epi8(0x0f);
     for (b, tile) in tiles.chunks_exact(tile_bytes).enumerate() {
@@ -149,23 +153,23 @@ unsafe fn nibbles_rows<const Q5: bool, const R: usize>(
         // Each row's exact integer sums, the rows interleaved (independent products side by side); few rows
         // split their one chain of dependent products, which would otherwise leave the core idle.
         let chains = (4 / R).max(1);
-        let mut sums = [[_mm512_setzero_si512(); 4]; R];
+        let mut dots = [[_mm512_setzero_si512(); 4]; R];
         if Q5 {
-            for (i, sums) in sums.iter_mut().enumerate() {
-                sums[0] = _mm512_set1_epi32(-16 * ss[i * acts.blocks + b] as i32);
+            for (i, dots) in dots.iter_mut().enumerate() {
+                dots[0] = _mm512_set1_epi32(-16 * sums[i * acts.blocks + b]);
             }
         }
         for (j, w) in w.iter().enumerate() {
-            for (i, sums) in sums.iter_mut().enumerate() {
-                let sum = &mut sums[j % chains];
-                *sum = _mm512_dpbusd_epi32(*sum, *w, broadcast(&values[i * acts.blocks + b], j));
+            for (i, dots) in dots.iter_mut().enumerate() {
+                let dot = &mut dots[j % chains];
+                *dot = _mm512_dpbusd_epi32(*dot, *w, broadcast(&values[i * acts.blocks + b], j));
             }
         }
-        for (i, (acc, sums)) in acc.iter_mut().zip(sums).enumerate() {
+        for (i, (acc, dots)) in acc.iter_mut().zip(dots).enumerate() {
             let a = i * acts.blocks + b;
-            let sumi = sums[1..chains]
+            let sumi = dots[1..chains]
                 .iter()
-                .fold(sums[0], |t, s| _mm512_add_epi32(t, *s));
+                .fold(dots[0], |t, s| _mm512_add_epi32(t, *s));
             let scaled = _mm512_mul_ps(
                 _mm512_mul_ps(_mm512_cvtepi32_ps(sumi), dw),
                 _mm512_set1_ps(ds[a]),

@@ -9,7 +9,7 @@
 use std::arch::x86_64::*;
 
 use super::super::Out;
-use super::pack::{TILE_N, TileQ4K, TileQ6K, TileQ8_0, Tiles};
+use super::pack::{ROW, TILE_N, TileQ4K, TileQ6K, TileQ8_0, Tiles};
 use super::q8k::{BlockQ8K, Rounded, Terms};
 
 /// Rows one call of a tile kernel keeps in registers (an integer and a float sum a row).
@@ -38,9 +38,8 @@ unsafe fn q4k_tile<const R: usize>(
     for sub in 0..8 {
         let mut isum = [_mm512_setzero_si512(); R];
         for g4 in 0..4 {
-            let g = sub * 4 + g4;
-            // SAFETY: group g < 32 of the tile's 32 x 64 bytes.
-            let w = unsafe { _mm512_loadu_si512(tile.qs.as_ptr().add(g * TILE_N * 4).cast()) };
+            // SAFETY: group g4 < 4 of the sub-block's 4 x 64 bytes.
+            let w = unsafe { _mm512_loadu_si512(tile.subs[sub].qs.as_ptr().add(g4 * ROW).cast()) };
             let lo = _mm512_and_si512(w, mask);
             let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(w), mask);
             for m in 0..R {
@@ -55,8 +54,8 @@ unsafe fn q4k_tile<const R: usize>(
         // SAFETY: 16 floats of the tile.
         let (scale, min) = unsafe {
             (
-                _mm512_loadu_ps(tile.scales[sub].as_ptr()),
-                _mm512_loadu_ps(tile.mins[sub].as_ptr()),
+                _mm512_loadu_ps(tile.subs[sub].scale.as_ptr()),
+                _mm512_loadu_ps(tile.subs[sub].min.as_ptr()),
             )
         };
         for m in 0..R {
@@ -81,16 +80,10 @@ unsafe fn q6k_tile<const R: usize>(
     let (low4, high2) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x30));
     // SAFETY: 16 floats of the tile.
     let d = unsafe { _mm512_loadu_ps(tile.d.as_ptr()) };
-    let at = |plane: &[u8], i: usize| {
-        // SAFETY: 64 bytes of a plane, i below its 64-byte rows.
-        unsafe { _mm512_loadu_si512(plane.as_ptr().add(i * TILE_N * 4).cast()) }
-    };
-    for sub in 0..16 {
-        let (l0, l1, h) = (
-            at(&tile.low, 2 * sub),
-            at(&tile.low, 2 * sub + 1),
-            at(&tile.high, sub),
-        );
+    for (sub, rows) in tile.subs.iter().enumerate() {
+        // SAFETY: row i < 3 of the sub-block's 3 x 64 bytes.
+        let at = |i: usize| unsafe { _mm512_loadu_si512(rows.as_ptr().add(i * ROW).cast()) };
+        let (l0, l1, h) = (at(0), at(1), at(2));
         let ws = [
             _mm512_or_si512(
                 _mm512_and_si512(l0, low4),

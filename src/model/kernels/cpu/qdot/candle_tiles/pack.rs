@@ -17,15 +17,25 @@ pub(super) const Q4K_BYTES: usize = 144;
 pub(super) const Q6K_BYTES: usize = 210;
 pub(super) const Q8_0_BYTES: usize = 34;
 
-/// One Q4_K superblock of 16 columns.
+/// Bytes of a tile's row: 4 bytes for each of its 16 columns.
+pub(super) const ROW: usize = TILE_N * 4;
+
+/// One Q4_K superblock of 16 columns, each sub-block's quants, scales and mins together (the kernel then
+/// reads a tile front to back, one stream).
 #[repr(C)]
 pub(super) struct TileQ4K {
-    /// Per sub-block (8), per column: `d * scale`.
-    pub scales: [[f32; TILE_N]; 8],
-    /// Per sub-block, per column: `dmin * min`.
-    pub mins: [[f32; TILE_N]; 8],
-    /// [group of 8 values (32)][column][4 bytes]: byte j holds value 8g+j low and 8g+j+4 high.
-    pub qs: [u8; QK_K / 8 * TILE_N * 4],
+    pub subs: [SubQ4K; 8],
+}
+
+/// One sub-block of 32 values of a [`TileQ4K`].
+#[repr(C)]
+pub(super) struct SubQ4K {
+    /// [group of 8 values (4)][column][4 bytes]: byte j holds value 8g+j low and 8g+j+4 high.
+    pub qs: [u8; 4 * ROW],
+    /// Per column: `d * scale`.
+    pub scale: [f32; TILE_N],
+    /// Per column: `dmin * min`.
+    pub min: [f32; TILE_N],
 }
 
 /// One Q6_K superblock of 16 columns, denser than candle's tile (3.3 KB against 5 KB) but unpacked by the kernel
@@ -36,11 +46,11 @@ pub(super) struct TileQ6K {
     pub d: [f32; TILE_N],
     /// Per sub-block of 16 values (16), per column: the i8 scale (candle's tile holds `d * scale`).
     pub scales: [[i8; TILE_N]; 16],
-    /// [pair of groups of 4 values (32)][column][4 bytes]: the low 4 bits of the pair's first group in the low
-    /// nibble, of its second in the high nibble.
-    pub low: [u8; QK_K / 8 * TILE_N * 4],
-    /// [quad of groups (16)][column][4 bytes]: bits 2i..2i+2 the high 2 bits of the quad's group i.
-    pub high: [u8; QK_K / 16 * TILE_N * 4],
+    /// Per sub-block of 16 values (16), its planes together (the kernel then reads a tile front to back, one
+    /// stream): two rows [pair of groups of 4 values][column][4 bytes] with the low 4 bits of the pair's first
+    /// group in the low nibble, of its second in the high nibble; then one row [column][4 bytes] whose bits
+    /// 2i..2i+2 are the high 2 bits of the sub-block's group i.
+    pub subs: [[u8; 3 * ROW]; 16],
 }
 
 /// One Q8_0 block of 32 values of 16 columns.
@@ -77,9 +87,11 @@ pub(super) fn q4k(data: &[u8], n: usize, k: usize) -> Tiles {
     for t in 0..n / TILE_N {
         for b in 0..kb {
             let mut tile = TileQ4K {
-                scales: [[0.0; TILE_N]; 8],
-                mins: [[0.0; TILE_N]; 8],
-                qs: [0; QK_K / 8 * TILE_N * 4],
+                subs: std::array::from_fn(|_| SubQ4K {
+                    qs: [0; 4 * ROW],
+                    scale: [0.0; TILE_N],
+                    min: [0.0; TILE_N],
+                }),
             };
             for r in 0..TILE_N {
                 let blk = &data[((t * TILE_N + r) * kb + b) * Q4K_BYTES..][..Q4K_BYTES];
@@ -87,8 +99,8 @@ pub(super) fn q4k(data: &[u8], n: usize, k: usize) -> Tiles {
                 let (scales, qs) = (&blk[4..16], &blk[16..]);
                 for sub in 0..8 {
                     let (sc, mn) = scale_min_k4(sub, scales);
-                    tile.scales[sub][r] = d * sc as f32;
-                    tile.mins[sub][r] = dmin * mn as f32;
+                    tile.subs[sub].scale[r] = d * sc as f32;
+                    tile.subs[sub].min[r] = dmin * mn as f32;
                 }
                 // 32-byte chunk c: values c*64.. in the low nibbles, c*64+32.. in the high ones.
                 let mut vals = [0u8; QK_K];
@@ -101,7 +113,7 @@ pub(super) fn q4k(data: &[u8], n: usize, k: usize) -> Tiles {
                 }
                 for g in 0..QK_K / 8 {
                     for j in 0..4 {
-                        tile.qs[(g * TILE_N + r) * 4 + j] =
+                        tile.subs[g / 4].qs[(g % 4) * ROW + r * 4 + j] =
                             vals[g * 8 + j] | (vals[g * 8 + j + 4] << 4);
                     }
                 }
@@ -121,8 +133,7 @@ pub(super) fn q6k(data: &[u8], n: usize, k: usize) -> Tiles {
             let mut tile = TileQ6K {
                 d: [0.0; TILE_N],
                 scales: [[0; TILE_N]; 16],
-                low: [0; QK_K / 8 * TILE_N * 4],
-                high: [0; QK_K / 16 * TILE_N * 4],
+                subs: [[0; 3 * ROW]; 16],
             };
             for r in 0..TILE_N {
                 let blk = &data[((t * TILE_N + r) * kb + b) * Q6K_BYTES..][..Q6K_BYTES];
@@ -145,8 +156,9 @@ pub(super) fn q6k(data: &[u8], n: usize, k: usize) -> Tiles {
                 for g in 0..QK_K / 4 {
                     for j in 0..4 {
                         let v = vals[g * 4 + j];
-                        tile.low[((g / 2) * TILE_N + r) * 4 + j] |= (v & 0x0F) << (4 * (g % 2));
-                        tile.high[((g / 4) * TILE_N + r) * 4 + j] |= (v >> 4) << (2 * (g % 4));
+                        let sub = &mut tile.subs[g / 4];
+                        sub[(g / 2 % 2) * ROW + r * 4 + j] |= (v & 0x0F) << (4 * (g % 2));
+                        sub[2 * ROW + r * 4 + j] |= (v >> 4) << (2 * (g % 4));
                     }
                 }
             }

@@ -45,8 +45,9 @@ pub(super) unsafe fn groups(
 }
 
 /// [`groups`] for one group and rows `first..first + R`: per block, the exact integer sum times the weight's
-/// and the row's scales, added to the estimate in one fused multiply-add, and `|d_w|` times the row's block
-/// scale added to the bound; then the group's highest `estimate -/+ tolerance x bound`.
+/// and the row's scales, added to the estimate in one fused multiply-add, and `|d_w|` added to the columns'
+/// sums; then each row's bound is its scale times those sums, and the group's highest
+/// `estimate -/+ tolerance x bound`.
 ///
 /// # Safety
 /// As [`groups`], for one group.
@@ -56,7 +57,7 @@ unsafe fn rows_of<const R: usize>(
 ) {
     let tile_bytes = Format::Q8_0.bytes() * LANES;
     let mut estimate = [_mm256_setzero_ps(); R];
-    let mut bound = [_mm256_setzero_ps(); R];
+    let mut weight_sizes = _mm256_setzero_ps();
     for (b, tile) in tiles.chunks_exact(tile_bytes).enumerate() {
         let mut w = [_mm256_setzero_si256(); 8];
         let mut size = [_mm256_setzero_si256(); 8];
@@ -67,8 +68,8 @@ unsafe fn rows_of<const R: usize>(
         }
         // SAFETY: 8 f16 scales after the 8 vectors of values.
         let dw = unsafe { _mm256_cvtph_ps(_mm_loadu_si128(tile[256..].as_ptr().cast())) };
-        let dw_size = _mm256_andnot_ps(_mm256_set1_ps(-0.0), dw);
-        for i in 0..R {
+        weight_sizes = _mm256_add_ps(weight_sizes, _mm256_andnot_ps(_mm256_set1_ps(-0.0), dw));
+        for (i, estimate) in estimate.iter_mut().enumerate() {
             let a = (first + i) * acts.blocks + b;
             let y = &acts.values[a];
             let mut sum = _mm256_setzero_si256();
@@ -77,19 +78,19 @@ unsafe fn rows_of<const R: usize>(
                 sum = _mm256_add_epi32(sum, dot4(size[j], moved));
             }
             let scale = _mm256_mul_ps(dw, _mm256_set1_ps(acts.d[a]));
-            estimate[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, estimate[i]);
-            bound[i] = _mm256_fmadd_ps(dw_size, _mm256_set1_ps(scales[a]), bound[i]);
+            *estimate = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), scale, *estimate);
         }
     }
     for i in 0..R {
-        let width = _mm256_mul_ps(_mm256_set1_ps(tolerance), bound[i]);
+        let bound = _mm256_mul_ps(weight_sizes, _mm256_set1_ps(scales[first + i]));
+        let width = _mm256_mul_ps(_mm256_set1_ps(tolerance), bound);
         let mut ends = [[0f32; LANES]; 4];
         // SAFETY: 8 floats each.
         unsafe {
             _mm256_storeu_ps(ends[0].as_mut_ptr(), _mm256_sub_ps(estimate[i], width));
             _mm256_storeu_ps(ends[1].as_mut_ptr(), _mm256_add_ps(estimate[i], width));
             _mm256_storeu_ps(ends[2].as_mut_ptr(), estimate[i]);
-            _mm256_storeu_ps(ends[3].as_mut_ptr(), bound[i]);
+            _mm256_storeu_ps(ends[3].as_mut_ptr(), bound);
         }
         let finite = (ends[2].iter().zip(&ends[3])).all(|(e, b)| (e.abs() + b).is_finite());
         let top = |v: [f32; LANES]| v.into_iter().fold(f32::NEG_INFINITY, f32::max);

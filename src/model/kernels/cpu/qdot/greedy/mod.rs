@@ -5,7 +5,9 @@
 //! sum times the two scales), with a bound on how far candle's value can lie from the estimate: both are sums
 //! of the same exact products, each term rounded at most `blocks + 4` times, so they differ by at most
 //! `2 gamma(blocks + 4)` times the sum of the terms' sizes, itself at most the sum over blocks of
-//! `|d_w| |d_x| 128 sum|x_q|` (a weight is at most 128 in size). Only the columns whose interval reaches the
+//! `|d_w| |d_x| 128 sum|x_q|` (a weight is at most 128 in size), and so at most the row's largest
+//! `|d_x| 128 sum|x_q|` times the column's sum of `|d_w|` (one product per row and column instead of one per
+//! block; the bound is a few millionths of the logits' size either way). Only the columns whose interval reaches the
 //! highest lower end are then computed as candle computes them, and the first largest of those is the row's
 //! id: the index candle's `argmax` of the full logits gives, ties included.
 
@@ -31,7 +33,7 @@ const MOST_GROUPS: usize = 8;
 /// Rows one pass of the AVX-512 kernel takes (their sums in registers).
 const PASS_ROWS: usize = 5;
 
-/// One pass's operands: a group's tiles, the rows, their block scales and the tolerance, the pass's first
+/// One pass's operands: a group's tiles, the rows, each row's bound scale and the tolerance, the pass's first
 /// row, the spans' outputs (lower ends, upper ends), the group's index.
 type Pass<'a> = (
     &'a [u8],
@@ -95,10 +97,23 @@ fn tolerance(blocks: usize) -> f32 {
 /// lie (so the group's largest logit lies between the two); NaN for a group with a value that is not finite.
 fn spans(packed: &Packed, acts: &Activations) -> (Vec<f32>, Vec<f32>) {
     let (rows, groups) = (acts.rows, packed.groups);
-    // Per row and block: 128 |d_x| sum|x_q|, the block's bound before the weight's scale.
-    let scales: Vec<f32> = (acts.values.iter().zip(&acts.d))
-        .map(|(v, d)| 128.0 * d.abs() * v.iter().map(|q| q.unsigned_abs() as f32).sum::<f32>())
-        .collect();
+    // Per row: the largest over its blocks of 128 |d_x| sum|x_q| (a block's bound before the weight's scale),
+    // infinite where one is not finite.
+    let scales: Vec<f32> = (acts
+        .values
+        .chunks(acts.blocks)
+        .zip(acts.d.chunks(acts.blocks)))
+    .map(|(values, d)| {
+        (values.iter().zip(d)).fold(0f32, |top, (v, d)| {
+            let s = 128.0 * d.abs() * v.iter().map(|q| q.unsigned_abs() as f32).sum::<f32>();
+            if s.is_finite() {
+                top.max(s)
+            } else {
+                f32::INFINITY
+            }
+        })
+    })
+    .collect();
     let tolerance = tolerance(acts.blocks);
     // Every element is written by the tasks (each its groups, for every row), so the buffers are not
     // zero-filled first.

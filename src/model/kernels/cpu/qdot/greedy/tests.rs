@@ -181,19 +181,24 @@ fn spans_reference(w: &[u8], acts: &Activations, n: usize, lanes: usize) -> (Vec
     let tol = tolerance(acts.blocks);
     let (mut low, mut high) = (Vec::new(), Vec::new());
     for r in 0..acts.rows {
+        // The row's largest block bound before the weight's scale.
+        let scale = (r * acts.blocks..(r + 1) * acts.blocks).fold(0f32, |top, a| {
+            let size: f32 = acts.values[a].iter().map(|q| q.unsigned_abs() as f32).sum();
+            top.max(128.0 * acts.d[a].abs() * size)
+        });
         for g in 0..n / lanes {
             let (mut lo, mut hi) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
             for c in g * lanes..(g + 1) * lanes {
-                let (mut estimate, mut bound) = (0f32, 0f32);
+                let (mut estimate, mut weight_sizes) = (0f32, 0f32);
                 for (b, wb) in w[c * row_bytes..][..row_bytes].chunks_exact(34).enumerate() {
                     let a = r * acts.blocks + b;
                     let v = &acts.values[a];
                     let sum: i32 = (0..32).map(|i| wb[2 + i] as i8 as i32 * v[i] as i32).sum();
                     let dw = activations::f16_at(wb, 0);
                     estimate = (sum as f32).mul_add(dw * acts.d[a], estimate);
-                    let size: f32 = v.iter().map(|q| q.unsigned_abs() as f32).sum();
-                    bound = dw.abs().mul_add(128.0 * acts.d[a].abs() * size, bound);
+                    weight_sizes += dw.abs();
                 }
+                let bound = weight_sizes * scale;
                 lo = lo.max(estimate - tol * bound);
                 hi = hi.max(estimate + tol * bound);
             }

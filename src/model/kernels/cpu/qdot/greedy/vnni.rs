@@ -43,8 +43,8 @@ pub(super) unsafe fn groups(
 
 /// [`groups`] for one group and rows `first..first + R`: per block, the exact integer sum (the weights'
 /// +128 taken off as the accumulator's start) times the weight's and the row's scales, added to the estimate
-/// in one fused multiply-add, and `|d_w|` times the row's block scale added to the bound; then the group's
-/// highest `estimate -/+ tolerance x bound`.
+/// in one fused multiply-add, and `|d_w|` added to the columns' sums; then each row's bound is its scale times
+/// those sums, and the group's highest `estimate -/+ tolerance x bound`.
 ///
 /// # Safety
 /// As [`groups`], for one group.
@@ -56,7 +56,7 @@ unsafe fn rows_of<const R: usize>(
     // Chains of sums per row: one where the rows of a pass are enough to hide the instruction's latency.
     let chains = if R >= 4 { 1 } else { 2 };
     let mut estimate = [_mm512_setzero_ps(); R];
-    let mut bound = [_mm512_setzero_ps(); R];
+    let mut weight_sizes = _mm512_setzero_ps();
     for (b, tile) in tiles.chunks_exact(tile_bytes).enumerate() {
         if first == 0 {
             // The first rows stream the group from memory; later rows find it in the cache.
@@ -65,7 +65,7 @@ unsafe fn rows_of<const R: usize>(
         let a = |i: usize| (first + i) * acts.blocks + b;
         let mut sums = [[_mm512_setzero_si512(); 2]; R];
         for (i, sums) in sums.iter_mut().enumerate() {
-            sums[0] = _mm512_set1_epi32(-128 * acts.s[a(i)] as i32);
+            sums[0] = _mm512_set1_epi32(-128 * acts.sums[a(i)]);
         }
         for j in 0..8 {
             // SAFETY: vector j of the tile's values, 64 bytes.
@@ -77,7 +77,7 @@ unsafe fn rows_of<const R: usize>(
         }
         // SAFETY: 16 f16 scales after the 8 vectors of values.
         let dw = unsafe { _mm512_cvtph_ps(_mm256_loadu_si256(tile[512..].as_ptr().cast())) };
-        let dw_size = _mm512_abs_ps(dw);
+        weight_sizes = _mm512_add_ps(weight_sizes, _mm512_abs_ps(dw));
         for (i, sums) in sums.iter().enumerate() {
             let sum = match chains {
                 1 => sums[0],
@@ -85,13 +85,13 @@ unsafe fn rows_of<const R: usize>(
             };
             let scale = _mm512_mul_ps(dw, _mm512_set1_ps(acts.d[a(i)]));
             estimate[i] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), scale, estimate[i]);
-            bound[i] = _mm512_fmadd_ps(dw_size, _mm512_set1_ps(scales[a(i)]), bound[i]);
         }
     }
     let tolerance = _mm512_set1_ps(tolerance);
     for i in 0..R {
-        let width = _mm512_mul_ps(tolerance, bound[i]);
-        let size = _mm512_add_ps(_mm512_abs_ps(estimate[i]), bound[i]);
+        let bound = _mm512_mul_ps(weight_sizes, _mm512_set1_ps(scales[first + i]));
+        let width = _mm512_mul_ps(tolerance, bound);
+        let size = _mm512_add_ps(_mm512_abs_ps(estimate[i]), bound);
         let finite = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(size, _mm512_set1_ps(f32::INFINITY));
         let (lo, hi) = match finite {
             0xffff => (
