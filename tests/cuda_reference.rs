@@ -664,6 +664,21 @@ fn var(shape: &[usize], seed: u64, dev: &Device) -> candle_core::Var {
     candle_core::Var::from_tensor(&t).unwrap()
 }
 
+/// Each row's negative log-likelihood of `targets` under `logits` through candle's log-softmax composition.
+fn composed_nll(logits: &Tensor, targets: &[u32]) -> Tensor {
+    let logp = candle_nn::ops::log_softmax(logits, candle_core::D::Minus1).unwrap();
+    let t = Tensor::new(targets, logits.device())
+        .unwrap()
+        .unsqueeze(1)
+        .unwrap();
+    logp.gather(&t, 1)
+        .unwrap()
+        .squeeze(1)
+        .unwrap()
+        .neg()
+        .unwrap()
+}
+
 /// Value and input gradients (against a fixed random weighting of the output) of `fused` on bf16 inputs
 /// and `composed` on their f32 casts: worst relative L2 error of the value and of each gradient.
 fn compare(
@@ -810,17 +825,7 @@ fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
                     .unwrap()
                     .unwrap()
             },
-            |xs| {
-                let logp =
-                    candle_nn::ops::log_softmax(&(&xs[0] * 4.0).unwrap(), D::Minus1).unwrap();
-                let t = Tensor::new(&targets, &dev).unwrap().unsqueeze(1).unwrap();
-                logp.gather(&t, 1)
-                    .unwrap()
-                    .squeeze(1)
-                    .unwrap()
-                    .neg()
-                    .unwrap()
-            },
+            |xs| composed_nll(&(&xs[0] * 4.0).unwrap(), &targets),
         );
         eprintln!("row nll x{cols}: value {ev:.2e}, gradient {eg:.2e}");
         assert!(ev < bound && eg < bound, "row nll x{cols}: {ev} {eg}");
@@ -844,15 +849,7 @@ fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
             },
             |xs| {
                 let wf = w.to_dtype(DType::F32).unwrap();
-                let logits = xs[0].matmul(&wf.t().unwrap()).unwrap();
-                let logp = candle_nn::ops::log_softmax(&logits, D::Minus1).unwrap();
-                let t = Tensor::new(&targets, &dev).unwrap().unsqueeze(1).unwrap();
-                logp.gather(&t, 1)
-                    .unwrap()
-                    .squeeze(1)
-                    .unwrap()
-                    .neg()
-                    .unwrap()
+                composed_nll(&xs[0].matmul(&wf.t().unwrap()).unwrap(), &targets)
             },
         );
         let what = format!("head nll, dequantized {}", dequantized.is_some());

@@ -283,6 +283,22 @@ extern "C" __global__ void row_nll_backward_bf16(const bf16 *logits, const uint3
   }
 }
 
+// Row r of heads_rope_bf16's and heads_rope8_bf16's loops, r = (bi * n + ni) * t + ti: its offset in the source and
+// the destination (the heads layout [b, n, t, d] and the sequence layout [b, t, n, d], one each way by to_heads) and
+// its row of the rotary tables, bi * t + ti.
+struct RopeRow {
+  size_t from, to, rotary;
+};
+__device__ __forceinline__ RopeRow rope_row(size_t r, size_t t, size_t n, size_t d, int to_heads) {
+  size_t ti = r % t;
+  r /= t;
+  size_t ni = r % n, bi = r / n;
+  size_t heads_base = ((bi * n + ni) * t + ti) * d;
+  size_t seq_base = ((bi * t + ti) * n + ni) * d;
+  RopeRow row = {to_heads ? seq_base : heads_base, to_heads ? heads_base : seq_base, bi * t + ti};
+  return row;
+}
+
 // Moves heads between the projections' layout [b, t, n, d] and attention's [b, n, t, d], rotating each pair
 // of rotary dimensions by its position's angle on the way: sign +1 rotates forward, -1 back (the gradient).
 // to_heads 1 reads [b, t, n, d] and writes [b, n, t, d]; 0 the reverse. cos and sin are [b, t, d / 2];
@@ -293,17 +309,13 @@ extern "C" __global__ void heads_rope_bf16(const bf16 *src, bf16 *dst, const bf1
   size_t half = d / 2;
   size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= b * n * t * half) return;
-  size_t i = idx % half, r = idx / half;
-  size_t ti = r % t;
-  r /= t;
-  size_t ni = r % n, bi = r / n;
-  size_t heads_base = ((bi * n + ni) * t + ti) * d;
-  size_t seq_base = ((bi * t + ti) * n + ni) * d;
-  size_t from = to_heads ? seq_base : heads_base, to = to_heads ? heads_base : seq_base;
+  size_t i = idx % half;
+  RopeRow row = rope_row(idx / half, t, n, d, to_heads);
+  size_t from = row.from, to = row.to;
   size_t i0 = interleaved ? 2 * i : i, i1 = interleaved ? 2 * i + 1 : i + half;
   float x0 = __bfloat162float(src[from + i0]), x1 = __bfloat162float(src[from + i1]);
   if (rope) {
-    size_t a = (bi * t + ti) * half + i;
+    size_t a = row.rotary * half + i;
     float c = __bfloat162float(cos[a]), s = sign * __bfloat162float(sin[a]);
     dst[to + i0] = __float2bfloat16(x0 * c - x1 * s);
     dst[to + i1] = __float2bfloat16(x0 * s + x1 * c);
@@ -323,13 +335,9 @@ extern "C" __global__ void heads_rope8_bf16(const bf16 *src, bf16 *dst, const bf
   size_t half = d / 2, groups = half / 8;
   size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= b * n * t * groups) return;
-  size_t i = (idx % groups) * 8, r = idx / groups;
-  size_t ti = r % t;
-  r /= t;
-  size_t ni = r % n, bi = r / n;
-  size_t heads_base = ((bi * n + ni) * t + ti) * d;
-  size_t seq_base = ((bi * t + ti) * n + ni) * d;
-  size_t from = to_heads ? seq_base : heads_base, to = to_heads ? heads_base : seq_base;
+  size_t i = (idx % groups) * 8;
+  RopeRow row = rope_row(idx / groups, t, n, d, to_heads);
+  size_t from = row.from, to = row.to;
   size_t a0 = interleaved ? 2 * i : i, a1 = interleaved ? 2 * i + 8 : i + half;
   const uint4 *s0 = reinterpret_cast<const uint4 *>(src + from + a0), *s1 = reinterpret_cast<const uint4 *>(src + from + a1);
   uint4 *d0 = reinterpret_cast<uint4 *>(dst + to + a0), *d1 = reinterpret_cast<uint4 *>(dst + to + a1);
@@ -341,7 +349,7 @@ extern "C" __global__ void heads_rope8_bf16(const bf16 *src, bf16 *dst, const bf
   float x[16], c[8], sn[8];
   load8(src + from + a0, x);
   load8(src + from + a1, x + 8);
-  size_t at = (bi * t + ti) * half + i;
+  size_t at = row.rotary * half + i;
   load8(cos + at, c);
   load8(sin + at, sn);
   // Pair k: values (2k, 2k + 1) of the sixteen when interleaved, (k, 8 + k) otherwise (two loops, so that every
