@@ -527,6 +527,11 @@ fn loss_and_lora_gradients_match_peft_in_bf16() {
 /// The llama fixture in NF4 on `dev` with r=8 LoRA (dropout 0.1) on every projection and fixed non-zero
 /// adapter weights.
 fn nf4_llama_with_lora(dir: &Path, dev: &Device) -> Decoder {
+    nf4_llama_with_lora_dropout(dir, dev, 0.1)
+}
+
+/// [`nf4_llama_with_lora`] with LoRA dropout `dropout`.
+fn nf4_llama_with_lora_dropout(dir: &Path, dev: &Device, dropout: f64) -> Decoder {
     use qlab::model::{LoraSpec, Target};
     let mut m = load_model(dir, Quant::Nf4, dev).unwrap();
     m.add_lora(&LoraSpec {
@@ -534,7 +539,7 @@ fn nf4_llama_with_lora(dir: &Path, dev: &Device) -> Decoder {
         rank: 8,
         alpha: 16.0,
         rslora: false,
-        dropout: 0.1,
+        dropout,
         seed: 3,
     })
     .unwrap();
@@ -562,9 +567,21 @@ fn train_batch(exp: &HashMap<String, Tensor>, dev: &Device) -> TrainBatch {
 }
 
 /// The GPU's fused block (bf16, one node with a hand-chained backward) against the CPU's f32 block on the
-/// same NF4 model, with LoRA on every projection, non-zero B and dropout: loss and every LoRA gradient.
+/// same NF4 model, with LoRA on every projection, non-zero B and dropout (each projection on its own): loss and
+/// every LoRA gradient.
 #[test]
 fn gpu_training_step_matches_the_cpu_with_nf4_and_dropout() {
+    gpu_step_matches_the_cpu(0.1, "dropout");
+}
+
+/// The same without dropout, where the projections that read one input (q, k and v; gate and up) run as one
+/// product each way, their weights stacked and their adapters on a block diagonal.
+#[test]
+fn gpu_training_step_matches_the_cpu_with_projections_sharing_their_input() {
+    gpu_step_matches_the_cpu(0.0, "shared inputs");
+}
+
+fn gpu_step_matches_the_cpu(dropout: f64, what: &str) {
     let dev = gpu();
     let dir = fixture("llama");
     let exp = expected(&dir);
@@ -573,23 +590,29 @@ fn gpu_training_step_matches_the_cpu_with_nf4_and_dropout() {
             dropout_seed: Some(11),
             ..StepOptions::for_device(d)
         };
-        nf4_llama_with_lora(&dir, d)
+        nf4_llama_with_lora_dropout(&dir, d, dropout)
             .loss_and_grads(&train_batch(&exp, d), &opts)
             .unwrap()
     };
     let (want, got) = (run(&Device::Cpu), run(&dev));
     let loss_e = ((got.loss - want.loss) / want.loss).abs();
     let mut worst = 0f32;
+    assert_eq!(got.grads.len(), want.grads.len(), "{what}: gradients");
     for ((key, g), (_, w)) in got.grads.iter().zip(&want.grads) {
         let e = rel_err(g, w, None);
         worst = worst.max(e);
         assert!(
             e <= GRAD_REL,
-            "{key}: GPU vs CPU gradient relative error {e}"
+            "{what} {key}: GPU vs CPU gradient relative error {e}"
         );
     }
-    eprintln!("llama nf4 + dropout: GPU vs CPU loss {loss_e:.2e}, worst LoRA gradient {worst:.2e}");
-    assert!(loss_e <= LOSS_REL, "loss {} vs {}", got.loss, want.loss);
+    eprintln!("llama nf4, {what}: GPU vs CPU loss {loss_e:.2e}, worst LoRA gradient {worst:.2e}");
+    assert!(
+        loss_e <= LOSS_REL,
+        "{what}: loss {} vs {}",
+        got.loss,
+        want.loss
+    );
 }
 
 /// A checkpointed step that keeps the blocks' inputs in host memory (long sequences) computes what the same
@@ -770,6 +793,34 @@ fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
         );
         eprintln!("gated {act:?} x{width}: value {ev:.2e}, gradient {eg:.2e}");
         assert!(ev < bound && eg < bound, "gated {act:?}: {ev} {eg}");
+        // Gate and up as the column ranges of one product's output that holds both (the fused block's).
+        let both = var(&[4, 2 * width], 5, &dev);
+        let halves = |t: &Tensor| {
+            (
+                t.narrow(1, 0, width).unwrap(),
+                t.narrow(1, width, width).unwrap(),
+            )
+        };
+        let (ev, eg) = compare(
+            &[&both],
+            |xs| {
+                let (g, u) = halves(&xs[0]);
+                fused_gated(&g, &u, act).unwrap().unwrap()
+            },
+            |xs| {
+                let (g, u) = halves(&xs[0]);
+                let a = match act {
+                    Activation::Silu => g.silu().unwrap(),
+                    Activation::GeluTanh => g.gelu().unwrap(),
+                };
+                (a * u).unwrap()
+            },
+        );
+        eprintln!("gated {act:?} x{width} from one output: value {ev:.2e}, gradient {eg:.2e}");
+        assert!(
+            ev < bound && eg < bound,
+            "gated {act:?} from one output: {ev} {eg}"
+        );
     }
     // A frozen projection with its LoRA adapter (f32 A and B) as one node.
     let f32_var = |shape: &[usize], seed| {
@@ -857,10 +908,16 @@ fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
         assert!(ev < bound && eg < bound, "{what}: {ev} {eg}");
     }
     // Heads split from a projection, rotated in both pairings, and not rotated: a head size of 32 takes the
-    // 16-byte kernel, 8 the pair-a-thread one.
-    for hd in [32, 8] {
+    // 16-byte kernel, 8 the pair-a-thread one; the projection whole, and as a column range of a wider output
+    // (the fused block's q, k and v side by side).
+    for (hd, among) in [(32, false), (8, false), (32, true), (8, true)] {
         let (hb, ht, hn) = (2, 5, 3);
-        let proj = var(&[hb, ht, hn * hd], 13, &dev);
+        let width = if among { (hn + 2) * hd } else { hn * hd };
+        let proj = var(&[hb, ht, width], 13, &dev);
+        let columns = |t: &Tensor| match among {
+            true => t.narrow(2, hd, hn * hd).unwrap(),
+            false => t.clone(),
+        };
         let angles = (var(&[hb, 1, ht, hd / 2], 14, &dev)
             .as_tensor()
             .to_dtype(DType::F32)
@@ -882,10 +939,14 @@ fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
                 &[&proj],
                 |xs| {
                     let tables = rotary.map(|il| (&cos16, &sin16, il));
-                    fused_split_heads(&xs[0], hn, hd, tables).unwrap().unwrap()
+                    fused_split_heads(&columns(&xs[0]), hn, hd, tables)
+                        .unwrap()
+                        .unwrap()
                 },
                 |xs| {
-                    let y = xs[0]
+                    let y = columns(&xs[0])
+                        .contiguous()
+                        .unwrap()
                         .reshape((hb, ht, hn, hd))
                         .unwrap()
                         .transpose(1, 2)
@@ -917,10 +978,12 @@ fn fused_kernels_match_the_f32_compositions_in_value_and_gradient() {
                     }
                 },
             );
-            eprintln!("split heads d{hd} {rotary:?}: value {ev:.2e}, gradient {eg:.2e}");
+            eprintln!(
+                "split heads d{hd} {rotary:?} among {among}: value {ev:.2e}, gradient {eg:.2e}"
+            );
             assert!(
                 ev < bound && eg < bound,
-                "split heads d{hd} {rotary:?}: {ev} {eg}"
+                "split heads d{hd} {rotary:?} among {among}: {ev} {eg}"
             );
         }
     }

@@ -157,6 +157,51 @@ impl FrozenWeight {
         }
     }
 
+    /// Whole weights of one width one under the other, `[sum of rows, in]` in the device's compute dtype (the
+    /// weight of projections that share an input), when each is small enough to dequantize at once; with `tail`
+    /// (`[sum of rows, c]`), each row continues with the tail's: `[sum of rows, in + c]`. NF4 weights on a GPU are
+    /// dequantized straight into their rows of the result; others are concatenated.
+    pub fn dequantize_stacked(
+        weights: &[&Self],
+        device: &Device,
+        tail: Option<&Tensor>,
+    ) -> candle_core::Result<Option<Tensor>> {
+        for w in weights {
+            if w.row_chunks()?.len() != 1 {
+                return Ok(None);
+            }
+        }
+        #[cfg(feature = "cuda")]
+        {
+            let nf4: Vec<_> = weights
+                .iter()
+                .filter_map(|w| match w {
+                    Self::Nf4Cuda(n) => Some(n.as_ref()),
+                    _ => None,
+                })
+                .collect();
+            let several = weights.len() > 1 || tail.is_some();
+            if several && nf4.len() == weights.len() && device.is_cuda() {
+                return super::nf4_cuda::dequantize_stacked(&nf4, tail).map(Some);
+            }
+        }
+        let mut parts = weights
+            .iter()
+            .map(|w| w.dequantize(device))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let stacked = match parts.len() {
+            1 => parts.remove(0),
+            _ => Tensor::cat(&parts, 0)?,
+        };
+        match tail {
+            Some(t) => {
+                let t = t.to_dtype(stacked.dtype())?;
+                Tensor::cat(&[stacked, t], 1).map(Some)
+            }
+            None => Ok(Some(stacked)),
+        }
+    }
+
     /// Row chunks `(start, len)` small enough to dequantize at once.
     pub(crate) fn row_chunks(&self) -> candle_core::Result<Vec<(usize, usize)>> {
         let (rows, cols) = self.dims2()?;

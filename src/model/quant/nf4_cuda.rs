@@ -9,7 +9,9 @@
 
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
-use cudarc::driver::{CudaStream, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaSlice, CudaStream, CudaViewMut, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
+};
 use half::bf16;
 
 use std::sync::Arc;
@@ -95,6 +97,7 @@ impl Nf4Cuda {
         let op = Nf4Dequant {
             start: start * cols,
             count: len * cols,
+            cols,
             dtype,
         };
         self.codes
@@ -291,6 +294,8 @@ fn contiguous<'a, T>(v: &'a [T], l: &Layout, what: &str) -> candle_core::Result<
 struct Nf4Dequant {
     start: usize,
     count: usize,
+    /// The weight's row width.
+    cols: usize,
     dtype: DType,
 }
 
@@ -371,26 +376,18 @@ impl CustomOp3 for Nf4Dequant {
         let a = absmax_q.as_cuda_slice::<u8>()?;
         let t = tables.as_cuda_slice::<f32>()?;
         let pairs = self.count / 2;
-        let cfg = LaunchConfig::for_num_elems(pairs as u32);
         let start = self.start;
         let out = if self.dtype == DType::BF16 {
-            // Sixteen elements per thread when the span allows (fresh allocations are 256-byte aligned).
-            let wide = start.is_multiple_of(16) && pairs.is_multiple_of(8);
-            let (name, cfg) = match wide {
-                true => (
-                    "nf4_dequant16_bf16",
-                    LaunchConfig::for_num_elems((pairs / 8) as u32),
-                ),
-                false => ("nf4_dequant_bf16", cfg),
-            };
-            let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
             // SAFETY: every element is written by the kernel before it is read.
-            let out = unsafe { dev.alloc::<bf16>(self.count) }?;
-            let mut b = func.builder();
-            b.arg(c).arg(a).arg(t).arg(&start).arg(&pairs).arg(&out);
-            // SAFETY: argument types and counts match nf4_dequant_bf16 and nf4_dequant16_bf16 in nf4.cu,
-            // and the wide kernel's span conditions hold.
-            unsafe { b.launch(cfg) }.w()?;
+            let mut out = unsafe { dev.alloc::<bf16>(self.count) }?;
+            let cols = self.cols;
+            dequant_bf16_into(
+                dev,
+                (c, a, t),
+                (start, self.count),
+                &mut out.slice_mut(..),
+                (cols, cols),
+            )?;
             CudaStorage::wrap_cuda_slice(out, dev.clone())
         } else {
             let func = dev.get_or_load_custom_func("nf4_dequant_f32", MODULE, PTX)?;
@@ -399,10 +396,214 @@ impl CustomOp3 for Nf4Dequant {
             let mut b = func.builder();
             b.arg(c).arg(a).arg(t).arg(&start).arg(&pairs).arg(&out);
             // SAFETY: argument types and counts match nf4_dequant_f32 in nf4.cu.
-            unsafe { b.launch(cfg) }.w()?;
+            unsafe { b.launch(LaunchConfig::for_num_elems(pairs as u32)) }.w()?;
             CudaStorage::wrap_cuda_slice(out, dev.clone())
         };
         Ok((out, Shape::from(self.count)))
+    }
+}
+
+/// Launches the bf16 dequantization of elements `[start, start + count)` (both even) of a weight's (codes,
+/// absmax_q, tables) into `out`, as rows of `cols` values (`count` a multiple of it) `ld` values apart.
+fn dequant_bf16_into(
+    dev: &candle_core::CudaDevice,
+    (c, a, t): (&CudaSlice<u8>, &CudaSlice<u8>, &CudaSlice<f32>),
+    (start, count): (usize, usize),
+    out: &mut CudaViewMut<'_, bf16>,
+    (cols, ld): (usize, usize),
+) -> candle_core::Result<()> {
+    if cols == 0 || !count.is_multiple_of(cols) || !cols.is_multiple_of(2) || ld < cols {
+        candle_core::bail!("nf4: {count} values as rows of {cols}, {ld} apart")
+    }
+    let span = match count {
+        0 => 0,
+        _ => (count / cols - 1) * ld + cols,
+    };
+    if out.len() != span {
+        candle_core::bail!("nf4: {count} values over {span} into {}", out.len())
+    }
+    let pairs = count / 2;
+    // Sixteen elements per thread when the span allows (the kernel takes the narrow path where the output is
+    // not 16-byte aligned).
+    let wide = start.is_multiple_of(16) && pairs.is_multiple_of(8) && cols.is_multiple_of(16);
+    let (name, cfg) = match wide {
+        true => (
+            "nf4_dequant16_bf16",
+            LaunchConfig::for_num_elems((pairs / 8) as u32),
+        ),
+        false => (
+            "nf4_dequant_bf16",
+            LaunchConfig::for_num_elems(pairs as u32),
+        ),
+    };
+    let func = dev.get_or_load_custom_func(name, MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(c).arg(a).arg(t).arg(&start).arg(&pairs).arg(out);
+    b.arg(&cols).arg(&ld);
+    // SAFETY: argument types and counts match nf4_dequant_bf16 and nf4_dequant16_bf16 in nf4.cu, `out` spans the
+    // rows (checked above), and the wide kernel's span conditions hold.
+    unsafe { b.launch(cfg) }.w()?;
+    Ok(())
+}
+
+/// Whole NF4 weights of one width dequantized to bf16 one under the other, `[sum of rows, in_features]`: the
+/// weight of projections that share an input (see `kernels::cuda::adapted`), without a copy. With `tail` (bf16
+/// `[sum of rows, c]`), each row continues with the tail's row: `[sum of rows, in_features + c]`, the weight that
+/// adds a low-rank term in the same product (see `kernels::cuda::lowrank::norm_project`).
+pub fn dequantize_stacked(
+    members: &[&Nf4Cuda],
+    tail: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let Some((first, rest)) = members.split_first() else {
+        candle_core::bail!("nf4: no weights to stack")
+    };
+    let cols = first.dims.last().copied().unwrap_or(1);
+    if members
+        .iter()
+        .any(|m| m.dims.len() != 2 || m.dims[1] != cols)
+    {
+        candle_core::bail!("nf4: stacked weights must share one width, got {cols} and others")
+    }
+    let rows: usize = members.iter().map(|m| m.dims[0]).sum();
+    let extra = match tail {
+        Some(t) if t.dims2()? == (rows, t.dim(1)?) && t.dtype() == DType::BF16 => t.dim(1)?,
+        Some(t) => candle_core::bail!(
+            "nf4: a tail {:?} ({:?}) for {rows} rows",
+            t.dims(),
+            t.dtype()
+        ),
+        None => 0,
+    };
+    let op = Nf4DequantStacked {
+        rest: rest
+            .iter()
+            .map(|m| {
+                (
+                    m.codes.clone(),
+                    m.absmax_q.clone(),
+                    m.tables.clone(),
+                    m.dims[0] * cols,
+                )
+            })
+            .collect(),
+        first: first.dims[0] * cols,
+        cols,
+        tail: tail.map(|t| t.contiguous()).transpose()?,
+    };
+    first
+        .codes
+        .apply_op3_no_bwd(&first.absmax_q, &first.tables, &op)?
+        .reshape((rows, cols + extra))
+}
+
+/// [`dequantize_stacked`]'s op on the first weight's arrays, holding the others' and each weight's element count.
+struct Nf4DequantStacked {
+    rest: Vec<(Tensor, Tensor, Tensor, usize)>,
+    first: usize,
+    cols: usize,
+    tail: Option<Tensor>,
+}
+
+impl CustomOp3 for Nf4DequantStacked {
+    fn name(&self) -> &'static str {
+        "nf4-dequant-stacked"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        candle_core::bail!("nf4: stacked dequantization runs on a CUDA device only")
+    }
+
+    fn cuda_fwd(
+        &self,
+        codes: &CudaStorage,
+        cl: &Layout,
+        absmax_q: &CudaStorage,
+        al: &Layout,
+        tables: &CudaStorage,
+        tl: &Layout,
+    ) -> candle_core::Result<(CudaStorage, Shape)> {
+        fn cuda(s: &candle_core::Storage) -> candle_core::Result<&CudaStorage> {
+            match s {
+                candle_core::Storage::Cuda(c) => Ok(c),
+                _ => candle_core::bail!("nf4: a stacked weight is not on the GPU"),
+            }
+        }
+        let held: Vec<_> = self
+            .rest
+            .iter()
+            .map(|(c, a, t, n)| {
+                (
+                    c.storage_and_layout(),
+                    a.storage_and_layout(),
+                    t.storage_and_layout(),
+                    *n,
+                )
+            })
+            .collect();
+        let mut members = vec![((codes, cl), (absmax_q, al), (tables, tl), self.first)];
+        for ((cs, cl), (as_, al), (ts, tl), n) in &held {
+            members.push(((cuda(cs)?, *cl), (cuda(as_)?, *al), (cuda(ts)?, *tl), *n));
+        }
+        let cols = self.cols;
+        let rows: usize = members.iter().map(|m| m.3 / cols).sum();
+        let extra = match &self.tail {
+            Some(t) => t.dim(1)?,
+            None => 0,
+        };
+        let ld = cols + extra;
+        let dev = &codes.device;
+        // SAFETY: the launches below write every element: each weight its rows' first `cols` values, the tail's
+        // copy the rest.
+        let mut out = unsafe { dev.alloc::<bf16>(rows * ld) }?;
+        let mut at = 0;
+        for ((c, cl), (a, al), (t, tl), n) in members {
+            for (l, what) in [(cl, "codes"), (al, "absmax_q"), (tl, "tables")] {
+                if !l.is_contiguous() || l.start_offset() != 0 {
+                    candle_core::bail!("nf4: {what} must be contiguous from offset 0");
+                }
+            }
+            let arrays = (
+                c.as_cuda_slice::<u8>()?,
+                a.as_cuda_slice::<u8>()?,
+                t.as_cuda_slice::<f32>()?,
+            );
+            let span = (n / cols - 1) * ld + cols;
+            dequant_bf16_into(
+                dev,
+                arrays,
+                (0, n),
+                &mut out.slice_mut(at..at + span),
+                (cols, ld),
+            )?;
+            at += n / cols * ld;
+        }
+        let mut stacked = CudaStorage::wrap_cuda_slice(out, dev.clone());
+        if let Some(tail) = &self.tail {
+            let (ts, tl) = tail.storage_and_layout();
+            let candle_core::Storage::Cuda(ts) = &*ts else {
+                candle_core::bail!("nf4: the tail is not on the GPU")
+            };
+            use candle_core::backend::BackendStorage;
+            // The tail's rows after each weight row: rows x extra values from rows extra apart into rows ld apart.
+            ts.copy2d(
+                &mut stacked,
+                rows,
+                extra,
+                extra,
+                ld,
+                tl.start_offset(),
+                cols,
+            )?;
+        }
+        Ok((stacked, Shape::from(rows * ld)))
     }
 }
 

@@ -3,19 +3,23 @@
 //! As a composition, each of its ten candle nodes would cost a zero-filled gradient buffer and an add the
 //! size of the activations (candle's backward accumulates every edge that way). The rank-r products run
 //! in `lowrank`: bf16 activations, f32 adapter weights at close to f32 accuracy; the frozen product is
-//! summed into the same output buffer. [`Projection`] serves this node and the fused block (`block.rs`).
+//! summed into the same output buffer. [`Projection`] serves this node and the fused block (`block.rs`), where
+//! projections that read the same input (q, k and v; gate and up) run as one: each of their products reads the
+//! input, or the gradients of all their outputs, once and fills the GPU better than several smaller ones.
 
 use std::sync::Mutex;
 
 use candle_core::{CudaStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
 use super::lowrank::{
-    Base, BaseView, expand, expand_storage, project, reduce, rows_project, weight_parts,
+    Base, BaseView, STACK_MOST, expand, expand_storage, frozen_product, project, reduce,
+    rows_project, stacked_parts, stacked_parts_transposed, weight_parts,
 };
 use crate::model::quant::frozen::{FrozenLinear, FrozenWeight};
 use crate::model::quant::{GemvAdd, GemvKernel, LowRankAdd};
 
 /// The adapter's tensors: A `[r, in]`, B `[out, r]` (f32, tracked when they are trained) and the scale.
+#[derive(Clone)]
 pub struct Adapter<'a> {
     pub a: &'a Tensor,
     pub b: &'a Tensor,
@@ -24,38 +28,63 @@ pub struct Adapter<'a> {
     pub dropout: Option<Tensor>,
 }
 
-/// One projection's forward operands, kept for its backward.
+/// The forward operands of one projection, or of projections that share their input, kept for the backward.
+/// Several members run as one projection: their weights one under the other `[sum of out, in]`, their A's one
+/// under the other, their B^T's on a block diagonal (`lowrank::stacked_parts`); its output holds the members'
+/// outputs side by side, and its backward takes their gradients the same way.
 pub(super) struct Projection {
-    weight: FrozenWeight,
-    /// The dequantized weight `[out, in]`, when it was dequantized whole and not yet released
+    /// Each member's frozen weight and output features, in order.
+    weights: Vec<FrozenWeight>,
+    outs: Vec<usize>,
+    /// The dequantized weight `[sum of out, in]`, when it was dequantized whole and not yet released
     /// ([`Self::release_weight`]).
     dequantized: Option<Tensor>,
-    /// `s dropout(x) A^T` `[rows, r]` as `lowrank::project`'s bf16 parts `[rows, 3, r]`: B's gradient is
+    /// `s dropout(x) A^T` `[rows, n r]` as `lowrank::project`'s bf16 parts `[rows, 3, n r]`: B's gradient is
     /// `(mid^T g)^T`.
     mid: Tensor,
-    /// A `[r, in]` and `B^T` `[r, out]` as `lowrank::weight_parts` (`[3, r, in]`, `[3, r, out]`): split once
-    /// for the forward's products and the backward's.
+    /// A `[n r, in]` and `B^T` `[n r, sum of out]` as `lowrank::stacked_parts` (`[3, n r, in]`,
+    /// `[3, n r, sum of out]`): split once for the forward's products and the backward's.
     a: Tensor,
     b_t: Tensor,
+    rank: usize,
     scale: f64,
+    /// Dropout's mask (one member only).
     dropout: Option<Tensor>,
 }
 
+/// One member of a [`Projection`]: a frozen layer and its adapter.
+pub(super) type Member<'a> = (&'a FrozenLinear, Adapter<'a>);
+
+/// Whether these members can run as one [`Projection`]: up to `STACK_MOST` layers of one input width, each
+/// weight dequantized whole, no bias, no dropout, one rank and one scale.
+pub(super) fn share_input(members: &[Member]) -> Result<bool> {
+    let Some((base, adapter)) = members.first() else {
+        return Ok(false);
+    };
+    let (rank, in_f) = adapter.a.dims2()?;
+    for (b, a) in members {
+        let same =
+            a.a.dims2()? == (rank, in_f) && a.scale == adapter.scale && b.weight.dims2()?.1 == in_f;
+        if !same || a.dropout.is_some() || b.bias.is_some() || b.weight.row_chunks()?.len() != 1 {
+            return Ok(false);
+        }
+    }
+    Ok(members.len() <= STACK_MOST && base.weight.dims2()?.1 == in_f)
+}
+
 impl Projection {
-    /// The operands for the projection of bf16 `x2` `[rows, in]`, and the frozen product `x W^T + b` when it
+    /// The operands for one projection of bf16 `x2` `[rows, in]`, and the frozen product `x W^T + b` when it
     /// cannot be summed into the output's buffer (a bias, or a weight dequantized in chunks).
-    pub(super) fn new(
-        x2: &Tensor,
-        base: &FrozenLinear,
-        adapter: Adapter,
-    ) -> Result<(Self, Option<Tensor>)> {
-        let mut projection = Self::without_output(x2, base, adapter)?;
-        projection.dequantized = base.weight.dequantize_whole(x2.device())?;
-        let frozen = match (&projection.dequantized, &base.bias) {
+    pub(super) fn new(x2: &Tensor, member: Member) -> Result<(Self, Option<Tensor>)> {
+        let bias = member.0.bias.clone();
+        let mut projection = Self::without_output(x2, member)?;
+        projection.dequantized = projection.weights[0].dequantize_whole(x2.device())?;
+        let frozen = match (&projection.dequantized, &bias) {
             (Some(_), None) => None,
             _ => {
+                let base = FrozenLinear::new(projection.weights[0].clone(), bias.clone());
                 let (y, _) = base.product(x2)?;
-                Some(match &base.bias {
+                Some(match &bias {
                     Some(bias) => y.broadcast_add(&bias.to_dtype(y.dtype())?)?,
                     None => y,
                 })
@@ -64,23 +93,73 @@ impl Projection {
         Ok((projection, frozen))
     }
 
-    /// The operands of a projection of `x2` whose output nobody reads (checkpointing's recomputation of a
+    /// The operands of one projection of `x2` whose output nobody reads (checkpointing's recomputation of a
     /// block's last projection): what the backward needs, without the frozen product or a dequantized weight.
-    pub(super) fn without_output(
-        x2: &Tensor,
-        base: &FrozenLinear,
-        adapter: Adapter,
-    ) -> Result<Self> {
-        let (a, mid) = rank_wide(x2, &adapter)?;
+    pub(super) fn without_output(x2: &Tensor, (base, adapter): Member) -> Result<Self> {
+        let (rank, in_f) = adapter.a.dims2()?;
+        let a = weight_parts(&adapter.a.detach())?;
+        let mid = project(
+            &adapter_input(x2, in_f, adapter.dropout.as_ref())?,
+            &a,
+            adapter.scale,
+        )?;
         Ok(Self {
-            weight: base.weight.clone(),
+            weights: vec![base.weight.clone()],
+            outs: vec![adapter.b.dim(0)?],
             dequantized: None,
             mid,
             a,
             b_t: weight_parts(&adapter.b.detach().t()?)?,
+            rank,
             scale: adapter.scale,
             dropout: adapter.dropout,
         })
+    }
+
+    /// Projections that [`share_input`] with their low-rank term inside the frozen product: `wide` is
+    /// `lowrank::norm_project`'s `[rows, in + 3 n r]` (the normed input, then `s x A^T`'s parts) for `a`, the members'
+    /// A's as `lowrank::stacked_parts`. Returns the operands for the backward and the output `[rows, sum of out]`:
+    /// one product of `wide` with the stacked weights whose rows continue with B^T's parts. The separate low-rank
+    /// product that would write the whole output first, and the frozen product's read of it, are gone.
+    pub(super) fn over_columns(
+        wide: &Tensor,
+        in_f: usize,
+        members: Vec<Member>,
+        a: Tensor,
+    ) -> Result<(Self, Tensor)> {
+        let Some((_, first)) = members.first() else {
+            candle_core::bail!("adapted-linear: a projection without members")
+        };
+        let (rank, scale) = (first.a.dim(0)?, first.scale);
+        if !share_input(&members)? || a.dims() != [3, members.len() * rank, in_f] {
+            candle_core::bail!("adapted-linear: these projections cannot share their input")
+        }
+        let b_t_parts = members
+            .iter()
+            .map(|(_, a)| a.b.detach().t())
+            .collect::<Result<Vec<_>>>()?;
+        let weights: Vec<FrozenWeight> = members.iter().map(|(b, _)| b.weight.clone()).collect();
+        let tail = stacked_parts_transposed(&b_t_parts, true)?;
+        let refs: Vec<_> = weights.iter().collect();
+        let Some(w) = FrozenWeight::dequantize_stacked(&refs, wide.device(), Some(&tail))? else {
+            candle_core::bail!("adapted-linear: projections that share an input need whole weights")
+        };
+        let y = frozen_product(wide, &w)?;
+        let projection = Self {
+            weights,
+            outs: members
+                .iter()
+                .map(|(_, a)| a.b.dim(0))
+                .collect::<Result<Vec<_>>>()?,
+            dequantized: None,
+            mid: wide.narrow(1, in_f, 3 * members.len() * rank)?,
+            a,
+            b_t: stacked_parts(&b_t_parts, true)?,
+            rank,
+            scale,
+            dropout: None,
+        };
+        Ok((projection, y))
     }
 
     /// The output `[rows, out]` for the input `x2` it was made for, plus `add` when given; `frozen` is
@@ -138,6 +217,11 @@ impl Projection {
         }
     }
 
+    /// The output's width: the members' output features summed.
+    pub(super) fn width(&self) -> usize {
+        self.outs.iter().sum()
+    }
+
     /// Frees the dequantized weight once the forward has used it; the backward dequantizes it again. A block
     /// waiting for its backward then holds its activations but none of its seven dense weights (416 MiB in
     /// bf16 at Llama-3.1-8B dims), for one more read of the 4-bit codes per projection.
@@ -145,27 +229,30 @@ impl Projection {
         self.dequantized = None;
     }
 
-    /// `(dx, dA, dB)` for the input `x2` `[rows, in]` and the output's gradient `g2` `[rows, out]`, with
-    /// `add` summed into `dx` when given.
+    /// `dx` and each member's `(dA, dB)` for the input `x2` `[rows, in]` and the output's gradient `g2`
+    /// `[rows, sum of out]` (the members' side by side), with `add` summed into `dx` when given.
     pub(super) fn backward(
         &self,
         x2: &Tensor,
         g2: &Tensor,
         add: Option<&Tensor>,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
+    ) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
         let in_f = self.a.dim(2)?;
         let g2 = g2.contiguous()?;
         let db = reduce(&self.mid, &g2, true)?;
         let gm = project(&g2, &self.b_t, self.scale)?;
         let da = reduce(&gm, &adapter_input(x2, in_f, self.dropout.as_ref())?, false)?;
-        // Released (or never whole): `dequantize_whole` decides by the weight's size alone, so it gives the
+        // Released (or never whole): `dequantize_stacked` decides by the weights' sizes alone, so it gives the
         // weight back exactly when the forward had it whole.
         let dequantized = match &self.dequantized {
             Some(w) => Some(w.clone()),
-            None => self.weight.dequantize_whole(g2.device())?,
+            None => {
+                let weights: Vec<_> = self.weights.iter().collect();
+                FrozenWeight::dequantize_stacked(&weights, g2.device(), None)?
+            }
         };
-        let dx = match (&self.dropout, &dequantized) {
-            (None, Some(w)) => {
+        let dx = match (&self.dropout, &dequantized, self.weights.as_slice()) {
+            (None, Some(w), _) => {
                 let base = Base::Product {
                     x: &g2,
                     w,
@@ -174,18 +261,18 @@ impl Projection {
                 };
                 expand(base, &gm, &self.a)?
             }
-            (None, None) => {
-                let frozen = self.weight.matmul(&g2)?;
+            (None, None, [weight]) => {
+                let frozen = weight.matmul(&g2)?;
                 let frozen = match add {
                     Some(a) => (frozen + a)?,
                     None => frozen,
                 };
                 expand(Base::Add(&frozen), &gm, &self.a)?
             }
-            (Some(m), _) => {
+            (Some(m), _, [weight]) => {
                 let frozen = match &dequantized {
                     Some(w) => g2.matmul(w)?,
-                    None => self.weight.matmul(&g2)?,
+                    None => weight.matmul(&g2)?,
                 };
                 let adapter = (expand(Base::Zero, &gm, &self.a)? * m.reshape(((), in_f))?)?;
                 let dx = (frozen + adapter)?;
@@ -194,8 +281,33 @@ impl Projection {
                     None => dx,
                 }
             }
+            _ => candle_core::bail!(
+                "adapted-linear: projections that share an input need whole weights"
+            ),
         };
-        Ok((dx, da, db))
+        Ok((dx, self.member_grads(&da, &db)?))
+    }
+
+    /// Each member's `(dA, dB)` from the stacked `dA` `[n r, in]` and the product `[sum of out, n r]` whose
+    /// diagonal blocks are the dB's.
+    fn member_grads(&self, da: &Tensor, db: &Tensor) -> Result<Vec<(Tensor, Tensor)>> {
+        if let [_] = self.outs.as_slice() {
+            return Ok(vec![(da.clone(), db.clone())]);
+        }
+        let r = self.rank;
+        let mut first = 0;
+        self.outs
+            .iter()
+            .enumerate()
+            .map(|(i, &out)| {
+                let db_i = db
+                    .narrow(0, first, out)?
+                    .narrow(1, i * r, r)?
+                    .contiguous()?;
+                first += out;
+                Ok((da.narrow(0, i * r, r)?, db_i))
+            })
+            .collect()
     }
 }
 
@@ -216,7 +328,7 @@ pub fn adapted_linear(x: &Tensor, base: &FrozenLinear, adapter: Adapter) -> Resu
         return y.reshape(out_shape);
     }
     let (a, b) = (adapter.a.clone(), adapter.b.clone());
-    let (projection, frozen) = Projection::new(&x2, base, adapter)?;
+    let (projection, frozen) = Projection::new(&x2, (base, adapter))?;
     if !tracked {
         return projection
             .output(&x2, frozen.as_ref(), None)?
@@ -256,27 +368,30 @@ fn few_rows(x2: &Tensor, base: &FrozenLinear, adapter: &Adapter) -> Result<Optio
     let Some(frozen) = w.gemv_with(x2, GemvKernel::Auto, &add)? else {
         return Ok(None);
     };
-    let (_, mid) = rank_wide(x2, adapter)?;
+    let mid = rank_wide(x2, adapter)?;
     let b_t = weight_parts(&adapter.b.detach().t()?)?;
     expand(Base::Add(&frozen), &mid, &b_t).map(Some)
 }
 
-/// The adapter's A `[r, in]` as `lowrank::weight_parts` and the rank-wide intermediate `s dropout(x2) A^T`
-/// `[rows, r]` (as `lowrank::project`'s parts) for bf16 `x2` `[rows, in]`.
-fn rank_wide(x2: &Tensor, adapter: &Adapter) -> Result<(Tensor, Tensor)> {
+/// The rank-wide intermediate `s dropout(x2) A^T` `[rows, r]` (as `lowrank::project`'s parts) for bf16 `x2`
+/// `[rows, in]`.
+fn rank_wide(x2: &Tensor, adapter: &Adapter) -> Result<Tensor> {
     let in_f = adapter.a.dim(1)?;
     let a = weight_parts(&adapter.a.detach())?;
-    let mid = project(
+    project(
         &adapter_input(x2, in_f, adapter.dropout.as_ref())?,
         &a,
         adapter.scale,
-    )?;
-    Ok((a, mid))
+    )
 }
 
 /// The adapter's input `[rows, in]`: `x`, times the dropout mask when there is one.
 fn adapter_input(x: &Tensor, in_f: usize, dropout: Option<&Tensor>) -> Result<Tensor> {
-    let x2 = x.reshape(((), in_f))?;
+    // A 2-D input of that width stays as it is (a column range of a wider tensor too: no copy).
+    let x2 = match x.dims() {
+        [_, w] if *w == in_f => x.clone(),
+        _ => x.reshape(((), in_f))?,
+    };
     match dropout {
         Some(m) => x2 * m.reshape(((), in_f))?,
         None => Ok(x2),
@@ -335,7 +450,10 @@ impl CustomOp3 for AdaptedGrad {
         let out_f = self.projection.b_t.dim(2)?;
         let x2 = x.detach().reshape(((), in_f))?;
         let g2 = g.reshape(((), out_f))?;
-        let (dx, da, db) = self.projection.backward(&x2, &g2, None)?;
+        let (dx, mut grads) = self.projection.backward(&x2, &g2, None)?;
+        let Some((da, db)) = grads.pop() else {
+            candle_core::bail!("adapted-linear: no adapter gradients")
+        };
         Ok((Some(dx.reshape(x.shape())?), Some(da), Some(db)))
     }
 }

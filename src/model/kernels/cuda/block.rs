@@ -5,16 +5,18 @@
 //! and sum a layer-wide buffer for every input of every node. The adapters' gradients reach candle through
 //! `grad_carrier`. Checkpointing's recomputation, whose output gradient is known before it runs, skips candle
 //! altogether ([`block_backward`]): candle would still zero-fill and sum the output's and the input's
-//! gradients and each adapter tensor's.
+//! gradients and each adapter tensor's. The projections that read one input (q, k and v; gate and up) run as
+//! one `Projection` where they can ([`adapted::share_input`]): one product each way for all of them.
 
 use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CudaStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
 
-use super::adapted::{Adapter, Projection};
+use super::adapted::{self, Adapter, Member, Projection};
 use super::flash::{self, Call};
-use super::heads::{Rotary, merge_heads, split_heads};
+use super::heads::{Rotary, merge_qkv, split_heads};
+use super::lowrank::{norm_project, stacked_parts};
 use super::{fused, take_once};
 use crate::model::autograd::grad_carrier::{self, GradSlots};
 use crate::model::config::Activation;
@@ -22,6 +24,10 @@ use crate::model::kernels::{BlockBackward, BlockParts};
 use crate::model::target::slot::{COUNT as PROJECTIONS, DOWN, GATE, K, O, Q, UP, V};
 
 const NAME: &str = "decoder-block-cuda";
+
+/// The projections that read one input, in the order their outputs lie side by side.
+const QKV: [usize; 3] = [Q, K, V];
+const GATE_UP: [usize; 2] = [GATE, UP];
 
 /// The forward's intermediates that the backward reads, all bf16.
 struct Saved {
@@ -38,9 +44,16 @@ struct Saved {
     lse: Tensor,
     /// The residual stream after attention `[n, d]`.
     x1: Tensor,
+    /// `[b, t, ff]` each (column ranges of one output where gate and up share their projection).
     gate: Tensor,
     up: Tensor,
-    projections: Vec<Projection>,
+    projections: Vec<Slotted>,
+}
+
+/// A projection of the block and the slots it serves, its outputs side by side in that order.
+struct Slotted {
+    slots: Vec<usize>,
+    projection: Projection,
 }
 
 /// What the backward needs besides the saved intermediates.
@@ -51,8 +64,8 @@ struct Chain {
     /// Attention's mask, scale and soft-cap.
     attention: Call,
     activation: Activation,
-    /// b, t, heads, key-value heads, head size.
-    shape: (usize, usize, usize, usize, usize),
+    /// Rows of the block's input and output, b t.
+    rows: usize,
 }
 
 /// Each projection's `(dA, dB)`, in slot order.
@@ -62,8 +75,7 @@ impl Chain {
     /// The input's gradient for the output's gradient `g`, and the adapters' gradients. Each intermediate is
     /// released after its last use, each projection's weight after its product.
     fn backward(&self, x: &Tensor, g: &Tensor, st: Saved) -> Result<(Tensor, AdapterGrads)> {
-        let (b, t, h, kvh, hd) = self.shape;
-        let n = b * t;
+        let n = self.rows;
         let d = x.elem_count() / n.max(1);
         let g2 = g.reshape((n, d))?.contiguous()?;
         let Saved {
@@ -80,37 +92,60 @@ impl Chain {
             up,
             projections,
         } = st;
-        let mut projections: Vec<Option<Projection>> = projections.into_iter().map(Some).collect();
+        let mut projections: Vec<Option<Slotted>> = projections.into_iter().map(Some).collect();
         let mut grads: AdapterGrads = vec![None; PROJECTIONS];
-        let mut back = |i: usize, input: &Tensor, g: &Tensor, add: Option<&Tensor>| {
-            let projection = projections[i].take().ok_or_else(|| {
-                candle_core::Error::Msg(format!("{NAME}: projection {i} went back twice"))
-            })?;
-            let (dx, da, db) = projection.backward(input, g, add)?;
-            grads[i] = Some((da, db));
-            Ok::<_, candle_core::Error>(dx)
+        // The input's gradient through the projections of `slots` (one shared one, or one each, chained), for
+        // their outputs' gradient `g` `[n, sum of out]`.
+        let mut back = |slots: &[usize], input: &Tensor, g: &Tensor| {
+            let mut dx: Option<Tensor> = None;
+            let mut at = 0;
+            while at < g.dim(1)? {
+                let taken = projections
+                    .iter_mut()
+                    .find(|r| r.as_ref().is_some_and(|r| slots.contains(&r.slots[0])))
+                    .and_then(Option::take);
+                let Some(Slotted {
+                    slots: served,
+                    projection,
+                }) = taken
+                else {
+                    candle_core::bail!("{NAME}: no projection left for {slots:?}")
+                };
+                let width = projection.width();
+                let part = match width == g.dim(1)? {
+                    true => g.clone(),
+                    false => g.narrow(1, at, width)?,
+                };
+                let (d, pairs) = projection.backward(input, &part, dx.as_ref())?;
+                for (slot, pair) in served.into_iter().zip(pairs) {
+                    grads[slot] = Some(pair);
+                }
+                dx = Some(d);
+                at += width;
+            }
+            dx.ok_or_else(|| candle_core::Error::Msg(format!("{NAME}: no gradient for {slots:?}")))
         };
-        let dgated = back(DOWN, &gated, &g2, None)?;
+        let dgated = back(&[DOWN], &gated, &g2)?;
         drop(gated);
-        let (dgate, dup) = fused::gated_backward(&gate, &up, &dgated, self.activation)?;
+        let dgate_up = fused::gated_backward_rows(
+            &gate,
+            &up,
+            &dgated.reshape(gate.shape())?,
+            self.activation,
+        )?;
         drop((dgated, gate, up));
-        let dhn2 = back(GATE, &hn2, &dgate, None)?;
-        drop(dgate);
-        let dhn2 = back(UP, &hn2, &dup, Some(&dhn2))?;
-        drop((dup, hn2));
+        let dhn2 = back(&GATE_UP, &hn2, &dgate_up)?;
+        drop((dgate_up, hn2));
         let (w2, eps2) = &self.norms[1];
         let dx1 = fused::rms_norm_backward(&x1, w2, &dhn2, *eps2, Some(&g2))?;
         drop((dhn2, x1, g2));
-        let dattn = back(O, &attn, &dx1, None)?;
+        let dattn = back(&[O], &attn, &dx1)?;
         let (dq, dk, dv) = flash::backward((&q, &k, &v), (&attn, &lse), &dattn, &self.attention)?;
         drop((dattn, attn, lse, q, k, v));
-        let dq = merge_heads(&dq, Some(&self.rotary))?.reshape((n, h * hd))?;
-        let dk = merge_heads(&dk, Some(&self.rotary))?.reshape((n, kvh * hd))?;
-        let dv = merge_heads(&dv, None)?.reshape((n, kvh * hd))?;
-        let dhn = back(Q, &hn, &dq, None)?;
-        let dhn = back(K, &hn, &dk, Some(&dhn))?;
-        let dhn = back(V, &hn, &dv, Some(&dhn))?;
-        drop(hn);
+        let dqkv = merge_qkv(&dq, &dk, &dv, &self.rotary)?;
+        drop((dq, dk, dv));
+        let dhn = back(&QKV, &hn, &dqkv)?;
+        drop((dqkv, hn));
         let (w1, eps1) = &self.norms[0];
         let x2 = x.reshape((n, d))?;
         let dx = fused::rms_norm_backward(&x2, w1, &dhn, *eps1, Some(&dx1))?;
@@ -236,63 +271,127 @@ fn forward(x: &Tensor, p: BlockParts) -> Result<Ran> {
     let n = b * t;
     let x2 = x.detach().reshape((n, d))?;
     let norms = p.norms.map(|(w, eps)| (w.clone(), eps));
-    let hn = fused::rms_norm(&x2, &norms[0].0, norms[0].1)?;
     let mut projections = Vec::with_capacity(PROJECTIONS);
-    let mut adapters = Vec::with_capacity(PROJECTIONS);
+    let mut adapters: Vec<Option<(Tensor, Tensor)>> = vec![None; PROJECTIONS];
     let unread = p.grad && p.output_unread;
-    // No projection keeps its dequantized weight past its product: with gradients the backward dequantizes
-    // each again (`Projection::release_weight`).
-    let mut project = |i: usize, input: &Tensor, add: Option<&Tensor>| -> Result<Tensor> {
-        let parts = (p.projection)(i, input)?;
-        let adapter = Adapter {
-            a: &parts.a,
-            b: &parts.b,
-            scale: parts.scale,
-            dropout: parts.dropout,
+    // The projections of `slots` on their input `[n, in]` (given, or `x` normed), plus `add` (a residual, for a
+    // single projection): that input and their outputs `[b, t, out]`. Projections that share a normed input take
+    // it with their rank-wide parts in the same rows, and their low-rank term in the frozen product
+    // (`Projection::over_columns`). No projection keeps its dequantized weight past its product: with gradients
+    // the backward dequantizes each again (`Projection::release_weight`).
+    let mut project =
+        |slots: &[usize], input: Input, add: Option<&Tensor>| -> Result<(Tensor, Vec<Tensor>)> {
+            let (Input::Plain(like) | Input::Normed(like, _)) = input;
+            let parts = slots
+                .iter()
+                .map(|&i| (p.projection)(i, like))
+                .collect::<Result<Vec<_>>>()?;
+            let members: Vec<Member> = parts
+                .iter()
+                .map(|part| {
+                    let adapter = Adapter {
+                        a: &part.a,
+                        b: &part.b,
+                        scale: part.scale,
+                        dropout: part.dropout.clone(),
+                    };
+                    (&part.base, adapter)
+                })
+                .collect();
+            for (&slot, part) in slots.iter().zip(&parts) {
+                adapters[slot] = Some((part.a.clone(), part.b.clone()));
+            }
+            if let (true, Input::Normed(x, (w, eps))) = (adapted::share_input(&members)?, input) {
+                let in_f = x.dim(1)?;
+                let a_members: Vec<_> = members.iter().map(|(_, a)| a.a.detach()).collect();
+                let a = stacked_parts(&a_members, false)?;
+                let wide = norm_project(x, w, *eps, &a, parts[0].scale)?;
+                let widths = parts
+                    .iter()
+                    .map(|part| part.b.dim(0))
+                    .collect::<Result<Vec<_>>>()?;
+                let (projection, y) = Projection::over_columns(&wide, in_f, members, a)?;
+                let y = y.reshape((b, t, projection.width()))?;
+                let mut outputs = Vec::with_capacity(widths.len());
+                let mut at = 0;
+                for width in widths {
+                    outputs.push(y.narrow(2, at, width)?);
+                    at += width;
+                }
+                if p.grad {
+                    projections.push(Slotted {
+                        slots: slots.to_vec(),
+                        projection,
+                    });
+                }
+                return Ok((wide.narrow(1, 0, in_f)?, outputs));
+            }
+            let input = match input {
+                Input::Plain(x) => x.clone(),
+                Input::Normed(x, (w, eps)) => fused::rms_norm(x, w, *eps)?,
+            };
+            let input = &input;
+            let mut outputs = Vec::with_capacity(slots.len());
+            for (&slot, member) in slots.iter().zip(members) {
+                // An unread output (checkpointing's recomputation) is the residual plus the down projection, and
+                // nothing reads the down projection but that sum: the residual stands in for the output, and the
+                // projection keeps only what its backward needs (about 9% of a step's frozen products at 8B dims).
+                if let (true, DOWN, Some(residual)) = (unread, slot, add) {
+                    let projection = Projection::without_output(input, member)?;
+                    projections.push(Slotted {
+                        slots: vec![slot],
+                        projection,
+                    });
+                    outputs.push(residual.reshape((b, t, d))?);
+                    continue;
+                }
+                let (mut projection, frozen) = Projection::new(input, member)?;
+                let y = projection.output(input, frozen.as_ref(), add)?;
+                outputs.push(y.reshape((b, t, projection.width()))?);
+                if p.grad {
+                    projection.release_weight();
+                    projections.push(Slotted {
+                        slots: vec![slot],
+                        projection,
+                    });
+                }
+            }
+            Ok((input.clone(), outputs))
         };
-        // An unread output (checkpointing's recomputation) is the residual plus the down projection, and
-        // nothing reads the down projection but that sum: the residual stands in for the output, and the
-        // projection keeps only what its backward needs (about 9% of a step's frozen products at 8B dims).
-        if let (true, DOWN, Some(residual)) = (unread, i, add) {
-            projections.push(Projection::without_output(input, &parts.base, adapter)?);
-            adapters.push((parts.a, parts.b));
-            return Ok(residual.clone());
-        }
-        let (mut projection, frozen) = Projection::new(input, &parts.base, adapter)?;
-        let y = projection.output(input, frozen.as_ref(), add)?;
-        if p.grad {
-            projection.release_weight();
-            projections.push(projection);
-            adapters.push((parts.a, parts.b));
-        }
-        Ok(y)
-    };
-    let (q, k, v) = (
-        project(Q, &hn, None)?,
-        project(K, &hn, None)?,
-        project(V, &hn, None)?,
-    );
+    let (hn, qkv) = project(&QKV, Input::Normed(&x2, &norms[0]), None)?;
+    let [q, k, v] = <[Tensor; 3]>::try_from(qkv)
+        .map_err(|_| candle_core::Error::Msg(format!("{NAME}: q, k and v went missing")))?;
     let (cos, sin, interleaved) = p.rope;
     let rotary = Rotary {
         cos: cos.clone(),
         sin: sin.clone(),
         interleaved,
     };
-    let q = split_heads(&q.reshape((b, t, h * hd))?, h, hd, Some(&rotary))?;
-    let k = split_heads(&k.reshape((b, t, kvh * hd))?, kvh, hd, Some(&rotary))?;
-    let v = split_heads(&v.reshape((b, t, kvh * hd))?, kvh, hd, None)?;
+    let q = split_heads(&q, h, hd, Some(&rotary))?;
+    let k = split_heads(&k, kvh, hd, Some(&rotary))?;
+    let v = split_heads(&v, kvh, hd, None)?;
     let call = Call::new(p.mask, p.attention)?;
     let (attn, lse) = flash::forward(&q, &k, &v, &call)?;
     let lse = p.grad.then_some(lse);
     let attn = attn.reshape((n, h * hd))?;
-    let x1 = project(O, &attn, Some(&x2))?;
-    let hn2 = fused::rms_norm(&x1, &norms[1].0, norms[1].1)?;
-    let (gate, up) = (project(GATE, &hn2, None)?, project(UP, &hn2, None)?);
-    let gated = fused::gated(&gate, &up, p.activation)?;
-    let out = project(DOWN, &gated, Some(&x1))?;
+    let x1 = one(project(&[O], Input::Plain(&attn), Some(&x2))?)?.reshape((n, d))?;
+    let (hn2, gate_up) = project(&GATE_UP, Input::Normed(&x1, &norms[1]), None)?;
+    let [gate, up] = <[Tensor; 2]>::try_from(gate_up)
+        .map_err(|_| candle_core::Error::Msg(format!("{NAME}: gate and up went missing")))?;
+    let gated = fused::gated(&gate, &up, p.activation)?.reshape((n, gate.dim(2)?))?;
+    let out = one(project(&[DOWN], Input::Plain(&gated), Some(&x1))?)?;
     let Some(lse) = lse else {
-        return Ok(Ran::Output(out.reshape((b, t, d))?));
+        return Ok(Ran::Output(out));
     };
+    let adapters = adapters
+        .into_iter()
+        .enumerate()
+        .map(|(i, pair)| {
+            pair.ok_or_else(|| {
+                candle_core::Error::Msg(format!("{NAME}: projection {i} was not made"))
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     Ok(Ran::WithGrad(Box::new(Kept {
         out,
         saved: Saved {
@@ -314,8 +413,23 @@ fn forward(x: &Tensor, p: BlockParts) -> Result<Ran> {
             rotary,
             attention: call,
             activation: p.activation,
-            shape: (b, t, h, kvh, hd),
+            rows: n,
         },
         adapters,
     })))
+}
+
+/// What a group of projections in [`forward`] reads: a given input, or one it norms (RMSNorm weight and eps).
+#[derive(Clone, Copy)]
+enum Input<'a> {
+    Plain(&'a Tensor),
+    Normed(&'a Tensor, &'a (Tensor, f64)),
+}
+
+/// The one output of a single projection's [`forward`] step.
+fn one((_, outputs): (Tensor, Vec<Tensor>)) -> Result<Tensor> {
+    match <[Tensor; 1]>::try_from(outputs) {
+        Ok([y]) => Ok(y),
+        Err(_) => candle_core::bail!("{NAME}: expected one projection's output"),
+    }
 }

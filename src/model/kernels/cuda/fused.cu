@@ -67,11 +67,12 @@ __device__ __forceinline__ void load8f(const float *src, float out[8]) {
 // thread then takes runs of 8 values, strided by 8 * blockDim.x; otherwise single values, strided by blockDim.x).
 #define ROWS16(cols, a, b, c) ((cols) % 8 == 0 && ALIGNED16(a) && ALIGNED16(b) && ALIGNED16(c))
 
-// y = x / sqrt(mean(x^2) + eps) * w per row; w f32 (Gemma's 1 + w already folded in).
-extern "C" __global__ void rms_norm_bf16(const bf16 *x, const float *w, bf16 *y, size_t cols, float eps) {
+// y = x / sqrt(mean(x^2) + eps) * w per row; w f32 (Gemma's 1 + w already folded in). y's rows lie ly values
+// apart (cols, or more when a projection's rank-wide operand follows each row: see lowrank.rs's norm_project).
+extern "C" __global__ void rms_norm_bf16(const bf16 *x, const float *w, bf16 *y, size_t cols, size_t ly, float eps) {
   const bf16 *xr = x + blockIdx.x * cols;
-  bf16 *yr = y + blockIdx.x * cols;
-  const bool wide = ROWS16(cols, x, w, y);
+  bf16 *yr = y + blockIdx.x * ly;
+  const bool wide = ROWS16(cols, xr, w, yr);
   float ss = 0.0f;
   if (wide) {
     for (size_t j = threadIdx.x * 8; j < cols; j += blockDim.x * 8) {
@@ -173,51 +174,67 @@ __device__ __forceinline__ float act_value(float g, int activation, float *deriv
   return 0.5f * g * (1.0f + th);
 }
 
-// out = act(gate) * up, elementwise over n values; thread c takes values [8c, 8c + 8).
-extern "C" __global__ void gated_bf16(const bf16 *gate, const bf16 *up, bf16 *out, size_t n, int activation) {
-  size_t i0 = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+// out [rows, cols] (contiguous) = act(gate) * up for gate and up [rows, cols] whose rows lie lg and lu values
+// apart (views of one product's output whose rows hold both, or contiguous tensors); thread c takes values [8c,
+// 8c + 8) of out, within one row when cols is a multiple of 8.
+extern "C" __global__ void gated_bf16(const bf16 *gate, const bf16 *up, bf16 *out, size_t rows, size_t cols,
+                                      size_t lg, size_t lu, int activation) {
+  size_t i0 = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8, n = rows * cols;
   if (i0 >= n) return;
   float d;
-  if (i0 + 8 <= n && ALIGNED16(gate) && ALIGNED16(up) && ALIGNED16(out)) {
+  size_t r = i0 / cols, c = i0 % cols;
+  const bf16 *gr = gate + r * lg + c, *ur = up + r * lu + c;
+  if (cols % 8 == 0 && ALIGNED16(gr) && ALIGNED16(ur) && ALIGNED16(out + i0)) {
     float g[8], u[8];
-    load8(gate + i0, g);
-    load8(up + i0, u);
+    load8(gr, g);
+    load8(ur, u);
 #pragma unroll
     for (int k = 0; k < 8; k++) g[k] = act_value(g[k], activation, &d) * u[k];
     store8(out + i0, g);
     return;
   }
-  for (size_t i = i0; i < n && i < i0 + 8; i++)
-    out[i] = __float2bfloat16(act_value(__bfloat162float(gate[i]), activation, &d) * __bfloat162float(up[i]));
+  for (size_t i = i0; i < n && i < i0 + 8; i++) {
+    size_t ri = i / cols, ci = i % cols;
+    float g = __bfloat162float(gate[ri * lg + ci]), u = __bfloat162float(up[ri * lu + ci]);
+    out[i] = __float2bfloat16(act_value(g, activation, &d) * u);
+  }
 }
 
-// grads[0..n) = g * up * act'(gate) (the gate's gradient), grads[n..2n) = g * act(gate) (up's); thread c
-// takes values [8c, 8c + 8).
+// The gradients of gated_bf16's gate and up for out's gradient grad [rows, cols] (contiguous): the gate's,
+// g * up * act'(gate), at grads[r * lo + c], and up's, g * act(gate), at grads[uo + r * lo + c] (the two halves
+// [2, rows, cols] with lo = cols and uo = rows * cols, or each row [gate's | up's] with lo = 2 cols and uo = cols);
+// gate and up as in gated_bf16. Thread c takes values [8c, 8c + 8) of grad.
 extern "C" __global__ void gated_backward_bf16(const bf16 *gate, const bf16 *up, const bf16 *grad, bf16 *grads,
-                                               size_t n, int activation) {
-  size_t i0 = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8;
+                                               size_t rows, size_t cols, size_t lg, size_t lu, size_t lo, size_t uo,
+                                               int activation) {
+  size_t i0 = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) * 8, n = rows * cols;
   if (i0 >= n) return;
   float d;
-  if (i0 + 8 <= n && n % 8 == 0 && ALIGNED16(gate) && ALIGNED16(up) && ALIGNED16(grad) && ALIGNED16(grads)) {
-    float g[8], u[8], gr[8], dg[8];
-    load8(gate + i0, g);
-    load8(up + i0, u);
-    load8(grad + i0, gr);
+  size_t r = i0 / cols, c = i0 % cols;
+  const bf16 *gr = gate + r * lg + c, *ur = up + r * lu + c;
+  bf16 *dg_out = grads + r * lo + c, *du_out = grads + uo + r * lo + c;
+  if (cols % 8 == 0 && ALIGNED16(gr) && ALIGNED16(ur) && ALIGNED16(grad + i0) && ALIGNED16(dg_out) &&
+      ALIGNED16(du_out)) {
+    float g[8], u[8], gd[8], dg[8];
+    load8(gr, g);
+    load8(ur, u);
+    load8(grad + i0, gd);
 #pragma unroll
     for (int k = 0; k < 8; k++) {
       float a = act_value(g[k], activation, &d);
-      dg[k] = gr[k] * u[k] * d;
-      u[k] = gr[k] * a;
+      dg[k] = gd[k] * u[k] * d;
+      u[k] = gd[k] * a;
     }
-    store8(grads + i0, dg);
-    store8(grads + n + i0, u);
+    store8(dg_out, dg);
+    store8(du_out, u);
     return;
   }
   for (size_t i = i0; i < n && i < i0 + 8; i++) {
-    float a = act_value(__bfloat162float(gate[i]), activation, &d);
+    size_t ri = i / cols, ci = i % cols;
+    float a = act_value(__bfloat162float(gate[ri * lg + ci]), activation, &d);
     float g = __bfloat162float(grad[i]);
-    grads[i] = __float2bfloat16(g * __bfloat162float(up[i]) * d);
-    grads[n + i] = __float2bfloat16(g * a);
+    grads[ri * lo + ci] = __float2bfloat16(g * __bfloat162float(up[ri * lu + ci]) * d);
+    grads[uo + ri * lo + ci] = __float2bfloat16(g * a);
   }
 }
 
@@ -284,33 +301,35 @@ extern "C" __global__ void row_nll_backward_bf16(const bf16 *logits, const uint3
 }
 
 // Row r of heads_rope_bf16's and heads_rope8_bf16's loops, r = (bi * n + ni) * t + ti: its offset in the source and
-// the destination (the heads layout [b, n, t, d] and the sequence layout [b, t, n, d], one each way by to_heads) and
-// its row of the rotary tables, bi * t + ti.
+// the destination (the heads layout [b, n, t, d] and the sequence layout [b, t, n, d] whose rows (b, t) lie ld values
+// apart, one each way by to_heads) and its row of the rotary tables, bi * t + ti.
 struct RopeRow {
   size_t from, to, rotary;
 };
-__device__ __forceinline__ RopeRow rope_row(size_t r, size_t t, size_t n, size_t d, int to_heads) {
+__device__ __forceinline__ RopeRow rope_row(size_t r, size_t t, size_t n, size_t d, size_t ld, int to_heads) {
   size_t ti = r % t;
   r /= t;
   size_t ni = r % n, bi = r / n;
   size_t heads_base = ((bi * n + ni) * t + ti) * d;
-  size_t seq_base = ((bi * t + ti) * n + ni) * d;
+  size_t seq_base = (bi * t + ti) * ld + ni * d;
   RopeRow row = {to_heads ? seq_base : heads_base, to_heads ? heads_base : seq_base, bi * t + ti};
   return row;
 }
 
 // Moves heads between the projections' layout [b, t, n, d] and attention's [b, n, t, d], rotating each pair
 // of rotary dimensions by its position's angle on the way: sign +1 rotates forward, -1 back (the gradient).
-// to_heads 1 reads [b, t, n, d] and writes [b, n, t, d]; 0 the reverse. cos and sin are [b, t, d / 2];
-// rope 0 only moves; interleaved 1 pairs (2i, 2i + 1) (GGUF llama), 0 pairs (i, i + d / 2) (HF).
+// to_heads 1 reads [b, t, n, d] and writes [b, n, t, d]; 0 the reverse. The sequence layout's rows lie ld values
+// apart: n * d when contiguous, more in the output of a product that holds other projections' columns too (q, k and
+// v side by side). cos and sin are [b, t, d / 2]; rope 0 only moves; interleaved 1 pairs (2i, 2i + 1) (GGUF
+// llama), 0 pairs (i, i + d / 2) (HF).
 extern "C" __global__ void heads_rope_bf16(const bf16 *src, bf16 *dst, const bf16 *cos, const bf16 *sin, size_t b,
-                                           size_t t, size_t n, size_t d, int rope, int interleaved, float sign,
-                                           int to_heads) {
+                                           size_t t, size_t n, size_t d, size_t ld, int rope, int interleaved,
+                                           float sign, int to_heads) {
   size_t half = d / 2;
   size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= b * n * t * half) return;
   size_t i = idx % half;
-  RopeRow row = rope_row(idx / half, t, n, d, to_heads);
+  RopeRow row = rope_row(idx / half, t, n, d, ld, to_heads);
   size_t from = row.from, to = row.to;
   size_t i0 = interleaved ? 2 * i : i, i1 = interleaved ? 2 * i + 1 : i + half;
   float x0 = __bfloat162float(src[from + i0]), x1 = __bfloat162float(src[from + i1]);
@@ -330,13 +349,13 @@ extern "C" __global__ void heads_rope_bf16(const bf16 *src, bf16 *dst, const bf1
 // + 8) of the row (HF pairing) or values [2i, 2i + 16) (interleaved), and cos and sin [i, i + 8): 16-byte loads
 // and stores, and an eighth of the index arithmetic. Same arithmetic per pair as heads_rope_bf16.
 extern "C" __global__ void heads_rope8_bf16(const bf16 *src, bf16 *dst, const bf16 *cos, const bf16 *sin, size_t b,
-                                            size_t t, size_t n, size_t d, int rope, int interleaved, float sign,
-                                            int to_heads) {
+                                            size_t t, size_t n, size_t d, size_t ld, int rope, int interleaved,
+                                            float sign, int to_heads) {
   size_t half = d / 2, groups = half / 8;
   size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (idx >= b * n * t * groups) return;
   size_t i = (idx % groups) * 8;
-  RopeRow row = rope_row(idx / groups, t, n, d, to_heads);
+  RopeRow row = rope_row(idx / groups, t, n, d, ld, to_heads);
   size_t from = row.from, to = row.to;
   size_t a0 = interleaved ? 2 * i : i, a1 = interleaved ? 2 * i + 8 : i + half;
   const uint4 *s0 = reinterpret_cast<const uint4 *>(src + from + a0), *s1 = reinterpret_cast<const uint4 *>(src + from + a1);

@@ -33,6 +33,85 @@ pub(super) fn view<'a, T: cudarc::driver::DeviceRepr + candle_core::cuda_backend
     }
 }
 
+/// `(rows, cols, ld)` of a view whose rows are contiguous and evenly spaced, `ld` values apart: its last axis
+/// contiguous and its other axes one run of rows (a contiguous tensor, or a column range of a wider one). None
+/// for any other view.
+pub(super) fn row_strided(l: &Layout) -> Option<(usize, usize, usize)> {
+    let (dims, stride) = (l.dims(), l.stride());
+    let (&cols, lead) = dims.split_last()?;
+    let rows: usize = lead.iter().product();
+    if cols > 1 && stride[lead.len()] != 1 {
+        return None;
+    }
+    let Some(&ld) = stride.get(lead.len().wrapping_sub(1)) else {
+        return Some((rows, cols, cols));
+    };
+    let runs = (0..lead.len() - 1).all(|i| stride[i] == stride[i + 1] * dims[i + 1]);
+    match (runs, rows) {
+        (_, 0 | 1) => Some((rows, cols, cols)),
+        (true, _) if ld >= cols => Some((rows, cols, ld)),
+        _ => None,
+    }
+}
+
+/// The elements of a [`row_strided`] view from its first to its last, and its `(rows, cols, ld)`.
+pub(super) fn row_view<'a, T: cudarc::driver::DeviceRepr + candle_core::cuda_backend::CudaDType>(
+    s: &'a CudaStorage,
+    l: &Layout,
+    what: &str,
+) -> Result<(CudaView<'a, T>, (usize, usize, usize))> {
+    let Some((rows, cols, ld)) = row_strided(l) else {
+        candle_core::bail!(
+            "{what}: expected evenly spaced contiguous rows, got strides {:?}",
+            l.stride()
+        )
+    };
+    let span = match rows * cols {
+        0 => 0,
+        _ => (rows - 1) * ld + cols,
+    };
+    let all = s.as_cuda_slice::<T>()?;
+    let start = l.start_offset();
+    if start + span > all.len() {
+        candle_core::bail!("{what}: the view reaches past its storage")
+    }
+    Ok((all.slice(start..start + span), (rows, cols, ld)))
+}
+
+/// `t` itself when its rows are evenly spaced ([`row_strided`]), else a contiguous copy.
+pub(super) fn rows_or_contiguous(t: &Tensor) -> Result<Tensor> {
+    match row_strided(t.layout()) {
+        Some(_) => Ok(t.clone()),
+        None => t.contiguous(),
+    }
+}
+
+/// Launches rms_norm_bf16 on `rows` rows of x (contiguous) with weight w into `dst`'s rows, `ld` values apart.
+pub(super) fn rms_norm_into(
+    dev: &candle_core::cuda_backend::CudaDevice,
+    (x, w): (&CudaView<'_, bf16>, &CudaView<'_, f32>),
+    (rows, cols): (usize, usize),
+    (dst, ld): (&mut cudarc::driver::CudaViewMut<'_, bf16>, usize),
+    eps: f32,
+) -> Result<()> {
+    let span = match rows {
+        0 => 0,
+        _ => (rows - 1) * ld + cols,
+    };
+    if x.len() != rows * cols || w.len() != cols || dst.len() < span || ld < cols {
+        candle_core::bail!(
+            "rms-norm: {rows} rows of {cols} into {} values {ld} apart",
+            dst.len()
+        )
+    }
+    let func = dev.get_or_load_custom_func("rms_norm_bf16", MODULE, PTX)?;
+    let mut b = func.builder();
+    b.arg(x).arg(w).arg(dst).arg(&cols).arg(&ld).arg(&eps);
+    // SAFETY: argument types and counts match rms_norm_bf16 in fused.cu; the views' sizes are checked above.
+    unsafe { b.launch(rows_config(rows, cols)) }.w()?;
+    Ok(())
+}
+
 /// One block per row of `cols`: threads enough for about eight elements each.
 pub(super) fn rows_config(rows: usize, cols: usize) -> LaunchConfig {
     let threads = cols.div_ceil(8).next_multiple_of(32).clamp(32, 1024) as u32;
@@ -91,12 +170,14 @@ impl CustomOp2 for RmsNorm {
         let dev = x.device().clone();
         let (xv, wv) = (view::<bf16>(x, xl, "x")?, view::<f32>(w, wl, "weight")?);
         // SAFETY: the kernel writes every element.
-        let out = unsafe { dev.alloc::<bf16>(rows * cols) }?;
-        let func = dev.get_or_load_custom_func("rms_norm_bf16", MODULE, PTX)?;
-        let mut b = func.builder();
-        b.arg(&xv).arg(&wv).arg(&out).arg(&cols).arg(&self.eps);
-        // SAFETY: argument types and counts match rms_norm_bf16 in fused.cu.
-        unsafe { b.launch(rows_config(rows, cols)) }.w()?;
+        let mut out = unsafe { dev.alloc::<bf16>(rows * cols) }?;
+        rms_norm_into(
+            &dev,
+            (&xv, &wv),
+            (rows, cols),
+            (&mut out.slice_mut(..), cols),
+            self.eps,
+        )?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), xl.shape().clone()))
     }
 
@@ -198,10 +279,11 @@ impl CustomOp3 for RmsNormBackward {
     }
 }
 
-/// `act(gate) * up` elementwise (bf16), differentiable in both.
+/// `act(gate) * up` elementwise (bf16), differentiable in both. Either may be a column range of a wider
+/// tensor (one product's output holding both): its rows are read where they lie.
 pub fn gated(gate: &Tensor, up: &Tensor, activation: Activation) -> Result<Tensor> {
-    gate.contiguous()?
-        .apply_op2(&up.contiguous()?, Gated(activation_code(activation)))
+    rows_or_contiguous(gate)?
+        .apply_op2(&rows_or_contiguous(up)?, Gated(activation_code(activation)))
 }
 
 #[derive(Clone, Copy)]
@@ -229,15 +311,17 @@ impl CustomOp2 for Gated {
         if gl.dims() != ul.dims() {
             candle_core::bail!("gated: gate {:?} vs up {:?}", gl.dims(), ul.dims())
         }
-        let n = gl.shape().elem_count();
         let dev = g.device().clone();
-        let (gv, uv) = (view::<bf16>(g, gl, "gate")?, view::<bf16>(u, ul, "up")?);
+        let (gv, (rows, cols, lg)) = row_view::<bf16>(g, gl, "gate")?;
+        let (uv, (_, _, lu)) = row_view::<bf16>(u, ul, "up")?;
+        let n = rows * cols;
         // SAFETY: the kernel writes every element.
         let out = unsafe { dev.alloc::<bf16>(n) }?;
         let func = dev.get_or_load_custom_func("gated_bf16", MODULE, PTX)?;
         let mut b = func.builder();
-        b.arg(&gv).arg(&uv).arg(&out).arg(&n).arg(&self.0);
-        // SAFETY: argument types and counts match gated_bf16 in fused.cu.
+        b.arg(&gv).arg(&uv).arg(&out).arg(&rows).arg(&cols);
+        b.arg(&lg).arg(&lu).arg(&self.0);
+        // SAFETY: argument types and counts match gated_bf16 in fused.cu; both views span their rows (`row_view`).
         unsafe { b.launch(elementwise_config(n)) }.w()?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), gl.shape().clone()))
     }
@@ -254,32 +338,46 @@ impl CustomOp2 for Gated {
     }
 }
 
-/// The gradients of [`gated`]'s gate and up for its output's gradient `g`.
-pub fn gated_backward(
-    gate: &Tensor,
-    up: &Tensor,
-    g: &Tensor,
-    activation: Activation,
-) -> Result<(Tensor, Tensor)> {
-    gated_backward_code(gate, up, g, activation_code(activation))
-}
-
 fn gated_backward_code(
     gate: &Tensor,
     up: &Tensor,
     g: &Tensor,
     code: i32,
 ) -> Result<(Tensor, Tensor)> {
-    let both = gate.contiguous()?.apply_op3_no_bwd(
-        &up.contiguous()?,
-        &g.contiguous()?,
-        &GatedBackward(code),
-    )?;
+    let both = gated_backward_op(gate, up, g, code, false)?;
     Ok((both.get(0)?, both.get(1)?))
 }
 
-/// The gradients of gate and up stacked `[2, ..]`.
-struct GatedBackward(i32);
+/// The gradients of [`gated`]'s gate and up `[rows, cols]` for its output's gradient `g`, side by side in each row
+/// `[rows, 2 cols]`: the output gradient of one product that made both (see `adapted::Projection`).
+pub fn gated_backward_rows(
+    gate: &Tensor,
+    up: &Tensor,
+    g: &Tensor,
+    activation: Activation,
+) -> Result<Tensor> {
+    gated_backward_op(gate, up, g, activation_code(activation), true)
+}
+
+fn gated_backward_op(
+    gate: &Tensor,
+    up: &Tensor,
+    g: &Tensor,
+    code: i32,
+    rows: bool,
+) -> Result<Tensor> {
+    rows_or_contiguous(gate)?.apply_op3_no_bwd(
+        &rows_or_contiguous(up)?,
+        &g.contiguous()?,
+        &GatedBackward { code, rows },
+    )
+}
+
+/// The gradients of gate and up, stacked `[2, ..]`, or side by side in each row `[rows, 2 cols]` (`rows`).
+struct GatedBackward {
+    code: i32,
+    rows: bool,
+}
 
 impl CustomOp3 for GatedBackward {
     fn name(&self) -> &'static str {
@@ -297,20 +395,41 @@ impl CustomOp3 for GatedBackward {
         g: &CudaStorage,
         grl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let n = gl.shape().elem_count();
+        if gl.dims() != ul.dims() || gl.dims() != grl.dims() {
+            candle_core::bail!(
+                "gated-backward: gate {:?}, up {:?}, grad {:?}",
+                gl.dims(),
+                ul.dims(),
+                grl.dims()
+            )
+        }
         let dev = gate.device().clone();
-        let gv = view::<bf16>(gate, gl, "gate")?;
-        let uv = view::<bf16>(up, ul, "up")?;
+        let (gv, (rows, cols, lg)) = row_view::<bf16>(gate, gl, "gate")?;
+        let (uv, (_, _, lu)) = row_view::<bf16>(up, ul, "up")?;
         let grv = view::<bf16>(g, grl, "grad")?;
+        let n = rows * cols;
+        let (lo, uo) = match self.rows {
+            true => (2 * cols, cols),
+            false => (cols, n),
+        };
         // SAFETY: the kernel writes all 2n elements.
         let out = unsafe { dev.alloc::<bf16>(2 * n) }?;
         let func = dev.get_or_load_custom_func("gated_backward_bf16", MODULE, PTX)?;
         let mut b = func.builder();
-        b.arg(&gv).arg(&uv).arg(&grv).arg(&out).arg(&n).arg(&self.0);
-        // SAFETY: argument types and counts match gated_backward_bf16 in fused.cu.
+        b.arg(&gv)
+            .arg(&uv)
+            .arg(&grv)
+            .arg(&out)
+            .arg(&rows)
+            .arg(&cols);
+        b.arg(&lg).arg(&lu).arg(&lo).arg(&uo).arg(&self.code);
+        // SAFETY: argument types and counts match gated_backward_bf16 in fused.cu; the views span their rows, the
+        // gradient has their shape, and (lo, uo) place 2n values.
         unsafe { b.launch(elementwise_config(n)) }.w()?;
-        let mut dims = vec![2];
-        dims.extend_from_slice(gl.dims());
+        let dims = match self.rows {
+            true => vec![rows, 2 * cols],
+            false => [&[2], gl.dims()].concat(),
+        };
         Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(dims)))
     }
 }

@@ -8,20 +8,38 @@
 
 typedef __nv_bfloat16 bf16;
 
-// dst [A, S, B, C] (contiguous) from the f32 element (a, b, c) at src[a*sa + b*sb + c*sc]: segment s holds the
-// low parts when bit s of lo_bits is set, the high parts otherwise.
-extern "C" __global__ void split_bf16(const float *src, bf16 *dst, size_t A, int S, size_t B, size_t C,
-                                      size_t sa, size_t sb, size_t sc, unsigned lo_bits) {
-  size_t total = A * S * B * C;
+// The adapter weights of up to STACK_MOST projections that share an input, as one operand: dst [3, n r, C] bf16,
+// rows [i r, i r + r) from member i's f32 [r, c_i] (any strides: s0 between rows, s1 between columns) placed at
+// columns [lo_i, lo_i + c_i) and zeros elsewhere, each value v as the parts (hi, hi, lo) with hi = bf16(v) and
+// lo = bf16(v - hi). The A of every member spans all columns (lo_i = 0, c_i = C); B^T's members sit on the
+// diagonal (lo_i the member's first output feature), so that one product serves all of them.
+#define STACK_MOST 4
+struct Stack {
+  const float *src[STACK_MOST];
+  long long s0[STACK_MOST], s1[STACK_MOST];
+  int lo[STACK_MOST], cols[STACK_MOST];
+};
+
+// transposed != 0 writes the parts' transpose instead, [C, 3 n r] with rows ld values apart (the columns a frozen
+// weight's rows end with, so that one product adds the low-rank term: lowrank.rs's weight_with_low_rank).
+extern "C" __global__ void stack_parts_bf16(Stack m, bf16 *dst, int r, int n, size_t C, int transposed, size_t ld) {
+  size_t rows = (size_t)n * r, total = rows * C;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-    size_t c = i % C, rest = i / C;
-    size_t b = rest % B;
-    rest /= B;
-    int s = (int)(rest % S);
-    size_t a = rest / S;
-    float v = src[a * sa + b * sb + c * sc];
-    bf16 hi = __float2bfloat16_rn(v);
-    dst[i] = ((lo_bits >> s) & 1u) ? __float2bfloat16_rn(v - __bfloat162float(hi)) : hi;
+    size_t j = i / C, c = i % C;
+    int member = (int)(j / r), row = (int)(j % r);
+    long long col = (long long)c - m.lo[member];
+    float v = col >= 0 && col < m.cols[member] ? m.src[member][row * m.s0[member] + col * m.s1[member]] : 0.f;
+    bf16 hi = __float2bfloat16_rn(v), lo = __float2bfloat16_rn(v - __bfloat162float(hi));
+    if (transposed) {
+      bf16 *row = dst + c * ld + j;
+      row[0] = hi;
+      row[rows] = hi;
+      row[2 * rows] = lo;
+    } else {
+      dst[i] = hi;
+      dst[total + i] = hi;
+      dst[2 * total + i] = lo;
+    }
   }
 }
 
@@ -46,14 +64,15 @@ extern "C" __global__ void fold_halves_t(const float *src, float *dst, size_t A,
 
 // dst [A, 3, C] bf16 from src [A, 2, C] f32: each sum v of the middle axis (a rank-wide product of the high and
 // the low parts) split at once for the next product, as (hi, lo, hi) with hi = bf16(v), lo = bf16(v - hi): the
-// left operand's parts of expand's three-part product, whose first two segments are also reduce's pair.
-extern "C" __global__ void fold_split_bf16(const float *src, bf16 *dst, size_t A, size_t C) {
+// left operand's parts of expand's three-part product, whose first two segments are also reduce's pair. dst's rows
+// lie ld values apart (3 C, or more when they follow the product's input in its rows: lowrank.rs's norm_project).
+extern "C" __global__ void fold_split_bf16(const float *src, bf16 *dst, size_t A, size_t C, size_t ld) {
   size_t total = A * C;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
     size_t a = i / C, c = i % C;
     float v = src[a * 2 * C + c] + src[a * 2 * C + C + c];
     bf16 hi = __float2bfloat16_rn(v);
-    bf16 *row = dst + a * 3 * C;
+    bf16 *row = dst + a * ld;
     row[c] = hi;
     row[C + c] = __float2bfloat16_rn(v - __bfloat162float(hi));
     row[2 * C + c] = hi;

@@ -6,7 +6,9 @@
 //! `p` is only ever an operand of further products: [`project`] leaves it as those parts (`[m, 3, r]` bf16, split
 //! in the launch that folds the product), which [`expand`] and [`reduce`] take as they are. An adapter weight is
 //! split once per use site ([`weight_parts`]), from a transposed view (B^T) too, and its parts serve both
-//! [`project`] and [`expand`] (a projection's forward and its backward). No f32 copy of an
+//! [`project`] and [`expand`] (a projection's forward and its backward). Projections that share an input (q, k
+//! and v; gate and up) stack their adapters into one such operand ([`stacked_parts`]: the A's one above the
+//! other, the B^T's on a block diagonal), so that each product serves all of them. No f32 copy of an
 //! activation is made, and the frozen product of a projection can share its output buffer ([`Base::Product`]).
 //! A decoding step's few rows take one plain f32 kernel instead ([`rows_project`]), whose result the NF4 few-row
 //! product finishes in its own launch.
@@ -15,26 +17,40 @@ use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
 use candle_core::{CudaStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
-use cudarc::driver::{CudaSlice, CudaView, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+};
 use half::bf16;
 
-use super::fused::view;
+use super::fused::{rms_norm_into, row_view, rows_or_contiguous, view};
 
 const PTX: &str = include_str!("lowrank.ptx");
 const MODULE: &str = "qlab_lowrank";
 
-/// Which bf16 part of an f32 operand one segment of a split holds.
+/// Segments of an operand split into bf16 parts: a rank-wide intermediate's `(hi, lo, hi)` (left, from
+/// `fold_split_bf16`) and an adapter weight's `(hi, hi, lo)` (right, from `stack_parts_bf16`), so that
+/// `p L ~ p_hi L_hi + p_lo L_hi + p_hi L_lo`. The right triple's last two segments, (hi, lo), are also the
+/// pair a product with a bf16 operand takes (two products, folded after): one split of an adapter weight serves
+/// both uses ([`weight_parts`]).
+const PARTS: usize = 3;
+
+/// The most members [`stacked_parts`] stacks (STACK_MOST in lowrank.cu).
+pub const STACK_MOST: usize = 4;
+
+/// `Stack` in lowrank.cu: each member's f32 elements, strides and column span.
+#[repr(C)]
 #[derive(Clone, Copy)]
-enum Part {
-    Hi,
-    Lo,
+struct Stack {
+    src: [u64; STACK_MOST],
+    s0: [i64; STACK_MOST],
+    s1: [i64; STACK_MOST],
+    lo: [i32; STACK_MOST],
+    cols: [i32; STACK_MOST],
 }
 
-/// Parts of `p` and of `L` in `p L` with both in f32: `p_hi L_hi + p_lo L_hi + p_hi L_lo`. The right triple's
-/// last two segments, (hi, lo), are also the pair a product with a bf16 operand takes (two products, folded
-/// after): one split of an adapter weight serves both uses ([`weight_parts`]).
-const LEFT_TRIPLE: [Part; 3] = [Part::Hi, Part::Lo, Part::Hi];
-const RIGHT_TRIPLE: [Part; 3] = [Part::Hi, Part::Hi, Part::Lo];
+// SAFETY: plain old data with the layout of Stack in lowrank.cu (repr(C): three arrays of 8-byte values, then
+// two of i32).
+unsafe impl cudarc::driver::DeviceRepr for Stack {}
 
 fn launch_config(total: usize) -> LaunchConfig {
     LaunchConfig {
@@ -44,48 +60,9 @@ fn launch_config(total: usize) -> LaunchConfig {
     }
 }
 
-/// `[a, parts, b, c]` bf16 from the f32 elements `(a, b, c)` at `src[a sa + b sb + c sc]`, segment `s`
-/// holding `parts[s]` of each.
-fn split(
-    dev: &CudaDevice,
-    src: &CudaView<'_, f32>,
-    (a, b, c): (usize, usize, usize),
-    (sa, sb, sc): (usize, usize, usize),
-    parts: &[Part],
-) -> Result<CudaSlice<bf16>> {
-    let total = a * parts.len() * b * c;
-    // SAFETY: the kernel writes every element.
-    let out = unsafe { dev.alloc::<bf16>(total) }?;
-    let lo_bits = parts
-        .iter()
-        .enumerate()
-        .map(|(s, p)| match p {
-            Part::Hi => 0u32,
-            Part::Lo => 1 << s,
-        })
-        .sum::<u32>();
-    let segments = parts.len() as i32;
-    let func = dev.get_or_load_custom_func("split_bf16", MODULE, PTX)?;
-    let mut builder = func.builder();
-    builder
-        .arg(src)
-        .arg(&out)
-        .arg(&a)
-        .arg(&segments)
-        .arg(&b)
-        .arg(&c)
-        .arg(&sa)
-        .arg(&sb)
-        .arg(&sc)
-        .arg(&lo_bits);
-    // SAFETY: argument types and counts match split_bf16 in lowrank.cu.
-    unsafe { builder.launch(launch_config(total)) }.w()?;
-    Ok(out)
-}
-
 /// `[a, c]` = `src` `[a, 2, c]` summed over its middle axis.
 fn fold(dev: &CudaDevice, src: &CudaSlice<f32>, a: usize, c: usize) -> Result<CudaSlice<f32>> {
-    fold_with::<f32>(dev, "fold_halves", src, a, c, 1)
+    fold_with::<f32>(dev, "fold_halves", src, a, c)
 }
 
 /// `[c, a]` = `src` `[2, a, c]` summed over its first axis, transposed.
@@ -95,35 +72,52 @@ fn fold_transposed(
     a: usize,
     c: usize,
 ) -> Result<CudaSlice<f32>> {
-    fold_with::<f32>(dev, "fold_halves_t", src, a, c, 1)
+    fold_with::<f32>(dev, "fold_halves_t", src, a, c)
 }
 
-/// `[a, 3, c]` bf16: `src` `[a, 2, c]` summed over its middle axis and split into ([`LEFT_TRIPLE`]) parts.
-fn fold_split(
+/// `[a, 3, c]` bf16 in `dst`'s rows, `ld` values apart: `src` `[a, 2, c]` summed over its middle axis and split
+/// into (hi, lo, hi) parts ([`PARTS`]).
+fn fold_split_into(
     dev: &CudaDevice,
     src: &CudaSlice<f32>,
-    a: usize,
-    c: usize,
-) -> Result<CudaSlice<bf16>> {
-    fold_with::<bf16>(dev, "fold_split_bf16", src, a, c, 3)
+    (a, c): (usize, usize),
+    dst: &mut CudaViewMut<'_, bf16>,
+    ld: usize,
+) -> Result<()> {
+    let span = match a {
+        0 => 0,
+        _ => (a - 1) * ld + PARTS * c,
+    };
+    if dst.len() < span || ld < PARTS * c || src.len() < 2 * a * c {
+        candle_core::bail!(
+            "lowrank: {a} rows of parts {ld} apart into {} values",
+            dst.len()
+        )
+    }
+    let func = dev.get_or_load_custom_func("fold_split_bf16", MODULE, PTX)?;
+    let mut builder = func.builder();
+    builder.arg(src).arg(dst).arg(&a).arg(&c).arg(&ld);
+    // SAFETY: argument types and counts match fold_split_bf16 in lowrank.cu; src holds `[a, 2, c]` and dst spans
+    // the `a` rows (checked above).
+    unsafe { builder.launch(launch_config(a * c)) }.w()?;
+    Ok(())
 }
 
-/// One of the fold kernels over `src` (`2 a c` values), writing `a c outs` values of `T`.
+/// One of the summing fold kernels over `src` (`2 a c` values), writing `a c` values of `T`.
 fn fold_with<T: cudarc::driver::DeviceRepr>(
     dev: &CudaDevice,
     kernel: &str,
     src: &CudaSlice<f32>,
     a: usize,
     c: usize,
-    outs: usize,
 ) -> Result<CudaSlice<T>> {
     // SAFETY: each kernel writes every element.
-    let out = unsafe { dev.alloc::<T>(a * c * outs) }?;
+    let out = unsafe { dev.alloc::<T>(a * c) }?;
     let func = dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
     let mut builder = func.builder();
     builder.arg(src).arg(&out).arg(&a).arg(&c);
-    // SAFETY: argument types and counts match fold_halves, fold_halves_t and fold_split_bf16 in lowrank.cu
-    // (src, dst, A, C), with src `[2 A C]` and dst `[A C]`, `[C A]` and `[3 A C]` elements.
+    // SAFETY: argument types and counts match fold_halves and fold_halves_t in lowrank.cu (src, dst, A, C), with
+    // src `[2 A C]` and dst `[A C]` and `[C A]` elements.
     unsafe { builder.launch(launch_config(a * c)) }.w()?;
     Ok(out)
 }
@@ -152,17 +146,26 @@ fn strided<'a>(
     Ok((all.slice(start..start + span), (s0, s1)))
 }
 
-/// The bf16 parts `[m, 3, r]` of a rank-wide operand (what [`project`] returns): `(m, r)` and its elements.
+/// The bf16 parts of a rank-wide operand: what [`project`] returns (`[m, 3, r]`), or its rows' parts as a column
+/// range `[m, 3 r]` of a wider tensor (what [`norm_project`] leaves after its input's columns): `(m, r)`, the
+/// elements from the first, and the rows' spacing.
 fn rank_parts<'a>(
     s: &'a CudaStorage,
     l: &Layout,
     what: &str,
-) -> Result<((usize, usize), CudaView<'a, bf16>)> {
-    let (m, three, r) = l.shape().dims3()?;
-    if three != LEFT_TRIPLE.len() {
-        candle_core::bail!("lowrank: {what} {:?} is no [m, 3, r] of parts", l.dims())
-    }
-    Ok(((m, r), view::<bf16>(s, l, what)?))
+) -> Result<((usize, usize), CudaView<'a, bf16>, usize)> {
+    let (m, r) = match l.dims() {
+        &[m, three, r] if three == PARTS => (m, r),
+        &[m, w] if w.is_multiple_of(PARTS) => (m, w / PARTS),
+        other => candle_core::bail!("lowrank: {what} {other:?} is no [m, 3, r] of parts"),
+    };
+    let flat = Layout::contiguous_with_offset((m, PARTS * r), l.start_offset());
+    let layout = match l.dims().len() {
+        3 if l.is_contiguous() => &flat,
+        _ => l,
+    };
+    let (v, (_, _, ld)) = row_view::<bf16>(s, layout, what)?;
+    Ok(((m, r), v, ld))
 }
 
 /// One cuBLAS product in its column-major terms, `C = alpha op(A) op(B) + beta C` with `op(A)` `[m, k]` and
@@ -232,27 +235,127 @@ impl Gemm {
 /// An adapter weight W f32 `[r, k]` (any strides: B^T as a view serves) as bf16 parts `[3, r, k]`, (hi, hi,
 /// lo): the right operand of [`expand`], and through its last two segments the weight of [`project`].
 pub fn weight_parts(w: &Tensor) -> Result<Tensor> {
-    w.apply_op1_no_bwd(&WeightParts)
+    stacked_parts(std::slice::from_ref(w), false)
 }
 
-struct WeightParts;
+/// The adapter weights of projections that share an input as one operand of [`weight_parts`]' kind
+/// `[3, n r, c]`, each f32 `[r, c_i]` (any strides): member i's rows at `[i r, i r + r)`. Not `diagonal`: every
+/// member spans all c columns (the A's, `[r, in]` each). `diagonal`: member i sits at columns from the sum of
+/// the earlier members' widths, zeros elsewhere (the B^T's, `[r, out_i]` each, c their widths' sum).
+pub fn stacked_parts(members: &[Tensor], diagonal: bool) -> Result<Tensor> {
+    stack(members, diagonal, false)
+}
 
-impl candle_core::CustomOp1 for WeightParts {
+/// [`stacked_parts`]' transpose `[c, 3 n r]` (contiguous): the columns that follow a frozen weight's rows so that
+/// one product adds the low-rank term (see [`norm_project`]).
+pub fn stacked_parts_transposed(members: &[Tensor], diagonal: bool) -> Result<Tensor> {
+    stack(members, diagonal, true)
+}
+
+fn stack(members: &[Tensor], diagonal: bool, transposed: bool) -> Result<Tensor> {
+    let Some((first, rest)) = members.split_first() else {
+        candle_core::bail!("lowrank-stack: no members")
+    };
+    if members.len() > STACK_MOST {
+        candle_core::bail!(
+            "lowrank-stack: {} members, at most {STACK_MOST}",
+            members.len()
+        )
+    }
+    first.apply_op1_no_bwd(&StackParts {
+        rest: rest.to_vec(),
+        diagonal,
+        transposed,
+    })
+}
+
+struct StackParts {
+    /// The members after the op's input.
+    rest: Vec<Tensor>,
+    diagonal: bool,
+    transposed: bool,
+}
+
+impl candle_core::CustomOp1 for StackParts {
     fn name(&self) -> &'static str {
-        "lowrank-weight-parts"
+        "lowrank-stack-parts"
     }
 
     cuda_only!(x);
 
     fn cuda_fwd(&self, w: &CudaStorage, wl: &Layout) -> Result<(CudaStorage, Shape)> {
-        let (r, k) = wl.shape().dims2()?;
         let dev = w.device().clone();
-        let (wv, (sr, sk)) = strided(w, wl, "W")?;
-        let parts = split(&dev, &wv, (1, r, k), (0, sr, sk), &RIGHT_TRIPLE)?;
-        Ok((
-            CudaStorage::wrap_cuda_slice(parts, dev),
-            Shape::from((RIGHT_TRIPLE.len(), r, k)),
-        ))
+        let held: Vec<_> = self.rest.iter().map(|t| t.storage_and_layout()).collect();
+        let mut members = vec![(w, wl)];
+        for (s, l) in &held {
+            members.push((on_cuda(s)?, *l));
+        }
+        let r = wl.shape().dims2()?.0;
+        let widths = members
+            .iter()
+            .map(|(_, l)| match l.shape().dims2()? {
+                (rows, c) if rows == r => Ok(c),
+                other => candle_core::bail!("lowrank-stack: member {other:?}, expected {r} rows"),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let cols = match self.diagonal {
+            true => widths.iter().sum(),
+            false if widths.iter().all(|&c| c == widths[0]) => widths[0],
+            false => candle_core::bail!("lowrank-stack: members of widths {widths:?}"),
+        };
+        let int = |v: usize| {
+            i32::try_from(v)
+                .map_err(|_| candle_core::Error::Msg(format!("lowrank-stack: {v} too large")))
+        };
+        let stream = dev.cuda_stream();
+        let mut stack = Stack {
+            src: [0; STACK_MOST],
+            s0: [0; STACK_MOST],
+            s1: [0; STACK_MOST],
+            lo: [0; STACK_MOST],
+            cols: [0; STACK_MOST],
+        };
+        let mut views = Vec::with_capacity(members.len());
+        let mut lo = 0;
+        for (i, ((s, l), &width)) in members.iter().zip(&widths).enumerate() {
+            let (view, (s0, s1)) = strided(s, l, "W")?;
+            stack.s0[i] = s0 as i64;
+            stack.s1[i] = s1 as i64;
+            stack.lo[i] = int(lo)?;
+            stack.cols[i] = int(width)?;
+            if self.diagonal {
+                lo += width;
+            }
+            views.push(view);
+        }
+        let guards: Vec<_> = views
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let (ptr, guard) = v.device_ptr(&stream);
+                stack.src[i] = ptr;
+                guard
+            })
+            .collect();
+        let (n, rows) = (members.len(), members.len() * r);
+        let total = rows * cols;
+        // SAFETY: the kernel writes every element.
+        let out = unsafe { dev.alloc::<bf16>(PARTS * total) }?;
+        let func = dev.get_or_load_custom_func("stack_parts_bf16", MODULE, PTX)?;
+        let (ri, ni) = (int(r)?, int(n)?);
+        let mut builder = func.builder();
+        let (transposed, ld) = (self.transposed as i32, PARTS * rows);
+        builder.arg(&stack).arg(&out).arg(&ri).arg(&ni).arg(&cols);
+        builder.arg(&transposed).arg(&ld);
+        // SAFETY: argument types and counts match stack_parts_bf16 in lowrank.cu; each member's pointer, strides
+        // and span describe its checked view (`strided`), alive until after the launch (`guards`).
+        unsafe { builder.launch(launch_config(total)) }.w()?;
+        drop(guards);
+        let shape = match self.transposed {
+            true => Shape::from((cols, PARTS * rows)),
+            false => Shape::from((PARTS, rows, cols)),
+        };
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), shape))
     }
 }
 
@@ -263,17 +366,17 @@ fn weight_view<'a>(
     what: &str,
 ) -> Result<((usize, usize), CudaView<'a, bf16>)> {
     let (three, r, k) = l.shape().dims3()?;
-    if three != RIGHT_TRIPLE.len() {
+    if three != PARTS {
         candle_core::bail!("lowrank: {what} {:?} is no [3, r, k] of parts", l.dims())
     }
     Ok(((r, k), view::<bf16>(s, l, what)?))
 }
 
 /// `scale * x W^T` for x bf16 `[m, k]` and W given as [`weight_parts`] `[3, r, k]`, as the bf16 parts
-/// `[m, 3, r]` that [`expand`] and [`reduce`] take (see the module's note).
+/// `[m, 3, r]` that [`expand`] and [`reduce`] take (see the module's note). x may be a column range of a wider
+/// tensor.
 pub fn project(x: &Tensor, w: &Tensor, scale: f64) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op2_no_bwd(&w.contiguous()?, &Project(scale as f32))
+    rows_or_contiguous(x)?.apply_op2_no_bwd(&w.contiguous()?, &Project(scale as f32))
 }
 
 struct Project(f32);
@@ -292,38 +395,80 @@ impl CustomOp2 for Project {
         w: &CudaStorage,
         wl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let (m, k) = xl.shape().dims2()?;
-        let ((r, wk), parts) = weight_view(w, wl, "W")?;
-        if wk != k {
-            candle_core::bail!("lowrank-project: x {:?} vs W {:?}", xl.dims(), wl.dims())
-        }
         let dev = x.device().clone();
-        let xv = view::<bf16>(x, xl, "x")?;
-        // The weight's (hi, lo) pair: its parts' last two segments.
-        let pair_parts = parts.slice(r * k..);
-        // SAFETY: the product writes every element (beta = 0).
-        let mut pair = unsafe { dev.alloc::<f32>(m * 2 * r) }?;
-        Gemm {
-            trans: (true, false),
-            mnk: (2 * r, m, k),
-            ld: (k, k, 2 * r),
-            alpha: self.0,
-            beta: 0.0,
-        }
-        .run(&dev, &pair_parts, &xv, &mut pair, cudaDataType::CUDA_R_32F)?;
-        let out = fold_split(&dev, &pair, m, r)?;
+        let (xv, (m, k, ld)) = row_view::<bf16>(x, xl, "x")?;
+        let (weight, r) = weight_pair(w, wl, k)?;
+        // SAFETY: written whole by `project_into`.
+        let mut out = unsafe { dev.alloc::<bf16>(m * PARTS * r) }?;
+        project_into(
+            &dev,
+            (&xv, ld),
+            (m, k, r),
+            &weight,
+            self.0,
+            (&mut out.slice_mut(..), PARTS * r),
+        )?;
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev),
-            Shape::from((m, LEFT_TRIPLE.len(), r)),
+            Shape::from((m, PARTS, r)),
         ))
     }
 }
 
+/// The (hi, lo) pair of an adapter weight's parts `[3, r, k]` (their last two segments) and r, checked against
+/// the product's k.
+fn weight_pair<'a>(
+    w: &'a CudaStorage,
+    wl: &Layout,
+    k: usize,
+) -> Result<(CudaView<'a, bf16>, usize)> {
+    let ((r, wk), parts) = weight_view(w, wl, "W")?;
+    if wk != k {
+        candle_core::bail!("lowrank-project: W {:?} for rows of {k}", wl.dims())
+    }
+    Ok((parts.slice(r * k..), r))
+}
+
+/// [`project`]'s product of `m` rows of x (`k` values each, `ld` apart) and the weight's (hi, lo) pair, folded
+/// and split into the parts `[m, 3, r]` in `dst`'s rows, `dst_ld` values apart.
+fn project_into(
+    dev: &CudaDevice,
+    x: (&CudaView<'_, bf16>, usize),
+    (m, k, r): (usize, usize, usize),
+    weight: &CudaView<'_, bf16>,
+    scale: f32,
+    (dst, dst_ld): (&mut CudaViewMut<'_, bf16>, usize),
+) -> Result<()> {
+    let pair = project_pair(dev, x, (m, k, r), weight, scale)?;
+    fold_split_into(dev, &pair, (m, r), dst, dst_ld)
+}
+
+/// `scale x W^T` for W's (hi, lo) pair: f32 `[m, 2, r]`, the products of both parts before their fold.
+fn project_pair(
+    dev: &CudaDevice,
+    (xv, ld): (&CudaView<'_, bf16>, usize),
+    (m, k, r): (usize, usize, usize),
+    weight: &CudaView<'_, bf16>,
+    scale: f32,
+) -> Result<CudaSlice<f32>> {
+    // SAFETY: the product writes every element (beta = 0).
+    let mut pair = unsafe { dev.alloc::<f32>(m * 2 * r) }?;
+    Gemm {
+        trans: (true, false),
+        mnk: (2 * r, m, k),
+        ld: (k, ld, 2 * r),
+        alpha: scale,
+        beta: 0.0,
+    }
+    .run(dev, weight, xv, &mut pair, cudaDataType::CUDA_R_32F)?;
+    Ok(pair)
+}
+
 /// `g^T x` for g given as [`project`]'s parts `[m, 3, r]` and x bf16 `[m, k]`: f32 `[r, k]` (a weight
-/// gradient summed over rows), or `[k, r]` when `transposed` (B's gradient in B's layout).
+/// gradient summed over rows), or `[k, r]` when `transposed` (B's gradient in B's layout). Either may be a
+/// column range of a wider tensor (see [`rank_parts`]).
 pub fn reduce(g: &Tensor, x: &Tensor, transposed: bool) -> Result<Tensor> {
-    g.contiguous()?
-        .apply_op2_no_bwd(&x.contiguous()?, &Reduce { transposed })
+    rows_or_contiguous(g)?.apply_op2_no_bwd(&rows_or_contiguous(x)?, &Reduce { transposed })
 }
 
 struct Reduce {
@@ -344,20 +489,19 @@ impl CustomOp2 for Reduce {
         x: &CudaStorage,
         xl: &Layout,
     ) -> Result<(CudaStorage, Shape)> {
-        let ((m, r), parts) = rank_parts(g, gl, "g")?;
-        let (xm, k) = xl.shape().dims2()?;
-        if xm != m {
+        let ((m, r), parts, lp) = rank_parts(g, gl, "g")?;
+        let (xv, (xm, k, lx)) = row_view::<bf16>(x, xl, "x")?;
+        if xm != m || xl.dims().len() != 2 {
             candle_core::bail!("lowrank-reduce: g {:?} vs x {:?}", gl.dims(), xl.dims())
         }
         let dev = g.device().clone();
-        let xv = view::<bf16>(x, xl, "x")?;
         // SAFETY: the product writes every element (beta = 0).
         let mut pair = unsafe { dev.alloc::<f32>(2 * r * k) }?;
         // The parts' first two segments of each row, (hi, lo), are the pair this product takes.
         Gemm {
             trans: (false, true),
             mnk: (k, 2 * r, m),
-            ld: (k, LEFT_TRIPLE.len() * r, k),
+            ld: (lx, lp, k),
             alpha: 1.0,
             beta: 0.0,
         }
@@ -367,6 +511,128 @@ impl CustomOp2 for Reduce {
             false => (fold(&dev, &pair, 1, r * k)?, Shape::from((r, k))),
         };
         Ok((CudaStorage::wrap_cuda_slice(out, dev), shape))
+    }
+}
+
+/// `x W^T` in bf16 (f32 sums) for bf16 x `[m, k]` and W `[o, k]`, both contiguous.
+pub fn frozen_product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    x.contiguous()?
+        .apply_op2_no_bwd(&w.contiguous()?, &FrozenProduct)
+}
+
+struct FrozenProduct;
+
+impl CustomOp2 for FrozenProduct {
+    fn name(&self) -> &'static str {
+        "lowrank-frozen-product"
+    }
+
+    cuda_only!(x y);
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let ((m, k), (o, wk)) = (xl.shape().dims2()?, wl.shape().dims2()?);
+        if wk != k || x.dtype() != DType::BF16 || w.dtype() != DType::BF16 {
+            candle_core::bail!(
+                "lowrank-frozen-product: x {:?} and W {:?}",
+                xl.dims(),
+                wl.dims()
+            )
+        }
+        let dev = x.device().clone();
+        let (xv, wv) = (view::<bf16>(x, xl, "x")?, view::<bf16>(w, wl, "W")?);
+        // SAFETY: the product writes every element (beta = 0).
+        let mut out = unsafe { dev.alloc::<bf16>(m * o) }?;
+        Gemm {
+            trans: (true, false),
+            mnk: (o, m, k),
+            ld: (k, k, o),
+            alpha: 1.0,
+            beta: 0.0,
+        }
+        .run(&dev, &wv, &xv, &mut out, cudaDataType::CUDA_R_16BF)?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((m, o))))
+    }
+}
+
+/// The input of projections that read a normed `x` (bf16 `[m, k]`) with their low-rank term in the same
+/// product: `[m, k + 3 n r]`, each row `rms_norm(x) w` (the frozen product's input) followed by
+/// `scale rms_norm(x) w A^T` as [`project`]'s parts (for A given as [`stacked_parts`] `[3, n r, k]`). Multiplied
+/// by the frozen weight whose rows continue with `B^T`'s parts (`FrozenWeight::dequantize_stacked`'s tail, from
+/// [`stacked_parts_transposed`]), one product gives `x W^T + s (x A^T) B^T`: no separate low-rank product writes
+/// the output first. Its first k columns are the normed input; the rest are the rank-wide parts [`reduce`] takes.
+pub fn norm_project(x: &Tensor, w: &Tensor, eps: f64, a: &Tensor, scale: f64) -> Result<Tensor> {
+    x.contiguous()?.apply_op3_no_bwd(
+        &w.contiguous()?,
+        &a.contiguous()?,
+        &NormProject {
+            eps: eps as f32,
+            scale: scale as f32,
+        },
+    )
+}
+
+struct NormProject {
+    eps: f32,
+    scale: f32,
+}
+
+impl candle_core::CustomOp3 for NormProject {
+    fn name(&self) -> &'static str {
+        "lowrank-norm-project"
+    }
+
+    cuda_only!(x y z);
+
+    fn cuda_fwd(
+        &self,
+        x: &CudaStorage,
+        xl: &Layout,
+        w: &CudaStorage,
+        wl: &Layout,
+        a: &CudaStorage,
+        al: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        let (m, k) = xl.shape().dims2()?;
+        let (weight, r) = weight_pair(a, al, k)?;
+        let ld = k + PARTS * r;
+        let dev = x.device().clone();
+        // SAFETY: the norm writes each row's first k values, the product's fold the rest.
+        let mut out = unsafe { dev.alloc::<bf16>(m * ld) }?;
+        let (xv, wv) = (
+            view::<bf16>(x, xl, "x")?,
+            view::<f32>(w, wl, "norm weight")?,
+        );
+        if wv.len() != k {
+            candle_core::bail!(
+                "lowrank-norm-project: norm weight {:?} for rows of {k}",
+                wl.dims()
+            )
+        }
+        if m > 0 {
+            let span = (m - 1) * ld + k;
+            rms_norm_into(
+                &dev,
+                (&xv, &wv),
+                (m, k),
+                (&mut out.slice_mut(..span), ld),
+                self.eps,
+            )?;
+            let pair = project_pair(
+                &dev,
+                (&out.slice(..span), ld),
+                (m, k, r),
+                &weight,
+                self.scale,
+            )?;
+            fold_split_into(&dev, &pair, (m, r), &mut out.slice_mut(k..), ld)?;
+        }
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((m, ld))))
     }
 }
 
@@ -559,7 +825,7 @@ pub(super) fn expand_storage(
     (p, pl): (&CudaStorage, &Layout),
     (l, ll): (&CudaStorage, &Layout),
 ) -> Result<(CudaStorage, Shape)> {
-    let ((m, r), p_parts) = rank_parts(p, pl, "p")?;
+    let ((m, r), p_parts, lp) = rank_parts(p, pl, "p")?;
     let ((lr, o), l_parts) = weight_view(l, ll, "L")?;
     if lr != r {
         candle_core::bail!("lowrank-expand: p {:?} vs L {:?}", pl.dims(), ll.dims())
@@ -583,7 +849,7 @@ pub(super) fn expand_storage(
     Gemm {
         trans: (false, false),
         mnk: (o, m, 3 * r),
-        ld: (o, 3 * r, o),
+        ld: (o, lp, o),
         alpha: 1.0,
         beta: low_rank_beta,
     }

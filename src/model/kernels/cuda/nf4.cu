@@ -15,29 +15,35 @@ __device__ __forceinline__ float block_scale(const uint8_t *absmax_q, const floa
   return tables[16 + absmax_q[block]] * tables[TABLE_NESTED + block / NESTED_BLOCK] + tables[TABLE_OFFSET];
 }
 
-// Dequantizes elements [start, start + 2 * pairs) (start even); one thread per byte (two elements).
+// Dequantizes elements [start, start + 2 * pairs) (start even); one thread per byte (two elements). Element e of
+// the span lands at out[(e / cols) * ld + e % cols]: rows of cols values (even) ld apart (ld = cols: contiguous;
+// more when the rows are followed by a low-rank term's columns, see lowrank.rs's weight_with_low_rank).
 extern "C" __global__ void nf4_dequant_bf16(const uint8_t *codes, const uint8_t *absmax_q, const float *tables,
-                                            size_t start, size_t pairs, __nv_bfloat162 *out) {
+                                            size_t start, size_t pairs, __nv_bfloat16 *out, size_t cols,
+                                            size_t ld) {
   size_t p = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (p >= pairs) return;
-  size_t i = start + 2 * p;
+  size_t i = start + 2 * p, e = 2 * p;
   uint8_t byte = codes[i / 2];
   float s = block_scale(absmax_q, tables, i / NF4_BLOCK);
-  out[p] = __floats2bfloat162_rn(tables[byte >> 4] * s, tables[byte & 0x0f] * s);
+  *reinterpret_cast<__nv_bfloat162 *>(out + (e / cols) * ld + e % cols) =
+      __floats2bfloat162_rn(tables[byte >> 4] * s, tables[byte & 0x0f] * s);
 }
 
-// The same with sixteen elements (eight bytes, one 64-block) per thread and 16-byte stores: start a multiple
-// of 16, pairs a multiple of 8 (byte by byte when codes or out are not aligned for the wide accesses).
+// The same with sixteen elements (eight bytes, one 64-block) per thread and 16-byte stores: start and cols
+// multiples of 16, pairs a multiple of 8 (byte by byte when codes or the row are not aligned for the wide accesses).
 extern "C" __global__ void nf4_dequant16_bf16(const uint8_t *codes, const uint8_t *absmax_q, const float *tables,
-                                              size_t start, size_t pairs, __nv_bfloat162 *out) {
+                                              size_t start, size_t pairs, __nv_bfloat16 *out, size_t cols,
+                                            size_t ld) {
   size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
   if (8 * t >= pairs) return;
-  size_t i = start + 16 * t;
+  size_t i = start + 16 * t, e = 16 * t;
   float s = block_scale(absmax_q, tables, i / NF4_BLOCK);
-  if ((((uintptr_t)codes) & 7) != 0 || (((uintptr_t)out) & 15) != 0) {
+  __nv_bfloat162 *o2 = reinterpret_cast<__nv_bfloat162 *>(out + (e / cols) * ld + e % cols);
+  if ((((uintptr_t)codes) & 7) != 0 || (((uintptr_t)o2) & 15) != 0) {
     for (int k = 0; k < 8; k++) {
       uint8_t byte = codes[i / 2 + k];
-      out[8 * t + k] = __floats2bfloat162_rn(tables[byte >> 4] * s, tables[byte & 0x0f] * s);
+      o2[k] = __floats2bfloat162_rn(tables[byte >> 4] * s, tables[byte & 0x0f] * s);
     }
     return;
   }
@@ -46,7 +52,7 @@ extern "C" __global__ void nf4_dequant16_bf16(const uint8_t *codes, const uint8_
   __nv_bfloat162 v[8];
 #pragma unroll
   for (int k = 0; k < 8; k++) v[k] = __floats2bfloat162_rn(tables[bytes[k] >> 4] * s, tables[bytes[k] & 0x0f] * s);
-  uint4 *o = reinterpret_cast<uint4 *>(out + 8 * t);
+  uint4 *o = reinterpret_cast<uint4 *>(o2);
   o[0] = *reinterpret_cast<const uint4 *>(&v[0]);
   o[1] = *reinterpret_cast<const uint4 *>(&v[4]);
 }
