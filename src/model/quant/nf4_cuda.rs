@@ -366,15 +366,8 @@ impl CustomOp3 for Nf4Dequant {
         tl: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
         self.check()?;
-        for (l, what) in [(cl, "codes"), (al, "absmax_q"), (tl, "tables")] {
-            if !l.is_contiguous() || l.start_offset() != 0 {
-                candle_core::bail!("nf4: {what} must be contiguous from offset 0");
-            }
-        }
         let dev = &codes.device;
-        let c = codes.as_cuda_slice::<u8>()?;
-        let a = absmax_q.as_cuda_slice::<u8>()?;
-        let t = tables.as_cuda_slice::<f32>()?;
+        let (c, a, t) = weight_arrays((codes, cl), (absmax_q, al), (tables, tl))?;
         let pairs = self.count / 2;
         let start = self.start;
         let out = if self.dtype == DType::BF16 {
@@ -401,6 +394,25 @@ impl CustomOp3 for Nf4Dequant {
         };
         Ok((out, Shape::from(self.count)))
     }
+}
+
+/// A weight's (codes, absmax_q, tables) on the GPU, each checked to be contiguous from offset 0 (what the
+/// dequantization kernels index).
+fn weight_arrays<'a>(
+    (codes, cl): (&'a CudaStorage, &Layout),
+    (absmax_q, al): (&'a CudaStorage, &Layout),
+    (tables, tl): (&'a CudaStorage, &Layout),
+) -> candle_core::Result<(&'a CudaSlice<u8>, &'a CudaSlice<u8>, &'a CudaSlice<f32>)> {
+    for (l, what) in [(cl, "codes"), (al, "absmax_q"), (tl, "tables")] {
+        if !l.is_contiguous() || l.start_offset() != 0 {
+            candle_core::bail!("nf4: {what} must be contiguous from offset 0");
+        }
+    }
+    Ok((
+        codes.as_cuda_slice::<u8>()?,
+        absmax_q.as_cuda_slice::<u8>()?,
+        tables.as_cuda_slice::<f32>()?,
+    ))
 }
 
 /// Launches the bf16 dequantization of elements `[start, start + count)` (both even) of a weight's (codes,
@@ -458,20 +470,19 @@ pub fn dequantize_stacked(
         candle_core::bail!("nf4: no weights to stack")
     };
     let cols = first.dims.last().copied().unwrap_or(1);
-    if members
-        .iter()
-        .any(|m| m.dims.len() != 2 || m.dims[1] != cols)
+    if cols == 0
+        || members
+            .iter()
+            .any(|m| m.dims.len() != 2 || m.dims[1] != cols)
     {
         candle_core::bail!("nf4: stacked weights must share one width, got {cols} and others")
     }
     let rows: usize = members.iter().map(|m| m.dims[0]).sum();
-    let extra = match tail {
-        Some(t) if t.dims2()? == (rows, t.dim(1)?) && t.dtype() == DType::BF16 => t.dim(1)?,
-        Some(t) => candle_core::bail!(
-            "nf4: a tail {:?} ({:?}) for {rows} rows",
-            t.dims(),
-            t.dtype()
-        ),
+    let extra = match tail.map(|t| (t.dims2(), t.dtype())) {
+        Some((Ok((tail_rows, extra)), DType::BF16)) if tail_rows == rows => extra,
+        Some((dims, dtype)) => {
+            candle_core::bail!("nf4: a tail {dims:?} ({dtype:?}) for {rows} rows of bf16")
+        }
         None => 0,
     };
     let op = Nf4DequantStacked {
@@ -564,17 +575,11 @@ impl CustomOp3 for Nf4DequantStacked {
         // copy the rest.
         let mut out = unsafe { dev.alloc::<bf16>(rows * ld) }?;
         let mut at = 0;
-        for ((c, cl), (a, al), (t, tl), n) in members {
-            for (l, what) in [(cl, "codes"), (al, "absmax_q"), (tl, "tables")] {
-                if !l.is_contiguous() || l.start_offset() != 0 {
-                    candle_core::bail!("nf4: {what} must be contiguous from offset 0");
-                }
+        for (c, a, t, n) in members {
+            let arrays = weight_arrays(c, a, t)?;
+            if n == 0 {
+                continue;
             }
-            let arrays = (
-                c.as_cuda_slice::<u8>()?,
-                a.as_cuda_slice::<u8>()?,
-                t.as_cuda_slice::<f32>()?,
-            );
             let span = (n / cols - 1) * ld + cols;
             dequant_bf16_into(
                 dev,

@@ -58,7 +58,7 @@ pub(super) type Member<'a> = (&'a FrozenLinear, Adapter<'a>);
 /// Whether these members can run as one [`Projection`]: up to `STACK_MOST` layers of one input width, each
 /// weight dequantized whole, no bias, no dropout, one rank and one scale.
 pub(super) fn share_input(members: &[Member]) -> Result<bool> {
-    let Some((base, adapter)) = members.first() else {
+    let Some((_, adapter)) = members.first() else {
         return Ok(false);
     };
     let (rank, in_f) = adapter.a.dims2()?;
@@ -69,22 +69,20 @@ pub(super) fn share_input(members: &[Member]) -> Result<bool> {
             return Ok(false);
         }
     }
-    Ok(members.len() <= STACK_MOST && base.weight.dims2()?.1 == in_f)
+    Ok(members.len() <= STACK_MOST)
 }
 
 impl Projection {
     /// The operands for one projection of bf16 `x2` `[rows, in]`, and the frozen product `x W^T + b` when it
     /// cannot be summed into the output's buffer (a bias, or a weight dequantized in chunks).
-    pub(super) fn new(x2: &Tensor, member: Member) -> Result<(Self, Option<Tensor>)> {
-        let bias = member.0.bias.clone();
-        let mut projection = Self::without_output(x2, member)?;
-        projection.dequantized = projection.weights[0].dequantize_whole(x2.device())?;
-        let frozen = match (&projection.dequantized, &bias) {
+    pub(super) fn new(x2: &Tensor, (base, adapter): Member) -> Result<(Self, Option<Tensor>)> {
+        let mut projection = Self::without_output(x2, (base, adapter))?;
+        projection.dequantized = base.weight.dequantize_whole(x2.device())?;
+        let frozen = match (&projection.dequantized, &base.bias) {
             (Some(_), None) => None,
             _ => {
-                let base = FrozenLinear::new(projection.weights[0].clone(), bias.clone());
                 let (y, _) = base.product(x2)?;
-                Some(match &bias {
+                Some(match &base.bias {
                     Some(bias) => y.broadcast_add(&bias.to_dtype(y.dtype())?)?,
                     None => y,
                 })
@@ -222,6 +220,11 @@ impl Projection {
         self.outs.iter().sum()
     }
 
+    /// Each member's output features, in the order their outputs lie side by side.
+    pub(super) fn outs(&self) -> &[usize] {
+        &self.outs
+    }
+
     /// Frees the dequantized weight once the forward has used it; the backward dequantizes it again. A block
     /// waiting for its backward then holds its activations but none of its seven dense weights (416 MiB in
     /// bf16 at Llama-3.1-8B dims), for one more read of the 4-bit codes per projection.
@@ -289,11 +292,8 @@ impl Projection {
     }
 
     /// Each member's `(dA, dB)` from the stacked `dA` `[n r, in]` and the product `[sum of out, n r]` whose
-    /// diagonal blocks are the dB's.
+    /// diagonal blocks are the dB's (one member: both whole, as they are).
     fn member_grads(&self, da: &Tensor, db: &Tensor) -> Result<Vec<(Tensor, Tensor)>> {
-        if let [_] = self.outs.as_slice() {
-            return Ok(vec![(da.clone(), db.clone())]);
-        }
         let r = self.rank;
         let mut first = 0;
         self.outs

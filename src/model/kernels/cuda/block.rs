@@ -306,15 +306,11 @@ fn forward(x: &Tensor, p: BlockParts) -> Result<Ran> {
                 let a_members: Vec<_> = members.iter().map(|(_, a)| a.a.detach()).collect();
                 let a = stacked_parts(&a_members, false)?;
                 let wide = norm_project(x, w, *eps, &a, parts[0].scale)?;
-                let widths = parts
-                    .iter()
-                    .map(|part| part.b.dim(0))
-                    .collect::<Result<Vec<_>>>()?;
                 let (projection, y) = Projection::over_columns(&wide, in_f, members, a)?;
                 let y = y.reshape((b, t, projection.width()))?;
-                let mut outputs = Vec::with_capacity(widths.len());
+                let mut outputs = Vec::with_capacity(slots.len());
                 let mut at = 0;
-                for width in widths {
+                for &width in projection.outs() {
                     outputs.push(y.narrow(2, at, width)?);
                     at += width;
                 }

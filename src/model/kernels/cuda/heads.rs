@@ -224,6 +224,23 @@ impl Moved {
     ) -> Result<()> {
         let (b, t, n, d) = self.dims;
         let count = b * t * n * d;
+        // The sequence layout's rows span (b t - 1) ld + n d values, the heads layout count.
+        let rows_span = match b * t {
+            0 => 0,
+            rows => (rows - 1) * self.ld + n * d,
+        };
+        let (src_span, dst_span) = match self.to_heads {
+            true => (rows_span, count),
+            false => (count, rows_span),
+        };
+        if src.len() < src_span || dst.len() < dst_span || self.ld < n * d {
+            candle_core::bail!(
+                "split-heads: [{b}, {t}, {n}, {d}] with rows {} apart from {} into {} values",
+                self.ld,
+                src.len(),
+                dst.len()
+            )
+        }
         if let Some((cos, _)) = &tables
             && cos.len() != b * t * d / 2
         {

@@ -62,7 +62,7 @@ fn launch_config(total: usize) -> LaunchConfig {
 
 /// `[a, c]` = `src` `[a, 2, c]` summed over its middle axis.
 fn fold(dev: &CudaDevice, src: &CudaSlice<f32>, a: usize, c: usize) -> Result<CudaSlice<f32>> {
-    fold_with::<f32>(dev, "fold_halves", src, a, c)
+    fold_with(dev, "fold_halves", src, a, c)
 }
 
 /// `[c, a]` = `src` `[2, a, c]` summed over its first axis, transposed.
@@ -72,7 +72,7 @@ fn fold_transposed(
     a: usize,
     c: usize,
 ) -> Result<CudaSlice<f32>> {
-    fold_with::<f32>(dev, "fold_halves_t", src, a, c)
+    fold_with(dev, "fold_halves_t", src, a, c)
 }
 
 /// `[a, 3, c]` bf16 in `dst`'s rows, `ld` values apart: `src` `[a, 2, c]` summed over its middle axis and split
@@ -103,16 +103,16 @@ fn fold_split_into(
     Ok(())
 }
 
-/// One of the summing fold kernels over `src` (`2 a c` values), writing `a c` values of `T`.
-fn fold_with<T: cudarc::driver::DeviceRepr>(
+/// One of the summing fold kernels over `src` (`2 a c` values), writing `a c` values.
+fn fold_with(
     dev: &CudaDevice,
     kernel: &str,
     src: &CudaSlice<f32>,
     a: usize,
     c: usize,
-) -> Result<CudaSlice<T>> {
+) -> Result<CudaSlice<f32>> {
     // SAFETY: each kernel writes every element.
-    let out = unsafe { dev.alloc::<T>(a * c) }?;
+    let out = unsafe { dev.alloc::<f32>(a * c) }?;
     let func = dev.get_or_load_custom_func(kernel, MODULE, PTX)?;
     let mut builder = func.builder();
     builder.arg(src).arg(&out).arg(&a).arg(&c);
@@ -123,7 +123,7 @@ fn fold_with<T: cudarc::driver::DeviceRepr>(
 }
 
 /// The f32 elements of a 2-D operand (contiguous or a transposed view) from its layout's offset, and its
-/// two strides: what [`split`] reads it through.
+/// two strides: what [`stacked_parts`] reads each member through.
 fn strided<'a>(
     s: &'a CudaStorage,
     l: &Layout,
