@@ -144,6 +144,24 @@ __device__ __forceinline__ void log2_scores(const Geometry &m, float s[N][4]) {
   }
 }
 
+// The forward's scores of N n8 tiles before their exponentials: with Gemma 2's cap turned into log2 units
+// in place (returns 1), without one left raw (returns scale * log2(e), the factor to log2 units), so that
+// the common path folds the scale into the exponent's FFMA.
+template <int N>
+__device__ __forceinline__ float capped_scores(const Geometry &m, float s[N][4]) {
+  if (m.softcap > 0.f) {
+    log2_scores<N>(m, s);
+    return 1.f;
+  }
+  return m.scale * LOG2E;
+}
+
+// How far (log2 units) a tile's row max may pass the forward's reference max before the accumulators are
+// rescaled to a new one.
+#ifndef RESCALE
+#define RESCALE 8.f
+#endif
+
 // 2^x (ex2.approx: one instruction; 2^-inf = 0).
 __device__ __forceinline__ float exp2_fast(float x) {
   float y;
@@ -167,11 +185,20 @@ __device__ __forceinline__ float cap_slope(float s2, float inv) {
 template <int N>
 __device__ __forceinline__ void mask_rows(const Geometry &m, const uint8_t *valid, bool padded, int q, int k0,
                                           int tig, float x[N][4], float to) {
+  // without padding the test is index arithmetic only (selects, no branches around flag loads)
+  if (!padded) {
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (!sees(m, valid, false, q + 8 * (e >> 1), k0 + j * 8 + 2 * tig + (e & 1))) x[j][e] = to;
+    return;
+  }
 #pragma unroll
   for (int j = 0; j < N; ++j)
 #pragma unroll
     for (int e = 0; e < 4; ++e)
-      if (!sees(m, valid, padded, q + 8 * (e >> 1), k0 + j * 8 + 2 * tig + (e & 1))) x[j][e] = to;
+      if (!sees(m, valid, true, q + 8 * (e >> 1), k0 + j * 8 + 2 * tig + (e & 1))) x[j][e] = to;
 }
 
 // The keys query tile [r0, r0 + rows) may see: [begin, end), begin rounded down to a multiple of `tile`.
@@ -273,39 +300,51 @@ __device__ void forward(const bf16 *q, const bf16 *k, const bf16 *v, const uint8
       }
 #pragma unroll
       for (int t = 0; t < MT; ++t) {
-        log2_scores<BC / 8>(m, s[t]);
+        // scores stay raw (times `sl` in log2 units) without a cap: the scale folds into the exponent's FFMA
+        const float sl = capped_scores<BC / 8>(m, s[t]);
         if (!open) mask_rows<BC / 8>(m, vrow, tile_padded, r0 + wr + t * 16 + g, k0, tig, s[t], -INFINITY);
-        float nm[2] = {mx[t][0], mx[t][1]};
+        float nm[2] = {-INFINITY, -INFINITY};
 #pragma unroll
         for (int j = 0; j < BC / 8; ++j)
 #pragma unroll
           for (int e = 0; e < 4; ++e) nm[e >> 1] = fmaxf(nm[e >> 1], s[t][j][e]);
-        // a row that has seen no key yet keeps max -inf: its exponentials are taken from 0 (all zeros)
-        float alpha[2], base[2];
+        // The reference max moves only when a tile's max passes it by more than RESCALE (log2 units): below
+        // that the exponentials stay under 2^RESCALE, harmless in f32 and exact after the final division by
+        // l, and the warp skips rescaling its accumulators. A row that has seen no key yet keeps max -inf.
+        bool grow[2];
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
           nm[r] = fmaxf(nm[r], __shfl_xor_sync(0xffffffff, nm[r], 1));
           nm[r] = fmaxf(nm[r], __shfl_xor_sync(0xffffffff, nm[r], 2));
-          base[r] = nm[r] == -INFINITY ? 0.f : nm[r];
-          alpha[r] = exp2_fast(mx[t][r] - base[r]);
-          mx[t][r] = nm[r];
-          l[t][r] *= alpha[r];
+          nm[r] *= sl;
+          grow[r] = nm[r] > mx[t][r] + RESCALE;
         }
+        if (__any_sync(0xffffffff, grow[0] || grow[1])) {
+          float alpha[2];
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            alpha[r] = grow[r] ? exp2_fast(mx[t][r] - nm[r]) : 1.f;
+            if (grow[r]) mx[t][r] = nm[r];
+            l[t][r] *= alpha[r];
+          }
+#pragma unroll
+          for (int i = 0; i < D / 8; ++i) {
+            o[t][i][0] *= alpha[0];
+            o[t][i][1] *= alpha[0];
+            o[t][i][2] *= alpha[1];
+            o[t][i][3] *= alpha[1];
+          }
+        }
+        // exponentials of a row with max -inf are taken from 0 (all zeros)
+        const float nb[2] = {mx[t][0] == -INFINITY ? 0.f : -mx[t][0], mx[t][1] == -INFINITY ? 0.f : -mx[t][1]};
 #pragma unroll
         for (int j = 0; j < BC / 8; ++j)
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            float p = exp2_fast(s[t][j][e] - base[e >> 1]);
+            float p = exp2_fast(fmaf(s[t][j][e], sl, nb[e >> 1]));
             s[t][j][e] = p;
             l[t][e >> 1] += p;
           }
-#pragma unroll
-        for (int i = 0; i < D / 8; ++i) {
-          o[t][i][0] *= alpha[0];
-          o[t][i][1] *= alpha[0];
-          o[t][i][2] *= alpha[1];
-          o[t][i][3] *= alpha[1];
-        }
       }
 #pragma unroll
       for (int kk = 0; kk < BC / 16; ++kk) {
@@ -449,22 +488,42 @@ __device__ void backward_kv(const bf16 *q, const bf16 *k, const bf16 *v, const u
           }
         }
         // P^T and dS^T = P^T * (dP^T - delta) * the cap's slope, queries in columns
-        log2_scores<BR / 8>(m, st);
+        // (without a cap the scale folds into the exponent's FFMA and the slope is 1)
+        if (m.softcap > 0.f) {
+          log2_scores<BR / 8>(m, st);
 #pragma unroll
-        for (int j = 0; j < BR / 8; ++j)
+          for (int j = 0; j < BR / 8; ++j)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int ql = j * 8 + 2 * tig + (e & 1);
-            const float p = exp2_fast(st[j][e] - Ls[ql] * LOG2E);
-            dpt[j][e] = p * (dpt[j][e] - Ds[ql]) * cap_slope(st[j][e], inv);
-            st[j][e] = p;
-          }
-        if (!open) {
+            for (int e = 0; e < 4; ++e) {
+              const int ql = j * 8 + 2 * tig + (e & 1);
+              const float p = exp2_fast(st[j][e] - Ls[ql] * LOG2E);
+              dpt[j][e] = p * (dpt[j][e] - Ds[ql]) * cap_slope(st[j][e], inv);
+              st[j][e] = p;
+            }
+        } else {
+          const float sl = m.scale * LOG2E;
+#pragma unroll
+          for (int j = 0; j < BR / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int ql = j * 8 + 2 * tig + (e & 1);
+              const float p = exp2_fast(fmaf(st[j][e], sl, -Ls[ql] * LOG2E));
+              dpt[j][e] = p * (dpt[j][e] - Ds[ql]);
+              st[j][e] = p;
+            }
+        }
+        if (!open && !padded) {
 #pragma unroll
           for (int j = 0; j < BR / 8; ++j)
 #pragma unroll
             for (int e = 0; e < 4; ++e)
-              if (!sees(m, vrow, padded, q0 + j * 8 + 2 * tig + (e & 1), kj[e >> 1])) st[j][e] = dpt[j][e] = 0.f;
+              if (!sees(m, vrow, false, q0 + j * 8 + 2 * tig + (e & 1), kj[e >> 1])) st[j][e] = dpt[j][e] = 0.f;
+        } else if (!open) {
+#pragma unroll
+          for (int j = 0; j < BR / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e)
+              if (!sees(m, vrow, true, q0 + j * 8 + 2 * tig + (e & 1), kj[e >> 1])) st[j][e] = dpt[j][e] = 0.f;
         }
 #pragma unroll
         for (int kk = 0; kk < BR / 16; ++kk) {
@@ -590,14 +649,27 @@ __device__ void backward_q(const bf16 *q, const bf16 *k, const bf16 *v, const ui
       // dS = P * (dP - delta) * the cap's slope
 #pragma unroll
       for (int t = 0; t < MT; ++t) {
-        log2_scores<BC / 8>(m, s[t]);
+        // (without a cap the scale folds into the exponent's FFMA and the slope is 1)
+        if (m.softcap > 0.f) {
+          log2_scores<BC / 8>(m, s[t]);
 #pragma unroll
-        for (int j = 0; j < BC / 8; ++j)
+          for (int j = 0; j < BC / 8; ++j)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const int r = e >> 1;
-            s[t][j][e] = exp2_fast(s[t][j][e] - L2[t][r]) * (dp[t][j][e] - Dl[t][r]) * cap_slope(s[t][j][e], inv);
-          }
+            for (int e = 0; e < 4; ++e) {
+              const int r = e >> 1;
+              s[t][j][e] =
+                  exp2_fast(s[t][j][e] - L2[t][r]) * (dp[t][j][e] - Dl[t][r]) * cap_slope(s[t][j][e], inv);
+            }
+        } else {
+          const float sl = m.scale * LOG2E;
+#pragma unroll
+          for (int j = 0; j < BC / 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int r = e >> 1;
+              s[t][j][e] = exp2_fast(fmaf(s[t][j][e], sl, -L2[t][r])) * (dp[t][j][e] - Dl[t][r]);
+            }
+        }
         if (!open) mask_rows<BC / 8>(m, vrow, tile_padded, r0 + wr + t * 16 + g, k0, tig, s[t], 0.f);
       }
 #pragma unroll
