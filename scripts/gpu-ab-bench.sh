@@ -8,14 +8,12 @@
 # .dev/peer/peer_qlora_gpu.py and .whl/bitsandbytes-*.whl in the working tree.
 set -uo pipefail
 out=${OUT:-out}
-archive=${ARCHIVE:?ARCHIVE=builds.tar.xz} base=${BASE:?BASE=name} candidate=${CANDIDATE:?CANDIDATE=name}
-bin=/tmp/qlab-builds
-mkdir -p "$out" "$bin" /tmp/qlab-logs
-export LD_LIBRARY_PATH=/usr/lib:/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}
-python3 -c "import sys, tarfile; tarfile.open(sys.argv[1], 'r:xz').extractall(sys.argv[2])" "$archive" "$bin" || exit 1
-chmod +x "$bin"/*
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader; date -u; } | tee "$out/gpu.txt"
+: "${ARCHIVE:?ARCHIVE=builds.tar.xz}"
+base=${BASE:?BASE=name} candidate=${CANDIDATE:?CANDIDATE=name}
+bin=/tmp/qlab-bin
+# shellcheck source=scripts/h200-setup.sh
+source "$(dirname "$0")/h200-setup.sh"
+mkdir -p /tmp/qlab-logs
 QLAB_FIXTURES=tests/fixtures/models "$bin/tests-$candidate" --test-threads 1 > "$out/tests-$candidate.txt" 2>&1
 status=$?
 grep -E "^test result|panicked" "$out/tests-$candidate.txt" | tail -5

@@ -4,7 +4,7 @@
 # all of them stores those once (three qlab and two test binaries: 16.6 MB, against 52 MB xz'd one by one).
 #   scripts/pack-builds.sh OUT.tar.xz NAME=DIR [NAME=DIR ...]
 # The archive holds qlab-NAME and tests-NAME (DIR's cuda_reference, when there is one) for each build;
-# scripts/gpu-ab-bench.sh unpacks and runs them.
+# scripts/gpu-ab-bench.sh (through scripts/h200-setup.sh with ARCHIVE set) unpacks and runs them.
 set -euo pipefail
 out=${1:?usage: scripts/pack-builds.sh OUT.tar.xz NAME=DIR [NAME=DIR ...]}
 shift

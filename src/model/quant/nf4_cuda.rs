@@ -541,12 +541,6 @@ impl CustomOp3 for Nf4DequantStacked {
         tables: &CudaStorage,
         tl: &Layout,
     ) -> candle_core::Result<(CudaStorage, Shape)> {
-        fn cuda(s: &candle_core::Storage) -> candle_core::Result<&CudaStorage> {
-            match s {
-                candle_core::Storage::Cuda(c) => Ok(c),
-                _ => candle_core::bail!("nf4: a stacked weight is not on the GPU"),
-            }
-        }
         let held: Vec<_> = self
             .rest
             .iter()
@@ -561,7 +555,12 @@ impl CustomOp3 for Nf4DequantStacked {
             .collect();
         let mut members = vec![((codes, cl), (absmax_q, al), (tables, tl), self.first)];
         for ((cs, cl), (as_, al), (ts, tl), n) in &held {
-            members.push(((cuda(cs)?, *cl), (cuda(as_)?, *al), (cuda(ts)?, *tl), *n));
+            members.push((
+                (on_cuda(cs, "codes")?, *cl),
+                (on_cuda(as_, "absmax_q")?, *al),
+                (on_cuda(ts, "tables")?, *tl),
+                *n,
+            ));
         }
         let cols = self.cols;
         let rows: usize = members.iter().map(|m| m.3 / cols).sum();
@@ -593,12 +592,9 @@ impl CustomOp3 for Nf4DequantStacked {
         let mut stacked = CudaStorage::wrap_cuda_slice(out, dev.clone());
         if let Some(tail) = &self.tail {
             let (ts, tl) = tail.storage_and_layout();
-            let candle_core::Storage::Cuda(ts) = &*ts else {
-                candle_core::bail!("nf4: the tail is not on the GPU")
-            };
             use candle_core::backend::BackendStorage;
             // The tail's rows after each weight row: rows x extra values from rows extra apart into rows ld apart.
-            ts.copy2d(
+            on_cuda(&ts, "the tail")?.copy2d(
                 &mut stacked,
                 rows,
                 extra,
