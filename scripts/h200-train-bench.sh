@@ -17,6 +17,9 @@
 #   scripts/h200-train-bench.sh profile    where a step's GPU time goes: qlab at 2 x 2048 (Llama-3.1-8B dims, the first
 #                                          LAYERS blocks, default 2) under Nsight Compute, each kernel's summed duration
 #                                          ($OUT/profile.txt, as bench/results/h200-profile-2layers.txt)
+#   scripts/h200-train-bench.sh phases     the same step's launches in order ($OUT/ncu.csv.xz) split by phase (forward
+#                                          blocks, head and loss, backward blocks) with scripts/ncu_phases.py
+#                                          ($OUT/phases.txt, as section 3 of bench/results/h100-presets-scaling-profile-2026-12-06.txt)
 #   scripts/h200-train-bench.sh scaling    whether the 2 x 2048 step waits on the host: qlab alone at Llama-3.1-8B dims,
 #                                          sequence 2048, batch 1, 2 and 4 (the same kernels launched, the device's
 #                                          work doubling each time), then batch 2 with CUDA_LAUNCH_BLOCKING=1 (its own
@@ -36,7 +39,7 @@
 #   .dev/peer/peer_qlora_gpu.py             a copy of ../shared/bench/peer_qlora_gpu.py
 #   .whl/bitsandbytes-*.whl                 the peer's missing package, from scripts/peer-wheel.py
 set -uo pipefail
-mode=${1:?usage: scripts/h200-train-bench.sh train|short|presets|offload|chunks|profile|scaling|longest}
+mode=${1:?usage: scripts/h200-train-bench.sh train|short|presets|offload|chunks|profile|phases|scaling|longest}
 out=${OUT:-out}
 # shellcheck source=scripts/h200-setup.sh
 source "$(dirname "$0")/h200-setup.sh"
@@ -93,6 +96,15 @@ case $mode in
       --seq 2048 --steps 2 --device cuda:0 --json > "$out/profile.txt" 2>&1
     echo "profile: exit $?, $(wc -l < "$out/profile.txt") lines in $out/profile.txt"
     ;;
+  phases)
+    ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+    timeout 300 "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv --print-summary none \
+      /tmp/qlab-bin/qlab bench train --preset llama-3.1-8b --random-weights --layers "${LAYERS:-2}" --batch 2 \
+      --seq 2048 --steps 2 --device cuda:0 --json > "$out/ncu.csv" 2> "$out/ncu.err"
+    echo "phases: ncu exit $?"
+    python3 "$(dirname "$0")/ncu_phases.py" "$out/ncu.csv" | tee "$out/phases.txt"
+    xz -6 "$out/ncu.csv"
+    ;;
   scaling)
     for batch in 1 2 4; do run "$out/scaling.jsonl" qlab "$batch" 2048 6 150; done
     CUDA_LAUNCH_BLOCKING=1 run "$out/scaling-blocking.jsonl" qlab 2 2048 4 150 llama-3.1-8b
@@ -109,5 +121,5 @@ case $mode in
       fi
     done
     ;;
-  *) echo "unknown mode $mode (train|short|presets|offload|chunks|profile|scaling|longest)" >&2; exit 2 ;;
+  *) echo "unknown mode $mode (train|short|presets|offload|chunks|profile|phases|scaling|longest)" >&2; exit 2 ;;
 esac

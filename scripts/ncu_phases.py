@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Where one training step's GPU time goes, by phase, from an Nsight Compute CSV of `qlab bench train ... --steps 2`
+(ncu --metrics gpu__time_duration.sum --csv --print-summary none; plain, .gz or .xz).
+
+The step is the launches after the first step's AdamW update up to the last one. Phases, from the kernels' names:
+  fwd blocks   up to the last gated product before the first vocabulary loss (row_nll), plus its down product
+               (the 4 launches that follow it);
+  head+loss    from there to the first flash forward after the loss (the first block's recomputation);
+  bwd blocks   the rest: recomputation, backward and the update.
+Each phase lists its kernels' summed durations, the longest first.
+    python3 scripts/ncu_phases.py ncu.csv.xz [TOP]        (TOP kernels per phase, default 25)
+"""
+import collections
+import csv
+import gzip
+import lzma
+import sys
+
+UNITS = {"ns": 1e-6, "nsecond": 1e-6, "us": 1e-3, "usecond": 1e-3, "ms": 1.0, "msecond": 1.0}
+
+
+def launches(path):
+    """(kernel name, ms) for every launch in the CSV, in order."""
+    opener = lzma.open if path.endswith(".xz") else gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt") as f:
+        rows = [r for r in csv.reader(f) if len(r) > 10]
+    if not rows or "Kernel Name" not in rows[0]:
+        sys.exit(f"{path}: no ncu CSV header (run ncu with --csv --print-summary none)")
+    head = rows[0]
+    name, value, unit = (head.index(k) for k in ("Kernel Name", "Metric Value", "Metric Unit"))
+    out = []
+    for r in rows[1:]:
+        try:
+            v = float(r[value].replace(",", "")) * UNITS[r[unit]]
+        except (ValueError, KeyError):
+            continue
+        out.append((r[name].split("(")[0][:70], v))
+    return out
+
+
+def phases(ks):
+    """The last step's launches split into (phase, launches)."""
+    ends = [i for i, (n, _) in enumerate(ks) if "adamw" in n]
+    if len(ends) < 2:
+        sys.exit("fewer than two AdamW updates in the CSV: profile two steps (--steps 2)")
+    step = ks[ends[-2] + 1 : ends[-1] + 1]
+    first_nll = next((i for i, (n, _) in enumerate(step) if n.startswith("row_nll_bf16")), len(step))
+    gated = [i for i, (n, _) in enumerate(step[:first_nll]) if n.startswith("gated_bf16")]
+    head = gated[-1] + 4 if gated else 0
+    bwd = next((i for i, (n, _) in enumerate(step) if i > first_nll and n.startswith("flash_forward")), len(step))
+    return step, [("fwd blocks", step[:head]), ("head+loss", step[head:bwd]), ("bwd blocks", step[bwd:])]
+
+
+def summary(title, seg, top):
+    totals = collections.defaultdict(lambda: [0.0, 0])
+    for n, v in seg:
+        totals[n][0] += v
+        totals[n][1] += 1
+    print("# %s %.3f ms, %d kernels" % (title, sum(v for _, v in seg), len(seg)))
+    for n, (v, c) in sorted(totals.items(), key=lambda x: -x[1][0])[:top]:
+        print("  %8.3f ms x%-4d %s" % (v, c, n))
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    top = int(sys.argv[2]) if len(sys.argv) > 2 else 25
+    step, parts = phases(launches(sys.argv[1]))
+    print("kernels in the step:", len(step))
+    for title, seg in parts:
+        summary(title, seg, top)
+    summary("step", step, top)
+
+
+if __name__ == "__main__":
+    main()
