@@ -20,27 +20,58 @@ struct Stack {
   int lo[STACK_MOST], cols[STACK_MOST];
 };
 
+// One element of dst: row j (member j / r, its row j % r) and column c of the parts, written at `at` and the
+// planes `plane` apart. The member's fields are picked with constant indices (an unrolled select), so that the
+// kernel reads them as parameters instead of copying the struct into local memory for a dynamic index.
+template <typename I>
+__device__ __forceinline__ void stack_one(const Stack &m, bf16 *at, I plane, I r, I j, I c) {
+  const I member = j / r, row = j - member * r;
+  const float *src = m.src[0];
+  long long s0 = m.s0[0], s1 = m.s1[0];
+  int lo = m.lo[0], cols = m.cols[0];
+#pragma unroll
+  for (int k = 1; k < STACK_MOST; ++k)
+    if (member == k) {
+      src = m.src[k];
+      s0 = m.s0[k];
+      s1 = m.s1[k];
+      lo = m.lo[k];
+      cols = m.cols[k];
+    }
+  const long long col = (long long)c - lo;
+  const float v = col >= 0 && col < cols ? src[(long long)row * s0 + col * s1] : 0.f;
+  const bf16 hi = __float2bfloat16_rn(v), low = __float2bfloat16_rn(v - __bfloat162float(hi));
+  at[0] = hi;
+  at[plane] = hi;
+  at[2 * plane] = low;
+}
+
+// The loop over dst's elements in index type I (32 bits where they fit: a 64-bit division costs tens of
+// instructions). Consecutive threads take consecutive elements of dst's rows: j fastest when transposed
+// (dst [C, 3 n r]), c fastest otherwise (dst [3, n r, C]), so that the stores coalesce.
+template <typename I>
+__device__ void stack_all(const Stack &m, bf16 *dst, I r, I rows, I C, bool transposed, size_t ld) {
+  const I total = rows * C, step = (I)gridDim.x * blockDim.x;
+  for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += step) {
+    if (transposed) {
+      const I c = i / rows, j = i - c * rows;
+      stack_one(m, dst + (size_t)c * ld + j, rows, r, j, c);
+    } else {
+      const I j = i / C, c = i - j * C;
+      stack_one(m, dst + i, total, r, j, c);
+    }
+  }
+}
+
 // transposed != 0 writes the parts' transpose instead, [C, 3 n r] with rows ld values apart (the columns a frozen
 // weight's rows end with, so that one product adds the low-rank term: lowrank.rs's weight_with_low_rank).
 extern "C" __global__ void stack_parts_bf16(Stack m, bf16 *dst, int r, int n, size_t C, int transposed, size_t ld) {
-  size_t rows = (size_t)n * r, total = rows * C;
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-    size_t j = i / C, c = i % C;
-    int member = (int)(j / r), row = (int)(j % r);
-    long long col = (long long)c - m.lo[member];
-    float v = col >= 0 && col < m.cols[member] ? m.src[member][row * m.s0[member] + col * m.s1[member]] : 0.f;
-    bf16 hi = __float2bfloat16_rn(v), lo = __float2bfloat16_rn(v - __bfloat162float(hi));
-    if (transposed) {
-      bf16 *row = dst + c * ld + j;
-      row[0] = hi;
-      row[rows] = hi;
-      row[2 * rows] = lo;
-    } else {
-      dst[i] = hi;
-      dst[total + i] = hi;
-      dst[2 * total + i] = lo;
-    }
-  }
+  const size_t rows = (size_t)n * r;
+  // 32 bits while the index plus the grid's stride stays below 2^32 (the grid has at most 2^21 threads)
+  if (rows * C <= 0x7fffffffu)
+    stack_all<unsigned>(m, dst, (unsigned)r, (unsigned)rows, (unsigned)C, transposed != 0, ld);
+  else
+    stack_all<size_t>(m, dst, (size_t)r, rows, C, transposed != 0, ld);
 }
 
 // dst [A, C] = src [A, 2, C] summed over its middle axis (the products of the high and the low parts).
