@@ -594,7 +594,19 @@ fn gpu_step_matches_the_cpu(dropout: f64, what: &str) {
             .loss_and_grads(&train_batch(&exp, d), &opts)
             .unwrap()
     };
-    let (want, got) = (run(&Device::Cpu), run(&dev));
+    let want = run(&Device::Cpu);
+    let shared_before = qlab::model::kernels::cuda::shared_input_products();
+    let got = run(&dev);
+    let shared = qlab::model::kernels::cuda::shared_input_products() - shared_before;
+    // Dropout on the adapters' input keeps every projection separate; without it q/k/v and gate/up share theirs.
+    if dropout > 0.0 {
+        assert_eq!(
+            shared, 0,
+            "{what}: projections shared their input under dropout"
+        );
+    } else {
+        assert!(shared > 0, "{what}: no projections shared their input");
+    }
     let loss_e = ((got.loss - want.loss) / want.loss).abs();
     let mut worst = 0f32;
     assert_eq!(got.grads.len(), want.grads.len(), "{what}: gradients");

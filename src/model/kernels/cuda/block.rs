@@ -9,6 +9,7 @@
 //! one `Projection` where they can ([`adapted::share_input`]): one product each way for all of them.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CudaStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
@@ -28,6 +29,15 @@ const NAME: &str = "decoder-block-cuda";
 /// The projections that read one input, in the order their outputs lie side by side.
 const QKV: [usize; 3] = [Q, K, V];
 const GATE_UP: [usize; 2] = [GATE, UP];
+
+/// Groups of projections run as one product over their shared input so far in this process.
+static SHARED_INPUT_PRODUCTS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many groups of projections (q, k and v; gate and up) have run as one product over their shared input
+/// in this process: how a test knows that the shared path, not the separate one, served a step.
+pub fn shared_input_products() -> usize {
+    SHARED_INPUT_PRODUCTS.load(Ordering::Relaxed)
+}
 
 /// The forward's intermediates that the backward reads, all bf16.
 struct Saved {
@@ -307,6 +317,7 @@ fn forward(x: &Tensor, p: BlockParts) -> Result<Ran> {
                 let a = stacked_parts(&a_members, false)?;
                 let wide = norm_project(x, w, *eps, &a, parts[0].scale)?;
                 let (projection, y) = Projection::over_columns(&wide, in_f, members, a)?;
+                SHARED_INPUT_PRODUCTS.fetch_add(1, Ordering::Relaxed);
                 let y = y.reshape((b, t, projection.width()))?;
                 let mut outputs = Vec::with_capacity(slots.len());
                 let mut at = 0;
