@@ -8,8 +8,8 @@
 //! gradients and each adapter tensor's. The projections that read one input (q, k and v; gate and up) run as
 //! one `Projection` where they can ([`adapted::share_input`]): one product each way for all of them.
 
+use std::cell::Cell;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CudaStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor};
@@ -30,13 +30,16 @@ const NAME: &str = "decoder-block-cuda";
 const QKV: [usize; 3] = [Q, K, V];
 const GATE_UP: [usize; 2] = [GATE, UP];
 
-/// Groups of projections run as one product over their shared input so far in this process.
-static SHARED_INPUT_PRODUCTS: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    /// Groups of projections run as one product over their shared input so far on this thread.
+    static SHARED_INPUT_PRODUCTS: Cell<usize> = const { Cell::new(0) };
+}
 
 /// How many groups of projections (q, k and v; gate and up) have run as one product over their shared input
-/// in this process: how a test knows that the shared path, not the separate one, served a step.
+/// on this thread (a training step runs its blocks on its caller's thread): how a test knows that the shared
+/// path, not the separate one, served its step, whatever other tests run beside it.
 pub fn shared_input_products() -> usize {
-    SHARED_INPUT_PRODUCTS.load(Ordering::Relaxed)
+    SHARED_INPUT_PRODUCTS.get()
 }
 
 /// The forward's intermediates that the backward reads, all bf16.
@@ -317,7 +320,7 @@ fn forward(x: &Tensor, p: BlockParts) -> Result<Ran> {
                 let a = stacked_parts(&a_members, false)?;
                 let wide = norm_project(x, w, *eps, &a, parts[0].scale)?;
                 let (projection, y) = Projection::over_columns(&wide, in_f, members, a)?;
-                SHARED_INPUT_PRODUCTS.fetch_add(1, Ordering::Relaxed);
+                SHARED_INPUT_PRODUCTS.set(SHARED_INPUT_PRODUCTS.get() + 1);
                 let y = y.reshape((b, t, projection.width()))?;
                 let mut outputs = Vec::with_capacity(slots.len());
                 let mut at = 0;
