@@ -12,8 +12,8 @@ use std::sync::Mutex;
 use candle_core::{CudaStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
 use super::lowrank::{
-    Base, BaseView, STACK_MOST, expand, expand_storage, frozen_product, project, reduce,
-    rows_project, stacked_parts, stacked_parts_transposed, weight_parts,
+    Base, BaseView, STACK_MOST, expand, expand_storage, project, reduce, rows_project,
+    stacked_parts, stacked_parts_transposed, weight_parts,
 };
 use crate::model::quant::frozen::{FrozenLinear, FrozenWeight};
 use crate::model::quant::{GemvAdd, GemvKernel, LowRankAdd};
@@ -142,7 +142,8 @@ impl Projection {
         let Some(w) = FrozenWeight::dequantize_stacked(&refs, wide.device(), Some(&tail))? else {
             candle_core::bail!("adapted-linear: projections that share an input need whole weights")
         };
-        let y = frozen_product(wide, &w)?;
+        // bf16 operands, f32 sums (candle's cuBLAS product unless reduced-precision bf16 is switched on).
+        let y = wide.matmul(&w.t()?)?;
         let projection = Self {
             weights,
             outs: members

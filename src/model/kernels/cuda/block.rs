@@ -284,91 +284,14 @@ fn forward(x: &Tensor, p: BlockParts) -> Result<Ran> {
     let n = b * t;
     let x2 = x.detach().reshape((n, d))?;
     let norms = p.norms.map(|(w, eps)| (w.clone(), eps));
-    let mut projections = Vec::with_capacity(PROJECTIONS);
-    let mut adapters: Vec<Option<(Tensor, Tensor)>> = vec![None; PROJECTIONS];
-    let unread = p.grad && p.output_unread;
-    // The projections of `slots` on their input `[n, in]` (given, or `x` normed), plus `add` (a residual, for a
-    // single projection): that input and their outputs `[b, t, out]`. Projections that share a normed input take
-    // it with their rank-wide parts in the same rows, and their low-rank term in the frozen product
-    // (`Projection::over_columns`). No projection keeps its dequantized weight past its product: with gradients
-    // the backward dequantizes each again (`Projection::release_weight`).
-    let mut project =
-        |slots: &[usize], input: Input, add: Option<&Tensor>| -> Result<(Tensor, Vec<Tensor>)> {
-            let (Input::Plain(like) | Input::Normed(like, _)) = input;
-            let parts = slots
-                .iter()
-                .map(|&i| (p.projection)(i, like))
-                .collect::<Result<Vec<_>>>()?;
-            let members: Vec<Member> = parts
-                .iter()
-                .map(|part| {
-                    let adapter = Adapter {
-                        a: &part.a,
-                        b: &part.b,
-                        scale: part.scale,
-                        dropout: part.dropout.clone(),
-                    };
-                    (&part.base, adapter)
-                })
-                .collect();
-            for (&slot, part) in slots.iter().zip(&parts) {
-                adapters[slot] = Some((part.a.clone(), part.b.clone()));
-            }
-            if let (true, Input::Normed(x, (w, eps))) = (adapted::share_input(&members)?, input) {
-                let in_f = x.dim(1)?;
-                let a_members: Vec<_> = members.iter().map(|(_, a)| a.a.detach()).collect();
-                let a = stacked_parts(&a_members, false)?;
-                let wide = norm_project(x, w, *eps, &a, parts[0].scale)?;
-                let (projection, y) = Projection::over_columns(&wide, in_f, members, a)?;
-                SHARED_INPUT_PRODUCTS.set(SHARED_INPUT_PRODUCTS.get() + 1);
-                let y = y.reshape((b, t, projection.width()))?;
-                let mut outputs = Vec::with_capacity(slots.len());
-                let mut at = 0;
-                for &width in projection.outs() {
-                    outputs.push(y.narrow(2, at, width)?);
-                    at += width;
-                }
-                if p.grad {
-                    projections.push(Slotted {
-                        slots: slots.to_vec(),
-                        projection,
-                    });
-                }
-                return Ok((wide.narrow(1, 0, in_f)?, outputs));
-            }
-            let input = match input {
-                Input::Plain(x) => x.clone(),
-                Input::Normed(x, (w, eps)) => fused::rms_norm(x, w, *eps)?,
-            };
-            let input = &input;
-            let mut outputs = Vec::with_capacity(slots.len());
-            for (&slot, member) in slots.iter().zip(members) {
-                // An unread output (checkpointing's recomputation) is the residual plus the down projection, and
-                // nothing reads the down projection but that sum: the residual stands in for the output, and the
-                // projection keeps only what its backward needs (about 9% of a step's frozen products at 8B dims).
-                if let (true, DOWN, Some(residual)) = (unread, slot, add) {
-                    let projection = Projection::without_output(input, member)?;
-                    projections.push(Slotted {
-                        slots: vec![slot],
-                        projection,
-                    });
-                    outputs.push(residual.reshape((b, t, d))?);
-                    continue;
-                }
-                let (mut projection, frozen) = Projection::new(input, member)?;
-                let y = projection.output(input, frozen.as_ref(), add)?;
-                outputs.push(y.reshape((b, t, projection.width()))?);
-                if p.grad {
-                    projection.release_weight();
-                    projections.push(Slotted {
-                        slots: vec![slot],
-                        projection,
-                    });
-                }
-            }
-            Ok((input.clone(), outputs))
-        };
-    let (hn, qkv) = project(&QKV, Input::Normed(&x2, &norms[0]), None)?;
+    let mut projector = Projector {
+        p: &p,
+        shape: (b, t, d),
+        unread: p.grad && p.output_unread,
+        projections: Vec::with_capacity(PROJECTIONS),
+        adapters: vec![None; PROJECTIONS],
+    };
+    let (hn, qkv) = projector.project(&QKV, Input::Normed(&x2, &norms[0]), None)?;
     let [q, k, v] = <[Tensor; 3]>::try_from(qkv)
         .map_err(|_| candle_core::Error::Msg(format!("{NAME}: q, k and v went missing")))?;
     let (cos, sin, interleaved) = p.rope;
@@ -384,15 +307,20 @@ fn forward(x: &Tensor, p: BlockParts) -> Result<Ran> {
     let (attn, lse) = flash::forward(&q, &k, &v, &call)?;
     let lse = p.grad.then_some(lse);
     let attn = attn.reshape((n, h * hd))?;
-    let x1 = one(project(&[O], Input::Plain(&attn), Some(&x2))?)?.reshape((n, d))?;
-    let (hn2, gate_up) = project(&GATE_UP, Input::Normed(&x1, &norms[1]), None)?;
+    let x1 = one(projector.project(&[O], Input::Plain(&attn), Some(&x2))?)?.reshape((n, d))?;
+    let (hn2, gate_up) = projector.project(&GATE_UP, Input::Normed(&x1, &norms[1]), None)?;
     let [gate, up] = <[Tensor; 2]>::try_from(gate_up)
         .map_err(|_| candle_core::Error::Msg(format!("{NAME}: gate and up went missing")))?;
     let gated = fused::gated(&gate, &up, p.activation)?.reshape((n, gate.dim(2)?))?;
-    let out = one(project(&[DOWN], Input::Plain(&gated), Some(&x1))?)?;
+    let out = one(projector.project(&[DOWN], Input::Plain(&gated), Some(&x1))?)?;
     let Some(lse) = lse else {
         return Ok(Ran::Output(out));
     };
+    let Projector {
+        projections,
+        adapters,
+        ..
+    } = projector;
     let adapters = adapters
         .into_iter()
         .enumerate()
@@ -427,6 +355,133 @@ fn forward(x: &Tensor, p: BlockParts) -> Result<Ran> {
         },
         adapters,
     })))
+}
+
+/// Runs [`forward`]'s projections, group by group, keeping what the backward needs: each group's operands (with
+/// gradients) and every projection's adapter `(A, B)`. No projection keeps its dequantized weight past its product:
+/// with gradients the backward dequantizes each again (`Projection::release_weight`).
+struct Projector<'a, 'p> {
+    p: &'a BlockParts<'p>,
+    /// The block's batch, sequence and model width.
+    shape: (usize, usize, usize),
+    /// Whether the block's output is never read (checkpointing's recomputation).
+    unread: bool,
+    projections: Vec<Slotted>,
+    adapters: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl Projector<'_, '_> {
+    /// The projections of `slots` on their input `[n, in]` (given, or `x` normed), plus `add` (a residual, for a
+    /// single projection): that input and their outputs `[b, t, out]`.
+    fn project(
+        &mut self,
+        slots: &[usize],
+        input: Input,
+        add: Option<&Tensor>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let (Input::Plain(like) | Input::Normed(like, _)) = input;
+        let parts = slots
+            .iter()
+            .map(|&i| (self.p.projection)(i, like))
+            .collect::<Result<Vec<_>>>()?;
+        let members: Vec<Member> = parts
+            .iter()
+            .map(|part| {
+                let adapter = Adapter {
+                    a: &part.a,
+                    b: &part.b,
+                    scale: part.scale,
+                    dropout: part.dropout.clone(),
+                };
+                (&part.base, adapter)
+            })
+            .collect();
+        for (&slot, part) in slots.iter().zip(&parts) {
+            self.adapters[slot] = Some((part.a.clone(), part.b.clone()));
+        }
+        if let (true, Input::Normed(x, norm)) = (adapted::share_input(&members)?, input) {
+            return self.shared(slots, (x, norm), members);
+        }
+        let input = match input {
+            Input::Plain(x) => x.clone(),
+            Input::Normed(x, (w, eps)) => fused::rms_norm(x, w, *eps)?,
+        };
+        let outputs = self.separate(slots, &input, add, members)?;
+        Ok((input, outputs))
+    }
+
+    /// Projections that share a normed input: they take it with their rank-wide parts in the same rows, and
+    /// their low-rank term in the frozen product (`Projection::over_columns`). Returns the normed input and
+    /// the outputs.
+    fn shared(
+        &mut self,
+        slots: &[usize],
+        (x, (w, eps)): (&Tensor, &(Tensor, f64)),
+        members: Vec<Member>,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let (b, t, _) = self.shape;
+        let in_f = x.dim(1)?;
+        let scale = match members.first() {
+            Some((_, adapter)) => adapter.scale,
+            None => candle_core::bail!("{NAME}: a shared projection without members"),
+        };
+        let a_members: Vec<_> = members.iter().map(|(_, a)| a.a.detach()).collect();
+        let a = stacked_parts(&a_members, false)?;
+        let wide = norm_project(x, w, *eps, &a, scale)?;
+        let (projection, y) = Projection::over_columns(&wide, in_f, members, a)?;
+        SHARED_INPUT_PRODUCTS.set(SHARED_INPUT_PRODUCTS.get() + 1);
+        let y = y.reshape((b, t, projection.width()))?;
+        let mut outputs = Vec::with_capacity(slots.len());
+        let mut at = 0;
+        for &width in projection.outs() {
+            outputs.push(y.narrow(2, at, width)?);
+            at += width;
+        }
+        if self.p.grad {
+            self.projections.push(Slotted {
+                slots: slots.to_vec(),
+                projection,
+            });
+        }
+        Ok((wide.narrow(1, 0, in_f)?, outputs))
+    }
+
+    /// Projections each on its own, of `input` `[n, in]`: their outputs.
+    fn separate(
+        &mut self,
+        slots: &[usize],
+        input: &Tensor,
+        add: Option<&Tensor>,
+        members: Vec<Member>,
+    ) -> Result<Vec<Tensor>> {
+        let (b, t, d) = self.shape;
+        let mut outputs = Vec::with_capacity(slots.len());
+        for (&slot, member) in slots.iter().zip(members) {
+            // An unread output (checkpointing's recomputation) is the residual plus the down projection, and
+            // nothing reads the down projection but that sum: the residual stands in for the output, and the
+            // projection keeps only what its backward needs (about 9% of a step's frozen products at 8B dims).
+            if let (true, DOWN, Some(residual)) = (self.unread, slot, add) {
+                let projection = Projection::without_output(input, member)?;
+                self.projections.push(Slotted {
+                    slots: vec![slot],
+                    projection,
+                });
+                outputs.push(residual.reshape((b, t, d))?);
+                continue;
+            }
+            let (mut projection, frozen) = Projection::new(input, member)?;
+            let y = projection.output(input, frozen.as_ref(), add)?;
+            outputs.push(y.reshape((b, t, projection.width()))?);
+            if self.p.grad {
+                projection.release_weight();
+                self.projections.push(Slotted {
+                    slots: vec![slot],
+                    projection,
+                });
+            }
+        }
+        Ok(outputs)
+    }
 }
 
 /// What a group of projections in [`forward`] reads: a given input, or one it norms (RMSNorm weight and eps).

@@ -514,52 +514,6 @@ impl CustomOp2 for Reduce {
     }
 }
 
-/// `x W^T` in bf16 (f32 sums) for bf16 x `[m, k]` and W `[o, k]`, both contiguous.
-pub fn frozen_product(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    x.contiguous()?
-        .apply_op2_no_bwd(&w.contiguous()?, &FrozenProduct)
-}
-
-struct FrozenProduct;
-
-impl CustomOp2 for FrozenProduct {
-    fn name(&self) -> &'static str {
-        "lowrank-frozen-product"
-    }
-
-    cuda_only!(x y);
-
-    fn cuda_fwd(
-        &self,
-        x: &CudaStorage,
-        xl: &Layout,
-        w: &CudaStorage,
-        wl: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
-        let ((m, k), (o, wk)) = (xl.shape().dims2()?, wl.shape().dims2()?);
-        if wk != k || x.dtype() != DType::BF16 || w.dtype() != DType::BF16 {
-            candle_core::bail!(
-                "lowrank-frozen-product: x {:?} and W {:?}",
-                xl.dims(),
-                wl.dims()
-            )
-        }
-        let dev = x.device().clone();
-        let (xv, wv) = (view::<bf16>(x, xl, "x")?, view::<bf16>(w, wl, "W")?);
-        // SAFETY: the product writes every element (beta = 0).
-        let mut out = unsafe { dev.alloc::<bf16>(m * o) }?;
-        Gemm {
-            trans: (true, false),
-            mnk: (o, m, k),
-            ld: (k, k, o),
-            alpha: 1.0,
-            beta: 0.0,
-        }
-        .run(&dev, &wv, &xv, &mut out, cudaDataType::CUDA_R_16BF)?;
-        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((m, o))))
-    }
-}
-
 /// The input of projections that read a normed `x` (bf16 `[m, k]`) with their low-rank term in the same
 /// product: `[m, k + 3 n r]`, each row `rms_norm(x) w` (the frozen product's input) followed by
 /// `scale rms_norm(x) w A^T` as [`project`]'s parts (for A given as [`stacked_parts`] `[3, n r, k]`). Multiplied
