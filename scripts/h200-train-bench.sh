@@ -63,6 +63,17 @@ run() {
   return $status
 }
 
+# ncu_step ARGS...: Nsight Compute over two steps of qlab at 2 x 2048 (the first is the warm-up), the first LAYERS
+# blocks (default 2), each kernel's duration, the clocks left alone as the device's METHOD.md asks; ARGS pick the
+# report, which goes to standard output
+ncu_step() {
+  local ncu
+  ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
+  timeout 300 "$ncu" --clock-control none --metrics gpu__time_duration.sum "$@" \
+    /tmp/qlab-bin/qlab bench train --preset llama-3.1-8b --random-weights --layers "${LAYERS:-2}" --batch 2 \
+    --seq 2048 --steps 2 --device cuda:0 --json
+}
+
 case $mode in
   train|short)
     QLAB_FIXTURES=tests/fixtures/models /tmp/qlab-bin/cuda_reference --test-threads 1 2>&1 | tail -30 \
@@ -89,18 +100,11 @@ case $mode in
     run "$out/chunks.jsonl" peer 2 2048 8 150
     ;;
   profile)
-    # Two steps (the first is the warm-up); the clocks left alone, as the device's METHOD.md asks.
-    ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
-    timeout 300 "$ncu" --clock-control none --metrics gpu__time_duration.sum --print-summary per-kernel \
-      /tmp/qlab-bin/qlab bench train --preset llama-3.1-8b --random-weights --layers "${LAYERS:-2}" --batch 2 \
-      --seq 2048 --steps 2 --device cuda:0 --json > "$out/profile.txt" 2>&1
+    ncu_step --print-summary per-kernel > "$out/profile.txt" 2>&1
     echo "profile: exit $?, $(wc -l < "$out/profile.txt") lines in $out/profile.txt"
     ;;
   phases)
-    ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
-    timeout 300 "$ncu" --clock-control none --metrics gpu__time_duration.sum --csv --print-summary none \
-      /tmp/qlab-bin/qlab bench train --preset llama-3.1-8b --random-weights --layers "${LAYERS:-2}" --batch 2 \
-      --seq 2048 --steps 2 --device cuda:0 --json > "$out/ncu.csv" 2> "$out/ncu.err"
+    ncu_step --csv --print-summary none > "$out/ncu.csv" 2> "$out/ncu.err"
     echo "phases: ncu exit $?"
     python3 "$(dirname "$0")/ncu_phases.py" "$out/ncu.csv" | tee "$out/phases.txt"
     xz -6 "$out/ncu.csv"
