@@ -654,6 +654,40 @@ fn checkpoints_in_host_memory_give_the_steps_loss_and_gradients() {
     }
 }
 
+/// A checkpointed step whose first pass leaves each block's attention half in host memory (the default on a
+/// GPU) computes what the step recomputing it computes, with dropout (each projection on its own) and
+/// without (q/k/v and gate/up sharing their input), and every block's half went to the host.
+#[test]
+fn attention_halves_in_host_memory_give_the_steps_loss_and_gradients() {
+    let dev = gpu();
+    let dir = fixture("llama");
+    let exp = expected(&dir);
+    let batch = train_batch(&exp, &dev);
+    for dropout in [0.1, 0.0] {
+        let model = nf4_llama_with_lora_dropout(&dir, &dev, dropout);
+        let run = |attention_on_host| {
+            let opts = StepOptions {
+                dropout_seed: Some(11),
+                attention_on_host,
+                ..StepOptions::for_device(&dev)
+            };
+            model.loss_and_grads(&batch, &opts).unwrap()
+        };
+        let (recomputed, kept) = (run(false), run(true));
+        assert_eq!(recomputed.halves_on_host, 0);
+        assert_eq!(kept.halves_on_host, model.blocks.len(), "dropout {dropout}");
+        assert_eq!(kept.loss, recomputed.loss, "dropout {dropout}: loss");
+        assert_eq!(kept.grads.len(), recomputed.grads.len());
+        for ((key, k), (_, r)) in kept.grads.iter().zip(&recomputed.grads) {
+            let e = rel_err(k, r, None);
+            assert!(
+                e <= 1e-6,
+                "dropout {dropout}, {key}: kept vs recomputed halves {e}"
+            );
+        }
+    }
+}
+
 /// Checkpointing's recomputation skips each block's down projection (the block's output is never read
 /// there): the checkpointed step computes what the step keeping every block's graph computes.
 #[test]
@@ -1250,6 +1284,7 @@ fn a_gpu_steps_timeline_marks_every_phase_in_order() {
         device: DeviceSpec::Cuda(0),
         layers: Some(3),
         timeline: true,
+        attention_on_host: true,
     })
     .unwrap();
     let labels: Vec<&str> = report.timeline.iter().map(|m| m.label.as_str()).collect();

@@ -71,6 +71,10 @@ pub struct TrainArgs {
     /// device's memory for longer sequences; `auto` moves them when they would take over 40% of it.
     #[arg(long, value_enum, default_value_t = Checkpoints::Auto)]
     checkpoints: Checkpoints,
+    /// With checkpointing on a GPU, recompute each block's attention half (q/k/v and output projections, flash
+    /// attention) in the backward pass instead of keeping it in host memory from the forward.
+    #[arg(long)]
+    recompute_attention: bool,
     /// Positions per chunk of the vocabulary loss: fewer hold less of the logits at once (default: 512 on a
     /// GPU, 256 on the CPU).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
@@ -199,6 +203,7 @@ fn train(a: TrainArgs) -> Result<()> {
         cpu_f32: a.cpu_f32,
         layers: a.layers,
         timeline: a.timeline,
+        attention_on_host: !a.recompute_attention,
     })?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -164,14 +164,5 @@ fn local_path(config: &Config, m: &ModelSection) -> Option<PathBuf> {
 
 /// This machine's memory (Linux `/proc/meminfo`), for warnings on the CPU.
 fn host_memory_gib() -> Option<f64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib / (1 << 20) as f64)
+    crate::model::device::host_memory_bytes().map(|b| b as f64 / (1u64 << 30) as f64)
 }

@@ -43,6 +43,8 @@ pub struct BenchSettings {
     pub layers: Option<usize>,
     /// CUDA only: record the last step's timeline of host and device (`model::device::timeline`).
     pub timeline: bool,
+    /// See `StepOptions::attention_on_host` (GPU, with checkpointing).
+    pub attention_on_host: bool,
 }
 
 /// What one benchmark measured.
@@ -60,6 +62,9 @@ pub struct BenchReport {
     pub checkpoints_on_host: bool,
     /// With checkpointing: the last blocks kept whole instead (`train::keep_blocks`, CPU).
     pub kept_blocks: usize,
+    /// With checkpointing on a GPU: the blocks whose attention half waited in host memory in the last step
+    /// (`--recompute-attention` turns it off), their recomputation starting at the feed-forward.
+    pub attention_halves_on_host: usize,
     /// Positions per chunk of the vocabulary loss.
     pub loss_chunk: usize,
     /// On the CPU: the dtype of the products through the frozen weights and its kernel ("f32",
@@ -149,6 +154,7 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
         checkpoints: s.checkpoints,
         loss_chunk: s.loss_chunk.unwrap_or(defaults.loss_chunk),
         precision: Precision::on(&device, !s.cpu_f32),
+        attention_on_host: s.attention_on_host,
         ..defaults
     };
     // The trainer's optimizer as it runs by default: lr 2e-4, betas 0.9/0.999, clipping to norm 1.
@@ -157,9 +163,11 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
     let mut losses = Vec::new();
     let _recording = timeline::record(s.timeline);
     let mut marks = Vec::new();
+    let mut halves_on_host = 0;
     for _ in 0..s.steps {
         let t = Instant::now();
         let out = model.loss_and_grads(&batch, &opts)?;
+        halves_on_host = out.halves_on_host;
         let grads = out.grads.into_iter().map(|(_, g)| g).collect();
         adam.step_summed(&params, grads, 1, Some(1.0), 2e-4)
             .map_err(step_error)?;
@@ -206,6 +214,7 @@ pub fn bench_train(s: &BenchSettings) -> Result<BenchReport> {
             true => model.kept_blocks(s.batch * s.seq, opts.keep, opts.save_frozen_products),
             false => 0,
         },
+        attention_halves_on_host: halves_on_host,
         loss_chunk: opts.loss_chunk,
         cpu_products: device.is_cpu().then(|| opts.precision.label()),
         measures: "forward + loss + backward to all LoRA tensors (activation checkpointing per block, chunked vocabulary loss) + the trainer's update (global-norm clipping to 1, AdamW)",
@@ -250,6 +259,7 @@ mod tests {
             device: DeviceSpec::Cpu,
             layers: Some(1),
             timeline: true,
+            attention_on_host: true,
         })
         .unwrap();
         assert_eq!(report.layers, 1);
@@ -329,6 +339,7 @@ mod tests {
             device: DeviceSpec::Cpu,
             layers: Some(1),
             timeline: false,
+            attention_on_host: true,
         };
         let report = bench_train(&settings(1)).unwrap();
         assert_eq!(report.step_times_s.len(), 1);

@@ -97,6 +97,9 @@ pub struct BlockContext {
     pub generation: bool,
     /// The dtype of the CPU's products through the frozen weights (training; f32 otherwise).
     pub precision: Precision,
+    /// Checkpointing on a GPU: where the first pass leaves each block's attention half for the
+    /// recomputation (`BlockParts::halves`).
+    pub halves: Option<kernels::AttentionHalves>,
 }
 
 /// Key of block `i`'s attention output among the saved products (beside the projections' `i << 8 | target`).
@@ -225,6 +228,7 @@ impl Decoder {
             output_unread: false,
             generation: false,
             precision: Precision::F32,
+            halves: None,
         })
     }
 
@@ -324,6 +328,7 @@ impl Decoder {
             activation: cfg.activation,
             grad: ctx.grad || x.track_op(),
             output_unread: ctx.output_unread,
+            halves: ctx.halves.as_ref().map(|h| (h, i)),
         };
         f(parts)
     }

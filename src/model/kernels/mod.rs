@@ -152,6 +152,43 @@ pub struct BlockParts<'a> {
     /// With `grad`: the output's value is never read, only its gradient handed to it (checkpointing's
     /// recomputation), so work that only the output needs may be skipped.
     pub output_unread: bool,
+    /// Checkpointing: the step's [`AttentionHalves`] and this block's index. The first pass (without `grad`)
+    /// leaves the block's attention half there; the recomputation takes it back instead of recomputing it.
+    pub halves: Option<(&'a AttentionHalves, usize)>,
+}
+
+/// The attention half of each block's checkpointed first pass (rotated q, k and v, attention's output and
+/// log-sum-exp, the residual after attention), kept in host memory for the block's recomputation
+/// (`cuda::host_halves`); with the `cuda` feature only, and then only for the fused CUDA block.
+pub struct AttentionHalves {
+    #[cfg(feature = "cuda")]
+    inner: cuda::host_halves::HostHalves,
+}
+
+impl AttentionHalves {
+    /// For a step of `blocks` checkpointed blocks, pinning at most `budget` bytes of host memory.
+    #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+    pub fn new(blocks: usize, budget: usize) -> Self {
+        Self {
+            #[cfg(feature = "cuda")]
+            inner: cuda::host_halves::HostHalves::new(blocks, budget),
+        }
+    }
+
+    /// The first pass is over: device memory still being copied out is freed as soon as its copy is done.
+    pub fn finish_forward(&self) -> candle_core::Result<()> {
+        #[cfg(feature = "cuda")]
+        self.inner.finish_forward()?;
+        Ok(())
+    }
+
+    /// How many blocks' halves went to host memory this step.
+    pub fn sent(&self) -> usize {
+        #[cfg(feature = "cuda")]
+        return self.inner.sent();
+        #[cfg(not(feature = "cuda"))]
+        0
+    }
 }
 
 /// cuda hook: a whole block, with gradients as one node with a hand-chained backward (see `block.rs`),

@@ -125,6 +125,26 @@ impl Projection {
         members: Vec<Member>,
         a: Tensor,
     ) -> Result<(Self, Tensor)> {
+        let b_t_parts = b_transposed(&members)?;
+        let tail = stacked_parts_transposed(&b_t_parts, true)?;
+        let projection = Self::over_columns_operands(wide, in_f, members, a)?;
+        let refs: Vec<_> = projection.weights.iter().collect();
+        let Some(w) = FrozenWeight::dequantize_stacked(&refs, wide.device(), Some(&tail))? else {
+            candle_core::bail!("adapted-linear: projections that share an input need whole weights")
+        };
+        // bf16 operands, f32 sums (candle's cuBLAS product unless reduced-precision bf16 is switched on).
+        let y = wide.matmul(&w.t()?)?;
+        Ok((projection, y))
+    }
+
+    /// [`Self::over_columns`]'s operands for the backward alone, without the frozen product (its output was
+    /// kept from the first pass: `host_halves`).
+    pub(super) fn over_columns_operands(
+        wide: &Tensor,
+        in_f: usize,
+        members: Vec<Member>,
+        a: Tensor,
+    ) -> Result<Self> {
         let Some((_, first)) = members.first() else {
             candle_core::bail!("adapted-linear: a projection without members")
         };
@@ -132,20 +152,8 @@ impl Projection {
         if !share_input(&members)? || a.dims() != [3, members.len() * rank, in_f] {
             candle_core::bail!("adapted-linear: these projections cannot share their input")
         }
-        let b_t_parts = members
-            .iter()
-            .map(|(_, a)| a.b.detach().t())
-            .collect::<Result<Vec<_>>>()?;
-        let weights: Vec<FrozenWeight> = members.iter().map(|(b, _)| b.weight.clone()).collect();
-        let tail = stacked_parts_transposed(&b_t_parts, true)?;
-        let refs: Vec<_> = weights.iter().collect();
-        let Some(w) = FrozenWeight::dequantize_stacked(&refs, wide.device(), Some(&tail))? else {
-            candle_core::bail!("adapted-linear: projections that share an input need whole weights")
-        };
-        // bf16 operands, f32 sums (candle's cuBLAS product unless reduced-precision bf16 is switched on).
-        let y = wide.matmul(&w.t()?)?;
-        let projection = Self {
-            weights,
+        Ok(Self {
+            weights: members.iter().map(|(b, _)| b.weight.clone()).collect(),
             outs: members
                 .iter()
                 .map(|(_, a)| a.b.dim(0))
@@ -153,12 +161,11 @@ impl Projection {
             dequantized: None,
             mid: wide.narrow(1, in_f, 3 * members.len() * rank)?,
             a,
-            b_t: stacked_parts(&b_t_parts, true)?,
+            b_t: stacked_parts(&b_transposed(&members)?, true)?,
             rank,
             scale,
             dropout: None,
-        };
-        Ok((projection, y))
+        })
     }
 
     /// The output `[rows, out]` for the input `x2` it was made for, plus `add` when given; `frozen` is
@@ -310,6 +317,11 @@ impl Projection {
             })
             .collect()
     }
+}
+
+/// Each member's B^T `[r, out]`.
+fn b_transposed(members: &[Member]) -> Result<Vec<Tensor>> {
+    members.iter().map(|(_, a)| a.b.detach().t()).collect()
 }
 
 /// `x W^T + b + s (dropout(x) A^T) B^T` for bf16 `x` `[.., in]`: the frozen product in bf16, the adapter's

@@ -17,6 +17,7 @@ use candle_core::{CudaStorage, CustomOp2, Layout, Result, Shape, Storage, Tensor
 use super::adapted::{self, Adapter, Member, Projection};
 use super::flash::{self, Call};
 use super::heads::{Rotary, merge_qkv, split_heads};
+use super::host_halves::Half;
 use super::lowrank::{norm_project, stacked_parts};
 use super::{fused, take_once};
 use crate::model::autograd::grad_carrier::{self, GradSlots};
@@ -291,23 +292,59 @@ fn forward(x: &Tensor, p: BlockParts) -> Result<Ran> {
         projections: Vec::with_capacity(PROJECTIONS),
         adapters: vec![None; PROJECTIONS],
     };
-    let (hn, qkv) = projector.project(&QKV, Input::Normed(&x2, &norms[0]), None)?;
-    let [q, k, v] = <[Tensor; 3]>::try_from(qkv)
-        .map_err(|_| candle_core::Error::Msg(format!("{NAME}: q, k and v went missing")))?;
     let (cos, sin, interleaved) = p.rope;
     let rotary = Rotary {
         cos: cos.clone(),
         sin: sin.clone(),
         interleaved,
     };
-    let q = split_heads(&q, h, hd, Some(&rotary))?;
-    let k = split_heads(&k, kvh, hd, Some(&rotary))?;
-    let v = split_heads(&v, kvh, hd, None)?;
     let call = Call::new(p.mask, p.attention)?;
-    let (attn, lse) = flash::forward(&q, &k, &v, &call)?;
+    // Checkpointing's recomputation starts at the feed-forward when the first pass left the attention half
+    // in host memory: only what the q/k/v and output projections' backward reads is made again.
+    let kept = match (p.grad && p.output_unread, p.halves) {
+        (true, Some((halves, i))) => halves.inner.take(i)?,
+        _ => None,
+    };
+    let (hn, q, k, v, attn, lse, x1) = match kept {
+        Some(half) => {
+            let hn = projector.operands(&QKV, Input::Normed(&x2, &norms[0]))?;
+            projector.operands(&[O], Input::Plain(&half.attn))?;
+            let Half {
+                q,
+                k,
+                v,
+                attn,
+                lse,
+                x1,
+            } = half;
+            (hn, q, k, v, attn, lse, x1)
+        }
+        None => {
+            let (hn, qkv) = projector.project(&QKV, Input::Normed(&x2, &norms[0]), None)?;
+            let [q, k, v] = <[Tensor; 3]>::try_from(qkv)
+                .map_err(|_| candle_core::Error::Msg(format!("{NAME}: q, k and v went missing")))?;
+            let q = split_heads(&q, h, hd, Some(&rotary))?;
+            let k = split_heads(&k, kvh, hd, Some(&rotary))?;
+            let v = split_heads(&v, kvh, hd, None)?;
+            let (attn, lse) = flash::forward(&q, &k, &v, &call)?;
+            let attn = attn.reshape((n, h * hd))?;
+            let x1 =
+                one(projector.project(&[O], Input::Plain(&attn), Some(&x2))?)?.reshape((n, d))?;
+            if let (false, Some((halves, i))) = (p.grad, p.halves) {
+                let half = Half {
+                    q: q.clone(),
+                    k: k.clone(),
+                    v: v.clone(),
+                    attn: attn.clone(),
+                    lse: lse.clone(),
+                    x1: x1.clone(),
+                };
+                halves.inner.put(i, half)?;
+            }
+            (hn, q, k, v, attn, lse, x1)
+        }
+    };
     let lse = p.grad.then_some(lse);
-    let attn = attn.reshape((n, h * hd))?;
-    let x1 = one(projector.project(&[O], Input::Plain(&attn), Some(&x2))?)?.reshape((n, d))?;
     let (hn2, gate_up) = projector.project(&GATE_UP, Input::Normed(&x1, &norms[1]), None)?;
     let [gate, up] = <[Tensor; 2]>::try_from(gate_up)
         .map_err(|_| candle_core::Error::Msg(format!("{NAME}: gate and up went missing")))?;
@@ -379,6 +416,23 @@ impl Projector<'_, '_> {
         input: Input,
         add: Option<&Tensor>,
     ) -> Result<(Tensor, Vec<Tensor>)> {
+        self.run(slots, input, add, true)
+    }
+
+    /// What the backward of the projections of `slots` needs, without their outputs (the first pass kept
+    /// those): their input, which it returns, and their adapters' rank-wide products.
+    fn operands(&mut self, slots: &[usize], input: Input) -> Result<Tensor> {
+        self.run(slots, input, None, false).map(|(input, _)| input)
+    }
+
+    /// [`Self::project`], with the outputs (`outputs`) or without.
+    fn run(
+        &mut self,
+        slots: &[usize],
+        input: Input,
+        add: Option<&Tensor>,
+        outputs: bool,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
         let (Input::Plain(like) | Input::Normed(like, _)) = input;
         let parts = slots
             .iter()
@@ -400,24 +454,25 @@ impl Projector<'_, '_> {
             self.adapters[slot] = Some((part.a.clone(), part.b.clone()));
         }
         if let (true, Input::Normed(x, norm)) = (adapted::share_input(&members)?, input) {
-            return self.shared(slots, (x, norm), members);
+            return self.shared(slots, (x, norm), members, outputs);
         }
         let input = match input {
             Input::Plain(x) => x.clone(),
             Input::Normed(x, (w, eps)) => fused::rms_norm(x, w, *eps)?,
         };
-        let outputs = self.separate(slots, &input, add, members)?;
+        let outputs = self.separate(slots, &input, add, members, outputs)?;
         Ok((input, outputs))
     }
 
     /// Projections that share a normed input: they take it with their rank-wide parts in the same rows, and
     /// their low-rank term in the frozen product (`Projection::over_columns`). Returns the normed input and
-    /// the outputs.
+    /// the outputs (none without `outputs`: the operands alone, no frozen product).
     fn shared(
         &mut self,
         slots: &[usize],
         (x, (w, eps)): (&Tensor, &(Tensor, f64)),
         members: Vec<Member>,
+        outputs: bool,
     ) -> Result<(Tensor, Vec<Tensor>)> {
         let (b, t, _) = self.shape;
         let in_f = x.dim(1)?;
@@ -428,6 +483,14 @@ impl Projector<'_, '_> {
         let a_members: Vec<_> = members.iter().map(|(_, a)| a.a.detach()).collect();
         let a = stacked_parts(&a_members, false)?;
         let wide = norm_project(x, w, *eps, &a, scale)?;
+        if !outputs {
+            let projection = Projection::over_columns_operands(&wide, in_f, members, a)?;
+            self.projections.push(Slotted {
+                slots: slots.to_vec(),
+                projection,
+            });
+            return Ok((wide.narrow(1, 0, in_f)?, Vec::new()));
+        }
         let (projection, y) = Projection::over_columns(&wide, in_f, members, a)?;
         SHARED_INPUT_PRODUCTS.set(SHARED_INPUT_PRODUCTS.get() + 1);
         let y = y.reshape((b, t, projection.width()))?;
@@ -446,17 +509,26 @@ impl Projector<'_, '_> {
         Ok((wide.narrow(1, 0, in_f)?, outputs))
     }
 
-    /// Projections each on its own, of `input` `[n, in]`: their outputs.
+    /// Projections each on its own, of `input` `[n, in]`: their outputs (none without `wanted`).
     fn separate(
         &mut self,
         slots: &[usize],
         input: &Tensor,
         add: Option<&Tensor>,
         members: Vec<Member>,
+        wanted: bool,
     ) -> Result<Vec<Tensor>> {
         let (b, t, d) = self.shape;
         let mut outputs = Vec::with_capacity(slots.len());
         for (&slot, member) in slots.iter().zip(members) {
+            if !wanted {
+                let projection = Projection::without_output(input, member)?;
+                self.projections.push(Slotted {
+                    slots: vec![slot],
+                    projection,
+                });
+                continue;
+            }
             // An unread output (checkpointing's recomputation) is the residual plus the down projection, and
             // nothing reads the down projection but that sum: the residual stands in for the output, and the
             // projection keeps only what its backward needs (about 9% of a step's frozen products at 8B dims).

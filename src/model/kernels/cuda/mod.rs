@@ -35,6 +35,7 @@ pub(super) mod cross_entropy;
 pub(super) mod flash;
 pub(super) mod fused;
 pub(super) mod heads;
+pub(super) mod host_halves;
 pub(super) mod lowrank;
 pub mod multi_tensor;
 pub(super) mod staged;
