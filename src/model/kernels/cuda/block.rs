@@ -87,8 +87,15 @@ type AdapterGrads = Vec<Option<(Tensor, Tensor)>>;
 
 impl Chain {
     /// The input's gradient for the output's gradient `g`, and the adapters' gradients. Each intermediate is
-    /// released after its last use, each projection's weight after its product.
-    fn backward(&self, x: &Tensor, g: &Tensor, st: Saved) -> Result<(Tensor, AdapterGrads)> {
+    /// released after its last use, each projection's weight after its product. `midway` runs between the
+    /// feed-forward's backward and attention's, once the feed-forward's intermediates are freed.
+    fn backward(
+        &self,
+        x: &Tensor,
+        g: &Tensor,
+        st: Saved,
+        midway: impl FnOnce() -> Result<()>,
+    ) -> Result<(Tensor, AdapterGrads)> {
         let n = self.rows;
         let d = x.elem_count() / n.max(1);
         let g2 = g.reshape((n, d))?.contiguous()?;
@@ -153,6 +160,7 @@ impl Chain {
         let (w2, eps2) = &self.norms[1];
         let dx1 = fused::rms_norm_backward(&x1, w2, &dhn2, *eps2, Some(&g2))?;
         drop((dhn2, x1, g2));
+        midway()?;
         let dattn = back(&[O], &attn, &dx1)?;
         let (dq, dk, dv) = flash::backward((&q, &k, &v), (&attn, &lse), &dattn, &self.attention)?;
         drop((dattn, attn, lse, q, k, v));
@@ -206,7 +214,9 @@ impl CustomOp2 for BlockOp {
         grad_res: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let saved = take_once(&self.saved, NAME)?;
-        let (dx, grads) = self.chain.backward(&x.detach(), grad_res, saved)?;
+        let (dx, grads) = self
+            .chain
+            .backward(&x.detach(), grad_res, saved, || Ok(()))?;
         grad_carrier::deliver(&self.grads, grads)?;
         Ok((Some(dx), Some(carrier.zeros_like()?)))
     }
@@ -246,11 +256,18 @@ pub fn block_backward(x: &Tensor, p: BlockParts, g: &Tensor) -> Result<BlockBack
         candle_core::bail!("{NAME}: a direct backward needs gradients and an unread output")
     }
     let x = x.detach();
+    let halves = p.halves;
     let Ran::WithGrad(kept) = forward(&x, p)? else {
         candle_core::bail!("{NAME}: the forward kept nothing for a backward")
     };
     let Kept { saved, chain, .. } = *kept;
-    let (dx, grads) = chain.backward(&x, g, saved)?;
+    // The next block's attention half comes back while this block's attention goes back, and the next
+    // block recomputes its feed-forward: not while this block's feed-forward intermediates are alive.
+    let prefetch = || match halves {
+        Some((halves, i)) => halves.inner.prefetch_below(i),
+        None => Ok(()),
+    };
+    let (dx, grads) = chain.backward(&x, g, saved, prefetch)?;
     let grads = grads
         .into_iter()
         .enumerate()

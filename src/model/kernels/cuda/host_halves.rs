@@ -299,8 +299,8 @@ impl HostHalves {
         lock(&self.state)?.retire_copies()
     }
 
-    /// Block `i`'s half back on the device (None if it stayed there), and the next lower block's half
-    /// started on its way back.
+    /// Block `i`'s half back on the device (None if it was not kept), brought back now unless
+    /// [`Self::prefetch_below`] started it.
     pub fn take(&self, i: usize) -> Result<Option<Half>> {
         let mut st = lock(&self.state)?;
         let Some(slot) = st.slots.get_mut(i).and_then(Option::take) else {
@@ -310,18 +310,25 @@ impl HostHalves {
             Slot::Arriving(half, arrived) => (half, arrived),
             Slot::OnHost(placed) => st.bring_back(placed)?,
         };
-        let main = st.main_stream()?;
-        arrived.wait_on(main)?;
-        let next = (0..i)
+        arrived.wait_on(st.main_stream()?)?;
+        Ok(Some(half))
+    }
+
+    /// Starts the half of the nearest block below `i` still in host memory on its way back (the backward
+    /// goes down the blocks): the copy runs while the device works on block `i`.
+    pub fn prefetch_below(&self, i: usize) -> Result<()> {
+        let mut st = lock(&self.state)?;
+        let below = i.min(st.slots.len());
+        let next = (0..below)
             .rev()
             .find(|&j| matches!(st.slots[j], Some(Slot::OnHost(_))));
         if let Some(j) = next
             && let Some(Slot::OnHost(placed)) = st.slots[j].take()
         {
-            let (half, event) = st.bring_back(placed)?;
-            st.slots[j] = Some(Slot::Arriving(half, event));
+            let (half, arrived) = st.bring_back(placed)?;
+            st.slots[j] = Some(Slot::Arriving(half, arrived));
         }
-        Ok(Some(half))
+        Ok(())
     }
 
     /// How many blocks' halves went to the host this step.
