@@ -12,10 +12,9 @@
 #                                          checkpoints_on_host)
 #   scripts/h200-train-bench.sh short      the CUDA reference tests, then batch 2 x 2048 and 1 x 8192, qlab then
 #                                          the peer at each shape (train without 1 x 16384, for a short call)
-#   scripts/h200-train-bench.sh halves     what keeping each block's attention half in host memory gives: the CUDA
-#                                          reference tests, then at 2 x 2048, 1 x 8192 and 1 x 16384 qlab with
-#                                          --recompute-attention, then as it runs by default (halves on the host),
-#                                          then the peer at 2 x 2048 (SHAPES overrides the shapes)
+#   scripts/h200-train-bench.sh recompute  qlab with --recompute-attention (each block's attention half recomputed
+#                                          in the backward, not kept in host memory as by default) at SHAPES
+#                                          (default "2x2048 1x8192 1x16384"), beside a train call's runs
 #   scripts/h200-train-bench.sh chunks     the vocabulary loss's chunk at batch 2 x 2048: qlab with
 #                                          --loss-chunk 1024, 512 and 256, then the peer once
 #   scripts/h200-train-bench.sh profile    where a step's GPU time goes: qlab at 2 x 2048 (Llama-3.1-8B dims, the first
@@ -43,7 +42,7 @@
 #   .dev/peer/peer_qlora_gpu.py             a copy of ../shared/bench/peer_qlora_gpu.py
 #   .whl/bitsandbytes-*.whl                 the peer's missing package, from scripts/peer-wheel.py
 set -uo pipefail
-mode=${1:?usage: scripts/h200-train-bench.sh train|short|presets|offload|halves|chunks|profile|phases|scaling|longest}
+mode=${1:?usage: scripts/h200-train-bench.sh train|short|presets|offload|recompute|chunks|profile|phases|scaling|longest}
 out=${OUT:-out}
 # shellcheck source=scripts/h200-setup.sh
 source "$(dirname "$0")/h200-setup.sh"
@@ -97,14 +96,10 @@ case $mode in
     run "$out/offload.jsonl" qlab 1 16384 4 150 llama-3.1-8b --checkpoints device
     run "$out/offload.jsonl" qlab 1 16384 4 150 llama-3.1-8b --checkpoints host
     ;;
-  halves)
-    QLAB_FIXTURES=tests/fixtures/models /tmp/qlab-bin/cuda_reference --test-threads 1 2>&1 | tail -30 \
-      | tee "$out/cuda_reference.txt"
+  recompute)
     for shape in ${SHAPES:-2x2048 1x8192 1x16384}; do
-      run "$out/halves.jsonl" qlab "${shape%x*}" "${shape#*x}" 6 150 llama-3.1-8b --recompute-attention
-      run "$out/halves.jsonl" qlab "${shape%x*}" "${shape#*x}" 6 150
+      run "$out/recompute.jsonl" qlab "${shape%x*}" "${shape#*x}" 6 150 llama-3.1-8b --recompute-attention
     done
-    run "$out/halves.jsonl" peer 2 2048 8 150
     ;;
   chunks)
     for chunk in 1024 512 256; do
@@ -138,5 +133,5 @@ case $mode in
       fi
     done
     ;;
-  *) echo "unknown mode $mode (train|short|presets|offload|halves|chunks|profile|phases|scaling|longest)" >&2; exit 2 ;;
+  *) echo "unknown mode $mode (train|short|presets|offload|recompute|chunks|profile|phases|scaling|longest)" >&2; exit 2 ;;
 esac
