@@ -16,29 +16,9 @@ use qlab::store::atomic::append_line_synced;
 use qlab::store::{RunLock, SweepPaths};
 use qlab::sweep::events::{LoggedEvent, RunEvent, StepMetrics};
 
-const CONFIG: &str = r#"
-[sweep]
-name = "e2e"
-
-[[model]]
-id = "tiny"
-path = "models/tiny.gguf"
-quant = "none"
-
-[[dataset]]
-id = "arith"
-path = "data/arith.jsonl"
-template = "Q: {question}\n### Response:\n{answer}"
-
-[[dataset]]
-id = "bio"
-path = "data/bio.jsonl"
-template = "Q: {question}\n### Response:\n{answer}"
-
-[matrix]
-models = ["tiny"]
-datasets = ["arith", "bio"]
-"#;
+/// The two-task sweep the dashboard runs on, and its name.
+const CONFIG: &str = include_str!("fixtures/two-task-sweep.toml");
+const SWEEP: &str = "two-tasks";
 
 fn fixture() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -105,7 +85,7 @@ fn a_run_trained_elsewhere_is_followed_live_and_the_terminal_is_restored() {
     }
     let (dir, config) = fixture();
     let ids = run_ids(&config);
-    let run = SweepPaths::new(&dir.path().join("runs"), "e2e").run(&ids[0]);
+    let run = SweepPaths::new(&dir.path().join("runs"), SWEEP).run(&ids[0]);
     let lock = RunLock::acquire(&run).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {

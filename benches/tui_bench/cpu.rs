@@ -14,29 +14,9 @@ use qlab::sweep::events::{LoggedEvent, RunEvent, StepMetrics};
 const MEASURE: Duration = Duration::from_secs(60);
 const SETTLE: Duration = Duration::from_secs(5);
 
-const CONFIG: &str = r#"
-[sweep]
-name = "bench"
-
-[[model]]
-id = "tiny"
-path = "models/tiny.gguf"
-quant = "none"
-
-[[dataset]]
-id = "arith"
-path = "data/arith.jsonl"
-template = "Q: {question}\n### Response:\n{answer}"
-
-[[dataset]]
-id = "bio"
-path = "data/bio.jsonl"
-template = "Q: {question}\n### Response:\n{answer}"
-
-[matrix]
-models = ["tiny"]
-datasets = ["arith", "bio"]
-"#;
+/// The two-task sweep the dashboard runs on, and its name.
+const CONFIG: &str = include_str!("../../tests/fixtures/two-task-sweep.toml");
+const SWEEP: &str = "two-tasks";
 
 pub fn idle() {
     let Some(dir) = fixture() else { return };
@@ -56,7 +36,7 @@ pub fn follow() {
     let Some(dir) = fixture() else { return };
     let ids = run_ids(&dir);
     write_finished_run(&dir, &ids[1], 2000);
-    let run = SweepPaths::new(&dir.join("runs"), "bench").run(&ids[0]);
+    let run = SweepPaths::new(&dir.join("runs"), SWEEP).run(&ids[0]);
     let lock = RunLock::acquire(&run).expect("take the run lock");
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
@@ -149,9 +129,7 @@ fn log(metrics: &Path, run: &str, event: RunEvent) {
 }
 
 fn write_finished_run(dir: &Path, id: &str, steps: u64) {
-    let metrics = SweepPaths::new(&dir.join("runs"), "bench")
-        .run(id)
-        .metrics();
+    let metrics = SweepPaths::new(&dir.join("runs"), SWEEP).run(id).metrics();
     let mut text = String::new();
     let mut push = |ts: f64, event: RunEvent| {
         text.push_str(
