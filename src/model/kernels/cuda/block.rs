@@ -5,8 +5,10 @@
 //! and sum a layer-wide buffer for every input of every node. The adapters' gradients reach candle through
 //! `grad_carrier`. Checkpointing's recomputation, whose output gradient is known before it runs, skips candle
 //! altogether ([`block_backward`]): candle would still zero-fill and sum the output's and the input's
-//! gradients and each adapter tensor's. The projections that read one input (q, k and v; gate and up) run as
-//! one `Projection` where they can ([`adapted::share_input`]): one product each way for all of them.
+//! gradients and each adapter tensor's; where the first pass left the block's attention half in host memory
+//! (`host_halves`), the recomputation starts at the feed-forward. The projections that read one input (q, k
+//! and v; gate and up) run as one `Projection` where they can ([`adapted::share_input`]): one product each
+//! way for all of them.
 
 use std::cell::Cell;
 use std::sync::Mutex;
