@@ -79,8 +79,8 @@ pub const GPU_LOSS_CHUNK: usize = 512;
 /// Positions per chunk of the vocabulary loss on the CPU.
 pub const CPU_LOSS_CHUNK: usize = 256;
 
-/// The most of the host's memory that a step's attention halves may pin ([`StepOptions::attention_on_host`]):
-/// 3.5 GB at Llama-3.1-8B dims, batch 2 x 2048; 14 GB at 1 x 16384.
+/// The most of the host's memory that a step's attention halves may pin ([`StepOptions::attention_on_host`]);
+/// at Llama-3.1-8B dims they take 3.6 GB at batch 2 x 2048 and 14 GB at 1 x 16384.
 pub const HALVES_HOST_SHARE: f64 = 0.25;
 
 /// The share of the GPU's memory above which [`CheckpointPlace::Auto`] moves the blocks' inputs to the host.
