@@ -191,6 +191,13 @@ impl AttentionHalves {
     }
 }
 
+/// How many of a step's `blocks` attention halves, `need` bytes each, fit in host memory when all GPUs' halves may
+/// pin `budget` bytes and the other GPUs' already hold `elsewhere`.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+pub(crate) fn halves_room(blocks: usize, need: usize, budget: usize, elsewhere: usize) -> usize {
+    blocks.min(budget.saturating_sub(elsewhere) / need.max(1))
+}
+
 /// cuda hook: a whole block, with gradients as one node with a hand-chained backward (see `block.rs`),
 /// when it serves `x` (bf16 on a CUDA device); None otherwise.
 #[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
@@ -300,4 +307,24 @@ pub fn fused_gated(
         return cuda::fused::gated(gate, up, activation).map(Some);
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::halves_room;
+
+    #[test]
+    fn halves_fit_what_the_other_gpus_left_of_the_budget() {
+        let gb = 1usize << 30;
+        // One GPU, 2 x 2048 at 8B dims: 32 blocks of 112 MiB in a 32 GiB budget.
+        assert_eq!(halves_room(32, 112 << 20, 32 * gb, 0), 32);
+        // Three other GPUs already hold 14 GiB each: 1 x 16384's 450 MiB blocks find none.
+        assert_eq!(halves_room(32, 450 << 20, 32 * gb, 42 * gb), 0);
+        // One other GPU holds 14 GiB: 18 GiB left, 40 blocks of 450 MiB.
+        assert_eq!(halves_room(32, 450 << 20, 32 * gb, 14 * gb), 32);
+        assert_eq!(halves_room(64, 450 << 20, 32 * gb, 14 * gb), 40);
+        // No budget (host memory unreadable), or nothing to keep.
+        assert_eq!(halves_room(32, 1, 0, 0), 0);
+        assert_eq!(halves_room(32, 0, gb, 0), 32);
+    }
 }

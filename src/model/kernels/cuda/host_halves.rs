@@ -7,6 +7,7 @@
 //! gradient checkpointing moves activations to host memory in the same spirit).
 
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use candle_core::cuda_backend::{CudaDType, CudaDevice, WrapErr};
@@ -15,6 +16,8 @@ use candle_core::{CudaStorage, DType, Result, Shape, Storage, Tensor};
 use cudarc::driver::sys::{CUdeviceptr, CUevent, CUevent_flags, CUevent_wait_flags, CUstream};
 use cudarc::driver::{CudaContext, DevicePtr, DeviceRepr, result as driver};
 use half::bf16;
+
+use crate::model::kernels::halves_room;
 
 /// One block's attention half, as the block's forward makes it and its recomputation reads it.
 pub struct Half {
@@ -71,6 +74,8 @@ struct Shuttle {
 unsafe impl Send for Shuttle {}
 
 static SHUTTLES: Mutex<Vec<Shuttle>> = Mutex::new(Vec::new());
+/// Bytes the shuttles of this process have pinned (several GPUs train side by side in one process).
+static PINNED: AtomicUsize = AtomicUsize::new(0);
 
 impl Shuttle {
     /// This context's shuttle from the pool, or a new one.
@@ -98,6 +103,7 @@ impl Shuttle {
         // SAFETY: a fresh page-locked allocation of `len` bytes, written by device copies before it is read.
         self.buffer = unsafe { driver::malloc_host(len, 0) }.w()?.cast::<u8>();
         self.len = len;
+        PINNED.fetch_add(len, Ordering::Relaxed);
         Ok(())
     }
 
@@ -110,6 +116,7 @@ impl Shuttle {
             driver::stream::synchronize(self.stream).w()?;
             driver::free_host(self.buffer.cast::<c_void>()).w()?;
         }
+        PINNED.fetch_sub(self.len, Ordering::Relaxed);
         self.buffer = std::ptr::null_mut();
         self.len = 0;
         Ok(())
@@ -183,9 +190,11 @@ struct State {
     /// Block `i`'s half, if it went to the host.
     slots: Vec<Option<Slot>>,
     out: Vec<CopyingOut>,
-    /// Bytes of the host buffer laid out so far this step, and the most it may use.
+    /// Bytes of the host buffer laid out so far this step, and the most the halves of all GPUs may pin.
     used: usize,
     budget: usize,
+    /// How many blocks' halves fit this step (set by the first [`HostHalves::put`]).
+    room: Option<usize>,
     /// Blocks whose halves went to the host.
     sent: usize,
 }
@@ -201,7 +210,8 @@ fn lock<T>(m: &Mutex<T>) -> Result<MutexGuard<'_, T>> {
 }
 
 impl HostHalves {
-    /// For a step of `blocks` checkpointed blocks, pinning at most `budget` bytes of host memory.
+    /// For a step of `blocks` checkpointed blocks, the halves of all GPUs pinning at most `budget` bytes of host
+    /// memory.
     pub fn new(blocks: usize, budget: usize) -> Self {
         Self {
             state: Mutex::new(State {
@@ -211,6 +221,7 @@ impl HostHalves {
                 out: Vec::new(),
                 used: 0,
                 budget,
+                room: None,
                 sent: 0,
             }),
         }
@@ -230,11 +241,7 @@ impl HostHalves {
             .collect();
         let need: usize = sizes.iter().map(|s| s.next_multiple_of(ALIGN)).sum();
         let total = dev.cuda_stream().context().mem_get_info().w()?.1;
-        let room = st.slots.len().min(st.budget / need.max(1));
-        if i >= st.slots.len()
-            || st.used + need > room * need
-            || need as f64 > MOST_OF_DEVICE * total as f64
-        {
+        if i >= st.slots.len() || need as f64 > MOST_OF_DEVICE * total as f64 {
             return Ok(false);
         }
         let main = dev.cuda_stream();
@@ -252,15 +259,24 @@ impl HostHalves {
             used,
             sent,
             budget,
+            room,
             ..
         } = &mut *st;
         let Some(shuttle) = shuttle.as_mut() else {
             candle_core::bail!("{NAME}: no shuttle")
         };
+        // Fixed at the step's first half (the buffer must not move under the halves already in it), from what
+        // the other GPUs' shuttles of this process have pinned.
+        let elsewhere = PINNED.load(Ordering::Relaxed).saturating_sub(shuttle.len);
+        let blocks =
+            *room.get_or_insert_with(|| halves_room(slots.len(), need, *budget, elsewhere));
+        if *used + need > blocks * need {
+            return Ok(false);
+        }
         // Host memory that cannot be pinned leaves the step recomputing its blocks, as without halves.
-        if let Err(e) = shuttle.reserve(room * need) {
-            tracing::warn!(bytes = room * need, error = %e, "{NAME}: pinning failed; recomputing instead");
-            *budget = 0;
+        if let Err(e) = shuttle.reserve(blocks * need) {
+            tracing::warn!(bytes = blocks * need, error = %e, "{NAME}: pinning failed; recomputing instead");
+            *room = Some(0);
             return Ok(false);
         }
         Event::record(main.cu_stream())?.wait_on(shuttle.stream)?;
