@@ -50,18 +50,22 @@ pub fn total_memory(device: &Device) -> Option<u64> {
     }
 }
 
-/// This machine's memory in bytes (Linux `/proc/meminfo`); None where it cannot be read.
+/// This machine's memory in bytes (Linux `/proc/meminfo`, read once: every GPU training step asks); None where
+/// it cannot be read.
 pub fn host_memory_bytes() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib: u64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib << 10)
+    static TOTAL: std::sync::OnceLock<Option<u64>> = std::sync::OnceLock::new();
+    *TOTAL.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+        let kib: u64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib << 10)
+    })
 }
 
 /// The device `auto` stands for in this build: the first GPU when qlab has CUDA, else the CPU; other

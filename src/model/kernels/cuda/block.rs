@@ -328,15 +328,7 @@ fn forward(x: &Tensor, p: BlockParts) -> Result<Ran> {
         Some(half) => {
             let hn = projector.operands(&QKV, Input::Normed(&x2, &norms[0]))?;
             projector.operands(&[O], Input::Plain(&half.attn))?;
-            let Half {
-                q,
-                k,
-                v,
-                attn,
-                lse,
-                x1,
-            } = half;
-            (hn, q, k, v, attn, lse, x1)
+            (hn, half.q, half.k, half.v, half.attn, half.lse, half.x1)
         }
         None => {
             let (hn, qkv) = projector.project(&QKV, Input::Normed(&x2, &norms[0]), None)?;

@@ -228,7 +228,7 @@ impl HostHalves {
     }
 
     /// Sends block `i`'s half to the host after the work queued so far; false (nothing kept) when it does
-    /// not fit the budget or is too large a share of the device.
+    /// not fit the budget or a block's halves are too large a share of the device (decided once a step).
     pub fn put(&self, i: usize, half: Half) -> Result<bool> {
         let mut st = lock(&self.state)?;
         let candle_core::Device::Cuda(dev) = half.q.device().clone() else {
@@ -240,8 +240,7 @@ impl HostHalves {
             .map(|t| t.elem_count() * t.dtype().size_in_bytes())
             .collect();
         let need: usize = sizes.iter().map(|s| s.next_multiple_of(ALIGN)).sum();
-        let total = dev.cuda_stream().context().mem_get_info().w()?.1;
-        if i >= st.slots.len() || need as f64 > MOST_OF_DEVICE * total as f64 {
+        if i >= st.slots.len() {
             return Ok(false);
         }
         let main = dev.cuda_stream();
@@ -266,10 +265,16 @@ impl HostHalves {
             candle_core::bail!("{NAME}: no shuttle")
         };
         // Fixed at the step's first half (the buffer must not move under the halves already in it), from what
-        // the other GPUs' shuttles of this process have pinned.
+        // the other GPUs' shuttles of this process have pinned; none where a block's halves are too large a
+        // share of the device.
         let elsewhere = PINNED.load(Ordering::Relaxed).saturating_sub(shuttle.len);
-        let blocks =
-            *room.get_or_insert_with(|| halves_room(slots.len(), need, *budget, elsewhere));
+        let blocks = *room.get_or_insert_with(|| {
+            let total = crate::model::device::total_memory(half.q.device()).unwrap_or(0);
+            match need as f64 <= MOST_OF_DEVICE * total as f64 {
+                true => halves_room(slots.len(), need, *budget, elsewhere),
+                false => 0,
+            }
+        });
         if *used + need > blocks * need {
             return Ok(false);
         }
