@@ -14,7 +14,7 @@ use candle_core::{DType, Device, Tensor};
 use qlab::model::quant::nf4::Nf4Tensor;
 use qlab::model::quant::{GemvAdd, GemvKernel, LowRankAdd, Nf4Cuda};
 use qlab::model::{Decoder, FrozenWeight, Positions, Quant, load_model};
-use qlab::train::step::{StepOptions, TrainBatch};
+use qlab::train::step::{LossAndGrads, StepOptions, TrainBatch};
 
 const FAMILIES: [&str; 5] = ["llama", "mistral", "qwen2", "gemma", "gemma2"];
 const LOGITS_REL: f32 = 3e-2;
@@ -586,13 +586,8 @@ fn gpu_step_matches_the_cpu(dropout: f64, what: &str) {
     let dir = fixture("llama");
     let exp = expected(&dir);
     let run = |d: &Device| {
-        let opts = StepOptions {
-            dropout_seed: Some(11),
-            ..StepOptions::for_device(d)
-        };
-        nf4_llama_with_lora_dropout(&dir, d, dropout)
-            .loss_and_grads(&train_batch(&exp, d), &opts)
-            .unwrap()
+        let model = nf4_llama_with_lora_dropout(&dir, d, dropout);
+        step_with(&model, &train_batch(&exp, d), d, |_| {})
     };
     let want = run(&Device::Cpu);
     let shared_before = qlab::model::kernels::cuda::shared_input_products();
@@ -607,24 +602,56 @@ fn gpu_step_matches_the_cpu(dropout: f64, what: &str) {
     } else {
         assert!(shared > 0, "{what}: no projections shared their input");
     }
-    let loss_e = ((got.loss - want.loss) / want.loss).abs();
-    let mut worst = 0f32;
-    assert_eq!(got.grads.len(), want.grads.len(), "{what}: gradients");
-    for ((key, g), (_, w)) in got.grads.iter().zip(&want.grads) {
-        let e = rel_err(g, w, None);
-        worst = worst.max(e);
-        assert!(
-            e <= GRAD_REL,
-            "{what} {key}: GPU vs CPU gradient relative error {e}"
-        );
-    }
+    let (loss_e, worst) = assert_same_step(
+        &got,
+        &want,
+        LOSS_REL,
+        GRAD_REL,
+        &format!("{what}: GPU vs CPU"),
+    );
     eprintln!("llama nf4, {what}: GPU vs CPU loss {loss_e:.2e}, worst LoRA gradient {worst:.2e}");
+}
+
+/// Asserts that step `got` computed what step `want` computed: the loss within a relative `loss_tol` (0: equal
+/// to the last bit) and every LoRA gradient within a relative `grad_tol`; `what` names the comparison. Returns
+/// the loss's relative error and the worst gradient's.
+fn assert_same_step(
+    got: &LossAndGrads,
+    want: &LossAndGrads,
+    loss_tol: f32,
+    grad_tol: f32,
+    what: &str,
+) -> (f32, f32) {
+    let loss_e = ((got.loss - want.loss) / want.loss).abs();
     assert!(
-        loss_e <= LOSS_REL,
+        loss_e <= loss_tol,
         "{what}: loss {} vs {}",
         got.loss,
         want.loss
     );
+    assert_eq!(got.grads.len(), want.grads.len(), "{what}: gradients");
+    let mut worst = 0f32;
+    for ((key, g), (_, w)) in got.grads.iter().zip(&want.grads) {
+        let e = rel_err(g, w, None);
+        worst = worst.max(e);
+        assert!(e <= grad_tol, "{what}, {key}: gradient relative error {e}");
+    }
+    (loss_e, worst)
+}
+
+/// `model`'s step on `batch` with dropout seed 11 and `dev`'s defaults, as `set` adjusts them.
+fn step_with(
+    model: &Decoder,
+    batch: &TrainBatch,
+    dev: &Device,
+    set: impl FnOnce(&mut StepOptions),
+) -> LossAndGrads {
+    let mut opts = StepOptions {
+        dropout_seed: Some(11),
+        ..StepOptions::for_device(dev)
+    };
+    set(&mut opts);
+    model.loss_and_grads(batch, &opts).unwrap()
 }
 
 /// A checkpointed step that keeps the blocks' inputs in host memory (long sequences) computes what the same
@@ -634,24 +661,17 @@ fn checkpoints_in_host_memory_give_the_steps_loss_and_gradients() {
     use qlab::train::step::CheckpointPlace;
     let dev = gpu();
     let dir = fixture("llama");
-    let exp = expected(&dir);
     let model = nf4_llama_with_lora(&dir, &dev);
-    let batch = train_batch(&exp, &dev);
-    let run = |checkpoints| {
-        let opts = StepOptions {
-            dropout_seed: Some(11),
-            checkpoints,
-            ..StepOptions::for_device(&dev)
-        };
-        model.loss_and_grads(&batch, &opts).unwrap()
-    };
+    let batch = train_batch(&expected(&dir), &dev);
+    let run = |place| step_with(&model, &batch, &dev, |o| o.checkpoints = place);
     let (device, host) = (run(CheckpointPlace::Device), run(CheckpointPlace::Host));
-    assert_eq!(device.loss, host.loss, "loss with the inputs on the host");
-    assert_eq!(device.grads.len(), host.grads.len());
-    for ((key, d), (_, h)) in device.grads.iter().zip(&host.grads) {
-        let e = rel_err(h, d, None);
-        assert!(e <= 1e-6, "{key}: host-kept vs device-kept gradient {e}");
-    }
+    assert_same_step(
+        &host,
+        &device,
+        0.0,
+        1e-6,
+        "inputs on the host vs the device",
+    );
 }
 
 /// A checkpointed step whose first pass leaves each block's attention half in host memory (the default on a
@@ -661,30 +681,15 @@ fn checkpoints_in_host_memory_give_the_steps_loss_and_gradients() {
 fn attention_halves_in_host_memory_give_the_steps_loss_and_gradients() {
     let dev = gpu();
     let dir = fixture("llama");
-    let exp = expected(&dir);
-    let batch = train_batch(&exp, &dev);
+    let batch = train_batch(&expected(&dir), &dev);
     for dropout in [0.1, 0.0] {
         let model = nf4_llama_with_lora_dropout(&dir, &dev, dropout);
-        let run = |attention_on_host| {
-            let opts = StepOptions {
-                dropout_seed: Some(11),
-                attention_on_host,
-                ..StepOptions::for_device(&dev)
-            };
-            model.loss_and_grads(&batch, &opts).unwrap()
-        };
+        let run = |on_host| step_with(&model, &batch, &dev, |o| o.attention_on_host = on_host);
         let (recomputed, kept) = (run(false), run(true));
         assert_eq!(recomputed.halves_on_host, 0);
         assert_eq!(kept.halves_on_host, model.blocks.len(), "dropout {dropout}");
-        assert_eq!(kept.loss, recomputed.loss, "dropout {dropout}: loss");
-        assert_eq!(kept.grads.len(), recomputed.grads.len());
-        for ((key, k), (_, r)) in kept.grads.iter().zip(&recomputed.grads) {
-            let e = rel_err(k, r, None);
-            assert!(
-                e <= 1e-6,
-                "dropout {dropout}, {key}: kept vs recomputed halves {e}"
-            );
-        }
+        let what = format!("dropout {dropout}: kept vs recomputed halves");
+        assert_same_step(&kept, &recomputed, 0.0, 1e-6, &what);
     }
 }
 
@@ -694,30 +699,11 @@ fn attention_halves_in_host_memory_give_the_steps_loss_and_gradients() {
 fn a_checkpointed_step_gives_the_plain_steps_loss_and_gradients() {
     let dev = gpu();
     let dir = fixture("llama");
-    let exp = expected(&dir);
     let model = nf4_llama_with_lora(&dir, &dev);
-    let batch = train_batch(&exp, &dev);
-    let run = |checkpointing| {
-        let opts = StepOptions {
-            dropout_seed: Some(11),
-            checkpointing,
-            ..StepOptions::for_device(&dev)
-        };
-        model.loss_and_grads(&batch, &opts).unwrap()
-    };
+    let batch = train_batch(&expected(&dir), &dev);
+    let run = |on| step_with(&model, &batch, &dev, |o| o.checkpointing = on);
     let (plain, checkpointed) = (run(false), run(true));
-    let loss_e = ((checkpointed.loss - plain.loss) / plain.loss).abs();
-    assert!(
-        loss_e <= 1e-6,
-        "loss {} vs {}",
-        checkpointed.loss,
-        plain.loss
-    );
-    assert_eq!(plain.grads.len(), checkpointed.grads.len());
-    for ((key, p), (_, c)) in plain.grads.iter().zip(&checkpointed.grads) {
-        let e = rel_err(c, p, None);
-        assert!(e <= 1e-5, "{key}: checkpointed vs plain gradient {e}");
-    }
+    assert_same_step(&checkpointed, &plain, 1e-6, 1e-5, "checkpointed vs plain");
 }
 
 /// Random bf16 variables on the GPU.

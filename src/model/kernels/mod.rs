@@ -157,6 +157,14 @@ pub struct BlockParts<'a> {
     pub halves: Option<(&'a AttentionHalves, usize)>,
 }
 
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+impl BlockParts<'_> {
+    /// Checkpointing's recomputation: gradients are wanted and the output's value is never read.
+    pub fn recomputing(&self) -> bool {
+        self.grad && self.output_unread
+    }
+}
+
 /// The attention half of each block's checkpointed first pass (rotated q, k and v, attention's output and
 /// log-sum-exp, the residual after attention), kept in host memory for the block's recomputation
 /// (`cuda::host_halves`); with the `cuda` feature only, and then only for the fused CUDA block.

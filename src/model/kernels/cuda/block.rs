@@ -254,7 +254,7 @@ pub fn block(x: &Tensor, p: BlockParts) -> Result<Tensor> {
 /// gradient of bf16 `x` `[b, t, d]` for the output's gradient `g`, and each projection's adapter gradients
 /// `(dA, dB)` in slot order. `p.grad` and `p.output_unread` must be set.
 pub fn block_backward(x: &Tensor, p: BlockParts, g: &Tensor) -> Result<BlockBackward> {
-    if !(p.grad && p.output_unread) {
+    if !p.recomputing() {
         candle_core::bail!("{NAME}: a direct backward needs gradients and an unread output")
     }
     let x = x.detach();
@@ -307,7 +307,6 @@ fn forward(x: &Tensor, p: BlockParts) -> Result<Ran> {
     let mut projector = Projector {
         p: &p,
         shape: (b, t, d),
-        unread: p.grad && p.output_unread,
         projections: Vec::with_capacity(PROJECTIONS),
         adapters: vec![None; PROJECTIONS],
     };
@@ -320,7 +319,7 @@ fn forward(x: &Tensor, p: BlockParts) -> Result<Ran> {
     let call = Call::new(p.mask, p.attention)?;
     // Checkpointing's recomputation starts at the feed-forward when the first pass left the attention half
     // in host memory: only what the q/k/v and output projections' backward reads is made again.
-    let kept = match (p.grad && p.output_unread, p.halves) {
+    let kept = match (p.recomputing(), p.halves) {
         (true, Some((halves, i))) => halves.inner.take(i)?,
         _ => None,
     };
@@ -412,8 +411,6 @@ struct Projector<'a, 'p> {
     p: &'a BlockParts<'p>,
     /// The block's batch, sequence and model width.
     shape: (usize, usize, usize),
-    /// Whether the block's output is never read (checkpointing's recomputation).
-    unread: bool,
     projections: Vec<Slotted>,
     adapters: Vec<Option<(Tensor, Tensor)>>,
 }
@@ -543,7 +540,7 @@ impl Projector<'_, '_> {
             // An unread output (checkpointing's recomputation) is the residual plus the down projection, and
             // nothing reads the down projection but that sum: the residual stands in for the output, and the
             // projection keeps only what its backward needs (about 9% of a step's frozen products at 8B dims).
-            if let (true, DOWN, Some(residual)) = (self.unread, slot, add) {
+            if let (true, DOWN, Some(residual)) = (self.p.recomputing(), slot, add) {
                 let projection = Projection::without_output(input, member)?;
                 self.projections.push(Slotted {
                     slots: vec![slot],
