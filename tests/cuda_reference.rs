@@ -1299,7 +1299,9 @@ fn a_gpu_steps_timeline_marks_every_phase_in_order() {
 }
 
 /// Embedding rows staged through page-locked memory equal `index_select` on the host, in every float dtype,
-/// across more than one chunk of the staging buffer (64 MiB), and a bad id is an error.
+/// across several chunks of the staging buffers (two of 32 MiB) and two calls in a row, while the GPU is busy
+/// (the copies wait in its queue: a buffer written again before its copy ran sends the wrong rows), and a bad
+/// id is an error.
 #[test]
 fn host_rows_staged_to_the_gpu_equal_index_select() {
     use qlab::model::kernels::host_rows_to_device;
@@ -1308,16 +1310,28 @@ fn host_rows_staged_to_the_gpu_equal_index_select() {
         .unwrap()
         .reshape((10, 4096))
         .unwrap();
-    // 4,100 rows of 16 KiB in f32: two chunks.
-    let ids: Vec<u32> = (0..4100u32).map(|i| (i * 7) % 10).collect();
-    let idx = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap();
+    // 5,000 rows: three chunks in f32 (16 KiB a row), two in bf16 and f16.
+    let ids: Vec<u32> = (0..5000u32).map(|i| (i * 7) % 10).collect();
+    let reversed: Vec<u32> = ids.iter().rev().copied().collect();
+    let square = Tensor::zeros((4096, 4096), DType::F32, &dev).unwrap();
     for dtype in [DType::F32, DType::BF16, DType::F16] {
         let t = table.to_dtype(dtype).unwrap();
-        let got = host_rows_to_device(&t, &ids, &dev).unwrap().unwrap();
-        assert!(got.device().is_cuda());
-        let want = t.index_select(&idx, 0).unwrap();
-        assert_eq!(got.dims(), want.dims());
-        assert_eq!(rel_err(&got, &want, None), 0.0, "{dtype:?}");
+        // Tens of milliseconds of products queued ahead of the copies.
+        let mut busy = square.clone();
+        for _ in 0..60 {
+            busy = busy.matmul(&square).unwrap();
+        }
+        let staged: Vec<Tensor> = [&ids, &reversed]
+            .map(|ids| host_rows_to_device(&t, ids, &dev).unwrap().unwrap())
+            .into();
+        for (got, ids) in staged.iter().zip([&ids, &reversed]) {
+            assert!(got.device().is_cuda());
+            let idx = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap();
+            let want = t.index_select(&idx, 0).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            assert_eq!(rel_err(got, &want, None), 0.0, "{dtype:?}");
+        }
+        drop(busy);
     }
     let err = host_rows_to_device(&table, &[10], &dev)
         .unwrap_err()

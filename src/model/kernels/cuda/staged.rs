@@ -8,19 +8,36 @@ use std::sync::{Arc, Mutex};
 use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::op::BackpropOp;
 use candle_core::{CpuStorage, CudaDevice, CudaStorage, Result, Storage, Tensor};
-use cudarc::driver::{DevicePtrMut, DeviceRepr, HostSlice, PinnedHostSlice};
+use cudarc::driver::{CudaContext, CudaEvent, DevicePtrMut, DeviceRepr, PinnedHostSlice};
 
 use crate::model::kernels::cpu::gather::{checked_width, gather_into};
 
-/// The staging buffer's size: rows go over in chunks of at most this many bytes.
+/// The staging memory's size: two buffers of half this, rows going over in chunks of at most a buffer.
 const STAGING_BYTES: usize = 64 << 20;
 
-/// One buffer per CUDA context (page-locked memory belongs to the context that allocated it), kept between
-/// calls: allocating it takes milliseconds.
-static STAGING: Mutex<Vec<PinnedHostSlice<u8>>> = Mutex::new(Vec::new());
+/// One of a context's two staging buffers and the event recorded after the last copy out of it. candle's
+/// context runs one stream without cudarc's event tracking, so the event inside `PinnedHostSlice` is never
+/// recorded and waiting on it waits for nothing: a chunk gathered into a buffer whose copy was still queued
+/// behind the GPU's work overwrote rows before they were sent (steps of more rows than one buffer holds).
+struct Buffer {
+    bytes: PinnedHostSlice<u8>,
+    copied: CudaEvent,
+}
 
-/// `table[ids]` `[ids.len(), d]` on `dev`, for a contiguous 2-d f32, bf16 or f16 table in host memory; None
-/// for any other table (the caller takes the ordinary path). An id outside the table is an error.
+impl Buffer {
+    fn new(ctx: &Arc<CudaContext>, len: usize) -> Result<Self> {
+        Ok(Self {
+            // SAFETY: the buffer is written (gather_into) before any byte of it is copied.
+            bytes: unsafe { ctx.alloc_pinned::<u8>(len) }.w()?,
+            copied: ctx.new_event(None).w()?,
+        })
+    }
+}
+
+/// Two buffers per CUDA context (page-locked memory belongs to the context that allocated it), kept between
+/// calls: allocating them takes milliseconds. A chunk is gathered into one while the other's copy runs.
+static STAGING: Mutex<Vec<[Buffer; 2]>> = Mutex::new(Vec::new());
+
 pub fn rows_to_device(table: &Tensor, ids: &[u32], dev: &CudaDevice) -> Result<Option<Tensor>> {
     let d = checked_width(table, ids)?;
     let (storage, layout) = table.storage_and_layout();
@@ -51,44 +68,54 @@ fn staged<T: CudaDType + DeviceRepr + Copy + Send + Sync>(
     let stream = dev.cuda_stream();
     // SAFETY: every element is written by the copies below before the storage is read.
     let mut dst = unsafe { stream.alloc::<T>(ids.len() * d) }.w()?;
-    let rows_per_chunk = (STAGING_BYTES / (d * size).max(1)).max(1);
-    let mut buffers = STAGING
+    let rows_per_chunk = (STAGING_BYTES / 2 / (d * size).max(1)).max(1);
+    let mut pairs = STAGING
         .lock()
         .map_err(|_| candle_core::Error::Msg("embedding staging: poisoned lock".into()))?;
     let need = (rows_per_chunk.min(ids.len()) * d * size).max(1);
     let ctx = stream.context();
-    let mine = buffers.iter().position(|b| Arc::ptr_eq(b.context(), ctx));
+    let mine = pairs
+        .iter()
+        .position(|p| Arc::ptr_eq(p[0].bytes.context(), ctx));
     let slot = match mine {
-        Some(i) if buffers[i].len() >= need => i,
+        Some(i) if pairs[i][0].bytes.len() >= need => i,
         _ => {
             if let Some(i) = mine {
-                buffers.swap_remove(i);
+                // Too small: freed once no copy reads it any more.
+                for buffer in &pairs[i] {
+                    buffer.copied.synchronize().w()?;
+                }
+                pairs.swap_remove(i);
             }
-            // SAFETY: the buffer is written (gather_into) before any byte of it is copied.
-            buffers.push(unsafe { ctx.alloc_pinned::<u8>(need) }.w()?);
-            buffers.len() - 1
+            pairs.push([Buffer::new(ctx, need)?, Buffer::new(ctx, need)?]);
+            pairs.len() - 1
         }
     };
-    let staging = &mut buffers[slot];
     for (c, chunk) in ids.chunks(rows_per_chunk).enumerate() {
         let (len, at) = (chunk.len() * d, c * rows_per_chunk * d);
-        // Waits for the previous copy out of the buffer.
-        let bytes = staging.as_mut_slice().w()?;
+        let buffer = &mut pairs[slot][c % 2];
+        // The last copy out of this buffer (two chunks back, or an earlier call's) is done.
+        buffer.copied.synchronize().w()?;
+        let bytes = buffer.bytes.as_mut_slice().w()?;
         if !(bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()) {
             candle_core::bail!("embedding staging: misaligned page-locked buffer")
         }
         // SAFETY: aligned (checked above), within the buffer (len * size <= need), and T is plain data.
         let out = unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr().cast::<T>(), len) };
         gather_into(src, d, chunk, out);
-        // SAFETY: the staged bytes stay alive and unwritten until the copy is done (the buffer's event,
-        // recorded when `_done` drops, is waited on before the next write); dst holds len elements from at.
+        // SAFETY: the staged bytes stay alive and unwritten until the copy is done (`copied`, recorded right
+        // after it, is waited on before the buffer is written again or freed); dst holds len elements from at.
         unsafe {
-            let (host, _done) = staging.stream_synced_slice(&stream);
             let mut view = dst.slice_mut(at..at + len);
             let (ptr, _written) = view.device_ptr_mut(&stream);
-            cudarc::driver::result::memcpy_htod_async(ptr, &host[..len * size], stream.cu_stream())
-                .w()?;
+            cudarc::driver::result::memcpy_htod_async(
+                ptr,
+                &bytes[..len * size],
+                stream.cu_stream(),
+            )
+            .w()?;
         }
+        buffer.copied.record(&stream).w()?;
     }
     Ok(CudaStorage::wrap_cuda_slice(dst, dev.clone()))
 }
