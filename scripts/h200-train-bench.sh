@@ -35,6 +35,7 @@
 #                                          its 8 steps cut to 1). SIDES (default "peer qlab"), LIMIT_S
 #                                          (seconds per run, default 200) and MAX (the longest length to try;
 #                                          reaching it ends the side without a bisection) bound it.
+# In train and short, SHAPES picks the shapes (say "2x2048") and TESTS=0 skips the CUDA reference tests.
 # Every run's JSON (or its failure, with the end of its error output) is a line of $OUT/train.jsonl or
 # $OUT/longest.jsonl, and a summary line on standard output.
 # Expects, in the working tree (ignored folders the device call carries):
@@ -79,11 +80,13 @@ ncu_step() {
 
 case $mode in
   train|short)
-    QLAB_FIXTURES=tests/fixtures/models /tmp/qlab-bin/cuda_reference --test-threads 1 2>&1 | tail -30 \
-      | tee "$out/cuda_reference.txt"
+    if [[ ${TESTS:-1} == 1 ]]; then
+      QLAB_FIXTURES=tests/fixtures/models /tmp/qlab-bin/cuda_reference --test-threads 1 2>&1 | tail -30 \
+        | tee "$out/cuda_reference.txt"
+    fi
     shapes="2x2048 1x8192"
     if [[ $mode == train ]]; then shapes="$shapes 1x16384"; fi
-    for shape in $shapes; do
+    for shape in ${SHAPES:-$shapes}; do
       run "$out/train.jsonl" qlab "${shape%x*}" "${shape#*x}" 6 150
       run "$out/train.jsonl" peer "${shape%x*}" "${shape#*x}" 8 150
     done
