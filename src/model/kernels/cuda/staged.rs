@@ -38,6 +38,8 @@ impl Buffer {
 /// calls: allocating them takes milliseconds. A chunk is gathered into one while the other's copy runs.
 static STAGING: Mutex<Vec<[Buffer; 2]>> = Mutex::new(Vec::new());
 
+/// `table[ids]` `[ids.len(), d]` on `dev`, for a contiguous 2-d f32, bf16 or f16 table in host memory; None
+/// for any other table (the caller takes the ordinary path). An id outside the table is an error.
 pub fn rows_to_device(table: &Tensor, ids: &[u32], dev: &CudaDevice) -> Result<Option<Tensor>> {
     let d = checked_width(table, ids)?;
     let (storage, layout) = table.storage_and_layout();
