@@ -34,9 +34,39 @@ impl Buffer {
     }
 }
 
+impl Drop for Buffer {
+    /// The page-locked memory is freed (when `bytes` drops, after this) only once no copy reads it.
+    fn drop(&mut self) {
+        let _ = self.copied.synchronize();
+    }
+}
+
 /// Two buffers per CUDA context (page-locked memory belongs to the context that allocated it), kept between
 /// calls: allocating them takes milliseconds. A chunk is gathered into one while the other's copy runs.
 static STAGING: Mutex<Vec<[Buffer; 2]>> = Mutex::new(Vec::new());
+
+/// This context's two buffers of at least `need` bytes, taken out of the pool for one call (its gathers and
+/// waits hold no lock that another GPU's thread needs): the pooled pair if large enough, else a new one.
+fn take_pair(ctx: &Arc<CudaContext>, need: usize) -> Result<[Buffer; 2]> {
+    let pooled = {
+        let mut pool = lock_pool()?;
+        let mine = pool
+            .iter()
+            .position(|p| Arc::ptr_eq(p[0].bytes.context(), ctx));
+        mine.map(|i| pool.swap_remove(i))
+    };
+    match pooled {
+        Some(pair) if pair[0].bytes.len() >= need => Ok(pair),
+        // A pair too small is dropped here, each buffer once its last copy is done.
+        _ => Ok([Buffer::new(ctx, need)?, Buffer::new(ctx, need)?]),
+    }
+}
+
+fn lock_pool() -> Result<std::sync::MutexGuard<'static, Vec<[Buffer; 2]>>> {
+    STAGING
+        .lock()
+        .map_err(|_| candle_core::Error::Msg("embedding staging: poisoned lock".into()))
+}
 
 /// `table[ids]` `[ids.len(), d]` on `dev`, for a contiguous 2-d f32, bf16 or f16 table in host memory; None
 /// for any other table (the caller takes the ordinary path). An id outside the table is an error.
@@ -71,31 +101,11 @@ fn staged<T: CudaDType + DeviceRepr + Copy + Send + Sync>(
     // SAFETY: every element is written by the copies below before the storage is read.
     let mut dst = unsafe { stream.alloc::<T>(ids.len() * d) }.w()?;
     let rows_per_chunk = (STAGING_BYTES / 2 / (d * size).max(1)).max(1);
-    let mut pairs = STAGING
-        .lock()
-        .map_err(|_| candle_core::Error::Msg("embedding staging: poisoned lock".into()))?;
     let need = (rows_per_chunk.min(ids.len()) * d * size).max(1);
-    let ctx = stream.context();
-    let mine = pairs
-        .iter()
-        .position(|p| Arc::ptr_eq(p[0].bytes.context(), ctx));
-    let slot = match mine {
-        Some(i) if pairs[i][0].bytes.len() >= need => i,
-        _ => {
-            if let Some(i) = mine {
-                // Too small: freed once no copy reads it any more.
-                for buffer in &pairs[i] {
-                    buffer.copied.synchronize().w()?;
-                }
-                pairs.swap_remove(i);
-            }
-            pairs.push([Buffer::new(ctx, need)?, Buffer::new(ctx, need)?]);
-            pairs.len() - 1
-        }
-    };
+    let mut pair = take_pair(stream.context(), need)?;
     for (c, chunk) in ids.chunks(rows_per_chunk).enumerate() {
         let (len, at) = (chunk.len() * d, c * rows_per_chunk * d);
-        let buffer = &mut pairs[slot][c % 2];
+        let buffer = &mut pair[c % 2];
         // The last copy out of this buffer (two chunks back, or an earlier call's) is done.
         buffer.copied.synchronize().w()?;
         let bytes = buffer.bytes.as_mut_slice().w()?;
@@ -119,5 +129,6 @@ fn staged<T: CudaDType + DeviceRepr + Copy + Send + Sync>(
         }
         buffer.copied.record(&stream).w()?;
     }
+    lock_pool()?.push(pair);
     Ok(CudaStorage::wrap_cuda_slice(dst, dev.clone()))
 }
