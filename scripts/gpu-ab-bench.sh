@@ -13,23 +13,18 @@ base=${BASE:?BASE=name} candidate=${CANDIDATE:?CANDIDATE=name}
 bin=/tmp/qlab-bin
 # shellcheck source=scripts/h200-setup.sh
 source "$(dirname "$0")/h200-setup.sh"
-mkdir -p /tmp/qlab-logs
 QLAB_FIXTURES=tests/fixtures/models "$bin/tests-$candidate" --test-threads 1 > "$out/tests-$candidate.txt" 2>&1
 status=$?
 grep -E "^test result|panicked" "$out/tests-$candidate.txt" | tail -5
 if [[ $status != 0 ]]; then echo "tests of $candidate failed (exit $status): not timed"; exit 1; fi
 
-# step NAME: one 2 x 2048 run of build NAME, or of the peer
+# step NAME: one 2 x 2048 run of build NAME, or of the peer (8 steps, as its script runs them), labelled NAME
 step() {
-  local name=$1 log=/tmp/qlab-logs/ab-$1 side=qlab
-  if [[ $name == peer ]]; then
-    side=peer
-    PYTHONPATH=/tmp/site timeout 200 python3 .dev/peer/peer_qlora_gpu.py nf4 2 2048 > "$log.json" 2> "$log.err"
+  if [[ $1 == peer ]]; then
+    commit=peer bench_run "$out/train.jsonl" peer 2 2048 8 200
   else
-    timeout 200 "$bin/qlab-$name" bench train --preset llama-3.1-8b --random-weights --batch 2 --seq 2048 --steps 6 \
-      --device cuda:0 --json > "$log.json" 2> "$log.err"
+    qlab_bin=$bin/qlab-$1 commit=$1 bench_run "$out/train.jsonl" qlab 2 2048 6 200
   fi
-  python3 "$(dirname "$0")/h200_record.py" "$out/train.jsonl" "$side" $? "$log" "$name" batch=2 seq=2048
 }
 for _ in $(seq "${ROUNDS:-2}"); do step "$base"; step "$candidate"; done
 step peer

@@ -49,24 +49,6 @@ out=${OUT:-out}
 source "$(dirname "$0")/h200-setup.sh"
 commit=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 
-# run FILE SIDE BATCH SEQ STEPS LIMIT_S [PRESET [FLAGS...]]: one run of one side; its exit status
-run() {
-  local file=$1 side=$2 batch=$3 seq=$4 steps=$5 limit=$6 preset=${7:-llama-3.1-8b} log="/tmp/qlab-logs/$2-$3x$4-${7:-}"
-  mkdir -p /tmp/qlab-logs
-  if [[ $side == qlab ]]; then
-    timeout "$limit" /tmp/qlab-bin/qlab bench train --preset "$preset" --random-weights --batch "$batch" \
-      --seq "$seq" --steps "$steps" --device cuda:0 --json "${@:8}" > "$log.json" 2> "$log.err"
-  else
-    # $steps steps instead of 8; with fewer than 3 the median is taken over all of them (it skips 2)
-    sed -e "s/int(sys.argv\[3\]), 8$/int(sys.argv[3]), $steps/" \
-      -e "s/times\[2:\]/(times[2:] if len(times) > 2 else times)/g" .dev/peer/peer_qlora_gpu.py > /tmp/peer.py
-    PYTHONPATH=/tmp/site timeout "$limit" python3 /tmp/peer.py nf4 "$batch" "$seq" > "$log.json" 2> "$log.err"
-  fi
-  local status=$?
-  python3 "$(dirname "$0")/h200_record.py" "$file" "$side" "$status" "$log" "$commit" batch="$batch" seq="$seq"
-  return $status
-}
-
 # ncu_step ARGS...: Nsight Compute over two steps of qlab at 2 x 2048 (the first is the warm-up), the first LAYERS
 # blocks (default 2), each kernel's duration, the clocks left alone as the device's METHOD.md asks; ARGS pick the
 # report, which goes to standard output
@@ -87,28 +69,28 @@ case $mode in
     shapes="2x2048 1x8192"
     if [[ $mode == train ]]; then shapes="$shapes 1x16384"; fi
     for shape in ${SHAPES:-$shapes}; do
-      run "$out/train.jsonl" qlab "${shape%x*}" "${shape#*x}" 6 150
-      run "$out/train.jsonl" peer "${shape%x*}" "${shape#*x}" 8 150
+      bench_run "$out/train.jsonl" qlab "${shape%x*}" "${shape#*x}" 6 150
+      bench_run "$out/train.jsonl" peer "${shape%x*}" "${shape#*x}" 8 150
     done
     ;;
   presets)
-    run "$out/presets.jsonl" qlab 4 256 8 120 smollm2-135m --no-checkpointing
-    run "$out/presets.jsonl" qlab 1 2048 6 150 mistral-7b-v0.3
+    bench_run "$out/presets.jsonl" qlab 4 256 8 120 smollm2-135m --no-checkpointing
+    bench_run "$out/presets.jsonl" qlab 1 2048 6 150 mistral-7b-v0.3
     ;;
   offload)
-    run "$out/offload.jsonl" qlab 1 16384 4 150 llama-3.1-8b --checkpoints device
-    run "$out/offload.jsonl" qlab 1 16384 4 150 llama-3.1-8b --checkpoints host
+    bench_run "$out/offload.jsonl" qlab 1 16384 4 150 llama-3.1-8b --checkpoints device
+    bench_run "$out/offload.jsonl" qlab 1 16384 4 150 llama-3.1-8b --checkpoints host
     ;;
   recompute)
     for shape in ${SHAPES:-2x2048 1x8192 1x16384}; do
-      run "$out/recompute.jsonl" qlab "${shape%x*}" "${shape#*x}" 6 150 llama-3.1-8b --recompute-attention
+      bench_run "$out/recompute.jsonl" qlab "${shape%x*}" "${shape#*x}" 6 150 llama-3.1-8b --recompute-attention
     done
     ;;
   chunks)
     for chunk in 1024 512 256; do
-      run "$out/chunks.jsonl" qlab 2 2048 6 150 llama-3.1-8b --loss-chunk "$chunk"
+      bench_run "$out/chunks.jsonl" qlab 2 2048 6 150 llama-3.1-8b --loss-chunk "$chunk"
     done
-    run "$out/chunks.jsonl" peer 2 2048 8 150
+    bench_run "$out/chunks.jsonl" peer 2 2048 8 150
     ;;
   profile)
     ncu_step --print-summary per-kernel > "$out/profile.txt" 2>&1
@@ -121,18 +103,18 @@ case $mode in
     xz -6 "$out/ncu.csv"
     ;;
   scaling)
-    for batch in 1 2 4; do run "$out/scaling.jsonl" qlab "$batch" 2048 6 150; done
-    CUDA_LAUNCH_BLOCKING=1 run "$out/scaling-blocking.jsonl" qlab 2 2048 4 150 llama-3.1-8b
+    for batch in 1 2 4; do bench_run "$out/scaling.jsonl" qlab "$batch" 2048 6 150; done
+    CUDA_LAUNCH_BLOCKING=1 bench_run "$out/scaling-blocking.jsonl" qlab 2 2048 4 150 llama-3.1-8b
     ;;
   longest)
     for side in ${SIDES:-peer qlab}; do
       steps=1 good=0 seq=${START:-32768}
-      while run "$out/longest.jsonl" "$side" 1 "$seq" "$steps" "${LIMIT_S:-200}"; do
+      while bench_run "$out/longest.jsonl" "$side" 1 "$seq" "$steps" "${LIMIT_S:-200}"; do
         good=$seq seq=$((seq * 2))
         if ((seq > ${MAX:-1073741824})); then break; fi
       done
       if ((good > 0 && seq <= ${MAX:-1073741824})); then
-        run "$out/longest.jsonl" "$side" 1 $(((good + seq) / 2)) "$steps" "${LIMIT_S:-200}"
+        bench_run "$out/longest.jsonl" "$side" 1 $(((good + seq) / 2)) "$steps" "${LIMIT_S:-200}"
       fi
     done
     ;;
