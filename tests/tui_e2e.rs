@@ -16,9 +16,8 @@ use qlab::store::atomic::append_line_synced;
 use qlab::store::{RunLock, SweepPaths};
 use qlab::sweep::events::{LoggedEvent, RunEvent, StepMetrics};
 
-/// The two-task sweep the dashboard runs on, and its name.
+/// The two-task sweep the dashboard runs on.
 const CONFIG: &str = include_str!("fixtures/two-task-sweep.toml");
-const SWEEP: &str = "two-tasks";
 
 fn fixture() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
@@ -85,7 +84,8 @@ fn a_run_trained_elsewhere_is_followed_live_and_the_terminal_is_restored() {
     }
     let (dir, config) = fixture();
     let ids = run_ids(&config);
-    let run = SweepPaths::new(&dir.path().join("runs"), SWEEP).run(&ids[0]);
+    let cfg = Config::load(&config).unwrap();
+    let run = SweepPaths::new(&cfg.runs_dir(), &cfg.sweep.name).run(&ids[0]);
     let lock = RunLock::acquire(&run).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
