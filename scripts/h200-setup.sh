@@ -17,9 +17,10 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 
 # bench_run FILE SIDE BATCH SEQ STEPS LIMIT_S [PRESET [FLAGS...]]: one training run of one side at Llama-3.1-8B dims
 # (or PRESET's) with random weights, qlab ($qlab_bin, default /tmp/qlab-bin/qlab) or the peer, a line of FILE
-# (scripts/h200_record.py) under the label $commit; its exit status
+# (scripts/h200_record.py) under the label $commit, which also names its logs; its exit status
 bench_run() {
-  local file=$1 side=$2 batch=$3 seq=$4 steps=$5 limit=$6 preset=${7:-llama-3.1-8b} log="/tmp/qlab-logs/$2-$3x$4-${7:-}"
+  local file=$1 side=$2 batch=$3 seq=$4 steps=$5 limit=$6 preset=${7:-llama-3.1-8b}
+  local log="/tmp/qlab-logs/$2-${commit:-unknown}-$3x$4-${7:-}"
   mkdir -p /tmp/qlab-logs
   if [[ $side == qlab ]]; then
     timeout "$limit" "${qlab_bin:-/tmp/qlab-bin/qlab}" bench train --preset "$preset" --random-weights --batch "$batch" \
