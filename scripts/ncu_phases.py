@@ -3,9 +3,11 @@
 (ncu --metrics gpu__time_duration.sum --csv --print-summary none; plain, .gz or .xz).
 
 The step is the launches after the first step's AdamW update up to the last one. Phases, from the kernels' names:
-  fwd blocks   up to the last gated product before the first vocabulary loss (row_nll), plus its down product
-               (the 4 launches that follow it);
-  head+loss    from there to the first flash forward after the loss (the first block's recomputation);
+  fwd blocks   up to the final RMSNorm: the first after the last gated product before the first vocabulary
+               loss (row_nll);
+  head+loss    from there to the first RMSNorm after the loss's last launch (the last block's recomputation
+               starts with it, with or without its attention half; the few launches just before it, the index
+               select and the adapters' stacking, count here);
   bwd blocks   the rest: recomputation, backward and the update.
 Each phase lists its kernels' summed durations, the longest first.
     python3 scripts/ncu_phases.py ncu.csv.xz [TOP]        (TOP kernels per phase, default 25)
@@ -46,8 +48,10 @@ def phases(ks):
     step = ks[ends[-2] + 1 : ends[-1] + 1]
     first_nll = next((i for i, (n, _) in enumerate(step) if n.startswith("row_nll_bf16")), len(step))
     gated = [i for i, (n, _) in enumerate(step[:first_nll]) if n.startswith("gated_bf16")]
-    head = gated[-1] + 4 if gated else 0
-    bwd = next((i for i, (n, _) in enumerate(step) if i > first_nll and n.startswith("flash_forward")), len(step))
+    after = gated[-1] if gated else 0
+    head = next((i for i, (n, _) in enumerate(step[:first_nll]) if i > after and n.startswith("rms_norm_bf16")), after)
+    last_nll = max((i for i, (n, _) in enumerate(step) if n.startswith("row_nll")), default=first_nll)
+    bwd = next((i for i, (n, _) in enumerate(step) if i > last_nll and n.startswith("rms_norm_bf16")), len(step))
     return step, [("fwd blocks", step[:head]), ("head+loss", step[head:bwd]), ("bwd blocks", step[bwd:])]
 
 
