@@ -22,7 +22,8 @@
 #                                          ($OUT/profile.txt, as bench/results/h200-profile-2layers.txt)
 #   scripts/h200-train-bench.sh phases     the same step's launches in order ($OUT/ncu.csv.xz) split by phase (forward
 #                                          blocks, head and loss, backward blocks) with scripts/ncu_phases.py
-#                                          ($OUT/phases.txt, as section 3 of bench/results/h100-presets-scaling-profile-2026-12-06.txt)
+#                                          ($OUT/phases.txt; bench/results/h100-profile-final-2026-12-07.txt groups
+#                                          one by what the kernels do)
 #   scripts/h200-train-bench.sh scaling    whether the 2 x 2048 step waits on the host: qlab alone at Llama-3.1-8B dims,
 #                                          sequence 2048, batch 1, 2 and 4 (the same kernels launched, the device's
 #                                          work doubling each time), then batch 2 with CUDA_LAUNCH_BLOCKING=1 (its own
@@ -50,12 +51,12 @@ source "$(dirname "$0")/h200-setup.sh"
 commit=${COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 
 # ncu_step ARGS...: Nsight Compute over two steps of qlab at 2 x 2048 (the first is the warm-up), the first LAYERS
-# blocks (default 2), each kernel's duration, the clocks left alone as the device's METHOD.md asks; ARGS pick the
-# report, which goes to standard output
+# blocks (default 2), each kernel's duration, the clocks left alone as the device's METHOD.md asks and the caches
+# kept between kernels (flushing them overweights the small ones); ARGS pick the report, which goes to standard output
 ncu_step() {
   local ncu
   ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -n 1)
-  timeout 300 "$ncu" --clock-control none --metrics gpu__time_duration.sum "$@" \
+  timeout 300 "$ncu" --clock-control none --cache-control none --metrics gpu__time_duration.sum "$@" \
     /tmp/qlab-bin/qlab bench train --preset llama-3.1-8b --random-weights --layers "${LAYERS:-2}" --batch 2 \
     --seq 2048 --steps 2 --device cuda:0 --json
 }
