@@ -15,6 +15,10 @@
 #   scripts/h200-train-bench.sh recompute  qlab with --recompute-attention (each block's attention half recomputed
 #                                          in the backward, not kept in host memory as by default) at SHAPES
 #                                          (default "2x2048 1x8192 1x16384"), beside a train call's runs
+#   scripts/h200-train-bench.sh power      whether a side's 2 x 2048 step is held back by the card's power limit:
+#                                          qlab (12 steps), then the peer (8), each with nvidia-smi sampling the SM
+#                                          clock, power and throttle reasons every 100 ms ($OUT/power-SIDE.csv),
+#                                          summarised over the samples above 400 W (the steps)
 #   scripts/h200-train-bench.sh chunks     the vocabulary loss's chunk at batch 2 x 2048: qlab with
 #                                          --loss-chunk 1024, 512 and 256, then the peer once
 #   scripts/h200-train-bench.sh profile    where a step's GPU time goes: qlab at 2 x 2048 (Llama-3.1-8B dims, the first
@@ -44,7 +48,7 @@
 #   .dev/peer/peer_qlora_gpu.py             a copy of ../shared/bench/peer_qlora_gpu.py
 #   .whl/bitsandbytes-*.whl                 the peer's missing package, from scripts/peer-wheel.py
 set -uo pipefail
-mode=${1:?usage: scripts/h200-train-bench.sh train|short|presets|offload|recompute|chunks|profile|phases|scaling|longest}
+mode=${1:?usage: scripts/h200-train-bench.sh train|short|presets|offload|recompute|power|chunks|profile|phases|scaling|longest}
 out=${OUT:-out}
 # shellcheck source=scripts/h200-setup.sh
 source "$(dirname "$0")/h200-setup.sh"
@@ -87,6 +91,17 @@ case $mode in
       bench_run "$out/recompute.jsonl" qlab "${shape%x*}" "${shape#*x}" 6 150 llama-3.1-8b --recompute-attention
     done
     ;;
+  power)
+    for side in qlab peer; do
+      nvidia-smi --query-gpu=timestamp,clocks.sm,power.draw,clocks_event_reasons.active --format=csv,noheader \
+        -lms 100 > "$out/power-$side.csv" &
+      sampler=$!
+      if [[ $side == qlab ]]; then steps=12; else steps=8; fi
+      bench_run "$out/power.jsonl" "$side" 2 2048 "$steps" 200
+      kill "$sampler"
+      python3 "$(dirname "$0")/power_summary.py" "$out/power-$side.csv" 400 | sed "s/^/$side: /"
+    done
+    ;;
   chunks)
     for chunk in 1024 512 256; do
       bench_run "$out/chunks.jsonl" qlab 2 2048 6 150 llama-3.1-8b --loss-chunk "$chunk"
@@ -119,5 +134,5 @@ case $mode in
       fi
     done
     ;;
-  *) echo "unknown mode $mode (train|short|presets|offload|recompute|chunks|profile|phases|scaling|longest)" >&2; exit 2 ;;
+  *) echo "unknown mode $mode (train|short|presets|offload|recompute|power|chunks|profile|phases|scaling|longest)" >&2; exit 2 ;;
 esac
