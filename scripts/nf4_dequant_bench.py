@@ -5,7 +5,7 @@
 # threads. TB/s counts the codes, the absmax codes and the bf16 output.
 #   nvcc -ptx -arch=compute_80 -fmad=false -o /tmp/variants.ptx scripts/nf4_dequant_variants.cu
 #   python3 scripts/nf4_dequant_bench.py /tmp/variants.ptx
-import ctypes, sys, json
+import ctypes, sys, json, os
 import torch
 cuda = ctypes.CDLL("libcuda.so.1")
 torch.zeros(1, device="cuda")
@@ -37,7 +37,12 @@ cases = [("gate+up 2x14336x4096 +96 tail", [(14336, 4096), (14336, 4096)], 96),
          ("down 4096x14336", [(4096, 14336)], 0),
          ("q/o 4096x4096", [(4096, 4096)], 0),
          ("q,k,v 4096+1024+1024 x4096 +144 tail", [(4096, 4096), (1024, 4096), (1024, 4096)], 144)]
-variants = [("base16", 16, 1024), ("base16", 16, 256), ("w16", 16, 1024), ("w16s", 16, 1024), ("w32", 32, 1024), ("w32s", 32, 1024), ("w32", 32, 256), ("w32s", 32, 256)]
+variants = [("base16", 16, 1024), ("base16", 16, 256), ("w16", 16, 1024), ("w16s", 16, 1024), ("w32", 32, 1024), ("w32s", 32, 1024), ("w32", 32, 256), ("w32s", 32, 256),
+            ("c16", 16, 1024), ("c16", 16, 256), ("c32", 32, 1024), ("c32", 32, 256)]
+# QLAB_DQ_VARIANTS="base16/256 c16/256" picks some (name/threads)
+if os.environ.get("QLAB_DQ_VARIANTS"):
+    wanted = os.environ["QLAB_DQ_VARIANTS"].split()
+    variants = [v for v in variants if f"{v[0]}/{v[2]}" in wanted]
 res = {}
 for label, members, tail in cases:
     cols = members[0][1]; ld = cols + tail; rows = sum(r for r, _ in members)

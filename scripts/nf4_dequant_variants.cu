@@ -1,7 +1,9 @@
 // Variants of nf4.cu's nf4_dequant16_bf16 for scripts/nf4_dequant_bench.py (not used by qlab): the committed kernel
 // (base16), and N = 16 or 32 elements per thread with 32-bit row arithmetic, the quant map read through the cache
-// (w16, w32) or from shared memory (w16s, w32s). On an H100 all were slower than base16 or equal to it
-// (bench/results/h100-dequant-2026-12-07.txt). Build: nvcc -ptx -arch=compute_80 -fmad=false -o variants.ptx THIS
+// (w16, w32) or from shared memory (w16s, w32s); c16 and c32: G = 2 or 4 groups of 8 elements a thread, laid out so
+// that each store instruction of a warp writes 512 contiguous bytes (group g of lane l: elements 256 g + 8 l of the
+// warp's span). On an H100 (2026-12-07) w16 to w32s were slower than base16 or equal to it
+// (bench/results/h100-dequant-2026-12-07.txt); c16 and c32 were not run yet. Build: nvcc -ptx -arch=compute_80 -fmad=false -o variants.ptx THIS
 #include <cuda_bf16.h>
 #include <stdint.h>
 #define NF4_BLOCK 64
@@ -80,3 +82,38 @@ extern "C" __global__ void w16(const uint8_t *c, const uint8_t *a, const float *
 extern "C" __global__ void w16s(const uint8_t *c, const uint8_t *a, const float *t, size_t s, size_t p, __nv_bfloat16 *o, size_t cols, size_t ld) { wide<16, true>(c, a, t, s, p, o, cols, ld); }
 extern "C" __global__ void w32(const uint8_t *c, const uint8_t *a, const float *t, size_t s, size_t p, __nv_bfloat16 *o, size_t cols, size_t ld) { wide<32, false>(c, a, t, s, p, o, cols, ld); }
 extern "C" __global__ void w32s(const uint8_t *c, const uint8_t *a, const float *t, size_t s, size_t p, __nv_bfloat16 *o, size_t cols, size_t ld) { wide<32, true>(c, a, t, s, p, o, cols, ld); }
+
+// G groups of 8 consecutive elements per thread (one 4-byte load of codes, one 16-byte store each), the warp's groups
+// side by side: group g of lane l covers elements [w + 256 g + 8 l, + 8) of the warp's span of 256 G from w. Rows of
+// cols values, ld apart: each group finds its own row (cols a multiple of 8, start a multiple of 8).
+template <int G>
+__device__ __forceinline__ void coalesced(const uint8_t *codes, const uint8_t *absmax_q, const float *tables,
+                                          size_t start, size_t pairs, __nv_bfloat16 *out, size_t cols, size_t ld) {
+  size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+  size_t count = 2 * pairs, warp_base = (t / 32) * (256 * G);
+  unsigned lane = threadIdx.x % 32;
+#pragma unroll
+  for (int g = 0; g < G; g++) {
+    size_t e = warp_base + 256 * g + 8 * lane;
+    if (e >= count) return;
+    size_t i = start + e;
+    float s = block_scale(absmax_q, tables, i / NF4_BLOCK);
+    uint32_t raw = *reinterpret_cast<const uint32_t *>(codes + i / 2);
+    const uint8_t *bytes = reinterpret_cast<const uint8_t *>(&raw);
+    __nv_bfloat162 v[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) v[k] = __floats2bfloat162_rn(tables[bytes[k] >> 4] * s, tables[bytes[k] & 0x0f] * s);
+    size_t row, col;
+    if (e <= 0xffffffffull && cols <= 0xffffffffull) {
+      uint32_t e32 = (uint32_t)e, c32 = (uint32_t)cols, r = e32 / c32;
+      row = r;
+      col = e32 - r * c32;
+    } else {
+      row = e / cols;
+      col = e % cols;
+    }
+    *reinterpret_cast<uint4 *>(out + row * ld + col) = *reinterpret_cast<const uint4 *>(&v[0]);
+  }
+}
+extern "C" __global__ void c16(const uint8_t *c, const uint8_t *a, const float *t, size_t s, size_t p, __nv_bfloat16 *o, size_t cols, size_t ld) { coalesced<2>(c, a, t, s, p, o, cols, ld); }
+extern "C" __global__ void c32(const uint8_t *c, const uint8_t *a, const float *t, size_t s, size_t p, __nv_bfloat16 *o, size_t cols, size_t ld) { coalesced<4>(c, a, t, s, p, o, cols, ld); }
