@@ -693,6 +693,34 @@ fn attention_halves_in_host_memory_give_the_steps_loss_and_gradients() {
     }
 }
 
+/// Checkpointing's recomputation keeps each block's gate and up weight from its product for the backward's
+/// (one dequantization fewer a block) and writes their gradients over their outputs; with dropout, where each
+/// projection runs on its own, it keeps none. Either way the step computes what the CPU computes.
+#[test]
+fn the_recomputation_keeps_gate_and_ups_weight_for_its_backward() {
+    let dev = gpu();
+    let dir = fixture("llama");
+    let exp = expected(&dir);
+    for dropout in [0.0, 0.1] {
+        let run = |d: &Device| {
+            let model = nf4_llama_with_lora_dropout(&dir, d, dropout);
+            let blocks = model.blocks.len();
+            (
+                step_with(&model, &train_batch(&exp, d), d, |o| o.checkpointing = true),
+                blocks,
+            )
+        };
+        let (want, _) = run(&Device::Cpu);
+        let before = qlab::model::kernels::cuda::kept_weights();
+        let (got, blocks) = run(&dev);
+        let kept = qlab::model::kernels::cuda::kept_weights() - before;
+        let expected_kept = if dropout > 0.0 { 0 } else { blocks };
+        assert_eq!(kept, expected_kept, "dropout {dropout}: weights kept");
+        let what = format!("dropout {dropout}: checkpointed GPU step vs CPU");
+        assert_same_step(&got, &want, LOSS_REL, GRAD_REL, &what);
+    }
+}
+
 /// Checkpointing's recomputation skips each block's down projection (the block's output is never read
 /// there): the checkpointed step computes what the step keeping every block's graph computes.
 #[test]

@@ -37,7 +37,8 @@ pub(super) struct Projection {
     weights: Vec<FrozenWeight>,
     outs: Vec<usize>,
     /// The dequantized weight `[sum of out, in]`, when it was dequantized whole and not yet released
-    /// ([`Self::release_weight`]).
+    /// ([`Self::release_weight`]); or `[sum of out, in + c]`, its rows continued by the low-rank tail, where
+    /// [`Self::over_columns`] kept its product's weight for a backward that follows at once.
     dequantized: Option<Tensor>,
     /// `s dropout(x) A^T` `[rows, n r]` as `lowrank::project`'s bf16 parts `[rows, 3, n r]`: B's gradient is
     /// `(mid^T g)^T`.
@@ -118,22 +119,28 @@ impl Projection {
     /// `lowrank::norm_project`'s `[rows, in + 3 n r]` (the normed input, then `s x A^T`'s parts) for `a`, the members'
     /// A's as `lowrank::stacked_parts`. Returns the operands for the backward and the output `[rows, sum of out]`:
     /// one product of `wide` with the stacked weights whose rows continue with B^T's parts. The separate low-rank
-    /// product that would write the whole output first, and the frozen product's read of it, are gone.
+    /// product that would write the whole output first, and the frozen product's read of it, are gone. With
+    /// `keep`, the projection keeps that weight for its backward's product (checkpointing's recomputation, whose
+    /// backward follows at once), which then reads no 4-bit codes.
     pub(super) fn over_columns(
         wide: &Tensor,
         in_f: usize,
         members: Vec<Member>,
         a: Tensor,
+        keep: bool,
     ) -> Result<(Self, Tensor)> {
         let b_t_parts = b_transposed(&members)?;
         let tail = stacked_parts_transposed(&b_t_parts, true)?;
-        let projection = Self::over_columns_operands(wide, in_f, members, a)?;
+        let mut projection = Self::over_columns_operands(wide, in_f, members, a)?;
         let refs: Vec<_> = projection.weights.iter().collect();
         let Some(w) = FrozenWeight::dequantize_stacked(&refs, wide.device(), Some(&tail))? else {
             candle_core::bail!("adapted-linear: projections that share an input need whole weights")
         };
         // bf16 operands, f32 sums (candle's cuBLAS product unless reduced-precision bf16 is switched on).
         let y = wide.matmul(&w.t()?)?;
+        if keep {
+            projection.dequantized = Some(w);
+        }
         Ok((projection, y))
     }
 
@@ -241,10 +248,11 @@ impl Projection {
     }
 
     /// `dx` and each member's `(dA, dB)` for the input `x2` `[rows, in]` and the output's gradient `g2`
-    /// `[rows, sum of out]` (the members' side by side), with `add` summed into `dx` when given.
+    /// `[rows, sum of out]` (the members' side by side), with `add` summed into `dx` when given. The input is
+    /// released (where this held the last of it) before the weight is dequantized for `dx`.
     pub(super) fn backward(
         &self,
-        x2: &Tensor,
+        x2: Tensor,
         g2: &Tensor,
         add: Option<&Tensor>,
     ) -> Result<(Tensor, Vec<(Tensor, Tensor)>)> {
@@ -252,7 +260,12 @@ impl Projection {
         let g2 = g2.contiguous()?;
         let db = reduce(&self.mid, &g2, true)?;
         let gm = project(&g2, &self.b_t, self.scale)?;
-        let da = reduce(&gm, &adapter_input(x2, in_f, self.dropout.as_ref())?, false)?;
+        let da = reduce(
+            &gm,
+            &adapter_input(&x2, in_f, self.dropout.as_ref())?,
+            false,
+        )?;
+        drop(x2);
         // Released (or never whole): `dequantize_stacked` decides by the weights' sizes alone, so it gives the
         // weight back exactly when the forward had it whole.
         let dequantized = match &self.dequantized {
@@ -463,7 +476,7 @@ impl CustomOp3 for AdaptedGrad {
         let out_f = self.projection.b_t.dim(2)?;
         let x2 = x.detach().reshape(((), in_f))?;
         let g2 = g.reshape(((), out_f))?;
-        let (dx, mut grads) = self.projection.backward(&x2, &g2, None)?;
+        let (dx, mut grads) = self.projection.backward(x2, &g2, None)?;
         let Some((da, db)) = grads.pop() else {
             candle_core::bail!("adapted-linear: no adapter gradients")
         };

@@ -36,6 +36,8 @@ const GATE_UP: [usize; 2] = [GATE, UP];
 thread_local! {
     /// Groups of projections run as one product over their shared input so far on this thread.
     static SHARED_INPUT_PRODUCTS: Cell<usize> = const { Cell::new(0) };
+    /// Gate and up weights that checkpointing's recomputation kept for its backward so far on this thread.
+    static KEPT_WEIGHTS: Cell<usize> = const { Cell::new(0) };
 }
 
 /// How many groups of projections (q, k and v; gate and up) have run as one product over their shared input
@@ -43,6 +45,13 @@ thread_local! {
 /// path, not the separate one, served its step, whatever other tests run beside it.
 pub fn shared_input_products() -> usize {
     SHARED_INPUT_PRODUCTS.get()
+}
+
+/// How many gate and up weights checkpointing's recomputation has kept for its backward's product on this
+/// thread, instead of dequantizing them a second time: one per recomputed block whose gate and up share
+/// their input.
+pub fn kept_weights() -> usize {
+    KEPT_WEIGHTS.get()
 }
 
 /// The forward's intermediates that the backward reads, all bf16.
@@ -63,6 +72,8 @@ struct Saved {
     /// `[b, t, ff]` each (column ranges of one output where gate and up share their projection).
     gate: Tensor,
     up: Tensor,
+    /// That one output `[b, t, 2 ff]` where they share it: their gradients overwrite it in place.
+    gate_up: Option<Tensor>,
     projections: Vec<Slotted>,
 }
 
@@ -113,15 +124,18 @@ impl Chain {
             x1,
             gate,
             up,
+            gate_up,
             projections,
         } = st;
         let mut projections: Vec<Option<Slotted>> = projections.into_iter().map(Some).collect();
         let mut grads: AdapterGrads = vec![None; PROJECTIONS];
         // The input's gradient through the projections of `slots` (one shared one, or one each, chained), for
-        // their outputs' gradient `g` `[n, sum of out]`.
-        let mut back = |slots: &[usize], input: &Tensor, g: &Tensor| {
+        // their outputs' gradient `g` `[n, sum of out]`. The last projection takes the input, so that it is freed
+        // before that projection's weight is dequantized.
+        let mut back = |slots: &[usize], input: Tensor, g: &Tensor| {
             let mut dx: Option<Tensor> = None;
             let mut at = 0;
+            let mut input = Some(input);
             while at < g.dim(1)? {
                 let taken = projections
                     .iter_mut()
@@ -139,7 +153,14 @@ impl Chain {
                     true => g.clone(),
                     false => g.narrow(1, at, width)?,
                 };
-                let (d, pairs) = projection.backward(input, &part, dx.as_ref())?;
+                let x = match at + width >= g.dim(1)? {
+                    true => input.take(),
+                    false => input.clone(),
+                };
+                let Some(x) = x else {
+                    candle_core::bail!("{NAME}: the input of {slots:?} went missing")
+                };
+                let (d, pairs) = projection.backward(x, &part, dx.as_ref())?;
                 for (slot, pair) in served.into_iter().zip(pairs) {
                     grads[slot] = Some(pair);
                 }
@@ -148,28 +169,33 @@ impl Chain {
             }
             dx.ok_or_else(|| candle_core::Error::Msg(format!("{NAME}: no gradient for {slots:?}")))
         };
-        let dgated = back(&[DOWN], &gated, &g2)?;
-        drop(gated);
-        let dgate_up = fused::gated_backward_rows(
-            &gate,
-            &up,
-            &dgated.reshape(gate.shape())?,
-            self.activation,
-        )?;
-        drop((dgated, gate, up));
-        let dhn2 = back(&GATE_UP, &hn2, &dgate_up)?;
-        drop((dgate_up, hn2));
+        let dgated = back(&[DOWN], gated, &g2)?.reshape(gate.shape())?;
+        let dgate_up = match gate_up {
+            Some(both) => {
+                drop((gate, up));
+                fused::gated_backward_in_place(&both, &dgated, self.activation)?;
+                both.reshape((n, ()))?
+            }
+            None => {
+                let both = fused::gated_backward_rows(&gate, &up, &dgated, self.activation)?;
+                drop((gate, up));
+                both
+            }
+        };
+        drop(dgated);
+        let dhn2 = back(&GATE_UP, hn2, &dgate_up)?;
+        drop(dgate_up);
         let (w2, eps2) = &self.norms[1];
         let dx1 = fused::rms_norm_backward(&x1, w2, &dhn2, *eps2, Some(&g2))?;
         drop((dhn2, x1, g2));
         midway()?;
-        let dattn = back(&[O], &attn, &dx1)?;
+        let dattn = back(&[O], attn.clone(), &dx1)?;
         let (dq, dk, dv) = flash::backward((&q, &k, &v), (&attn, &lse), &dattn, &self.attention)?;
         drop((dattn, attn, lse, q, k, v));
         let dqkv = merge_qkv(&dq, &dk, &dv, &self.rotary)?;
         drop((dq, dk, dv));
-        let dhn = back(&QKV, &hn, &dqkv)?;
-        drop((dqkv, hn));
+        let dhn = back(&QKV, hn, &dqkv)?;
+        drop(dqkv);
         let (w1, eps1) = &self.norms[0];
         let x2 = x.reshape((n, d))?;
         let dx = fused::rms_norm_backward(&x2, w1, &dhn, *eps1, Some(&dx1))?;
@@ -309,6 +335,7 @@ fn forward(x: &Tensor, p: BlockParts) -> Result<Ran> {
         shape: (b, t, d),
         projections: Vec::with_capacity(PROJECTIONS),
         adapters: vec![None; PROJECTIONS],
+        whole: None,
     };
     let (cos, sin, interleaved) = p.rope;
     let rotary = Rotary {
@@ -358,6 +385,7 @@ fn forward(x: &Tensor, p: BlockParts) -> Result<Ran> {
     let (hn2, gate_up) = projector.project(&GATE_UP, Input::Normed(&x1, &norms[1]), None)?;
     let [gate, up] = <[Tensor; 2]>::try_from(gate_up)
         .map_err(|_| candle_core::Error::Msg(format!("{NAME}: gate and up went missing")))?;
+    let gate_up = projector.whole.take();
     let gated = fused::gated(&gate, &up, p.activation)?.reshape((n, gate.dim(2)?))?;
     let out = one(projector.project(&[DOWN], Input::Plain(&gated), Some(&x1))?)?;
     let Some(lse) = lse else {
@@ -368,6 +396,7 @@ fn forward(x: &Tensor, p: BlockParts) -> Result<Ran> {
         adapters,
         ..
     } = projector;
+    let gate_up = gate_up.filter(|_| p.grad);
     let adapters = adapters
         .into_iter()
         .enumerate()
@@ -391,6 +420,7 @@ fn forward(x: &Tensor, p: BlockParts) -> Result<Ran> {
             x1,
             gate,
             up,
+            gate_up,
             projections,
         },
         chain: Chain {
@@ -413,6 +443,8 @@ struct Projector<'a, 'p> {
     shape: (usize, usize, usize),
     projections: Vec<Slotted>,
     adapters: Vec<Option<(Tensor, Tensor)>>,
+    /// The whole output `[b, t, sum of out]` of the last projections that shared their input.
+    whole: Option<Tensor>,
 }
 
 impl Projector<'_, '_> {
@@ -441,6 +473,7 @@ impl Projector<'_, '_> {
         add: Option<&Tensor>,
         outputs: bool,
     ) -> Result<(Tensor, Vec<Tensor>)> {
+        self.whole = None;
         let (Input::Plain(like) | Input::Normed(like, _)) = input;
         let parts = slots
             .iter()
@@ -499,9 +532,15 @@ impl Projector<'_, '_> {
             });
             return Ok((wide.narrow(1, 0, in_f)?, Vec::new()));
         }
-        let (projection, y) = Projection::over_columns(&wide, in_f, members, a)?;
+        // The recomputation's gate and up weight serves the backward's gate/up product next: kept, it is not
+        // dequantized a second time. It is held through the down projection's and the activation's backward
+        // (0.11 GiB more at the step's peak at Llama-3.1-8B dims, 2 x 2048; h100-train-ab-2026-12-07-keep.txt).
+        let keep = self.p.recomputing() && slots == GATE_UP;
+        let (projection, y) = Projection::over_columns(&wide, in_f, members, a, keep)?;
         SHARED_INPUT_PRODUCTS.set(SHARED_INPUT_PRODUCTS.get() + 1);
+        KEPT_WEIGHTS.set(KEPT_WEIGHTS.get() + keep as usize);
         let y = y.reshape((b, t, projection.width()))?;
+        self.whole = Some(y.clone());
         let mut outputs = Vec::with_capacity(slots.len());
         let mut at = 0;
         for &width in projection.outs() {

@@ -6,7 +6,8 @@
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::WrapErr;
 use candle_core::{
-    CudaStorage, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor,
+    CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, InplaceOp2, Layout, Result, Shape,
+    Storage, Tensor,
 };
 use cudarc::driver::{CudaView, LaunchConfig, PushKernelArg};
 use half::bf16;
@@ -357,6 +358,76 @@ pub fn gated_backward_rows(
     activation: Activation,
 ) -> Result<Tensor> {
     gated_backward_op(gate, up, g, activation_code(activation), true)
+}
+
+/// [`gated_backward_rows`] written over its input: `gate_up` `[.., 2 cols]` (gate's columns, then up's, one
+/// contiguous product) becomes their gradients for the output's gradient `g` `[.., cols]`. The kernel reads
+/// each element of gate and up before it writes their gradients in the same places, so nothing is allocated.
+pub fn gated_backward_in_place(gate_up: &Tensor, g: &Tensor, activation: Activation) -> Result<()> {
+    gate_up.inplace_op2(
+        &g.contiguous()?,
+        &GatedBackwardInPlace(activation_code(activation)),
+    )
+}
+
+struct GatedBackwardInPlace(i32);
+
+impl InplaceOp2 for GatedBackwardInPlace {
+    fn name(&self) -> &'static str {
+        "gated-bf16-backward-in-place"
+    }
+
+    fn cpu_fwd(&self, _: &mut CpuStorage, _: &Layout, _: &CpuStorage, _: &Layout) -> Result<()> {
+        candle_core::bail!("{} runs on CUDA only", self.name())
+    }
+
+    fn cuda_fwd(
+        &self,
+        both: &mut CudaStorage,
+        bl: &Layout,
+        g: &CudaStorage,
+        gl: &Layout,
+    ) -> Result<()> {
+        let (lead, cols) = match (bl.dims().split_last(), gl.dims().split_last()) {
+            (Some((&w, lead)), Some((&c, glead))) if lead == glead && w == 2 * c => (lead, c),
+            _ => candle_core::bail!(
+                "gated-backward-in-place: gate and up {:?} for a gradient {:?}",
+                bl.dims(),
+                gl.dims()
+            ),
+        };
+        let Some((start, _)) = bl.contiguous_offsets() else {
+            candle_core::bail!("gated-backward-in-place: gate and up must be contiguous")
+        };
+        let rows: usize = lead.iter().product();
+        let n = rows * cols;
+        let dev = both.device().clone();
+        let stream = dev.cuda_stream();
+        let grv = view::<bf16>(g, gl, "grad")?;
+        let slice = both.as_cuda_slice_mut::<bf16>()?;
+        let (base, _written) = {
+            use cudarc::driver::DevicePtrMut;
+            slice.device_ptr_mut(&stream)
+        };
+        let gate = base + (start * 2) as u64;
+        let up = gate + (cols * 2) as u64;
+        let (ld, code) = (2 * cols, self.0);
+        let func = dev.get_or_load_custom_func("gated_backward_bf16", MODULE, PTX)?;
+        let mut b = func.builder();
+        b.arg(&gate).arg(&up).arg(&grv).arg(&gate);
+        b.arg(&rows)
+            .arg(&cols)
+            .arg(&ld)
+            .arg(&ld)
+            .arg(&ld)
+            .arg(&cols)
+            .arg(&code);
+        // SAFETY: argument types and counts match gated_backward_bf16 in fused.cu; gate and up are the halves of
+        // each contiguous row of `both` (checked above), which the kernel overwrites element by element with
+        // their gradients (each thread reads its elements before writing them; no two threads share one).
+        unsafe { b.launch(elementwise_config(n)) }.w()?;
+        Ok(())
+    }
 }
 
 fn gated_backward_op(

@@ -675,8 +675,9 @@ pub enum Base<'a> {
     /// A bf16 tensor `[m, o]`.
     Add(&'a Tensor),
     /// A frozen product of bf16 `x` `[m, k]` and a bf16 weight: `x W^T` for `W` `[o, k]` (`out_in`), or
-    /// `x W` for `W` `[k, o]`, computed into the result's buffer, plus a bf16 `[m, o]` tensor when given
-    /// (a residual stream, or another gradient of the same input).
+    /// `x W` for `W` `[k, o]` (or the first o columns of a wider `[k, o + c]`), computed into the result's
+    /// buffer, plus a bf16 `[m, o]` tensor when given (a residual stream, or another gradient of the same
+    /// input).
     Product {
         x: &'a Tensor,
         w: &'a Tensor,
@@ -816,14 +817,17 @@ pub(super) fn expand_storage(
     )?;
     if let BaseView::Product { x, w, out_in, .. } = base {
         let (wr, wc) = w.1.shape().dims2()?;
-        let k = if out_in { wc } else { wr };
-        let wdims = w.1.dims();
-        let expected = if out_in { [o, k] } else { [k, o] };
-        if x.1.shape().elem_count() != m * k || wdims != expected || w.0.dtype() != DType::BF16 {
+        // `x W` reads the first o columns of a wider W: a weight whose rows continue with a low-rank tail
+        // (`adapted::Projection::over_columns`), its row stride the whole width.
+        let (k, fits) = match out_in {
+            true => (wc, wr == o),
+            false => (wr, wc >= o),
+        };
+        if x.1.shape().elem_count() != m * k || !fits || w.0.dtype() != DType::BF16 {
             candle_core::bail!(
                 "lowrank-expand: x {:?} and W {:?} ({:?}) for a [{m}, {o}] product",
                 x.1.dims(),
-                wdims,
+                w.1.dims(),
                 w.0.dtype()
             )
         }
@@ -831,7 +835,7 @@ pub(super) fn expand_storage(
         Gemm {
             trans: (out_in, false),
             mnk: (o, m, k),
-            ld: (if out_in { k } else { o }, k, o),
+            ld: (wc, k, o),
             alpha: 1.0,
             beta: 1.0,
         }

@@ -41,4 +41,4 @@ pub mod multi_tensor;
 pub(super) mod staged;
 
 pub use adamw::{moments as adamw_moments, step as adamw_step};
-pub use block::shared_input_products;
+pub use block::{kept_weights, shared_input_products};
