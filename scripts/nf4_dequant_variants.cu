@@ -4,8 +4,8 @@
 //   w16s, w32s   the same with the quant map in shared memory;
 //   c16, c32     G = 2 or 4 groups of 8 elements a thread, laid out so that each store instruction of a warp writes
 //                512 contiguous bytes (group g of lane l: elements 256 g + 8 l of the warp's span).
-// On an H100 (2026-12-07) w16 to w32s were slower than base16 or equal to it (bench/results/h100-dequant-2026-12-07.txt);
-// c16 and c32 were not run yet. Build: nvcc -ptx -arch=compute_80 -fmad=false -o variants.ptx THIS
+// On H100s (2026-12-07, bench/results/h100-dequant-2026-12-07.txt) w16 to w32s were slower than base16 or equal to it,
+// and c16 and c32 tie it in blocks of 256. Build: nvcc -ptx -arch=compute_80 -fmad=false -o variants.ptx THIS
 #include "../src/model/kernels/cuda/nf4.cu"
 
 // Element e of rows of cols values: its row and column, in 32-bit arithmetic where both fit.
