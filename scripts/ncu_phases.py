@@ -85,7 +85,7 @@ def kind(name, ms):
 def per_block(parts, layers):
     """The forward and backward blocks' launches grouped by kind, per block, and the step's total for 32 blocks."""
     by = {}
-    once = 0.0
+    once = head = 0.0
     for title, seg in parts:
         if title == "head+loss":
             head = sum(v for _, v in seg)

@@ -1,9 +1,9 @@
 # NF4 dequantization kernel variants (scripts/nf4_dequant_variants.cu built to PTX, which includes nf4.cu) against the
 # committed kernel nf4_dequant16_bf16 ("base16"), on a GPU with PyTorch, no Rust build: each variant's output compared
-# bit for bit with base16's, then CUDA-event timings (best and median of 5 rounds of 50) at Llama-3.1-8B's weights,
-# stacked as qlab dequantizes them (gate and up one under the other with the low-rank tail's 96 columns after each row;
-# q, k, v with 144), blocks of 1024 or 256 threads. Each launch's arguments are built once, outside the timed rounds.
-# TB/s counts the codes, the absmax codes and the bf16 output.
+# bit for bit with base16's (the script fails at the end if any differs), then CUDA-event timings (best and median of 5
+# rounds of 50) at Llama-3.1-8B's weights, stacked as qlab dequantizes them (gate and up one under the other with the
+# low-rank tail's 96 columns after each row; q, k, v with 144), blocks of 1024 or 256 threads. Each launch's arguments
+# are built once, outside the timed rounds. TB/s counts the codes, the absmax codes and the bf16 output.
 #   nvcc -ptx -arch=compute_80 -fmad=false -o /tmp/variants.ptx scripts/nf4_dequant_variants.cu
 #   python3 scripts/nf4_dequant_bench.py /tmp/variants.ptx
 # QLAB_DQ_VARIANTS="base16/256 c16/256" times some of them (label/threads).
@@ -103,6 +103,9 @@ def main():
             results.setdefault(label, {})[key] = {"equal": equal, "best_us": round(best, 1),
                                                   "median_us": round(median, 1)}
     print(json.dumps(results))
+    unequal = [f"{label}: {key}" for label, by in results.items() for key, r in by.items() if not r["equal"]]
+    if unequal:
+        sys.exit("outputs unlike the committed kernel's (their timings mean nothing): " + ", ".join(unequal))
 
 
 if __name__ == "__main__":
