@@ -1,11 +1,11 @@
 # The flash attention kernels (src/model/kernels/cuda/flash.ptx) alone, on a GPU with PyTorch, no Rust build:
 # loads the PTX through the driver API, checks values, log-sum-exp and gradients against float32 torch (head
-# sizes 16-256, lengths off the tiles, grouped heads, windows, soft-caps, both paddings, cached keys), then
-# times forward and forward + backward against torch's scaled_dot_product_attention at Llama-3.1-8B's
-# attention shape (32 query heads, 8 key heads, d = 128) and at d = 256.
+# sizes 16-256, lengths off the tiles, grouped heads, windows, soft-caps, both paddings, cached keys, decoding's
+# single new query), then times forward and forward + backward against torch's scaled_dot_product_attention at
+# Llama-3.1-8B's attention shape (32 query heads, 8 key heads, d = 128) and at d = 256.
 #   python3 scripts/flash_ptx_check.py src/model/kernels/cuda/flash.ptx
 # (QLAB_FLASH_BENCH_ONLY=1 skips the checks, QLAB_FLASH_NO_SDPA=1 the timing of PyTorch's kernel,
-# QLAB_FLASH_SHAPES picks the timed shapes, see the end)
+# QLAB_FLASH_SHAPES picks the timed shapes, QLAB_FLASH_DECODE times the decoding kernel, see the end)
 # Shared-memory sizes and grids follow src/model/kernels/cuda/flash.rs; keep the two in step.
 import ctypes, math, sys, time, json
 import torch
@@ -36,7 +36,7 @@ def func(name, smem):
     return funcs[name]
 
 
-def launch(name, grid, smem, args):
+def launch(name, grid, smem, args, threads=128):
     f = func(name, max(smem, 48 * 1024))
     holders = []
     for a in args:
@@ -50,7 +50,7 @@ def launch(name, grid, smem, args):
             raise TypeError(a)
     arr = (ctypes.c_void_p * len(holders))(*[ctypes.cast(ctypes.pointer(h), ctypes.c_void_p) for h in holders])
     stream = torch.cuda.current_stream().cuda_stream
-    r = cuda.cuLaunchKernel(f, *grid, 128, 1, 1, smem, ctypes.c_void_p(stream), arr, None)
+    r = cuda.cuLaunchKernel(f, *grid, threads, 1, 1, smem, ctypes.c_void_p(stream), arr, None)
     assert r == 0, (name, r)
 
 
@@ -66,12 +66,20 @@ def bq_rows(D): return 64 * (BQ_MT if D <= 128 else 1)
 def bq_tile(D): return BQ_TILE if D <= 128 else 32
 
 
-def flash(q, k, v, valid, past, window, scale, softcap):
+# flash.rs: a single new query (t = 1, decoding) runs flash_decode_d*, DECODE_WARPS warps per (batch, head)
+DECODE_WARPS = 8
+
+
+def flash(q, k, v, valid, past, window, scale, softcap, tiled=False):
     b, h, t, D = q.shape
     kvh, T = k.shape[1], k.shape[2]
     g = Geometry(*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], h, kvh, t, T, past, window, scale, softcap or 0.0)
     out = torch.empty(b, t, h, D, dtype=torch.bfloat16, device="cuda")
     lse = torch.empty(b, h, t, dtype=torch.float32, device="cuda")
+    if t == 1 and not tiled:
+        launch(f"flash_decode_d{D}", (b * h, 1, 1), DECODE_WARPS * (D + 2) * 4, [q, k, v, valid, out, lse, g],
+               threads=32 * DECODE_WARPS)
+        return out, lse, g
     rows, bc = fwd_rows(D), fwd_tile(D)
     launch(f"flash_forward_d{D}", (b * h, (t + rows - 1) // rows, 1), (rows + 4 * bc) * (D + 8) * 2, [q, k, v, valid, out, lse, g])
     return out, lse, g
@@ -161,6 +169,11 @@ if not os.environ.get("QLAB_FLASH_BENCH_ONLY"):
         all_ok &= check(1, 4, 2, 130, D, window=37)
         all_ok &= check(2, 2, 2, 65, D, past=20, pad="left", window=50)
     all_ok &= check(1, 8, 2, 1000, 128, pad="right", softcap=50.0, window=300)
+    # decoding steps: one new query after cached keys
+    for D in (16, 32, 64, 128, 256):
+        all_ok &= check(3, 4, 2, 1, D, past=150, pad="left")
+        all_ok &= check(2, 4, 1, 1, D, past=99, window=40, softcap=30.0, pad="right")
+    all_ok &= check(10, 32, 8, 1, 128, past=1000)
     print("ALL_OK" if all_ok else "FAILED")
 
 
@@ -215,6 +228,29 @@ def bench(t, D=128, h=32, kvh=8, b=1, reps=3):
         res[name] = dict(ms=round(dt * 1e3, 2), tflops=round(flops / dt / 1e12, 1))
     print(json.dumps(dict(bench=dict(t=t, D=D, h=h, kvh=kvh, b=b), **res)))
 
+
+def bench_decode(T, b, D=128, h=32, kvh=8, reps=int(os.environ.get("QLAB_FLASH_REPS", "3"))):
+    # one new query after T - 1 cached keys: the decoding kernel against the tiled forward
+    q = torch.randn(b, h, 1, D, device="cuda").bfloat16()
+    k = torch.randn(b, kvh, T, D, device="cuda").bfloat16()
+    v = torch.randn(b, kvh, T, D, device="cuda").bfloat16()
+    valid = torch.ones(b, T, dtype=torch.uint8, device="cuda")
+    res = {}
+    for name, tiled in (("decode", False), ("tiled", True)):
+        run = lambda: flash(q, k, v, valid, T - 1, 0, D ** -0.5, None, tiled=tiled)
+        run(); torch.cuda.synchronize()
+        t0 = time.time()
+        for _ in range(reps):
+            run()
+        torch.cuda.synchronize()
+        res[name] = dict(us=round((time.time() - t0) / reps * 1e6, 1))
+    print(json.dumps(dict(decode_bench=dict(T=T, b=b, D=D, h=h, kvh=kvh), **res)))
+
+
+# QLAB_FLASH_DECODE="T[xB],..." times the decoding kernel against the tiled forward at one new query
+for shape in filter(None, os.environ.get("QLAB_FLASH_DECODE", "").split(",")):
+    T, b = (int(x) for x in (shape.split("x") + ["1"])[:2])
+    bench_decode(T, b)
 
 # QLAB_FLASH_SHAPES="T[xB[xD]],..." times only those shapes (d = 256 with 16 query heads, otherwise 32)
 shapes = os.environ.get("QLAB_FLASH_SHAPES", "2048x2,2048,8192,16384,4096x1x256")

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device, Tensor};
 use qlab::model::quant::nf4::Nf4Tensor;
 use qlab::model::quant::{GemvAdd, GemvKernel, LowRankAdd, Nf4Cuda};
-use qlab::model::{Decoder, FrozenWeight, Positions, Quant, load_model};
+use qlab::model::{Decoder, FrozenWeight, KvCache, Positions, Quant, load_model};
 use qlab::train::step::{LossAndGrads, StepOptions, TrainBatch};
 
 const FAMILIES: [&str; 5] = ["llama", "mistral", "qwen2", "gemma", "gemma2"];
@@ -460,6 +460,42 @@ fn logits_match_hf_for_every_family_in_bf16() {
         let e = rel_err(&got, &exp["logits"], Some(&exp["attention_mask"]));
         eprintln!("{fam}: logits relative error {e:.2e} (bf16 on CUDA)");
         assert!(e <= LOGITS_REL, "{fam}: logits relative error {e}");
+    }
+}
+
+/// A decoding step with the KV cache (one new token: flash.cu's decoding kernel, the cache's buffers read in
+/// place) gives the logits the whole sequence's forward gives at its last position, for every family (grouped
+/// heads, Gemma 2's window and soft-cap).
+#[test]
+fn a_cached_decoding_step_matches_the_whole_forward() {
+    let dev = gpu();
+    for fam in FAMILIES {
+        let dir = fixture(fam);
+        let exp = expected(&dir);
+        let model = load_model(&dir, Quant::None, &dev).unwrap();
+        let ids = exp["input_ids"]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .narrow(0, 0, 1)
+            .unwrap()
+            .to_device(&dev)
+            .unwrap();
+        let t = ids.dim(1).unwrap();
+        let whole = model
+            .forward_last(&ids, &Positions::From(0), None, None)
+            .unwrap();
+        let mut cache = KvCache::new(model.blocks.len());
+        let prefix = ids.narrow(1, 0, t - 1).unwrap();
+        model
+            .forward_last(&prefix, &Positions::From(0), None, Some(&mut cache))
+            .unwrap();
+        let last = ids.narrow(1, t - 1, 1).unwrap();
+        let step = model
+            .forward_last(&last, &Positions::From(t - 1), None, Some(&mut cache))
+            .unwrap();
+        let e = rel_err(&step, &whole, None);
+        eprintln!("{fam}: cached decoding step vs whole forward, relative error {e:.2e}");
+        assert!(e <= LOGITS_REL, "{fam}: cached decoding step {e}");
     }
 }
 
@@ -1076,6 +1112,13 @@ fn flash_attention_matches_the_materialized_composition_in_value_and_gradient() 
         (45, 20, 64, 4, 2, Some(50), None, Padding::Left),
         (70, 0, 128, 4, 2, Some(50), Some(30.0), Padding::Left),
         (65, 0, 256, 2, 1, None, None, Padding::Right),
+        // decoding steps (one new query, flash.cu's decoding kernel): every head size, from a single key to
+        // more keys than the kernel's 64 lane groups take in one round
+        (1, 0, 16, 4, 1, None, None, Padding::None),
+        (1, 150, 32, 4, 2, None, Some(2.0), Padding::Left),
+        (1, 99, 64, 4, 2, Some(40), None, Padding::Right),
+        (1, 70, 128, 8, 2, Some(50), Some(30.0), Padding::Left),
+        (1, 200, 256, 2, 1, None, None, Padding::None),
     ];
     for (i, (t, past, d, h, kvh, window, softcap, padding)) in cases.into_iter().enumerate() {
         let (b, keys) = (2, past + t);

@@ -385,6 +385,121 @@ __device__ void forward(const bf16 *q, const bf16 *k, const bf16 *v, const uint8
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Decoding's forward: one new query row per (batch, head) (t = 1, any number of cached keys), where the
+// tiled forward would spend a 128-row tile and a single CTA's loop over the keys on it. A CTA per (batch x
+// head) of DECODE_WARPS warps; each group of four lanes takes every 32nd key (keys far apart run in
+// parallel), with its own online softmax in f32 over its keys and the four lanes splitting the head's
+// 16-byte chunks; the groups merge by shuffles, the warps through shared memory. Same masks, cap, output and
+// log-sum-exp as the forward.
+#define DECODE_WARPS 8
+template <int D>
+__device__ void decode(const bf16 *q, const bf16 *k, const bf16 *v, const uint8_t *valid, bf16 *out, float *lse,
+                       Geometry m) {
+  // a lane's chunks: chunk p, p + 4, ... of the head (at least one: d = 16 and 32 leave some lanes idle)
+  constexpr int CH = D / 8, MINE = (CH + 3) / 4;
+  extern __shared__ float merge[];  // per warp: max, sum, then D output values
+  const int b = blockIdx.x / m.h, hh = blockIdx.x % m.h, kh = hh / (m.h / m.kvh);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, grp = lane >> 2, part = lane & 3;
+  const int group = warp * 8 + grp, groups = DECODE_WARPS * 8;
+  const unsigned lanes = 0xfu << (lane & ~3);
+  const bf16 *qrow = q + b * m.qsb + hh * m.qsh;
+  const bf16 *kg = k + b * m.ksb + kh * m.ksh, *vg = v + b * m.vsb + kh * m.vsh;
+  const uint8_t *vrow = valid + (long)b * m.T;
+  float qf[MINE][8], o[MINE][8];
+#pragma unroll
+  for (int i = 0; i < MINE; ++i) {
+    const int c = part + 4 * i;
+    uint4 w = c < CH ? *reinterpret_cast<const uint4 *>(qrow + c * 8) : make_uint4(0, 0, 0, 0);
+    const bf16 *h8 = reinterpret_cast<const bf16 *>(&w);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      qf[i][e] = __bfloat162float(h8[e]);
+      o[i][e] = 0.f;
+    }
+  }
+  // the query's position is past (t = 1); the keys it may see
+  const int kend = min(m.T, m.past + 1), kbeg = m.window > 0 ? max(0, m.past + 1 - m.window) : 0;
+  const float sl = m.scale * LOG2E, inv_cap = m.softcap > 0.f ? 1.f / m.softcap : 0.f;
+  float mx = -INFINITY, l = 0.f;
+  for (int j = kbeg + group; j < kend; j += groups) {
+    uint4 kw[MINE], vw[MINE];
+#pragma unroll
+    for (int i = 0; i < MINE; ++i) {
+      const int c = part + 4 * i;
+      kw[i] = c < CH ? *reinterpret_cast<const uint4 *>(kg + (long)j * m.kst + c * 8) : make_uint4(0, 0, 0, 0);
+      vw[i] = c < CH ? *reinterpret_cast<const uint4 *>(vg + (long)j * m.vst + c * 8) : make_uint4(0, 0, 0, 0);
+    }
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < MINE; ++i) {
+      const bf16 *h8 = reinterpret_cast<const bf16 *>(&kw[i]);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) s = fmaf(qf[i][e], __bfloat162float(h8[e]), s);
+    }
+    // the group's lanes run the same keys; groups may run one key more than others
+    s += __shfl_xor_sync(lanes, s, 1);
+    s += __shfl_xor_sync(lanes, s, 2);
+    // log2 units; Gemma 2's cap first
+    s = m.softcap > 0.f ? m.softcap * LOG2E * tanhf(s * m.scale * inv_cap) : s * sl;
+    if (vrow[j] == 0) continue;  // padding
+    const float nm = fmaxf(mx, s), alpha = exp2_fast(mx - nm), p = exp2_fast(s - nm);
+    mx = nm;
+    l = l * alpha + p;
+#pragma unroll
+    for (int i = 0; i < MINE; ++i) {
+      const bf16 *h8 = reinterpret_cast<const bf16 *>(&vw[i]);
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[i][e] = fmaf(p, __bfloat162float(h8[e]), o[i][e] * alpha);
+    }
+  }
+  // merge the warp's eight groups (lanes with the same part), then the warps
+#pragma unroll
+  for (int off = 4; off < 32; off <<= 1) {
+    const float om = __shfl_xor_sync(0xffffffff, mx, off), ol = __shfl_xor_sync(0xffffffff, l, off);
+    const float nm = fmaxf(mx, om);
+    const float a = mx == -INFINITY ? 0.f : exp2_fast(mx - nm), c = om == -INFINITY ? 0.f : exp2_fast(om - nm);
+    l = l * a + ol * c;
+#pragma unroll
+    for (int i = 0; i < MINE; ++i)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) o[i][e] = o[i][e] * a + __shfl_xor_sync(0xffffffff, o[i][e], off) * c;
+    mx = nm;
+  }
+  float *mine = merge + warp * (D + 2);
+  if (grp == 0) {
+    if (part == 0) {
+      mine[0] = mx;
+      mine[1] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < MINE; ++i)
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        if (part + 4 * i < CH) mine[2 + (part + 4 * i) * 8 + e] = o[i][e];
+  }
+  __syncthreads();
+  float big = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < DECODE_WARPS; ++w) big = fmaxf(big, merge[w * (D + 2)]);
+  float total = 0.f;
+#pragma unroll
+  for (int w = 0; w < DECODE_WARPS; ++w) {
+    const float wm = merge[w * (D + 2)];
+    total += wm == -INFINITY ? 0.f : merge[w * (D + 2) + 1] * exp2_fast(wm - big);
+  }
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float acc = 0.f;
+#pragma unroll
+    for (int w = 0; w < DECODE_WARPS; ++w) {
+      const float wm = merge[w * (D + 2)];
+      if (wm != -INFINITY) acc += merge[w * (D + 2) + 2 + d] * exp2_fast(wm - big);
+    }
+    out[((long)b * m.h + hh) * D + d] = __float2bfloat16_rn(total > 0.f ? acc / total : 0.f);
+  }
+  if (threadIdx.x == 0) lse[(long)b * m.h + hh] = total > 0.f ? (big + log2f(total)) * LN2 : INFINITY;
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // delta[b, h, i] = sum_d dout[b, i, h, d] * out[b, i, h, d] (f32): a warp per row.
 extern "C" __global__ void flash_delta_bf16(const bf16 *out, const bf16 *dout, float *delta, int b, int h, int t,
                                             int d) {
@@ -731,6 +846,10 @@ __device__ void backward_q(const bf16 *q, const bf16 *k, const bf16 *v, const ui
   extern "C" __global__ void __launch_bounds__(THREADS) flash_forward_d##D(                                    \
       const bf16 *q, const bf16 *k, const bf16 *v, const uint8_t *valid, bf16 *out, float *lse, Geometry m) { \
     forward<D, ((D) <= 128 ? FWD_TILE : 32), ROW_TILES(D, FWD_MT)>(q, k, v, valid, out, lse, m);                                \
+  }                                                                                                             \
+  extern "C" __global__ void __launch_bounds__(DECODE_WARPS * 32) flash_decode_d##D(                          \
+      const bf16 *q, const bf16 *k, const bf16 *v, const uint8_t *valid, bf16 *out, float *lse, Geometry m) { \
+    decode<D>(q, k, v, valid, out, lse, m);                                                                     \
   }                                                                                                             \
   extern "C" __global__ void __launch_bounds__(THREADS) flash_backward_kv_d##D(                                \
       const bf16 *q, const bf16 *k, const bf16 *v, const uint8_t *valid, const bf16 *dout, const float *lse,   \

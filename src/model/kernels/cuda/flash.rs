@@ -1,7 +1,7 @@
 //! Launchers of the flash attention kernels (flash.cu) on candle's CUDA storages: the forward writes the
 //! merged output `[b, t, h * d]` and each query row's log-sum-exp `[b, h, t]` (f32); the backward
 //! recomputes the probabilities from them. The mask is read as the keys' flags plus the causal offset and
-//! the window, never as a dense tensor.
+//! the window, never as a dense tensor. A decoding step's single new query per head has a kernel of its own.
 
 use std::ops::Deref;
 
@@ -25,6 +25,8 @@ const KEY_ROWS: usize = 64;
 /// Query rows per step of the keys' gradient.
 const QUERY_TILE_KV: usize = 64;
 const WARPS: usize = 4;
+/// Warps of the decoding kernel (flash.cu's DECODE_WARPS).
+const DECODE_WARPS: usize = 8;
 /// CUDA's bound on a grid's y dimension, along which the kernels' tiles run.
 const MAX_GRID_Y: usize = 65_535;
 
@@ -254,10 +256,23 @@ pub(super) fn forward_storages(
         v.as_cuda_slice::<bf16>()?.slice(vl.start_offset()..),
     );
     let fv = flags.view::<u8>()?;
-    // q, then two stages of k and v tiles
-    let smem = (query_rows(d) + 4 * forward_key_tile(d)) * row_bytes(d);
-    let f = dev.get_or_load_custom_func(&format!("flash_forward_d{d}"), MODULE, PTX)?;
-    allow_shared(&f, smem)?;
+    let (name, config) = if t == 1 {
+        // a decoding step: a CTA per (batch, head), its warps' partial softmaxes merged in shared memory
+        let smem = DECODE_WARPS * (d + 2) * 4;
+        let config = LaunchConfig {
+            grid_dim: ((b * h) as u32, 1, 1),
+            block_dim: (DECODE_WARPS as u32 * 32, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
+        (format!("flash_decode_d{d}"), config)
+    } else {
+        // q, then two stages of k and v tiles
+        let smem = (query_rows(d) + 4 * forward_key_tile(d)) * row_bytes(d);
+        let grid = (b * h, t.div_ceil(query_rows(d)), 1);
+        (format!("flash_forward_d{d}"), launch_config(grid, smem))
+    };
+    let f = dev.get_or_load_custom_func(&name, MODULE, PTX)?;
+    allow_shared(&f, config.shared_mem_bytes as usize)?;
     let mut builder = f.builder();
     builder
         .arg(&qv)
@@ -267,9 +282,10 @@ pub(super) fn forward_storages(
         .arg(&out)
         .arg(&lse)
         .arg(&g);
-    // SAFETY: argument types and order match flash_forward_d* in flash.cu; geometry() checked the shapes,
-    // the layouts' alignment and the mask's length; the grid covers every query row of every head.
-    unsafe { builder.launch(launch_config((b * h, t.div_ceil(query_rows(d)), 1), smem)) }.w()?;
+    // SAFETY: argument types and order match flash_forward_d* and flash_decode_d* in flash.cu; geometry()
+    // checked the shapes, the layouts' alignment and the mask's length; the grid covers every query row of
+    // every head.
+    unsafe { builder.launch(config) }.w()?;
     let lse = wrap(lse, &dev, (b, h, t));
     Ok((
         CudaStorage::wrap_cuda_slice(out, dev),
