@@ -5,7 +5,9 @@
 # Llama-3.1-8B's attention shape (32 query heads, 8 key heads, d = 128) and at d = 256.
 #   python3 scripts/flash_ptx_check.py src/model/kernels/cuda/flash.ptx
 # (QLAB_FLASH_BENCH_ONLY=1 skips the checks, QLAB_FLASH_NO_SDPA=1 the timing of PyTorch's kernel,
-# QLAB_FLASH_SHAPES picks the timed shapes, QLAB_FLASH_DECODE times the decoding kernel, see the end)
+# QLAB_FLASH_SHAPES picks the timed shapes, see the end). The timings are python clocks around a few launches:
+# good for kernels of a millisecond, not for the decoding kernel's microseconds (time those under ncu, as
+# bench/results/h100-decode-attention-2026-12-07.txt does).
 # Shared-memory sizes and grids follow src/model/kernels/cuda/flash.rs; keep the two in step.
 import ctypes, math, sys, time, json
 import torch
@@ -70,13 +72,13 @@ def bq_tile(D): return BQ_TILE if D <= 128 else 32
 DECODE_WARPS = 8
 
 
-def flash(q, k, v, valid, past, window, scale, softcap, tiled=False):
+def flash(q, k, v, valid, past, window, scale, softcap):
     b, h, t, D = q.shape
     kvh, T = k.shape[1], k.shape[2]
     g = Geometry(*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], h, kvh, t, T, past, window, scale, softcap or 0.0)
     out = torch.empty(b, t, h, D, dtype=torch.bfloat16, device="cuda")
     lse = torch.empty(b, h, t, dtype=torch.float32, device="cuda")
-    if t == 1 and not tiled:
+    if t == 1:
         launch(f"flash_decode_d{D}", (b * h, 1, 1), DECODE_WARPS * (D + 2) * 4, [q, k, v, valid, out, lse, g],
                threads=32 * DECODE_WARPS)
         return out, lse, g
@@ -228,29 +230,6 @@ def bench(t, D=128, h=32, kvh=8, b=1, reps=3):
         res[name] = dict(ms=round(dt * 1e3, 2), tflops=round(flops / dt / 1e12, 1))
     print(json.dumps(dict(bench=dict(t=t, D=D, h=h, kvh=kvh, b=b), **res)))
 
-
-def bench_decode(T, b, D=128, h=32, kvh=8, reps=int(os.environ.get("QLAB_FLASH_REPS", "3"))):
-    # one new query after T - 1 cached keys: the decoding kernel against the tiled forward
-    q = torch.randn(b, h, 1, D, device="cuda").bfloat16()
-    k = torch.randn(b, kvh, T, D, device="cuda").bfloat16()
-    v = torch.randn(b, kvh, T, D, device="cuda").bfloat16()
-    valid = torch.ones(b, T, dtype=torch.uint8, device="cuda")
-    res = {}
-    for name, tiled in (("decode", False), ("tiled", True)):
-        run = lambda: flash(q, k, v, valid, T - 1, 0, D ** -0.5, None, tiled=tiled)
-        run(); torch.cuda.synchronize()
-        t0 = time.time()
-        for _ in range(reps):
-            run()
-        torch.cuda.synchronize()
-        res[name] = dict(us=round((time.time() - t0) / reps * 1e6, 1))
-    print(json.dumps(dict(decode_bench=dict(T=T, b=b, D=D, h=h, kvh=kvh), **res)))
-
-
-# QLAB_FLASH_DECODE="T[xB],..." times the decoding kernel against the tiled forward at one new query
-for shape in filter(None, os.environ.get("QLAB_FLASH_DECODE", "").split(",")):
-    T, b = (int(x) for x in (shape.split("x") + ["1"])[:2])
-    bench_decode(T, b)
 
 # QLAB_FLASH_SHAPES="T[xB[xD]],..." times only those shapes (d = 256 with 16 query heads, otherwise 32)
 shapes = os.environ.get("QLAB_FLASH_SHAPES", "2048x2,2048,8192,16384,4096x1x256")

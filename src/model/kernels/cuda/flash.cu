@@ -387,7 +387,7 @@ __device__ void forward(const bf16 *q, const bf16 *k, const bf16 *v, const uint8
 // ---------------------------------------------------------------------------------------------------------
 // Decoding's forward: one new query row per (batch, head) (t = 1, any number of cached keys), where the
 // tiled forward would spend a 128-row tile and a single CTA's loop over the keys on it. A CTA per (batch x
-// head) of DECODE_WARPS warps; each group of four lanes takes every 32nd key (keys far apart run in
+// head) of DECODE_WARPS warps; each group of four lanes takes every 64th key (keys far apart run in
 // parallel), with its own online softmax in f32 over its keys and the four lanes splitting the head's
 // 16-byte chunks; the groups merge by shuffles, the warps through shared memory. Same masks, cap, output and
 // log-sum-exp as the forward.
