@@ -1,10 +1,14 @@
 // Variants of nf4.cu's few-row product nf4_gemv_mma for scripts/nf4_gemv_bench.py (not used by qlab). nf4.cu is
-// included, so the committed kernels are the baseline the variants are compared with.
-//   lut<G, WIDE, SHIFT>: the scale applied after the tensor cores instead of to every weight: each 64-block's
-//   four k16 steps are summed from the raw code values (bf16 of the quant map), then scaled once (f32). A code byte
-//   becomes its two bf16 values (one word) by one lookup in a shared table of 256 words, copied once per lane so
-//   that every lane reads its own bank: word e * 2^(SHIFT - 2) + lane. SHIFT 8: one byte permute makes the address
-//   (rows of 256 bytes, 64 KiB); SHIFT 7: a permute and a shift (128 bytes, 32 KiB). WIDE: rows 9-16 too.
+// included, so the committed kernels are the baseline the variants are compared with (measured on an H100:
+// bench/results/h100-gemv-variants-2026-12-07.txt).
+//   mmap{G}: nf4_gemv_mma after asking L2 for the block's whole share of the weight (prefetch_features).
+//   lut{G}_{WIDE}_{SHIFT}_r{REGS}_d{DEPTH}_p{P}: the scale applied after the tensor cores instead of to every
+//   weight: each 64-block's four k16 steps are summed from the raw code values (bf16 of the quant map), then scaled
+//   once (f32). A code byte becomes its two bf16 values (one word) by one lookup in a shared table of 256 words,
+//   copied once per lane so that every lane reads its own bank: word e * 2^(SHIFT - 2) + lane. SHIFT 8: one byte
+//   permute makes the address (rows of 256 bytes, 64 KiB, placed where its address's low 16 bits are zero: up to
+//   128 KiB asked for, one block per multiprocessor); SHIFT 7: a permute and a multiply-add (128 bytes, 32 KiB; the
+//   only one instantiated below). WIDE: rows 9-16 too. REGS, DEPTH and P: see NF4_GEMV_LUT.
 // Build: nvcc -ptx -arch=compute_80 -fmad=false -o variants.ptx THIS
 #include "../src/model/kernels/cuda/nf4.cu"
 
@@ -46,8 +50,9 @@ template <int G, bool WIDE> struct LutBlock {
   uint4 xb[2];
 };
 
-// Loads through volatile asm keep their place in the program, ahead of the previous block's table lookups (also
-// volatile): otherwise the compiler sinks them to the loop's end, where the copy into `cur` waits for them.
+// Loads through volatile asm, so that the program order puts them ahead of the previous block's table lookups (also
+// volatile). That alone did not keep ptxas from moving them after the multiplications: the register cap did (see
+// NF4_GEMV_LUT).
 __device__ __forceinline__ uint2 ldg_u2(const void *p) {
   uint2 v;
   asm volatile("ld.global.nc.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
@@ -69,8 +74,8 @@ __device__ __forceinline__ float ldg_f32(const float *p) {
   return v;
 }
 
-// Unconditional loads (a block past the last reads the last again; rows past `rows` read row rows - 1, whose sums
-// are not written): predicated loads end up after the multiplications.
+// Unconditional loads: a block past the last reads the last again; rows past `rows` read row rows - 1, whose sums
+// are not written.
 template <int G, bool WIDE>
 __device__ __forceinline__ void lut_load(LutBlock<G, WIDE> &b, const uint8_t *codes, const uint8_t *absmax_q,
                                          const float *tables, const uint32_t (&first)[2 * G],
@@ -115,7 +120,8 @@ __device__ __forceinline__ void mma_16816_zero(float (&d)[4], uint32_t a0, uint3
 }
 
 template <int SHIFT, int S>
-__device__ __forceinline__ void lut_step(float (&d)[4], const uint2 ca, const uint2 cb, uint32_t base, uint32_t x0, uint32_t x1) {
+__device__ __forceinline__ void lut_step(float (&d)[4], const uint2 ca, const uint2 cb, uint32_t base, uint32_t x0,
+                                         uint32_t x1) {
   // bytes 2S and 2S + 1 of the eight: in word S / 2, positions (2S) % 4 and (2S + 1) % 4
   const uint32_t wa = S < 2 ? ca.x : ca.y, wb = S < 2 ? cb.x : cb.y;
   constexpr int P = (2 * S) % 4;
@@ -267,15 +273,18 @@ __device__ __forceinline__ void nf4_gemv_lut(const uint8_t *__restrict__ codes, 
   }
 }
 
-// REGS: the register cap (__maxnreg__); under 96 the compiler moves the next block's loads after the
-// multiplications (to save registers), where the copy into `cur` waits for them.
+// REGS: the register cap (__maxnreg__). At 64 (what ptxas picks when not capped) it moves the next block's loads after
+// the multiplications, where the copy into `cur` waits for them, so no load is in flight while a block is multiplied;
+// at 128 they stay ahead. DEPTH: blocks in flight per warp (1, or 2 in an unrolled ring of three). P: 1 to prefetch
+// the block's rows into L2 first.
 #define NF4_GEMV_LUT(G, WIDE, SHIFT, REGS, DEPTH, P)                                                           \
   extern "C" __global__ void __maxnreg__(REGS) nf4_gemv_lut##G##_##WIDE##_##SHIFT##_r##REGS##_d##DEPTH##_p##P( \
       const uint8_t *codes, const uint8_t *absmax_q, const float *tables, const __nv_bfloat16 *x,              \
       __nv_bfloat16 *y, size_t n, size_t k, int rows, const GemvAdd add) {                                     \
     nf4_gemv_lut<G, WIDE, SHIFT, DEPTH, P>(codes, absmax_q, tables, x, y, n, k, rows, add);                    \
   }
-#define NF4_GEMV_LUT2(G, SHIFT, REGS, DEPTH, P) NF4_GEMV_LUT(G, 0, SHIFT, REGS, DEPTH, P) NF4_GEMV_LUT(G, 1, SHIFT, REGS, DEPTH, P)
+#define NF4_GEMV_LUT2(G, SHIFT, REGS, DEPTH, P) \
+  NF4_GEMV_LUT(G, 0, SHIFT, REGS, DEPTH, P) NF4_GEMV_LUT(G, 1, SHIFT, REGS, DEPTH, P)
 NF4_GEMV_LUT2(1, 7, 128, 1, 0)
 NF4_GEMV_LUT2(2, 7, 128, 1, 0)
 NF4_GEMV_LUT2(2, 7, 64, 1, 0)
