@@ -2,13 +2,11 @@
 // included, so the committed kernels are the baseline the variants are compared with (measured on an H100:
 // bench/results/h100-gemv-variants-2026-12-07.txt).
 //   mmap{G}: nf4_gemv_mma after asking L2 for the block's whole share of the weight (prefetch_features).
-//   lut{G}_{WIDE}_{SHIFT}_r{REGS}_d{DEPTH}_p{P}: the scale applied after the tensor cores instead of to every
-//   weight: each 64-block's four k16 steps are summed from the raw code values (bf16 of the quant map), then scaled
-//   once (f32). A code byte becomes its two bf16 values (one word) by one lookup in a shared table of 256 words,
-//   copied once per lane so that every lane reads its own bank: word e * 2^(SHIFT - 2) + lane. SHIFT 8: one byte
-//   permute makes the address (rows of 256 bytes, 64 KiB, placed where its address's low 16 bits are zero: up to
-//   128 KiB asked for, one block per multiprocessor); SHIFT 7: a permute and a multiply-add (128 bytes, 32 KiB; the
-//   only one instantiated below). WIDE: rows 9-16 too. REGS, DEPTH and P: see NF4_GEMV_LUT.
+//   lut{G}_{WIDE}_7_r{REGS}_d{DEPTH}_p{P}: the scale applied after the tensor cores instead of to every weight:
+//   each 64-block's four k16 steps are summed from the raw code values (bf16 of the quant map), then scaled once
+//   (f32). A code byte becomes its two bf16 values (one word) by one lookup in a shared table of 256 words, copied
+//   once per lane so that every lane reads its own bank: word 32 e + lane (rows of 2^7 bytes, 32 KiB; a permute
+//   and a multiply-add make the address). WIDE: rows 9-16 too. REGS, DEPTH and P: see NF4_GEMV_LUT.
 // Build: nvcc -ptx -arch=compute_80 -fmad=false -o variants.ptx THIS
 #include "../src/model/kernels/cuda/nf4.cu"
 
@@ -99,13 +97,10 @@ __device__ __forceinline__ void lut_load(LutBlock<G, WIDE> &b, const uint8_t *co
 }
 
 // The two bf16 values of byte `B` of `word` (the high nibble's in the low half) from the lane's copy of the table.
-// SHIFT 8: `base` = the table's address (its low 16 bits zero) + 4 lane, and one permute puts the byte in bits
-// 8-15; SHIFT 7: base = the table's address + 4 lane, and the byte times 128 is added to it.
-template <int SHIFT, int B>
+// `base` = the table's address + 4 lane; the byte times 128 is added to it.
+template <int B>
 __device__ __forceinline__ uint32_t lut_pair(uint32_t word, uint32_t base) {
-  uint32_t addr;
-  if (SHIFT == 8) addr = __byte_perm(word, base, 0x7604 | (B << 4));
-  else addr = (__byte_perm(word, 0, 0x4440 | B) << 7) + base;
+  const uint32_t addr = (__byte_perm(word, 0, 0x4440 | B) << 7) + base;
   uint32_t v;
   asm volatile("ld.shared.b32 %0, [%1];" : "=r"(v) : "r"(addr));
   return v;
@@ -119,19 +114,19 @@ __device__ __forceinline__ void mma_16816_zero(float (&d)[4], uint32_t a0, uint3
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(0.0f));
 }
 
-template <int SHIFT, int S>
+template <int S>
 __device__ __forceinline__ void lut_step(float (&d)[4], const uint2 ca, const uint2 cb, uint32_t base, uint32_t x0,
                                          uint32_t x1) {
   // bytes 2S and 2S + 1 of the eight: in word S / 2, positions (2S) % 4 and (2S + 1) % 4
   const uint32_t wa = S < 2 ? ca.x : ca.y, wb = S < 2 ? cb.x : cb.y;
   constexpr int P = (2 * S) % 4;
-  const uint32_t a0 = lut_pair<SHIFT, P>(wa, base), a2 = lut_pair<SHIFT, P + 1>(wa, base);
-  const uint32_t a1 = lut_pair<SHIFT, P>(wb, base), a3 = lut_pair<SHIFT, P + 1>(wb, base);
+  const uint32_t a0 = lut_pair<P>(wa, base), a2 = lut_pair<P + 1>(wa, base);
+  const uint32_t a1 = lut_pair<P>(wb, base), a3 = lut_pair<P + 1>(wb, base);
   if (S == 0) mma_16816_zero(d, a0, a1, a2, a3, x0, x1);
   else mma_16816(d, a0, a1, a2, a3, x0, x1);
 }
 
-template <int G, bool WIDE, int SHIFT>
+template <int G, bool WIDE>
 __device__ __forceinline__ void lut_block(float (&acc)[G][2][4], const LutBlock<G, WIDE> &b, const float *acode,
                                           float offset, uint32_t base) {
 #pragma unroll
@@ -140,19 +135,19 @@ __device__ __forceinline__ void lut_block(float (&acc)[G][2][4], const LutBlock<
     const float sb = acode[b.q[2 * h + 1]] * b.nest[2 * h + 1] + offset;
     const uint2 ca = b.c[2 * h], cb = b.c[2 * h + 1];
     float d[4];
-    lut_step<SHIFT, 0>(d, ca, cb, base, b.xa[0].x, b.xa[0].y);
-    lut_step<SHIFT, 1>(d, ca, cb, base, b.xa[0].z, b.xa[0].w);
-    lut_step<SHIFT, 2>(d, ca, cb, base, b.xa[1].x, b.xa[1].y);
-    lut_step<SHIFT, 3>(d, ca, cb, base, b.xa[1].z, b.xa[1].w);
+    lut_step<0>(d, ca, cb, base, b.xa[0].x, b.xa[0].y);
+    lut_step<1>(d, ca, cb, base, b.xa[0].z, b.xa[0].w);
+    lut_step<2>(d, ca, cb, base, b.xa[1].x, b.xa[1].y);
+    lut_step<3>(d, ca, cb, base, b.xa[1].z, b.xa[1].w);
     acc[h][0][0] = __fmaf_rn(sa, d[0], acc[h][0][0]);
     acc[h][0][1] = __fmaf_rn(sa, d[1], acc[h][0][1]);
     acc[h][0][2] = __fmaf_rn(sb, d[2], acc[h][0][2]);
     acc[h][0][3] = __fmaf_rn(sb, d[3], acc[h][0][3]);
     if (WIDE) {
-      lut_step<SHIFT, 0>(d, ca, cb, base, b.xb[0].x, b.xb[0].y);
-      lut_step<SHIFT, 1>(d, ca, cb, base, b.xb[0].z, b.xb[0].w);
-      lut_step<SHIFT, 2>(d, ca, cb, base, b.xb[1].x, b.xb[1].y);
-      lut_step<SHIFT, 3>(d, ca, cb, base, b.xb[1].z, b.xb[1].w);
+      lut_step<0>(d, ca, cb, base, b.xb[0].x, b.xb[0].y);
+      lut_step<1>(d, ca, cb, base, b.xb[0].z, b.xb[0].w);
+      lut_step<2>(d, ca, cb, base, b.xb[1].x, b.xb[1].y);
+      lut_step<3>(d, ca, cb, base, b.xb[1].z, b.xb[1].w);
       acc[h][1][0] = __fmaf_rn(sa, d[0], acc[h][1][0]);
       acc[h][1][1] = __fmaf_rn(sa, d[1], acc[h][1][1]);
       acc[h][1][2] = __fmaf_rn(sb, d[2], acc[h][1][2]);
@@ -161,18 +156,16 @@ __device__ __forceinline__ void lut_block(float (&acc)[G][2][4], const LutBlock<
   }
 }
 
-// Dynamic shared memory (SHIFT 7): the table (32 KiB; the partial sums reuse it after the main loop), then acode[256],
-// then rows * rank (the rank-wide rows), then 16 G * (rank + 1) (B's rows). SHIFT 8: the same from the first address
-// whose low 16 bits are zero (up to 64 KiB - 16 bytes of padding before it; the launcher asks for it all).
-template <int G, bool WIDE, int SHIFT, int DEPTH, bool PREFETCH>
+// Dynamic shared memory: the table (32 KiB; the partial sums reuse it after the main loop), then acode[256],
+// then rows * rank (the rank-wide rows), then 16 G * (rank + 1) (B's rows).
+template <int G, bool WIDE, int DEPTH, bool PREFETCH>
 __device__ __forceinline__ void nf4_gemv_lut(const uint8_t *__restrict__ codes, const uint8_t *__restrict__ absmax_q,
                                              const float *__restrict__ tables, const __nv_bfloat16 *__restrict__ x,
                                              __nv_bfloat16 *__restrict__ y, size_t n, size_t k, int rows,
                                              const GemvAdd add) {
   extern __shared__ __align__(16) float dyn[];
-  constexpr int TABLE_WORDS = 256 << (SHIFT - 2);
-  const uint32_t dyn_addr = (uint32_t)__cvta_generic_to_shared(dyn);
-  float *smem = SHIFT == 8 ? dyn + ((0x10000u - (dyn_addr & 0xffffu)) & 0xffffu) / 4 : dyn;
+  constexpr int TABLE_WORDS = 8192;
+  float *smem = dyn;
   float *partial = smem, *acode = smem + TABLE_WORDS, *mid = acode + 256, *b_rows = mid + rows * add.rank;
   const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane >> 2, t = lane & 3;
@@ -204,7 +197,7 @@ __device__ __forceinline__ void nf4_gemv_lut(const uint8_t *__restrict__ codes, 
     const int e = i >> 1;
     __nv_bfloat162 p = __floats2bfloat162_rn(tables[e >> 4], tables[e & 15]);
     const uint32_t w = *reinterpret_cast<const uint32_t *>(&p);
-    uint4 *dst = reinterpret_cast<uint4 *>(smem + (e << (SHIFT - 2)) + 16 * (i & 1));
+    uint4 *dst = reinterpret_cast<uint4 *>(smem + (e << 5) + 16 * (i & 1));
 #pragma unroll
     for (int q = 0; q < 4; q++) dst[q] = make_uint4(w, w, w, w);
   }
@@ -231,20 +224,20 @@ __device__ __forceinline__ void nf4_gemv_lut(const uint8_t *__restrict__ codes, 
   if (DEPTH == 1) {
     for (; c < blocks; c += warps) {
       lut_load<G, WIDE>(b1, codes, absmax_q, tables, first, x0, x1, min(c + warps, blocks - 1));
-      lut_block<G, WIDE, SHIFT>(acc, b0, acode, offset, base);
+      lut_block<G, WIDE>(acc, b0, acode, offset, base);
       b0 = b1;
     }
   } else {
     const uint32_t ahead = 2 * warps;
     while (c < blocks) {
       lut_load<G, WIDE>(b2, codes, absmax_q, tables, first, x0, x1, min(c + ahead, blocks - 1));
-      lut_block<G, WIDE, SHIFT>(acc, b0, acode, offset, base);
+      lut_block<G, WIDE>(acc, b0, acode, offset, base);
       if ((c += warps) >= blocks) break;
       lut_load<G, WIDE>(b0, codes, absmax_q, tables, first, x0, x1, min(c + ahead, blocks - 1));
-      lut_block<G, WIDE, SHIFT>(acc, b1, acode, offset, base);
+      lut_block<G, WIDE>(acc, b1, acode, offset, base);
       if ((c += warps) >= blocks) break;
       lut_load<G, WIDE>(b1, codes, absmax_q, tables, first, x0, x1, min(c + ahead, blocks - 1));
-      lut_block<G, WIDE, SHIFT>(acc, b2, acode, offset, base);
+      lut_block<G, WIDE>(acc, b2, acode, offset, base);
       c += warps;
     }
   }
@@ -277,19 +270,18 @@ __device__ __forceinline__ void nf4_gemv_lut(const uint8_t *__restrict__ codes, 
 // the multiplications, where the copy into `cur` waits for them, so no load is in flight while a block is multiplied;
 // at 128 they stay ahead. DEPTH: blocks in flight per warp (1, or 2 in an unrolled ring of three). P: 1 to prefetch
 // the block's rows into L2 first.
-#define NF4_GEMV_LUT(G, WIDE, SHIFT, REGS, DEPTH, P)                                                           \
-  extern "C" __global__ void __maxnreg__(REGS) nf4_gemv_lut##G##_##WIDE##_##SHIFT##_r##REGS##_d##DEPTH##_p##P( \
+#define NF4_GEMV_LUT(G, WIDE, REGS, DEPTH, P)                                                                  \
+  extern "C" __global__ void __maxnreg__(REGS) nf4_gemv_lut##G##_##WIDE##_7_r##REGS##_d##DEPTH##_p##P(        \
       const uint8_t *codes, const uint8_t *absmax_q, const float *tables, const __nv_bfloat16 *x,              \
       __nv_bfloat16 *y, size_t n, size_t k, int rows, const GemvAdd add) {                                     \
-    nf4_gemv_lut<G, WIDE, SHIFT, DEPTH, P>(codes, absmax_q, tables, x, y, n, k, rows, add);                    \
+    nf4_gemv_lut<G, WIDE, DEPTH, P>(codes, absmax_q, tables, x, y, n, k, rows, add);                           \
   }
-#define NF4_GEMV_LUT2(G, SHIFT, REGS, DEPTH, P) \
-  NF4_GEMV_LUT(G, 0, SHIFT, REGS, DEPTH, P) NF4_GEMV_LUT(G, 1, SHIFT, REGS, DEPTH, P)
-NF4_GEMV_LUT2(1, 7, 128, 1, 0)
-NF4_GEMV_LUT2(2, 7, 128, 1, 0)
-NF4_GEMV_LUT2(2, 7, 64, 1, 0)
-NF4_GEMV_LUT2(2, 7, 128, 2, 0)
-NF4_GEMV_LUT2(1, 7, 128, 1, 1)
-NF4_GEMV_LUT2(2, 7, 128, 1, 1)
-NF4_GEMV_LUT2(2, 7, 64, 1, 1)
+#define NF4_GEMV_LUT2(G, REGS, DEPTH, P) NF4_GEMV_LUT(G, 0, REGS, DEPTH, P) NF4_GEMV_LUT(G, 1, REGS, DEPTH, P)
+NF4_GEMV_LUT2(1, 128, 1, 0)
+NF4_GEMV_LUT2(2, 128, 1, 0)
+NF4_GEMV_LUT2(2, 64, 1, 0)
+NF4_GEMV_LUT2(2, 128, 2, 0)
+NF4_GEMV_LUT2(1, 128, 1, 1)
+NF4_GEMV_LUT2(2, 128, 1, 1)
+NF4_GEMV_LUT2(2, 64, 1, 1)
 
