@@ -5,7 +5,7 @@
 # copies of the weight that together overflow L2, at Llama-3.1-8B's projection shapes.
 #   nvcc -ptx -arch=compute_80 -fmad=false -o /tmp/gemv.ptx scripts/nf4_gemv_variants.cu
 #   python3 scripts/nf4_gemv_bench.py /tmp/gemv.ptx
-# QLAB_GEMV_VARIANTS="mma2/w8 lut2_0_7_r128_d1_p0/w4" times some of them (label prefixes); QLAB_GEMV_ROWS="1 10" some
+# QLAB_GEMV_VARIANTS="mma2/w8 lut2_0/w4" times some of them (label prefixes); QLAB_GEMV_ROWS="1 10" some
 # row counts.
 import ctypes
 import json
@@ -37,23 +37,26 @@ def auto_warps(n, groups):
     return 1 << (w.bit_length() - 1)
 
 
-def variants(n, rows):
-    """(label, kernel, groups, warps, shared bytes) for n features and `rows` rows."""
-    g_auto = 2 if n >= 2048 else 1
-    out = [(f"mma{g_auto}/w{auto_warps(n, g_auto)} (auto)", f"nf4_gemv_mma{g_auto}", g_auto, auto_warps(n, g_auto))]
-    out += [(f"mma{g}/w{w}", f"nf4_gemv_mma{g}", g, w) for g, w in [(1, 16), (2, 8), (2, 16)]
-            if (g, w) != (g_auto, auto_warps(n, g_auto))]
-    out += [(f"mmap{g}/w{w}", f"nf4_gemv_mmap{g}", g, w) for g, w in [(1, 16), (2, 8), (2, 16)]]
+def variants(n, k, rows):
+    """(label, kernel, groups, warps, shared bytes) for [n, k] and `rows` rows; "(auto)" marks the launch
+    GemvKernel::for_shape picks (src/model/quant/nf4_cuda.rs)."""
     wide = 1 if rows > 8 else 0
-    for g, regs, depth, p in [(1, 128, 1, 0), (2, 128, 1, 0), (2, 64, 1, 0), (2, 128, 2, 0), (1, 128, 1, 1),
-                              (2, 128, 1, 1), (2, 64, 1, 1)]:
-        for w in [4, 8, 16]:
-            name = f"lut{g}_{wide}_7_r{regs}_d{depth}_p{p}"
-            out.append((f"{name}/w{w}", f"nf4_gemv_{name}", g, w))
+    g_mma = 2 if n >= 2048 else 1
+    mma_auto = (f"nf4_gemv_mma{g_mma}", g_mma, auto_warps(n, g_mma))
+    lut_auto = (f"nf4_gemv_lut2_{wide}", 2, 4 if n >= 8192 else 16)
+    auto = lut_auto if n >= 8192 or k >= 8192 else mma_auto
+    out = [(f"mma{g}/w{w}", f"nf4_gemv_mma{g}", g, w) for g, w in [(g_mma, auto_warps(n, g_mma)), (1, 16), (2, 8),
+                                                                    (2, 16)]]
+    out += [(f"mmap{g}/w{w}", f"nf4_gemv_mmap{g}", g, w) for g, w in [(1, 16), (2, 8), (2, 16)]]
+    for kind in ["lut", "lutp"]:
+        for g in [1, 2]:
+            for w in [4, 8, 16]:
+                out.append((f"{kind}{g}_{wide}/w{w}", f"nf4_gemv_{kind}{g}_{wide}", g, w))
+    out += [(f"lut2_{wide}_r64/w{w}", f"nf4_gemv_lut2_{wide}_r64", 2, w) for w in [4, 16]]
     made = []
-    for label, name, g, w in out:
+    for label, name, g, w in dict.fromkeys(out):
         smem = 4 * w * g * 256 if name.startswith("nf4_gemv_mma") else (256 << 7) + 1024
-        made.append((label, name, g, w, smem))
+        made.append((label + (" (auto)" if (name, g, w) == auto else ""), name, g, w, smem))
     return made
 
 
@@ -119,7 +122,7 @@ def main():
             x = torch.randn(rows, k, device="cuda").to(torch.bfloat16)
             want = x.float() @ dense.t()
             line = []
-            for label, name, g, warps, smem in variants(n, rows):
+            for label, name, g, warps, smem in variants(n, k, rows):
                 if wanted and not any(label.startswith(v) for v in wanted):
                     continue
                 f = function(name, smem)

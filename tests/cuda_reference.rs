@@ -131,10 +131,13 @@ fn nf4_quantized_on_the_gpu_equals_the_cpu_quantizer() {
 }
 
 /// The few-row kernels and launch shapes the tests check and the timings compare: the automatic choice, the
-/// warp kernel, and tensor-core shapes from one to sixteen warps (odd and the ones `for_width` picks among).
-const GEMV_KERNELS: [GemvKernel; 11] = {
+/// warp kernel, and tensor-core shapes from one to sixteen warps (odd and the ones `for_shape` picks among).
+const GEMV_KERNELS: [GemvKernel; 16] = {
     const fn mma(groups: usize, warps: usize) -> GemvKernel {
         GemvKernel::Mma { groups, warps }
+    }
+    const fn lut(groups: usize, warps: usize) -> GemvKernel {
+        GemvKernel::Lut { groups, warps }
     }
     [
         GemvKernel::Auto,
@@ -148,6 +151,11 @@ const GEMV_KERNELS: [GemvKernel; 11] = {
         mma(2, 16),
         mma(4, 1),
         mma(4, 8),
+        lut(1, 1),
+        lut(1, 16),
+        lut(2, 3),
+        lut(2, 4),
+        lut(2, 16),
     ]
 };
 
@@ -155,6 +163,7 @@ const GEMV_KERNELS: [GemvKernel; 11] = {
 fn kernel_label(kernel: GemvKernel) -> String {
     match kernel {
         GemvKernel::Mma { groups, warps } => format!("g{groups}w{warps}"),
+        GemvKernel::Lut { groups, warps } => format!("lut{groups}w{warps}"),
         other => format!("{other:?}"),
     }
 }
@@ -193,8 +202,8 @@ fn nf4_gemv_matches_dequantize_then_multiply() {
     // [200, 320]: five 64-blocks a row, so the last 128-element chunk is half empty and the warps along k get
     // unequal shares; 200 features are no multiple of the 8, 16, 32 or 64 a block takes. [40, 4096]: 32
     // chunks, several for each warp (the next chunk's codes loaded while one is multiplied). [72, 576]: nine
-    // 64-blocks.
-    for (n, k) in [(200, 320), (40, 4096), (72, 576)] {
+    // 64-blocks. [40, 8256]: Auto takes the lut kernel (k from 8,192), 129 blocks over 16 warps.
+    for (n, k) in [(200, 320), (40, 4096), (72, 576), (40, 8256)] {
         let reference = Nf4Tensor::quantize(&weights(n * k), vec![n, k]);
         let w = Nf4Cuda::upload(&reference, &dev).unwrap();
         let dense = w
@@ -291,7 +300,7 @@ fn nf4_gemv_timings() {
         1000.0 * start.elapsed_ms(&end).unwrap() as f64
     };
     println!(
-        "microseconds a product (GB/s of codes and scales in brackets); Auto as printed for each n"
+        "microseconds a product (GB/s of codes and scales in brackets); Auto as printed for each shape"
     );
     let labels: Vec<String> = GEMV_KERNELS.into_iter().map(kernel_label).collect();
     println!(
@@ -321,7 +330,7 @@ fn nf4_gemv_timings() {
             .collect();
         let a = Tensor::randn(0f32, 0.1, (16, k), &dev).unwrap();
         let b = Tensor::randn(0f32, 0.1, (n, 16), &dev).unwrap();
-        println!("{:?} at n = {n}", GemvKernel::for_width(n));
+        println!("{:?} at [{n}, {k}]", GemvKernel::for_shape(n, k));
         for rows in [1, 2, 4, 8, 10, 16] {
             let x = Tensor::randn(0f32, 1.0, (rows, k), &dev)
                 .unwrap()
@@ -416,12 +425,14 @@ fn an_adapted_nf4_projection_answers_few_rows_from_the_codes() {
     // 1 to 16 rows take the GEMV kernel with the adapter's product in its epilogue (no weight dequantized), 17
     // the dequantized product. [200, 320]: one slice of the rank-wide kernel, part empty, 200 features no
     // multiple of a block's 16. [72, 9280]: ten slices (two rounds of eight in the epilogue), the last 64
-    // elements long. [2056, 1088]: 32 features a block, the last block eight; rank 12 leaves half of the
-    // rank-wide kernel's second block of warps idle.
+    // elements long, the lut kernel's (k from 8,192). [2056, 1088]: 32 features a block, the last block eight;
+    // rank 12 leaves half of the rank-wide kernel's second block of warps idle. [8200, 320]: the lut kernel's
+    // (from 8,192 features), the last block eight features.
     let rows = [1, 2, 7, 10, 16, 17];
     check_adapted_nf4(200, 320, 8, &rows, false);
     check_adapted_nf4(72, 9280, 16, &rows, false);
     check_adapted_nf4(2056, 1088, 12, &rows, false);
+    check_adapted_nf4(8200, 320, 16, &rows, false);
 }
 
 #[test]
@@ -440,6 +451,16 @@ fn an_adapted_nf4_projection_with_dropout_or_a_large_rank_takes_the_general_prod
     assert!(!w.gemv_adds_rank(&x(16), 256).unwrap());
     assert!(w.gemv_adds_rank(&x(4), 256).unwrap());
     check_adapted_nf4(200, 320, 256, &[4, 16], false);
+    // Rank 128 over [8200, 320]: the lut kernel's table leaves no room for it, so Auto falls back to
+    // nf4_gemv_mma, whose partial sums do (8 warps: 32 KiB of them at most).
+    let w = Nf4Cuda::upload(
+        &Nf4Tensor::quantize(&weights(8200 * 320), vec![8200, 320]),
+        &dev,
+    )
+    .unwrap();
+    assert!(w.gemv_adds_rank(&x(4), 128).unwrap());
+    assert!(w.gemv_adds_rank(&x(16), 128).unwrap());
+    check_adapted_nf4(8200, 320, 128, &[4, 16], false);
 }
 
 #[test]

@@ -106,7 +106,8 @@ impl Nf4Cuda {
     }
 
     /// Generation's product `x @ W^T` for a few rows of bf16 `x` `[rows, in_features]` straight from the NF4
-    /// codes (`nf4_gemv_mma*` on the tensor cores: the weight is never dequantized into memory), or None where
+    /// codes (`nf4_gemv_mma*` or `nf4_gemv_lut*` on the tensor cores: the weight is never dequantized into
+    /// memory), or None where
     /// the kernels do not apply (more than 16 rows, another dtype, a row width that is not a multiple of 64, a
     /// misaligned view).
     pub fn gemv(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
@@ -114,7 +115,7 @@ impl Nf4Cuda {
     }
 
     /// [`Nf4Cuda::gemv`] with a chosen kernel and launch shape (tests and timings compare them), plus what `add`
-    /// names, summed in f32 before the result is rounded to bf16 (in the tensor-core kernel's epilogue; the warp
+    /// names, summed in f32 before the result is rounded to bf16 (in the tensor-core kernels' epilogue; the warp
     /// kernel adds a bias after, and no low-rank term); an error for a shape the kernels do not take, or a
     /// low-rank term that does not fit (see [`Nf4Cuda::gemv_adds_rank`]).
     pub fn gemv_with(
@@ -123,7 +124,8 @@ impl Nf4Cuda {
         kernel: GemvKernel,
         add: &GemvAdd,
     ) -> candle_core::Result<Option<Tensor>> {
-        let Some((x, kernel)) = self.gemv_plan(x, kernel)? else {
+        let rank = add.low_rank.as_ref().map_or(Ok(0), |l| l.parts.dim(2))?;
+        let Some((x, kernel)) = self.gemv_plan(x, kernel, rank)? else {
             return Ok(None);
         };
         let (n, rows) = (self.dims[0], x.dim(0)?);
@@ -136,33 +138,29 @@ impl Nf4Cuda {
                 b.dims()
             )
         }
-        let rank = match &add.low_rank {
-            Some(l) => {
-                let (slices, prow, rank) = l.parts.dims3()?;
-                if slices == 0
-                    || prow != rows
-                    || l.b.dims() != [n, rank]
-                    || l.parts.dtype() != DType::F32
-                    || l.b.dtype() != DType::F32
-                {
-                    candle_core::bail!(
-                        "nf4-gemv: low-rank parts {:?} and B {:?} for {rows} rows and {n} features",
-                        l.parts.dims(),
-                        l.b.dims()
-                    )
-                }
-                rank
-            }
-            None => 0,
-        };
-        if let GemvKernel::Mma { groups, warps } = kernel {
-            if mma_shared_bytes(groups, warps, rows, rank) > GEMV_SHARED_MOST {
+        if let Some(l) = &add.low_rank {
+            let (slices, prow, _) = l.parts.dims3()?;
+            if slices == 0
+                || prow != rows
+                || l.b.dims() != [n, rank]
+                || l.parts.dtype() != DType::F32
+                || l.b.dtype() != DType::F32
+            {
                 candle_core::bail!(
-                    "nf4-gemv: a rank-{rank} term at {rows} rows overflows shared memory"
+                    "nf4-gemv: low-rank parts {:?} and B {:?} for {rows} rows and {n} features",
+                    l.parts.dims(),
+                    l.b.dims()
                 )
             }
-        } else if rank > 0 {
-            candle_core::bail!("nf4-gemv: the warp kernel adds no low-rank term")
+        }
+        match kernel.shared_bytes(rows, rank) {
+            Some(bytes) if bytes > GEMV_SHARED_MOST => candle_core::bail!(
+                "nf4-gemv: a rank-{rank} term at {rows} rows overflows shared memory"
+            ),
+            None if rank > 0 => {
+                candle_core::bail!("nf4-gemv: the warp kernel adds no low-rank term")
+            }
+            _ => {}
         }
         // The warp kernel adds nothing itself: its bias comes after.
         let (in_kernel, after) = match kernel {
@@ -185,23 +183,24 @@ impl Nf4Cuda {
     }
 
     /// Whether [`Nf4Cuda::gemv`] serves `x` with a low-rank term of rank `rank` added in its kernel
-    /// ([`GemvAdd::low_rank`]): the tensor-core kernel, with the term's rank-wide rows and its B rows in the
+    /// ([`GemvAdd::low_rank`]): a tensor-core kernel, with the term's rank-wide rows and its B rows in the
     /// block's shared memory beside the warps' partial sums.
     pub fn gemv_adds_rank(&self, x: &Tensor, rank: usize) -> candle_core::Result<bool> {
-        Ok(match self.gemv_plan(x, GemvKernel::Auto)? {
-            Some((x, GemvKernel::Mma { groups, warps })) => {
-                mma_shared_bytes(groups, warps, x.dim(0)?, rank) <= GEMV_SHARED_MOST
-            }
-            _ => false,
+        Ok(match self.gemv_plan(x, GemvKernel::Auto, rank)? {
+            Some((x, kernel)) => kernel
+                .shared_bytes(x.dim(0)?, rank)
+                .is_some_and(|bytes| bytes <= GEMV_SHARED_MOST),
+            None => false,
         })
     }
 
-    /// Contiguous `x` and the kernel (Auto resolved) that serve it, None where none does; an error for a
-    /// kernel shape the kernels do not take.
+    /// Contiguous `x` and the kernel (Auto resolved for a low-rank term of rank `rank`) that serve it, None
+    /// where none does; an error for a kernel shape the kernels do not take.
     fn gemv_plan(
         &self,
         x: &Tensor,
         kernel: GemvKernel,
+        rank: usize,
     ) -> candle_core::Result<Option<(Tensor, GemvKernel)>> {
         let (n, k) = match self.dims.as_slice() {
             [n, k] => (*n, *k),
@@ -222,18 +221,23 @@ impl Nf4Cuda {
         // The tensor-core kernels index 64-blocks in 32 bits.
         let fits = (n * (k / BLOCK)) as u64 <= u32::MAX as u64;
         let kernel = match kernel {
-            GemvKernel::Auto if fits => GemvKernel::for_width(n),
+            GemvKernel::Auto if fits => {
+                // The lut kernel's table leaves less shared memory for a large low-rank term.
+                let chosen = GemvKernel::for_shape(n, k);
+                match chosen.shared_bytes(rows, rank) {
+                    Some(bytes) if bytes > GEMV_SHARED_MOST => GemvKernel::for_width(n),
+                    _ => chosen,
+                }
+            }
             GemvKernel::Auto => GemvKernel::Warp,
-            GemvKernel::Mma { groups, warps } => {
-                let ok = match groups {
-                    1 | 2 => (1..=16).contains(&warps),
-                    4 => (1..=8).contains(&warps),
+            GemvKernel::Mma { groups, warps } | GemvKernel::Lut { groups, warps } => {
+                let ok = match (kernel, groups) {
+                    (_, 1 | 2) => (1..=16).contains(&warps),
+                    (GemvKernel::Mma { .. }, 4) => (1..=8).contains(&warps),
                     _ => false,
                 };
                 if !ok || !fits {
-                    candle_core::bail!(
-                        "nf4-gemv: no tensor-core kernel for {groups} groups of 16 features, {warps} warps, [{n}, {k}]"
-                    );
+                    candle_core::bail!("nf4-gemv: no tensor-core kernel {kernel:?} for [{n}, {k}]");
                 }
                 kernel
             }
@@ -617,19 +621,20 @@ impl CustomOp3 for Nf4DequantStacked {
 /// Most rows [`Nf4Cuda::gemv`] multiplies at once (GEMV_MAX_ROWS in nf4.cu).
 const GEMV_MAX_ROWS: usize = 16;
 
-/// Dynamic shared memory a launch of the tensor-core kernel may take: 48 KiB (the most without opting in) less
-/// 2 KiB for its static tables (1,088 bytes).
+/// The words of nf4_gemv_lut's table in shared memory: 256 code bytes' bf16 pairs, one copy per lane.
+const LUT_TABLE_WORDS: usize = 256 * 32;
+
+/// Dynamic shared memory a launch of a tensor-core kernel may take: 48 KiB (the most without opting in) less
+/// 2 KiB for nf4_gemv_mma's static tables (1,088 bytes).
 const GEMV_SHARED_MOST: usize = 46 * 1024;
 
-/// The tensor-core kernel's dynamic shared memory (nf4.cu): 256 floats of partial sums per warp and group of 16
-/// features, then for a low-rank term of rank `rank` its rank-wide rows and the block's rows of B (each padded by
-/// one float).
-fn mma_shared_bytes(groups: usize, warps: usize, rows: usize, rank: usize) -> usize {
-    let low_rank = match rank {
+/// The floats of a tensor-core kernel's dynamic shared memory (nf4.cu) that a low-rank term of rank `rank` takes:
+/// its rank-wide rows and the block's rows of B (each padded by one float).
+fn low_rank_floats(groups: usize, rows: usize, rank: usize) -> usize {
+    match rank {
         0 => 0,
         r => rows * r + 16 * groups * (r + 1),
-    };
-    4 * (warps * groups * 256 + low_rank)
+    }
 }
 
 /// What [`Nf4Cuda::gemv_with`] adds to `x W^T` before rounding the result to bf16.
@@ -697,16 +702,54 @@ fn f32_address<'a>(
 /// The kernel behind [`Nf4Cuda::gemv_with`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GemvKernel {
-    /// The launch shape `gemv` takes for the weight's width ([`GemvKernel::for_width`]).
+    /// The kernel and launch shape `gemv` takes for the weight's shape ([`GemvKernel::for_shape`]).
     Auto,
     /// `nf4_gemv_bf16`: one warp per output feature, FMAs on the CUDA cores for every row (the first kernel).
     Warp,
     /// `nf4_gemv_mma{groups}`: the tensor cores, 16 * `groups` output features per block (groups 1, 2 or 4),
     /// k split over `warps` warps (1 to 16; at most 8 for 4 groups).
     Mma { groups: usize, warps: usize },
+    /// `nf4_gemv_lut{groups}_*`: the tensor cores on the raw code values, each 64-block's sum scaled once after
+    /// them (groups 1 or 2, 1 to 16 warps along k).
+    Lut { groups: usize, warps: usize },
 }
 
 impl GemvKernel {
+    /// The kernel and launch shape for a weight of `n` output features by `k` inputs: the lut kernel where it
+    /// measured fastest, from 8,192 features (4 warps a block: 14336 x 4096 took 26.0 us a row against 30.2 for
+    /// nf4_gemv_mma's best shape on an H100) or from k = 8,192 (16 warps: 4096 x 14336, 21.6 against 26.0;
+    /// bench/results/h100-gemv-variants-2026-12-07.txt), the tensor-core kernel of [`GemvKernel::for_width`]
+    /// below, where the two were level (4096 x 4096) or it was faster (1024 x 4096).
+    pub fn for_shape(n: usize, k: usize) -> Self {
+        match (n, k) {
+            (8192.., _) => GemvKernel::Lut {
+                groups: 2,
+                warps: 4,
+            },
+            (_, 8192..) => GemvKernel::Lut {
+                groups: 2,
+                warps: 16,
+            },
+            _ => GemvKernel::for_width(n),
+        }
+    }
+
+    /// The dynamic shared memory of a launch for `rows` rows and a low-rank term of rank `rank` (nf4.cu): for
+    /// nf4_gemv_mma 256 floats of partial sums per warp and group of 16 features, for nf4_gemv_lut its table of
+    /// 8,192 words (which the partial sums reuse) and 256 floats, then the low-rank term's; None for the warp
+    /// kernel (no dynamic shared memory, no low-rank term) and Auto.
+    fn shared_bytes(self, rows: usize, rank: usize) -> Option<usize> {
+        match self {
+            GemvKernel::Mma { groups, warps } => {
+                Some(4 * (warps * groups * 256 + low_rank_floats(groups, rows, rank)))
+            }
+            GemvKernel::Lut { groups, .. } => {
+                Some(4 * (LUT_TABLE_WORDS + 256 + low_rank_floats(groups, rows, rank)))
+            }
+            GemvKernel::Auto | GemvKernel::Warp => None,
+        }
+    }
+
     /// The tensor-core kernel's launch shape for `n` output features: 32 features a block from 2,048 features
     /// up (fewer x reads per weight byte), 16 below (enough blocks for the narrow key and value projections);
     /// warps along k so that the grid holds about 4,096 warps (four to sixteen a block), enough loads in
@@ -799,6 +842,11 @@ impl candle_core::CustomOp1 for Nf4Gemv {
             };
         }
         let rank = args.rank as usize;
+        let tensor_cores = |groups: usize, warps: usize| LaunchConfig {
+            grid_dim: (n.div_ceil(16 * groups) as u32, 1, 1),
+            block_dim: (32 * warps as u32, 1, 1),
+            shared_mem_bytes: self.kernel.shared_bytes(rows, rank).unwrap_or(0) as u32,
+        };
         let (name, cfg) = match self.kernel {
             GemvKernel::Mma { groups, warps } => (
                 match groups {
@@ -806,11 +854,17 @@ impl candle_core::CustomOp1 for Nf4Gemv {
                     2 => "nf4_gemv_mma2",
                     _ => "nf4_gemv_mma4",
                 },
-                LaunchConfig {
-                    grid_dim: (n.div_ceil(16 * groups) as u32, 1, 1),
-                    block_dim: (32 * warps as u32, 1, 1),
-                    shared_mem_bytes: mma_shared_bytes(groups, warps, rows, rank) as u32,
+                tensor_cores(groups, warps),
+            ),
+            // The wide kernels take rows 9 to 16 too.
+            GemvKernel::Lut { groups, warps } => (
+                match (groups, rows > 8) {
+                    (1, false) => "nf4_gemv_lut1_0",
+                    (1, true) => "nf4_gemv_lut1_1",
+                    (_, false) => "nf4_gemv_lut2_0",
+                    (_, true) => "nf4_gemv_lut2_1",
                 },
+                tensor_cores(groups, warps),
             ),
             // Eight warps (output features) per block of 256 threads.
             _ => (
@@ -835,12 +889,13 @@ impl candle_core::CustomOp1 for Nf4Gemv {
             .arg(&n)
             .arg(&k)
             .arg(&rows_i);
-        if let GemvKernel::Mma { .. } = self.kernel {
+        if self.kernel != GemvKernel::Warp {
             b.arg(&args);
         }
-        // SAFETY: argument types and counts match nf4_gemv_bf16 and nf4_gemv_mma* in nf4.cu; `gemv_with` checked
-        // rows <= 16, k a multiple of 64, a 16-byte aligned x (codes are whole allocations, 256-byte aligned),
-        // n * k / 64 within 32 bits, the tensor-core kernel's groups and warps (its launch bounds) and its shared
+        // SAFETY: argument types and counts match nf4_gemv_bf16, nf4_gemv_mma* and nf4_gemv_lut* in nf4.cu;
+        // `gemv_with` checked rows <= 16, k a multiple of 64, a 16-byte aligned x (codes are whole allocations,
+        // 256-byte aligned), n * k / 64 within 32 bits, the tensor-core kernels' groups and warps (their launch
+        // bounds; the lut kernels' partial sums fit their table: warps * groups <= 32) and their shared
         // memory within 48 KiB, and the added terms' shapes (bias [n], parts [slices, rows, rank], B [n, rank]),
         // whose storages the guards above keep borrowed.
         unsafe { b.launch(cfg) }.w()?;

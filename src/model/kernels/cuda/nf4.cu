@@ -240,24 +240,16 @@ __device__ __forceinline__ void gemv_load_codes(GemvCodes<G> &st, const uint8_t 
   }
 }
 
+// The epilogue's inputs that `add` names, laid out in shared memory while the block's first loads are on their way:
+// the block's rows of B (16 G features, rank + 1 floats apart so that a warp's lanes, reading consecutive features,
+// hit distinct banks) copied with cp.async (waited for by gemv_epilogue), and the rank-wide rows x A^T (the sum of
+// `add`'s slices, times its scale) into `mid`, rows * rank floats.
 template <int G>
-__device__ __forceinline__ void nf4_gemv_mma(const uint8_t *__restrict__ codes, const uint8_t *__restrict__ absmax_q,
-                                             const float *__restrict__ tables, const __nv_bfloat16 *__restrict__ x,
-                                             __nv_bfloat16 *__restrict__ y, size_t n, size_t k, int rows,
-                                             const GemvAdd add) {
-  __shared__ __align__(256) float qmap[16];
-  __shared__ float acode[256];
-  extern __shared__ float partial[];
-  const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const size_t j0 = (size_t)blockIdx.x * (16 * G);
-  float *mid = partial + warps * G * 256, *b_rows = mid + rows * add.rank;
+__device__ __forceinline__ void gemv_add_prologue(const GemvAdd &add, float *mid, float *b_rows, size_t j0, size_t n,
+                                                  int rows) {
   for (int i = threadIdx.x; i < 16 * G * add.rank; i += blockDim.x) {
     const int f = i / add.rank, u = i % add.rank;
     if (j0 + f < n) copy_async_f32(b_rows + f * (add.rank + 1) + u, add.b + (j0 + f) * add.rank + u);
-  }
-  for (int i = threadIdx.x; i < 16 + 256; i += blockDim.x) {
-    if (i < 16) qmap[i] = tables[i];
-    else acode[i - 16] = tables[i];
   }
   for (int i = threadIdx.x; i < rows * add.rank; i += blockDim.x) {
     // Eight slices at a time, their loads in flight together (past the last slice: the last again, not added).
@@ -271,6 +263,56 @@ __device__ __forceinline__ void nf4_gemv_mma(const uint8_t *__restrict__ codes, 
     }
     mid[i] = add.scale * sum;
   }
+}
+
+// The warps' sums to y: acc[h][r][i] is feature j0 + 16h + g + 8 (i / 2), row 8r + 2t + i % 2 (R: the row groups
+// held, 2 where rows > 8). Partial sums by warp in `partial` (warps * G * 256 floats), added in warp order, then the
+// bias and the low-rank term (gemv_add_prologue's `mid` and `b_rows`), rounded to bf16 once.
+template <int G, int R>
+__device__ __forceinline__ void gemv_epilogue(const float (&acc)[G][2][4], float *partial, const float *mid,
+                                              const float *b_rows, const GemvAdd &add, __nv_bfloat16 *y, size_t j0,
+                                              size_t n, int rows) {
+  const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+#pragma unroll
+  for (int h = 0; h < G; h++)
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+      for (int i = 0; i < 4; i++) partial[((warp * G + h) * 8 + 4 * r + i) * 32 + lane] = acc[h][r][i];
+  asm volatile("cp.async.wait_all;" ::: "memory");
+  __syncthreads();
+  for (int e = threadIdx.x; e < rows * 16 * G; e += blockDim.x) {
+    const int row = e / (16 * G), col = e % (16 * G);
+    const size_t j = j0 + col;
+    if (j >= n) continue;
+    const int h = col / 16, m = col % 16, rr = row % 8;
+    const int slot = (h * 8 + 4 * (row / 8) + (rr & 1) + 2 * (m / 8)) * 32 + (m % 8) * 4 + rr / 2;
+    float sum = 0.0f;
+    for (int w = 0; w < warps; w++) sum += partial[w * G * 256 + slot];
+    if (add.bias) sum += add.bias[j];
+    const float *m_row = mid + row * add.rank, *b_row = b_rows + col * (add.rank + 1);
+    float low = 0.0f;
+    for (int u = 0; u < add.rank; u++) low = __fmaf_rn(m_row[u], b_row[u], low);
+    y[(size_t)row * n + j] = __float2bfloat16_rn(sum + low);
+  }
+}
+
+template <int G>
+__device__ __forceinline__ void nf4_gemv_mma(const uint8_t *__restrict__ codes, const uint8_t *__restrict__ absmax_q,
+                                             const float *__restrict__ tables, const __nv_bfloat16 *__restrict__ x,
+                                             __nv_bfloat16 *__restrict__ y, size_t n, size_t k, int rows,
+                                             const GemvAdd add) {
+  __shared__ __align__(256) float qmap[16];
+  __shared__ float acode[256];
+  extern __shared__ float partial[];
+  const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const size_t j0 = (size_t)blockIdx.x * (16 * G);
+  float *mid = partial + warps * G * 256, *b_rows = mid + rows * add.rank;
+  for (int i = threadIdx.x; i < 16 + 256; i += blockDim.x) {
+    if (i < 16) qmap[i] = tables[i];
+    else acode[i - 16] = tables[i];
+  }
+  gemv_add_prologue<G>(add, mid, b_rows, j0, n, rows);
   __syncthreads();
   const uint32_t qbase = (uint32_t)__cvta_generic_to_shared(qmap);
   if (qbase & 0xff) __trap();  // the table addresses below need the declared alignment
@@ -335,31 +377,7 @@ __device__ __forceinline__ void nf4_gemv_mma(const uint8_t *__restrict__ codes, 
     }
     cur = next;
   }
-
-  // acc[h][r][i]: feature j0 + 16h + g + 8 (i / 2), row 8r + 2t + i % 2. Partial sums by warp, then added in warp
-  // order.
-#pragma unroll
-  for (int h = 0; h < G; h++)
-#pragma unroll
-    for (int r = 0; r < 2; r++)
-#pragma unroll
-      for (int i = 0; i < 4; i++) partial[((warp * G + h) * 8 + 4 * r + i) * 32 + lane] = acc[h][r][i];
-  asm volatile("cp.async.wait_all;" ::: "memory");
-  __syncthreads();
-  for (int e = threadIdx.x; e < rows * 16 * G; e += blockDim.x) {
-    const int row = e / (16 * G), col = e % (16 * G);
-    const size_t j = j0 + col;
-    if (j >= n) continue;
-    const int h = col / 16, m = col % 16, rr = row % 8;
-    const int slot = (h * 8 + 4 * (row / 8) + (rr & 1) + 2 * (m / 8)) * 32 + (m % 8) * 4 + rr / 2;
-    float sum = 0.0f;
-    for (int w = 0; w < warps; w++) sum += partial[w * G * 256 + slot];
-    if (add.bias) sum += add.bias[j];
-    const float *m_row = mid + row * add.rank, *b_row = b_rows + col * (add.rank + 1);
-    float low = 0.0f;
-    for (int u = 0; u < add.rank; u++) low = __fmaf_rn(m_row[u], b_row[u], low);
-    y[(size_t)row * n + j] = __float2bfloat16_rn(sum + low);
-  }
+  gemv_epilogue<G, 2>(acc, partial, mid, b_rows, add, y, j0, n, rows);
 }
 
 // One kernel per G; launch bounds that keep G = 1 and 2 at 128 registers or fewer (two blocks of 256 threads fit
@@ -373,3 +391,202 @@ __device__ __forceinline__ void nf4_gemv_mma(const uint8_t *__restrict__ codes, 
 NF4_GEMV_MMA(1, 512)
 NF4_GEMV_MMA(2, 512)
 NF4_GEMV_MMA(4, 256)
+
+// nf4_gemv_lut: the same product with the scale applied after the tensor cores (measured 10-20% faster than
+// nf4_gemv_mma on the wide products, bench/results/h100-gemv-variants-2026-12-07.txt). Each 64-block's four k16
+// steps multiply the raw code values (the quant map's, in bf16) and are summed by one mma chain; the block's sum is
+// then scaled once in f32 and added: about half the instructions per weight of dequantizing every value. A code byte
+// becomes its two bf16 values (one word, the high nibble's in the low half) by one lookup in a table of 256 words
+// in shared memory, copied once per lane (word 32 e + lane) so that every lane reads its own bank.
+//
+// A block of `warps` warps takes the 16 G features [j0, j0 + 16G) over the whole of k: warp w takes the 64-blocks
+// w, w + warps, ...; in block c, lane (g = lane / 4, t = lane % 4) reads elements [64c + 16t, +16) (eight code
+// bytes) of features j0 + 16h + g and j0 + 16h + g + 8 (group h < G), their absmax codes and nested scales, and the
+// same sixteen elements of x's rows g and g + 8 (WIDE: rows 9 to 16 too). Step s (0..3) puts the lane's bytes 2s
+// (elements 4s, 4s + 1) where the mma's layout has k = 2t, 2t + 1, and 2s + 1 where it has k = 2t + 8, 2t + 9, in A
+// and B alike (as nf4_gemv_mma does). The next block's loads are issued before this one's lookups; the kernels'
+// register cap (128) keeps them there (at the compiler's own choice, 64, it moves them after the multiplications,
+// and each block waits for its loads). Any k that is a multiple of 64.
+//
+// Dynamic shared memory: the table (32 KiB; the warps' partial sums reuse it after the main loop: warps * G <= 32),
+// then acode[256], then rows * rank floats (the rank-wide rows), then 16 G * (rank + 1) (B's rows).
+
+// What a lane reads for one 64-block: eight code bytes of each of its 2G features, their quantized absmax and
+// nested scale, and sixteen elements of x's rows g (xa) and g + 8 (xb, WIDE only).
+template <int G> struct LutBlock {
+  uint2 c[2 * G];
+  uint32_t q[2 * G];
+  float nest[2 * G];
+  uint4 xa[2];
+  uint4 xb[2];
+};
+
+// Loads through volatile asm, so that the program order puts them ahead of the previous block's table lookups.
+__device__ __forceinline__ uint2 ldg_u2(const void *p) {
+  uint2 v;
+  asm volatile("ld.global.nc.v2.u32 {%0, %1}, [%2];" : "=r"(v.x), "=r"(v.y) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint4 ldg_u4(const void *p) {
+  uint4 v;
+  asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ uint32_t ldg_u8(const uint8_t *p) {
+  uint16_t v;
+  asm volatile("ld.global.nc.u8 %0, [%1];" : "=h"(v) : "l"(p));
+  return v;
+}
+__device__ __forceinline__ float ldg_f32(const float *p) {
+  float v;
+  asm volatile("ld.global.nc.f32 %0, [%1];" : "=f"(v) : "l"(p));
+  return v;
+}
+
+// Block c's loads, unconditional: the caller passes the last block again past the end; rows past `rows` read row
+// rows - 1 (x0 and x1 point there), whose sums are not written.
+template <int G, bool WIDE>
+__device__ __forceinline__ void lut_load(LutBlock<G> &b, const uint8_t *codes, const uint8_t *absmax_q,
+                                         const float *tables, const uint32_t (&first)[2 * G],
+                                         const __nv_bfloat16 *x0, const __nv_bfloat16 *x1, uint32_t c) {
+  const int t = threadIdx.x & 3;
+#pragma unroll
+  for (int f = 0; f < 2 * G; f++) {
+    const uint32_t blk = first[f] + c;
+    b.c[f] = ldg_u2(codes + 32 * (size_t)blk + 8 * t);
+    b.q[f] = ldg_u8(absmax_q + blk);
+    b.nest[f] = ldg_f32(tables + TABLE_NESTED + blk / NESTED_BLOCK);
+  }
+  const __nv_bfloat16 *p = x0 + 64 * (size_t)c;
+  b.xa[0] = ldg_u4(p);
+  b.xa[1] = ldg_u4(p + 8);
+  if (WIDE) {
+    p = x1 + 64 * (size_t)c;
+    b.xb[0] = ldg_u4(p);
+    b.xb[1] = ldg_u4(p + 8);
+  }
+}
+
+// The two bf16 values of byte `B` of `word` from the lane's copy of the table: `base` = the table's address +
+// 4 lane, plus the byte times 128.
+template <int B>
+__device__ __forceinline__ uint32_t lut_pair(uint32_t word, uint32_t base) {
+  const uint32_t addr = (__byte_perm(word, 0, 0x4440 | B) << 7) + base;
+  uint32_t v;
+  asm volatile("ld.shared.b32 %0, [%1];" : "=r"(v) : "r"(addr));
+  return v;
+}
+
+// d = a b for one 16x8x16 tile (the sums start from zero).
+__device__ __forceinline__ void mma_16816_zero(float (&d)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                               uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%10, %10, %10, %10};"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(0.0f));
+}
+
+// Step S of a 64-block: the lane's bytes 2S and 2S + 1 of features g (ca) and g + 8 (cb), x's words x0 and x1.
+template <int S>
+__device__ __forceinline__ void lut_step(float (&d)[4], const uint2 ca, const uint2 cb, uint32_t base, uint32_t x0,
+                                         uint32_t x1) {
+  const uint32_t wa = S < 2 ? ca.x : ca.y, wb = S < 2 ? cb.x : cb.y;
+  constexpr int P = (2 * S) % 4;
+  const uint32_t a0 = lut_pair<P>(wa, base), a2 = lut_pair<P + 1>(wa, base);
+  const uint32_t a1 = lut_pair<P>(wb, base), a3 = lut_pair<P + 1>(wb, base);
+  if (S == 0) mma_16816_zero(d, a0, a1, a2, a3, x0, x1);
+  else mma_16816(d, a0, a1, a2, a3, x0, x1);
+}
+
+// One row group's four steps over a 64-block's codes, scaled (sa: feature g's block, sb: g + 8's) into acc.
+__device__ __forceinline__ void lut_rows(float (&acc)[4], const uint2 ca, const uint2 cb, const uint4 *xv, float sa,
+                                         float sb, uint32_t base) {
+  float d[4];
+  lut_step<0>(d, ca, cb, base, xv[0].x, xv[0].y);
+  lut_step<1>(d, ca, cb, base, xv[0].z, xv[0].w);
+  lut_step<2>(d, ca, cb, base, xv[1].x, xv[1].y);
+  lut_step<3>(d, ca, cb, base, xv[1].z, xv[1].w);
+  acc[0] = __fmaf_rn(sa, d[0], acc[0]);
+  acc[1] = __fmaf_rn(sa, d[1], acc[1]);
+  acc[2] = __fmaf_rn(sb, d[2], acc[2]);
+  acc[3] = __fmaf_rn(sb, d[3], acc[3]);
+}
+
+template <int G, bool WIDE>
+__device__ __forceinline__ void lut_block(float (&acc)[G][2][4], const LutBlock<G> &b, const float *acode,
+                                          float offset, uint32_t base) {
+#pragma unroll
+  for (int h = 0; h < G; h++) {
+    const float sa = acode[b.q[2 * h]] * b.nest[2 * h] + offset;
+    const float sb = acode[b.q[2 * h + 1]] * b.nest[2 * h + 1] + offset;
+#pragma unroll
+    for (int r = 0; r < (WIDE ? 2 : 1); r++)
+      lut_rows(acc[h][r], b.c[2 * h], b.c[2 * h + 1], r == 0 ? b.xa : b.xb, sa, sb, base);
+  }
+}
+
+template <int G, bool WIDE>
+__device__ __forceinline__ void nf4_gemv_lut(const uint8_t *__restrict__ codes, const uint8_t *__restrict__ absmax_q,
+                                             const float *__restrict__ tables, const __nv_bfloat16 *__restrict__ x,
+                                             __nv_bfloat16 *__restrict__ y, size_t n, size_t k, int rows,
+                                             const GemvAdd add) {
+  extern __shared__ __align__(16) float lut_smem[];
+  constexpr int TABLE_WORDS = 256 * 32;
+  float *partial = lut_smem, *acode = lut_smem + TABLE_WORDS, *mid = acode + 256, *b_rows = mid + rows * add.rank;
+  const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = lane >> 2, t = lane & 3;
+  const size_t j0 = (size_t)blockIdx.x * (16 * G);
+  const uint32_t blocks = (uint32_t)(k / NF4_BLOCK);
+  // Features past n read the last feature's codes (their sums are not written).
+  uint32_t first[2 * G];
+#pragma unroll
+  for (int f = 0; f < 2 * G; f++) {
+    size_t j = j0 + 16 * (f / 2) + 8 * (f % 2) + g;
+    first[f] = (uint32_t)(j < n ? j : n - 1) * blocks;
+  }
+  const __nv_bfloat16 *x0 = x + (size_t)min(g, rows - 1) * k + 16 * t;
+  const __nv_bfloat16 *x1 = x + (size_t)min(g + 8, rows - 1) * k + 16 * t;
+  // The first block's loads are on their way while the tables are built.
+  LutBlock<G> cur, next;
+  uint32_t c = warp;
+  lut_load<G, WIDE>(cur, codes, absmax_q, tables, first, x0, x1, min(c, blocks - 1));
+  gemv_add_prologue<G>(add, mid, b_rows, j0, n, rows);
+  // Entry e for every lane: thread i writes half of entry i / 2's copies (16 words, four 16-byte stores).
+  for (int i = threadIdx.x; i < 512; i += blockDim.x) {
+    const int e = i >> 1;
+    __nv_bfloat162 p = __floats2bfloat162_rn(tables[e >> 4], tables[e & 15]);
+    const uint32_t w = *reinterpret_cast<const uint32_t *>(&p);
+    uint4 *dst = reinterpret_cast<uint4 *>(lut_smem + (e << 5) + 16 * (i & 1));
+#pragma unroll
+    for (int q = 0; q < 4; q++) dst[q] = make_uint4(w, w, w, w);
+  }
+  for (int i = threadIdx.x; i < 256; i += blockDim.x) acode[i] = tables[16 + i];
+  __syncthreads();
+  const uint32_t base = (uint32_t)__cvta_generic_to_shared(lut_smem) + 4 * lane;
+  const float offset = tables[TABLE_OFFSET];
+  float acc[G][2][4];
+#pragma unroll
+  for (int h = 0; h < G; h++)
+#pragma unroll
+    for (int i = 0; i < 4; i++) acc[h][0][i] = acc[h][1][i] = 0.0f;
+  for (; c < blocks; c += warps) {
+    lut_load<G, WIDE>(next, codes, absmax_q, tables, first, x0, x1, min(c + warps, blocks - 1));
+    lut_block<G, WIDE>(acc, cur, acode, offset, base);
+    cur = next;
+  }
+  __syncthreads();  // the table's space takes the partial sums
+  gemv_epilogue<G, WIDE ? 2 : 1>(acc, partial, mid, b_rows, add, y, j0, n, rows);
+}
+
+// One kernel per G (1 or 2) and WIDE (0: up to 8 rows, 1: up to 16), capped at 128 registers (see above).
+#define NF4_GEMV_LUT(G, WIDE)                                                                                  \
+  extern "C" __global__ void __maxnreg__(128)                                                                  \
+      nf4_gemv_lut##G##_##WIDE(const uint8_t *codes, const uint8_t *absmax_q, const float *tables,             \
+                               const __nv_bfloat16 *x, __nv_bfloat16 *y, size_t n, size_t k, int rows,         \
+                               const GemvAdd add) {                                                            \
+    nf4_gemv_lut<G, WIDE>(codes, absmax_q, tables, x, y, n, k, rows, add);                                     \
+  }
+NF4_GEMV_LUT(1, 0)
+NF4_GEMV_LUT(1, 1)
+NF4_GEMV_LUT(2, 0)
+NF4_GEMV_LUT(2, 1)
