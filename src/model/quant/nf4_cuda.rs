@@ -107,9 +107,8 @@ impl Nf4Cuda {
 
     /// Generation's product `x @ W^T` for a few rows of bf16 `x` `[rows, in_features]` straight from the NF4
     /// codes (`nf4_gemv_mma*` or `nf4_gemv_lut*` on the tensor cores: the weight is never dequantized into
-    /// memory), or None where
-    /// the kernels do not apply (more than 16 rows, another dtype, a row width that is not a multiple of 64, a
-    /// misaligned view).
+    /// memory), or None where the kernels do not apply (more than 16 rows, another dtype, a row width that is
+    /// not a multiple of 64, a misaligned view).
     pub fn gemv(&self, x: &Tensor) -> candle_core::Result<Option<Tensor>> {
         self.gemv_with(x, GemvKernel::Auto, &GemvAdd::default())
     }
@@ -716,10 +715,10 @@ pub enum GemvKernel {
 
 impl GemvKernel {
     /// The kernel and launch shape for a weight of `n` output features by `k` inputs: the lut kernel where it
-    /// measured fastest, from 8,192 features (4 warps a block: 14336 x 4096 took 26.0 us a row against 30.2 for
-    /// nf4_gemv_mma's best shape on an H100) or from k = 8,192 (16 warps: 4096 x 14336, 21.6 against 26.0;
-    /// bench/results/h100-gemv-variants-2026-12-07.txt), the tensor-core kernel of [`GemvKernel::for_width`]
-    /// below, where the two were level (4096 x 4096) or it was faster (1024 x 4096).
+    /// measured fastest, from 8,192 features (4 warps a block: 14336 x 4096 took 26.8 us a row against 29.5 for
+    /// nf4_gemv_mma's best launch on an H100) or from k = 8,192 (16 warps: 4096 x 14336, 21.1 against 26.8;
+    /// bench/results/h100-gemv-lut-2026-12-07.txt), nf4_gemv_mma as [`GemvKernel::for_width`] launches it below,
+    /// where the two were within 4% (4096 x 4096) or it was faster (1024 x 4096 at one row).
     pub fn for_shape(n: usize, k: usize) -> Self {
         match (n, k) {
             (8192.., _) => GemvKernel::Lut {

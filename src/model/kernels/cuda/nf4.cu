@@ -171,8 +171,9 @@ extern "C" __global__ void nf4_gemv_bf16(const uint8_t *codes, const uint8_t *ab
 // 16 G * (rank + 1) (B's rows, one float apart so that a warp's lanes, reading consecutive features, hit distinct
 // banks).
 
-// What nf4_gemv_mma adds to x W^T (null pointers and rank 0: nothing). bias f32 [n]; parts f32 [slices, rows, rank],
-// x A^T as the sum of its slices; b f32 [n, rank]; the low-rank term is scale * (x A^T) B^T.
+// What the tensor-core kernels (nf4_gemv_mma, nf4_gemv_lut) add to x W^T (null pointers and rank 0: nothing).
+// bias f32 [n]; parts f32 [slices, rows, rank], x A^T as the sum of its slices; b f32 [n, rank]; the low-rank term
+// is scale * (x A^T) B^T.
 struct GemvAdd {
   const float *bias;
   const float *parts;
