@@ -1,7 +1,8 @@
 // Variants of nf4.cu's few-row products for scripts/nf4_gemv_bench.py (not used by qlab). nf4.cu is included, so
 // its kernels (nf4_gemv_mma{G} and nf4_gemv_lut{G}_{WIDE}) are the baseline the variants are compared with
 // (measured on an H100: bench/results/h100-gemv-variants-2026-12-07.txt, where the lut kernels were still variants
-// here, with two more parameters: a second block in flight, no faster, is at f8b690b).
+// here, with two more parameters: a second block in flight, no faster, is at f8b690b; h100-gemv-lut-2026-12-07.txt,
+// this file as it is).
 //   mmap{G}: nf4_gemv_mma after asking L2 for the block's whole share of the weight (prefetch_features).
 //   lutp{G}_{WIDE}: nf4_gemv_lut after the same prefetch.
 //   lut{G}_{WIDE}_r64: nf4_gemv_lut capped at 64 registers (what the compiler picks unasked for the narrow kernels),
