@@ -5,8 +5,8 @@
 // this file as it is).
 //   mmap{G}: nf4_gemv_mma after asking L2 for the block's whole share of the weight (prefetch_features).
 //   lutp{G}_{WIDE}: nf4_gemv_lut after the same prefetch.
-//   lut{G}_{WIDE}_r64: nf4_gemv_lut capped at 64 registers (what the compiler picks unasked for the narrow kernels),
-//   which moves the next block's loads after the multiplications.
+//   lut{G}_{WIDE}_r64: nf4_gemv_lut capped at 64 registers (what the compiler picks unasked for lut2_0), which
+//   moves the next block's loads after the multiplications.
 // Build: nvcc -ptx -arch=compute_80 -fmad=false -o variants.ptx THIS
 #include "../src/model/kernels/cuda/nf4.cu"
 
@@ -38,7 +38,7 @@ __device__ __forceinline__ void prefetch_features(const uint8_t *codes, const ui
 NF4_GEMV_MMA_PREFETCH(1, 512)
 NF4_GEMV_MMA_PREFETCH(2, 512)
 
-// nf4.cu's lut kernel after the prefetch, and at the compiler's own register choice.
+// nf4.cu's lut kernel after the prefetch, and capped at 64 registers.
 #define NF4_GEMV_LUT_VARIANTS(G, WIDE)                                                                         \
   extern "C" __global__ void __maxnreg__(128)                                                                  \
       nf4_gemv_lutp##G##_##WIDE(const uint8_t *codes, const uint8_t *absmax_q, const float *tables,            \
@@ -47,12 +47,7 @@ NF4_GEMV_MMA_PREFETCH(2, 512)
     prefetch_features<G>(codes, absmax_q, n, k);                                                               \
     nf4_gemv_lut<G, WIDE>(codes, absmax_q, tables, x, y, n, k, rows, add);                                     \
   }                                                                                                            \
-  extern "C" __global__ void __maxnreg__(64)                                                                   \
-      nf4_gemv_lut##G##_##WIDE##_r64(const uint8_t *codes, const uint8_t *absmax_q, const float *tables,       \
-                                     const __nv_bfloat16 *x, __nv_bfloat16 *y, size_t n, size_t k, int rows,   \
-                                     const GemvAdd add) {                                                      \
-    nf4_gemv_lut<G, WIDE>(codes, absmax_q, tables, x, y, n, k, rows, add);                                     \
-  }
+  NF4_GEMV_LUT_KERNEL(nf4_gemv_lut##G##_##WIDE##_r64, G, WIDE, 64)
 NF4_GEMV_LUT_VARIANTS(1, 0)
 NF4_GEMV_LUT_VARIANTS(1, 1)
 NF4_GEMV_LUT_VARIANTS(2, 0)

@@ -452,7 +452,7 @@ fn an_adapted_nf4_projection_with_dropout_or_a_large_rank_takes_the_general_prod
     assert!(w.gemv_adds_rank(&x(4), 256).unwrap());
     check_adapted_nf4(200, 320, 256, &[4, 16], false);
     // Rank 128 over [8200, 320]: the lut kernel's table leaves no room for it, so Auto falls back to
-    // nf4_gemv_mma, whose partial sums do (8 warps: 32 KiB of them at most).
+    // nf4_gemv_mma, whose partial sums leave it room (8 warps of 2 groups: 16 KiB).
     let w = Nf4Cuda::upload(
         &Nf4Tensor::quantize(&weights(8200 * 320), vec![8200, 320]),
         &dev,

@@ -393,8 +393,8 @@ NF4_GEMV_MMA(1, 512)
 NF4_GEMV_MMA(2, 512)
 NF4_GEMV_MMA(4, 256)
 
-// nf4_gemv_lut: the same product with the scale applied after the tensor cores (measured 10-20% faster than
-// nf4_gemv_mma on the wide products, bench/results/h100-gemv-variants-2026-12-07.txt). Each 64-block's four k16
+// nf4_gemv_lut: the same product with the scale applied after the tensor cores (measured 9-21% faster than
+// nf4_gemv_mma on the wide products, bench/results/h100-gemv-lut-2026-12-07.txt). Each 64-block's four k16
 // steps multiply the raw code values (the quant map's, in bf16) and are summed by one mma chain; the block's sum is
 // then scaled once in f32 and added: about half the instructions per weight of dequantizing every value. A code byte
 // becomes its two bf16 values (one word, the high nibble's in the low half) by one lookup in a table of 256 words
@@ -406,8 +406,8 @@ NF4_GEMV_MMA(4, 256)
 // same sixteen elements of x's rows g and g + 8 (WIDE: rows 9 to 16 too). Step s (0..3) puts the lane's bytes 2s
 // (elements 4s, 4s + 1) where the mma's layout has k = 2t, 2t + 1, and 2s + 1 where it has k = 2t + 8, 2t + 9, in A
 // and B alike (as nf4_gemv_mma does). The next block's loads are issued before this one's lookups; the kernels'
-// register cap (128) keeps them there (at the compiler's own choice, 64, it moves them after the multiplications,
-// and each block waits for its loads). Any k that is a multiple of 64.
+// register cap (128) keeps them there (at 64, what the compiler picks for lut2_0 unasked, it moves them after the
+// multiplications, and each block waits for its loads). Any k that is a multiple of 64.
 //
 // Dynamic shared memory: the table (32 KiB; the warps' partial sums reuse it after the main loop: warps * G <= 32),
 // then acode[256], then rows * rank floats (the rank-wide rows), then 16 G * (rank + 1) (B's rows).
@@ -579,14 +579,15 @@ __device__ __forceinline__ void nf4_gemv_lut(const uint8_t *__restrict__ codes, 
   gemv_epilogue<G, WIDE ? 2 : 1>(acc, partial, mid, b_rows, add, y, j0, n, rows);
 }
 
-// One kernel per G (1 or 2) and WIDE (0: up to 8 rows, 1: up to 16), capped at 128 registers (see above).
-#define NF4_GEMV_LUT(G, WIDE)                                                                                  \
-  extern "C" __global__ void __maxnreg__(128)                                                                  \
-      nf4_gemv_lut##G##_##WIDE(const uint8_t *codes, const uint8_t *absmax_q, const float *tables,             \
-                               const __nv_bfloat16 *x, __nv_bfloat16 *y, size_t n, size_t k, int rows,         \
-                               const GemvAdd add) {                                                            \
+// A lut kernel named NAME, capped at REGS registers (scripts/nf4_gemv_variants.cu instantiates others).
+#define NF4_GEMV_LUT_KERNEL(NAME, G, WIDE, REGS)                                                               \
+  extern "C" __global__ void __maxnreg__(REGS)                                                                 \
+      NAME(const uint8_t *codes, const uint8_t *absmax_q, const float *tables, const __nv_bfloat16 *x,         \
+           __nv_bfloat16 *y, size_t n, size_t k, int rows, const GemvAdd add) {                                \
     nf4_gemv_lut<G, WIDE>(codes, absmax_q, tables, x, y, n, k, rows, add);                                     \
   }
+// One kernel per G (1 or 2) and WIDE (0: up to 8 rows, 1: up to 16), capped at 128 registers (see above).
+#define NF4_GEMV_LUT(G, WIDE) NF4_GEMV_LUT_KERNEL(nf4_gemv_lut##G##_##WIDE, G, WIDE, 128)
 NF4_GEMV_LUT(1, 0)
 NF4_GEMV_LUT(1, 1)
 NF4_GEMV_LUT(2, 0)
