@@ -464,6 +464,106 @@ fn an_adapted_nf4_projection_with_dropout_or_a_large_rank_takes_the_general_prod
 }
 
 #[test]
+fn adapted_nf4_projections_of_one_input_answer_together_as_each_alone() {
+    use qlab::model::FrozenLinear;
+    use qlab::model::kernels::{fused_adapted, fused_adapted_members};
+    let dev = gpu();
+    // q, k and v in small ([200, 1088], then [72, 1088] twice; k and v with a bias, as Qwen 2's), rank 12, and
+    // gate and up ([8200, 1088] twice: the lut kernel's), rank 8: 1 to 16 rows answer together, each output the
+    // same to the bit as the projection's own few-row path (fused_adapted), which the tests above check.
+    let k = 1088;
+    let member = |n: usize, rank: usize, bias: bool, seed: f64| {
+        let reference = Nf4Tensor::quantize(&weights(n * k), vec![n, k]);
+        let w = std::sync::Arc::new(Nf4Cuda::upload(&reference, &dev).unwrap());
+        let bias = bias.then(|| Tensor::randn(0f32, 1.0, n, &dev).unwrap());
+        let a = (Tensor::randn(0f32, 0.1, (rank, k), &dev).unwrap() * seed).unwrap();
+        let b = Tensor::randn(0f32, 1.0, (n, rank), &dev).unwrap();
+        (FrozenLinear::new(FrozenWeight::Nf4Cuda(w), bias), a, b)
+    };
+    let qkv = [
+        member(200, 12, false, 1.0),
+        member(72, 12, true, 0.5),
+        member(72, 12, true, 2.0),
+    ];
+    let gate_up = [member(8200, 8, false, 1.0), member(8200, 8, false, 0.7)];
+    for (group, scale) in [(&qkv[..], 2.0), (&gate_up[..], 0.5)] {
+        let members: Vec<_> = group.iter().map(|(l, a, b)| (l, (a, b, scale))).collect();
+        for m in [1, 2, 7, 10, 16] {
+            let x = Tensor::randn(0f32, 1.0, (1, m, k), &dev)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap();
+            let together = fused_adapted_members(&x, &members)
+                .unwrap()
+                .expect("served together");
+            assert_eq!(together.len(), members.len());
+            for (j, (base, (a, b, scale))) in members.iter().enumerate() {
+                let alone = fused_adapted(&x, base, (a, b, *scale), None)
+                    .unwrap()
+                    .expect("served alone");
+                assert_eq!(together[j].dims(), alone.dims(), "member {j}, {m} rows");
+                let diff = (host_f32(&together[j]) - host_f32(&alone)).unwrap();
+                assert_eq!(
+                    max_abs(&diff),
+                    0.0,
+                    "member {j} of {}, {m} rows",
+                    members.len()
+                );
+            }
+        }
+        // 17 rows: the dense products, each on its own.
+        let x = Tensor::zeros((1, 17, k), DType::BF16, &dev).unwrap();
+        assert!(fused_adapted_members(&x, &members).unwrap().is_none());
+    }
+    // Adapters of different ranks do not share the launch.
+    let (l0, a0, b0) = &qkv[0];
+    let (l1, a1, b1) = &gate_up[0];
+    let mixed = [(l0, (a0, b0, 1.0)), (l1, (a1, b1, 1.0))];
+    let x = Tensor::zeros((1, 1, k), DType::BF16, &dev).unwrap();
+    assert!(fused_adapted_members(&x, &mixed).unwrap().is_none());
+}
+
+#[test]
+fn an_nf4_models_cached_decoding_step_with_adapters_matches_its_whole_forward() {
+    // Llama and Qwen 2 (biases on q, k and v) in NF4 with r=8 adapters on every projection, no dropout: the
+    // cached step answers its one row with the few-row kernels, q, k and v, then gate and up, together.
+    let dev = gpu();
+    for fam in ["llama", "qwen2"] {
+        let dir = fixture(fam);
+        let exp = expected(&dir);
+        let model = nf4_with_lora_dropout(&dir, &dev, 0.0);
+        let ids = exp["input_ids"]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .narrow(0, 0, 1)
+            .unwrap()
+            .to_device(&dev)
+            .unwrap();
+        let t = ids.dim(1).unwrap();
+        let whole = model
+            .forward_last(&ids, &Positions::From(0), None, None)
+            .unwrap();
+        let mut cache = KvCache::new(model.blocks.len());
+        let prefix = ids.narrow(1, 0, t - 1).unwrap();
+        model
+            .forward_last(&prefix, &Positions::From(0), None, Some(&mut cache))
+            .unwrap();
+        let last = ids.narrow(1, t - 1, 1).unwrap();
+        let step = model
+            .forward_last(&last, &Positions::From(t - 1), None, Some(&mut cache))
+            .unwrap();
+        let e = rel_err(&step, &whole, None);
+        eprintln!(
+            "{fam} nf4 + LoRA: cached decoding step vs whole forward, relative error {e:.2e}"
+        );
+        assert!(
+            e <= LOGITS_REL,
+            "{fam} nf4 + LoRA: cached decoding step {e}"
+        );
+    }
+}
+
+#[test]
 fn logits_match_hf_for_every_family_in_bf16() {
     let dev = gpu();
     for fam in FAMILIES {
@@ -584,11 +684,11 @@ fn loss_and_lora_gradients_match_peft_in_bf16() {
 /// The llama fixture in NF4 on `dev` with r=8 LoRA (dropout 0.1) on every projection and fixed non-zero
 /// adapter weights.
 fn nf4_llama_with_lora(dir: &Path, dev: &Device) -> Decoder {
-    nf4_llama_with_lora_dropout(dir, dev, 0.1)
+    nf4_with_lora_dropout(dir, dev, 0.1)
 }
 
-/// [`nf4_llama_with_lora`] with LoRA dropout `dropout`.
-fn nf4_llama_with_lora_dropout(dir: &Path, dev: &Device, dropout: f64) -> Decoder {
+/// The fixture in `dir` as [`nf4_llama_with_lora`] makes llama's, with LoRA dropout `dropout`.
+fn nf4_with_lora_dropout(dir: &Path, dev: &Device, dropout: f64) -> Decoder {
     use qlab::model::{LoraSpec, Target};
     let mut m = load_model(dir, Quant::Nf4, dev).unwrap();
     m.add_lora(&LoraSpec {
@@ -643,7 +743,7 @@ fn gpu_step_matches_the_cpu(dropout: f64, what: &str) {
     let dir = fixture("llama");
     let exp = expected(&dir);
     let run = |d: &Device| {
-        let model = nf4_llama_with_lora_dropout(&dir, d, dropout);
+        let model = nf4_with_lora_dropout(&dir, d, dropout);
         step_with(&model, &train_batch(&exp, d), d, |_| {})
     };
     let want = run(&Device::Cpu);
@@ -740,7 +840,7 @@ fn attention_halves_in_host_memory_give_the_steps_loss_and_gradients() {
     let dir = fixture("llama");
     let batch = train_batch(&expected(&dir), &dev);
     for dropout in [0.1, 0.0] {
-        let model = nf4_llama_with_lora_dropout(&dir, &dev, dropout);
+        let model = nf4_with_lora_dropout(&dir, &dev, dropout);
         let run = |on_host| step_with(&model, &batch, &dev, |o| o.attention_on_host = on_host);
         let (recomputed, kept) = (run(false), run(true));
         assert_eq!(recomputed.halves_on_host, 0);
@@ -760,7 +860,7 @@ fn the_recomputation_keeps_gate_and_ups_weight_for_its_backward() {
     let exp = expected(&dir);
     for dropout in [0.0, 0.1] {
         let run = |d: &Device| {
-            let model = nf4_llama_with_lora_dropout(&dir, d, dropout);
+            let model = nf4_with_lora_dropout(&dir, d, dropout);
             let blocks = model.blocks.len();
             (
                 step_with(&model, &train_batch(&exp, d), d, |o| o.checkpointing = true),

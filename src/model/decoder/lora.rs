@@ -184,6 +184,31 @@ impl AdaptedLinear {
         y + delta.reshape(dims)?.to_dtype(dtype)?
     }
 
+    /// Generation's adapted projections of one input `x`, each with its call (q, k and v; gate and up), finished
+    /// together where a fused kernel serves them all (`kernels::fused_adapted_members`); None otherwise (one
+    /// without an adapter, dropout, gradients, a replayed or given frozen product, or no such kernel).
+    pub fn forward_members(
+        linears: &[(&AdaptedLinear, LoraCall)],
+        x: &Tensor,
+    ) -> Result<Option<Vec<Tensor>>> {
+        let mut operands = Vec::with_capacity(linears.len());
+        for (linear, call) in linears {
+            let Some(l) = &linear.lora else {
+                return Ok(None);
+            };
+            let plain = call.saved.is_none() && call.frozen.is_none();
+            if !call.generation || call.grad || !plain || l.dropout_seed(call).is_some() {
+                return Ok(None);
+            }
+            operands.push((&linear.base, l.operands(false), l.scale));
+        }
+        let members: Vec<_> = operands
+            .iter()
+            .map(|(base, (a, b), scale)| (*base, (a, b, *scale)))
+            .collect();
+        crate::model::kernels::fused_adapted_members(x, &members)
+    }
+
     /// A and B (tracked when the call wants gradients) and the dropout mask for input `x`.
     fn adapter_operands(
         x: &Tensor,

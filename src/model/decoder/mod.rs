@@ -421,14 +421,25 @@ impl Decoder {
             frozen: None,
             precision: ctx.precision,
         };
-        // Generation: the products of one input in one parallel loop, handed to each projection.
-        let joint = |linears: &[&AdaptedLinear], x: &Tensor| -> Result<Option<Vec<Tensor>>> {
-            if !ctx.generation {
-                return Ok(None);
-            }
-            let bases: Vec<&FrozenLinear> = linears.iter().map(|l| &l.base).collect();
-            crate::model::kernels::generation_products(&bases, x)
-        };
+        // Projections of one input (q, k and v; gate and up). Generation: finished together where a fused kernel
+        // serves them all (a GPU's few rows), or else each handed its frozen product from one parallel loop.
+        let together =
+            |linears: &[(&AdaptedLinear, LoraCall)], x: &Tensor| -> Result<Vec<Tensor>> {
+                if !ctx.generation {
+                    return linears
+                        .iter()
+                        .map(|(l, call)| l.forward(x, *call))
+                        .collect();
+                }
+                if let Some(ys) = AdaptedLinear::forward_members(linears, x)? {
+                    return Ok(ys);
+                }
+                let bases: Vec<&FrozenLinear> = linears.iter().map(|(l, _)| &l.base).collect();
+                let products = crate::model::kernels::generation_products(&bases, x)?;
+                let each = linears.iter().enumerate();
+                each.map(|(j, (l, call))| l.forward(x, given(*call, &products, j)))
+                    .collect()
+            };
         let (b, t, _) = x.dims3()?;
         let (h, kvh, hd) = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim);
         // No gradient is needed (generation, the checkpointed first pass): candle's fused kernels, which
@@ -449,10 +460,15 @@ impl Decoder {
             }
         };
         let hn = norm(&blk.input_norm, x)?;
-        let qkv = joint(&[&blk.q, &blk.k, &blk.v], &hn)?;
-        let q = blk.q.forward(&hn, given(site(Target::Q), &qkv, 0))?;
-        let k = blk.k.forward(&hn, given(site(Target::K), &qkv, 1))?;
-        let v = blk.v.forward(&hn, given(site(Target::V), &qkv, 2))?;
+        let qkv = [
+            (&blk.q, site(Target::Q)),
+            (&blk.k, site(Target::K)),
+            (&blk.v, site(Target::V)),
+        ];
+        let qkv = together(&qkv, &hn)?;
+        let [q, k, v] = qkv.as_slice() else {
+            candle_core::bail!("block {i}: {} outputs for q, k and v", qkv.len())
+        };
         let rope = if fused {
             apply_rope_no_grad
         } else if cpu_grad {
@@ -472,8 +488,8 @@ impl Decoder {
                 false => Ok(y),
             }
         };
-        let q = split(&q, h, true)?;
-        let (k, v) = (split(&k, kvh, true)?, split(&v, kvh, false)?);
+        let q = split(q, h, true)?;
+        let (k, v) = (split(k, kvh, true)?, split(v, kvh, false)?);
         let (k, v) = match cache {
             Some(cache) => cache.append(i, &k, &v)?,
             None => (k, v),
@@ -523,15 +539,14 @@ impl Decoder {
         };
         let x = (x + attn)?;
         let hn = norm(&blk.pre_ff_norm, &x)?;
-        let gate_up = joint(&[&blk.gate, &blk.up], &hn)?;
-        let gate = blk
-            .gate
-            .forward(&hn, given(site(Target::Gate), &gate_up, 0))?;
-        let up = blk.up.forward(&hn, given(site(Target::Up), &gate_up, 1))?;
+        let gate_up = [(&blk.gate, site(Target::Gate)), (&blk.up, site(Target::Up))];
+        let gate_up = together(&gate_up, &hn)?;
+        let [gate, up] = gate_up.as_slice() else {
+            candle_core::bail!("block {i}: {} outputs for gate and up", gate_up.len())
+        };
         let gated = if cpu {
-            cpu::gated::gated_product(&gate, &up, cfg.activation)?
-        } else if let Some(gated) = crate::model::kernels::fused_gated(&gate, &up, cfg.activation)?
-        {
+            cpu::gated::gated_product(gate, up, cfg.activation)?
+        } else if let Some(gated) = crate::model::kernels::fused_gated(gate, up, cfg.activation)? {
             gated
         } else {
             let gate = match cfg.activation {

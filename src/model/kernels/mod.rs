@@ -119,6 +119,34 @@ pub fn fused_adapted(
     Ok(None)
 }
 
+/// cuda hook: generation's adapted projections of one input `x` (q, k and v; gate and up), each a frozen linear
+/// with its adapter's A `[r, in]`, B `[out, r]` and scale, finished together where the few-row NF4 kernels serve
+/// them all (see `cuda::adapted::few_rows_members`: one launch for the adapters' rank-wide rows); None otherwise,
+/// and always without the `cuda` feature.
+#[cfg_attr(not(feature = "cuda"), allow(unused_variables))]
+pub fn fused_adapted_members(
+    x: &Tensor,
+    members: &[(&FrozenLinear, (&Tensor, &Tensor, f64))],
+) -> candle_core::Result<Option<Vec<Tensor>>> {
+    #[cfg(feature = "cuda")]
+    if cuda::fused::applies(x) {
+        let members: Vec<_> = members
+            .iter()
+            .map(|&(base, (a, b, scale))| {
+                let adapter = cuda::adapted::Adapter {
+                    a,
+                    b,
+                    scale,
+                    dropout: None,
+                };
+                (base, adapter)
+            })
+            .collect();
+        return cuda::adapted::few_rows_members(x, &members);
+    }
+    Ok(None)
+}
+
 /// One projection of a fused block: the frozen linear, the adapter's A `[r, in]` and B `[out, r]` (tracked
 /// when trained), its scale and the dropout mask on its input.
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]

@@ -12,8 +12,8 @@ use std::sync::Mutex;
 use candle_core::{CudaStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 
 use super::lowrank::{
-    Base, BaseView, STACK_MOST, expand, expand_storage, project, reduce, rows_project,
-    stacked_parts, stacked_parts_transposed, weight_parts,
+    Base, BaseView, ROWS_PROJECT_MEMBERS, STACK_MOST, expand, expand_storage, project, reduce,
+    rows_project, rows_project_members, stacked_parts, stacked_parts_transposed, weight_parts,
 };
 use crate::model::quant::frozen::{FrozenLinear, FrozenWeight};
 use crate::model::quant::{GemvAdd, GemvKernel, LowRankAdd};
@@ -397,6 +397,58 @@ fn few_rows(x2: &Tensor, base: &FrozenLinear, adapter: &Adapter) -> Result<Optio
     let mid = rank_wide(x2, adapter)?;
     let b_t = weight_parts(&adapter.b.detach().t()?)?;
     expand(Base::Add(&frozen), &mid, &b_t).map(Some)
+}
+
+/// [`few_rows`] for projections that read the same `x` `[.., in]` (q, k and v; gate and up), each an NF4 weight
+/// with an adapter of one rank and no dropout: their adapters' rank-wide rows in one launch
+/// (`lowrank::rows_project_members`), then each frozen product with its bias and its adapter's product in its
+/// own (`Nf4Cuda::gemv_with`). Each output equals [`few_rows`]'s for its member alone, to the bit. None where
+/// this does not serve them all (the caller then runs each member as it would alone).
+pub fn few_rows_members(x: &Tensor, members: &[Member]) -> Result<Option<Vec<Tensor>>> {
+    let Some((_, first)) = members.first() else {
+        return Ok(None);
+    };
+    let (rank, in_f) = first.a.dims2()?;
+    if members.len() > ROWS_PROJECT_MEMBERS || x.track_op() {
+        return Ok(None);
+    }
+    let x2 = x.contiguous()?.reshape(((), in_f))?;
+    let mut weights = Vec::with_capacity(members.len());
+    for (base, adapter) in members {
+        let FrozenWeight::Nf4Cuda(w) = &base.weight else {
+            return Ok(None);
+        };
+        let tracked = adapter.a.track_op() || adapter.b.track_op();
+        if tracked || adapter.dropout.is_some() || adapter.a.dims2()? != (rank, in_f) {
+            return Ok(None);
+        }
+        if !w.gemv_adds_rank(&x2, rank)? {
+            return Ok(None);
+        }
+        weights.push(w);
+    }
+    let a: Vec<Tensor> = members.iter().map(|(_, m)| m.a.detach()).collect();
+    let Some(parts) = rows_project_members(&x2, &a.iter().collect::<Vec<_>>())? else {
+        return Ok(None);
+    };
+    let mut outs = Vec::with_capacity(members.len());
+    for (j, ((base, adapter), w)) in members.iter().zip(weights).enumerate() {
+        let mut add = GemvAdd::bias(base.bias.as_ref())?;
+        add.low_rank = Some(LowRankAdd {
+            parts: parts.get(j)?,
+            b: adapter.b.detach().contiguous()?,
+            scale: adapter.scale as f32,
+        });
+        let Some(y) = w.gemv_with(&x2, GemvKernel::Auto, &add)? else {
+            return Ok(None);
+        };
+        let mut dims = x.dims().to_vec();
+        if let Some(last) = dims.last_mut() {
+            *last = y.dim(1)?;
+        }
+        outs.push(y.reshape(dims)?);
+    }
+    Ok(Some(outs))
 }
 
 /// The rank-wide intermediate `s dropout(x2) A^T` `[rows, r]` (as `lowrank::project`'s parts) for bf16 `x2`

@@ -111,12 +111,14 @@ extern "C" __global__ void fold_split_bf16(const float *src, bf16 *dst, size_t A
 }
 
 // Answering's few rows, the adapter's first product in slices of the summed axis (no tensor cores, no bf16 parts
-// of the adapter): parts [S, m, r] with parts[s, i, t] = sum of x[i, e] A[t, e] over e in slice s, [1024 s,
-// 1024 s + 1024), for bf16 x [m, k] and f32 A [r, k], summed in f32; m <= 16, k a multiple of 8, x and A 16-byte
-// aligned. nf4.cu's nf4_gemv_mma adds the slices up (times the adapter's scale) in the same launch as the frozen
-// product. Grid (S, ceil(r / 8)), 8 warps a block: warp w takes rank t = 8 blockIdx.y + w of slice s = blockIdx.x,
-// lane l the eight elements 1024 s + 256 c + 8 l (c < 4) of A's row t (read once, for every row of x) and of x's
-// rows, four rows at a time; then each row's 32 lane sums meet across the warp, and lane i writes row i's.
+// of the adapter), for up to three adapters of one input at once (q, k and v; gate and up): parts [M, S, m, r] with
+// parts[j, s, i, t] = sum of x[i, e] A_j[t, e] over e in slice s, [1024 s, 1024 s + 1024), for bf16 x [m, k] and
+// f32 A_j [r, k] (a0, a1, a2; M = members of them used), summed in f32; m <= 16, k a multiple of 8, x and the A's
+// 16-byte aligned. nf4.cu's nf4_gemv_mma adds one member's slices up (times its adapter's scale) in the same launch
+// as its frozen product. Grid (S, ceil(M r / 8)), 8 warps a block: warp w takes rank t = 8 blockIdx.y + w of the
+// members' ranks one after the other (member t / r) and slice s = blockIdx.x, lane l the eight elements
+// 1024 s + 256 c + 8 l (c < 4) of that A's row (read once, for every row of x) and of x's rows, four rows at a
+// time; then each row's 32 lane sums meet across the warp, and lane i writes row i's.
 // Elements past k are read at element 0 and taken as zeros, and rows past m (up to the next multiple of four) as
 // row m - 1, so that the loads carry no branches and are in flight together.
 #define ROWS_SLICE 1024
@@ -127,10 +129,12 @@ __device__ __forceinline__ uint4 zero_unless(bool keep, uint4 v) {
 }
 
 extern "C" __global__ void __launch_bounds__(256)
-    rows_project(const bf16 *__restrict__ x, const float *__restrict__ a, float *__restrict__ parts, int m, int k,
-                 int r) {
+    rows_project(const bf16 *__restrict__ x, const float *__restrict__ a0, const float *__restrict__ a1,
+                 const float *__restrict__ a2, float *__restrict__ parts, int m, int k, int r, int members) {
   const int lane = threadIdx.x & 31, t = blockIdx.y * 8 + (threadIdx.x >> 5), s = blockIdx.x;
-  if (t >= r) return;  // the whole warp: t is the same for its lanes
+  if (t >= members * r) return;  // the whole warp: t is the same for its lanes
+  const int member = t / r, u = t - member * r;
+  const float *a = member == 0 ? a0 : member == 1 ? a1 : a2;
   bool valid[4];
   int at[4];
   uint4 av[4][2];
@@ -139,7 +143,7 @@ extern "C" __global__ void __launch_bounds__(256)
     const int e = s * ROWS_SLICE + 256 * c + 8 * lane;
     valid[c] = e < k;
     at[c] = valid[c] ? e : 0;
-    const uint4 *p = reinterpret_cast<const uint4 *>(a + (size_t)t * k + at[c]);
+    const uint4 *p = reinterpret_cast<const uint4 *>(a + (size_t)u * k + at[c]);
     av[c][0] = zero_unless(valid[c], p[0]);
     av[c][1] = zero_unless(valid[c], p[1]);
   }
@@ -174,5 +178,5 @@ extern "C" __global__ void __launch_bounds__(256)
     for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
     if (lane == i) mine = v;
   }
-  if (lane < m) parts[((size_t)s * m + lane) * r + t] = mine;
+  if (lane < m) parts[(((size_t)member * gridDim.x + s) * m + lane) * r + u] = mine;
 }

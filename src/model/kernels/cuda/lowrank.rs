@@ -15,7 +15,9 @@
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
-use candle_core::{CudaStorage, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor};
+use candle_core::{
+    CudaStorage, CustomOp1, CustomOp2, DType, Layout, Result, Shape, Storage, Tensor,
+};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 use cudarc::driver::{
     CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
@@ -594,6 +596,8 @@ impl candle_core::CustomOp3 for NormProject {
 const ROWS_PROJECT_MOST: usize = 16;
 /// Elements of the summed axis in one slice of [`rows_project`] (ROWS_SLICE in lowrank.cu).
 const ROWS_SLICE: usize = 1024;
+/// The most adapters [`rows_project_members`] takes at once (rows_project's a0, a1 and a2 in lowrank.cu).
+pub const ROWS_PROJECT_MEMBERS: usize = 3;
 
 /// Answering's few rows, the adapter's first product: `x A^T` for bf16 `x` `[m, k]` and f32 A `[r, k]` as f32
 /// partial sums `[S, m, r]` over slices of 1,024 elements of k (S = k / 1024 rounded up), which the NF4 few-row
@@ -602,68 +606,101 @@ const ROWS_SLICE: usize = 1024;
 /// several (each operand split into bf16 parts, the products, a fold). None where the kernel does not serve
 /// (more than 16 rows, k not a multiple of 8, another dtype, a view not 16-byte aligned).
 pub fn rows_project(x: &Tensor, a: &Tensor) -> Result<Option<Tensor>> {
+    rows_project_members(x, &[a])?
+        .map(|parts| parts.squeeze(0))
+        .transpose()
+}
+
+/// [`rows_project`] for the adapters of projections that read the same `x` (q, k and v; gate and up), up to
+/// [`ROWS_PROJECT_MEMBERS`] A's of one shape, in one launch: `[members, S, m, r]`, member j's partial sums
+/// contiguous at `[j]`. None where the kernel does not serve them.
+pub fn rows_project_members(x: &Tensor, a: &[&Tensor]) -> Result<Option<Tensor>> {
     let (m, k) = x.dims2()?;
-    let (r, ak) = a.dims2()?;
-    if ak != k || m == 0 || m > ROWS_PROJECT_MOST || r == 0 || k == 0 || !k.is_multiple_of(8) {
+    let Some(first) = a.first() else {
         return Ok(None);
-    }
-    if x.dtype() != DType::BF16 || a.dtype() != DType::F32 {
-        return Ok(None);
-    }
-    let (x, a) = (x.contiguous()?, a.contiguous()?);
-    // 16-byte loads: eight bf16 values of x, four f32 values of A.
-    if !x.layout().start_offset().is_multiple_of(8) || !a.layout().start_offset().is_multiple_of(4)
+    };
+    let (r, ak) = first.dims2()?;
+    if a.len() > ROWS_PROJECT_MEMBERS
+        || ak != k
+        || m == 0
+        || m > ROWS_PROJECT_MOST
+        || r == 0
+        || k == 0
+        || !k.is_multiple_of(8)
+        || x.dtype() != DType::BF16
     {
         return Ok(None);
     }
-    x.apply_op2_no_bwd(&a, &RowsProject).map(Some)
+    let mut members = Vec::with_capacity(a.len());
+    for t in a {
+        if t.dims2()? != (r, k) || t.dtype() != DType::F32 {
+            return Ok(None);
+        }
+        let t = t.contiguous()?;
+        // 16-byte loads: four f32 values of A.
+        if !t.layout().start_offset().is_multiple_of(4) {
+            return Ok(None);
+        }
+        members.push(t);
+    }
+    let x = x.contiguous()?;
+    // 16-byte loads: eight bf16 values of x.
+    if !x.layout().start_offset().is_multiple_of(8) {
+        return Ok(None);
+    }
+    x.apply_op1_no_bwd(&RowsProject { a: members }).map(Some)
 }
 
-/// [`rows_project`]'s op on checked operands.
-struct RowsProject;
+/// [`rows_project_members`]'s op on checked operands: x is the op's tensor, the A's ride along.
+struct RowsProject {
+    a: Vec<Tensor>,
+}
 
-impl CustomOp2 for RowsProject {
+impl CustomOp1 for RowsProject {
     fn name(&self) -> &'static str {
         "lowrank-rows-project"
     }
 
-    cuda_only!(x y);
+    cuda_only!(x);
 
-    fn cuda_fwd(
-        &self,
-        x: &CudaStorage,
-        xl: &Layout,
-        a: &CudaStorage,
-        al: &Layout,
-    ) -> Result<(CudaStorage, Shape)> {
+    fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
         let (m, k) = xl.shape().dims2()?;
-        let r = al.shape().dims2()?.0;
+        let Some(first) = self.a.first() else {
+            candle_core::bail!("lowrank-rows-project: no adapter")
+        };
+        let r = first.dim(0)?;
+        let members = self.a.len();
         let dev = x.device().clone();
-        let (xv, av) = (view::<bf16>(x, xl, "x")?, view::<f32>(a, al, "A")?);
+        let xv = view::<bf16>(x, xl, "x")?;
+        let guards: Vec<_> = self.a.iter().map(|a| a.storage_and_layout()).collect();
+        let mut views = Vec::with_capacity(members);
+        for (storage, layout) in &guards {
+            views.push(view::<f32>(on_cuda(storage)?, layout, "A")?);
+        }
         let slices = k.div_ceil(ROWS_SLICE);
-        // SAFETY: the kernel writes every element: each (slice, rank) pair's warp all m rows.
-        let out = unsafe { dev.alloc::<f32>(slices * m * r) }?;
+        // SAFETY: the kernel writes every element: each (member, slice, rank) triple's warp all m rows.
+        let out = unsafe { dev.alloc::<f32>(members * slices * m * r) }?;
         let func = dev.get_or_load_custom_func("rows_project", MODULE, PTX)?;
-        let (mi, ki, ri) = (m as i32, k as i32, r as i32);
+        let (mi, ki, ri, mj) = (m as i32, k as i32, r as i32, members as i32);
         let mut builder = func.builder();
-        builder
-            .arg(&xv)
-            .arg(&av)
-            .arg(&out)
-            .arg(&mi)
-            .arg(&ki)
-            .arg(&ri);
+        builder.arg(&xv);
+        // Unused pointers repeat the first A (the kernel never reads them).
+        for j in 0..ROWS_PROJECT_MEMBERS {
+            builder.arg(&views[j.min(members - 1)]);
+        }
+        builder.arg(&out).arg(&mi).arg(&ki).arg(&ri).arg(&mj);
         let config = LaunchConfig {
-            grid_dim: (slices as u32, r.div_ceil(8) as u32, 1),
+            grid_dim: (slices as u32, (members * r).div_ceil(8) as u32, 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: argument types and counts match rows_project in lowrank.cu; `rows_project` checked m <= 16,
-        // k a multiple of 8 and 16-byte aligned views (allocations are 256-byte aligned).
+        // SAFETY: argument types and counts match rows_project in lowrank.cu; `rows_project_members` checked
+        // m <= 16, at most three A's of one shape [r, k], k a multiple of 8 and 16-byte aligned views
+        // (allocations are 256-byte aligned).
         unsafe { builder.launch(config) }.w()?;
         Ok((
             CudaStorage::wrap_cuda_slice(out, dev),
-            Shape::from((slices, m, r)),
+            Shape::from((members, slices, m, r)),
         ))
     }
 }
@@ -758,7 +795,7 @@ impl CustomOp2 for Expand {
 fn on_cuda(s: &Storage) -> Result<&CudaStorage> {
     match s {
         Storage::Cuda(c) => Ok(c),
-        _ => candle_core::bail!("lowrank-expand: an operand is not on a CUDA device"),
+        _ => candle_core::bail!("lowrank: an operand is not on a CUDA device"),
     }
 }
 
