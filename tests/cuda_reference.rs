@@ -464,13 +464,89 @@ fn an_adapted_nf4_projection_with_dropout_or_a_large_rank_takes_the_general_prod
 }
 
 #[test]
+fn nf4_products_of_one_input_in_one_launch_equal_each_launched_alone() {
+    let dev = gpu();
+    // Three weights of one input width (q, k and v in small), each with a bias and a low-rank term of its own:
+    // nf4_gemv_mma_members' outputs equal, to the bit, each weight's own product launched with the same shape
+    // (GemvKernel::for_width of their features together), and the dequantized products within bf16 tolerance.
+    // [200, 1088] + 2 x [72, 1088]: 16 features a block (the last block of each member partly empty); [2056,
+    // 1088] + 2 x [520, 1088]: 32 a block; rows past 8 take the kernel's second row group.
+    let k = 1088;
+    for ns in [[200, 72, 72], [2056, 520, 520]] {
+        let total: usize = ns.iter().sum();
+        let kernel = GemvKernel::for_width(total);
+        let members: Vec<_> = ns
+            .iter()
+            .enumerate()
+            .map(|(j, &n)| {
+                let mut w = weights(n * k);
+                w.rotate_left(j * 7);
+                let w = Nf4Cuda::upload(&Nf4Tensor::quantize(&w, vec![n, k]), &dev).unwrap();
+                let bias = Tensor::randn(0f32, 1.0, n, &dev).unwrap();
+                let b = Tensor::randn(0f32, 1.0, (n, 6), &dev).unwrap();
+                (w, bias, b)
+            })
+            .collect();
+        for rows in [1, 3, 8, 9, 16] {
+            let x = Tensor::randn(0f32, 1.0, (rows, k), &dev)
+                .unwrap()
+                .to_dtype(DType::BF16)
+                .unwrap();
+            let adds: Vec<_> = members
+                .iter()
+                .map(|(_, bias, b)| GemvAdd {
+                    bias: Some(bias.clone()),
+                    low_rank: Some(LowRankAdd {
+                        parts: Tensor::randn(0f32, 4.0, (2, rows, 6), &dev).unwrap(),
+                        b: b.clone(),
+                        scale: 0.5,
+                    }),
+                })
+                .collect();
+            let products: Vec<_> = members.iter().map(|(w, ..)| w).zip(&adds).collect();
+            let together = Nf4Cuda::gemv_members(&x, &products)
+                .unwrap()
+                .expect("one launch serves them");
+            for (j, ((w, add), got)) in products.iter().zip(&together).enumerate() {
+                let what = format!("{ns:?}, member {j}, {rows} rows");
+                let alone = w.gemv_with(&x, kernel, add).unwrap().expect("served");
+                let diff = (host_f32(got) - host_f32(&alone)).unwrap();
+                assert_eq!(max_abs(&diff), 0.0, "{what}: against its own launch");
+                let auto = w
+                    .gemv_with(&x, GemvKernel::Auto, add)
+                    .unwrap()
+                    .expect("served");
+                assert_close(got, &auto, &what);
+            }
+        }
+    }
+    // A member that takes the lut kernel alone ([8200, 1088]) is not launched with the others.
+    let wide = Nf4Cuda::upload(
+        &Nf4Tensor::quantize(&weights(8200 * k), vec![8200, k]),
+        &dev,
+    )
+    .unwrap();
+    let narrow =
+        Nf4Cuda::upload(&Nf4Tensor::quantize(&weights(72 * k), vec![72, k]), &dev).unwrap();
+    let x = Tensor::zeros((1, k), DType::BF16, &dev).unwrap();
+    let none = GemvAdd::default();
+    assert!(
+        Nf4Cuda::gemv_members(&x, &[(&narrow, &none), (&wide, &none)])
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
 fn adapted_nf4_projections_of_one_input_answer_together_as_each_alone() {
     use qlab::model::FrozenLinear;
-    use qlab::model::kernels::{fused_adapted, fused_adapted_members};
+    use qlab::model::kernels::{fused_adapted, fused_adapted_members, generation_products};
     let dev = gpu();
     // q, k and v in small ([200, 1088], then [72, 1088] twice; k and v with a bias, as Qwen 2's), rank 12, and
-    // gate and up ([8200, 1088] twice: the lut kernel's), rank 8: 1 to 16 rows answer together, each output the
-    // same to the bit as the projection's own few-row path (fused_adapted), which the tests above check.
+    // gate and up ([8200, 1088] twice: the lut kernel's), rank 8: 1 to 16 rows answer together, each output
+    // what the projection's own few-row path (fused_adapted, checked above) gives, within bf16 rounding (q, k
+    // and v's frozen products share one launch shape, which may round differently from each one's own).
+    // Without adapters, generation's frozen products (generation_products) likewise.
     let k = 1088;
     let member = |n: usize, rank: usize, bias: bool, seed: f64| {
         let reference = Nf4Tensor::quantize(&weights(n * k), vec![n, k]);
@@ -488,7 +564,9 @@ fn adapted_nf4_projections_of_one_input_answer_together_as_each_alone() {
     let gate_up = [member(8200, 8, false, 1.0), member(8200, 8, false, 0.7)];
     for (group, scale) in [(&qkv[..], 2.0), (&gate_up[..], 0.5)] {
         let members: Vec<_> = group.iter().map(|(l, a, b)| (l, (a, b, scale))).collect();
+        let bases: Vec<_> = group.iter().map(|(l, ..)| l).collect();
         for m in [1, 2, 7, 10, 16] {
+            let what = |j: usize| format!("member {j} of {}, {m} rows", members.len());
             let x = Tensor::randn(0f32, 1.0, (1, m, k), &dev)
                 .unwrap()
                 .to_dtype(DType::BF16)
@@ -501,13 +579,23 @@ fn adapted_nf4_projections_of_one_input_answer_together_as_each_alone() {
                 let alone = fused_adapted(&x, base, (a, b, *scale), None)
                     .unwrap()
                     .expect("served alone");
-                assert_eq!(together[j].dims(), alone.dims(), "member {j}, {m} rows");
-                let diff = (host_f32(&together[j]) - host_f32(&alone)).unwrap();
-                assert_eq!(
-                    max_abs(&diff),
-                    0.0,
-                    "member {j} of {}, {m} rows",
-                    members.len()
+                assert_eq!(together[j].dims(), alone.dims(), "{}", what(j));
+                assert_close(
+                    &together[j].squeeze(0).unwrap(),
+                    &alone.squeeze(0).unwrap(),
+                    &what(j),
+                );
+            }
+            let frozen = generation_products(&bases, &x)
+                .unwrap()
+                .expect("served together");
+            for (j, base) in bases.iter().enumerate() {
+                let alone = base.forward(&x).unwrap();
+                assert_eq!(frozen[j].dims(), alone.dims(), "{}", what(j));
+                assert_close(
+                    &frozen[j].squeeze(0).unwrap(),
+                    &alone.squeeze(0).unwrap(),
+                    &format!("{}, frozen", what(j)),
                 );
             }
         }

@@ -48,13 +48,18 @@ pub fn generation_greedy(
     cpu::decode::greedy(linear, x)
 }
 
-/// Generation's frozen products of one input by several linears (a block's q, k and v; its gate and up) in
-/// one parallel loop on the CPU (`cpu::decode::products`); None when that does not serve them, and each is
-/// then a [`generation_product`].
+/// Generation's frozen products of one input by several linears (a block's q, k and v; its gate and up): in
+/// one parallel loop on the CPU (`cpu::decode::products`), from their NF4 codes on a GPU, q, k and v in one
+/// launch (`cuda::adapted::frozen_members`); None when that does not serve them, and each is then a
+/// [`generation_product`].
 pub fn generation_products(
     linears: &[&FrozenLinear],
     x: &Tensor,
 ) -> candle_core::Result<Option<Vec<Tensor>>> {
+    #[cfg(feature = "cuda")]
+    if cuda::fused::applies(x) && !x.track_op() {
+        return cuda::adapted::frozen_members(linears, x);
+    }
     cpu::decode::products(linears, x)
 }
 

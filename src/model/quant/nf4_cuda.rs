@@ -7,7 +7,7 @@
 //! The same ops run on the CPU (cpu_fwd) from the same arrays, which is what the GPU results are tested
 //! against; the CPU path of the model engine keeps using `Nf4Tensor` directly.
 
-use candle_core::cuda_backend::WrapErr;
+use candle_core::cuda_backend::{CudaDType, WrapErr};
 use candle_core::{CpuStorage, CudaStorage, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
 use cudarc::driver::{
     CudaSlice, CudaStream, CudaViewMut, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg,
@@ -18,6 +18,8 @@ use std::sync::Arc;
 
 use super::frozen::FrozenWeight;
 use super::nf4::{BLOCK, NESTED_BLOCK, NF4_CODE, Nf4Tensor};
+
+mod members;
 
 const PTX: &str = include_str!("../kernels/cuda/nf4.ptx");
 const MODULE: &str = "qlab_nf4";
@@ -123,35 +125,12 @@ impl Nf4Cuda {
         kernel: GemvKernel,
         add: &GemvAdd,
     ) -> candle_core::Result<Option<Tensor>> {
-        let rank = add.low_rank.as_ref().map_or(Ok(0), |l| l.parts.dim(2))?;
+        let rank = add.rank()?;
         let Some((x, kernel)) = self.gemv_plan(x, kernel, rank)? else {
             return Ok(None);
         };
         let (n, rows) = (self.dims[0], x.dim(0)?);
-        if let Some(b) = &add.bias
-            && (b.dims() != [n] || b.dtype() != DType::F32)
-        {
-            candle_core::bail!(
-                "nf4-gemv: the bias must be f32 [{n}], not {:?} {:?}",
-                b.dtype(),
-                b.dims()
-            )
-        }
-        if let Some(l) = &add.low_rank {
-            let (slices, prow, _) = l.parts.dims3()?;
-            if slices == 0
-                || prow != rows
-                || l.b.dims() != [n, rank]
-                || l.parts.dtype() != DType::F32
-                || l.b.dtype() != DType::F32
-            {
-                candle_core::bail!(
-                    "nf4-gemv: low-rank parts {:?} and B {:?} for {rows} rows and {n} features",
-                    l.parts.dims(),
-                    l.b.dims()
-                )
-            }
-        }
+        add.check(n, rows)?;
         match kernel.shared_bytes(rows, rank) {
             Some(bytes) if bytes > GEMV_SHARED_MOST => candle_core::bail!(
                 "nf4-gemv: a rank-{rank} term at {rows} rows overflows shared memory"
@@ -653,6 +632,79 @@ impl GemvAdd {
             low_rank: None,
         })
     }
+
+    /// The low-rank term's rank (0 without one).
+    fn rank(&self) -> candle_core::Result<usize> {
+        self.low_rank.as_ref().map_or(Ok(0), |l| l.parts.dim(2))
+    }
+
+    /// An error unless the terms fit a product of `rows` rows and `n` features: bias f32 `[n]`, parts f32
+    /// `[slices, rows, r]`, B f32 `[n, r]`.
+    fn check(&self, n: usize, rows: usize) -> candle_core::Result<()> {
+        if let Some(b) = &self.bias
+            && (b.dims() != [n] || b.dtype() != DType::F32)
+        {
+            candle_core::bail!(
+                "nf4-gemv: the bias must be f32 [{n}], not {:?} {:?}",
+                b.dtype(),
+                b.dims()
+            )
+        }
+        if let Some(l) = &self.low_rank {
+            let (slices, prow, rank) = l.parts.dims3()?;
+            if slices == 0
+                || prow != rows
+                || l.b.dims() != [n, rank]
+                || l.parts.dtype() != DType::F32
+                || l.b.dtype() != DType::F32
+            {
+                candle_core::bail!(
+                    "nf4-gemv: low-rank parts {:?} and B {:?} for {rows} rows and {n} features",
+                    l.parts.dims(),
+                    l.b.dims()
+                )
+            }
+        }
+        Ok(())
+    }
+
+    /// `GemvAdd` for the kernel: the terms' device addresses (null and rank 0 for what is absent), with the
+    /// guards that keep their storages borrowed until the launch.
+    fn args<'a>(
+        &'a self,
+        stream: &Arc<CudaStream>,
+    ) -> candle_core::Result<(GemvAddArgs, Vec<impl Sized + 'a>)> {
+        let mut args = GemvAddArgs {
+            bias: 0,
+            parts: 0,
+            b: 0,
+            slices: 0,
+            rank: 0,
+            scale: 0.0,
+        };
+        let mut guards = Vec::new();
+        if let Some(bias) = &self.bias {
+            let (address, guard) = f32_address(bias, stream, "the bias")?;
+            args.bias = address;
+            guards.push(guard);
+        }
+        if let Some(l) = &self.low_rank {
+            let (slices, _, rank) = l.parts.dims3()?;
+            let (parts, guard) = f32_address(&l.parts, stream, "the low-rank parts")?;
+            guards.push(guard);
+            let (b, guard) = f32_address(&l.b, stream, "B")?;
+            guards.push(guard);
+            args = GemvAddArgs {
+                parts,
+                b,
+                slices: slices as i32,
+                rank: rank as i32,
+                scale: l.scale,
+                ..args
+            };
+        }
+        Ok((args, guards))
+    }
 }
 
 /// `scale (x A^T) B^T`, with `x A^T` as f32 `parts` `[slices, rows, r]` to be summed over their first axis (the
@@ -687,15 +739,23 @@ fn f32_address<'a>(
     what: &str,
 ) -> candle_core::Result<(u64, impl Sized + 'a)> {
     let (guard, layout) = t.storage_and_layout();
+    let address = device_address::<f32>(&guard, layout, stream, what)?;
+    Ok((address, guard))
+}
+
+/// The device address of the first element of a contiguous view of a CUDA storage of `T`s.
+fn device_address<T: CudaDType + DeviceRepr>(
+    storage: &candle_core::Storage,
+    layout: &Layout,
+    stream: &Arc<CudaStream>,
+    what: &str,
+) -> candle_core::Result<u64> {
     let Some((start, _)) = layout.contiguous_offsets() else {
         candle_core::bail!("nf4-gemv: {what} must be contiguous")
     };
-    let address = {
-        let slice = on_cuda(&guard, what)?.as_cuda_slice::<f32>()?;
-        let (base, _sync) = slice.device_ptr(stream);
-        base + (start * std::mem::size_of::<f32>()) as u64
-    };
-    Ok((address, guard))
+    let slice = on_cuda(storage, what)?.as_cuda_slice::<T>()?;
+    let (base, _sync) = slice.device_ptr(stream);
+    Ok(base + (start * std::mem::size_of::<T>()) as u64)
 }
 
 /// The kernel behind [`Nf4Cuda::gemv_with`].
@@ -811,35 +871,7 @@ impl candle_core::CustomOp1 for Nf4Gemv {
         let n = self.n;
         // The addresses of what the kernel adds, and the guards that keep their storages borrowed.
         let stream = dev.cuda_stream();
-        let mut args = GemvAddArgs {
-            bias: 0,
-            parts: 0,
-            b: 0,
-            slices: 0,
-            rank: 0,
-            scale: 0.0,
-        };
-        let mut guards = Vec::new();
-        if let Some(bias) = &self.add.bias {
-            let (address, guard) = f32_address(bias, &stream, "the bias")?;
-            args.bias = address;
-            guards.push(guard);
-        }
-        if let Some(l) = &self.add.low_rank {
-            let (slices, _, rank) = l.parts.dims3()?;
-            let (parts, guard) = f32_address(&l.parts, &stream, "the low-rank parts")?;
-            guards.push(guard);
-            let (b, guard) = f32_address(&l.b, &stream, "B")?;
-            guards.push(guard);
-            args = GemvAddArgs {
-                parts,
-                b,
-                slices: slices as i32,
-                rank: rank as i32,
-                scale: l.scale,
-                ..args
-            };
-        }
+        let (args, _guards) = self.add.args(&stream)?;
         let rank = args.rank as usize;
         let tensor_cores = |groups: usize, warps: usize| LaunchConfig {
             grid_dim: (n.div_ceil(16 * groups) as u32, 1, 1),

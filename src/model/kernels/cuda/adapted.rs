@@ -16,7 +16,7 @@ use super::lowrank::{
     rows_project, rows_project_members, stacked_parts, stacked_parts_transposed, weight_parts,
 };
 use crate::model::quant::frozen::{FrozenLinear, FrozenWeight};
-use crate::model::quant::{GemvAdd, GemvKernel, LowRankAdd};
+use crate::model::quant::{GemvAdd, GemvKernel, LowRankAdd, Nf4Cuda};
 
 /// The adapter's tensors: A `[r, in]`, B `[out, r]` (f32, tracked when they are trained) and the scale.
 #[derive(Clone)]
@@ -401,9 +401,9 @@ fn few_rows(x2: &Tensor, base: &FrozenLinear, adapter: &Adapter) -> Result<Optio
 
 /// [`few_rows`] for projections that read the same `x` `[.., in]` (q, k and v; gate and up), each an NF4 weight
 /// with an adapter of one rank and no dropout: their adapters' rank-wide rows in one launch
-/// (`lowrank::rows_project_members`), then each frozen product with its bias and its adapter's product in its
-/// own (`Nf4Cuda::gemv_with`). Each output equals [`few_rows`]'s for its member alone, to the bit. None where
-/// this does not serve them all (the caller then runs each member as it would alone).
+/// (`lowrank::rows_project_members`), then the frozen products, each with its bias and its adapter's product
+/// ([`gemv_members`]: one launch where it serves them). Each output equals [`few_rows`]'s for its member alone,
+/// to the bit. None where this does not serve them all (the caller then runs each member as it would alone).
 pub fn few_rows_members(x: &Tensor, members: &[Member]) -> Result<Option<Vec<Tensor>>> {
     let Some((_, first)) = members.first() else {
         return Ok(None);
@@ -431,17 +431,68 @@ pub fn few_rows_members(x: &Tensor, members: &[Member]) -> Result<Option<Vec<Ten
     let Some(parts) = rows_project_members(&x2, &a.iter().collect::<Vec<_>>())? else {
         return Ok(None);
     };
-    let mut outs = Vec::with_capacity(members.len());
-    for (j, ((base, adapter), w)) in members.iter().zip(weights).enumerate() {
+    let mut adds = Vec::with_capacity(members.len());
+    for (j, (base, adapter)) in members.iter().enumerate() {
         let mut add = GemvAdd::bias(base.bias.as_ref())?;
         add.low_rank = Some(LowRankAdd {
             parts: parts.get(j)?,
             b: adapter.b.detach().contiguous()?,
             scale: adapter.scale as f32,
         });
-        let Some(y) = w.gemv_with(&x2, GemvKernel::Auto, &add)? else {
+        adds.push(add);
+    }
+    let products: Vec<_> = weights.iter().map(|w| w.as_ref()).zip(&adds).collect();
+    gemv_members(x, &x2, &products)
+}
+
+/// Generation's frozen products of one input `x` `[.., in]` by NF4 linears (a base model's q, k and v, or gate
+/// and up), each with its bias, through [`gemv_members`]; None where one is not an NF4 weight or the few-row
+/// kernels do not serve `x`.
+pub fn frozen_members(linears: &[&FrozenLinear], x: &Tensor) -> Result<Option<Vec<Tensor>>> {
+    let mut weights = Vec::with_capacity(linears.len());
+    let mut adds = Vec::with_capacity(linears.len());
+    for linear in linears {
+        let FrozenWeight::Nf4Cuda(w) = &linear.weight else {
             return Ok(None);
         };
+        weights.push(w.as_ref());
+        adds.push(GemvAdd::bias(linear.bias.as_ref())?);
+    }
+    let Some(w) = weights.first() else {
+        return Ok(None);
+    };
+    let in_f = w.dims.get(1).copied().unwrap_or(0);
+    if in_f == 0 || x.dims().last() != Some(&in_f) {
+        return Ok(None);
+    }
+    let x2 = x.contiguous()?.reshape(((), in_f))?;
+    let products: Vec<_> = weights.into_iter().zip(&adds).collect();
+    gemv_members(x, &x2, &products)
+}
+
+/// The few-row NF4 products `x2 W_j^T` plus what `add_j` names for weights that multiply the same `x2` (q, k and
+/// v): in one launch where `Nf4Cuda::gemv_members` serves them, or else one each; each output shaped as `x`'s
+/// leading axes by its features. None where the few-row kernels do not serve one of them.
+pub fn gemv_members(
+    x: &Tensor,
+    x2: &Tensor,
+    products: &[(&Nf4Cuda, &GemvAdd)],
+) -> Result<Option<Vec<Tensor>>> {
+    let ys = match Nf4Cuda::gemv_members(x2, products)? {
+        Some(ys) => ys,
+        None => {
+            let mut ys = Vec::with_capacity(products.len());
+            for (w, add) in products {
+                let Some(y) = w.gemv_with(x2, GemvKernel::Auto, add)? else {
+                    return Ok(None);
+                };
+                ys.push(y);
+            }
+            ys
+        }
+    };
+    let mut outs = Vec::with_capacity(ys.len());
+    for y in ys {
         let mut dims = x.dims().to_vec();
         if let Some(last) = dims.last_mut() {
             *last = y.dim(1)?;

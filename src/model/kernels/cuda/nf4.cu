@@ -298,16 +298,17 @@ __device__ __forceinline__ void gemv_epilogue(const float (&acc)[G][2][4], float
   }
 }
 
+// Block `block` of the product (its features [16 G block, 16 G block + 16 G)).
 template <int G>
 __device__ __forceinline__ void nf4_gemv_mma(const uint8_t *__restrict__ codes, const uint8_t *__restrict__ absmax_q,
                                              const float *__restrict__ tables, const __nv_bfloat16 *__restrict__ x,
                                              __nv_bfloat16 *__restrict__ y, size_t n, size_t k, int rows,
-                                             const GemvAdd add) {
+                                             const GemvAdd &add, unsigned int block) {
   __shared__ __align__(256) float qmap[16];
   __shared__ float acode[256];
   extern __shared__ float partial[];
   const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const size_t j0 = (size_t)blockIdx.x * (16 * G);
+  const size_t j0 = (size_t)block * (16 * G);
   float *mid = partial + warps * G * 256, *b_rows = mid + rows * add.rank;
   for (int i = threadIdx.x; i < 16 + 256; i += blockDim.x) {
     if (i < 16) qmap[i] = tables[i];
@@ -381,6 +382,15 @@ __device__ __forceinline__ void nf4_gemv_mma(const uint8_t *__restrict__ codes, 
   gemv_epilogue<G, 2>(acc, partial, mid, b_rows, add, y, j0, n, rows);
 }
 
+// The block of the grid's x index.
+template <int G>
+__device__ __forceinline__ void nf4_gemv_mma(const uint8_t *__restrict__ codes, const uint8_t *__restrict__ absmax_q,
+                                             const float *__restrict__ tables, const __nv_bfloat16 *__restrict__ x,
+                                             __nv_bfloat16 *__restrict__ y, size_t n, size_t k, int rows,
+                                             const GemvAdd &add) {
+  nf4_gemv_mma<G>(codes, absmax_q, tables, x, y, n, k, rows, add, blockIdx.x);
+}
+
 // One kernel per G; launch bounds that keep G = 1 and 2 at 128 registers or fewer (two blocks of 256 threads fit
 // a multiprocessor), G = 4 at most 8 warps (its partial sums fill 32 KiB of shared memory).
 #define NF4_GEMV_MMA(G, THREADS)                                                                               \
@@ -392,6 +402,45 @@ __device__ __forceinline__ void nf4_gemv_mma(const uint8_t *__restrict__ codes, 
 NF4_GEMV_MMA(1, 512)
 NF4_GEMV_MMA(2, 512)
 NF4_GEMV_MMA(4, 256)
+
+// nf4_gemv_mma_members: the products of one x by up to three weights (q, k and v) in one launch, so that the narrow
+// ones (k and v: 2 MB each, whose launches alone are latency) run beside the wide one. Each member is a weight of k
+// inputs with its own output, bias and low-rank term; the grid's blocks are the members' blocks one after the other
+// (member i's end where ends[i] says), each block running nf4_gemv_mma on its member's weight. Dynamic shared
+// memory: what the largest rank among the members needs.
+#define GEMV_MEMBERS 3
+struct GemvMember {
+  const uint8_t *codes;
+  const uint8_t *absmax_q;
+  const float *tables;
+  __nv_bfloat16 *y;
+  size_t n;
+  GemvAdd add;
+};
+struct GemvMembers {
+  GemvMember m[GEMV_MEMBERS];
+  unsigned int ends[GEMV_MEMBERS];
+};
+
+// Each member's call has its own constant index (a kernel parameter indexed at run time would be copied to local
+// memory first).
+#define NF4_GEMV_MMA_MEMBERS(G, THREADS)                                                                           \
+  extern "C" __global__ void __launch_bounds__(THREADS)                                                            \
+      nf4_gemv_mma_members##G(const GemvMembers members, const __nv_bfloat16 *x, size_t k, int rows) {            \
+    const unsigned int b = blockIdx.x;                                                                             \
+    if (b < members.ends[0]) {                                                                                     \
+      const GemvMember &m = members.m[0];                                                                          \
+      nf4_gemv_mma<G>(m.codes, m.absmax_q, m.tables, x, m.y, m.n, k, rows, m.add, b);                              \
+    } else if (b < members.ends[1]) {                                                                              \
+      const GemvMember &m = members.m[1];                                                                          \
+      nf4_gemv_mma<G>(m.codes, m.absmax_q, m.tables, x, m.y, m.n, k, rows, m.add, b - members.ends[0]);            \
+    } else {                                                                                                       \
+      const GemvMember &m = members.m[2];                                                                          \
+      nf4_gemv_mma<G>(m.codes, m.absmax_q, m.tables, x, m.y, m.n, k, rows, m.add, b - members.ends[1]);            \
+    }                                                                                                              \
+  }
+NF4_GEMV_MMA_MEMBERS(1, 512)
+NF4_GEMV_MMA_MEMBERS(2, 512)
 
 // nf4_gemv_lut: the same product with the scale applied after the tensor cores (measured 9-21% faster than
 // nf4_gemv_mma on the wide products, bench/results/h100-gemv-lut-2026-12-07.txt). Each 64-block's four k16
