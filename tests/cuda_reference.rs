@@ -620,27 +620,7 @@ fn an_nf4_models_cached_decoding_step_with_adapters_matches_its_whole_forward() 
         let dir = fixture(fam);
         let exp = expected(&dir);
         let model = nf4_with_lora_dropout(&dir, &dev, 0.0);
-        let ids = exp["input_ids"]
-            .to_dtype(DType::U32)
-            .unwrap()
-            .narrow(0, 0, 1)
-            .unwrap()
-            .to_device(&dev)
-            .unwrap();
-        let t = ids.dim(1).unwrap();
-        let whole = model
-            .forward_last(&ids, &Positions::From(0), None, None)
-            .unwrap();
-        let mut cache = KvCache::new(model.blocks.len());
-        let prefix = ids.narrow(1, 0, t - 1).unwrap();
-        model
-            .forward_last(&prefix, &Positions::From(0), None, Some(&mut cache))
-            .unwrap();
-        let last = ids.narrow(1, t - 1, 1).unwrap();
-        let step = model
-            .forward_last(&last, &Positions::From(t - 1), None, Some(&mut cache))
-            .unwrap();
-        let e = rel_err(&step, &whole, None);
+        let e = cached_step_error(&model, &exp, &dev);
         eprintln!(
             "{fam} nf4 + LoRA: cached decoding step vs whole forward, relative error {e:.2e}"
         );
@@ -675,6 +655,32 @@ fn logits_match_hf_for_every_family_in_bf16() {
 /// A decoding step with the KV cache (one new token: flash.cu's decoding kernel, the cache's buffers read in
 /// place) gives the logits the whole sequence's forward gives at its last position, for every family (grouped
 /// heads, Gemma 2's window and soft-cap).
+/// The relative error of `model`'s last logits for the fixture's first sequence (`exp`) when its last token is a
+/// cached decoding step after the rest, against the whole sequence's forward.
+fn cached_step_error(model: &Decoder, exp: &HashMap<String, Tensor>, dev: &Device) -> f32 {
+    let ids = exp["input_ids"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .narrow(0, 0, 1)
+        .unwrap()
+        .to_device(dev)
+        .unwrap();
+    let t = ids.dim(1).unwrap();
+    let whole = model
+        .forward_last(&ids, &Positions::From(0), None, None)
+        .unwrap();
+    let mut cache = KvCache::new(model.blocks.len());
+    let prefix = ids.narrow(1, 0, t - 1).unwrap();
+    model
+        .forward_last(&prefix, &Positions::From(0), None, Some(&mut cache))
+        .unwrap();
+    let last = ids.narrow(1, t - 1, 1).unwrap();
+    let step = model
+        .forward_last(&last, &Positions::From(t - 1), None, Some(&mut cache))
+        .unwrap();
+    rel_err(&step, &whole, None)
+}
+
 #[test]
 fn a_cached_decoding_step_matches_the_whole_forward() {
     let dev = gpu();
@@ -682,27 +688,7 @@ fn a_cached_decoding_step_matches_the_whole_forward() {
         let dir = fixture(fam);
         let exp = expected(&dir);
         let model = load_model(&dir, Quant::None, &dev).unwrap();
-        let ids = exp["input_ids"]
-            .to_dtype(DType::U32)
-            .unwrap()
-            .narrow(0, 0, 1)
-            .unwrap()
-            .to_device(&dev)
-            .unwrap();
-        let t = ids.dim(1).unwrap();
-        let whole = model
-            .forward_last(&ids, &Positions::From(0), None, None)
-            .unwrap();
-        let mut cache = KvCache::new(model.blocks.len());
-        let prefix = ids.narrow(1, 0, t - 1).unwrap();
-        model
-            .forward_last(&prefix, &Positions::From(0), None, Some(&mut cache))
-            .unwrap();
-        let last = ids.narrow(1, t - 1, 1).unwrap();
-        let step = model
-            .forward_last(&last, &Positions::From(t - 1), None, Some(&mut cache))
-            .unwrap();
-        let e = rel_err(&step, &whole, None);
+        let e = cached_step_error(&model, &exp, &dev);
         eprintln!("{fam}: cached decoding step vs whole forward, relative error {e:.2e}");
         assert!(e <= LOGITS_REL, "{fam}: cached decoding step {e}");
     }

@@ -191,6 +191,10 @@ impl AdaptedLinear {
         linears: &[(&AdaptedLinear, LoraCall)],
         x: &Tensor,
     ) -> Result<Option<Vec<Tensor>>> {
+        // Only a GPU has such a kernel: the CPU's answering takes its own path at no cost.
+        if !x.device().is_cuda() {
+            return Ok(None);
+        }
         let mut operands = Vec::with_capacity(linears.len());
         for (linear, call) in linears {
             let Some(l) = &linear.lora else {

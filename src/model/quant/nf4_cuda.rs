@@ -2,7 +2,7 @@
 //! the kernels of nf4.cu run as candle custom ops: dequantize rows to bf16 / f32 on the GPU, quantize a
 //! GPU tensor in place of the CPU loop (an 8B model quantizes in seconds instead of minutes), and multiply a few
 //! rows straight from the codes (answering), a bias and an unmerged adapter's low-rank term added in the same
-//! kernel.
+//! kernel; several weights that multiply one input (q, k and v) in one launch (`members`).
 //!
 //! The same ops run on the CPU (cpu_fwd) from the same arrays, which is what the GPU results are tested
 //! against; the CPU path of the model engine keeps using `Nf4Tensor` directly.

@@ -402,8 +402,10 @@ fn few_rows(x2: &Tensor, base: &FrozenLinear, adapter: &Adapter) -> Result<Optio
 /// [`few_rows`] for projections that read the same `x` `[.., in]` (q, k and v; gate and up), each an NF4 weight
 /// with an adapter of one rank and no dropout: their adapters' rank-wide rows in one launch
 /// (`lowrank::rows_project_members`), then the frozen products, each with its bias and its adapter's product
-/// ([`gemv_members`]: one launch where it serves them). Each output equals [`few_rows`]'s for its member alone,
-/// to the bit. None where this does not serve them all (the caller then runs each member as it would alone).
+/// ([`gemv_members`]: one launch where it serves them). Each output is [`few_rows`]'s for its member alone, to
+/// the bit where the frozen products keep their own launches (gate and up), within bf16 rounding where they share
+/// one launch shape (q, k and v). None where this does not serve them all (the caller then runs each member as it
+/// would alone).
 pub fn few_rows_members(x: &Tensor, members: &[Member]) -> Result<Option<Vec<Tensor>>> {
     let Some((_, first)) = members.first() else {
         return Ok(None);

@@ -10,8 +10,9 @@
 //! and v; gate and up) stack their adapters into one such operand ([`stacked_parts`]: the A's one above the
 //! other, the B^T's on a block diagonal), so that each product serves all of them. No f32 copy of an
 //! activation is made, and the frozen product of a projection can share its output buffer ([`Base::Product`]).
-//! A decoding step's few rows take one plain f32 kernel instead ([`rows_project`]), whose result the NF4 few-row
-//! product finishes in its own launch.
+//! A decoding step's few rows take one plain f32 kernel instead ([`rows_project`]; the adapters of projections
+//! that share an input in one launch, [`rows_project_members`]), whose result the NF4 few-row product finishes in
+//! its own launch.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::{CudaDevice, WrapErr};
