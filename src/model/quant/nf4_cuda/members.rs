@@ -74,7 +74,7 @@ impl Nf4Cuda {
         let fits = kernel
             .shared_bytes(rows, rank)
             .is_some_and(|bytes| bytes <= GEMV_SHARED_MOST);
-        if !fits || members.iter().any(|(w, _)| w.blocks_u32().is_none()) {
+        if !fits {
             return Ok(None);
         }
         let op = Nf4GemvMembers {
@@ -94,14 +94,6 @@ impl Nf4Cuda {
             at += rows * n;
         }
         Ok(Some(outs))
-    }
-
-    /// The weight's 64-blocks, where they fit the kernels' 32-bit block index.
-    fn blocks_u32(&self) -> Option<u32> {
-        let [n, k] = self.dims.as_slice() else {
-            return None;
-        };
-        u32::try_from(n * (k / super::BLOCK)).ok()
     }
 }
 
@@ -196,9 +188,9 @@ impl candle_core::CustomOp1 for Nf4GemvMembers<'_> {
         b.arg(&args).arg(&xs).arg(&k).arg(&rows_i);
         // SAFETY: argument types and counts match nf4_gemv_mma_members* in nf4.cu; `gemv_members` checked what
         // `gemv_with` checks for each member (rows <= 16, k a multiple of 64, a 16-byte aligned x, the added
-        // terms' shapes), an Mma launch shape of 1 or 2 groups, the 64-blocks within 32 bits and the shared
-        // memory of the largest rank within 48 KiB; y_j points into `out` at the member's share; the guards
-        // above keep the storages borrowed.
+        // terms' shapes, the 64-blocks within 32 bits: Auto gives no Mma kernel otherwise), an Mma launch shape
+        // of 1 or 2 groups and the shared memory of the largest rank within 48 KiB; y_j points into `out` at
+        // the member's share; the guards above keep the storages borrowed.
         unsafe { b.launch(cfg) }.w()?;
         drop((arrays, add_guards));
         Ok((
