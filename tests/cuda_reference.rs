@@ -613,21 +613,33 @@ fn adapted_nf4_projections_of_one_input_answer_together_as_each_alone() {
 
 #[test]
 fn an_nf4_models_cached_decoding_step_with_adapters_matches_its_whole_forward() {
-    // Llama and Qwen 2 (biases on q, k and v) in NF4 with r=8 adapters on every projection, no dropout: the
-    // cached step answers its one row with the few-row kernels, q, k and v, then gate and up, together.
+    use qlab::model::Target;
+    // Llama and Qwen 2 (biases on q, k and v) in NF4, the cached step's one row on the few-row kernels: with r=8
+    // adapters on every projection, no dropout (q, k and v, then gate and up, answer together); on q and v only
+    // (each adapted projection on its own path, k's frozen product alone); and the base without adapters (q, k
+    // and v's frozen products in one launch, gate and up's together).
     let dev = gpu();
     for fam in ["llama", "qwen2"] {
         let dir = fixture(fam);
         let exp = expected(&dir);
-        let model = nf4_with_lora_dropout(&dir, &dev, 0.0);
-        let e = cached_step_error(&model, &exp, &dev);
-        eprintln!(
-            "{fam} nf4 + LoRA: cached decoding step vs whole forward, relative error {e:.2e}"
-        );
-        assert!(
-            e <= LOGITS_REL,
-            "{fam} nf4 + LoRA: cached decoding step {e}"
-        );
+        let models = [
+            ("r=8 everywhere", nf4_with_lora_dropout(&dir, &dev, 0.0)),
+            (
+                "r=8 on q and v",
+                nf4_with_adapters_on(&dir, &dev, 0.0, &[Target::Q, Target::V]),
+            ),
+            ("base", load_model(&dir, Quant::Nf4, &dev).unwrap()),
+        ];
+        for (what, model) in models {
+            let e = cached_step_error(&model, &exp, &dev);
+            eprintln!(
+                "{fam} nf4, {what}: cached decoding step vs whole forward, relative error {e:.2e}"
+            );
+            assert!(
+                e <= LOGITS_REL,
+                "{fam} nf4, {what}: cached decoding step {e}"
+            );
+        }
     }
 }
 
@@ -763,10 +775,21 @@ fn nf4_llama_with_lora(dir: &Path, dev: &Device) -> Decoder {
 
 /// The fixture in `dir` as [`nf4_llama_with_lora`] makes llama's, with LoRA dropout `dropout`.
 fn nf4_with_lora_dropout(dir: &Path, dev: &Device, dropout: f64) -> Decoder {
-    use qlab::model::{LoraSpec, Target};
+    nf4_with_adapters_on(dir, dev, dropout, &qlab::model::Target::ALL)
+}
+
+/// The fixture in `dir` in NF4 on `dev` with r=8 LoRA (dropout `dropout`) on `targets` and fixed non-zero adapter
+/// weights.
+fn nf4_with_adapters_on(
+    dir: &Path,
+    dev: &Device,
+    dropout: f64,
+    targets: &[qlab::model::Target],
+) -> Decoder {
+    use qlab::model::LoraSpec;
     let mut m = load_model(dir, Quant::Nf4, dev).unwrap();
     m.add_lora(&LoraSpec {
-        targets: Target::ALL.to_vec(),
+        targets: targets.to_vec(),
         rank: 8,
         alpha: 16.0,
         rslora: false,

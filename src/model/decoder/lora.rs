@@ -213,6 +213,22 @@ impl AdaptedLinear {
         crate::model::kernels::fused_adapted_members(x, &members)
     }
 
+    /// Generation's frozen products of one input `x` to hand to these projections ([`LoraCall::frozen`]): one
+    /// parallel loop on the CPU, q, k and v in one launch on a GPU (`kernels::generation_products`). None on a
+    /// GPU where one of them has an adapter (only some targets adapted: [`Self::forward_members`] did not serve
+    /// them): there each adapted projection's own few-row path adds the adapter's product in its frozen
+    /// product's launch, which a handed-over product would turn into a composition of several.
+    pub fn frozen_products(
+        linears: &[(&AdaptedLinear, LoraCall)],
+        x: &Tensor,
+    ) -> Result<Option<Vec<Tensor>>> {
+        if x.device().is_cuda() && linears.iter().any(|(l, _)| l.lora.is_some()) {
+            return Ok(None);
+        }
+        let bases: Vec<&FrozenLinear> = linears.iter().map(|(l, _)| &l.base).collect();
+        kernels::generation_products(&bases, x)
+    }
+
     /// A and B (tracked when the call wants gradients) and the dropout mask for input `x`.
     fn adapter_operands(
         x: &Tensor,

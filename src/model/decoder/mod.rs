@@ -422,7 +422,8 @@ impl Decoder {
             precision: ctx.precision,
         };
         // Projections of one input (q, k and v; gate and up). Generation: finished together where a fused kernel
-        // serves them all (a GPU's few rows), or else each handed its frozen product from one parallel loop.
+        // serves them all (a GPU's few rows), or else each handed its frozen product where those are computed
+        // together (`AdaptedLinear::frozen_products`).
         let together =
             |linears: &[(&AdaptedLinear, LoraCall)], x: &Tensor| -> Result<Vec<Tensor>> {
                 if !ctx.generation {
@@ -434,8 +435,7 @@ impl Decoder {
                 if let Some(ys) = AdaptedLinear::forward_members(linears, x)? {
                     return Ok(ys);
                 }
-                let bases: Vec<&FrozenLinear> = linears.iter().map(|(l, _)| &l.base).collect();
-                let products = crate::model::kernels::generation_products(&bases, x)?;
+                let products = AdaptedLinear::frozen_products(linears, x)?;
                 let each = linears.iter().enumerate();
                 each.map(|(j, (l, call))| l.forward(x, given(*call, &products, j)))
                     .collect()
