@@ -37,6 +37,11 @@ def auto_warps(n, groups):
     return 1 << (w.bit_length() - 1)
 
 
+def tile_smem(groups, stages, warps):
+    """nf4_gemv_tile's dynamic shared memory without a low-rank term: the table, acode and the warps' stage rings."""
+    return (256 << 7) + 1024 + warps * stages * (16 * groups * 132)
+
+
 def variants(n, k, rows):
     """(label, kernel, groups, warps, shared bytes) for [n, k] and `rows` rows; "(auto)" marks the launch
     GemvKernel::for_shape picks (src/model/quant/nf4_cuda.rs)."""
@@ -53,9 +58,18 @@ def variants(n, k, rows):
             for w in [4, 8, 16]:
                 out.append((f"{kind}{g}_{wide}/w{w}", f"nf4_gemv_{kind}{g}_{wide}", g, w))
     out += [(f"lut2_{wide}_r64/w{w}", f"nf4_gemv_lut2_{wide}_r64", 2, w) for w in [4, 16]]
+    if k % 256 == 0:
+        for g in [1, 2]:
+            for s in [2, 3, 4]:
+                for w in [4, 8, 16]:
+                    if tile_smem(g, s, w) <= 227 * 1024:
+                        out.append((f"tile{g}_{wide}_s{s}/w{w}", f"nf4_gemv_tile{g}_{wide}_s{s}", g, w))
     made = []
     for label, name, g, w in dict.fromkeys(out):
-        smem = 4 * w * g * 256 if name.startswith("nf4_gemv_mma") else (256 << 7) + 1024
+        if name.startswith("nf4_gemv_tile"):
+            smem = tile_smem(g, int(name[-1]), w)
+        else:
+            smem = 4 * w * g * 256 if name.startswith("nf4_gemv_mma") else (256 << 7) + 1024
         made.append((label + (" (auto)" if (name, g, w) == auto else ""), name, g, w, smem))
     return made
 
