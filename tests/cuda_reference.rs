@@ -1627,3 +1627,73 @@ fn host_rows_staged_to_the_gpu_equal_index_select() {
         .to_string();
     assert!(err.contains("token id 10"), "{err}");
 }
+
+/// A decoder on the GPU whose logits are bf16 noise in [-1, 1] with one peak a row: row r's peak after `pos`
+/// positions is at `peak(r, pos)` of a Llama 3-sized vocabulary.
+struct PeakLm {
+    device: Device,
+}
+
+const PEAK_VOCAB: usize = 128_256;
+
+fn peak(row: usize, pos: usize) -> u32 {
+    ((row * 7_919 + pos * 104_729) % PEAK_VOCAB) as u32
+}
+
+impl qlab::model::generate::CausalLm for PeakLm {
+    fn forward(
+        &mut self,
+        ids: &Tensor,
+        offset: usize,
+        _attend: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let (batch, seq) = ids.dims2()?;
+        let pos = offset + seq;
+        let mut logits: Vec<f32> = (0..batch * PEAK_VOCAB)
+            .map(|i| ((i * 2_654_435_761 + pos) % 2_001) as f32 / 1_000.0 - 1.0)
+            .collect();
+        for row in 0..batch {
+            logits[row * PEAK_VOCAB + peak(row, pos) as usize] = 4.0;
+        }
+        Tensor::from_vec(logits, (batch, PEAK_VOCAB), &self.device)?.to_dtype(DType::BF16)
+    }
+
+    fn clear_cache(&mut self) {}
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+}
+
+/// Generation on the GPU picks every row's largest logit (the whole batch's greedy ids in one argmax launch), and
+/// sampling reads the batch's logits on the host: at a temperature that leaves the peak all the probability, the
+/// same ids.
+#[test]
+fn generation_on_the_gpu_picks_each_rows_peak_greedily_and_by_sampling() {
+    use qlab::model::generate::{GenerateOptions, Sampling, generate};
+    let mut lm = PeakLm { device: gpu() };
+    let prompts: Vec<Vec<u32>> = (0..5).map(|r| vec![1; 3 + r]).collect();
+    let width = prompts.iter().map(Vec::len).max().unwrap();
+    let steps = 6;
+    for sampling in [
+        Sampling::Greedy,
+        Sampling::Sample {
+            temperature: 0.01,
+            top_p: None,
+            seed: 7,
+        },
+    ] {
+        let opts = GenerateOptions {
+            max_new_tokens: steps,
+            sampling,
+            stop_ids: vec![],
+            pad_id: 0,
+        };
+        let (out, stats) = generate(&mut lm, &prompts, &opts, &mut |_| {}).unwrap();
+        assert_eq!(stats.new_tokens, prompts.len() * steps);
+        for (row, generation) in out.iter().enumerate() {
+            let want: Vec<u32> = (0..steps).map(|s| peak(row, width + s)).collect();
+            assert_eq!(generation.ids, want, "row {row}, {sampling:?}");
+        }
+    }
+}

@@ -215,7 +215,8 @@ pub fn generate(
                 let logits = logits.to_dtype(candle_core::DType::F32)?;
                 match greedy.then(|| greedy::ids(&logits)).transpose()?.flatten() {
                     Some(ids) => Next::Greedy(ids),
-                    None => Next::Logits(logits),
+                    // Sampled rows read their logits on the host: one copy of the batch, not one a row.
+                    None => Next::Logits(logits.to_device(&Device::Cpu)?),
                 }
             }
         };
