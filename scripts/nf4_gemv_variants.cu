@@ -71,11 +71,11 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 }
 
 // tile{G}_{WIDE}_s{S} (nf4_gemv_tile): nf4_gemv_lut's arithmetic with the codes streamed through shared memory in
-// whole 128-byte lines. A warp's unit of work is a stage: four consecutive 64-blocks (256 elements) of its block's 16 G features;
-// warp w takes stages w, w + warps, ... Each cp.async instruction copies four feature rows' 128 bytes (lanes 8 r'
-// to 8 r' + 7 one row, 16 bytes each), instead of the lut kernel's 32-byte pieces of eight rows; S stages a warp are
-// in flight. A row's 16-byte chunk c lands at chunk c ^ (2 row & 7), so that the eight-byte reads of the mma
-// layout (lane (g, t): bytes 32 b + 8 t of 64-block b, rows g and g + 8 of each group) hit distinct banks in each
+// whole 128-byte lines. A warp's unit of work is a stage: four consecutive 64-blocks (256 elements) of its block's
+// 16 G features; warp w takes stages w, w + warps, ... Each cp.async instruction copies four feature rows' 128 bytes
+// (lanes 8 r' to 8 r' + 7 one row, 16 bytes each), instead of the lut kernel's 32-byte pieces of eight rows; S stages
+// a warp are in flight. A row's 16-byte chunk c lands at chunk c ^ (2 row & 7), so that the eight-byte reads of the
+// mma layout (lane (g, t): bytes 32 b + 8 t of 64-block b, rows g and g + 8 of each group) hit distinct banks in each
 // half-warp. The four absmax codes of a row's stage (one 32-bit word: k a multiple of 256) come with it.
 // Dynamic shared memory: the lut table (32 KiB, the partial sums after the loop), acode[256], the warps' stage rings
 // (warps * S * (16 G * 132) bytes), then the low-rank term's floats. k a multiple of 256; codes 16-byte and absmax
