@@ -6,7 +6,7 @@
 #   nvcc -ptx -arch=compute_80 -fmad=false -o /tmp/gemv.ptx scripts/nf4_gemv_variants.cu
 #   python3 scripts/nf4_gemv_bench.py /tmp/gemv.ptx
 # QLAB_GEMV_VARIANTS="mma2/w8 lut2_0/w4" times some of them (label prefixes); QLAB_GEMV_ROWS="1 10" some
-# row counts.
+# row counts; QLAB_GEMV_SHAPES="14336x4096" some shapes (n x k).
 import ctypes
 import json
 import os
@@ -121,12 +121,13 @@ def launch_args(w, x, y, n, k, rows, add):
 def main():
     wanted = os.environ.get("QLAB_GEMV_VARIANTS", "").split()
     rows_list = [int(r) for r in os.environ.get("QLAB_GEMV_ROWS", "").split()] or ROWS
+    shapes = [tuple(int(d) for d in s.split("x")) for s in os.environ.get("QLAB_GEMV_SHAPES", "").split()] or SHAPES
     stream = ctypes.c_void_p(torch.cuda.current_stream().cuda_stream)
     busy = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     add = GemvAdd(None, None, None, 0, 0, 0.0)
     results, bad = {}, []
     print("microseconds a product (TB/s of codes and absmax codes); err = worst element / largest, against f32")
-    for n, k in SHAPES:
+    for n, k in shapes:
         nbytes = n * k // 2 + n * k // 64
         copies = max(2, min(48, 120_000_000 // nbytes))
         reps = max(2, min(16, 96 // copies))
