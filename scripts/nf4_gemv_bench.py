@@ -67,7 +67,7 @@ def variants(n, k, rows):
     made = []
     for label, name, g, w in dict.fromkeys(out):
         if name.startswith("nf4_gemv_tile"):
-            smem = tile_smem(g, int(name[-1]), w)
+            smem = tile_smem(g, int(name.rsplit("_s", 1)[1]), w)
         else:
             smem = 4 * w * g * 256 if name.startswith("nf4_gemv_mma") else (256 << 7) + 1024
         made.append((label + (" (auto)" if (name, g, w) == auto else ""), name, g, w, smem))

@@ -1,6 +1,6 @@
-//! Greedy choice for a whole batch at once: each row's first largest logit, as candle's `argmax` (which
-//! `LogitsProcessor` uses for greedy sampling) picks it, without a tensor (or, on a GPU, a launch and a copy)
-//! per row.
+//! Greedy choice for a whole batch at once: each row's largest logit, as candle's `argmax` (which
+//! `LogitsProcessor` uses for greedy sampling) picks it (on the CPU the first of equal ones), without a tensor
+//! (or, on a GPU, a launch and a copy) per row.
 
 use candle_core::{D, DType, Result, Storage, Tensor};
 
@@ -11,6 +11,7 @@ use candle_core::{D, DType, Result, Storage, Tensor};
 /// of another dtype or layout.
 pub(super) fn ids(logits: &Tensor) -> Result<Option<Vec<u32>>> {
     if !logits.device().is_cpu() {
+        // A no-op for generate()'s logits, cast already.
         let values = logits.to_dtype(DType::F32)?;
         return Ok(Some(values.argmax(D::Minus1)?.to_vec1::<u32>()?));
     }
