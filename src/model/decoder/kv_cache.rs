@@ -146,9 +146,11 @@ fn grown(layer: LayerCache, t: usize) -> Result<LayerCache> {
     }
     let wanted = (2 * capacity).max(layer.len + t);
     let (k, v) = (buffer(&layer.k, wanted)?, buffer(&layer.v, wanted)?);
+    // The whole old buffers, contiguous sources (the filled positions alone are not, for several heads, when
+    // some positions are free): positions past the filled ones are never read.
     if layer.len > 0 {
-        k.slice_set(&layer.k.narrow(2, 0, layer.len)?, 2, 0)?;
-        v.slice_set(&layer.v.narrow(2, 0, layer.len)?, 2, 0)?;
+        k.slice_set(&layer.k, 2, 0)?;
+        v.slice_set(&layer.v, 2, 0)?;
     }
     Ok(LayerCache { k, v, ..layer })
 }
@@ -197,6 +199,24 @@ mod tests {
             (grown.len, grown.capacity()),
             (5 + MIN_CAPACITY, 2 * MIN_CAPACITY)
         );
+    }
+
+    #[test]
+    fn several_new_positions_past_the_capacity_grow_the_buffers_and_keep_the_cached_ones() {
+        let mut cache = KvCache::new(1);
+        let (prompt, more) = (keys(2, 5, 0.0), keys(2, 70, 100.0));
+        cache.append(0, &prompt, &prompt).unwrap();
+        assert_eq!(cache.capacity(), MIN_CAPACITY);
+        // 5 cached + 70 new: the buffers grow while only some of their positions are filled.
+        let (k, v) = cache.append(0, &more, &(&more * 2.0).unwrap()).unwrap();
+        assert_eq!((cache.len(), cache.capacity()), (75, 128));
+        let want = Tensor::cat(&[&prompt, &more], 2).unwrap();
+        let diff = (k - &want).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "keys");
+        let got = v.narrow(2, 5, 70).unwrap();
+        let diff = (got - (&more * 2.0).unwrap()).unwrap();
+        let diff = diff.abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "values");
     }
 
     #[test]
