@@ -170,6 +170,12 @@ mod tests {
         Tensor::from_vec(v, (b, kvh, t, d), &Device::Cpu).unwrap()
     }
 
+    /// The largest difference between two tensors' elements.
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
+        diff.to_scalar::<f32>().unwrap()
+    }
+
     #[test]
     fn appends_return_every_position_in_order_across_growth() {
         let mut cache = KvCache::new(2);
@@ -187,12 +193,10 @@ mod tests {
             all.push(new);
             let want = Tensor::cat(&all, 2).unwrap();
             assert_eq!(k.dims(), want.dims());
-            let diff = (k - &want).unwrap().abs().unwrap().max_all().unwrap();
-            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "keys, step {step}");
+            assert_eq!(max_diff(&k, &want), 0.0, "keys, step {step}");
             let values = want.narrow(2, 5, step + 1).unwrap();
-            let diff = ((v.narrow(2, 5, step + 1).unwrap() - 0.5).unwrap() - values).unwrap();
-            let diff = diff.abs().unwrap().max_all().unwrap();
-            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "values, step {step}");
+            let got = (v.narrow(2, 5, step + 1).unwrap() - 0.5).unwrap();
+            assert_eq!(max_diff(&got, &values), 0.0, "values, step {step}");
         }
         let grown = cache.layers[1].as_ref().unwrap();
         assert_eq!(
@@ -211,12 +215,9 @@ mod tests {
         let (k, v) = cache.append(0, &more, &(&more * 2.0).unwrap()).unwrap();
         assert_eq!((cache.len(), cache.capacity()), (75, 128));
         let want = Tensor::cat(&[&prompt, &more], 2).unwrap();
-        let diff = (k - &want).unwrap().abs().unwrap().max_all().unwrap();
-        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "keys");
+        assert_eq!(max_diff(&k, &want), 0.0, "keys");
         let got = v.narrow(2, 5, 70).unwrap();
-        let diff = (got - (&more * 2.0).unwrap()).unwrap();
-        let diff = diff.abs().unwrap().max_all().unwrap();
-        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "values");
+        assert_eq!(max_diff(&got, &(&more * 2.0).unwrap()), 0.0, "values");
     }
 
     #[test]
@@ -249,14 +250,12 @@ mod tests {
         let kept = address(&cache.layers[0].as_ref().unwrap().k);
         let (k, _) = cache.append(0, &again, &again).unwrap();
         assert_eq!(address(&k), kept, "the buffers are reused");
-        let diff = (k - &again).unwrap().abs().unwrap().max_all().unwrap();
-        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "no stale position");
+        assert_eq!(max_diff(&k, &again), 0.0, "no stale position");
         cache.clear();
         let second = keys(4, 2, 500.0);
         let (k, _) = cache.append(0, &second, &second).unwrap();
         assert_eq!(cache.len(), 2);
-        let diff = (k - &second).unwrap().abs().unwrap().max_all().unwrap();
-        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "no stale position");
+        assert_eq!(max_diff(&k, &second), 0.0, "no stale position");
         // Keys that do not continue the cached ones are refused.
         let wrong = keys(3, 1, 0.0);
         assert!(cache.append(0, &wrong, &wrong).is_err(), "another batch");
